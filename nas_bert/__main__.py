@@ -1,0 +1,3 @@
+from nas_bert.cli import app
+
+app()

@@ -1,0 +1,198 @@
+"""Stage 1: block-wise supernet training (NAS-BERT).
+
+One teacher forward per step gives every block boundary; block b learns, from the teacher's
+state at its start boundary, to produce the teacher's state at its end boundary (MSE through its
+output adapter). Each step samples one sub-architecture per block (uniform over the block's
+paths), and with `sandwich` also trains the largest and the smallest.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from sqlalchemy import select
+
+from nas_bert import architecture as A
+from nas_bert.architecture import Block
+from nas_bert.config import Study
+from nas_bert.corpus import fixed_batches, load_corpus, make_collator
+from nas_bert.db import Checkpoint, Database, SupernetRun
+from nas_bert.errors import NasBertError
+from nas_bert.space import SearchSpace
+from nas_bert.supernet import Supernet
+from nas_bert.teacher import Teacher, load_teacher
+from nas_bert.train import CheckpointDir, make_accelerator, train_loop
+
+Tensor = torch.Tensor
+
+
+def masked_mse(pred: Tensor, target: Tensor, mask: Tensor | None) -> Tensor:
+    """Mean squared error over real tokens: pred/target (B, T, H), mask (B, T)."""
+    per_token = (pred - target).pow(2).mean(-1)  # (B, T)
+    if mask is None:
+        return per_token.mean()
+    m = mask.to(per_token.dtype)
+    return (per_token * m).sum() / m.sum().clamp_min(1.0)
+
+
+def arch_rng(seed: int, micro_step: int) -> random.Random:
+    """The sub-architecture stream is a pure function of (seed, step): resumable, equal on all ranks."""
+    return random.Random(f"nas-bert:{seed}:{micro_step}")
+
+
+@dataclass
+class ValidationCache:
+    """Fixed validation batches with the teacher's boundary states, computed once."""
+
+    batches: list[dict[str, Tensor]]
+    bounds: list[list[Tensor]]  # per batch: the blocks + 1 boundary states
+
+    @classmethod
+    def build(cls, teacher: Teacher, dataset: Any, collator: Any, n_batches: int, batch_size: int,
+              blocks: int, device: torch.device, seed: int = 1234) -> ValidationCache:
+        batches = [{k: v.to(device) for k, v in b.items()} for b in fixed_batches(dataset, collator, n_batches, batch_size, seed)]
+        bounds = [teacher.boundaries(teacher.hidden_states(b["input_ids"], b["attention_mask"]), blocks) for b in batches]
+        return cls(batches, bounds)
+
+
+@torch.no_grad()
+def block_val_loss(supernet: Supernet, b: int, block: Block, cache: ValidationCache) -> float:
+    """Validation MSE of one block sub-architecture against the teacher (NAS-BERT's block score)."""
+    total, tokens = 0.0, 0.0
+    for batch, bounds in zip(cache.batches, cache.bounds, strict=True):
+        mask = batch["attention_mask"]
+        out = supernet.forward_block(b, bounds[b], block, mask)
+        n = float(mask.sum())
+        total += float(masked_mse(out, bounds[b + 1], mask)) * n
+        tokens += n
+    return total / max(tokens, 1.0)
+
+
+class BlockwiseObjective:
+    """The supernet's loss: the sum over blocks (and sandwich members) of the boundary MSE."""
+
+    def __init__(self, teacher: Teacher, space: SearchSpace, sampling: str, seed: int,
+                 val: ValidationCache, val_random_archs: int) -> None:
+        self.teacher, self.space, self.sampling, self.seed = teacher, space, sampling, seed
+        self.val = val
+        self.val_archs: dict[str, list[Block]] = {
+            "largest": [A.largest_block(space)] * space.blocks,
+            "smallest": [A.smallest_block(space)] * space.blocks,
+        }
+        rng = random.Random(f"nas-bert-val:{seed}")
+        for i in range(val_random_archs):
+            self.val_archs[f"random_{i}"] = [A.sample_block(space, rng) for _ in range(space.blocks)]
+
+    def jobs(self, micro_step: int) -> list[tuple[int, Block]]:
+        rng = arch_rng(self.seed, micro_step)
+        jobs = [(b, A.sample_block(self.space, rng)) for b in range(self.space.blocks)]
+        if self.sampling == "sandwich":
+            jobs += [(b, A.largest_block(self.space)) for b in range(self.space.blocks)]
+            jobs += [(b, A.smallest_block(self.space)) for b in range(self.space.blocks)]
+        return jobs
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, Tensor], micro_step: int) -> tuple[Tensor, dict[str, float]]:
+        mask = batch["attention_mask"]
+        bounds = self.teacher.boundaries(self.teacher.hidden_states(batch["input_ids"], mask), self.space.blocks)
+        jobs = self.jobs(micro_step)
+        outs = model(bounds[:-1], jobs, mask)
+        losses = [masked_mse(out, bounds[b + 1], mask) for (b, _), out in zip(jobs, outs, strict=True)]
+        logs = {f"b{b}": float(loss.detach()) for (b, _), loss in zip(jobs[: self.space.blocks], losses, strict=False)}
+        return torch.stack(losses).sum(), logs
+
+    def validate(self, model: torch.nn.Module) -> dict[str, Any]:
+        assert isinstance(model, Supernet)
+        return {
+            name: [block_val_loss(model, b, blk, self.val) for b, blk in enumerate(blocks)]
+            for name, blocks in self.val_archs.items()
+        }
+
+
+def _get_run(db: Database, study: Study, steps: int) -> int:
+    with db.session() as s:
+        run = s.scalars(select(SupernetRun).where(SupernetRun.study == study.name,
+                                                  SupernetRun.space_hash == study.space.fingerprint())).first()
+        if run is None:
+            run = SupernetRun(study=study.name, space_hash=study.space.fingerprint(), teacher=study.cfg.teacher,
+                              config_json=json.dumps(study.cfg.supernet.model_dump(mode="json")), target_steps=steps)
+            s.add(run)
+            s.flush()
+        elif run.target_steps != steps:
+            run.target_steps, run.status = steps, "running"
+        return run.id
+
+
+def record_checkpoint(db: Database, run_id: int, step: int, path: Path, sha: str, report: dict[str, Any]) -> None:
+    """Upsert the checkpoint row and mark rows whose file was pruned."""
+    with db.session() as s:
+        row = s.scalars(select(Checkpoint).where(Checkpoint.run_id == run_id, Checkpoint.step == step)).first()
+        if row is None:
+            s.add(Checkpoint(run_id=run_id, step=step, path=str(path), sha256=sha, val_losses_json=json.dumps(report)))
+        else:
+            row.path, row.sha256, row.val_losses_json, row.deleted = str(path), sha, json.dumps(report), 0
+        for other in s.scalars(select(Checkpoint).where(Checkpoint.run_id == run_id, Checkpoint.deleted == 0)):
+            if other.step != step and not Path(other.path).exists():
+                other.deleted = 1
+
+
+def build_supernet(study: Study, teacher: Teacher, seed: int) -> Supernet:
+    study.space.check_teacher(teacher.num_layers, teacher.hidden_size)
+    torch.manual_seed(seed)  # the same initial weights for every run of this study
+    return Supernet(study.space, teacher.hidden_size, eps=float(getattr(teacher.config, "layer_norm_eps", 1e-12)))
+
+
+def train_supernet(study: Study, steps: int | None = None, stop_after: int | None = None) -> dict[str, Any]:
+    """Run (or continue) stage 1 to `steps` updates; returns a summary for printing."""
+    cfg = study.cfg.supernet
+    steps = steps or cfg.steps
+    accelerator = make_accelerator(study.device())
+    # Everything that can be wrong with the inputs is checked before anything is written.
+    teacher = load_teacher(study.cfg.teacher, accelerator.device)
+    supernet = build_supernet(study, teacher, cfg.seed)
+    corpus = load_corpus(study.cfg.corpus, teacher.tokenizer)
+    db = Database(study.db_url)
+    db.upsert_study(study.name, study.snapshot())
+    run_id = _get_run(db, study, steps)
+    collator = make_collator(teacher.tokenizer, study.cfg.corpus)
+    val = ValidationCache.build(teacher, corpus["validation"], collator, cfg.val_batches, cfg.batch_size,
+                                study.space.blocks, accelerator.device)
+    objective = BlockwiseObjective(teacher, study.space, cfg.sampling, cfg.seed, val, cfg.val_random_archs)
+    ckpts = CheckpointDir(study.workdir / "supernet", keep=cfg.keep_checkpoints)
+    meta = {"space": study.space.fingerprint(), "teacher": study.cfg.teacher}
+    t0 = time.perf_counter()
+    report = train_loop(
+        model=supernet, objective=objective, dataset=corpus["train"], collator=collator, cfg=cfg,
+        total_steps=steps, ckpts=ckpts, accelerator=accelerator, meta=meta, desc="supernet",
+        on_checkpoint=lambda step, path, sha, rep: record_checkpoint(db, run_id, step, path, sha, rep),
+        stop_after=stop_after,
+    )
+    latest = ckpts.latest()
+    if latest is None:
+        raise NasBertError(f"no supernet checkpoint in {ckpts.root} after training; check disk space")
+    step = int(latest.stem.split("-")[1])
+    with db.session() as s:
+        run = s.get(SupernetRun, run_id)
+        run.status = "finished" if step >= steps else "running"
+        ckpt = Checkpoint.latest(s, run_id)
+    db.dispose()
+    return {"study": study.name, "step": step, "target_steps": steps, "checkpoint": str(latest),
+            "sha256": ckpt.sha256 if ckpt else None, "seconds": round(time.perf_counter() - t0, 1),
+            "val_losses": report, "db": study.db_url}
+
+
+def load_supernet_checkpoint(path: Path, space: SearchSpace, teacher_width: int, eps: float = 1e-12) -> Supernet:
+    """A trained supernet from a checkpoint file, checked against the search space."""
+    if not path.is_file():
+        raise NasBertError(f"supernet checkpoint {path} is missing from disk; run `nas-bert train-supernet` again")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state["meta"].get("space") != space.fingerprint():
+        raise NasBertError(f"checkpoint {path} belongs to another search space; train a supernet for '{space.name}'")
+    net = Supernet(space, teacher_width, eps)
+    net.load_state_dict(state["model"])
+    return net.eval()

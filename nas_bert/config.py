@@ -1,0 +1,122 @@
+"""Study files (studies/*.yaml): one pydantic model per stage, validated with one-line errors."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from nas_bert.corpus import CorpusConfig
+from nas_bert.errors import NasBertError, format_validation_error
+from nas_bert.space import SearchSpace, load_space
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrainConfig(_Strict):
+    """One training loop serves supernet training and distillation; they differ in the loss."""
+
+    steps: int = Field(default=200, ge=1, description="optimizer updates")
+    batch_size: int = Field(default=16, ge=1, description="sequences per micro-batch per process")
+    grad_accum: int = Field(default=1, ge=1, description="micro-batches per update")
+    lr: float = Field(default=5e-4, gt=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    warmup_steps: int = Field(default=20, ge=0)
+    schedule: Literal["linear", "cosine", "constant_with_warmup"] = "linear"
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    eval_every: int = Field(default=50, ge=1, description="validation every N updates (and at the end)")
+    val_batches: int = Field(default=4, ge=1, description="fixed validation batches")
+    checkpoint_every: int = Field(default=50, ge=1)
+    keep_checkpoints: int = Field(default=2, ge=1)
+    seed: int = 0
+
+
+class SupernetConfig(TrainConfig):
+    sampling: Literal["uniform", "sandwich"] = Field(
+        default="uniform",
+        description="uniform: one random sub-architecture per block per step; sandwich: also the largest and smallest",
+    )
+    val_random_archs: int = Field(default=2, ge=0, description="random sub-architectures scored at each validation")
+
+
+class StudyConfig(_Strict):
+    name: str
+    teacher: str = "minilm-l6"
+    corpus: CorpusConfig = CorpusConfig()
+    search_space: str = "nas_bert"
+    db_url: str | None = Field(default=None, description="default sqlite:///<study dir>/<name>.db")
+    workdir: str | None = Field(default=None, description="checkpoints and exports; default <study dir>/<name>/")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    supernet: SupernetConfig = SupernetConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v):
+            raise ValueError("use letters, digits, '_', '-' and '.' only")
+        return v
+
+
+@dataclass
+class Study:
+    """A loaded study file with its paths resolved (relative paths are relative to the file)."""
+
+    cfg: StudyConfig
+    file: Path
+    workdir: Path
+    db_url: str
+    space: SearchSpace
+
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+    def device(self) -> torch.device:
+        if self.cfg.device == "cuda" or (self.cfg.device == "auto" and torch.cuda.is_available()):
+            if not torch.cuda.is_available():
+                raise NasBertError("study asks for device 'cuda' but no CUDA device is visible; set device: auto or cpu")
+            return torch.device("cuda")
+        return torch.device("cpu")
+
+    def snapshot(self) -> dict[str, Any]:
+        """What the database records of this study: the validated config and the resolved space."""
+        return {"config": self.cfg.model_dump(mode="json"), "space": self.space.model_dump(mode="json")}
+
+
+def load_study(path: str | Path, db_url: str | None = None, overrides: dict[str, Any] | None = None) -> Study:
+    """Read and validate a study file; `db_url` and `overrides` (dotted keys) win over the file."""
+    file = Path(path)
+    if not file.is_file():
+        raise NasBertError(f"study file {file} not found; pass --config studies/<name>.yaml")
+    try:
+        data = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as e:
+        raise NasBertError(f"study file {file}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise NasBertError(f"study file {file}: expected a mapping of keys, got {type(data).__name__}")
+    data.setdefault("name", file.stem)
+    for key, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    try:
+        cfg = StudyConfig.model_validate(data)
+    except ValidationError as e:
+        raise NasBertError(format_validation_error(e, f"study file {file}")) from None
+    base = file.resolve().parent
+    workdir = Path(cfg.workdir) if cfg.workdir else Path(cfg.name)
+    workdir = workdir if workdir.is_absolute() else base / workdir
+    url = db_url or cfg.db_url or f"sqlite:///{base / (cfg.name + '.db')}"
+    if not db_url and url.startswith("sqlite:///") and not Path(url[10:]).is_absolute():
+        url = f"sqlite:///{base / url[10:]}"  # in a study file, a relative SQLite path is relative to the file
+    space = load_space(cfg.search_space, base)
+    return Study(cfg=cfg, file=file.resolve(), workdir=workdir, db_url=url, space=space)

@@ -1,0 +1,38 @@
+"""Configuration of an extracted nas-bert student (self-contained: ships with exported models)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import PretrainedConfig
+
+
+class NasBertConfig(PretrainedConfig):
+    """Holds the student's architecture JSON (embeddings + blocks of heterogeneous sublayers)."""
+
+    model_type = "nas_bert"
+
+    def __init__(
+        self,
+        architecture: dict[str, Any] | None = None,
+        layer_norm_eps: float = 1e-12,
+        hidden_dropout_prob: float = 0.0,
+        attention_probs_dropout_prob: float = 0.0,
+        pad_token_id: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        self.architecture = architecture or {
+            "embeddings": {"vocab_size": 2, "max_positions": 8, "type_vocab_size": 1, "width": 8},
+            "blocks": [{"hidden": 8, "ops": [{"op": "ffn", "inner": 8}]}],
+        }
+        self.layer_norm_eps = layer_norm_eps
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.attention_probs_dropout_prob = attention_probs_dropout_prob
+        emb = self.architecture["embeddings"]
+        self.vocab_size = emb["vocab_size"]
+        self.max_position_embeddings = emb["max_positions"]
+        self.type_vocab_size = emb["type_vocab_size"]
+        self.embedding_size = emb["width"]
+        # `hidden_size` is what last_hidden_state carries: the width of the last block.
+        self.hidden_size = self.architecture["blocks"][-1]["hidden"]
+        super().__init__(pad_token_id=pad_token_id, **kwargs)

@@ -1,0 +1,165 @@
+"""The study database: the whole schema in one file, one `session_scope()`.
+
+Optuna's RDBStorage lives in the same database and owns its own tables; ours are prefixed
+`nasbert_`, refer to Optuna only by (study name, trial number), and carry a schema version.
+JSON goes in text columns so SQLite and PostgreSQL behave the same.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    select,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from nas_bert.errors import NasBertError
+
+SCHEMA_VERSION = 1
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Meta(Base):
+    __tablename__ = "nasbert_meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class StudyRow(Base):
+    __tablename__ = "nasbert_studies"
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    config_json: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[str] = mapped_column(String(32), default=_now)
+    updated_at: Mapped[str] = mapped_column(String(32), default=_now, onupdate=_now)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return json.loads(self.config_json)
+
+
+class SupernetRun(Base):
+    """One supernet training run: a study trains one supernet per search space."""
+
+    __tablename__ = "nasbert_supernet_runs"
+    __table_args__ = (UniqueConstraint("study", "space_hash"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    study: Mapped[str] = mapped_column(String(128), index=True)
+    space_hash: Mapped[str] = mapped_column(String(32))
+    teacher: Mapped[str] = mapped_column(Text)
+    config_json: Mapped[str] = mapped_column(Text)
+    target_steps: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="running")  # running | finished
+    created_at: Mapped[str] = mapped_column(String(32), default=_now)
+    updated_at: Mapped[str] = mapped_column(String(32), default=_now, onupdate=_now)
+
+
+class Checkpoint(Base):
+    """A checkpoint file beside the database: path, step, sha256 and its validation losses."""
+
+    __tablename__ = "nasbert_checkpoints"
+    __table_args__ = (UniqueConstraint("run_id", "step"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("nasbert_supernet_runs.id"), index=True)
+    step: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    val_losses_json: Mapped[str] = mapped_column(Text, default="{}")
+    deleted: Mapped[int] = mapped_column(Integer, default=0)  # 1 once pruned from disk (keep_checkpoints)
+    created_at: Mapped[str] = mapped_column(String(32), default=_now)
+
+    @property
+    def val_losses(self) -> dict[str, Any]:
+        return json.loads(self.val_losses_json)
+
+    @classmethod
+    def latest(cls, session: Session, run_id: int) -> Checkpoint | None:
+        q = select(cls).where(cls.run_id == run_id, cls.deleted == 0).order_by(cls.step.desc()).limit(1)
+        return session.scalars(q).first()
+
+
+class Database:
+    """An engine and a session factory for one study URL, with the schema checked on open."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        if url.startswith("sqlite:///"):
+            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.engine: Engine = create_engine(url, connect_args={"timeout": 60} if url.startswith("sqlite") else {})
+        except (ArgumentError, ModuleNotFoundError) as e:
+            raise NasBertError(f"database URL '{url}' is not usable ({e}); use sqlite:///path.db or postgresql+psycopg://...") from None
+        if url.startswith("sqlite"):
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        try:
+            Base.metadata.create_all(self.engine)
+        except OperationalError as e:
+            raise NasBertError(f"database '{url}' is unreachable ({str(e.orig).strip()}); check the URL and that the server runs") from None
+        self._check_version()
+
+    def _check_version(self) -> None:
+        with self.session() as s:
+            row = s.get(Meta, "schema_version")
+            if row is None:
+                s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+            elif int(row.value) > SCHEMA_VERSION:
+                raise NasBertError(
+                    f"database '{self.url}' has schema version {row.value}, newer than this nas-bert's "
+                    f"{SCHEMA_VERSION}; upgrade nas-bert"
+                )
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """One unit of work: commits on success, rolls back on error, always closes."""
+        s = self._sessions()
+        try:
+            yield s
+            s.commit()
+        except BaseException:
+            s.rollback()
+            raise
+        finally:
+            s.close()
+
+    def upsert_study(self, name: str, config: dict[str, Any]) -> None:
+        with self.session() as s:
+            row = s.get(StudyRow, name)
+            blob = json.dumps(config, sort_keys=True)
+            if row is None:
+                s.add(StudyRow(name=name, config_json=blob))
+            elif row.config_json != blob:
+                row.config_json = blob
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # WAL lets several search workers read while one writes; NORMAL sync is safe under WAL.
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()

@@ -1,0 +1,191 @@
+"""A nas-bert student as a transformers model (self-contained: ships with exported models).
+
+The functional forms below (`attention`, `feed_forward`, `sep_conv`, `post_norm`) are the only
+definition of each operator's math: the supernet calls them with sliced shared weights and the
+student calls them with its own copies, so an extracted student computes exactly its sub-path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutput
+
+from .configuration_nas_bert import NasBertConfig
+
+Tensor = torch.Tensor
+
+
+# -- operator math, shared with the supernet ---------------------------------------------------
+def mask_bias(attention_mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """(B, T) 1/0 mask -> (B, 1, 1, T) additive bias for attention scores."""
+    return (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+
+
+def attention(
+    x: Tensor, wq: Tensor, bq: Tensor, wk: Tensor, bk: Tensor, wv: Tensor, bv: Tensor,
+    wo: Tensor, bo: Tensor, heads: int, bias: Tensor | None, dropout: float = 0.0,
+) -> Tensor:
+    """Multi-head self-attention; x (B, T, h) -> (B, T, h)."""
+    B, T, h = x.shape
+    hs = h // heads
+    q = F.linear(x, wq, bq).view(B, T, heads, hs).transpose(1, 2)  # (B, nh, T, hs)
+    k = F.linear(x, wk, bk).view(B, T, heads, hs).transpose(1, 2)
+    v = F.linear(x, wv, bv).view(B, T, heads, hs).transpose(1, 2)
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)
+    return F.linear(y.transpose(1, 2).reshape(B, T, h), wo, bo)
+
+
+def feed_forward(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
+    """Position-wise feed-forward with GELU; x (B, T, h) -> (B, T, h) via inner size w1.shape[0]."""
+    return F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2)
+
+
+def sep_conv(x: Tensor, wd: Tensor, bd: Tensor, wp: Tensor, bp: Tensor, mask: Tensor | None) -> Tensor:
+    """Separable 1-D convolution over the sequence: depthwise (kernel wd.shape[-1]), pointwise, GELU.
+
+    Padding tokens are zeroed first so they never leak into real tokens' receptive fields.
+    """
+    if mask is not None:
+        x = x * mask[:, :, None].to(x.dtype)
+    h, k = wd.shape[0], wd.shape[-1]
+    y = F.conv1d(x.transpose(1, 2), wd, bd, padding=k // 2, groups=h).transpose(1, 2)  # (B, T, h)
+    return F.gelu(F.linear(y, wp, bp))
+
+
+def post_norm(x: Tensor, y: Tensor, w: Tensor, b: Tensor, eps: float, dropout: float, training: bool) -> Tensor:
+    """BERT's residual sublayer: LayerNorm(x + dropout(y))."""
+    y = F.dropout(y, dropout, training)
+    return F.layer_norm(x + y, (x.shape[-1],), w, b, eps)
+
+
+# -- the student's modules ----------------------------------------------------------------------
+class NasBertEmbeddings(nn.Module):
+    """BERT's embeddings (copied from the teacher), at the teacher's width."""
+
+    def __init__(self, config: NasBertConfig) -> None:
+        super().__init__()
+        e = config.embedding_size
+        self.word_embeddings = nn.Embedding(config.vocab_size, e, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, e)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, e)
+        self.LayerNorm = nn.LayerNorm(e, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None, position_ids: Tensor | None = None) -> Tensor:
+        T = input_ids.shape[1]
+        if position_ids is None:
+            position_ids = torch.arange(T, device=input_ids.device)[None, :]
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        x = self.word_embeddings(input_ids) + self.position_embeddings(position_ids) + self.token_type_embeddings(token_type_ids)
+        return self.dropout(self.LayerNorm(x))
+
+
+class NasBertLayer(nn.Module):
+    """One non-identity sublayer: attention, feed-forward or separable convolution, then post-LN."""
+
+    def __init__(self, config: NasBertConfig, hidden: int, op: dict[str, Any]) -> None:
+        super().__init__()
+        self.kind = op["op"]
+        self.dropout = config.hidden_dropout_prob
+        self.attention_dropout = config.attention_probs_dropout_prob
+        self.eps = config.layer_norm_eps
+        if self.kind == "mha":
+            self.heads = op["heads"]
+            self.query, self.key, self.value, self.output = (nn.Linear(hidden, hidden) for _ in range(4))
+        elif self.kind == "ffn":
+            self.intermediate = nn.Linear(hidden, op["inner"])
+            self.output = nn.Linear(op["inner"], hidden)
+        elif self.kind == "sepconv":
+            k = op["kernel"]
+            self.depthwise = nn.Conv1d(hidden, hidden, k, padding=k // 2, groups=hidden)
+            self.pointwise = nn.Linear(hidden, hidden)
+        else:
+            raise ValueError(f"unknown operator {self.kind!r}")
+        self.LayerNorm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
+
+    def forward(self, x: Tensor, bias: Tensor | None, mask: Tensor | None) -> Tensor:
+        if self.kind == "mha":
+            p = self.attention_dropout if self.training else 0.0
+            y = attention(
+                x, self.query.weight, self.query.bias, self.key.weight, self.key.bias,
+                self.value.weight, self.value.bias, self.output.weight, self.output.bias, self.heads, bias, p,
+            )
+        elif self.kind == "ffn":
+            y = feed_forward(x, self.intermediate.weight, self.intermediate.bias, self.output.weight, self.output.bias)
+        else:
+            y = sep_conv(x, self.depthwise.weight, self.depthwise.bias, self.pointwise.weight, self.pointwise.bias, mask)
+        return post_norm(x, y, self.LayerNorm.weight, self.LayerNorm.bias, self.eps, self.dropout, self.training)
+
+
+class NasBertBlock(nn.Module):
+    """A projection into the block's width, then its non-identity sublayers."""
+
+    def __init__(self, config: NasBertConfig, in_width: int, block: dict[str, Any]) -> None:
+        super().__init__()
+        self.projection = nn.Linear(in_width, block["hidden"])
+        self.layers = nn.ModuleList(NasBertLayer(config, block["hidden"], op) for op in block["ops"] if op["op"] != "identity")
+
+
+class NasBertPreTrainedModel(PreTrainedModel):
+    config_class = NasBertConfig
+    config: NasBertConfig
+    base_model_prefix = "nas_bert"
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Conv1d)):
+            module.weight.normal_(0.0, 0.02)
+            if module.bias is not None:
+                module.bias.zero_()
+        elif isinstance(module, nn.Embedding):
+            module.weight.normal_(0.0, 0.02)
+        elif isinstance(module, nn.LayerNorm):
+            module.weight.fill_(1.0)
+            module.bias.zero_()
+
+
+class NasBertModel(NasBertPreTrainedModel):
+    """Embeddings -> blocks; returns last_hidden_state (B, T, width of the last block)."""
+
+    def __init__(self, config: NasBertConfig) -> None:
+        super().__init__(config)
+        self.embeddings = NasBertEmbeddings(config)
+        widths = [config.embedding_size] + [b["hidden"] for b in config.architecture["blocks"]]
+        self.blocks = nn.ModuleList(
+            NasBertBlock(config, widths[i], b) for i, b in enumerate(config.architecture["blocks"])
+        )
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.embeddings.word_embeddings = value
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> BaseModelOutput | tuple[Tensor, ...]:
+        x = self.embeddings(input_ids, token_type_ids, position_ids)  # (B, T, E)
+        bias = mask_bias(attention_mask, x.dtype) if attention_mask is not None else None
+        hidden_states: list[Tensor] = [x]
+        for block in self.blocks:
+            x = block.projection(x)  # (B, T, h_b)
+            for layer in block.layers:
+                x = layer(x, bias, attention_mask)
+                hidden_states.append(x)
+        if return_dict is False:
+            return (x, tuple(hidden_states)) if output_hidden_states else (x,)
+        return BaseModelOutput(last_hidden_state=x, hidden_states=tuple(hidden_states) if output_hidden_states else None)

@@ -1,0 +1,234 @@
+"""The weight-sharing supernet: one full-width weight per operator type per sublayer position.
+
+A smaller width, inner size or kernel uses the leading slices (the kernel's centre) of that one
+weight (HAT, once-for-all). Every size is passed to `forward` explicitly; no layer remembers the
+last sub-architecture it ran (HAT's `set_sample_config` pitfall). Each block has linear adapters
+from the teacher's width to the block's width and back, so block b can be trained alone to turn
+the teacher's state at its start boundary into the teacher's state at its end boundary.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from nas_bert.architecture import Architecture, Block, Op
+from nas_bert.configuration_nas_bert import NasBertConfig
+from nas_bert.errors import NasBertError
+from nas_bert.modeling_nas_bert import (
+    NasBertModel,
+    attention,
+    feed_forward,
+    mask_bias,
+    post_norm,
+    sep_conv,
+)
+from nas_bert.space import SearchSpace
+
+Tensor = torch.Tensor
+
+
+class ElasticLinear(nn.Module):
+    """A Linear at its largest size; `forward(x, in_dim, out_dim)` uses the leading slice."""
+
+    def __init__(self, in_max: int, out_max: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_max, in_max))
+        self.bias = nn.Parameter(torch.zeros(out_max))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # nn.Linear's default
+
+    def sliced(self, in_dim: int, out_dim: int) -> tuple[Tensor, Tensor]:
+        return self.weight[:out_dim, :in_dim], self.bias[:out_dim]
+
+    def forward(self, x: Tensor, in_dim: int, out_dim: int) -> Tensor:
+        w, b = self.sliced(in_dim, out_dim)
+        return nn.functional.linear(x, w, b)
+
+
+class ElasticLayerNorm(nn.Module):
+    def __init__(self, dim_max: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim_max))
+        self.bias = nn.Parameter(torch.zeros(dim_max))
+
+    def sliced(self, dim: int) -> tuple[Tensor, Tensor]:
+        return self.weight[:dim], self.bias[:dim]
+
+
+class ElasticDepthwiseConv(nn.Module):
+    """Depthwise 1-D convolution at the largest kernel; a smaller kernel uses the centre taps."""
+
+    def __init__(self, channels_max: int, kernel_max: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(channels_max, 1, kernel_max))
+        self.bias = nn.Parameter(torch.zeros(channels_max))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+
+    def sliced(self, channels: int, kernel: int) -> tuple[Tensor, Tensor]:
+        start = (self.weight.shape[-1] - kernel) // 2
+        return self.weight[:channels, :, start : start + kernel], self.bias[:channels]
+
+
+class SuperSublayer(nn.Module):
+    """Every operator of one sublayer position, each with its own LayerNorm, at the largest width."""
+
+    def __init__(self, space: SearchSpace, eps: float) -> None:
+        super().__init__()
+        H, eps_ = space.max_hidden, eps
+        self.eps = eps_
+        if "mha" in space.operators:
+            self.query, self.key, self.value, self.attn_out = (ElasticLinear(H, H) for _ in range(4))
+            self.ln_mha = ElasticLayerNorm(H)
+        if "ffn" in space.operators:
+            self.intermediate = ElasticLinear(H, space.max_inner)
+            self.ffn_out = ElasticLinear(space.max_inner, H)
+            self.ln_ffn = ElasticLayerNorm(H)
+        if "sepconv" in space.operators:
+            self.depthwise = ElasticDepthwiseConv(H, space.max_kernel)
+            self.pointwise = ElasticLinear(H, H)
+            self.ln_sepconv = ElasticLayerNorm(H)
+
+    def forward(self, x: Tensor, op: Op, bias: Tensor | None, mask: Tensor | None) -> Tensor:
+        """x (B, T, h) with h = the block's hidden size; returns (B, T, h)."""
+        h = x.shape[-1]
+        if op.kind == "identity":
+            return x
+        if op.kind == "mha":
+            y = attention(x, *self.query.sliced(h, h), *self.key.sliced(h, h), *self.value.sliced(h, h),
+                          *self.attn_out.sliced(h, h), op.heads, bias)
+            ln = self.ln_mha
+        elif op.kind == "ffn":
+            y = feed_forward(x, *self.intermediate.sliced(h, op.inner), *self.ffn_out.sliced(op.inner, h))
+            ln = self.ln_ffn
+        else:
+            y = sep_conv(x, *self.depthwise.sliced(h, op.kernel), *self.pointwise.sliced(h, h), mask)
+            ln = self.ln_sepconv
+        return post_norm(x, y, *ln.sliced(h), self.eps, 0.0, False)
+
+    def extract_into(self, layer: nn.Module, op: Op, h: int) -> None:
+        """Copy this sublayer's slice for `op` at width h into a student's NasBertLayer."""
+        if op.kind == "mha":
+            pairs = [(layer.query, self.query), (layer.key, self.key), (layer.value, self.value), (layer.output, self.attn_out)]
+            slices = [src.sliced(h, h) for _, src in pairs]
+            dsts = [d for d, _ in pairs]
+            ln = self.ln_mha
+        elif op.kind == "ffn":
+            slices = [self.intermediate.sliced(h, op.inner), self.ffn_out.sliced(op.inner, h)]
+            dsts = [layer.intermediate, layer.output]
+            ln = self.ln_ffn
+        else:
+            slices = [self.depthwise.sliced(h, op.kernel), self.pointwise.sliced(h, h)]
+            dsts = [layer.depthwise, layer.pointwise]
+            ln = self.ln_sepconv
+        slices.append(ln.sliced(h))
+        dsts.append(layer.LayerNorm)
+        for dst, (w, b) in zip(dsts, slices, strict=True):
+            _copy(dst.weight, w)
+            _copy(dst.bias, b)
+
+
+class SuperBlock(nn.Module):
+    """Adapters (teacher width <-> block width) around the block's sublayer positions."""
+
+    def __init__(self, space: SearchSpace, teacher_width: int, eps: float) -> None:
+        super().__init__()
+        self.adapter_in = ElasticLinear(teacher_width, space.max_hidden)
+        self.sublayers = nn.ModuleList(SuperSublayer(space, eps) for _ in range(space.sublayers_per_block))
+        self.adapter_out = ElasticLinear(space.max_hidden, teacher_width)
+
+    def run_ops(self, x: Tensor, block: Block, bias: Tensor | None, mask: Tensor | None) -> Tensor:
+        for sub, op in zip(self.sublayers, block.ops, strict=True):
+            x = sub(x, op, bias, mask)
+        return x
+
+
+class Supernet(nn.Module):
+    """Blocks of shared-weight sublayers. Trained block by block against the teacher."""
+
+    def __init__(self, space: SearchSpace, teacher_width: int, eps: float = 1e-12) -> None:
+        super().__init__()
+        if space.max_hidden > teacher_width:
+            raise NasBertError(f"search space widths up to {space.max_hidden} exceed the teacher's {teacher_width}")
+        self.space = space
+        self.teacher_width = teacher_width
+        self.eps = eps
+        self.blocks = nn.ModuleList(SuperBlock(space, teacher_width, eps) for _ in range(space.blocks))
+
+    def forward(self, inputs: list[Tensor], jobs: list[tuple[int, Block]], attention_mask: Tensor | None = None) -> list[Tensor]:
+        """Run several (block index, block sub-architecture) jobs, each on its block's input state.
+
+        One call per step so that DistributedDataParallel sees a single forward per backward.
+        """
+        return [self.forward_block(b, inputs[b], block, attention_mask) for b, block in jobs]
+
+    def forward_block(self, b: int, hidden: Tensor, block: Block, attention_mask: Tensor | None = None) -> Tensor:
+        """Block b on a teacher-width state: (B, T, teacher width) -> (B, T, teacher width)."""
+        sb, T = self.blocks[b], self.teacher_width
+        bias = mask_bias(attention_mask, hidden.dtype) if attention_mask is not None else None
+        x = sb.adapter_in(hidden, T, block.hidden)  # (B, T, h)
+        x = sb.run_ops(x, block, bias, attention_mask)
+        return sb.adapter_out(x, block.hidden, T)
+
+    def forward_chain(self, embedded: Tensor, arch: Architecture, attention_mask: Tensor | None = None) -> Tensor:
+        """A whole student on the supernet: the teacher's embedding output -> its last block's state.
+
+        Between blocks, adapter_out of one and adapter_in of the next compose into one linear map,
+        which is exactly the projection an extracted student keeps.
+        """
+        bias = mask_bias(attention_mask, embedded.dtype) if attention_mask is not None else None
+        x, prev = embedded, None
+        for sb, block in zip(self.blocks, arch.blocks, strict=True):
+            w, bvec = self.projection(sb, block.hidden, prev)
+            x = nn.functional.linear(x, w, bvec)  # (B, T, h_b)
+            x = sb.run_ops(x, block, bias, attention_mask)
+            prev = (sb, block.hidden)
+        return x
+
+    def output_adapter(self, b: int, width: int) -> tuple[Tensor, Tensor]:
+        """Block b's map from its width back to the teacher's (used against the teacher's states)."""
+        return self.blocks[b].adapter_out.sliced(width, self.teacher_width)
+
+    def projection(self, sb: SuperBlock, out_width: int, prev: tuple[SuperBlock, int] | None) -> tuple[Tensor, Tensor]:
+        """Weight and bias mapping the previous block's output (or the embeddings) into `sb`."""
+        w_in, b_in = sb.adapter_in.sliced(self.teacher_width, out_width)
+        if prev is None:
+            return w_in, b_in
+        w_out, b_out = prev[0].adapter_out.sliced(prev[1], self.teacher_width)
+        # in(out(x)) = W_in (W_out x + b_out) + b_in
+        return w_in @ w_out, w_in @ b_out + b_in
+
+    @torch.no_grad()
+    def extract(self, arch: Architecture, teacher_embeddings: nn.Module | None = None) -> NasBertModel:
+        """A standalone student holding copies of the supernet slices for `arch`."""
+        arch.validate(self.space)
+        student = NasBertModel(NasBertConfig(architecture=arch.to_dict(), layer_norm_eps=self.eps))
+        if teacher_embeddings is not None:
+            copy_embeddings(teacher_embeddings, student)
+        prev: tuple[SuperBlock, int] | None = None
+        for sb, block, sblock in zip(self.blocks, arch.blocks, student.blocks, strict=True):
+            w, b = self.projection(sb, block.hidden, prev)
+            _copy(sblock.projection.weight, w)
+            _copy(sblock.projection.bias, b)
+            layers = iter(sblock.layers)
+            for sub, op in zip(sb.sublayers, block.ops, strict=True):
+                if op.kind != "identity":
+                    sub.extract_into(next(layers), op, block.hidden)
+            prev = (sb, block.hidden)
+        return student
+
+
+def copy_embeddings(teacher_embeddings: nn.Module, student: NasBertModel) -> None:
+    """ETD: the student starts from the teacher's embedding tables and LayerNorm."""
+    for name in ("word_embeddings", "position_embeddings", "token_type_embeddings", "LayerNorm"):
+        src, dst = getattr(teacher_embeddings, name), getattr(student.embeddings, name)
+        for pname, p in dst.named_parameters():
+            _copy(p, getattr(src, pname))
+
+
+def _copy(dst: Tensor, src: Tensor) -> None:
+    if dst.shape != src.shape:
+        raise NasBertError(f"shape mismatch while extracting: {tuple(src.shape)} into {tuple(dst.shape)}")
+    with torch.no_grad():
+        dst.copy_(src)

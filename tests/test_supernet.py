@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nas_bert import architecture as A
+from nas_bert.blockwise import masked_mse
+from nas_bert.supernet import Supernet
+
+
+@pytest.fixture()
+def net(tiny_space):
+    torch.manual_seed(0)
+    return Supernet(tiny_space, teacher_width=32).eval()
+
+
+def test_weights_are_shared_across_widths(net, tiny_space):
+    # One weight tensor per operator type per sublayer position, at the largest width.
+    sub = net.blocks[0].sublayers[0]
+    assert sub.query.weight.shape == (32, 32)
+    assert sub.intermediate.weight.shape == (tiny_space.max_inner, 32)
+    assert sub.depthwise.weight.shape == (32, 1, tiny_space.max_kernel)
+    # A narrow path's gradient lands in the leading slice of the same tensor, nothing else.
+    x = torch.randn(2, 6, 32)
+    block = A.Block(16, (A.Op("ffn", inner=32), A.IDENTITY, A.IDENTITY, A.IDENTITY))
+    net.forward_block(0, x, block).sum().backward()
+    g = sub.intermediate.weight.grad
+    assert g[:32, :16].abs().sum() > 0
+    assert g[32:].abs().sum() == 0 and g[:, 16:].abs().sum() == 0
+    assert sub.query.weight.grad is None  # operators not on the path get nothing
+
+
+def test_sizes_are_arguments_not_state(net, tiny_space):
+    x = torch.randn(2, 6, 32)
+    small, large = A.smallest_block(tiny_space), A.largest_block(tiny_space)
+    y1 = net.forward_block(0, x, small)
+    net.forward_block(0, x, large)  # running another path must not change the first one's output
+    assert torch.equal(y1, net.forward_block(0, x, small))
+
+
+def test_sepconv_kernels_share_centre_taps(net):
+    dw = net.blocks[0].sublayers[0].depthwise
+    w3, _ = dw.sliced(16, 3)
+    assert w3.shape == (16, 1, 3)
+    assert torch.equal(w3, dw.weight[:16, :, 1:4])
+
+
+def test_padding_does_not_change_real_tokens(net, tiny_space):
+    torch.manual_seed(1)
+    x = torch.randn(1, 5, 32)
+    padded = torch.cat([x, torch.randn(1, 3, 32)], dim=1)
+    mask = torch.tensor([[1] * 5 + [0] * 3])
+    for seed in range(5):
+        block = A.sample_block(tiny_space, __import__("random").Random(seed))
+        a = net.forward_block(0, x, block, torch.ones(1, 5, dtype=torch.long))
+        b = net.forward_block(0, padded, block, mask)[:, :5]
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_extracted_student_equals_supernet_path(net, tiny_space, tiny_teacher):
+    emb = tiny_teacher.embeddings_spec()
+    ids = torch.randint(1000, 2000, (2, 10))
+    mask = torch.ones(2, 10, dtype=torch.long)
+    mask[1, 7:] = 0
+    embedded = tiny_teacher.hidden_states(ids, mask)[0]
+    for seed in range(8):
+        arch = A.sample(tiny_space, emb, seed)
+        student = net.extract(arch, tiny_teacher.encoder.embeddings).eval()
+        assert sum(p.numel() for p in student.parameters()) == arch.params()
+        ours = net.forward_chain(embedded, arch, mask)
+        theirs = student(ids, attention_mask=mask).last_hidden_state
+        assert theirs.shape == (2, 10, arch.blocks[-1].hidden)
+        assert (ours - theirs)[mask.bool()].abs().max() <= 1e-5
+
+
+def test_masked_mse_ignores_padding():
+    pred, target = torch.zeros(1, 4, 3), torch.zeros(1, 4, 3)
+    target[0, 3] = 100.0
+    assert masked_mse(pred, target, torch.tensor([[1, 1, 1, 0]])) == 0
+    assert masked_mse(pred, target, None) > 0
