@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
+    Float,
     ForeignKey,
     Integer,
     String,
@@ -97,6 +98,72 @@ class Checkpoint(Base):
     def latest(cls, session: Session, run_id: int) -> Checkpoint | None:
         q = select(cls).where(cls.run_id == run_id, cls.deleted == 0).order_by(cls.step.desc()).limit(1)
         return session.scalars(q).first()
+
+
+class LatencyRow(Base):
+    """One operator timing on one device (fingerprint: hardware, threads, batch, sequence length)."""
+
+    __tablename__ = "nasbert_latency"
+    __table_args__ = (UniqueConstraint("fingerprint", "key"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    fingerprint: Mapped[str] = mapped_column(String(64), index=True)
+    key: Mapped[str] = mapped_column(String(128))  # e.g. "mha:384:12", "proj:384:128", "embeddings:384"
+    ms: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[str] = mapped_column(String(32), default=_now)
+
+
+class LatencyCalibration(Base):
+    """The correction from summed operator timings to end-to-end latency, fitted per device."""
+
+    __tablename__ = "nasbert_latency_calibration"
+    fingerprint: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model_json: Mapped[str] = mapped_column(Text)  # coefficients and the measurements they were fitted on
+    mape: Mapped[float] = mapped_column(Float)  # leave-one-out mean absolute percentage error
+    n: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[str] = mapped_column(String(32), default=_now)
+
+
+class BlockScore(Base):
+    """NAS-BERT's performance approximation: a block sub-architecture's validation MSE, memoised."""
+
+    __tablename__ = "nasbert_block_scores"
+    __table_args__ = (UniqueConstraint("checkpoint_sha", "block", "block_hash"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    checkpoint_sha: Mapped[str] = mapped_column(String(64), index=True)
+    block: Mapped[int] = mapped_column(Integer)
+    block_hash: Mapped[str] = mapped_column(String(32))
+    loss: Mapped[float] = mapped_column(Float)
+
+
+class ArchitectureRow(Base):
+    """A scored student architecture of a study (the key everywhere is its hash)."""
+
+    __tablename__ = "nasbert_architectures"
+    __table_args__ = (UniqueConstraint("study", "hash"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    study: Mapped[str] = mapped_column(String(128), index=True)
+    hash: Mapped[str] = mapped_column(String(32), index=True)
+    arch_json: Mapped[str] = mapped_column(Text)
+    params: Mapped[int] = mapped_column(Integer)
+    flops: Mapped[int] = mapped_column(Integer)
+    checkpoint_sha: Mapped[str] = mapped_column(String(64))
+    predicted_ms: Mapped[float] = mapped_column(Float)
+    approx_loss: Mapped[float] = mapped_column(Float)
+    rescored_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    measured_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    created_at: Mapped[str] = mapped_column(String(32), default=_now)
+
+
+class TrialRow(Base):
+    """Links an Optuna trial (by study name and trial number, no foreign key) to its architecture."""
+
+    __tablename__ = "nasbert_trials"
+    __table_args__ = (UniqueConstraint("optuna_study", "trial_number"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    optuna_study: Mapped[str] = mapped_column(String(256), index=True)
+    trial_number: Mapped[int] = mapped_column(Integer)
+    arch_hash: Mapped[str] = mapped_column(String(32))
+    budget_ms: Mapped[float] = mapped_column(Float)
 
 
 class Database:
