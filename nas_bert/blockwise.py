@@ -27,7 +27,7 @@ from nas_bert.errors import NasBertError
 from nas_bert.space import SearchSpace
 from nas_bert.supernet import Supernet
 from nas_bert.teacher import Teacher, load_teacher
-from nas_bert.train import CheckpointDir, make_accelerator, train_loop
+from nas_bert.train import CheckpointDir, make_accelerator, sha256_file, train_loop
 
 Tensor = torch.Tensor
 
@@ -156,9 +156,12 @@ def train_supernet(study: Study, steps: int | None = None, stop_after: int | Non
     teacher = load_teacher(study.cfg.teacher, accelerator.device)
     supernet = build_supernet(study, teacher, cfg.seed)
     corpus = load_corpus(study.cfg.corpus, teacher.tokenizer)
-    db = Database(study.db_url)
-    db.upsert_study(study.name, study.snapshot())
-    run_id = _get_run(db, study, steps)
+    main = accelerator.is_main_process  # only rank 0 writes to the database and to disk
+    db = Database(study.db_url) if main else None
+    run_id = 0
+    if db is not None:
+        db.upsert_study(study.name, study.snapshot())
+        run_id = _get_run(db, study, steps)
     collator = make_collator(teacher.tokenizer, study.cfg.corpus)
     val = ValidationCache.build(teacher, corpus["validation"], collator, cfg.val_batches, cfg.batch_size,
                                 study.space.blocks, accelerator.device)
@@ -169,21 +172,27 @@ def train_supernet(study: Study, steps: int | None = None, stop_after: int | Non
     report = train_loop(
         model=supernet, objective=objective, dataset=corpus["train"], collator=collator, cfg=cfg,
         total_steps=steps, ckpts=ckpts, accelerator=accelerator, meta=meta, desc="supernet",
-        on_checkpoint=lambda step, path, sha, rep: record_checkpoint(db, run_id, step, path, sha, rep),
+        on_checkpoint=(lambda step, path, sha, rep: record_checkpoint(db, run_id, step, path, sha, rep)) if db else None,
         stop_after=stop_after,
     )
     latest = ckpts.latest()
     if latest is None:
         raise NasBertError(f"no supernet checkpoint in {ckpts.root} after training; check disk space")
     step = int(latest.stem.split("-")[1])
-    with db.session() as s:
-        run = s.get(SupernetRun, run_id)
-        run.status = "finished" if step >= steps else "running"
-        ckpt = Checkpoint.latest(s, run_id)
-    db.dispose()
-    return {"study": study.name, "step": step, "target_steps": steps, "checkpoint": str(latest),
-            "sha256": ckpt.sha256 if ckpt else None, "seconds": round(time.perf_counter() - t0, 1),
-            "val_losses": report, "db": study.db_url}
+    sha = None
+    if db is not None:
+        with db.session() as s:
+            ckpt = Checkpoint.latest(s, run_id)
+        if ckpt is None or ckpt.step != step:  # killed between the rename and the row: record it now
+            report = report or torch.load(latest, map_location="cpu", weights_only=False).get("report", {})
+            record_checkpoint(db, run_id, step, latest, sha256_file(latest), report)
+        with db.session() as s:
+            s.get(SupernetRun, run_id).status = "finished" if step >= steps else "running"
+            sha = Checkpoint.latest(s, run_id).sha256
+        db.dispose()
+    return {"study": study.name, "step": step, "target_steps": steps, "checkpoint": str(latest), "sha256": sha,
+            "seconds": round(time.perf_counter() - t0, 1), "val_losses": report, "db": study.db_url,
+            "world_size": accelerator.num_processes, "is_main": main}
 
 
 def load_supernet_checkpoint(path: Path, space: SearchSpace, teacher_width: int, eps: float = 1e-12) -> Supernet:

@@ -55,7 +55,8 @@ def train_supernet_cmd(
 
     study = load_study(config, db)
     summary = train_supernet(study, steps=steps)
-    _print(summary, as_json, _supernet_table)
+    if summary["is_main"]:  # under torchrun / accelerate launch, one report
+        _print(summary, as_json, _supernet_table)
 
 
 def _supernet_table(s: dict[str, Any]) -> str:

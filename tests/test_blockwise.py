@@ -98,3 +98,18 @@ def test_kill_and_rerun_continues(tiny_study_file):
     with db.session() as s:
         steps = [r.step for r in s.scalars(select(Checkpoint).order_by(Checkpoint.step))]
     assert steps[-1] == 400 and len(steps) == len(set(steps))
+
+
+def test_two_processes_with_torchrun(tiny_study_file):
+    """Data-parallel training on 2 CPU processes (gloo): one report, one set of rows, a finished run."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--nproc_per_node", "2", "-m", "nas_bert", "train-supernet",
+           "--config", str(tiny_study_file), "--json"]
+    done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count('"world_size": 2') == 1
+    study = load_study(tiny_study_file)
+    with Database(study.db_url).session() as s:
+        assert s.scalars(select(SupernetRun)).one().status == "finished"
+        assert [r.step for r in s.scalars(select(Checkpoint).order_by(Checkpoint.step))] == [2, 4, 6, 8]

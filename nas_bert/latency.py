@@ -1,0 +1,397 @@
+"""The latency model of a target device: NAS-BERT's per-operator lookup table plus a calibration.
+
+Every operator the search can place (each width, each size), the embeddings and every projection
+between widths is timed once as the plain student module it becomes in an extracted model; an
+architecture's raw latency is the sum of its parts. Summing misses what isolated timings cannot
+see (the model's own forward, dispatch between layers), so a linear correction
+`measured ~ a * raw + b` is fitted on whole students measured end to end. Timings live in the study
+database under a device fingerprint, so a second search on the same machine measures nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from torch import nn
+from torch.utils import benchmark
+from tqdm.auto import tqdm
+
+from nas_bert.architecture import IDENTITY, Architecture, Block, Embeddings, Op, largest, op_choices, sample, smallest
+from nas_bert.configuration_nas_bert import NasBertConfig
+from nas_bert.db import Database, LatencyCalibration, LatencyRow
+from nas_bert.errors import NasBertError
+from nas_bert.modeling_nas_bert import NasBertEmbeddings, NasBertLayer, NasBertModel, mask_bias
+from nas_bert.space import SearchSpace
+
+# Rounds of `blocked_autorange` per timing; the least-disturbed round is kept, because noise from
+# other processes on shared cores only ever adds time. Whole models get more rounds: they are the
+# ground truth the calibration and the final report are measured against.
+TABLE_ROUNDS = 3
+MODEL_ROUNDS = 5
+
+
+class LatencyConfig(BaseModel):
+    """How latency is measured; device, threads, batch and sequence length enter the fingerprint."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    device: Literal["cpu", "cuda"] = "cpu"
+    threads: int = Field(default=2, ge=1, description="intra-op threads while timing")
+    batch_size: int = Field(default=1, ge=1)
+    seq_len: int = Field(default=128, ge=1)
+    min_run_time: float = Field(default=0.2, gt=0, description="seconds per blocked_autorange round")
+    calibration_archs: int = Field(default=12, ge=3, description="random students measured end to end")
+    seed: int = 0
+
+
+# -- device fingerprint ----------------------------------------------------------------------------
+def hardware_name(device: str = "cpu") -> str:
+    """The CPU model (from /proc/cpuinfo where there is one) or the CUDA device's name."""
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise NasBertError("latency device 'cuda' was requested but no CUDA GPU is visible; use device: cpu")
+        return f"cuda:{torch.cuda.get_device_name(torch.cuda.current_device())}"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown-cpu"
+
+
+def device_fingerprint(cfg: LatencyConfig) -> str:
+    """Stable hash of the hardware, torch version and the settings that change timings."""
+    blob = {
+        "hardware": hardware_name(cfg.device),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "device": cfg.device,
+        "threads": cfg.threads,
+        "batch_size": cfg.batch_size,
+        "seq_len": cfg.seq_len,
+    }
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# -- operator keys --------------------------------------------------------------------------------
+def op_key(op: Op, hidden: int) -> str:
+    size = {"mha": op.heads, "ffn": op.inner, "sepconv": op.kernel}[op.kind]
+    return f"{op.kind}:{hidden}:{size}"
+
+
+def proj_key(in_width: int, out_width: int) -> str:
+    return f"proj:{in_width}:{out_width}"
+
+
+def embeddings_key(emb: Embeddings) -> str:
+    # The vocabulary is in the key: two teachers with the same width have different tables.
+    return f"embeddings:{emb.vocab_size}:{emb.width}"
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """What a key times: ("op", hidden, Op), ("proj", in, out) or ("embeddings", Embeddings)."""
+
+    kind: str
+    args: tuple[Any, ...]
+
+
+def table_specs(space: SearchSpace, emb: Embeddings) -> dict[str, _Spec]:
+    """Every timing an architecture of `space` on embeddings `emb` can need, by key."""
+    specs: dict[str, _Spec] = {embeddings_key(emb): _Spec("embeddings", (emb,))}
+    for h in space.hidden_sizes:
+        for op in op_choices(space, h):
+            specs[op_key(op, h)] = _Spec("op", (h, op))
+    for i in (emb.width, *space.hidden_sizes):
+        for o in space.hidden_sizes:
+            specs[proj_key(i, o)] = _Spec("proj", (i, o))
+    return specs
+
+
+# -- timing ---------------------------------------------------------------------------------------
+def _time_ms(stmt: str, env: dict[str, Any], cfg: LatencyConfig, rounds: int) -> float:
+    """Milliseconds per call of `stmt`: warm-up, then the lowest of `rounds` blocked_autorange medians."""
+    timer = benchmark.Timer(stmt=stmt, globals=env, num_threads=cfg.threads)
+    with torch.inference_mode():
+        timer.timeit(3)  # warm-up: allocator, lazy kernels, caches
+        medians = [timer.blocked_autorange(min_run_time=cfg.min_run_time).median for _ in range(rounds)]
+    return min(medians) * 1000.0
+
+
+def _layer_config(emb: Embeddings | None = None) -> NasBertConfig:
+    emb = emb or Embeddings(vocab_size=2, max_positions=8, type_vocab_size=1, width=8)
+    arch = Architecture(emb, (Block(emb.width, (Op("ffn", inner=emb.width),)),))
+    return NasBertConfig(architecture=arch.to_dict())
+
+
+def _check_positions(emb: Embeddings, cfg: LatencyConfig) -> None:
+    if cfg.seq_len > emb.max_positions:
+        raise NasBertError(
+            f"latency seq_len {cfg.seq_len} exceeds the embeddings' {emb.max_positions} positions; "
+            f"use seq_len <= {emb.max_positions}"
+        )
+
+
+def measure_key(spec: _Spec, cfg: LatencyConfig) -> float:
+    """Time one table entry as the plain student module it is in an extracted model."""
+    dev = torch.device(cfg.device)
+    B, T = cfg.batch_size, cfg.seq_len
+    with torch.inference_mode():
+        if spec.kind == "embeddings":
+            (emb,) = spec.args
+            _check_positions(emb, cfg)
+            module: nn.Module = NasBertEmbeddings(_layer_config(emb)).eval().to(dev)
+            ids = torch.randint(0, emb.vocab_size, (B, T), device=dev)
+            return _time_ms("m(ids)", {"m": module, "ids": ids}, cfg, TABLE_ROUNDS)
+        if spec.kind == "proj":
+            i, o = spec.args
+            module = nn.Linear(i, o).eval().to(dev)
+            return _time_ms("m(x)", {"m": module, "x": torch.randn(B, T, i, device=dev)}, cfg, TABLE_ROUNDS)
+        h, op = spec.args
+        layer = NasBertLayer(_layer_config(), h, op.to_dict()).eval().to(dev)
+        mask = torch.ones(B, T, dtype=torch.long, device=dev)
+        x = torch.randn(B, T, h, device=dev)
+        env = {"layer": layer, "x": x, "bias": mask_bias(mask, x.dtype), "mask": mask}
+        return _time_ms("layer(x, bias, mask)", env, cfg, TABLE_ROUNDS)
+
+
+def measure_model(model: nn.Module, cfg: LatencyConfig, vocab_size: int) -> float:
+    """End-to-end milliseconds of a student: input ids and an all-ones attention mask."""
+    dev = torch.device(cfg.device)
+    model.eval().to(dev)
+    ids = torch.randint(0, vocab_size, (cfg.batch_size, cfg.seq_len), device=dev)
+    mask = torch.ones_like(ids)
+    return _time_ms("model(input_ids=ids, attention_mask=mask)", {"model": model, "ids": ids, "mask": mask}, cfg, MODEL_ROUNDS)
+
+
+def build_student(arch: Architecture) -> NasBertModel:
+    """A student with random weights: latency does not depend on the values."""
+    return NasBertModel(NasBertConfig(architecture=arch.to_dict())).eval()
+
+
+# -- calibration ----------------------------------------------------------------------------------
+@dataclass
+class Calibration:
+    """measured ~ a * raw + b, with the (raw, measured) points it was fitted on."""
+
+    a: float = 1.0
+    b: float = 0.0
+    points: list[tuple[float, float]] = field(default_factory=list)
+    loo_mape: float = float("nan")  # leave-one-out mean absolute percentage error, in %
+
+    def to_json(self, emb: Embeddings) -> str:
+        return json.dumps({"a": self.a, "b": self.b, "points": self.points, "embeddings": _emb_dict(emb)})
+
+    @classmethod
+    def from_json(cls, text: str, mape: float) -> Calibration:
+        d = json.loads(text)
+        points = [(float(r), float(m)) for r, m in d["points"]]
+        return cls(a=d["a"], b=d["b"], points=points, loo_mape=mape if mape >= 0 else float("nan"))
+
+
+def _emb_dict(emb: Embeddings) -> dict[str, int]:
+    return {"vocab_size": emb.vocab_size, "max_positions": emb.max_positions,
+            "type_vocab_size": emb.type_vocab_size, "width": emb.width}
+
+
+def fit_linear(points: Iterable[tuple[float, float]]) -> tuple[float, float]:
+    """Least squares measured = a * raw + b; a proportional fit when that is degenerate or a <= 0."""
+    pts = np.asarray(list(points), dtype=float)
+    raw, meas = pts[:, 0], pts[:, 1]
+    if len(pts) >= 2 and np.ptp(raw) > 0:
+        (a, b), *_ = np.linalg.lstsq(np.stack([raw, np.ones_like(raw)], 1), meas, rcond=None)
+        if a > 0:  # a must be positive, or a cheaper operator would predict a slower model
+            return float(a), float(b)
+    return float(meas.sum() / raw.sum()), 0.0
+
+
+def loo_mape(points: list[tuple[float, float]]) -> float:
+    """Leave-one-out MAPE (%): each point predicted by a fit on all the others."""
+    if len(points) < 3:
+        return float("nan")
+    errs = []
+    for i, (raw, meas) in enumerate(points):
+        a, b = fit_linear(points[:i] + points[i + 1:])
+        errs.append(abs(a * raw + b - meas) / meas)
+    return 100.0 * float(np.mean(errs))
+
+
+def calibration_architectures(space: SearchSpace, emb: Embeddings, cfg: LatencyConfig) -> list[Architecture]:
+    """The smallest, the largest and `calibration_archs` random students (distinct, seeded by cfg.seed)."""
+    rng = random.Random(f"nas-bert-latency-calibration:{cfg.seed}")
+    archs = {a.hash(): a for a in (smallest(space, emb), largest(space, emb))}
+    for _ in range(100 * cfg.calibration_archs):  # bounded: a tiny space may have few distinct students
+        if len(archs) >= cfg.calibration_archs + 2:
+            break
+        a = sample(space, emb, rng)
+        archs.setdefault(a.hash(), a)
+    return list(archs.values())
+
+
+# -- the model ------------------------------------------------------------------------------------
+@dataclass
+class LatencyModel:
+    """Lookup table (key -> ms) of one device plus its calibration; predicts a student's latency."""
+
+    fingerprint: str
+    config: LatencyConfig
+    table: dict[str, float]
+    calibration: Calibration = field(default_factory=Calibration)
+
+    def _ms(self, key: str) -> float:
+        try:
+            return self.table[key]
+        except KeyError:
+            raise NasBertError(
+                f"latency table {self.fingerprint} has no timing for '{key}'; build it for this search space "
+                "and teacher first (ensure_latency_model)"
+            ) from None
+
+    def block_raw_ms(self, block: Block, in_width: int) -> float:
+        """The projection into the block plus its operators (identity costs nothing)."""
+        ops = sum(self._ms(op_key(op, block.hidden)) for op in block.ops if op.kind != "identity")
+        return self._ms(proj_key(in_width, block.hidden)) + ops
+
+    def raw_ms(self, arch: Architecture) -> float:
+        """Sum of the table entries of the student's modules."""
+        total, prev = self._ms(embeddings_key(arch.embeddings)), arch.embeddings.width
+        for b in arch.blocks:
+            total += self.block_raw_ms(b, prev)
+            prev = b.hidden
+        return total
+
+    def calibrate_raw(self, raw: float) -> float:
+        return self.calibration.a * raw + self.calibration.b
+
+    def predict(self, arch: Architecture) -> float:
+        """Calibrated end-to-end milliseconds."""
+        return self.calibrate_raw(self.raw_ms(arch))
+
+    def fastest_architecture(self, space: SearchSpace, emb: Embeddings) -> Architecture:
+        """The student of `space` with the lowest predicted latency (exact).
+
+        Within a block of width h the cheapest choice is the minimum depth of the cheapest operator;
+        the projection into block b depends on block b-1's width, so a dynamic programme over widths
+        picks the widths. The calibration is increasing in raw (a > 0), so minimising raw is enough.
+        """
+        depth = space.depths[0]
+        cheapest: dict[int, Block] = {}
+        for h in space.hidden_sizes:
+            op = min(op_choices(space, h), key=lambda o: self._ms(op_key(o, h)))
+            cheapest[h] = Block(h, (op,) * depth + (IDENTITY,) * (space.sublayers_per_block - depth))
+        # best[h] = (raw cost of blocks so far ending at width h, the blocks)
+        best: dict[int, tuple[float, tuple[Block, ...]]] = {emb.width: (self._ms(embeddings_key(emb)), ())}
+        for _ in range(space.blocks):
+            best = {
+                h: min(((c + self.block_raw_ms(blk, prev), (*blocks, blk)) for prev, (c, blocks) in best.items()),
+                       key=lambda t: t[0])
+                for h, blk in cheapest.items()
+            }
+        _, blocks = min(best.values(), key=lambda t: t[0])
+        return Architecture(emb, blocks)
+
+    def fastest_possible(self, space: SearchSpace, emb: Embeddings) -> float:
+        """The minimum predicted latency over the space: no latency budget below it can be met."""
+        return self.predict(self.fastest_architecture(space, emb))
+
+
+def latency_report(model: LatencyModel) -> dict[str, Any]:
+    """A JSON-able summary: fingerprint, settings, the table, the calibration and its error."""
+    cal = model.calibration
+    mape = cal.loo_mape if np.isfinite(cal.loo_mape) else None
+    return {
+        "fingerprint": model.fingerprint,
+        "hardware": hardware_name(model.config.device),
+        "torch": torch.__version__,
+        "config": model.config.model_dump(),
+        "table_ms": dict(sorted(model.table.items())),
+        "calibration": {"a": cal.a, "b": cal.b, "points": [list(p) for p in cal.points]},
+        "n": len(cal.points),
+        "loo_mape_pct": mape,
+    }
+
+
+# -- building and caching -------------------------------------------------------------------------
+def _load_table(db: Database, fingerprint: str) -> dict[str, float]:
+    with db.session() as s:
+        rows = s.scalars(select(LatencyRow).where(LatencyRow.fingerprint == fingerprint)).all()
+        return {r.key: r.ms for r in rows}
+
+
+def _store_row(db: Database, fingerprint: str, key: str, ms: float) -> float:
+    """Insert one timing; if a concurrent worker stored the key first, keep (and return) theirs."""
+    try:
+        with db.session() as s:
+            s.add(LatencyRow(fingerprint=fingerprint, key=key, ms=ms))
+        return ms
+    except IntegrityError:
+        return _load_table(db, fingerprint)[key]
+
+
+def calibrate(
+    model: LatencyModel, space: SearchSpace, emb: Embeddings, cfg: LatencyConfig, progress: bool = True,
+    measure: Callable[[nn.Module, LatencyConfig, int], float] | None = None,
+) -> Calibration:
+    """Measure the calibration students end to end and fit measured ~ a * raw + b."""
+    measure = measure or measure_model
+    points: list[tuple[float, float]] = []
+    archs = calibration_architectures(space, emb, cfg)
+    for arch in tqdm(archs, desc="latency calibration", disable=not progress, leave=False):
+        student = build_student(arch)
+        points.append((model.raw_ms(arch), measure(student, cfg, emb.vocab_size)))
+        del student
+    a, b = fit_linear(points)
+    return Calibration(a=a, b=b, points=points, loo_mape=loo_mape(points))
+
+
+def ensure_latency_model(
+    db: Database, space: SearchSpace, emb: Embeddings, cfg: LatencyConfig, progress: bool = True
+) -> LatencyModel:
+    """The device's latency model, measuring only what the database does not hold yet.
+
+    Each timing is stored as soon as it is taken, so an interrupted build resumes where it stopped.
+    """
+    _check_positions(emb, cfg)
+    fingerprint = device_fingerprint(cfg)
+    specs = table_specs(space, emb)
+    table = _load_table(db, fingerprint)
+    missing = [k for k in specs if k not in table]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(cfg.threads)
+        for key in tqdm(missing, desc="latency table", disable=not progress, leave=False):
+            table[key] = _store_row(db, fingerprint, key, measure_key(specs[key], cfg))
+        model = LatencyModel(fingerprint, cfg, table)
+
+        cal_key = f"{fingerprint}:{space.fingerprint()}"
+        with db.session() as s:
+            row = s.get(LatencyCalibration, cal_key)
+            stored = (row.model_json, row.mape) if row is not None else None
+        if stored is not None and json.loads(stored[0]).get("embeddings") == _emb_dict(emb):
+            model.calibration = Calibration.from_json(stored[0], stored[1])
+            return model
+        model.calibration = cal = calibrate(model, space, emb, cfg, progress)
+        mape = cal.loo_mape if np.isfinite(cal.loo_mape) else -1.0
+        try:
+            with db.session() as s:  # merge: a calibration for other embeddings is replaced
+                s.merge(LatencyCalibration(fingerprint=cal_key, model_json=cal.to_json(emb), mape=mape, n=len(cal.points)))
+        except IntegrityError:
+            pass  # a concurrent worker stored its calibration first; ours is as good
+        return model
+    finally:
+        torch.set_num_threads(threads)
