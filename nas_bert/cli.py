@@ -68,6 +68,96 @@ def _supernet_table(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@app.command("latency")
+@_friendly
+def latency_cmd(config: ConfigOpt, db: DbOpt = None, as_json: JsonOpt = False) -> None:
+    """Stage 2: the per-operator latency table of this device and its calibration error."""
+    from nas_bert.db import Database
+    from nas_bert.latency import ensure_latency_model, latency_report
+    from nas_bert.teacher import embeddings_spec_of, load_teacher_config
+
+    study = load_study(config, db)
+    emb = embeddings_spec_of(load_teacher_config(study.cfg.teacher))
+    model = ensure_latency_model(Database(study.db_url), study.space, emb, study.cfg.latency)
+    _print(latency_report(model), as_json, _latency_table)
+
+
+def _latency_table(r: dict[str, Any]) -> str:
+    lines = [f"latency table {r['fingerprint'][:12]} ({len(r['table'])} entries, ms)"]
+    lines += [f"  {k:<28} {v:9.4f}" for k, v in r["table"].items()]
+    cal = r.get("calibration") or {}
+    lines.append(f"calibration: {json.dumps({k: v for k, v in cal.items() if k != 'points'})}")
+    return "\n".join(lines)
+
+
+@app.command("search")
+@_friendly
+def search_cmd(
+    config: ConfigOpt,
+    latency_budget_ms: Annotated[float, typer.Option("--latency-budget-ms", help="predicted latency budget (ms)")],
+    db: DbOpt = None,
+    trials: Annotated[int | None, typer.Option(help="complete trials wanted (default: the study's)")] = None,
+    workers: Annotated[int, typer.Option(help="processes on this machine sharing the study database")] = 1,
+    as_json: JsonOpt = False,
+) -> None:
+    """Stages 2-5 for one budget: latency table, block scores, Optuna search, rescoring; resumes."""
+    from nas_bert.search import search
+
+    study = load_study(config, db)
+    _print(search(study, latency_budget_ms, trials, workers), as_json, _search_table)
+
+
+def _front_table(front: list[dict[str, Any]]) -> str:
+    head = f"  {'trial':>5} {'params':>10} {'pred ms':>8} {'approx':>8} {'rescored':>8}  architecture"
+    rows = [head]
+    for r in front:
+        resc = f"{r['rescored_loss']:8.4f}" if r["rescored_loss"] is not None else f"{'-':>8}"
+        rows.append(f"  {r['trial']:>5} {r['params']:>10,} {r['predicted_ms']:8.2f} {r['approx_loss']:8.4f} {resc}  {r['architecture']}")
+    return "\n".join(rows)
+
+
+def _search_table(s: dict[str, Any]) -> str:
+    t = s["trials"]
+    tau = "n/a" if s["kendall_tau"] is None else f"{s['kendall_tau']:.2f}"
+    lines = [
+        f"search '{s['optuna_study']}' (budget {s['budget_ms']:g} ms): {t['complete']} complete, {t['fail']} failed, "
+        f"{t['pruned']} stood down, {s['feasible']} feasible; {s['seconds']} s this run",
+        f"block scores computed this run: {s['block_scores_computed']}; rescored {s['rescored']}; "
+        f"Kendall tau (approx vs rescored) {tau}",
+        "feasible Pareto front:",
+        _front_table(s["front"]),
+    ]
+    if s["chosen"]:
+        lines.append(f"best under budget: trial {s['chosen']['trial']} ({s['chosen']['predicted_ms']:.2f} ms)")
+    return "\n".join(lines)
+
+
+@app.command("pareto")
+@_friendly
+def pareto_cmd(
+    config: ConfigOpt,
+    db: DbOpt = None,
+    budget: Annotated[float | None, typer.Option("--budget", help="one budget (ms); default: every budget searched")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="also draw the front(s) to this PNG")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The feasible Pareto front (approximate loss vs predicted latency) of each budget searched."""
+    from nas_bert.db import Database
+    from nas_bert.search import budgets_in_db, pareto_rows
+
+    study = load_study(config, db)
+    budgets = [budget] if budget is not None else budgets_in_db(study)
+    if not budgets:
+        raise NasBertError(f"study '{study.name}' has no search yet; run `nas-bert search --config {config} --latency-budget-ms X`")
+    database = Database(study.db_url)
+    fronts = {f"{b:g}": pareto_rows(database, study, b) for b in budgets}
+    if plot is not None:
+        from nas_bert.plots import plot_fronts
+
+        plot_fronts(study, budgets, plot)
+    _print(fronts, as_json, lambda f: "\n".join(f"budget {b} ms:\n" + _front_table(rows) for b, rows in f.items()))
+
+
 @app.command("status")
 @_friendly
 def status_cmd(config: ConfigOpt, db: DbOpt = None, as_json: JsonOpt = False) -> None:
@@ -82,9 +172,19 @@ def _status_table(s: dict[str, Any]) -> str:
     sn = s["supernet"]
     lines = [f"study '{s['study']}'  db {s['db']}"]
     if sn is None:
-        lines.append("  supernet: not trained (run `nas-bert train-supernet`)")
+        lines.append("  1 supernet:     not trained (run `nas-bert train-supernet`)")
     else:
-        lines.append(f"  supernet: step {sn['step']}/{sn['target_steps']} ({sn['status']}), checkpoint {sn['checkpoint']}")
+        lines.append(f"  1 supernet:     step {sn['step']}/{sn['target_steps']} ({sn['status']}), {sn['checkpoint']}")
+    lines.append(f"  2 latency:      {s['latency']['entries']} operator timings on this device")
+    lines.append(f"  3 block scores: {s['block_scores']} memoised; {s['architectures']} architectures scored")
+    if not s["searches"]:
+        lines.append("  4 search:       none yet (run `nas-bert search --latency-budget-ms X`)")
+    for r in s["searches"]:
+        t, best = r["trials"], r["best"]
+        b = "no feasible trial" if best is None else (
+            f"best trial {best['trial']}: loss {best['approx_loss']:.4f} at {best['predicted_ms']:.2f} ms")
+        lines.append(f"  4 search {r['budget_ms']:g} ms: {t['complete']} complete, {t['fail']} failed, "
+                     f"{t['running']} running, {r['feasible']} feasible; {b}")
     return "\n".join(lines)
 
 

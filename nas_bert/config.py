@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from nas_bert.corpus import CorpusConfig
 from nas_bert.errors import NasBertError, format_validation_error
+from nas_bert.latency import LatencyConfig
 from nas_bert.space import SearchSpace, load_space
 
 
@@ -46,6 +47,23 @@ class SupernetConfig(TrainConfig):
     val_random_archs: int = Field(default=2, ge=0, description="random sub-architectures scored at each validation")
 
 
+class SearchConfig(_Strict):
+    """Stages 3-5: Optuna over the space, NAS-BERT's block scores, rescoring of the best."""
+
+    trials: int = Field(default=200, ge=1, description="complete trials per budget, across all workers")
+    sampler: Literal["nsga2", "tpe"] = "nsga2"
+    population_size: int = Field(default=24, ge=2, description="NSGA-II population")
+    seed: int = 0
+    batch_size: int = Field(default=16, ge=1)
+    score_batches: int = Field(default=2, ge=1, description="validation batches per block score")
+    rescore_top: int = Field(default=8, ge=1, description="T: best feasible candidates rescored end to end")
+    rescore_batches: int = Field(default=8, ge=1, description="validation batches for rescoring")
+    heartbeat_interval: int = Field(default=5, ge=1, description="seconds between a running trial's heartbeats")
+    grace_period: int = Field(default=20, ge=2, description="seconds without a heartbeat before a trial is stale")
+    max_retry: int = Field(default=1, ge=0, description="retries of a trial whose worker died")
+    budgets_ms: list[float] = Field(default_factory=list, description="budgets `nas-bert run` searches")
+
+
 class StudyConfig(_Strict):
     name: str
     teacher: str = "minilm-l6"
@@ -55,6 +73,8 @@ class StudyConfig(_Strict):
     workdir: str | None = Field(default=None, description="checkpoints and exports; default <study dir>/<name>/")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     supernet: SupernetConfig = SupernetConfig()
+    latency: LatencyConfig = LatencyConfig()
+    search: SearchConfig = SearchConfig()
 
     @field_validator("name")
     @classmethod

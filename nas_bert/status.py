@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+import optuna
+from optuna.trial import TrialState
+from sqlalchemy import func, select
 
 from nas_bert.config import Study
-from nas_bert.db import Checkpoint, Database, SupernetRun
+from nas_bert.db import ArchitectureRow, BlockScore, Checkpoint, Database, LatencyRow, SupernetRun
 
 
 def study_status(study: Study) -> dict[str, Any]:
+    from nas_bert.latency import device_fingerprint
+    from nas_bert.search import budgets_in_db, optuna_study_name, storage_for
+
     db = Database(study.db_url)
     with db.session() as s:
         run = s.scalars(select(SupernetRun).where(SupernetRun.study == study.name,
@@ -20,6 +25,22 @@ def study_status(study: Study) -> dict[str, Any]:
             ckpt = Checkpoint.latest(s, run.id)
             supernet = {"status": run.status, "target_steps": run.target_steps,
                         "step": ckpt.step if ckpt else 0, "checkpoint": ckpt.path if ckpt else None,
-                        "val_losses": ckpt.val_losses if ckpt else {}}
+                        "sha256": ckpt.sha256 if ckpt else None, "val_losses": ckpt.val_losses if ckpt else {}}
+        fp = device_fingerprint(study.cfg.latency)
+        latency_rows = s.scalar(select(func.count()).select_from(LatencyRow).where(LatencyRow.fingerprint == fp))
+        block_scores = s.scalar(select(func.count()).select_from(BlockScore))
+        architectures = s.scalar(select(func.count()).select_from(ArchitectureRow).where(ArchitectureRow.study == study.name))
+    searches = []
+    for budget in budgets_in_db(study):
+        st = optuna.load_study(study_name=optuna_study_name(study, budget), storage=storage_for(study))
+        trials = st.get_trials(deepcopy=False)
+        counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
+        feasible = [t for t in trials if t.state == TrialState.COMPLETE and t.values[1] <= budget]
+        best = min(feasible, key=lambda t: t.values[0], default=None)
+        searches.append({"budget_ms": budget, "trials": counts, "feasible": len(feasible),
+                         "best": None if best is None else {"trial": best.number, "approx_loss": best.values[0],
+                                                            "predicted_ms": best.values[1]}})
     db.dispose()
-    return {"study": study.name, "db": study.db_url, "supernet": supernet}
+    return {"study": study.name, "db": study.db_url, "supernet": supernet,
+            "latency": {"fingerprint": fp, "entries": latency_rows}, "block_scores": block_scores,
+            "architectures": architectures, "searches": searches}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.resources
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -45,6 +46,16 @@ def resolve_teacher(name: str) -> str:
     return name
 
 
+def embeddings_spec_of(c: Any) -> Embeddings:
+    """The embedding tables a student copies, read off a transformers config (no weights needed)."""
+    return Embeddings(
+        vocab_size=int(c.vocab_size),
+        max_positions=int(c.max_position_embeddings),
+        type_vocab_size=int(getattr(c, "type_vocab_size", 1) or 1),
+        width=int(getattr(c, "embedding_size", None) or c.hidden_size),
+    )
+
+
 @dataclass
 class Teacher:
     """A frozen encoder, its optional MLM head and tokenizer; gives hidden states at every layer."""
@@ -67,13 +78,7 @@ class Teacher:
         return int(self.config.hidden_size)
 
     def embeddings_spec(self) -> Embeddings:
-        c = self.config
-        return Embeddings(
-            vocab_size=int(c.vocab_size),
-            max_positions=int(c.max_position_embeddings),
-            type_vocab_size=int(getattr(c, "type_vocab_size", 1) or 1),
-            width=int(getattr(c, "embedding_size", None) or c.hidden_size),
-        )
+        return embeddings_spec_of(self.config)
 
     def to(self, device: torch.device | str) -> Teacher:
         self.encoder.to(device)
@@ -93,16 +98,22 @@ class Teacher:
         return [hidden_states[b * step] for b in range(blocks + 1)]
 
 
+def load_teacher_config(name: str) -> Any:
+    """The teacher's transformers config (cheap: no weights), with a one-line error if unreachable."""
+    hf_logging.set_verbosity_error()
+    try:
+        return AutoConfig.from_pretrained(resolve_teacher(name))
+    except (OSError, ValueError) as e:
+        raise NasBertError(f"teacher '{name}' could not be loaded ({str(e).splitlines()[0]}); "
+                           f"give a model folder, a reachable Hub id or one of {known_aliases()}") from None
+
+
 def load_teacher(name: str, device: torch.device | str = "cpu") -> Teacher:
     """Load an encoder teacher (BertModel, BertForMaskedLM and the like) in eval mode, frozen."""
     hf_logging.set_verbosity_error()  # unused pooler weights are expected, not worth a report
     hf_logging.disable_progress_bar()
     source = resolve_teacher(name)
-    try:
-        config = AutoConfig.from_pretrained(source)
-    except OSError as e:
-        raise NasBertError(f"teacher '{name}' could not be loaded ({str(e).splitlines()[0]}); "
-                           f"give a model folder, a reachable Hub id or one of {known_aliases()}") from None
+    config = load_teacher_config(name)
     if getattr(config, "is_encoder_decoder", False) or getattr(config, "is_decoder", False) or not hasattr(config, "num_hidden_layers"):
         raise NasBertError(f"teacher '{name}' ({config.model_type}) is not an encoder with hidden states; use a BERT-family encoder")
     archs = getattr(config, "architectures", None) or []

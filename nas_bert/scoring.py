@@ -1,0 +1,93 @@
+"""Stages 3 and 5: NAS-BERT's performance approximation and end-to-end rescoring.
+
+A block sub-architecture's score is its validation MSE against the teacher's boundary states,
+computed with the trained supernet and memoised in the database per (supernet checkpoint,
+block, block hash); an architecture's approximate loss is the sum over its blocks. Rescoring
+runs the whole chained student (teacher embeddings -> every block, no teacher states in
+between) against the teacher's final hidden state on more validation text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from nas_bert.architecture import Architecture
+from nas_bert.blockwise import ValidationCache, block_val_loss, masked_mse
+from nas_bert.db import BlockScore, Database
+from nas_bert.supernet import Supernet
+
+
+@dataclass
+class BlockScorer:
+    """Memoised block scores: in memory, then the database, then the supernet."""
+
+    supernet: Supernet
+    cache: ValidationCache
+    db: Database
+    checkpoint_sha: str
+    memo: dict[tuple[int, str], float] = field(default_factory=dict)
+    computed: int = 0  # block scores this process had to compute (the rest were memoised)
+
+    def load_memo(self) -> None:
+        with self.db.session() as s:
+            rows = s.scalars(select(BlockScore).where(BlockScore.checkpoint_sha == self.checkpoint_sha))
+            self.memo.update({(r.block, r.block_hash): r.loss for r in rows})
+
+    def block_loss(self, b: int, arch: Architecture) -> float:
+        block = arch.blocks[b]
+        key = (b, block.hash())
+        if key not in self.memo:
+            with self.db.session() as s:
+                row = s.scalars(select(BlockScore).where(
+                    BlockScore.checkpoint_sha == self.checkpoint_sha, BlockScore.block == b,
+                    BlockScore.block_hash == key[1])).first()
+            if row is not None:
+                self.memo[key] = row.loss
+            else:
+                loss = block_val_loss(self.supernet, b, block, self.cache)
+                self.computed += 1
+                self.memo[key] = loss
+                try:
+                    with self.db.session() as s:
+                        s.add(BlockScore(checkpoint_sha=self.checkpoint_sha, block=b, block_hash=key[1], loss=loss))
+                except IntegrityError:  # another worker stored the same score first
+                    pass
+        return self.memo[key]
+
+    def approx_loss(self, arch: Architecture) -> float:
+        return sum(self.block_loss(b, arch) for b in range(len(arch.blocks)))
+
+
+@torch.no_grad()
+def rescore(supernet: Supernet, arch: Architecture, cache: ValidationCache) -> float:
+    """End-to-end MSE of the chained student against the teacher's last hidden state.
+
+    The student's last block output goes back to the teacher's width through that block's
+    output adapter, the same map its block score used.
+    """
+    total, tokens = 0.0, 0.0
+    last = len(arch.blocks) - 1
+    w, b = supernet.output_adapter(last, arch.blocks[last].hidden)
+    for batch, bounds in zip(cache.batches, cache.bounds, strict=True):
+        mask = batch["attention_mask"]
+        hidden = supernet.forward_chain(bounds[0], arch, mask)  # (B, T, h_last)
+        out = torch.nn.functional.linear(hidden, w, b)  # (B, T, teacher width)
+        n = float(mask.sum())
+        total += float(masked_mse(out, bounds[-1], mask)) * n
+        tokens += n
+    return total / max(tokens, 1.0)
+
+
+def kendall_tau(xs: list[float], ys: list[float]) -> float | None:
+    """Rank agreement between approximate and rescored losses (None with fewer than 3 points)."""
+    if len(xs) < 3:
+        return None
+    from scipy.stats import kendalltau
+
+    tau: Any = kendalltau(xs, ys).statistic
+    return float(tau)

@@ -1,0 +1,334 @@
+"""Stages 2-5: search to a latency budget with Optuna, in the study database.
+
+Objectives (approximate loss, predicted latency), both minimised; the budget is a constraint
+(`trial.set_constraint`), so the samplers and `study.best_trials` know what is feasible. The
+space is static define-by-run: every trial suggests a width per block and an operator token per
+sublayer; a token list is turned into a valid block by moving identities to the block's end.
+Heartbeats let a killed search continue: its stale trial is failed and retried
+(`RetryHeartbeatStaleTrialCallback`), and a global trial count holds across workers.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+import torch
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from tqdm.auto import tqdm
+
+from nas_bert.architecture import IDENTITY, Architecture, Block, Op
+from nas_bert.blockwise import ValidationCache, load_supernet_checkpoint
+from nas_bert.config import SearchConfig, Study
+from nas_bert.corpus import load_corpus, make_collator
+from nas_bert.db import ArchitectureRow, Checkpoint, Database, SupernetRun, TrialRow
+from nas_bert.errors import NasBertError
+from nas_bert.latency import LatencyModel, ensure_latency_model
+from nas_bert.scoring import BlockScorer, kendall_tau, rescore
+from nas_bert.space import SearchSpace
+from nas_bert.teacher import Teacher, load_teacher
+from nas_bert.train import sha256_file
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+# -- the define-by-run space ------------------------------------------------------------------
+def op_tokens(space: SearchSpace, position: int) -> list[str]:
+    """Width-independent operator tokens for one sublayer position (a static Optuna space)."""
+    tokens = []
+    if "mha" in space.operators:
+        tokens.append("mha")
+    if "ffn" in space.operators:
+        tokens += [f"ffn{r}" for r in space.ffn_ratios]
+    if "sepconv" in space.operators:
+        tokens += [f"sepconv{k}" for k in space.conv_kernels]
+    if "identity" in space.operators and position >= space.min_depth:
+        tokens.append("identity")  # the first min_depth sublayers always hold an operator
+    return tokens
+
+
+def token_op(token: str, hidden: int, space: SearchSpace) -> Op:
+    if token == "mha":
+        return Op("mha", heads=hidden // space.head_size)
+    if token.startswith("ffn"):
+        return Op("ffn", inner=int(token[3:]) * hidden)
+    if token.startswith("sepconv"):
+        return Op("sepconv", kernel=int(token[7:]))
+    return IDENTITY
+
+
+def suggest_architecture(trial: optuna.trial.BaseTrial, space: SearchSpace, teacher_emb: Any) -> Architecture:
+    blocks = []
+    for b in range(space.blocks):
+        hidden = trial.suggest_categorical(f"b{b}_hidden", list(space.hidden_sizes))
+        ops = [token_op(trial.suggest_categorical(f"b{b}_s{j}", op_tokens(space, j)), hidden, space)
+               for j in range(space.sublayers_per_block)]
+        # NAS-BERT's rule (identity only ends a block) as a repair: identities move to the end.
+        kept = [op for op in ops if op.kind != "identity"]
+        blocks.append(Block(hidden, tuple(kept) + (IDENTITY,) * (len(ops) - len(kept))))
+    return Architecture(teacher_emb, tuple(blocks)).validate(space)
+
+
+# -- what one search needs in memory ----------------------------------------------------------
+@dataclass
+class SearchContext:
+    study: Study
+    db: Database
+    teacher: Teacher
+    latency: LatencyModel
+    scorer: BlockScorer
+    checkpoint_sha: str
+    rescore_cache: ValidationCache | None = None
+
+
+def optuna_study_name(study: Study, budget_ms: float) -> str:
+    return f"{study.name}-{budget_ms:g}ms"
+
+
+def storage_for(study: Study) -> RDBStorage:
+    cfg = study.cfg.search
+    kwargs = {"connect_args": {"timeout": 60}} if study.db_url.startswith("sqlite") else {"pool_pre_ping": True}
+    return RDBStorage(study.db_url, engine_kwargs=kwargs, heartbeat_interval=cfg.heartbeat_interval,
+                      grace_period=cfg.grace_period,
+                      heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=cfg.max_retry))
+
+
+def latest_checkpoint(db: Database, study: Study) -> Checkpoint:
+    """The supernet checkpoint a search scores with, checked on disk against its sha256."""
+    with db.session() as s:
+        run = s.scalars(select(SupernetRun).where(SupernetRun.study == study.name,
+                                                  SupernetRun.space_hash == study.space.fingerprint())).first()
+        ckpt = Checkpoint.latest(s, run.id) if run else None
+    if ckpt is None:
+        raise NasBertError(f"study '{study.name}' has no supernet checkpoint; run `nas-bert train-supernet --config {study.file}` first")
+    return ckpt
+
+
+def open_context(study: Study, progress: bool = True) -> SearchContext:
+    device = study.device()
+    db = Database(study.db_url)
+    ckpt = latest_checkpoint(db, study)
+    teacher = load_teacher(study.cfg.teacher, device)
+    from pathlib import Path
+
+    path = Path(ckpt.path)
+    supernet = load_supernet_checkpoint(path, study.space, teacher.hidden_size,
+                                        float(getattr(teacher.config, "layer_norm_eps", 1e-12))).to(device)
+    if sha256_file(path) != ckpt.sha256:
+        raise NasBertError(f"supernet checkpoint {path} does not match the sha256 recorded in the database; "
+                           "it was changed on disk: retrain with `nas-bert train-supernet`")
+    latency = ensure_latency_model(db, study.space, teacher.embeddings_spec(), study.cfg.latency, progress=progress)
+    cfg = study.cfg.search
+    corpus = load_corpus(study.cfg.corpus, teacher.tokenizer)
+    collator = make_collator(teacher.tokenizer, study.cfg.corpus)
+    cache = ValidationCache.build(teacher, corpus["validation"], collator, cfg.score_batches, cfg.batch_size,
+                                  study.space.blocks, device)
+    scorer = BlockScorer(supernet, cache, db, ckpt.sha256)
+    scorer.load_memo()
+    ctx = SearchContext(study, db, teacher, latency, scorer, ckpt.sha256)
+    ctx.rescore_cache = ValidationCache.build(teacher, corpus["validation"], collator, cfg.rescore_batches,
+                                              cfg.batch_size, study.space.blocks, device)
+    return ctx
+
+
+def check_budget(ctx: SearchContext, budget_ms: float) -> None:
+    fastest = ctx.latency.fastest_possible(ctx.study.space, ctx.teacher.embeddings_spec())
+    if budget_ms < fastest:
+        raise NasBertError(f"latency budget {budget_ms:g} ms is below the fastest architecture of this space "
+                           f"({fastest:.2f} ms predicted on this device); use --latency-budget-ms {math.ceil(fastest * 100) / 100:g} or more")
+
+
+def record_architecture(ctx: SearchContext, arch: Architecture, predicted_ms: float, approx: float) -> None:
+    try:
+        with ctx.db.session() as s:
+            exists = s.scalars(select(ArchitectureRow).where(ArchitectureRow.study == ctx.study.name,
+                                                             ArchitectureRow.hash == arch.hash())).first()
+            if exists is None:
+                s.add(ArchitectureRow(study=ctx.study.name, hash=arch.hash(), arch_json=arch.canonical_json(),
+                                      params=arch.params(), flops=arch.flops(), checkpoint_sha=ctx.checkpoint_sha,
+                                      predicted_ms=predicted_ms, approx_loss=approx))
+    except IntegrityError:  # another worker recorded it at the same moment
+        pass
+
+
+def make_objective(ctx: SearchContext, budget_ms: float, n_trials: int, name: str):  # noqa: ANN201
+    emb = ctx.teacher.embeddings_spec()
+
+    def objective(trial: optuna.Trial) -> tuple[float, float]:
+        # A global count across workers: trials numbered after the first n_trials live ones stand down.
+        live = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+        if sum(t.number < trial.number for t in live) >= n_trials:
+            trial.study.stop()
+            raise optuna.TrialPruned("the requested number of trials is reached")
+        arch = suggest_architecture(trial, ctx.study.space, emb)
+        predicted = ctx.latency.predict(arch)
+        trial.set_constraint("latency", predicted - budget_ms)
+        trial.set_user_attr("arch_hash", arch.hash())
+        approx = ctx.scorer.approx_loss(arch)
+        record_architecture(ctx, arch, predicted, approx)
+        try:
+            with ctx.db.session() as s:
+                s.add(TrialRow(optuna_study=name, trial_number=trial.number, arch_hash=arch.hash(), budget_ms=budget_ms))
+        except IntegrityError:
+            pass
+        return approx, predicted
+
+    return objective
+
+
+def make_sampler(cfg: SearchConfig, worker: int) -> optuna.samplers.BaseSampler:
+    seed = cfg.seed + 1000 * worker  # each worker its own stream, all reproducible
+    if cfg.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(20, cfg.trials))
+    return optuna.samplers.NSGAIISampler(seed=seed, population_size=cfg.population_size)
+
+
+def wait_for_stale(study_: optuna.Study, cfg: SearchConfig) -> None:
+    """A trial left RUNNING by a killed process is failed (and retried) once its heartbeat is stale."""
+    deadline = time.time() + cfg.grace_period + cfg.heartbeat_interval
+    while study_.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) and time.time() < deadline:
+        optuna.storages.fail_stale_trials(study_)
+        time.sleep(1.0)
+
+
+def run_worker(study: Study, budget_ms: float, n_trials: int, worker: int = 0, ctx: SearchContext | None = None,
+               progress: bool = True) -> None:
+    """One search process: optimise until the study holds n_trials complete trials."""
+    ctx = ctx or open_context(study, progress=False)
+    cfg = study.cfg.search
+    name = optuna_study_name(study, budget_ms)
+    study_ = optuna.create_study(study_name=name, storage=storage_for(study), directions=["minimize", "minimize"],
+                                 sampler=make_sampler(cfg, worker), load_if_exists=True)
+    study_.set_metric_names(["approx_loss", "predicted_ms"])
+    wait_for_stale(study_, cfg)
+    done = len(study_.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    if done >= n_trials:
+        return
+    bar = tqdm(total=n_trials, initial=done, desc=f"search {budget_ms:g} ms", disable=not progress)
+
+    def tick(st: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        bar.n = len(st.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        feasible = [t for t in st.best_trials] if bar.n else []
+        bar.set_postfix(front=len(feasible), computed=ctx.scorer.computed)
+        bar.refresh()
+
+    study_.optimize(make_objective(ctx, budget_ms, n_trials, name), n_trials=None,
+                    callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE,)), tick],
+                    gc_after_trial=False)
+    bar.close()
+
+
+def _spawned_worker(study_file: str, db_url: str, budget_ms: float, n_trials: int, worker: int, threads: int) -> None:
+    from nas_bert.config import load_study
+
+    torch.set_num_threads(threads)
+    run_worker(load_study(study_file, db_url), budget_ms, n_trials, worker, progress=False)
+
+
+def search(study: Study, budget_ms: float, trials: int | None = None, workers: int = 1) -> dict[str, Any]:
+    """Stages 2-5 for one budget; resumable; returns a summary."""
+    cfg = study.cfg.search
+    n_trials = trials or cfg.trials
+    if workers < 1:
+        raise NasBertError("--workers must be at least 1")
+    ctx = open_context(study)
+    check_budget(ctx, budget_ms)
+    t0 = time.perf_counter()
+    threads = max(1, torch.get_num_threads() // workers)
+    procs = []
+    if workers > 1:
+        spawn = mp.get_context("spawn")
+        for w in range(1, workers):
+            p = spawn.Process(target=_spawned_worker, args=(str(study.file), study.db_url, budget_ms, n_trials, w, threads))
+            p.start()
+            procs.append(p)
+        torch.set_num_threads(threads)
+    run_worker(study, budget_ms, n_trials, 0, ctx)
+    for p in procs:
+        p.join()
+    seconds = time.perf_counter() - t0
+    summary = finish_search(ctx, budget_ms)
+    summary["seconds"] = round(seconds, 1)
+    return summary
+
+
+def finish_search(ctx: SearchContext, budget_ms: float) -> dict[str, Any]:
+    """Stage 5: rescore the best feasible candidates end to end; summarise the study."""
+    study, cfg = ctx.study, ctx.study.cfg.search
+    name = optuna_study_name(study, budget_ms)
+    study_ = optuna.load_study(study_name=name, storage=storage_for(study))
+    trials = study_.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    feasible = [t for t in complete if t.values[1] <= budget_ms]
+    # the best T distinct feasible architectures by approximate loss
+    best: dict[str, optuna.trial.FrozenTrial] = {}
+    for t in sorted(feasible, key=lambda t: t.values[0]):
+        best.setdefault(t.user_attrs["arch_hash"], t)
+        if len(best) == cfg.rescore_top:
+            break
+    approx, rescored = [], []
+    for h, t in tqdm(best.items(), desc="rescore", leave=False):
+        with ctx.db.session() as s:
+            row = s.scalars(select(ArchitectureRow).where(ArchitectureRow.study == study.name, ArchitectureRow.hash == h)).one()
+            if row.rescored_loss is None:
+                assert ctx.rescore_cache is not None
+                row.rescored_loss = rescore(ctx.scorer.supernet, Architecture.from_json(row.arch_json), ctx.rescore_cache)
+            approx.append(row.approx_loss)
+            rescored.append(row.rescored_loss)
+    front = pareto_rows(ctx.db, study, budget_ms)
+    chosen = min(front, key=lambda r: (r["rescored_loss"] if r["rescored_loss"] is not None else math.inf, r["approx_loss"]), default=None)
+    return {
+        "study": study.name, "optuna_study": name, "budget_ms": budget_ms,
+        "trials": {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState},
+        "feasible": len(feasible), "front": front, "chosen": chosen,
+        "kendall_tau": kendall_tau(approx, rescored), "rescored": len(rescored),
+        "block_scores_computed": ctx.scorer.computed,
+    }
+
+
+def pareto_rows(db: Database, study: Study, budget_ms: float) -> list[dict[str, Any]]:
+    """The feasible Pareto front (approximate loss vs predicted latency), one row per architecture."""
+    name = optuna_study_name(study, budget_ms)
+    try:
+        study_ = optuna.load_study(study_name=name, storage=storage_for(study))
+    except KeyError:
+        raise NasBertError(f"no search for budget {budget_ms:g} ms in study '{study.name}'; run `nas-bert search "
+                           f"--config {study.file} --latency-budget-ms {budget_ms:g}`") from None
+    seen: dict[str, dict[str, Any]] = {}
+    for t in sorted(study_.best_trials, key=lambda t: t.values[1]):
+        h = t.user_attrs["arch_hash"]
+        if h in seen or t.values[1] > budget_ms:
+            continue
+        with db.session() as s:
+            row = s.scalars(select(ArchitectureRow).where(ArchitectureRow.study == study.name, ArchitectureRow.hash == h)).one()
+            seen[h] = {"trial": t.number, "hash": h, "params": row.params, "flops": row.flops,
+                       "predicted_ms": row.predicted_ms, "approx_loss": row.approx_loss,
+                       "rescored_loss": row.rescored_loss, "measured_ms": row.measured_ms,
+                       "architecture": str(Architecture.from_json(row.arch_json))}
+    return list(seen.values())
+
+
+def budgets_in_db(study: Study) -> list[float]:
+    """Budgets searched so far in this study (from Optuna's study names)."""
+    prefix = f"{study.name}-"
+    out = []
+    for s in optuna.get_all_study_summaries(storage_for(study)):
+        if s.study_name.startswith(prefix) and s.study_name.endswith("ms"):
+            try:
+                out.append(float(s.study_name[len(prefix):-2]))
+            except ValueError:
+                continue
+    return sorted(out)
+
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # spawned workers each tokenise
