@@ -120,10 +120,10 @@ def _search_table(s: dict[str, Any]) -> str:
     t = s["trials"]
     tau = "n/a" if s["kendall_tau"] is None else f"{s['kendall_tau']:.2f}"
     lines = [
-        f"search '{s['optuna_study']}' (budget {s['budget_ms']:g} ms): {t['complete']} complete, {t['fail']} failed, "
-        f"{t['pruned']} stood down, {s['feasible']} feasible; {s['seconds']} s this run",
-        f"block scores computed this run: {s['block_scores_computed']}; rescored {s['rescored']}; "
-        f"Kendall tau (approx vs rescored) {tau}",
+        (f"search '{s['optuna_study']}' (budget {s['budget_ms']:g} ms): {t['complete']} complete, {t['fail']} failed, "
+        f"{t['pruned']} stood down, {s['feasible']} feasible; {s['seconds']} s this run"),
+        (f"block scores computed this run: {s['block_scores_computed']}; rescored {s['rescored']}; "
+        f"Kendall tau (approx vs rescored) {tau}"),
         "feasible Pareto front:",
         _front_table(s["front"]),
     ]

@@ -8,11 +8,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-import optuna  # noqa: E402
-from optuna.trial import TrialState  # noqa: E402
+import matplotlib.pyplot as plt
+import optuna
+from optuna.trial import TrialState
 
-from nas_bert.config import Study  # noqa: E402
+from nas_bert.config import Study
 
 
 def save_figure(fig: plt.Figure, path: Path) -> Path:

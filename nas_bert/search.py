@@ -161,7 +161,7 @@ def record_architecture(ctx: SearchContext, arch: Architecture, predicted_ms: fl
         pass
 
 
-def make_objective(ctx: SearchContext, budget_ms: float, n_trials: int, name: str):  # noqa: ANN201
+def make_objective(ctx: SearchContext, budget_ms: float, n_trials: int, name: str):
     emb = ctx.teacher.embeddings_spec()
 
     def objective(trial: optuna.Trial) -> tuple[float, float]:
