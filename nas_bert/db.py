@@ -166,6 +166,22 @@ class TrialRow(Base):
     budget_ms: Mapped[float] = mapped_column(Float)
 
 
+class ExportRow(Base):
+    """An exported student folder: where, its weights' sha256 and the metrics in its model card."""
+
+    __tablename__ = "nasbert_exports"
+    __table_args__ = (UniqueConstraint("study", "arch_hash", "path"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    study: Mapped[str] = mapped_column(String(128), index=True)
+    arch_hash: Mapped[str] = mapped_column(String(32))
+    trial_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    budget_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))  # of model.safetensors
+    metrics_json: Mapped[str] = mapped_column(Text, default="{}")
+    created_at: Mapped[str] = mapped_column(String(32), default=_now)
+
+
 class Database:
     """An engine and a session factory for one study URL, with the schema checked on open."""
 
