@@ -15,7 +15,6 @@ Prints three tables:
 from __future__ import annotations
 
 import argparse
-import platform
 import random
 import statistics
 import sys
@@ -28,24 +27,30 @@ from torch.utils.benchmark import Timer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nas_bert import architecture as A  # noqa: E402
-from nas_bert.blockwise import BlockwiseObjective, ValidationCache, block_val_loss, build_supernet  # noqa: E402
-from nas_bert.config import load_study  # noqa: E402
-from nas_bert.corpus import CorpusConfig, fixed_batches, load_corpus, make_collator, padding_share  # noqa: E402
-from nas_bert.db import Database  # noqa: E402
-from nas_bert.search import latest_checkpoint  # noqa: E402
-from nas_bert.supernet import Supernet  # noqa: E402
-from nas_bert.teacher import load_teacher  # noqa: E402
+from benchmarks._common import cpu_name, table
+from nas_bert import architecture as A
+from nas_bert.blockwise import BlockwiseObjective, ValidationCache, block_val_loss, build_supernet
+from nas_bert.config import load_study
+from nas_bert.corpus import CorpusConfig, fixed_batches, load_corpus, make_collator, padding_share
+from nas_bert.db import Database
+from nas_bert.search import latest_checkpoint
+from nas_bert.supernet import Supernet
+from nas_bert.teacher import load_teacher
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+def make_train_step(net: Supernet, objective: BlockwiseObjective, batch: dict):
+    """One full training step: teacher forward, sampled paths forward and backward, AdamW."""
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    step = [0]
+
+    def train_step() -> None:
+        loss, _ = objective.loss(net, batch, step[0])
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step[0] += 1
+
+    return train_step
 
 
 def throughput(study, teacher, corpus, collator, batch_size: int, rounds: int, min_run_time: float) -> list[list[str]]:
@@ -57,15 +62,7 @@ def throughput(study, teacher, corpus, collator, batch_size: int, rounds: int, m
     for sampling in ("uniform", "sandwich"):
         net = build_supernet(study, teacher, seed=0).train()
         objective = BlockwiseObjective(teacher, study.space, sampling, 0, empty, 0)
-        opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
-        step = [0]
-
-        def train_step() -> None:
-            loss, _ = objective.loss(net, batch, step[0])
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            step[0] += 1
+        train_step = make_train_step(net, objective, batch)
 
         def teacher_forward() -> None:
             teacher.hidden_states(ids, mask)
@@ -120,12 +117,6 @@ def quality(study, teacher, corpus, collator, n_random: int) -> tuple[list[list[
         big, small = (block_val_loss(trained, b, named[k], cache) for k in ("largest", "smallest"))
         corr_rows.append([str(b), f"{rho:.2f}", f"{big:.4f}", f"{small:.4f}", "yes" if big < small else "NO"])
     return loss_rows, corr_rows, ckpt.step
-
-
-def table(head: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=True)]
-    fmt = lambda r: "| " + " | ".join(str(x).ljust(w) for x, w in zip(r, widths, strict=True)) + " |"  # noqa: E731
-    return "\n".join([fmt(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(fmt, rows)])
 
 
 def main() -> None:

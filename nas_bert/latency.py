@@ -17,7 +17,7 @@ import os
 import platform
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -37,17 +37,17 @@ from nas_bert.errors import NasBertError
 from nas_bert.modeling_nas_bert import NasBertEmbeddings, NasBertLayer, NasBertModel, mask_bias
 from nas_bert.space import SearchSpace
 
-# Rounds of `blocked_autorange` per timing; the least-disturbed round is kept, because noise from
-# other processes on shared cores only ever adds time. Whole models get more rounds: they are the
-# ground truth the calibration and the final report are measured against.
+# Rounds of `blocked_autorange` per timing, interleaved across a chunk of timings so that each one
+# samples several moments of a machine whose speed drifts; the lowest quiet round is kept, because
+# interference only ever adds time. Whole models get more rounds: they are the ground truth.
 TABLE_ROUNDS = 3
 MODEL_ROUNDS = 5
-# A round is "quiet" if other processes used at most QUIET_TICKS + QUIET_SHARE of a core meanwhile;
-# a noisy round is retried after NOISY_PAUSE seconds, at most MAX_ATTEMPTS times per round wanted.
-QUIET_TICKS = 2
-QUIET_SHARE = 0.05
+CHUNK = 8  # timings interleaved together (and stored together: an interrupted build loses at most one chunk)
+# A round is quiet if our threads waited for a CPU (other processes ran) at most QUIET_DELAY of its
+# wall time; a noisy round is retried after NOISY_PAUSE seconds, at most MAX_ATTEMPTS times.
+QUIET_DELAY = 0.05
 NOISY_PAUSE = 0.5
-MAX_ATTEMPTS = 4
+MAX_ATTEMPTS = 3
 
 log = logging.getLogger(__name__)
 
@@ -134,52 +134,57 @@ def table_specs(space: SearchSpace, emb: Embeddings) -> dict[str, _Spec]:
 
 
 # -- timing ---------------------------------------------------------------------------------------
-def _cpu_ticks() -> tuple[int, int] | None:
-    """(busy clock ticks of the whole machine, ticks of this process), or None where /proc is missing."""
+Job = tuple[str, dict[str, Any]]  # a Timer statement and its globals
+
+
+def _run_delay_ns() -> int | None:
+    """Nanoseconds this process's threads have spent runnable but waiting for a CPU (Linux schedstat)."""
     try:
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-        with open("/proc/self/stat") as f:
-            mine = f.read().rsplit(")", 1)[1].split()
-    except (OSError, ValueError, IndexError):
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
         return None
-    busy = v[0] + v[1] + v[2] + v[5] + v[6] + (v[7] if len(v) > 7 else 0)  # user nice system irq softirq steal
-    return busy, int(mine[11]) + int(mine[12])  # this process's utime + stime, all threads
+    total = 0
+    for task in tasks:
+        try:
+            with open(f"/proc/self/task/{task}/schedstat") as f:
+                total += int(f.read().split()[1])
+        except FileNotFoundError:
+            continue  # the thread ended meanwhile
+        except (OSError, ValueError, IndexError):
+            return None
+    return total
 
 
-def _was_quiet(before: tuple[int, int] | None, after: tuple[int, int] | None, seconds: float) -> bool:
-    """Whether other processes used (almost) no CPU while we timed: their work would be in our timing."""
-    if before is None or after is None:
-        return True
-    foreign = (after[0] - before[0]) - (after[1] - before[1])
-    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    return foreign <= QUIET_TICKS + QUIET_SHARE * seconds * hz  # ticks are sampled: allow a little slack
+def _round(timer: benchmark.Timer, cfg: LatencyConfig) -> tuple[float, bool]:
+    """One blocked_autorange median (seconds) and whether no other process got in its way."""
+    d0, t0 = _run_delay_ns(), time.perf_counter()
+    median = timer.blocked_autorange(min_run_time=cfg.min_run_time).median
+    d1, elapsed = _run_delay_ns(), time.perf_counter() - t0
+    return median, d0 is None or d1 is None or d1 - d0 <= QUIET_DELAY * elapsed * 1e9
 
 
-def _time_ms(stmt: str, env: dict[str, Any], cfg: LatencyConfig, rounds: int) -> float:
-    """Milliseconds per call of `stmt`: warm-up, then the lowest median of `rounds` quiet rounds.
-
-    A round during which other processes used the CPU (read from /proc/stat) is set aside and
-    retried after a pause; if the machine never quietens, the best of all rounds is used.
-    """
-    timer = benchmark.Timer(stmt=stmt, globals=env, num_threads=cfg.threads)
-    quiet: list[float] = []
-    noisy: list[float] = []
+def _time_jobs(jobs: list[Job], cfg: LatencyConfig, rounds: int) -> list[float]:
+    """Milliseconds per call of each job: warm-up, then `rounds` interleaved rounds, the lowest quiet median."""
+    timers = [benchmark.Timer(stmt=stmt, globals=env, num_threads=cfg.threads) for stmt, env in jobs]
+    quiet: list[list[float]] = [[] for _ in jobs]
+    noisy: list[list[float]] = [[] for _ in jobs]
     with torch.inference_mode():
-        timer.timeit(3)  # warm-up: allocator, lazy kernels, caches
-        for _ in range(rounds * MAX_ATTEMPTS):
-            if len(quiet) >= rounds:
-                break
-            before, t0 = _cpu_ticks(), time.perf_counter()
-            median = timer.blocked_autorange(min_run_time=cfg.min_run_time).median
-            if _was_quiet(before, _cpu_ticks(), time.perf_counter() - t0):
-                quiet.append(median)
-            else:
-                noisy.append(median)
-                time.sleep(NOISY_PAUSE)
-    if not quiet:
-        log.warning("latency: the CPU was busy with other processes for every round of '%s'; timing may be high", stmt)
-    return min(quiet or noisy) * 1000.0
+        for timer in timers:
+            timer.timeit(3)  # warm-up: allocator, lazy kernel selection, caches
+        for _ in range(rounds):
+            for i, timer in enumerate(timers):
+                for _attempt in range(MAX_ATTEMPTS):
+                    median, ok = _round(timer, cfg)
+                    (quiet if ok else noisy)[i].append(median)
+                    if ok:
+                        break
+                    time.sleep(NOISY_PAUSE)  # let the other process's burst pass
+    result = []
+    for (stmt, _), q, n in zip(jobs, quiet, noisy, strict=True):
+        if not q:
+            log.warning("latency: other processes used the CPU during every round of %r; the timing may be high", stmt)
+        result.append(min(q or n) * 1000.0)
+    return result
 
 
 def _layer_config(emb: Embeddings | None = None) -> NasBertConfig:
@@ -196,36 +201,45 @@ def _check_positions(emb: Embeddings, cfg: LatencyConfig) -> None:
         )
 
 
-def measure_key(spec: _Spec, cfg: LatencyConfig) -> float:
-    """Time one table entry as the plain student module it is in an extracted model."""
+def _key_job(spec: _Spec, cfg: LatencyConfig) -> Job:
+    """The plain student module of one table entry, with inputs shaped as in an extracted model."""
     dev = torch.device(cfg.device)
     B, T = cfg.batch_size, cfg.seq_len
-    with torch.inference_mode():
-        if spec.kind == "embeddings":
-            (emb,) = spec.args
-            _check_positions(emb, cfg)
-            module: nn.Module = NasBertEmbeddings(_layer_config(emb)).eval().to(dev)
-            ids = torch.randint(0, emb.vocab_size, (B, T), device=dev)
-            return _time_ms("m(ids)", {"m": module, "ids": ids}, cfg, TABLE_ROUNDS)
-        if spec.kind == "proj":
-            i, o = spec.args
-            module = nn.Linear(i, o).eval().to(dev)
-            return _time_ms("m(x)", {"m": module, "x": torch.randn(B, T, i, device=dev)}, cfg, TABLE_ROUNDS)
-        h, op = spec.args
-        layer = NasBertLayer(_layer_config(), h, op.to_dict()).eval().to(dev)
-        mask = torch.ones(B, T, dtype=torch.long, device=dev)
-        x = torch.randn(B, T, h, device=dev)
-        env = {"layer": layer, "x": x, "bias": mask_bias(mask, x.dtype), "mask": mask}
-        return _time_ms("layer(x, bias, mask)", env, cfg, TABLE_ROUNDS)
+    if spec.kind == "embeddings":
+        (emb,) = spec.args
+        _check_positions(emb, cfg)
+        module: nn.Module = NasBertEmbeddings(_layer_config(emb)).eval().to(dev)
+        return "m(ids)", {"m": module, "ids": torch.randint(0, emb.vocab_size, (B, T), device=dev)}
+    if spec.kind == "proj":
+        i, o = spec.args
+        return "m(x)", {"m": nn.Linear(i, o).eval().to(dev), "x": torch.randn(B, T, i, device=dev)}
+    h, op = spec.args
+    layer = NasBertLayer(_layer_config(), h, op.to_dict()).eval().to(dev)
+    mask = torch.ones(B, T, dtype=torch.long, device=dev)
+    x = torch.randn(B, T, h, device=dev)
+    return "layer(x, bias, mask)", {"layer": layer, "x": x, "bias": mask_bias(mask, x.dtype), "mask": mask}
 
 
-def measure_model(model: nn.Module, cfg: LatencyConfig, vocab_size: int) -> float:
-    """End-to-end milliseconds of a student: input ids and an all-ones attention mask."""
+def measure_keys(specs: list[_Spec], cfg: LatencyConfig) -> list[float]:
+    """Time table entries (interleaved) as the plain student modules they are in an extracted model."""
+    return _time_jobs([_key_job(spec, cfg) for spec in specs], cfg, TABLE_ROUNDS)
+
+
+def _model_job(model: nn.Module, cfg: LatencyConfig, vocab_size: int) -> Job:
     dev = torch.device(cfg.device)
     model.eval().to(dev)
     ids = torch.randint(0, vocab_size, (cfg.batch_size, cfg.seq_len), device=dev)
-    mask = torch.ones_like(ids)
-    return _time_ms("model(input_ids=ids, attention_mask=mask)", {"model": model, "ids": ids, "mask": mask}, cfg, MODEL_ROUNDS)
+    return "model(input_ids=ids, attention_mask=mask)", {"model": model, "ids": ids, "mask": torch.ones_like(ids)}
+
+
+def measure_models(models: list[nn.Module], cfg: LatencyConfig, vocab_size: int) -> list[float]:
+    """End-to-end milliseconds of several students, interleaved (input ids, all-ones attention mask)."""
+    return _time_jobs([_model_job(m, cfg, vocab_size) for m in models], cfg, MODEL_ROUNDS)
+
+
+def measure_model(model: nn.Module, cfg: LatencyConfig, vocab_size: int) -> float:
+    """End-to-end milliseconds of one student (input ids and an all-ones attention mask)."""
+    return measure_models([model], cfg, vocab_size)[0]
 
 
 def build_student(arch: Architecture) -> NasBertModel:
@@ -392,18 +406,21 @@ def _store_row(db: Database, fingerprint: str, key: str, ms: float) -> float:
         return _load_table(db, fingerprint)[key]
 
 
+def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
+    return (items[i:i + size] for i in range(0, len(items), size))
+
+
 def calibrate(
-    model: LatencyModel, space: SearchSpace, emb: Embeddings, cfg: LatencyConfig, progress: bool = True,
-    measure: Callable[[nn.Module, LatencyConfig, int], float] | None = None,
+    model: LatencyModel, space: SearchSpace, emb: Embeddings, cfg: LatencyConfig, progress: bool = True
 ) -> Calibration:
     """Measure the calibration students end to end and fit measured ~ a * raw + b."""
-    measure = measure or measure_model
-    points: list[tuple[float, float]] = []
     archs = calibration_architectures(space, emb, cfg)
-    for arch in tqdm(archs, desc="latency calibration", disable=not progress, leave=False):
-        student = build_student(arch)
-        points.append((model.raw_ms(arch), measure(student, cfg, emb.vocab_size)))
-        del student
+    points: list[tuple[float, float]] = []
+    with tqdm(total=len(archs), desc="latency calibration", disable=not progress, leave=False) as bar:
+        for chunk in _chunks(archs, CHUNK):
+            measured = measure_models([build_student(a) for a in chunk], cfg, emb.vocab_size)
+            points += [(model.raw_ms(a), ms) for a, ms in zip(chunk, measured, strict=True)]
+            bar.update(len(chunk))
     a, b = fit_linear(points)
     return Calibration(a=a, b=b, points=points, loo_mape=loo_mape(points))
 
@@ -423,8 +440,11 @@ def ensure_latency_model(
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(cfg.threads)
-        for key in tqdm(missing, desc="latency table", disable=not progress, leave=False):
-            table[key] = _store_row(db, fingerprint, key, measure_key(specs[key], cfg))
+        with tqdm(total=len(missing), desc="latency table", disable=not progress, leave=False) as bar:
+            for chunk in _chunks(missing, CHUNK):
+                for key, ms in zip(chunk, measure_keys([specs[k] for k in chunk], cfg), strict=True):
+                    table[key] = _store_row(db, fingerprint, key, ms)
+                bar.update(len(chunk))
         model = LatencyModel(fingerprint, cfg, table)
 
         cal_key = f"{fingerprint}:{space.fingerprint()}"

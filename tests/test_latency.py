@@ -1,0 +1,224 @@
+"""The latency model: table coverage, resumable builds, calibration reuse, fingerprints, lower bound."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from pydantic import ValidationError
+from sqlalchemy import func, select
+
+from nas_bert import latency
+from nas_bert.architecture import IDENTITY, Architecture, Block, Embeddings, largest, op_choices, sample, smallest
+from nas_bert.db import Database, LatencyCalibration, LatencyRow
+from nas_bert.errors import NasBertError
+from nas_bert.latency import (
+    LatencyConfig,
+    LatencyModel,
+    device_fingerprint,
+    embeddings_key,
+    ensure_latency_model,
+    fit_linear,
+    latency_report,
+    loo_mape,
+    op_key,
+    proj_key,
+)
+from nas_bert.space import SearchSpace, load_space
+
+EMB = Embeddings(vocab_size=1000, max_positions=64, type_vocab_size=2, width=32)
+CFG = LatencyConfig(threads=1, min_run_time=0.01, seq_len=32, calibration_archs=4)
+MODEL_STMT = "model("  # how calibration timings (whole students) start
+
+
+@pytest.fixture(scope="module")
+def space() -> SearchSpace:
+    return load_space("tiny")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_retries() -> Iterator[None]:
+    # Behaviour, not timing quality: never pause to wait out other processes' bursts.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(latency, "MAX_ATTEMPTS", 1)
+        yield
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory, space: SearchSpace) -> LatencyModel:
+    db = Database(f"sqlite:///{tmp_path_factory.mktemp('latency')}/lat.db")
+    return ensure_latency_model(db, space, EMB, CFG, progress=False)
+
+
+@pytest.fixture()
+def timed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The statement of every timing actually run (table entries and whole students)."""
+    stmts: list[str] = []
+    real = latency._time_jobs
+
+    def counting(jobs: list[latency.Job], cfg: LatencyConfig, rounds: int) -> list[float]:
+        stmts.extend(stmt for stmt, _ in jobs)
+        return real(jobs, cfg, rounds)
+
+    monkeypatch.setattr(latency, "_time_jobs", counting)
+    return stmts
+
+
+def expected_keys(space: SearchSpace) -> set[str]:
+    keys = {embeddings_key(EMB)}
+    keys |= {op_key(op, h) for h in space.hidden_sizes for op in op_choices(space, h)}
+    keys |= {proj_key(EMB.width, h) for h in space.hidden_sizes}
+    keys |= {proj_key(i, o) for i in space.hidden_sizes for o in space.hidden_sizes}
+    return keys
+
+
+def row_count(db: Database) -> int:
+    with db.session() as s:
+        return s.scalar(select(func.count()).select_from(LatencyRow))
+
+
+def test_config_is_strict() -> None:
+    with pytest.raises(ValidationError):
+        LatencyConfig(threads=0)
+    with pytest.raises(ValidationError):
+        LatencyConfig(calibration_archs=2)
+    with pytest.raises(ValidationError):
+        LatencyConfig(thread=2)  # type: ignore[call-arg]
+
+
+def test_table_has_every_key(built: LatencyModel, space: SearchSpace) -> None:
+    keys = expected_keys(space)
+    assert len(keys) == 13  # 2 widths x 4 operators, 4 projections, the embeddings
+    assert keys <= set(built.table)
+    assert all(built.table[k] > 0 for k in keys)
+
+
+def test_second_build_measures_nothing(tmp_path: Path, space: SearchSpace, timed: list[str]) -> None:
+    db = Database(f"sqlite:///{tmp_path}/lat.db")
+    first = ensure_latency_model(db, space, EMB, CFG, progress=False)
+    assert sum(not s.startswith(MODEL_STMT) for s in timed) == 13
+    assert sum(s.startswith(MODEL_STMT) for s in timed) == len(first.calibration.points) >= 3
+    assert row_count(db) == 13
+    timed.clear()
+    second = ensure_latency_model(db, space, EMB, CFG, progress=False)
+    assert timed == []
+    assert second.table == first.table
+    assert second.calibration == first.calibration
+    assert row_count(db) == 13
+
+
+def test_interrupted_build_keeps_what_it_measured(tmp_path: Path, space: SearchSpace, timed: list[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    db = Database(f"sqlite:///{tmp_path}/lat.db")
+    counting = latency._time_jobs
+    calls = 0
+
+    def dies_on_second_chunk(jobs: list[latency.Job], cfg: LatencyConfig, rounds: int) -> list[float]:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise KeyboardInterrupt
+        return counting(jobs, cfg, rounds)
+
+    monkeypatch.setattr(latency, "_time_jobs", dies_on_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        ensure_latency_model(db, space, EMB, CFG, progress=False)
+    assert row_count(db) == latency.CHUNK  # the first chunk was stored as soon as it was timed
+    timed.clear()
+    monkeypatch.setattr(latency, "_time_jobs", counting)
+    model = ensure_latency_model(db, space, EMB, CFG, progress=False)
+    assert sum(not s.startswith(MODEL_STMT) for s in timed) == 13 - latency.CHUNK
+    assert expected_keys(space) <= set(model.table)
+
+
+def test_calibration_is_stored_and_reused(tmp_path: Path, space: SearchSpace, timed: list[str]) -> None:
+    db = Database(f"sqlite:///{tmp_path}/lat.db")
+    model = ensure_latency_model(db, space, EMB, CFG, progress=False)
+    with db.session() as s:
+        row = s.get(LatencyCalibration, f"{model.fingerprint}:{space.fingerprint()}")
+        assert row is not None
+        stored = json.loads(row.model_json)
+        n = row.n
+    cal = model.calibration
+    assert cal.a > 0
+    assert (stored["a"], stored["b"]) == (cal.a, cal.b)
+    assert n == len(stored["points"]) == len(cal.points) == CFG.calibration_archs + 2
+    assert all(raw > 0 and ms > 0 for raw, ms in cal.points)
+    timed.clear()
+    again = ensure_latency_model(db, space, EMB, CFG, progress=False)
+    assert not any(s.startswith(MODEL_STMT) for s in timed)
+    assert again.calibration == cal
+
+
+def test_predictions(built: LatencyModel, space: SearchSpace) -> None:
+    rng = random.Random(1)
+    for _ in range(20):
+        arch = sample(space, EMB, rng)
+        assert built.predict(arch) > 0
+        assert built.raw_ms(arch) > 0
+    assert built.predict(largest(space, EMB)) > built.predict(smallest(space, EMB))
+
+
+def test_fastest_possible_is_an_attained_lower_bound(built: LatencyModel, space: SearchSpace) -> None:
+    best = built.fastest_possible(space, EMB)
+    arch = built.fastest_architecture(space, EMB)
+    arch.validate(space)
+    assert built.predict(arch) == pytest.approx(best)
+    rng = random.Random(2)
+    assert all(best <= built.predict(sample(space, EMB, rng)) + 1e-9 for _ in range(50))
+    # Brute force over blocks of one repeated operator (a cheapest block is always one of them).
+    blocks = [
+        Block(h, (op,) * d + (IDENTITY,) * (space.sublayers_per_block - d))
+        for h in space.hidden_sizes for op in op_choices(space, h) for d in space.depths
+    ]
+    brute = min(built.predict(Architecture(EMB, combo)) for combo in itertools.product(blocks, repeat=space.blocks))
+    assert best == pytest.approx(brute)
+
+
+def test_fingerprint_is_stable_and_follows_settings() -> None:
+    fp = device_fingerprint(CFG)
+    assert fp == device_fingerprint(LatencyConfig(**CFG.model_dump()))
+    assert fp != device_fingerprint(CFG.model_copy(update={"threads": 2}))
+    assert fp != device_fingerprint(CFG.model_copy(update={"seq_len": 64}))
+    assert fp == device_fingerprint(CFG.model_copy(update={"min_run_time": 0.5}))  # how long, not what
+
+
+def test_threads_are_restored(tmp_path: Path, space: SearchSpace) -> None:
+    before = torch.get_num_threads()
+    cfg = CFG.model_copy(update={"threads": 1 if before != 1 else 2})
+    ensure_latency_model(Database(f"sqlite:///{tmp_path}/lat.db"), space, EMB, cfg, progress=False)
+    assert torch.get_num_threads() == before
+
+
+def test_report_is_json(built: LatencyModel) -> None:
+    report = json.loads(json.dumps(latency_report(built)))
+    assert report["fingerprint"] == built.fingerprint
+    assert list(report["table_ms"]) == sorted(built.table)
+    assert report["n"] == len(built.calibration.points)
+    assert report["calibration"]["a"] == built.calibration.a
+    assert report["loo_mape_pct"] is None or report["loo_mape_pct"] >= 0
+    assert report["config"]["seq_len"] == CFG.seq_len
+
+
+def test_unknown_operator_is_a_clear_error(built: LatencyModel) -> None:
+    other = load_space("nas_bert")
+    with pytest.raises(NasBertError, match="no timing"):
+        built.predict(largest(other, Embeddings(30522, 512, 2, 384)))
+
+
+def test_sequence_longer_than_positions_is_rejected(tmp_path: Path, space: SearchSpace) -> None:
+    with pytest.raises(NasBertError, match="seq_len"):
+        ensure_latency_model(Database(f"sqlite:///{tmp_path}/lat.db"), space, EMB,
+                             CFG.model_copy(update={"seq_len": 128}), progress=False)
+
+
+def test_fit_recovers_a_line() -> None:
+    points = [(r, 1.5 * r + 0.3) for r in (1.0, 2.0, 4.0, 7.0)]
+    a, b = fit_linear(points)
+    assert (a, b) == (pytest.approx(1.5), pytest.approx(0.3))
+    assert loo_mape(points) == pytest.approx(0.0, abs=1e-9)
