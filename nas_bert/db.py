@@ -182,6 +182,21 @@ class ExportRow(Base):
     created_at: Mapped[str] = mapped_column(String(32), default=_now)
 
 
+class EvaluationRow(Base):
+    """Stage 8: one evaluation of a subject (the teacher, or a student folder) on one task."""
+
+    __tablename__ = "nasbert_evaluations"
+    __table_args__ = (UniqueConstraint("study", "subject", "task", "protocol_hash"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    study: Mapped[str] = mapped_column(String(128), index=True)
+    subject: Mapped[str] = mapped_column(Text)  # "teacher" or a model folder path
+    arch_hash: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    task: Mapped[str] = mapped_column(String(256))
+    protocol_hash: Mapped[str] = mapped_column(String(32))  # hash of the evaluation settings
+    metrics_json: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[str] = mapped_column(String(32), default=_now)
+
+
 class Database:
     """An engine and a session factory for one study URL, with the schema checked on open."""
 
