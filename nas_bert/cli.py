@@ -158,6 +158,64 @@ def pareto_cmd(
     _print(fronts, as_json, lambda f: "\n".join(f"budget {b} ms:\n" + _front_table(rows) for b, rows in f.items()))
 
 
+TrialOpt = Annotated[int, typer.Option("--trial", help="trial number (see `nas-bert pareto`)")]
+BudgetOpt = Annotated[float | None, typer.Option("--budget", help="which search's trial (ms); needed with several")]
+
+
+@app.command("map-layers")
+@_friendly
+def map_layers_cmd(config: ConfigOpt, trial: TrialOpt, budget: BudgetOpt = None, db: DbOpt = None,
+                   as_json: JsonOpt = False) -> None:
+    """Stage 6: search which teacher layer each student layer learns from (DEAP GA); resumes."""
+    from nas_bert.students import map_layers
+
+    _print(map_layers(load_study(config, db), trial, budget), as_json, _mapping_table)
+
+
+def _mapping_table(s: dict[str, Any]) -> str:
+    lines = [f"layer mapping for trial {s['trial']} ({s['architecture']})",
+             f"{s['points']} distillation points, teacher layers 1..{s['teacher_layers']}: "
+             f"{s['mappings_possible']} monotone mappings, searched by {s['method']} "
+             f"({s['fitness_evaluations']} proxy distillations this run, {s['seconds']} s)",
+             f"  {'mapping':<24} {'held-out loss':>14}"]
+    for name, b in s["baselines"].items():
+        lines.append(f"  {name + ' ' + str(b['mapping']):<24} {b['fitness']:14.5f}")
+    lines.append(f"  {'best ' + str(s['best']['mapping']):<24} {s['best']['fitness']:14.5f}")
+    lines.append(f"best vs uniform: {100 * s['improvement_vs_uniform']:+.2f}% lower loss")
+    return "\n".join(lines)
+
+
+@app.command("distill")
+@_friendly
+def distill_cmd(config: ConfigOpt, trial: TrialOpt, budget: BudgetOpt = None, db: DbOpt = None,
+                steps: Annotated[int | None, typer.Option(help="distillation steps (default: the study's)")] = None,
+                mapping: Annotated[str | None, typer.Option(help="comma-separated teacher layers, e.g. 2,4,6")] = None,
+                as_json: JsonOpt = False) -> None:
+    """Stage 7: distil one student with its searched (else uniform) layer mapping; resumes."""
+    from nas_bert.students import distill
+
+    parsed = None
+    if mapping is not None:
+        try:
+            parsed = [int(x) for x in mapping.split(",")]
+        except ValueError:
+            raise NasBertError(f"--mapping '{mapping}' is not a comma-separated list of teacher layers") from None
+    _print(distill(load_study(config, db), trial, budget, steps, parsed), as_json, _distill_table)
+
+
+def _distill_table(s: dict[str, Any]) -> str:
+    lines = [f"distilled trial {s['trial']} ({s['params']:,} params) to step {s['step']}/{s['target_steps']} "
+             f"with mapping {s['mapping']} ({s['mapping_origin']}); {s['seconds']} s this run"]
+    before, after = s.get("before") or {}, s.get("after") or {}
+    for k in sorted(set(before) | set(after)):
+        if k != "step":
+            b = f"{before[k]:.4f}" if k in before else "-"
+            a = f"{after[k]:.4f}" if k in after else "-"
+            lines.append(f"  held-out {k:<11} {b:>9} -> {a:>9}")
+    lines.append(f"student folder: {s['student_path'] or '(not finished)'}")
+    return "\n".join(lines)
+
+
 @app.command("status")
 @_friendly
 def status_cmd(config: ConfigOpt, db: DbOpt = None, as_json: JsonOpt = False) -> None:

@@ -64,6 +64,45 @@ class SearchConfig(_Strict):
     budgets_ms: list[float] = Field(default_factory=list, description="budgets `nas-bert run` searches")
 
 
+class LossWeights(_Strict):
+    hidden: float = Field(default=1.0, ge=0)
+    embeddings: float = Field(default=0.1, ge=0)
+    attention: float = Field(default=1.0, ge=0)
+    final: float = Field(default=1.0, ge=0)
+    logits: float = Field(default=1.0, ge=0, description="used only when the teacher has an MLM head")
+
+
+class DistillConfig(TrainConfig):
+    """Stage 7: task-agnostic distillation of an extracted student (same loop as the supernet)."""
+
+    steps: int = Field(default=300, ge=1)
+    lr: float = Field(default=2e-4, gt=0)
+    warmup_steps: int = Field(default=30, ge=0)
+    eval_every: int = Field(default=100, ge=1)
+    checkpoint_every: int = Field(default=50, ge=1)
+    weights: LossWeights = LossWeights()
+    relation_heads: int = Field(default=4, ge=1, description="MiniLMv2 relation heads (independent of student heads)")
+    temperature: float = Field(default=2.0, gt=0)
+    freeze_embeddings: bool = Field(default=False, description="keep the teacher's embedding tables fixed")
+
+
+class MappingConfig(_Strict):
+    """Stage 6: DEAP genetic search over layer mappings; fitness from a short proxy distillation."""
+
+    population: int = Field(default=8, ge=2)
+    generations: int = Field(default=4, ge=1)
+    crossover_prob: float = Field(default=0.6, ge=0, le=1)
+    mutation_prob: float = Field(default=0.4, ge=0, le=1)
+    tournament_size: int = Field(default=3, ge=2)
+    hall_of_fame: int = Field(default=3, ge=1)
+    proxy_steps: int = Field(default=20, ge=1, description="distillation steps per fitness evaluation")
+    proxy_batch_size: int = Field(default=8, ge=1)
+    proxy_examples: int = Field(default=2000, ge=16, description="corpus sample the proxy trains on")
+    proxy_val_batches: int = Field(default=2, ge=1)
+    enumerate_below: int = Field(default=24, ge=0, description="enumerate every mapping when there are at most this many")
+    seed: int = 0
+
+
 class StudyConfig(_Strict):
     name: str
     teacher: str = "minilm-l6"
@@ -75,6 +114,8 @@ class StudyConfig(_Strict):
     supernet: SupernetConfig = SupernetConfig()
     latency: LatencyConfig = LatencyConfig()
     search: SearchConfig = SearchConfig()
+    mapping: MappingConfig = MappingConfig()
+    distill: DistillConfig = DistillConfig()
 
     @field_validator("name")
     @classmethod

@@ -197,6 +197,41 @@ class EvaluationRow(Base):
     created_at: Mapped[str] = mapped_column(String(32), default=_now)
 
 
+class MappingEval(Base):
+    """Stage 6: the proxy-distillation fitness of one layer mapping for one student (memoised)."""
+
+    __tablename__ = "nasbert_mapping_evals"
+    __table_args__ = (UniqueConstraint("study", "arch_hash", "mapping_json", "protocol_hash"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    study: Mapped[str] = mapped_column(String(128), index=True)
+    arch_hash: Mapped[str] = mapped_column(String(32), index=True)
+    mapping_json: Mapped[str] = mapped_column(Text)
+    protocol_hash: Mapped[str] = mapped_column(String(32))  # the proxy's settings
+    fitness: Mapped[float] = mapped_column(Float)  # held-out loss after the proxy distillation (lower is better)
+    generation: Mapped[int] = mapped_column(Integer)
+    origin: Mapped[str] = mapped_column(String(32), default="ga")  # uniform | last | ga | enumerated
+    created_at: Mapped[str] = mapped_column(String(32), default=_now)
+
+
+class DistillRun(Base):
+    """Stage 7: one distillation of one student with one mapping; the student folder it produced."""
+
+    __tablename__ = "nasbert_distill_runs"
+    __table_args__ = (UniqueConstraint("study", "arch_hash"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    study: Mapped[str] = mapped_column(String(128), index=True)
+    arch_hash: Mapped[str] = mapped_column(String(32))
+    trial_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    budget_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    mapping_json: Mapped[str] = mapped_column(Text)
+    target_steps: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    student_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    report_json: Mapped[str] = mapped_column(Text, default="{}")
+    created_at: Mapped[str] = mapped_column(String(32), default=_now)
+    updated_at: Mapped[str] = mapped_column(String(32), default=_now, onupdate=_now)
+
+
 class Database:
     """An engine and a session factory for one study URL, with the schema checked on open."""
 

@@ -16,6 +16,7 @@ import re
 import shlex
 import shutil
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +27,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 from sqlalchemy import select
+from torch.utils import benchmark
 from tqdm.auto import tqdm
 
 from nas_bert.architecture import Architecture
@@ -34,7 +36,7 @@ from nas_bert.config import Study
 from nas_bert.configuration_nas_bert import NasBertConfig
 from nas_bert.db import ArchitectureRow, Checkpoint, Database, ExportRow, SupernetRun
 from nas_bert.errors import NasBertError
-from nas_bert.latency import MODEL_ROUNDS, LatencyConfig, _time_ms, hardware_name, measure_model
+from nas_bert.latency import LatencyConfig, hardware_name
 from nas_bert.modeling_nas_bert import NasBertModel
 from nas_bert.search import budgets_in_db, latest_checkpoint, optuna_study_name, pareto_rows, storage_for
 from nas_bert.supernet import Supernet
@@ -44,15 +46,11 @@ from nas_bert.train import sha256_file
 ONNX_TOL = 1e-4  # fp32 ONNX must reproduce PyTorch to this max abs diff
 INT8_REL_TOL = 0.5  # int8 sanity bound: max abs diff / max |output| (dynamic quantisation is lossy)
 CODE_FILES = ("configuration_nas_bert.py", "modeling_nas_bert.py")
+VARIANTS = ("torch_fp32", "onnx_fp32", "onnx_int8")  # the student's measured runtimes
 # Real text of different lengths for checking the ONNX graphs (dynamic batch and sequence axes).
-SAMPLE_TEXTS = (
-    "a dog",
-    "the act of making something new",
-    "a small, fast model that computes the same hidden states as its supernet path",
-    "an expression of greeting",
-    "a written account of the events of a life, told in the order in which they happened to the writer",
-    "ok",
-)
+SAMPLE_TEXTS = ("a dog", "the act of making something new", "an expression of greeting", "ok",
+                "a small, fast model that computes the same hidden states as its supernet path",
+                "a written account of the events of a life, told in the order in which they happened to the writer")
 
 
 @dataclass
@@ -82,19 +80,13 @@ def save_student(model: NasBertModel, folder: Path, tokenizer: Any) -> None:
     tokenizer.save_pretrained(folder)
     for name in CODE_FILES:  # the copies must not reach back into nas_bert, or loading needs it installed
         path = folder / name
-        if not path.is_file() or re.search(r"^\s*(from|import)\s+nas_bert\b", path.read_text(), re.M):
+        if not path.is_file() or re.search(r"^\s*(from|import)\s+nas_bert\b", path.read_text(), re.MULTILINE):
             raise NasBertError(f"{path} is missing or imports nas_bert; the student code must be self-contained")
 
 
-def _encode(tokenizer: Any, texts: list[str], seq_len: int) -> dict[str, np.ndarray]:
-    enc = tokenizer(list(texts), padding=True, truncation=True, max_length=seq_len, return_tensors="np")
-    return {"input_ids": enc["input_ids"].astype(np.int64), "attention_mask": enc["attention_mask"].astype(np.int64)}
-
-
-def _torch_out(model: NasBertModel, feeds: dict[str, np.ndarray]) -> np.ndarray:
-    with torch.inference_mode():
-        out = model(input_ids=torch.from_numpy(feeds["input_ids"]), attention_mask=torch.from_numpy(feeds["attention_mask"]))
-    return out.last_hidden_state.numpy()
+def _encode(tokenizer: Any, texts: tuple[str, ...], seq_len: int, padding: bool | str = True) -> dict[str, np.ndarray]:
+    enc = tokenizer(list(texts), padding=padding, truncation=True, max_length=seq_len, return_tensors="np")
+    return {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask")}
 
 
 def _session(path: Path, threads: int) -> Any:
@@ -115,7 +107,7 @@ def export_onnx(model: NasBertModel, folder: Path, tokenizer: Any, seq_len: int)
     out.mkdir(parents=True, exist_ok=True)
     fp32, int8 = out / "model.onnx", out / "model.int8.onnx"
     model = model.eval()
-    example = {k: torch.from_numpy(v) for k, v in _encode(tokenizer, list(SAMPLE_TEXTS[1:3]), seq_len).items()}
+    example = {k: torch.from_numpy(v) for k, v in _encode(tokenizer, SAMPLE_TEXTS[1:3], seq_len).items()}
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
     # The TorchScript exporter cannot trace LayerNorm over a dynamic width; the dynamo exporter can.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
@@ -134,14 +126,13 @@ def export_onnx(model: NasBertModel, folder: Path, tokenizer: Any, seq_len: int)
     finally:
         root.level = level
     # Batches of 1, 3 and 6 texts of different lengths, and one padded to the full sequence length.
-    batches = [_encode(tokenizer, list(SAMPLE_TEXTS[:1]), seq_len), _encode(tokenizer, list(SAMPLE_TEXTS[2:5]), seq_len),
-               _encode(tokenizer, list(SAMPLE_TEXTS), seq_len)]
-    full = tokenizer(list(SAMPLE_TEXTS[:2]), padding="max_length", truncation=True, max_length=seq_len, return_tensors="np")
-    batches.append({k: full[k].astype(np.int64) for k in ("input_ids", "attention_mask")})
+    batches = [_encode(tokenizer, SAMPLE_TEXTS[:1], seq_len), _encode(tokenizer, SAMPLE_TEXTS[2:5], seq_len),
+               _encode(tokenizer, SAMPLE_TEXTS, seq_len), _encode(tokenizer, SAMPLE_TEXTS[:2], seq_len, "max_length")]
     s32, s8 = _session(fp32, 1), _session(int8, 1)
     diff32 = diff8 = scale = 0.0
     for feeds in batches:
-        ref = _torch_out(model, feeds)
+        with torch.inference_mode():
+            ref = model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).last_hidden_state.numpy()
         diff32 = max(diff32, float(np.abs(s32.run(None, feeds)[0] - ref).max()))
         diff8 = max(diff8, float(np.abs(s8.run(None, feeds)[0] - ref).max()))
         scale = max(scale, float(np.abs(ref).max()))
@@ -161,27 +152,43 @@ def _mb(path: Path) -> float:
 
 
 # -- latency ------------------------------------------------------------------------------------
-def measure_onnx(path: Path, cfg: LatencyConfig, vocab_size: int) -> float:
-    """Milliseconds per ONNX Runtime call at the study's batch, sequence length and thread count."""
-    sess = _session(path, cfg.threads)
-    gen = np.random.default_rng(0)
-    ids = gen.integers(0, vocab_size, (cfg.batch_size, cfg.seq_len), dtype=np.int64)
-    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
-    # The same timing rules as the PyTorch measurements (warm-up, quiet rounds, median per round).
-    return _time_ms("sess.run(None, feeds)", {"sess": sess, "feeds": feeds}, cfg, MODEL_ROUNDS)
+ROUNDS = 5  # interleaved rounds per variant; each round is one blocked_autorange median
 
 
-def measure_student(model: NasBertModel, folder: Path, cfg: LatencyConfig, vocab_size: int) -> dict[str, float]:
-    """PyTorch fp32, ONNX fp32 and ONNX int8 milliseconds of one exported student on this machine."""
+def measure_latencies(student: NasBertModel, folder: Path, teacher: Teacher, cfg: LatencyConfig) -> dict[str, Any]:
+    """Milliseconds of the student (PyTorch fp32, ONNX fp32, ONNX int8) and the teacher, on this machine.
+
+    The four are timed in interleaved rounds, so a burst of load from another process hits them alike
+    and the speed-ups stay fair; each figure is the median of its rounds' medians. ONNX Runtime gets
+    intra_op_num_threads = cfg.threads, PyTorch set_num_threads(cfg.threads).
+    """
+    dev = torch.device(cfg.device)
+    ids = torch.randint(0, student.config.vocab_size, (cfg.batch_size, cfg.seq_len), generator=torch.Generator().manual_seed(0))
+    feeds = {"input_ids": ids.numpy(), "attention_mask": np.ones_like(ids.numpy())}
+    on_dev = {"input_ids": ids.to(dev), "attention_mask": torch.ones_like(ids).to(dev)}
+    s32, s8 = _session(folder / "onnx" / "model.onnx", cfg.threads), _session(folder / "onnx" / "model.int8.onnx", cfg.threads)
+    teacher_model, student = teacher.encoder.eval().to(dev), student.eval().to(dev)
+    calls: dict[str, Callable[[], Any]] = {
+        "teacher_torch_fp32": lambda: teacher_model(**on_dev), "torch_fp32": lambda: student(**on_dev),
+        "onnx_fp32": lambda: s32.run(None, feeds), "onnx_int8": lambda: s8.run(None, feeds)}
     threads = torch.get_num_threads()
+    rounds: dict[str, list[float]] = {k: [] for k in calls}
     try:
         torch.set_num_threads(cfg.threads)
-        return {"torch_fp32": measure_model(model, cfg, vocab_size),
-                "onnx_fp32": measure_onnx(folder / "onnx" / "model.onnx", cfg, vocab_size),
-                "onnx_int8": measure_onnx(folder / "onnx" / "model.int8.onnx", cfg, vocab_size)}
+        timers = {k: benchmark.Timer("f()", globals={"f": f}, num_threads=cfg.threads) for k, f in calls.items()}
+        with torch.inference_mode():
+            for t in timers.values():
+                t.timeit(3)  # warm-up: allocator, kernel selection, ORT's first-run allocations
+            for _ in range(ROUNDS):
+                for k, t in timers.items():
+                    rounds[k].append(t.blocked_autorange(min_run_time=cfg.min_run_time).median * 1000.0)
     finally:
         torch.set_num_threads(threads)
-        model.to("cpu")
+        student.to("cpu")
+        teacher.encoder.to("cpu")
+    ms: dict[str, Any] = {k: float(np.median(v)) for k, v in rounds.items()}
+    ms["rounds_ms"] = rounds
+    return ms
 
 
 # -- which students -----------------------------------------------------------------------------
@@ -259,61 +266,89 @@ def _fmt(x: float | None, spec: str = ".3f") -> str:
 
 def model_card(info: dict[str, Any], arch: Architecture) -> str:
     """README.md: usage, the architecture per block and sublayer, latency beside the teacher's, metrics, command."""
-    m, lat, t = info["metrics"], info["latency"], info["teacher"]
-    lines = ["---", "library_name: transformers", "pipeline_tag: feature-extraction", "tags: [nas-bert, bert, onnx]", "---",
-             f"# {info['name']}", "",
-             f"A BERT student found by nas-bert in study `{info['study']}` (trial {info['trial']} of the "
-             f"{_fmt(info['budget_ms'], 'g')} ms search), extracted from the supernet with the teacher `{t['name']}`'s "
-             "embeddings. It returns `last_hidden_state` of shape (batch, sequence, "
-             f"{arch.blocks[-1].hidden}).", "", "## Usage", "", "```python",
-             "from transformers import AutoModel, AutoTokenizer", "",
-             f'tokenizer = AutoTokenizer.from_pretrained("{info["name"]}")',
-             f'model = AutoModel.from_pretrained("{info["name"]}", trust_remote_code=True)',
-             'hidden = model(**tokenizer(["a sentence"], return_tensors="pt")).last_hidden_state', "```", "",
-             "ONNX: `onnx/model.onnx` (fp32) and `onnx/model.int8.onnx` (dynamic int8) take `input_ids` and "
-             "`attention_mask` of any batch and sequence length.", "", "## Architecture", "",
-             "| block | sublayer | width | operator | parameters |", "|---|---|---|---|---|",
-             f"| - | embeddings | {arch.embeddings.width} | teacher's tables (vocab {arch.embeddings.vocab_size}) "
-             f"| {arch.embeddings.params():,} |"]
+    m, lat, t, ck = info["metrics"], info["latency"], info["teacher"], info["checkpoint"]
+    cfg, sp, tms = lat["config"], lat["speedup"], _fmt(lat["teacher_torch_fp32"])
+    emb = arch.embeddings
+    rows = [f"| - | embeddings | {emb.width} | the teacher's (vocab {emb.vocab_size}) | {emb.params():,} |"]
     prev = arch.embeddings.width
     for i, b in enumerate(arch.blocks):
-        lines.append(f"| {i} | projection | {prev} -> {b.hidden} | linear | {prev * b.hidden + b.hidden:,} |")
-        lines += [f"| {i} | {j} | {b.hidden} | {op} | {op.params(b.hidden):,} |" for j, op in enumerate(b.ops)]
+        rows.append(f"| {i} | projection | {prev} -> {b.hidden} | linear | {prev * b.hidden + b.hidden:,} |")
+        rows += [f"| {i} | {j} | {b.hidden} | {op} | {op.params(b.hidden):,} |" for j, op in enumerate(b.ops)]
         prev = b.hidden
-    s = lat["speedup"]
-    lines += ["", f"Parameters: **{info['params']:,}** (teacher {t['params']:,}). FLOPs per sequence of "
-              f"{lat['config']['seq_len']} tokens: **{info['flops']:,}**. Weights: {info['size_mb']:.2f} MB.", "",
-              "## Latency", "",
-              f"Measured on {lat['machine']}, batch {lat['config']['batch_size']}, sequence length "
-              f"{lat['config']['seq_len']}, {lat['config']['threads']} threads (median per round, quietest round).", "",
-              "| | student ms | teacher ms (PyTorch fp32) | speed-up |", "|---|---|---|---|",
-              f"| predicted (latency model) | {_fmt(info['predicted_ms'])} | | |",
-              f"| PyTorch fp32 | {_fmt(lat['torch_fp32'])} | {_fmt(t['torch_fp32_ms'])} | {_fmt(s['torch_fp32'], '.2f')}x |",
-              f"| ONNX fp32 | {_fmt(lat['onnx_fp32'])} | {_fmt(t['torch_fp32_ms'])} | {_fmt(s['onnx_fp32'], '.2f')}x |",
-              f"| ONNX int8 | {_fmt(lat['onnx_int8'])} | {_fmt(t['torch_fp32_ms'])} | {_fmt(s['onnx_int8'], '.2f')}x |", "",
-              "## Metrics", "", "| metric | value |", "|---|---|",
-              f"| approximate loss (sum of block MSE) | {_fmt(m['approx_loss'], '.5f')} |",
-              f"| rescored loss (end-to-end MSE vs teacher) | {_fmt(m['rescored_loss'], '.5f')} |",
-              f"| ONNX fp32 max abs diff vs PyTorch | {m['onnx_max_abs_diff']:.2e} |",
-              f"| ONNX int8 max abs diff vs PyTorch | {m['int8_max_abs_diff']:.3g} |", "",
-              "## Provenance", "",
-              f"- architecture hash `{info['hash']}`; full JSON in `nas_bert.json`",
-              f"- supernet checkpoint `{info['checkpoint']['path']}` (step {info['checkpoint']['step']}, "
-              f"sha256 `{info['checkpoint']['sha256']}`)", "", "Made with:", "", "```", info["command"], "```", ""]
-    return "\n".join(lines)
+    runtimes = "\n".join(f"| {label} | {_fmt(lat[k])} | {tms} | {_fmt(sp[k], '.2f')}x |" for label, k in
+                         (("PyTorch fp32", "torch_fp32"), ("ONNX fp32", "onnx_fp32"), ("ONNX int8", "onnx_int8")))
+    table = "\n".join(rows)
+    stale = "" if ck["scored_with_sha256"] == ck["sha256"] else (
+        f"; the search scored it with checkpoint sha256 `{ck['scored_with_sha256']}`, since pruned")
+    return f"""---
+library_name: transformers
+pipeline_tag: feature-extraction
+tags: [nas-bert, bert, onnx]
+---
+# {info["name"]}
+
+A BERT student found by nas-bert in study `{info["study"]}` (trial {info["trial"]} of the \
+{_fmt(info["budget_ms"], "g")} ms search), extracted from the trained supernet on the embeddings of the teacher \
+`{t["name"]}`. It returns `last_hidden_state` of shape (batch, sequence, {arch.blocks[-1].hidden}).
+
+## Usage
+
+```python
+from transformers import AutoModel, AutoTokenizer
+
+tokenizer = AutoTokenizer.from_pretrained("{info["name"]}")
+model = AutoModel.from_pretrained("{info["name"]}", trust_remote_code=True)
+hidden = model(**tokenizer(["a sentence"], return_tensors="pt")).last_hidden_state
+```
+
+ONNX: `onnx/model.onnx` (fp32) and `onnx/model.int8.onnx` (dynamic int8 weights) take `input_ids` and \
+`attention_mask` of any batch size and sequence length and return `last_hidden_state`.
+
+## Architecture
+
+| block | sublayer | width | operator | parameters |
+|---|---|---|---|---|
+{table}
+
+Parameters: **{info["params"]:,}** (teacher {t["params"]:,}). FLOPs per sequence of {cfg["seq_len"]} tokens: \
+**{info["flops"]:,}**. Weights: {info["size_mb"]:.2f} MB.
+
+## Latency
+
+Measured on {lat["machine"]}, batch {cfg["batch_size"]}, sequence length {cfg["seq_len"]}, {cfg["threads"]} \
+threads. The student's three runtimes and the teacher were timed in interleaved rounds (median of {ROUNDS} round \
+medians); the prediction is the search's latency model.
+
+| runtime | student ms | teacher ms (PyTorch fp32) | speed-up |
+|---|---|---|---|
+| predicted (latency model) | {_fmt(info["predicted_ms"])} | | |
+{runtimes}
+
+## Metrics
+
+| metric | value |
+|---|---|
+| approximate loss (sum of block MSE) | {_fmt(m["approx_loss"], ".5f")} |
+| rescored loss (end-to-end MSE vs teacher) | {_fmt(m["rescored_loss"], ".5f")} |
+| ONNX fp32 max abs diff vs PyTorch | {m["onnx_max_abs_diff"]:.2e} |
+| ONNX int8 max abs diff vs PyTorch | {m["int8_max_abs_diff"]:.3g} |
+
+## Provenance
+
+- architecture hash `{info["hash"]}`; the full architecture JSON is in `nas_bert.json`
+- supernet checkpoint `{ck["path"]}` (step {ck["step"]}, sha256 `{ck["sha256"]}`){stale}
+
+Made with:
+
+```
+{info["command"]}
+```
+"""
 
 
 # -- the export ---------------------------------------------------------------------------------
 def _teacher_info(teacher: Teacher, study: Study) -> dict[str, Any]:
-    cfg = study.cfg.latency
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(cfg.threads)
-        ms = measure_model(teacher.encoder, cfg, teacher.embeddings_spec().vocab_size)
-    finally:
-        torch.set_num_threads(threads)
-        teacher.encoder.to("cpu")
-    return {"name": study.cfg.teacher, "params": sum(p.numel() for p in teacher.encoder.parameters()), "torch_fp32_ms": ms}
+    return {"name": study.cfg.teacher, "params": sum(p.numel() for p in teacher.encoder.parameters())}
 
 
 def _export_one(study: Study, m: Member, teacher: Teacher, supernet: Supernet, ckpt: dict[str, Any],
@@ -323,15 +358,15 @@ def _export_one(study: Study, m: Member, teacher: Teacher, supernet: Supernet, c
     student = extract_student(study, arch, teacher, supernet)
     save_student(student, folder, teacher.tokenizer)
     checks = export_onnx(student, folder, teacher.tokenizer, min(cfg.seq_len, arch.embeddings.max_positions))
-    ms = measure_student(student, folder, cfg, arch.embeddings.vocab_size)
+    ms = measure_latencies(student, folder, teacher, cfg)
     metrics = {"approx_loss": m.row["approx_loss"], "rescored_loss": m.row["rescored_loss"], **checks}
     info = {
         "name": m.name, "study": study.name, "hash": m.row["hash"], "trial": m.trial, "budget_ms": m.budget_ms,
         "budgets_ms": m.budgets, "params": arch.params(), "flops": arch.flops(cfg.seq_len),
         "size_mb": _mb(folder / "model.safetensors"), "predicted_ms": m.row["predicted_ms"],
         "latency": {**ms, "machine": f"{hardware_name(cfg.device)} ({os.cpu_count()} cpus)", "config": cfg.model_dump(),
-                    "speedup": {k: tinfo["torch_fp32_ms"] / v for k, v in ms.items()}},
-        "metrics": metrics, "teacher": tinfo, "checkpoint": ckpt, "command": command,
+                    "speedup": {k: ms["teacher_torch_fp32"] / ms[k] for k in VARIANTS}},
+        "metrics": metrics, "teacher": dict(tinfo), "checkpoint": ckpt, "command": command,
         "safetensors_sha256": sha256_file(folder / "model.safetensors"),
     }
     (folder / "README.md").write_text(model_card(info, arch))
@@ -357,7 +392,13 @@ def _swap_in(tmp: Path, out_dir: Path) -> None:
 
 
 def _record(db: Database, study: Study, infos: list[dict[str, Any]], out_dir: Path) -> None:
+    """measured_ms of each architecture and one ExportRow per folder; rows of folders an overwrite removed go."""
+    root = str(out_dir.resolve())
+    paths = {str((out_dir / i["name"]).resolve()) for i in infos}
     with db.session() as s:
+        for old in s.scalars(select(ExportRow).where(ExportRow.study == study.name)):
+            if os.path.dirname(old.path) == root and old.path not in paths:
+                s.delete(old)
         for info in infos:
             row = s.scalars(select(ArchitectureRow).where(ArchitectureRow.study == study.name,
                                                           ArchitectureRow.hash == info["hash"])).one()
@@ -389,7 +430,7 @@ def _export(study: Study, members_of: Any, out_dir: Path, plot_budgets: list[flo
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        tinfo = _teacher_info(teacher, study)  # measured once, in the same run as the students
+        tinfo = _teacher_info(teacher, study)
         infos = []
         for m in tqdm(members, desc="export", unit="student"):
             path = ckpts[m.name]["path"]
@@ -399,6 +440,8 @@ def _export(study: Study, members_of: Any, out_dir: Path, plot_budgets: list[flo
         from nas_bert.plots import plot_fronts
 
         plot_fronts(study, plot_budgets or budgets_in_db(study), tmp / "pareto.png")
+        # the teacher is timed beside every student; its figure here is the median over those runs
+        tinfo["torch_fp32_ms"] = float(np.median([i["latency"]["teacher_torch_fp32"] for i in infos]))
         summary = {"study": study.name, "out_dir": str(out_dir), "command": command, "teacher": tinfo,
                    "machine": infos[0]["latency"]["machine"], "latency_config": study.cfg.latency.model_dump(),
                    "students": [_student_summary(i) for i in infos]}
@@ -413,12 +456,11 @@ def _export(study: Study, members_of: Any, out_dir: Path, plot_budgets: list[flo
 
 def _student_summary(i: dict[str, Any]) -> dict[str, Any]:
     lat, met = i["latency"], i["metrics"]
-    return {"name": i["name"], "hash": i["hash"], "trial": i["trial"], "budget_ms": i["budget_ms"],
-            "budgets_ms": i["budgets_ms"], "params": i["params"], "flops": i["flops"], "size_mb": i["size_mb"],
-            "onnx_mb": met["onnx_mb"], "int8_mb": met["int8_mb"], "predicted_ms": i["predicted_ms"],
-            "measured_ms": {k: lat[k] for k in ("torch_fp32", "onnx_fp32", "onnx_int8")}, "speedup": lat["speedup"],
-            "approx_loss": met["approx_loss"], "rescored_loss": met["rescored_loss"],
-            "onnx_max_abs_diff": met["onnx_max_abs_diff"], "int8_max_abs_diff": met["int8_max_abs_diff"]}
+    keep = ("name", "hash", "trial", "budget_ms", "budgets_ms", "params", "flops", "size_mb", "predicted_ms")
+    return {**{k: i[k] for k in keep}, "onnx_mb": met["onnx_mb"], "int8_mb": met["int8_mb"],
+            "measured_ms": {k: lat[k] for k in VARIANTS}, "teacher_ms": lat["teacher_torch_fp32"],
+            "speedup": lat["speedup"], **{k: met[k] for k in ("approx_loss", "rescored_loss", "onnx_max_abs_diff",
+                                                             "int8_max_abs_diff")}}
 
 
 def export_front(study: Study, out_dir: Path, budgets: list[float] | None = None, overwrite: bool = False,

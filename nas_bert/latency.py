@@ -173,12 +173,13 @@ def _time_jobs(jobs: list[Job], cfg: LatencyConfig, rounds: int) -> list[float]:
             timer.timeit(3)  # warm-up: allocator, lazy kernel selection, caches
         for _ in range(rounds):
             for i, timer in enumerate(timers):
-                for _attempt in range(MAX_ATTEMPTS):
+                for attempt in range(MAX_ATTEMPTS):
+                    if attempt:
+                        time.sleep(NOISY_PAUSE)  # let the other process's burst pass
                     median, ok = _round(timer, cfg)
                     (quiet if ok else noisy)[i].append(median)
                     if ok:
                         break
-                    time.sleep(NOISY_PAUSE)  # let the other process's burst pass
     result = []
     for (stmt, _), q, n in zip(jobs, quiet, noisy, strict=True):
         if not q:

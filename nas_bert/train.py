@@ -117,17 +117,19 @@ def train_loop(
     collator: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]],
     cfg: TrainConfig,
     total_steps: int,
-    ckpts: CheckpointDir,
+    ckpts: CheckpointDir | None,
     accelerator: Accelerator,
     meta: dict[str, Any],
     on_checkpoint: Callable[[int, Path, str, dict[str, Any]], None] | None = None,
     desc: str = "train",
     stop_after: int | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Train `model` to `total_steps` updates, resuming from the newest checkpoint in `ckpts`.
 
     `meta` is stored in every checkpoint and must match on resume (e.g. the search space hash).
     `stop_after` ends this call after that many updates (tests use it to simulate a kill).
+    With `ckpts=None` nothing is saved (the layer-mapping search's short proxy runs).
     Returns the last validation report.
     """
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
@@ -137,7 +139,7 @@ def train_loop(
     )
     scheduler = get_scheduler(cfg.schedule, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=total_steps)
     start, report = 0, {}
-    latest = ckpts.latest()
+    latest = ckpts.latest() if ckpts is not None else None
     if latest is not None:
         state = torch.load(latest, map_location="cpu", weights_only=False)
         for key, want in meta.items():
@@ -160,7 +162,8 @@ def train_loop(
     raw_model = accelerator.unwrap_model(model)
     batcher = StepBatcher(len(dataset), cfg.batch_size, cfg.seed, accelerator.process_index, accelerator.num_processes)
     end = total_steps if stop_after is None else min(total_steps, start + stop_after)
-    bar = tqdm(range(start, end), initial=start, total=total_steps, desc=desc, disable=not accelerator.is_main_process)
+    bar = tqdm(range(start, end), initial=start, total=total_steps, desc=desc,
+                disable=not (progress and accelerator.is_main_process))
     model.train()
     for step in bar:
         logs: dict[str, float] = {}
@@ -184,7 +187,7 @@ def train_loop(
             model.eval()
             report = {"step": done, **objective.validate(raw_model)} if accelerator.is_main_process else {}
             model.train()
-        if done % cfg.checkpoint_every == 0 or done == end:
+        if ckpts is not None and (done % cfg.checkpoint_every == 0 or done == end):
             if accelerator.is_main_process:
                 path = ckpts.path(done)
                 sha = atomic_torch_save(

@@ -37,3 +37,54 @@ def tiny_study_file(tmp_path: Path) -> Path:
     dst = tmp_path / "tiny.yaml"
     shutil.copy(ROOT / "studies" / "tiny.yaml", dst)
     return dst
+
+
+# Sizes that make every stage of the tiny study take seconds.
+FAST = {
+    "latency": {"seq_len": 32, "min_run_time": 0.005, "calibration_archs": 3},
+    "search": {"trials": 24, "population_size": 6, "score_batches": 1, "rescore_batches": 1, "batch_size": 4,
+               "rescore_top": 4, "heartbeat_interval": 1, "grace_period": 2},
+    "mapping": {"population": 4, "generations": 2, "proxy_steps": 2, "proxy_batch_size": 2, "proxy_examples": 32,
+                "proxy_val_batches": 1, "enumerate_below": 0},
+    "distill": {"steps": 4, "batch_size": 2, "warmup_steps": 1, "eval_every": 4, "checkpoint_every": 2,
+                "val_batches": 1},
+}
+
+
+def make_tiny_study(root: Path, search_budget: float | None = None) -> Path:
+    """studies/tiny.yaml with FAST sizes in `root`, its supernet trained and latency table built;
+    with `search_budget`, also a finished search for that budget."""
+    import yaml
+
+    from nas_bert.blockwise import train_supernet
+    from nas_bert.config import load_study
+    from nas_bert.db import Database
+    from nas_bert.latency import ensure_latency_model
+    from nas_bert.teacher import embeddings_spec_of, load_teacher_config
+
+    data = yaml.safe_load((ROOT / "studies" / "tiny.yaml").read_text())
+    data.update(FAST)
+    (root / "tiny.yaml").write_text(yaml.safe_dump(data))
+    study = load_study(root / "tiny.yaml")
+    train_supernet(study)
+    emb = embeddings_spec_of(load_teacher_config(data["teacher"]))
+    ensure_latency_model(Database(study.db_url), study.space, emb, study.cfg.latency, progress=False)
+    if search_budget is not None:
+        from nas_bert.search import search
+
+        search(study, search_budget)
+    return root / "tiny.yaml"
+
+
+def copy_study(src: Path, dst: Path) -> Path:
+    """A copy of a study's files (its checkpoint paths still point at the original's folder)."""
+    for p in src.parent.iterdir():
+        if p.is_file():
+            shutil.copy(p, dst / p.name)
+    return dst / src.name
+
+
+@pytest.fixture(scope="session")
+def searched_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny study with a trained supernet and a finished 5 ms search (built once per session)."""
+    return make_tiny_study(tmp_path_factory.mktemp("searched"), search_budget=5.0)

@@ -46,13 +46,42 @@ def _no_retries() -> Iterator[None]:
     # Behaviour, not timing quality: never pause to wait out other processes' bursts.
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(latency, "MAX_ATTEMPTS", 1)
+        mp.setattr(latency, "NOISY_PAUSE", 0.0)
         yield
 
 
+class Built:
+    """One build shared by the module: its database, model, the timings it ran and the threads after."""
+
+    def __init__(self, db: Database, model: LatencyModel, stmts: list[str], threads_before: int, threads_after: int):
+        self.db, self.model, self.stmts = db, model, stmts
+        self.threads_before, self.threads_after = threads_before, threads_after
+
+
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory, space: SearchSpace) -> LatencyModel:
+def build(tmp_path_factory: pytest.TempPathFactory, space: SearchSpace) -> Iterator[Built]:
     db = Database(f"sqlite:///{tmp_path_factory.mktemp('latency')}/lat.db")
-    return ensure_latency_model(db, space, EMB, CFG, progress=False)
+    stmts: list[str] = []
+    real = latency._time_jobs
+
+    def counting(jobs: list[latency.Job], cfg: LatencyConfig, rounds: int) -> list[float]:
+        stmts.extend(stmt for stmt, _ in jobs)
+        return real(jobs, cfg, rounds)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(CFG.threads + 1)  # so that restoring it is observable
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(latency, "_time_jobs", counting)
+            model = ensure_latency_model(db, space, EMB, CFG, progress=False)
+        yield Built(db, model, stmts, CFG.threads + 1, torch.get_num_threads())
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def built(build: Built) -> LatencyModel:
+    return build.model
 
 
 @pytest.fixture()
@@ -98,18 +127,16 @@ def test_table_has_every_key(built: LatencyModel, space: SearchSpace) -> None:
     assert all(built.table[k] > 0 for k in keys)
 
 
-def test_second_build_measures_nothing(tmp_path: Path, space: SearchSpace, timed: list[str]) -> None:
-    db = Database(f"sqlite:///{tmp_path}/lat.db")
-    first = ensure_latency_model(db, space, EMB, CFG, progress=False)
-    assert sum(not s.startswith(MODEL_STMT) for s in timed) == 13
-    assert sum(s.startswith(MODEL_STMT) for s in timed) == len(first.calibration.points) >= 3
-    assert row_count(db) == 13
-    timed.clear()
-    second = ensure_latency_model(db, space, EMB, CFG, progress=False)
-    assert timed == []
+def test_second_build_measures_nothing(build: Built, space: SearchSpace, timed: list[str]) -> None:
+    first = build.model
+    assert sum(not s.startswith(MODEL_STMT) for s in build.stmts) == 13
+    assert sum(s.startswith(MODEL_STMT) for s in build.stmts) == len(first.calibration.points)
+    assert row_count(build.db) == 13
+    second = ensure_latency_model(build.db, space, EMB, CFG, progress=False)
+    assert timed == []  # neither the table nor the calibration is measured again
     assert second.table == first.table
     assert second.calibration == first.calibration
-    assert row_count(db) == 13
+    assert row_count(build.db) == 13
 
 
 def test_interrupted_build_keeps_what_it_measured(tmp_path: Path, space: SearchSpace, timed: list[str],
@@ -136,10 +163,9 @@ def test_interrupted_build_keeps_what_it_measured(tmp_path: Path, space: SearchS
     assert expected_keys(space) <= set(model.table)
 
 
-def test_calibration_is_stored_and_reused(tmp_path: Path, space: SearchSpace, timed: list[str]) -> None:
-    db = Database(f"sqlite:///{tmp_path}/lat.db")
-    model = ensure_latency_model(db, space, EMB, CFG, progress=False)
-    with db.session() as s:
+def test_calibration_is_stored(build: Built, space: SearchSpace) -> None:
+    model = build.model
+    with build.db.session() as s:
         row = s.get(LatencyCalibration, f"{model.fingerprint}:{space.fingerprint()}")
         assert row is not None
         stored = json.loads(row.model_json)
@@ -149,10 +175,6 @@ def test_calibration_is_stored_and_reused(tmp_path: Path, space: SearchSpace, ti
     assert (stored["a"], stored["b"]) == (cal.a, cal.b)
     assert n == len(stored["points"]) == len(cal.points) == CFG.calibration_archs + 2
     assert all(raw > 0 and ms > 0 for raw, ms in cal.points)
-    timed.clear()
-    again = ensure_latency_model(db, space, EMB, CFG, progress=False)
-    assert not any(s.startswith(MODEL_STMT) for s in timed)
-    assert again.calibration == cal
 
 
 def test_predictions(built: LatencyModel, space: SearchSpace) -> None:
@@ -188,11 +210,8 @@ def test_fingerprint_is_stable_and_follows_settings() -> None:
     assert fp == device_fingerprint(CFG.model_copy(update={"min_run_time": 0.5}))  # how long, not what
 
 
-def test_threads_are_restored(tmp_path: Path, space: SearchSpace) -> None:
-    before = torch.get_num_threads()
-    cfg = CFG.model_copy(update={"threads": 1 if before != 1 else 2})
-    ensure_latency_model(Database(f"sqlite:///{tmp_path}/lat.db"), space, EMB, cfg, progress=False)
-    assert torch.get_num_threads() == before
+def test_threads_are_restored(build: Built) -> None:
+    assert build.threads_after == build.threads_before
 
 
 def test_report_is_json(built: LatencyModel) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-import yaml
+from conftest import copy_study, make_tiny_study
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
@@ -22,39 +22,16 @@ from nas_bert.config import load_study
 from nas_bert.errors import NasBertError
 from nas_bert.search import optuna_study_name, search, storage_for, suggest_architecture
 
-ROOT = Path(__file__).resolve().parents[1]
-FAST = {
-    "latency": {"seq_len": 32, "min_run_time": 0.005, "calibration_archs": 3},
-    "search": {"trials": 24, "population_size": 6, "score_batches": 1, "rescore_batches": 1, "batch_size": 4,
-               "rescore_top": 4, "heartbeat_interval": 1, "grace_period": 2},
-}
-
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """A tiny study with a trained supernet and a latency table, built once for this module."""
-    root = tmp_path_factory.mktemp("trained")
-    data = yaml.safe_load((ROOT / "studies" / "tiny.yaml").read_text())
-    data.update(FAST)
-    (root / "tiny.yaml").write_text(yaml.safe_dump(data))
-    study = load_study(root / "tiny.yaml")
-    train_supernet(study)
-    from nas_bert.db import Database
-    from nas_bert.latency import ensure_latency_model
-    from nas_bert.teacher import load_teacher
-
-    ensure_latency_model(Database(study.db_url), study.space, load_teacher(data["teacher"]).embeddings_spec(),
-                         study.cfg.latency, progress=False)
-    return root
+    return make_tiny_study(tmp_path_factory.mktemp("trained")).parent
 
 
 @pytest.fixture()
 def study_file(trained, tmp_path) -> Path:
-    """A copy of the trained study (its checkpoint paths still point at the module's copy)."""
-    for p in trained.iterdir():
-        if p.is_file():
-            shutil.copy(p, tmp_path / p.name)
-    return tmp_path / "tiny.yaml"
+    return copy_study(trained / "tiny.yaml", tmp_path)
 
 
 def _counts(study_file: Path, budget: float) -> dict[str, int]:

@@ -1,0 +1,449 @@
+"""Stage 8: how good is a student? Fidelity to the teacher and fine-tuned accuracy on a task.
+
+Two views, both against the teacher:
+- fidelity (no training): do the student's sentence vectors arrange held-out texts the way the
+  teacher's do? Spearman correlation of all pairwise cosine similarities, so widths may differ;
+- downstream: student and teacher are fine-tuned with the same protocol and seed on one task
+  (WordNet supersenses by default); we report accuracy, its ratio to the teacher's, and loyalty
+  (how often and how closely the student's predictions match the teacher's).
+
+The teacher is fine-tuned once per (study, task, protocol) and memoised in the database.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from scipy.spatial.distance import jensenshannon
+from scipy.stats import spearmanr
+from sqlalchemy import select
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import AutoModel, AutoTokenizer, get_scheduler
+
+from nas_bert.corpus import load_wordnet_task
+from nas_bert.db import Database, EvaluationRow
+from nas_bert.errors import NasBertError
+from nas_bert.teacher import load_teacher
+
+_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json"}
+_SPLITS = ("train", "validation", "test")
+# What loading a dataset or model folder raises for a user's mistake (bad id, offline, damaged files).
+_LOAD_ERRORS = (OSError, ValueError, KeyError, ImportError, TypeError, AttributeError, RuntimeError)
+
+
+class EvalConfig(BaseModel):
+    """Evaluation protocol; the defaults run in minutes on a 2-core CPU with MiniLM-L6."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fidelity_texts: int = Field(512, ge=3, description="held-out test texts for fidelity")
+    max_seq_length: int = Field(48, ge=4)
+    finetune_steps: int = Field(150, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-4, gt=0, description="encoder learning rate")
+    head_lr: float = Field(2e-3, gt=0, description="classification head learning rate")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    max_train_examples: int | None = Field(6000, ge=1)
+    max_eval_examples: int | None = Field(1500, ge=1)
+    seed: int = 0
+
+
+def protocol_hash(cfg: EvalConfig, task: str) -> str:
+    """Short sha256 of the protocol and the task; a local task file also contributes its content."""
+    key: dict[str, Any] = {"config": cfg.model_dump(mode="json"), "task": task}
+    if Path(task).is_file():  # an edited task file must not reuse a stale teacher baseline
+        key["file_sha256"] = hashlib.sha256(Path(task).read_bytes()).hexdigest()
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# -- sentence vectors and fidelity -----------------------------------------------------------------
+def mean_pool(last_hidden_state: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Average of the real (unmasked) token states: (B, T, h), (B, T) -> (B, h)."""
+    mask = attention_mask.unsqueeze(-1).to(last_hidden_state.dtype)
+    return (last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+def _batch(tokenizer: Any, texts: list[str], max_len: int, device: torch.device | str) -> dict[str, torch.Tensor]:
+    enc = tokenizer(texts, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+    return {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device)}
+
+
+@torch.no_grad()
+def sentence_vectors(encoder: nn.Module, tokenizer: Any, texts: list[str], batch_size: int, max_len: int,
+                     device: torch.device | str) -> torch.Tensor:
+    """Mean-pooled last_hidden_state of each text, (n, hidden), on the CPU; any such encoder works."""
+    was_training = encoder.training
+    encoder.eval()  # dropout off: vectors must not depend on the RNG
+    out = []
+    for i in range(0, len(texts), batch_size):
+        b = _batch(tokenizer, list(texts[i : i + batch_size]), max_len, device)
+        out.append(mean_pool(encoder(**b).last_hidden_state, b["attention_mask"]).float().cpu())
+    encoder.train(was_training)
+    return torch.cat(out)
+
+
+def fidelity(student_vecs: torch.Tensor, teacher_vecs: torch.Tensor) -> float:
+    """Spearman correlation of the pairwise cosine similarities (upper triangle): width-free agreement."""
+    if len(student_vecs) != len(teacher_vecs) or len(student_vecs) < 3:
+        raise ValueError("fidelity needs the same texts (at least 3) for student and teacher")
+
+    def sims(v: torch.Tensor) -> np.ndarray:
+        v = F.normalize(v.double(), dim=-1)
+        i, j = torch.triu_indices(len(v), len(v), offset=1)
+        return (v @ v.T)[i, j].numpy()
+
+    return float(spearmanr(sims(student_vecs), sims(teacher_vecs)).statistic)
+
+
+# -- tasks --------------------------------------------------------------------------------------
+def _cap(ds: datasets.Dataset, n: int | None, seed: int) -> datasets.Dataset:
+    # Shuffle before capping: files are often sorted by label, so their first rows would be one class.
+    return ds if n is None or n >= len(ds) else ds.shuffle(seed=seed).select(range(n))
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _is_local(task: str) -> bool:
+    p = Path(task).expanduser()
+    return p.exists() or p.suffix.lower() in _BUILDERS or task.startswith((".", "/", "~"))
+
+
+def _load_source(task: str) -> tuple[datasets.DatasetDict, str]:
+    """Raw splits of a local file or a Hub dataset, and how to name the source in errors."""
+    if _is_local(task):
+        path = Path(task).expanduser()
+        if not path.is_file():
+            raise NasBertError(f"task file {path} not found; give 'wordnet', a .csv/.json/.jsonl file or a Hub id")
+        builder = _BUILDERS.get(path.suffix.lower())
+        if builder is None:
+            raise NasBertError(f"task file {path}: unsupported format; use .csv, .json or .jsonl")
+        try:
+            return datasets.load_dataset(builder, data_files=str(path)), f"task file {path}"
+        except (datasets.exceptions.DatasetGenerationError, ValueError) as e:
+            raise NasBertError(f"task file {path} could not be read as {builder} ({_first_line(e)})") from None
+    try:
+        dd = datasets.load_dataset(task)
+    except _LOAD_ERRORS as e:  # unknown id, offline, bad config: all one line for the user
+        raise NasBertError(f"task {task!r} is neither 'wordnet', a local file nor a loadable Hub dataset "
+                           f"({_first_line(e)})") from None
+    if not isinstance(dd, datasets.DatasetDict):
+        raise NasBertError(f"task {task!r} did not load as a DatasetDict of splits")
+    return dd, f"task {task!r}"
+
+
+def _labelled(dd: datasets.DatasetDict, source: str, seed: int) -> tuple[datasets.DatasetDict, list[str]]:
+    """Columns text/label (int), labelled rows only, and all three splits (carved from train if missing)."""
+    for alias in ("valid", "dev"):
+        if "validation" not in dd and alias in dd:
+            dd["validation"] = dd.pop(alias)
+    if "train" not in dd:
+        raise NasBertError(f"{source} has no 'train' split (splits: {list(dd)})")
+    columns = dd["train"].column_names
+    text_col = next((c for c in ("text", "sentence") if c in columns), None)
+    if text_col is None or "label" not in columns:
+        raise NasBertError(f"{source} needs a 'text' (or 'sentence') and a 'label' column; it has {columns}")
+    is_class = isinstance(dd["train"].features["label"], datasets.ClassLabel)
+
+    def keep(text: Any, label: Any) -> bool:  # blank texts break nothing but teach nothing; -1 is "unlabelled"
+        return isinstance(text, str) and bool(text.strip()) and label is not None and (not is_class or label >= 0)
+
+    dd = datasets.DatasetDict({s: d.select_columns([text_col, "label"]).filter(keep, input_columns=[text_col, "label"])
+                               for s, d in dd.items() if s in _SPLITS})
+    if is_class:
+        names = list(dd["train"].features["label"].names)
+    else:  # raw values: sorted over all splits, so every split agrees on the ids
+        values = sorted({v for d in dd.values() for v in d["label"]})
+        ids, names = {v: i for i, v in enumerate(values)}, [str(v) for v in values]
+        dd = datasets.DatasetDict({
+            s: d.map(lambda y: {"label": ids[y]}, input_columns="label").cast_column("label", datasets.ClassLabel(names=names))
+            for s, d in dd.items()
+        })
+    if text_col != "text":
+        dd = datasets.DatasetDict({s: d.rename_column(text_col, "text") for s, d in dd.items()})
+    dd = datasets.DatasetDict({s: d for s, d in dd.items() if len(d)})  # e.g. GLUE's unlabelled test split
+    train = dd["train"]
+    for split in ("test", "validation"):  # carve what is missing: 10% each, seeded
+        if split not in dd:
+            if len(train) < 3:
+                raise NasBertError(f"{source} has only {len(train)} labelled training row(s); too few to split")
+            parts = train.train_test_split(test_size=max(1, round(0.1 * len(train))), seed=seed)
+            train, dd[split] = parts["train"], parts["test"]
+    dd["train"] = train
+    return dd, names
+
+
+_TASKS: dict[tuple[str, str], tuple[datasets.DatasetDict, list[str]]] = {}
+
+
+def load_task(task: str, cfg: EvalConfig) -> tuple[datasets.DatasetDict, list[str]]:
+    """(train/validation/test with columns text and label (int), label names) for a task name.
+
+    "wordnet": the shipped gloss -> lexicographer file task (45 classes, shipped split, first
+    rows as caps); otherwise a local .csv/.json/.jsonl or a Hub id (seeded caps).
+    """
+    key = (task, protocol_hash(cfg, task))
+    if key in _TASKS:  # teacher and student runs of one evaluation share the splits
+        return _TASKS[key]
+    if task == "wordnet":
+        dd = load_wordnet_task(cfg.max_train_examples, cfg.max_eval_examples)
+        names = list(dd["train"].features["label"].names)
+        dd = datasets.DatasetDict({s: d.select_columns(["text", "label"]) for s, d in dd.items()})
+    else:
+        dd, names = _labelled(*_load_source(task), seed=cfg.seed)
+        dd = datasets.DatasetDict({
+            s: _cap(dd[s], cfg.max_train_examples if s == "train" else cfg.max_eval_examples, cfg.seed)
+            for s in _SPLITS
+        })
+    _TASKS[key] = (dd, names)
+    return dd, names
+
+
+# -- fine-tuning ----------------------------------------------------------------------------------
+class Classifier(nn.Module):
+    """Encoder -> mean pooling -> dropout -> linear head over the labels."""
+
+    def __init__(self, encoder: nn.Module, num_labels: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(int(encoder.config.hidden_size), num_labels)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        h = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.head(self.dropout(mean_pool(h, attention_mask)))
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@torch.no_grad()
+def _predict(model: Classifier, tokenizer: Any, texts: list[str], cfg: EvalConfig,
+             device: torch.device | str) -> np.ndarray:
+    model.eval()
+    out = []
+    for i in range(0, len(texts), cfg.batch_size):
+        b = _batch(tokenizer, texts[i : i + cfg.batch_size], cfg.max_seq_length, device)
+        out.append(torch.softmax(model(**b).double(), dim=-1).cpu().numpy())
+    return np.concatenate(out)
+
+
+def finetune(encoder: nn.Module, tokenizer: Any, task: datasets.DatasetDict, label_names: list[str],
+             cfg: EvalConfig, device: torch.device | str = "cpu",
+             desc: str = "fine-tune") -> tuple[Classifier, float, np.ndarray]:
+    """Fine-tune a copy of `encoder` with a new head; returns (classifier, test accuracy, test probs (n, classes))."""
+    _seed_all(cfg.seed)  # head init and dropout draw from the global RNG
+    model = Classifier(copy.deepcopy(encoder), len(label_names)).to(device)  # the caller's encoder stays as it was
+    model.encoder.requires_grad_(True)  # teachers arrive frozen
+    optimizer = torch.optim.AdamW([
+        {"params": list(model.encoder.parameters()), "lr": cfg.lr},
+        {"params": list(model.head.parameters()), "lr": cfg.head_lr},
+    ])
+    steps = cfg.finetune_steps
+    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=math.ceil(cfg.warmup_ratio * steps),
+                              num_training_steps=steps)
+    train = task["train"]
+    texts, labels = list(train["text"]), torch.tensor(train["label"])
+    gen = torch.Generator().manual_seed(cfg.seed)
+    order: list[int] = []
+    model.train()
+    bar = tqdm(range(steps), desc=desc, leave=False)
+    for _ in bar:
+        if len(order) < cfg.batch_size:  # next epoch's shuffle, appended so every batch is full
+            order += torch.randperm(len(texts), generator=gen).tolist()
+        idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
+        b = _batch(tokenizer, [texts[i] for i in idx], cfg.max_seq_length, device)
+        loss = F.cross_entropy(model(**b), labels[idx].to(device))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    test = task["test"]
+    probs = _predict(model, tokenizer, list(test["text"]), cfg, device)
+    accuracy = float((probs.argmax(1) == np.asarray(test["label"])).mean())
+    return model, accuracy, probs
+
+
+def loyalty(student_probs: np.ndarray, teacher_probs: np.ndarray) -> dict[str, float]:
+    """Label loyalty (argmax agreement) and probability loyalty (1 - mean Jensen-Shannon distance, base 2)."""
+    p, q = np.asarray(student_probs, dtype=np.float64), np.asarray(teacher_probs, dtype=np.float64)
+    if p.shape != q.shape or p.ndim != 2:
+        raise ValueError(f"loyalty needs two (n, classes) arrays of one shape, got {p.shape} and {q.shape}")
+    # scipy returns the distance (sqrt of the divergence); rounding can make p == q give sqrt(-0.0) = nan.
+    d = np.nan_to_num(jensenshannon(p, q, base=2, axis=1), nan=0.0)
+    return {"label_loyalty": float((p.argmax(1) == q.argmax(1)).mean()),
+            "probability_loyalty": float(1.0 - d.mean())}
+
+
+def _params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _teacher_run(teacher: Any, cfg: EvalConfig, task: str, device: torch.device | str) -> dict[str, Any]:
+    dd, names = load_task(task, cfg)
+    _, acc, probs = finetune(teacher.encoder, teacher.tokenizer, dd, names, cfg, device, desc="fine-tune teacher")
+    return {"task": task, "accuracy": acc, "test_probs": probs.tolist(), "params": _params(teacher.encoder),
+            "teacher": str(getattr(teacher, "source", "")), "protocol_hash": protocol_hash(cfg, task)}
+
+
+def evaluate_encoder(encoder: nn.Module, tokenizer: Any, teacher: Any, cfg: EvalConfig, task: str = "wordnet",
+                     device: torch.device | str = "cpu", teacher_result: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Fidelity to `teacher`, fine-tuned accuracy and loyalty to it; `encoder` is moved to `device`.
+
+    The teacher is fine-tuned here with the same protocol unless `teacher_result` (from
+    `teacher_baseline`: "accuracy" and "test_probs") is given.
+    """
+    dd, names = load_task(task, cfg)
+    encoder.to(device)
+    texts = list(dd["test"]["text"][: cfg.fidelity_texts])
+    vecs = [sentence_vectors(m, t, texts, cfg.batch_size, cfg.max_seq_length, device)
+            for m, t in ((encoder, tokenizer), (teacher.encoder, teacher.tokenizer))]
+    _, acc, probs = finetune(encoder, tokenizer, dd, names, cfg, device, desc="fine-tune student")
+    if teacher_result is None:
+        teacher_result = _teacher_run(teacher, cfg, task, device)
+    t_acc = float(teacher_result["accuracy"])
+    return {
+        "task": task,
+        "fidelity": fidelity(*vecs),
+        "accuracy": acc,
+        "teacher_accuracy": t_acc,
+        "accuracy_ratio": acc / t_acc if t_acc > 0 else None,  # None, not NaN: the metrics are stored as JSON
+        **loyalty(probs, np.asarray(teacher_result["test_probs"])),
+        "params": _params(encoder),
+        "protocol_hash": protocol_hash(cfg, task),
+    }
+
+
+# -- database memo --------------------------------------------------------------------------------
+def _find(s: Any, study_name: str, subject: str, task: str, ph: str) -> EvaluationRow | None:
+    q = select(EvaluationRow).where(EvaluationRow.study == study_name, EvaluationRow.subject == subject,
+                                    EvaluationRow.task == task, EvaluationRow.protocol_hash == ph)
+    return s.scalars(q).first()
+
+
+def record_evaluation(db: Database, study_name: str, subject: str, arch_hash: str | None, task: str,
+                      cfg: EvalConfig, metrics: dict[str, Any]) -> None:
+    """Insert or replace the row of (study, subject, task, protocol)."""
+    ph = protocol_hash(cfg, task)
+    blob = json.dumps(metrics)
+    with db.session() as s:
+        row = _find(s, study_name, subject, task, ph)
+        if row is None:
+            s.add(EvaluationRow(study=study_name, subject=subject, arch_hash=arch_hash, task=task,
+                                protocol_hash=ph, metrics_json=blob))
+        else:
+            row.arch_hash, row.metrics_json = arch_hash, blob
+
+
+def teacher_baseline(db: Database, study_name: str, teacher: Any, cfg: EvalConfig, task: str = "wordnet",
+                     device: torch.device | str = "cpu") -> dict[str, Any]:
+    """The fine-tuned teacher's accuracy and test probabilities: computed once per protocol, then read back."""
+    with db.session() as s:
+        row = _find(s, study_name, "teacher", task, protocol_hash(cfg, task))
+        stored = json.loads(row.metrics_json) if row is not None else None
+    # A study whose teacher was changed keeps its name, so check the stored source too.
+    if stored is not None and stored.get("teacher") == str(getattr(teacher, "source", "")):
+        return stored
+    result = _teacher_run(teacher, cfg, task, device)
+    record_evaluation(db, study_name, "teacher", None, task, cfg, result)
+    return result
+
+
+# -- the CLI's entry point ----------------------------------------------------------------------------
+def load_student(path: Path) -> nn.Module:
+    """A student folder via AutoModel (trust_remote_code), or NasBertModel directly for model_type nas_bert."""
+    if not path.is_dir():
+        raise NasBertError(f"model folder {path} does not exist; give a folder written by `nas-bert export`")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise NasBertError(f"{path} is not a model folder (no config.json); give a folder written by `nas-bert export`")
+    try:
+        model_type = json.loads(config_file.read_text()).get("model_type")
+    except (json.JSONDecodeError, AttributeError):
+        raise NasBertError(f"{config_file} is not a JSON object; the model folder is damaged") from None
+    try:
+        return AutoModel.from_pretrained(str(path), trust_remote_code=True)
+    except _LOAD_ERRORS as e:
+        error = e
+    if model_type == "nas_bert":  # folders without auto_map (or its code files) still load from our package
+        from nas_bert.modeling_nas_bert import NasBertModel
+
+        try:
+            return NasBertModel.from_pretrained(str(path))
+        except _LOAD_ERRORS as e:
+            error = e
+    raise NasBertError(f"{path} could not be loaded as a model ({_first_line(error)})")
+
+
+def _load_tokenizer(path: Path, fallback: Any) -> Any:
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError, TypeError):  # no tokenizer files: students share the teacher's vocabulary
+        return fallback
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def evaluate_path(study: Any, path: str | None, teacher_only: bool = False, task: str = "wordnet",
+                  cfg: EvalConfig | None = None) -> dict[str, Any]:
+    """`nas-bert evaluate PATH` / `--teacher`: evaluate, record in the database and in PATH/nas_bert.json."""
+    cfg = cfg or EvalConfig()
+    if not teacher_only and path is None:
+        raise NasBertError("give a model folder to evaluate, or --teacher for the teacher's baseline")
+    folder = None if teacher_only else Path(path).expanduser().resolve()  # type: ignore[arg-type]
+    student = load_student(folder) if folder is not None else None  # fail fast, before the teacher's fine-tuning
+    device = study.device()
+    db = Database(study.db_url)
+    try:
+        db.upsert_study(study.name, study.snapshot())
+        teacher = load_teacher(study.cfg.teacher, device)
+        base = teacher_baseline(db, study.name, teacher, cfg, task, device)
+        if student is None or folder is None:
+            return {k: v for k, v in base.items() if k != "test_probs"}
+        info_file = folder / "nas_bert.json"
+        try:
+            info = json.loads(info_file.read_text()) if info_file.is_file() else None
+        except json.JSONDecodeError as e:
+            raise NasBertError(f"{info_file} is not valid JSON ({e}); re-export the model or remove the file") from None
+        tokenizer = _load_tokenizer(folder, teacher.tokenizer)
+        metrics = evaluate_encoder(student, tokenizer, teacher, cfg, task, device, teacher_result=base)
+        arch_hash = info.get("hash") if isinstance(info, dict) else None
+        record_evaluation(db, study.name, str(folder), arch_hash, task, cfg, metrics)
+        if isinstance(info, dict):
+            info.setdefault("metrics", {}).update({**metrics, "eval_config": cfg.model_dump(mode="json")})
+            _write_json_atomic(info_file, info)
+        return {"subject": str(folder), "arch_hash": arch_hash, **metrics}
+    finally:
+        db.dispose()

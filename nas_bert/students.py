@@ -1,0 +1,225 @@
+"""Chosen students: resolve a trial to its architecture, extract it, distil it (stage 7).
+
+`StudentContext` loads what stages 6-7 share once (teacher, trained supernet, corpus); the
+layer-mapping search calls `proxy_fitness` many times on it, `distill` trains one student fully.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from sqlalchemy import select
+
+from nas_bert.architecture import Architecture
+from nas_bert.blockwise import load_supernet_checkpoint
+from nas_bert.config import Study
+from nas_bert.corpus import fixed_batches, load_corpus, make_collator
+from nas_bert.db import ArchitectureRow, Database, DistillRun, MappingEval
+from nas_bert.distill import (
+    DistillModule,
+    DistillObjective,
+    TeacherTaps,
+    check_mapping,
+    distill_points,
+    uniform_mapping,
+)
+from nas_bert.errors import NasBertError
+from nas_bert.modeling_nas_bert import NasBertModel
+from nas_bert.search import budgets_in_db, latest_checkpoint, optuna_study_name, storage_for
+from nas_bert.supernet import Supernet
+from nas_bert.teacher import Teacher, load_teacher
+from nas_bert.train import CheckpointDir, make_accelerator, sha256_file, train_loop
+
+
+def resolve_budget(study: Study, budget: float | None) -> float:
+    budgets = budgets_in_db(study)
+    if budget is not None:
+        if budget not in budgets:
+            raise NasBertError(f"no search for budget {budget:g} ms in study '{study.name}'; searched: {budgets or 'none'}")
+        return budget
+    if len(budgets) != 1:
+        raise NasBertError(f"study '{study.name}' has searches for budgets {budgets}; pick one with --budget"
+                           if budgets else f"study '{study.name}' has no search yet; run `nas-bert search` first")
+    return budgets[0]
+
+
+def trial_architecture(db: Database, study: Study, trial: int, budget: float) -> Architecture:
+    """The architecture a completed trial of the budget's search scored."""
+    st = optuna.load_study(study_name=optuna_study_name(study, budget), storage=storage_for(study))
+    trials = {t.number: t for t in st.get_trials(deepcopy=False)}
+    if trial not in trials or trials[trial].state != optuna.trial.TrialState.COMPLETE:
+        done = sorted(n for n, t in trials.items() if t.state == optuna.trial.TrialState.COMPLETE)
+        raise NasBertError(f"trial {trial} is not a completed trial of the {budget:g} ms search "
+                           f"(completed: {done[0] if done else '-'}..{done[-1] if done else '-'}); see `nas-bert pareto`")
+    h = trials[trial].user_attrs["arch_hash"]
+    with db.session() as s:
+        row = s.scalars(select(ArchitectureRow).where(ArchitectureRow.study == study.name, ArchitectureRow.hash == h)).one()
+        return Architecture.from_json(row.arch_json)
+
+
+@dataclass
+class StudentContext:
+    study: Study
+    db: Database
+    teacher: Teacher
+    supernet: Supernet
+    corpus: Any
+    collator: Any
+    checkpoint_sha: str
+    taps: TeacherTaps | None = None
+
+    @classmethod
+    def open(cls, study: Study) -> StudentContext:
+        db = Database(study.db_url)
+        ckpt = latest_checkpoint(db, study)
+        device = study.device()
+        teacher = load_teacher(study.cfg.teacher, device)
+        path = Path(ckpt.path)
+        supernet = load_supernet_checkpoint(path, study.space, teacher.hidden_size,
+                                            float(getattr(teacher.config, "layer_norm_eps", 1e-12)))
+        if sha256_file(path) != ckpt.sha256:
+            raise NasBertError(f"supernet checkpoint {path} no longer matches its sha256 in the database; "
+                               "retrain with `nas-bert train-supernet`")
+        corpus = load_corpus(study.cfg.corpus, teacher.tokenizer)
+        collator = make_collator(teacher.tokenizer, study.cfg.corpus)
+        taps = TeacherTaps(teacher) if study.cfg.distill.weights.attention > 0 else None
+        return cls(study, db, teacher, supernet.to(device), corpus, collator, ckpt.sha256, taps)
+
+    def module(self, arch: Architecture, freeze_embeddings: bool = False) -> DistillModule:
+        """The extracted student (supernet slices + teacher embeddings) with its projections."""
+        student = self.supernet.extract(arch, self.teacher.encoder.embeddings)
+        student.embeddings.requires_grad_(not freeze_embeddings)
+        last = len(arch.blocks) - 1
+        final = self.supernet.output_adapter(last, arch.blocks[last].hidden)
+        torch.manual_seed(0)  # the point projections start the same for every mapping
+        return DistillModule(student, arch, self.teacher.hidden_size, tuple(t.detach().clone() for t in final))
+
+    def objective(self, arch: Architecture, mapping: list[int], val_batches: int, batch_size: int) -> DistillObjective:
+        cfg = self.study.cfg.distill
+        val = fixed_batches(self.corpus["validation"], self.collator, val_batches, batch_size, seed=4321)
+        device = self.study.device()
+        val = [{k: v.to(device) for k, v in b.items()} for b in val]
+        return DistillObjective(self.teacher, arch, mapping, cfg.weights.model_dump(), cfg.relation_heads,
+                                cfg.temperature, val, self.taps)
+
+
+def proxy_fitness(ctx: StudentContext, arch: Architecture, mapping: list[int]) -> float:
+    """Jiao et al.'s cheap fitness: a short distillation on a corpus sample, then the held-out
+    loss of the final state against the teacher's (comparable across mappings)."""
+    mc, dc = ctx.study.cfg.mapping, ctx.study.cfg.distill
+    cfg = dc.model_copy(update={"steps": mc.proxy_steps, "batch_size": mc.proxy_batch_size, "grad_accum": 1,
+                                "warmup_steps": max(1, mc.proxy_steps // 10), "eval_every": mc.proxy_steps,
+                                "seed": mc.seed})
+    sample = ctx.corpus["train"].select(range(min(mc.proxy_examples, len(ctx.corpus["train"]))))
+    objective = ctx.objective(arch, mapping, mc.proxy_val_batches, mc.proxy_batch_size)
+    # the embedding tables are most of a small student's parameters and the mapping is about
+    # the layers, so the proxy keeps them fixed (a third of the proxy's time was their AdamW step)
+    report = train_loop(model=ctx.module(arch, freeze_embeddings=True), objective=objective, dataset=sample, collator=ctx.collator,
+                        cfg=cfg, total_steps=cfg.steps, ckpts=None, accelerator=make_accelerator(ctx.study.device()),
+                        meta={}, desc="proxy", progress=False)
+    return float(report["final"])
+
+
+def best_mapping(db: Database, study: Study, arch: Architecture) -> tuple[list[int], str]:
+    """The layer-mapping search's best mapping for this student, else TinyBERT's uniform one."""
+    with db.session() as s:
+        row = s.scalars(select(MappingEval).where(MappingEval.study == study.name, MappingEval.arch_hash == arch.hash())
+                        .order_by(MappingEval.fitness).limit(1)).first()
+    if row is not None:
+        return json.loads(row.mapping_json), "searched"
+    from nas_bert.teacher import load_teacher_config
+
+    n = int(load_teacher_config(study.cfg.teacher).num_hidden_layers)
+    return uniform_mapping(len(distill_points(arch)), n), "uniform"
+
+
+def distill(study: Study, trial: int, budget: float | None = None, steps: int | None = None,
+            mapping: list[int] | None = None, stop_after: int | None = None) -> dict[str, Any]:
+    """Stage 7 for one student: resumable, recorded, and saved as a Hugging Face folder."""
+    cfg = study.cfg.distill
+    steps = steps or cfg.steps
+    budget = resolve_budget(study, budget)
+    db = Database(study.db_url)
+    arch = trial_architecture(db, study, trial, budget)
+    origin = "given"
+    if mapping is None:
+        mapping, origin = best_mapping(db, study, arch)
+    ctx = StudentContext.open(study)
+    mapping = check_mapping(mapping, arch, ctx.teacher.num_layers)
+    root = study.workdir / "distill" / arch.hash()
+    with db.session() as s:
+        run = s.scalars(select(DistillRun).where(DistillRun.study == study.name, DistillRun.arch_hash == arch.hash())).first()
+        if run is None:
+            run = DistillRun(study=study.name, arch_hash=arch.hash(), trial_number=trial, budget_ms=budget,
+                             mapping_json=json.dumps(mapping), target_steps=steps)
+            s.add(run)
+        elif json.loads(run.mapping_json) != mapping and (root / "checkpoints").exists():
+            raise NasBertError(f"student {arch.hash()} was being distilled with mapping {json.loads(run.mapping_json)}; "
+                               f"move {root} away to restart with {mapping}")
+        run.mapping_json, run.target_steps = json.dumps(mapping), steps
+    t0 = time.perf_counter()
+    objective = ctx.objective(arch, mapping, cfg.val_batches, cfg.batch_size)
+    module = ctx.module(arch, cfg.freeze_embeddings).to(study.device())
+    before = objective.validate(module) if not (root / "checkpoints").exists() else None
+    report = train_loop(model=module, objective=objective, dataset=ctx.corpus["train"], collator=ctx.collator,
+                        cfg=cfg, total_steps=steps, ckpts=CheckpointDir(root / "checkpoints", cfg.keep_checkpoints),
+                        accelerator=make_accelerator(study.device()),
+                        meta={"arch": arch.hash(), "mapping": mapping}, desc=f"distill {arch.hash()[:8]}",
+                        stop_after=stop_after)
+    latest = CheckpointDir(root / "checkpoints").latest()
+    step = int(latest.stem.split("-")[1]) if latest else 0
+    student_path = None
+    if step >= steps:
+        state = torch.load(latest, map_location="cpu", weights_only=False)
+        module.load_state_dict(state["model"])
+        student_path = save_student(module.student, ctx.teacher, root / "student")
+    with db.session() as s:
+        run = s.scalars(select(DistillRun).where(DistillRun.study == study.name, DistillRun.arch_hash == arch.hash())).one()
+        prev = json.loads(run.report_json)
+        run.status = "finished" if student_path else "running"
+        run.student_path = str(student_path) if student_path else None
+        run.report_json = json.dumps({"before": before or prev.get("before"), "after": report, "step": step})
+        before = before or prev.get("before")
+    return {"study": study.name, "trial": trial, "budget_ms": budget, "arch_hash": arch.hash(),
+            "architecture": str(arch), "params": arch.params(), "mapping": mapping, "mapping_origin": origin,
+            "step": step, "target_steps": steps, "before": before, "after": report,
+            "student_path": str(student_path) if student_path else None,
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def save_student(student: NasBertModel, teacher: Teacher, folder: Path) -> Path:
+    """save_pretrained (weights + config + the student's code) with the tokenizer, atomically."""
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    type(student).register_for_auto_class("AutoModel")
+    student.config.register_for_auto_class()
+    student.save_pretrained(tmp)
+    teacher.tokenizer.save_pretrained(tmp)
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+    return folder
+
+
+def map_layers(study: Study, trial: int, budget: float | None = None, progress: bool = True) -> dict[str, Any]:
+    """Stage 6 for one student: the DEAP search (or enumeration) of its layer mapping."""
+    from nas_bert.mapping import MappingSearch
+
+    budget = resolve_budget(study, budget)
+    db = Database(study.db_url)
+    arch = trial_architecture(db, study, trial, budget)
+    ctx = StudentContext.open(study)
+    t0 = time.perf_counter()
+    search = MappingSearch(study, db, arch, ctx.teacher.num_layers, lambda m: proxy_fitness(ctx, arch, m),
+                           study.workdir / "mapping" / arch.hash())
+    summary = search.run(progress=progress)
+    summary.update(trial=trial, budget_ms=budget, seconds=round(time.perf_counter() - t0, 1))
+    return summary

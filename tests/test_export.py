@@ -1,0 +1,253 @@
+"""Stage 6 on the tiny study: exported students equal their supernet path, load without nas-bert, run in ONNX."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import torch
+import yaml
+from sqlalchemy import select
+from transformers import AutoModel
+
+from nas_bert import architecture as A
+from nas_bert.blockwise import load_supernet_checkpoint, train_supernet
+from nas_bert.config import load_study
+from nas_bert.db import ArchitectureRow, Database, ExportRow
+from nas_bert.errors import NasBertError
+from nas_bert.export import _session, export_front, export_trial, extract_student, save_student, select_members
+from nas_bert.search import latest_checkpoint, optuna_study_name, search, storage_for
+from nas_bert.teacher import load_teacher
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = {
+    "latency": {"seq_len": 32, "min_run_time": 0.005, "calibration_archs": 3, "threads": 1},
+    "search": {"trials": 16, "population_size": 6, "score_batches": 1, "rescore_batches": 1, "batch_size": 4,
+               "rescore_top": 4, "heartbeat_interval": 1, "grace_period": 2},
+}
+TEXTS = ["a dog", "the act of making something new and different from what was there before", "an expression"]
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory) -> Path:
+    """A tiny study with a trained supernet and a finished 5 ms search, built once for this module."""
+    root = tmp_path_factory.mktemp("searched")
+    data = yaml.safe_load((ROOT / "studies" / "tiny.yaml").read_text()) | FAST
+    (root / "tiny.yaml").write_text(yaml.safe_dump(data))
+    study = load_study(root / "tiny.yaml")
+    train_supernet(study)
+    search(study, budget_ms=5.0)
+    return root / "tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def exported(searched) -> tuple[Path, dict]:
+    out = searched.parent / "export"
+    return out, export_front(load_study(searched), out, command="nas-bert export --config tiny.yaml --out export")
+
+
+@pytest.fixture(scope="module")
+def supernet_and_teacher(searched):
+    study = load_study(searched)
+    teacher = load_teacher(study.cfg.teacher)
+    ckpt = latest_checkpoint(Database(study.db_url), study)
+    return study, load_supernet_checkpoint(Path(ckpt.path), study.space, teacher.hidden_size), teacher
+
+
+def _batch(teacher, texts=TEXTS):
+    return teacher.tokenizer(texts, padding=True, return_tensors="pt")
+
+
+def test_exported_student_equals_the_supernet_sub_path(supernet_and_teacher, exported, tmp_path):
+    study, supernet, teacher = supernet_and_teacher
+    emb = teacher.embeddings_spec()
+    archs = [A.largest(study.space, emb), A.smallest(study.space, emb), *(A.sample(study.space, emb, s) for s in range(3))]
+    archs += [A.Architecture.from_dict(json.loads((exported[0] / s["name"] / "nas_bert.json").read_text())["architecture"])
+              for s in exported[1]["students"]]
+    enc = _batch(teacher)
+    with torch.no_grad():
+        embedded = teacher.encoder.embeddings(input_ids=enc["input_ids"])
+        for i, arch in enumerate(archs):
+            save_student(extract_student(study, arch, teacher, supernet), tmp_path / f"s{i}", teacher.tokenizer)
+            loaded = AutoModel.from_pretrained(tmp_path / f"s{i}", trust_remote_code=True).eval()
+            out = loaded(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
+            ref = supernet.forward_chain(embedded, arch, enc["attention_mask"])
+            assert out.shape == (3, enc["input_ids"].shape[1], arch.blocks[-1].hidden)
+            assert (out - ref).abs().max() <= 1e-5, str(arch)
+
+
+CHILD = r"""
+import importlib.util, sys
+sys.path.extend(sys.argv[3:])  # site-packages only: -S skipped the .pth files, nas_bert's editable finder included
+assert importlib.util.find_spec("nas_bert") is None, "nas_bert is importable in the child"
+import torch
+from transformers import AutoModel
+data = torch.load(sys.argv[2], weights_only=True)
+model = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
+assert not [m for m in sys.modules if m.split(".")[0] == "nas_bert"], "loading imported nas_bert"
+with torch.no_grad():
+    out = model(input_ids=data["input_ids"], attention_mask=data["attention_mask"]).last_hidden_state
+assert out.shape == data["expected"].shape, out.shape
+print(type(model).__module__, float((out - data["expected"]).abs().max()))
+"""
+
+
+def test_loads_without_nas_bert_installed(exported, supernet_and_teacher, tmp_path):
+    _, supernet, teacher = supernet_and_teacher
+    folder = exported[0] / exported[1]["students"][0]["name"]
+    arch = A.Architecture.from_dict(json.loads((folder / "nas_bert.json").read_text())["architecture"])
+    enc = _batch(teacher)
+    with torch.no_grad():
+        expected = supernet.forward_chain(teacher.encoder.embeddings(input_ids=enc["input_ids"]), arch, enc["attention_mask"])
+    torch.save({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "expected": expected},
+               tmp_path / "expected.pt")
+    sites = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env |= {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}  # a fresh module cache: the copied files load
+    work = tmp_path / "cwd"
+    work.mkdir()
+    res = subprocess.run([sys.executable, "-I", "-S", "-c", CHILD, str(folder), str(tmp_path / "expected.pt"), *sites],
+                         check=False, cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    module, diff = res.stdout.split()[-2:]
+    assert module.startswith("transformers_modules.") and float(diff) <= 1e-5
+
+
+def test_padding_does_not_change_real_tokens(exported, supernet_and_teacher):
+    teacher = supernet_and_teacher[2]
+    for s in exported[1]["students"]:
+        model = AutoModel.from_pretrained(exported[0] / s["name"], trust_remote_code=True).eval()
+        enc = _batch(teacher)
+        with torch.no_grad():
+            padded = model(**enc).last_hidden_state
+            for i, text in enumerate(TEXTS):
+                alone = model(**teacher.tokenizer([text], return_tensors="pt")).last_hidden_state[0]
+                assert (padded[i, : alone.shape[0]] - alone).abs().max() <= 1e-5, (s["name"], text)
+
+
+def test_onnx_agrees_with_pytorch_at_any_batch_and_length(exported, supernet_and_teacher):
+    teacher = supernet_and_teacher[2]
+    for s in exported[1]["students"]:
+        folder = exported[0] / s["name"]
+        model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+        fp32, int8 = _session(folder / "onnx" / "model.onnx", 1), _session(folder / "onnx" / "model.int8.onnx", 1)
+        assert all(isinstance(d, str) for d in fp32.get_inputs()[0].shape)  # dynamic batch and sequence
+        for texts in (TEXTS[:1], TEXTS, TEXTS * 3):
+            enc = teacher.tokenizer(texts, padding=True, return_tensors="np")
+            feeds = {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask")}
+            with torch.no_grad():
+                ref = model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).last_hidden_state.numpy()
+            assert np.abs(fp32.run(None, feeds)[0] - ref).max() <= 1e-4
+            q = int8.run(None, feeds)[0]
+            assert q.shape == ref.shape and np.isfinite(q).all()
+        assert s["onnx_max_abs_diff"] <= 1e-4 and s["int8_max_abs_diff"] < 1.0
+
+
+def test_export_writes_index_plot_cards_and_database_rows(exported, searched):
+    out, summary = exported
+    study = load_study(searched)
+    index = json.loads((out / "index.json").read_text())
+    assert [s["name"] for s in index["students"]] == [s["name"] for s in summary["students"]]
+    assert len(index["students"]) >= 1 and all(s["name"].startswith("nasbert-front-") for s in index["students"])
+    assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    assert not list(out.parent.glob(".export.*"))  # no temporary folder left beside it
+    db = Database(study.db_url)
+    ckpt = latest_checkpoint(db, study)
+    for s in index["students"]:
+        folder = out / s["name"]
+        assert {"config.json", "configuration_nas_bert.py", "modeling_nas_bert.py", "model.safetensors",
+                "tokenizer.json", "README.md", "nas_bert.json"} <= {p.name for p in folder.iterdir()}
+        assert json.loads((folder / "config.json").read_text())["auto_map"] == {
+            "AutoConfig": "configuration_nas_bert.NasBertConfig", "AutoModel": "modeling_nas_bert.NasBertModel"}
+        assert (folder / "modeling_nas_bert.py").read_text() == (ROOT / "nas_bert" / "modeling_nas_bert.py").read_text()
+        card = (folder / "README.md").read_text()
+        assert "| block | sublayer | width | operator | parameters |" in card and "| 0 | projection |" in card
+        for k in ("torch_fp32", "onnx_fp32", "onnx_int8"):
+            assert f"{s['measured_ms'][k]:.3f}" in card and s["measured_ms"][k] > 0
+        assert "nas-bert export --config tiny.yaml --out export" in card
+        meta = json.loads((folder / "nas_bert.json").read_text())
+        assert meta["checkpoint"]["sha256"] == ckpt.sha256 and meta["checkpoint"]["step"] == ckpt.step
+        assert meta["study"] == "tiny" and meta["budget_ms"] == 5.0 and isinstance(meta["trial"], int)
+        with db.session() as ses:
+            row = ses.scalars(select(ArchitectureRow).where(ArchitectureRow.hash == s["hash"])).one()
+            assert row.measured_ms == pytest.approx(s["measured_ms"]["torch_fp32"])
+            exp = ses.scalars(select(ExportRow).where(ExportRow.arch_hash == s["hash"])).one()
+            assert exp.sha256 == meta["safetensors_sha256"] and exp.path == str(folder.resolve())
+
+
+def test_budget_export_picks_the_best_feasible_by_rescored_loss(searched):
+    study = load_study(searched)
+    db = Database(study.db_url)
+    (member,) = select_members(db, study, [5.0])
+    assert member.name == f"nasbert-5ms-{member.row['hash'][:8]}"
+    with db.session() as s:  # the search rescored only feasible architectures
+        rescored = [r.rescored_loss for r in s.scalars(select(ArchitectureRow)) if r.rescored_loss is not None]
+    assert rescored and member.row["rescored_loss"] == min(rescored)
+
+
+def _copy_study(searched: Path, dst: Path) -> Path:
+    """A copy of the study folder with the checkpoint paths in its database pointing at the copies."""
+    shutil.copytree(searched.parent, dst, ignore=shutil.ignore_patterns("export"))
+    con = sqlite3.connect(dst / "tiny.db")
+    con.execute("UPDATE nasbert_checkpoints SET path = replace(path, ?, ?)", (str(searched.parent), str(dst)))
+    con.commit()
+    con.close()
+    return dst / "tiny.yaml"
+
+
+def test_existing_dir_is_refused_unless_overwrite(searched, tmp_path):
+    study = load_study(searched)
+    out = tmp_path / "one"
+    (out / "stale").mkdir(parents=True)
+    with pytest.raises(NasBertError, match="already exists; pass --overwrite"):
+        export_front(study, out, [5.0])
+    st = optuna.load_study(study_name=optuna_study_name(study, 5.0), storage=storage_for(study))
+    trial = min(st.best_trials, key=lambda t: t.values[1])
+    summary = export_trial(study, trial.number, 5.0, out, overwrite=True)
+    assert [p.name for p in out.iterdir() if p.is_dir()] == [summary["students"][0]["name"]]
+    assert summary["students"][0]["trial"] == trial.number
+    assert not list(tmp_path.glob(".one.*"))
+
+
+def test_changed_checkpoint_fails_in_one_line_and_writes_nothing(searched, tmp_path):
+    study = load_study(_copy_study(searched, tmp_path / "copy"))
+    with open(latest_checkpoint(Database(study.db_url), study).path, "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(NasBertError) as e:
+        export_front(study, tmp_path / "out")
+    assert "does not match the sha256" in str(e.value) and "\n" not in str(e.value)
+    assert not [p for p in tmp_path.iterdir() if p.name != "copy"]
+
+
+def test_errors_are_one_line(searched, tmp_path):
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    shutil.copy(searched, fresh / "tiny.yaml")
+    cases = [(load_study(fresh / "tiny.yaml"), None, "has no search yet")]
+    study = load_study(_copy_study(searched, tmp_path / "copy"))
+    st = optuna.create_study(study_name=optuna_study_name(study, 0.5), storage=storage_for(study),
+                             directions=["minimize", "minimize"])
+    st.add_trial(optuna.trial.create_trial(values=[1.0, 3.0], user_attrs={"arch_hash": "0" * 16},
+                                           system_attrs={"constraints": [2.5]}))
+    cases += [(study, [7.0], r"no search for budget 7 ms .* searched budgets: 0.5, 5 ms"),
+              (study, [0.5], "has no feasible trial")]
+    for s, budgets, message in cases:
+        with pytest.raises(NasBertError, match=message) as e:
+            export_front(s, tmp_path / "out", budgets)
+        assert "\n" not in str(e.value)
+    with pytest.raises(NasBertError, match="no complete trial 999"):
+        export_trial(study, 999, 5.0, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+if os.environ.get("NAS_BERT_SKIP_SLOW"):
+    pytestmark = pytest.mark.skip("slow tests skipped")
