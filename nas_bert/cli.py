@@ -174,9 +174,9 @@ def map_layers_cmd(config: ConfigOpt, trial: TrialOpt, budget: BudgetOpt = None,
 
 def _mapping_table(s: dict[str, Any]) -> str:
     lines = [f"layer mapping for trial {s['trial']} ({s['architecture']})",
-             f"{s['points']} distillation points, teacher layers 1..{s['teacher_layers']}: "
+             (f"{s['points']} distillation points, teacher layers 1..{s['teacher_layers']}: "
              f"{s['mappings_possible']} monotone mappings, searched by {s['method']} "
-             f"({s['fitness_evaluations']} proxy distillations this run, {s['seconds']} s)",
+             f"({s['fitness_evaluations']} proxy distillations this run, {s['seconds']} s)"),
              f"  {'mapping':<24} {'held-out loss':>14}"]
     for name, b in s["baselines"].items():
         lines.append(f"  {name + ' ' + str(b['mapping']):<24} {b['fitness']:14.5f}")
@@ -204,8 +204,8 @@ def distill_cmd(config: ConfigOpt, trial: TrialOpt, budget: BudgetOpt = None, db
 
 
 def _distill_table(s: dict[str, Any]) -> str:
-    lines = [f"distilled trial {s['trial']} ({s['params']:,} params) to step {s['step']}/{s['target_steps']} "
-             f"with mapping {s['mapping']} ({s['mapping_origin']}); {s['seconds']} s this run"]
+    lines = [(f"distilled trial {s['trial']} ({s['params']:,} params) to step {s['step']}/{s['target_steps']} "
+             f"with mapping {s['mapping']} ({s['mapping_origin']}); {s['seconds']} s this run")]
     before, after = s.get("before") or {}, s.get("after") or {}
     for k in sorted(set(before) | set(after)):
         if k != "step":

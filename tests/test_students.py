@@ -7,9 +7,9 @@ import random
 
 import pytest
 import torch
+from conftest import copy_study
 from transformers import AutoModel
 
-from conftest import copy_study
 from nas_bert import architecture as A
 from nas_bert.config import load_study
 from nas_bert.db import Database
@@ -110,7 +110,7 @@ def test_map_layers_then_distill_end_to_end(searched):
     model = AutoModel.from_pretrained(done["student_path"], trust_remote_code=True)
     ids = torch.tensor([[101, 7592, 2088, 102]])
     assert model(ids).last_hidden_state.shape[:2] == (1, 4)
-    cfg = json.loads((model.config.to_json_string()))
+    cfg = json.loads(model.config.to_json_string())
     assert cfg["architecture"]["blocks"]
 
 
