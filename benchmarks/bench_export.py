@@ -27,6 +27,7 @@ from transformers.utils import logging as hf_logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._common import cpu_name, table
 from nas_bert.config import load_study
 from nas_bert.errors import NasBertError
 from nas_bert.export import export_front, measure_latencies
@@ -58,18 +59,17 @@ def bench(study: Any, out_dir: Path) -> dict[str, Any]:
             "students": rows}
 
 
-def table(r: dict[str, Any]) -> str:
-    head = (f"{'student':<28} {'params':>11} {'weights MB':>10} {'int8 MB':>8} {'pred ms':>8} {'torch ms':>9} "
-            f"{'onnx ms':>8} {'int8 ms':>8} {'teacher ms':>10} {'x torch':>8} {'x onnx':>7} {'x int8':>7}")
-    lines = [f"teacher {r['teacher']}: {r['teacher_params']:,} parameters (PyTorch fp32 timed beside each student)",
-             head, "-" * len(head)]
+def report(r: dict[str, Any]) -> str:
+    head = ["student", "params", "weights MB", "folder MB", "pred ms", "torch fp32 ms", "onnx fp32 ms", "onnx int8 ms",
+            "teacher ms", "x torch", "x onnx", "x int8"]
+    rows = []
     for s in r["students"]:
-        pred = f"{s['predicted_ms']:8.3f}" if s["predicted_ms"] is not None else f"{'-':>8}"
         x = s["speedup"]
-        lines.append(f"{s['name']:<28} {s['params']:>11,} {s['weights_mb']:10.2f} {s['int8_mb']:8.2f} {pred} "
-                     f"{s['torch_fp32']:9.3f} {s['onnx_fp32']:8.3f} {s['onnx_int8']:8.3f} {s['teacher_ms']:10.3f} "
-                     f"{x['torch_fp32']:7.2f}x {x['onnx_fp32']:6.2f}x {x['onnx_int8']:6.2f}x")
-    return "\n".join(lines)
+        rows.append([s["name"], f"{s['params']:,}", f"{s['weights_mb']:.2f}", f"{s['folder_mb']:.2f}",
+                     "-" if s["predicted_ms"] is None else f"{s['predicted_ms']:.3f}",
+                     *(f"{s[k]:.3f}" for k in VARIANTS), f"{s['teacher_ms']:.3f}", *(f"{x[k]:.2f}x" for k in VARIANTS)])
+    return (f"teacher {r['teacher']}: {r['teacher_params']:,} parameters, PyTorch fp32, timed beside each student\n"
+            + table(head, rows))
 
 
 def main() -> None:
@@ -87,10 +87,11 @@ def main() -> None:
         study = load_study(args.config, args.db, overrides)
         out_dir = args.dir or study.workdir / "export"
         cfg = study.cfg.latency
-        print(f"command: {shlex.join([Path(sys.executable).name, *sys.argv])}")
-        print(f"machine: {hardware_name(cfg.device)} ({os.cpu_count()} cpus, {platform.machine()}), torch "
+        print(f"command: {shlex.join(['python', *sys.argv])}")
+        machine = cpu_name() if cfg.device == "cpu" else hardware_name(cfg.device)
+        print(f"machine: {machine} ({os.cpu_count()} cpus, {platform.machine()}), torch "
               f"{torch.__version__}, onnxruntime {onnxruntime.__version__}, transformers {transformers.__version__}")
-        print(f"latency config: device {cfg.device}, batch {cfg.batch_size}, seq_len {cfg.seq_len}, threads {cfg.threads}")
+        print(f"latency: device {cfg.device}, batch {cfg.batch_size}, seq_len {cfg.seq_len}, threads {cfg.threads}")
         if not (out_dir / "index.json").is_file():
             print(f"no export in {out_dir}; exporting the study's feasible fronts first")
             export_front(study, out_dir, command=shlex.join(["python", *sys.argv]))
@@ -98,7 +99,7 @@ def main() -> None:
     except NasBertError as e:
         sys.exit(f"error: {e}")
     print(f"export: {out_dir}")
-    print(table(result))
+    print(report(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
 

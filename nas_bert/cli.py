@@ -216,6 +216,69 @@ def _distill_table(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@app.command("evaluate")
+@_friendly
+def evaluate_cmd(
+    config: ConfigOpt,
+    path: Annotated[str | None, typer.Argument(help="an exported or distilled student folder")] = None,
+    teacher: Annotated[bool, typer.Option("--teacher", help="evaluate the study's teacher instead")] = False,
+    task: Annotated[str, typer.Option(help="wordnet, a csv/json file with text and label columns, or a Hub id")] = "wordnet",
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Stage 8: fidelity to the teacher, downstream accuracy and loyalty, under one protocol."""
+    from nas_bert.evaluate import evaluate_path
+
+    if (path is None) == (not teacher):
+        raise NasBertError("give a student folder PATH or --teacher (one of the two)")
+    study = load_study(config, db)
+    _print(evaluate_path(study, path, teacher, task, study.cfg.evaluate), as_json, _evaluate_table)
+
+
+def _evaluate_table(m: dict[str, Any]) -> str:
+    def fmt(v: Any) -> str:
+        return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    return "\n".join(f"  {k:<22} {fmt(v)}" for k, v in m.items() if not isinstance(v, (list, dict)))
+
+
+@app.command("export")
+@_friendly
+def export_cmd(
+    config: ConfigOpt,
+    out: Annotated[Path, typer.Option("--out", help="folder to write (refused if it exists, unless --overwrite)")],
+    budgets: Annotated[str | None, typer.Option(help="comma-separated budgets (ms): the best student of each")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing --out folder")] = False,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Stage 9: the Pareto front (or the best per budget) as Hugging Face folders, ONNX and int8."""
+    import shlex
+
+    from nas_bert.export import export_front
+
+    parsed = None
+    if budgets:
+        try:
+            parsed = [float(b) for b in budgets.split(",")]
+        except ValueError:
+            raise NasBertError(f"--budgets '{budgets}' is not a comma-separated list of milliseconds") from None
+    study = load_study(config, db)
+    summary = export_front(study, out, parsed, overwrite, command=shlex.join(["nas-bert", *sys.argv[1:]]))
+    _print(summary, as_json, _export_table)
+
+
+def _export_table(s: dict[str, Any]) -> str:
+    rows = [f"exported {len(s['students'])} students to {s['out_dir']} (teacher {s['students'][0]['teacher_ms']:.2f} ms)",
+            f"  {'name':<34} {'params':>11} {'MB':>6} {'pred':>7} {'torch':>7} {'onnx':>7} {'int8':>7} {'speed-up':>8}"]
+    for st in s["students"]:
+        m = st.get("measured_ms", {})
+        rows.append(f"  {st['name']:<34} {st['params']:>11,} {st.get('size_mb', 0):6.1f} {st['predicted_ms']:7.2f} "
+                    f"{m.get('torch_fp32', 0):7.2f} {m.get('onnx_fp32', 0):7.2f} {m.get('onnx_int8', 0):7.2f} "
+                    f"{st.get('speedup', {}).get('torch_fp32', 0):7.2f}x")
+    return "\n".join(rows)
+
+
 @app.command("status")
 @_friendly
 def status_cmd(config: ConfigOpt, db: DbOpt = None, as_json: JsonOpt = False) -> None:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from nas_bert.corpus import CorpusConfig
 from nas_bert.errors import NasBertError, format_validation_error
+from nas_bert.evaluate import EvalConfig
 from nas_bert.latency import LatencyConfig
 from nas_bert.space import SearchSpace, load_space
 
@@ -116,6 +117,7 @@ class StudyConfig(_Strict):
     search: SearchConfig = SearchConfig()
     mapping: MappingConfig = MappingConfig()
     distill: DistillConfig = DistillConfig()
+    evaluate: EvalConfig = EvalConfig()
 
     @field_validator("name")
     @classmethod

@@ -163,10 +163,11 @@ def measure_latencies(student: NasBertModel, folder: Path, teacher: Teacher, cfg
     intra_op_num_threads = cfg.threads, PyTorch set_num_threads(cfg.threads).
     """
     dev = torch.device(cfg.device)
-    ids = torch.randint(0, student.config.vocab_size, (cfg.batch_size, cfg.seq_len), generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, student.config.vocab_size, (cfg.batch_size, cfg.seq_len), generator=gen)
     feeds = {"input_ids": ids.numpy(), "attention_mask": np.ones_like(ids.numpy())}
     on_dev = {"input_ids": ids.to(dev), "attention_mask": torch.ones_like(ids).to(dev)}
-    s32, s8 = _session(folder / "onnx" / "model.onnx", cfg.threads), _session(folder / "onnx" / "model.int8.onnx", cfg.threads)
+    s32, s8 = (_session(folder / "onnx" / f, cfg.threads) for f in ("model.onnx", "model.int8.onnx"))
     teacher_model, student = teacher.encoder.eval().to(dev), student.eval().to(dev)
     calls: dict[str, Callable[[], Any]] = {
         "teacher_torch_fp32": lambda: teacher_model(**on_dev), "torch_fp32": lambda: student(**on_dev),
@@ -234,8 +235,9 @@ def select_members(db: Database, study: Study, budgets: list[float] | None) -> l
                                "search with more trials or a larger budget")
         rows = [_row(db, study, h) for h in feasible]
         rescored = [r for r in rows if r["rescored_loss"] is not None]
-        best = min(rescored, key=lambda r: r["rescored_loss"]) if rescored else min(rows, key=lambda r: r["approx_loss"])
-        members[f"{b:g}:{best['hash']}"] = Member(f"nasbert-{b:g}ms-{best['hash'][:8]}", best, feasible[best["hash"]], b, [b])
+        best = min(rescored or rows, key=lambda r: r["rescored_loss"] if rescored else r["approx_loss"])
+        h = best["hash"]
+        members[f"{b:g}:{h}"] = Member(f"nasbert-{b:g}ms-{h[:8]}", best, feasible[h], b, [b])
     if not members:
         raise NasBertError(f"no feasible trial in any search of study '{study.name}'; search with a larger budget")
     return list(members.values())
@@ -254,8 +256,9 @@ def _checkpoint(db: Database, study: Study, scored_sha: str) -> dict[str, Any]:
         raise NasBertError(f"supernet checkpoint {path} is missing from disk; restore it or retrain with "
                            f"`nas-bert train-supernet --config {study.file}`")
     if sha256_file(path) != ck.sha256:
-        raise NasBertError(f"supernet checkpoint {path} does not match the sha256 recorded in the database (changed on "
-                           f"disk); restore the original file or retrain with `nas-bert train-supernet --config {study.file}`")
+        raise NasBertError(f"supernet checkpoint {path} does not match the sha256 recorded in the database (changed "
+                           "on disk); restore the original file or retrain with "
+                           f"`nas-bert train-supernet --config {study.file}`")
     return {"path": str(path), "step": ck.step, "sha256": ck.sha256, "scored_with_sha256": scored_sha}
 
 
@@ -347,10 +350,6 @@ Made with:
 
 
 # -- the export ---------------------------------------------------------------------------------
-def _teacher_info(teacher: Teacher, study: Study) -> dict[str, Any]:
-    return {"name": study.cfg.teacher, "params": sum(p.numel() for p in teacher.encoder.parameters())}
-
-
 def _export_one(study: Study, m: Member, teacher: Teacher, supernet: Supernet, ckpt: dict[str, Any],
                 tinfo: dict[str, Any], folder: Path, command: str) -> dict[str, Any]:
     cfg = study.cfg.latency
@@ -402,7 +401,7 @@ def _record(db: Database, study: Study, infos: list[dict[str, Any]], out_dir: Pa
         for info in infos:
             row = s.scalars(select(ArchitectureRow).where(ArchitectureRow.study == study.name,
                                                           ArchitectureRow.hash == info["hash"])).one()
-            row.measured_ms = info["latency"]["torch_fp32"]
+            row.measured_ms = info["measured_ms"]["torch_fp32"]
             path = str((out_dir / info["name"]).resolve())
             exp = s.scalars(select(ExportRow).where(ExportRow.study == study.name, ExportRow.arch_hash == info["hash"],
                                                     ExportRow.path == path)).first()
@@ -410,27 +409,38 @@ def _record(db: Database, study: Study, infos: list[dict[str, Any]], out_dir: Pa
                 exp = ExportRow(study=study.name, arch_hash=info["hash"], path=path)
                 s.add(exp)
             exp.trial_number, exp.budget_ms, exp.sha256 = info["trial"], info["budget_ms"], info["safetensors_sha256"]
-            exp.metrics_json = json.dumps({"latency": info["latency"], **info["metrics"]})
+            exp.metrics_json = json.dumps(info)
 
 
-def _export(study: Study, members_of: Any, out_dir: Path, plot_budgets: list[float] | None, overwrite: bool,
-            command: str | None) -> dict[str, Any]:
+def _export(study: Study, members_of: Callable[[Database], list[Member]], out_dir: Path,
+            plot_budgets: list[float] | None, overwrite: bool, command: str | None) -> dict[str, Any]:
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise NasBertError(f"{out_dir} already exists; pass --overwrite to replace it or choose another output folder")
     db = Database(study.db_url)
-    members: list[Member] = members_of(db)
-    # Every checkpoint is verified before anything is written: a failed check leaves no trace.
-    ckpts = {m.name: _checkpoint(db, study, m.row["checkpoint_sha"]) for m in members}
-    command = command or shlex.join(["nas-bert", "export", "--config", str(study.file), "--out", str(out_dir)])
+    try:
+        members = members_of(db)
+        # Every checkpoint is verified before anything is written: a failed check leaves no trace.
+        ckpts = {m.name: _checkpoint(db, study, m.row["checkpoint_sha"]) for m in members}
+        command = command or shlex.join(["nas-bert", "export", "--config", str(study.file), "--out", str(out_dir)])
+        summary = _write(study, members, ckpts, out_dir, plot_budgets, command)
+        _record(db, study, summary["students"], out_dir)
+    finally:
+        db.dispose()
+    return summary
+
+
+def _write(study: Study, members: list[Member], ckpts: dict[str, dict[str, Any]], out_dir: Path,
+           plot_budgets: list[float] | None, command: str) -> dict[str, Any]:
+    """Write every student, index.json and pareto.png into a temporary folder, then rename it to out_dir."""
     teacher = load_teacher(study.cfg.teacher, "cpu")
+    tinfo = {"name": study.cfg.teacher, "params": sum(p.numel() for p in teacher.encoder.parameters())}
     eps = float(getattr(teacher.config, "layer_norm_eps", 1e-12))
     supernets: dict[str, Supernet] = {}
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        tinfo = _teacher_info(teacher, study)
         infos = []
         for m in tqdm(members, desc="export", unit="student"):
             path = ckpts[m.name]["path"]
@@ -449,14 +459,13 @@ def _export(study: Study, members_of: Any, out_dir: Path, plot_budgets: list[flo
         _swap_in(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    _record(db, study, infos, out_dir)
-    db.dispose()
     return summary
 
 
 def _student_summary(i: dict[str, Any]) -> dict[str, Any]:
     lat, met = i["latency"], i["metrics"]
-    keep = ("name", "hash", "trial", "budget_ms", "budgets_ms", "params", "flops", "size_mb", "predicted_ms")
+    keep = ("name", "hash", "trial", "budget_ms", "budgets_ms", "params", "flops", "size_mb", "predicted_ms",
+            "safetensors_sha256")
     return {**{k: i[k] for k in keep}, "onnx_mb": met["onnx_mb"], "int8_mb": met["int8_mb"],
             "measured_ms": {k: lat[k] for k in VARIANTS}, "teacher_ms": lat["teacher_torch_fp32"],
             "speedup": lat["speedup"], **{k: met[k] for k in ("approx_loss", "rescored_loss", "onnx_max_abs_diff",
@@ -480,6 +489,7 @@ def export_trial(study: Study, trial_number: int, budget: float, out_dir: Path, 
             raise NasBertError(f"no complete trial {trial_number} in the {budget:g} ms search of study '{study.name}'; "
                                f"see `nas-bert pareto --config {study.file}`")
         h = trial.user_attrs["arch_hash"]
-        return [Member(f"nasbert-{budget:g}ms-t{trial_number}-{h[:8]}", _row(db, study, h), trial_number, budget, [budget])]
+        name = f"nasbert-{budget:g}ms-t{trial_number}-{h[:8]}"
+        return [Member(name, _row(db, study, h), trial_number, budget, [budget])]
 
     return _export(study, member, out_dir, [budget], overwrite, command)

@@ -63,6 +63,10 @@ def supernet_and_teacher(searched):
     return study, load_supernet_checkpoint(Path(ckpt.path), study.space, teacher.hidden_size), teacher
 
 
+def _arch(folder: Path) -> A.Architecture:
+    return A.Architecture.from_dict(json.loads((folder / "nas_bert.json").read_text())["architecture"])
+
+
 def _batch(teacher, texts=TEXTS):
     return teacher.tokenizer(texts, padding=True, return_tensors="pt")
 
@@ -70,9 +74,9 @@ def _batch(teacher, texts=TEXTS):
 def test_exported_student_equals_the_supernet_sub_path(supernet_and_teacher, exported, tmp_path):
     study, supernet, teacher = supernet_and_teacher
     emb = teacher.embeddings_spec()
-    archs = [A.largest(study.space, emb), A.smallest(study.space, emb), *(A.sample(study.space, emb, s) for s in range(3))]
-    archs += [A.Architecture.from_dict(json.loads((exported[0] / s["name"] / "nas_bert.json").read_text())["architecture"])
-              for s in exported[1]["students"]]
+    space = study.space
+    archs = [A.largest(space, emb), A.smallest(space, emb), *(A.sample(space, emb, seed) for seed in range(3))]
+    archs += [_arch(exported[0] / s["name"]) for s in exported[1]["students"]]
     enc = _batch(teacher)
     with torch.no_grad():
         embedded = teacher.encoder.embeddings(input_ids=enc["input_ids"])
@@ -104,10 +108,10 @@ print(type(model).__module__, float((out - data["expected"]).abs().max()))
 def test_loads_without_nas_bert_installed(exported, supernet_and_teacher, tmp_path):
     _, supernet, teacher = supernet_and_teacher
     folder = exported[0] / exported[1]["students"][0]["name"]
-    arch = A.Architecture.from_dict(json.loads((folder / "nas_bert.json").read_text())["architecture"])
     enc = _batch(teacher)
     with torch.no_grad():
-        expected = supernet.forward_chain(teacher.encoder.embeddings(input_ids=enc["input_ids"]), arch, enc["attention_mask"])
+        embedded = teacher.encoder.embeddings(input_ids=enc["input_ids"])
+        expected = supernet.forward_chain(embedded, _arch(folder), enc["attention_mask"])
     torch.save({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "expected": expected},
                tmp_path / "expected.pt")
     sites = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
