@@ -78,8 +78,9 @@ class BlockwiseObjective:
     """The supernet's loss: the sum over blocks (and sandwich members) of the boundary MSE."""
 
     def __init__(self, teacher: Teacher, space: SearchSpace, sampling: str, seed: int,
-                 val: ValidationCache, val_random_archs: int) -> None:
+                 val: ValidationCache, val_random_archs: int, sandwich_every: int = 1) -> None:
         self.teacher, self.space, self.sampling, self.seed = teacher, space, sampling, seed
+        self.sandwich_every = sandwich_every
         self.val = val
         self.val_archs: dict[str, list[Block]] = {
             "largest": [A.largest_block(space)] * space.blocks,
@@ -92,7 +93,7 @@ class BlockwiseObjective:
     def jobs(self, micro_step: int) -> list[tuple[int, Block]]:
         rng = arch_rng(self.seed, micro_step)
         jobs = [(b, A.sample_block(self.space, rng)) for b in range(self.space.blocks)]
-        if self.sampling == "sandwich":
+        if self.sampling == "sandwich" and micro_step % self.sandwich_every == 0:
             jobs += [(b, A.largest_block(self.space)) for b in range(self.space.blocks)]
             jobs += [(b, A.smallest_block(self.space)) for b in range(self.space.blocks)]
         return jobs
@@ -165,7 +166,8 @@ def train_supernet(study: Study, steps: int | None = None, stop_after: int | Non
     collator = make_collator(teacher.tokenizer, study.cfg.corpus)
     val = ValidationCache.build(teacher, corpus["validation"], collator, cfg.val_batches, cfg.batch_size,
                                 study.space.blocks, accelerator.device)
-    objective = BlockwiseObjective(teacher, study.space, cfg.sampling, cfg.seed, val, cfg.val_random_archs)
+    objective = BlockwiseObjective(teacher, study.space, cfg.sampling, cfg.seed, val, cfg.val_random_archs,
+                                   cfg.sandwich_every)
     ckpts = CheckpointDir(study.workdir / "supernet", keep=cfg.keep_checkpoints)
     meta = {"space": study.space.fingerprint(), "teacher": study.cfg.teacher}
     t0 = time.perf_counter()

@@ -279,6 +279,42 @@ def _export_table(s: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+@app.command("run")
+@_friendly
+def run_cmd(
+    config: ConfigOpt,
+    db: DbOpt = None,
+    out: Annotated[Path | None, typer.Option("--out", help="export folder (default <study dir>/<name>/export)")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """All stages for the budgets in the study file; a rerun resumes at the first unfinished stage."""
+    from nas_bert.pipeline import run_study
+
+    _print(run_study(load_study(config, db), out, echo=lambda m: typer.echo(m, err=True)), as_json, _run_table)
+
+
+def _run_table(s: dict[str, Any]) -> str:
+    def f(v: Any, spec: str) -> str:
+        return "-" if v is None else format(v, spec)
+
+    rows = [f"study '{s['study']}': {len(s['students'])} students in {s['out']} ({s['seconds']:.0f} s this run)", "",
+            (f"| {'budget':>6} | {'params':>10} | {'pred ms':>7} | {'meas ms':>7} | {'int8 ms':>7} | {'fidelity':>8} | "
+            f"{'accuracy':>8} | {'vs teacher':>10} | {'label loy.':>10} | {'prob. loy.':>10} | architecture"),
+            "|" + "|".join("-" * w for w in (8, 12, 9, 9, 9, 10, 10, 12, 12, 12, 14)) + "|"]
+    for r in s["students"]:
+        rows.append(f"| {r['budget_ms']:>6g} | {r['params']:>10,} | {f(r['predicted_ms'], '7.2f')} | "
+                    f"{f(r['measured_ms'], '7.2f')} | {f(r['onnx_int8_ms'], '7.2f')} | {f(r['fidelity'], '8.3f')} | "
+                    f"{f(r['accuracy'], '8.3f')} | {f(r['accuracy_ratio'], '10.3f')} | "
+                    f"{f(r['label_loyalty'], '10.3f')} | {f(r['probability_loyalty'], '10.3f')} | {r['architecture']}")
+    if s["students"]:
+        t = s["students"][0]
+        rows += ["", f"teacher: {f(t['teacher_ms'], '.2f')} ms (PyTorch fp32), accuracy {f(t['teacher_accuracy'], '.3f')}"]
+    stages = [f"{x['stage']} {x['key']}".strip() + (" (skipped)" if x["skipped"] else f" {x['seconds']:.0f} s")
+              for x in s["stages"]]
+    rows += [f"Pareto front: {s['pareto_png']}", "stages: " + ", ".join(stages)]
+    return "\n".join(rows)
+
+
 @app.command("status")
 @_friendly
 def status_cmd(config: ConfigOpt, db: DbOpt = None, as_json: JsonOpt = False) -> None:

@@ -45,6 +45,7 @@ class SupernetConfig(TrainConfig):
         default="uniform",
         description="uniform: one random sub-architecture per block per step; sandwich: also the largest and smallest",
     )
+    sandwich_every: int = Field(default=1, ge=1, description="with sandwich: train the extremes every k-th step")
     val_random_archs: int = Field(default=2, ge=0, description="random sub-architectures scored at each validation")
 
 

@@ -232,6 +232,21 @@ class DistillRun(Base):
     updated_at: Mapped[str] = mapped_column(String(32), default=_now, onupdate=_now)
 
 
+class StageRow(Base):
+    """`nas-bert run`'s record of a finished stage (key: e.g. the budget), with its summary."""
+
+    __tablename__ = "nasbert_stages"
+    __table_args__ = (UniqueConstraint("study", "stage", "key"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    study: Mapped[str] = mapped_column(String(128), index=True)
+    stage: Mapped[str] = mapped_column(String(32))
+    key: Mapped[str] = mapped_column(String(128), default="")
+    config_hash: Mapped[str] = mapped_column(String(32))  # the study settings the stage ran with
+    summary_json: Mapped[str] = mapped_column(Text)
+    seconds: Mapped[float] = mapped_column(Float)
+    finished_at: Mapped[str] = mapped_column(String(32), default=_now)
+
+
 class Database:
     """An engine and a session factory for one study URL, with the schema checked on open."""
 

@@ -398,7 +398,7 @@ def load_student(path: Path) -> nn.Module:
 
 def _load_tokenizer(path: Path, fallback: Any) -> Any:
     try:
-        return AutoTokenizer.from_pretrained(str(path))
+        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=True)  # the folder is ours
     except (OSError, ValueError, TypeError):  # no tokenizer files: students share the teacher's vocabulary
         return fallback
 
@@ -440,6 +440,10 @@ def evaluate_path(study: Any, path: str | None, teacher_only: bool = False, task
         tokenizer = _load_tokenizer(folder, teacher.tokenizer)
         metrics = evaluate_encoder(student, tokenizer, teacher, cfg, task, device, teacher_result=base)
         arch_hash = info.get("hash") if isinstance(info, dict) else None
+        if arch_hash is None and isinstance(getattr(student.config, "architecture", None), dict):
+            from nas_bert.architecture import Architecture  # a distilled folder: its config holds the architecture
+
+            arch_hash = Architecture.from_dict(student.config.architecture).hash()
         record_evaluation(db, study.name, str(folder), arch_hash, task, cfg, metrics)
         if isinstance(info, dict):
             info.setdefault("metrics", {}).update({**metrics, "eval_config": cfg.model_dump(mode="json")})

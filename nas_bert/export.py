@@ -267,6 +267,23 @@ def _fmt(x: float | None, spec: str = ".3f") -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
+def _extra_metrics(info: dict[str, Any]) -> str:
+    """Rows for distillation and evaluation, when those stages have run."""
+    m, d, rows = info["metrics"], info.get("distilled"), []
+    if d:
+        rows.append(f"| distilled | {d['steps']} steps, layer mapping {d['mapping']} |")
+        rows.append(f"| held-out final-state MSE before / after distillation | {_fmt(d['final_loss_before'], '.5f')} / "
+                    f"{_fmt(d['final_loss_after'], '.5f')} |")
+    labels = {"eval_fidelity": "fidelity to the teacher (Spearman of pairwise cosine similarities)",
+              "eval_accuracy": "downstream accuracy", "eval_teacher_accuracy": "teacher's accuracy (same protocol)",
+              "eval_accuracy_ratio": "accuracy / teacher's", "eval_label_loyalty": "label loyalty",
+              "eval_probability_loyalty": "probability loyalty (1 - Jensen-Shannon distance)"}
+    task = f" ({m['eval_task']})" if "eval_task" in m else ""
+    rows += [f"| {label}{task if k != 'eval_fidelity' else ''} | {_fmt(m[k], '.4f')} |"
+             for k, label in labels.items() if m.get(k) is not None]
+    return "\n".join(rows) + ("\n" if rows else "")
+
+
 def model_card(info: dict[str, Any], arch: Architecture) -> str:
     """README.md: usage, the architecture per block and sublayer, latency beside the teacher's, metrics, command."""
     m, lat, t, ck = info["metrics"], info["latency"], info["teacher"], info["checkpoint"]
@@ -292,14 +309,14 @@ tags: [nas-bert, bert, onnx]
 
 A BERT student found by nas-bert in study `{info["study"]}` (trial {info["trial"]} of the \
 {_fmt(info["budget_ms"], "g")} ms search), extracted from the trained supernet on the embeddings of the teacher \
-`{t["name"]}`. It returns `last_hidden_state` of shape (batch, sequence, {arch.blocks[-1].hidden}).
+`{t["name"]}`{" and distilled from it" if info.get("distilled") else ""}. It returns `last_hidden_state` of shape (batch, sequence, {arch.blocks[-1].hidden}).
 
 ## Usage
 
 ```python
 from transformers import AutoModel, AutoTokenizer
 
-tokenizer = AutoTokenizer.from_pretrained("{info["name"]}")
+tokenizer = AutoTokenizer.from_pretrained("{info["name"]}", trust_remote_code=True)
 model = AutoModel.from_pretrained("{info["name"]}", trust_remote_code=True)
 hidden = model(**tokenizer(["a sentence"], return_tensors="pt")).last_hidden_state
 ```
@@ -335,7 +352,7 @@ medians); the prediction is the search's latency model.
 | rescored loss (end-to-end MSE vs teacher) | {_fmt(m["rescored_loss"], ".5f")} |
 | ONNX fp32 max abs diff vs PyTorch | {m["onnx_max_abs_diff"]:.2e} |
 | ONNX int8 max abs diff vs PyTorch | {m["int8_max_abs_diff"]:.3g} |
-
+{_extra_metrics(info)}
 ## Provenance
 
 - architecture hash `{info["hash"]}`; the full architecture JSON is in `nas_bert.json`
@@ -354,11 +371,16 @@ def _export_one(study: Study, m: Member, teacher: Teacher, supernet: Supernet, c
                 tinfo: dict[str, Any], folder: Path, command: str) -> dict[str, Any]:
     cfg = study.cfg.latency
     arch = Architecture.from_json(m.row["arch_json"])
-    student = extract_student(study, arch, teacher, supernet)
+    distilled = _distilled(study, arch.hash())
+    if distilled is not None:  # the distilled weights when stage 7 has run, else the supernet's slices
+        student = NasBertModel.from_pretrained(distilled["student_path"]).eval()
+    else:
+        student = extract_student(study, arch, teacher, supernet)
     save_student(student, folder, teacher.tokenizer)
     checks = export_onnx(student, folder, teacher.tokenizer, min(cfg.seq_len, arch.embeddings.max_positions))
     ms = measure_latencies(student, folder, teacher, cfg)
-    metrics = {"approx_loss": m.row["approx_loss"], "rescored_loss": m.row["rescored_loss"], **checks}
+    metrics = {"approx_loss": m.row["approx_loss"], "rescored_loss": m.row["rescored_loss"], **checks,
+               **_evaluation(study, arch.hash())}
     info = {
         "name": m.name, "study": study.name, "hash": m.row["hash"], "trial": m.trial, "budget_ms": m.budget_ms,
         "budgets_ms": m.budgets, "params": arch.params(), "flops": arch.flops(cfg.seq_len),
@@ -366,13 +388,42 @@ def _export_one(study: Study, m: Member, teacher: Teacher, supernet: Supernet, c
         "latency": {**ms, "machine": f"{hardware_name(cfg.device)} ({os.cpu_count()} cpus)", "config": cfg.model_dump(),
                     "speedup": {k: ms["teacher_torch_fp32"] / ms[k] for k in VARIANTS}},
         "metrics": metrics, "teacher": dict(tinfo), "checkpoint": ckpt, "command": command,
-        "safetensors_sha256": sha256_file(folder / "model.safetensors"),
+        "safetensors_sha256": sha256_file(folder / "model.safetensors"), "distilled": distilled,
     }
     (folder / "README.md").write_text(model_card(info, arch))
     (folder / "nas_bert.json").write_text(json.dumps({**info, "architecture": arch.to_dict(),
                                                       "exported_at": datetime.now(UTC).isoformat(timespec="seconds")},
                                                      indent=2))
     return info
+
+
+def _distilled(study: Study, arch_hash: str) -> dict[str, Any] | None:
+    """The finished distillation of this architecture, if stage 7 has run."""
+    from nas_bert.db import DistillRun
+
+    with Database(study.db_url).session() as s:
+        run = s.scalars(select(DistillRun).where(DistillRun.study == study.name, DistillRun.arch_hash == arch_hash,
+                                                 DistillRun.status == "finished")).first()
+        if run is None or not run.student_path or not Path(run.student_path).is_dir():
+            return None
+        report = json.loads(run.report_json)
+        return {"student_path": run.student_path, "steps": run.target_steps, "mapping": json.loads(run.mapping_json),
+                "final_loss_before": (report.get("before") or {}).get("final"),
+                "final_loss_after": (report.get("after") or {}).get("final")}
+
+
+def _evaluation(study: Study, arch_hash: str) -> dict[str, Any]:
+    """Stage 8's latest metrics for this architecture (empty when it was not evaluated)."""
+    from nas_bert.db import EvaluationRow
+
+    with Database(study.db_url).session() as s:
+        row = s.scalars(select(EvaluationRow).where(EvaluationRow.study == study.name, EvaluationRow.arch_hash == arch_hash)
+                        .order_by(EvaluationRow.id.desc())).first()
+        if row is None:
+            return {}
+        keep = ("fidelity", "accuracy", "teacher_accuracy", "accuracy_ratio", "label_loyalty", "probability_loyalty")
+        metrics = json.loads(row.metrics_json)
+        return {f"eval_{k}": metrics[k] for k in keep if k in metrics} | {"eval_task": row.task}
 
 
 def _swap_in(tmp: Path, out_dir: Path) -> None:

@@ -157,6 +157,9 @@ def record_architecture(ctx: SearchContext, arch: Architecture, predicted_ms: fl
                 s.add(ArchitectureRow(study=ctx.study.name, hash=arch.hash(), arch_json=arch.canonical_json(),
                                       params=arch.params(), flops=arch.flops(), checkpoint_sha=ctx.checkpoint_sha,
                                       predicted_ms=predicted_ms, approx_loss=approx))
+            elif exists.checkpoint_sha != ctx.checkpoint_sha:  # scored again on a newer supernet
+                exists.checkpoint_sha, exists.approx_loss, exists.rescored_loss = ctx.checkpoint_sha, approx, None
+                exists.predicted_ms = predicted_ms
     except IntegrityError:  # another worker recorded it at the same moment
         pass
 
@@ -210,6 +213,14 @@ def run_worker(study: Study, budget_ms: float, n_trials: int, worker: int = 0, c
     study_ = optuna.create_study(study_name=name, storage=storage_for(study), directions=["minimize", "minimize"],
                                  sampler=make_sampler(cfg, worker), load_if_exists=True)
     study_.set_metric_names(["approx_loss", "predicted_ms"])
+    # a search's losses come from one supernet checkpoint; mixing two would compare apples and pears
+    made_with = study_.user_attrs.get("checkpoint_sha")
+    if made_with is None:
+        study_.set_user_attr("checkpoint_sha", ctx.checkpoint_sha)
+    elif made_with != ctx.checkpoint_sha:
+        raise NasBertError(f"the {budget_ms:g} ms search of study '{study.name}' was scored with supernet checkpoint "
+                           f"{made_with[:12]}, the latest is {ctx.checkpoint_sha[:12]}; delete the Optuna study "
+                           f"'{name}' (optuna delete-study) or search under another study name")
     wait_for_stale(study_, cfg)
     done = len(study_.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     if done >= n_trials:

@@ -197,12 +197,11 @@ def distill(study: Study, trial: int, budget: float | None = None, steps: int | 
 
 def save_student(student: NasBertModel, teacher: Teacher, folder: Path) -> Path:
     """save_pretrained (weights + config + the student's code) with the tokenizer, atomically."""
+    from nas_bert.export import save_student as write_student_folder
+
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    type(student).register_for_auto_class("AutoModel")
-    student.config.register_for_auto_class()
-    student.save_pretrained(tmp)
-    teacher.tokenizer.save_pretrained(tmp)
+    write_student_folder(student, tmp, teacher.tokenizer)
     if folder.exists():
         shutil.rmtree(folder)
     os.replace(tmp, folder)

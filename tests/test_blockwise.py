@@ -68,9 +68,11 @@ def test_checkpoints_and_rows(tiny_study_file):
 
 def test_sandwich_trains_the_extremes(tiny_space):
     obj = BlockwiseObjective.__new__(BlockwiseObjective)
-    obj.space, obj.seed, obj.sampling = tiny_space, 0, "sandwich"
+    obj.space, obj.seed, obj.sampling, obj.sandwich_every = tiny_space, 0, "sandwich", 1
     jobs = obj.jobs(3)
     assert len(jobs) == 3 * tiny_space.blocks
+    obj.sandwich_every = 4  # the extremes only every 4th step
+    assert len(obj.jobs(8)) == 3 * tiny_space.blocks and len(obj.jobs(9)) == tiny_space.blocks
     obj.sampling = "uniform"
     assert obj.jobs(3) == obj.jobs(3)[: tiny_space.blocks] and len(obj.jobs(3)) == tiny_space.blocks
     assert obj.jobs(3) != obj.jobs(4)

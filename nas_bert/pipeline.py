@@ -1,0 +1,120 @@
+"""`nas-bert run`: every stage for the budgets in the study file, resumable stage by stage.
+
+Each stage is itself resumable (a killed stage continues) and records its completion in
+`nasbert_stages` with a hash of the settings it ran with, so a rerun skips finished stages
+without even loading their inputs, and reruns a stage whose settings changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from nas_bert.config import Study
+from nas_bert.db import Database, StageRow
+from nas_bert.errors import NasBertError
+
+
+def _config_hash(study: Study, sections: tuple[str, ...]) -> str:
+    cfg = study.cfg.model_dump(mode="json")
+    blob = json.dumps({k: cfg[k] for k in ("teacher", "search_space", "corpus", *sections)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class Runner:
+    """Runs stages in order, skipping those recorded as finished with the same settings."""
+
+    def __init__(self, study: Study, echo: Callable[[str], None] = print) -> None:
+        self.study, self.echo = study, echo
+        self.db = Database(study.db_url)
+        self.done: list[tuple[str, str, float, bool]] = []  # stage, key, seconds, skipped
+
+    def stage(self, name: str, key: str, sections: tuple[str, ...], fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        h = _config_hash(self.study, sections)
+        with self.db.session() as s:
+            row = s.scalars(select(StageRow).where(StageRow.study == self.study.name, StageRow.stage == name,
+                                                   StageRow.key == key)).first()
+            if row is not None and row.config_hash == h:
+                self.echo(f"\n== {name} {key}: finished earlier ({row.seconds:.0f} s), skipped")
+                self.done.append((name, key, row.seconds, True))
+                return json.loads(row.summary_json)
+        self.echo(f"\n== {name} {key}".rstrip())
+        t0 = time.perf_counter()
+        summary = fn()
+        seconds = time.perf_counter() - t0
+        with self.db.session() as s:
+            row = s.scalars(select(StageRow).where(StageRow.study == self.study.name, StageRow.stage == name,
+                                                   StageRow.key == key)).first()
+            if row is None:
+                row = StageRow(study=self.study.name, stage=name, key=key)
+                s.add(row)
+            row.config_hash, row.summary_json, row.seconds = h, json.dumps(summary, default=str), seconds
+        self.done.append((name, key, seconds, False))
+        return summary
+
+
+def run_study(study: Study, out: Path | None = None, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Stages 1-9 for every budget in `search.budgets_ms`; returns the summary table's rows."""
+    from nas_bert.blockwise import train_supernet
+    from nas_bert.evaluate import evaluate_path
+    from nas_bert.export import export_front
+    from nas_bert.latency import ensure_latency_model, latency_report
+    from nas_bert.search import search
+    from nas_bert.students import distill, map_layers
+    from nas_bert.teacher import embeddings_spec_of, load_teacher_config
+
+    budgets = study.cfg.search.budgets_ms
+    if not budgets:
+        raise NasBertError(f"study file {study.file} lists no budgets; set search.budgets_ms, e.g. [8, 12]")
+    out = out or study.workdir / "export"
+    t0 = time.perf_counter()
+    r = Runner(study, echo)
+    r.stage("supernet", "", ("supernet",), lambda: train_supernet(study))
+
+    def latency() -> dict[str, Any]:
+        emb = embeddings_spec_of(load_teacher_config(study.cfg.teacher))
+        report = latency_report(ensure_latency_model(r.db, study.space, emb, study.cfg.latency))
+        return {k: v for k, v in report.items() if k != "table"}
+
+    r.stage("latency", "", ("latency",), latency)
+    chosen: dict[float, dict[str, Any]] = {}
+    for b in budgets:
+        s = r.stage("search", f"{b:g}ms", ("supernet", "latency", "search"), lambda b=b: search(study, b))
+        if s["chosen"] is None:
+            raise NasBertError(f"the {b:g} ms search found no feasible student; raise the budget or search.trials")
+        chosen[b] = s["chosen"]
+    students: dict[float, dict[str, Any]] = {}
+    for b, row in chosen.items():
+        key, trial = f"{b:g}ms", row["trial"]
+        r.stage("map-layers", key, ("supernet", "search", "mapping", "distill"),
+                lambda b=b, trial=trial: map_layers(study, trial, b))
+        d = r.stage("distill", key, ("supernet", "search", "mapping", "distill"),
+                    lambda b=b, trial=trial: distill(study, trial, b))
+        e = r.stage("evaluate", key, ("supernet", "search", "mapping", "distill", "evaluate"),
+                    lambda d=d: evaluate_path(study, d["student_path"], False, "wordnet", study.cfg.evaluate))
+        students[b] = {"search": row, "distill": d, "evaluate": e}
+    x = r.stage("export", "", ("supernet", "latency", "search", "mapping", "distill", "evaluate"),
+                lambda: export_front(study, out, budgets, overwrite=True,
+                                     command=f"nas-bert run --config {study.file}"))
+    measured = {st["hash"]: st for st in x["students"]}
+    rows = []
+    for b, s in students.items():
+        h, e = s["distill"]["arch_hash"], s["evaluate"]
+        m = measured.get(h, {})
+        rows.append({"budget_ms": b, "trial": s["search"]["trial"], "architecture": s["search"]["architecture"],
+                     "params": s["distill"]["params"], "predicted_ms": s["search"]["predicted_ms"],
+                     "measured_ms": m.get("measured_ms", {}).get("torch_fp32"),
+                     "onnx_int8_ms": m.get("measured_ms", {}).get("onnx_int8"), "teacher_ms": m.get("teacher_ms"),
+                     "fidelity": e.get("fidelity"), "accuracy": e.get("accuracy"),
+                     "teacher_accuracy": e.get("teacher_accuracy"), "accuracy_ratio": e.get("accuracy_ratio"),
+                     "label_loyalty": e.get("label_loyalty"), "probability_loyalty": e.get("probability_loyalty"),
+                     "folder": str(out / m["name"]) if m else None})
+    return {"study": study.name, "out": str(out), "pareto_png": str(out / "pareto.png"), "students": rows,
+            "stages": [{"stage": n, "key": k, "seconds": round(sec, 1), "skipped": sk} for n, k, sec, sk in r.done],
+            "seconds": round(time.perf_counter() - t0, 1)}
