@@ -1,0 +1,59 @@
+"""`nas-bert run` on the tiny study: every stage, a kill in the middle, a rerun that skips what finished."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import yaml
+from sqlalchemy import select
+
+from conftest import copy_study
+from nas_bert.config import load_study
+from nas_bert.db import Database, StageRow
+
+EVAL = {"finetune_steps": 3, "fidelity_texts": 16, "max_train_examples": 48, "max_eval_examples": 16,
+        "max_seq_length": 16, "batch_size": 8}
+
+
+def _rows(study_file):
+    study = load_study(study_file)
+    with Database(study.db_url).session() as s:
+        return {(r.stage, r.key): r.finished_at for r in s.scalars(select(StageRow))}
+
+
+def test_run_kill_and_resume(searched_tiny, tmp_path):
+    study_file = copy_study(searched_tiny, tmp_path)
+    data = yaml.safe_load(study_file.read_text())
+    data["search"]["budgets_ms"] = [5.0]
+    data["evaluate"] = EVAL
+    study_file.write_text(yaml.safe_dump(data))
+    cmd = [sys.executable, "-m", "nas_bert", "run", "--config", str(study_file), "--json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and ("map-layers", "5ms") not in _rows(study_file):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)  # killed somewhere in distillation
+    proc.wait()
+    before = _rows(study_file)
+    assert {("supernet", ""), ("latency", ""), ("search", "5ms"), ("map-layers", "5ms")} <= set(before)
+    assert ("export", "") not in before
+
+    done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout)
+    skipped = {(s["stage"], s["key"]) for s in summary["stages"] if s["skipped"]}
+    assert {("supernet", ""), ("latency", ""), ("search", "5ms"), ("map-layers", "5ms")} <= skipped
+    after = _rows(study_file)
+    assert all(after[k] == v for k, v in before.items())  # finished stages were not redone
+    assert ("export", "") in after
+    (row,) = summary["students"]
+    assert row["budget_ms"] == 5.0 and row["predicted_ms"] <= 5.0
+    assert row["fidelity"] is not None and row["measured_ms"] > 0
+    card = (tmp_path / "tiny" / "export").glob("nasbert-*/README.md")
+    text = next(card).read_text()
+    assert "distilled" in text and "fidelity to the teacher" in text
+    assert (tmp_path / "tiny" / "export" / "pareto.png").is_file()
