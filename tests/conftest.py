@@ -77,9 +77,20 @@ def make_tiny_study(root: Path, search_budget: float | None = None) -> Path:
 
 
 def copy_study(src: Path, dst: Path) -> Path:
-    """A copy of a study's files (its checkpoint paths still point at the original's folder)."""
+    """A copy of a study's files (its checkpoint paths still point at the original's folder).
+
+    The database is copied with SQLite's backup API: in WAL mode a raw copy of the file (and of
+    its -wal/-shm companions, still open in this process) is not a consistent database.
+    """
+    import sqlite3
+
     for p in src.parent.iterdir():
-        if p.is_file():
+        if not p.is_file() or p.name.endswith(("-wal", "-shm")):
+            continue
+        if p.suffix == ".db":
+            with sqlite3.connect(p) as source, sqlite3.connect(dst / p.name) as target:
+                source.backup(target)
+        else:
             shutil.copy(p, dst / p.name)
     return dst / src.name
 
