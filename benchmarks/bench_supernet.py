@@ -73,9 +73,9 @@ def throughput(study, teacher, corpus, collator, batch_size: int, rounds: int, m
         threads = torch.get_num_threads()
         for _ in range(rounds):  # interleaved, so both see the same machine load
             t_teacher.append(Timer("f()", globals={"f": teacher_forward}, num_threads=threads)
-                             .blocked_autorange(min_run_time=min_run_time).median)
+                             .blocked_autorange(min_run_time=min_run_time).mean)
             t_train.append(Timer("f()", globals={"f": train_step}, num_threads=threads)
-                           .blocked_autorange(min_run_time=min_run_time).median)
+                           .blocked_autorange(min_run_time=min_run_time).mean)
         tr, te = statistics.median(t_train), statistics.median(t_teacher)
         label = sampling if k == 1 else f"{sampling}, extremes every {k} steps"
         rows.append([label, f"{tokens / te:,.0f}", f"{tokens / tr:,.0f}", f"{te / tr:.2f}", f"{tr / te:.2f}x"])
@@ -140,7 +140,7 @@ def main() -> None:
     print(f"command: python {' '.join(sys.argv)}")
     print(f"machine: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     print(f"teacher {study.cfg.teacher}, space {study.space.name}, batch {args.batch_size} x {seq} tokens\n")
-    print("1. training throughput vs teacher forward (tokens/s, medians of interleaved rounds)")
+    print("1. training throughput vs teacher forward (tokens/s, mean step time, median over interleaved rounds)")
     print(table(["sampling", "teacher fwd tok/s", "train step tok/s", "ratio", "step / teacher fwd"],
                 throughput(study, teacher, corpus, collator, args.batch_size, args.rounds, args.min_run_time)))
     print("\n2. padding share per batch (validation, 8 batches)")

@@ -281,14 +281,17 @@ def finish_search(ctx: SearchContext, budget_ms: float) -> dict[str, Any]:
     trials = study_.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     feasible = [t for t in complete if t.values[1] <= budget_ms]
-    # the best T distinct feasible architectures by approximate loss
+    # the best T distinct feasible architectures by approximate loss, and every member of the front
     best: dict[str, optuna.trial.FrozenTrial] = {}
     for t in sorted(feasible, key=lambda t: t.values[0]):
-        best.setdefault(t.user_attrs["arch_hash"], t)
         if len(best) == cfg.rescore_top:
             break
+        best.setdefault(t.user_attrs["arch_hash"], t)
+    for t in study_.best_trials:
+        if t.values[1] <= budget_ms:
+            best.setdefault(t.user_attrs["arch_hash"], t)
     approx, rescored = [], []
-    for h, t in tqdm(best.items(), desc="rescore", leave=False):
+    for h in tqdm(best, desc="rescore", leave=False):
         with ctx.db.session() as s:
             row = s.scalars(select(ArchitectureRow).where(ArchitectureRow.study == study.name, ArchitectureRow.hash == h)).one()
             if row.rescored_loss is None:
