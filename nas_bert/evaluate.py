@@ -51,6 +51,7 @@ class EvalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     fidelity_texts: int = Field(512, ge=3, description="held-out test texts for fidelity")
+    fidelity_centered: bool = Field(True, description="centre each model's sentence vectors before cosine similarity")
     max_seq_length: int = Field(48, ge=4)
     finetune_steps: int = Field(150, ge=1)
     batch_size: int = Field(32, ge=1)
@@ -96,13 +97,20 @@ def sentence_vectors(encoder: nn.Module, tokenizer: Any, texts: list[str], batch
     return torch.cat(out)
 
 
-def fidelity(student_vecs: torch.Tensor, teacher_vecs: torch.Tensor) -> float:
-    """Spearman correlation of the pairwise cosine similarities (upper triangle): width-free agreement."""
+def fidelity(student_vecs: torch.Tensor, teacher_vecs: torch.Tensor, centered: bool = True) -> float:
+    """Spearman correlation of the pairwise cosine similarities (upper triangle): width-free agreement.
+
+    Centred by default: mean-pooled BERT states share a large common direction (anisotropy) that
+    pushes every cosine towards 1 and drowns the geometry both models are compared on.
+    """
     if len(student_vecs) != len(teacher_vecs) or len(student_vecs) < 3:
         raise ValueError("fidelity needs the same texts (at least 3) for student and teacher")
 
     def sims(v: torch.Tensor) -> np.ndarray:
-        v = F.normalize(v.double(), dim=-1)
+        v = v.double()
+        if centered:
+            v = v - v.mean(0, keepdim=True)
+        v = F.normalize(v, dim=-1)
         i, j = torch.triu_indices(len(v), len(v), offset=1)
         return (v @ v.T)[i, j].numpy()
 
@@ -325,7 +333,7 @@ def evaluate_encoder(encoder: nn.Module, tokenizer: Any, teacher: Any, cfg: Eval
     t_acc = float(teacher_result["accuracy"])
     return {
         "task": task,
-        "fidelity": fidelity(*vecs),
+        "fidelity": fidelity(*vecs, centered=cfg.fidelity_centered),
         "accuracy": acc,
         "teacher_accuracy": t_acc,
         "accuracy_ratio": acc / t_acc if t_acc > 0 else None,  # None, not NaN: the metrics are stored as JSON

@@ -38,7 +38,14 @@ from nas_bert.db import ArchitectureRow, Checkpoint, Database, ExportRow, Supern
 from nas_bert.errors import NasBertError
 from nas_bert.latency import LatencyConfig, hardware_name
 from nas_bert.modeling_nas_bert import NasBertModel
-from nas_bert.search import budgets_in_db, latest_checkpoint, optuna_study_name, pareto_rows, storage_for
+from nas_bert.search import (
+    best_under_budget,
+    budgets_in_db,
+    latest_checkpoint,
+    optuna_study_name,
+    pareto_rows,
+    storage_for,
+)
 from nas_bert.supernet import Supernet
 from nas_bert.teacher import Teacher, load_teacher
 from nas_bert.train import sha256_file
@@ -225,18 +232,13 @@ def select_members(db: Database, study: Study, budgets: list[float] | None) -> l
                     members[r["hash"]] = Member(f"nasbert-front-{r['hash'][:8]}", _row(db, study, r["hash"]),
                                                 r["trial"], b, [b])
             continue
-        st = optuna.load_study(study_name=optuna_study_name(study, b), storage=storage_for(study))
-        feasible = {}
-        for t in st.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if t.values[1] <= b:
-                feasible.setdefault(t.user_attrs["arch_hash"], t.number)
-        if not feasible:
+        best = best_under_budget(pareto_rows(db, study, b))  # the same choice as the search's summary
+        if best is None:
             raise NasBertError(f"the search for budget {b:g} ms in study '{study.name}' has no feasible trial; "
                                "search with more trials or a larger budget")
-        rows = [_row(db, study, h) for h in feasible]
-        rescored = [r for r in rows if r["rescored_loss"] is not None]
-        best = min(rescored or rows, key=lambda r: r["rescored_loss"] if rescored else r["approx_loss"])
         h = best["hash"]
+        feasible = {h: best["trial"]}
+        best = _row(db, study, h)
         members[f"{b:g}:{h}"] = Member(f"nasbert-{b:g}ms-{h[:8]}", best, feasible[h], b, [b])
     if not members:
         raise NasBertError(f"no feasible trial in any search of study '{study.name}'; search with a larger budget")

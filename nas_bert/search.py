@@ -300,7 +300,7 @@ def finish_search(ctx: SearchContext, budget_ms: float) -> dict[str, Any]:
             approx.append(row.approx_loss)
             rescored.append(row.rescored_loss)
     front = pareto_rows(ctx.db, study, budget_ms)
-    chosen = min(front, key=lambda r: (r["rescored_loss"] if r["rescored_loss"] is not None else math.inf, r["approx_loss"]), default=None)
+    chosen = best_under_budget(front)
     return {
         "study": study.name, "optuna_study": name, "budget_ms": budget_ms,
         "trials": {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState},
@@ -330,6 +330,12 @@ def pareto_rows(db: Database, study: Study, budget_ms: float) -> list[dict[str, 
                        "rescored_loss": row.rescored_loss, "measured_ms": row.measured_ms,
                        "architecture": str(Architecture.from_json(row.arch_json))}
     return list(seen.values())
+
+
+def best_under_budget(front: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The student a budget yields: the front member with the lowest rescored (else approximate) loss."""
+    return min(front, key=lambda r: (r["rescored_loss"] if r["rescored_loss"] is not None else math.inf,
+                                     r["approx_loss"]), default=None)
 
 
 def budgets_in_db(study: Study) -> list[float]:
