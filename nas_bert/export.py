@@ -27,7 +27,6 @@ import optuna
 import torch
 from optuna.trial import TrialState
 from sqlalchemy import select
-from torch.utils import benchmark
 from tqdm.auto import tqdm
 
 from nas_bert.architecture import Architecture
@@ -36,7 +35,7 @@ from nas_bert.config import Study
 from nas_bert.configuration_nas_bert import NasBertConfig
 from nas_bert.db import ArchitectureRow, Checkpoint, Database, ExportRow, SupernetRun
 from nas_bert.errors import NasBertError
-from nas_bert.latency import LatencyConfig, hardware_name
+from nas_bert.latency import LatencyConfig, hardware_name, measure_callables
 from nas_bert.modeling_nas_bert import NasBertModel
 from nas_bert.search import (
     best_under_budget,
@@ -159,15 +158,14 @@ def _mb(path: Path) -> float:
 
 
 # -- latency ------------------------------------------------------------------------------------
-ROUNDS = 5  # interleaved rounds per variant; each round is one blocked_autorange median
 
 
 def measure_latencies(student: NasBertModel, folder: Path, teacher: Teacher, cfg: LatencyConfig) -> dict[str, Any]:
     """Milliseconds of the student (PyTorch fp32, ONNX fp32, ONNX int8) and the teacher, on this machine.
 
-    The four are timed in interleaved rounds, so a burst of load from another process hits them alike
-    and the speed-ups stay fair; each figure is the median of its rounds' medians. ONNX Runtime gets
-    intra_op_num_threads = cfg.threads, PyTorch set_num_threads(cfg.threads).
+    The four are timed in interleaved rounds like the latency table (blocks disturbed by other processes
+    are dropped, a low percentile of the rest is kept), so predicted and measured figures are comparable
+    and the speed-ups fair. ONNX Runtime gets intra_op_num_threads = cfg.threads.
     """
     dev = torch.device(cfg.device)
     gen = torch.Generator().manual_seed(0)
@@ -180,22 +178,14 @@ def measure_latencies(student: NasBertModel, folder: Path, teacher: Teacher, cfg
         "teacher_torch_fp32": lambda: teacher_model(**on_dev), "torch_fp32": lambda: student(**on_dev),
         "onnx_fp32": lambda: s32.run(None, feeds), "onnx_int8": lambda: s8.run(None, feeds)}
     threads = torch.get_num_threads()
-    rounds: dict[str, list[float]] = {k: [] for k in calls}
     try:
         torch.set_num_threads(cfg.threads)
-        timers = {k: benchmark.Timer("f()", globals={"f": f}, num_threads=cfg.threads) for k, f in calls.items()}
-        with torch.inference_mode():
-            for t in timers.values():
-                t.timeit(3)  # warm-up: allocator, kernel selection, ORT's first-run allocations
-            for _ in range(ROUNDS):
-                for k, t in timers.items():
-                    rounds[k].append(t.blocked_autorange(min_run_time=cfg.min_run_time).median * 1000.0)
+        values = measure_callables(list(calls.values()), cfg)  # the latency table's timing, so both agree
     finally:
         torch.set_num_threads(threads)
         student.to("cpu")
         teacher.encoder.to("cpu")
-    ms: dict[str, Any] = {k: float(np.median(v)) for k, v in rounds.items()}
-    ms["rounds_ms"] = rounds
+    ms: dict[str, Any] = dict(zip(calls, values, strict=True))
     return ms
 
 
@@ -338,8 +328,8 @@ Parameters: **{info["params"]:,}** (teacher {t["params"]:,}). FLOPs per sequence
 ## Latency
 
 Measured on {lat["machine"]}, batch {cfg["batch_size"]}, sequence length {cfg["seq_len"]}, {cfg["threads"]} \
-threads. The student's three runtimes and the teacher were timed in interleaved rounds (median of {ROUNDS} round \
-medians); the prediction is the search's latency model.
+threads. The student's three runtimes and the teacher were timed in interleaved rounds, as the latency table \
+is (disturbed blocks dropped, 10th percentile of the rest); the prediction is the search's latency model.
 
 | runtime | student ms | teacher ms (PyTorch fp32) | speed-up |
 |---|---|---|---|

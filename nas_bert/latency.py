@@ -16,7 +16,7 @@ import os
 import platform
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -243,6 +243,12 @@ def measure_models(models: list[nn.Module], cfg: LatencyConfig, vocab_size: int,
 def measure_model(model: nn.Module, cfg: LatencyConfig, vocab_size: int) -> float:
     """End-to-end milliseconds of one student (input ids and an all-ones attention mask)."""
     return measure_models([model], cfg, vocab_size)[0]
+
+
+def measure_callables(calls: list[Callable[[], Any]], cfg: LatencyConfig) -> list[float]:
+    """Milliseconds per call of any callables (an ONNX Runtime session, a teacher), timed exactly like
+    the table: interleaved rounds, blocks disturbed by other processes dropped, a low percentile."""
+    return _time_jobs([("f()", {"f": f}) for f in calls], cfg, MODEL_ROUNDS)
 
 
 def build_student(arch: Architecture) -> NasBertModel:
