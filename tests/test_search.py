@@ -143,3 +143,22 @@ def test_newer_schema_is_refused(tmp_path):
 
 if os.environ.get("NAS_BERT_SKIP_SLOW"):
     pytestmark = pytest.mark.skip("slow tests skipped")
+
+
+@pytest.mark.skipif(not os.environ.get("NAS_BERT_TEST_POSTGRES_URL"),
+                    reason="set NAS_BERT_TEST_POSTGRES_URL=postgresql+psycopg://user:pw@host/db to run")
+def test_two_commands_share_one_postgresql_database(tmp_path):
+    """Two separate `nas-bert search` processes (as on two machines) against one PostgreSQL URL."""
+    url = os.environ["NAS_BERT_TEST_POSTGRES_URL"]
+    study_file = make_tiny_study(tmp_path)
+    train = subprocess.run([sys.executable, "-m", "nas_bert", "train-supernet", "-c", str(study_file), "--db", url],
+                           check=False, capture_output=True, text=True, timeout=600)
+    assert train.returncode == 0, train.stderr[-2000:]
+    cmd = [sys.executable, "-m", "nas_bert", "search", "-c", str(study_file), "--db", url,
+           "--latency-budget-ms", "5", "--trials", "30"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
+    assert [p.wait(timeout=600) for p in procs] == [0, 0]
+    st = optuna.load_study(study_name=optuna_study_name(load_study(study_file, url), 5.0), storage=url)
+    trials = st.get_trials(deepcopy=False)
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 30
+    assert len({t.number for t in trials}) == len(trials)
