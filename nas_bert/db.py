@@ -264,7 +264,8 @@ class Database:
         try:
             Base.metadata.create_all(self.engine)
         except OperationalError as e:
-            raise NasBertError(f"database '{url}' is unreachable ({str(e.orig).strip()}); check the URL and that the server runs") from None
+            reason = " ".join(str(e.orig).split())  # drivers' messages span lines; ours is one
+            raise NasBertError(f"database '{url}' is unreachable ({reason}); check the URL and that the server runs") from None
         self._check_version()
 
     def _check_version(self) -> None:

@@ -16,6 +16,7 @@ import os
 import time
 import warnings
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import optuna
@@ -166,10 +167,15 @@ def record_architecture(ctx: SearchContext, arch: Architecture, predicted_ms: fl
 
 def make_objective(ctx: SearchContext, budget_ms: float, n_trials: int, name: str):
     emb = ctx.teacher.embeddings_spec()
+    started = datetime.now()  # Optuna stores naive local times
 
     def objective(trial: optuna.Trial) -> tuple[float, float]:
         # A global count across workers: trials numbered after the first n_trials live ones stand down.
+        # A trial left RUNNING by a process killed before its first heartbeat is never failed as stale,
+        # so running trials that began before this worker count only once complete: at worst a live
+        # one elsewhere makes us run one trial too many, never one too few.
         live = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+        live = [t for t in live if t.state == TrialState.COMPLETE or (t.datetime_start or started) >= started]
         if sum(t.number < trial.number for t in live) >= n_trials:
             trial.study.stop()
             raise optuna.TrialPruned("the requested number of trials is reached")
