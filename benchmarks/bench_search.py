@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -41,6 +42,18 @@ def main() -> None:
     shutil.copy(src, tmp / src.name)
     study = load_study(args.config, f"sqlite:///{tmp / src.name}",
                        {"search.rescore_top": args.rescore_top, "search.trials": args.trials})
+    # a fresh search: drop the copy's search for this budget and every memoised block score
+    import optuna
+
+    from nas_bert.search import optuna_study_name, storage_for
+
+    try:
+        optuna.delete_study(study_name=optuna_study_name(study, args.budget_ms), storage=storage_for(study))
+    except KeyError:
+        pass
+    with sqlite3.connect(tmp / src.name) as con:
+        con.execute("DELETE FROM nasbert_block_scores")
+        con.execute("DELETE FROM nasbert_architectures")
     print(f"command: python {' '.join(sys.argv)}")
     print(f"machine: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}\n")
     ctx = open_context(study)
