@@ -16,7 +16,7 @@ import os
 import time
 import warnings
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import optuna
@@ -24,6 +24,7 @@ import torch
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 from sqlalchemy import select
+from sqlalchemy import text as sql_text
 from sqlalchemy.exc import IntegrityError
 from tqdm.auto import tqdm
 
@@ -36,6 +37,7 @@ from nas_bert.errors import NasBertError
 from nas_bert.latency import LatencyModel, ensure_latency_model
 from nas_bert.scoring import BlockScorer, kendall_tau, rescore
 from nas_bert.space import SearchSpace
+from nas_bert.supernet import Supernet
 from nas_bert.teacher import Teacher, load_teacher
 from nas_bert.train import sha256_file
 
@@ -115,19 +117,25 @@ def latest_checkpoint(db: Database, study: Study) -> Checkpoint:
     return ckpt
 
 
-def open_context(study: Study, progress: bool = True) -> SearchContext:
-    device = study.device()
-    db = Database(study.db_url)
-    ckpt = latest_checkpoint(db, study)
-    teacher = load_teacher(study.cfg.teacher, device)
+def load_trained(db: Database, study: Study, device: torch.device) -> tuple[Checkpoint, Teacher, Supernet]:
+    """The teacher and the study's latest supernet, its file checked against the recorded sha256."""
     from pathlib import Path
 
+    ckpt = latest_checkpoint(db, study)
+    teacher = load_teacher(study.cfg.teacher, device)
     path = Path(ckpt.path)
     supernet = load_supernet_checkpoint(path, study.space, teacher.hidden_size,
                                         float(getattr(teacher.config, "layer_norm_eps", 1e-12))).to(device)
     if sha256_file(path) != ckpt.sha256:
         raise NasBertError(f"supernet checkpoint {path} does not match the sha256 recorded in the database; "
                            "it was changed on disk: retrain with `nas-bert train-supernet`")
+    return ckpt, teacher, supernet
+
+
+def open_context(study: Study, progress: bool = True) -> SearchContext:
+    device = study.device()
+    db = Database(study.db_url)
+    ckpt, teacher, supernet = load_trained(db, study, device)
     latency = ensure_latency_model(db, study.space, teacher.embeddings_spec(), study.cfg.latency, progress=progress)
     cfg = study.cfg.search
     corpus = load_corpus(study.cfg.corpus, teacher.tokenizer)
@@ -202,11 +210,29 @@ def make_sampler(cfg: SearchConfig, worker: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.NSGAIISampler(seed=seed, population_size=cfg.population_size)
 
 
-def wait_for_stale(study_: optuna.Study, cfg: SearchConfig) -> None:
+def fail_orphans(study_: optuna.Study, storage: RDBStorage, cfg: SearchConfig) -> None:
+    """Fail (and retry) RUNNING trials that never recorded a heartbeat although older than the grace
+    period: their process died before its first heartbeat, so Optuna's stale check never sees them.
+    A live worker records a trial's first heartbeat as soon as the trial starts."""
+    cutoff = datetime.now() - timedelta(seconds=cfg.grace_period)
+    old = [t for t in study_.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+           if t.datetime_start is not None and t.datetime_start < cutoff]
+    if not old:
+        return
+    with storage.engine.connect() as con:  # Optuna's own heartbeat table
+        beating = {row[0] for row in con.execute(sql_text("SELECT trial_id FROM trial_heartbeats"))}
+    retry = RetryHeartbeatStaleTrialCallback(max_retry=cfg.max_retry)
+    for t in old:
+        if t._trial_id not in beating and storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+            retry(study_, storage.get_trial(t._trial_id))
+
+
+def wait_for_stale(study_: optuna.Study, storage: RDBStorage, cfg: SearchConfig) -> None:
     """A trial left RUNNING by a killed process is failed (and retried) once its heartbeat is stale."""
     deadline = time.time() + cfg.grace_period + cfg.heartbeat_interval
     while study_.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) and time.time() < deadline:
         optuna.storages.fail_stale_trials(study_)
+        fail_orphans(study_, storage, cfg)
         time.sleep(1.0)
 
 
@@ -216,7 +242,8 @@ def run_worker(study: Study, budget_ms: float, n_trials: int, worker: int = 0, c
     ctx = ctx or open_context(study, progress=False)
     cfg = study.cfg.search
     name = optuna_study_name(study, budget_ms)
-    study_ = optuna.create_study(study_name=name, storage=storage_for(study), directions=["minimize", "minimize"],
+    storage = storage_for(study)
+    study_ = optuna.create_study(study_name=name, storage=storage, directions=["minimize", "minimize"],
                                  sampler=make_sampler(cfg, worker), load_if_exists=True)
     study_.set_metric_names(["approx_loss", "predicted_ms"])
     # a search's losses come from one supernet checkpoint; mixing two would compare apples and pears
@@ -227,7 +254,7 @@ def run_worker(study: Study, budget_ms: float, n_trials: int, worker: int = 0, c
         raise NasBertError(f"the {budget_ms:g} ms search of study '{study.name}' was scored with supernet checkpoint "
                            f"{made_with[:12]}, the latest is {ctx.checkpoint_sha[:12]}; delete the Optuna study "
                            f"'{name}' (optuna delete-study) or search under another study name")
-    wait_for_stale(study_, cfg)
+    wait_for_stale(study_, storage, cfg)
     done = len(study_.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     if done >= n_trials:
         return

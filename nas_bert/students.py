@@ -19,7 +19,6 @@ import torch
 from sqlalchemy import select
 
 from nas_bert.architecture import Architecture
-from nas_bert.blockwise import load_supernet_checkpoint
 from nas_bert.config import Study
 from nas_bert.corpus import fixed_batches, load_corpus, make_collator
 from nas_bert.db import ArchitectureRow, Database, DistillRun, MappingEval
@@ -33,10 +32,10 @@ from nas_bert.distill import (
 )
 from nas_bert.errors import NasBertError
 from nas_bert.modeling_nas_bert import NasBertModel
-from nas_bert.search import budgets_in_db, latest_checkpoint, optuna_study_name, storage_for
+from nas_bert.search import budgets_in_db, load_trained, optuna_study_name, storage_for
 from nas_bert.supernet import Supernet
-from nas_bert.teacher import Teacher, load_teacher
-from nas_bert.train import CheckpointDir, make_accelerator, sha256_file, train_loop
+from nas_bert.teacher import Teacher
+from nas_bert.train import CheckpointDir, make_accelerator, train_loop
 
 
 def resolve_budget(study: Study, budget: float | None) -> float:
@@ -79,19 +78,12 @@ class StudentContext:
     @classmethod
     def open(cls, study: Study) -> StudentContext:
         db = Database(study.db_url)
-        ckpt = latest_checkpoint(db, study)
         device = study.device()
-        teacher = load_teacher(study.cfg.teacher, device)
-        path = Path(ckpt.path)
-        supernet = load_supernet_checkpoint(path, study.space, teacher.hidden_size,
-                                            float(getattr(teacher.config, "layer_norm_eps", 1e-12)))
-        if sha256_file(path) != ckpt.sha256:
-            raise NasBertError(f"supernet checkpoint {path} no longer matches its sha256 in the database; "
-                               "retrain with `nas-bert train-supernet`")
+        ckpt, teacher, supernet = load_trained(db, study, device)
         corpus = load_corpus(study.cfg.corpus, teacher.tokenizer)
         collator = make_collator(teacher.tokenizer, study.cfg.corpus)
         taps = TeacherTaps(teacher) if study.cfg.distill.weights.attention > 0 else None
-        return cls(study, db, teacher, supernet.to(device), corpus, collator, ckpt.sha256, taps)
+        return cls(study, db, teacher, supernet, corpus, collator, ckpt.sha256, taps)
 
     def module(self, arch: Architecture, freeze_embeddings: bool = False) -> DistillModule:
         """The extracted student (supernet slices + teacher embeddings) with its projections."""
