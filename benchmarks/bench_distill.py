@@ -21,11 +21,11 @@ from sqlalchemy import select
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import cpu_name, table  # noqa: E402
-from nas_bert.config import load_study  # noqa: E402
-from nas_bert.db import DistillRun, MappingEval  # noqa: E402
-from nas_bert.evaluate import evaluate_encoder, load_student, teacher_baseline  # noqa: E402
-from nas_bert.students import StudentContext, trial_architecture  # noqa: E402
+from benchmarks._common import cpu_name, table
+from nas_bert.config import load_study
+from nas_bert.db import DistillRun, MappingEval
+from nas_bert.evaluate import evaluate_encoder, load_student, teacher_baseline
+from nas_bert.students import StudentContext, trial_architecture
 
 
 def main() -> None:

@@ -364,6 +364,13 @@ def record_evaluation(db: Database, study_name: str, subject: str, arch_hash: st
             row.arch_hash, row.metrics_json = arch_hash, blob
 
 
+def stored_evaluation(db: Database, study_name: str, subject: str, task: str, cfg: EvalConfig) -> dict[str, Any] | None:
+    """The metrics recorded for a subject under this protocol, if it was evaluated before."""
+    with db.session() as s:
+        row = _find(s, study_name, subject, task, protocol_hash(cfg, task))
+        return json.loads(row.metrics_json) if row is not None else None
+
+
 def teacher_baseline(db: Database, study_name: str, teacher: Any, cfg: EvalConfig, task: str = "wordnet",
                      device: torch.device | str = "cpu") -> dict[str, Any]:
     """The fine-tuned teacher's accuracy and test probabilities: computed once per protocol, then read back."""

@@ -23,6 +23,7 @@ from nas_bert.errors import NasBertError
 
 def _config_hash(study: Study, sections: tuple[str, ...]) -> str:
     cfg = study.cfg.model_dump(mode="json")
+    cfg["search"].pop("budgets_ms")  # a stage of one budget is keyed by it: adding a budget redoes nothing
     blob = json.dumps({k: cfg[k] for k in ("teacher", "search_space", "corpus", *sections)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -59,22 +60,12 @@ class Runner:
         return summary
 
 
-def run_study(study: Study, out: Path | None = None, echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Stages 1-9 for every budget in `search.budgets_ms`; returns the summary table's rows."""
+def shared_stages(r: Runner, study: Study) -> None:
+    """Stages 1-2, which every budget shares: the supernet and the latency model."""
     from nas_bert.blockwise import train_supernet
-    from nas_bert.evaluate import evaluate_path
-    from nas_bert.export import export_front
     from nas_bert.latency import ensure_latency_model, latency_report
-    from nas_bert.search import search
-    from nas_bert.students import distill, map_layers
     from nas_bert.teacher import embeddings_spec_of, load_teacher_config
 
-    budgets = study.cfg.search.budgets_ms
-    if not budgets:
-        raise NasBertError(f"study file {study.file} lists no budgets; set search.budgets_ms, e.g. [8, 12]")
-    out = out or study.workdir / "export"
-    t0 = time.perf_counter()
-    r = Runner(study, echo)
     r.stage("supernet", "", ("supernet",), lambda: train_supernet(study))
 
     def latency() -> dict[str, Any]:
@@ -83,23 +74,39 @@ def run_study(study: Study, out: Path | None = None, echo: Callable[[str], None]
         return {k: v for k, v in report.items() if k != "table"}
 
     r.stage("latency", "", ("latency",), latency)
-    chosen: dict[float, dict[str, Any]] = {}
-    for b in budgets:
-        s = r.stage("search", f"{b:g}ms", ("supernet", "latency", "search"), lambda b=b: search(study, b))
-        if s["chosen"] is None:
-            raise NasBertError(f"the {b:g} ms search found no feasible student; raise the budget or search.trials")
-        chosen[b] = s["chosen"]
-    students: dict[float, dict[str, Any]] = {}
-    for b, row in chosen.items():
-        key, trial = f"{b:g}ms", row["trial"]
-        r.stage("map-layers", key, ("supernet", "search", "mapping", "distill"),
-                lambda b=b, trial=trial: map_layers(study, trial, b))
-        d = r.stage("distill", key, ("supernet", "search", "mapping", "distill"),
-                    lambda b=b, trial=trial: distill(study, trial, b))
-        e = r.stage("evaluate", key, ("supernet", "search", "mapping", "distill", "evaluate"),
-                    lambda d=d: evaluate_path(study, d["student_path"], False, "wordnet", study.cfg.evaluate))
-        students[b] = {"search": row, "distill": d, "evaluate": e}
-    x = r.stage("export", "", ("supernet", "latency", "search", "mapping", "distill", "evaluate"),
+
+
+def student_stages(r: Runner, study: Study, budget: float) -> dict[str, Any]:
+    """Stages 4-8 for one budget: search (with rescoring), layer mapping, distillation, evaluation."""
+    from nas_bert.evaluate import evaluate_path
+    from nas_bert.search import search
+    from nas_bert.students import distill, map_layers
+
+    key = f"{budget:g}ms"
+    row = r.stage("search", key, ("supernet", "latency", "search"), lambda: search(study, budget))["chosen"]
+    if row is None:
+        raise NasBertError(f"the {budget:g} ms search found no feasible student; raise the budget or search.trials")
+    trial = row["trial"]
+    r.stage("map-layers", key, ("supernet", "search", "mapping", "distill"), lambda: map_layers(study, trial, budget))
+    d = r.stage("distill", key, ("supernet", "search", "mapping", "distill"), lambda: distill(study, trial, budget))
+    e = r.stage("evaluate", key, ("supernet", "search", "mapping", "distill", "evaluate"),
+                lambda: evaluate_path(study, d["student_path"], False, "wordnet", study.cfg.evaluate))
+    return {"search": row, "distill": d, "evaluate": e}
+
+
+def run_study(study: Study, out: Path | None = None, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Stages 1-9 for every budget in `search.budgets_ms`; returns the summary table's rows."""
+    from nas_bert.export import export_front
+
+    budgets = study.cfg.search.budgets_ms
+    if not budgets:
+        raise NasBertError(f"study file {study.file} lists no budgets; set search.budgets_ms, e.g. [8, 12]")
+    out = out or study.workdir / "export"
+    t0 = time.perf_counter()
+    r = Runner(study, echo)
+    shared_stages(r, study)
+    students = {b: student_stages(r, study, b) for b in budgets}
+    x = r.stage("export", ",".join(f"{b:g}" for b in budgets), ("supernet", "latency", "search", "mapping", "distill", "evaluate"),
                 lambda: export_front(study, out, budgets, overwrite=True,
                                      command=f"nas-bert run --config {study.file}"))
     measured = {st["hash"]: st for st in x["students"]}

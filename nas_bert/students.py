@@ -88,11 +88,16 @@ class StudentContext:
     def module(self, arch: Architecture, freeze_embeddings: bool = False) -> DistillModule:
         """The extracted student (supernet slices + teacher embeddings) with its projections."""
         student = self.supernet.extract(arch, self.teacher.encoder.embeddings)
-        student.embeddings.requires_grad_(not freeze_embeddings)
         last = len(arch.blocks) - 1
         final = self.supernet.output_adapter(last, arch.blocks[last].hidden)
-        torch.manual_seed(0)  # the point projections start the same for every mapping
-        return DistillModule(student, arch, self.teacher.hidden_size, tuple(t.detach().clone() for t in final))
+        return self.wrap(student, arch, (final[0].detach().clone(), final[1].detach().clone()), freeze_embeddings)
+
+    def wrap(self, student: NasBertModel, arch: Architecture, final_init: tuple[torch.Tensor, torch.Tensor],
+             freeze_embeddings: bool = False) -> DistillModule:
+        """Any student (extracted, or copied from the teacher) with its distillation projections."""
+        student.embeddings.requires_grad_(not freeze_embeddings)
+        torch.manual_seed(0)  # the point projections start the same for every mapping and every student
+        return DistillModule(student, arch, self.teacher.hidden_size, final_init)
 
     def objective(self, arch: Architecture, mapping: list[int], val_batches: int, batch_size: int) -> DistillObjective:
         cfg = self.study.cfg.distill
@@ -158,21 +163,8 @@ def distill(study: Study, trial: int, budget: float | None = None, steps: int | 
                                f"move {root} away to restart with {mapping}")
         run.mapping_json, run.target_steps = json.dumps(mapping), steps
     t0 = time.perf_counter()
-    objective = ctx.objective(arch, mapping, cfg.val_batches, cfg.batch_size)
-    module = ctx.module(arch, cfg.freeze_embeddings).to(study.device())
-    before = objective.validate(module) if not (root / "checkpoints").exists() else None
-    report = train_loop(model=module, objective=objective, dataset=ctx.corpus["train"], collator=ctx.collator,
-                        cfg=cfg, total_steps=steps, ckpts=CheckpointDir(root / "checkpoints", cfg.keep_checkpoints),
-                        accelerator=make_accelerator(study.device()),
-                        meta={"arch": arch.hash(), "mapping": mapping}, desc=f"distill {arch.hash()[:8]}",
-                        stop_after=stop_after)
-    latest = CheckpointDir(root / "checkpoints").latest()
-    step = int(latest.stem.split("-")[1]) if latest else 0
-    student_path = None
-    if step >= steps:
-        state = torch.load(latest, map_location="cpu", weights_only=False)
-        module.load_state_dict(state["model"])
-        student_path = save_student(module.student, ctx.teacher, root / "student")
+    module = ctx.module(arch, cfg.freeze_embeddings)
+    before, report, step, student_path = train_student(ctx, arch, module, mapping, root, steps, stop_after)
     with db.session() as s:
         run = s.scalars(select(DistillRun).where(DistillRun.study == study.name, DistillRun.arch_hash == arch.hash())).one()
         prev = json.loads(run.report_json)
@@ -185,6 +177,30 @@ def distill(study: Study, trial: int, budget: float | None = None, steps: int | 
             "step": step, "target_steps": steps, "before": before, "after": report,
             "student_path": str(student_path) if student_path else None,
             "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def train_student(ctx: StudentContext, arch: Architecture, module: DistillModule, mapping: list[int], root: Path,
+                  steps: int, stop_after: int | None = None, label: str | None = None
+                  ) -> tuple[dict[str, Any] | None, dict[str, Any], int, Path | None]:
+    """Distil `module` (any start: supernet slices or teacher copies) for `steps`, resumably under
+    root/checkpoints; when done, save it as a model folder root/student.
+    Returns (held-out losses before training, or None on a resume; the loop's report; step; folder)."""
+    cfg, device = ctx.study.cfg.distill, ctx.study.device()
+    objective = ctx.objective(arch, mapping, cfg.val_batches, cfg.batch_size)
+    module = module.to(device)
+    before = objective.validate(module) if not (root / "checkpoints").exists() else None
+    report = train_loop(model=module, objective=objective, dataset=ctx.corpus["train"], collator=ctx.collator,
+                        cfg=cfg, total_steps=steps, ckpts=CheckpointDir(root / "checkpoints", cfg.keep_checkpoints),
+                        accelerator=make_accelerator(device), meta={"arch": arch.hash(), "mapping": mapping},
+                        desc=f"distill {label or arch.hash()[:8]}", stop_after=stop_after)
+    latest = CheckpointDir(root / "checkpoints").latest()
+    step = int(latest.stem.split("-")[1]) if latest else 0
+    student_path = None
+    if step >= steps:
+        state = torch.load(latest, map_location="cpu", weights_only=False)
+        module.load_state_dict(state["model"])
+        student_path = save_student(module.student, ctx.teacher, root / "student")
+    return before, report, step, student_path
 
 
 def save_student(student: NasBertModel, teacher: Teacher, folder: Path) -> Path:

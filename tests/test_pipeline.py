@@ -48,7 +48,7 @@ def test_run_kill_and_resume(tmp_path):
     before = _rows(study_file)
     first = (tmp_path / "first-run.log").read_text()[-3000:]
     assert {("supernet", ""), ("latency", ""), ("search", "5ms"), ("map-layers", "5ms")} <= set(before), first
-    assert ("export", "") not in before
+    assert not any(stage == "export" for stage, _ in before)
 
     done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -57,7 +57,7 @@ def test_run_kill_and_resume(tmp_path):
     assert {("supernet", ""), ("latency", ""), ("search", "5ms"), ("map-layers", "5ms")} <= skipped
     after = _rows(study_file)
     assert all(after[k] == v for k, v in before.items())  # finished stages were not redone
-    assert ("export", "") in after
+    assert ("export", "5") in after
     (row,) = summary["students"]
     assert row["budget_ms"] == 5.0 and row["predicted_ms"] <= 5.0
     assert row["fidelity"] is not None and row["measured_ms"] > 0
@@ -65,3 +65,13 @@ def test_run_kill_and_resume(tmp_path):
     text = next(card).read_text()
     assert "distilled" in text and "fidelity to the teacher" in text
     assert (tmp_path / "tiny" / "export" / "pareto.png").is_file()
+
+    # a budget added to the study file runs its own stages and redoes none of the first budget's
+    data["search"]["budgets_ms"] = [5.0, 6.0]
+    study_file.write_text(yaml.safe_dump(data))
+    done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ran = {(s["stage"], s["key"]): s["skipped"] for s in json.loads(done.stdout)["stages"]}
+    assert all(ran[(stage, "5ms")] for stage in ("search", "map-layers", "distill", "evaluate"))
+    assert not any(ran[(stage, "6ms")] for stage in ("search", "map-layers", "distill", "evaluate"))
+    assert ran[("export", "5,6")] is False

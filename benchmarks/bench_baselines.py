@@ -1,0 +1,190 @@
+"""Baselines benchmark: searched students beside hand-designed students of equal measured latency.
+
+    python benchmarks/bench_baselines.py --config studies/demo.yaml
+
+Budgets are fractions of the teacher's measured latency (default 1/2, 1/4, 1/8), rounded to
+--round ms so that a rerun on a slightly noisier machine lands on the same budgets. For each budget:
+- NAS: the study's own stages 4-8 (search, rescoring, layer mapping, distillation, evaluation),
+  the same stages `nas-bert run` records, so budgets the study already ran are not redone;
+- truncated: the teacher's first k layers copied exactly (DistilBERT-style initialisation);
+- uniform: the teacher's depth at one smaller width, extracted from the teacher (ETD), with the
+  leading and/or the most important dimensions, heads and neurons (--orders).
+Each hand-designed family contributes its fastest member measured at >= (1 - tolerance) x the NAS
+student's latency: within the tolerance when the family has one, else the nearest slower member,
+which the NAS student must then beat while being faster (the table marks it). Every student is
+distilled with the study's distill settings (same steps, data, losses; baselines use TinyBERT's
+uniform layer mapping, NAS students their searched one) and evaluated under one protocol. All
+latencies come from one interleaved timing run of randomly initialised copies (latency does not
+depend on weights). Every stage is recorded in the study database: a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import cpu_name, table
+from nas_bert.architecture import Architecture
+from nas_bert.baselines import (
+    describe,
+    distill_baseline,
+    teacher_importance,
+    truncated_architecture,
+    uniform_architecture,
+)
+from nas_bert.config import load_study
+from nas_bert.corpus import fixed_batches
+from nas_bert.db import Database
+from nas_bert.evaluate import evaluate_path, stored_evaluation
+from nas_bert.latency import build_student, measure_models
+from nas_bert.pipeline import Runner, shared_stages, student_stages
+from nas_bert.plots import save_figure
+from nas_bert.students import StudentContext, trial_architecture
+
+METRICS = ("fidelity", "accuracy", "accuracy_ratio", "label_loyalty", "probability_loyalty")
+
+
+def candidates(ctx: StudentContext) -> dict[str, tuple[str, Architecture]]:
+    """Every hand-designed student of the two families: name -> (family, architecture)."""
+    t = ctx.teacher
+    hs = t.hidden_size // int(t.config.num_attention_heads)
+    out = {f"truncated-{k}": ("truncated", truncated_architecture(t, k)) for k in range(1, t.num_layers)}
+    out.update({f"uniform-{w}": ("uniform", uniform_architecture(t, w)) for w in range(hs, t.hidden_size, hs)})
+    return out
+
+
+def pick(names: list[str], ms: dict[str, float], target: float, tolerance: float) -> str:
+    """The family's fastest member at >= (1 - tolerance) x target, else its slowest (all are faster)."""
+    ok = [n for n in names if ms[n] >= (1 - tolerance) * target]
+    return min(ok, key=ms.__getitem__) if ok else max(names, key=ms.__getitem__)
+
+
+def evaluate(study: Any, db: Database, folder: str) -> dict[str, Any]:
+    cfg = study.cfg.evaluate
+    subject = str(Path(folder).resolve())
+    return stored_evaluation(db, study.name, subject, "wordnet", cfg) or evaluate_path(study, folder, False, "wordnet", cfg)
+
+
+def compact(arch: Architecture) -> str:
+    """[width] then A (attention), F (feed-forward), C<k> (separable convolution) per sublayer."""
+    code = {"mha": "A", "ffn": "F", "sepconv": "C"}
+    return " | ".join(f"[{b.hidden}] " + " ".join(code[o.kind] + (str(o.kernel) if o.kind == "sepconv" else "")
+                                                 for o in b.ops if o.kind != "identity") for b in arch.blocks)
+
+
+def _f(x: float | None, digits: int) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def plot(rows: list[dict[str, Any]], teacher: dict[str, float], path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    markers = {"NAS": ("o", "C0"), "truncated": ("s", "C1"), "uniform (importance)": ("^", "C2"),
+               "uniform (leading)": ("v", "C3")}
+    for label, (marker, colour) in markers.items():
+        pts = sorted((r["measured_ms"], r["accuracy"]) for r in rows if r["family"] == label)
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker=marker, color=colour, linestyle="-" if label == "NAS" else ":",
+                    label=label)
+    ax.scatter([teacher["ms"]], [teacher["accuracy"]], marker="*", s=150, color="k", label="teacher")
+    ax.set_xlabel("measured latency (ms)")
+    ax.set_ylabel("downstream accuracy (fine-tuned)")
+    ax.set_title("distilled students at equal latency")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", default="studies/demo.yaml")
+    ap.add_argument("--fractions", default="0.5,0.25,0.125", help="budgets as fractions of the teacher's latency")
+    ap.add_argument("--round", type=float, default=0.5, help="round budgets to this many ms")
+    ap.add_argument("--tolerance", type=float, default=0.10)
+    ap.add_argument("--orders", default="importance,leading", help="ETD unit orders for the uniform family")
+    args = ap.parse_args()
+    t0 = time.time()
+    study = load_study(args.config)
+    orders = [o for o in args.orders.split(",") if o]
+    print(f"command: python {' '.join(sys.argv)}")
+    print(f"machine: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}\n")
+    r = Runner(study)
+    shared_stages(r, study)
+    ctx = StudentContext.open(study)
+    cands = candidates(ctx)
+    vocab = int(ctx.teacher.config.vocab_size)
+
+    def time_teacher() -> dict[str, Any]:
+        ms = measure_models([copy.deepcopy(ctx.teacher.encoder).cpu()], study.cfg.latency, vocab)[0]
+        return {"teacher_ms": ms}
+
+    teacher_ms = r.stage("baseline-teacher-latency", "", ("latency",), time_teacher)["teacher_ms"]
+    fractions = [float(f) for f in args.fractions.split(",")]
+    budgets = [round(max(args.round, round(f * teacher_ms / args.round) * args.round), 6) for f in fractions]
+    nas = {b: student_stages(r, study, b) for b in budgets}
+    nas_arch = {b: trial_architecture(r.db, study, s["search"]["trial"], b) for b, s in nas.items()}
+
+    def time_all() -> dict[str, Any]:
+        archs = {**{f"nas-{b:g}ms": a for b, a in nas_arch.items()}, **{n: a for n, (_, a) in cands.items()}}
+        ms = measure_models([build_student(a) for a in archs.values()], study.cfg.latency, vocab)
+        return dict(zip(archs, ms, strict=True))
+
+    key = ",".join(f"{b:g}" for b in budgets)
+    ms = r.stage("baseline-latency", key, ("supernet", "latency", "search"), time_all)
+    importance = None
+    if "importance" in orders:
+        batches = fixed_batches(ctx.corpus["train"], ctx.collator, 8, study.cfg.distill.batch_size, seed=2024)
+        importance = teacher_importance(ctx.teacher, [{k: v.to(study.device()) for k, v in b.items()} for b in batches])
+    rows: list[dict[str, Any]] = []
+    for b in budgets:
+        target = ms[f"nas-{b:g}ms"]
+        e = nas[b]["evaluate"]
+        rows.append({"budget_ms": b, "family": "NAS", "student": compact(nas_arch[b]), "architecture": str(nas_arch[b]), "measured_ms": target,
+                     "params": nas_arch[b].params(), **{m: e[m] for m in METRICS}})
+        for family in ("truncated", "uniform"):
+            name = pick([n for n, (f, _) in cands.items() if f == family], ms, target, args.tolerance)
+            arch = cands[name][1]
+            for order in (["leading"] if family == "truncated" else orders):
+                run = name if family == "truncated" else f"{name}-{order}"
+                label = family if family == "truncated" else f"uniform ({order})"
+                imp = importance if order == "importance" else None
+                res = r.stage("baseline", run, ("distill", "evaluate"), lambda run=run, arch=arch, imp=imp: {
+                    **(d := distill_baseline(ctx, run, arch, imp)), "metrics": evaluate(study, r.db, d["student_path"])})
+                rows.append({"budget_ms": b, "family": label, "student": describe(family, arch, order),
+                             "measured_ms": ms[name], "params": arch.params(),
+                             **{m: res["metrics"][m] for m in METRICS}})
+    teacher_acc = nas[budgets[0]]["evaluate"]["teacher_accuracy"]
+    out = study.workdir / "baselines"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"teacher_ms": teacher_ms, "teacher_accuracy": teacher_acc,
+                                                  "budgets": budgets, "rows": rows}, indent=2))
+    png = plot(rows, {"ms": teacher_ms, "accuracy": teacher_acc}, out / "baselines.png")
+    lines = []
+    for row in rows:
+        nas_ms = next(x["measured_ms"] for x in rows if x["budget_ms"] == row["budget_ms"] and x["family"] == "NAS")
+        ratio = row["measured_ms"] / nas_ms
+        flag = "" if row["family"] == "NAS" else ("" if abs(ratio - 1) <= args.tolerance else " (not matched)")
+        lines.append([f"{row['budget_ms']:g} ({row['budget_ms'] / teacher_ms:.2f}x)", row["family"], row["student"],
+                      f"{row['measured_ms']:.2f}", f"{ratio:.2f}{flag}", f"{row['params'] / 1e6:.2f}M",
+                      f"{row['fidelity']:.3f}", f"{row['accuracy']:.3f} ({_f(row['accuracy_ratio'], 2)})",
+                      f"{row['label_loyalty']:.3f}", f"{row['probability_loyalty']:.3f}"])
+    print(f"\nteacher {study.cfg.teacher}: {teacher_ms:.2f} ms, accuracy {teacher_acc:.3f}; "
+          f"distillation {study.cfg.distill.steps} steps x {study.cfg.distill.batch_size} sequences for every student\n")
+    print(table(["budget ms (of teacher)", "family", "student", "measured ms", "ms / NAS", "params", "fidelity",
+                 "accuracy (/ teacher)", "label loyalty", "prob. loyalty"], lines))
+    print("NAS students: [block width] A = attention, F = feed-forward, C<k> = separable convolution of kernel k")
+    print(f"\n{png}\n({time.time() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Hand-designed baselines: exact teacher copies, ETD extraction of leading or important units, distillation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import copy_study
+
+from nas_bert.baselines import (
+    Importance,
+    distill_baseline,
+    teacher_importance,
+    teacher_initialised,
+    truncated_architecture,
+    uniform_architecture,
+)
+from nas_bert.config import load_study
+from nas_bert.errors import NasBertError
+from nas_bert.evaluate import load_student
+from nas_bert.students import StudentContext
+
+IDS = torch.tensor([[101, 2023, 2003, 1037, 2235, 3899, 102, 0], [101, 7592, 2088, 102, 0, 0, 0, 0]])
+MASK = (IDS != 0).long()
+
+
+def test_truncated_teacher_is_an_exact_copy(tiny_teacher):
+    states = tiny_teacher.hidden_states(IDS, MASK)
+    for k in (1, 2, tiny_teacher.num_layers):
+        arch = truncated_architecture(tiny_teacher, k)
+        student, final = teacher_initialised(arch, tiny_teacher)
+        assert arch.params() == sum(p.numel() for p in student.parameters())
+        out = student.eval()(IDS, attention_mask=MASK, output_hidden_states=True)
+        real = MASK.bool()
+        assert torch.allclose(out.last_hidden_state[real], states[k][real], atol=1e-5)
+        assert torch.allclose(out.hidden_states[2][real], states[1][real], atol=1e-5)  # layer 1 after its pair
+        assert torch.equal(final[0], torch.eye(tiny_teacher.hidden_size))  # full width: the identity
+    with pytest.raises(NasBertError, match="layers must lie in 1..4"):
+        truncated_architecture(tiny_teacher, 5)
+
+
+def test_uniform_width_extracts_leading_or_important_units(tiny_teacher):
+    arch = uniform_architecture(tiny_teacher, 16)  # half width: 2 heads of 8, inner 32
+    assert arch.depth == 2 * tiny_teacher.num_layers and arch.blocks[0].ops[0].heads == 2
+    assert arch.blocks[0].ops[1].inner == 32
+    with pytest.raises(NasBertError, match="multiple of the teacher's head size 8"):
+        uniform_architecture(tiny_teacher, 12)
+    t0 = tiny_teacher.encoder.encoder.layer[0]
+
+    leading, final = teacher_initialised(arch, tiny_teacher)
+    assert torch.equal(leading.blocks[0].projection.weight, torch.eye(32)[:16])
+    assert torch.equal(leading.blocks[0].layers[0].query.weight, t0.attention.self.query.weight[:16, :16])
+    assert torch.equal(final[0], torch.eye(32)[:, :16])
+
+    gen = torch.Generator().manual_seed(0)
+    n = tiny_teacher.num_layers
+    imp = Importance(torch.rand(32, generator=gen), [torch.rand(4, generator=gen) for _ in range(n)],
+                     [torch.rand(64, generator=gen) for _ in range(n)])
+    chosen, _ = teacher_initialised(arch, tiny_teacher, imp)
+    dims = torch.sort(torch.topk(imp.hidden, 16).indices).values
+    heads = torch.sort(torch.topk(imp.heads[0], 2).indices).values
+    rows = torch.cat([torch.arange(h * 8, h * 8 + 8) for h in heads.tolist()])
+    neurons = torch.sort(torch.topk(imp.neurons[0], 32).indices).values
+    layer = chosen.blocks[0].layers
+    assert torch.equal(chosen.blocks[0].projection.weight.argmax(1), dims)
+    assert torch.equal(layer[0].query.weight, t0.attention.self.query.weight[rows][:, dims])
+    assert torch.equal(layer[0].output.weight, t0.attention.output.dense.weight[dims][:, rows])
+    assert torch.equal(layer[1].intermediate.weight, t0.intermediate.dense.weight[neurons][:, dims])
+    assert torch.equal(layer[1].LayerNorm.weight, t0.output.LayerNorm.weight[dims])
+
+
+def test_importance_ranks_units_by_their_share_of_the_output(tiny_teacher):
+    imp = teacher_importance(tiny_teacher, [{"input_ids": IDS, "attention_mask": MASK}])
+    assert imp.hidden.shape == (32,) and len(imp.heads) == len(imp.neurons) == tiny_teacher.num_layers
+    assert all(h.shape == (4,) and bool((h > 0).all()) for h in imp.heads)
+    layer = tiny_teacher.encoder.encoder.layer[0]
+    with torch.no_grad():  # a silenced neuron contributes nothing, so it ranks last
+        saved = layer.output.dense.weight[:, 5].clone()
+        layer.output.dense.weight[:, 5] = 0
+        try:
+            zeroed = teacher_importance(tiny_teacher, [{"input_ids": IDS, "attention_mask": MASK}])
+        finally:
+            layer.output.dense.weight[:, 5] = saved
+    assert zeroed.neurons[0][5] == 0 and int(zeroed.neurons[0].argmin()) == 5
+
+
+def test_distill_baseline_resumes_and_saves_a_student(searched_tiny, tmp_path):
+    study = load_study(copy_study(searched_tiny, tmp_path))
+    ctx = StudentContext.open(study)
+    arch = uniform_architecture(ctx.teacher, 16, layers=2)
+    first = distill_baseline(ctx, "uniform-16", arch, stop_after=2)
+    assert first["step"] == 2 and first["student_path"] is None and first["before"] is not None
+    done = distill_baseline(ctx, "uniform-16", arch)
+    assert done["step"] == 4 and done["mapping"] == [2, 4]  # TinyBERT's uniform mapping, 2 points of 4 layers
+    assert done["after"]["final"] < first["before"]["final"]
+    student = load_student(tmp_path / "tiny" / "baselines" / "uniform-16" / "student")
+    assert student.config.architecture == arch.to_dict()
