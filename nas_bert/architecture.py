@@ -1,7 +1,9 @@
 """`Architecture`: the one object that describes a student, from search to export.
 
 A student is the teacher's embeddings, a projection to the first block's width, then blocks;
-each block has one hidden size and a list of sublayer operators; a projection joins blocks.
+each block has one hidden size and a list of sublayer operators; a projection joins blocks; an
+output projection returns to the teacher's width (`output`), so a student's last_hidden_state
+lives in the teacher's space (a drop-in replacement: same size, same geometry it was distilled to).
 Its canonical JSON is the key everywhere (database rows, checkpoints, exported models).
 """
 
@@ -133,6 +135,12 @@ class Architecture:
 
     embeddings: Embeddings
     blocks: tuple[Block, ...]
+    output: int = 0  # width of the output projection (the teacher's); 0: the last block's state is the output
+
+    @classmethod
+    def build(cls, embeddings: Embeddings, blocks: tuple[Block, ...]) -> Architecture:
+        """A student whose output projection returns to the teacher's (embeddings') width."""
+        return cls(embeddings, tuple(blocks), embeddings.width)
 
     # -- serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -144,12 +152,14 @@ class Architecture:
                 "width": self.embeddings.width,
             },
             "blocks": [b.to_dict() for b in self.blocks],
+            **({"output": self.output} if self.output else {}),
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Architecture:
         try:
-            return cls(embeddings=Embeddings(**d["embeddings"]), blocks=tuple(Block.from_dict(b) for b in d["blocks"]))
+            return cls(embeddings=Embeddings(**d["embeddings"]), blocks=tuple(Block.from_dict(b) for b in d["blocks"]),
+                       output=int(d.get("output", 0)))
         except (KeyError, TypeError) as e:
             raise NasBertError(f"not an architecture JSON: missing or unexpected key ({e})") from None
 
@@ -164,7 +174,7 @@ class Architecture:
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
 
     def __str__(self) -> str:
-        return " | ".join(str(b) for b in self.blocks)
+        return " | ".join(str(b) for b in self.blocks) + (f" -> {self.output}" if self.output else "")
 
     # -- size ----------------------------------------------------------------------------
     @property
@@ -183,7 +193,7 @@ class Architecture:
             total += prev * b.hidden + b.hidden  # projection into the block's width
             total += b.params()
             prev = b.hidden
-        return total
+        return total + (prev * self.output + self.output if self.output else 0)
 
     def flops(self, seq_len: int = 128) -> int:
         """Multiply-adds x 2 for one sequence; embedding lookups are free."""
@@ -192,7 +202,7 @@ class Architecture:
             total += 2 * seq_len * prev * b.hidden
             total += sum(op.flops(b.hidden, seq_len) for op in b.ops)
             prev = b.hidden
-        return total
+        return total + 2 * seq_len * prev * self.output
 
     # -- validity ------------------------------------------------------------------------
     def validate(self, space: SearchSpace) -> Architecture:
@@ -251,7 +261,7 @@ def sample_block(space: SearchSpace, rng: random.Random) -> Block:
 def sample(space: SearchSpace, embeddings: Embeddings, seed: int | random.Random) -> Architecture:
     """A uniformly random architecture; the same seed gives the same architecture."""
     rng = seed if isinstance(seed, random.Random) else random.Random(seed)
-    return Architecture(embeddings, tuple(sample_block(space, rng) for _ in range(space.blocks)))
+    return Architecture.build(embeddings, tuple(sample_block(space, rng) for _ in range(space.blocks)))
 
 
 def largest_block(space: SearchSpace) -> Block:
@@ -273,8 +283,8 @@ def smallest_block(space: SearchSpace) -> Block:
 
 
 def largest(space: SearchSpace, embeddings: Embeddings) -> Architecture:
-    return Architecture(embeddings, (largest_block(space),) * space.blocks)
+    return Architecture.build(embeddings, (largest_block(space),) * space.blocks)
 
 
 def smallest(space: SearchSpace, embeddings: Embeddings) -> Architecture:
-    return Architecture(embeddings, (smallest_block(space),) * space.blocks)
+    return Architecture.build(embeddings, (smallest_block(space),) * space.blocks)

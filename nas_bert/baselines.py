@@ -63,7 +63,7 @@ def uniform_architecture(teacher: Teacher, width: int, layers: int | None = None
         raise NasBertError(f"uniform width {width}: must be a multiple of the teacher's head size {hs} in {hs}..{H}")
     inner = int(teacher.config.intermediate_size) * width // H
     pair = (Op("mha", heads=width // hs), Op("ffn", inner=inner))
-    return Architecture(teacher.embeddings_spec(), (Block(width, pair * layers),))
+    return Architecture.build(teacher.embeddings_spec(), (Block(width, pair * layers),))
 
 
 @dataclass
@@ -130,8 +130,8 @@ def teacher_initialised(arch: Architecture, teacher: Teacher, importance: Import
 
     Student layer i takes teacher layer i. Units kept: the leading ones, or the best-scored when
     `importance` is given; at full width nothing is dropped and the copy is exact. Returns the student
-    and a (weight, bias) from its width back to the teacher's (the selection's transpose), the start
-    of the distillation's final projection.
+    and the (weight, bias) from its width back to the teacher's (the selection's transpose), which is
+    also its output projection's start.
     """
     if len(arch.blocks) != 1:
         raise NasBertError("teacher-initialised students have one block; build them with uniform_architecture")
@@ -168,7 +168,11 @@ def teacher_initialised(arch: Architecture, teacher: Teacher, importance: Import
             f.output.weight.copy_(t.output.dense.weight[dims][:, inner])
             f.output.bias.copy_(t.output.dense.bias[dims])
             _copy_norm(f.LayerNorm, t.output.LayerNorm, dims)
-    return student, (select.T.contiguous(), torch.zeros(H))
+        final = (select.T.contiguous(), torch.zeros(H))  # kept dimensions back in their places
+        if student.output_projection is not None:
+            student.output_projection.weight.copy_(final[0])
+            student.output_projection.bias.copy_(final[1])
+    return student, final
 
 
 def _copy_norm(dst: nn.LayerNorm, src: nn.LayerNorm, dims: Tensor) -> None:

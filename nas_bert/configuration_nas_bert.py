@@ -33,6 +33,6 @@ class NasBertConfig(PretrainedConfig):
         self.max_position_embeddings = emb["max_positions"]
         self.type_vocab_size = emb["type_vocab_size"]
         self.embedding_size = emb["width"]
-        # `hidden_size` is what last_hidden_state carries: the width of the last block.
-        self.hidden_size = self.architecture["blocks"][-1]["hidden"]
+        # `hidden_size` is what last_hidden_state carries: the output projection's width, else the last block's.
+        self.hidden_size = self.architecture.get("output") or self.architecture["blocks"][-1]["hidden"]
         super().__init__(pad_token_id=pad_token_id, **kwargs)

@@ -9,8 +9,9 @@ learns from (1..N, non-decreasing). Losses, weighted in the study file:
 - attention: MiniLMv2 relations (Q-Q, K-K, V-V with a fixed number of relation heads, so the
   student's head count does not matter), for each student attention sublayer against the
   teacher layer of its point, by KL divergence;
-- final: MSE of the last state (through a projection initialised from the supernet's output
-  adapter) against the teacher's last hidden state;
+- final: MSE of the student's output (its output projection, which starts as the supernet's
+  output adapter, or the teacher's own layers for a copied student) against the teacher's last
+  hidden state; a student without an output projection gets a distillation-only one;
 - logits: temperature KD on the teacher's MLM predictions, when the teacher has an MLM head.
 The same training loop as the supernet (checkpoints, resume, accelerate, progress).
 """
@@ -85,11 +86,13 @@ class DistillModule(nn.Module):
         widths = layer_widths(arch)
         self.points = distill_points(arch)
         self.point_proj = nn.ModuleList(nn.Linear(widths[i], teacher_width) for i in self.points)
-        self.final_proj = nn.Linear(widths[-1], teacher_width)
+        # the student's own output projection is the final map when it has one (it ships with the student)
+        self.final_proj = nn.Linear(widths[-1], teacher_width) if student.output_projection is None else None
+        target = self.final_proj if self.final_proj is not None else student.output_projection
         if final_init is not None:
             with torch.no_grad():
-                self.final_proj.weight.copy_(final_init[0])
-                self.final_proj.bias.copy_(final_init[1])
+                target.weight.copy_(final_init[0])
+                target.bias.copy_(final_init[1])
         # the layer index (in hidden_states numbering) of every attention sublayer
         self.mha_layers: list[tuple[int, nn.Module]] = []
         i = 0
@@ -110,7 +113,7 @@ class DistillModule(nn.Module):
         qkv = []
         for (idx, layer), x in zip(self.mha_layers, self._inputs, strict=True):
             qkv.append((idx, layer.query(x), layer.key(x), layer.value(x)))  # each (B, T, h)
-        return {"hidden_states": out.hidden_states, "qkv": qkv}
+        return {"hidden_states": out.hidden_states, "last": out.last_hidden_state, "qkv": qkv}
 
 
 def relation_kl(s: Tensor, t: Tensor, heads: int, bias: Tensor) -> Tensor:
@@ -178,7 +181,7 @@ class DistillObjective:
         if self.w.get("embeddings", 0) > 0 and s[0].shape[-1] == t_states[0].shape[-1]:
             terms["embeddings"] = masked_mse(s[0], t_states[0], mask)
         if self.w.get("final", 0) > 0 or self.w.get("logits", 0) > 0:
-            final = core.final_proj(s[-1])
+            final = core.final_proj(s[-1]) if core.final_proj is not None else out["last"]
             terms["final"] = masked_mse(final, t_states[-1], mask)
         if self.w.get("attention", 0) > 0 and out["qkv"]:
             bias = (1.0 - mask[:, None, None, :].to(s[0].dtype)) * -1e4

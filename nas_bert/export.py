@@ -301,7 +301,7 @@ tags: [nas-bert, bert, onnx]
 
 A BERT student found by nas-bert in study `{info["study"]}` (trial {info["trial"]} of the \
 {_fmt(info["budget_ms"], "g")} ms search), extracted from the trained supernet on the embeddings of the teacher \
-`{t["name"]}`{" and distilled from it" if info.get("distilled") else ""}. It returns `last_hidden_state` of shape (batch, sequence, {arch.blocks[-1].hidden}).
+`{t["name"]}`{" and distilled from it" if info.get("distilled") else ""}. It returns `last_hidden_state` of shape (batch, sequence, {arch.output or arch.blocks[-1].hidden}).
 
 ## Usage
 

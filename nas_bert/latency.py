@@ -121,6 +121,7 @@ def table_specs(space: SearchSpace, emb: Embeddings) -> dict[str, Spec]:
     specs: dict[str, Spec] = {embeddings_key(emb): ("embeddings", emb)}
     specs |= {op_key(op, h): ("op", h, op) for h in space.hidden_sizes for op in op_choices(space, h)}
     specs |= {proj_key(i, o): ("proj", i, o) for i in (emb.width, *space.hidden_sizes) for o in space.hidden_sizes}
+    specs |= {proj_key(i, emb.width): ("proj", i, emb.width) for i in space.hidden_sizes}  # output projections
     return specs
 
 
@@ -340,7 +341,7 @@ class LatencyModel:
         for b in arch.blocks:
             total += self.block_raw_ms(b, prev)
             prev = b.hidden
-        return total
+        return total + (self._ms(proj_key(prev, arch.output)) if arch.output else 0.0)
 
     def predict(self, arch: Architecture) -> float:
         """Calibrated end-to-end milliseconds."""
@@ -366,8 +367,9 @@ class LatencyModel:
                        key=lambda t: t[0])
                 for h, blk in cheapest.items()
             }
-        _, blocks = min(best.values(), key=lambda t: t[0])
-        return Architecture(emb, blocks)
+        _, blocks = min(((c + self._ms(proj_key(h, emb.width)), blocks) for h, (c, blocks) in best.items()),
+                        key=lambda t: t[0])
+        return Architecture.build(emb, blocks)
 
     def fastest_possible(self, space: SearchSpace, emb: Embeddings) -> float:
         """The minimum predicted latency over the space: no latency budget below it can be met."""

@@ -151,7 +151,8 @@ class NasBertPreTrainedModel(PreTrainedModel):
 
 
 class NasBertModel(NasBertPreTrainedModel):
-    """Embeddings -> blocks; returns last_hidden_state (B, T, width of the last block)."""
+    """Embeddings -> blocks -> output projection; last_hidden_state (B, T, the teacher's width, or the last
+    block's when the architecture has no output projection); hidden_states: embeddings, then every sublayer."""
 
     def __init__(self, config: NasBertConfig) -> None:
         super().__init__(config)
@@ -160,6 +161,8 @@ class NasBertModel(NasBertPreTrainedModel):
         self.blocks = nn.ModuleList(
             NasBertBlock(config, widths[i], b) for i, b in enumerate(config.architecture["blocks"])
         )
+        output = config.architecture.get("output")
+        self.output_projection = nn.Linear(widths[-1], output) if output else None
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -186,6 +189,8 @@ class NasBertModel(NasBertPreTrainedModel):
             for layer in block.layers:
                 x = layer(x, bias, attention_mask)
                 hidden_states.append(x)
+        if self.output_projection is not None:  # hidden_states keep the sublayers' own widths
+            x = self.output_projection(x)  # (B, T, output)
         if return_dict is False:
             return (x, tuple(hidden_states)) if output_hidden_states else (x,)
         return BaseModelOutput(last_hidden_state=x, hidden_states=tuple(hidden_states) if output_hidden_states else None)

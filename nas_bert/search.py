@@ -79,7 +79,7 @@ def suggest_architecture(trial: optuna.trial.BaseTrial, space: SearchSpace, teac
         # NAS-BERT's rule (identity only ends a block) as a repair: identities move to the end.
         kept = [op for op in ops if op.kind != "identity"]
         blocks.append(Block(hidden, tuple(kept) + (IDENTITY,) * (len(ops) - len(kept))))
-    return Architecture(teacher_emb, tuple(blocks)).validate(space)
+    return Architecture.build(teacher_emb, tuple(blocks)).validate(space)
 
 
 # -- what one search needs in memory ----------------------------------------------------------

@@ -186,6 +186,14 @@ class Supernet(nn.Module):
             prev = (sb, block.hidden)
         return x
 
+    def forward_student(self, embedded: Tensor, arch: Architecture, attention_mask: Tensor | None = None) -> Tensor:
+        """What the extracted student returns: the chain, then its output projection (the last adapter)."""
+        x = self.forward_chain(embedded, arch, attention_mask)
+        if not arch.output:
+            return x
+        w, b = self.output_adapter(len(arch.blocks) - 1, arch.blocks[-1].hidden)
+        return nn.functional.linear(x, w, b)
+
     def output_adapter(self, b: int, width: int) -> tuple[Tensor, Tensor]:
         """Block b's map from its width back to the teacher's (used against the teacher's states)."""
         return self.blocks[b].adapter_out.sliced(width, self.teacher_width)
@@ -203,6 +211,9 @@ class Supernet(nn.Module):
     def extract(self, arch: Architecture, teacher_embeddings: nn.Module | None = None) -> NasBertModel:
         """A standalone student holding copies of the supernet slices for `arch`."""
         arch.validate(self.space)
+        if arch.output not in (0, self.teacher_width):
+            raise NasBertError(f"architecture output width {arch.output}: a supernet student returns to the teacher's "
+                               f"width {self.teacher_width} (or has no output projection: 0)")
         student = NasBertModel(NasBertConfig(architecture=arch.to_dict(), layer_norm_eps=self.eps))
         if teacher_embeddings is not None:
             copy_embeddings(teacher_embeddings, student)
@@ -216,6 +227,10 @@ class Supernet(nn.Module):
                 if op.kind != "identity":
                     sub.extract_into(next(layers), op, block.hidden)
             prev = (sb, block.hidden)
+        if arch.output:  # the last block's adapter back to the teacher: exactly what its block score used
+            w, b = self.output_adapter(len(arch.blocks) - 1, arch.blocks[-1].hidden)
+            _copy(student.output_projection.weight, w)
+            _copy(student.output_projection.bias, b)
         return student
 
 

@@ -25,6 +25,12 @@ def test_json_round_trip_and_stable_hash(tiny_space):
     fixed = Architecture(EMB, (Block(16, (Op("mha", heads=2), IDENTITY, IDENTITY, IDENTITY)),) * 2)
     assert fixed.hash() == Architecture.from_dict(fixed.to_dict()).hash()
     assert len(fixed.hash()) == 16
+    # the output projection is part of the content; architectures written without one still load
+    assert A.sample(tiny_space, EMB, 0).output == EMB.width
+    built = Architecture.build(EMB, fixed.blocks)
+    assert built.hash() != fixed.hash() and Architecture.from_json(built.canonical_json()) == built
+    assert "output" not in fixed.to_dict() and Architecture.from_dict(fixed.to_dict()).output == 0
+    assert built.params() == fixed.params() + 16 * 32 + 32
 
 
 def test_sampling_is_seeded_and_covers_the_space(tiny_space):

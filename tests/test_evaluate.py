@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -27,6 +28,7 @@ def _student(teacher, tiny_space, last_width: int) -> NasBertModel:
     """A random tiny-space student whose last block has `last_width` (found by trying seeds)."""
     arch = next(a for s in range(100) if (a := sample(tiny_space, teacher.embeddings_spec(), s)).blocks[-1].hidden
                 == last_width)
+    arch = dataclasses.replace(arch, output=0)  # no output projection: last_hidden_state has the last block's width
     torch.manual_seed(0)
     return NasBertModel(NasBertConfig(architecture=arch.to_dict())).eval()
 

@@ -84,8 +84,8 @@ def test_exported_student_equals_the_supernet_sub_path(supernet_and_teacher, exp
             save_student(extract_student(study, arch, teacher, supernet), tmp_path / f"s{i}", teacher.tokenizer)
             loaded = AutoModel.from_pretrained(tmp_path / f"s{i}", trust_remote_code=True).eval()
             out = loaded(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
-            ref = supernet.forward_chain(embedded, arch, enc["attention_mask"])
-            assert out.shape == (3, enc["input_ids"].shape[1], arch.blocks[-1].hidden)
+            ref = supernet.forward_student(embedded, arch, enc["attention_mask"])
+            assert out.shape == (3, enc["input_ids"].shape[1], teacher.hidden_size)
             assert (out - ref).abs().max() <= 1e-5, str(arch)
 
 
@@ -111,7 +111,7 @@ def test_loads_without_nas_bert_installed(exported, supernet_and_teacher, tmp_pa
     enc = _batch(teacher)
     with torch.no_grad():
         embedded = teacher.encoder.embeddings(input_ids=enc["input_ids"])
-        expected = supernet.forward_chain(embedded, _arch(folder), enc["attention_mask"])
+        expected = supernet.forward_student(embedded, _arch(folder), enc["attention_mask"])
     torch.save({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "expected": expected},
                tmp_path / "expected.pt")
     sites = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})

@@ -200,7 +200,7 @@ def test_fastest_possible_is_an_attained_lower_bound(built: LatencyModel, space:
         Block(h, (op,) * d + (IDENTITY,) * (space.sublayers_per_block - d))
         for h in space.hidden_sizes for op in op_choices(space, h) for d in space.depths
     ]
-    brute = min(built.predict(Architecture(EMB, combo)) for combo in itertools.product(blocks, repeat=space.blocks))
+    brute = min(built.predict(Architecture.build(EMB, combo)) for combo in itertools.product(blocks, repeat=space.blocks))
     assert best == pytest.approx(brute)
 
 

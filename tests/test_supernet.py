@@ -68,9 +68,13 @@ def test_extracted_student_equals_supernet_path(net, tiny_space, tiny_teacher):
         student = net.extract(arch, tiny_teacher.encoder.embeddings).eval()
         assert sum(p.numel() for p in student.parameters()) == arch.params()
         ours = net.forward_chain(embedded, arch, mask)
-        theirs = student(ids, attention_mask=mask).last_hidden_state
-        assert theirs.shape == (2, 10, arch.blocks[-1].hidden)
-        assert (ours - theirs)[mask.bool()].abs().max() <= 1e-5
+        out = student(ids, attention_mask=mask, output_hidden_states=True)
+        assert out.hidden_states[-1].shape == (2, 10, arch.blocks[-1].hidden)
+        assert (ours - out.hidden_states[-1])[mask.bool()].abs().max() <= 1e-5
+        # the output projection is the last block's adapter back to the teacher's width
+        w, b = net.output_adapter(len(arch.blocks) - 1, arch.blocks[-1].hidden)
+        assert out.last_hidden_state.shape == (2, 10, tiny_teacher.hidden_size) == (2, 10, student.config.hidden_size)
+        assert (torch.nn.functional.linear(ours, w, b) - out.last_hidden_state)[mask.bool()].abs().max() <= 1e-5
 
 
 def test_masked_mse_ignores_padding():
