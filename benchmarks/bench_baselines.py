@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import sys
 import time
@@ -141,10 +142,11 @@ def main() -> None:
 
     key = ",".join(f"{b:g}" for b in budgets)
     ms = r.stage("baseline-latency", key, ("supernet", "latency", "search"), time_all)
-    importance = None
-    if "importance" in orders:
+    @functools.cache
+    def importance() -> Any:  # only computed when a baseline that needs it is not finished yet
         batches = fixed_batches(ctx.corpus["train"], ctx.collator, 8, study.cfg.distill.batch_size, seed=2024)
-        importance = teacher_importance(ctx.teacher, [{k: v.to(study.device()) for k, v in b.items()} for b in batches])
+        return teacher_importance(ctx.teacher, [{k: v.to(study.device()) for k, v in b.items()} for b in batches])
+
     rows: list[dict[str, Any]] = []
     for b in budgets:
         target = ms[f"nas-{b:g}ms"]
@@ -157,9 +159,9 @@ def main() -> None:
             for order in (["leading"] if family == "truncated" else orders):
                 run = name if family == "truncated" else f"{name}-{order}"
                 label = family if family == "truncated" else f"uniform ({order})"
-                imp = importance if order == "importance" else None
-                res = r.stage("baseline", run, ("distill", "evaluate"), lambda run=run, arch=arch, imp=imp: {
-                    **(d := distill_baseline(ctx, run, arch, imp)), "metrics": evaluate(study, r.db, d["student_path"])})
+                res = r.stage("baseline", run, ("distill", "evaluate"), lambda run=run, arch=arch, order=order: {
+                    **(d := distill_baseline(ctx, run, arch, importance() if order == "importance" else None)),
+                    "metrics": evaluate(study, r.db, d["student_path"])})
                 rows.append({"budget_ms": b, "family": label, "student": describe(family, arch, order),
                              "measured_ms": ms[name], "params": arch.params(),
                              **{m: res["metrics"][m] for m in METRICS}})
