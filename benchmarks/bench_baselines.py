@@ -38,7 +38,6 @@ from nas_bert.architecture import Architecture
 from nas_bert.baselines import (
     describe,
     distill_baseline,
-    teacher_importance,
     truncated_architecture,
     uniform_architecture,
 )
@@ -46,6 +45,7 @@ from nas_bert.config import load_study
 from nas_bert.corpus import fixed_batches
 from nas_bert.db import Database
 from nas_bert.evaluate import evaluate_path, stored_evaluation
+from nas_bert.importance import teacher_importance
 from nas_bert.latency import build_student, measure_models
 from nas_bert.pipeline import Runner, shared_stages, student_stages
 from nas_bert.plots import save_figure

@@ -62,7 +62,7 @@ def throughput(study, teacher, corpus, collator, batch_size: int, rounds: int, m
     every = study.cfg.supernet.sandwich_every
     variants = [("uniform", 1), ("sandwich", 1)] + ([("sandwich", every)] if every > 1 else [])
     for sampling, k in variants:
-        net = build_supernet(study, teacher, seed=0).train()
+        net = build_supernet(study, teacher, seed=0, corpus=corpus).train()
         objective = BlockwiseObjective(teacher, study.space, sampling, 0, empty, 0, k)
         train_step = make_train_step(net, objective, batch)
 
@@ -101,7 +101,7 @@ def quality(study, teacher, corpus, collator, n_random: int) -> tuple[list[list[
     ckpt = latest_checkpoint(db, study)
     trained = Supernet(study.space, teacher.hidden_size, float(teacher.config.layer_norm_eps))
     trained.load_state_dict(torch.load(ckpt.path, map_location="cpu", weights_only=False)["model"])
-    nets = {"step 0": build_supernet(study, teacher, cfg.seed), f"step {ckpt.step}": trained.eval()}
+    nets = {"step 0": build_supernet(study, teacher, cfg.seed, corpus), f"step {ckpt.step}": trained.eval()}
     rng = random.Random(7)
     named = {"largest": A.largest_block(study.space), "smallest": A.smallest_block(study.space)}
     named |= {f"random {i}": A.sample_block(study.space, rng) for i in range(3)}

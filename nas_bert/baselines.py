@@ -12,7 +12,6 @@ by the same code as searched students.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -21,29 +20,13 @@ from torch import nn
 from nas_bert.architecture import Architecture, Block, Op
 from nas_bert.configuration_nas_bert import NasBertConfig
 from nas_bert.errors import NasBertError
+from nas_bert.importance import Importance, bert_layers, head_size
 from nas_bert.modeling_nas_bert import NasBertModel
 from nas_bert.supernet import copy_embeddings
 from nas_bert.teacher import Teacher
 
 Tensor = torch.Tensor
 Order = Literal["leading", "importance"]
-
-
-def _bert_layers(teacher: Teacher) -> nn.ModuleList:
-    try:
-        layers = teacher.encoder.encoder.layer
-        layers[0].attention.self.query, layers[0].intermediate.dense
-    except AttributeError:
-        raise NasBertError("teacher-initialised baselines need a BERT-style teacher "
-                           "(encoder.layer[i].attention.self / intermediate / output)") from None
-    if getattr(teacher.config, "hidden_act", "gelu") != "gelu":
-        raise NasBertError(f"teacher activation '{teacher.config.hidden_act}' differs from the students' GELU; "
-                           "a copied student would not match it")
-    return layers
-
-
-def _head_size(teacher: Teacher) -> int:
-    return teacher.hidden_size // int(teacher.config.num_attention_heads)
 
 
 def truncated_architecture(teacher: Teacher, layers: int) -> Architecture:
@@ -58,63 +41,12 @@ def uniform_architecture(teacher: Teacher, width: int, layers: int | None = None
     """`layers` BERT layers (default: the teacher's depth) at one width, the teacher's head size and
     feed-forward ratio (heads = width / head size)."""
     layers = layers or teacher.num_layers
-    hs, H = _head_size(teacher), teacher.hidden_size
+    hs, H = head_size(teacher), teacher.hidden_size
     if width % hs or not hs <= width <= H:
         raise NasBertError(f"uniform width {width}: must be a multiple of the teacher's head size {hs} in {hs}..{H}")
     inner = int(teacher.config.intermediate_size) * width // H
     pair = (Op("mha", heads=width // hs), Op("ffn", inner=inner))
     return Architecture.build(teacher.embeddings_spec(), (Block(width, pair * layers),))
-
-
-@dataclass
-class Importance:
-    """Scores from the teacher's activations: hidden dims (H,), and per layer heads and neurons."""
-
-    hidden: Tensor
-    heads: list[Tensor]
-    neurons: list[Tensor]
-
-
-@torch.no_grad()
-def teacher_importance(teacher: Teacher, batches: list[dict[str, Tensor]]) -> Importance:
-    """How much each unit contributes to the teacher's outputs, averaged over real tokens:
-    a hidden dimension by its mean square across all layer outputs, a head by the norm of its share
-    of the attention output (after W_o), a feed-forward neuron by |activation| x ||its output column||."""
-    layers = _bert_layers(teacher)
-    hs = _head_size(teacher)
-    H, N = teacher.hidden_size, teacher.num_layers
-    heads = [torch.zeros(H // hs) for _ in range(N)]
-    neurons = [torch.zeros(int(teacher.config.intermediate_size)) for _ in range(N)]
-    hidden = torch.zeros(H)
-    captured: dict[tuple[int, str], Tensor] = {}
-    hooks = []
-    for i, layer in enumerate(layers):
-        hooks.append(layer.attention.output.dense.register_forward_pre_hook(
-            lambda m, a, i=i: captured.__setitem__((i, "ctx"), a[0])))
-        hooks.append(layer.output.dense.register_forward_pre_hook(
-            lambda m, a, i=i: captured.__setitem__((i, "act"), a[0])))
-    tokens = 0
-    try:
-        for batch in batches:
-            mask = batch["attention_mask"].bool()
-            states = teacher.hidden_states(batch["input_ids"], batch["attention_mask"])
-            tokens += int(mask.sum())
-            for s in states:
-                hidden += s[mask].float().pow(2).sum(0).cpu()
-            for i, layer in enumerate(layers):
-                ctx = captured[(i, "ctx")][mask]  # (tokens, H): heads side by side
-                wo = layer.attention.output.dense.weight  # (H, H)
-                for h in range(H // hs):
-                    part = ctx[:, h * hs:(h + 1) * hs] @ wo[:, h * hs:(h + 1) * hs].T
-                    heads[i][h] += part.norm(dim=-1).sum().cpu()
-                act = captured[(i, "act")][mask]  # (tokens, inner)
-                neurons[i] += (act.abs().sum(0) * layer.output.dense.weight.norm(dim=0)).cpu()
-    finally:
-        for h in hooks:
-            h.remove()
-    if not tokens:
-        raise NasBertError("importance needs at least one batch with real tokens")
-    return Importance(hidden / tokens, [h / tokens for h in heads], [n / tokens for n in neurons])
 
 
 def _top(scores: Tensor | None, k: int, total: int) -> Tensor:
@@ -135,13 +67,13 @@ def teacher_initialised(arch: Architecture, teacher: Teacher, importance: Import
     """
     if len(arch.blocks) != 1:
         raise NasBertError("teacher-initialised students have one block; build them with uniform_architecture")
-    layers = _bert_layers(teacher)
+    layers = bert_layers(teacher)
     block = arch.blocks[0]
     ops = [op for op in block.ops if op.kind != "identity"]
     pairs = list(zip(ops[::2], ops[1::2], strict=True))
     if len(ops) % 2 or any((a.kind, b.kind) != ("mha", "ffn") for a, b in pairs) or len(pairs) > len(layers):
         raise NasBertError("teacher-initialised students are (attention, feed-forward) pairs, at most the teacher's depth")
-    H, hs, w = teacher.hidden_size, _head_size(teacher), block.hidden
+    H, hs, w = teacher.hidden_size, head_size(teacher), block.hidden
     dims = _top(importance.hidden if importance else None, w, H)
     student = NasBertModel(NasBertConfig(architecture=arch.to_dict(), layer_norm_eps=float(teacher.config.layer_norm_eps)))
     copy_embeddings(teacher.encoder.embeddings, student)

@@ -3,7 +3,9 @@
 One teacher forward per step gives every block boundary; block b learns, from the teacher's
 state at its start boundary, to produce the teacher's state at its end boundary (MSE through its
 output adapter). Each step samples one sub-architecture per block (uniform over the block's
-paths), and with `sandwich` also trains the largest and the smallest.
+paths), and with `sandwich` also trains the largest and the smallest. The supernet starts from the
+teacher's own layers (`supernet.init: teacher`), so training teaches the smaller paths to keep up
+with a largest path that already is the teacher.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from nas_bert.config import Study
 from nas_bert.corpus import fixed_batches, load_corpus, make_collator
 from nas_bert.db import Checkpoint, Database, SupernetRun
 from nas_bert.errors import NasBertError
+from nas_bert.importance import teacher_importance
 from nas_bert.space import SearchSpace
-from nas_bert.supernet import Supernet
+from nas_bert.supernet import Supernet, inherit_teacher
 from nas_bert.teacher import Teacher, load_teacher
 from nas_bert.train import CheckpointDir, make_accelerator, sha256_file, train_loop
 
@@ -142,10 +145,24 @@ def record_checkpoint(db: Database, run_id: int, step: int, path: Path, sha: str
                 other.deleted = 1
 
 
-def build_supernet(study: Study, teacher: Teacher, seed: int) -> Supernet:
+def build_supernet(study: Study, teacher: Teacher, seed: int, corpus: Any = None) -> Supernet:
+    """The untrained supernet: random, or started from the teacher (`supernet.init`). Ranking the
+    teacher's units by importance reads `supernet.init_batches` batches of `corpus["train"]`."""
     study.space.check_teacher(teacher.num_layers, teacher.hidden_size)
+    cfg = study.cfg.supernet
     torch.manual_seed(seed)  # the same initial weights for every run of this study
-    return Supernet(study.space, teacher.hidden_size, eps=float(getattr(teacher.config, "layer_norm_eps", 1e-12)))
+    net = Supernet(study.space, teacher.hidden_size, eps=float(getattr(teacher.config, "layer_norm_eps", 1e-12)))
+    if cfg.init == "teacher":
+        importance = None
+        if cfg.init_units == "importance":
+            if corpus is None:
+                raise NasBertError("supernet.init_units: importance needs the corpus to rank the teacher's units")
+            batches = fixed_batches(corpus["train"], make_collator(teacher.tokenizer, study.cfg.corpus),
+                                    cfg.init_batches, cfg.batch_size, seed=seed)
+            device = next(teacher.encoder.parameters()).device
+            importance = teacher_importance(teacher, [{k: v.to(device) for k, v in b.items()} for b in batches])
+        inherit_teacher(net, teacher, importance)
+    return net
 
 
 def train_supernet(study: Study, steps: int | None = None, stop_after: int | None = None) -> dict[str, Any]:
@@ -155,8 +172,12 @@ def train_supernet(study: Study, steps: int | None = None, stop_after: int | Non
     accelerator = make_accelerator(study.device())
     # Everything that can be wrong with the inputs is checked before anything is written.
     teacher = load_teacher(study.cfg.teacher, accelerator.device)
-    supernet = build_supernet(study, teacher, cfg.seed)
     corpus = load_corpus(study.cfg.corpus, teacher.tokenizer)
+    ckpts = CheckpointDir(study.workdir / "supernet", keep=cfg.keep_checkpoints)
+    # A resumed run loads its checkpoint over these weights: rank the teacher's units only on a fresh start.
+    fresh = ckpts.latest() is None
+    supernet = build_supernet(study, teacher, cfg.seed, corpus) if fresh else \
+        Supernet(study.space, teacher.hidden_size, eps=float(getattr(teacher.config, "layer_norm_eps", 1e-12)))
     main = accelerator.is_main_process  # only rank 0 writes to the database and to disk
     db = Database(study.db_url) if main else None
     run_id = 0
@@ -168,8 +189,7 @@ def train_supernet(study: Study, steps: int | None = None, stop_after: int | Non
                                 study.space.blocks, accelerator.device)
     objective = BlockwiseObjective(teacher, study.space, cfg.sampling, cfg.seed, val, cfg.val_random_archs,
                                    cfg.sandwich_every)
-    ckpts = CheckpointDir(study.workdir / "supernet", keep=cfg.keep_checkpoints)
-    meta = {"space": study.space.fingerprint(), "teacher": study.cfg.teacher}
+    meta = {"space": study.space.fingerprint(), "teacher": study.cfg.teacher, "init": f"{cfg.init}/{cfg.init_units}"}
     t0 = time.perf_counter()
     report = train_loop(
         model=supernet, objective=objective, dataset=corpus["train"], collator=collator, cfg=cfg,

@@ -47,6 +47,15 @@ class SupernetConfig(TrainConfig):
     )
     sandwich_every: int = Field(default=1, ge=1, description="with sandwich: train the extremes every k-th step")
     val_random_archs: int = Field(default=2, ge=0, description="random sub-architectures scored at each validation")
+    init: Literal["teacher", "random"] = Field(
+        default="teacher",
+        description="teacher: attention/feed-forward weights start from the teacher's layers (full width = the teacher); "
+                    "random: from scratch",
+    )
+    init_units: Literal["importance", "leading"] = Field(
+        default="importance", description="with init teacher: narrower widths keep the most important units, or the leading ones"
+    )
+    init_batches: int = Field(default=4, ge=1, description="corpus batches that rank the teacher's units by importance")
 
 
 class SearchConfig(_Strict):

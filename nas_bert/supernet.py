@@ -5,6 +5,11 @@ weight (HAT, once-for-all). Every size is passed to `forward` explicitly; no lay
 last sub-architecture it ran (HAT's `set_sample_config` pitfall). Each block has linear adapters
 from the teacher's width to the block's width and back, so block b can be trained alone to turn
 the teacher's state at its start boundary into the teacher's state at its end boundary.
+
+`inherit_teacher` starts those weights from the teacher's own layers (NAS-BERT, AutoTinyBERT and
+DynaBERT all start from pretrained weights): at full width the path (attention, feed-forward) x k
+of block b is the teacher's layers exactly, and every smaller width is the ETD extraction of the
+teacher's most important units, because units are sorted by importance before the copy.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from torch import nn
 from nas_bert.architecture import Architecture, Block, Op
 from nas_bert.configuration_nas_bert import NasBertConfig
 from nas_bert.errors import NasBertError
+from nas_bert.importance import Importance, bert_layers, head_size
 from nas_bert.modeling_nas_bert import (
     NasBertModel,
     attention,
@@ -26,6 +32,7 @@ from nas_bert.modeling_nas_bert import (
     sep_conv,
 )
 from nas_bert.space import SearchSpace
+from nas_bert.teacher import Teacher
 
 Tensor = torch.Tensor
 
@@ -232,6 +239,74 @@ class Supernet(nn.Module):
             _copy(student.output_projection.weight, w)
             _copy(student.output_projection.bias, b)
         return student
+
+
+def teacher_layer(space: SearchSpace, num_layers: int, b: int, j: int) -> int:
+    """The teacher layer whose attention and feed-forward weights start sublayer position j of block b.
+
+    Block b mimics teacher layers [b k, (b + 1) k), k = layers / blocks; positions go in
+    (attention, feed-forward) pairs, and pair p takes the layer at the same relative depth
+    (every other layer when the block has half as many pairs as teacher layers).
+    """
+    k = num_layers // space.blocks
+    return b * k + min(k - 1, (j // 2) * 2 * k // space.sublayers_per_block)
+
+
+def _order(scores: Tensor | None, n: int) -> Tensor:
+    """Units by decreasing importance (or as they are), so that leading slices keep the best."""
+    return torch.arange(n) if scores is None else torch.argsort(scores.float().cpu(), descending=True, stable=True)
+
+
+@torch.no_grad()
+def inherit_teacher(net: Supernet, teacher: Teacher, importance: Importance | None = None) -> None:
+    """Start the supernet's attention, feed-forward and LayerNorm weights from the teacher's layers.
+
+    Hidden dimensions, heads and feed-forward neurons are permuted by decreasing `importance` (or kept
+    in order without it); the adapters are the matching permutation and its inverse, so at full width
+    every block computes exactly the teacher's layers, and a narrower slice keeps the most important
+    units (ETD extraction, DynaBERT's network rewiring). Separable convolutions have no teacher
+    counterpart and keep their random start; feed-forward neurons beyond the teacher's start with a
+    zero output so they change nothing until trained.
+    """
+    layers = bert_layers(teacher)
+    space, T, H = net.space, net.teacher_width, net.space.max_hidden
+    hs = head_size(teacher)
+    dims = _order(importance.hidden if importance else None, T)  # supernet dim k = teacher dim dims[k]
+    for b, sb in enumerate(net.blocks):
+        sb.adapter_in.weight.zero_()
+        sb.adapter_in.weight[torch.arange(H), dims[:H]] = 1.0
+        sb.adapter_in.bias.zero_()
+        sb.adapter_out.weight.zero_()
+        sb.adapter_out.weight[dims[:H], torch.arange(H)] = 1.0
+        sb.adapter_out.bias.zero_()
+        for j, sub in enumerate(sb.sublayers):
+            i = teacher_layer(space, teacher.num_layers, b, j)
+            t = layers[i]
+            if "mha" in space.operators:
+                heads = _order(importance.heads[i] if importance else None, T // hs)
+                rows = (heads[:, None] * hs + torch.arange(hs)).reshape(-1)[:H]  # the heads' dimensions, best first
+                for dst, src in ((sub.query, t.attention.self.query), (sub.key, t.attention.self.key),
+                                 (sub.value, t.attention.self.value)):
+                    dst.weight.copy_(src.weight[rows][:, dims[:H]])
+                    dst.bias.copy_(src.bias[rows])
+                sub.attn_out.weight.copy_(t.attention.output.dense.weight[dims[:H]][:, rows])
+                sub.attn_out.bias.copy_(t.attention.output.dense.bias[dims[:H]])
+                _copy_norm(sub.ln_mha, t.attention.output.LayerNorm, dims[:H])
+            if "ffn" in space.operators:
+                inner = t.intermediate.dense.out_features
+                n = min(inner, space.max_inner)
+                neurons = _order(importance.neurons[i] if importance else None, inner)[:n]
+                sub.intermediate.weight[:n].copy_(t.intermediate.dense.weight[neurons][:, dims[:H]])
+                sub.intermediate.bias[:n].copy_(t.intermediate.dense.bias[neurons])
+                sub.ffn_out.weight.zero_()
+                sub.ffn_out.weight[:, :n].copy_(t.output.dense.weight[dims[:H]][:, neurons])
+                sub.ffn_out.bias.copy_(t.output.dense.bias[dims[:H]])
+                _copy_norm(sub.ln_ffn, t.output.LayerNorm, dims[:H])
+
+
+def _copy_norm(dst: ElasticLayerNorm, src: nn.LayerNorm, dims: Tensor) -> None:
+    dst.weight.copy_(src.weight[dims])
+    dst.bias.copy_(src.bias[dims])
 
 
 def copy_embeddings(teacher_embeddings: nn.Module, student: NasBertModel) -> None:

@@ -7,9 +7,7 @@ import torch
 from conftest import copy_study
 
 from nas_bert.baselines import (
-    Importance,
     distill_baseline,
-    teacher_importance,
     teacher_initialised,
     truncated_architecture,
     uniform_architecture,
@@ -17,6 +15,7 @@ from nas_bert.baselines import (
 from nas_bert.config import load_study
 from nas_bert.errors import NasBertError
 from nas_bert.evaluate import load_student
+from nas_bert.importance import Importance, teacher_importance
 from nas_bert.students import StudentContext
 
 IDS = torch.tensor([[101, 2023, 2003, 1037, 2235, 3899, 102, 0], [101, 7592, 2088, 102, 0, 0, 0, 0]])

@@ -82,3 +82,72 @@ def test_masked_mse_ignores_padding():
     target[0, 3] = 100.0
     assert masked_mse(pred, target, torch.tensor([[1, 1, 1, 0]])) == 0
     assert masked_mse(pred, target, None) > 0
+
+
+IDS = torch.tensor([[101, 2023, 2003, 1037, 2235, 3899, 102, 0], [101, 7592, 2088, 102, 0, 0, 0, 0]])
+MASK = (IDS != 0).long()
+
+
+def _random_importance(teacher):
+    from nas_bert.importance import Importance
+
+    gen = torch.Generator().manual_seed(3)
+    n = teacher.num_layers
+    return Importance(torch.rand(32, generator=gen), [torch.rand(4, generator=gen) for _ in range(n)],
+                      [torch.rand(64, generator=gen) for _ in range(n)])
+
+
+def test_teacher_layer_pairs_follow_relative_depth(tiny_space):
+    from nas_bert.supernet import teacher_layer
+
+    three = tiny_space.model_copy(update={"blocks": 3})  # 3 blocks of 4 positions
+    assert [teacher_layer(three, 6, b, j) for b in range(3) for j in range(4)] == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+    # twice as many teacher layers as pairs: every other layer, as DistilBERT takes them
+    assert [teacher_layer(three, 12, 1, j) for j in range(4)] == [4, 4, 6, 6]
+    assert [teacher_layer(three, 3, 2, j) for j in range(4)] == [2, 2, 2, 2]
+
+
+@pytest.mark.parametrize("ranked", [False, True])
+def test_inherited_supernet_is_the_teacher_at_full_width(tiny_space, tiny_teacher, ranked):
+    from nas_bert.supernet import inherit_teacher
+
+    torch.manual_seed(0)
+    net = Supernet(tiny_space, teacher_width=32, eps=float(tiny_teacher.config.layer_norm_eps)).eval()
+    inherit_teacher(net, tiny_teacher, _random_importance(tiny_teacher) if ranked else None)
+    states = tiny_teacher.hidden_states(IDS, MASK)
+    real = MASK.bool()
+    pair = (A.Op("mha", heads=4), A.Op("ffn", inner=64))
+    full = A.Block(32, pair * 2)
+    with torch.no_grad():
+        for b in range(tiny_space.blocks):  # block b is teacher layers 2b and 2b + 1 exactly
+            out = net.forward_block(b, states[2 * b], full, MASK)
+            assert (out - states[2 * b + 2])[real].abs().max() <= 1e-5
+        arch = A.Architecture.build(tiny_teacher.embeddings_spec(), (full, full))
+        student = net.extract(arch, tiny_teacher.encoder.embeddings).eval()
+        out = student(IDS, attention_mask=MASK).last_hidden_state
+    assert (out - states[-1])[real].abs().max() <= 1e-5  # the extracted student is the teacher
+
+
+def test_inheritance_ranks_units_so_narrow_slices_keep_the_best(tiny_space, tiny_teacher):
+    from nas_bert.supernet import inherit_teacher
+
+    imp = _random_importance(tiny_teacher)
+    torch.manual_seed(0)
+    net = Supernet(tiny_space, teacher_width=32)
+    inherit_teacher(net, tiny_teacher, imp)
+    best = torch.argsort(imp.hidden, descending=True)
+    sb = net.blocks[1]
+    assert torch.equal(sb.adapter_in.sliced(32, 16)[0].argmax(1), best[:16])  # width 16 = the 16 best dimensions
+    assert torch.equal(sb.adapter_out.sliced(16, 32)[0].argmax(0), best[:16])
+    t = tiny_teacher.encoder.encoder.layer[3]  # block 1, positions 2-3 <- teacher layer 3
+    head = int(imp.heads[3].argmax())
+    assert torch.equal(sb.sublayers[2].query.weight[:8], t.attention.self.query.weight[head * 8:(head + 1) * 8][:, best])
+    neuron = int(imp.neurons[3].argmax())
+    assert torch.equal(sb.sublayers[3].intermediate.weight[0], t.intermediate.dense.weight[neuron][best])
+    assert torch.equal(sb.sublayers[3].ln_ffn.weight, t.output.LayerNorm.weight[best])
+    torch.manual_seed(0)
+    fresh = Supernet(tiny_space, teacher_width=32)
+    ours, theirs = net.blocks[0].sublayers[0], fresh.blocks[0].sublayers[0]
+    for name in ("depthwise", "pointwise"):  # no teacher counterpart: their random start is kept
+        assert torch.equal(getattr(ours, name).weight, getattr(theirs, name).weight)
+    assert not torch.equal(ours.query.weight, theirs.query.weight)

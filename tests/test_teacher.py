@@ -48,6 +48,25 @@ def test_extraction_on_the_real_teacher_matches_the_supernet(minilm):
         assert (ours - theirs)[real].abs().max() <= 1e-5
 
 
+@pytest.mark.slow
+def test_supernet_inherits_the_real_teacher(minilm):
+    from nas_bert.importance import teacher_importance
+    from nas_bert.supernet import inherit_teacher
+
+    space = load_space("nas_bert")
+    net = Supernet(space, minilm.hidden_size, float(minilm.config.layer_norm_eps)).eval()
+    batch = minilm.tokenizer(["a dog is a domesticated canid", "to run"], return_tensors="pt", padding=True)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    inherit_teacher(net, minilm, teacher_importance(minilm, [{"input_ids": ids, "attention_mask": mask}]))
+    full = A.Block(384, (A.Op("mha", heads=12), A.Op("ffn", inner=1536)) * 2)
+    arch = A.Architecture.build(minilm.embeddings_spec(), (full,) * 3)
+    student = net.extract(arch, minilm.encoder.embeddings).eval()
+    with torch.no_grad():
+        ours = student(ids, attention_mask=mask).last_hidden_state
+    theirs = minilm.hidden_states(ids, mask)[-1]
+    assert (ours - theirs)[mask.bool()].abs().max() <= 1e-4  # the largest student is the teacher, unit order aside
+
+
 def test_mlm_teacher_keeps_its_head(tmp_path, tiny_teacher):
     cfg = BertConfig(vocab_size=tiny_teacher.tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
                      num_attention_heads=4, intermediate_size=64, architectures=["BertForMaskedLM"])
