@@ -50,7 +50,8 @@ from nas_bert.teacher import Teacher, load_teacher
 from nas_bert.train import sha256_file
 
 ONNX_TOL = 1e-4  # fp32 ONNX must reproduce PyTorch to this max abs diff
-INT8_REL_TOL = 0.5  # int8 sanity bound: max abs diff / max |output| (dynamic quantisation is lossy)
+INT8_REL_TOL = 0.5  # int8 sanity bound on ||int8 - fp32|| / ||fp32|| over real tokens; dynamic quantisation is
+# lossy (about 0.1-0.15 with per-channel weights for MiniLM and its students), a broken graph is near 1
 CODE_FILES = ("configuration_nas_bert.py", "modeling_nas_bert.py")
 VARIANTS = ("torch_fp32", "onnx_fp32", "onnx_int8")  # the student's measured runtimes
 # Real text of different lengths for checking the ONNX graphs (dynamic batch and sequence axes).
@@ -128,27 +129,32 @@ def export_onnx(model: NasBertModel, folder: Path, tokenizer: Any, seq_len: int)
     root = logging.getLogger()
     level, root.level = root.level, logging.ERROR  # quantize_dynamic logs a pre-processing hint on the root logger
     try:
-        quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
+        # Per-channel weight scales: BERT's outlier rows make one scale per tensor lose most of the rest.
+        quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=True)
     finally:
         root.level = level
     # Batches of 1, 3 and 6 texts of different lengths, and one padded to the full sequence length.
     batches = [_encode(tokenizer, SAMPLE_TEXTS[:1], seq_len), _encode(tokenizer, SAMPLE_TEXTS[2:5], seq_len),
                _encode(tokenizer, SAMPLE_TEXTS, seq_len), _encode(tokenizer, SAMPLE_TEXTS[:2], seq_len, "max_length")]
     s32, s8 = _session(fp32, 1), _session(int8, 1)
-    diff32 = diff8 = scale = 0.0
+    diff32, refs, q8s = 0.0, [], []
     for feeds in batches:
         with torch.inference_mode():
             ref = model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).last_hidden_state.numpy()
         diff32 = max(diff32, float(np.abs(s32.run(None, feeds)[0] - ref).max()))
-        diff8 = max(diff8, float(np.abs(s8.run(None, feeds)[0] - ref).max()))
-        scale = max(scale, float(np.abs(ref).max()))
+        real = feeds["attention_mask"].astype(bool)
+        refs.append(ref[real])
+        q8s.append(s8.run(None, feeds)[0][real])
+    ref, q8 = np.concatenate(refs), np.concatenate(q8s)  # (real tokens, width)
+    rel8 = float(np.linalg.norm(q8 - ref) / np.linalg.norm(ref))
+    cos8 = float(np.mean((q8 * ref).sum(-1) / (np.linalg.norm(q8, axis=-1) * np.linalg.norm(ref, axis=-1) + 1e-12)))
     if not diff32 <= ONNX_TOL:
         raise NasBertError(f"{fp32}: ONNX output differs from PyTorch by {diff32:.2e} (> {ONNX_TOL:g}); "
                            "report this with the model's nas_bert.json")
-    if not diff8 <= INT8_REL_TOL * scale:
-        raise NasBertError(f"{int8}: int8 output differs from PyTorch by {diff8:.3g}, over {INT8_REL_TOL:g} x the "
-                           f"output scale {scale:.3g}; use onnx/model.onnx")
-    return {"onnx_max_abs_diff": diff32, "int8_max_abs_diff": diff8, "output_max_abs": scale,
+    if not rel8 <= INT8_REL_TOL:
+        raise NasBertError(f"{int8}: int8 output is {rel8:.2f} of the output's norm away from PyTorch's "
+                           f"(> {INT8_REL_TOL:g}); use onnx/model.onnx and report this with nas_bert.json")
+    return {"onnx_max_abs_diff": diff32, "int8_rel_error": rel8, "int8_mean_cosine": cos8,
             "checked_shapes": [list(b["input_ids"].shape) for b in batches],
             "onnx_mb": _mb(fp32), "int8_mb": _mb(int8)}
 
@@ -343,7 +349,8 @@ is (disturbed blocks dropped, 10th percentile of the rest); the prediction is th
 | approximate loss (sum of block MSE) | {_fmt(m["approx_loss"], ".5f")} |
 | rescored loss (end-to-end MSE vs teacher) | {_fmt(m["rescored_loss"], ".5f")} |
 | ONNX fp32 max abs diff vs PyTorch | {m["onnx_max_abs_diff"]:.2e} |
-| ONNX int8 max abs diff vs PyTorch | {m["int8_max_abs_diff"]:.3g} |
+| ONNX int8 relative error vs PyTorch (norm of difference / norm) | {m["int8_rel_error"]:.3f} |
+| ONNX int8 mean cosine to PyTorch per token | {m["int8_mean_cosine"]:.4f} |
 {_extra_metrics(info)}
 ## Provenance
 
@@ -512,7 +519,7 @@ def _student_summary(i: dict[str, Any]) -> dict[str, Any]:
     return {**{k: i[k] for k in keep}, "onnx_mb": met["onnx_mb"], "int8_mb": met["int8_mb"],
             "measured_ms": {k: lat[k] for k in VARIANTS}, "teacher_ms": lat["teacher_torch_fp32"],
             "speedup": lat["speedup"], **{k: met[k] for k in ("approx_loss", "rescored_loss", "onnx_max_abs_diff",
-                                                             "int8_max_abs_diff")}}
+                                                             "int8_rel_error", "int8_mean_cosine")}}
 
 
 def export_front(study: Study, out_dir: Path, budgets: list[float] | None = None, overwrite: bool = False,

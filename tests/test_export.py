@@ -153,7 +153,7 @@ def test_onnx_agrees_with_pytorch_at_any_batch_and_length(exported, supernet_and
             assert np.abs(fp32.run(None, feeds)[0] - ref).max() <= 1e-4
             q = int8.run(None, feeds)[0]
             assert q.shape == ref.shape and np.isfinite(q).all()
-        assert s["onnx_max_abs_diff"] <= 1e-4 and s["int8_max_abs_diff"] < 1.0
+        assert s["onnx_max_abs_diff"] <= 1e-4 and s["int8_rel_error"] < 0.5 and s["int8_mean_cosine"] > 0.8
 
 
 def test_export_writes_index_plot_cards_and_database_rows(exported, searched):
