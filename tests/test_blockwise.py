@@ -92,7 +92,7 @@ def test_kill_and_rerun_continues(tiny_study_file):
     proc.wait()
     killed_at = max(int(p.stem.split("-")[1]) for p in ckdir.glob("step-*.pt"))
     assert 0 < killed_at < 400
-    done = subprocess.run([*cmd, "--json"], check=False, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([*cmd, "--json"], check=False, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr
     assert '"step": 400' in done.stdout
     study = load_study(tiny_study_file)
