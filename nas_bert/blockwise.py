@@ -145,14 +145,15 @@ def record_checkpoint(db: Database, run_id: int, step: int, path: Path, sha: str
                 other.deleted = 1
 
 
-def build_supernet(study: Study, teacher: Teacher, seed: int, corpus: Any = None) -> Supernet:
-    """The untrained supernet: random, or started from the teacher (`supernet.init`). Ranking the
-    teacher's units by importance reads `supernet.init_batches` batches of `corpus["train"]`."""
+def build_supernet(study: Study, teacher: Teacher, seed: int, corpus: Any = None, inherit: bool = True) -> Supernet:
+    """The untrained supernet: random, or started from the teacher (`supernet.init`; `inherit=False`
+    skips that when a checkpoint will be loaded over it). Ranking the teacher's units by importance
+    reads `supernet.init_batches` batches of `corpus["train"]`."""
     study.space.check_teacher(teacher.num_layers, teacher.hidden_size)
     cfg = study.cfg.supernet
     torch.manual_seed(seed)  # the same initial weights for every run of this study
     net = Supernet(study.space, teacher.hidden_size, eps=float(getattr(teacher.config, "layer_norm_eps", 1e-12)))
-    if cfg.init == "teacher":
+    if inherit and cfg.init == "teacher":
         importance = None
         if cfg.init_units == "importance":
             if corpus is None:
@@ -175,9 +176,7 @@ def train_supernet(study: Study, steps: int | None = None, stop_after: int | Non
     corpus = load_corpus(study.cfg.corpus, teacher.tokenizer)
     ckpts = CheckpointDir(study.workdir / "supernet", keep=cfg.keep_checkpoints)
     # A resumed run loads its checkpoint over these weights: rank the teacher's units only on a fresh start.
-    fresh = ckpts.latest() is None
-    supernet = build_supernet(study, teacher, cfg.seed, corpus) if fresh else \
-        Supernet(study.space, teacher.hidden_size, eps=float(getattr(teacher.config, "layer_norm_eps", 1e-12)))
+    supernet = build_supernet(study, teacher, cfg.seed, corpus, inherit=ckpts.latest() is None)
     main = accelerator.is_main_process  # only rank 0 writes to the database and to disk
     db = Database(study.db_url) if main else None
     run_id = 0
