@@ -15,14 +15,13 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from torch import nn
 
 from nas_bert.architecture import Architecture, Block, Op
 from nas_bert.configuration_nas_bert import NasBertConfig
 from nas_bert.errors import NasBertError
 from nas_bert.importance import Importance, bert_layers, head_size
 from nas_bert.modeling_nas_bert import NasBertModel
-from nas_bert.supernet import copy_embeddings
+from nas_bert.supernet import copy_embeddings, copy_norm
 from nas_bert.teacher import Teacher
 
 Tensor = torch.Tensor
@@ -93,23 +92,18 @@ def teacher_initialised(arch: Architecture, teacher: Teacher, importance: Import
                 dst.bias.copy_(src.bias[cols])
             a.output.weight.copy_(t.attention.output.dense.weight[dims][:, cols])
             a.output.bias.copy_(t.attention.output.dense.bias[dims])
-            _copy_norm(a.LayerNorm, t.attention.output.LayerNorm, dims)
+            copy_norm(a.LayerNorm, t.attention.output.LayerNorm, dims)
             inner = _top(importance.neurons[i] if importance else None, ffn.inner, t.intermediate.dense.out_features)
             f.intermediate.weight.copy_(t.intermediate.dense.weight[inner][:, dims])
             f.intermediate.bias.copy_(t.intermediate.dense.bias[inner])
             f.output.weight.copy_(t.output.dense.weight[dims][:, inner])
             f.output.bias.copy_(t.output.dense.bias[dims])
-            _copy_norm(f.LayerNorm, t.output.LayerNorm, dims)
+            copy_norm(f.LayerNorm, t.output.LayerNorm, dims)
         final = (select.T.contiguous(), torch.zeros(H))  # kept dimensions back in their places
         if student.output_projection is not None:
             student.output_projection.weight.copy_(final[0])
             student.output_projection.bias.copy_(final[1])
     return student, final
-
-
-def _copy_norm(dst: nn.LayerNorm, src: nn.LayerNorm, dims: Tensor) -> None:
-    dst.weight.copy_(src.weight[dims])
-    dst.bias.copy_(src.bias[dims])
 
 
 def describe(kind: str, arch: Architecture, order: str | None = None) -> str:

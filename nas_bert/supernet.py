@@ -271,13 +271,13 @@ def inherit_teacher(net: Supernet, teacher: Teacher, importance: Importance | No
     layers = bert_layers(teacher)
     space, T, H = net.space, net.teacher_width, net.space.max_hidden
     hs = head_size(teacher)
-    dims = _order(importance.hidden if importance else None, T)  # supernet dim k = teacher dim dims[k]
+    dims = _order(importance.hidden if importance else None, T)[:H]  # supernet dim k = teacher dim dims[k]
     for b, sb in enumerate(net.blocks):
         sb.adapter_in.weight.zero_()
-        sb.adapter_in.weight[torch.arange(H), dims[:H]] = 1.0
+        sb.adapter_in.weight[torch.arange(H), dims] = 1.0
         sb.adapter_in.bias.zero_()
         sb.adapter_out.weight.zero_()
-        sb.adapter_out.weight[dims[:H], torch.arange(H)] = 1.0
+        sb.adapter_out.weight[dims, torch.arange(H)] = 1.0
         sb.adapter_out.bias.zero_()
         for j, sub in enumerate(sb.sublayers):
             i = teacher_layer(space, teacher.num_layers, b, j)
@@ -287,24 +287,25 @@ def inherit_teacher(net: Supernet, teacher: Teacher, importance: Importance | No
                 rows = (heads[:, None] * hs + torch.arange(hs)).reshape(-1)[:H]  # the heads' dimensions, best first
                 for dst, src in ((sub.query, t.attention.self.query), (sub.key, t.attention.self.key),
                                  (sub.value, t.attention.self.value)):
-                    dst.weight.copy_(src.weight[rows][:, dims[:H]])
+                    dst.weight.copy_(src.weight[rows][:, dims])
                     dst.bias.copy_(src.bias[rows])
-                sub.attn_out.weight.copy_(t.attention.output.dense.weight[dims[:H]][:, rows])
-                sub.attn_out.bias.copy_(t.attention.output.dense.bias[dims[:H]])
-                _copy_norm(sub.ln_mha, t.attention.output.LayerNorm, dims[:H])
+                sub.attn_out.weight.copy_(t.attention.output.dense.weight[dims][:, rows])
+                sub.attn_out.bias.copy_(t.attention.output.dense.bias[dims])
+                copy_norm(sub.ln_mha, t.attention.output.LayerNorm, dims)
             if "ffn" in space.operators:
                 inner = t.intermediate.dense.out_features
                 n = min(inner, space.max_inner)
                 neurons = _order(importance.neurons[i] if importance else None, inner)[:n]
-                sub.intermediate.weight[:n].copy_(t.intermediate.dense.weight[neurons][:, dims[:H]])
+                sub.intermediate.weight[:n].copy_(t.intermediate.dense.weight[neurons][:, dims])
                 sub.intermediate.bias[:n].copy_(t.intermediate.dense.bias[neurons])
                 sub.ffn_out.weight.zero_()
-                sub.ffn_out.weight[:, :n].copy_(t.output.dense.weight[dims[:H]][:, neurons])
-                sub.ffn_out.bias.copy_(t.output.dense.bias[dims[:H]])
-                _copy_norm(sub.ln_ffn, t.output.LayerNorm, dims[:H])
+                sub.ffn_out.weight[:, :n].copy_(t.output.dense.weight[dims][:, neurons])
+                sub.ffn_out.bias.copy_(t.output.dense.bias[dims])
+                copy_norm(sub.ln_ffn, t.output.LayerNorm, dims)
 
 
-def _copy_norm(dst: ElasticLayerNorm, src: nn.LayerNorm, dims: Tensor) -> None:
+def copy_norm(dst: nn.Module, src: nn.LayerNorm, dims: Tensor) -> None:
+    """A LayerNorm's weight and bias at the teacher dimensions `dims` (in that order)."""
     dst.weight.copy_(src.weight[dims])
     dst.bias.copy_(src.bias[dims])
 
