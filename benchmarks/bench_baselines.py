@@ -3,7 +3,8 @@
     python benchmarks/bench_baselines.py --config studies/demo.yaml
 
 Budgets are fractions of the teacher's measured latency (default 1/2, 1/4, 1/8), rounded to
---round ms so that a rerun on a slightly noisier machine lands on the same budgets. For each budget:
+--round ms so that a rerun on a slightly noisier machine lands on the same budgets; a budget at or below
+the space's fastest student (predicted) is lifted to the next step above it. For each budget:
 - NAS: the study's own stages 4-8 (search, rescoring, layer mapping, distillation, evaluation),
   the same stages `nas-bert run` records, so budgets the study already ran are not redone;
 - truncated: the teacher's first k layers copied exactly (DistilBERT-style initialisation);
@@ -24,6 +25,7 @@ import argparse
 import copy
 import functools
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -46,7 +48,7 @@ from nas_bert.corpus import fixed_batches
 from nas_bert.db import Database
 from nas_bert.evaluate import evaluate_path, stored_evaluation
 from nas_bert.importance import teacher_importance
-from nas_bert.latency import build_student, measure_models
+from nas_bert.latency import build_student, ensure_latency_model, measure_models
 from nas_bert.pipeline import Runner, shared_stages, student_stages
 from nas_bert.plots import save_figure
 from nas_bert.students import StudentContext, trial_architecture
@@ -132,6 +134,15 @@ def main() -> None:
     teacher_ms = r.stage("baseline-teacher-latency", "", ("latency",), time_teacher)["teacher_ms"]
     fractions = [float(f) for f in args.fractions.split(",")]
     budgets = [round(max(args.round, round(f * teacher_ms / args.round) * args.round), 6) for f in fractions]
+    # A budget below the space's fastest student would leave nothing to search: lift it to the next step above.
+    fastest = ensure_latency_model(r.db, study.space, ctx.teacher.embeddings_spec(), study.cfg.latency,
+                                   progress=False).fastest_possible(study.space, ctx.teacher.embeddings_spec())
+    for i, b in enumerate(budgets):
+        if b <= fastest:
+            budgets[i] = round(math.floor(fastest / args.round + 1) * args.round, 6)
+            print(f"budget {b:g} ms ({fractions[i]:g} of the teacher) is not above the space's fastest student "
+                  f"({fastest:.2f} ms predicted): using {budgets[i]:g} ms")
+    budgets = sorted(set(budgets), reverse=True)
     nas = {b: student_stages(r, study, b) for b in budgets}
     nas_arch = {b: trial_architecture(r.db, study, s["search"]["trial"], b) for b, s in nas.items()}
 
