@@ -30,11 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import cpu_name, table
 from nas_bert.config import load_study
 from nas_bert.errors import NasBertError
-from nas_bert.export import export_front, measure_latencies
+from nas_bert.export import export_front
 from nas_bert.latency import hardware_name
+from nas_bert.onnx_export import VARIANTS, measure_latencies
 from nas_bert.teacher import load_teacher
-
-VARIANTS = ("torch_fp32", "onnx_fp32", "onnx_int8")
 
 
 def folder_mb(folder: Path) -> float:

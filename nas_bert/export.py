@@ -9,13 +9,10 @@ never leaves half an export, and the database records it only after the rename.
 from __future__ import annotations
 
 import json
-import logging
-import math
 import os
 import re
 import shlex
 import shutil
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,19 +21,20 @@ from typing import Any
 
 import numpy as np
 import optuna
-import torch
 from optuna.trial import TrialState
 from sqlalchemy import select
 from tqdm.auto import tqdm
 
 from nas_bert.architecture import Architecture
 from nas_bert.blockwise import load_supernet_checkpoint
+from nas_bert.card import model_card
 from nas_bert.config import Study
 from nas_bert.configuration_nas_bert import NasBertConfig
 from nas_bert.db import ArchitectureRow, Checkpoint, Database, ExportRow, SupernetRun
 from nas_bert.errors import NasBertError
-from nas_bert.latency import LatencyConfig, hardware_name, measure_callables
+from nas_bert.latency import hardware_name
 from nas_bert.modeling_nas_bert import NasBertModel
+from nas_bert.onnx_export import VARIANTS, export_onnx, mb, measure_latencies
 from nas_bert.search import (
     best_under_budget,
     budgets_in_db,
@@ -49,15 +47,7 @@ from nas_bert.supernet import Supernet
 from nas_bert.teacher import Teacher, load_teacher
 from nas_bert.train import sha256_file
 
-ONNX_TOL = 1e-4  # fp32 ONNX must reproduce PyTorch to this max abs diff
-INT8_REL_TOL = 0.5  # int8 sanity bound on ||int8 - fp32|| / ||fp32|| over real tokens; dynamic quantisation is
-# lossy (about 0.1-0.15 with per-channel weights for MiniLM and its students), a broken graph is near 1
 CODE_FILES = ("configuration_nas_bert.py", "modeling_nas_bert.py")
-VARIANTS = ("torch_fp32", "onnx_fp32", "onnx_int8")  # the student's measured runtimes
-# Real text of different lengths for checking the ONNX graphs (dynamic batch and sequence axes).
-SAMPLE_TEXTS = ("a dog", "the act of making something new", "an expression of greeting", "ok",
-                "a small, fast model that computes the same hidden states as its supernet path",
-                "a written account of the events of a life, told in the order in which they happened to the writer")
 
 
 @dataclass
@@ -90,109 +80,6 @@ def save_student(model: NasBertModel, folder: Path, tokenizer: Any) -> None:
         if not path.is_file() or re.search(r"^\s*(from|import)\s+nas_bert\b", path.read_text(), re.MULTILINE):
             raise NasBertError(f"{path} is missing or imports nas_bert; the student code must be self-contained")
 
-
-def _encode(tokenizer: Any, texts: tuple[str, ...], seq_len: int, padding: bool | str = True) -> dict[str, np.ndarray]:
-    enc = tokenizer(list(texts), padding=padding, truncation=True, max_length=seq_len, return_tensors="np")
-    return {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask")}
-
-
-def _session(path: Path, threads: int) -> Any:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
-def export_onnx(model: NasBertModel, folder: Path, tokenizer: Any, seq_len: int) -> dict[str, Any]:
-    """onnx/model.onnx (dynamic batch and sequence) and onnx/model.int8.onnx, both checked against PyTorch."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    out = folder / "onnx"
-    out.mkdir(parents=True, exist_ok=True)
-    fp32, int8 = out / "model.onnx", out / "model.int8.onnx"
-    model = model.eval()
-    example = {k: torch.from_numpy(v) for k, v in _encode(tokenizer, SAMPLE_TEXTS[1:3], seq_len).items()}
-    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
-    # The TorchScript exporter cannot trace LayerNorm over a dynamic width; the dynamo exporter can.
-    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model, (example["input_ids"], example["attention_mask"]), str(fp32), dynamo=True, verbose=False,
-            input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"],
-            dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
-            external_data=False,
-        )
-    root = logging.getLogger()
-    level, root.level = root.level, logging.ERROR  # quantize_dynamic logs a pre-processing hint on the root logger
-    try:
-        # Per-channel weight scales: BERT's outlier rows make one scale per tensor lose most of the rest.
-        quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=True)
-    finally:
-        root.level = level
-    # Batches of 1, 3 and 6 texts of different lengths, and one padded to the full sequence length.
-    batches = [_encode(tokenizer, SAMPLE_TEXTS[:1], seq_len), _encode(tokenizer, SAMPLE_TEXTS[2:5], seq_len),
-               _encode(tokenizer, SAMPLE_TEXTS, seq_len), _encode(tokenizer, SAMPLE_TEXTS[:2], seq_len, "max_length")]
-    s32, s8 = _session(fp32, 1), _session(int8, 1)
-    diff32, refs, q8s = 0.0, [], []
-    for feeds in batches:
-        with torch.inference_mode():
-            ref = model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).last_hidden_state.numpy()
-        diff32 = max(diff32, float(np.abs(s32.run(None, feeds)[0] - ref).max()))
-        real = feeds["attention_mask"].astype(bool)
-        refs.append(ref[real])
-        q8s.append(s8.run(None, feeds)[0][real])
-    ref, q8 = np.concatenate(refs), np.concatenate(q8s)  # (real tokens, width)
-    rel8 = float(np.linalg.norm(q8 - ref) / np.linalg.norm(ref))
-    cos8 = float(np.mean((q8 * ref).sum(-1) / (np.linalg.norm(q8, axis=-1) * np.linalg.norm(ref, axis=-1) + 1e-12)))
-    if not diff32 <= ONNX_TOL:
-        raise NasBertError(f"{fp32}: ONNX output differs from PyTorch by {diff32:.2e} (> {ONNX_TOL:g}); "
-                           "report this with the model's nas_bert.json")
-    if not rel8 <= INT8_REL_TOL:
-        raise NasBertError(f"{int8}: int8 output is {rel8:.2f} of the output's norm away from PyTorch's "
-                           f"(> {INT8_REL_TOL:g}); use onnx/model.onnx and report this with nas_bert.json")
-    return {"onnx_max_abs_diff": diff32, "int8_rel_error": rel8, "int8_mean_cosine": cos8,
-            "checked_shapes": [list(b["input_ids"].shape) for b in batches],
-            "onnx_mb": _mb(fp32), "int8_mb": _mb(int8)}
-
-
-def _mb(path: Path) -> float:
-    return round(path.stat().st_size / 2**20, 3)
-
-
-# -- latency ------------------------------------------------------------------------------------
-
-
-def measure_latencies(student: NasBertModel, folder: Path, teacher: Teacher, cfg: LatencyConfig) -> dict[str, Any]:
-    """Milliseconds of the student (PyTorch fp32, ONNX fp32, ONNX int8) and the teacher, on this machine.
-
-    The four are timed in interleaved rounds like the latency table (blocks disturbed by other processes
-    are dropped, a low percentile of the rest is kept), so predicted and measured figures are comparable
-    and the speed-ups fair. ONNX Runtime gets intra_op_num_threads = cfg.threads.
-    """
-    dev = torch.device(cfg.device)
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, student.config.vocab_size, (cfg.batch_size, cfg.seq_len), generator=gen)
-    feeds = {"input_ids": ids.numpy(), "attention_mask": np.ones_like(ids.numpy())}
-    on_dev = {"input_ids": ids.to(dev), "attention_mask": torch.ones_like(ids).to(dev)}
-    s32, s8 = (_session(folder / "onnx" / f, cfg.threads) for f in ("model.onnx", "model.int8.onnx"))
-    teacher_model, student = teacher.encoder.eval().to(dev), student.eval().to(dev)
-    calls: dict[str, Callable[[], Any]] = {
-        "teacher_torch_fp32": lambda: teacher_model(**on_dev), "torch_fp32": lambda: student(**on_dev),
-        "onnx_fp32": lambda: s32.run(None, feeds), "onnx_int8": lambda: s8.run(None, feeds)}
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(cfg.threads)
-        values = measure_callables(list(calls.values()), cfg)  # the latency table's timing, so both agree
-    finally:
-        torch.set_num_threads(threads)
-        student.to("cpu")
-        teacher.encoder.to("cpu")
-    ms: dict[str, Any] = dict(zip(calls, values, strict=True))
-    return ms
 
 
 # -- which students -----------------------------------------------------------------------------
@@ -261,109 +148,6 @@ def _checkpoint(db: Database, study: Study, scored_sha: str) -> dict[str, Any]:
 
 
 # -- model card ---------------------------------------------------------------------------------
-def _fmt(x: float | None, spec: str = ".3f") -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
-
-
-def _extra_metrics(info: dict[str, Any]) -> str:
-    """Rows for distillation and evaluation, when those stages have run."""
-    m, d, rows = info["metrics"], info.get("distilled"), []
-    if d:
-        rows.append(f"| distilled | {d['steps']} steps, layer mapping {d['mapping']} |")
-        rows.append(f"| held-out final-state MSE before / after distillation | {_fmt(d['final_loss_before'], '.5f')} / "
-                    f"{_fmt(d['final_loss_after'], '.5f')} |")
-    labels = {"eval_fidelity": "fidelity to the teacher (Spearman of pairwise cosine similarities)",
-              "eval_accuracy": "downstream accuracy", "eval_teacher_accuracy": "teacher's accuracy (same protocol)",
-              "eval_accuracy_ratio": "accuracy / teacher's", "eval_label_loyalty": "label loyalty",
-              "eval_probability_loyalty": "probability loyalty (1 - Jensen-Shannon distance)"}
-    task = f" ({m['eval_task']})" if "eval_task" in m else ""
-    rows += [f"| {label}{task if k != 'eval_fidelity' else ''} | {_fmt(m[k], '.4f')} |"
-             for k, label in labels.items() if m.get(k) is not None]
-    return "\n".join(rows) + ("\n" if rows else "")
-
-
-def model_card(info: dict[str, Any], arch: Architecture) -> str:
-    """README.md: usage, the architecture per block and sublayer, latency beside the teacher's, metrics, command."""
-    m, lat, t, ck = info["metrics"], info["latency"], info["teacher"], info["checkpoint"]
-    cfg, sp, tms = lat["config"], lat["speedup"], _fmt(lat["teacher_torch_fp32"])
-    emb = arch.embeddings
-    rows = [f"| - | embeddings | {emb.width} | the teacher's (vocab {emb.vocab_size}) | {emb.params():,} |"]
-    prev = arch.embeddings.width
-    for i, b in enumerate(arch.blocks):
-        rows.append(f"| {i} | projection | {prev} -> {b.hidden} | linear | {prev * b.hidden + b.hidden:,} |")
-        rows += [f"| {i} | {j} | {b.hidden} | {op} | {op.params(b.hidden):,} |" for j, op in enumerate(b.ops)]
-        prev = b.hidden
-    runtimes = "\n".join(f"| {label} | {_fmt(lat[k])} | {tms} | {_fmt(sp[k], '.2f')}x |" for label, k in
-                         (("PyTorch fp32", "torch_fp32"), ("ONNX fp32", "onnx_fp32"), ("ONNX int8", "onnx_int8")))
-    table = "\n".join(rows)
-    stale = "" if ck["scored_with_sha256"] == ck["sha256"] else (
-        f"; the search scored it with checkpoint sha256 `{ck['scored_with_sha256']}`, since pruned")
-    return f"""---
-library_name: transformers
-pipeline_tag: feature-extraction
-tags: [nas-bert, bert, onnx]
----
-# {info["name"]}
-
-A BERT student found by nas-bert in study `{info["study"]}` (trial {info["trial"]} of the \
-{_fmt(info["budget_ms"], "g")} ms search), extracted from the trained supernet on the embeddings of the teacher \
-`{t["name"]}`{" and distilled from it" if info.get("distilled") else ""}. It returns `last_hidden_state` of shape (batch, sequence, {arch.output or arch.blocks[-1].hidden}).
-
-## Usage
-
-```python
-from transformers import AutoModel, AutoTokenizer
-
-tokenizer = AutoTokenizer.from_pretrained("{info["name"]}", trust_remote_code=True)
-model = AutoModel.from_pretrained("{info["name"]}", trust_remote_code=True)
-hidden = model(**tokenizer(["a sentence"], return_tensors="pt")).last_hidden_state
-```
-
-ONNX: `onnx/model.onnx` (fp32) and `onnx/model.int8.onnx` (dynamic int8 weights) take `input_ids` and \
-`attention_mask` of any batch size and sequence length and return `last_hidden_state`.
-
-## Architecture
-
-| block | sublayer | width | operator | parameters |
-|---|---|---|---|---|
-{table}
-
-Parameters: **{info["params"]:,}** (teacher {t["params"]:,}). FLOPs per sequence of {cfg["seq_len"]} tokens: \
-**{info["flops"]:,}**. Weights: {info["size_mb"]:.2f} MB.
-
-## Latency
-
-Measured on {lat["machine"]}, batch {cfg["batch_size"]}, sequence length {cfg["seq_len"]}, {cfg["threads"]} \
-threads. The student's three runtimes and the teacher were timed in interleaved rounds, as the latency table \
-is (disturbed blocks dropped, 10th percentile of the rest); the prediction is the search's latency model.
-
-| runtime | student ms | teacher ms (PyTorch fp32) | speed-up |
-|---|---|---|---|
-| predicted (latency model) | {_fmt(info["predicted_ms"])} | | |
-{runtimes}
-
-## Metrics
-
-| metric | value |
-|---|---|
-| approximate loss (sum of block MSE) | {_fmt(m["approx_loss"], ".5f")} |
-| rescored loss (end-to-end MSE vs teacher) | {_fmt(m["rescored_loss"], ".5f")} |
-| ONNX fp32 max abs diff vs PyTorch | {m["onnx_max_abs_diff"]:.2e} |
-| ONNX int8 relative error vs PyTorch (norm of difference / norm) | {m["int8_rel_error"]:.3f} |
-| ONNX int8 mean cosine to PyTorch per token | {m["int8_mean_cosine"]:.4f} |
-{_extra_metrics(info)}
-## Provenance
-
-- architecture hash `{info["hash"]}`; the full architecture JSON is in `nas_bert.json`
-- supernet checkpoint `{ck["path"]}` (step {ck["step"]}, sha256 `{ck["sha256"]}`){stale}
-
-Made with:
-
-```
-{info["command"]}
-```
-"""
-
 
 # -- the export ---------------------------------------------------------------------------------
 def _export_one(study: Study, m: Member, teacher: Teacher, supernet: Supernet, ckpt: dict[str, Any],
@@ -383,7 +167,7 @@ def _export_one(study: Study, m: Member, teacher: Teacher, supernet: Supernet, c
     info = {
         "name": m.name, "study": study.name, "hash": m.row["hash"], "trial": m.trial, "budget_ms": m.budget_ms,
         "budgets_ms": m.budgets, "params": arch.params(), "flops": arch.flops(cfg.seq_len),
-        "size_mb": _mb(folder / "model.safetensors"), "predicted_ms": m.row["predicted_ms"],
+        "size_mb": mb(folder / "model.safetensors"), "predicted_ms": m.row["predicted_ms"],
         "latency": {**ms, "machine": f"{hardware_name(cfg.device)} ({os.cpu_count()} cpus)", "config": cfg.model_dump(),
                     "speedup": {k: ms["teacher_torch_fp32"] / ms[k] for k in VARIANTS}},
         "metrics": metrics, "teacher": dict(tinfo), "checkpoint": ckpt, "command": command,

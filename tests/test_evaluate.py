@@ -13,6 +13,7 @@ from sqlalchemy import select
 from transformers import BertConfig, BertModel
 
 from nas_bert import evaluate as ev
+from nas_bert import tasks
 from nas_bert.architecture import sample
 from nas_bert.configuration_nas_bert import NasBertConfig
 from nas_bert.db import Database, EvaluationRow
@@ -96,7 +97,7 @@ def test_csv_task_maps_string_labels_and_splits_deterministically(tmp_path: Path
     assert set(dd["train"]["label"]) == {0, 1, 2}
     row = dd["train"][0]
     assert names[row["label"]] == ["pos", "neg", "neutral"][int(row["text"].split()[-1]) % 3]
-    ev._TASKS.clear()  # a fresh load must give the same split
+    tasks._TASKS.clear()  # a fresh load must give the same split
     again, _ = ev.load_task(str(f), cfg)
     assert again["test"]["text"] == dd["test"]["text"]
 

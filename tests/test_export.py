@@ -24,7 +24,8 @@ from nas_bert.blockwise import load_supernet_checkpoint, train_supernet
 from nas_bert.config import load_study
 from nas_bert.db import ArchitectureRow, Database, ExportRow
 from nas_bert.errors import NasBertError
-from nas_bert.export import _session, export_front, export_trial, extract_student, save_student, select_members
+from nas_bert.export import export_front, export_trial, extract_student, save_student, select_members
+from nas_bert.onnx_export import session
 from nas_bert.search import latest_checkpoint, optuna_study_name, pareto_rows, search, storage_for
 from nas_bert.teacher import load_teacher
 
@@ -143,7 +144,7 @@ def test_onnx_agrees_with_pytorch_at_any_batch_and_length(exported, supernet_and
     for s in exported[1]["students"]:
         folder = exported[0] / s["name"]
         model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
-        fp32, int8 = _session(folder / "onnx" / "model.onnx", 1), _session(folder / "onnx" / "model.int8.onnx", 1)
+        fp32, int8 = session(folder / "onnx" / "model.onnx", 1), session(folder / "onnx" / "model.int8.onnx", 1)
         assert all(isinstance(d, str) for d in fp32.get_inputs()[0].shape)  # dynamic batch and sequence
         for texts in (TEXTS[:1], TEXTS, TEXTS * 3):
             enc = teacher.tokenizer(texts, padding=True, return_tensors="np")
