@@ -36,8 +36,8 @@ from nas_bert.latency import hardware_name
 from nas_bert.modeling_nas_bert import NasBertModel
 from nas_bert.onnx_export import VARIANTS, export_onnx, mb, measure_latencies
 from nas_bert.search import (
-    best_under_budget,
     budgets_in_db,
+    chosen_row,
     latest_checkpoint,
     optuna_study_name,
     pareto_rows,
@@ -115,7 +115,7 @@ def select_members(db: Database, study: Study, budgets: list[float] | None) -> l
                     members[r["hash"]] = Member(f"nasbert-front-{r['hash'][:8]}", _row(db, study, r["hash"]),
                                                 r["trial"], b, [b])
             continue
-        best = best_under_budget(pareto_rows(db, study, b))  # the same choice as the search's summary
+        best = chosen_row(db, study, b)  # the same choice as the search's summary
         if best is None:
             raise NasBertError(f"the search for budget {b:g} ms in study '{study.name}' has no feasible trial; "
                                "search with more trials or a larger budget")

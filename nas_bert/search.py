@@ -82,6 +82,21 @@ def suggest_architecture(trial: optuna.trial.BaseTrial, space: SearchSpace, teac
     return Architecture.build(teacher_emb, tuple(blocks)).validate(space)
 
 
+def op_token(op: Op, hidden: int) -> str:
+    """The search token of an operator (the inverse of `token_op`)."""
+    if op.kind == "ffn":
+        return f"ffn{op.inner // hidden}"
+    if op.kind == "sepconv":
+        return f"sepconv{op.kernel}"
+    return op.kind
+
+
+def trial_params(arch: Architecture) -> dict[str, Any]:
+    """The trial parameters that suggest `arch` (for `enqueue_trial`)."""
+    return {k: v for b, blk in enumerate(arch.blocks) for k, v in
+            ((f"b{b}_hidden", blk.hidden), *((f"b{b}_s{j}", op_token(op, blk.hidden)) for j, op in enumerate(blk.ops)))}
+
+
 # -- what one search needs in memory ----------------------------------------------------------
 @dataclass
 class SearchContext:
@@ -173,6 +188,31 @@ def record_architecture(ctx: SearchContext, arch: Architecture, predicted_ms: fl
         pass
 
 
+def seed_architectures(ctx: SearchContext, budget_ms: float) -> dict[str, Architecture]:
+    """Hand-designed students inside the space, evaluated before the sampler's own: the space's fastest
+    student (so a budget that any student meets yields one), and for k = 1, 2, ... the k leading
+    (attention, feed-forward) pairs at full width, which the supernet started from the teacher's
+    layers, followed by the fastest blocks. Those predicted over the budget are left out."""
+    space, emb = ctx.study.space, ctx.teacher.embeddings_spec()
+    fastest = ctx.latency.fastest_architecture(space, emb)
+    out = {"fastest": fastest}
+    h, pairs = max(space.hidden_sizes), space.sublayers_per_block // 2
+    layer = (Op("mha", heads=h // space.head_size), Op("ffn", inner=max(space.ffn_ratios) * h))
+    for k in range(1, space.blocks * pairs + 1) if {"mha", "ffn", "identity"} <= set(space.operators) else ():
+        fill = [min(pairs, k - b * pairs) for b in range(space.blocks)]
+        blocks = tuple(Block(h, layer * n + (IDENTITY,) * (space.sublayers_per_block - 2 * n)) if n > 0
+                       else fastest.blocks[b] for b, n in enumerate(fill))
+        out[f"teacher-pairs-{k}"] = Architecture.build(emb, blocks)
+
+    def fits(arch: Architecture) -> bool:
+        try:
+            return ctx.latency.predict(arch.validate(space)) <= budget_ms
+        except NasBertError:  # e.g. a space whose depths do not allow a pair
+            return False
+
+    return {n: a for n, a in out.items() if fits(a)}
+
+
 def make_objective(ctx: SearchContext, budget_ms: float, n_trials: int, name: str):
     emb = ctx.teacher.embeddings_spec()
     started = datetime.now()  # Optuna stores naive local times
@@ -254,6 +294,9 @@ def run_worker(study: Study, budget_ms: float, n_trials: int, worker: int = 0, c
         raise NasBertError(f"the {budget_ms:g} ms search of study '{study.name}' was scored with supernet checkpoint "
                            f"{made_with[:12]}, the latest is {ctx.checkpoint_sha[:12]}; delete the Optuna study "
                            f"'{name}' (optuna delete-study) or search under another study name")
+    if not study_.get_trials(deepcopy=False):  # a new search: the seed students go first
+        for seed, arch in seed_architectures(ctx, budget_ms).items():
+            study_.enqueue_trial(trial_params(arch), user_attrs={"seed": seed}, skip_if_exists=True)
     wait_for_stale(study_, storage, cfg)
     done = len(study_.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     if done >= n_trials:
@@ -320,7 +363,7 @@ def finish_search(ctx: SearchContext, budget_ms: float) -> dict[str, Any]:
         if len(best) == cfg.rescore_top:
             break
         best.setdefault(t.user_attrs["arch_hash"], t)
-    for t in study_.best_trials:
+    for t in [*study_.best_trials, *(t for t in feasible if "seed" in t.user_attrs)]:
         if t.values[1] <= budget_ms:
             best.setdefault(t.user_attrs["arch_hash"], t)
     approx, rescored = [], []
@@ -333,7 +376,7 @@ def finish_search(ctx: SearchContext, budget_ms: float) -> dict[str, Any]:
             approx.append(row.approx_loss)
             rescored.append(row.rescored_loss)
     front = pareto_rows(ctx.db, study, budget_ms)
-    chosen = best_under_budget(front)
+    chosen = chosen_row(ctx.db, study, budget_ms)
     return {
         "study": study.name, "optuna_study": name, "budget_ms": budget_ms,
         "trials": {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState},
@@ -343,32 +386,51 @@ def finish_search(ctx: SearchContext, budget_ms: float) -> dict[str, Any]:
     }
 
 
-def pareto_rows(db: Database, study: Study, budget_ms: float) -> list[dict[str, Any]]:
-    """The feasible Pareto front (approximate loss vs predicted latency), one row per architecture."""
-    name = optuna_study_name(study, budget_ms)
+def _load(study: Study, budget_ms: float) -> optuna.Study:
     try:
-        study_ = optuna.load_study(study_name=name, storage=storage_for(study))
+        return optuna.load_study(study_name=optuna_study_name(study, budget_ms), storage=storage_for(study))
     except KeyError:
         raise NasBertError(f"no search for budget {budget_ms:g} ms in study '{study.name}'; run `nas-bert search "
                            f"--config {study.file} --latency-budget-ms {budget_ms:g}`") from None
-    seen: dict[str, dict[str, Any]] = {}
-    for t in sorted(study_.best_trials, key=lambda t: t.values[1]):
-        h = t.user_attrs["arch_hash"]
-        if h in seen or t.values[1] > budget_ms:
-            continue
-        with db.session() as s:
-            row = s.scalars(select(ArchitectureRow).where(ArchitectureRow.study == study.name, ArchitectureRow.hash == h)).one()
-            seen[h] = {"trial": t.number, "hash": h, "params": row.params, "flops": row.flops,
-                       "predicted_ms": row.predicted_ms, "approx_loss": row.approx_loss,
-                       "rescored_loss": row.rescored_loss, "measured_ms": row.measured_ms,
-                       "architecture": str(Architecture.from_json(row.arch_json))}
+
+
+def _arch_rows(db: Database, study: Study, trials: list[optuna.trial.FrozenTrial]) -> list[dict[str, Any]]:
+    """One row per distinct architecture, in the trials' order (its first trial names it)."""
+    with db.session() as s:
+        rows = {r.hash: r for r in s.scalars(select(ArchitectureRow).where(
+            ArchitectureRow.study == study.name, ArchitectureRow.hash.in_({t.user_attrs["arch_hash"] for t in trials})))}
+        seen: dict[str, dict[str, Any]] = {}
+        for t in trials:
+            h = t.user_attrs["arch_hash"]
+            if h not in seen:
+                row = rows[h]
+                seen[h] = {"trial": t.number, "hash": h, "params": row.params, "flops": row.flops,
+                           "predicted_ms": row.predicted_ms, "approx_loss": row.approx_loss,
+                           "rescored_loss": row.rescored_loss, "measured_ms": row.measured_ms,
+                           "architecture": str(Architecture.from_json(row.arch_json)),
+                           **({"seed": t.user_attrs["seed"]} if "seed" in t.user_attrs else {})}
     return list(seen.values())
 
 
-def best_under_budget(front: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The student a budget yields: the front member with the lowest rescored (else approximate) loss."""
-    return min(front, key=lambda r: (r["rescored_loss"] if r["rescored_loss"] is not None else math.inf,
-                                     r["approx_loss"]), default=None)
+def pareto_rows(db: Database, study: Study, budget_ms: float) -> list[dict[str, Any]]:
+    """The feasible Pareto front (approximate loss vs predicted latency), one row per architecture."""
+    front = sorted(_load(study, budget_ms).best_trials, key=lambda t: t.values[1])
+    return _arch_rows(db, study, [t for t in front if t.values[1] <= budget_ms])
+
+
+def chosen_row(db: Database, study: Study, budget_ms: float) -> dict[str, Any] | None:
+    """The student a budget yields: the lowest rescored loss among the feasible candidates rescoring saw
+    (the best by approximate loss, the front, the seed students); before rescoring, the front's best."""
+    done = _load(study, budget_ms).get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    rescored = [r for r in _arch_rows(db, study, [t for t in done if t.values[1] <= budget_ms])
+                if r["rescored_loss"] is not None]
+    return best_under_budget(rescored or pareto_rows(db, study, budget_ms))
+
+
+def best_under_budget(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The row with the lowest rescored (else approximate) loss."""
+    return min(rows, key=lambda r: (r["rescored_loss"] if r["rescored_loss"] is not None else math.inf,
+                                    r["approx_loss"]), default=None)
 
 
 def budgets_in_db(study: Study) -> list[float]:

@@ -20,7 +20,15 @@ from nas_bert.blockwise import train_supernet
 from nas_bert.cli import app
 from nas_bert.config import load_study
 from nas_bert.errors import NasBertError
-from nas_bert.search import optuna_study_name, search, storage_for, suggest_architecture
+from nas_bert.search import (
+    open_context,
+    optuna_study_name,
+    search,
+    seed_architectures,
+    storage_for,
+    suggest_architecture,
+    trial_params,
+)
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +65,30 @@ def test_search_returns_a_feasible_front(study_file):
 def test_budget_below_the_fastest_architecture_fails_at_once(study_file):
     with pytest.raises(NasBertError, match=r"below the fastest architecture .* ms predicted"):
         search(load_study(study_file), budget_ms=1e-4)
+
+
+def test_seed_students_are_searched_first_and_rescored(study_file):
+    study = load_study(study_file)
+    ctx = open_context(study, progress=False)
+    fastest_ms = ctx.latency.fastest_possible(study.space, ctx.teacher.embeddings_spec())
+    seeds = seed_architectures(ctx, 1e9)
+    # the fastest student, then 1..blocks x pairs leading (attention, feed-forward) pairs at full width
+    assert list(seeds) == ["fastest", *(f"teacher-pairs-{k}" for k in range(1, 5))]
+    full = seeds["teacher-pairs-3"].blocks
+    assert [b.hidden for b in full[:2]] == [32, 32] and [op.kind for op in full[1].ops] == ["mha", "ffn", "identity", "identity"]
+    assert full[1].ops[0].heads == 4 and full[1].ops[1].inner == 64
+    for arch in seeds.values():  # each seed's parameters suggest exactly it
+        assert suggest_architecture(optuna.trial.FixedTrial(trial_params(arch)), study.space,
+                                    ctx.teacher.embeddings_spec()).hash() == arch.hash()
+    # a budget just above the fastest student: too tight for most samples, but the seed guarantees a student
+    budget = round(fastest_ms + 0.01, 2)
+    assert list(seed_architectures(ctx, budget)) == ["fastest"]
+    summary = search(study, budget_ms=budget, trials=6)
+    st = optuna.load_study(study_name=optuna_study_name(study, budget), storage=storage_for(study))
+    first = min(st.get_trials(deepcopy=False), key=lambda t: t.number)
+    assert first.user_attrs["seed"] == "fastest" and first.user_attrs["arch_hash"] == seeds["fastest"].hash()
+    assert summary["chosen"] is not None and summary["chosen"]["predicted_ms"] <= budget
+    assert summary["chosen"]["rescored_loss"] is not None
 
 
 def test_suggested_architectures_are_valid_and_identity_moves_to_the_end(tiny_space, tiny_teacher):
