@@ -21,7 +21,7 @@ from nas_bert.configuration_nas_bert import NasBertConfig
 from nas_bert.errors import NasBertError
 from nas_bert.importance import Importance, bert_layers, head_size
 from nas_bert.modeling_nas_bert import NasBertModel
-from nas_bert.supernet import copy_embeddings, copy_norm
+from nas_bert.supernet import copy_attention, copy_embeddings, copy_ffn
 from nas_bert.teacher import Teacher
 
 Tensor = torch.Tensor
@@ -87,18 +87,10 @@ def teacher_initialised(arch: Architecture, teacher: Teacher, importance: Import
             a, f = sb.layers[2 * i], sb.layers[2 * i + 1]
             heads = _top(importance.heads[i] if importance else None, mha.heads, H // hs)
             cols = (heads[:, None] * hs + torch.arange(hs)).reshape(-1)  # the kept heads' dimensions
-            for dst, src in ((a.query, t.attention.self.query), (a.key, t.attention.self.key), (a.value, t.attention.self.value)):
-                dst.weight.copy_(src.weight[cols][:, dims])
-                dst.bias.copy_(src.bias[cols])
-            a.output.weight.copy_(t.attention.output.dense.weight[dims][:, cols])
-            a.output.bias.copy_(t.attention.output.dense.bias[dims])
-            copy_norm(a.LayerNorm, t.attention.output.LayerNorm, dims)
+            copy_attention((a.query, a.key, a.value, a.output), a.LayerNorm, t, cols, dims)
             inner = _top(importance.neurons[i] if importance else None, ffn.inner, t.intermediate.dense.out_features)
-            f.intermediate.weight.copy_(t.intermediate.dense.weight[inner][:, dims])
-            f.intermediate.bias.copy_(t.intermediate.dense.bias[inner])
-            f.output.weight.copy_(t.output.dense.weight[dims][:, inner])
-            f.output.bias.copy_(t.output.dense.bias[dims])
-            copy_norm(f.LayerNorm, t.output.LayerNorm, dims)
+            copy_ffn((f.intermediate.weight, f.intermediate.bias, f.output.weight, f.output.bias), f.LayerNorm, t,
+                     inner, dims)
         final = (select.T.contiguous(), torch.zeros(H))  # kept dimensions back in their places
         if student.output_projection is not None:
             student.output_projection.weight.copy_(final[0])

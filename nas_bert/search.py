@@ -424,13 +424,8 @@ def chosen_row(db: Database, study: Study, budget_ms: float) -> dict[str, Any] |
     done = _load(study, budget_ms).get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     rescored = [r for r in _arch_rows(db, study, [t for t in done if t.values[1] <= budget_ms])
                 if r["rescored_loss"] is not None]
-    return best_under_budget(rescored or pareto_rows(db, study, budget_ms))
-
-
-def best_under_budget(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The row with the lowest rescored (else approximate) loss."""
-    return min(rows, key=lambda r: (r["rescored_loss"] if r["rescored_loss"] is not None else math.inf,
-                                    r["approx_loss"]), default=None)
+    return min(rescored or pareto_rows(db, study, budget_ms), default=None, key=lambda r: (
+        r["rescored_loss"] if r["rescored_loss"] is not None else math.inf, r["approx_loss"]))
 
 
 def budgets_in_db(study: Study) -> list[float]:

@@ -285,29 +285,45 @@ def inherit_teacher(net: Supernet, teacher: Teacher, importance: Importance | No
             if "mha" in space.operators:
                 heads = _order(importance.heads[i] if importance else None, T // hs)
                 rows = (heads[:, None] * hs + torch.arange(hs)).reshape(-1)[:H]  # the heads' dimensions, best first
-                for dst, src in ((sub.query, t.attention.self.query), (sub.key, t.attention.self.key),
-                                 (sub.value, t.attention.self.value)):
-                    dst.weight.copy_(src.weight[rows][:, dims])
-                    dst.bias.copy_(src.bias[rows])
-                sub.attn_out.weight.copy_(t.attention.output.dense.weight[dims][:, rows])
-                sub.attn_out.bias.copy_(t.attention.output.dense.bias[dims])
-                copy_norm(sub.ln_mha, t.attention.output.LayerNorm, dims)
+                copy_attention((sub.query, sub.key, sub.value, sub.attn_out), sub.ln_mha, t, rows, dims)
             if "ffn" in space.operators:
                 inner = t.intermediate.dense.out_features
                 n = min(inner, space.max_inner)
                 neurons = _order(importance.neurons[i] if importance else None, inner)[:n]
-                sub.intermediate.weight[:n].copy_(t.intermediate.dense.weight[neurons][:, dims])
-                sub.intermediate.bias[:n].copy_(t.intermediate.dense.bias[neurons])
                 sub.ffn_out.weight.zero_()
-                sub.ffn_out.weight[:, :n].copy_(t.output.dense.weight[dims][:, neurons])
-                sub.ffn_out.bias.copy_(t.output.dense.bias[dims])
-                copy_norm(sub.ln_ffn, t.output.LayerNorm, dims)
+                copy_ffn((sub.intermediate.weight[:n], sub.intermediate.bias[:n], sub.ffn_out.weight[:, :n],
+                          sub.ffn_out.bias), sub.ln_ffn, t, neurons, dims)
 
 
 def copy_norm(dst: nn.Module, src: nn.LayerNorm, dims: Tensor) -> None:
     """A LayerNorm's weight and bias at the teacher dimensions `dims` (in that order)."""
     dst.weight.copy_(src.weight[dims])
     dst.bias.copy_(src.bias[dims])
+
+
+def copy_attention(dst: tuple[nn.Linear, nn.Linear, nn.Linear, nn.Linear], norm: nn.Module, t: nn.Module,
+                   rows: Tensor, dims: Tensor) -> None:
+    """Teacher layer `t`'s attention into (query, key, value, output) and its LayerNorm: heads'
+    dimensions `rows`, hidden dimensions `dims` (both in the order given)."""
+    q, k, v, out = dst
+    for d, src in ((q, t.attention.self.query), (k, t.attention.self.key), (v, t.attention.self.value)):
+        d.weight.copy_(src.weight[rows][:, dims])
+        d.bias.copy_(src.bias[rows])
+    out.weight.copy_(t.attention.output.dense.weight[dims][:, rows])
+    out.bias.copy_(t.attention.output.dense.bias[dims])
+    copy_norm(norm, t.attention.output.LayerNorm, dims)
+
+
+def copy_ffn(dst: tuple[Tensor, Tensor, Tensor, Tensor], norm: nn.Module, t: nn.Module, neurons: Tensor,
+             dims: Tensor) -> None:
+    """Teacher layer `t`'s feed-forward into (in weight, in bias, out weight, out bias), tensors or views
+    of them, and its LayerNorm: neurons `neurons`, hidden dimensions `dims`."""
+    w_in, b_in, w_out, b_out = dst
+    w_in.copy_(t.intermediate.dense.weight[neurons][:, dims])
+    b_in.copy_(t.intermediate.dense.bias[neurons])
+    w_out.copy_(t.output.dense.weight[dims][:, neurons])
+    b_out.copy_(t.output.dense.bias[dims])
+    copy_norm(norm, t.output.LayerNorm, dims)
 
 
 def copy_embeddings(teacher_embeddings: nn.Module, student: NasBertModel) -> None:
