@@ -55,7 +55,13 @@ class SupernetConfig(TrainConfig):
     init_units: Literal["importance", "leading"] = Field(
         default="importance", description="with init teacher: narrower widths keep the most important units, or the leading ones"
     )
-    init_batches: int = Field(default=4, ge=1, description="corpus batches that rank the teacher's units by importance")
+    init_batches: int = Field(default=8, ge=1, description="corpus batches that rank the teacher's units by importance "
+                                                         "and fit the boundary predictions")
+    keep_teacher_layers: bool = Field(
+        default=True,
+        description="with init teacher: the teacher's full-width attention and feed-forward stay as they are (frozen) "
+                    "while the shared weights train, so the teacher's own layers are never made worse",
+    )
 
 
 class SearchConfig(_Strict):
@@ -73,9 +79,18 @@ class SearchConfig(_Strict):
     grace_period: int = Field(default=20, ge=2, description="seconds without a heartbeat before a trial is stale")
     max_retry: int = Field(default=1, ge=0, description="retries of a trial whose worker died")
     budgets_ms: list[float] = Field(default_factory=list, description="budgets `nas-bert run` searches")
+    finalist_steps: int = Field(default=40, ge=1, description="distillation steps every finalist gets before the choice")
+    finalist_baselines: bool = Field(default=True, description="the teacher's first layers and the uniformly narrowed "
+                                                               "teacher of the budget are finalists too")
 
 
 class LossWeights(_Strict):
+    """Weights of the distillation losses (see nas_bert.distill). The primary loss is the teacher's use:
+    pooled (+ similarity) for a sentence-transformers teacher, logits for a masked LM, final otherwise;
+    a term that does not apply to the teacher is off whatever its weight."""
+
+    pooled: float = Field(default=1.0, ge=0, description="1 - cosine of the sentence embeddings")
+    similarity: float = Field(default=10.0, ge=0, description="MSE of the in-batch sentence similarity matrices")
     hidden: float = Field(default=1.0, ge=0)
     embeddings: float = Field(default=0.1, ge=0)
     attention: float = Field(default=1.0, ge=0)

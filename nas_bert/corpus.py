@@ -13,7 +13,9 @@ so the split never changes when the file is rebuilt.
 from __future__ import annotations
 
 import importlib.resources
+import json
 import logging
+import lzma
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,6 +39,7 @@ __all__ = [
     "collate_indices",
     "fixed_batches",
     "load_corpus",
+    "load_manpages",
     "load_raw",
     "load_wordnet_task",
     "make_collator",
@@ -48,6 +51,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 WORDNET_PATH = importlib.resources.files("nas_bert") / "data/wordnet.jsonl.xz"
+# Out-of-domain English (Linux man pages' prose, scripts/build_manpages.py): evaluation only, never trained on.
+MANPAGES_PATH = importlib.resources.files("nas_bert") / "data/manpages.jsonl.xz"
 
 # WordNet 3.0 lexicographer files, indexed by their canonical file number (lexnames(5WN)).
 # The record field ``label`` is this index.
@@ -96,7 +101,11 @@ class CorpusConfig(BaseModel):
     validation_fraction: float = Field(0.05, gt=0.0, lt=0.5)
     max_train_examples: int | None = Field(None, ge=1)
     max_eval_examples: int | None = Field(None, ge=1)
-    mlm_probability: float = Field(0.15, gt=0.0, lt=1.0)
+    mlm_probability: float | None = Field(
+        None, ge=0.0, lt=1.0,
+        description="share of tokens masked, only where a loss uses the teacher's MLM logits; "
+                    "None: 0.15 when one does, else clean text",
+    )
     seed: int = 0
 
     @property
@@ -238,6 +247,16 @@ def load_raw(cfg: CorpusConfig) -> datasets.DatasetDict:
     )
 
 
+def load_manpages(n: int | None = None) -> list[str]:
+    """The first `n` sentences of the shipped out-of-domain set (stored in hash order: a fair sample)."""
+    path = Path(str(MANPAGES_PATH))
+    if not path.is_file():
+        raise CorpusError(f"shipped manpages evaluation set missing at {path}; rebuild it with scripts/build_manpages.py")
+    with lzma.open(path, "rt", encoding="utf-8") as f:
+        texts = [json.loads(line)["text"] for line in f]
+    return texts[:n] if n else texts
+
+
 def load_wordnet_task(
     max_train_examples: int | None = None, max_eval_examples: int | None = None
 ) -> datasets.DatasetDict:
@@ -316,14 +335,17 @@ def load_corpus(cfg: CorpusConfig, tokenizer: PreTrainedTokenizerBase) -> datase
 
 
 def make_collator(
-    tokenizer: PreTrainedTokenizerBase, cfg: CorpusConfig
+    tokenizer: PreTrainedTokenizerBase, cfg: CorpusConfig, mlm: bool = False
 ) -> DataCollatorForLanguageModeling:
-    """MLM collator; masking draws from torch's global RNG (saved in checkpoints), no seed."""
+    """Pads a batch; masks it for MLM only with `mlm` (a loss uses the teacher's MLM logits) and a
+    positive `mlm_probability` (None means 0.15 then). Clean text otherwise: the labels are then the
+    input ids at real tokens. Masking draws from torch's global RNG (saved in checkpoints), no seed."""
     from transformers import DataCollatorForLanguageModeling
 
-    return DataCollatorForLanguageModeling(
-        tokenizer=tokenizer, mlm=True, mlm_probability=cfg.mlm_probability, pad_to_multiple_of=None
-    )
+    p = 0.15 if cfg.mlm_probability is None else cfg.mlm_probability
+    if mlm and p > 0:
+        return DataCollatorForLanguageModeling(tokenizer=tokenizer, mlm=True, mlm_probability=p, pad_to_multiple_of=None)
+    return DataCollatorForLanguageModeling(tokenizer=tokenizer, mlm=False, pad_to_multiple_of=None)
 
 
 def padding_share(batch: dict[str, torch.Tensor]) -> float:

@@ -3,7 +3,12 @@
 Distillation points: a student "layer" is two consecutive non-identity sublayers (BERT's
 attention + feed-forward pair), so point m is the output of the 2m-th non-identity sublayer
 (and the last sublayer is always a point). A mapping gives each point the teacher layer it
-learns from (1..N, non-decreasing). Losses, weighted in the study file:
+learns from (1..N, non-decreasing). Losses, weighted in the study file; the primary one is what the
+teacher is used for (`Teacher.use`), the others are auxiliaries:
+- pooled (sentence-transformers teacher): 1 - cosine between the student's and the teacher's
+  sentence embeddings (the teacher's pooling, normalised);
+- similarity (sentence-transformers teacher): MSE between the in-batch cosine-similarity matrices of
+  the centred sentence embeddings, the geometry a retrieval index or a clustering relies on;
 - hidden: MSE between each point (through a learned projection, TinyBERT's W_h) and its teacher layer;
 - embeddings: MSE between the student's and teacher's embedding outputs (the tables start equal);
 - attention: MiniLMv2 relations (Q-Q, K-K, V-V with a fixed number of relation heads, so the
@@ -13,7 +18,10 @@ learns from (1..N, non-decreasing). Losses, weighted in the study file:
   output adapter, or the teacher's own layers for a copied student) against the teacher's last
   hidden state; a student without an output projection gets a distillation-only one;
 - logits: temperature KD on the teacher's MLM predictions, when the teacher has an MLM head.
-The same training loop as the supernet (checkpoints, resume, accelerate, progress).
+Validation also reports `fidelity`: the Spearman correlation of the pairwise cosine similarities of
+the student's and the teacher's sentence embeddings on held-out text, which distillation maximises
+by keeping its best weights. The same training loop as the supernet (checkpoints, resume, accelerate,
+progress).
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from torch import nn
 from nas_bert.architecture import Architecture
 from nas_bert.blockwise import masked_mse
 from nas_bert.errors import NasBertError
+from nas_bert.metrics import fidelity
 from nas_bert.modeling_nas_bert import NasBertModel
 from nas_bert.teacher import Teacher
 
@@ -79,20 +88,17 @@ class DistillModule(nn.Module):
     Attention inputs are captured with forward pre-hooks so the student's own code stays plain.
     """
 
-    def __init__(self, student: NasBertModel, arch: Architecture, teacher_width: int,
-                 final_init: tuple[Tensor, Tensor] | None = None) -> None:
+    def __init__(self, student: NasBertModel, arch: Architecture, teacher_width: int) -> None:
         super().__init__()
         self.student = student
         widths = layer_widths(arch)
         self.points = distill_points(arch)
-        self.point_proj = nn.ModuleList(nn.Linear(widths[i], teacher_width) for i in self.points)
-        # the student's own output projection is the final map when it has one (it ships with the student)
-        self.final_proj = nn.Linear(widths[-1], teacher_width) if student.output_projection is None else None
-        target = self.final_proj if self.final_proj is not None else student.output_projection
-        if final_init is not None:
-            with torch.no_grad():
-                target.weight.copy_(final_init[0])
-                target.bias.copy_(final_init[1])
+        order = student.config.dim_order or list(range(teacher_width))
+        self.register_buffer("order", torch.tensor(order, dtype=torch.long), persistent=False)
+        # each point starts as the map that puts its dimensions back in the teacher's places
+        self.point_proj = nn.ModuleList(_scatter(widths[i], self.order) for i in self.points)
+        # a student without an output stage (older architectures) gets a distillation-only one
+        self.final_proj = _scatter(widths[-1], self.order) if not arch.output else None
         # the layer index (in hidden_states numbering) of every attention sublayer
         self.mha_layers: list[tuple[int, nn.Module]] = []
         i = 0
@@ -114,6 +120,16 @@ class DistillModule(nn.Module):
         for (idx, layer), x in zip(self.mha_layers, self._inputs, strict=True):
             qkv.append((idx, layer.query(x), layer.key(x), layer.value(x)))  # each (B, T, h)
         return {"hidden_states": out.hidden_states, "last": out.last_hidden_state, "qkv": qkv}
+
+
+def _scatter(width: int, order: Tensor) -> nn.Linear:
+    """A linear map from a student's leading `width` dimensions (importance order) to the teacher's."""
+    proj = nn.Linear(width, len(order))
+    with torch.no_grad():
+        proj.weight.zero_()
+        proj.weight[order[:width], torch.arange(width)] = 1.0
+        proj.bias.zero_()
+    return proj
 
 
 def relation_kl(s: Tensor, t: Tensor, heads: int, bias: Tensor) -> Tensor:
@@ -153,6 +169,16 @@ class TeacherTaps:
         return hook
 
 
+def similarity_loss(s: Tensor, t: Tensor) -> Tensor:
+    """MSE between the cosine-similarity matrices of two batches of sentence vectors (B, H), each centred
+    on its batch mean (the direction every sentence shares carries no geometry)."""
+    def gram(v: Tensor) -> Tensor:
+        v = F.normalize(v - v.mean(0, keepdim=True), dim=-1)
+        return v @ v.T
+
+    return F.mse_loss(gram(s), gram(t))
+
+
 class DistillObjective:
     """The weighted sum of the distillation losses for one mapping (the train loop's objective)."""
 
@@ -160,28 +186,49 @@ class DistillObjective:
                  relation_heads: int, temperature: float, val_batches: list[dict[str, Tensor]],
                  taps: TeacherTaps | None) -> None:
         self.teacher, self.arch, self.mapping = teacher, arch, check_mapping(mapping, arch, teacher.num_layers)
-        self.w, self.relation_heads, self.temperature = weights, relation_heads, temperature
-        self.taps = taps if weights.get("attention", 0) > 0 else None
+        sentence = teacher.use == "sentence"
+        # terms that do not apply to this teacher's use are off, whatever their weight
+        self.w = {k: v for k, v in weights.items() if sentence or k not in ("pooled", "similarity")}
+        self.w = {k: v for k, v in self.w.items() if k != "logits" or teacher.mlm is not None}
+        if not any(v > 0 for v in self.w.values()):
+            raise NasBertError(f"every distillation loss that applies to this teacher ({teacher.use} use) has weight 0; "
+                               "set distill.weights")
+        self.primary = {"sentence": "pooled", "mlm": "logits", "states": "final"}[teacher.use]
+        self.relation_heads, self.temperature = relation_heads, temperature
+        self.taps = taps if self.w.get("attention", 0) > 0 else None
         self.val_batches = val_batches
+        self._val_teacher: dict[int, tuple[tuple[Tensor, ...], dict[tuple[int, str], Tensor]]] = {}
 
     def _teacher(self, batch: dict[str, Tensor]) -> tuple[tuple[Tensor, ...], dict[tuple[int, str], Tensor]]:
+        key = id(batch)
+        if key in self._val_teacher:  # validation batches are fixed: the teacher runs on them once
+            return self._val_teacher[key]
         states = self.teacher.hidden_states(batch["input_ids"], batch["attention_mask"])
-        return states, dict(self.taps.out) if self.taps else {}
+        out = states, dict(self.taps.out) if self.taps else {}
+        if any(batch is v for v in self.val_batches):
+            self._val_teacher[key] = out
+        return out
 
-    def terms(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    def terms(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+        """The loss terms, and the student's and teacher's sentence vectors (B, teacher width)."""
         mask = batch["attention_mask"]
         t_states, t_qkv = self._teacher(batch)
         out = model(batch["input_ids"], mask)
         s = out["hidden_states"]
         core = model.module if hasattr(model, "module") else model  # DDP wraps the module
+        final = core.final_proj(s[-1]) if core.final_proj is not None else out["last"]  # (B, T, teacher width)
+        s_vec, t_vec = self.teacher.embed(final, mask), self.teacher.embed(t_states[-1], mask)
         terms: dict[str, Tensor] = {}
-        if self.w.get("hidden", 0) > 0:
+        if self.w.get("pooled", 0) > 0:
+            terms["pooled"] = (1.0 - F.cosine_similarity(s_vec, t_vec, dim=-1)).mean()
+        if self.w.get("similarity", 0) > 0 and len(s_vec) > 2:
+            terms["similarity"] = similarity_loss(s_vec, t_vec)
+        if self.w.get("hidden", 0) > 0 and core.points:
             terms["hidden"] = torch.stack([masked_mse(proj(s[i]), t_states[g], mask)
                                            for proj, i, g in zip(core.point_proj, core.points, self.mapping, strict=True)]).mean()
         if self.w.get("embeddings", 0) > 0 and s[0].shape[-1] == t_states[0].shape[-1]:
-            terms["embeddings"] = masked_mse(s[0], t_states[0], mask)
-        if self.w.get("final", 0) > 0 or self.w.get("logits", 0) > 0:
-            final = core.final_proj(s[-1]) if core.final_proj is not None else out["last"]
+            terms["embeddings"] = masked_mse(s[0], t_states[0].index_select(-1, core.order), mask)
+        if self.w.get("final", 0) > 0:
             terms["final"] = masked_mse(final, t_states[-1], mask)
         if self.w.get("attention", 0) > 0 and out["qkv"]:
             bias = (1.0 - mask[:, None, None, :].to(s[0].dtype)) * -1e4
@@ -191,7 +238,7 @@ class DistillObjective:
                 for name, x in (("query", q), ("key", k), ("value", v)):
                     kls.append(relation_kl(x, t_qkv[(g, name)], self.relation_heads, bias))
             terms["attention"] = torch.stack(kls).mean()
-        if self.w.get("logits", 0) > 0 and self.teacher.mlm is not None:
+        if self.w.get("logits", 0) > 0:
             head = getattr(self.teacher.mlm, "cls", None) or getattr(self.teacher.mlm, "lm_head", None)
             if head is not None:
                 sel = batch["labels"] != -100 if "labels" in batch else mask.bool()
@@ -201,19 +248,38 @@ class DistillObjective:
                 s_logits = head(final[sel]) / T
                 terms["logits"] = F.kl_div(F.log_softmax(s_logits, -1), F.log_softmax(t_logits, -1),
                                            log_target=True, reduction="batchmean") * T * T
-        return terms
+        return terms, s_vec, t_vec
 
     def loss(self, model: nn.Module, batch: dict[str, Tensor], micro_step: int) -> tuple[Tensor, dict[str, float]]:
-        terms = self.terms(model, batch)
+        terms, _, _ = self.terms(model, batch)
         total = sum(self.w.get(k, 0) * v for k, v in terms.items())
         return total, {k: float(v.detach()) for k, v in terms.items()}
 
     @torch.no_grad()
-    def validate(self, model: nn.Module) -> dict[str, Any]:
-        """Held-out losses on fixed batches; `final` is comparable across mappings (the GA's fitness)."""
+    def _held_out(self, model: nn.Module) -> tuple[dict[str, float], Tensor, Tensor]:
         sums: dict[str, float] = {}
+        s_vecs, t_vecs = [], []
         for batch in self.val_batches:
-            for k, v in self.terms(model, batch).items():
+            terms, s_vec, t_vec = self.terms(model, batch)
+            for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v) / len(self.val_batches)
+            s_vecs.append(s_vec.float().cpu())
+            t_vecs.append(t_vec.float().cpu())
+        return sums, torch.cat(s_vecs), torch.cat(t_vecs)
+
+    def vectors(self, model: nn.Module) -> tuple[Tensor, Tensor]:
+        """The student's and the teacher's sentence vectors of the held-out batches, (n, teacher width) each."""
+        _, s_vecs, t_vecs = self._held_out(model)
+        return s_vecs, t_vecs
+
+    def validate(self, model: nn.Module) -> dict[str, Any]:
+        """Held-out losses on fixed batches (`primary` names the one comparable across mappings, the GA's
+        fitness), and the fidelity of the student's sentence vectors to the teacher's on them."""
+        was_training = model.training
+        model.eval()
+        sums, s_vecs, t_vecs = self._held_out(model)
+        model.train(was_training)
         sums["loss"] = sum(self.w.get(k, 0) * v for k, v in sums.items())
+        sums["fidelity"] = fidelity(s_vecs, t_vecs) if len(s_vecs) >= 3 else float("nan")
+        sums["primary"] = sums.get(self.primary, sums["loss"])
         return sums

@@ -27,15 +27,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
-from scipy.spatial.distance import jensenshannon
-from scipy.stats import spearmanr
 from sqlalchemy import select
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, get_scheduler
 
+from nas_bert.corpus import load_manpages
 from nas_bert.db import Database, EvaluationRow
 from nas_bert.errors import NasBertError
+from nas_bert.metrics import fidelity, loyalty, mean_pool
 from nas_bert.tasks import LOAD_ERRORS, first_line, load_task
 from nas_bert.teacher import load_teacher
 
@@ -46,6 +46,9 @@ class EvalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     fidelity_texts: int = Field(512, ge=3, description="held-out test texts for fidelity")
+    ood_texts: int = Field(2000, ge=0, description="out-of-domain sentences (the shipped manpages set) for a second "
+                                                   "fidelity that nothing trains or chooses on; 0: skip")
+    fidelity_max_seq_length: int = Field(128, ge=4, description="tokens per text for the fidelity figures")
     fidelity_centered: bool = Field(True, description="centre each model's sentence vectors before cosine similarity")
     max_seq_length: int = Field(48, ge=4)
     finetune_steps: int = Field(150, ge=1)
@@ -66,13 +69,7 @@ def protocol_hash(cfg: EvalConfig, task: str) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-# -- sentence vectors and fidelity -----------------------------------------------------------------
-def mean_pool(last_hidden_state: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Average of the real (unmasked) token states: (B, T, h), (B, T) -> (B, h)."""
-    mask = attention_mask.unsqueeze(-1).to(last_hidden_state.dtype)
-    return (last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-
-
+# -- sentence vectors -------------------------------------------------------------------------------
 def _batch(tokenizer: Any, texts: list[str], max_len: int, device: torch.device | str) -> dict[str, torch.Tensor]:
     enc = tokenizer(texts, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
     return {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device)}
@@ -80,36 +77,19 @@ def _batch(tokenizer: Any, texts: list[str], max_len: int, device: torch.device 
 
 @torch.no_grad()
 def sentence_vectors(encoder: nn.Module, tokenizer: Any, texts: list[str], batch_size: int, max_len: int,
-                     device: torch.device | str) -> torch.Tensor:
-    """Mean-pooled last_hidden_state of each text, (n, hidden), on the CPU; any such encoder works."""
+                     device: torch.device | str, pooling: Any = None) -> torch.Tensor:
+    """The sentence vector of each text, (n, hidden), on the CPU: `pooling` (a teacher.Pooling) of the
+    last_hidden_state, mean pooling without one; any such encoder works."""
     was_training = encoder.training
     encoder.eval()  # dropout off: vectors must not depend on the RNG
     out = []
     for i in range(0, len(texts), batch_size):
         b = _batch(tokenizer, list(texts[i : i + batch_size]), max_len, device)
-        out.append(mean_pool(encoder(**b).last_hidden_state, b["attention_mask"]).float().cpu())
+        states = encoder(**b).last_hidden_state
+        vecs = pooling(states, b["attention_mask"]) if pooling is not None else mean_pool(states, b["attention_mask"])
+        out.append(vecs.float().cpu())
     encoder.train(was_training)
     return torch.cat(out)
-
-
-def fidelity(student_vecs: torch.Tensor, teacher_vecs: torch.Tensor, centered: bool = True) -> float:
-    """Spearman correlation of the pairwise cosine similarities (upper triangle): width-free agreement.
-
-    Centred by default: mean-pooled BERT states share a large common direction (anisotropy) that
-    pushes every cosine towards 1 and drowns the geometry both models are compared on.
-    """
-    if len(student_vecs) != len(teacher_vecs) or len(student_vecs) < 3:
-        raise ValueError("fidelity needs the same texts (at least 3) for student and teacher")
-
-    def sims(v: torch.Tensor) -> np.ndarray:
-        v = v.double()
-        if centered:
-            v = v - v.mean(0, keepdim=True)
-        v = F.normalize(v, dim=-1)
-        i, j = torch.triu_indices(len(v), len(v), offset=1)
-        return (v @ v.T)[i, j].numpy()
-
-    return float(spearmanr(sims(student_vecs), sims(teacher_vecs)).statistic)
 
 
 # -- fine-tuning ----------------------------------------------------------------------------------
@@ -183,17 +163,6 @@ def finetune(encoder: nn.Module, tokenizer: Any, task: datasets.DatasetDict, lab
     return model, accuracy, probs
 
 
-def loyalty(student_probs: np.ndarray, teacher_probs: np.ndarray) -> dict[str, float]:
-    """Label loyalty (argmax agreement) and probability loyalty (1 - mean Jensen-Shannon distance, base 2)."""
-    p, q = np.asarray(student_probs, dtype=np.float64), np.asarray(teacher_probs, dtype=np.float64)
-    if p.shape != q.shape or p.ndim != 2:
-        raise ValueError(f"loyalty needs two (n, classes) arrays of one shape, got {p.shape} and {q.shape}")
-    # scipy returns the distance (sqrt of the divergence); rounding can make p == q give sqrt(-0.0) = nan.
-    d = np.nan_to_num(jensenshannon(p, q, base=2, axis=1), nan=0.0)
-    return {"label_loyalty": float((p.argmax(1) == q.argmax(1)).mean()),
-            "probability_loyalty": float(1.0 - d.mean())}
-
-
 def _params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -205,6 +174,22 @@ def _teacher_run(teacher: Any, cfg: EvalConfig, task: str, device: torch.device 
             "teacher": str(getattr(teacher, "source", "")), "protocol_hash": protocol_hash(cfg, task)}
 
 
+def agreement(encoder: nn.Module, tokenizer: Any, teacher: Any, cfg: EvalConfig, texts: list[str],
+              device: torch.device | str = "cpu") -> dict[str, float | None]:
+    """How the encoder's sentence vectors (the teacher's pooling) agree with the teacher's, without any
+    training: fidelity and mean cosine on the task's held-out `texts`, and ood_fidelity, ood_cosine on the
+    shipped out-of-domain sentences (cfg.ood_texts of them). Cosines need the teacher's width (else None)."""
+    sets = {"": texts, **({"ood_": load_manpages(cfg.ood_texts)} if cfg.ood_texts else {})}
+    out: dict[str, float | None] = {}
+    for prefix, batch in sets.items():
+        s_vec, t_vec = (sentence_vectors(m, t, batch, cfg.batch_size, cfg.fidelity_max_seq_length, device, teacher.pooling)
+                        for m, t in ((encoder, tokenizer), (teacher.encoder, teacher.tokenizer)))
+        out[f"{prefix}fidelity"] = fidelity(s_vec, t_vec, centered=cfg.fidelity_centered)
+        out[f"{prefix}cosine"] = (float(F.cosine_similarity(s_vec, t_vec, dim=-1).mean())
+                                  if s_vec.shape == t_vec.shape else None)
+    return out
+
+
 def evaluate_encoder(encoder: nn.Module, tokenizer: Any, teacher: Any, cfg: EvalConfig, task: str = "wordnet",
                      device: torch.device | str = "cpu", teacher_result: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fidelity to `teacher`, fine-tuned accuracy and loyalty to it; `encoder` is moved to `device`.
@@ -214,16 +199,14 @@ def evaluate_encoder(encoder: nn.Module, tokenizer: Any, teacher: Any, cfg: Eval
     """
     dd, names = load_task(task, cfg)
     encoder.to(device)
-    texts = list(dd["test"]["text"][: cfg.fidelity_texts])
-    vecs = [sentence_vectors(m, t, texts, cfg.batch_size, cfg.max_seq_length, device)
-            for m, t in ((encoder, tokenizer), (teacher.encoder, teacher.tokenizer))]
+    sentence = agreement(encoder, tokenizer, teacher, cfg, list(dd["test"]["text"][: cfg.fidelity_texts]), device)
     _, acc, probs = finetune(encoder, tokenizer, dd, names, cfg, device, desc="fine-tune student")
     if teacher_result is None:
         teacher_result = _teacher_run(teacher, cfg, task, device)
     t_acc = float(teacher_result["accuracy"])
     return {
         "task": task,
-        "fidelity": fidelity(*vecs, centered=cfg.fidelity_centered),
+        **sentence,
         "accuracy": acc,
         "teacher_accuracy": t_acc,
         "accuracy_ratio": acc / t_acc if t_acc > 0 else None,  # None, not NaN: the metrics are stored as JSON

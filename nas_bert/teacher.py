@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import importlib.resources
+import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from huggingface_hub import hf_hub_download
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -56,14 +58,96 @@ def embeddings_spec_of(c: Any) -> Embeddings:
     )
 
 
+Use = Literal["sentence", "mlm", "states"]
+POOLING_MODES = ("mean", "cls", "max")
+
+
+@dataclass(frozen=True)
+class Pooling:
+    """How a sentence-transformers teacher turns token states into its sentence embedding."""
+
+    mode: str = "mean"
+    normalize: bool = True
+
+    def __call__(self, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T, H) token states, (B, T) mask -> (B, H) sentence embeddings."""
+        mask = attention_mask.unsqueeze(-1).to(states.dtype)
+        if self.mode == "cls":
+            pooled = states[:, 0]
+        elif self.mode == "max":
+            pooled = states.masked_fill(mask == 0, torch.finfo(states.dtype).min).amax(1)
+        else:
+            pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return torch.nn.functional.normalize(pooled, dim=-1) if self.normalize else pooled
+
+    def st_config(self, width: int) -> dict[str, Any]:
+        """1_Pooling/config.json of a sentence-transformers folder."""
+        return {"word_embedding_dimension": width, "pooling_mode_cls_token": self.mode == "cls",
+                "pooling_mode_mean_tokens": self.mode == "mean", "pooling_mode_max_tokens": self.mode == "max",
+                "pooling_mode_mean_sqrt_len_tokens": False}
+
+
+def _hub_file(source: str, name: str) -> Path | None:
+    """A file of a local folder, or of a Hub repository when it can be reached (None otherwise)."""
+    local = Path(source) / name
+    if Path(source).is_dir():
+        return local if local.is_file() else None
+    try:
+        return Path(hf_hub_download(source, name))
+    except (OSError, ValueError):  # offline, no such file or repository (HTTP errors are OSErrors): not a sentence model
+        return None
+
+
+def sentence_pooling(source: str) -> Pooling | None:
+    """The pooling of a sentence-transformers folder (modules.json: Transformer, Pooling, [Normalize]).
+
+    None for a plain transformers folder, or one whose modules we cannot reproduce (e.g. a Dense head).
+    """
+    modules_file = _hub_file(source, "modules.json")
+    if modules_file is None:
+        return None
+    try:
+        modules = json.loads(modules_file.read_text())
+        kinds = [m["type"].rsplit(".", 1)[-1] for m in modules]
+        pooling_dir = next(m["path"] for m in modules if m["type"].endswith("Pooling"))
+    except (json.JSONDecodeError, KeyError, TypeError, StopIteration, AttributeError):
+        return None
+    if kinds not in (["Transformer", "Pooling"], ["Transformer", "Pooling", "Normalize"]):
+        return None
+    config_file = _hub_file(source, f"{pooling_dir}/config.json")
+    cfg = json.loads(config_file.read_text()) if config_file is not None else {}
+    modes = [m for m in POOLING_MODES if cfg.get(f"pooling_mode_{m}_token" if m == "cls" else f"pooling_mode_{m}_tokens")]
+    if cfg.get("pooling_mode"):  # newer sentence-transformers write the mode by name
+        modes = [cfg["pooling_mode"]]
+    if len(modes) != 1 or modes[0] not in POOLING_MODES:
+        return None
+    return Pooling(mode=modes[0], normalize=kinds[-1] == "Normalize")
+
+
 @dataclass
 class Teacher:
-    """A frozen encoder, its optional MLM head and tokenizer; gives hidden states at every layer."""
+    """A frozen encoder, its optional MLM head and tokenizer; gives hidden states at every layer.
+
+    `use` is what the teacher is for, which decides the primary distillation target: "sentence"
+    (a sentence-transformers model: its pooled, normalised embedding), "mlm" (a masked-LM head:
+    its logits) or "states" (a plain encoder: its final token states).
+    """
 
     encoder: nn.Module
     tokenizer: PreTrainedTokenizerBase
     mlm: nn.Module | None
     source: str
+    pooling: Pooling | None = None
+
+    @property
+    def use(self) -> Use:
+        if self.pooling is not None:
+            return "sentence"
+        return "mlm" if self.mlm is not None else "states"
+
+    def embed(self, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """What a user takes from these token states: the teacher's pooling (mean pooling for others)."""
+        return (self.pooling or Pooling("mean", normalize=False))(states, attention_mask)
 
     @property
     def config(self):
@@ -131,7 +215,22 @@ def load_teacher(name: str, device: torch.device | str = "cpu") -> Teacher:
         if module is not None:
             module.eval()
             module.requires_grad_(False)
-    return Teacher(encoder=encoder, tokenizer=tokenizer, mlm=mlm, source=source).to(device)
+    return Teacher(encoder=encoder, tokenizer=tokenizer, mlm=mlm, source=source,
+                   pooling=sentence_pooling(source)).to(device)
+
+
+def write_sentence_transformers_files(folder: Path, pooling: Pooling, width: int, max_seq_length: int) -> None:
+    """modules.json, the pooling config and sentence_bert_config.json: the folder then loads with
+    `SentenceTransformer(folder, trust_remote_code=True)` (the transformer is the folder itself)."""
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    if pooling.normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+    (folder / "1_Pooling").mkdir(parents=True, exist_ok=True)
+    (folder / "modules.json").write_text(json.dumps(modules, indent=2))
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling.st_config(width), indent=2))
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_seq_length,
+                                                                   "do_lower_case": False}, indent=2))
 
 
 def known_aliases() -> list[str]:
@@ -151,7 +250,7 @@ def tiny_teacher_dir(root: Path | None = None) -> Path:
     from transformers import BertConfig, BertModel
 
     root = root or Path(os.environ.get("NAS_BERT_CACHE", Path.home() / ".cache" / "nas-bert"))
-    target = root / TINY_ALIAS
+    target = root / f"{TINY_ALIAS}-st"  # -st: a sentence-transformers folder (older caches were plain BERT)
     if (target / "config.json").is_file():
         return target
     root.mkdir(parents=True, exist_ok=True)
@@ -162,6 +261,8 @@ def tiny_teacher_dir(root: Path | None = None) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{TINY_ALIAS}-", dir=root))
     BertModel(cfg, add_pooling_layer=False).save_pretrained(tmp)
     tok.save_pretrained(tmp)
+    # a sentence-transformers folder (mean pooling, normalised), like the default teacher
+    write_sentence_transformers_files(tmp, Pooling("mean", normalize=True), cfg.hidden_size, 128)
     try:
         os.replace(tmp, target)
     except OSError:  # another process won the race

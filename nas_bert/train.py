@@ -10,6 +10,7 @@ share of the global batch and samples the same sub-architecture (same seed, same
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import random
 import re
@@ -75,6 +76,10 @@ class CheckpointDir:
             return []
         return sorted(int(m.group(1)) for p in self.root.iterdir() if (m := CKPT_RE.search(p.name)))
 
+    def best_path(self) -> Path:
+        """Where a `BestKeeper` of this run keeps the best weights."""
+        return self.root / "best.pt"
+
     def latest(self) -> Path | None:
         steps = self.steps()
         return self.path(steps[-1]) if steps else None
@@ -124,13 +129,16 @@ def train_loop(
     desc: str = "train",
     stop_after: int | None = None,
     progress: bool = True,
+    keep_best: BestKeeper | None = None,
 ) -> dict[str, Any]:
     """Train `model` to `total_steps` updates, resuming from the newest checkpoint in `ckpts`.
 
     `meta` is stored in every checkpoint and must match on resume (e.g. the search space hash).
     `stop_after` ends this call after that many updates (tests use it to simulate a kill).
     With `ckpts=None` nothing is saved (the layer-mapping search's short proxy runs).
-    Returns the last validation report.
+    With `keep_best` the model is validated before the first update too, and the keeper holds the
+    weights of the best report so far (the start included). Returns the last validation report, with
+    "best": {"step", "value"} when keeping the best.
     """
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
@@ -153,10 +161,16 @@ def train_loop(
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         start, report = int(state["step"]), state.get("report", {})
+        if keep_best is not None:
+            keep_best.restore(state.get("best", {}))
     else:
         torch.manual_seed(cfg.seed)
+        if keep_best is not None and keep_best.step < 0:  # the start is a candidate: training never ends below it
+            model.eval()
+            report = {"step": 0, **objective.validate(model)}
+            keep_best.offer(model, report)
     if start >= total_steps:
-        return report
+        return {**report, "best": keep_best.record()} if keep_best else report
 
     model, optimizer = accelerator.prepare(model, optimizer)
     raw_model = accelerator.unwrap_model(model)
@@ -186,6 +200,8 @@ def train_loop(
         if done % cfg.eval_every == 0 or done == total_steps:
             model.eval()
             report = {"step": done, **objective.validate(raw_model)} if accelerator.is_main_process else {}
+            if keep_best is not None and accelerator.is_main_process:
+                keep_best.offer(raw_model, report)
             model.train()
         if ckpts is not None and (done % cfg.checkpoint_every == 0 or done == end):
             if accelerator.is_main_process:
@@ -199,6 +215,7 @@ def train_loop(
                         "rng": rng_state(),
                         "meta": meta,
                         "report": report,
+                        "best": keep_best.record() if keep_best else {},
                     },
                     path,
                 )
@@ -207,4 +224,42 @@ def train_loop(
                     on_checkpoint(done, path, sha, report)
             accelerator.wait_for_everyone()
     bar.close()
-    return report
+    return {**report, "best": keep_best.record()} if keep_best else report
+
+
+@dataclass
+class BestKeeper:
+    """Keeps the weights of the best validation report so far (`key`, higher is better): in `path`
+    (atomically; the record travels in every checkpoint, so a resumed run knows its best) or in memory."""
+
+    key: str
+    path: Path | None = None
+    step: int = -1
+    value: float = float("-inf")
+    state: dict[str, Any] | None = None
+
+    def offer(self, model: torch.nn.Module, report: dict[str, Any]) -> bool:
+        """Keep the model's weights if `report[key]` beats the best so far (a NaN never does, except first)."""
+        value = float(report.get(self.key, float("nan")))
+        if self.step >= 0 and not value > self.value:
+            return False
+        state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        if self.path is not None:
+            atomic_torch_save(state, self.path)
+        else:
+            self.state = state
+        self.step, self.value = int(report["step"]), value if not math.isnan(value) else float("-inf")
+        return True
+
+    def record(self) -> dict[str, Any]:
+        return {"step": self.step, "value": self.value}
+
+    def restore(self, record: dict[str, Any]) -> None:
+        self.step, self.value = int(record.get("step", -1)), float(record.get("value", float("-inf")))
+
+    def best_state(self) -> dict[str, Any] | None:
+        if self.state is not None:
+            return self.state
+        if self.path is not None and self.path.is_file():
+            return torch.load(self.path, map_location="cpu", weights_only=True)
+        return None

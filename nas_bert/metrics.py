@@ -1,0 +1,67 @@
+"""Agreement between a student and its teacher: fidelity of sentence-vector geometry, loyalty of
+predictions (Xu et al. 2021), and the bootstrap interval of a fidelity."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.spatial.distance import jensenshannon
+from scipy.stats import spearmanr
+
+
+def mean_pool(last_hidden_state: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Average of the real (unmasked) token states: (B, T, h), (B, T) -> (B, h)."""
+    mask = attention_mask.unsqueeze(-1).to(last_hidden_state.dtype)
+    return (last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+def _pair_sims(v: torch.Tensor, centered: bool) -> torch.Tensor:
+    """Cosine similarities of all pairs (upper triangle) of n vectors (n, h) -> (n (n - 1) / 2,)."""
+    v = v.double()
+    if centered:
+        v = v - v.mean(0, keepdim=True)
+    v = F.normalize(v, dim=-1)
+    i, j = torch.triu_indices(len(v), len(v), offset=1)
+    return (v @ v.T)[i, j]
+
+
+def fidelity(student_vecs: torch.Tensor, teacher_vecs: torch.Tensor, centered: bool = True) -> float:
+    """Spearman correlation of the pairwise cosine similarities (upper triangle): width-free agreement.
+
+    Centred by default: mean-pooled BERT states share a large common direction (anisotropy) that
+    pushes every cosine towards 1 and drowns the geometry both models are compared on.
+    """
+    if len(student_vecs) != len(teacher_vecs) or len(student_vecs) < 3:
+        raise ValueError("fidelity needs the same texts (at least 3) for student and teacher")
+
+    return float(spearmanr(_pair_sims(student_vecs, centered).numpy(), _pair_sims(teacher_vecs, centered).numpy()).statistic)
+
+
+def fidelity_interval(student_vecs: torch.Tensor, teacher_vecs: torch.Tensor, centered: bool = True,
+                      resamples: int = 200, level: float = 0.9, seed: int = 0) -> tuple[float, float]:
+    """A bootstrap interval of `fidelity` over the texts: resample the texts (without repeats inside a
+    resample, so no pair is a text with itself), recompute, take the central `level` of the values."""
+    n = len(student_vecs)
+    gen = torch.Generator().manual_seed(seed)
+    values = []
+    for _ in range(resamples):
+        idx = torch.unique(torch.randint(0, n, (n,), generator=gen))
+        if len(idx) >= 3:
+            values.append(fidelity(student_vecs[idx], teacher_vecs[idx], centered))
+    values = [v for v in values if not np.isnan(v)]
+    if not values:  # too few texts to say anything
+        return float("nan"), float("nan")
+    lo, hi = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def loyalty(student_probs: np.ndarray, teacher_probs: np.ndarray) -> dict[str, float]:
+    """Label loyalty (argmax agreement) and probability loyalty (1 - mean Jensen-Shannon distance, base 2)."""
+    p, q = np.asarray(student_probs, dtype=np.float64), np.asarray(teacher_probs, dtype=np.float64)
+    if p.shape != q.shape or p.ndim != 2:
+        raise ValueError(f"loyalty needs two (n, classes) arrays of one shape, got {p.shape} and {q.shape}")
+    # scipy returns the distance (sqrt of the divergence); rounding can make p == q give sqrt(-0.0) = nan.
+    d = np.nan_to_num(jensenshannon(p, q, base=2, axis=1), nan=0.0)
+    return {"label_loyalty": float((p.argmax(1) == q.argmax(1)).mean()),
+            "probability_loyalty": float(1.0 - d.mean())}
