@@ -1,9 +1,11 @@
 """`Architecture`: the one object that describes a student, from search to export.
 
-A student is the teacher's embeddings, a projection to the first block's width, then blocks;
-each block has one hidden size and a list of sublayer operators; a projection joins blocks; an
-output projection returns to the teacher's width (`output`), so a student's last_hidden_state
-lives in the teacher's space (a drop-in replacement: same size, same geometry it was distilled to).
+A student is the teacher's embeddings, then blocks; each block has one hidden size and a list of
+sublayer operators. A block takes the leading dimensions of its input when it is narrower, the input
+as it is at equal width, and only a wider block pays for a linear map (`transition_params`). The
+output returns to the teacher's width (`output`): a linear map from a narrower last block, a
+reordering from a full-width one; a student's last_hidden_state lives in the teacher's space (a
+drop-in replacement: same size, same geometry it was distilled to).
 Its canonical JSON is the key everywhere (database rows, checkpoints, exported models).
 """
 
@@ -186,23 +188,23 @@ class Architecture:
         return sum(b.depth for b in self.blocks)
 
     def params(self) -> int:
-        """Exact parameter count of the extracted student (embeddings and projections included)."""
+        """Exact parameter count of the extracted student (embeddings and linear maps included)."""
         total = self.embeddings.params()
         prev = self.embeddings.width
         for b in self.blocks:
-            total += prev * b.hidden + b.hidden  # projection into the block's width
-            total += b.params()
+            total += transition_params(prev, b.hidden) + b.params()
             prev = b.hidden
-        return total + (prev * self.output + self.output if self.output else 0)
+        return total + output_params(prev, self.output)
 
     def flops(self, seq_len: int = 128) -> int:
-        """Multiply-adds x 2 for one sequence; embedding lookups are free."""
+        """Multiply-adds x 2 for one sequence; embedding lookups, slices and reorderings are free."""
         total, prev = 0, self.embeddings.width
         for b in self.blocks:
-            total += 2 * seq_len * prev * b.hidden
+            if b.hidden > prev:  # the linear prediction of the dimensions a wider block adds
+                total += 2 * seq_len * prev * (b.hidden - prev)
             total += sum(op.flops(b.hidden, seq_len) for op in b.ops)
             prev = b.hidden
-        return total + 2 * seq_len * prev * self.output
+        return total + (2 * seq_len * prev * self.output if self.output and prev != self.output else 0)
 
     # -- validity ------------------------------------------------------------------------
     def validate(self, space: SearchSpace) -> Architecture:
@@ -212,6 +214,16 @@ class Architecture:
         for i, b in enumerate(self.blocks):
             validate_block(b, space, i)
         return self
+
+
+def transition_params(in_width: int, width: int) -> int:
+    """Parameters of the map into a block: none unless it is wider (a linear prediction of the rest)."""
+    return (in_width + 1) * (width - in_width) if width > in_width else 0
+
+
+def output_params(width: int, output: int) -> int:
+    """Parameters of the map back to the teacher's width: none from a full-width last block."""
+    return (width + 1) * output if output and width != output else 0
 
 
 def op_choices(space: SearchSpace, hidden: int) -> list[Op]:
@@ -280,6 +292,32 @@ def smallest_block(space: SearchSpace) -> Block:
     cheapest = min(op_choices(space, h), key=lambda o: (o.params(h), o.flops(h, 128)))
     depth = space.depths[0]
     return Block(h, (cheapest,) * depth + (IDENTITY,) * (space.sublayers_per_block - depth))
+
+
+def teacher_pair(space: SearchSpace) -> tuple[Op, Op] | None:
+    """One teacher layer inside the space: attention then the widest feed-forward, at full width."""
+    h = space.max_hidden
+    if not {"mha", "ffn"} <= set(space.operators):
+        return None
+    return Op("mha", heads=h // space.head_size), Op("ffn", inner=max(space.ffn_ratios) * h)
+
+
+def truncated(space: SearchSpace, embeddings: Embeddings, layers: int) -> Architecture | None:
+    """The teacher's first `layers` layers as a student of the space: (attention, feed-forward) pairs at
+    full width filling the blocks in order, identity after them (None when the space cannot hold it:
+    no identity, a block that may not be empty, or more layers than positions)."""
+    pair, pairs = teacher_pair(space), space.sublayers_per_block // 2
+    if pair is None or "identity" not in space.operators or not 1 <= layers <= space.blocks * pairs:
+        return None
+    blocks = []
+    for b in range(space.blocks):
+        n = max(0, min(pairs, layers - b * pairs))
+        blocks.append(Block(space.max_hidden, pair * n + (IDENTITY,) * (space.sublayers_per_block - 2 * n)))
+    arch = Architecture.build(embeddings, tuple(blocks))
+    try:
+        return arch.validate(space)
+    except NasBertError:
+        return None
 
 
 def largest(space: SearchSpace, embeddings: Embeddings) -> Architecture:

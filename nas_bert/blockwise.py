@@ -27,8 +27,9 @@ from nas_bert.corpus import fixed_batches, load_corpus, make_collator
 from nas_bert.db import Checkpoint, Database, SupernetRun
 from nas_bert.errors import NasBertError
 from nas_bert.importance import teacher_importance
+from nas_bert.metrics import fidelity
 from nas_bert.space import SearchSpace
-from nas_bert.supernet import Supernet, inherit_teacher
+from nas_bert.supernet import Supernet, fit_reconstruction, inherit_teacher
 from nas_bert.teacher import Teacher, load_teacher
 from nas_bert.train import CheckpointDir, make_accelerator, sha256_file, train_loop
 
@@ -104,10 +105,14 @@ class BlockwiseObjective:
     def loss(self, model: torch.nn.Module, batch: dict[str, Tensor], micro_step: int) -> tuple[Tensor, dict[str, float]]:
         mask = batch["attention_mask"]
         bounds = self.teacher.boundaries(self.teacher.hidden_states(batch["input_ids"], mask), self.space.blocks)
-        jobs = self.jobs(micro_step)
+        core = model.module if hasattr(model, "module") else model  # DDP wraps the supernet
+        # a path made only of the teacher's frozen layers has nothing to learn: it is not run
+        jobs = [(b, blk) for b, blk in self.jobs(micro_step) if core.trainable(b, blk)]
         outs = model(bounds[:-1], jobs, mask)
         losses = [masked_mse(out, bounds[b + 1], mask) for (b, _), out in zip(jobs, outs, strict=True)]
-        logs = {f"b{b}": float(loss.detach()) for (b, _), loss in zip(jobs[: self.space.blocks], losses, strict=False)}
+        logs = {f"b{b}": float(loss.detach()) for (b, _), loss in zip(jobs, losses, strict=True)}
+        if not losses:  # every sampled path was the teacher's own: a zero step
+            return sum(p.sum() for p in core.parameters() if p.requires_grad) * 0.0, logs
         return torch.stack(losses).sum(), logs
 
     def validate(self, model: torch.nn.Module) -> dict[str, Any]:
@@ -145,6 +150,17 @@ def record_checkpoint(db: Database, run_id: int, step: int, path: Path, sha: str
                 other.deleted = 1
 
 
+LAYOUT = "resize-v2"  # supernet checkpoints of an older layout (learned adapters) are refused
+
+
+def frozen_spec(study: Study, teacher: Teacher) -> dict[str, int] | None:
+    """The teacher's full-width operator sizes, when its layers are kept frozen in the supernet."""
+    cfg = study.cfg.supernet
+    if cfg.init != "teacher" or not cfg.keep_teacher_layers:
+        return None
+    return {"heads": int(teacher.config.num_attention_heads), "inner": int(teacher.config.intermediate_size)}
+
+
 def build_supernet(study: Study, teacher: Teacher, seed: int, corpus: Any = None, inherit: bool = True) -> Supernet:
     """The untrained supernet: random, or started from the teacher (`supernet.init`; `inherit=False`
     skips that when a checkpoint will be loaded over it). Ranking the teacher's units by importance
@@ -152,18 +168,47 @@ def build_supernet(study: Study, teacher: Teacher, seed: int, corpus: Any = None
     study.space.check_teacher(teacher.num_layers, teacher.hidden_size)
     cfg = study.cfg.supernet
     torch.manual_seed(seed)  # the same initial weights for every run of this study
-    net = Supernet(study.space, teacher.hidden_size, eps=float(getattr(teacher.config, "layer_norm_eps", 1e-12)))
-    if inherit and cfg.init == "teacher":
-        importance = None
-        if cfg.init_units == "importance":
-            if corpus is None:
-                raise NasBertError("supernet.init_units: importance needs the corpus to rank the teacher's units")
-            batches = fixed_batches(corpus["train"], make_collator(teacher.tokenizer, study.cfg.corpus),
-                                    cfg.init_batches, cfg.batch_size, seed=seed)
-            device = next(teacher.encoder.parameters()).device
-            importance = teacher_importance(teacher, [{k: v.to(device) for k, v in b.items()} for b in batches])
+    net = Supernet(study.space, teacher.hidden_size, eps=float(getattr(teacher.config, "layer_norm_eps", 1e-12)),
+                   frozen=frozen_spec(study, teacher))
+    if not inherit:
+        return net
+    if corpus is None:
+        raise NasBertError("building a supernet needs the corpus (unit ranking and the boundary predictions)")
+    device = next(teacher.encoder.parameters()).device
+    batches = [{k: v.to(device) for k, v in b.items()} for b in fixed_batches(
+        corpus["train"], make_collator(teacher.tokenizer, study.cfg.corpus), cfg.init_batches, cfg.batch_size, seed=seed)]
+    if cfg.init == "teacher":
+        importance = teacher_importance(teacher, batches) if cfg.init_units == "importance" else None
         inherit_teacher(net, teacher, importance)
+    states = [teacher.boundaries(teacher.hidden_states(b["input_ids"], b["attention_mask"]), study.space.blocks)
+              for b in batches]
+    fit_reconstruction(net, states, [b["attention_mask"] for b in batches])
     return net
+
+
+@torch.no_grad()
+def teacher_paths(net: Supernet, teacher: Teacher, cache: ValidationCache) -> list[dict[str, Any]]:
+    """The teacher's truncated paths inside the space, taken from the supernet, beside the untouched
+    truncations: fidelity of each to the teacher's output (pooled as the teacher is used) and their
+    largest difference. Equal when the teacher's layers are kept as they are."""
+    emb = teacher.embeddings_spec()
+    full = [teacher.embed(bounds[-1], batch["attention_mask"]) for batch, bounds in zip(cache.batches, cache.bounds, strict=True)]
+    rows = []
+    for k in range(1, teacher.num_layers + 1):
+        arch = A.truncated(net.space, emb, k)
+        if arch is None:
+            continue
+        ours, untouched, diff = [], [], 0.0
+        for batch in cache.batches:
+            mask = batch["attention_mask"]
+            states = teacher.hidden_states(batch["input_ids"], mask)
+            out = net.forward_student(states[0], arch, mask)
+            diff = max(diff, float((out - states[k])[mask.bool()].abs().max()))
+            ours.append(teacher.embed(out, mask))
+            untouched.append(teacher.embed(states[k], mask))
+        rows.append({"layers": k, "architecture": str(arch), "fidelity_supernet": fidelity(torch.cat(ours), torch.cat(full)),
+                     "fidelity_untouched": fidelity(torch.cat(untouched), torch.cat(full)), "max_abs_diff": diff})
+    return rows
 
 
 def train_supernet(study: Study, steps: int | None = None, stop_after: int | None = None) -> dict[str, Any]:
@@ -188,7 +233,8 @@ def train_supernet(study: Study, steps: int | None = None, stop_after: int | Non
                                 study.space.blocks, accelerator.device)
     objective = BlockwiseObjective(teacher, study.space, cfg.sampling, cfg.seed, val, cfg.val_random_archs,
                                    cfg.sandwich_every)
-    meta = {"space": study.space.fingerprint(), "teacher": study.cfg.teacher, "init": f"{cfg.init}/{cfg.init_units}"}
+    meta = {"space": study.space.fingerprint(), "teacher": study.cfg.teacher, "init": f"{cfg.init}/{cfg.init_units}",
+            "layout": LAYOUT, "frozen": frozen_spec(study, teacher)}
     t0 = time.perf_counter()
     report = train_loop(
         model=supernet, objective=objective, dataset=corpus["train"], collator=collator, cfg=cfg,
@@ -211,9 +257,10 @@ def train_supernet(study: Study, steps: int | None = None, stop_after: int | Non
             s.get(SupernetRun, run_id).status = "finished" if step >= steps else "running"
             sha = Checkpoint.latest(s, run_id).sha256
         db.dispose()
+    paths = teacher_paths(accelerator.unwrap_model(supernet).eval(), teacher, val) if main else []
     return {"study": study.name, "step": step, "target_steps": steps, "checkpoint": str(latest), "sha256": sha,
-            "seconds": round(time.perf_counter() - t0, 1), "val_losses": report, "db": study.db_url,
-            "world_size": accelerator.num_processes, "is_main": main}
+            "seconds": round(time.perf_counter() - t0, 1), "val_losses": report, "teacher_paths": paths,
+            "db": study.db_url, "world_size": accelerator.num_processes, "is_main": main}
 
 
 def load_supernet_checkpoint(path: Path, space: SearchSpace, teacher_width: int, eps: float = 1e-12) -> Supernet:
@@ -223,6 +270,9 @@ def load_supernet_checkpoint(path: Path, space: SearchSpace, teacher_width: int,
     state = torch.load(path, map_location="cpu", weights_only=False)
     if state["meta"].get("space") != space.fingerprint():
         raise NasBertError(f"checkpoint {path} belongs to another search space; train a supernet for '{space.name}'")
-    net = Supernet(space, teacher_width, eps)
+    if state["meta"].get("layout") != LAYOUT:
+        raise NasBertError(f"checkpoint {path} was made by an older nas-bert (supernet layout "
+                           f"{state['meta'].get('layout') or 'adapters'}); move {path.parent} away and train again")
+    net = Supernet(space, teacher_width, eps, frozen=state["meta"].get("frozen"))
     net.load_state_dict(state["model"])
     return net.eval()

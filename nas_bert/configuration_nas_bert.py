@@ -19,12 +19,15 @@ class NasBertConfig(PretrainedConfig):
         hidden_dropout_prob: float = 0.0,
         attention_probs_dropout_prob: float = 0.0,
         pad_token_id: int = 0,
+        dim_order: list[int] | None = None,
         **kwargs: Any,
     ) -> None:
         self.architecture = architecture or {
             "embeddings": {"vocab_size": 2, "max_positions": 8, "type_vocab_size": 1, "width": 8},
             "blocks": [{"hidden": 8, "ops": [{"op": "ffn", "inner": 8}]}],
         }
+        # hidden dimension k is the teacher's dimension dim_order[k] (None: the teacher's own order)
+        self.dim_order = list(dim_order) if dim_order is not None else None
         self.layer_norm_eps = layer_norm_eps
         self.hidden_dropout_prob = hidden_dropout_prob
         self.attention_probs_dropout_prob = attention_probs_dropout_prob

@@ -1,8 +1,8 @@
 """The latency model of a target device: NAS-BERT's per-operator lookup table plus a calibration.
 
-Every operator the search can place, the embeddings and every projection between widths is timed
-once as the plain student module it is in an extracted model; a student's raw latency is the sum of
-its parts. What isolated timings miss (the model's own forward, caches shared between layers) is
+Every operator the search can place, the embeddings, every map into a wider block and every output
+map is timed once as the plain student module it is in an extracted model (equal widths and slices
+into a narrower block cost nothing); a student's raw latency is the sum of its parts. What isolated timings miss (the model's own forward, caches shared between layers) is
 corrected by `measured ~ a * raw + b`, fitted on whole students measured end to end. Timings live in
 the study database under a device fingerprint, so a second search on the same machine measures nothing.
 """
@@ -33,7 +33,7 @@ from nas_bert.architecture import IDENTITY, Architecture, Block, Embeddings, Op,
 from nas_bert.configuration_nas_bert import NasBertConfig
 from nas_bert.db import Database, LatencyCalibration, LatencyRow
 from nas_bert.errors import NasBertError
-from nas_bert.modeling_nas_bert import NasBertEmbeddings, NasBertLayer, NasBertModel, mask_bias
+from nas_bert.modeling_nas_bert import NasBertEmbeddings, NasBertLayer, NasBertModel, mask_bias, resize
 from nas_bert.space import SearchSpace
 
 # Timing on shared cores. Other processes of this machine show up as time our threads waited for a
@@ -104,8 +104,14 @@ def op_key(op: Op, hidden: int) -> str:
     return f"{op.kind}:{hidden}:{size}"
 
 
-def proj_key(in_width: int, out_width: int) -> str:
-    return f"proj:{in_width}:{out_width}"
+def grow_key(in_width: int, out_width: int) -> str:
+    """The linear map into a wider block (a narrower or equal one is a free slice)."""
+    return f"grow:{in_width}:{out_width}"
+
+
+def output_key(in_width: int, out_width: int) -> str:
+    """Back to the teacher's dimensions: a linear map, or a reordering when the widths are equal."""
+    return f"output:{in_width}:{out_width}"
 
 
 def embeddings_key(emb: Embeddings) -> str:
@@ -113,15 +119,15 @@ def embeddings_key(emb: Embeddings) -> str:
     return f"embeddings:{emb.vocab_size}:{emb.width}"
 
 
-Spec = tuple[Any, ...]  # what a key times: ("op", hidden, Op), ("proj", in, out) or ("embeddings", Embeddings)
+Spec = tuple[Any, ...]  # what a key times: ("op", hidden, Op), ("grow" | "output", in, out) or ("embeddings", Embeddings)
 
 
 def table_specs(space: SearchSpace, emb: Embeddings) -> dict[str, Spec]:
     """Every timing a student of `space` on embeddings `emb` can need, by key."""
     specs: dict[str, Spec] = {embeddings_key(emb): ("embeddings", emb)}
     specs |= {op_key(op, h): ("op", h, op) for h in space.hidden_sizes for op in op_choices(space, h)}
-    specs |= {proj_key(i, o): ("proj", i, o) for i in (emb.width, *space.hidden_sizes) for o in space.hidden_sizes}
-    specs |= {proj_key(i, emb.width): ("proj", i, emb.width) for i in space.hidden_sizes}  # output projections
+    specs |= {grow_key(i, o): ("grow", i, o) for i in space.hidden_sizes for o in space.hidden_sizes if o > i}
+    specs |= {output_key(i, emb.width): ("output", i, emb.width) for i in space.hidden_sizes}
     return specs
 
 
@@ -213,9 +219,17 @@ def _key_job(spec: Spec, cfg: LatencyConfig) -> Job:
         _check_positions(emb, cfg)
         module: nn.Module = NasBertEmbeddings(_layer_config(emb)).eval().to(dev)
         return "m(ids)", {"m": module, "ids": torch.randint(0, emb.vocab_size, (B, T), device=dev)}
-    if spec[0] == "proj":
+    if spec[0] == "grow":
         _, i, o = spec
-        return "m(x)", {"m": nn.Linear(i, o).eval().to(dev), "x": torch.randn(B, T, i, device=dev)}
+        grow = nn.Linear(i, o - i).eval().to(dev)
+        return "resize(x, o, grow.weight, grow.bias)", {"resize": resize, "o": o, "grow": grow,
+                                                        "x": torch.randn(B, T, i, device=dev)}
+    if spec[0] == "output":
+        _, i, o = spec
+        x = torch.randn(B, T, i, device=dev)
+        if i == o:  # a full-width last block: the reordering into the teacher's dimensions
+            return "x.index_select(-1, index)", {"x": x, "index": torch.randperm(o, device=dev)}
+        return "m(x)", {"m": nn.Linear(i, o).eval().to(dev), "x": x}
     _, h, op = spec
     layer = NasBertLayer(_layer_config(), h, op.to_dict()).eval().to(dev)
     mask = torch.ones(B, T, dtype=torch.long, device=dev)
@@ -252,9 +266,13 @@ def measure_callables(calls: list[Callable[[], Any]], cfg: LatencyConfig) -> lis
     return _time_jobs([("f()", {"f": f}) for f in calls], cfg, MODEL_ROUNDS)
 
 
-def build_student(arch: Architecture) -> NasBertModel:
-    """A student with random weights: latency does not depend on the values."""
-    return NasBertModel(NasBertConfig(architecture=arch.to_dict())).eval()
+def build_student(arch: Architecture, reorder: bool = True) -> NasBertModel:
+    """A student with random weights: latency does not depend on the values. With `reorder`, its hidden
+    dimensions are in an importance order as a searched student's are, so a full-width last block pays
+    for the reordering back into the teacher's dimensions (a teacher's own first layers do not)."""
+    width = arch.embeddings.width
+    order = list(range(width - 1, -1, -1)) if reorder else None
+    return NasBertModel(NasBertConfig(architecture=arch.to_dict(), dim_order=order)).eval()
 
 
 # -- calibration ----------------------------------------------------------------------------------
@@ -331,9 +349,9 @@ class LatencyModel:
             ) from None
 
     def block_raw_ms(self, block: Block, in_width: int) -> float:
-        """The projection into the block plus its operators (identity costs nothing)."""
+        """The map into the block (only a wider block has one) plus its operators (identity costs nothing)."""
         ops = sum(self._ms(op_key(op, block.hidden)) for op in block.ops if op.kind != "identity")
-        return self._ms(proj_key(in_width, block.hidden)) + ops
+        return (self._ms(grow_key(in_width, block.hidden)) if block.hidden > in_width else 0.0) + ops
 
     def raw_ms(self, arch: Architecture) -> float:
         """Sum of the table entries of the student's modules."""
@@ -341,7 +359,7 @@ class LatencyModel:
         for b in arch.blocks:
             total += self.block_raw_ms(b, prev)
             prev = b.hidden
-        return total + (self._ms(proj_key(prev, arch.output)) if arch.output else 0.0)
+        return total + (self._ms(output_key(prev, arch.output)) if arch.output else 0.0)
 
     def predict(self, arch: Architecture) -> float:
         """Calibrated end-to-end milliseconds."""
@@ -351,7 +369,7 @@ class LatencyModel:
         """The student of `space` with the lowest predicted latency (exact).
 
         Within a block of width h the cheapest choice is the minimum depth of the cheapest operator;
-        the projection into block b depends on block b-1's width, so a dynamic programme over widths
+        the map into block b depends on block b-1's width, so a dynamic programme over widths
         picks the widths. The calibration is increasing in raw (a > 0), so minimising raw is enough.
         """
         depth = space.depths[0]
@@ -367,7 +385,7 @@ class LatencyModel:
                        key=lambda t: t[0])
                 for h, blk in cheapest.items()
             }
-        _, blocks = min(((c + self._ms(proj_key(h, emb.width)), blocks) for h, (c, blocks) in best.items()),
+        _, blocks = min(((c + self._ms(output_key(h, emb.width)), blocks) for h, (c, blocks) in best.items()),
                         key=lambda t: t[0])
         return Architecture.build(emb, blocks)
 

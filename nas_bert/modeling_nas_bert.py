@@ -1,8 +1,15 @@
 """A nas-bert student as a transformers model (self-contained: ships with exported models).
 
-The functional forms below (`attention`, `feed_forward`, `sep_conv`, `post_norm`) are the only
-definition of each operator's math: the supernet calls them with sliced shared weights and the
+The functional forms below (`attention`, `feed_forward`, `sep_conv`, `post_norm`, `resize`) are the
+only definition of each operator's math: the supernet calls them with sliced shared weights and the
 student calls them with its own copies, so an extracted student computes exactly its sub-path.
+
+A student's hidden dimensions are the teacher's, reordered by importance (`dim_order`: hidden
+dimension k is the teacher's dimension dim_order[k]), so a block of width h keeps the leading h.
+Between blocks nothing is spent where nothing changes: equal widths pass the state on as it is, a
+narrower block takes the leading dimensions, and only a wider block pays for a linear map that
+predicts its extra dimensions from the ones it receives. The output returns to the teacher's
+dimensions: a linear map from a narrower last block, a reordering from a full-width one.
 """
 
 from __future__ import annotations
@@ -61,6 +68,18 @@ def post_norm(x: Tensor, y: Tensor, w: Tensor, b: Tensor, eps: float, dropout: f
     """BERT's residual sublayer: LayerNorm(x + dropout(y))."""
     y = F.dropout(y, dropout, training)
     return F.layer_norm(x + y, (x.shape[-1],), w, b, eps)
+
+
+def resize(x: Tensor, width: int, grow_w: Tensor | None = None, grow_b: Tensor | None = None) -> Tensor:
+    """Into the next block's width: (B, T, h_in) -> (B, T, width). The same width passes as it is; a
+    narrower one keeps the leading dimensions; a wider one appends (grow_w x + grow_b)[..., :width - h_in],
+    a linear prediction of the dimensions it lacks."""
+    h = x.shape[-1]
+    if width == h:
+        return x
+    if width < h:
+        return x[..., :width]
+    return torch.cat([x, F.linear(x, grow_w[: width - h], grow_b[: width - h])], dim=-1)
 
 
 # -- the student's modules ----------------------------------------------------------------------
@@ -124,12 +143,20 @@ class NasBertLayer(nn.Module):
 
 
 class NasBertBlock(nn.Module):
-    """A projection into the block's width, then its non-identity sublayers."""
+    """Into the block's width (`resize`; a linear `grow` only when it is wider than its input), then
+    its non-identity sublayers."""
 
     def __init__(self, config: NasBertConfig, in_width: int, block: dict[str, Any]) -> None:
         super().__init__()
-        self.projection = nn.Linear(in_width, block["hidden"])
+        self.width = block["hidden"]
+        self.grow = nn.Linear(in_width, self.width - in_width) if self.width > in_width else None
         self.layers = nn.ModuleList(NasBertLayer(config, block["hidden"], op) for op in block["ops"] if op["op"] != "identity")
+
+    def enter(self, x: Tensor) -> Tensor:
+        """(B, T, in_width) -> (B, T, width)."""
+        if self.grow is None:
+            return resize(x, self.width)
+        return resize(x, self.width, self.grow.weight, self.grow.bias)
 
 
 class NasBertPreTrainedModel(PreTrainedModel):
@@ -162,7 +189,13 @@ class NasBertModel(NasBertPreTrainedModel):
             NasBertBlock(config, widths[i], b) for i, b in enumerate(config.architecture["blocks"])
         )
         output = config.architecture.get("output")
-        self.output_projection = nn.Linear(widths[-1], output) if output else None
+        # back to the teacher's dimensions: a linear map from a narrower last block, else a reordering
+        self.output_projection = nn.Linear(widths[-1], output) if output and output != widths[-1] else None
+        order = config.dim_order if output and output == widths[-1] else None
+        if order is not None and list(order) != list(range(len(order))):
+            self.register_buffer("output_index", torch.argsort(torch.tensor(order, dtype=torch.long)))
+        else:
+            self.output_index = None
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -185,12 +218,14 @@ class NasBertModel(NasBertPreTrainedModel):
         bias = mask_bias(attention_mask, x.dtype) if attention_mask is not None else None
         hidden_states: list[Tensor] = [x]
         for block in self.blocks:
-            x = block.projection(x)  # (B, T, h_b)
+            x = block.enter(x)  # (B, T, h_b)
             for layer in block.layers:
                 x = layer(x, bias, attention_mask)
                 hidden_states.append(x)
-        if self.output_projection is not None:  # hidden_states keep the sublayers' own widths
-            x = self.output_projection(x)  # (B, T, output)
+        if self.output_projection is not None:  # hidden_states keep the sublayers' own widths and order
+            x = self.output_projection(x)  # (B, T, output), the teacher's dimensions
+        elif self.output_index is not None:
+            x = x.index_select(-1, self.output_index)  # importance order -> the teacher's order
         if return_dict is False:
             return (x, tuple(hidden_states)) if output_hidden_states else (x,)
         return BaseModelOutput(last_hidden_state=x, hidden_states=tuple(hidden_states) if output_hidden_states else None)

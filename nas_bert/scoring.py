@@ -67,16 +67,14 @@ class BlockScorer:
 def rescore(supernet: Supernet, arch: Architecture, cache: ValidationCache) -> float:
     """End-to-end MSE of the chained student against the teacher's last hidden state.
 
-    The student's last block output goes back to the teacher's width through that block's
-    output adapter, the same map its block score used.
+    The student's output is what the extracted student returns: its last block, completed to the
+    teacher's width by the last boundary's prediction, in the teacher's order.
     """
     total, tokens = 0.0, 0.0
-    last = len(arch.blocks) - 1
-    w, b = supernet.output_adapter(last, arch.blocks[last].hidden)
+    arch = arch if arch.output else Architecture(arch.embeddings, arch.blocks, supernet.teacher_width)
     for batch, bounds in zip(cache.batches, cache.bounds, strict=True):
         mask = batch["attention_mask"]
-        hidden = supernet.forward_chain(bounds[0], arch, mask)  # (B, T, h_last)
-        out = torch.nn.functional.linear(hidden, w, b)  # (B, T, teacher width)
+        out = supernet.forward_student(bounds[0], arch, mask)  # (B, T, teacher width)
         n = float(mask.sum())
         total += float(masked_mse(out, bounds[-1], mask)) * n
         tokens += n

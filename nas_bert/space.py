@@ -34,7 +34,8 @@ class SearchSpace(BaseModel):
     ffn_ratios: tuple[int, ...] = Field(default=(4,), min_length=1)
     conv_kernels: tuple[int, ...] = Field(default=(3, 5, 7))
     operators: tuple[OpKind, ...] = Field(default=("mha", "ffn", "sepconv", "identity"), min_length=1)
-    min_depth: int = Field(default=1, ge=1, description="fewest non-identity sublayers in a block")
+    min_depth: int = Field(default=1, ge=0, description="fewest non-identity sublayers in a block (0: a block may be "
+                                                         "empty, so the teacher's first layers are students of the space)")
 
     @model_validator(mode="after")
     def _check(self) -> SearchSpace:
