@@ -12,7 +12,7 @@ by the same code as searched students.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
@@ -21,7 +21,7 @@ from nas_bert.configuration_nas_bert import NasBertConfig
 from nas_bert.errors import NasBertError
 from nas_bert.importance import Importance, bert_layers, head_size
 from nas_bert.modeling_nas_bert import NasBertModel
-from nas_bert.supernet import copy_attention, copy_embeddings, copy_ffn
+from nas_bert.supernet import copy_attention, copy_embeddings, copy_ffn, importance_order, ridge_completion
 from nas_bert.teacher import Teacher
 
 Tensor = torch.Tensor
@@ -48,21 +48,15 @@ def uniform_architecture(teacher: Teacher, width: int, layers: int | None = None
     return Architecture.build(teacher.embeddings_spec(), (Block(width, pair * layers),))
 
 
-def _top(scores: Tensor | None, k: int, total: int) -> Tensor:
-    """Indices kept: the leading k, or the k best-scored, in their original order."""
-    if scores is None:
-        return torch.arange(k)
-    return torch.sort(torch.topk(scores, k).indices).values
-
-
-def teacher_initialised(arch: Architecture, teacher: Teacher, importance: Importance | None = None
-                        ) -> tuple[NasBertModel, tuple[Tensor, Tensor]]:
+def teacher_initialised(arch: Architecture, teacher: Teacher, importance: Importance | None = None,
+                        batches: list[dict[str, Tensor]] | None = None) -> NasBertModel:
     """A uniform one-block student with weights extracted from the teacher's first layers.
 
-    Student layer i takes teacher layer i. Units kept: the leading ones, or the best-scored when
-    `importance` is given; at full width nothing is dropped and the copy is exact. Returns the student
-    and the (weight, bias) from its width back to the teacher's (the selection's transpose), which is
-    also its output projection's start.
+    Student layer i takes teacher layer i. Hidden dimensions, heads and neurons are ordered by
+    `importance` (or kept in order) and the leading ones kept; at full width nothing is dropped and
+    the copy is exact (the teacher's own order). A narrower student's output map puts its dimensions
+    back and predicts the dropped ones by a ridge regression on the teacher's states over `batches`
+    (zeros without them): the same start as a searched student's output.
     """
     if len(arch.blocks) != 1:
         raise NasBertError("teacher-initialised students have one block; build them with uniform_architecture")
@@ -73,29 +67,33 @@ def teacher_initialised(arch: Architecture, teacher: Teacher, importance: Import
     if len(ops) % 2 or any((a.kind, b.kind) != ("mha", "ffn") for a, b in pairs) or len(pairs) > len(layers):
         raise NasBertError("teacher-initialised students are (attention, feed-forward) pairs, at most the teacher's depth")
     H, hs, w = teacher.hidden_size, head_size(teacher), block.hidden
-    dims = _top(importance.hidden if importance else None, w, H)
-    student = NasBertModel(NasBertConfig(architecture=arch.to_dict(), layer_norm_eps=float(teacher.config.layer_norm_eps)))
-    copy_embeddings(teacher.encoder.embeddings, student)
-    select = torch.zeros(w, H)
-    select[torch.arange(w), dims] = 1.0
+    order = importance_order(importance.hidden if importance is not None and w < H else None, H)
+    student = NasBertModel(NasBertConfig(architecture=arch.to_dict(), layer_norm_eps=float(teacher.config.layer_norm_eps),
+                                         dim_order=order.tolist() if w < H else None))
+    copy_embeddings(teacher.encoder.embeddings, student, order if w < H else None)
     with torch.no_grad():
         sb = student.blocks[0]
-        sb.projection.weight.copy_(select)
-        sb.projection.bias.zero_()
+        dims = order[:w]
         for i, (mha, ffn) in enumerate(pairs):
             t = layers[i]
             a, f = sb.layers[2 * i], sb.layers[2 * i + 1]
-            heads = _top(importance.heads[i] if importance else None, mha.heads, H // hs)
-            cols = (heads[:, None] * hs + torch.arange(hs)).reshape(-1)  # the kept heads' dimensions
-            copy_attention((a.query, a.key, a.value, a.output), a.LayerNorm, t, cols, dims)
-            inner = _top(importance.neurons[i] if importance else None, ffn.inner, t.intermediate.dense.out_features)
+            heads = importance_order(importance.heads[i] if importance else None, H // hs)[: mha.heads]
+            rows = (heads[:, None] * hs + torch.arange(hs)).reshape(-1)  # the kept heads' dimensions
+            copy_attention((a.query, a.key, a.value, a.output), a.LayerNorm, t, rows, dims)
+            inner = importance_order(importance.neurons[i] if importance else None, t.intermediate.dense.out_features)[: ffn.inner]
             copy_ffn((f.intermediate.weight, f.intermediate.bias, f.output.weight, f.output.bias), f.LayerNorm, t,
                      inner, dims)
-        final = (select.T.contiguous(), torch.zeros(H))  # kept dimensions back in their places
-        if student.output_projection is not None:
-            student.output_projection.weight.copy_(final[0])
-            student.output_projection.bias.copy_(final[1])
-    return student, final
+        if student.output_projection is not None:  # kept dimensions back in their places, the rest predicted
+            rest_w, rest_b = torch.zeros(H - w, w), torch.zeros(H - w)
+            if batches:
+                states = [(teacher.hidden_states(b["input_ids"], b["attention_mask"])[len(pairs)], b["attention_mask"])
+                          for b in batches]
+                x = torch.cat([s.index_select(-1, order.to(s.device))[m.bool()] for s, m in states]).cpu()
+                rest_w, rest_b = ridge_completion(x, w)
+            inv = torch.argsort(order)
+            student.output_projection.weight.copy_(torch.cat([torch.eye(w), rest_w])[inv])
+            student.output_projection.bias.copy_(torch.cat([torch.zeros(w), rest_b])[inv])
+    return student
 
 
 def describe(kind: str, arch: Architecture, order: str | None = None) -> str:
@@ -105,23 +103,3 @@ def describe(kind: str, arch: Architecture, order: str | None = None) -> str:
     if kind == "truncated":
         return f"teacher's first {layers} layer{'s' * (layers != 1)}"
     return f"{layers} x {b.hidden} wide ({b.ops[0].heads} heads), {order} units"
-
-
-def distill_baseline(ctx: Any, name: str, arch: Architecture, importance: Importance | None = None,
-                     steps: int | None = None, stop_after: int | None = None) -> dict[str, Any]:
-    """Distil a teacher-initialised student exactly as searched students are (the study's distill
-    settings, data and losses), with TinyBERT's uniform layer mapping; resumable under
-    <study workdir>/baselines/<name>. `ctx` is a `students.StudentContext`."""
-    from nas_bert.distill import distill_points, uniform_mapping
-    from nas_bert.students import train_student
-
-    cfg = ctx.study.cfg.distill
-    steps = steps or cfg.steps
-    student, final_init = teacher_initialised(arch, ctx.teacher, importance)
-    module = ctx.wrap(student, arch, final_init, cfg.freeze_embeddings)
-    mapping = uniform_mapping(len(distill_points(arch)), ctx.teacher.num_layers)
-    root = ctx.study.workdir / "baselines" / name
-    before, report, step, path = train_student(ctx, arch, module, mapping, root, steps, stop_after, label=name)
-    return {"name": name, "arch_hash": arch.hash(), "architecture": str(arch), "params": arch.params(),
-            "mapping": mapping, "before": before, "after": report, "step": step, "target_steps": steps,
-            "student_path": str(path) if path else None}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from nas_bert.architecture import Architecture
+from nas_bert.architecture import Architecture, output_params, transition_params
 
 
 def _fmt(x: float | None, spec: str = ".3f") -> str:
@@ -20,13 +20,65 @@ def _extra_metrics(info: dict[str, Any]) -> str:
         rows.append(f"| held-out final-state MSE before / after distillation | {_fmt(d['final_loss_before'], '.5f')} / "
                     f"{_fmt(d['final_loss_after'], '.5f')} |")
     labels = {"eval_fidelity": "fidelity to the teacher (Spearman of pairwise cosine similarities)",
+              "eval_ood_fidelity": "fidelity out of domain (Linux man pages' prose, never trained or chosen on)",
+              "eval_cosine": "mean cosine to the teacher's sentence embedding",
+              "eval_ood_cosine": "mean cosine to the teacher's sentence embedding, out of domain",
               "eval_accuracy": "downstream accuracy", "eval_teacher_accuracy": "teacher's accuracy (same protocol)",
               "eval_accuracy_ratio": "accuracy / teacher's", "eval_label_loyalty": "label loyalty",
               "eval_probability_loyalty": "probability loyalty (1 - Jensen-Shannon distance)"}
     task = f" ({m['eval_task']})" if "eval_task" in m else ""
-    rows += [f"| {label}{task if k != 'eval_fidelity' else ''} | {_fmt(m[k], '.4f')} |"
+    rows += [f"| {label}{task if 'fidelity' not in k and 'cosine' not in k else ''} | {_fmt(m[k], '.4f')} |"
              for k, label in labels.items() if m.get(k) is not None]
     return "\n".join(rows) + ("\n" if rows else "")
+
+
+def _origin(info: dict[str, Any]) -> str:
+    """Where the student comes from, said plainly when a hand-designed student won its budget."""
+    fin = info.get("finalist") or {}
+    plain = {"truncated": "the teacher's own first layers (a hand-designed student)",
+             "uniform": "the teacher at a uniform smaller width, its units ranked by importance (a hand-designed student)"}
+    if info.get("origin", "search") != "search":
+        return (f"**A hand-designed student won this budget's finalists**: this model is {plain[info['origin']]}, "
+                f"distilled; it beat every searched student of its latency on held-out fidelity "
+                f"({_fmt(fin.get('fidelity'))} after the finalists' short distillation).\n\n")
+    if fin:
+        return (f"Chosen among the {_fmt(info.get('budget_ms'), 'g')} ms finalists (searched and hand-designed students "
+                f"after the same short distillation) by held-out fidelity: {_fmt(fin.get('fidelity'))}.\n\n")
+    return ""
+
+
+def _made(info: dict[str, Any]) -> str:
+    t, distilled = info["teacher"]["name"], " and distilled from it" if info.get("distilled") else ""
+    if info.get("origin", "search") != "search":
+        return (f"A BERT student made by nas-bert in study `{info['study']}` for the {_fmt(info['budget_ms'], 'g')} ms "
+                f"budget, copied from the teacher `{t}`{distilled}.")
+    return (f"A BERT student found by nas-bert in study `{info['study']}` (trial {info['trial']} of the "
+            f"{_fmt(info['budget_ms'], 'g')} ms search), extracted from the trained supernet on the embeddings of the "
+            f"teacher `{t}`{distilled}.")
+
+
+def _usage(info: dict[str, Any]) -> str:
+    auto = f"""```python
+from transformers import AutoModel, AutoTokenizer
+
+tokenizer = AutoTokenizer.from_pretrained("{info["name"]}", trust_remote_code=True)
+model = AutoModel.from_pretrained("{info["name"]}", trust_remote_code=True)
+hidden = model(**tokenizer(["a sentence"], return_tensors="pt")).last_hidden_state
+```"""
+    if not info.get("sentence_transformers"):
+        return auto
+    return f"""Use it as its teacher is used, with sentence-transformers (same pooling and normalisation):
+
+```python
+from sentence_transformers import SentenceTransformer
+
+model = SentenceTransformer("{info["name"]}", trust_remote_code=True)
+embeddings = model.encode(["a sentence", "another sentence"])
+```
+
+or, for token states, with transformers alone:
+
+{auto}"""
 
 
 def model_card(info: dict[str, Any], arch: Architecture) -> str:
@@ -37,12 +89,19 @@ def model_card(info: dict[str, Any], arch: Architecture) -> str:
     rows = [f"| - | embeddings | {emb.width} | the teacher's (vocab {emb.vocab_size}) | {emb.params():,} |"]
     prev = arch.embeddings.width
     for i, b in enumerate(arch.blocks):
-        rows.append(f"| {i} | projection | {prev} -> {b.hidden} | linear | {prev * b.hidden + b.hidden:,} |")
+        if b.hidden != prev:
+            kind = "leading dimensions" if b.hidden < prev else "linear prediction of the added dimensions"
+            rows.append(f"| {i} | into the block | {prev} -> {b.hidden} | {kind} | {transition_params(prev, b.hidden):,} |")
         rows += [f"| {i} | {j} | {b.hidden} | {op} | {op.params(b.hidden):,} |" for j, op in enumerate(b.ops)]
         prev = b.hidden
+    if arch.output:
+        kind = "reordering" if prev == arch.output else "linear"
+        rows.append(f"| - | output | {prev} -> {arch.output} | {kind} | {output_params(prev, arch.output):,} |")
     runtimes = "\n".join(f"| {label} | {_fmt(lat[k])} | {tms} | {_fmt(sp[k], '.2f')}x |" for label, k in
                          (("PyTorch fp32", "torch_fp32"), ("ONNX fp32", "onnx_fp32"), ("ONNX int8", "onnx_int8")))
     table = "\n".join(rows)
+    over = (f"**Over budget when measured**: {_fmt(lat['torch_fp32'])} ms against the {_fmt(info['budget_ms'], 'g')} ms "
+            "budget on this machine.\n\n" if info.get("over_budget") else "")
     stale = "" if ck["scored_with_sha256"] == ck["sha256"] else (
         f"; the search scored it with checkpoint sha256 `{ck['scored_with_sha256']}`, since pruned")
     return f"""---
@@ -52,19 +111,11 @@ tags: [nas-bert, bert, onnx]
 ---
 # {info["name"]}
 
-A BERT student found by nas-bert in study `{info["study"]}` (trial {info["trial"]} of the \
-{_fmt(info["budget_ms"], "g")} ms search), extracted from the trained supernet on the embeddings of the teacher \
-`{t["name"]}`{" and distilled from it" if info.get("distilled") else ""}. It returns `last_hidden_state` of shape (batch, sequence, {arch.output or arch.blocks[-1].hidden}).
+{_made(info)} It returns `last_hidden_state` of shape (batch, sequence, {arch.output or arch.blocks[-1].hidden}).
 
-## Usage
+{_origin(info)}{over}## Usage
 
-```python
-from transformers import AutoModel, AutoTokenizer
-
-tokenizer = AutoTokenizer.from_pretrained("{info["name"]}", trust_remote_code=True)
-model = AutoModel.from_pretrained("{info["name"]}", trust_remote_code=True)
-hidden = model(**tokenizer(["a sentence"], return_tensors="pt")).last_hidden_state
-```
+{_usage(info)}
 
 ONNX: `onnx/model.onnx` (fp32) and `onnx/model.int8.onnx` (dynamic int8 weights) take `input_ids` and \
 `attention_mask` of any batch size and sequence length and return `last_hidden_state`.

@@ -63,8 +63,13 @@ def _supernet_table(s: dict[str, Any]) -> str:
     lines = [f"supernet of study '{s['study']}': step {s['step']}/{s['target_steps']} ({s['seconds']} s this run)",
              f"checkpoint {s['checkpoint']}  sha256 {str(s['sha256'])[:12]}", "validation MSE per block:"]
     for name, losses in s["val_losses"].items():
-        if name != "step":
+        if name != "step" and isinstance(losses, list):
             lines.append(f"  {name:<10} " + "  ".join(f"{x:8.4f}" for x in losses))
+    if s.get("teacher_paths"):
+        lines.append("the teacher's first k layers taken from the supernet, against the untouched cut "
+                     "(fidelity to the teacher's output):")
+        lines += [f"  k={p['layers']}: supernet {p['fidelity_supernet']:.4f}, untouched {p['fidelity_untouched']:.4f}, "
+                  f"largest difference {p['max_abs_diff']:.1e}" for p in s["teacher_paths"]]
     return "\n".join(lines)
 
 
@@ -101,11 +106,15 @@ def search_cmd(
     workers: Annotated[int, typer.Option(help="processes on this machine sharing the study database")] = 1,
     as_json: JsonOpt = False,
 ) -> None:
-    """Stages 2-5 for one budget: latency table, block scores, Optuna search, rescoring; resumes."""
+    """Stages 2-5 for one budget: latency table, block scores, Optuna search, rescoring, and the finalists'
+    choice (searched and hand-designed students short-distilled, timed and ranked by fidelity); resumes."""
+    from nas_bert.finalists import choose
     from nas_bert.search import search
 
     study = load_study(config, db)
-    _print(search(study, latency_budget_ms, trials, workers), as_json, _search_table)
+    summary = search(study, latency_budget_ms, trials, workers)
+    summary["finalists"] = choose(study, latency_budget_ms)
+    _print(summary, as_json, _search_table)
 
 
 def _front_table(front: list[dict[str, Any]]) -> str:
@@ -128,8 +137,34 @@ def _search_table(s: dict[str, Any]) -> str:
         "feasible Pareto front:",
         _front_table(s["front"]),
     ]
-    if s["chosen"]:
-        lines.append(f"best under budget: trial {s['chosen']['trial']} ({s['chosen']['predicted_ms']:.2f} ms)")
+    if "finalists" in s:
+        lines += ["", _finalists_table(s["finalists"])]
+    elif s["chosen"]:
+        lines.append(f"best under budget by rescored loss: trial {s['chosen']['trial']} ({s['chosen']['predicted_ms']:.2f} ms)")
+    return "\n".join(lines)
+
+
+def _finalists_table(f: dict[str, Any]) -> str:
+    def num(v: Any, spec: str) -> str:
+        return "-" if v is None else format(v, spec)
+
+    lines = [f"finalists of the {f['budget_ms']:g} ms budget (the same short distillation; ranked by held-out fidelity):",
+             (f"  {'student':<18} {'origin':<9} {'pred ms':>7} {'meas ms':>7} {'approx':>7} {'fid. start':>10} "
+             f"{'fidelity':>8} {'interval':>13}  architecture")]
+    for r in sorted(f["finalists"], key=lambda r: -(r.get("fidelity") or -1)):
+        iv = r.get("fidelity_interval")
+        lines.append(f"  {r['name']:<18} {r['origin']:<9} {num(r.get('predicted_ms'), '7.2f')} {r['measured_ms']:7.2f} "
+                     f"{num(r.get('approx_loss'), '7.4f')} {num(r.get('fidelity_before'), '10.3f')} "
+                     f"{'over budget' if r['over_budget'] else num(r.get('fidelity'), '8.3f'):>8} "
+                     f"{f'{iv[0]:.3f}-{iv[1]:.3f}' if iv else '-':>13}  {r['architecture']}")
+    c, taus = f["chosen"], f["kendall_tau_vs_fidelity"]
+    kind = "a hand-designed student (the baseline won)" if f["baseline_won"] else "a searched student"
+    lines.append(f"chosen: {c['name']}, {kind}, {c['measured_ms']:.2f} ms measured"
+                 + (" (OVER BUDGET: nothing the budget holds)" if f["over_budget"] else "")
+                 + (f"; runner-up {f['runner_up']} {'outside' if f['separated'] else 'inside'} its interval"
+                    if f["runner_up"] else ""))
+    lines.append("Kendall tau with the fidelity ranking: " + ", ".join(
+        f"{k} {'n/a' if v is None else format(v, '.2f')}" for k, v in taus.items()))
     return "\n".join(lines)
 
 
@@ -299,14 +334,22 @@ def _run_table(s: dict[str, Any]) -> str:
         return "-" if v is None else format(v, spec)
 
     rows = [f"study '{s['study']}': {len(s['students'])} students in {s['out']} ({s['seconds']:.0f} s this run)", "",
-            (f"| {'budget':>6} | {'params':>10} | {'pred ms':>7} | {'meas ms':>7} | {'int8 ms':>7} | {'fidelity':>8} | "
-            f"{'accuracy':>8} | {'vs teacher':>10} | {'label loy.':>10} | {'prob. loy.':>10} | architecture"),
-            "|" + "|".join("-" * w for w in (8, 12, 9, 9, 9, 10, 10, 12, 12, 12, 14)) + "|"]
+            (f"| {'budget':>6} | {'student':<22} | {'params':>10} | {'meas ms':>7} | {'int8 ms':>7} | {'fidelity':>8} | "
+             f"{'ood fid.':>8} | {'accuracy':>8} | {'vs teacher':>10} | {'label loy.':>10} | {'prob. loy.':>10} | "
+             "architecture"),
+            "|" + "|".join("-" * w for w in (8, 24, 12, 9, 9, 10, 10, 10, 12, 12, 12, 14)) + "|"]
     for r in s["students"]:
-        rows.append(f"| {r['budget_ms']:>6g} | {r['params']:>10,} | {f(r['predicted_ms'], '7.2f')} | "
+        who = r["student"] if r["origin"] == "search" else f"{r['student']} (baseline)"
+        over = " OVER BUDGET" if r["over_budget"] or (r["measured_ms"] or 0) > r["budget_ms"] else ""
+        rows.append(f"| {r['budget_ms']:>6g} | {who:<22} | {r['params']:>10,} | "
                     f"{f(r['measured_ms'], '7.2f')} | {f(r['onnx_int8_ms'], '7.2f')} | {f(r['fidelity'], '8.3f')} | "
-                    f"{f(r['accuracy'], '8.3f')} | {f(r['accuracy_ratio'], '10.3f')} | "
-                    f"{f(r['label_loyalty'], '10.3f')} | {f(r['probability_loyalty'], '10.3f')} | {r['architecture']}")
+                    f"{f(r['ood_fidelity'], '8.3f')} | {f(r['accuracy'], '8.3f')} | {f(r['accuracy_ratio'], '10.3f')} | "
+                    f"{f(r['label_loyalty'], '10.3f')} | {f(r['probability_loyalty'], '10.3f')} | {r['architecture']}{over}")
+        t = r.get("truncated")
+        if t:
+            rows.append(f"| {'':>6} | {'vs ' + t['name'] + ' (untouched)':<22} | {'':>10} | {t['measured_ms']:7.2f} | "
+                        f"{'':>7} | {f(t['fidelity'], '8.3f')} | {f(t['ood_fidelity'], '8.3f')} | {'':>8} | {'':>10} | "
+                        f"{'':>10} | {'':>10} | the teacher's first {t['layers']} layer(s), no training")
     if s["students"]:
         t = s["students"][0]
         rows += ["", f"teacher: {f(t['teacher_ms'], '.2f')} ms (PyTorch fp32), accuracy {f(t['teacher_accuracy'], '.3f')}"]

@@ -232,6 +232,26 @@ class DistillRun(Base):
     updated_at: Mapped[str] = mapped_column(String(32), default=_now, onupdate=_now)
 
 
+class FinalistRow(Base):
+    """Stage 5: one finalist of a budget (a searched student or a hand-designed one) after the same short
+    distillation: its measured latency and held-out fidelity; the budget's student is the best of them."""
+
+    __tablename__ = "nasbert_finalists"
+    __table_args__ = (UniqueConstraint("study", "budget_ms", "name", "protocol_hash"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    study: Mapped[str] = mapped_column(String(128), index=True)
+    budget_ms: Mapped[float] = mapped_column(Float)
+    name: Mapped[str] = mapped_column(String(64))  # "trial-203", "teacher-layers-2", "truncated-3", "uniform-224"
+    origin: Mapped[str] = mapped_column(String(16))  # search | truncated | uniform
+    arch_hash: Mapped[str] = mapped_column(String(32))
+    arch_json: Mapped[str] = mapped_column(Text)
+    trial_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    protocol_hash: Mapped[str] = mapped_column(String(32))  # the finalists' settings and supernet checkpoint
+    measured_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    metrics_json: Mapped[str] = mapped_column(Text, default="{}")  # proxies, fidelity before/after, interval
+    created_at: Mapped[str] = mapped_column(String(32), default=_now)
+
+
 class StageRow(Base):
     """`nas-bert run`'s record of a finished stage (key: e.g. the budget), with its summary."""
 

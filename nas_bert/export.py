@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 import shutil
 from collections.abc import Callable
@@ -29,9 +28,10 @@ from nas_bert.architecture import Architecture
 from nas_bert.blockwise import load_supernet_checkpoint
 from nas_bert.card import model_card
 from nas_bert.config import Study
-from nas_bert.configuration_nas_bert import NasBertConfig
 from nas_bert.db import ArchitectureRow, Checkpoint, Database, ExportRow, SupernetRun
 from nas_bert.errors import NasBertError
+from nas_bert.finalists import chosen_finalist
+from nas_bert.hf_folder import write_student_folder
 from nas_bert.latency import hardware_name
 from nas_bert.modeling_nas_bert import NasBertModel
 from nas_bert.onnx_export import VARIANTS, export_onnx, mb, measure_latencies
@@ -47,8 +47,6 @@ from nas_bert.supernet import Supernet
 from nas_bert.teacher import Teacher, load_teacher
 from nas_bert.train import sha256_file
 
-CODE_FILES = ("configuration_nas_bert.py", "modeling_nas_bert.py")
-
 
 @dataclass
 class Member:
@@ -59,6 +57,8 @@ class Member:
     trial: int | None
     budget_ms: float | None
     budgets: list[float] = field(default_factory=list)
+    origin: str = "search"  # or a hand-designed student that won its budget's finalists: truncated | uniform
+    finalist: dict[str, Any] | None = None  # the budget's finalists' record of this student
 
 
 # -- the student folder -------------------------------------------------------------------------
@@ -66,19 +66,6 @@ def extract_student(study: Study, arch: Architecture, teacher: Teacher, supernet
     """A standalone student: the supernet's slices for `arch` on the teacher's embedding tables."""
     arch.validate(study.space)
     return supernet.extract(arch, teacher.encoder.embeddings).eval()
-
-
-def save_student(model: NasBertModel, folder: Path, tokenizer: Any) -> None:
-    """Weights, config.json with auto_map, the two student code files and the teacher's tokenizer."""
-    # Registering makes save_pretrained copy the defining module and its relative imports, and write auto_map.
-    NasBertConfig.register_for_auto_class()
-    NasBertModel.register_for_auto_class("AutoModel")
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    for name in CODE_FILES:  # the copies must not reach back into nas_bert, or loading needs it installed
-        path = folder / name
-        if not path.is_file() or re.search(r"^\s*(from|import)\s+nas_bert\b", path.read_text(), re.MULTILINE):
-            raise NasBertError(f"{path} is missing or imports nas_bert; the student code must be self-contained")
 
 
 
@@ -115,14 +102,21 @@ def select_members(db: Database, study: Study, budgets: list[float] | None) -> l
                     members[r["hash"]] = Member(f"nasbert-front-{r['hash'][:8]}", _row(db, study, r["hash"]),
                                                 r["trial"], b, [b])
             continue
-        best = chosen_row(db, study, b)  # the same choice as the search's summary
+        fin = chosen_finalist(db, study, b)  # the finalists' choice (stage 5), else the rescored one
+        if fin is not None and fin["origin"] != "search":  # a hand-designed student won: it is exported as such
+            h = fin["hash"]
+            row = {"hash": h, "arch_json": fin["arch_json"], "params": fin["params"],
+                   "flops": Architecture.from_json(fin["arch_json"]).flops(), "predicted_ms": None,
+                   "approx_loss": None, "rescored_loss": None, "checkpoint_sha": latest_checkpoint(db, study).sha256}
+            members[f"{b:g}:{h}"] = Member(f"nasbert-{b:g}ms-{fin['name']}", row, None, b, [b], fin["origin"], fin)
+            continue
+        best = fin or chosen_row(db, study, b)
         if best is None:
             raise NasBertError(f"the search for budget {b:g} ms in study '{study.name}' has no feasible trial; "
                                "search with more trials or a larger budget")
         h = best["hash"]
-        feasible = {h: best["trial"]}
-        best = _row(db, study, h)
-        members[f"{b:g}:{h}"] = Member(f"nasbert-{b:g}ms-{h[:8]}", best, feasible[h], b, [b])
+        members[f"{b:g}:{h}"] = Member(f"nasbert-{b:g}ms-{h[:8]}", _row(db, study, h), best["trial"], b, [b],
+                                       finalist=fin)
     if not members:
         raise NasBertError(f"no feasible trial in any search of study '{study.name}'; search with a larger budget")
     return list(members.values())
@@ -157,13 +151,17 @@ def _export_one(study: Study, m: Member, teacher: Teacher, supernet: Supernet, c
     distilled = _distilled(study, arch.hash())
     if distilled is not None:  # the distilled weights when stage 7 has run, else the supernet's slices
         student = NasBertModel.from_pretrained(distilled["student_path"]).eval()
-    else:
+    elif m.origin == "search":
         student = extract_student(study, arch, teacher, supernet)
-    save_student(student, folder, teacher.tokenizer)
+    else:
+        raise NasBertError(f"the {m.budget_ms:g} ms student ({m.origin} teacher) has not been distilled; run "
+                           f"`nas-bert run --config {study.file}` to distil it before exporting")
+    write_student_folder(student, folder, teacher.tokenizer, teacher.pooling)
     checks = export_onnx(student, folder, teacher.tokenizer, min(cfg.seq_len, arch.embeddings.max_positions))
     ms = measure_latencies(student, folder, teacher, cfg)
     metrics = {"approx_loss": m.row["approx_loss"], "rescored_loss": m.row["rescored_loss"], **checks,
                **_evaluation(study, arch.hash())}
+    over = m.budget_ms is not None and ms["torch_fp32"] > m.budget_ms
     info = {
         "name": m.name, "study": study.name, "hash": m.row["hash"], "trial": m.trial, "budget_ms": m.budget_ms,
         "budgets_ms": m.budgets, "params": arch.params(), "flops": arch.flops(cfg.seq_len),
@@ -172,6 +170,8 @@ def _export_one(study: Study, m: Member, teacher: Teacher, supernet: Supernet, c
                     "speedup": {k: ms["teacher_torch_fp32"] / ms[k] for k in VARIANTS}},
         "metrics": metrics, "teacher": dict(tinfo), "checkpoint": ckpt, "command": command,
         "safetensors_sha256": sha256_file(folder / "model.safetensors"), "distilled": distilled,
+        "origin": m.origin, "finalist": m.finalist, "over_budget": over,
+        "sentence_transformers": teacher.pooling is not None,
     }
     (folder / "README.md").write_text(model_card(info, arch))
     (folder / "nas_bert.json").write_text(json.dumps({**info, "architecture": arch.to_dict(),
@@ -204,7 +204,8 @@ def _evaluation(study: Study, arch_hash: str) -> dict[str, Any]:
                         .order_by(EvaluationRow.id.desc())).first()
         if row is None:
             return {}
-        keep = ("fidelity", "accuracy", "teacher_accuracy", "accuracy_ratio", "label_loyalty", "probability_loyalty")
+        keep = ("fidelity", "ood_fidelity", "cosine", "ood_cosine", "accuracy", "teacher_accuracy", "accuracy_ratio",
+                "label_loyalty", "probability_loyalty")
         metrics = json.loads(row.metrics_json)
         return {f"eval_{k}": metrics[k] for k in keep if k in metrics} | {"eval_task": row.task}
 
@@ -234,8 +235,9 @@ def _record(db: Database, study: Study, infos: list[dict[str, Any]], out_dir: Pa
                 s.delete(old)
         for info in infos:
             row = s.scalars(select(ArchitectureRow).where(ArchitectureRow.study == study.name,
-                                                          ArchitectureRow.hash == info["hash"])).one()
-            row.measured_ms = info["measured_ms"]["torch_fp32"]
+                                                          ArchitectureRow.hash == info["hash"])).first()
+            if row is not None:  # a hand-designed student is no searched architecture
+                row.measured_ms = info["measured_ms"]["torch_fp32"]
             path = str((out_dir / info["name"]).resolve())
             exp = s.scalars(select(ExportRow).where(ExportRow.study == study.name, ExportRow.arch_hash == info["hash"],
                                                     ExportRow.path == path)).first()
@@ -299,7 +301,7 @@ def _write(study: Study, members: list[Member], ckpts: dict[str, dict[str, Any]]
 def _student_summary(i: dict[str, Any]) -> dict[str, Any]:
     lat, met = i["latency"], i["metrics"]
     keep = ("name", "hash", "trial", "budget_ms", "budgets_ms", "params", "flops", "size_mb", "predicted_ms",
-            "safetensors_sha256")
+            "safetensors_sha256", "origin", "over_budget")
     return {**{k: i[k] for k in keep}, "onnx_mb": met["onnx_mb"], "int8_mb": met["int8_mb"],
             "measured_ms": {k: lat[k] for k in VARIANTS}, "teacher_ms": lat["teacher_torch_fp32"],
             "speedup": lat["speedup"], **{k: met[k] for k in ("approx_loss", "rescored_loss", "onnx_max_abs_diff",

@@ -77,26 +77,33 @@ def shared_stages(r: Runner, study: Study) -> None:
 
 
 def student_stages(r: Runner, study: Study, budget: float) -> dict[str, Any]:
-    """Stages 4-8 for one budget: search (with rescoring), layer mapping, distillation, evaluation."""
+    """Stages 4-8 for one budget: search (with rescoring), the finalists' choice (searched and hand-designed
+    students short-distilled, timed and ranked by fidelity), layer mapping, distillation, evaluation."""
+    from nas_bert.architecture import Architecture
     from nas_bert.evaluate import evaluate_path
+    from nas_bert.finalists import choose
     from nas_bert.search import search
-    from nas_bert.students import distill, map_layers
+    from nas_bert.students import distill_student, map_student_layers
 
     key = f"{budget:g}ms"
-    row = r.stage("search", key, ("supernet", "latency", "search"), lambda: search(study, budget))["chosen"]
-    if row is None:
+    if r.stage("search", key, ("supernet", "latency", "search"), lambda: search(study, budget))["chosen"] is None:
         raise NasBertError(f"the {budget:g} ms search found no feasible student; raise the budget or search.trials")
-    trial = row["trial"]
-    r.stage("map-layers", key, ("supernet", "search", "mapping", "distill"), lambda: map_layers(study, trial, budget))
-    d = r.stage("distill", key, ("supernet", "search", "mapping", "distill"), lambda: distill(study, trial, budget))
+    fin = r.stage("finalists", key, ("supernet", "latency", "search", "distill"), lambda: choose(study, budget))
+    row = fin["chosen"]
+    arch, start, trial = Architecture.from_json(row["arch_json"]), row["origin"], row["trial"]
+    r.stage("map-layers", key, ("supernet", "search", "mapping", "distill"),
+            lambda: map_student_layers(study, arch, start, budget, trial))
+    d = r.stage("distill", key, ("supernet", "search", "mapping", "distill"),
+                lambda: distill_student(study, arch, start, budget, trial))
     e = r.stage("evaluate", key, ("supernet", "search", "mapping", "distill", "evaluate"),
                 lambda: evaluate_path(study, d["student_path"], False, "wordnet", study.cfg.evaluate))
-    return {"search": row, "distill": d, "evaluate": e}
+    return {"search": row, "finalists": fin, "distill": d, "evaluate": e}
 
 
 def run_study(study: Study, out: Path | None = None, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Stages 1-9 for every budget in `search.budgets_ms`; returns the summary table's rows."""
     from nas_bert.export import export_front
+    from nas_bert.finalists import truncated_reference
 
     budgets = study.cfg.search.budgets_ms
     if not budgets:
@@ -112,16 +119,22 @@ def run_study(study: Study, out: Path | None = None, echo: Callable[[str], None]
     measured = {st["hash"]: st for st in x["students"]}
     rows = []
     for b, s in students.items():
-        h, e = s["distill"]["arch_hash"], s["evaluate"]
+        h, e, chosen = s["distill"]["arch_hash"], s["evaluate"], s["search"]
         m = measured.get(h, {})
-        rows.append({"budget_ms": b, "trial": s["search"]["trial"], "architecture": s["search"]["architecture"],
-                     "params": s["distill"]["params"], "predicted_ms": s["search"]["predicted_ms"],
+        # beside each student, the untouched truncated teacher of the nearest measured latency
+        ref = r.stage("reference", f"{b:g}ms", ("latency", "search", "evaluate"),
+                      lambda chosen=chosen: {"truncated": truncated_reference(study, chosen["measured_ms"])})["truncated"]
+        rows.append({"budget_ms": b, "trial": chosen["trial"], "student": chosen["name"], "origin": chosen["origin"],
+                     "architecture": chosen["architecture"], "params": s["distill"]["params"],
+                     "predicted_ms": chosen.get("predicted_ms"), "finalist_ms": chosen["measured_ms"],
+                     "over_budget": chosen["over_budget"],
                      "measured_ms": m.get("measured_ms", {}).get("torch_fp32"),
                      "onnx_int8_ms": m.get("measured_ms", {}).get("onnx_int8"), "teacher_ms": m.get("teacher_ms"),
-                     "fidelity": e.get("fidelity"), "accuracy": e.get("accuracy"),
+                     "fidelity": e.get("fidelity"), "ood_fidelity": e.get("ood_fidelity"),
+                     "accuracy": e.get("accuracy"),
                      "teacher_accuracy": e.get("teacher_accuracy"), "accuracy_ratio": e.get("accuracy_ratio"),
                      "label_loyalty": e.get("label_loyalty"), "probability_loyalty": e.get("probability_loyalty"),
-                     "folder": str(out / m["name"]) if m else None})
+                     "truncated": ref, "folder": str(out / m["name"]) if m else None})
     return {"study": study.name, "out": str(out), "pareto_png": str(out / "pareto.png"), "students": rows,
             "stages": [{"stage": n, "key": k, "seconds": round(sec, 1), "skipped": sk} for n, k, sec, sk in r.done],
             "seconds": round(time.perf_counter() - t0, 1)}

@@ -28,6 +28,7 @@ from sqlalchemy import text as sql_text
 from sqlalchemy.exc import IntegrityError
 from tqdm.auto import tqdm
 
+from nas_bert import architecture as A
 from nas_bert.architecture import IDENTITY, Architecture, Block, Op
 from nas_bert.blockwise import ValidationCache, load_supernet_checkpoint
 from nas_bert.config import SearchConfig, Study
@@ -190,19 +191,22 @@ def record_architecture(ctx: SearchContext, arch: Architecture, predicted_ms: fl
 
 def seed_architectures(ctx: SearchContext, budget_ms: float) -> dict[str, Architecture]:
     """Hand-designed students inside the space, evaluated before the sampler's own: the space's fastest
-    student (so a budget that any student meets yields one), and for k = 1, 2, ... the k leading
-    (attention, feed-forward) pairs at full width, which the supernet started from the teacher's
-    layers, followed by the fastest blocks. Those predicted over the budget are left out."""
+    student (so a budget that any student meets yields one), and for k = 1, 2, ... the teacher's first
+    k layers: exactly them where a block may be empty (`architecture.truncated`), else k (attention,
+    feed-forward) pairs at full width followed by the fastest blocks. The supernet holds the teacher's
+    layers at full width, so these are the truncated teacher. Those predicted over the budget are left out."""
     space, emb = ctx.study.space, ctx.teacher.embeddings_spec()
     fastest = ctx.latency.fastest_architecture(space, emb)
     out = {"fastest": fastest}
-    h, pairs = max(space.hidden_sizes), space.sublayers_per_block // 2
-    layer = (Op("mha", heads=h // space.head_size), Op("ffn", inner=max(space.ffn_ratios) * h))
-    for k in range(1, space.blocks * pairs + 1) if {"mha", "ffn", "identity"} <= set(space.operators) else ():
-        fill = [min(pairs, k - b * pairs) for b in range(space.blocks)]
-        blocks = tuple(Block(h, layer * n + (IDENTITY,) * (space.sublayers_per_block - 2 * n)) if n > 0
-                       else fastest.blocks[b] for b, n in enumerate(fill))
-        out[f"teacher-pairs-{k}"] = Architecture.build(emb, blocks)
+    pair, pairs = A.teacher_pair(space), space.sublayers_per_block // 2
+    for k in range(1, space.blocks * pairs + 1) if pair is not None and "identity" in space.operators else ():
+        arch = A.truncated(space, emb, k)
+        if arch is None:
+            fill = [min(pairs, max(0, k - b * pairs)) for b in range(space.blocks)]
+            blocks = tuple(Block(space.max_hidden, pair * n + (IDENTITY,) * (space.sublayers_per_block - 2 * n))
+                           if n > 0 else fastest.blocks[b] for b, n in enumerate(fill))
+            arch = Architecture.build(emb, blocks)
+        out[f"teacher-layers-{k}"] = arch
 
     def fits(arch: Architecture) -> bool:
         try:

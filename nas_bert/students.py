@@ -7,8 +7,6 @@ layer-mapping search calls `proxy_fitness` many times on it, `distill` trains on
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +17,7 @@ import torch
 from sqlalchemy import select
 
 from nas_bert.architecture import Architecture
+from nas_bert.baselines import teacher_initialised
 from nas_bert.config import Study
 from nas_bert.corpus import fixed_batches, load_corpus, make_collator
 from nas_bert.db import ArchitectureRow, Database, DistillRun, MappingEval
@@ -31,11 +30,14 @@ from nas_bert.distill import (
     uniform_mapping,
 )
 from nas_bert.errors import NasBertError
+from nas_bert.hf_folder import save_student
+from nas_bert.importance import Importance, teacher_importance
+from nas_bert.mapping import MappingSearch
 from nas_bert.modeling_nas_bert import NasBertModel
 from nas_bert.search import budgets_in_db, load_trained, optuna_study_name, storage_for
 from nas_bert.supernet import Supernet
-from nas_bert.teacher import Teacher
-from nas_bert.train import CheckpointDir, make_accelerator, train_loop
+from nas_bert.teacher import Teacher, load_teacher_config
+from nas_bert.train import BestKeeper, CheckpointDir, make_accelerator, train_loop
 
 
 def resolve_budget(study: Study, budget: float | None) -> float:
@@ -74,6 +76,8 @@ class StudentContext:
     collator: Any
     checkpoint_sha: str
     taps: TeacherTaps | None = None
+    _unit_batches: list[dict[str, torch.Tensor]] | None = None
+    _importance: Importance | None = None
 
     @classmethod
     def open(cls, study: Study) -> StudentContext:
@@ -81,23 +85,42 @@ class StudentContext:
         device = study.device()
         ckpt, teacher, supernet = load_trained(db, study, device)
         corpus = load_corpus(study.cfg.corpus, teacher.tokenizer)
-        collator = make_collator(teacher.tokenizer, study.cfg.corpus)
+        # masked text only when a loss reads the teacher's MLM predictions
+        collator = make_collator(teacher.tokenizer, study.cfg.corpus, mlm=uses_mlm_logits(study, teacher))
         taps = TeacherTaps(teacher) if study.cfg.distill.weights.attention > 0 else None
         return cls(study, db, teacher, supernet, corpus, collator, ckpt.sha256, taps)
 
     def module(self, arch: Architecture, freeze_embeddings: bool = False) -> DistillModule:
         """The extracted student (supernet slices + teacher embeddings) with its projections."""
-        student = self.supernet.extract(arch, self.teacher.encoder.embeddings)
-        last = len(arch.blocks) - 1
-        final = self.supernet.output_adapter(last, arch.blocks[last].hidden)
-        return self.wrap(student, arch, (final[0].detach().clone(), final[1].detach().clone()), freeze_embeddings)
+        return self.wrap(self.supernet.extract(arch, self.teacher.encoder.embeddings), arch, freeze_embeddings)
 
-    def wrap(self, student: NasBertModel, arch: Architecture, final_init: tuple[torch.Tensor, torch.Tensor],
-             freeze_embeddings: bool = False) -> DistillModule:
+    def start(self, arch: Architecture, origin: str = "search", freeze_embeddings: bool = False) -> DistillModule:
+        """A student's starting weights by where it comes from: the supernet's slices for a searched student,
+        the teacher's own weights for a hand-designed one (its units ranked by importance for a narrower width)."""
+        if origin == "search":
+            return self.module(arch, freeze_embeddings)
+        batches = self.unit_batches()
+        student = teacher_initialised(arch, self.teacher, self.importance() if origin == "uniform" else None, batches)
+        return self.wrap(student, arch, freeze_embeddings)
+
+    def unit_batches(self) -> list[dict[str, torch.Tensor]]:
+        """The corpus batches that rank the teacher's units and fit output predictions (as the supernet's)."""
+        if self._unit_batches is None:
+            cfg, device = self.study.cfg.supernet, self.study.device()
+            batches = fixed_batches(self.corpus["train"], make_collator(self.teacher.tokenizer, self.study.cfg.corpus),
+                                    cfg.init_batches, cfg.batch_size, seed=cfg.seed)
+            self._unit_batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
+        return self._unit_batches
+
+    def importance(self) -> Importance:
+        if self._importance is None:
+            self._importance = teacher_importance(self.teacher, self.unit_batches())
+        return self._importance
+
+    def wrap(self, student: NasBertModel, arch: Architecture, freeze_embeddings: bool = False) -> DistillModule:
         """Any student (extracted, or copied from the teacher) with its distillation projections."""
         student.embeddings.requires_grad_(not freeze_embeddings)
-        torch.manual_seed(0)  # the point projections start the same for every mapping and every student
-        return DistillModule(student, arch, self.teacher.hidden_size, final_init)
+        return DistillModule(student, arch, self.teacher.hidden_size)
 
     def objective(self, arch: Architecture, mapping: list[int], val_batches: int, batch_size: int) -> DistillObjective:
         cfg = self.study.cfg.distill
@@ -108,9 +131,14 @@ class StudentContext:
                                 cfg.temperature, val, self.taps)
 
 
-def proxy_fitness(ctx: StudentContext, arch: Architecture, mapping: list[int]) -> float:
+def uses_mlm_logits(study: Study, teacher: Teacher) -> bool:
+    """Whether distillation reads the teacher's MLM predictions (then, and only then, text is masked)."""
+    return teacher.mlm is not None and study.cfg.distill.weights.logits > 0
+
+
+def proxy_fitness(ctx: StudentContext, arch: Architecture, mapping: list[int], origin: str = "search") -> float:
     """Jiao et al.'s cheap fitness: a short distillation on a corpus sample, then the held-out
-    loss of the final state against the teacher's (comparable across mappings)."""
+    primary loss (what the teacher is used for; comparable across mappings)."""
     mc, dc = ctx.study.cfg.mapping, ctx.study.cfg.distill
     cfg = dc.model_copy(update={"steps": mc.proxy_steps, "batch_size": mc.proxy_batch_size, "grad_accum": 1,
                                 "warmup_steps": max(1, mc.proxy_steps // 10), "eval_every": mc.proxy_steps,
@@ -119,10 +147,11 @@ def proxy_fitness(ctx: StudentContext, arch: Architecture, mapping: list[int]) -
     objective = ctx.objective(arch, mapping, mc.proxy_val_batches, mc.proxy_batch_size)
     # the embedding tables are most of a small student's parameters and the mapping is about
     # the layers, so the proxy keeps them fixed (a third of the proxy's time was their AdamW step)
-    report = train_loop(model=ctx.module(arch, freeze_embeddings=True), objective=objective, dataset=sample, collator=ctx.collator,
+    report = train_loop(model=ctx.start(arch, origin, freeze_embeddings=True), objective=objective, dataset=sample,
+                        collator=ctx.collator,
                         cfg=cfg, total_steps=cfg.steps, ckpts=None, accelerator=make_accelerator(ctx.study.device()),
                         meta={}, desc="proxy", progress=False)
-    return float(report["final"])
+    return float(report["primary"])
 
 
 def best_mapping(db: Database, study: Study, arch: Architecture) -> tuple[list[int], str]:
@@ -132,20 +161,26 @@ def best_mapping(db: Database, study: Study, arch: Architecture) -> tuple[list[i
                         .order_by(MappingEval.fitness).limit(1)).first()
     if row is not None:
         return json.loads(row.mapping_json), "searched"
-    from nas_bert.teacher import load_teacher_config
-
     n = int(load_teacher_config(study.cfg.teacher).num_hidden_layers)
     return uniform_mapping(len(distill_points(arch)), n), "uniform"
 
 
 def distill(study: Study, trial: int, budget: float | None = None, steps: int | None = None,
             mapping: list[int] | None = None, stop_after: int | None = None) -> dict[str, Any]:
-    """Stage 7 for one student: resumable, recorded, and saved as a Hugging Face folder."""
+    """Stage 7 for one searched student (a trial of the budget's search)."""
+    budget = resolve_budget(study, budget)
+    arch = trial_architecture(Database(study.db_url), study, trial, budget)
+    return distill_student(study, arch, "search", budget, trial, steps, mapping, stop_after)
+
+
+def distill_student(study: Study, arch: Architecture, start: str, budget: float | None, trial: int | None = None,
+                    steps: int | None = None, mapping: list[int] | None = None,
+                    stop_after: int | None = None) -> dict[str, Any]:
+    """Stage 7 for one student, searched (`start` "search": the supernet's slices) or hand-designed
+    ("truncated", "uniform": the teacher's weights): resumable, recorded, saved as a Hugging Face folder."""
     cfg = study.cfg.distill
     steps = steps or cfg.steps
-    budget = resolve_budget(study, budget)
     db = Database(study.db_url)
-    arch = trial_architecture(db, study, trial, budget)
     origin = "given"
     if mapping is None:
         mapping, origin = best_mapping(db, study, arch)
@@ -163,16 +198,17 @@ def distill(study: Study, trial: int, budget: float | None = None, steps: int | 
                                f"move {root} away to restart with {mapping}")
         run.mapping_json, run.target_steps = json.dumps(mapping), steps
     t0 = time.perf_counter()
-    module = ctx.module(arch, cfg.freeze_embeddings)
+    module = ctx.start(arch, start, cfg.freeze_embeddings)
     before, report, step, student_path = train_student(ctx, arch, module, mapping, root, steps, stop_after)
     with db.session() as s:
         run = s.scalars(select(DistillRun).where(DistillRun.study == study.name, DistillRun.arch_hash == arch.hash())).one()
         prev = json.loads(run.report_json)
         run.status = "finished" if student_path else "running"
         run.student_path = str(student_path) if student_path else None
-        run.report_json = json.dumps({"before": before or prev.get("before"), "after": report, "step": step})
+        run.report_json = json.dumps({"before": before or prev.get("before"), "after": report, "step": step,
+                                      "start": start})
         before = before or prev.get("before")
-    return {"study": study.name, "trial": trial, "budget_ms": budget, "arch_hash": arch.hash(),
+    return {"study": study.name, "trial": trial, "start": start, "budget_ms": budget, "arch_hash": arch.hash(),
             "architecture": str(arch), "params": arch.params(), "mapping": mapping, "mapping_origin": origin,
             "step": step, "target_steps": steps, "before": before, "after": report,
             "student_path": str(student_path) if student_path else None,
@@ -188,45 +224,59 @@ def train_student(ctx: StudentContext, arch: Architecture, module: DistillModule
     cfg, device = ctx.study.cfg.distill, ctx.study.device()
     objective = ctx.objective(arch, mapping, cfg.val_batches, cfg.batch_size)
     module = module.to(device)
-    before = objective.validate(module) if not (root / "checkpoints").exists() else None
+    ckpts = CheckpointDir(root / "checkpoints", cfg.keep_checkpoints)
+    # the best held-out fidelity is what ships: never worse than the extracted start (step 0)
+    keeper = BestKeeper("fidelity", ckpts.best_path())
+    before = None
+    if ckpts.latest() is None:
+        before = {"step": 0, **objective.validate(module)}
+        keeper.offer(module, before)
     report = train_loop(model=module, objective=objective, dataset=ctx.corpus["train"], collator=ctx.collator,
-                        cfg=cfg, total_steps=steps, ckpts=CheckpointDir(root / "checkpoints", cfg.keep_checkpoints),
-                        accelerator=make_accelerator(device), meta={"arch": arch.hash(), "mapping": mapping},
-                        desc=f"distill {label or arch.hash()[:8]}", stop_after=stop_after)
-    latest = CheckpointDir(root / "checkpoints").latest()
+                        cfg=cfg, total_steps=steps, ckpts=ckpts, accelerator=make_accelerator(device),
+                        meta={"arch": arch.hash(), "mapping": mapping}, desc=f"distill {label or arch.hash()[:8]}",
+                        stop_after=stop_after, keep_best=keeper)
+    latest = ckpts.latest()
     step = int(latest.stem.split("-")[1]) if latest else 0
     student_path = None
     if step >= steps:
-        state = torch.load(latest, map_location="cpu", weights_only=False)
-        module.load_state_dict(state["model"])
+        module.load_state_dict(keeper.best_state())
         student_path = save_student(module.student, ctx.teacher, root / "student")
     return before, report, step, student_path
 
 
-def save_student(student: NasBertModel, teacher: Teacher, folder: Path) -> Path:
-    """save_pretrained (weights + config + the student's code) with the tokenizer, atomically."""
-    from nas_bert.export import save_student as write_student_folder
-
-    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    write_student_folder(student, tmp, teacher.tokenizer)
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
-    return folder
-
-
 def map_layers(study: Study, trial: int, budget: float | None = None, progress: bool = True) -> dict[str, Any]:
-    """Stage 6 for one student: the DEAP search (or enumeration) of its layer mapping."""
-    from nas_bert.mapping import MappingSearch
-
+    """Stage 6 for one searched student (a trial of the budget's search)."""
     budget = resolve_budget(study, budget)
+    arch = trial_architecture(Database(study.db_url), study, trial, budget)
+    return map_student_layers(study, arch, "search", budget, trial, progress)
+
+
+def map_student_layers(study: Study, arch: Architecture, start: str, budget: float | None, trial: int | None = None,
+                       progress: bool = True) -> dict[str, Any]:
+    """Stage 6 for one student (searched or hand-designed, see `distill_student`): the DEAP search (or
+    enumeration) of its layer mapping."""
     db = Database(study.db_url)
-    arch = trial_architecture(db, study, trial, budget)
     ctx = StudentContext.open(study)
     t0 = time.perf_counter()
-    search = MappingSearch(study, db, arch, ctx.teacher.num_layers, lambda m: proxy_fitness(ctx, arch, m),
+    search = MappingSearch(study, db, arch, ctx.teacher.num_layers, lambda m: proxy_fitness(ctx, arch, m, start),
                            study.workdir / "mapping" / arch.hash())
     summary = search.run(progress=progress)
     summary.update(trial=trial, budget_ms=budget, seconds=round(time.perf_counter() - t0, 1))
     return summary
+
+
+def distill_baseline(ctx: StudentContext, name: str, arch: Architecture, importance: Importance | None = None,
+                     steps: int | None = None, stop_after: int | None = None,
+                     batches: list[dict[str, torch.Tensor]] | None = None) -> dict[str, Any]:
+    """Distil a teacher-initialised student exactly as searched students are (the study's distill
+    settings, data and losses), with TinyBERT's uniform layer mapping; resumable under
+    <study workdir>/baselines/<name>."""
+    cfg = ctx.study.cfg.distill
+    steps = steps or cfg.steps
+    module = ctx.wrap(teacher_initialised(arch, ctx.teacher, importance, batches), arch, cfg.freeze_embeddings)
+    mapping = uniform_mapping(len(distill_points(arch)), ctx.teacher.num_layers)
+    root = ctx.study.workdir / "baselines" / name
+    before, report, step, path = train_student(ctx, arch, module, mapping, root, steps, stop_after, label=name)
+    return {"name": name, "arch_hash": arch.hash(), "architecture": str(arch), "params": arch.params(),
+            "mapping": mapping, "before": before, "after": report, "step": step, "target_steps": steps,
+            "student_path": str(path) if path else None}

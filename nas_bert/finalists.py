@@ -1,0 +1,308 @@
+"""Stage 5: the budget's student is chosen by what predicts quality, among searched and hand-designed students.
+
+The finalists of a budget are the searched students the cheap proxies like best (the top by NAS-BERT's
+approximate loss and by the end-to-end rescored loss, and the seed students) and the hand-designed
+students a user gets for free at that latency (the teacher's first layers; the teacher at a uniform
+smaller width, its units ranked by importance). Each is timed end to end, interleaved with the others
+and the teacher, on the latency device; one measured over the budget is dropped. Each survivor gets
+the same short distillation (the study's distillation recipe, TinyBERT's uniform mapping, the best
+weights kept) and is ranked by the held-out fidelity of its sentence vectors to the teacher's, with a
+subsampling interval that says how far the ranking can be trusted. A hand-designed student may win:
+the summary then says so, and the later stages distil, evaluate and export it like any other.
+Every finalist's result is a database row, so a killed choice continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import TrialState
+from sqlalchemy import select
+from tqdm.auto import tqdm
+
+from nas_bert.architecture import Architecture
+from nas_bert.baselines import teacher_initialised, truncated_architecture, uniform_architecture
+from nas_bert.config import Study
+from nas_bert.db import ArchitectureRow, Database, FinalistRow, LatencyRow
+from nas_bert.distill import distill_points, uniform_mapping
+from nas_bert.errors import NasBertError
+from nas_bert.evaluate import agreement
+from nas_bert.latency import build_student, device_fingerprint, measure_models
+from nas_bert.metrics import fidelity_interval
+from nas_bert.scoring import kendall_tau
+from nas_bert.search import optuna_study_name, storage_for
+from nas_bert.students import StudentContext
+from nas_bert.tasks import load_task
+from nas_bert.teacher import load_teacher
+from nas_bert.train import BestKeeper, make_accelerator, train_loop
+
+ORIGINS = ("search", "truncated", "uniform")
+
+
+@dataclass
+class Candidate:
+    """A student that may become the budget's: where it comes from, and what the cheap proxies said."""
+
+    name: str
+    origin: str  # search | truncated | uniform
+    arch: Architecture
+    trial: int | None = None
+    proxies: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "origin": self.origin, "trial": self.trial, "hash": self.arch.hash(),
+                "architecture": str(self.arch), "arch_json": self.arch.canonical_json(), "params": self.arch.params(),
+                **self.proxies}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Candidate:
+        keep = {"name", "origin", "trial", "hash", "architecture", "arch_json", "params"}
+        return cls(d["name"], d["origin"], Architecture.from_json(d["arch_json"]), d.get("trial"),
+                   {k: v for k, v in d.items() if k not in keep})
+
+
+# -- who is a finalist -----------------------------------------------------------------------------
+def search_candidates(db: Database, study: Study, budget_ms: float) -> list[Candidate]:
+    """The searched students the proxies like best: the top `rescore_top` distinct feasible ones by approximate
+    loss, the same by rescored loss, and the seed students (the fastest, the teacher's first layers)."""
+    st = optuna.load_study(study_name=optuna_study_name(study, budget_ms), storage=storage_for(study))
+    feasible = [t for t in st.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values[1] <= budget_ms]
+    first: dict[str, optuna.trial.FrozenTrial] = {}
+    for t in sorted(feasible, key=lambda t: t.number):
+        first.setdefault(t.user_attrs["arch_hash"], t)
+    with db.session() as s:
+        rows = {r.hash: r for r in s.scalars(select(ArchitectureRow).where(
+            ArchitectureRow.study == study.name, ArchitectureRow.hash.in_(list(first))))}
+    top = study.cfg.search.rescore_top
+    by_approx = sorted(first, key=lambda h: rows[h].approx_loss)[:top]
+    rescored = [h for h in first if rows[h].rescored_loss is not None]
+    by_rescored = sorted(rescored, key=lambda h: rows[h].rescored_loss)[:top]
+    seeds = [h for h, t in first.items() if "seed" in t.user_attrs]
+    out = []
+    for h in dict.fromkeys([*seeds, *by_approx, *by_rescored]):
+        t, r = first[h], rows[h]
+        name = t.user_attrs.get("seed") or f"trial-{t.number}"
+        out.append(Candidate(name, "search", Architecture.from_json(r.arch_json), t.number, {
+            "predicted_ms": r.predicted_ms, "approx_loss": r.approx_loss, "rescored_loss": r.rescored_loss}))
+    return out
+
+
+def baseline_family(ctx: StudentContext) -> dict[str, Candidate]:
+    """Every hand-designed student: the teacher's first k layers, and the teacher's depth at each smaller
+    width (a multiple of its head size), its units ranked by importance."""
+    t = ctx.teacher
+    hs = t.hidden_size // int(t.config.num_attention_heads)
+    out = {f"truncated-{k}": Candidate(f"truncated-{k}", "truncated", truncated_architecture(t, k))
+           for k in range(1, t.num_layers)}
+    out |= {f"uniform-{w}": Candidate(f"uniform-{w}", "uniform", uniform_architecture(t, w))
+            for w in range(hs, t.hidden_size, hs)}
+    return out
+
+
+# -- measured latency -------------------------------------------------------------------------------
+def _model(arch: Architecture, origin: str) -> torch.nn.Module:
+    # a searched student ending at full width reorders its output into the teacher's dimensions
+    return build_student(arch, reorder=origin == "search")
+
+
+def measured_ms(ctx: StudentContext, cands: list[Candidate], progress: bool = True) -> dict[str, float]:
+    """End-to-end latency of each candidate on the study's latency device (name -> ms), measured once per
+    device and architecture (database rows "model:<hash>"), the missing ones in one interleaved run with the teacher."""
+    cfg = ctx.study.cfg.latency
+    fp = device_fingerprint(cfg)
+    keys = {c.name: f"model:{c.origin}:{c.arch.hash()}" for c in cands}
+    with ctx.db.session() as s:
+        known = {r.key: r.ms for r in s.scalars(select(LatencyRow).where(
+            LatencyRow.fingerprint == fp, LatencyRow.key.in_(list(keys.values()))))}
+    missing = {c.name: c for c in cands if keys[c.name] not in known}
+    if missing:
+        models = [_model(c.arch, c.origin) for c in missing.values()]
+        teacher = copy.deepcopy(ctx.teacher.encoder).cpu()
+        threads = torch.get_num_threads()
+        torch.set_num_threads(cfg.threads)
+        try:
+            with tqdm(total=(len(models) + 1) * 7, desc="time finalists", leave=False, disable=not progress) as bar:
+                ms = measure_models([*models, teacher], cfg, int(ctx.teacher.config.vocab_size), bar)
+        finally:
+            torch.set_num_threads(threads)
+        with ctx.db.session() as s:
+            for c, value in zip(missing.values(), ms, strict=False):
+                s.merge(_latency_row(s, fp, keys[c.name], value))
+                known[keys[c.name]] = value
+            s.merge(_latency_row(s, fp, _teacher_key(ctx.study), ms[-1]))
+    return {name: known[key] for name, key in keys.items()}
+
+
+def _latency_row(s: Any, fp: str, key: str, ms: float) -> LatencyRow:
+    row = s.scalars(select(LatencyRow).where(LatencyRow.fingerprint == fp, LatencyRow.key == key)).first()
+    if row is None:
+        return LatencyRow(fingerprint=fp, key=key, ms=ms)
+    row.ms = ms
+    return row
+
+
+def _teacher_key(study: Study) -> str:
+    return f"model:teacher:{hashlib.sha256(study.cfg.teacher.encode()).hexdigest()[:12]}"
+
+
+def teacher_ms(db: Database, study: Study) -> float | None:
+    """The teacher's latency from the last finalists' timing run on this device, if any."""
+    with db.session() as s:
+        row = s.scalars(select(LatencyRow).where(LatencyRow.fingerprint == device_fingerprint(study.cfg.latency),
+                                                 LatencyRow.key == _teacher_key(study))).first()
+        return row.ms if row is not None else None
+
+
+# -- the short distillation -----------------------------------------------------------------------
+def protocol_hash(study: Study, checkpoint_sha: str) -> str:
+    """What a finalist's score depends on: the finalists' and distillation settings, data, teacher, supernet."""
+    cfg = study.cfg
+    blob = {"steps": cfg.search.finalist_steps, "distill": cfg.distill.model_dump(mode="json"),
+            "corpus": cfg.corpus.model_dump(mode="json"), "teacher": cfg.teacher, "supernet": checkpoint_sha}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def short_distill(ctx: StudentContext, cand: Candidate, steps: int) -> dict[str, Any]:
+    """The same short distillation for every finalist; its best held-out fidelity and that value's interval."""
+    dc = ctx.study.cfg.distill
+    cfg = dc.model_copy(update={"steps": steps, "warmup_steps": max(1, steps // 10), "eval_every": steps, "grad_accum": 1})
+    module = ctx.start(cand.arch, cand.origin, dc.freeze_embeddings).to(ctx.study.device())
+    mapping = uniform_mapping(len(distill_points(cand.arch)), ctx.teacher.num_layers)
+    objective = ctx.objective(cand.arch, mapping, dc.val_batches, dc.batch_size)
+    keeper = BestKeeper("fidelity")
+    before = {"step": 0, **objective.validate(module)}
+    keeper.offer(module, before)
+    t0 = time.perf_counter()
+    train_loop(model=module, objective=objective, dataset=ctx.corpus["train"], collator=ctx.collator, cfg=cfg,
+               total_steps=steps, ckpts=None, accelerator=make_accelerator(ctx.study.device()), meta={},
+               desc=f"finalist {cand.name}", progress=False, keep_best=keeper)
+    module.load_state_dict(keeper.best_state())
+    s_vecs, t_vecs = objective.vectors(module)
+    lo, hi = fidelity_interval(s_vecs, t_vecs)
+    return {"fidelity_before": before["fidelity"], "fidelity": keeper.value, "fidelity_interval": [lo, hi],
+            "best_step": keeper.step, "seconds": round(time.perf_counter() - t0, 1)}
+
+
+# -- the choice -------------------------------------------------------------------------------------
+def choose(study: Study, budget_ms: float, progress: bool = True) -> dict[str, Any]:
+    """Stage 5 for one budget: time, short-distil and rank the finalists; resumable. Returns a summary
+    whose "chosen" is the budget's student (a `Candidate` as a dict)."""
+    cfg = study.cfg.search
+    ctx = StudentContext.open(study)
+    protocol = protocol_hash(study, ctx.checkpoint_sha)
+    cands = search_candidates(ctx.db, study, budget_ms)
+    if not cands:
+        raise NasBertError(f"the {budget_ms:g} ms search of study '{study.name}' has no feasible student; "
+                           "raise the budget or search.trials")
+    family = baseline_family(ctx) if cfg.finalist_baselines else {}
+    ms = measured_ms(ctx, [*cands, *family.values()], progress)
+    for origin in ("truncated", "uniform"):  # each family's slowest member that the budget holds
+        fits = [c for c in family.values() if c.origin == origin and ms[c.name] <= budget_ms]
+        if fits:
+            cands.append(max(fits, key=lambda c: ms[c.name]))
+    rows = []
+    bar = tqdm(cands, desc=f"finalists {budget_ms:g} ms", disable=not progress)
+    for c in bar:
+        bar.set_postfix(student=c.name)
+        c.proxies["measured_ms"] = ms[c.name]
+        over = ms[c.name] > budget_ms
+        metrics = _stored(ctx.db, study, budget_ms, c.name, protocol)
+        if metrics is None:
+            metrics = {"over_budget": True} if over else short_distill(ctx, c, cfg.finalist_steps)
+            _store(ctx.db, study, budget_ms, c, protocol, ms[c.name], metrics)
+        rows.append({**c.to_dict(), **metrics, "over_budget": over})
+    bar.close()
+    return summarise(study, budget_ms, rows)
+
+
+def _stored(db: Database, study: Study, budget_ms: float, name: str, protocol: str) -> dict[str, Any] | None:
+    with db.session() as s:
+        row = s.scalars(select(FinalistRow).where(FinalistRow.study == study.name, FinalistRow.budget_ms == budget_ms,
+                                                  FinalistRow.name == name, FinalistRow.protocol_hash == protocol)).first()
+        return json.loads(row.metrics_json) if row is not None else None
+
+
+def _store(db: Database, study: Study, budget_ms: float, c: Candidate, protocol: str, ms: float,
+           metrics: dict[str, Any]) -> None:
+    with db.session() as s:
+        s.add(FinalistRow(study=study.name, budget_ms=budget_ms, name=c.name, origin=c.origin, arch_hash=c.arch.hash(),
+                          arch_json=c.arch.canonical_json(), trial_number=c.trial, protocol_hash=protocol,
+                          measured_ms=ms, metrics_json=json.dumps({**c.proxies, **metrics})))
+
+
+def summarise(study: Study, budget_ms: float, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ranking, the choice, the noise of the ranking and the proxies' agreement with it."""
+    def score(r: dict[str, Any]) -> float:  # a NaN fidelity (too few held-out texts) ranks last
+        f = r.get("fidelity")
+        return f if f is not None and not math.isnan(f) else float("-inf")
+
+    ok = sorted((r for r in rows if not r["over_budget"]), key=lambda r: -score(r))
+    if ok:
+        chosen = ok[0]
+    else:  # nothing the budget holds when measured: the fastest searched student, flagged
+        chosen = min(rows, key=lambda r: r["measured_ms"])
+    searched = [r for r in ok if r["origin"] == "search"]
+    taus = {}
+    for proxy in ("approx_loss", "rescored_loss"):
+        pts = [(r[proxy], -r["fidelity"]) for r in searched if r.get(proxy) is not None]
+        taus[proxy] = kendall_tau(*map(list, zip(*pts, strict=True))) if len(pts) >= 3 else None
+    runner = ok[1] if len(ok) > 1 else None
+    return {
+        "study": study.name, "budget_ms": budget_ms, "finalists": rows, "chosen": chosen,
+        "baseline_won": chosen["origin"] != "search", "over_budget": chosen["over_budget"],
+        "kendall_tau_vs_fidelity": taus,
+        "runner_up": runner["name"] if runner else None,
+        # the two best are told apart when their intervals do not overlap
+        "separated": bool(runner and runner["fidelity_interval"][1] < chosen["fidelity_interval"][0]),  # NaN: False
+        "dropped_over_budget": [r["name"] for r in rows if r["over_budget"]],
+    }
+
+
+def truncated_reference(study: Study, student_ms: float) -> dict[str, Any] | None:
+    """What a user gets for free: the teacher's first k layers, untouched, of the measured latency nearest
+    `student_ms` (from the finalists' timing run), with its fidelity on the WordNet test texts and out of domain."""
+    db = Database(study.db_url)
+    fp = device_fingerprint(study.cfg.latency)
+    with db.session() as s:
+        rows = {r.key: r.ms for r in s.scalars(select(LatencyRow).where(
+            LatencyRow.fingerprint == fp, LatencyRow.key.like("model:truncated:%")))}
+    teacher = load_teacher(study.cfg.teacher, study.device())
+    archs = {truncated_architecture(teacher, k): k for k in range(1, teacher.num_layers)}
+    timed = [(rows[f"model:truncated:{a.hash()}"], a, k) for a, k in archs.items() if f"model:truncated:{a.hash()}" in rows]
+    if not timed:
+        return None
+    ms, arch, k = min(timed, key=lambda t: abs(t[0] - student_ms))
+    student = teacher_initialised(arch, teacher)
+    cfg = study.cfg.evaluate
+    texts = list(load_task("wordnet", cfg)[0]["test"]["text"][: cfg.fidelity_texts])
+    return {"name": f"truncated-{k}", "layers": k, "measured_ms": ms,
+            **agreement(student, teacher.tokenizer, teacher, cfg, texts, study.device())}
+
+
+def chosen_finalist(db: Database, study: Study, budget_ms: float) -> dict[str, Any] | None:
+    """The budget's student recorded by the latest finalists' run (None before stage 5 ran)."""
+    with db.session() as s:
+        rows = s.scalars(select(FinalistRow).where(FinalistRow.study == study.name, FinalistRow.budget_ms == budget_ms)
+                         .order_by(FinalistRow.id)).all()
+    if not rows:
+        return None
+    latest = rows[-1].protocol_hash
+    found = []
+    for r in rows:
+        if r.protocol_hash != latest:
+            continue
+        m = json.loads(r.metrics_json)
+        cand = Candidate(r.name, r.origin, Architecture.from_json(r.arch_json), r.trial_number)
+        found.append({**cand.to_dict(), **m, "measured_ms": r.measured_ms,
+                      "over_budget": bool(m.get("over_budget"))})
+    return summarise(study, budget_ms, found)["chosen"] if found else None
+
+
