@@ -43,11 +43,11 @@ def tiny_study_file(tmp_path: Path) -> Path:
 FAST = {
     "latency": {"seq_len": 32, "min_run_time": 0.005, "calibration_archs": 3},
     "search": {"trials": 24, "population_size": 6, "score_batches": 1, "rescore_batches": 1, "batch_size": 4,
-               "rescore_top": 4, "heartbeat_interval": 1, "grace_period": 2},
+               "rescore_top": 2, "heartbeat_interval": 1, "grace_period": 2, "finalist_steps": 2},
     "mapping": {"population": 4, "generations": 2, "proxy_steps": 2, "proxy_batch_size": 2, "proxy_examples": 32,
                 "proxy_val_batches": 1, "enumerate_below": 0},
-    "distill": {"steps": 4, "batch_size": 2, "warmup_steps": 1, "eval_every": 4, "checkpoint_every": 2,
-                "val_batches": 1},
+    "distill": {"steps": 4, "batch_size": 4, "warmup_steps": 1, "eval_every": 4, "checkpoint_every": 2,
+                "val_batches": 2},
 }
 
 

@@ -7,7 +7,6 @@ import torch
 from conftest import copy_study
 
 from nas_bert.baselines import (
-    distill_baseline,
     teacher_initialised,
     truncated_architecture,
     uniform_architecture,
@@ -16,7 +15,7 @@ from nas_bert.config import load_study
 from nas_bert.errors import NasBertError
 from nas_bert.evaluate import load_student
 from nas_bert.importance import Importance, teacher_importance
-from nas_bert.students import StudentContext
+from nas_bert.students import StudentContext, distill_baseline
 
 IDS = torch.tensor([[101, 2023, 2003, 1037, 2235, 3899, 102, 0], [101, 7592, 2088, 102, 0, 0, 0, 0]])
 MASK = (IDS != 0).long()
@@ -26,13 +25,14 @@ def test_truncated_teacher_is_an_exact_copy(tiny_teacher):
     states = tiny_teacher.hidden_states(IDS, MASK)
     for k in (1, 2, tiny_teacher.num_layers):
         arch = truncated_architecture(tiny_teacher, k)
-        student, final = teacher_initialised(arch, tiny_teacher)
+        student = teacher_initialised(arch, tiny_teacher)
         assert arch.params() == sum(p.numel() for p in student.parameters())
+        # full width: nothing between the embeddings and the layers, nothing after them
+        assert student.blocks[0].grow is None and student.output_projection is None and student.output_index is None
         out = student.eval()(IDS, attention_mask=MASK, output_hidden_states=True)
         real = MASK.bool()
         assert torch.allclose(out.last_hidden_state[real], states[k][real], atol=1e-5)
         assert torch.allclose(out.hidden_states[2][real], states[1][real], atol=1e-5)  # layer 1 after its pair
-        assert torch.equal(final[0], torch.eye(tiny_teacher.hidden_size))  # full width: the identity
     with pytest.raises(NasBertError, match="layers must lie in 1..4"):
         truncated_architecture(tiny_teacher, 5)
 
@@ -45,26 +45,40 @@ def test_uniform_width_extracts_leading_or_important_units(tiny_teacher):
         uniform_architecture(tiny_teacher, 12)
     t0 = tiny_teacher.encoder.encoder.layer[0]
 
-    leading, final = teacher_initialised(arch, tiny_teacher)
-    assert torch.equal(leading.blocks[0].projection.weight, torch.eye(32)[:16])
+    leading = teacher_initialised(arch, tiny_teacher)
+    assert leading.config.dim_order == list(range(32))  # the leading units, in the teacher's order
     assert torch.equal(leading.blocks[0].layers[0].query.weight, t0.attention.self.query.weight[:16, :16])
-    assert torch.equal(final[0], torch.eye(32)[:, :16])
+    assert torch.equal(leading.output_projection.weight, torch.eye(32)[:, :16])  # no batches: the rest is zero
 
     gen = torch.Generator().manual_seed(0)
     n = tiny_teacher.num_layers
     imp = Importance(torch.rand(32, generator=gen), [torch.rand(4, generator=gen) for _ in range(n)],
                      [torch.rand(64, generator=gen) for _ in range(n)])
-    chosen, _ = teacher_initialised(arch, tiny_teacher, imp)
-    dims = torch.sort(torch.topk(imp.hidden, 16).indices).values
-    heads = torch.sort(torch.topk(imp.heads[0], 2).indices).values
+    batches = [{"input_ids": IDS, "attention_mask": MASK}]
+    chosen = teacher_initialised(arch, tiny_teacher, imp, batches)
+    order = torch.argsort(imp.hidden, descending=True)  # student dimension k = teacher dimension order[k]
+    dims = order[:16]
+    heads = torch.argsort(imp.heads[0], descending=True)[:2]
     rows = torch.cat([torch.arange(h * 8, h * 8 + 8) for h in heads.tolist()])
-    neurons = torch.sort(torch.topk(imp.neurons[0], 32).indices).values
+    neurons = torch.argsort(imp.neurons[0], descending=True)[:32]
     layer = chosen.blocks[0].layers
-    assert torch.equal(chosen.blocks[0].projection.weight.argmax(1), dims)
+    assert chosen.config.dim_order == order.tolist()
+    emb = tiny_teacher.encoder.embeddings.word_embeddings.weight
+    assert torch.equal(chosen.embeddings.word_embeddings.weight, emb[:, order])  # the embeddings in that order
     assert torch.equal(layer[0].query.weight, t0.attention.self.query.weight[rows][:, dims])
     assert torch.equal(layer[0].output.weight, t0.attention.output.dense.weight[dims][:, rows])
     assert torch.equal(layer[1].intermediate.weight, t0.intermediate.dense.weight[neurons][:, dims])
     assert torch.equal(layer[1].LayerNorm.weight, t0.output.LayerNorm.weight[dims])
+    # the output map puts the kept dimensions back in their places and predicts the dropped ones
+    w = chosen.output_projection.weight
+    assert torch.equal(w[dims], torch.eye(16))
+    assert w[order[16:]].abs().sum() > 0
+    states = tiny_teacher.hidden_states(IDS, MASK)[n]
+    real = MASK.bool()
+    kept = states.index_select(-1, dims)
+    predicted = chosen.output_projection(kept)
+    zeros = torch.zeros_like(states).index_copy(-1, dims, kept)
+    assert ((predicted - states)[real] ** 2).mean() < ((zeros - states)[real] ** 2).mean()
 
 
 def test_importance_ranks_units_by_their_share_of_the_output(tiny_teacher):
@@ -90,6 +104,7 @@ def test_distill_baseline_resumes_and_saves_a_student(searched_tiny, tmp_path):
     assert first["step"] == 2 and first["student_path"] is None and first["before"] is not None
     done = distill_baseline(ctx, "uniform-16", arch)
     assert done["step"] == 4 and done["mapping"] == [2, 4]  # TinyBERT's uniform mapping, 2 points of 4 layers
-    assert done["after"]["final"] < first["before"]["final"]
+    # the kept weights are the best held-out fidelity, the start included: never below the start
+    assert done["after"]["best"]["value"] >= first["before"]["fidelity"]
     student = load_student(tmp_path / "tiny" / "baselines" / "uniform-16" / "student")
     assert student.config.architecture == arch.to_dict()

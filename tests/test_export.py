@@ -25,7 +25,8 @@ from nas_bert.blockwise import load_supernet_checkpoint, train_supernet
 from nas_bert.config import load_study
 from nas_bert.db import ArchitectureRow, Database, ExportRow
 from nas_bert.errors import NasBertError
-from nas_bert.export import export_front, export_trial, extract_student, save_student, select_members
+from nas_bert.export import export_front, export_trial, extract_student, select_members
+from nas_bert.hf_folder import write_student_folder
 from nas_bert.onnx_export import session
 from nas_bert.search import latest_checkpoint, optuna_study_name, pareto_rows, search, storage_for
 from nas_bert.teacher import load_teacher
@@ -83,7 +84,7 @@ def test_exported_student_equals_the_supernet_sub_path(supernet_and_teacher, exp
     with torch.no_grad():
         embedded = teacher.encoder.embeddings(input_ids=enc["input_ids"])
         for i, arch in enumerate(archs):
-            save_student(extract_student(study, arch, teacher, supernet), tmp_path / f"s{i}", teacher.tokenizer)
+            write_student_folder(extract_student(study, arch, teacher, supernet), tmp_path / f"s{i}", teacher.tokenizer)
             loaded = AutoModel.from_pretrained(tmp_path / f"s{i}", trust_remote_code=True).eval()
             out = loaded(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
             ref = supernet.forward_student(embedded, arch, enc["attention_mask"])
@@ -176,7 +177,9 @@ def test_export_writes_index_plot_cards_and_database_rows(exported, searched):
             "AutoConfig": "configuration_nas_bert.NasBertConfig", "AutoModel": "modeling_nas_bert.NasBertModel"}
         assert (folder / "modeling_nas_bert.py").read_text() == (ROOT / "nas_bert" / "modeling_nas_bert.py").read_text()
         card = (folder / "README.md").read_text()
-        assert "| block | sublayer | width | operator | parameters |" in card and "| 0 | projection |" in card
+        assert "| block | sublayer | width | operator | parameters |" in card and "| - | output |" in card
+        assert "SentenceTransformer(" in card  # the tiny teacher is a sentence-transformers model: so is its student
+        assert {"modules.json", "sentence_bert_config.json"} <= {p.name for p in folder.iterdir()}
         for k in ("torch_fp32", "onnx_fp32", "onnx_int8"):
             assert f"{s['measured_ms'][k]:.3f}" in card and s["measured_ms"][k] > 0
         assert "nas-bert export --config tiny.yaml --out export" in card

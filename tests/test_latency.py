@@ -25,10 +25,11 @@ from nas_bert.latency import (
     embeddings_key,
     ensure_latency_model,
     fit_linear,
+    grow_key,
     latency_report,
     loo_mape,
     op_key,
-    proj_key,
+    output_key,
 )
 from nas_bert.space import SearchSpace, load_space
 
@@ -102,8 +103,8 @@ def timed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 def expected_keys(space: SearchSpace) -> set[str]:
     keys = {embeddings_key(EMB)}
     keys |= {op_key(op, h) for h in space.hidden_sizes for op in op_choices(space, h)}
-    keys |= {proj_key(EMB.width, h) for h in space.hidden_sizes}
-    keys |= {proj_key(i, o) for i in space.hidden_sizes for o in space.hidden_sizes}
+    keys |= {grow_key(i, o) for i in space.hidden_sizes for o in space.hidden_sizes if o > i}
+    keys |= {output_key(h, EMB.width) for h in space.hidden_sizes}
     return keys
 
 
@@ -123,21 +124,23 @@ def test_config_is_strict() -> None:
 
 def test_table_has_every_key(built: LatencyModel, space: SearchSpace) -> None:
     keys = expected_keys(space)
-    assert len(keys) == 13  # 2 widths x 4 operators, 4 projections, the embeddings
+    # 2 widths x 4 operators, 1 map into a wider block (16 -> 32), 2 output maps, the embeddings;
+    # equal widths and slices into a narrower block cost nothing and are not timed
+    assert len(keys) == 12
     assert keys <= set(built.table)
     assert all(built.table[k] > 0 for k in keys)
 
 
 def test_second_build_measures_nothing(build: Built, space: SearchSpace, timed: list[str]) -> None:
     first = build.model
-    assert sum(not s.startswith(MODEL_STMT) for s in build.stmts) == 13
+    assert sum(not s.startswith(MODEL_STMT) for s in build.stmts) == 12
     assert sum(s.startswith(MODEL_STMT) for s in build.stmts) == len(first.calibration.points)
-    assert row_count(build.db) == 13
+    assert row_count(build.db) == 12
     second = ensure_latency_model(build.db, space, EMB, CFG, progress=False)
     assert timed == []  # neither the table nor the calibration is measured again
     assert second.table == first.table
     assert second.calibration == first.calibration
-    assert row_count(build.db) == 13
+    assert row_count(build.db) == 12
 
 
 def test_interrupted_build_keeps_what_it_measured(tmp_path: Path, space: SearchSpace, timed: list[str],
@@ -161,7 +164,7 @@ def test_interrupted_build_keeps_what_it_measured(tmp_path: Path, space: SearchS
     timed.clear()
     monkeypatch.setattr(latency, "_time_jobs", counting)
     model = ensure_latency_model(db, space, EMB, CFG, progress=False)
-    assert sum(not s.startswith(MODEL_STMT) for s in timed) == 13 - 5
+    assert sum(not s.startswith(MODEL_STMT) for s in timed) == 12 - 5
     assert expected_keys(space) <= set(model.table)
 
 

@@ -15,7 +15,7 @@ from conftest import make_tiny_study
 from nas_bert.config import load_study
 
 EVAL = {"finetune_steps": 3, "fidelity_texts": 16, "max_train_examples": 48, "max_eval_examples": 16,
-        "max_seq_length": 16, "batch_size": 8}
+        "max_seq_length": 16, "batch_size": 8, "ood_texts": 16}
 
 
 def _rows(study_file):
@@ -54,13 +54,15 @@ def test_run_kill_and_resume(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout)
     skipped = {(s["stage"], s["key"]) for s in summary["stages"] if s["skipped"]}
-    assert {("supernet", ""), ("latency", ""), ("search", "5ms"), ("map-layers", "5ms")} <= skipped
+    assert {("supernet", ""), ("latency", ""), ("search", "5ms"), ("finalists", "5ms"), ("map-layers", "5ms")} <= skipped
     after = _rows(study_file)
     assert all(after[k] == v for k, v in before.items())  # finished stages were not redone
     assert ("export", "5") in after
     (row,) = summary["students"]
-    assert row["budget_ms"] == 5.0 and row["predicted_ms"] <= 5.0
-    assert row["fidelity"] is not None and row["measured_ms"] > 0
+    assert row["budget_ms"] == 5.0 and row["finalist_ms"] <= 5.0 and not row["over_budget"]
+    assert row["fidelity"] is not None and row["ood_fidelity"] is not None and row["measured_ms"] > 0
+    # beside it, the untouched truncated teacher of the nearest measured latency, with both fidelities
+    assert row["truncated"]["name"].startswith("truncated-") and row["truncated"]["ood_fidelity"] is not None
     card = (tmp_path / "tiny" / "export").glob("nasbert-*/README.md")
     text = next(card).read_text()
     assert "distilled" in text and "fidelity to the teacher" in text
@@ -72,6 +74,7 @@ def test_run_kill_and_resume(tmp_path):
     done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     ran = {(s["stage"], s["key"]): s["skipped"] for s in json.loads(done.stdout)["stages"]}
-    assert all(ran[(stage, "5ms")] for stage in ("search", "map-layers", "distill", "evaluate"))
-    assert not any(ran[(stage, "6ms")] for stage in ("search", "map-layers", "distill", "evaluate"))
+    stages = ("search", "finalists", "map-layers", "distill", "evaluate")
+    assert all(ran[(stage, "5ms")] for stage in stages)
+    assert not any(ran[(stage, "6ms")] for stage in stages)
     assert ran[("export", "5,6")] is False

@@ -72,9 +72,9 @@ def test_seed_students_are_searched_first_and_rescored(study_file):
     ctx = open_context(study, progress=False)
     fastest_ms = ctx.latency.fastest_possible(study.space, ctx.teacher.embeddings_spec())
     seeds = seed_architectures(ctx, 1e9)
-    # the fastest student, then 1..blocks x pairs leading (attention, feed-forward) pairs at full width
-    assert list(seeds) == ["fastest", *(f"teacher-pairs-{k}" for k in range(1, 5))]
-    full = seeds["teacher-pairs-3"].blocks
+    # the fastest student, then the teacher's first 1..blocks x pairs layers at full width, nothing after them
+    assert list(seeds) == ["fastest", *(f"teacher-layers-{k}" for k in range(1, 5))]
+    full = seeds["teacher-layers-3"].blocks
     assert [b.hidden for b in full[:2]] == [32, 32] and [op.kind for op in full[1].ops] == ["mha", "ffn", "identity", "identity"]
     assert full[1].ops[0].heads == 4 and full[1].ops[1].inner == 64
     for arch in seeds.values():  # each seed's parameters suggest exactly it

@@ -106,9 +106,8 @@ def test_map_layers_then_distill_end_to_end(searched):
     assert first["step"] == 2 and first["student_path"] is None
     done = distill(study, trial)
     assert done["step"] == 4 and done["mapping"] == mapped["best"]["mapping"] and done["mapping_origin"] == "searched"
-    # The supernet starts from the teacher, so the extracted student starts close to it; four warm-up steps
-    # may move the held-out loss by about 1% either way. Learning from a far start is tested in test_baselines.
-    assert done["after"]["final"] <= 1.05 * done["before"]["final"]
+    # the weights kept are the best held-out fidelity, the extracted start included: never below the start
+    assert done["after"]["best"]["value"] >= done["before"]["fidelity"]
     model = AutoModel.from_pretrained(done["student_path"], trust_remote_code=True)
     ids = torch.tensor([[101, 7592, 2088, 102]])
     assert model(ids).last_hidden_state.shape[:2] == (1, 4)

@@ -1,0 +1,316 @@
+"""Distilling what the teacher is for: its use, the losses against hand-computed references, clean inputs,
+best-weight keeping, free transitions between equal widths, sentence-transformers folders, the finalists."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import copy_study
+
+from nas_bert import architecture as A
+from nas_bert.config import TrainConfig, load_study
+from nas_bert.corpus import CorpusConfig, load_manpages, make_collator
+from nas_bert.db import Database
+from nas_bert.distill import DistillModule, DistillObjective, TeacherTaps, relation_kl, similarity_loss, uniform_mapping
+from nas_bert.finalists import Candidate, choose, chosen_finalist, summarise
+from nas_bert.hf_folder import write_student_folder
+from nas_bert.latency import LatencyConfig, LatencyModel, embeddings_key, op_key, output_key
+from nas_bert.metrics import fidelity, fidelity_interval
+from nas_bert.supernet import Supernet
+from nas_bert.teacher import load_teacher, sentence_pooling
+from nas_bert.train import BestKeeper, CheckpointDir, make_accelerator, train_loop
+
+IDS = torch.tensor([[101, 2023, 2003, 1037, 2235, 3899, 102, 0], [101, 7592, 2088, 102, 0, 0, 0, 0],
+                    [101, 1037, 4937, 2938, 2006, 1996, 13523, 102]])
+MASK = (IDS != 0).long()
+
+
+# -- the teacher's use -------------------------------------------------------------------------------
+def test_teacher_use_is_detected_from_its_folder(tiny_teacher, tmp_path):
+    assert tiny_teacher.use == "sentence" and tiny_teacher.pooling.mode == "mean" and tiny_teacher.pooling.normalize
+    plain = tmp_path / "plain"
+    shutil.copytree(tiny_teacher.source, plain)
+    (plain / "modules.json").unlink()
+    assert load_teacher(str(plain)).use == "states"  # no sentence-transformers files: the final states
+    cls = tmp_path / "cls"
+    shutil.copytree(tiny_teacher.source, cls)
+    (cls / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
+    modules = json.loads((cls / "modules.json").read_text())[:2]  # no Normalize module
+    (cls / "modules.json").write_text(json.dumps(modules))
+    pooling = sentence_pooling(str(cls))
+    assert pooling.mode == "cls" and not pooling.normalize
+    states = torch.randn(2, 5, 4)
+    assert torch.equal(pooling(states, torch.ones(2, 5)), states[:, 0])
+    dense = json.loads((Path(tiny_teacher.source) / "modules.json").read_text())
+    dense.insert(2, {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"})
+    (cls / "modules.json").write_text(json.dumps(dense))
+    assert sentence_pooling(str(cls)) is None  # a Dense head we cannot reproduce: not distilled as sentences
+
+
+def test_collator_masks_only_for_mlm_losses(tiny_teacher):
+    rows = [{"input_ids": r[m.bool()].tolist()} for r, m in zip(IDS, MASK, strict=True)] * 20
+    clean = make_collator(tiny_teacher.tokenizer, CorpusConfig())(rows)
+    assert not (clean["input_ids"] == tiny_teacher.tokenizer.mask_token_id).any()
+    torch.manual_seed(0)
+    masked = make_collator(tiny_teacher.tokenizer, CorpusConfig(), mlm=True)(rows)
+    share = float((masked["labels"] != -100).sum() / (masked["attention_mask"].sum()))
+    assert 0.05 < share < 0.3  # None means 0.15 where a loss reads MLM logits
+    zero = make_collator(tiny_teacher.tokenizer, CorpusConfig(mlm_probability=0.0), mlm=True)(rows)
+    assert torch.equal(zero["input_ids"], clean["input_ids"])
+
+
+# -- the losses, against hand-computed references ------------------------------------------------------
+@pytest.fixture()
+def student_and_objective(tiny_teacher, tiny_space):
+    torch.manual_seed(0)
+    net = Supernet(tiny_space, 32)
+    arch = A.Architecture.build(tiny_teacher.embeddings_spec(), (
+        A.Block(16, (A.Op("mha", heads=2), A.Op("ffn", inner=32), A.IDENTITY, A.IDENTITY)),
+        A.Block(32, (A.Op("sepconv", kernel=3), A.IDENTITY, A.IDENTITY, A.IDENTITY))))
+    module = DistillModule(net.extract(arch, tiny_teacher.encoder.embeddings), arch, 32)
+    mapping = uniform_mapping(2, tiny_teacher.num_layers)
+    weights = {"pooled": 1.0, "similarity": 1.0, "hidden": 1.0, "embeddings": 1.0, "attention": 1.0, "final": 1.0,
+               "logits": 1.0}
+    taps = TeacherTaps(tiny_teacher)
+    batch = {"input_ids": IDS, "attention_mask": MASK}
+    yield module, DistillObjective(tiny_teacher, arch, mapping, weights, 2, 2.0, [batch], taps), batch, mapping
+    taps.remove()
+
+
+def _masked_mse(a, b, mask):
+    per_token = ((a - b) ** 2).mean(-1)
+    return float((per_token * mask).sum() / mask.sum())
+
+
+def test_each_loss_term_matches_a_hand_computed_reference(student_and_objective, tiny_teacher):
+    module, objective, batch, mapping = student_and_objective
+    module.eval()
+    terms, s_vec, t_vec = objective.terms(module, batch)
+    assert "logits" not in terms  # the tiny teacher has no MLM head: the term is off whatever its weight
+    t_states = tiny_teacher.hidden_states(IDS, MASK)
+    out = module.student(IDS, attention_mask=MASK, output_hidden_states=True)
+    m = MASK.float()
+    # pooled: 1 - cosine of the normalised mean-pooled sentence embeddings
+    mean = lambda h: (h * m[..., None]).sum(1) / m.sum(1, keepdim=True)
+    s_ref, t_ref = F.normalize(mean(out.last_hidden_state), dim=-1), F.normalize(mean(t_states[-1]), dim=-1)
+    assert torch.allclose(s_vec, s_ref, atol=1e-6) and torch.allclose(t_vec, t_ref, atol=1e-6)
+    assert math.isclose(float(terms["pooled"]), float((1 - (s_ref * t_ref).sum(-1)).mean()), rel_tol=1e-5)
+    # similarity: MSE of the cosine matrices of the batch-centred vectors
+    def gram(v):
+        c = v - v.mean(0)
+        c = c / c.norm(dim=-1, keepdim=True)
+        return c @ c.T
+    assert math.isclose(float(terms["similarity"]), float(((gram(s_ref) - gram(t_ref)) ** 2).mean()), rel_tol=1e-5)
+    # final: token MSE over real tokens against the teacher's last layer
+    assert math.isclose(float(terms["final"]), _masked_mse(out.last_hidden_state, t_states[-1], m), rel_tol=1e-5)
+    # hidden: each point through its projection against its mapped teacher layer, averaged
+    ref = [_masked_mse(proj(out.hidden_states[i]), t_states[g], m)
+           for proj, i, g in zip(module.point_proj, module.points, mapping, strict=True)]
+    assert math.isclose(float(terms["hidden"]), sum(ref) / len(ref), rel_tol=1e-5)
+    # embeddings: the student's embedding output against the teacher's, in the student's dimension order
+    order = torch.tensor(module.student.config.dim_order)
+    assert math.isclose(float(terms["embeddings"]), _masked_mse(out.hidden_states[0], t_states[0][..., order], m),
+                        rel_tol=1e-5)
+    assert float(terms["attention"]) >= 0
+
+
+def test_relation_kl_matches_its_definition():
+    torch.manual_seed(0)
+    s, t = torch.randn(2, 5, 8), torch.randn(2, 5, 12)
+    bias = torch.zeros(2, 1, 1, 5)
+    bias[1, ..., 3:] = -1e4  # two padding keys in the second sequence
+
+    def rel(x):
+        B, T, h = x.shape
+        d = h // 2
+        x = x.view(B, T, 2, d).transpose(1, 2)
+        return torch.softmax(x @ x.transpose(-1, -2) / math.sqrt(d) + bias, -1)
+
+    p, q = rel(t), rel(s)
+    ref = torch.where(p > 0, p * (p.log() - q.log()), torch.zeros(())).sum(-1).mean()  # padding keys add nothing
+    assert math.isclose(float(relation_kl(s, t, 2, bias)), float(ref), rel_tol=1e-4)
+    assert float(relation_kl(t, t, 2, bias)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_similarity_loss_is_zero_for_the_same_geometry():
+    v = torch.randn(6, 5)
+    rotation = torch.linalg.qr(torch.randn(5, 5))[0]
+    assert float(similarity_loss(v @ rotation * 3.0, v)) == pytest.approx(0.0, abs=1e-6)  # rotation, scale: same
+    assert float(similarity_loss(torch.randn(6, 5), v)) > 0.01
+
+
+def test_validation_reports_fidelity_and_the_primary_loss(student_and_objective):
+    module, objective, _, _ = student_and_objective
+    report = objective.validate(module)
+    s, t = objective.vectors(module)
+    assert report["fidelity"] == pytest.approx(fidelity(s, t))
+    assert report["primary"] == report["pooled"]  # a sentence-transformers teacher: its pooled embedding
+    lo, hi = fidelity_interval(s, t, resamples=20)
+    assert lo <= hi
+
+
+# -- never worse than the start --------------------------------------------------------------------
+class _Drifting:
+    """An objective whose validation gets worse with every update: only the start should be kept."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def loss(self, model, batch, micro_step):
+        return (model.weight - 5.0).pow(2).sum(), {}
+
+    def validate(self, model):
+        self.calls += 1
+        return {"fidelity": -float((model.weight - 1.0).abs().sum())}  # the start (all ones) is the best
+
+
+def test_keep_best_never_ends_below_the_start(tmp_path):
+    model = torch.nn.Linear(3, 1, bias=False)
+    torch.nn.init.ones_(model.weight)
+    data = [{"input_ids": torch.tensor([1, 2])} for _ in range(8)]
+    collate = lambda rows: {"input_ids": torch.stack([r["input_ids"] for r in rows])}
+    cfg = TrainConfig(steps=6, batch_size=2, lr=0.1, warmup_steps=0, eval_every=2, checkpoint_every=2)
+    ckpts = CheckpointDir(tmp_path / "ck")
+    keeper = BestKeeper("fidelity", ckpts.best_path())
+    objective = _Drifting()
+    report = train_loop(model=model, objective=objective, dataset=data, collator=collate, cfg=cfg, total_steps=6,
+                        ckpts=ckpts, accelerator=make_accelerator(torch.device("cpu")), meta={}, progress=False,
+                        keep_best=keeper, stop_after=4)
+    assert report["best"] == {"step": 0, "value": 0.0}  # validated before the first update: the start
+    assert not torch.equal(model.weight, torch.ones(1, 3))
+    # a resumed run knows its best from the checkpoint and still keeps the start
+    resumed = BestKeeper("fidelity", ckpts.best_path())
+    report = train_loop(model=model, objective=objective, dataset=data, collator=collate, cfg=cfg, total_steps=6,
+                        ckpts=ckpts, accelerator=make_accelerator(torch.device("cpu")), meta={}, progress=False,
+                        keep_best=resumed)
+    assert report["best"]["step"] == 0 and resumed.step == 0
+    assert torch.equal(resumed.best_state()["weight"], torch.ones(1, 3))
+    in_memory = BestKeeper("fidelity")
+    in_memory.offer(model, {"step": 1, "fidelity": 0.5})
+    assert not in_memory.offer(model, {"step": 2, "fidelity": float("nan")})  # NaN never replaces a best
+    assert in_memory.record() == {"step": 1, "value": 0.5}
+
+
+# -- nothing spent between equal widths ---------------------------------------------------------------
+def test_equal_widths_pass_the_state_as_it_is(tiny_space, tiny_teacher):
+    torch.manual_seed(0)
+    net = Supernet(tiny_space, 32).eval()
+    net.order.copy_(torch.randperm(32))  # dimensions in an importance order, as after inherit_teacher
+    emb = tiny_teacher.embeddings_spec()
+    same = A.Architecture.build(emb, (A.Block(16, (A.Op("ffn", inner=32),) + (A.IDENTITY,) * 3),
+                                      A.Block(16, (A.Op("mha", heads=2),) + (A.IDENTITY,) * 3)))
+    grow = A.Architecture.build(emb, (same.blocks[0], A.Block(32, (A.Op("mha", heads=4),) + (A.IDENTITY,) * 3)))
+    student = net.extract(same, tiny_teacher.encoder.embeddings).eval()
+    assert all(b.grow is None for b in student.blocks)  # no parameters into equal or narrower widths
+    assert same.params() == sum(p.numel() for p in student.parameters())
+    wider = net.extract(grow, tiny_teacher.encoder.embeddings).eval()
+    assert wider.blocks[1].grow.weight.shape == (16, 16)  # only a wider block pays: 16 -> 32 predicts 16 more
+    assert wider.output_projection is None and wider.output_index is not None  # full width out: a reordering
+    assert grow.params() == sum(p.numel() for p in wider.parameters())
+    for arch, st in ((same, student), (grow, wider)):
+        with torch.no_grad():
+            out = st(IDS, attention_mask=MASK).last_hidden_state
+            ref = net.forward_student(tiny_teacher.hidden_states(IDS, MASK)[0], arch, MASK)
+        assert (out - ref)[MASK.bool()].abs().max() <= 1e-5  # extraction stays exact
+    # the latency model: equal widths add nothing, a wider block its map, the output its map
+    table = {embeddings_key(emb): 1.0, op_key(A.Op("ffn", inner=32), 16): 2.0, op_key(A.Op("mha", heads=2), 16): 3.0,
+             output_key(16, 32): 0.5}
+    model = LatencyModel("fp", LatencyConfig(), table)
+    assert model.raw_ms(same) == 1.0 + 2.0 + 3.0 + 0.5
+
+
+# -- sentence-transformers folders --------------------------------------------------------------------
+def test_student_of_a_sentence_teacher_loads_in_sentence_transformers(tiny_teacher, tiny_space, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    torch.manual_seed(0)
+    arch = A.sample(tiny_space, tiny_teacher.embeddings_spec(), 3)
+    student = Supernet(tiny_space, 32).extract(arch, tiny_teacher.encoder.embeddings).eval()
+    folder = tmp_path / "student"
+    write_student_folder(student, folder, tiny_teacher.tokenizer, tiny_teacher.pooling)
+    st = SentenceTransformer(str(folder), trust_remote_code=True, device="cpu")
+    texts = ["a small dog", "the act of making something new"]
+    got = st.encode(texts, convert_to_tensor=True)
+    enc = tiny_teacher.tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ref = tiny_teacher.pooling(student(**enc).last_hidden_state, enc["attention_mask"])
+    assert torch.allclose(got, ref, atol=1e-5)  # the same pooling and normalisation as the teacher
+    assert sentence_pooling(str(folder)) == tiny_teacher.pooling
+
+
+def test_out_of_domain_set_ships():
+    texts = load_manpages()
+    assert len(texts) == 3000 and len(set(texts)) == 3000
+    assert all(6 <= len(t.split()) <= 40 and t.endswith(".") for t in texts)
+    assert load_manpages(10) == texts[:10]
+
+
+# -- the finalists ------------------------------------------------------------------------------------
+def _row(name, origin, fid, ms, interval, approx=None):
+    arch = A.Architecture(A.Embeddings(10, 8, 1, 8), (A.Block(8, (A.Op("ffn", inner=8),)),))
+    return {**Candidate(name, origin, arch).to_dict(), "fidelity": fid, "fidelity_interval": interval,
+            "measured_ms": ms, "over_budget": False, "approx_loss": approx}
+
+
+def test_a_baseline_that_scores_best_is_chosen(tiny_study_file):
+    study = load_study(tiny_study_file)
+    rows = [_row("trial-3", "search", 0.61, 4.9, [0.58, 0.64], 0.3), _row("truncated-2", "truncated", 0.70, 4.7, [0.67, 0.73]),
+            _row("trial-9", "search", 0.55, 4.5, [0.52, 0.58], 0.2), _row("trial-12", "search", 0.50, 4.0, [0.45, 0.55], 0.4),
+            {**_row("trial-1", "search", None, 5.3, None, 0.1), "over_budget": True}]
+    s = summarise(study, 5.0, rows)
+    assert s["chosen"]["name"] == "truncated-2" and s["baseline_won"]
+    assert s["runner_up"] == "trial-3" and s["separated"]  # 0.64 < 0.67: the two best are told apart
+    assert s["dropped_over_budget"] == ["trial-1"]
+    # approx loss 0.2, 0.3, 0.4 against fidelity 0.55, 0.61, 0.50: two pairs of three in order (lower loss,
+    # higher fidelity), one not: tau = (2 - 1) / 3
+    assert s["kendall_tau_vs_fidelity"]["approx_loss"] == pytest.approx(1 / 3)
+
+
+def test_finalists_end_to_end_choose_record_and_resume(searched_tiny, tmp_path, monkeypatch):
+    study = load_study(copy_study(searched_tiny, tmp_path), overrides={"search.finalist_steps": 2,
+                                                                        "distill.val_batches": 2})
+    first = choose(study, 5.0, progress=False)
+    origins = {r["origin"] for r in first["finalists"]}
+    assert "search" in origins and origins & {"truncated", "uniform"}  # the free students compete too
+    assert all(r["over_budget"] == (r["measured_ms"] > 5.0) for r in first["finalists"])
+    ok = [r for r in first["finalists"] if not r["over_budget"]]
+    assert first["chosen"]["fidelity"] == max(r["fidelity"] for r in ok)
+    assert all(r["fidelity"] >= r["fidelity_before"] for r in ok)  # the short distillation keeps its best
+    assert chosen_finalist(Database(study.db_url), study, 5.0)["name"] == first["chosen"]["name"]
+
+    def boom(*a, **k):
+        raise AssertionError("a recorded finalist is distilled again")
+
+    monkeypatch.setattr("nas_bert.finalists.short_distill", boom)
+    again = choose(study, 5.0, progress=False)  # every finalist is a database row: nothing is redone
+    assert again["chosen"]["name"] == first["chosen"]["name"]
+
+
+def test_a_winning_baseline_is_distilled_and_exported_as_such(searched_tiny, tmp_path, monkeypatch):
+    from nas_bert.export import export_front
+    from nas_bert.students import distill_student
+
+    study = load_study(copy_study(searched_tiny, tmp_path), overrides={"search.finalist_steps": 2})
+
+    def baseline_wins(ctx, cand, steps):  # the ranking is tested above; here the hand-designed student wins it
+        return {"fidelity_before": 0.5, "fidelity": 0.9 if cand.origin != "search" else 0.6,
+                "fidelity_interval": [0.5, 0.9], "best_step": 0, "seconds": 0.0}
+
+    monkeypatch.setattr("nas_bert.finalists.short_distill", baseline_wins)
+    summary = choose(study, 5.0, progress=False)
+    chosen = summary["chosen"]
+    assert summary["baseline_won"] and chosen["origin"] in ("truncated", "uniform")
+    arch = A.Architecture.from_json(chosen["arch_json"])
+    done = distill_student(study, arch, chosen["origin"], 5.0)
+    assert done["student_path"] and done["start"] == chosen["origin"]
+    out = export_front(study, tmp_path / "export", [5.0])
+    (student,) = out["students"]
+    assert student["origin"] == chosen["origin"] and chosen["name"] in student["name"]
+    card = (tmp_path / "export" / student["name"] / "README.md").read_text()
+    assert "A hand-designed student won this budget's finalists" in card
