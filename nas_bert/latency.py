@@ -296,14 +296,16 @@ class Calibration:
 
 
 def fit_linear(points: Iterable[tuple[float, float]]) -> tuple[float, float]:
-    """Least squares measured = a * raw + b; a proportional fit when that is degenerate or a <= 0."""
+    """measured = a * raw + b by least squares on the relative error (each point weighted by 1 / measured),
+    so a sub-millisecond student counts as much as the teacher-sized one; a proportional fit when that is
+    degenerate or a <= 0."""
     pts = np.asarray(list(points), dtype=float)
     raw, meas = pts[:, 0], pts[:, 1]
     if len(pts) >= 2 and np.ptp(raw) > 0:
-        (a, b), *_ = np.linalg.lstsq(np.stack([raw, np.ones_like(raw)], 1), meas, rcond=None)
+        (a, b), *_ = np.linalg.lstsq(np.stack([raw / meas, 1.0 / meas], 1), np.ones_like(meas), rcond=None)
         if a > 0:  # a must be positive, or a cheaper operator would predict a slower model
             return float(a), float(b)
-    return float(meas.sum() / raw.sum()), 0.0
+    return float(np.mean(meas / raw)), 0.0
 
 
 def loo_mape(points: list[tuple[float, float]]) -> float:

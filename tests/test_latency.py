@@ -248,6 +248,15 @@ def test_fit_recovers_a_line() -> None:
     assert loo_mape(points) == pytest.approx(0.0, abs=1e-9)
 
 
+def test_fit_weighs_relative_error() -> None:
+    # an empty student (embeddings and output only) beside teacher-sized ones: an unweighted fit would
+    # predict it at twice its time; the fit on relative error keeps every student within a few per cent
+    points = [(0.13, 0.17), (2.5, 2.8), (5.2, 6.6), (9.2, 11.3), (17.2, 19.7)]
+    a, b = fit_linear(points)
+    assert all(abs(a * r + b - m) / m < 0.12 for r, m in points)
+    assert abs(a * 0.13 + b - 0.17) / 0.17 < 0.12
+
+
 def test_disturbed_rounds_are_retried_then_used(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture):
     rounds: list[int] = []
     real = latency._round
