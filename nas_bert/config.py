@@ -82,6 +82,8 @@ class SearchConfig(_Strict):
     finalist_steps: int = Field(default=40, ge=1, description="distillation steps every finalist gets before the choice")
     finalist_baselines: bool = Field(default=True, description="the teacher's first layers and the uniformly narrowed "
                                                                "teacher of the budget are finalists too")
+    finalist_width_step: int = Field(default=2, ge=1, description="the uniformly narrowed teachers timed: every this "
+                                                                  "many attention heads of width")
 
 
 class LossWeights(_Strict):

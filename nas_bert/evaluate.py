@@ -174,6 +174,19 @@ def _teacher_run(teacher: Any, cfg: EvalConfig, task: str, device: torch.device 
             "teacher": str(getattr(teacher, "source", "")), "protocol_hash": protocol_hash(cfg, task)}
 
 
+_TEACHER_VECTORS: dict[tuple[Any, ...], torch.Tensor] = {}
+
+
+def _teacher_vectors(teacher: Any, texts: list[str], cfg: EvalConfig, device: torch.device | str) -> torch.Tensor:
+    """The teacher's sentence vectors of `texts`, computed once per process (every student is compared to them)."""
+    key = (str(getattr(teacher, "source", id(teacher))), hashlib.sha256("\n".join(texts).encode()).hexdigest(),
+           cfg.batch_size, cfg.fidelity_max_seq_length, str(device))
+    if key not in _TEACHER_VECTORS:
+        _TEACHER_VECTORS[key] = sentence_vectors(teacher.encoder, teacher.tokenizer, texts, cfg.batch_size,
+                                                 cfg.fidelity_max_seq_length, device, teacher.pooling)
+    return _TEACHER_VECTORS[key]
+
+
 def agreement(encoder: nn.Module, tokenizer: Any, teacher: Any, cfg: EvalConfig, texts: list[str],
               device: torch.device | str = "cpu") -> dict[str, float | None]:
     """How the encoder's sentence vectors (the teacher's pooling) agree with the teacher's, without any
@@ -182,8 +195,9 @@ def agreement(encoder: nn.Module, tokenizer: Any, teacher: Any, cfg: EvalConfig,
     sets = {"": texts, **({"ood_": load_manpages(cfg.ood_texts)} if cfg.ood_texts else {})}
     out: dict[str, float | None] = {}
     for prefix, batch in sets.items():
-        s_vec, t_vec = (sentence_vectors(m, t, batch, cfg.batch_size, cfg.fidelity_max_seq_length, device, teacher.pooling)
-                        for m, t in ((encoder, tokenizer), (teacher.encoder, teacher.tokenizer)))
+        s_vec = sentence_vectors(encoder, tokenizer, batch, cfg.batch_size, cfg.fidelity_max_seq_length, device,
+                                 teacher.pooling)
+        t_vec = _teacher_vectors(teacher, batch, cfg, device)
         out[f"{prefix}fidelity"] = fidelity(s_vec, t_vec, centered=cfg.fidelity_centered)
         out[f"{prefix}cosine"] = (float(F.cosine_similarity(s_vec, t_vec, dim=-1).mean())
                                   if s_vec.shape == t_vec.shape else None)

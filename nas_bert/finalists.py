@@ -96,14 +96,15 @@ def search_candidates(db: Database, study: Study, budget_ms: float) -> list[Cand
 
 
 def baseline_family(ctx: StudentContext) -> dict[str, Candidate]:
-    """Every hand-designed student: the teacher's first k layers, and the teacher's depth at each smaller
-    width (a multiple of its head size), its units ranked by importance."""
+    """The hand-designed students: the teacher's first k layers, and the teacher's depth at smaller widths
+    (every `finalist_width_step` heads), its units ranked by importance."""
     t = ctx.teacher
     hs = t.hidden_size // int(t.config.num_attention_heads)
+    step = hs * ctx.study.cfg.search.finalist_width_step
     out = {f"truncated-{k}": Candidate(f"truncated-{k}", "truncated", truncated_architecture(t, k))
            for k in range(1, t.num_layers)}
     out |= {f"uniform-{w}": Candidate(f"uniform-{w}", "uniform", uniform_architecture(t, w))
-            for w in range(hs, t.hidden_size, hs)}
+            for w in range(step, t.hidden_size, step)}
     return out
 
 
@@ -113,18 +114,19 @@ def _model(arch: Architecture, origin: str) -> torch.nn.Module:
     return build_student(arch, reorder=origin == "search")
 
 
-def measured_ms(ctx: StudentContext, cands: list[Candidate], progress: bool = True) -> dict[str, float]:
-    """End-to-end latency of each candidate on the study's latency device (name -> ms), measured once per
-    device and architecture (database rows "model:<hash>"), the missing ones in one interleaved run with the teacher."""
+def measured_ms(ctx: StudentContext, cands: list[Candidate], budget_ms: float, progress: bool = True) -> dict[str, float]:
+    """End-to-end latency of each candidate on the study's latency device (name -> ms): all of one budget's
+    candidates and the teacher in one interleaved run, so the comparisons between them hold even on a host
+    whose speed drifts from one minute to the next; stored per budget (rows "model:<budget>:<origin>:<hash>"),
+    so a resumed choice measures nothing again."""
     cfg = ctx.study.cfg.latency
     fp = device_fingerprint(cfg)
-    keys = {c.name: f"model:{c.origin}:{c.arch.hash()}" for c in cands}
+    keys = {c.name: f"model:{budget_ms:g}:{c.origin}:{c.arch.hash()}" for c in cands}
     with ctx.db.session() as s:
         known = {r.key: r.ms for r in s.scalars(select(LatencyRow).where(
             LatencyRow.fingerprint == fp, LatencyRow.key.in_(list(keys.values()))))}
-    missing = {c.name: c for c in cands if keys[c.name] not in known}
-    if missing:
-        models = [_model(c.arch, c.origin) for c in missing.values()]
+    if any(k not in known for k in keys.values()):
+        models = [_model(c.arch, c.origin) for c in cands]
         teacher = copy.deepcopy(ctx.teacher.encoder).cpu()
         threads = torch.get_num_threads()
         torch.set_num_threads(cfg.threads)
@@ -134,10 +136,10 @@ def measured_ms(ctx: StudentContext, cands: list[Candidate], progress: bool = Tr
         finally:
             torch.set_num_threads(threads)
         with ctx.db.session() as s:
-            for c, value in zip(missing.values(), ms, strict=False):
+            for c, value in zip(cands, ms, strict=False):
                 s.merge(_latency_row(s, fp, keys[c.name], value))
                 known[keys[c.name]] = value
-            s.merge(_latency_row(s, fp, _teacher_key(ctx.study), ms[-1]))
+            s.merge(_latency_row(s, fp, _teacher_key(ctx.study, budget_ms), ms[-1]))
     return {name: known[key] for name, key in keys.items()}
 
 
@@ -149,15 +151,15 @@ def _latency_row(s: Any, fp: str, key: str, ms: float) -> LatencyRow:
     return row
 
 
-def _teacher_key(study: Study) -> str:
-    return f"model:teacher:{hashlib.sha256(study.cfg.teacher.encode()).hexdigest()[:12]}"
+def _teacher_key(study: Study, budget_ms: float) -> str:
+    return f"model:{budget_ms:g}:teacher:{hashlib.sha256(study.cfg.teacher.encode()).hexdigest()[:12]}"
 
 
-def teacher_ms(db: Database, study: Study) -> float | None:
-    """The teacher's latency from the last finalists' timing run on this device, if any."""
+def teacher_ms(db: Database, study: Study, budget_ms: float) -> float | None:
+    """The teacher's latency in the budget's finalists' timing run on this device, if any."""
     with db.session() as s:
         row = s.scalars(select(LatencyRow).where(LatencyRow.fingerprint == device_fingerprint(study.cfg.latency),
-                                                 LatencyRow.key == _teacher_key(study))).first()
+                                                 LatencyRow.key == _teacher_key(study, budget_ms))).first()
         return row.ms if row is not None else None
 
 
@@ -203,7 +205,7 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> dict[str, A
         raise NasBertError(f"the {budget_ms:g} ms search of study '{study.name}' has no feasible student; "
                            "raise the budget or search.trials")
     family = baseline_family(ctx) if cfg.finalist_baselines else {}
-    ms = measured_ms(ctx, [*cands, *family.values()], progress)
+    ms = measured_ms(ctx, [*cands, *family.values()], budget_ms, progress)
     for origin in ("truncated", "uniform"):  # each family's slowest member that the budget holds
         fits = [c for c in family.values() if c.origin == origin and ms[c.name] <= budget_ms]
         if fits:
@@ -266,17 +268,19 @@ def summarise(study: Study, budget_ms: float, rows: list[dict[str, Any]]) -> dic
     }
 
 
-def truncated_reference(study: Study, student_ms: float) -> dict[str, Any] | None:
+def truncated_reference(study: Study, budget_ms: float, student_ms: float) -> dict[str, Any] | None:
     """What a user gets for free: the teacher's first k layers, untouched, of the measured latency nearest
-    `student_ms` (from the finalists' timing run), with its fidelity on the WordNet test texts and out of domain."""
+    `student_ms` (in the budget's finalists' timing run), with its fidelity on the WordNet test texts and out
+    of domain."""
     db = Database(study.db_url)
     fp = device_fingerprint(study.cfg.latency)
+    prefix = f"model:{budget_ms:g}:truncated:"
     with db.session() as s:
         rows = {r.key: r.ms for r in s.scalars(select(LatencyRow).where(
-            LatencyRow.fingerprint == fp, LatencyRow.key.like("model:truncated:%")))}
+            LatencyRow.fingerprint == fp, LatencyRow.key.like(f"{prefix}%")))}
     teacher = load_teacher(study.cfg.teacher, study.device())
     archs = {truncated_architecture(teacher, k): k for k in range(1, teacher.num_layers)}
-    timed = [(rows[f"model:truncated:{a.hash()}"], a, k) for a, k in archs.items() if f"model:truncated:{a.hash()}" in rows]
+    timed = [(rows[f"{prefix}{a.hash()}"], a, k) for a, k in archs.items() if f"{prefix}{a.hash()}" in rows]
     if not timed:
         return None
     ms, arch, k = min(timed, key=lambda t: abs(t[0] - student_ms))

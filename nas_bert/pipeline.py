@@ -123,7 +123,8 @@ def run_study(study: Study, out: Path | None = None, echo: Callable[[str], None]
         m = measured.get(h, {})
         # beside each student, the untouched truncated teacher of the nearest measured latency
         ref = r.stage("reference", f"{b:g}ms", ("latency", "search", "evaluate"),
-                      lambda chosen=chosen: {"truncated": truncated_reference(study, chosen["measured_ms"])})["truncated"]
+                      lambda b=b, chosen=chosen: {"truncated": truncated_reference(study, b, chosen["measured_ms"])}
+                      )["truncated"]
         rows.append({"budget_ms": b, "trial": chosen["trial"], "student": chosen["name"], "origin": chosen["origin"],
                      "architecture": chosen["architecture"], "params": s["distill"]["params"],
                      "predicted_ms": chosen.get("predicted_ms"), "finalist_ms": chosen["measured_ms"],
