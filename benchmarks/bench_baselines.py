@@ -172,6 +172,8 @@ def main() -> None:
     ap.add_argument("--config", default="studies/demo.yaml")
     ap.add_argument("--fractions", default="0.5,0.25,0.125", help="budgets as fractions of the teacher's latency")
     ap.add_argument("--round", type=float, default=0.5, help="round budgets to this many ms")
+    ap.add_argument("--budgets-from-study", action="store_true",
+                    help="use the study file's search.budgets_ms (the stages `nas-bert run` finished are reused)")
     ap.add_argument("--tolerance", type=float, default=0.05)
     ap.add_argument("--orders", default="importance,leading", help="ETD unit orders for the uniform family")
     args = ap.parse_args()
@@ -193,6 +195,9 @@ def main() -> None:
     teacher_ms = r.stage("baseline-teacher-latency", "", ("latency",), time_teacher)["teacher_ms"]
     fractions = [float(f) for f in args.fractions.split(",")]
     budgets = [round(max(args.round, round(f * teacher_ms / args.round) * args.round), 6) for f in fractions]
+    if args.budgets_from_study:
+        budgets = list(study.cfg.search.budgets_ms)
+        fractions = [b / teacher_ms for b in budgets]
     # A budget below the space's fastest student would leave nothing to search: lift it to the next step above.
     fastest = ensure_latency_model(r.db, study.space, ctx.teacher.embeddings_spec(), study.cfg.latency,
                                    progress=False).fastest_possible(study.space, ctx.teacher.embeddings_spec())

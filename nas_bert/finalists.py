@@ -35,7 +35,7 @@ from nas_bert.db import ArchitectureRow, Database, FinalistRow, LatencyRow
 from nas_bert.distill import distill_points, uniform_mapping
 from nas_bert.errors import NasBertError
 from nas_bert.evaluate import agreement
-from nas_bert.latency import build_student, device_fingerprint, measure_models
+from nas_bert.latency import build_student, device_fingerprint, ensure_latency_model, measure_models
 from nas_bert.metrics import fidelity_interval
 from nas_bert.scoring import kendall_tau
 from nas_bert.search import optuna_study_name, storage_for
@@ -114,33 +114,48 @@ def _model(arch: Architecture, origin: str) -> torch.nn.Module:
     return build_student(arch, reorder=origin == "search")
 
 
-def measured_ms(ctx: StudentContext, cands: list[Candidate], budget_ms: float, progress: bool = True) -> dict[str, float]:
-    """End-to-end latency of each candidate on the study's latency device (name -> ms): all of one budget's
-    candidates and the teacher in one interleaved run, so the comparisons between them hold even on a host
-    whose speed drifts from one minute to the next; stored per budget (rows "model:<budget>:<origin>:<hash>"),
-    so a resumed choice measures nothing again."""
+def measured_ms(ctx: StudentContext, cands: list[Candidate], budget_ms: float,
+                progress: bool = True) -> tuple[dict[str, float], dict[str, Any]]:
+    """End-to-end latency of each candidate on the study's latency device (name -> ms), all of one budget's
+    candidates, the teacher and the latency model's reference student timed in one interleaved run.
+
+    A shared host drifts: the same model can take 15% longer than ten minutes ago. Timed together, the
+    candidates compare fairly with each other; and the reference student, timed when the latency model was
+    fitted and again now, gives the drift, by which every time is divided: the figures are in the host's
+    speed of the fitted model, like the predictions and the budget. Stored per budget (rows
+    "model:<budget>:<origin>:<hash>", drift-corrected), so a resumed choice measures nothing again.
+    Returns the times and the run's record: the drift, the raw times and the teacher's.
+    """
     cfg = ctx.study.cfg.latency
     fp = device_fingerprint(cfg)
     keys = {c.name: f"model:{budget_ms:g}:{c.origin}:{c.arch.hash()}" for c in cands}
+    run_key = f"run:{budget_ms:g}:{hashlib.sha256(ctx.study.cfg.teacher.encode()).hexdigest()[:12]}"
     with ctx.db.session() as s:
         known = {r.key: r.ms for r in s.scalars(select(LatencyRow).where(
-            LatencyRow.fingerprint == fp, LatencyRow.key.in_(list(keys.values()))))}
+            LatencyRow.fingerprint == fp, LatencyRow.key.in_([*keys.values(), run_key])))}
+    record: dict[str, Any] = {"drift": known.get(run_key)}
     if any(k not in known for k in keys.values()):
-        models = [_model(c.arch, c.origin) for c in cands]
+        lat = ensure_latency_model(ctx.db, ctx.study.space, ctx.teacher.embeddings_spec(), cfg, progress=False)
+        ref_arch, ref_ms = lat.reference(ctx.study.space, ctx.teacher.embeddings_spec())
+        models = [_model(c.arch, c.origin) for c in cands] + [build_student(ref_arch)]
         teacher = copy.deepcopy(ctx.teacher.encoder).cpu()
         threads = torch.get_num_threads()
         torch.set_num_threads(cfg.threads)
         try:
             with tqdm(total=(len(models) + 1) * 7, desc="time finalists", leave=False, disable=not progress) as bar:
-                ms = measure_models([*models, teacher], cfg, int(ctx.teacher.config.vocab_size), bar)
+                raw = measure_models([*models, teacher], cfg, int(ctx.teacher.config.vocab_size), bar)
         finally:
             torch.set_num_threads(threads)
+        drift = raw[-2] / ref_ms
+        record = {"drift": drift, "teacher_raw_ms": raw[-1], "teacher_ms": raw[-1] / drift,
+                  "reference_ms": ref_ms, "reference_raw_ms": raw[-2],
+                  "raw_ms": {c.name: value for c, value in zip(cands, raw, strict=False)}}
         with ctx.db.session() as s:
-            for c, value in zip(cands, ms, strict=False):
-                s.merge(_latency_row(s, fp, keys[c.name], value))
-                known[keys[c.name]] = value
-            s.merge(_latency_row(s, fp, _teacher_key(ctx.study, budget_ms), ms[-1]))
-    return {name: known[key] for name, key in keys.items()}
+            for c, value in zip(cands, raw, strict=False):
+                s.merge(_latency_row(s, fp, keys[c.name], value / drift))
+                known[keys[c.name]] = value / drift
+            s.merge(_latency_row(s, fp, run_key, drift))
+    return {name: known[key] for name, key in keys.items()}, record
 
 
 def _latency_row(s: Any, fp: str, key: str, ms: float) -> LatencyRow:
@@ -149,18 +164,6 @@ def _latency_row(s: Any, fp: str, key: str, ms: float) -> LatencyRow:
         return LatencyRow(fingerprint=fp, key=key, ms=ms)
     row.ms = ms
     return row
-
-
-def _teacher_key(study: Study, budget_ms: float) -> str:
-    return f"model:{budget_ms:g}:teacher:{hashlib.sha256(study.cfg.teacher.encode()).hexdigest()[:12]}"
-
-
-def teacher_ms(db: Database, study: Study, budget_ms: float) -> float | None:
-    """The teacher's latency in the budget's finalists' timing run on this device, if any."""
-    with db.session() as s:
-        row = s.scalars(select(LatencyRow).where(LatencyRow.fingerprint == device_fingerprint(study.cfg.latency),
-                                                 LatencyRow.key == _teacher_key(study, budget_ms))).first()
-        return row.ms if row is not None else None
 
 
 # -- the short distillation -----------------------------------------------------------------------
@@ -205,7 +208,7 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> dict[str, A
         raise NasBertError(f"the {budget_ms:g} ms search of study '{study.name}' has no feasible student; "
                            "raise the budget or search.trials")
     family = baseline_family(ctx) if cfg.finalist_baselines else {}
-    ms = measured_ms(ctx, [*cands, *family.values()], budget_ms, progress)
+    ms, timing = measured_ms(ctx, [*cands, *family.values()], budget_ms, progress)
     for origin in ("truncated", "uniform"):  # each family's slowest member that the budget holds
         fits = [c for c in family.values() if c.origin == origin and ms[c.name] <= budget_ms]
         if fits:
@@ -222,7 +225,7 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> dict[str, A
             _store(ctx.db, study, budget_ms, c, protocol, ms[c.name], metrics)
         rows.append({**c.to_dict(), **metrics, "over_budget": over})
     bar.close()
-    return summarise(study, budget_ms, rows)
+    return {**summarise(study, budget_ms, rows), "timing": timing}
 
 
 def _stored(db: Database, study: Study, budget_ms: float, name: str, protocol: str) -> dict[str, Any] | None:

@@ -278,21 +278,26 @@ def build_student(arch: Architecture, reorder: bool = True) -> NasBertModel:
 # -- calibration ----------------------------------------------------------------------------------
 @dataclass
 class Calibration:
-    """measured ~ a * raw + b, with the (raw, measured) points it was fitted on."""
+    """measured ~ a * raw + b, with the (raw, measured) points it was fitted on, and the measured latency of
+    the space's largest student (`reference_ms`): timed again later, it says how much faster or slower the
+    host is than when the model was fitted (`drift`)."""
 
     a: float = 1.0
     b: float = 0.0
     points: list[tuple[float, float]] = field(default_factory=list)
     loo_mape: float = float("nan")  # leave-one-out mean absolute percentage error, in %
+    reference_ms: float | None = None
 
     def to_json(self, emb: Embeddings) -> str:
-        return json.dumps({"a": self.a, "b": self.b, "points": self.points, "embeddings": asdict(emb)})
+        return json.dumps({"a": self.a, "b": self.b, "points": self.points, "embeddings": asdict(emb),
+                           "reference_ms": self.reference_ms})
 
     @classmethod
     def from_json(cls, text: str, mape: float) -> Calibration:
         d = json.loads(text)
         points = [(float(r), float(m)) for r, m in d["points"]]
-        return cls(a=d["a"], b=d["b"], points=points, loo_mape=mape if mape >= 0 else float("nan"))
+        return cls(a=d["a"], b=d["b"], points=points, loo_mape=mape if mape >= 0 else float("nan"),
+                   reference_ms=d.get("reference_ms"))
 
 
 def fit_linear(points: Iterable[tuple[float, float]]) -> tuple[float, float]:
@@ -391,6 +396,12 @@ class LatencyModel:
                         key=lambda t: t[0])
         return Architecture.build(emb, blocks)
 
+    def reference(self, space: SearchSpace, emb: Embeddings) -> tuple[Architecture, float]:
+        """The drift reference: the space's largest student and its latency when the model was fitted."""
+        arch = largest(space, emb)
+        ms = self.calibration.reference_ms
+        return arch, ms if ms is not None else self.predict(arch)
+
     def fastest_possible(self, space: SearchSpace, emb: Embeddings) -> float:
         """The minimum predicted latency over the space: no latency budget below it can be met."""
         return self.predict(self.fastest_architecture(space, emb))
@@ -441,7 +452,9 @@ def calibrate(
         measured = measure_models(students, cfg, emb.vocab_size, bar)
     points = [(model.raw_ms(a), ms) for a, ms in zip(archs, measured, strict=True)]
     a, b = fit_linear(points)
-    return Calibration(a=a, b=b, points=points, loo_mape=loo_mape(points))
+    ref = largest(space, emb).hash()
+    reference = next(ms for arch, ms in zip(archs, measured, strict=True) if arch.hash() == ref)
+    return Calibration(a=a, b=b, points=points, loo_mape=loo_mape(points), reference_ms=reference)
 
 
 def ensure_latency_model(

@@ -98,12 +98,15 @@ def mb(path: Path) -> float:
     return round(path.stat().st_size / 2**20, 3)
 
 
-def measure_latencies(student: NasBertModel, folder: Path, teacher: Teacher, cfg: LatencyConfig) -> dict[str, Any]:
+def measure_latencies(student: NasBertModel, folder: Path, teacher: Teacher, cfg: LatencyConfig,
+                      reference: tuple[torch.nn.Module, float] | None = None) -> dict[str, Any]:
     """Milliseconds of the student (PyTorch fp32, ONNX fp32, ONNX int8) and the teacher, on this machine.
 
     The four are timed in interleaved rounds like the latency table (blocks disturbed by other processes
     are dropped, a low percentile of the rest is kept), so predicted and measured figures are comparable
-    and the speed-ups fair. ONNX Runtime gets intra_op_num_threads = cfg.threads.
+    and the speed-ups fair. ONNX Runtime gets intra_op_num_threads = cfg.threads. With `reference` (the
+    latency model's reference student and its time when the model was fitted) it is timed too, and
+    "drift" says how much slower the host is now than then.
     """
     dev = torch.device(cfg.device)
     gen = torch.Generator().manual_seed(0)
@@ -115,6 +118,9 @@ def measure_latencies(student: NasBertModel, folder: Path, teacher: Teacher, cfg
     calls: dict[str, Callable[[], Any]] = {
         "teacher_torch_fp32": lambda: teacher_model(**on_dev), "torch_fp32": lambda: student(**on_dev),
         "onnx_fp32": lambda: s32.run(None, feeds), "onnx_int8": lambda: s8.run(None, feeds)}
+    if reference is not None:
+        ref_model = reference[0].eval().to(dev)
+        calls["reference"] = lambda: ref_model(**on_dev)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(cfg.threads)
@@ -124,4 +130,6 @@ def measure_latencies(student: NasBertModel, folder: Path, teacher: Teacher, cfg
         student.to("cpu")
         teacher.encoder.to("cpu")
     ms: dict[str, Any] = dict(zip(calls, values, strict=True))
+    if reference is not None:
+        ms["drift"] = ms.pop("reference") / reference[1]
     return ms
