@@ -76,10 +76,10 @@ def evaluate(study: Any, db: Database, folder: str) -> dict[str, Any]:
 
 
 def compact(arch: Architecture) -> str:
-    """[width] then A (attention), F (feed-forward), C<k> (separable convolution) per sublayer."""
+    """[width] then A (attention), F (feed-forward), C<k> (separable convolution) per sublayer; - an empty block."""
     code = {"mha": "A", "ffn": "F", "sepconv": "C"}
-    return " | ".join(f"[{b.hidden}] " + " ".join(code[o.kind] + (str(o.kernel) if o.kind == "sepconv" else "")
-                                                 for o in b.ops if o.kind != "identity") for b in arch.blocks)
+    return " | ".join(f"[{b.hidden}] " + (" ".join(code[o.kind] + (str(o.kernel) if o.kind == "sepconv" else "")
+                                                  for o in b.ops if o.kind != "identity") or "-") for b in arch.blocks)
 
 
 def _f(x: float | None, digits: int) -> str:

@@ -111,7 +111,7 @@ class MappingSearch:
     def run(self, progress: bool = True) -> dict[str, Any]:
         total = count_monotone(self.m, self.n)
         base_fit = {k: self.fitness(v, 0, k) for k, v in self.baselines().items()}
-        if total <= self.cfg.enumerate_below:
+        if total <= self.cfg.enumerate_below or self.m == 0:  # a student without layers has one mapping: []
             results = []
             for combo in tqdm(list(combinations_with_replacement(range(1, self.n + 1), self.m)),
                               desc="mappings (enumerated)", disable=not progress):

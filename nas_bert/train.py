@@ -140,6 +140,12 @@ def train_loop(
     weights of the best report so far (the start included). Returns the last validation report, with
     "best": {"step", "value"} when keeping the best.
     """
+    if not any(p.requires_grad for p in model.parameters()):  # e.g. an empty student with frozen embeddings
+        model.eval()
+        report = {"step": total_steps, **objective.validate(model)}
+        if keep_best is not None:
+            keep_best.offer(model, {**report, "step": 0})
+        return {**report, "best": keep_best.record()} if keep_best else report
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
     optimizer = torch.optim.AdamW(
