@@ -116,24 +116,24 @@ def _model(arch: Architecture, origin: str) -> torch.nn.Module:
 
 def measured_ms(ctx: StudentContext, cands: list[Candidate], budget_ms: float,
                 progress: bool = True) -> tuple[dict[str, float], dict[str, Any]]:
-    """End-to-end latency of each candidate on the study's latency device (name -> ms), all of one budget's
+    """End-to-end latency of each candidate on the study's latency device (name -> ms): all of one budget's
     candidates, the teacher and the latency model's reference student timed in one interleaved run.
 
-    A shared host drifts: the same model can take 15% longer than ten minutes ago. Timed together, the
-    candidates compare fairly with each other; and the reference student, timed when the latency model was
-    fitted and again now, gives the drift, by which every time is divided: the figures are in the host's
-    speed of the fitted model, like the predictions and the budget. Stored per budget (rows
-    "model:<budget>:<origin>:<hash>", drift-corrected), so a resumed choice measures nothing again.
-    Returns the times and the run's record: the drift, the raw times and the teacher's.
+    A shared host drifts (the same model can take 15% longer than ten minutes ago), so the candidates are
+    compared with each other and with the budget only within one run: a budget holds as measured at the
+    choice. The reference student, timed when the latency model was fitted and again now, says how far the
+    host has drifted since (recorded, not applied: a noisy reference would move every time with it).
+    Stored per budget (rows "model:<budget>:<origin>:<hash>"), so a resumed choice measures nothing again.
+    Returns the times and the run's record: the drift and the teacher's time.
     """
     cfg = ctx.study.cfg.latency
     fp = device_fingerprint(cfg)
     keys = {c.name: f"model:{budget_ms:g}:{c.origin}:{c.arch.hash()}" for c in cands}
-    run_key = f"run:{budget_ms:g}:{hashlib.sha256(ctx.study.cfg.teacher.encode()).hexdigest()[:12]}"
+    tag = f"{budget_ms:g}:{hashlib.sha256(ctx.study.cfg.teacher.encode()).hexdigest()[:12]}"
+    extra = {"drift": f"drift:{tag}", "teacher_ms": f"teacher:{tag}"}
     with ctx.db.session() as s:
         known = {r.key: r.ms for r in s.scalars(select(LatencyRow).where(
-            LatencyRow.fingerprint == fp, LatencyRow.key.in_([*keys.values(), run_key])))}
-    record: dict[str, Any] = {"drift": known.get(run_key)}
+            LatencyRow.fingerprint == fp, LatencyRow.key.in_([*keys.values(), *extra.values()])))}
     if any(k not in known for k in keys.values()):
         lat = ensure_latency_model(ctx.db, ctx.study.space, ctx.teacher.embeddings_spec(), cfg, progress=False)
         ref_arch, ref_ms = lat.reference(ctx.study.space, ctx.teacher.embeddings_spec())
@@ -146,16 +146,13 @@ def measured_ms(ctx: StudentContext, cands: list[Candidate], budget_ms: float,
                 raw = measure_models([*models, teacher], cfg, int(ctx.teacher.config.vocab_size), bar)
         finally:
             torch.set_num_threads(threads)
-        drift = raw[-2] / ref_ms
-        record = {"drift": drift, "teacher_raw_ms": raw[-1], "teacher_ms": raw[-1] / drift,
-                  "reference_ms": ref_ms, "reference_raw_ms": raw[-2],
-                  "raw_ms": {c.name: value for c, value in zip(cands, raw, strict=False)}}
+        values = {**{keys[c.name]: ms for c, ms in zip(cands, raw, strict=False)},
+                  extra["drift"]: raw[-2] / ref_ms, extra["teacher_ms"]: raw[-1]}
         with ctx.db.session() as s:
-            for c, value in zip(cands, raw, strict=False):
-                s.merge(_latency_row(s, fp, keys[c.name], value / drift))
-                known[keys[c.name]] = value / drift
-            s.merge(_latency_row(s, fp, run_key, drift))
-    return {name: known[key] for name, key in keys.items()}, record
+            for key, value in values.items():
+                s.merge(_latency_row(s, fp, key, value))
+        known.update(values)
+    return {name: known[key] for name, key in keys.items()}, {k: known.get(key) for k, key in extra.items()}
 
 
 def _latency_row(s: Any, fp: str, key: str, ms: float) -> LatencyRow:
