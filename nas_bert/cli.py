@@ -353,12 +353,11 @@ def _run_table(s: dict[str, Any]) -> str:
     if s["students"]:
         t = s["students"][0]
         rows += ["", (f"teacher: {f(t['teacher_ms'], '.2f')} ms (PyTorch fp32), accuracy {f(t['teacher_accuracy'], '.3f')}; "
-                 f"the host ran {f(t.get('drift'), '.2f')}x as long as when the latency model was fitted "
-                 "(budgets are checked at that speed)")]
+                 f"the host ran {f(t.get('drift'), '.2f')}x as long as when the latency model was fitted")]
     stages = [f"{x['stage']} {x['key']}".strip() + (" (skipped)" if x["skipped"] else f" {x['seconds']:.0f} s")
               for x in s["stages"]]
-    rows += [("ms: PyTorch fp32, batch 1, the student and the truncated teacher timed in one run (the finalists'), "
-             "at the latency model's host speed; the model cards hold the export's own timing"),
+    rows += [("ms: PyTorch fp32, batch 1, the student and the truncated teacher timed in one run (the finalists'); "
+              "the model cards hold the export's own timing"),
              f"Pareto front: {s['pareto_png']}", "stages: " + ", ".join(stages)]
     return "\n".join(rows)
 
