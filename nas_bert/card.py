@@ -41,6 +41,12 @@ def _origin(info: dict[str, Any]) -> str:
         return (f"**A hand-designed student won this budget's finalists**: this model is {plain[info['origin']]}, "
                 f"distilled; it beat every searched student of its latency on held-out fidelity "
                 f"({_fmt(fin.get('fidelity'))} after the finalists' short distillation).\n\n")
+    if fin and str(fin.get("name", "")).startswith("teacher-layers-"):
+        k = fin["name"].rsplit("-", 1)[-1]
+        return (f"**This student is the teacher's own first {k} layer(s)**, the search's seed student of that shape, "
+                f"distilled: among the {_fmt(info.get('budget_ms'), 'g')} ms finalists (searched and hand-designed "
+                f"students after the same short distillation) it had the best held-out fidelity, "
+                f"{_fmt(fin.get('fidelity'))}.\n\n")
     if fin:
         return (f"Chosen among the {_fmt(info.get('budget_ms'), 'g')} ms finalists (searched and hand-designed students "
                 f"after the same short distillation) by held-out fidelity: {_fmt(fin.get('fidelity'))}.\n\n")
