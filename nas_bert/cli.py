@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -10,8 +11,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from sqlalchemy.exc import DatabaseError
 
 from nas_bert.config import load_study
+from nas_bert.db import database_error, is_corrupt
 from nas_bert.errors import NasBertError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Search, distil and export small BERT students.")
@@ -31,11 +34,38 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
         except NasBertError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
+        except DatabaseError as e:  # damage found past the checks of `Database` (e.g. inside Optuna's storage)
+            if not is_corrupt(e):
+                raise
+            typer.echo(f"error: {database_error(_db_url(kwargs), e)}", err=True)
+            raise typer.Exit(2) from None
         except KeyboardInterrupt:
             typer.echo("interrupted; run the same command again to continue", err=True)
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+def _db_url(kwargs: dict[str, Any]) -> str:
+    """The database URL a command used, for an error message (its --db, else its study file's)."""
+    try:
+        return load_study(kwargs["config"], kwargs.get("db")).db_url
+    except Exception:  # noqa: BLE001 - only for naming the file in a message
+        return str(kwargs.get("db") or "the study database")
+
+
+def _count(option: str, value: int | None) -> int | None:
+    """A count given on the command line is at least 1: 0 is an error, never "the study's default"."""
+    if value is not None and value < 1:
+        raise NasBertError(f"{option} {value}: must be a whole number >= 1 (leave {option} out for the study's default)")
+    return value
+
+
+def _budget(option: str, value: float | None) -> float | None:
+    """A latency budget is a finite number of milliseconds above zero (NaN would pass every comparison)."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise NasBertError(f"{option} {value:g}: budget must be a finite number of ms > 0")
+    return value
 
 
 def _print(data: Any, as_json: bool, table: Callable[[Any], str]) -> None:
@@ -53,6 +83,7 @@ def train_supernet_cmd(
     """Stage 1: block-wise supernet training; resumes from the last checkpoint."""
     from nas_bert.blockwise import train_supernet
 
+    _count("--steps", steps)
     study = load_study(config, db)
     summary = train_supernet(study, steps=steps)
     if summary["is_main"]:  # under torchrun / accelerate launch, one report
@@ -82,8 +113,9 @@ def latency_cmd(config: ConfigOpt, db: DbOpt = None, as_json: JsonOpt = False) -
     from nas_bert.teacher import embeddings_spec_of, load_teacher_config
 
     study = load_study(config, db)
+    database = Database(study.db_url)  # a damaged database is found before any teacher is loaded
     emb = embeddings_spec_of(load_teacher_config(study.cfg.teacher))
-    model = ensure_latency_model(Database(study.db_url), study.space, emb, study.cfg.latency)
+    model = ensure_latency_model(database, study.space, emb, study.cfg.latency)
     _print(latency_report(model), as_json, _latency_table)
 
 
@@ -111,6 +143,9 @@ def search_cmd(
     from nas_bert.finalists import choose
     from nas_bert.search import search
 
+    _budget("--latency-budget-ms", latency_budget_ms)
+    _count("--trials", trials)
+    _count("--workers", workers)
     study = load_study(config, db)
     summary = search(study, latency_budget_ms, trials, workers)
     summary["finalists"] = choose(study, latency_budget_ms)
@@ -181,6 +216,7 @@ def pareto_cmd(
     from nas_bert.db import Database
     from nas_bert.search import budgets_in_db, pareto_rows
 
+    _budget("--budget", budget)
     study = load_study(config, db)
     budgets = [budget] if budget is not None else budgets_in_db(study)
     if not budgets:
@@ -205,6 +241,7 @@ def map_layers_cmd(config: ConfigOpt, trial: TrialOpt, budget: BudgetOpt = None,
     """Stage 6: search which teacher layer each student layer learns from (DEAP GA); resumes."""
     from nas_bert.students import map_layers
 
+    _budget("--budget", budget)
     _print(map_layers(load_study(config, db), trial, budget), as_json, _mapping_table)
 
 
@@ -230,6 +267,8 @@ def distill_cmd(config: ConfigOpt, trial: TrialOpt, budget: BudgetOpt = None, db
     """Stage 7: distil one student with its searched (else uniform) layer mapping; resumes."""
     from nas_bert.students import distill
 
+    _budget("--budget", budget)
+    _count("--steps", steps)
     parsed = None
     if mapping is not None:
         try:
@@ -294,11 +333,13 @@ def export_cmd(
     from nas_bert.export import export_front
 
     parsed = None
-    if budgets:
+    if budgets is not None:  # an empty --budgets is an error, not "every budget"
         try:
             parsed = [float(b) for b in budgets.split(",")]
         except ValueError:
             raise NasBertError(f"--budgets '{budgets}' is not a comma-separated list of milliseconds") from None
+        for b in parsed:
+            _budget("--budgets", b)
     study = load_study(config, db)
     summary = export_front(study, out, parsed, overwrite, command=shlex.join(["nas-bert", *sys.argv[1:]]))
     _print(summary, as_json, _export_table)
@@ -389,6 +430,10 @@ def _status_table(s: dict[str, Any]) -> str:
             f"best trial {best['trial']}: loss {best['approx_loss']:.4f} at {best['predicted_ms']:.2f} ms")
         lines.append(f"  4 search {r['budget_ms']:g} ms: {t['complete']} complete, {t['fail']} failed, "
                      f"{t['running']} running, {r['feasible']} feasible; {b}")
+    if s.get("stages"):
+        lines.append("`nas-bert run` stages (current: its inputs are those it was made from):")
+        width = max(len(f"{r['stage']} {r['key']}") for r in s["stages"])
+        lines += [f"  {(r['stage'] + ' ' + r['key']).ljust(width)}  {r['state']:<8} {r['why']}" for r in s["stages"]]
     return "\n".join(lines)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,8 @@ from nas_bert.space import SearchSpace, load_space
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # every number of a study is finite: `.nan` or `.inf` in YAML is an error, never a silent NaN setting
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class TrainConfig(_Strict):
@@ -70,7 +72,7 @@ class SearchConfig(_Strict):
     trials: int = Field(default=200, ge=1, description="complete trials per budget, across all workers")
     sampler: Literal["nsga2", "tpe"] = "nsga2"
     population_size: int = Field(default=24, ge=2, description="NSGA-II population")
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, description="Optuna's samplers take seeds 0 .. 2**32 - 1")
     batch_size: int = Field(default=16, ge=1)
     score_batches: int = Field(default=2, ge=1, description="validation batches per block score")
     rescore_top: int = Field(default=8, ge=1, description="T: best feasible candidates rescored end to end")
@@ -84,6 +86,14 @@ class SearchConfig(_Strict):
                                                                "teacher of the budget are finalists too")
     finalist_width_step: int = Field(default=2, ge=1, description="the uniformly narrowed teachers timed: every this "
                                                                   "many attention heads of width")
+
+    @field_validator("budgets_ms")
+    @classmethod
+    def _budgets(cls, v: list[float]) -> list[float]:
+        for b in v:  # NaN and infinity are refused before this (allow_inf_nan=False)
+            if not (math.isfinite(b) and b > 0):
+                raise ValueError(f"budget {b:g}: budget must be a finite number of ms > 0")
+        return v
 
 
 class LossWeights(_Strict):
@@ -183,6 +193,8 @@ class Study:
 def load_study(path: str | Path, db_url: str | None = None, overrides: dict[str, Any] | None = None) -> Study:
     """Read and validate a study file; `db_url` and `overrides` (dotted keys) win over the file."""
     file = Path(path)
+    if db_url is not None and not db_url.strip():  # an empty --db is an error, not "the study file's database"
+        raise NasBertError("--db is empty; give a database URL (sqlite:///path.db) or leave --db out")
     if not file.is_file():
         raise NasBertError(f"study file {file} not found; pass --config studies/<name>.yaml")
     try:

@@ -26,7 +26,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, DatabaseError, IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from nas_bert.errors import NasBertError
@@ -268,12 +268,19 @@ class StageRow(Base):
 
 
 class Database:
-    """An engine and a session factory for one study URL, with the schema checked on open."""
+    """An engine and a session factory for one study URL, with the schema checked on open.
+
+    A file that is not a SQLite database, or one SQLite finds corrupt, is a one-line `NasBertError` naming
+    the file, on open and in any later session; nothing is written to it."""
 
     def __init__(self, url: str) -> None:
         self.url = url
-        if url.startswith("sqlite:///"):
-            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        if _sqlite_file(url):
+            try:
+                Path(_sqlite_file(url)).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise NasBertError(f"study database {_sqlite_file(url)}: its folder cannot be made ({e.strerror}); "
+                                   "check the path and its permissions") from None
         try:
             self.engine: Engine = create_engine(url, connect_args={"timeout": 60} if url.startswith("sqlite") else {})
         except (ArgumentError, ModuleNotFoundError) as e:
@@ -283,9 +290,9 @@ class Database:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         try:
             Base.metadata.create_all(self.engine)
-        except OperationalError as e:
-            reason = " ".join(str(e.orig).split())  # drivers' messages span lines; ours is one
-            raise NasBertError(f"database '{url}' is unreachable ({reason}); check the URL and that the server runs") from None
+        except DatabaseError as e:
+            self.engine.dispose()
+            raise database_error(url, e) from None
         self._check_version()
 
     def _check_version(self) -> None:
@@ -293,6 +300,9 @@ class Database:
             row = s.get(Meta, "schema_version")
             if row is None:
                 s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+            elif not str(row.value).isdigit():
+                raise NasBertError(f"{_describe(self.url)} has an unreadable schema version {row.value!r}; "
+                                   f"restore it from a backup or move it away to start afresh")
             elif int(row.value) > SCHEMA_VERSION:
                 raise NasBertError(
                     f"database '{self.url}' has schema version {row.value}, newer than this nas-bert's "
@@ -306,6 +316,15 @@ class Database:
         try:
             yield s
             s.commit()
+        except DatabaseError as e:
+            if not is_corrupt(e):  # IntegrityError and friends: the caller's to handle
+                s.rollback()
+                raise
+            try:
+                s.rollback()
+            except DatabaseError:
+                pass
+            raise database_error(self.url, e) from None
         except BaseException:
             s.rollback()
             raise
@@ -323,6 +342,49 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _sqlite_file(url: str) -> str | None:
+    """The file of a SQLite URL (None: in memory, or not SQLite)."""
+    if not url.startswith("sqlite:///"):
+        return None
+    path = url[len("sqlite:///"):].split("?", 1)[0]
+    return path if path and path != ":memory:" else None
+
+
+def _describe(url: str) -> str:
+    f = _sqlite_file(url)
+    return f"study database {f}" if f else f"database '{url}'"
+
+
+# SQLite's primary result codes for a damaged file: SQLITE_CORRUPT, SQLITE_NOTADB
+_CORRUPT_CODES = (11, 26)
+
+
+def is_corrupt(e: BaseException) -> bool:
+    """Whether a SQLAlchemy error says the database file is damaged or not a database at all."""
+    if isinstance(e, IntegrityError) or not isinstance(e, DatabaseError):
+        return False
+    code = getattr(e.orig, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return (code & 0xFF) in _CORRUPT_CODES
+    text = str(e.orig).lower()
+    return "not a database" in text or "malformed" in text
+
+
+def database_error(url: str, e: DatabaseError) -> NasBertError:
+    """The one-line error for a database that cannot be used: damaged, or unreachable."""
+    if is_corrupt(e):
+        f = _sqlite_file(url)
+        if f:
+            return NasBertError(f"study database {f} is not a SQLite database or is corrupt; "
+                                "restore it from a backup or move it away to start afresh")
+        return NasBertError(f"database '{url}' reports damaged data; restore it from a backup")
+    reason = " ".join(str(e.orig).split())  # drivers' messages span lines; ours is one
+    if _sqlite_file(url):
+        return NasBertError(f"study database {_sqlite_file(url)} cannot be opened ({reason}); "
+                            "check the path and its permissions")
+    return NasBertError(f"database '{url}' is unreachable ({reason}); check the URL and that the server runs")
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -7,16 +7,16 @@ crossover is followed by a repair (sorting). Tournament selection, a hall of fam
 and a logbook come from DEAP. Fitness is the held-out final-state loss after a short proxy
 distillation (lower is better), memoised in the database. Generation 0 holds TinyBERT's uniform
 mapping and the last-layers mapping. After every generation the population, hall of fame,
-logbook and RNG state are saved (temp file + rename), so a killed search continues. Small
-spaces are enumerated instead.
+logbook and RNG state are saved as JSON (`identity.atomic_write_text`: written whole or not at
+all), so a killed search continues; the state file is named by the proxy's protocol, so a changed
+protocol starts afresh and never resumes another protocol's population. Nothing is unpickled.
+Small spaces are enumerated instead.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import pickle
 import random
 from collections.abc import Callable
 from itertools import combinations_with_replacement
@@ -33,6 +33,8 @@ from nas_bert.architecture import Architecture
 from nas_bert.config import MappingConfig, Study
 from nas_bert.db import Database, MappingEval
 from nas_bert.distill import distill_points, last_layers_mapping, uniform_mapping
+from nas_bert.errors import NasBertError
+from nas_bert.identity import atomic_write_text, corpus_identity, fingerprint, teacher_identity
 
 if not hasattr(creator, "MappingFitness"):
     creator.create("MappingFitness", base.Fitness, weights=(-1.0,))
@@ -64,25 +66,49 @@ def repair(ind: list[int]) -> list[int]:
     return ind
 
 
-def protocol_hash(cfg: MappingConfig, study: Study) -> str:
-    import hashlib
+# distillation settings the proxy overrides (from the mapping settings) or does not use
+_NOT_PROXY = ("steps", "batch_size", "grad_accum", "warmup_steps", "eval_every", "val_batches", "checkpoint_every",
+              "keep_checkpoints", "seed", "freeze_embeddings")
 
-    blob = json.dumps({"mapping": cfg.model_dump(mode="json"), "weights": study.cfg.distill.weights.model_dump(),
-                       "lr": study.cfg.distill.lr}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+def protocol_hash(cfg: MappingConfig, study: Study, origin: str | None = None) -> str:
+    """The proxy distillation's identity: the mapping settings, every distillation setting the proxy uses,
+    the teacher and the corpus (with their content), and where the student starts (`origin`: for a searched
+    student the supernet checkpoint's sha256). Memoised fitness values and the GA's state are keyed on it, so
+    a changed protocol never mixes its fitness values with another's."""
+    distill = {k: v for k, v in study.cfg.distill.model_dump(mode="json").items() if k not in _NOT_PROXY}
+    return fingerprint({"mapping": cfg.model_dump(mode="json"), "distill": distill,
+                        "teacher": teacher_identity(study.cfg.teacher), "corpus": corpus_identity(study.cfg.corpus),
+                        "origin": origin})
+
+
+def best_memoised(db: Database, study: Study, arch: Architecture, origin: str | None = None
+                  ) -> tuple[list[int], float] | None:
+    """The best memoised mapping of this student under the current proxy protocol (None: none yet); what
+    stage 7 should read instead of the best over every protocol."""
+    with db.session() as s:
+        row = s.scalars(select(MappingEval).where(
+            MappingEval.study == study.name, MappingEval.arch_hash == arch.hash(),
+            MappingEval.protocol_hash == protocol_hash(study.cfg.mapping, study, origin))
+            .order_by(MappingEval.fitness).limit(1)).first()
+    return None if row is None else (json.loads(row.mapping_json), row.fitness)
+
+
+STATE_FORMAT = "nas-bert GA state"
+STATE_VERSION = 1
 
 
 class MappingSearch:
     """One student's mapping search; `fitness_fn(mapping) -> loss` is the proxy distillation."""
 
     def __init__(self, study: Study, db: Database, arch: Architecture, n_layers: int,
-                 fitness_fn: Callable[[list[int]], float], folder: Path) -> None:
+                 fitness_fn: Callable[[list[int]], float], folder: Path, origin: str | None = None) -> None:
         self.study, self.db, self.arch, self.n = study, db, arch, n_layers
         self.cfg = study.cfg.mapping
         self.m = len(distill_points(arch))
         self.fitness_fn = fitness_fn
         self.folder = folder
-        self.protocol = protocol_hash(self.cfg, study)
+        self.protocol = protocol_hash(self.cfg, study, origin)
         self.evaluated = 0  # fitness evaluations this process ran (the rest were memoised)
 
     # -- memoised fitness -------------------------------------------------------------------
@@ -131,15 +157,75 @@ class MappingSearch:
         return tb
 
     def _checkpoint_path(self) -> Path:
-        return self.folder / "ga_state.pkl"
+        # one file per proxy protocol: a changed protocol starts afresh and leaves the old state untouched
+        # (a `ga_state.pkl` of an older nas-bert is never read)
+        return self.folder / f"ga_state-{self.protocol}.json"
 
-    def _save(self, state: dict[str, Any]) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
+    def _save(self, pop: list[Any], hof: tools.HallOfFame, logbook: tools.Logbook, generation: int) -> None:
+        version, internal, gauss = random.getstate()
+        state = {
+            "format": STATE_FORMAT, "version": STATE_VERSION, "protocol": self.protocol,
+            "arch_hash": self.arch.hash(), "points": self.m, "teacher_layers": self.n, "generation": generation,
+            "population": [{"mapping": [int(v) for v in ind],
+                            "fitness": float(ind.fitness.values[0]) if ind.fitness.valid else None} for ind in pop],
+            "hall_of_fame": [{"mapping": [int(v) for v in h], "fitness": float(h.fitness.values[0])} for h in hof],
+            "logbook": {"header": list(logbook.header or []), "records": [dict(r) for r in logbook]},
+            "random": [version, list(internal), gauss],
+        }
+        atomic_write_text(self._checkpoint_path(), json.dumps(state, default=_plain))
+
+    def _load(self) -> tuple[list[Any], tools.HallOfFame, tools.Logbook, int] | None:
+        """The saved state of this search (None: none yet); sets the module `random` to its saved state.
+        A damaged or foreign file is a one-line error naming it: nothing is overwritten."""
         path = self._checkpoint_path()
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        with open(tmp, "wb") as f:
-            pickle.dump(state, f)
-        os.replace(tmp, path)
+        if not path.exists():
+            return None
+        try:
+            st = json.loads(path.read_text())
+            if not isinstance(st, dict) or st.get("format") != STATE_FORMAT:
+                raise ValueError("not a nas-bert GA state")
+            if st.get("version") != STATE_VERSION:
+                raise ValueError(f"state version {st.get('version')!r}, this nas-bert reads {STATE_VERSION}")
+            for key, want in (("protocol", self.protocol), ("arch_hash", self.arch.hash()), ("points", self.m),
+                              ("teacher_layers", self.n)):
+                if st.get(key) != want:
+                    raise ValueError(f"its {key} is {st.get(key)!r}, this search's is {want!r}")
+            generation = st["generation"]
+            if not isinstance(generation, int) or not 0 <= generation <= self.cfg.generations:
+                raise ValueError(f"generation {generation!r}")
+            pop = [self._individual(d, fitness_required=False) for d in st["population"]]
+            if len(pop) != self.cfg.population:
+                raise ValueError(f"{len(pop)} individuals, the population is {self.cfg.population}")
+            hof = tools.HallOfFame(self.cfg.hall_of_fame)
+            for ind in reversed([self._individual(d, fitness_required=True) for d in st["hall_of_fame"]]):
+                hof.insert(ind)  # inserting worst first keeps the saved order of equal fitness values
+            logbook = tools.Logbook()
+            logbook.header = [str(h) for h in st["logbook"]["header"]]
+            for record in st["logbook"]["records"]:
+                logbook.record(**record)
+            version, internal, gauss = st["random"]
+            if not (isinstance(internal, list) and len(internal) == 625 and all(isinstance(x, int) for x in internal)):
+                raise ValueError("its random state is not 625 integers")
+            random.setstate((int(version), tuple(internal), gauss))
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
+            reason = " ".join(str(e).split())[:120] or type(e).__name__
+            raise NasBertError(
+                f"mapping search state {path} is corrupt or not this search's ({reason}); delete it and rerun: the "
+                f"search replays from generation 0 with the fitness values memoised in the database, so no proxy "
+                f"distillation is repeated") from None
+        return pop, hof, logbook, generation
+
+    def _individual(self, d: Any, fitness_required: bool) -> Any:
+        mapping, fitness = d["mapping"], d["fitness"]
+        if not (isinstance(mapping, list) and len(mapping) == self.m and mapping == sorted(mapping)
+                and all(isinstance(v, int) and 1 <= v <= self.n for v in mapping)):
+            raise ValueError(f"mapping {mapping!r} is not a monotone list of {self.m} teacher layers 1..{self.n}")
+        ind = creator.Mapping(mapping)
+        if fitness is None and fitness_required:
+            raise ValueError(f"mapping {mapping} has no fitness")
+        if fitness is not None:
+            ind.fitness.values = (float(fitness),)
+        return ind
 
     def _genetic(self, total: int, base_fit: dict[str, float], progress: bool) -> dict[str, Any]:
         # DEAP's operators draw from the module-level `random`: seed it for this search, keep its
@@ -158,12 +244,10 @@ class MappingSearch:
         stats.register("min", np.min)
         stats.register("avg", np.mean)
         stats.register("max", np.max)
-        path = self._checkpoint_path()
-        if path.exists():
-            with open(path, "rb") as f:
-                st = pickle.load(f)
-            pop, hof, logbook, start = st["population"], st["hof"], st["logbook"], st["generation"] + 1
-            random.setstate(st["random"])
+        saved = self._load()
+        if saved is not None:
+            pop, hof, logbook, generation = saved
+            start = generation + 1
         else:
             random.seed(cfg.seed)
             pop = [creator.Mapping(v) for v in self.baselines().values()]
@@ -173,7 +257,7 @@ class MappingSearch:
             self._evaluate(pop, 0)
             hof.update(pop)
             logbook.record(gen=0, evals=len(pop), **stats.compile(pop))
-            self._save({"population": pop, "hof": hof, "logbook": logbook, "generation": 0, "random": random.getstate()})
+            self._save(pop, hof, logbook, 0)
         bar = tqdm(range(start, cfg.generations + 1), desc="mapping GA", disable=not progress,
                    initial=start - 1, total=cfg.generations)
         for gen in bar:
@@ -194,7 +278,7 @@ class MappingSearch:
             hof.update(pop)
             logbook.record(gen=gen, evals=len(fresh), **stats.compile(pop))
             bar.set_postfix(best=f"{hof[0].fitness.values[0]:.4f}")
-            self._save({"population": pop, "hof": hof, "logbook": logbook, "generation": gen, "random": random.getstate()})
+            self._save(pop, hof, logbook, gen)
         best = hof[0]
         return self._summary("genetic", total, list(best), best.fitness.values[0], base_fit,
                              [dict(r) for r in logbook],
@@ -212,3 +296,10 @@ class MappingSearch:
                 "baselines": {k: {"mapping": v, "fitness": base_fit[k]} for k, v in self.baselines().items()},
                 "improvement_vs_uniform": (base_fit["uniform"] - best_fit) / base_fit["uniform"],
                 "hall_of_fame": hall, "logbook": logbook, "fitness_evaluations": self.evaluated}
+
+
+def _plain(o: Any) -> Any:
+    """JSON for numpy scalars (DEAP's statistics are numpy floats)."""
+    if isinstance(o, np.generic):
+        return o.item()
+    raise TypeError(f"{type(o).__name__} is not JSON serialisable")

@@ -10,6 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from nas_bert.cli import app
+from nas_bert.config import load_study
 
 runner = CliRunner()
 
@@ -91,7 +92,7 @@ def test_unknown_search_space(tiny_study_file):
     _assert_one_line_error(_run("train-supernet", "--config", str(tiny_study_file)), "search space 'huge' not found")
 
 
-def test_space_wider_than_teacher(tiny_study_file):
+def test_space_wider_than_teacher(tiny_study_file, tiny_teacher):  # the teacher built beforehand: its bars are not the error
     space = tiny_study_file.parent / "wide.yaml"
     shutil.copy(Path(__file__).resolve().parents[1] / "search_spaces" / "tiny.yaml", space)
     _edit(space, hidden_sizes=[16, 64])
@@ -109,10 +110,86 @@ def test_empty_corpus(tiny_study_file):
     assert leftovers == []
 
 
-def test_checkpoint_from_another_space(tiny_study_file):
+def test_a_space_of_other_content_trains_its_own_supernet(tiny_study_file):
+    """Same space name, other content: the old supernet is neither resumed nor touched."""
+    from nas_bert.blockwise import supernet_dir
+
     assert _run("train-supernet", "--config", str(tiny_study_file), "--steps", "2").exit_code == 0
+    first = supernet_dir(load_study(tiny_study_file))
+    old = {p.name: p.read_bytes() for p in first.glob("step-*.pt")}
     space = tiny_study_file.parent / "other.yaml"
     shutil.copy(Path(__file__).resolve().parents[1] / "search_spaces" / "tiny.yaml", space)
     _edit(space, conv_kernels=[3])
     _edit(tiny_study_file, search_space=str(space))
-    _assert_one_line_error(_run("train-supernet", "--config", str(tiny_study_file)), "another", "start afresh")
+    assert _run("train-supernet", "--config", str(tiny_study_file), "--steps", "2").exit_code == 0
+    second = supernet_dir(load_study(tiny_study_file))
+    assert second != first and sorted(p.name for p in second.glob("step-*.pt")) == ["step-0000002.pt"]
+    assert {p.name: p.read_bytes() for p in first.glob("step-*.pt")} == old
+
+
+BUDGET = "budget must be a finite number of ms > 0"
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "0", "-1", "-0.5"])
+def test_latency_budget_must_be_finite_and_positive(tiny_study_file, value):
+    # `--opt=value`: a negative number as its own argument would read as an option
+    result = _run("search", "--config", str(tiny_study_file), f"--latency-budget-ms={value}")
+    _assert_one_line_error(result, "--latency-budget-ms", BUDGET)
+    _assert_nothing_written(tiny_study_file)
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["search", "--latency-budget-ms", "5", "--trials", "0"], ["--trials 0", ">= 1"]),
+    (["search", "--latency-budget-ms", "5", "--trials=-3"], ["--trials -3", ">= 1"]),
+    (["search", "--latency-budget-ms", "5", "--workers", "0"], ["--workers 0", ">= 1"]),
+    (["train-supernet", "--steps", "0"], ["--steps 0", ">= 1"]),
+    (["distill", "--trial", "0", "--steps", "0"], ["--steps 0", ">= 1"]),
+    (["distill", "--trial", "0", "--budget", "nan"], ["--budget", BUDGET]),
+    (["map-layers", "--trial", "0", "--budget", "0"], ["--budget", BUDGET]),
+    (["pareto", "--budget", "inf"], ["--budget", BUDGET]),
+    (["export", "--out", "out", "--budgets", "5,nan"], ["--budgets", BUDGET]),
+    (["export", "--out", "out", "--budgets", ""], ["--budgets", "comma-separated"]),
+    (["status", "--db", ""], ["--db is empty"]),
+])
+def test_zero_counts_and_bad_budgets_are_errors_not_defaults(tiny_study_file, args, needles):
+    """`x or default` would turn 0 into the study's default: every count given is >= 1, every budget > 0."""
+    _assert_one_line_error(_run(args[0], "--config", str(tiny_study_file), *args[1:]), *needles)
+    _assert_nothing_written(tiny_study_file)
+
+
+def test_search_api_refuses_zero_trials_and_nan_budgets(tiny_study_file):
+    from nas_bert.config import load_study
+    from nas_bert.errors import NasBertError
+    from nas_bert.search import search
+
+    study = load_study(tiny_study_file)
+    with pytest.raises(NasBertError, match="trials must be at least 1"):
+        search(study, 5.0, trials=0)
+    with pytest.raises(NasBertError, match=BUDGET):
+        search(study, float("nan"))
+    _assert_nothing_written(tiny_study_file)
+
+
+@pytest.mark.parametrize("budgets, needles", [
+    ("[5, .nan]", ["search.budgets_ms.1", "finite number"]),
+    ("[5, .inf]", ["search.budgets_ms.1", "finite number"]),
+    ("[0]", ["search.budgets_ms", BUDGET]),
+    ("[10, -2.5]", ["search.budgets_ms", BUDGET]),
+])
+def test_study_budgets_must_be_finite_and_positive(tiny_study_file, budgets, needles):
+    tiny_study_file.write_text(tiny_study_file.read_text() + f"search:\n  budgets_ms: {budgets}\n")
+    _assert_one_line_error(_run("run", "--config", str(tiny_study_file)), "study file", *needles)
+    _assert_nothing_written(tiny_study_file)
+
+
+@pytest.mark.parametrize("changes, needles", [
+    ({"supernet.lr": float("nan")}, ["supernet.lr", "finite number"]),
+    ({"distill.temperature": float("inf")}, ["distill.temperature", "finite number"]),
+    ({"search.seed": -1}, ["search.seed", "greater than or equal to 0"]),
+    ({"search.trials": 0}, ["search.trials", "greater than or equal to 1"]),
+    ({"mapping.generations": 0}, ["mapping.generations", "greater than or equal to 1"]),
+])
+def test_study_numbers_are_finite_and_counts_positive(tiny_study_file, changes, needles):
+    _edit(tiny_study_file, **changes)
+    _assert_one_line_error(_run("train-supernet", "--config", str(tiny_study_file)), *needles)
+    _assert_nothing_written(tiny_study_file)
