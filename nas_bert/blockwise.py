@@ -26,11 +26,12 @@ from nas_bert.config import Study
 from nas_bert.corpus import fixed_batches, load_corpus, make_collator
 from nas_bert.db import Checkpoint, Database, SupernetRun
 from nas_bert.errors import NasBertError
+from nas_bert.identity import safe_torch_load
 from nas_bert.importance import teacher_importance
 from nas_bert.metrics import fidelity
 from nas_bert.space import SearchSpace
 from nas_bert.supernet import Supernet, fit_reconstruction, inherit_teacher
-from nas_bert.teacher import Teacher, load_teacher
+from nas_bert.teacher import Teacher, load_teacher, load_teacher_config
 from nas_bert.train import CheckpointDir, make_accelerator, sha256_file, train_loop
 
 Tensor = torch.Tensor
@@ -123,12 +124,36 @@ class BlockwiseObjective:
         }
 
 
+# supernet settings that change what is validated or kept, never the weights: a new value continues the run
+NOT_WEIGHTS = ("steps", "eval_every", "val_batches", "val_random_archs", "checkpoint_every", "keep_checkpoints")
+
+
+def supernet_key(study: Study) -> str:
+    """The supernet's identity: teacher, the space file's content, corpus and preprocessing, and every
+    supernet setting that shapes its weights. Checkpoints live under it and its database run carries it,
+    so a changed input trains a new supernet and nothing resumes from one made by other inputs."""
+    from nas_bert.identity import corpus_identity, fingerprint, teacher_identity
+
+    cfg = {k: v for k, v in study.cfg.supernet.model_dump(mode="json").items() if k not in NOT_WEIGHTS}
+    return fingerprint(LAYOUT, teacher_identity(study.cfg.teacher), study.space.fingerprint(),
+                       corpus_identity(study.cfg.corpus), cfg)
+
+
+def supernet_dir(study: Study) -> Path:
+    return study.workdir / "supernet" / supernet_key(study)
+
+
+def find_run(s: Any, study: Study) -> SupernetRun | None:
+    """The study's supernet run for its current inputs (None: not trained yet)."""
+    return s.scalars(select(SupernetRun).where(SupernetRun.study == study.name,
+                                               SupernetRun.space_hash == supernet_key(study))).first()
+
+
 def _get_run(db: Database, study: Study, steps: int) -> int:
     with db.session() as s:
-        run = s.scalars(select(SupernetRun).where(SupernetRun.study == study.name,
-                                                  SupernetRun.space_hash == study.space.fingerprint())).first()
+        run = find_run(s, study)
         if run is None:
-            run = SupernetRun(study=study.name, space_hash=study.space.fingerprint(), teacher=study.cfg.teacher,
+            run = SupernetRun(study=study.name, space_hash=supernet_key(study), teacher=study.cfg.teacher,
                               config_json=json.dumps(study.cfg.supernet.model_dump(mode="json")), target_steps=steps)
             s.add(run)
             s.flush()
@@ -216,10 +241,13 @@ def train_supernet(study: Study, steps: int | None = None, stop_after: int | Non
     cfg = study.cfg.supernet
     steps = steps or cfg.steps
     accelerator = make_accelerator(study.device())
-    # Everything that can be wrong with the inputs is checked before anything is written.
+    # Everything that can be wrong with the inputs is checked before anything is written (the space
+    # against the teacher's config first: it needs neither weights nor corpus).
+    tc = load_teacher_config(study.cfg.teacher)
+    study.space.check_teacher(int(tc.num_hidden_layers), int(tc.hidden_size))
     teacher = load_teacher(study.cfg.teacher, accelerator.device)
     corpus = load_corpus(study.cfg.corpus, teacher.tokenizer)
-    ckpts = CheckpointDir(study.workdir / "supernet", keep=cfg.keep_checkpoints)
+    ckpts = CheckpointDir(supernet_dir(study), keep=cfg.keep_checkpoints)
     # A resumed run loads its checkpoint over these weights: rank the teacher's units only on a fresh start.
     supernet = build_supernet(study, teacher, cfg.seed, corpus, inherit=ckpts.latest() is None)
     main = accelerator.is_main_process  # only rank 0 writes to the database and to disk
@@ -234,7 +262,7 @@ def train_supernet(study: Study, steps: int | None = None, stop_after: int | Non
     objective = BlockwiseObjective(teacher, study.space, cfg.sampling, cfg.seed, val, cfg.val_random_archs,
                                    cfg.sandwich_every)
     meta = {"space": study.space.fingerprint(), "teacher": study.cfg.teacher, "init": f"{cfg.init}/{cfg.init_units}",
-            "layout": LAYOUT, "frozen": frozen_spec(study, teacher)}
+            "layout": LAYOUT, "frozen": frozen_spec(study, teacher), "inputs": supernet_key(study)}
     t0 = time.perf_counter()
     report = train_loop(
         model=supernet, objective=objective, dataset=corpus["train"], collator=collator, cfg=cfg,
@@ -251,7 +279,7 @@ def train_supernet(study: Study, steps: int | None = None, stop_after: int | Non
         with db.session() as s:
             ckpt = Checkpoint.latest(s, run_id)
         if ckpt is None or ckpt.step != step:  # killed between the rename and the row: record it now
-            report = report or torch.load(latest, map_location="cpu", weights_only=False).get("report", {})
+            report = report or safe_torch_load(latest, what="supernet checkpoint").get("report", {})
             record_checkpoint(db, run_id, step, latest, sha256_file(latest), report)
         with db.session() as s:
             s.get(SupernetRun, run_id).status = "finished" if step >= steps else "running"
@@ -263,11 +291,13 @@ def train_supernet(study: Study, steps: int | None = None, stop_after: int | Non
             "db": study.db_url, "world_size": accelerator.num_processes, "is_main": main}
 
 
-def load_supernet_checkpoint(path: Path, space: SearchSpace, teacher_width: int, eps: float = 1e-12) -> Supernet:
-    """A trained supernet from a checkpoint file, checked against the search space."""
+def load_supernet_checkpoint(path: Path, space: SearchSpace, teacher_width: int, eps: float = 1e-12,
+                             sha256: str | None = None) -> Supernet:
+    """A trained supernet from a checkpoint file (its sha256 checked when given, no arbitrary unpickling),
+    checked against the search space."""
     if not path.is_file():
         raise NasBertError(f"supernet checkpoint {path} is missing from disk; run `nas-bert train-supernet` again")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = safe_torch_load(path, sha256, what="supernet checkpoint")
     if state["meta"].get("space") != space.fingerprint():
         raise NasBertError(f"checkpoint {path} belongs to another search space; train a supernet for '{space.name}'")
     if state["meta"].get("layout") != LAYOUT:

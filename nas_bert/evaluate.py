@@ -16,9 +16,7 @@ import copy
 import hashlib
 import json
 import math
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +33,7 @@ from transformers import AutoModel, AutoTokenizer, get_scheduler
 from nas_bert.corpus import load_manpages
 from nas_bert.db import Database, EvaluationRow
 from nas_bert.errors import NasBertError
+from nas_bert.identity import atomic_write_text
 from nas_bert.metrics import fidelity, loyalty, mean_pool
 from nas_bert.tasks import LOAD_ERRORS, first_line, load_task
 from nas_bert.teacher import load_teacher
@@ -273,8 +272,9 @@ def teacher_baseline(db: Database, study_name: str, teacher: Any, cfg: EvalConfi
 
 
 # -- the CLI's entry point ----------------------------------------------------------------------------
-def load_student(path: Path) -> nn.Module:
+def load_student(path: str | Path) -> nn.Module:
     """A student folder via AutoModel (trust_remote_code), or NasBertModel directly for model_type nas_bert."""
+    path = Path(path)
     if not path.is_dir():
         raise NasBertError(f"model folder {path} does not exist; give a folder written by `nas-bert export`")
     config_file = path / "config.json"
@@ -306,16 +306,7 @@ def _load_tokenizer(path: Path, fallback: Any) -> Any:
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(data, indent=2))
 
 
 def evaluate_path(study: Any, path: str | None, teacher_only: bool = False, task: str = "wordnet",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,13 +24,14 @@ from sqlalchemy import select
 from tqdm.auto import tqdm
 
 from nas_bert.architecture import Architecture
-from nas_bert.blockwise import load_supernet_checkpoint
+from nas_bert.blockwise import load_supernet_checkpoint, supernet_key
 from nas_bert.card import model_card
 from nas_bert.config import Study
 from nas_bert.db import ArchitectureRow, Checkpoint, Database, ExportRow, SupernetRun
 from nas_bert.errors import NasBertError
 from nas_bert.finalists import chosen_finalist
 from nas_bert.hf_folder import write_student_folder
+from nas_bert.identity import atomic_folder
 from nas_bert.latency import build_student, ensure_latency_model, hardware_name
 from nas_bert.modeling_nas_bert import NasBertModel
 from nas_bert.onnx_export import VARIANTS, export_onnx, mb, measure_latencies
@@ -126,7 +126,7 @@ def _checkpoint(db: Database, study: Study, scored_sha: str) -> dict[str, Any]:
     """The checkpoint an architecture was scored with (else the latest), verified on disk against its sha256."""
     with db.session() as s:
         q = (select(Checkpoint).join(SupernetRun, Checkpoint.run_id == SupernetRun.id)
-             .where(SupernetRun.study == study.name, SupernetRun.space_hash == study.space.fingerprint(),
+             .where(SupernetRun.study == study.name, SupernetRun.space_hash == supernet_key(study),
                     Checkpoint.sha256 == scored_sha, Checkpoint.deleted == 0))
         ck = s.scalars(q).first()
     ck = ck or latest_checkpoint(db, study)  # the scored one was pruned: extract from the current supernet
@@ -161,8 +161,9 @@ def _export_one(study: Study, m: Member, teacher: Teacher, supernet: Supernet, c
     lat_model = ensure_latency_model(Database(study.db_url), study.space, teacher.embeddings_spec(), cfg, progress=False)
     ref_arch, ref_ms = lat_model.reference(study.space, teacher.embeddings_spec())
     ms = measure_latencies(student, folder, teacher, cfg, (build_student(ref_arch), ref_ms))
-    metrics = {"approx_loss": m.row["approx_loss"], "rescored_loss": m.row["rescored_loss"], **checks,
-               **_evaluation(study, arch.hash())}
+    # the evaluation of exactly these weights: the distilled folder's, none for supernet slices
+    evaluated = _evaluation(study, arch.hash(), distilled["student_path"]) if distilled is not None else {}
+    metrics = {"approx_loss": m.row["approx_loss"], "rescored_loss": m.row["rescored_loss"], **checks, **evaluated}
     over = m.budget_ms is not None and ms["torch_fp32"] > m.budget_ms  # as measured now (drift recorded, not applied)
     info = {
         "name": m.name, "study": study.name, "hash": m.row["hash"], "trial": m.trial, "budget_ms": m.budget_ms,
@@ -189,20 +190,25 @@ def _distilled(study: Study, arch_hash: str) -> dict[str, Any] | None:
     with Database(study.db_url).session() as s:
         run = s.scalars(select(DistillRun).where(DistillRun.study == study.name, DistillRun.arch_hash == arch_hash,
                                                  DistillRun.status == "finished")).first()
-        if run is None or not run.student_path or not Path(run.student_path).is_dir():
+        if run is None or not run.student_path:
             return None
+        if not Path(run.student_path).is_dir():  # never ship the supernet's slices under the distilled student's name
+            raise NasBertError(f"the distilled student {run.student_path} is missing from disk; rerun "
+                               f"`nas-bert run --config {study.file}` (or `nas-bert distill`) to distil it again")
         report = json.loads(run.report_json)
         return {"student_path": run.student_path, "steps": run.target_steps, "mapping": json.loads(run.mapping_json),
                 "final_loss_before": (report.get("before") or {}).get("final"),
                 "final_loss_after": (report.get("after") or {}).get("final")}
 
 
-def _evaluation(study: Study, arch_hash: str) -> dict[str, Any]:
-    """Stage 8's latest metrics for this architecture (empty when it was not evaluated)."""
+def _evaluation(study: Study, arch_hash: str, subject: str) -> dict[str, Any]:
+    """Stage 8's latest metrics for this architecture's folder `subject` (empty when it was not evaluated)."""
     from nas_bert.db import EvaluationRow
 
+    subject = str(Path(subject).resolve())
     with Database(study.db_url).session() as s:
-        row = s.scalars(select(EvaluationRow).where(EvaluationRow.study == study.name, EvaluationRow.arch_hash == arch_hash)
+        row = s.scalars(select(EvaluationRow).where(EvaluationRow.study == study.name, EvaluationRow.arch_hash == arch_hash,
+                                                    EvaluationRow.subject == subject)
                         .order_by(EvaluationRow.id.desc())).first()
         if row is None:
             return {}
@@ -210,21 +216,6 @@ def _evaluation(study: Study, arch_hash: str) -> dict[str, Any]:
                 "label_loyalty", "probability_loyalty")
         metrics = json.loads(row.metrics_json)
         return {f"eval_{k}": metrics[k] for k in keep if k in metrics} | {"eval_task": row.task}
-
-
-def _swap_in(tmp: Path, out_dir: Path) -> None:
-    """Rename the finished export into place; an old one is renamed away first, then deleted."""
-    if not out_dir.exists():
-        os.replace(tmp, out_dir)
-        return
-    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-    os.replace(out_dir, old)
-    try:
-        os.replace(tmp, out_dir)
-    except OSError:
-        os.replace(old, out_dir)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _record(db: Database, study: Study, infos: list[dict[str, Any]], out_dir: Path) -> None:
@@ -275,10 +266,7 @@ def _write(study: Study, members: list[Member], ckpts: dict[str, dict[str, Any]]
     tinfo = {"name": study.cfg.teacher, "params": sum(p.numel() for p in teacher.encoder.parameters())}
     eps = float(getattr(teacher.config, "layer_norm_eps", 1e-12))
     supernets: dict[str, Supernet] = {}
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_folder(out_dir) as tmp:
         infos = []
         for m in tqdm(members, desc="export", unit="student"):
             path = ckpts[m.name]["path"]
@@ -294,9 +282,6 @@ def _write(study: Study, members: list[Member], ckpts: dict[str, dict[str, Any]]
                    "machine": infos[0]["latency"]["machine"], "latency_config": study.cfg.latency.model_dump(),
                    "students": [_student_summary(i) for i in infos]}
         (tmp / "index.json").write_text(json.dumps(summary, indent=2))
-        _swap_in(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return summary
 
 

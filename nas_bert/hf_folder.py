@@ -8,14 +8,13 @@ and transformers installed, and, when the teacher was a sentence-transformers mo
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
 from nas_bert.configuration_nas_bert import NasBertConfig
 from nas_bert.errors import NasBertError
+from nas_bert.identity import atomic_folder
 from nas_bert.modeling_nas_bert import NasBertModel
 from nas_bert.teacher import Pooling, Teacher, write_sentence_transformers_files
 
@@ -43,12 +42,6 @@ def write_student_folder(model: NasBertModel, folder: Path, tokenizer: Any, pool
 def save_student(student: NasBertModel, teacher: Teacher, folder: Path) -> Path:
     """`write_student_folder` into a temporary folder beside `folder`, then renamed into place: a kill
     never leaves half a folder, and the old one is removed only once the new one is complete."""
-    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    write_student_folder(student, tmp, teacher.tokenizer, teacher.pooling)
-    old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_folder(folder) as tmp:
+        write_student_folder(student, tmp, teacher.tokenizer, teacher.pooling)
     return folder

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import matplotlib
@@ -13,15 +12,16 @@ import optuna
 from optuna.trial import TrialState
 
 from nas_bert.config import Study
+from nas_bert.identity import atomic_file
 
 
 def save_figure(fig: plt.Figure, path: Path) -> Path:
     """Write to a temporary name and rename, so a kill never leaves half a PNG."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_file(path) as f:
+            fig.savefig(f, format=path.suffix.lstrip(".") or "png", dpi=120, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return path
 
 

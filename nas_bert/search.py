@@ -17,6 +17,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -25,7 +26,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 from sqlalchemy import select
 from sqlalchemy import text as sql_text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DatabaseError, IntegrityError
 from tqdm.auto import tqdm
 
 from nas_bert import architecture as A
@@ -33,14 +34,14 @@ from nas_bert.architecture import IDENTITY, Architecture, Block, Op
 from nas_bert.blockwise import ValidationCache, load_supernet_checkpoint
 from nas_bert.config import SearchConfig, Study
 from nas_bert.corpus import load_corpus, make_collator
-from nas_bert.db import ArchitectureRow, Checkpoint, Database, SupernetRun, TrialRow
+from nas_bert.db import ArchitectureRow, Checkpoint, Database, TrialRow, database_error
 from nas_bert.errors import NasBertError
+from nas_bert.identity import corpus_identity, fingerprint
 from nas_bert.latency import LatencyModel, ensure_latency_model
 from nas_bert.scoring import BlockScorer, kendall_tau, rescore
 from nas_bert.space import SearchSpace
 from nas_bert.supernet import Supernet
 from nas_bert.teacher import Teacher, load_teacher
-from nas_bert.train import sha256_file
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -117,16 +118,20 @@ def optuna_study_name(study: Study, budget_ms: float) -> str:
 def storage_for(study: Study) -> RDBStorage:
     cfg = study.cfg.search
     kwargs = {"connect_args": {"timeout": 60}} if study.db_url.startswith("sqlite") else {"pool_pre_ping": True}
-    return RDBStorage(study.db_url, engine_kwargs=kwargs, heartbeat_interval=cfg.heartbeat_interval,
-                      grace_period=cfg.grace_period,
-                      heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=cfg.max_retry))
+    try:
+        return RDBStorage(study.db_url, engine_kwargs=kwargs, heartbeat_interval=cfg.heartbeat_interval,
+                          grace_period=cfg.grace_period,
+                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=cfg.max_retry))
+    except DatabaseError as e:  # a damaged study file reaches Optuna first in e.g. `nas-bert pareto`
+        raise database_error(study.db_url, e) from None
 
 
 def latest_checkpoint(db: Database, study: Study) -> Checkpoint:
     """The supernet checkpoint a search scores with, checked on disk against its sha256."""
+    from nas_bert.blockwise import find_run
+
     with db.session() as s:
-        run = s.scalars(select(SupernetRun).where(SupernetRun.study == study.name,
-                                                  SupernetRun.space_hash == study.space.fingerprint())).first()
+        run = find_run(s, study)  # the supernet of the study's current inputs
         ckpt = Checkpoint.latest(s, run.id) if run else None
     if ckpt is None:
         raise NasBertError(f"study '{study.name}' has no supernet checkpoint; run `nas-bert train-supernet --config {study.file}` first")
@@ -135,16 +140,14 @@ def latest_checkpoint(db: Database, study: Study) -> Checkpoint:
 
 def load_trained(db: Database, study: Study, device: torch.device) -> tuple[Checkpoint, Teacher, Supernet]:
     """The teacher and the study's latest supernet, its file checked against the recorded sha256."""
-    from pathlib import Path
-
     ckpt = latest_checkpoint(db, study)
     teacher = load_teacher(study.cfg.teacher, device)
-    path = Path(ckpt.path)
-    supernet = load_supernet_checkpoint(path, study.space, teacher.hidden_size,
-                                        float(getattr(teacher.config, "layer_norm_eps", 1e-12))).to(device)
-    if sha256_file(path) != ckpt.sha256:
-        raise NasBertError(f"supernet checkpoint {path} does not match the sha256 recorded in the database; "
-                           "it was changed on disk: retrain with `nas-bert train-supernet`")
+    # the file is checked against the sha256 the database recorded before anything in it is read, and read
+    # without arbitrary unpickling (`identity.safe_torch_load`): a changed, truncated or foreign file is a
+    # one-line error naming it
+    supernet = load_supernet_checkpoint(Path(ckpt.path), study.space, teacher.hidden_size,
+                                        float(getattr(teacher.config, "layer_norm_eps", 1e-12)),
+                                        sha256=ckpt.sha256).to(device)
     return ckpt, teacher, supernet
 
 
@@ -158,7 +161,9 @@ def open_context(study: Study, progress: bool = True) -> SearchContext:
     collator = make_collator(teacher.tokenizer, study.cfg.corpus)
     cache = ValidationCache.build(teacher, corpus["validation"], collator, cfg.score_batches, cfg.batch_size,
                                   study.space.blocks, device)
-    scorer = BlockScorer(supernet, cache, db, ckpt.sha256)
+    # block scores are memoised under the checkpoint and the protocol that scored them
+    score_key = fingerprint(ckpt.sha256, cfg.score_batches, cfg.batch_size, corpus_identity(study.cfg.corpus))
+    scorer = BlockScorer(supernet, cache, db, score_key)
     scorer.load_memo()
     ctx = SearchContext(study, db, teacher, latency, scorer, ckpt.sha256)
     ctx.rescore_cache = ValidationCache.build(teacher, corpus["validation"], collator, cfg.rescore_batches,
@@ -166,7 +171,14 @@ def open_context(study: Study, progress: bool = True) -> SearchContext:
     return ctx
 
 
+def check_budget_value(budget_ms: float, option: str = "--latency-budget-ms") -> None:
+    """A latency budget is a finite number of milliseconds above zero (NaN would pass every comparison)."""
+    if not isinstance(budget_ms, (int, float)) or not math.isfinite(budget_ms) or budget_ms <= 0:
+        raise NasBertError(f"{option} {budget_ms!r}: budget must be a finite number of ms > 0")
+
+
 def check_budget(ctx: SearchContext, budget_ms: float) -> None:
+    check_budget_value(budget_ms)
     fastest = ctx.latency.fastest_possible(ctx.study.space, ctx.teacher.embeddings_spec())
     if budget_ms < fastest:
         raise NasBertError(f"latency budget {budget_ms:g} ms is below the fastest architecture of this space "
@@ -182,9 +194,10 @@ def record_architecture(ctx: SearchContext, arch: Architecture, predicted_ms: fl
                 s.add(ArchitectureRow(study=ctx.study.name, hash=arch.hash(), arch_json=arch.canonical_json(),
                                       params=arch.params(), flops=arch.flops(), checkpoint_sha=ctx.checkpoint_sha,
                                       predicted_ms=predicted_ms, approx_loss=approx))
-            elif exists.checkpoint_sha != ctx.checkpoint_sha:  # scored again on a newer supernet
-                exists.checkpoint_sha, exists.approx_loss, exists.rescored_loss = ctx.checkpoint_sha, approx, None
-                exists.predicted_ms = predicted_ms
+            else:  # scored again (a newer supernet, another protocol) or predicted by another latency model
+                if exists.checkpoint_sha != ctx.checkpoint_sha:
+                    exists.checkpoint_sha, exists.rescored_loss = ctx.checkpoint_sha, None
+                exists.approx_loss, exists.predicted_ms = approx, predicted_ms
     except IntegrityError:  # another worker recorded it at the same moment
         pass
 
@@ -280,6 +293,32 @@ def wait_for_stale(study_: optuna.Study, storage: RDBStorage, cfg: SearchConfig)
         time.sleep(1.0)
 
 
+def search_inputs(ctx: SearchContext) -> str:
+    """The identity of a budget's search: the supernet checkpoint, the block-score protocol, the latency
+    model (device and calibration) and the sampler's settings."""
+    cfg = ctx.study.cfg.search
+    return fingerprint(ctx.checkpoint_sha, ctx.scorer.checkpoint_sha, ctx.latency.fingerprint,
+                       ctx.latency.calibration, {k: getattr(cfg, k) for k in ("sampler", "population_size", "seed")})
+
+
+def prepare_search(ctx: SearchContext, budget_ms: float) -> None:
+    """Before any worker starts: a budget's losses and latencies come from one supernet checkpoint, one
+    scoring protocol and one latency model; a search made from other inputs would compare apples and
+    pears, so it is deleted and starts afresh."""
+    name, storage = optuna_study_name(ctx.study, budget_ms), storage_for(ctx.study)
+    inputs = search_inputs(ctx)
+    try:
+        old = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        return
+    made_with = old.user_attrs.get("inputs")
+    if made_with == inputs or made_with is None and not old.get_trials(deepcopy=False):
+        return
+    tqdm.write(f"the {budget_ms:g} ms search of study '{ctx.study.name}' was made from other inputs (supernet, "
+               f"scoring, latency model or sampler); searching afresh")
+    optuna.delete_study(study_name=name, storage=storage)
+
+
 def run_worker(study: Study, budget_ms: float, n_trials: int, worker: int = 0, ctx: SearchContext | None = None,
                progress: bool = True) -> None:
     """One search process: optimise until the study holds n_trials complete trials."""
@@ -290,14 +329,9 @@ def run_worker(study: Study, budget_ms: float, n_trials: int, worker: int = 0, c
     study_ = optuna.create_study(study_name=name, storage=storage, directions=["minimize", "minimize"],
                                  sampler=make_sampler(cfg, worker), load_if_exists=True)
     study_.set_metric_names(["approx_loss", "predicted_ms"])
-    # a search's losses come from one supernet checkpoint; mixing two would compare apples and pears
-    made_with = study_.user_attrs.get("checkpoint_sha")
-    if made_with is None:
+    if study_.user_attrs.get("inputs") is None:
+        study_.set_user_attr("inputs", search_inputs(ctx))
         study_.set_user_attr("checkpoint_sha", ctx.checkpoint_sha)
-    elif made_with != ctx.checkpoint_sha:
-        raise NasBertError(f"the {budget_ms:g} ms search of study '{study.name}' was scored with supernet checkpoint "
-                           f"{made_with[:12]}, the latest is {ctx.checkpoint_sha[:12]}; delete the Optuna study "
-                           f"'{name}' (optuna delete-study) or search under another study name")
     if not study_.get_trials(deepcopy=False):  # a new search: the seed students go first
         for seed, arch in seed_architectures(ctx, budget_ms).items():
             study_.enqueue_trial(trial_params(arch), user_attrs={"seed": seed}, skip_if_exists=True)
@@ -329,11 +363,15 @@ def _spawned_worker(study_file: str, db_url: str, budget_ms: float, n_trials: in
 def search(study: Study, budget_ms: float, trials: int | None = None, workers: int = 1) -> dict[str, Any]:
     """Stages 2-5 for one budget; resumable; returns a summary."""
     cfg = study.cfg.search
-    n_trials = trials or cfg.trials
+    check_budget_value(budget_ms)
+    n_trials = cfg.trials if trials is None else trials  # 0 is an error, not "the default"
+    if n_trials < 1:
+        raise NasBertError(f"trials must be at least 1 (got {n_trials}); leave --trials out for the study's {cfg.trials}")
     if workers < 1:
-        raise NasBertError("--workers must be at least 1")
+        raise NasBertError(f"--workers must be at least 1 (got {workers})")
     ctx = open_context(study)
     check_budget(ctx, budget_ms)
+    prepare_search(ctx, budget_ms)
     t0 = time.perf_counter()
     threads = max(1, torch.get_num_threads() // workers)
     procs = []

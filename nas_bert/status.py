@@ -9,17 +9,18 @@ from optuna.trial import TrialState
 from sqlalchemy import func, select
 
 from nas_bert.config import Study
-from nas_bert.db import ArchitectureRow, BlockScore, Checkpoint, Database, LatencyRow, SupernetRun
+from nas_bert.db import ArchitectureRow, BlockScore, Checkpoint, Database, LatencyRow
 
 
 def study_status(study: Study) -> dict[str, Any]:
+    from nas_bert.blockwise import find_run
     from nas_bert.latency import device_fingerprint
+    from nas_bert.pipeline import stage_status
     from nas_bert.search import budgets_in_db, optuna_study_name, storage_for
 
     db = Database(study.db_url)
     with db.session() as s:
-        run = s.scalars(select(SupernetRun).where(SupernetRun.study == study.name,
-                                                  SupernetRun.space_hash == study.space.fingerprint())).first()
+        run = find_run(s, study)
         supernet = None
         if run is not None:
             ckpt = Checkpoint.latest(s, run.id)
@@ -43,4 +44,4 @@ def study_status(study: Study) -> dict[str, Any]:
     db.dispose()
     return {"study": study.name, "db": study.db_url, "supernet": supernet,
             "latency": {"fingerprint": fp, "entries": latency_rows}, "block_scores": block_scores,
-            "architectures": architectures, "searches": searches}
+            "architectures": architectures, "searches": searches, "stages": stage_status(study)}

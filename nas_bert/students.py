@@ -20,7 +20,7 @@ from nas_bert.architecture import Architecture
 from nas_bert.baselines import teacher_initialised
 from nas_bert.config import Study
 from nas_bert.corpus import fixed_batches, load_corpus, make_collator
-from nas_bert.db import ArchitectureRow, Database, DistillRun, MappingEval
+from nas_bert.db import ArchitectureRow, Database, DistillRun
 from nas_bert.distill import (
     DistillModule,
     DistillObjective,
@@ -32,7 +32,7 @@ from nas_bert.distill import (
 from nas_bert.errors import NasBertError
 from nas_bert.hf_folder import save_student
 from nas_bert.importance import Importance, teacher_importance
-from nas_bert.mapping import MappingSearch
+from nas_bert.mapping import MappingSearch, best_memoised
 from nas_bert.modeling_nas_bert import NasBertModel
 from nas_bert.search import budgets_in_db, load_trained, optuna_study_name, storage_for
 from nas_bert.supernet import Supernet
@@ -154,13 +154,18 @@ def proxy_fitness(ctx: StudentContext, arch: Architecture, mapping: list[int], o
     return float(report["primary"])
 
 
-def best_mapping(db: Database, study: Study, arch: Architecture) -> tuple[list[int], str]:
-    """The layer-mapping search's best mapping for this student, else TinyBERT's uniform one."""
-    with db.session() as s:
-        row = s.scalars(select(MappingEval).where(MappingEval.study == study.name, MappingEval.arch_hash == arch.hash())
-                        .order_by(MappingEval.fitness).limit(1)).first()
-    if row is not None:
-        return json.loads(row.mapping_json), "searched"
+def mapping_origin(ctx: StudentContext, start: str) -> str:
+    """Where a student's weights start, for the mapping search's protocol: the supernet checkpoint it is
+    sliced from (a retrained supernet makes old fitness values stale), else the hand-designed start."""
+    return ctx.checkpoint_sha if start == "search" else start
+
+
+def best_mapping(db: Database, study: Study, arch: Architecture, origin: str | None = None) -> tuple[list[int], str]:
+    """The layer-mapping search's best mapping for this student under the current proxy protocol, else
+    TinyBERT's uniform one."""
+    best = best_memoised(db, study, arch, origin)
+    if best is not None:
+        return best[0], "searched"
     n = int(load_teacher_config(study.cfg.teacher).num_hidden_layers)
     return uniform_mapping(len(distill_points(arch)), n), "uniform"
 
@@ -182,21 +187,21 @@ def distill_student(study: Study, arch: Architecture, start: str, budget: float 
     steps = steps or cfg.steps
     db = Database(study.db_url)
     origin = "given"
-    if mapping is None:
-        mapping, origin = best_mapping(db, study, arch)
     ctx = StudentContext.open(study)
+    if mapping is None:
+        mapping, origin = best_mapping(db, study, arch, mapping_origin(ctx, start))
     mapping = check_mapping(mapping, arch, ctx.teacher.num_layers)
-    root = study.workdir / "distill" / arch.hash()
+    key = distill_key(ctx, arch, start, mapping)
+    root = study.workdir / "distill" / arch.hash() / key
     with db.session() as s:
         run = s.scalars(select(DistillRun).where(DistillRun.study == study.name, DistillRun.arch_hash == arch.hash())).first()
         if run is None:
             run = DistillRun(study=study.name, arch_hash=arch.hash(), trial_number=trial, budget_ms=budget,
                              mapping_json=json.dumps(mapping), target_steps=steps)
             s.add(run)
-        elif json.loads(run.mapping_json) != mapping and (root / "checkpoints").exists():
-            raise NasBertError(f"student {arch.hash()} was being distilled with mapping {json.loads(run.mapping_json)}; "
-                               f"move {root} away to restart with {mapping}")
-        run.mapping_json, run.target_steps = json.dumps(mapping), steps
+        elif json.loads(run.report_json or "{}").get("inputs") != key:  # made from other inputs: start afresh
+            run.status, run.student_path, run.report_json = "running", None, json.dumps({"inputs": key})
+        run.mapping_json, run.target_steps, run.trial_number, run.budget_ms = json.dumps(mapping), steps, trial, budget
     t0 = time.perf_counter()
     module = ctx.start(arch, start, cfg.freeze_embeddings)
     before, report, step, student_path = train_student(ctx, arch, module, mapping, root, steps, stop_after)
@@ -206,13 +211,29 @@ def distill_student(study: Study, arch: Architecture, start: str, budget: float 
         run.status = "finished" if student_path else "running"
         run.student_path = str(student_path) if student_path else None
         run.report_json = json.dumps({"before": before or prev.get("before"), "after": report, "step": step,
-                                      "start": start})
+                                      "start": start, "inputs": key})
         before = before or prev.get("before")
     return {"study": study.name, "trial": trial, "start": start, "budget_ms": budget, "arch_hash": arch.hash(),
             "architecture": str(arch), "params": arch.params(), "mapping": mapping, "mapping_origin": origin,
             "step": step, "target_steps": steps, "before": before, "after": report,
-            "student_path": str(student_path) if student_path else None,
+            "student_path": str(student_path) if student_path else None, "inputs": key,
             "seconds": round(time.perf_counter() - t0, 1)}
+
+
+# distillation settings that change what is validated or kept, never the weights
+NOT_WEIGHTS = ("steps", "eval_every", "checkpoint_every", "keep_checkpoints")
+
+
+def distill_key(ctx: StudentContext, arch: Architecture, start: str, mapping: list[int]) -> str:
+    """A distilled student's identity: its architecture, start (for a searched student the supernet
+    checkpoint it is sliced from), mapping, teacher, corpus and every distillation setting that shapes its
+    weights. Its checkpoints live under it, so nothing resumes from a student made by other inputs."""
+    from nas_bert.identity import corpus_identity, fingerprint, teacher_identity
+
+    cfg = {k: v for k, v in ctx.study.cfg.distill.model_dump(mode="json").items() if k not in NOT_WEIGHTS}
+    origin = ctx.checkpoint_sha if start == "search" else start
+    return fingerprint(arch.hash(), origin, mapping, teacher_identity(ctx.study.cfg.teacher),
+                       corpus_identity(ctx.study.cfg.corpus), cfg)
 
 
 def train_student(ctx: StudentContext, arch: Architecture, module: DistillModule, mapping: list[int], root: Path,
@@ -259,7 +280,7 @@ def map_student_layers(study: Study, arch: Architecture, start: str, budget: flo
     ctx = StudentContext.open(study)
     t0 = time.perf_counter()
     search = MappingSearch(study, db, arch, ctx.teacher.num_layers, lambda m: proxy_fitness(ctx, arch, m, start),
-                           study.workdir / "mapping" / arch.hash())
+                           study.workdir / "mapping" / arch.hash(), origin=mapping_origin(ctx, start))
     summary = search.run(progress=progress)
     summary.update(trial=trial, budget_ms=budget, seconds=round(time.perf_counter() - t0, 1))
     return summary
@@ -270,12 +291,12 @@ def distill_baseline(ctx: StudentContext, name: str, arch: Architecture, importa
                      batches: list[dict[str, torch.Tensor]] | None = None) -> dict[str, Any]:
     """Distil a teacher-initialised student exactly as searched students are (the study's distill
     settings, data and losses), with TinyBERT's uniform layer mapping; resumable under
-    <study workdir>/baselines/<name>."""
+    <study workdir>/baselines/<name>/<its inputs' fingerprint>."""
     cfg = ctx.study.cfg.distill
     steps = steps or cfg.steps
     module = ctx.wrap(teacher_initialised(arch, ctx.teacher, importance, batches), arch, cfg.freeze_embeddings)
     mapping = uniform_mapping(len(distill_points(arch)), ctx.teacher.num_layers)
-    root = ctx.study.workdir / "baselines" / name
+    root = ctx.study.workdir / "baselines" / name / distill_key(ctx, arch, f"baseline:{name}", mapping)
     before, report, step, path = train_student(ctx, arch, module, mapping, root, steps, stop_after, label=name)
     return {"name": name, "arch_hash": arch.hash(), "architecture": str(arch), "params": arch.params(),
             "mapping": mapping, "before": before, "after": report, "step": step, "target_steps": steps,

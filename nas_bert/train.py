@@ -9,9 +9,7 @@ share of the global batch and samples the same sub-architecture (same seed, same
 
 from __future__ import annotations
 
-import hashlib
 import math
-import os
 import random
 import re
 from collections.abc import Callable
@@ -29,6 +27,7 @@ from transformers import get_scheduler
 from nas_bert.config import TrainConfig
 from nas_bert.corpus import StepBatcher
 from nas_bert.errors import NasBertError
+from nas_bert.identity import atomic_file, file_sha256, safe_torch_load
 
 CKPT_RE = re.compile(r"step-(\d{7})\.pt$")
 
@@ -41,23 +40,13 @@ class Objective(Protocol):
     def validate(self, model: torch.nn.Module) -> dict[str, Any]: ...
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+sha256_file = file_sha256
 
 
 def atomic_torch_save(obj: Any, path: Path) -> str:
     """Write to a temporary name, fsync, rename: a kill never leaves a half-written checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with atomic_file(path) as f:
         torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
     return sha256_file(path)
 
 
@@ -95,15 +84,22 @@ class CheckpointDir:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG's state as tensors and plain lists, so a checkpoint loads with `weights_only=True`."""
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": [version, list(mt), gauss],
+             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -155,7 +151,7 @@ def train_loop(
     start, report = 0, {}
     latest = ckpts.latest() if ckpts is not None else None
     if latest is not None:
-        state = torch.load(latest, map_location="cpu", weights_only=False)
+        state = safe_torch_load(latest, what="checkpoint")
         for key, want in meta.items():
             if state["meta"].get(key) != want:
                 raise NasBertError(
@@ -267,5 +263,5 @@ class BestKeeper:
         if self.state is not None:
             return self.state
         if self.path is not None and self.path.is_file():
-            return torch.load(self.path, map_location="cpu", weights_only=True)
+            return safe_torch_load(self.path, what="best weights")
         return None

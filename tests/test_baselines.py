@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import copy_study
@@ -106,5 +108,6 @@ def test_distill_baseline_resumes_and_saves_a_student(searched_tiny, tmp_path):
     assert done["step"] == 4 and done["mapping"] == [2, 4]  # TinyBERT's uniform mapping, 2 points of 4 layers
     # the kept weights are the best held-out fidelity, the start included: never below the start
     assert done["after"]["best"]["value"] >= first["before"]["fidelity"]
-    student = load_student(tmp_path / "tiny" / "baselines" / "uniform-16" / "student")
+    student = load_student(done["student_path"])
+    assert Path(done["student_path"]).parent.parent == tmp_path / "tiny" / "baselines" / "uniform-16"
     assert student.config.architecture == arch.to_dict()

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from sqlalchemy import select
 
-from nas_bert.blockwise import BlockwiseObjective, train_supernet
+from nas_bert.blockwise import BlockwiseObjective, supernet_dir, supernet_key, train_supernet
 from nas_bert.config import load_study
 from nas_bert.db import Checkpoint, Database, StudyRow, SupernetRun
 
@@ -23,7 +23,7 @@ def _study(file: Path, tag: str, **overrides):
 
 
 def _final_weights(study) -> dict[str, torch.Tensor]:
-    latest = max((study.workdir / "supernet").glob("step-*.pt"))
+    latest = max(supernet_dir(study).glob("step-*.pt"))
     return torch.load(latest, map_location="cpu", weights_only=False)["model"]
 
 
@@ -50,14 +50,14 @@ def test_resume_equals_uninterrupted_run(tiny_study_file):
 def test_checkpoints_and_rows(tiny_study_file):
     study = _study(tiny_study_file, "rows")
     summary = train_supernet(study)
-    files = sorted((study.workdir / "supernet").glob("step-*.pt"))
+    files = sorted(supernet_dir(study).glob("step-*.pt"))
     assert [f.name for f in files] == ["step-0000006.pt", "step-0000008.pt"]  # keep_checkpoints=2
-    assert not list((study.workdir / "supernet").glob(".*tmp*"))
+    assert not list(supernet_dir(study).glob(".*tmp*"))
     db = Database(study.db_url)
     with db.session() as s:
         assert s.get(StudyRow, "tiny").config["config"]["supernet"]["steps"] == 8
         run = s.scalars(select(SupernetRun)).one()
-        assert run.status == "finished" and run.space_hash == study.space.fingerprint()
+        assert run.status == "finished" and run.space_hash == supernet_key(study)
         rows = s.scalars(select(Checkpoint).order_by(Checkpoint.step)).all()
         assert [r.step for r in rows] == [2, 4, 6, 8]
         assert [r.deleted for r in rows] == [1, 1, 0, 0]
@@ -71,7 +71,7 @@ def test_checkpoints_and_rows(tiny_study_file):
     assert all(p["max_abs_diff"] <= 1e-5 and abs(p["fidelity_supernet"] - p["fidelity_untouched"]) <= 1e-9
                for p in paths)
     # while the shared weights did train (the largest path is frozen; the others moved)
-    start = torch.load(min((study.workdir / "supernet").glob("step-*.pt")), map_location="cpu", weights_only=False)
+    start = torch.load(min(supernet_dir(study).glob("step-*.pt")), map_location="cpu", weights_only=True)
     assert any(not torch.equal(v, _final_weights(study)[k]) for k, v in start["model"].items() if "frozen" not in k)
 
 
@@ -97,7 +97,7 @@ def test_kill_and_rerun_continues(tiny_study_file):
     """A real SIGKILL in the middle of training; the rerun continues from the last checkpoint."""
     cmd = [sys.executable, "-m", "nas_bert", "train-supernet", "--config", str(tiny_study_file), "--steps", "400"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    ckdir = tiny_study_file.parent / "tiny" / "supernet"
+    ckdir = supernet_dir(load_study(tiny_study_file))
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300  # generous: a loaded machine starts the process slowly
     while time.time() < deadline and not any(ckdir.glob("step-*.pt")):

@@ -1,0 +1,96 @@
+"""Latency model error on the students the search chooses among, not on random ones.
+
+    python benchmarks/bench_latency_chosen.py --config studies/demo.yaml [--per-budget 30]
+
+For every budget the study has searched, the best `--per-budget` distinct feasible architectures by
+approximate loss (the pool the finalists are drawn from, the chosen one included) are built with
+random weights and timed in one interleaved run with the latency model's drift reference (the space's
+largest student, whose latency was recorded when the model was fitted). Reported per budget: mean and
+max |predicted - measured| / measured as measured, and with the host's drift divided out (the speed the
+model was fitted at), and the mean signed error (bias: negative = the model under-predicts, the
+winner's curse). Nothing is written to the study database; the rows go to <workdir>/latency_chosen.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import cpu_name, table
+from nas_bert.architecture import Architecture
+from nas_bert.config import load_study
+from nas_bert.db import ArchitectureRow, Database
+from nas_bert.latency import build_student, ensure_latency_model, measure_models
+from nas_bert.search import budgets_in_db, optuna_study_name, storage_for
+from nas_bert.teacher import embeddings_spec_of, load_teacher_config
+
+
+def pool(study: Any, db: Database, budget: float, n: int) -> list[Architecture]:
+    st = optuna.load_study(study_name=optuna_study_name(study, budget), storage=storage_for(study))
+    done = [t for t in st.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values[1] <= budget]
+    hashes: list[str] = []
+    for t in sorted(done, key=lambda t: t.values[0]):
+        if t.user_attrs["arch_hash"] not in hashes:
+            hashes.append(t.user_attrs["arch_hash"])
+        if len(hashes) == n:
+            break
+    with db.session() as s:
+        rows = {r.hash: r.arch_json for r in s.query(ArchitectureRow).filter(
+            ArchitectureRow.study == study.name, ArchitectureRow.hash.in_(hashes))}
+    return [Architecture.from_json(rows[h]) for h in hashes]
+
+
+def summary(errs: list[float]) -> tuple[float, float, float]:
+    return statistics.mean(abs(e) for e in errs), max(abs(e) for e in errs), statistics.mean(errs)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="studies/demo.yaml")
+    ap.add_argument("--per-budget", type=int, default=30)
+    args = ap.parse_args()
+    study = load_study(args.config)
+    db = Database(study.db_url)
+    cfg = study.cfg.latency
+    emb = embeddings_spec_of(load_teacher_config(study.cfg.teacher))
+    model = ensure_latency_model(db, study.space, emb, cfg, progress=False)
+    ref_arch, ref_ms = model.reference(study.space, emb)
+    budgets = budgets_in_db(study)
+    archs = {b: pool(study, db, b, args.per_budget) for b in budgets}
+    flat = [a for b in budgets for a in archs[b]]
+    measured = measure_models([build_student(ref_arch), *map(build_student, flat)], cfg, emb.vocab_size)
+    drift = measured[0] / ref_ms
+    rows, out, i = [], [], 1
+    for b in budgets:
+        raw, fixed = [], []
+        for a in archs[b]:
+            pred, ms = model.predict(a), measured[i]
+            i += 1
+            raw.append(pred / ms - 1)
+            fixed.append(pred / (ms / drift) - 1)
+            out.append({"budget_ms": b, "hash": a.hash(), "predicted_ms": pred, "measured_ms": ms,
+                        "over_budget_as_measured": ms > b, "architecture": str(a)})
+        (m, x, bias), (mf, xf, biasf) = summary(raw), summary(fixed)
+        over = sum(ms > b for ms in measured[i - len(archs[b]):i])
+        rows.append([f"{b:g}", str(len(archs[b])), f"{100 * m:.1f}%", f"{100 * x:.1f}%", f"{100 * bias:+.1f}%",
+                     f"{100 * mf:.1f}%", f"{100 * xf:.1f}%", f"{100 * biasf:+.1f}%", str(over)])
+    print(f"\nstudy {study.name}: {cpu_name()}, {cfg.threads} threads, batch {cfg.batch_size} x {cfg.seq_len} tokens; "
+          f"host drift {drift:.2f}x (reference {measured[0]:.2f} ms now, {ref_ms:.2f} ms at the fit)\n")
+    print(table(["budget ms", "archs", "mean err", "max err", "bias", "mean err (drift out)", "max err (drift out)",
+                 "bias (drift out)", "over budget as measured"], rows))
+    path = study.workdir / "latency_chosen.json"
+    path.write_text(json.dumps({"drift": drift, "reference_ms": ref_ms, "rows": out}, indent=2))
+    print(f"\nrows: {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""Artefact identity and whole writes: a changed input redoes its stage and what depends on it, an
+unchanged one is a no-op; a failed write leaves the old artefact; a corrupt file is a one-line error."""
+
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from nas_bert.config import load_study
+from nas_bert.errors import NasBertError
+from nas_bert.identity import atomic_file, atomic_folder, fingerprint, safe_torch_load
+from nas_bert.pipeline import Runner, stage_status
+from nas_bert.train import atomic_torch_save, rng_state, set_rng_state
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_fingerprint_is_content_not_order():
+    assert fingerprint({"a": 1, "b": [1, 2]}) == fingerprint({"b": [1, 2], "a": 1})
+    assert fingerprint({"a": 1}) != fingerprint({"a": 2})
+    assert fingerprint("x", {"a": 1}) != fingerprint({"a": 1}, "x")
+
+
+def test_a_failed_write_leaves_the_old_file_and_folder(tmp_path):
+    f = tmp_path / "state.json"
+    f.write_text("old")
+    with pytest.raises(RuntimeError), atomic_file(f, "w") as out:
+        out.write("half of the new")
+        raise RuntimeError("killed")
+    assert f.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
+
+    d = tmp_path / "student"
+    d.mkdir()
+    (d / "model.safetensors").write_text("old weights")
+    with pytest.raises(RuntimeError), atomic_folder(d) as tmp:
+        (tmp / "model.safetensors").write_text("half")
+        raise RuntimeError("killed")
+    assert (d / "model.safetensors").read_text() == "old weights"
+    with atomic_folder(d) as tmp:
+        (tmp / "model.safetensors").write_text("new weights")
+    assert (d / "model.safetensors").read_text() == "new weights"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json", "student"]  # nothing left beside them
+
+
+def test_checkpoints_load_without_unpickling_and_corrupt_ones_are_one_line_errors(tmp_path):
+    random.seed(3)
+    np.random.seed(3)
+    torch.manual_seed(3)
+    path = tmp_path / "step-0000002.pt"
+    sha = atomic_torch_save({"model": {"w": torch.ones(2)}, "rng": rng_state(), "meta": {"inputs": "abc"}, "step": 2}, path)
+    want = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    state = safe_torch_load(path, sha)  # weights_only=True: the RNG states are tensors and lists
+    set_rng_state(state["rng"])
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == want
+
+    with pytest.raises(NasBertError, match="does not match the sha256") as e:
+        safe_torch_load(path, "0" * 64)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # a truncated file
+    with pytest.raises(NasBertError, match="corrupt") as e:
+        safe_torch_load(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+class Calls(dict):
+    def fn(self, name: str):
+        def run():
+            self[name] = self.get(name, 0) + 1
+            return {"ran": name}
+        return run
+
+
+def _run_chain(study, calls: Calls) -> list[tuple[str, str, bool]]:
+    """The real plan's dependencies with stand-in stage functions: what reran."""
+    r = Runner(study, echo=lambda _: None)
+    r.stage("supernet", "", None, calls.fn("supernet"))
+    r.stage("latency", "", None, calls.fn("latency"))
+    for name in ("search", "finalists", "map-layers", "distill", "evaluate"):
+        r.stage(name, "5ms", None, calls.fn(name))
+    r.stage("export", "5", None, calls.fn("export"), after=(("evaluate", "5ms"),))
+    r.stage("reference", "5ms", None, calls.fn("reference"))
+    r.db.dispose()
+    return [(n, k, skipped) for n, k, _, skipped in r.done]
+
+
+def _ran(done: list[tuple[str, str, bool]]) -> list[str]:
+    return [n for n, _, skipped in done if not skipped]
+
+
+@pytest.mark.parametrize(("change", "rerun"), [
+    ({}, []),
+    ({"distill.lr": 1e-3}, ["finalists", "map-layers", "distill", "evaluate", "export", "reference"]),
+    ({"evaluate.finetune_steps": 7}, ["evaluate", "export", "reference"]),
+    ({"mapping.population": 6}, ["map-layers", "distill", "evaluate", "export"]),  # the reference is the teacher
+    ({"latency.threads": 1}, ["latency", "search", "finalists", "map-layers", "distill", "evaluate", "export",
+                              "reference"]),
+    ({"corpus.max_seq_length": 24}, ["supernet", "latency", "search", "finalists", "map-layers", "distill",
+                                     "evaluate", "export", "reference"]),
+    ({"search.budgets_ms": [5.0, 9.0]}, []),  # a budget added redoes none of the others' stages
+])
+def test_each_changed_input_redoes_exactly_its_stages(tmp_path, change, rerun):
+    shutil.copy(ROOT / "studies" / "tiny.yaml", tmp_path / "tiny.yaml")
+    study = load_study(tmp_path / "tiny.yaml")
+    calls = Calls()
+    assert _ran(_run_chain(study, calls)) == ["supernet", "latency", "search", "finalists", "map-layers", "distill",
+                                              "evaluate", "export", "reference"]
+    changed = load_study(tmp_path / "tiny.yaml", overrides=change)
+    assert _ran(_run_chain(changed, calls)) == rerun
+    assert _ran(_run_chain(changed, calls)) == []  # and then it is current
+
+
+def test_an_edited_space_file_redoes_everything_and_status_says_why(tmp_path):
+    space = yaml.safe_load((ROOT / "search_spaces" / "tiny.yaml").read_text())
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    data = yaml.safe_load((ROOT / "studies" / "tiny.yaml").read_text())
+    data["search_space"] = str(tmp_path / "space.yaml")
+    data["search"] = {**data.get("search", {}), "budgets_ms": [5.0]}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(data))
+    calls = Calls()
+    _run_chain(load_study(tmp_path / "tiny.yaml"), calls)
+    assert {r["state"] for r in stage_status(load_study(tmp_path / "tiny.yaml"))} == {"current"}
+
+    space["conv_kernels"] = [3]  # same name, other content
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    study = load_study(tmp_path / "tiny.yaml")
+    status = {(r["stage"], r["key"]): r for r in stage_status(study)}
+    assert status[("supernet", "")]["state"] == "to redo" and "space" in status[("supernet", "")]["why"]
+    assert status[("evaluate", "5ms")]["state"] == "to redo"
+    assert len(_ran(_run_chain(study, calls))) == 9
+
+    # only the evaluation's settings changed: status names the input, and the stages after it are behind it
+    study = load_study(tmp_path / "tiny.yaml", overrides={"evaluate.finetune_steps": 7})
+    status = {(r["stage"], r["key"]): r for r in stage_status(study)}
+    assert status[("distill", "5ms")]["state"] == "current"
+    assert status[("evaluate", "5ms")]["why"] == "changed: evaluate"
+    assert status[("export", "5")]["why"] == "upstream not current: evaluate 5ms"
+
+
+def test_a_new_supernet_setting_trains_a_new_supernet_and_keeps_the_old(tiny_study_file):
+    from nas_bert.blockwise import supernet_dir, train_supernet
+
+    study = load_study(tiny_study_file)
+    first = train_supernet(study)
+    assert Path(first["checkpoint"]).parent == supernet_dir(study)
+    old = {p.name: p.read_bytes() for p in supernet_dir(study).glob("step-*.pt")}
+    # steps only extend the run (same identity); the learning rate makes other weights: a new supernet
+    assert supernet_dir(load_study(tiny_study_file, overrides={"supernet.steps": 10})) == supernet_dir(study)
+    changed = load_study(tiny_study_file, overrides={"supernet.lr": 3e-3})
+    assert supernet_dir(changed) != supernet_dir(study)
+    second = train_supernet(changed, stop_after=2)
+    assert second["step"] == 2 and second["sha256"] != first["sha256"]  # trained from the start, not resumed
+    assert {p.name: p.read_bytes() for p in supernet_dir(study).glob("step-*.pt")} == old
