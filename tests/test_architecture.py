@@ -21,10 +21,13 @@ def test_json_round_trip_and_stable_hash(tiny_space):
         assert again == arch
         assert again.hash() == arch.hash()
         assert arch.validate(tiny_space) is arch
-    # the hash is a function of content only (a known value guards against accidental changes)
+    # the hash is a function of content only (a known value guards against accidental changes: every
+    # memoised score, trial and export is keyed on it)
     fixed = Architecture(EMB, (Block(16, (Op("mha", heads=2), IDENTITY, IDENTITY, IDENTITY)),) * 2)
-    assert fixed.hash() == Architecture.from_dict(fixed.to_dict()).hash()
-    assert len(fixed.hash()) == 16
+    assert fixed.hash() == "5b813d2a4ffac744"
+    assert Architecture(EMB, (Block(16, (Op("mha", heads=2), IDENTITY, IDENTITY, IDENTITY)),) * 2).hash() == fixed.hash()
+    other_heads = Architecture(EMB, (Block(16, (Op("mha", heads=1), IDENTITY, IDENTITY, IDENTITY)),) * 2)
+    assert other_heads.hash() != fixed.hash()
     # the output projection is part of the content; architectures written without one still load
     assert A.sample(tiny_space, EMB, 0).output == EMB.width
     built = Architecture.build(EMB, fixed.blocks)
@@ -104,6 +107,7 @@ def test_largest_and_smallest_are_valid_extremes(tiny_space):
     large, small = A.largest(tiny_space, EMB), A.smallest(tiny_space, EMB)
     large.validate(tiny_space)
     small.validate(tiny_space)
-    params = [A.sample(tiny_space, EMB, s).params() for s in range(100)]
-    assert small.params() <= min(params)
-    assert large.params() >= max(p for p in params if True) * 0.9
+    params = [A.sample(tiny_space, EMB, s).params() for s in range(300)]
+    # in the tiny space the teacher's pattern (attention, the widest feed-forward, full width) is also the
+    # student with the most parameters, and no sample is larger or smaller than the extremes
+    assert small.params() <= min(params) < max(params) <= large.params()

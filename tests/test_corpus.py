@@ -6,6 +6,7 @@ import gzip
 import importlib.resources
 import json
 import lzma
+import zlib
 from collections import Counter
 
 import pytest
@@ -45,9 +46,48 @@ def wordnet_cfg() -> CorpusConfig:
     return CorpusConfig(max_train_examples=2000, max_eval_examples=500)
 
 
-def test_split_of_is_deterministic():
-    assert split_of("n00001740") == split_of("n00001740")
-    assert {split_of(f"n{i:08d}") for i in range(1000)} == {"train", "validation", "test"}
+def test_split_of_is_the_documented_hash_rule():
+    # known values: the split of a synset must never change (a rebuilt file would move examples between splits)
+    assert [split_of(i) for i in ("n00000000", "n00000001", "n00000035", "n00000077", "n00000028", "n00001740")] == [
+        "train", "train", "validation", "validation", "test", "test"]
+    ids = [f"n{i:08d}" for i in range(20_000)]
+    buckets = {i: zlib.crc32(i.encode()) % 100 for i in ids}  # the rule, as the module docstring states it
+    assert all(split_of(i) == ("train" if b < 90 else "validation" if b < 95 else "test") for i, b in buckets.items())
+    share = Counter(split_of(i) for i in ids)
+    assert share["train"] / len(ids) == pytest.approx(0.90, abs=0.01)
+    assert share["validation"] / len(ids) == pytest.approx(0.05, abs=0.01)
+    assert share["test"] / len(ids) == pytest.approx(0.05, abs=0.01)
+
+
+def test_wordnet_splits_are_disjoint_complete_and_fixed(records):
+    def synsets(cfg: CorpusConfig) -> dict[str, set[str]]:
+        return {s: set(d["synset"]) for s, d in load_raw(cfg).items()}
+
+    first = synsets(CorpusConfig())
+    assert sum(len(v) for v in first.values()) == len(records)  # nothing lost, nothing twice
+    assert set.union(*first.values()) == {r["synset"] for r in records}
+    assert not (first["train"] & first["validation"] or first["train"] & first["test"]
+                or first["validation"] & first["test"])
+    # a second, independent load, and one with another seed: WordNet's split depends on the synset alone
+    assert synsets(CorpusConfig()) == first
+    assert synsets(CorpusConfig(seed=7)) == first
+
+
+def test_carved_splits_are_disjoint_complete_and_follow_the_seed(tmp_path):
+    path = tmp_path / "corpus.txt"
+    lines = [f"line {i} of a corpus without a validation split" for i in range(400)]
+    path.write_text("\n".join(lines))
+
+    def splits(seed: int) -> dict[str, list[str]]:
+        return {s: list(d["text"]) for s, d in load_raw(CorpusConfig(name=str(path), seed=seed)).items()}
+
+    first = splits(0)
+    assert sorted(t for v in first.values() for t in v) == sorted(lines)  # disjoint and complete
+    assert len(first["validation"]) == 20 and len(first["test"]) == 19
+    assert splits(0) == first  # stable across independent loads
+    other = splits(1)
+    assert sorted(t for v in other.values() for t in v) == sorted(lines)
+    assert set(other["validation"]) != set(first["validation"])  # the seed picks which lines are held out
 
 
 def test_shipped_file(records):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import random
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -12,17 +15,24 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 from conftest import copy_study, make_tiny_study
 from optuna.trial import TrialState
+from sqlalchemy import select
 from typer.testing import CliRunner
 
+from nas_bert import architecture as A
 from nas_bert.blockwise import train_supernet
 from nas_bert.cli import app
 from nas_bert.config import load_study
+from nas_bert.db import ArchitectureRow, Database
 from nas_bert.errors import NasBertError
+from nas_bert.scoring import BlockScorer, rescore
 from nas_bert.search import (
+    chosen_row,
     open_context,
     optuna_study_name,
+    pareto_rows,
     search,
     seed_architectures,
     storage_for,
@@ -50,12 +60,28 @@ def _counts(study_file: Path, budget: float) -> dict[str, int]:
         "numbers": len({t.number for t in trials}), "total": len(trials)}
 
 
+def _complete_trials(study, budget: float) -> list[optuna.trial.FrozenTrial]:
+    st = optuna.load_study(study_name=optuna_study_name(study, budget), storage=storage_for(study))
+    return st.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+
+def _trial_arch(ctx, t: optuna.trial.FrozenTrial) -> A.Architecture:
+    """A trial's architecture rebuilt from its Optuna parameters alone."""
+    arch = suggest_architecture(optuna.trial.FixedTrial(t.params), ctx.study.space, ctx.teacher.embeddings_spec())
+    assert arch.hash() == t.user_attrs["arch_hash"]
+    return arch
+
+
 def test_search_returns_a_feasible_front(study_file):
     study = load_study(study_file)
     summary = search(study, budget_ms=5.0)
     assert summary["trials"]["complete"] == 24
     assert summary["front"], "a generous budget must leave a feasible front"
-    assert all(r["predicted_ms"] <= 5.0 for r in summary["front"])
+    # a Pareto front is a trade-off: by rising latency, every member is more accurate than all faster ones
+    front = summary["front"]
+    assert [r["predicted_ms"] for r in front] == sorted(r["predicted_ms"] for r in front)
+    assert all(slow["approx_loss"] < fast["approx_loss"] for fast, slow in itertools.pairwise(front))
+    assert len({r["hash"] for r in front}) == len(front)
     assert summary["rescored"] >= 1
     # rerunning a finished search is a no-op that computes no new block score
     again = search(study, budget_ms=5.0)
@@ -87,8 +113,113 @@ def test_seed_students_are_searched_first_and_rescored(study_file):
     st = optuna.load_study(study_name=optuna_study_name(study, budget), storage=storage_for(study))
     first = min(st.get_trials(deepcopy=False), key=lambda t: t.number)
     assert first.user_attrs["seed"] == "fastest" and first.user_attrs["arch_hash"] == seeds["fastest"].hash()
-    assert summary["chosen"] is not None and summary["chosen"]["predicted_ms"] <= budget
+    # the budget was binding (the sampler proposed students over it) and the chosen student meets it by a
+    # prediction made here from its parameters, not by the number the search stored
+    predicted = {t.user_attrs["arch_hash"]: ctx.latency.predict(_trial_arch(ctx, t)) for t in _complete_trials(study, budget)}
+    assert any(ms > budget for ms in predicted.values())
+    assert summary["chosen"] is not None and predicted[summary["chosen"]["hash"]] <= budget
     assert summary["chosen"]["rescored_loss"] is not None
+
+
+def test_front_and_chosen_student_against_every_trial_of_a_binding_budget(study_file):
+    """pareto_rows and chosen_row checked against what the Optuna study holds, with feasibility decided here
+    (latency predicted again from each trial's parameters) and every candidate rescored here."""
+    study = load_study(study_file, overrides={"search.rescore_top": 100})  # every feasible student is rescored
+    ctx = open_context(study, progress=False)
+    space, emb = study.space, ctx.teacher.embeddings_spec()
+    largest = A.largest(space, emb)  # the teacher itself: the lowest approximate loss there is
+    rng = random.Random(0)
+    # a budget about half of the space's students meet, and the teacher does not
+    median = statistics.median(ctx.latency.predict(A.sample(space, emb, rng)) for _ in range(41))
+    budget = round(min(median, 0.9 * ctx.latency.predict(largest)), 4)
+    search(study, budget_ms=budget, trials=8)
+    # the teacher as one more trial of the study: infeasible, and more accurate than any feasible student
+    optuna.load_study(study_name=optuna_study_name(study, budget), storage=storage_for(study)).enqueue_trial(
+        trial_params(largest))
+    summary = search(study, budget_ms=budget, trials=12)
+    trials = _complete_trials(study, budget)
+    assert len(trials) == 12 and largest.hash() in {t.user_attrs["arch_hash"] for t in trials}
+    archs = {t.user_attrs["arch_hash"]: _trial_arch(ctx, t) for t in trials}
+    ms = {h: ctx.latency.predict(a) for h, a in archs.items()}
+    feasible = [t for t in trials if ms[t.user_attrs["arch_hash"]] <= budget]
+    infeasible = [t for t in trials if ms[t.user_attrs["arch_hash"]] > budget]
+    feasible_hashes = {t.user_attrs["arch_hash"] for t in feasible}
+    assert len(feasible_hashes) >= 2 and infeasible, "the budget must bind"
+    assert all((t.constraints["latency"] <= 0) == (t.user_attrs["arch_hash"] in feasible_hashes) for t in trials)
+    assert min(t.values[0] for t in infeasible) < min(t.values[0] for t in feasible)
+
+    # the front: exactly the feasible architectures no feasible trial dominates (the more accurate
+    # over-budget teacher dominates nothing feasible, but would be on a front that ignored the budget)
+    def dominates(u, v):
+        return all(a <= b for a, b in zip(u.values, v.values, strict=True)) and u.values != v.values
+
+    expected_front = {t.user_attrs["arch_hash"] for t in feasible if not any(dominates(u, t) for u in feasible)}
+    front = pareto_rows(ctx.db, study, budget)
+    assert {r["hash"] for r in front} == expected_front
+    assert summary["front"] == front
+
+    # every architecture rescored here, independently of the search's rescoring
+    losses = {h: rescore(ctx.scorer.supernet, a, ctx.rescore_cache) for h, a in archs.items()}
+    best_feasible = min(losses[h] for h in feasible_hashes)
+    with ctx.db.session() as s:
+        rows = {r.hash: r for r in s.scalars(select(ArchitectureRow).where(ArchitectureRow.study == study.name,
+                                                                           ArchitectureRow.hash.in_(archs)))}
+        assert all(rows[h].rescored_loss == pytest.approx(losses[h], rel=1e-5) for h in feasible_hashes)
+        # as a larger budget's search of this study would, give the over-budget students their rescored
+        # losses too: the teacher's is lower than every feasible student's
+        for t in infeasible:
+            rows[t.user_attrs["arch_hash"]].rescored_loss = losses[t.user_attrs["arch_hash"]]
+    assert losses[largest.hash()] < best_feasible
+    chosen = chosen_row(ctx.db, study, budget)
+    assert chosen is not None
+    assert chosen["hash"] == min(feasible_hashes, key=losses.__getitem__)
+    assert chosen["rescored_loss"] == pytest.approx(best_feasible, rel=1e-5)
+
+    # the choice follows the rescored loss, not the approximate one: with rescored losses in the reverse
+    # order of the approximate ones (as rescoring on other text might find), the choice reverses too
+    approx = {t.user_attrs["arch_hash"]: t.values[0] for t in feasible}
+    by_approx = sorted(feasible_hashes, key=approx.__getitem__)
+    with ctx.db.session() as s:
+        for h, loss in zip(by_approx, sorted((losses[h] for h in by_approx), reverse=True), strict=True):
+            s.scalars(select(ArchitectureRow).where(ArchitectureRow.study == study.name,
+                                                    ArchitectureRow.hash == h)).one().rescored_loss = loss
+    assert chosen_row(ctx.db, study, budget)["hash"] == by_approx[-1]
+
+
+def _block_mse(supernet, b: int, block: A.Block, cache) -> float:
+    """Block b's mean squared error per real token against the teacher's next boundary, over all batches."""
+    errors = []
+    with torch.no_grad():
+        for batch, bounds in zip(cache.batches, cache.bounds, strict=True):
+            mask = batch["attention_mask"].bool()
+            out = supernet.forward_block(b, bounds[b], block, batch["attention_mask"])
+            errors.append((out - bounds[b + 1]).pow(2).mean(-1)[mask])
+    return float(torch.cat(errors).double().mean())
+
+
+def test_approximate_loss_is_the_sum_of_the_block_losses(study_file, tmp_path):
+    study = load_study(study_file)
+    ctx = open_context(study, progress=False)
+    space, emb = study.space, ctx.teacher.embeddings_spec()
+    supernet, cache = ctx.scorer.supernet, ctx.scorer.cache
+    db = Database(f"sqlite:///{tmp_path / 'scores.db'}")
+    scorer = BlockScorer(supernet, cache, db, "key")
+    rng = random.Random(3)
+    # one student has the same (narrow) block in both positions: its block scores differ by position
+    twice = A.Block(16, (A.Op("mha", heads=2), A.Op("ffn", inner=32), A.IDENTITY, A.IDENTITY))
+    archs = [A.Architecture.build(emb, (twice, twice)), *(A.sample(space, emb, rng) for _ in range(4))]
+    expected = {}
+    for arch in archs:
+        per_block = [_block_mse(supernet, b, arch.blocks[b], cache) for b in range(space.blocks)]
+        expected[arch.hash()] = sum(per_block)
+        assert scorer.approx_loss(arch) == pytest.approx(expected[arch.hash()], rel=1e-5, abs=0)
+    first, second = (_block_mse(supernet, b, twice, cache) for b in range(2))
+    assert first != pytest.approx(second, rel=1e-3) and first > 0 and second > 0
+    # a second scorer reads the memoised block scores back and computes nothing
+    again = BlockScorer(supernet, cache, db, "key")
+    again.load_memo()
+    assert all(again.approx_loss(a) == pytest.approx(expected[a.hash()], rel=1e-5, abs=0) for a in archs)
+    assert again.computed == 0 and scorer.computed > 0
 
 
 def test_suggested_architectures_are_valid_and_identity_moves_to_the_end(tiny_space, tiny_teacher):
@@ -121,6 +252,8 @@ def test_kill_9_then_rerun_continues_with_nothing_lost(study_file):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     before = _counts(study_file, 5.0)
+    kept = {t.number: (t.params, t.values, t.user_attrs) for t in
+            optuna.load_study(study_name=name, storage=storage_for(study)).get_trials(states=(TrialState.COMPLETE,))}
     assert 8 <= before["complete"] < 60
     rerun = subprocess.run([*cmd, "--json"], check=False, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
@@ -130,7 +263,8 @@ def test_kill_9_then_rerun_continues_with_nothing_lost(study_file):
     assert after["numbers"] == after["total"]
     # every trial that was complete before the kill is still there, unchanged
     st = optuna.load_study(study_name=name, storage=storage_for(study))
-    assert len([t for t in st.trials if t.state == TrialState.COMPLETE]) == 60
+    now = {t.number: (t.params, t.values, t.user_attrs) for t in st.get_trials(states=(TrialState.COMPLETE,))}
+    assert len(kept) == before["complete"] and {n: now.get(n) for n in kept} == kept
 
 
 def test_two_workers_share_one_sqlite_file(study_file):
@@ -156,7 +290,7 @@ def test_errors_are_one_line(study_file, tmp_path):
     shutil.copy(study_file, fresh / "tiny.yaml")
     study = load_study(fresh / "tiny.yaml")
     train_supernet(study)
-    for ckpt in (fresh / "tiny" / "supernet").glob("*.pt"):
+    for ckpt in (fresh / "tiny" / "supernet").glob("*/*.pt"):
         ckpt.unlink()
     res = runner.invoke(app, ["search", "--config", str(fresh / "tiny.yaml"), "--latency-budget-ms", "5"])
     assert res.exit_code == 2 and "missing from disk" in res.stderr
@@ -188,8 +322,11 @@ def test_two_commands_share_one_postgresql_database(tmp_path):
     assert train.returncode == 0, train.stderr[-2000:]
     cmd = [sys.executable, "-m", "nas_bert", "search", "-c", str(study_file), "--db", url,
            "--latency-budget-ms", "5", "--trials", "30"]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
-    assert [p.wait(timeout=600) for p in procs] == [0, 0]
+    logs = [open(tmp_path / f"search-{i}.log", "w+") for i in range(2)]  # noqa: SIM115
+    procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log) for log in logs]
+    codes = [p.wait(timeout=600) for p in procs]
+    tails = [(log.seek(0), log.read()[-1500:])[1] for log in logs]
+    assert codes == [0, 0], tails
     st = optuna.load_study(study_name=optuna_study_name(load_study(study_file, url), 5.0), storage=url)
     trials = st.get_trials(deepcopy=False)
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 30
