@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import multiprocessing as mp
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -315,7 +316,7 @@ def prepare_search(ctx: SearchContext, budget_ms: float) -> None:
     if made_with == inputs or made_with is None and not old.get_trials(deepcopy=False):
         return
     tqdm.write(f"the {budget_ms:g} ms search of study '{ctx.study.name}' was made from other inputs (supernet, "
-               f"scoring, latency model or sampler); searching afresh")
+               f"scoring, latency model or sampler); searching afresh", file=sys.stderr)
     optuna.delete_study(study_name=name, storage=storage)
 
 
