@@ -26,6 +26,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from tqdm.auto import tqdm
 
 from nas_bert.architecture import Architecture
@@ -148,10 +149,15 @@ def measured_ms(ctx: StudentContext, cands: list[Candidate], budget_ms: float,
             torch.set_num_threads(threads)
         values = {**{keys[c.name]: ms for c, ms in zip(cands, raw, strict=False)},
                   extra["drift"]: raw[-2] / ref_ms, extra["teacher_ms"]: raw[-1]}
-        with ctx.db.session() as s:
-            for key, value in values.items():
-                s.merge(_latency_row(s, fp, key, value))
-        known.update(values)
+        try:
+            with ctx.db.session() as s:
+                for key, value in values.items():
+                    s.merge(_latency_row(s, fp, key, value))
+        except IntegrityError:  # another process (a second machine) timed them at the same moment: its figures stand
+            pass
+        with ctx.db.session() as s:  # every process decides on the same stored figures
+            known.update({r.key: r.ms for r in s.scalars(select(LatencyRow).where(
+                LatencyRow.fingerprint == fp, LatencyRow.key.in_([*keys.values(), *extra.values()])))})
     return {name: known[key] for name, key in keys.items()}, {k: known.get(key) for k, key in extra.items()}
 
 
@@ -220,6 +226,7 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> dict[str, A
         if metrics is None:
             metrics = {"over_budget": True} if over else short_distill(ctx, c, cfg.finalist_steps)
             _store(ctx.db, study, budget_ms, c, protocol, ms[c.name], metrics)
+            metrics = _stored(ctx.db, study, budget_ms, c.name, protocol) or metrics  # the first writer's stands
         rows.append({**c.to_dict(), **metrics, "over_budget": over})
     bar.close()
     return {**summarise(study, budget_ms, rows), "timing": timing}
@@ -234,10 +241,13 @@ def _stored(db: Database, study: Study, budget_ms: float, name: str, protocol: s
 
 def _store(db: Database, study: Study, budget_ms: float, c: Candidate, protocol: str, ms: float,
            metrics: dict[str, Any]) -> None:
-    with db.session() as s:
-        s.add(FinalistRow(study=study.name, budget_ms=budget_ms, name=c.name, origin=c.origin, arch_hash=c.arch.hash(),
-                          arch_json=c.arch.canonical_json(), trial_number=c.trial, protocol_hash=protocol,
-                          measured_ms=ms, metrics_json=json.dumps({**c.proxies, **metrics})))
+    try:
+        with db.session() as s:
+            s.add(FinalistRow(study=study.name, budget_ms=budget_ms, name=c.name, origin=c.origin,
+                              arch_hash=c.arch.hash(), arch_json=c.arch.canonical_json(), trial_number=c.trial,
+                              protocol_hash=protocol, measured_ms=ms, metrics_json=json.dumps({**c.proxies, **metrics})))
+    except IntegrityError:  # another process stored this finalist first (two searches sharing one database)
+        pass
 
 
 def summarise(study: Study, budget_ms: float, rows: list[dict[str, Any]]) -> dict[str, Any]:
