@@ -99,3 +99,17 @@ def copy_study(src: Path, dst: Path) -> Path:
 def searched_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny study with a trained supernet and a finished 5 ms search (built once per session)."""
     return make_tiny_study(tmp_path_factory.mktemp("searched"), search_budget=5.0)
+
+
+def dies_after(n: int, fitness):
+    """`fitness` that raises KeyboardInterrupt (a kill) on its call number n + 1."""
+    calls = {"n": 0}
+
+    def wrapped(mapping):
+        calls["n"] += 1
+        if calls["n"] > n:
+            raise KeyboardInterrupt
+        return fitness(mapping)
+
+    wrapped.calls = calls  # type: ignore[attr-defined]
+    return wrapped

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import dies_after
 from typer.testing import CliRunner
 
 from nas_bert import architecture as A
@@ -228,16 +229,9 @@ def test_ga_state_is_json_keyed_by_the_protocol(tiny_study_file, tmp_path):
 def test_corrupt_ga_state_is_one_line_error_then_delete_and_rerun(tiny_study_file, tmp_path, damage):
     whole = _search(tiny_study_file, tmp_path, tag="whole").run(progress=False)
 
-    calls = {"n": 0}
-
-    def dies_in_generation_2(m):
-        calls["n"] += 1
-        if calls["n"] > 8:
-            raise KeyboardInterrupt
-        return _fitness(m)
-
-    with pytest.raises(KeyboardInterrupt):
-        _search(tiny_study_file, tmp_path, fitness=dies_in_generation_2).run(progress=False)
+    killer = dies_after(8, _fitness)
+    with pytest.raises(KeyboardInterrupt):  # killed in generation 2
+        _search(tiny_study_file, tmp_path, fitness=killer).run(progress=False)
     (state,) = _state_files(tmp_path / "ga")
     text = state.read_text()
     if damage == "garbage":
@@ -262,7 +256,7 @@ def test_corrupt_ga_state_is_one_line_error_then_delete_and_rerun(tiny_study_fil
 
     # what the message promises: deleted, the search replays from generation 0 on the memoised fitness
     # values and ends where an uninterrupted run ends
-    before = calls["n"]
+    before = killer.calls["n"]
     state.unlink()
     search = _search(tiny_study_file, tmp_path)
     resumed = search.run(progress=False)

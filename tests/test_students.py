@@ -7,7 +7,7 @@ import random
 
 import pytest
 import torch
-from conftest import copy_study
+from conftest import copy_study, dies_after
 from sqlalchemy import select
 from transformers import AutoModel
 
@@ -106,16 +106,8 @@ def test_ga_returns_the_best_it_evaluated_and_resumes_after_a_kill(tiny_study_fi
     assert whole["fitness_evaluations"] == len(seen)
     assert [r["gen"] for r in whole["logbook"]] == [0, 1, 2, 3, 4]
 
-    calls = {"n": 0}
-
-    def dies_in_generation_2(m):
-        calls["n"] += 1
-        if calls["n"] > 9:
-            raise KeyboardInterrupt
-        return fitness(m)
-
-    with pytest.raises(KeyboardInterrupt):
-        _search(tiny_study_file, tmp_path, dies_in_generation_2, "killed").run(progress=False)
+    with pytest.raises(KeyboardInterrupt):  # killed in generation 2
+        _search(tiny_study_file, tmp_path, dies_after(9, fitness), "killed").run(progress=False)
     resumed = _search(tiny_study_file, tmp_path, fitness, "killed").run(progress=False)
     assert resumed["best"] == whole["best"]
     assert resumed["logbook"] == whole["logbook"]
