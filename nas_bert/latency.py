@@ -485,14 +485,22 @@ def ensure_latency_model(
         if stored is not None and json.loads(stored[0]).get("embeddings") == asdict(emb):
             model.calibration = Calibration.from_json(stored[0], stored[1])
             return model
-        model.calibration = cal = calibrate(model, space, emb, cfg, progress)
+        cal = calibrate(model, space, emb, cfg, progress)
         mape = cal.loo_mape if np.isfinite(cal.loo_mape) else -1.0
         try:
-            with db.session() as s:  # merge: a calibration for other embeddings is replaced
-                s.merge(LatencyCalibration(fingerprint=cal_key, model_json=cal.to_json(emb), mape=mape,
-                                           n=len(cal.points)))
+            with db.session() as s:
+                row = s.get(LatencyCalibration, cal_key)
+                if row is None:
+                    s.add(LatencyCalibration(fingerprint=cal_key, model_json=cal.to_json(emb), mape=mape,
+                                             n=len(cal.points)))
+                elif json.loads(row.model_json).get("embeddings") != asdict(emb):  # made for other embeddings
+                    row.model_json, row.mape, row.n = cal.to_json(emb), mape, len(cal.points)
         except IntegrityError:
-            pass  # a concurrent worker stored its calibration first; ours is as good
+            pass  # a concurrent worker (another machine) stored its calibration first
+        # every worker predicts with the one stored calibration, so their searches agree on their inputs
+        with db.session() as s:
+            row = s.get(LatencyCalibration, cal_key)
+            model.calibration = Calibration.from_json(row.model_json, row.mape) if row is not None else cal
         return model
     finally:
         torch.set_num_threads(threads)

@@ -315,6 +315,11 @@ def prepare_search(ctx: SearchContext, budget_ms: float) -> None:
     made_with = old.user_attrs.get("inputs")
     if made_with == inputs or made_with is None and not old.get_trials(deepcopy=False):
         return
+    optuna.storages.fail_stale_trials(old)  # a dead worker's trials do not count as live
+    if old.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        raise NasBertError(f"the {budget_ms:g} ms search of study '{ctx.study.name}' is running elsewhere from other "
+                           f"inputs (supernet, scoring, latency model or sampler); stop it, or run this one with "
+                           f"the same study file")
     tqdm.write(f"the {budget_ms:g} ms search of study '{ctx.study.name}' was made from other inputs (supernet, "
                f"scoring, latency model or sampler); searching afresh", file=sys.stderr)
     optuna.delete_study(study_name=name, storage=storage)

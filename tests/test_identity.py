@@ -157,3 +157,30 @@ def test_a_new_supernet_setting_trains_a_new_supernet_and_keeps_the_old(tiny_stu
     second = train_supernet(changed, stop_after=2)
     assert second["step"] == 2 and second["sha256"] != first["sha256"]  # trained from the start, not resumed
     assert {p.name: p.read_bytes() for p in supernet_dir(study).glob("step-*.pt")} == old
+
+
+def test_a_search_made_from_other_inputs_starts_afresh_unless_it_is_running(tmp_path):
+    import optuna
+    from conftest import make_tiny_study
+    from optuna.trial import TrialState
+
+    from nas_bert.search import open_context, optuna_study_name, prepare_search, search, search_inputs, storage_for
+
+    study_file = make_tiny_study(tmp_path, search_budget=5.0)
+    changed = load_study(study_file, overrides={"search.seed": 1})  # another sampler stream: other inputs
+    name, storage = optuna_study_name(changed, 5.0), storage_for(changed)
+    old = optuna.load_study(study_name=name, storage=storage)
+    assert len(old.get_trials(states=(TrialState.COMPLETE,))) == changed.cfg.search.trials
+    ctx = open_context(changed, progress=False)
+    assert old.user_attrs["inputs"] != search_inputs(ctx)
+    live = old.ask()  # a worker elsewhere is in the middle of a trial: its study is not deleted under it
+    with pytest.raises(NasBertError, match="running elsewhere"):
+        prepare_search(ctx, 5.0)
+    old.tell(live, state=TrialState.FAIL)
+    prepare_search(ctx, 5.0)
+    with pytest.raises(KeyError):
+        optuna.load_study(study_name=name, storage=storage)
+    search(changed, 5.0)
+    new = optuna.load_study(study_name=name, storage=storage)
+    assert new.user_attrs["inputs"] == search_inputs(ctx)
+    assert len(new.get_trials(states=(TrialState.COMPLETE,))) == changed.cfg.search.trials
