@@ -26,13 +26,13 @@ from nas_bert.config import Study
 from nas_bert.corpus import fixed_batches, load_corpus, make_collator
 from nas_bert.db import Checkpoint, Database, SupernetRun
 from nas_bert.errors import NasBertError
-from nas_bert.identity import safe_torch_load
+from nas_bert.identity import file_sha256, safe_torch_load
 from nas_bert.importance import teacher_importance
 from nas_bert.metrics import fidelity
 from nas_bert.space import SearchSpace
 from nas_bert.supernet import Supernet, fit_reconstruction, inherit_teacher
 from nas_bert.teacher import Teacher, load_teacher, load_teacher_config
-from nas_bert.train import CheckpointDir, make_accelerator, sha256_file, train_loop
+from nas_bert.train import CheckpointDir, make_accelerator, train_loop
 
 Tensor = torch.Tensor
 
@@ -280,7 +280,7 @@ def train_supernet(study: Study, steps: int | None = None, stop_after: int | Non
             ckpt = Checkpoint.latest(s, run_id)
         if ckpt is None or ckpt.step != step:  # killed between the rename and the row: record it now
             report = report or safe_torch_load(latest, what="supernet checkpoint").get("report", {})
-            record_checkpoint(db, run_id, step, latest, sha256_file(latest), report)
+            record_checkpoint(db, run_id, step, latest, file_sha256(latest), report)
         with db.session() as s:
             s.get(SupernetRun, run_id).status = "finished" if step >= steps else "running"
             sha = Checkpoint.latest(s, run_id).sha256

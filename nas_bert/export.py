@@ -31,7 +31,7 @@ from nas_bert.db import ArchitectureRow, Checkpoint, Database, ExportRow, Supern
 from nas_bert.errors import NasBertError
 from nas_bert.finalists import chosen_finalist
 from nas_bert.hf_folder import write_student_folder
-from nas_bert.identity import atomic_folder
+from nas_bert.identity import atomic_folder, file_sha256
 from nas_bert.latency import build_student, ensure_latency_model, hardware_name
 from nas_bert.modeling_nas_bert import NasBertModel
 from nas_bert.onnx_export import VARIANTS, export_onnx, mb, measure_latencies
@@ -45,7 +45,6 @@ from nas_bert.search import (
 )
 from nas_bert.supernet import Supernet
 from nas_bert.teacher import Teacher, load_teacher
-from nas_bert.train import sha256_file
 
 
 @dataclass
@@ -134,7 +133,7 @@ def _checkpoint(db: Database, study: Study, scored_sha: str) -> dict[str, Any]:
     if not path.is_file():
         raise NasBertError(f"supernet checkpoint {path} is missing from disk; restore it or retrain with "
                            f"`nas-bert train-supernet --config {study.file}`")
-    if sha256_file(path) != ck.sha256:
+    if file_sha256(path) != ck.sha256:
         raise NasBertError(f"supernet checkpoint {path} does not match the sha256 recorded in the database (changed "
                            "on disk); restore the original file or retrain with "
                            f"`nas-bert train-supernet --config {study.file}`")
@@ -172,7 +171,7 @@ def _export_one(study: Study, m: Member, teacher: Teacher, supernet: Supernet, c
         "latency": {**ms, "machine": f"{hardware_name(cfg.device)} ({os.cpu_count()} cpus)", "config": cfg.model_dump(),
                     "speedup": {k: ms["teacher_torch_fp32"] / ms[k] for k in VARIANTS}},
         "metrics": metrics, "teacher": dict(tinfo), "checkpoint": ckpt, "command": command,
-        "safetensors_sha256": sha256_file(folder / "model.safetensors"), "distilled": distilled,
+        "safetensors_sha256": file_sha256(folder / "model.safetensors"), "distilled": distilled,
         "origin": m.origin, "finalist": m.finalist, "over_budget": over,
         "sentence_transformers": teacher.pooling is not None,
     }

@@ -21,6 +21,7 @@ from sqlalchemy import select
 from nas_bert.config import Study
 from nas_bert.db import Database, StageRow
 from nas_bert.errors import NasBertError
+from nas_bert.identity import corpus_identity, fingerprint, teacher_identity
 
 # Which study sections each stage is made from, and the stages upstream of it (by name; a stage of a
 # budget depends on the same budget's stages). A stage's identity is the fingerprint of its inputs: the
@@ -42,14 +43,11 @@ TIMED = {"latency", "finalists", "export", "reference"}  # their results depend 
 
 def study_inputs(study: Study) -> dict[str, str]:
     """Fingerprints of what every stage shares: teacher, space content, corpus."""
-    from nas_bert.identity import corpus_identity, teacher_identity
-
     return {"teacher": teacher_identity(study.cfg.teacher), "space": study.space.fingerprint(),
             "corpus": corpus_identity(study.cfg.corpus)}
 
 
 def section_inputs(study: Study, sections: tuple[str, ...], timed: bool) -> dict[str, str]:
-    from nas_bert.identity import fingerprint
     from nas_bert.latency import device_fingerprint
 
     cfg = study.cfg.model_dump(mode="json")
@@ -101,8 +99,6 @@ class Runner:
 
     def stage(self, name: str, key: str, sections: tuple[str, ...] | None, fn: Callable[[], dict[str, Any]],
               after: tuple[tuple[str, str], ...] | None = None) -> dict[str, Any]:
-        from nas_bert.identity import fingerprint
-
         inputs = self.inputs(name, key, sections, after)
         h = fingerprint(inputs)
         with self.db.session() as s:
@@ -111,7 +107,7 @@ class Runner:
                 self.echo(f"\n== {name} {key}: finished earlier ({row.seconds:.0f} s), skipped")
                 self.done.append((name, key, row.seconds, True))
                 return _unpack(row)[0]
-            changed = sorted(k for k, v in _unpack(row)[1].items() if inputs.get(k) != v) if row is not None else []
+            changed = _changed(inputs, _unpack(row)[1]) if row is not None else []
         note = f" (again: {', '.join(changed) or 'inputs'} changed)" if row is not None else ""
         self.echo(f"\n== {name} {key}{note}".rstrip())
         t0 = time.perf_counter()
@@ -135,6 +131,11 @@ def _unpack(row: StageRow | None) -> tuple[dict[str, Any], dict[str, str]]:
     if isinstance(data, dict) and set(data) == {"summary", "inputs"}:
         return data["summary"], data["inputs"]
     return data, {}  # recorded by an older nas-bert: its inputs are unknown, so it is never current
+
+
+def _changed(inputs: dict[str, str], was: dict[str, str]) -> list[str]:
+    """The inputs whose fingerprint differs from what the stage was recorded with."""
+    return sorted(k for k in set(inputs) | set(was) if inputs.get(k) != was.get(k))
 
 
 def _key_of(upstream: str, key: str) -> str:
@@ -172,12 +173,10 @@ def stage_status(study: Study) -> list[dict[str, Any]]:
             state, why = "to redo", "upstream not current: " + ", ".join(behind)
         elif not was:
             state, why = "to redo", "recorded by an older nas-bert (inputs unknown)"
+        elif changed := _changed(inputs, was):
+            state, why = "to redo", "changed: " + ", ".join(changed)
         else:
-            from nas_bert.identity import fingerprint
-
-            changed = sorted(k for k in set(inputs) | set(was) if inputs.get(k) != was.get(k))
-            state, why = ("current", "inputs unchanged") if fingerprint(inputs) == recorded and not changed else (
-                "to redo", "changed: " + ", ".join(changed or ["inputs"]))
+            state, why = "current", "inputs unchanged"
         if state != "current":
             stale.add((name, key))
         rows.append({"stage": name, "key": key, "state": state, "why": why})

@@ -40,14 +40,11 @@ class Objective(Protocol):
     def validate(self, model: torch.nn.Module) -> dict[str, Any]: ...
 
 
-sha256_file = file_sha256
-
-
 def atomic_torch_save(obj: Any, path: Path) -> str:
     """Write to a temporary name, fsync, rename: a kill never leaves a half-written checkpoint."""
     with atomic_file(path) as f:
         torch.save(obj, f)
-    return sha256_file(path)
+    return file_sha256(path)
 
 
 @dataclass
