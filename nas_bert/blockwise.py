@@ -200,6 +200,7 @@ def build_supernet(study: Study, teacher: Teacher, seed: int, corpus: Any = None
     if corpus is None:
         raise NasBertError("building a supernet needs the corpus (unit ranking and the boundary predictions)")
     device = next(teacher.encoder.parameters()).device
+    net.to(device)  # the boundary predictions are fitted on the teacher's states, where they are
     batches = [{k: v.to(device) for k, v in b.items()} for b in fixed_batches(
         corpus["train"], make_collator(teacher.tokenizer, study.cfg.corpus), cfg.init_batches, cfg.batch_size, seed=seed)]
     if cfg.init == "teacher":

@@ -192,6 +192,7 @@ def agreement(encoder: nn.Module, tokenizer: Any, teacher: Any, cfg: EvalConfig,
     training: fidelity and mean cosine on the task's held-out `texts`, and ood_fidelity, ood_cosine on the
     shipped out-of-domain sentences (cfg.ood_texts of them). Cosines need the teacher's width (else None)."""
     sets = {"": texts, **({"ood_": load_manpages(cfg.ood_texts)} if cfg.ood_texts else {})}
+    encoder = encoder.to(device)
     out: dict[str, float | None] = {}
     for prefix, batch in sets.items():
         s_vec = sentence_vectors(encoder, tokenizer, batch, cfg.batch_size, cfg.fidelity_max_seq_length, device,

@@ -18,7 +18,7 @@ def mean_pool(last_hidden_state: torch.Tensor, attention_mask: torch.Tensor) -> 
 
 def _pair_sims(v: torch.Tensor, centered: bool) -> torch.Tensor:
     """Cosine similarities of all pairs (upper triangle) of n vectors (n, h) -> (n (n - 1) / 2,)."""
-    v = v.double()
+    v = v.detach().cpu().double()  # the Spearman correlation runs in scipy, on the host
     if centered:
         v = v - v.mean(0, keepdim=True)
     v = F.normalize(v, dim=-1)

@@ -1,0 +1,43 @@
+"""The CUDA path: the tiny study's every stage on a GPU (training, search, mapping, distillation,
+evaluation and export on `device: cuda`; the latency model timed on the GPU), then a kill-free rerun
+that redoes nothing. Skipped where no CUDA device is visible (CI has none)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+from conftest import FAST, ROOT
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible")
+
+EVAL = {"finetune_steps": 3, "fidelity_texts": 16, "max_train_examples": 48, "max_eval_examples": 16,
+        "max_seq_length": 16, "batch_size": 8, "ood_texts": 16}
+
+
+def test_tiny_study_runs_on_cuda(tmp_path):
+    from nas_bert.config import load_study
+    from nas_bert.latency import hardware_name
+    from nas_bert.pipeline import run_study, stage_status
+
+    data = yaml.safe_load((ROOT / "studies" / "tiny.yaml").read_text())
+    data.update(FAST)
+    data["device"] = "cuda"
+    data["latency"] = {**data["latency"], "device": "cuda", "seq_len": 32}
+    data["search"]["budgets_ms"] = [50.0]  # a GPU launches kernels: budgets are not the CPU's
+    data["evaluate"] = EVAL
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(data))
+    study = load_study(tmp_path / "tiny.yaml")
+    assert study.device().type == "cuda"
+
+    summary = run_study(study, echo=lambda _line: None)
+    (row,) = summary["students"]
+    assert row["measured_ms"] is not None and 0 < row["measured_ms"] <= 50.0
+    assert row["fidelity"] is not None and row["ood_fidelity"] is not None
+    assert not row["over_budget"]
+    card = next((tmp_path / "tiny" / "export").glob("nasbert-*/README.md")).read_text()
+    assert hardware_name("cuda").removeprefix("cuda:") in card  # measured on the GPU, and the card says so
+
+    again = run_study(load_study(tmp_path / "tiny.yaml"), echo=lambda _line: None)
+    assert all(s["skipped"] for s in again["stages"])
+    assert all(s["state"] == "current" for s in stage_status(load_study(tmp_path / "tiny.yaml")))
