@@ -53,7 +53,7 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--min-run-time", type=float, default=0.2, help="seconds per timing round")
-    ap.add_argument("--calibration-archs", type=int, default=12)
+    ap.add_argument("--calibration-archs", type=int, default=LatencyConfig().calibration_archs)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--db", default=None, help="SQLite file for the table (default: a new temporary file)")
     ap.add_argument("--json", default=None, help="also write the figures and the latency report here")
@@ -74,11 +74,11 @@ def main() -> None:
     build_s = time.perf_counter() - t0
     cal = lm.calibration
     print(f"table ({len(lm.table)} entries) + calibration: {build_s:.1f} s; "
-          f"fit measured = {cal.a:.4f} x raw + {cal.b:.4f} ms on {len(cal.points)} students, "
+          f"fit measured = {cal.a:.4f} x raw + {cal.c:.4f} x operators + {cal.b:.4f} ms on {len(cal.points)} students, "
           f"leave-one-out MAPE {cal.loo_mape:.2f}%")
 
     # Random students, none of them in the calibration set (the error is measured out of sample).
-    seen = {a.hash() for a in calibration_architectures(space, MINILM_EMBEDDINGS, cfg)}
+    seen = {a.hash() for a in calibration_architectures(space, MINILM_EMBEDDINGS, cfg, lm)}
     rng = random.Random(f"bench-latency:{args.seed}")
     archs = []
     while len(archs) < args.archs:

@@ -2,9 +2,16 @@
 
 Every operator the search can place, the embeddings, every map into a wider block and every output
 map is timed once as the plain student module it is in an extracted model (equal widths and slices
-into a narrower block cost nothing); a student's raw latency is the sum of its parts. What isolated timings miss (the model's own forward, caches shared between layers) is
-corrected by `measured ~ a * raw + b`, fitted on whole students measured end to end. Timings live in
-the study database under a device fingerprint, so a second search on the same machine measures nothing.
+into a narrower block cost nothing); a student's raw latency is the sum of its parts. What isolated
+timings get wrong is corrected by `measured ~ a * raw + c * operators + b`, fitted on whole students
+measured end to end: an operator timed alone in a loop runs with its weights and input hot in cache
+and its threads awake (a < 1 where that flatters big matrix products), and every operator in a model
+pays a fixed cost its isolated timing does not show (c, per operator run). Summed timings alone
+(`a * raw + b`) were 11-23% off on the students a search picks (mostly shallow, narrow, convolutional),
+because a calibration on random students taught it the ratio of deep, wide ones. The calibration
+students are half uniform random and half spread evenly over the space's latency range, so the small
+students budgets ask for are fitted too. Timings live in the study database under a device
+fingerprint, so a second search on the same machine measures nothing.
 """
 
 from __future__ import annotations
@@ -62,7 +69,8 @@ class LatencyConfig(BaseModel):
     batch_size: int = Field(default=1, ge=1)
     seq_len: int = Field(default=128, ge=1)
     min_run_time: float = Field(default=0.2, gt=0, description="seconds per blocked_autorange round")
-    calibration_archs: int = Field(default=12, ge=3, description="random students measured end to end")
+    calibration_archs: int = Field(default=20, ge=3, description="students measured end to end to fit the "
+                                   "calibration (half random, half spread over the latency range)")
     seed: int = 0
 
 
@@ -276,27 +284,41 @@ def build_student(arch: Architecture, reorder: bool = True) -> NasBertModel:
 
 
 # -- calibration ----------------------------------------------------------------------------------
+CALIBRATION_VERSION = 2  # 2: measured ~ a * raw + c * operators + b on random and latency-spread students
+
+Point = tuple[float, int, float]  # a calibration student's (raw ms, operators run, measured ms)
+
+
+def operators(arch: Architecture) -> int:
+    """How many operators a student runs (identity sublayers run nothing)."""
+    return sum(op.kind != "identity" for b in arch.blocks for op in b.ops)
+
+
 @dataclass
 class Calibration:
-    """measured ~ a * raw + b, with the (raw, measured) points it was fitted on, and the measured latency of
-    the space's largest student (`reference_ms`): timed again later, it says how much faster or slower the
-    host is than when the model was fitted (`drift`)."""
+    """measured ~ a * raw + c * operators + b, with the (raw, operators, measured) points it was fitted on,
+    and the measured latency of the space's largest student (`reference_ms`): timed again later, it says
+    how much faster or slower the host is than when the model was fitted (`drift`)."""
 
     a: float = 1.0
     b: float = 0.0
-    points: list[tuple[float, float]] = field(default_factory=list)
+    c: float = 0.0
+    points: list[Point] = field(default_factory=list)
     loo_mape: float = float("nan")  # leave-one-out mean absolute percentage error, in %
     reference_ms: float | None = None
 
+    def __call__(self, raw: float, ops: int) -> float:
+        return self.a * raw + self.c * ops + self.b
+
     def to_json(self, emb: Embeddings) -> str:
-        return json.dumps({"a": self.a, "b": self.b, "points": self.points, "embeddings": asdict(emb),
-                           "reference_ms": self.reference_ms})
+        return json.dumps({"version": CALIBRATION_VERSION, "a": self.a, "b": self.b, "c": self.c,
+                           "points": self.points, "embeddings": asdict(emb), "reference_ms": self.reference_ms})
 
     @classmethod
     def from_json(cls, text: str, mape: float) -> Calibration:
         d = json.loads(text)
-        points = [(float(r), float(m)) for r, m in d["points"]]
-        return cls(a=d["a"], b=d["b"], points=points, loo_mape=mape if mape >= 0 else float("nan"),
+        points = [(float(r), int(n), float(m)) for r, n, m in d["points"]]
+        return cls(a=d["a"], b=d["b"], c=d["c"], points=points, loo_mape=mape if mape >= 0 else float("nan"),
                    reference_ms=d.get("reference_ms"))
 
 
@@ -313,26 +335,68 @@ def fit_linear(points: Iterable[tuple[float, float]]) -> tuple[float, float]:
     return float(np.mean(meas / raw)), 0.0
 
 
-def loo_mape(points: list[tuple[float, float]]) -> float:
+def fit_calibration(points: Iterable[Point]) -> tuple[float, float, float]:
+    """measured = a * raw + c * operators + b (returns a, c, b) by least squares on the relative error, as
+    `fit_linear`; with too few points, or where a per-operator cost would come out negative, the plain
+    `a * raw + b` (c = 0)."""
+    pts = np.asarray(list(points), dtype=float)
+    raw, ops, meas = pts[:, 0], pts[:, 1], pts[:, 2]
+    if len(pts) >= 5 and np.ptp(raw) > 0 and np.ptp(ops) > 0:
+        design = np.stack([raw / meas, ops / meas, 1.0 / meas], 1)
+        (a, c, b), *_ = np.linalg.lstsq(design, np.ones_like(meas), rcond=None)
+        if a > 0 and c >= 0:  # a cheaper operator, or one operator fewer, never predicts a slower model
+            return float(a), float(c), float(b)
+    a, b = fit_linear(zip(raw, meas, strict=True))
+    return a, 0.0, b
+
+
+def loo_mape(points: list[Point]) -> float:
     """Leave-one-out MAPE (%): each point predicted by a fit on all the others."""
     if len(points) < 3:
         return float("nan")
     errs = []
-    for i, (raw, meas) in enumerate(points):
-        a, b = fit_linear(points[:i] + points[i + 1:])
-        errs.append(abs(a * raw + b - meas) / meas)
+    for i, (raw, ops, meas) in enumerate(points):
+        a, c, b = fit_calibration(points[:i] + points[i + 1:])
+        errs.append(abs(a * raw + c * ops + b - meas) / meas)
     return 100.0 * float(np.mean(errs))
 
 
-def calibration_architectures(space: SearchSpace, emb: Embeddings, cfg: LatencyConfig) -> list[Architecture]:
-    """The smallest, the largest and `calibration_archs` random students (distinct, seeded by cfg.seed)."""
+def calibration_architectures(space: SearchSpace, emb: Embeddings, cfg: LatencyConfig,
+                              table: LatencyModel) -> list[Architecture]:
+    """The smallest and the largest student, then `calibration_archs` more (distinct, seeded by cfg.seed):
+    half uniformly random, half spread log-evenly over the summed-table latency between the two, so the
+    calibration sees the small students that tight budgets select as well as the random ones."""
     rng = random.Random(f"nas-bert-latency-calibration:{cfg.seed}")
-    archs = {a.hash(): a for a in (smallest(space, emb), largest(space, emb))}
+    lo, hi = smallest(space, emb), largest(space, emb)
+    archs = {a.hash(): a for a in (lo, hi)}
+    n_random = cfg.calibration_archs - cfg.calibration_archs // 2
     for _ in range(100 * cfg.calibration_archs):  # bounded: a tiny space may have few distinct students
-        if len(archs) >= cfg.calibration_archs + 2:
+        if len(archs) >= n_random + 2:
             break
         a = sample(space, emb, rng)
         archs.setdefault(a.hash(), a)
+    # Candidates for the spread half: each block's depth drawn uniformly (uniform students are nearly all
+    # deep), so shallow, fast students are among them.
+    pool: dict[str, Architecture] = {}
+    for _ in range(40 * cfg.calibration_archs):
+        blocks = []
+        for _ in range(space.blocks):
+            h, depth = rng.choice(space.hidden_sizes), rng.choice(space.depths)
+            ops = tuple(rng.choice(op_choices(space, h)) for _ in range(depth))
+            blocks.append(Block(h, ops + (IDENTITY,) * (space.sublayers_per_block - depth)))
+        a = Architecture.build(emb, tuple(blocks))
+        if a.hash() not in archs:
+            pool.setdefault(a.hash(), a)
+    spread = cfg.calibration_archs // 2
+    log_lo, log_hi = np.log(table.raw_ms(lo)), np.log(table.raw_ms(hi))
+    candidates = sorted(pool.values(), key=lambda a: a.hash())
+    logs = {a.hash(): float(np.log(table.raw_ms(a))) for a in candidates}
+    for target in np.linspace(log_lo, log_hi, spread + 2)[1:-1]:
+        free = [a for a in candidates if a.hash() not in archs]
+        if not free:
+            break
+        best = min(free, key=lambda a: abs(logs[a.hash()] - target))
+        archs[best.hash()] = best
     return list(archs.values())
 
 
@@ -370,14 +434,15 @@ class LatencyModel:
 
     def predict(self, arch: Architecture) -> float:
         """Calibrated end-to-end milliseconds."""
-        return self.calibration.a * self.raw_ms(arch) + self.calibration.b
+        return self.calibration(self.raw_ms(arch), operators(arch))
 
     def fastest_architecture(self, space: SearchSpace, emb: Embeddings) -> Architecture:
         """The student of `space` with the lowest predicted latency (exact).
 
         Within a block of width h the cheapest choice is the minimum depth of the cheapest operator;
         the map into block b depends on block b-1's width, so a dynamic programme over widths
-        picks the widths. The calibration is increasing in raw (a > 0), so minimising raw is enough.
+        picks the widths. The calibration is increasing in raw (a > 0) and in operators (c >= 0), and
+        every block here has the minimum depth, so minimising raw is enough.
         """
         depth = space.depths[0]
         cheapest: dict[int, Block] = {}
@@ -417,7 +482,7 @@ def latency_report(model: LatencyModel) -> dict[str, Any]:
         "torch": torch.__version__,
         "config": model.config.model_dump(),
         "table": dict(sorted(model.table.items())),
-        "calibration": {"a": cal.a, "b": cal.b, "points": [list(p) for p in cal.points]},
+        "calibration": {"a": cal.a, "b": cal.b, "c": cal.c, "points": [list(p) for p in cal.points]},
         "n": len(cal.points),
         "loo_mape_pct": mape,
     }
@@ -443,18 +508,25 @@ def _store_row(db: Database, fingerprint: str, key: str, ms: float) -> float:
 def calibrate(
     model: LatencyModel, space: SearchSpace, emb: Embeddings, cfg: LatencyConfig, progress: bool = True
 ) -> Calibration:
-    """Measure the calibration students end to end and fit measured ~ a * raw + b."""
-    archs = calibration_architectures(space, emb, cfg)
+    """Measure the calibration students end to end and fit measured ~ a * raw + c * operators + b."""
+    archs = calibration_architectures(space, emb, cfg, model)
     students = [build_student(a) for a in archs]
     for st in students[1:]:  # one embedding table for all: same module and timing, far less memory
         st.embeddings = students[0].embeddings
     with tqdm(total=len(archs) * MODEL_ROUNDS, desc="latency calibration", disable=not progress, leave=False) as bar:
         measured = measure_models(students, cfg, emb.vocab_size, bar)
-    points = [(model.raw_ms(a), ms) for a, ms in zip(archs, measured, strict=True)]
-    a, b = fit_linear(points)
+    points = [(model.raw_ms(a), operators(a), ms) for a, ms in zip(archs, measured, strict=True)]
+    a, c, b = fit_calibration(points)
     ref = largest(space, emb).hash()
     reference = next(ms for arch, ms in zip(archs, measured, strict=True) if arch.hash() == ref)
-    return Calibration(a=a, b=b, points=points, loo_mape=loo_mape(points), reference_ms=reference)
+    return Calibration(a=a, b=b, c=c, points=points, loo_mape=loo_mape(points), reference_ms=reference)
+
+
+def calibration_key(fingerprint: str, space: SearchSpace, cfg: LatencyConfig) -> str:
+    """The stored calibration's key: the device, the space, and what chose and fitted its students (a
+    calibration of another version or other students is never reused)."""
+    how = hashlib.sha256(json.dumps([CALIBRATION_VERSION, cfg.calibration_archs, cfg.seed]).encode()).hexdigest()
+    return f"{fingerprint}:{space.fingerprint()}:{how[:8]}"
 
 
 def ensure_latency_model(
@@ -478,7 +550,7 @@ def ensure_latency_model(
                     table[key] = _store_row(db, fingerprint, key, ms)
         model = LatencyModel(fingerprint, cfg, table)
 
-        cal_key = f"{fingerprint}:{space.fingerprint()}"
+        cal_key = calibration_key(fingerprint, space, cfg)
         with db.session() as s:
             row = s.get(LatencyCalibration, cal_key)
             stored = (row.model_json, row.mape) if row is not None else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from nas_bert.latency import (
     device_fingerprint,
     embeddings_key,
     ensure_latency_model,
+    fit_calibration,
     fit_linear,
     grow_key,
     latency_report,
@@ -171,15 +173,16 @@ def test_interrupted_build_keeps_what_it_measured(tmp_path: Path, space: SearchS
 def test_calibration_is_stored(build: Built, space: SearchSpace) -> None:
     model = build.model
     with build.db.session() as s:
-        row = s.get(LatencyCalibration, f"{model.fingerprint}:{space.fingerprint()}")
+        row = s.get(LatencyCalibration, latency.calibration_key(model.fingerprint, space, CFG))
         assert row is not None
         stored = json.loads(row.model_json)
         n = row.n
     cal = model.calibration
     assert cal.a > 0
-    assert (stored["a"], stored["b"]) == (cal.a, cal.b)
+    assert (stored["a"], stored["b"], stored["c"]) == (cal.a, cal.b, cal.c)
+    assert cal.c >= 0
     assert n == len(stored["points"]) == len(cal.points) == CFG.calibration_archs + 2
-    assert all(raw > 0 and ms > 0 for raw, ms in cal.points)
+    assert all(raw > 0 and ops >= 0 and ms > 0 for raw, ops, ms in cal.points)
 
 
 def test_predictions(built: LatencyModel, space: SearchSpace) -> None:
@@ -203,7 +206,7 @@ def test_predictions_match_measurements_of_students_not_calibrated_on(
     cfg = CFG.model_copy(update={"min_run_time": 0.02, "calibration_archs": 3})
     models = [ensure_latency_model(Database(f"sqlite:///{tmp_path}/lat{i}.db"), space, EMB, cfg, progress=False)
               for i in range(2)]
-    seen = {a.hash() for a in latency.calibration_architectures(space, EMB, cfg)}
+    seen = {a.hash() for a in latency.calibration_architectures(space, EMB, cfg, models[0])}
     rng = random.Random(11)
     held_out: dict[str, Architecture] = {}
     while len(held_out) < 4:
@@ -280,7 +283,48 @@ def test_fit_recovers_a_line() -> None:
     points = [(r, 1.5 * r + 0.3) for r in (1.0, 2.0, 4.0, 7.0)]
     a, b = fit_linear(points)
     assert (a, b) == (pytest.approx(1.5), pytest.approx(0.3))
+
+
+def test_fit_recovers_a_per_operator_cost() -> None:
+    # measured = 0.8 x summed table + 0.09 ms per operator + 0.1 ms: the fit finds all three, and a
+    # calibration without the per-operator term could not (two students of equal raw, different depth)
+    points = [(raw, ops, 0.8 * raw + 0.09 * ops + 0.1)
+              for raw, ops in ((0.2, 0), (2.0, 12), (2.0, 4), (5.0, 9), (9.0, 12), (14.0, 6))]
+    a, c, b = fit_calibration(points)
+    assert (a, c, b) == (pytest.approx(0.8), pytest.approx(0.09), pytest.approx(0.1))
     assert loo_mape(points) == pytest.approx(0.0, abs=1e-9)
+    a2, b2 = fit_linear([(r, m) for r, _, m in points])
+    assert max(abs(a2 * r + b2 - m) / m for r, _, m in points) > 0.05
+
+
+def test_fit_never_makes_an_operator_cheaper_than_none() -> None:
+    # points where a per-operator cost would come out negative: the plain line, c = 0
+    points = [(raw, ops, 1.2 * raw - 0.05 * ops + 0.6) for raw, ops in ((1, 2), (3, 9), (5, 1), (7, 12), (9, 4))]
+    a, c, b = fit_calibration(points)
+    assert c == 0 and a > 0
+    assert (a, b) == fit_linear([(r, m) for r, _, m in points])
+
+
+def test_calibration_students_cover_the_latency_range(built: LatencyModel, space: SearchSpace) -> None:
+    cfg = CFG.model_copy(update={"calibration_archs": 10})
+    archs = latency.calibration_architectures(space, EMB, cfg, built)
+    assert len({a.hash() for a in archs}) == len(archs) == 12
+    assert archs[:2] == [smallest(space, EMB), largest(space, EMB)]
+    raws = sorted(built.raw_ms(a) for a in archs)
+    # the 5 spread students fill the log range between the extremes: no gap wider than 2.5 even steps
+    logs = [math.log(r) for r in raws]
+    step = (logs[-1] - logs[0]) / 6
+    assert max(b - a for a, b in itertools.pairwise(logs)) <= 2.5 * step
+    assert archs == latency.calibration_architectures(space, EMB, cfg, built)  # deterministic
+
+
+def test_a_calibration_of_other_students_is_not_reused(build: Built, space: SearchSpace, timed: list[str]) -> None:
+    timed.clear()
+    other = CFG.model_copy(update={"calibration_archs": 5})
+    model = ensure_latency_model(build.db, space, EMB, other, progress=False)
+    assert sum(s.startswith(MODEL_STMT) for s in timed) == 5 + 2  # calibrated anew; the table is reused
+    assert sum(not s.startswith(MODEL_STMT) for s in timed) == 0
+    assert len(model.calibration.points) == 7
 
 
 def test_fit_weighs_relative_error() -> None:
