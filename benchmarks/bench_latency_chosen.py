@@ -9,7 +9,9 @@ largest student, whose latency was recorded when the model was fitted) and the m
 students. Reported per budget: mean and max |predicted - measured| / measured as measured, with the
 host's drift divided out (the speed the model was fitted at), and with the calibration refitted on its
 students timed in this same run (the model's own error, free of the host's drift between the fit and
-now); and the mean signed error (bias: negative = the model under-predicts, the winner's curse).
+now); and the mean signed error (bias: negative = the model under-predicts, the winner's curse). Beside
+it, refitted in the same run, the calibration nas-bert had before: `a * raw + b` on the smallest, the
+largest and uniformly random students only (the random half of today's calibration students).
 Nothing else is written to the study database (a study made by an older nas-bert first gets its latency
 calibration refitted and stored); the rows go to <workdir>/latency_chosen.json.
 """
@@ -37,6 +39,7 @@ from nas_bert.latency import (
     calibration_architectures,
     ensure_latency_model,
     fit_calibration,
+    fit_linear,
     measure_models,
     operators,
 )
@@ -77,43 +80,51 @@ def main() -> None:
     budgets = budgets_in_db(study)
     archs = {b: pool(study, db, b, args.per_budget) for b in budgets}
     flat = [a for b in budgets for a in archs[b]]
-    cal_archs = [a for a in calibration_architectures(study.space, emb, cfg, model) if a.hash() != ref_arch.hash()]
-    students = [build_student(a) for a in (ref_arch, *cal_archs, *flat)]
+    cal_archs = calibration_architectures(study.space, emb, cfg, model)  # [smallest, largest, random..., spread...]
+    assert cal_archs[1].hash() == ref_arch.hash()
+    students = [build_student(a) for a in (*cal_archs, *flat)]
     for st in students[1:]:  # one embedding table for all: same module and timing, far less memory
         st.embeddings = students[0].embeddings
     measured = measure_models(students, cfg, emb.vocab_size)
-    drift = measured[0] / ref_ms
-    points = [(model.raw_ms(a), operators(a), ms) for a, ms in zip((ref_arch, *cal_archs), measured, strict=False)]
+    drift = measured[1] / ref_ms
+    points = [(model.raw_ms(a), operators(a), ms) for a, ms in zip(cal_archs, measured, strict=False)]
     ca, cc, cb = fit_calibration(points)  # the model's form, fitted on this run's timings
+    uniform = 2 + cfg.calibration_archs - cfg.calibration_archs // 2
+    oa, ob = fit_linear([(raw, ms) for raw, _, ms in points[:uniform]])  # the calibration before, same run
 
     def refit(a: Architecture) -> float:
         return ca * model.raw_ms(a) + cc * operators(a) + cb
 
-    rows, out, i = [], [], 1 + len(cal_archs)
+    rows, out, i = [], [], len(cal_archs)
     for b in budgets:
-        raw, fixed, inrun = [], [], []
+        raw, fixed, inrun, before = [], [], [], []
         for a in archs[b]:
             pred, ms = model.predict(a), measured[i]
             i += 1
             raw.append(pred / ms - 1)
             fixed.append(pred / (ms / drift) - 1)
             inrun.append(refit(a) / ms - 1)
+            before.append((oa * model.raw_ms(a) + ob) / ms - 1)
             out.append({"budget_ms": b, "hash": a.hash(), "predicted_ms": pred, "measured_ms": ms,
-                        "refit_ms": refit(a), "over_budget_as_measured": ms > b, "architecture": str(a)})
-        (m, x, bias), (mf, xf, biasf), (mi, xi, biasi) = summary(raw), summary(fixed), summary(inrun)
+                        "refit_ms": refit(a), "before_ms": oa * model.raw_ms(a) + ob,
+                        "over_budget_as_measured": ms > b, "architecture": str(a)})
+        (m, x, bias), (mf, _, biasf), (mi, xi, biasi) = summary(raw), summary(fixed), summary(inrun)
+        mo, xo, biaso = summary(before)
         over = sum(ms > b for ms in measured[i - len(archs[b]):i])
         rows.append([f"{b:g}", str(len(archs[b])), f"{100 * m:.1f}%", f"{100 * x:.1f}%", f"{100 * bias:+.1f}%",
-                     f"{100 * mf:.1f}%", f"{100 * xf:.1f}%", f"{100 * biasf:+.1f}%",
-                     f"{100 * mi:.1f}%", f"{100 * xi:.1f}%", f"{100 * biasi:+.1f}%", str(over)])
+                     f"{100 * mf:.1f}%", f"{100 * biasf:+.1f}%",
+                     f"{100 * mi:.1f}%", f"{100 * xi:.1f}%", f"{100 * biasi:+.1f}%",
+                     f"{100 * mo:.1f}%", f"{100 * xo:.1f}%", f"{100 * biaso:+.1f}%", str(over)])
     print(f"\nstudy {study.name}: {cpu_name()}, {cfg.threads} threads, batch {cfg.batch_size} x {cfg.seq_len} tokens; "
-          f"host drift {drift:.2f}x (reference {measured[0]:.2f} ms now, {ref_ms:.2f} ms at the fit); "
+          f"host drift {drift:.2f}x (reference {measured[1]:.2f} ms now, {ref_ms:.2f} ms at the fit); "
           f"calibration a={model.calibration.a:.3f} c={model.calibration.c:.3f} b={model.calibration.b:.3f} "
           f"(refitted in this run: a={ca:.3f} c={cc:.3f} b={cb:.3f})\n")
-    print(table(["budget ms", "archs", "mean err", "max err", "bias", "mean err (drift out)", "max err (drift out)",
-                 "bias (drift out)", "mean err (refit)", "max err (refit)", "bias (refit)", "over budget as measured"],
-                rows))
+    print(table(["budget ms", "archs", "mean err", "max err", "bias", "mean err (drift out)", "bias (drift out)",
+                 "mean err (refit)", "max err (refit)", "bias (refit)", "before: mean err (refit)", "before: max err",
+                 "before: bias", "over budget as measured"], rows))
     path = study.workdir / "latency_chosen.json"
-    path.write_text(json.dumps({"drift": drift, "reference_ms": ref_ms, "refit": [ca, cc, cb], "rows": out}, indent=2))
+    path.write_text(json.dumps({"drift": drift, "reference_ms": ref_ms, "refit": [ca, cc, cb], "before": [oa, ob],
+                                "rows": out}, indent=2))
     print(f"\nrows: {path}")
 
 
