@@ -294,25 +294,28 @@ def smallest_block(space: SearchSpace) -> Block:
     return Block(h, (cheapest,) * depth + (IDENTITY,) * (space.sublayers_per_block - depth))
 
 
-def teacher_pair(space: SearchSpace) -> tuple[Op, Op] | None:
-    """One teacher layer inside the space: attention then the widest feed-forward, at full width."""
-    h = space.max_hidden
-    if not {"mha", "ffn"} <= set(space.operators):
+def teacher_pair(space: SearchSpace, width: int | None = None) -> tuple[Op, Op] | None:
+    """One teacher layer inside the space: attention then the widest feed-forward, at full width (or at
+    `width`: the layer's most important heads, neurons and dimensions, as the supernet slices it)."""
+    h = width or space.max_hidden
+    if not {"mha", "ffn"} <= set(space.operators) or h // space.head_size < 1:
         return None
     return Op("mha", heads=h // space.head_size), Op("ffn", inner=max(space.ffn_ratios) * h)
 
 
-def truncated(space: SearchSpace, embeddings: Embeddings, layers: int) -> Architecture | None:
+def truncated(space: SearchSpace, embeddings: Embeddings, layers: int, width: int | None = None) -> Architecture | None:
     """The teacher's first `layers` layers as a student of the space: (attention, feed-forward) pairs at
-    full width filling the blocks in order, identity after them (None when the space cannot hold it:
-    no identity, a block that may not be empty, or more layers than positions)."""
-    pair, pairs = teacher_pair(space), space.sublayers_per_block // 2
+    full width (or sliced to `width`, ETD's extraction) filling the blocks in order, identity after them
+    (None when the space cannot hold it: no identity, a block that may not be empty, or more layers than
+    positions)."""
+    width = width or space.max_hidden
+    pair, pairs = teacher_pair(space, width), space.sublayers_per_block // 2
     if pair is None or "identity" not in space.operators or not 1 <= layers <= space.blocks * pairs:
         return None
     blocks = []
     for b in range(space.blocks):
         n = max(0, min(pairs, layers - b * pairs))
-        blocks.append(Block(space.max_hidden, pair * n + (IDENTITY,) * (space.sublayers_per_block - 2 * n)))
+        blocks.append(Block(width, pair * n + (IDENTITY,) * (space.sublayers_per_block - 2 * n)))
     arch = Architecture.build(embeddings, tuple(blocks))
     try:
         return arch.validate(space)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from nas_bert.architecture import Architecture, output_params, transition_params
@@ -41,9 +42,11 @@ def _origin(info: dict[str, Any]) -> str:
         return (f"**A hand-designed student won this budget's finalists**: this model is {plain[info['origin']]}, "
                 f"distilled; it beat every searched student of its latency on held-out fidelity "
                 f"({_fmt(fin.get('fidelity'))} after the finalists' short distillation).\n\n")
-    if fin and str(fin.get("name", "")).startswith("teacher-layers-"):
-        k = fin["name"].rsplit("-", 1)[-1]
-        return (f"**This student is the teacher's own first {k} layer(s)**, the search's seed student of that shape, "
+    if fin and (m := re.fullmatch(r"teacher-layers-(\d+)(?:-w(\d+))?", str(fin.get("name", "")))):
+        k, w = m.groups()
+        shape = f"first {k} layer(s)" + (f", cut to width {w} (their most important heads, neurons and dimensions)"
+                                          if w else "")
+        return (f"**This student is the teacher's own {shape}**, the search's seed student of that shape, "
                 f"distilled: among the {_fmt(info.get('budget_ms'), 'g')} ms finalists (searched and hand-designed "
                 f"students after the same short distillation) it had the best held-out fidelity, "
                 f"{_fmt(fin.get('fidelity'))}.\n\n")

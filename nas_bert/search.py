@@ -208,7 +208,10 @@ def seed_architectures(ctx: SearchContext, budget_ms: float) -> dict[str, Archit
     student (so a budget that any student meets yields one), and for k = 1, 2, ... the teacher's first
     k layers: exactly them where a block may be empty (`architecture.truncated`), else k (attention,
     feed-forward) pairs at full width followed by the fastest blocks. The supernet holds the teacher's
-    layers at full width, so these are the truncated teacher. Those predicted over the budget are left out."""
+    layers at full width, so these are the truncated teacher. And for each narrower width, the most of
+    the teacher's first layers that fit the budget sliced to that width (ETD's extraction of the most
+    important heads, neurons and dimensions): where no full-width layer fits, a narrow teacher layer
+    still may. Those predicted over the budget are left out."""
     space, emb = ctx.study.space, ctx.teacher.embeddings_spec()
     fastest = ctx.latency.fastest_architecture(space, emb)
     out = {"fastest": fastest}
@@ -228,6 +231,12 @@ def seed_architectures(ctx: SearchContext, budget_ms: float) -> dict[str, Archit
         except NasBertError:  # e.g. a space whose depths do not allow a pair
             return False
 
+    for w in (w for w in space.hidden_sizes if w < space.max_hidden):
+        narrow = [(k, a) for k in range(1, space.blocks * pairs + 1)
+                  if (a := A.truncated(space, emb, k, w)) is not None and fits(a)]
+        if narrow:
+            k, arch = narrow[-1]
+            out[f"teacher-layers-{k}-w{w}"] = arch
     return {n: a for n, a in out.items() if fits(a)}
 
 

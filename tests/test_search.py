@@ -98,8 +98,15 @@ def test_seed_students_are_searched_first_and_rescored(study_file):
     ctx = open_context(study, progress=False)
     fastest_ms = ctx.latency.fastest_possible(study.space, ctx.teacher.embeddings_spec())
     seeds = seed_architectures(ctx, 1e9)
-    # the fastest student, then the teacher's first 1..blocks x pairs layers at full width, nothing after them
-    assert list(seeds) == ["fastest", *(f"teacher-layers-{k}" for k in range(1, 5))]
+    # the fastest student, then the teacher's first 1..blocks x pairs layers at full width, nothing after them,
+    # then for each narrower width the most of them that fit (all 4 here: no budget), sliced to that width
+    assert list(seeds) == ["fastest", *(f"teacher-layers-{k}" for k in range(1, 5)), "teacher-layers-4-w16"]
+    narrow = seeds["teacher-layers-4-w16"].blocks
+    assert [b.hidden for b in narrow] == [16, 16]
+    assert [(op.kind, op.heads or op.inner) for op in narrow[0].ops] == [("mha", 2), ("ffn", 32)] * 2
+    # under a budget, the deepest narrow cut that fits
+    ms = {k: ctx.latency.predict(A.truncated(study.space, ctx.teacher.embeddings_spec(), k, 16)) for k in range(1, 5)}
+    assert "teacher-layers-2-w16" in seed_architectures(ctx, (ms[2] + ms[3]) / 2)
     full = seeds["teacher-layers-3"].blocks
     assert [b.hidden for b in full[:2]] == [32, 32] and [op.kind for op in full[1].ops] == ["mha", "ffn", "identity", "identity"]
     assert full[1].ops[0].heads == 4 and full[1].ops[1].inner == 64
@@ -331,3 +338,11 @@ def test_two_commands_share_one_postgresql_database(tmp_path):
     trials = st.get_trials(deepcopy=False)
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 30
     assert len({t.number for t in trials}) == len(trials)
+
+
+def test_card_names_a_narrow_teacher_cut_that_won() -> None:
+    from nas_bert.card import _origin
+
+    text = _origin({"origin": "search", "budget_ms": 2.5, "finalist": {"name": "teacher-layers-1-w256", "fidelity": 0.6}})
+    assert "teacher's own first 1 layer(s), cut to width 256" in text and "0.600" in text
+    assert "cut to width" not in _origin({"origin": "search", "budget_ms": 5, "finalist": {"name": "teacher-layers-2"}})
