@@ -267,6 +267,38 @@ class StageRow(Base):
     finished_at: Mapped[str] = mapped_column(String(32), default=_now)
 
 
+class JobRow(Base):
+    """`nas-bert serve`'s queue: one search, run or export of a study, claimed by one worker at a time.
+
+    A worker owns a running job while `lease_until` (epoch seconds) lies ahead and it holds `lease_token`;
+    every state change is a conditional UPDATE on those, so no job runs twice and a dead worker's job
+    is taken over once its lease runs out. `dedupe_key` makes a second launch of the same job return
+    the first one.
+    """
+
+    __tablename__ = "nasbert_jobs"
+    __table_args__ = (UniqueConstraint("dedupe_key"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    study: Mapped[str] = mapped_column(String(128), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # search | run | export
+    budget_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    params_json: Mapped[str] = mapped_column(Text, default="{}")
+    dedupe_key: Mapped[str] = mapped_column(String(256))
+    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)  # queued|running|stopped|finished|failed
+    worker: Mapped[str | None] = mapped_column(String(256), nullable=True)  # host:pid of the holder
+    lease_token: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    lease_until: Mapped[float] = mapped_column(Float, default=0.0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # claims so far (a takeover adds one)
+    progress_json: Mapped[str] = mapped_column(Text, default="{}")
+    log_tail: Mapped[str] = mapped_column(Text, default="")
+    result_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # this attempt's claim
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
 class Database:
     """An engine and a session factory for one study URL, with the schema checked on open.
 

@@ -1,0 +1,38 @@
+"""`python -m nas_bert.service.child <nas-bert command...>`: the command, killed when its parent dies.
+
+Linux's PR_SET_PDEATHSIG is set here, in the child itself (a `preexec_fn` is unsafe in a parent with
+threads); a parent that died before it was set is caught by comparing the parent's pid.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+
+PARENT_ENV = "NAS_BERT_PARENT_PID"
+
+
+def die_with_parent() -> None:
+    if sys.platform != "linux":
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    parent = os.environ.get(PARENT_ENV, "")
+    if parent.isdigit() and os.getppid() != int(parent):  # the parent died before the line above
+        os._exit(1)
+
+
+def main() -> None:
+    die_with_parent()
+    from nas_bert.cli import app
+
+    sys.argv = ["nas-bert", *sys.argv[1:]]
+    app()
+
+
+if __name__ == "__main__":
+    main()

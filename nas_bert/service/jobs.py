@@ -1,0 +1,200 @@
+"""The job queue of `nas-bert serve`, in the study database (`nasbert_jobs`).
+
+Every change of a job's owner or state is one conditional UPDATE whose row count says whether it
+happened, so it is atomic on SQLite and PostgreSQL alike:
+
+- claim: `status='queued'`, or `status='running'` with its lease run out (its worker died) -> running,
+  with a new lease token; two workers racing for a job: one UPDATE matches, the other matches nothing.
+- heartbeat / finish: only while the job is still `running` under the caller's lease token; a job that
+  was stopped or taken over meanwhile answers False and its worker ends the job's process.
+- stop: queued or running -> stopped (its worker sees it at its next heartbeat).
+- resume: stopped, failed or finished -> queued; the stages it runs skip what is finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from nas_bert.db import Database, JobRow
+
+KINDS = ("search", "run", "export")
+ACTIVE = ("queued", "running")
+DONE = ("stopped", "failed", "finished")
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def dedupe_key(study: str, kind: str, budget_ms: float | None = None, budgets: list[float] | None = None) -> str:
+    """What makes two launches the same job: the study, the kind and the budget(s) (one search per budget)."""
+    if kind == "search":
+        return f"{study}|search|{budget_ms:g}"
+    if kind == "export":
+        return f"{study}|export|" + (",".join(f"{b:g}" for b in budgets) if budgets else "front")
+    return f"{study}|{kind}"
+
+
+def enqueue(db: Database, study: str, kind: str, budget_ms: float | None = None,
+            params: dict[str, Any] | None = None) -> tuple[JobRow, bool]:
+    """A new queued job, or the existing one of the same search (created: False). Concurrent launches of
+    the same job meet at the unique `dedupe_key`: one inserts, the others get its row."""
+    params = params or {}
+    key = dedupe_key(study, kind, budget_ms, params.get("budgets_ms"))
+    with db.session() as s:
+        row = s.scalars(select(JobRow).where(JobRow.dedupe_key == key)).first()
+        if row is not None:
+            return row, False
+    now = time.time()
+    try:
+        with db.session() as s:
+            row = JobRow(study=study, kind=kind, budget_ms=budget_ms, params_json=json.dumps(params),
+                         dedupe_key=key, status="queued", created_at=now, updated_at=now)
+            s.add(row)
+            s.flush()
+            return row, True
+    except IntegrityError:  # launched concurrently: the first insert stands
+        with db.session() as s:
+            return s.scalars(select(JobRow).where(JobRow.dedupe_key == key)).one(), False
+
+
+def get(db: Database, job_id: int) -> JobRow | None:
+    with db.session() as s:
+        return s.get(JobRow, job_id)
+
+
+def list_jobs(db: Database, study: str | None = None, status: str | None = None) -> list[JobRow]:
+    q = select(JobRow).order_by(JobRow.id)
+    if study is not None:
+        q = q.where(JobRow.study == study)
+    if status is not None:
+        q = q.where(JobRow.status == status)
+    with db.session() as s:
+        return list(s.scalars(q))
+
+
+def claim(db: Database, worker: str, lease_s: float, job_id: int | None = None) -> tuple[JobRow, str] | None:
+    """Take the oldest queued job, or a running one whose worker's lease ran out; (job, lease token)."""
+    now = time.time()
+    claimable = or_(JobRow.status == "queued", (JobRow.status == "running") & (JobRow.lease_until < now))
+    q = select(JobRow.id).where(claimable).order_by(JobRow.id).limit(8)
+    if job_id is not None:
+        q = q.where(JobRow.id == job_id)
+    with db.session() as s:
+        candidates = list(s.scalars(q))
+    for jid in candidates:
+        token = uuid.uuid4().hex
+        with db.session() as s:
+            n = s.execute(update(JobRow).where(JobRow.id == jid, claimable).values(
+                status="running", worker=worker, lease_token=token, lease_until=now + lease_s,
+                attempts=JobRow.attempts + 1, started_at=now, updated_at=now, error=None, finished_at=None,
+            ).execution_options(synchronize_session=False)).rowcount
+        if n == 1:
+            return get(db, jid), token  # type: ignore[return-value]
+    return None
+
+
+def heartbeat(db: Database, job_id: int, token: str, lease_s: float, progress: dict[str, Any] | None = None,
+              log_tail: str | None = None) -> bool:
+    """Extend the lease (and record progress); False when the job is no longer this worker's to run."""
+    now = time.time()
+    values: dict[str, Any] = {"lease_until": now + lease_s, "updated_at": now}
+    if progress is not None:
+        values["progress_json"] = json.dumps(progress)
+    if log_tail is not None:
+        values["log_tail"] = log_tail
+    with db.session() as s:
+        return s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.lease_token == token,
+                                              JobRow.status == "running").values(**values)
+                         .execution_options(synchronize_session=False)).rowcount == 1
+
+
+def finish(db: Database, job_id: int, token: str, ok: bool, result: Any = None, error: str | None = None,
+           progress: dict[str, Any] | None = None, log_tail: str | None = None) -> bool:
+    now = time.time()
+    values: dict[str, Any] = {"status": "finished" if ok else "failed", "finished_at": now, "updated_at": now,
+                              "lease_until": 0.0, "error": error}
+    if result is not None:
+        values["result_json"] = json.dumps(result, default=str)
+    if progress is not None:
+        values["progress_json"] = json.dumps(progress)
+    if log_tail is not None:
+        values["log_tail"] = log_tail
+    with db.session() as s:
+        return s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.lease_token == token,
+                                              JobRow.status == "running").values(**values)
+                         .execution_options(synchronize_session=False)).rowcount == 1
+
+
+def release(db: Database, job_id: int, token: str) -> bool:
+    """A worker shutting down hands its job back: still running, its lease ends now (claimable at once)."""
+    with db.session() as s:
+        return s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.lease_token == token,
+                                              JobRow.status == "running").values(lease_until=0.0, updated_at=time.time())
+                         .execution_options(synchronize_session=False)).rowcount == 1
+
+
+def release_dead(db: Database, host: str, alive: Any) -> int:
+    """Running jobs of this host whose worker process is gone: their lease ends now (a worker restarted on
+    the same machine takes them over at once instead of waiting for the lease to run out)."""
+    n = 0
+    with db.session() as s:
+        rows = list(s.execute(select(JobRow.id, JobRow.worker, JobRow.lease_token).where(JobRow.status == "running")))
+    for jid, worker, token in rows:
+        h, _, pid = (worker or "").rpartition(":")
+        if h == host and pid.isdigit() and not alive(int(pid)):
+            with db.session() as s:
+                n += s.execute(update(JobRow).where(JobRow.id == jid, JobRow.lease_token == token,
+                                                    JobRow.status == "running").values(lease_until=0.0)
+                               .execution_options(synchronize_session=False)).rowcount
+    return n
+
+
+def stop(db: Database, job_id: int) -> bool:
+    """Queued or running -> stopped; False if the job had ended already."""
+    now = time.time()
+    with db.session() as s:
+        return s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status.in_(ACTIVE)).values(
+            status="stopped", lease_until=0.0, updated_at=now, finished_at=now)
+            .execution_options(synchronize_session=False)).rowcount == 1
+
+
+def resume(db: Database, job_id: int, params: dict[str, Any] | None = None) -> bool:
+    """Stopped, failed or finished -> queued (with `params` merged in); False if it is queued or running."""
+    values: dict[str, Any] = {"status": "queued", "lease_token": None, "lease_until": 0.0, "error": None,
+                              "finished_at": None, "updated_at": time.time()}
+    if params:
+        row = get(db, job_id)
+        if row is None:
+            return False
+        values["params_json"] = json.dumps({**json.loads(row.params_json), **params})
+    with db.session() as s:
+        return s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status.in_(DONE)).values(**values)
+                         .execution_options(synchronize_session=False)).rowcount == 1
+
+
+def as_dict(row: JobRow, with_log: bool = False) -> dict[str, Any]:
+    """A job as the API shows it: state, progress (fraction, stage, trials), ETA, and the log's tail."""
+    progress = json.loads(row.progress_json or "{}")
+    out: dict[str, Any] = {
+        "id": row.id, "study": row.study, "kind": row.kind, "budget_ms": row.budget_ms,
+        "params": json.loads(row.params_json or "{}"), "status": row.status, "worker": row.worker,
+        "attempts": row.attempts, "progress": progress, "fraction": progress.get("fraction", 1.0 if
+                                                                               row.status == "finished" else 0.0),
+        "stage": progress.get("stage"), "eta_s": progress.get("eta_s") if row.status == "running" else None,
+        "error": row.error, "created_at": row.created_at, "started_at": row.started_at,
+        "finished_at": row.finished_at, "updated_at": row.updated_at,
+        "lease_left_s": round(row.lease_until - time.time(), 1) if row.status == "running" else None,
+    }
+    if with_log:
+        out["log_tail"] = row.log_tail
+        out["result"] = json.loads(row.result_json) if row.result_json else None
+    return out

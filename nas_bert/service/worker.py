@@ -1,0 +1,298 @@
+"""`nas-bert worker`: claims jobs from the study database and runs each as the CLI command it stands for.
+
+A job runs in a child process (`python -m nas_bert search|run|export ...`: the same code as the
+command line, resuming from the same stage records and checkpoints), its stderr appended to
+`<study workdir>/jobs/job-<id>.log`. While it runs the worker heartbeats the job's lease with its
+progress and the log's tail; a heartbeat that finds the job stopped or taken over ends the child
+(SIGINT, then SIGKILL). The child is killed with its worker (Linux PR_SET_PDEATHSIG, `child`), so a worker
+killed at any moment leaves no orphan running the job beside the worker that takes it over.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from nas_bert.db import Database, JobRow
+from nas_bert.service import jobs
+
+LOG_TAIL_CHARS = 6000
+
+
+def spawn(args: list[str], **kwargs: Any) -> subprocess.Popen:
+    """`python -m nas_bert <args>` in its own session, killed when this process dies (see `child`)."""
+    from nas_bert.service.child import PARENT_ENV
+
+    env = {**kwargs.pop("env", os.environ), PARENT_ENV: str(os.getpid())}
+    return subprocess.Popen([sys.executable, "-m", "nas_bert.service.child", *args], env=env,
+                            start_new_session=True, **kwargs)
+
+
+def redact(url: str) -> str:
+    """A database URL without its password, for logs and pages."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy parses: shown as is
+        return url
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def study_file(studies_dir: Path, name: str) -> Path:
+    return Path(studies_dir) / f"{name}.yaml"
+
+
+def job_command(row: JobRow, config: Path, db_url: str, out_dir: Path) -> list[str]:
+    """The `nas-bert` arguments a job stands for."""
+    params = json.loads(row.params_json or "{}")
+    if row.kind == "search":
+        cmd = ["search", "--config", str(config), "--db", db_url, "--latency-budget-ms", f"{row.budget_ms:g}"]
+        if params.get("trials"):
+            cmd += ["--trials", str(int(params["trials"]))]
+    elif row.kind == "run":
+        cmd = ["run", "--config", str(config), "--db", db_url, "--out", str(out_dir)]
+    elif row.kind == "export":
+        cmd = ["export", "--config", str(config), "--db", db_url, "--out", str(out_dir), "--overwrite"]
+        if params.get("budgets_ms"):
+            cmd += ["--budgets", ",".join(f"{b:g}" for b in params["budgets_ms"])]
+    else:
+        raise ValueError(f"unknown job kind {row.kind!r}")
+    return [*cmd, "--json"]
+
+
+def clean_tail(text: str, limit: int = LOG_TAIL_CHARS) -> str:
+    """The log's last lines as a terminal would show them (a progress bar's redraws collapse to the last)."""
+    lines = [ln.rsplit("\r", 1)[-1] for ln in text[-4 * limit:].replace("\r\n", "\n").split("\n")]
+    return "\n".join(ln for ln in lines if ln.strip())[-limit:]
+
+
+def read_tail(path: Path, limit: int = LOG_TAIL_CHARS) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 4 * limit))
+            return clean_tail(f.read().decode("utf-8", "replace"), limit)
+    except OSError:
+        return ""
+
+
+BAR = re.compile(r"^(?P<desc>[^\n|]*?):\s+\d+%\|[^|]*\|\s*(?P<n>\d+)/(?P<total>\d+)")
+
+
+def last_bar(tail: str) -> tuple[str, int, int] | None:
+    """The last progress bar in a log's tail: (what, done, total)."""
+    for ln in reversed(tail.splitlines()):
+        m = BAR.match(ln.strip())
+        if m and int(m["total"]) > 0:
+            return m["desc"].strip(), int(m["n"]), int(m["total"])
+    return None
+
+
+class Progress:
+    """How far a job is: stages done / stages planned (from `pipeline.plan` and `stage_status`), the current
+    stage (the `== stage key` lines the stage runner logs) and, in a search, complete trials / trials wanted."""
+
+    def __init__(self, row: JobRow, config: Path, db_url: str) -> None:
+        from nas_bert.config import load_study
+
+        self.row, self.params = row, json.loads(row.params_json or "{}")
+        self.study = load_study(config, db_url)
+        self.t0 = time.time()
+        self.f0: float | None = None
+        self._storage: Any = None
+
+    def trials(self, budget: float) -> tuple[int, int]:
+        from optuna.trial import TrialState
+
+        from nas_bert.search import optuna_study_name, storage_for
+
+        target = int(self.params.get("trials") or self.study.cfg.search.trials)
+        if self._storage is None:
+            self._storage = storage_for(self.study)
+        try:
+            sid = self._storage.get_study_id_from_name(optuna_study_name(self.study, budget))
+        except KeyError:
+            return 0, target
+        return self._storage.get_n_trials(sid, state=TrialState.COMPLETE), target
+
+    def __call__(self, log_tail: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.row.kind == "search":
+            done, target = self.trials(self.row.budget_ms)
+            out.update(trials_complete=done, trials_target=target,
+                       stage="search" if done < target else "rescore and finalists")
+            fraction = 0.9 * min(1.0, done / target)  # the finalists' choice is the last tenth
+            bar = last_bar(log_tail)
+            if done >= target and bar and bar[0].startswith("finalists"):
+                fraction += 0.1 * bar[1] / bar[2]
+                out["stage"] = f"{bar[0]} {bar[1]}/{bar[2]}"
+        elif self.row.kind == "run":
+            from nas_bert.pipeline import stage_status
+
+            states = stage_status(self.study)
+            current = sum(s["state"] == "current" for s in states)
+            # the stage runner logs "== <stage> <key>" (" (again: ...)" or ": finished earlier ..., skipped")
+            line = next((ln[3:] for ln in reversed(log_tail.splitlines()) if ln.startswith("== ")), "")
+            stage = line.split(":")[0].split(" (again")[0].strip() or None
+            out.update(stages_done=current, stages_planned=len(states), stage=stage)
+            part = 0.0
+            if stage and stage.startswith("search ") and stage.endswith("ms") and "skipped" not in line:
+                try:
+                    done, target = self.trials(float(stage.split()[1][:-2]))
+                    out.update(trials_complete=done, trials_target=target)
+                    part = min(1.0, done / target)
+                except ValueError:
+                    pass
+            fraction = min(1.0, (current + part) / max(1, len(states)))
+        else:
+            out["stage"] = "export"
+            fraction = 0.0
+        if self.f0 is None:
+            self.f0 = fraction
+        elapsed = time.time() - self.t0
+        gained = fraction - self.f0
+        out["fraction"] = round(fraction, 4)
+        out["eta_s"] = round(elapsed * (1 - fraction) / gained, 1) if gained > 1e-6 else None
+        out["elapsed_s"] = round(elapsed, 1)
+        return out
+
+
+class Worker:
+    """Claims and runs jobs until `stop_event` is set (or, with `once`, until the queue is empty)."""
+
+    def __init__(self, db_url: str, studies_dir: str | Path, lease_s: float = 30.0, heartbeat_s: float = 5.0,
+                 poll_s: float = 2.0, echo: Any = None) -> None:
+        self.db_url, self.studies_dir = db_url, Path(studies_dir)
+        self.lease_s, self.heartbeat_s, self.poll_s = lease_s, heartbeat_s, poll_s
+        self.db = Database(db_url)
+        self.name = jobs.worker_name()
+        self.echo = echo or (lambda m: print(m, file=sys.stderr, flush=True))
+        self.stop_event = threading.Event()
+
+    def run(self, once: bool = False) -> int:
+        """The loop; returns the number of jobs run."""
+        n = 0
+        self.echo(f"worker {self.name}: waiting for jobs in {redact(self.db_url)}")
+        while not self.stop_event.is_set():
+            jobs.release_dead(self.db, socket.gethostname(), pid_alive)
+            got = jobs.claim(self.db, self.name, self.lease_s)
+            if got is None:
+                if once:
+                    break
+                self.stop_event.wait(self.poll_s)
+                continue
+            row, token = got
+            self.run_job(row, token)
+            n += 1
+        return n
+
+    def run_job(self, row: JobRow, token: str) -> str:
+        """Runs one claimed job to its end; returns how it ended: finished | failed | lost | released."""
+        config = study_file(self.studies_dir, row.study)
+        self.echo(f"worker {self.name}: job {row.id} ({row.kind} of study '{row.study}'), attempt {row.attempts}")
+        if not config.is_file():
+            jobs.finish(self.db, row.id, token, False, error=f"study file {config} not found; create the study again")
+            return "failed"
+        try:
+            from nas_bert.config import load_study
+
+            study = load_study(config, self.db_url)
+            progress = Progress(row, config, self.db_url)
+        except Exception as e:  # noqa: BLE001 - any failure to start is the job's one-line error
+            jobs.finish(self.db, row.id, token, False, error=str(e).splitlines()[0] if str(e) else type(e).__name__)
+            return "failed"
+        logs = study.workdir / "jobs"
+        logs.mkdir(parents=True, exist_ok=True)
+        log_path, out_path = logs / f"job-{row.id}.log", logs / f"job-{row.id}.out.json"
+        cmd = job_command(row, config, self.db_url, study.workdir / "export")
+        with open(log_path, "a") as log:
+            shown = [redact(a) if a == self.db_url else a for a in cmd]
+            log.write(f"\n=== attempt {row.attempts} by worker {self.name}: nas-bert {' '.join(shown)}\n")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with open(log_path, "a") as log, open(out_path, "w") as out:
+            child = spawn(cmd, stdout=out, stderr=log, stdin=subprocess.DEVNULL, env=env)
+            ended = self._watch(row, token, child, progress, log_path)
+        if ended == "lost":
+            self.echo(f"worker {self.name}: job {row.id} stopped or taken over; its process is ended")
+            return "lost"
+        if ended == "released":
+            self.echo(f"worker {self.name}: shutting down; job {row.id} goes back to the queue")
+            return "released"
+        tail = read_tail(log_path)
+        final = self._progress(progress, tail)
+        if child.returncode == 0:
+            try:
+                result = json.loads(out_path.read_text())
+            except (OSError, ValueError):
+                result = None
+            final.update(fraction=1.0, eta_s=0.0, stage="finished")
+            jobs.finish(self.db, row.id, token, True, result=result, progress=final, log_tail=tail)
+            self.echo(f"worker {self.name}: job {row.id} finished")
+            return "finished"
+        errors = [ln for ln in tail.splitlines() if ln.startswith("error:")]
+        error = errors[-1][len("error:"):].strip() if errors else (
+            f"exited with status {child.returncode}: " + (tail.splitlines()[-1] if tail else "no output"))
+        jobs.finish(self.db, row.id, token, False, error=error, progress=final, log_tail=tail)
+        self.echo(f"worker {self.name}: job {row.id} failed: {error}")
+        return "failed"
+
+    def _progress(self, progress: Progress, tail: str) -> dict[str, Any]:
+        try:
+            return progress(tail)
+        except Exception as e:  # noqa: BLE001 - a progress estimate never stops a job
+            return {"note": f"progress unavailable ({type(e).__name__})"}
+
+    def _watch(self, row: JobRow, token: str, child: subprocess.Popen, progress: Progress, log_path: Path) -> str:
+        """Heartbeats until the child exits ("exited"), the job is no longer ours ("lost") or this worker shuts
+        down ("released": the job's lease ends now, for another worker to take it over)."""
+        while True:
+            try:
+                child.wait(timeout=self.heartbeat_s)
+                return "exited"
+            except subprocess.TimeoutExpired:
+                pass
+            tail = read_tail(log_path)
+            try:
+                mine = jobs.heartbeat(self.db, row.id, token, self.lease_s, self._progress(progress, tail), tail)
+            except Exception as e:  # noqa: BLE001 - a busy database: the lease has room for a missed beat
+                self.echo(f"worker {self.name}: heartbeat of job {row.id} failed ({type(e).__name__}); retrying")
+                continue
+            if not mine:
+                end_child(child)
+                return "lost"
+            if self.stop_event.is_set():  # this worker is shutting down: another one takes the job over now
+                end_child(child)
+                jobs.release(self.db, row.id, token)
+                return "released"
+
+
+def end_child(child: subprocess.Popen, grace_s: float = 15.0) -> None:
+    """SIGINT (the command stops as at a Ctrl-C; its stages resume later), then SIGKILL."""
+    if child.poll() is not None:
+        return
+    try:
+        child.send_signal(signal.SIGINT)
+        child.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
