@@ -438,5 +438,62 @@ def _status_table(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+StudiesOpt = Annotated[Path, typer.Option("--studies", help="folder of the service's study files (created if missing)")]
+ServiceDbOpt = Annotated[str, typer.Option("--db", help="the study database every study of the service shares, e.g. "
+                                                       "sqlite:///studies/service.db or postgresql+psycopg://...")]
+LeaseOpt = Annotated[float, typer.Option("--lease", help="seconds a job stays a worker's without a heartbeat")]
+
+
+@app.command("serve")
+@_friendly
+def serve_cmd(
+    db: ServiceDbOpt,
+    studies: StudiesOpt = Path("studies"),
+    host: Annotated[str, typer.Option(help="address to listen on (127.0.0.1: this machine only)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    workers: Annotated[int, typer.Option(help="`nas-bert worker` processes started beside the server (0: none)")] = 1,
+    token_file: Annotated[Path | None, typer.Option("--token-file", help="file holding the service token "
+                                                    "(default: $NAS_BERT_TOKEN, else <studies>/.nas-bert-token, "
+                                                    "created with a random token)")] = None,
+    lease: LeaseOpt = 30.0,
+) -> None:
+    """The search as a service: HTTP API (docs at /docs), a live page at /, Optuna's dashboard, a job queue."""
+    from nas_bert.service.app import read_token, serve
+
+    if workers < 0:
+        raise NasBertError(f"--workers {workers}: must be 0 or more")
+    if not 0 < port < 65536:
+        raise NasBertError(f"--port {port}: must be between 1 and 65535")
+    token, source = read_token(token_file, studies)
+    typer.echo(f"nas-bert serve: http://{host}:{port}/  (API docs /docs, Optuna dashboard /dashboard); "
+               f"{workers} worker(s); writes need the token from {source}", err=True)
+    serve(db, studies, host, port, token, workers, ["--lease", f"{lease:g}"])
+
+
+@app.command("worker")
+@_friendly
+def worker_cmd(
+    db: ServiceDbOpt,
+    studies: StudiesOpt = Path("studies"),
+    lease: LeaseOpt = 30.0,
+    heartbeat: Annotated[float | None, typer.Option(help="seconds between heartbeats (default: lease / 6)")] = None,
+    poll: Annotated[float, typer.Option(help="seconds between looks at an empty queue")] = 2.0,
+    once: Annotated[bool, typer.Option("--once", help="exit when the queue is empty")] = False,
+) -> None:
+    """Claim jobs from the study database and run them; several may run, on several machines (one
+    PostgreSQL URL, one shared studies folder). Killed, its job is taken over when its lease runs out."""
+    import signal
+
+    from nas_bert.service.worker import Worker
+
+    if not (lease > 0 and poll > 0 and (heartbeat is None or 0 < heartbeat < lease)):
+        raise NasBertError("--lease and --poll must be > 0, and --heartbeat between 0 and --lease")
+    w = Worker(db, studies, lease_s=lease, heartbeat_s=heartbeat or lease / 6, poll_s=poll,
+               echo=lambda m: typer.echo(m, err=True))
+    for sig in (signal.SIGTERM, signal.SIGINT):  # finish the heartbeat, hand the job back, exit
+        signal.signal(sig, lambda *_: w.stop_event.set())
+    w.run(once=once)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     sys.exit(app())

@@ -1,0 +1,153 @@
+"""What the service shows of a study's results, computed by the stages' own functions and cached.
+
+Fronts come from `search.pareto_rows` / `chosen_row` and `finalists.chosen_finalist`, the PNG from
+`plots.plot_fronts`, the students from the export's own `index.json`. Polling clients share one
+computation per study and budget at a time (a short time-to-live cache with a lock per key), so any
+number of them costs the search running beside them about as much as one.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from sqlalchemy import select
+
+from nas_bert.config import Study
+from nas_bert.db import ArchitectureRow, Database, FinalistRow, LatencyCalibration, LatencyRow
+from nas_bert.identity import atomic_file, folder_identity
+
+CLOUD_POINTS = 2000  # at most this many trials drawn behind a front
+
+
+class TTLCache:
+    """`get(key, compute)`: a value younger than `ttl_s`, else computed once while concurrent callers wait."""
+
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+        self._values: dict[Any, tuple[float, Any]] = {}
+        self._locks: dict[Any, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def get(self, key: Any, compute: Callable[[], Any]) -> Any:
+        hit = self._values.get(key)
+        if hit is not None and time.monotonic() - hit[0] < self.ttl_s:
+            return hit[1]
+        with self._guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            hit = self._values.get(key)
+            if hit is not None and time.monotonic() - hit[0] < self.ttl_s:
+                return hit[1]
+            value = compute()
+            self._values[key] = (time.monotonic(), value)
+            return value
+
+
+def fastest_ms(db: Database, study: Study) -> float | None:
+    """The space's fastest student as the stored latency model predicts it on this device, without timing
+    anything (None while the latency stage has not run here)."""
+    from nas_bert.latency import Calibration, LatencyModel, calibration_key, device_fingerprint, table_specs
+    from nas_bert.teacher import embeddings_spec_of, load_teacher_config
+
+    emb = embeddings_spec_of(load_teacher_config(study.cfg.teacher))
+    fp = device_fingerprint(study.cfg.latency)
+    with db.session() as s:
+        table = {r.key: r.ms for r in s.scalars(select(LatencyRow).where(LatencyRow.fingerprint == fp))}
+        cal = s.get(LatencyCalibration, calibration_key(fp, study.space, study.cfg.latency))
+        cal_json, mape = (cal.model_json, cal.mape) if cal is not None else (None, None)
+    if cal_json is None or any(k not in table for k in table_specs(study.space, emb)):
+        return None
+    model = LatencyModel(fp, study.cfg.latency, table, Calibration.from_json(cal_json, mape))
+    return model.fastest_possible(study.space, emb)
+
+
+def _finalists(db: Database, study: Study, budget: float) -> list[dict[str, Any]]:
+    """The latest finalists' run of a budget: each student's predicted and measured latency."""
+    with db.session() as s:
+        rows = s.scalars(select(FinalistRow).where(FinalistRow.study == study.name, FinalistRow.budget_ms == budget)
+                         .order_by(FinalistRow.id)).all()
+        if not rows:
+            return []
+        latest = rows[-1].protocol_hash
+        rows = [r for r in rows if r.protocol_hash == latest]
+        predicted = {a.hash: a.predicted_ms for a in s.scalars(select(ArchitectureRow).where(
+            ArchitectureRow.study == study.name, ArchitectureRow.hash.in_({r.arch_hash for r in rows})))}
+        out = []
+        for r in rows:
+            m = json.loads(r.metrics_json or "{}")
+            out.append({"name": r.name, "origin": r.origin, "hash": r.arch_hash, "trial": r.trial_number,
+                        "predicted_ms": predicted.get(r.arch_hash), "measured_ms": r.measured_ms,
+                        "fidelity": m.get("fidelity"), "over_budget": bool(m.get("over_budget"))})
+    return out
+
+
+def front(db: Database, study: Study, budget: float) -> dict[str, Any]:
+    """One budget: its feasible front (approximate loss vs predicted latency, with the measured latency of
+    those timed), the chosen student, the finalists, trial counts and a sample of every trial."""
+    from nas_bert.finalists import chosen_finalist
+    from nas_bert.search import chosen_row, optuna_study_name, pareto_rows, storage_for
+
+    st = optuna.load_study(study_name=optuna_study_name(study, budget), storage=storage_for(study))
+    trials = st.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    step = max(1, len(complete) // CLOUD_POINTS)
+    return {
+        "budget_ms": budget,
+        "trials": {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState},
+        "feasible": sum(t.values[1] <= budget for t in complete),
+        "front": pareto_rows(db, study, budget) if complete else [],
+        "chosen": (chosen_finalist(db, study, budget) or chosen_row(db, study, budget)) if complete else None,
+        "finalists": _finalists(db, study, budget),
+        "cloud": [[round(t.values[1], 4), round(t.values[0], 6)] for t in complete[::step]],
+    }
+
+
+def front_png(study: Study, budgets: list[float], folder: Path) -> bytes:
+    from nas_bert.plots import plot_fronts
+
+    key = "-".join(f"{b:g}" for b in budgets)
+    path = folder / f".front-{key}-{threading.get_ident()}.png"
+    try:
+        plot_fronts(study, budgets, path)
+        return path.read_bytes()
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def export_dir(study: Study) -> Path:
+    """Where the service's export and run jobs write the study's students."""
+    return study.workdir / "export"
+
+
+def students(study: Study) -> dict[str, Any] | None:
+    """The exported students as the export's index.json lists them (None before any export)."""
+    index = export_dir(study) / "index.json"
+    if not index.is_file():
+        return None
+    return json.loads(index.read_text())
+
+
+def student_folder(study: Study, name: str) -> Path | None:
+    """An exported student's folder, if `name` is one listed in the export's index (never any other path)."""
+    index = students(study)
+    if index is None or name not in {s["name"] for s in index["students"]}:
+        return None
+    folder = export_dir(study) / name
+    return folder if folder.is_dir() else None
+
+
+def archive(study: Study, name: str, folder: Path) -> Path:
+    """`<name>.tar.gz` of an exported student folder, built once per content (written atomically)."""
+    out = study.workdir / "archives" / f"{name}-{folder_identity(folder)}.tar.gz"
+    if not out.is_file():
+        with atomic_file(out) as f, tarfile.open(fileobj=f, mode="w:gz") as tar:
+            tar.add(folder, arcname=name)
+    return out

@@ -1,0 +1,387 @@
+"""`nas-bert serve`: the HTTP API (auth, every 4xx, duplicate launches), the job queue (atomic claims by
+two workers, takeover of a dead worker's job), a real worker killed mid-search and taken over, and the
+page in a real headless browser."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import copy_study
+from fastapi.testclient import TestClient
+from sqlalchemy import inspect, text
+from typer.testing import CliRunner
+
+from nas_bert.db import Database, JobRow, Meta
+from nas_bert.service import jobs
+from nas_bert.service.app import create_app
+
+TOKEN = "test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+LOCAL, REMOTE = ("127.0.0.1", 50000), ("192.0.2.7", 50000)
+
+
+@pytest.fixture()
+def studies(tmp_path: Path, searched_tiny: Path) -> Path:
+    """A service folder holding a copy of the searched tiny study (its 5 ms search done), with a finalists'
+    stage trimmed to seconds; the study database is the service's."""
+    root = tmp_path / "studies"
+    root.mkdir()
+    copy_study(searched_tiny, root)
+    data = yaml.safe_load((root / "tiny.yaml").read_text())
+    data["search"].update(finalist_baselines=False, finalist_steps=1, trials=16)
+    (root / "tiny.yaml").write_text(yaml.safe_dump(data))
+    return root
+
+
+def db_url(root: Path) -> str:
+    return f"sqlite:///{root / 'tiny.db'}"
+
+
+@pytest.fixture()
+def client(studies: Path) -> TestClient:
+    return TestClient(create_app(db_url(studies), studies, TOKEN), client=LOCAL)
+
+
+# -- studies, auth and every 4xx ------------------------------------------------------------------
+def test_create_study_validates_like_the_cli(client: TestClient, studies: Path) -> None:
+    good = (studies / "tiny.yaml").read_text().replace("name: tiny", "name: other")
+    assert client.post("/v1/studies", content=good).status_code == 401  # writes need the token
+    r = client.post("/v1/studies", content=good, headers={"Authorization": "Bearer wrong"})
+    assert r.status_code == 403 and "token" in r.json()["detail"]
+    r = client.post("/v1/studies", content=good, headers=AUTH)
+    assert r.status_code == 201 and r.json()["created"] and (studies / "other.yaml").is_file()
+    r = client.post("/v1/studies", content=good, headers=AUTH)
+    assert r.status_code == 200 and not r.json()["created"]
+    assert {s["name"] for s in client.get("/v1/studies").json()} == {"tiny", "other"}
+
+    bad = good.replace("trials: 16", "trials: 0")
+    r = client.post("/v1/studies", content=bad, headers=AUTH)
+    assert r.status_code == 422 and r.json()["field"] == "search.trials", r.json()
+    assert "search.trials" in r.json()["detail"] and "\n" not in r.json()["detail"]
+    r = client.post("/v1/studies", content=good + "colour: blue\n", headers=AUTH)
+    assert r.status_code == 422 and r.json()["field"] == "colour" and "unknown key" in r.json()["detail"]
+    r = client.post("/v1/studies", content="search: [unclosed", headers=AUTH)
+    assert r.status_code == 422 and "not valid YAML" in r.json()["detail"]
+    r = client.post("/v1/studies", content="teacher: tiny-random-bert\n", headers=AUTH)
+    assert r.status_code == 422 and r.json()["field"] == "name"
+    r = client.post("/v1/studies?name=third", content="teacher: tiny-random-bert\nsearch_space: tiny\n", headers=AUTH)
+    assert r.status_code == 201 and r.json()["name"] == "third"
+    assert not list(studies.glob(".*.new"))  # the validation's temporary files are gone
+
+
+def test_reads_open_on_loopback_only(studies: Path) -> None:
+    app = create_app(db_url(studies), studies, TOKEN)
+    remote, local = TestClient(app, client=REMOTE), TestClient(app, client=LOCAL)
+    assert local.get("/v1/jobs").status_code == 200
+    r = remote.get("/v1/jobs")
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    assert remote.get("/v1/jobs", headers=AUTH).status_code == 200
+    with_cookie = TestClient(app, client=REMOTE, cookies={"nas_bert_token": TOKEN})  # what the page sets
+    assert with_cookie.get("/v1/jobs").status_code == 200
+    # a cookie is for reading only: a write needs the header (no cross-site form can send one)
+    assert with_cookie.post("/v1/studies/tiny/jobs", json={"budget_ms": 5}).status_code == 401
+    # Optuna's dashboard, behind the same rules
+    assert remote.get("/api/studies").status_code == 401
+    body = local.get("/api/studies").json()
+    assert [s["study_name"] for s in body["study_summaries"]] == ["tiny-5ms"]
+    assert local.post("/api/studies", json={"study_name": "x", "directions": ["minimize"]}).status_code == 401
+    assert local.get("/optuna", follow_redirects=False).headers["location"] == "/dashboard"
+    assert local.get("/docs").status_code == 200 and "/v1/studies/{name}/jobs" in local.get("/openapi.json").text
+
+
+def test_unknown_things_are_404(client: TestClient) -> None:
+    for method, path in [("get", "/v1/studies/nope"), ("get", "/v1/studies/nope/fronts"), ("get", "/v1/jobs/999"),
+                         ("post", "/v1/jobs/999/stop"), ("post", "/v1/jobs/999/resume"),
+                         ("get", "/v1/studies/tiny/fronts?budget=99"), ("get", "/v1/studies/tiny/students/x/card"),
+                         ("get", "/v1/studies/tiny/students/x/download"), ("get", "/v1/studies/..%2Fetc/fronts")]:
+        r = getattr(client, method)(path, headers=AUTH)
+        assert r.status_code == 404, (path, r.text)
+        assert r.json()["detail"] and "\n" not in r.json()["detail"]
+    r = client.post("/v1/studies/nope/jobs", json={"budget_ms": 5}, headers=AUTH)
+    assert r.status_code == 404 and "known: tiny" in r.json()["detail"]
+
+
+def test_launch_validation_and_duplicates(client: TestClient, studies: Path) -> None:
+    def launch(body: dict) -> tuple[int, dict]:
+        r = client.post("/v1/studies/tiny/jobs", json=body, headers=AUTH)
+        return r.status_code, r.json()
+
+    code, body = launch({"kind": "search", "budget_ms": 0.001})
+    assert code == 422 and body["field"] == "budget_ms" and "minimum is" in body["detail"], body
+    minimum = float(body["detail"].rsplit("minimum is ", 1)[1].split()[0])
+    assert launch({"kind": "search", "budget_ms": minimum})[0] == 201  # the minimum itself is accepted
+    for bad, field in [({"kind": "search"}, "budget_ms"), ({"budget_ms": -1}, "budget_ms"),
+                       ({"budget_ms": 5, "trials": 0}, "trials"), ({"budget_ms": 5, "colour": 1}, "colour"),
+                       ({"kind": "dance"}, "kind"), ({"kind": "run"}, "search.budgets_ms"),
+                       ({"kind": "run", "budget_ms": 5}, "budget_ms"), ({"kind": "search", "budget_ms": 5,
+                                                                         "budgets_ms": [5]}, "budgets_ms")]:
+        code, body = launch(bad)
+        assert code == 422 and body["field"] == field, (bad, body)
+        assert field in body["detail"]
+
+    code, first = launch({"kind": "search", "budget_ms": 6, "trials": 12})
+    assert code == 201 and first["created"] and first["status"] == "queued"
+    code, again = launch({"kind": "search", "budget_ms": 6})
+    assert code == 200 and again["id"] == first["id"] and not again["created"]
+    # launched from many clients at once: one job
+    codes: list[int] = []
+    threads = [threading.Thread(target=lambda: codes.append(launch({"kind": "export", "budgets_ms": [5]})[0]))
+               for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(codes) == [200] * 5 + [201]
+    assert [j["kind"] for j in client.get("/v1/jobs").json()] == ["search", "search", "export"]
+
+    # stop and resume: queued -> stopped -> queued; a second stop or resume says why not
+    jid = first["id"]
+    assert client.post(f"/v1/jobs/{jid}/stop").status_code == 401
+    assert client.post(f"/v1/jobs/{jid}/stop", headers=AUTH).json()["status"] == "stopped"
+    r = client.post(f"/v1/jobs/{jid}/stop", headers=AUTH)
+    assert r.status_code == 409 and "stopped" in r.json()["detail"]
+    assert client.post(f"/v1/jobs/{jid}/resume", json={"trials": 14}, headers=AUTH).json()["params"] == {"trials": 14}
+    assert client.post(f"/v1/jobs/{jid}/resume", headers=AUTH).status_code == 409
+    # a study with queued jobs is not changed under them
+    text_ = (studies / "tiny.yaml").read_text().replace("trials: 16", "trials: 17")
+    r = client.post("/v1/studies", content=text_, headers=AUTH)
+    assert r.status_code == 409 and "stop them" in r.json()["detail"]
+
+
+def test_results_of_a_searched_study(client: TestClient) -> None:
+    fronts = client.get("/v1/studies/tiny/fronts").json()
+    f = fronts["5"]
+    assert f["front"] and f["trials"]["complete"] >= len(f["front"]) and f["cloud"]
+    assert all(r["predicted_ms"] <= 5 for r in f["front"])
+    assert f["chosen"] is not None
+    assert client.get("/v1/studies/tiny/fronts?budget=5").json().keys() == {"5"}
+    png = client.get("/v1/studies/tiny/front.png")
+    assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
+    shown = client.get("/v1/studies/tiny").json()
+    assert shown["searched_budgets_ms"] == [5.0] and {s["stage"] for s in shown["stages"]} >= {"supernet", "latency"}
+    assert client.get("/v1/studies/tiny/students").json()["students"] == []
+
+
+# -- the queue ------------------------------------------------------------------------------------
+def _claim_all(url: str, name: str, out: list, start: threading.Barrier) -> None:
+    db = Database(url)
+    start.wait()
+    while (got := jobs.claim(db, name, lease_s=60)) is not None:
+        out.append((got[0].id, name))
+    db.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_two_workers_never_claim_one_job(tmp_path: Path, backend: str) -> None:
+    url = f"sqlite:///{tmp_path / 'q.db'}" if backend == "sqlite" else os.environ.get("NAS_BERT_TEST_POSTGRES_URL")
+    if url is None:
+        pytest.skip("NAS_BERT_TEST_POSTGRES_URL is not set (bash .ci/postgres.sh pytest ... sets it)")
+    db = Database(url)
+    with db.session() as s:
+        s.query(JobRow).delete()
+    ids = {jobs.enqueue(db, "s", "search", float(b))[0].id for b in range(1, 41)}
+    claimed: list[tuple[int, str]] = []
+    start = threading.Barrier(3)
+    workers = [threading.Thread(target=_claim_all, args=(url, w, claimed, start)) for w in ("a", "b", "c")]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert sorted(i for i, _ in claimed) == sorted(ids)  # every job once, none twice
+    assert len({w for _, w in claimed}) > 1  # they really raced
+    assert all(j.attempts == 1 and j.status == "running" for j in jobs.list_jobs(db))
+    with db.session() as s:
+        s.query(JobRow).delete()
+    db.dispose()
+
+
+def test_dead_workers_job_is_taken_over(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'q.db'}")
+    job, _ = jobs.enqueue(db, "s", "run")
+    _, token_a = jobs.claim(db, "host-a:1", lease_s=0.5)
+    assert jobs.claim(db, "host-b:2", lease_s=30) is None  # A's lease runs
+    assert jobs.heartbeat(db, job.id, token_a, 0.5, {"fraction": 0.25})
+    time.sleep(0.7)  # A died: no heartbeat
+    row, token_b = jobs.claim(db, "host-b:2", lease_s=30)
+    assert row.id == job.id and row.attempts == 2 and row.worker == "host-b:2"
+    assert not jobs.heartbeat(db, job.id, token_a, 30)  # A, back from the dead, learns it lost the job
+    assert not jobs.finish(db, job.id, token_a, True)
+    assert jobs.heartbeat(db, job.id, token_b, 30)
+    # on the same machine, a worker whose process is gone is taken over at once, lease or not
+    assert jobs.release_dead(db, "host-b", alive=lambda pid: False) == 1
+    row, token_c = jobs.claim(db, "host-b:3", lease_s=30)
+    assert row.attempts == 3
+    assert jobs.finish(db, job.id, token_c, True, result={"ok": 1})
+    assert jobs.get(db, job.id).status == "finished" and jobs.claim(db, "host-b:4", 30) is None
+
+
+def test_older_database_gains_the_jobs_table(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    db = Database(url)
+    with db.engine.begin() as con:
+        con.execute(text("DROP TABLE nasbert_jobs"))  # as a database made before the service existed
+    db.dispose()
+    db = Database(url)
+    assert "nasbert_jobs" in inspect(db.engine).get_table_names()
+    with db.session() as s:
+        assert s.get(Meta, "schema_version").value == "1"  # a new table needs no new schema version
+    db.dispose()
+
+
+def test_worker_cli_once_on_an_empty_queue(tmp_path: Path) -> None:
+    from nas_bert.cli import app
+
+    r = CliRunner().invoke(app, ["worker", "--db", f"sqlite:///{tmp_path / 'q.db'}", "--studies", str(tmp_path),
+                                 "--once"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["worker", "--db", f"sqlite:///{tmp_path / 'q.db'}", "--lease", "0"])
+    assert r.exit_code == 2 and "--lease" in r.output
+
+
+# -- real workers -------------------------------------------------------------------------------
+def _optuna_trials(root: Path, budget: float):
+    import optuna
+
+    return optuna.load_study(study_name=f"tiny-{budget:g}ms", storage=db_url(root)).get_trials(deepcopy=False)
+
+
+def _complete(root: Path, budget: float) -> int:
+    from optuna.trial import TrialState
+
+    try:
+        return sum(t.state == TrialState.COMPLETE for t in _optuna_trials(root, budget))
+    except KeyError:
+        return 0
+
+
+def _wait(client: TestClient, job_id: int, states: tuple[str, ...], timeout: float = 300) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        j = client.get(f"/v1/jobs/{job_id}").json()
+        if j["status"] in states:
+            return j
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} still {j['status']}: {j.get('log_tail', '')[-2000:]}")
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_search_is_taken_over(client: TestClient, studies: Path) -> None:
+    """A worker process killed (-9) in the middle of a trial: its search process dies with it, the next worker
+    takes the job over at once and continues; every trial wanted completes once; then an export job and
+    the download of its student."""
+    from optuna.storages import RetryFailedTrialCallback
+    from optuna.trial import TrialState
+
+    from nas_bert.service.worker import Worker
+
+    budget, trials = 6.0, 16
+    job = client.post("/v1/studies/tiny/jobs", json={"budget_ms": budget, "trials": trials}, headers=AUTH).json()
+    args = ["--db", db_url(studies), "--studies", str(studies), "--lease", "3", "--heartbeat", "0.5", "--poll", "0.5"]
+    log = open(studies / "worker-1.log", "w")  # noqa: SIM115
+    first = subprocess.Popen([sys.executable, "-m", "nas_bert", "worker", *args], stdout=log, stderr=log)
+    deadline = time.time() + 240
+    while _complete(studies, budget) < 3 and time.time() < deadline and first.poll() is None:
+        time.sleep(0.1)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    log.close()
+    killed_at = _complete(studies, budget)
+    assert 3 <= killed_at < trials, (studies / "worker-1.log").read_text()[-2000:]
+    running = client.get(f"/v1/jobs/{job['id']}").json()
+    assert running["status"] == "running" and running["attempts"] == 1 and running["progress"]["trials_target"] == trials
+
+    second = Worker(db_url(studies), studies, lease_s=3, heartbeat_s=0.5, poll_s=0.5, echo=lambda m: None)
+    thread = threading.Thread(target=second.run, kwargs={"once": True})
+    thread.start()
+    done = _wait(client, job["id"], ("finished", "failed"))
+    assert done["status"] == "finished", done["error"]
+    assert done["attempts"] == 2 and done["fraction"] == 1.0 and "attempt 2" in done["log_tail"]
+    assert done["result"]["finalists"]["chosen"]["measured_ms"] > 0
+    all_trials = _optuna_trials(studies, budget)
+    complete = [t for t in all_trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == trials  # none lost, none run beyond what was asked
+    done_numbers = {t.number for t in complete}
+    retried = [RetryFailedTrialCallback.retried_trial_number(t) for t in complete]
+    assert not done_numbers & {n for n in retried if n is not None}  # no trial completed twice
+    thread.join(timeout=60)
+
+    # the front of the new budget, then an export of its student, downloaded as one archive
+    assert client.get(f"/v1/studies/tiny/fronts?budget={budget:g}").json()[f"{budget:g}"]["front"]
+    exp = client.post("/v1/studies/tiny/jobs", json={"kind": "export", "budgets_ms": [budget]}, headers=AUTH).json()
+    thread = threading.Thread(target=second.run, kwargs={"once": True})
+    thread.start()
+    assert _wait(client, exp["id"], ("finished", "failed"))["status"] == "finished"
+    thread.join(timeout=60)
+    (student,) = client.get("/v1/studies/tiny/students").json()["students"]
+    card = client.get(student["card_url"])
+    assert card.status_code == 200 and "fidelity" in card.text.lower()
+    archive = client.get(student["download_url"])
+    assert archive.status_code == 200
+    (studies / "s.tar.gz").write_bytes(archive.content)
+    with tarfile.open(studies / "s.tar.gz") as tar:
+        names = tar.getnames()
+    assert f"{student['name']}/model.safetensors" in names and f"{student['name']}/README.md" in names
+
+
+# -- the page in a real browser -------------------------------------------------------------------
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_page_in_a_headless_browser(studies: Path, tmp_path: Path) -> None:
+    browser = _chromium()
+    if browser is None:
+        if os.environ.get("NAS_BERT_REQUIRE_CHROMIUM"):
+            pytest.fail("NAS_BERT_REQUIRE_CHROMIUM is set but no chromium is installed (apt-get install chromium)")
+        pytest.skip("no chromium on PATH (apt-get install chromium); CI sets NAS_BERT_REQUIRE_CHROMIUM")
+    import uvicorn
+
+    db = Database(db_url(studies))
+    job, _ = jobs.enqueue(db, "tiny", "search", 7.0, {"trials": 24})
+    _, token = jobs.claim(db, "host:1", lease_s=600)
+    jobs.heartbeat(db, job.id, token, 600, {"trials_complete": 9, "trials_target": 24, "stage": "search",
+                                            "fraction": 0.3375, "eta_s": 42.0})
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(db_url(studies), studies, TOKEN), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.time() + 30
+        while not server.started and time.time() < deadline:
+            time.sleep(0.1)
+        url = f"http://127.0.0.1:{port}/"
+        common = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                  f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=15000", "--window-size=1200,1000"]
+        dom = subprocess.run([*common, "--dump-dom", url], check=False, capture_output=True, text=True, timeout=120).stdout
+        shot = tmp_path / "page.png"
+        subprocess.run([*common, f"--screenshot={shot}", url], check=False, capture_output=True, timeout=120)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        db.dispose()
+    assert f'data-id="{job.id}"' in dom and "status-running" in dom, dom[:3000]
+    assert "width:34%" in dom and "9/24 trials" in dom  # the job's progress bar and trial count
+    assert 'class="front"' in dom and dom.count("front-pt") >= 1 and "cloud-pt" in dom  # the live front
+    assert shot.is_file() and shot.stat().st_size > 10_000
+    print(f"screenshot: {shot}")
