@@ -467,7 +467,7 @@ def serve_cmd(
     token, source = read_token(token_file, studies)
     typer.echo(f"nas-bert serve: http://{host}:{port}/  (API docs /docs, Optuna dashboard /dashboard); "
                f"{workers} worker(s); writes need the token from {source}", err=True)
-    serve(db, studies, host, port, token, workers, ["--lease", f"{lease:g}"])
+    serve(db, studies, host, port, token, workers, ["--lease", f"{lease:g}"], echo=lambda m: typer.echo(m, err=True))
 
 
 @app.command("worker")

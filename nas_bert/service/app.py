@@ -20,6 +20,7 @@ import math
 import os
 import re
 import secrets
+import subprocess
 import threading
 import uuid
 from pathlib import Path
@@ -493,7 +494,8 @@ def create_app(db_url: str, studies_dir: str | Path, token: str) -> FastAPI:
 
 def serve(db_url: str, studies_dir: Path, host: str, port: int, token: str, workers: int = 1,
           worker_args: list[str] | None = None, echo: Any = print) -> None:
-    """uvicorn on the app, with `workers` `nas-bert worker` processes that die with it."""
+    """uvicorn on the app, with `workers` `nas-bert worker` processes that die with it; a worker that dies
+    (killed, out of memory) is started again, and takes over the job it held at once."""
     import signal
 
     import uvicorn
@@ -501,16 +503,27 @@ def serve(db_url: str, studies_dir: Path, host: str, port: int, token: str, work
     from nas_bert.service.worker import spawn
 
     app = create_app(db_url, studies_dir, token)
-    procs = [spawn(["worker", "--db", db_url, "--studies", str(studies_dir), *(worker_args or [])])
-             for _ in range(workers)]
+    args = ["worker", "--db", db_url, "--studies", str(studies_dir), *(worker_args or [])]
+    procs = [spawn(args) for _ in range(workers)]
+    done = threading.Event()
+
+    def supervise() -> None:
+        while not done.wait(2.0):
+            for i, p in enumerate(procs):
+                if p.poll() is not None and not done.is_set():
+                    echo(f"nas-bert serve: worker {p.pid} exited with status {p.returncode}; starting another")
+                    procs[i] = spawn(args)
+
+    threading.Thread(target=supervise, daemon=True).start()
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:
+        done.set()
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)  # the worker hands its job back to the queue and exits
         for p in procs:
             try:
                 p.wait(timeout=30)
-            except Exception:  # noqa: BLE001
+            except subprocess.TimeoutExpired:
                 p.kill()
