@@ -453,7 +453,7 @@ def serve_cmd(
     port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
     workers: Annotated[int, typer.Option(help="`nas-bert worker` processes started beside the server (0: none)")] = 1,
     token_file: Annotated[Path | None, typer.Option("--token-file", help="file holding the service token "
-                                                    "(default: $NAS_BERT_TOKEN, else <studies>/.nas-bert-token, "
+                                                    "(default: $NAS_BERT_TOKEN, else ~/.config/nas-bert/token, "
                                                     "created with a random token)")] = None,
     lease: LeaseOpt = 30.0,
 ) -> None:
@@ -464,7 +464,7 @@ def serve_cmd(
         raise NasBertError(f"--workers {workers}: must be 0 or more")
     if not 0 < port < 65536:
         raise NasBertError(f"--port {port}: must be between 1 and 65535")
-    token, source = read_token(token_file, studies)
+    token, source = read_token(token_file)
     typer.echo(f"nas-bert serve: http://{host}:{port}/  (API docs /docs, Optuna dashboard /dashboard); "
                f"{workers} worker(s); writes need the token from {source}", err=True)
     serve(db, studies, host, port, token, workers, ["--lease", f"{lease:g}"], echo=lambda m: typer.echo(m, err=True))

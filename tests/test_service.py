@@ -385,3 +385,38 @@ def test_page_in_a_headless_browser(studies: Path, tmp_path: Path) -> None:
     assert 'class="front"' in dom and dom.count("front-pt") >= 1 and "cloud-pt" in dom  # the live front
     assert shot.is_file() and shot.stat().st_size > 10_000
     print(f"screenshot: {shot}")
+
+
+def test_token_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nas_bert.errors import NasBertError
+    from nas_bert.service.app import read_token
+
+    monkeypatch.setenv("NAS_BERT_TOKEN", "from-env")
+    assert read_token(tmp_path / "nope") == ("from-env", "$NAS_BERT_TOKEN")
+    monkeypatch.delenv("NAS_BERT_TOKEN")
+    with pytest.raises(NasBertError, match="not found"):
+        read_token(tmp_path / "nope")
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(NasBertError, match="empty"):
+        read_token(tmp_path / "empty")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    token, where = read_token()  # created once, outside any repository, readable by its owner only
+    assert len(token) >= 24 and read_token()[0] == token
+    assert Path(where) == tmp_path / "config" / "nas-bert" / "token" and (Path(where).stat().st_mode & 0o077) == 0
+
+
+def test_job_commands_are_the_cli_commands(tmp_path: Path) -> None:
+    from nas_bert.service.worker import job_commands
+
+    db = Database(f"sqlite:///{tmp_path / 'q.db'}")
+    search, _ = jobs.enqueue(db, "s", "search", 5.0, {"trials": 30})
+    run, _ = jobs.enqueue(db, "s", "run")
+    export, _ = jobs.enqueue(db, "s", "export", None, {"budgets_ms": [5.0, 10.0]})
+    cfg, url, out = tmp_path / "s.yaml", "sqlite:///x.db", tmp_path / "export"
+    study = ["--config", str(cfg), "--db", url]
+    assert job_commands(search, cfg, url, out) == [  # an untrained supernet is trained first, as `run` does
+        ["train-supernet", *study, "--json"], ["search", *study, "--latency-budget-ms", "5", "--trials", "30", "--json"]]
+    assert job_commands(run, cfg, url, out) == [["run", *study, "--out", str(out), "--json"]]
+    assert job_commands(export, cfg, url, out) == [
+        ["export", *study, "--out", str(out), "--overwrite", "--budgets", "5,10", "--json"]]
+    db.dispose()

@@ -76,15 +76,18 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
-def read_token(token_file: str | Path | None = None, create_in: Path | None = None) -> tuple[str, str]:
-    """The service token and where it came from: $NAS_BERT_TOKEN, else the token file (created, mode 600,
-    with a random token when it does not exist and `create_in` names its folder)."""
+def default_token_file() -> Path:
+    """Outside any repository, so the secret is never committed by accident."""
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "nas-bert" / "token"
+
+
+def read_token(token_file: str | Path | None = None) -> tuple[str, str]:
+    """The service token and where it came from: $NAS_BERT_TOKEN, else `token_file`, else the default token
+    file (created, mode 600, with a random token when it does not exist)."""
     env = os.environ.get("NAS_BERT_TOKEN", "").strip()
     if env:
         return env, "$NAS_BERT_TOKEN"
-    path = Path(token_file) if token_file else (create_in / ".nas-bert-token" if create_in else None)
-    if path is None:
-        raise NasBertError("no service token: set NAS_BERT_TOKEN or pass --token-file")
+    path = Path(token_file) if token_file else default_token_file()
     if not path.is_file():
         if token_file:
             raise NasBertError(f"token file {path} not found; create it with one secret line, or set NAS_BERT_TOKEN")

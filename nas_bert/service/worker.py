@@ -61,22 +61,24 @@ def study_file(studies_dir: Path, name: str) -> Path:
     return Path(studies_dir) / f"{name}.yaml"
 
 
-def job_command(row: JobRow, config: Path, db_url: str, out_dir: Path) -> list[str]:
-    """The `nas-bert` arguments a job stands for."""
+def job_commands(row: JobRow, config: Path, db_url: str, out_dir: Path) -> list[list[str]]:
+    """The `nas-bert` commands a job stands for, run in turn (each resumes where it stopped). A search
+    first trains the study's supernet (`train-supernet`; nothing to do once trained), as `run` does."""
     params = json.loads(row.params_json or "{}")
+    study = ["--config", str(config), "--db", db_url]
     if row.kind == "search":
-        cmd = ["search", "--config", str(config), "--db", db_url, "--latency-budget-ms", f"{row.budget_ms:g}"]
+        cmd = ["search", *study, "--latency-budget-ms", f"{row.budget_ms:g}"]
         if params.get("trials"):
             cmd += ["--trials", str(int(params["trials"]))]
-    elif row.kind == "run":
-        cmd = ["run", "--config", str(config), "--db", db_url, "--out", str(out_dir)]
-    elif row.kind == "export":
-        cmd = ["export", "--config", str(config), "--db", db_url, "--out", str(out_dir), "--overwrite"]
+        return [["train-supernet", *study, "--json"], [*cmd, "--json"]]
+    if row.kind == "run":
+        return [["run", *study, "--out", str(out_dir), "--json"]]
+    if row.kind == "export":
+        cmd = ["export", *study, "--out", str(out_dir), "--overwrite"]
         if params.get("budgets_ms"):
             cmd += ["--budgets", ",".join(f"{b:g}" for b in params["budgets_ms"])]
-    else:
-        raise ValueError(f"unknown job kind {row.kind!r}")
-    return [*cmd, "--json"]
+        return [[*cmd, "--json"]]
+    raise ValueError(f"unknown job kind {row.kind!r}")
 
 
 def clean_tail(text: str, limit: int = LOG_TAIL_CHARS) -> str:
@@ -146,6 +148,8 @@ class Progress:
             if done >= target and bar and bar[0].startswith("finalists"):
                 fraction += 0.1 * bar[1] / bar[2]
                 out["stage"] = f"{bar[0]} {bar[1]}/{bar[2]}"
+            elif done == 0 and bar and bar[0].startswith("supernet"):  # trained first, when it is not yet
+                out["stage"] = f"supernet {bar[1]}/{bar[2]}"
         elif self.row.kind == "run":
             from nas_bert.pipeline import stage_status
 
@@ -224,20 +228,22 @@ class Worker:
         logs = study.workdir / "jobs"
         logs.mkdir(parents=True, exist_ok=True)
         log_path, out_path = logs / f"job-{row.id}.log", logs / f"job-{row.id}.out.json"
-        cmd = job_command(row, config, self.db_url, study.workdir / "export")
-        with open(log_path, "a") as log:
-            shown = [redact(a) if a == self.db_url else a for a in cmd]
-            log.write(f"\n=== attempt {row.attempts} by worker {self.name}: nas-bert {' '.join(shown)}\n")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        with open(log_path, "a") as log, open(out_path, "w") as out:
-            child = spawn(cmd, stdout=out, stderr=log, stdin=subprocess.DEVNULL, env=env)
-            ended = self._watch(row, token, child, progress, log_path)
-        if ended == "lost":
-            self.echo(f"worker {self.name}: job {row.id} stopped or taken over; its process is ended")
-            return "lost"
-        if ended == "released":
-            self.echo(f"worker {self.name}: shutting down; job {row.id} goes back to the queue")
-            return "released"
+        for cmd in job_commands(row, config, self.db_url, study.workdir / "export"):
+            with open(log_path, "a") as log:
+                shown = [redact(a) if a == self.db_url else a for a in cmd]
+                log.write(f"\n=== attempt {row.attempts} by worker {self.name}: nas-bert {' '.join(shown)}\n")
+            with open(log_path, "a") as log, open(out_path, "w") as out:
+                child = spawn(cmd, stdout=out, stderr=log, stdin=subprocess.DEVNULL, env=env)
+                ended = self._watch(row, token, child, progress, log_path)
+            if ended == "lost":
+                self.echo(f"worker {self.name}: job {row.id} stopped or taken over; its process is ended")
+                return "lost"
+            if ended == "released":
+                self.echo(f"worker {self.name}: shutting down; job {row.id} goes back to the queue")
+                return "released"
+            if child.returncode != 0:
+                break
         tail = read_tail(log_path)
         final = self._progress(progress, tail)
         if child.returncode == 0:
