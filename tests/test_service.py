@@ -420,3 +420,31 @@ def test_job_commands_are_the_cli_commands(tmp_path: Path) -> None:
     assert job_commands(export, cfg, url, out) == [
         ["export", *study, "--out", str(out), "--overwrite", "--budgets", "5,10", "--json"]]
     db.dispose()
+
+
+def test_polling_shares_one_computation() -> None:
+    """Many clients polling a front: one computes, the others get the previous value at once; a costly
+    computation is redone less often."""
+    from nas_bert.service.results import TTLCache
+
+    calls: list[int] = []
+
+    def compute() -> int:
+        calls.append(1)
+        time.sleep(0.2)
+        return len(calls)
+
+    cache = TTLCache(0.05, cost_factor=0)
+    assert cache.get("front", compute) == 1
+    time.sleep(0.1)
+    got: list[int] = []
+    threads = [threading.Thread(target=lambda: got.append(cache.get("front", compute))) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(got) == [1] * 7 + [2] and len(calls) == 2
+    costly = TTLCache(0.05, cost_factor=5)  # took 0.2 s: fresh for 1 s
+    costly.get("front", compute)
+    time.sleep(0.1)
+    assert costly.get("front", compute) == 3 and len(calls) == 3

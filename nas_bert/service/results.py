@@ -2,8 +2,9 @@
 
 Fronts come from `search.pareto_rows` / `chosen_row` and `finalists.chosen_finalist`, the PNG from
 `plots.plot_fronts`, the students from the export's own `index.json`. Polling clients share one
-computation per study and budget at a time (a short time-to-live cache with a lock per key), so any
-number of them costs the search running beside them about as much as one.
+computation per study and budget at a time (a time-to-live cache that grows with the computation's cost,
+serving the previous value while one caller recomputes), so any number of them costs the search running
+beside them about as much as one.
 """
 
 from __future__ import annotations
@@ -28,27 +29,44 @@ CLOUD_POINTS = 2000  # at most this many trials drawn behind a front
 
 
 class TTLCache:
-    """`get(key, compute)`: a value younger than `ttl_s`, else computed once while concurrent callers wait."""
+    """`get(key, compute)`: the value computed for `key`, recomputed when older than its time to live.
 
-    def __init__(self, ttl_s: float) -> None:
-        self.ttl_s = ttl_s
-        self._values: dict[Any, tuple[float, Any]] = {}
+    The time to live is `ttl_s`, or `cost_factor` times what the last computation took when that is longer
+    (a front of ten thousand trials is recomputed less often, so polling never takes more than about
+    1 / cost_factor of a core from the search). One caller recomputes; meanwhile the others get the
+    previous value at once (only the very first computation of a key makes callers wait)."""
+
+    def __init__(self, ttl_s: float, cost_factor: float = 5.0) -> None:
+        self.ttl_s, self.cost_factor = ttl_s, cost_factor
+        self._values: dict[Any, tuple[float, float, Any]] = {}  # key: (computed at, seconds it took, value)
         self._locks: dict[Any, threading.Lock] = {}
         self._guard = threading.Lock()
 
-    def get(self, key: Any, compute: Callable[[], Any]) -> Any:
+    def _fresh(self, key: Any) -> tuple[bool, Any]:
         hit = self._values.get(key)
-        if hit is not None and time.monotonic() - hit[0] < self.ttl_s:
-            return hit[1]
+        if hit is None:
+            return False, None
+        at, cost, _ = hit
+        return time.monotonic() - at < max(self.ttl_s, self.cost_factor * cost), hit
+
+    def get(self, key: Any, compute: Callable[[], Any]) -> Any:
+        fresh, hit = self._fresh(key)
+        if fresh:
+            return hit[2]
         with self._guard:
             lock = self._locks.setdefault(key, threading.Lock())
-        with lock:
-            hit = self._values.get(key)
-            if hit is not None and time.monotonic() - hit[0] < self.ttl_s:
-                return hit[1]
+        if not lock.acquire(blocking=hit is None):
+            return hit[2]  # another caller is recomputing it: the previous value now
+        try:
+            fresh, hit = self._fresh(key)
+            if fresh:
+                return hit[2]
+            t0 = time.monotonic()
             value = compute()
-            self._values[key] = (time.monotonic(), value)
+            self._values[key] = (time.monotonic(), time.monotonic() - t0, value)
             return value
+        finally:
+            lock.release()
 
 
 def fastest_ms(db: Database, study: Study) -> float | None:
