@@ -26,6 +26,7 @@ from nas_bert.db import Database, JobRow
 from nas_bert.service import jobs
 
 LOG_TAIL_CHARS = 6000
+STAGES_EVERY_S = 10.0  # a run job's stage states are read again after this long
 
 
 def spawn(args: list[str], **kwargs: Any) -> subprocess.Popen:
@@ -122,6 +123,7 @@ class Progress:
         self.t0 = time.time()
         self.f0: float | None = None
         self._storage: Any = None
+        self._states: tuple[float, list[dict[str, Any]]] | None = None
 
     def trials(self, budget: float) -> tuple[int, int]:
         from optuna.trial import TrialState
@@ -153,7 +155,9 @@ class Progress:
         elif self.row.kind == "run":
             from nas_bert.pipeline import stage_status
 
-            states = stage_status(self.study)
+            if self._states is None or time.time() - self._states[0] > STAGES_EVERY_S:  # it checks every input
+                self._states = (time.time(), stage_status(self.study))
+            states = self._states[1]
             current = sum(s["state"] == "current" for s in states)
             # the stage runner logs "== <stage> <key>" (" (again: ...)" or ": finished earlier ..., skipped")
             line = next((ln[3:] for ln in reversed(log_tail.splitlines()) if ln.startswith("== ")), "")
