@@ -49,8 +49,9 @@ def db_url(root: Path) -> str:
 
 
 @pytest.fixture()
-def client(studies: Path) -> TestClient:
-    return TestClient(create_app(db_url(studies), studies, TOKEN), client=LOCAL)
+def client(studies: Path):
+    with TestClient(create_app(db_url(studies), studies, TOKEN), client=LOCAL) as c:  # runs its shutdown too
+        yield c
 
 
 # -- studies, auth and every 4xx ------------------------------------------------------------------

@@ -23,6 +23,8 @@ import secrets
 import subprocess
 import threading
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -176,10 +178,16 @@ def create_app(db_url: str, studies_dir: str | Path, token: str) -> FastAPI:
     db = Database(db_url)
     auth = Auth(token)
     fronts_cache, names_cache = results.TTLCache(2.0), results.TTLCache(2.0)
+    computer = results.FrontProcess(db_url)
     fastest_cache = results.TTLCache(30.0)
     loaded: dict[str, tuple[float, Study]] = {}
 
-    app = FastAPI(title="nas-bert", version="1",
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        computer.close()
+
+    app = FastAPI(title="nas-bert", version="1", lifespan=lifespan,
                   description="Launch, watch and collect neural architecture searches of small BERT students. "
                               "Writes need `Authorization: Bearer <token>`.")
     app.state.db = db
@@ -423,7 +431,7 @@ def create_app(db_url: str, studies_dir: str | Path, token: str) -> FastAPI:
         """Each searched budget's feasible Pareto front (approximate loss vs predicted latency, with measured
         latencies where timed), its chosen student, finalists and trial counts."""
         study = get_study(name)
-        return {f"{b:g}": fronts_cache.get((name, b), lambda b=b: results.front(db, study, b))
+        return {f"{b:g}": fronts_cache.get((name, b), lambda b=b: computer.front(study, b))
                 for b in budgets_of(study, budget)}
 
     @app.get("/v1/studies/{name}/front.png", dependencies=read, tags=["results"],
@@ -436,7 +444,7 @@ def create_app(db_url: str, studies_dir: str | Path, token: str) -> FastAPI:
             raise ApiError(404, f"study '{name}' has no search yet; launch one with POST /v1/studies/{name}/jobs",
                            "budget")
         png = fronts_cache.get(("png", name, tuple(budgets)),
-                               lambda: results.front_png(study, budgets, studies_dir))
+                               lambda: computer.png(study, budgets, studies_dir))
         return Response(png, media_type="image/png")
 
     def student_links(name: str, s: dict[str, Any]) -> dict[str, Any]:

@@ -14,15 +14,16 @@ import sys
 PARENT_ENV = "NAS_BERT_PARENT_PID"
 
 
-def die_with_parent() -> None:
+def die_with_parent(parent: int | None = None) -> None:
+    """This process gets SIGKILL when its parent (`parent`, else $NAS_BERT_PARENT_PID) dies."""
     if sys.platform != "linux":
         return
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return
-    parent = os.environ.get(PARENT_ENV, "")
-    if parent.isdigit() and os.getppid() != int(parent):  # the parent died before the line above
+    expected = parent if parent is not None else os.environ.get(PARENT_ENV, "")
+    if str(expected).isdigit() and os.getppid() != int(expected):  # the parent died before the line above
         os._exit(1)
 
 

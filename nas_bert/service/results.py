@@ -10,10 +10,15 @@ beside them about as much as one.
 from __future__ import annotations
 
 import json
+import math
+import os
 import tarfile
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -109,23 +114,99 @@ def _finalists(db: Database, study: Study, budget: float) -> list[dict[str, Any]
 
 def front(db: Database, study: Study, budget: float) -> dict[str, Any]:
     """One budget: its feasible front (approximate loss vs predicted latency, with the measured latency of
-    those timed), the chosen student, the finalists, trial counts and a sample of every trial."""
+    those timed), the chosen student, the finalists, trial counts and a sample of every trial.
+
+    The chosen student is the finalists' choice once made; before it, the front's best by rescored (else
+    approximate) loss. Reading every trial is what costs (each `get_trials` deserialises them all), so
+    they are read twice (the counts, and `pareto_rows`), not the six times of calling `chosen_row` too."""
     from nas_bert.finalists import chosen_finalist
-    from nas_bert.search import chosen_row, optuna_study_name, pareto_rows, storage_for
+    from nas_bert.search import optuna_study_name, pareto_rows, storage_for
 
     st = optuna.load_study(study_name=optuna_study_name(study, budget), storage=storage_for(study))
     trials = st.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     step = max(1, len(complete) // CLOUD_POINTS)
+    rows = pareto_rows(db, study, budget) if complete else []
+    chosen = chosen_finalist(db, study, budget) if complete else None
+    if chosen is None and rows:
+        chosen = min(rows, key=lambda r: (math.inf if r["rescored_loss"] is None else r["rescored_loss"],
+                                         r["approx_loss"]))
     return {
         "budget_ms": budget,
         "trials": {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState},
         "feasible": sum(t.values[1] <= budget for t in complete),
-        "front": pareto_rows(db, study, budget) if complete else [],
-        "chosen": (chosen_finalist(db, study, budget) or chosen_row(db, study, budget)) if complete else None,
+        "front": rows,
+        "chosen": chosen,
         "finalists": _finalists(db, study, budget),
         "cloud": [[round(t.values[1], 4), round(t.values[0], 6)] for t in complete[::step]],
     }
+
+
+class FrontProcess:
+    """Fronts and their PNG computed in a process of their own, so that deserialising thousands of trials
+    never holds the API's interpreter lock: requests keep being answered while a front is recomputed."""
+
+    def __init__(self, db_url: str) -> None:
+        self.db_url = db_url
+        self._pool: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> Any:
+        for attempt in (1, 2):
+            with self._lock:
+                if self._pool is None:
+                    self._pool = ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=_child_init,
+                                                     initargs=(self.db_url, os.getpid()))
+                pool = self._pool
+            try:
+                return pool.submit(fn, *args).result()
+            except BrokenProcessPool:  # the process died (killed, out of memory): a new one, once
+                with self._lock:
+                    if self._pool is pool:
+                        self._pool = None
+                if attempt == 2:
+                    raise
+        return None
+
+    def front(self, study: Study, budget: float) -> dict[str, Any]:
+        return self._submit(_child_front, str(study.file), budget)
+
+    def png(self, study: Study, budgets: list[float], folder: Path) -> bytes:
+        return self._submit(_child_png, str(study.file), budgets, str(folder))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = None
+
+
+_CHILD: dict[str, Any] = {}
+
+
+def _child_init(db_url: str, parent: int) -> None:
+    from nas_bert.service.child import die_with_parent
+
+    die_with_parent(parent)  # a service killed at any moment leaves no process behind
+    _CHILD.update(db_url=db_url, db=Database(db_url), studies={})
+
+
+def _child_study(file: str) -> Study:
+    from nas_bert.config import load_study
+
+    mtime = Path(file).stat().st_mtime
+    hit = _CHILD["studies"].get(file)
+    if hit is None or hit[0] != mtime:
+        hit = _CHILD["studies"][file] = (mtime, load_study(file, _CHILD["db_url"]))
+    return hit[1]
+
+
+def _child_front(file: str, budget: float) -> dict[str, Any]:
+    return front(_CHILD["db"], _child_study(file), budget)
+
+
+def _child_png(file: str, budgets: list[float], folder: str) -> bytes:
+    return front_png(_child_study(file), budgets, Path(folder))
 
 
 def front_png(study: Study, budgets: list[float], folder: Path) -> bytes:
