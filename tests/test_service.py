@@ -79,6 +79,11 @@ def test_create_study_validates_like_the_cli(client: TestClient, studies: Path) 
     r = client.post("/v1/studies?name=third", content="teacher: tiny-random-bert\nsearch_space: tiny\n", headers=AUTH)
     assert r.status_code == 201 and r.json()["name"] == "third"
     assert not list(studies.glob(".*.new"))  # the validation's temporary files are gone
+    # a file placed by hand whose study has another name is listed with the fix, not served under two names
+    (studies / "odd.yaml").write_text(good)
+    odd = next(s for s in client.get("/v1/studies").json() if s["name"] == "odd")
+    assert "rename the file to other.yaml" in odd["error"]
+    assert client.get("/v1/studies/odd").status_code == 422
 
 
 def test_reads_open_on_loopback_only(studies: Path) -> None:

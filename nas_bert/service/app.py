@@ -231,6 +231,9 @@ def create_app(db_url: str, studies_dir: str | Path, token: str) -> FastAPI:
                 hit = (mtime, load_study(path, db_url))
             except NasBertError as e:
                 raise ApiError(422, str(e), _field_of(str(e))) from None
+            if hit[1].name != name:  # the service knows a study by its file's name
+                raise ApiError(422, f"study file {path} names its study '{hit[1].name}'; rename the file to "
+                                    f"{hit[1].name}.yaml or set name: {name}", "name")
             loaded[name] = hit
         return hit[1]
 
