@@ -82,6 +82,15 @@ def job_commands(row: JobRow, config: Path, db_url: str, out_dir: Path) -> list[
     raise ValueError(f"unknown job kind {row.kind!r}")
 
 
+def supernet_trained(db: Database, study: Any) -> bool:
+    """Whether the study's supernet (of its current inputs) is trained to its steps."""
+    from nas_bert.blockwise import find_run
+
+    with db.session() as s:
+        run = find_run(s, study)
+        return run is not None and run.status == "finished" and run.target_steps == study.cfg.supernet.steps
+
+
 def clean_tail(text: str, limit: int = LOG_TAIL_CHARS) -> str:
     """The log's last lines as a terminal would show them (a progress bar's redraws collapse to the last)."""
     lines = [ln.rsplit("\r", 1)[-1] for ln in text[-4 * limit:].replace("\r\n", "\n").split("\n")]
@@ -234,6 +243,8 @@ class Worker:
         log_path, out_path = logs / f"job-{row.id}.log", logs / f"job-{row.id}.out.json"
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         for cmd in job_commands(row, config, self.db_url, study.workdir / "export"):
+            if cmd[0] == "train-supernet" and supernet_trained(self.db, study):
+                continue  # nothing to train: spare starting a process that would load the teacher to say so
             with open(log_path, "a") as log:
                 shown = [redact(a) if a == self.db_url else a for a in cmd]
                 log.write(f"\n=== attempt {row.attempts} by worker {self.name}: nas-bert {' '.join(shown)}\n")
