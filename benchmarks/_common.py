@@ -1,9 +1,33 @@
-"""Helpers shared by the benchmark scripts: the machine's name and a Markdown table."""
+"""Helpers shared by the benchmark scripts: the machine's name, a Markdown table, the tiny study's sizes."""
 
 from __future__ import annotations
 
+import copy
 import platform
 from pathlib import Path
+from typing import Any
+
+# studies/tiny.yaml at sizes that make every stage take seconds (the benchmarks that time the machinery
+# around the stages, not the stages themselves)
+_TINY_SIZES: dict[str, dict[str, Any]] = {
+    "latency": {"seq_len": 32, "min_run_time": 0.005, "calibration_archs": 3},
+    "search": {"trials": 24, "population_size": 6, "score_batches": 1, "rescore_batches": 1, "batch_size": 4,
+               "rescore_top": 2, "finalist_steps": 2},
+    "mapping": {"population": 4, "generations": 2, "proxy_steps": 2, "proxy_batch_size": 2, "proxy_examples": 32,
+                "proxy_val_batches": 1, "enumerate_below": 0},
+    "distill": {"steps": 4, "batch_size": 4, "warmup_steps": 1, "eval_every": 4, "checkpoint_every": 2,
+                "val_batches": 2},
+    "evaluate": {"finetune_steps": 3, "fidelity_texts": 16, "max_train_examples": 48, "max_eval_examples": 16,
+                 "max_seq_length": 16, "batch_size": 8, "ood_texts": 16},
+}
+
+
+def tiny_sizes(**overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A fresh copy of the tiny sizes, each section updated with `overrides[section]`."""
+    sizes = copy.deepcopy(_TINY_SIZES)
+    for section, values in overrides.items():
+        sizes.setdefault(section, {}).update(values)
+    return sizes
 
 
 def cpu_name() -> str:

@@ -24,19 +24,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import cpu_name, table
+from benchmarks._common import cpu_name, table, tiny_sizes
 
-SIZES = {
-    "latency": {"seq_len": 32, "min_run_time": 0.005, "calibration_archs": 3},
-    "search": {"budgets_ms": [5.0], "trials": 24, "population_size": 6, "score_batches": 1, "rescore_batches": 1,
-               "batch_size": 4, "rescore_top": 2, "finalist_steps": 2},
-    "mapping": {"population": 4, "generations": 2, "proxy_steps": 2, "proxy_batch_size": 2, "proxy_examples": 32,
-                "proxy_val_batches": 1, "enumerate_below": 0},
-    "distill": {"steps": 4, "batch_size": 4, "warmup_steps": 1, "eval_every": 4, "checkpoint_every": 2,
-                "val_batches": 2},
-    "evaluate": {"finetune_steps": 3, "fidelity_texts": 16, "max_train_examples": 48, "max_eval_examples": 16,
-                 "max_seq_length": 16, "batch_size": 8, "ood_texts": 16},
-}
+SIZES = tiny_sizes(search={"budgets_ms": [5.0]})
 
 # (what changed, study-file keys to set, change the space file's content)
 CHANGES: list[tuple[str, dict[str, Any], bool]] = [

@@ -106,7 +106,12 @@ def heartbeat(db: Database, job_id: int, token: str, lease_s: float, progress: d
               log_tail: str | None = None) -> bool:
     """Extend the lease (and record progress); False when the job is no longer this worker's to run."""
     now = time.time()
-    values: dict[str, Any] = {"lease_until": now + lease_s, "updated_at": now}
+    return _update_held(db, job_id, token, {"lease_until": now + lease_s, "updated_at": now}, progress, log_tail)
+
+
+def _update_held(db: Database, job_id: int, token: str, values: dict[str, Any], progress: dict[str, Any] | None,
+                 log_tail: str | None) -> bool:
+    """Write `values` (and progress, log tail) to a running job only while this worker's lease token holds it."""
     if progress is not None:
         values["progress_json"] = json.dumps(progress)
     if log_tail is not None:
@@ -124,14 +129,7 @@ def finish(db: Database, job_id: int, token: str, ok: bool, result: Any = None, 
                               "lease_until": 0.0, "error": error}
     if result is not None:
         values["result_json"] = json.dumps(result, default=str)
-    if progress is not None:
-        values["progress_json"] = json.dumps(progress)
-    if log_tail is not None:
-        values["log_tail"] = log_tail
-    with db.session() as s:
-        return s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.lease_token == token,
-                                              JobRow.status == "running").values(**values)
-                         .execution_options(synchronize_session=False)).rowcount == 1
+    return _update_held(db, job_id, token, values, progress, log_tail)
 
 
 def release(db: Database, job_id: int, token: str) -> bool:
