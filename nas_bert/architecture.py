@@ -260,20 +260,26 @@ def validate_block(b: Block, space: SearchSpace, index: int = 0) -> Block:
     return b
 
 
-def sample_block(space: SearchSpace, rng: random.Random) -> Block:
-    """Uniform over all block sub-architectures: a depth is drawn in proportion to its path count."""
+def sample_block(space: SearchSpace, rng: random.Random, uniform_depth: bool = False) -> Block:
+    """Uniform over all block sub-architectures: a depth is drawn in proportion to its path count (or,
+    with `uniform_depth`, uniformly, so shallow blocks are as likely as deep ones)."""
     hidden = rng.choice(space.hidden_sizes)
     choices = op_choices(space, hidden)
     depths = list(space.depths)
-    depth = rng.choices(depths, weights=[len(choices) ** d for d in depths])[0]
+    if uniform_depth:
+        depth = rng.choice(depths)
+    else:
+        depth = rng.choices(depths, weights=[len(choices) ** d for d in depths])[0]
     ops = [rng.choice(choices) for _ in range(depth)]
     return Block(hidden, tuple(ops) + (IDENTITY,) * (space.sublayers_per_block - depth))
 
 
-def sample(space: SearchSpace, embeddings: Embeddings, seed: int | random.Random) -> Architecture:
-    """A uniformly random architecture; the same seed gives the same architecture."""
+def sample(space: SearchSpace, embeddings: Embeddings, seed: int | random.Random,
+           uniform_depth: bool = False) -> Architecture:
+    """A uniformly random architecture (see `sample_block` for `uniform_depth`); the same seed gives the
+    same architecture."""
     rng = seed if isinstance(seed, random.Random) else random.Random(seed)
-    return Architecture.build(embeddings, tuple(sample_block(space, rng) for _ in range(space.blocks)))
+    return Architecture.build(embeddings, tuple(sample_block(space, rng, uniform_depth) for _ in range(space.blocks)))
 
 
 def largest_block(space: SearchSpace) -> Block:

@@ -379,24 +379,17 @@ def calibration_architectures(space: SearchSpace, emb: Embeddings, cfg: LatencyC
     # deep), so shallow, fast students are among them.
     pool: dict[str, Architecture] = {}
     for _ in range(40 * cfg.calibration_archs):
-        blocks = []
-        for _ in range(space.blocks):
-            h, depth = rng.choice(space.hidden_sizes), rng.choice(space.depths)
-            ops = tuple(rng.choice(op_choices(space, h)) for _ in range(depth))
-            blocks.append(Block(h, ops + (IDENTITY,) * (space.sublayers_per_block - depth)))
-        a = Architecture.build(emb, tuple(blocks))
+        a = sample(space, emb, rng, uniform_depth=True)
         if a.hash() not in archs:
             pool.setdefault(a.hash(), a)
-    spread = cfg.calibration_archs // 2
     log_lo, log_hi = np.log(table.raw_ms(lo)), np.log(table.raw_ms(hi))
-    candidates = sorted(pool.values(), key=lambda a: a.hash())
-    logs = {a.hash(): float(np.log(table.raw_ms(a))) for a in candidates}
-    for target in np.linspace(log_lo, log_hi, spread + 2)[1:-1]:
-        free = [a for a in candidates if a.hash() not in archs]
-        if not free:
+    logs = {h: float(np.log(table.raw_ms(a))) for h, a in sorted(pool.items())}
+    for target in np.linspace(log_lo, log_hi, cfg.calibration_archs // 2 + 2)[1:-1]:
+        if not logs:
             break
-        best = min(free, key=lambda a: abs(logs[a.hash()] - target))
-        archs[best.hash()] = best
+        best = min(logs, key=lambda h: abs(logs[h] - target))
+        archs[best] = pool[best]
+        del logs[best]
     return list(archs.values())
 
 

@@ -231,13 +231,14 @@ def seed_architectures(ctx: SearchContext, budget_ms: float) -> dict[str, Archit
         except NasBertError:  # e.g. a space whose depths do not allow a pair
             return False
 
+    out = {n: a for n, a in out.items() if fits(a)}
     for w in (w for w in space.hidden_sizes if w < space.max_hidden):
         narrow = [(k, a) for k in range(1, space.blocks * pairs + 1)
                   if (a := A.truncated(space, emb, k, w)) is not None and fits(a)]
         if narrow:
             k, arch = narrow[-1]
             out[f"teacher-layers-{k}-w{w}"] = arch
-    return {n: a for n, a in out.items() if fits(a)}
+    return out
 
 
 def make_objective(ctx: SearchContext, budget_ms: float, n_trials: int, name: str):
