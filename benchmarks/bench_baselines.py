@@ -11,6 +11,8 @@ the space's fastest student (predicted) is lifted to the next step above it. For
 - truncated: the teacher's first k layers copied exactly (DistilBERT-style initialisation);
 - uniform: the teacher's depth at one smaller width, extracted from the teacher (ETD), with the
   leading and/or the most important dimensions, heads and neurons (--orders);
+- pruned: the teacher's first k layers at full width, their feed-forward pruned to its most important
+  neurons (each smaller feed-forward ratio of the search space);
 - the same truncated teacher untouched (no training at all: what a user gets in one line);
 - Model2Vec: a static model distilled from the teacher in seconds (`model2vec.distill`), the fast extreme.
 Each hand-designed family contributes its fastest member measured at >= (1 - tolerance) x the NAS
@@ -41,7 +43,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import cpu_name, table
 from nas_bert.architecture import Architecture
-from nas_bert.baselines import describe, teacher_initialised, truncated_architecture, uniform_architecture
+from nas_bert.baselines import (
+    describe,
+    pruned_architecture,
+    teacher_initialised,
+    truncated_architecture,
+    uniform_architecture,
+)
 from nas_bert.config import load_study
 from nas_bert.db import Database
 from nas_bert.evaluate import evaluate_encoder, evaluate_path, stored_evaluation, teacher_baseline
@@ -60,6 +68,9 @@ def candidates(ctx: StudentContext) -> dict[str, tuple[str, Architecture]]:
     hs = t.hidden_size // int(t.config.num_attention_heads)
     out = {f"truncated-{k}": ("truncated", truncated_architecture(t, k)) for k in range(1, t.num_layers)}
     out.update({f"uniform-{w}": ("uniform", uniform_architecture(t, w)) for w in range(hs, t.hidden_size, hs)})
+    full, ratios = int(t.config.intermediate_size), sorted(ctx.study.space.ffn_ratios)
+    for inner in (full * r // ratios[-1] for r in ratios[:-1]):
+        out.update({f"pruned-{k}-i{inner}": ("pruned", pruned_architecture(t, k, inner)) for k in range(1, t.num_layers + 1)})
     return out
 
 
@@ -91,7 +102,8 @@ def plot(rows: list[dict[str, Any]], teacher: dict[str, float], path: Path) -> P
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     markers = {"NAS": ("o", "C0"), "truncated": ("s", "C1"), "truncated (untouched)": ("s", "C4"),
-               "uniform (importance)": ("^", "C2"), "uniform (leading)": ("v", "C3"), "Model2Vec": ("D", "C5")}
+               "uniform (importance)": ("^", "C2"), "uniform (leading)": ("v", "C3"), "pruned": ("P", "C6"),
+               "Model2Vec": ("D", "C5")}
     for ax, metric, label_y in ((axes[0], "accuracy", "downstream accuracy (fine-tuned)"),
                                 (axes[1], "ood_fidelity", "fidelity out of domain (manpages)")):
         for label, (marker, colour) in markers.items():
@@ -233,12 +245,15 @@ def main() -> None:
         who = compact(nas_arch[b]) if chosen["origin"] == "search" else f"{chosen['name']} (a baseline won the finalists)"
         rows.append({"budget_ms": b, "family": "NAS", "student": who, "architecture": str(nas_arch[b]),
                      "measured_ms": target, "params": nas_arch[b].params(), **{m: e.get(m) for m in METRICS}})
-        for family in ("truncated", "uniform"):
-            name = pick([n for n, (f, _) in cands.items() if f == family], ms, target, args.tolerance)
+        for family in ("truncated", "uniform", "pruned"):
+            names = [n for n, (f, _) in cands.items() if f == family]
+            if not names:  # no pruned family: the space has one feed-forward ratio
+                continue
+            name = pick(names, ms, target, args.tolerance)
             arch = cands[name][1]
-            for order in (["leading"] if family == "truncated" else orders):
-                run = name if family == "truncated" else f"{name}-{order}"
-                label = family if family == "truncated" else f"uniform ({order})"
+            for order in {"truncated": ["leading"], "uniform": orders, "pruned": ["importance"]}[family]:
+                run = name if family != "uniform" else f"{name}-{order}"
+                label = family if family != "uniform" else f"uniform ({order})"
                 res = r.stage("baseline", run, ("distill", "evaluate"), lambda run=run, arch=arch, order=order: {
                     **(d := distill_baseline(ctx, run, arch, ctx.importance() if order == "importance" else None,
                                              batches=ctx.unit_batches())),

@@ -300,22 +300,25 @@ def smallest_block(space: SearchSpace) -> Block:
     return Block(h, (cheapest,) * depth + (IDENTITY,) * (space.sublayers_per_block - depth))
 
 
-def teacher_pair(space: SearchSpace, width: int | None = None) -> tuple[Op, Op] | None:
+def teacher_pair(space: SearchSpace, width: int | None = None, ratio: int | None = None) -> tuple[Op, Op] | None:
     """One teacher layer inside the space: attention then the widest feed-forward, at full width (or at
-    `width`: the layer's most important heads, neurons and dimensions, as the supernet slices it)."""
+    `width`: the layer's most important heads, neurons and dimensions, as the supernet slices it; with
+    `ratio`, a feed-forward of ratio x width neurons: the most important ones, the rest pruned)."""
     h = width or space.max_hidden
-    if not {"mha", "ffn"} <= set(space.operators) or h // space.head_size < 1:
+    ratio = ratio or max(space.ffn_ratios)
+    if not {"mha", "ffn"} <= set(space.operators) or h // space.head_size < 1 or ratio not in space.ffn_ratios:
         return None
-    return Op("mha", heads=h // space.head_size), Op("ffn", inner=max(space.ffn_ratios) * h)
+    return Op("mha", heads=h // space.head_size), Op("ffn", inner=ratio * h)
 
 
-def truncated(space: SearchSpace, embeddings: Embeddings, layers: int, width: int | None = None) -> Architecture | None:
+def truncated(space: SearchSpace, embeddings: Embeddings, layers: int, width: int | None = None,
+              ratio: int | None = None) -> Architecture | None:
     """The teacher's first `layers` layers as a student of the space: (attention, feed-forward) pairs at
-    full width (or sliced to `width`, ETD's extraction) filling the blocks in order, identity after them
-    (None when the space cannot hold it: no identity, a block that may not be empty, or more layers than
-    positions)."""
+    full width (or sliced to `width`, ETD's extraction; with `ratio`, their feed-forward pruned to ratio x
+    width neurons) filling the blocks in order, identity after them (None when the space cannot hold it: no
+    identity, a block that may not be empty, a ratio it does not have, or more layers than positions)."""
     width = width or space.max_hidden
-    pair, pairs = teacher_pair(space, width), space.sublayers_per_block // 2
+    pair, pairs = teacher_pair(space, width, ratio), space.sublayers_per_block // 2
     if pair is None or "identity" not in space.operators or not 1 <= layers <= space.blocks * pairs:
         return None
     blocks = []

@@ -4,7 +4,10 @@
 - `uniform`: the teacher's depth at a smaller uniform width, its weights extracted from the
   teacher (ETD, Chen et al. 2021): the leading hidden dimensions, heads and feed-forward neurons,
   or the most important ones, ranked by how much each contributes to the teacher's outputs on
-  corpus text.
+  corpus text;
+- `pruned`: the teacher's first k layers at full width with their feed-forward pruned to its most
+  important neurons (attention, width and embeddings stay the teacher's): the feed-forward is most
+  of a layer's cost, its least important neurons little of its output.
 
 Both are plain `Architecture`s (one block), so they are timed, distilled, evaluated and exported
 by the same code as searched students.
@@ -36,16 +39,26 @@ def truncated_architecture(teacher: Teacher, layers: int) -> Architecture:
     return uniform_architecture(teacher, teacher.hidden_size, layers)
 
 
-def uniform_architecture(teacher: Teacher, width: int, layers: int | None = None) -> Architecture:
+def uniform_architecture(teacher: Teacher, width: int, layers: int | None = None, inner: int | None = None) -> Architecture:
     """`layers` BERT layers (default: the teacher's depth) at one width, the teacher's head size and
-    feed-forward ratio (heads = width / head size)."""
+    feed-forward ratio (heads = width / head size), or `inner` feed-forward neurons."""
     layers = layers or teacher.num_layers
     hs, H = head_size(teacher), teacher.hidden_size
     if width % hs or not hs <= width <= H:
         raise NasBertError(f"uniform width {width}: must be a multiple of the teacher's head size {hs} in {hs}..{H}")
-    inner = int(teacher.config.intermediate_size) * width // H
+    full = int(teacher.config.intermediate_size) * width // H
+    if inner is not None and not 1 <= inner <= full:
+        raise NasBertError(f"feed-forward of {inner} neurons: must lie in 1..{full} at width {width}")
+    inner = inner or full
     pair = (Op("mha", heads=width // hs), Op("ffn", inner=inner))
     return Architecture.build(teacher.embeddings_spec(), (Block(width, pair * layers),))
+
+
+def pruned_architecture(teacher: Teacher, layers: int, inner: int) -> Architecture:
+    """The teacher's first `layers` layers at full width, each feed-forward pruned to `inner` neurons."""
+    if not 1 <= layers <= teacher.num_layers:
+        raise NasBertError(f"pruned teacher: layers must lie in 1..{teacher.num_layers}, got {layers}")
+    return uniform_architecture(teacher, teacher.hidden_size, layers, inner)
 
 
 def teacher_initialised(arch: Architecture, teacher: Teacher, importance: Importance | None = None,
@@ -102,4 +115,6 @@ def describe(kind: str, arch: Architecture, order: str | None = None) -> str:
     layers = b.depth // 2
     if kind == "truncated":
         return f"teacher's first {layers} layer{'s' * (layers != 1)}"
+    if kind == "pruned":
+        return f"teacher's first {layers} layer{'s' * (layers != 1)}, feed-forward pruned to {b.ops[1].inner} neurons"
     return f"{layers} x {b.hidden} wide ({b.ops[0].heads} heads), {order} units"

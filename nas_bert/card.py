@@ -37,15 +37,18 @@ def _origin(info: dict[str, Any]) -> str:
     """Where the student comes from, said plainly when a hand-designed student won its budget."""
     fin = info.get("finalist") or {}
     plain = {"truncated": "the teacher's own first layers (a hand-designed student)",
-             "uniform": "the teacher at a uniform smaller width, its units ranked by importance (a hand-designed student)"}
+             "uniform": "the teacher at a uniform smaller width, its units ranked by importance (a hand-designed student)",
+             "pruned": "the teacher's own first layers with their least important feed-forward neurons pruned "
+                       "(a hand-designed student)"}
     if info.get("origin", "search") != "search":
         return (f"**A hand-designed student won this budget's finalists**: this model is {plain[info['origin']]}, "
                 f"distilled; it beat every searched student of its latency on held-out fidelity "
                 f"({_fmt(fin.get('fidelity'))} after the finalists' short distillation).\n\n")
-    if fin and (m := re.fullmatch(r"teacher-layers-(\d+)(?:-w(\d+))?", str(fin.get("name", "")))):
-        k, w = m.groups()
+    if fin and (m := re.fullmatch(r"teacher-layers-(\d+)(?:-w(\d+))?(?:-f(\d+))?", str(fin.get("name", "")))):
+        k, w, r = m.groups()
         shape = f"first {k} layer(s)" + (f", cut to width {w} (their most important heads, neurons and dimensions)"
-                                          if w else "")
+                                          if w else "") + (f", their feed-forward pruned to {r} x width neurons "
+                                                           "(the most important ones)" if r else "")
         return (f"**This student is the teacher's own {shape}**, the search's seed student of that shape, "
                 f"distilled: among the {_fmt(info.get('budget_ms'), 'g')} ms finalists (searched and hand-designed "
                 f"students after the same short distillation) it had the best held-out fidelity, "

@@ -56,7 +56,7 @@ class Member:
     trial: int | None
     budget_ms: float | None
     budgets: list[float] = field(default_factory=list)
-    origin: str = "search"  # or a hand-designed student that won its budget's finalists: truncated | uniform
+    origin: str = "search"  # or a hand-designed student that won its budget's finalists: truncated | uniform | pruned
     finalist: dict[str, Any] | None = None  # the budget's finalists' record of this student
 
 

@@ -30,7 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from tqdm.auto import tqdm
 
 from nas_bert.architecture import Architecture
-from nas_bert.baselines import teacher_initialised, truncated_architecture, uniform_architecture
+from nas_bert.baselines import pruned_architecture, teacher_initialised, truncated_architecture, uniform_architecture
 from nas_bert.config import Study
 from nas_bert.db import ArchitectureRow, Database, FinalistRow, LatencyRow
 from nas_bert.distill import distill_points, uniform_mapping
@@ -45,7 +45,7 @@ from nas_bert.tasks import load_task
 from nas_bert.teacher import load_teacher
 from nas_bert.train import BestKeeper, make_accelerator, train_loop
 
-ORIGINS = ("search", "truncated", "uniform")
+ORIGINS = ("search", "truncated", "uniform", "pruned")
 
 
 @dataclass
@@ -97,8 +97,9 @@ def search_candidates(db: Database, study: Study, budget_ms: float) -> list[Cand
 
 
 def baseline_family(ctx: StudentContext) -> dict[str, Candidate]:
-    """The hand-designed students: the teacher's first k layers, and the teacher's depth at smaller widths
-    (every `finalist_width_step` heads), its units ranked by importance."""
+    """The hand-designed students: the teacher's first k layers; the teacher's depth at smaller widths
+    (every `finalist_width_step` heads), its units ranked by importance; and the teacher's first k layers
+    with their feed-forward pruned to each smaller ratio of the search space (its most important neurons)."""
     t = ctx.teacher
     hs = t.hidden_size // int(t.config.num_attention_heads)
     step = hs * ctx.study.cfg.search.finalist_width_step
@@ -106,6 +107,11 @@ def baseline_family(ctx: StudentContext) -> dict[str, Candidate]:
            for k in range(1, t.num_layers)}
     out |= {f"uniform-{w}": Candidate(f"uniform-{w}", "uniform", uniform_architecture(t, w))
             for w in range(step, t.hidden_size, step)}
+    full = int(t.config.intermediate_size)
+    ratios = sorted(ctx.study.space.ffn_ratios)
+    for inner in (full * r // ratios[-1] for r in ratios[:-1]):
+        out |= {f"pruned-{k}-i{inner}": Candidate(f"pruned-{k}-i{inner}", "pruned", pruned_architecture(t, k, inner))
+                for k in range(1, t.num_layers + 1)}
     return out
 
 
@@ -212,7 +218,7 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> dict[str, A
                            "raise the budget or search.trials")
     family = baseline_family(ctx) if cfg.finalist_baselines else {}
     ms, timing = measured_ms(ctx, [*cands, *family.values()], budget_ms, progress)
-    for origin in ("truncated", "uniform"):  # each family's slowest member that the budget holds
+    for origin in ORIGINS[1:]:  # each family's slowest member that the budget holds
         fits = [c for c in family.values() if c.origin == origin and ms[c.name] <= budget_ms]
         if fits:
             cands.append(max(fits, key=lambda c: ms[c.name]))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import multiprocessing as mp
 import os
+import re
 import sys
 import time
 import warnings
@@ -211,7 +212,9 @@ def seed_architectures(ctx: SearchContext, budget_ms: float) -> dict[str, Archit
     layers at full width, so these are the truncated teacher. And for each narrower width, the most of
     the teacher's first layers that fit the budget sliced to that width (ETD's extraction of the most
     important heads, neurons and dimensions): where no full-width layer fits, a narrow teacher layer
-    still may. Those predicted over the budget are left out."""
+    still may. And at full width with the feed-forward pruned to each smaller ratio of the space (its
+    most important neurons; attention and width stay the teacher's), the most layers that fit, when that
+    is more than any larger ratio gives. Those predicted over the budget are left out."""
     space, emb = ctx.study.space, ctx.teacher.embeddings_spec()
     fastest = ctx.latency.fastest_architecture(space, emb)
     out = {"fastest": fastest}
@@ -232,12 +235,20 @@ def seed_architectures(ctx: SearchContext, budget_ms: float) -> dict[str, Archit
             return False
 
     out = {n: a for n, a in out.items() if fits(a)}
+    depths = range(1, space.blocks * pairs + 1)
     for w in (w for w in space.hidden_sizes if w < space.max_hidden):
-        narrow = [(k, a) for k in range(1, space.blocks * pairs + 1)
-                  if (a := A.truncated(space, emb, k, w)) is not None and fits(a)]
+        narrow = [(k, a) for k in depths if (a := A.truncated(space, emb, k, w)) is not None and fits(a)]
         if narrow:
             k, arch = narrow[-1]
             out[f"teacher-layers-{k}-w{w}"] = arch
+    # At full width with the feed-forward pruned to each smaller ratio (its most important neurons): kept when
+    # deeper than every cut of a larger ratio that fits, since a pruned layer costs less than a whole one.
+    deepest = max([int(n.split("-")[2]) for n in out if re.fullmatch(r"teacher-layers-\d+", n)], default=0)
+    for r in sorted(space.ffn_ratios, reverse=True)[1:]:
+        cuts = [(k, a) for k in depths if (a := A.truncated(space, emb, k, None, r)) is not None and fits(a)]
+        if cuts and cuts[-1][0] > deepest:
+            deepest, arch = cuts[-1]
+            out[f"teacher-layers-{deepest}-f{r}"] = arch
     return out
 
 

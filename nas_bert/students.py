@@ -100,7 +100,7 @@ class StudentContext:
         if origin == "search":
             return self.module(arch, freeze_embeddings)
         batches = self.unit_batches()
-        student = teacher_initialised(arch, self.teacher, self.importance() if origin == "uniform" else None, batches)
+        student = teacher_initialised(arch, self.teacher, self.importance() if origin in ("uniform", "pruned") else None, batches)
         return self.wrap(student, arch, freeze_embeddings)
 
     def unit_batches(self) -> list[dict[str, torch.Tensor]]:

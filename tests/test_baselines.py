@@ -9,6 +9,7 @@ import torch
 from conftest import copy_study
 
 from nas_bert.baselines import (
+    pruned_architecture,
     teacher_initialised,
     truncated_architecture,
     uniform_architecture,
@@ -83,6 +84,34 @@ def test_uniform_width_extracts_leading_or_important_units(tiny_teacher):
     assert ((predicted - states)[real] ** 2).mean() < ((zeros - states)[real] ** 2).mean()
 
 
+def test_pruned_teacher_keeps_its_width_and_its_most_important_neurons(tiny_teacher):
+    arch = pruned_architecture(tiny_teacher, 2, 16)  # two layers, feed-forward 64 -> 16 neurons
+    assert [(op.kind, op.heads or op.inner) for op in arch.blocks[0].ops] == [("mha", 4), ("ffn", 16)] * 2
+    assert arch.blocks[0].hidden == 32
+    with pytest.raises(NasBertError, match="feed-forward of 65 neurons: must lie in 1..64"):
+        pruned_architecture(tiny_teacher, 1, 65)
+    gen = torch.Generator().manual_seed(1)
+    n = tiny_teacher.num_layers
+    imp = Importance(torch.rand(32, generator=gen), [torch.rand(4, generator=gen) for _ in range(n)],
+                     [torch.rand(64, generator=gen) for _ in range(n)])
+    student = teacher_initialised(arch, tiny_teacher, imp).eval()
+    assert student.output_projection is None  # full width: nothing to put back
+    for i in range(2):
+        t = tiny_teacher.encoder.encoder.layer[i]
+        kept = torch.argsort(imp.neurons[i], descending=True)[:16]
+        att, ffn = student.blocks[0].layers[2 * i], student.blocks[0].layers[2 * i + 1]
+        heads = torch.argsort(imp.heads[i], descending=True)  # every head kept, in order of importance
+        rows = torch.cat([torch.arange(h * 8, h * 8 + 8) for h in heads.tolist()])
+        assert torch.equal(att.query.weight, t.attention.self.query.weight[rows])
+        assert torch.equal(ffn.intermediate.weight, t.intermediate.dense.weight[kept])
+        assert torch.equal(ffn.output.weight, t.output.dense.weight[:, kept])
+    # all neurons kept is the truncated teacher, exactly (heads and neurons in another order compute the same)
+    full = teacher_initialised(pruned_architecture(tiny_teacher, 2, 64), tiny_teacher, imp).eval()
+    real = MASK.bool()
+    out = full(IDS, attention_mask=MASK).last_hidden_state
+    assert torch.allclose(out[real], tiny_teacher.hidden_states(IDS, MASK)[2][real], atol=1e-5)
+
+
 def test_importance_ranks_units_by_their_share_of_the_output(tiny_teacher):
     imp = teacher_importance(tiny_teacher, [{"input_ids": IDS, "attention_mask": MASK}])
     assert imp.hidden.shape == (32,) and len(imp.heads) == len(imp.neurons) == tiny_teacher.num_layers
@@ -111,3 +140,22 @@ def test_distill_baseline_resumes_and_saves_a_student(searched_tiny, tmp_path):
     student = load_student(done["student_path"])
     assert Path(done["student_path"]).parent.parent == tmp_path / "tiny" / "baselines" / "uniform-16"
     assert student.config.architecture == arch.to_dict()
+
+
+def test_finalists_take_the_pruned_teacher_at_each_smaller_ratio_of_the_space(tiny_teacher, tiny_space):
+    from types import SimpleNamespace
+
+    from nas_bert.finalists import baseline_family
+
+    def family(space):
+        study = SimpleNamespace(space=space, cfg=SimpleNamespace(search=SimpleNamespace(finalist_width_step=2)))
+        return baseline_family(SimpleNamespace(teacher=tiny_teacher, study=study))
+
+    assert not [n for n in family(tiny_space) if n.startswith("pruned")]  # one ratio: nothing to prune to
+    out = family(tiny_space.model_copy(update={"ffn_ratios": (1, 2, 4)}))
+    pruned = {n: c for n, c in out.items() if c.origin == "pruned"}
+    # the teacher's feed-forward (64 = its largest ratio) at the space's smaller ratios 1/4 and 1/2, every depth
+    assert sorted(pruned) == sorted(f"pruned-{k}-i{i}" for k in range(1, 5) for i in (16, 32))
+    arch = pruned["pruned-3-i16"].arch
+    assert arch.blocks[0].hidden == 32 and [op.inner for op in arch.blocks[0].ops if op.kind == "ffn"] == [16] * 3
+    assert {c.origin for c in out.values()} == {"truncated", "uniform", "pruned"}

@@ -346,3 +346,46 @@ def test_card_names_a_narrow_teacher_cut_that_won() -> None:
     text = _origin({"origin": "search", "budget_ms": 2.5, "finalist": {"name": "teacher-layers-1-w256", "fidelity": 0.6}})
     assert "teacher's own first 1 layer(s), cut to width 256" in text and "0.600" in text
     assert "cut to width" not in _origin({"origin": "search", "budget_ms": 5, "finalist": {"name": "teacher-layers-2"}})
+
+
+def test_pruned_feed_forward_seeds_reach_deeper_under_a_budget() -> None:
+    """At full width the teacher's layers with their feed-forward pruned to a smaller ratio are seeds when they
+    fit more layers than any larger ratio; a ratio that adds no depth adds no seed."""
+    from types import SimpleNamespace
+
+    from nas_bert.space import SearchSpace
+
+    space = SearchSpace.model_validate({"name": "ratios", "blocks": 2, "sublayers_per_block": 4, "hidden_sizes": [16, 32],
+                                        "head_size": 8, "ffn_ratios": [1, 2, 4], "conv_kernels": [3],
+                                        "operators": ["mha", "ffn", "sepconv", "identity"], "min_depth": 0})
+    emb = A.Embeddings(vocab_size=100, max_positions=64, type_vocab_size=2, width=32)
+
+    class Cost:  # a cost per sublayer: attention 4, feed-forward inner/32 (a full-ratio layer costs 8)
+        def predict(self, arch: A.Architecture) -> float:
+            return sum({"mha": 4.0, "ffn": op.inner / 32, "sepconv": 1.0}.get(op.kind, 0.0) * b.hidden / 32
+                       for b in arch.blocks for op in b.ops)
+
+        def fastest_architecture(self, space: SearchSpace, emb: A.Embeddings) -> A.Architecture:
+            return A.Architecture.build(emb, (A.Block(16, (A.IDENTITY,) * 4),) * 2)
+
+    ctx = SimpleNamespace(study=SimpleNamespace(space=space), teacher=SimpleNamespace(embeddings_spec=lambda: emb),
+                          latency=Cost())
+    # budget 17: two whole layers (16); ratio 2 (6 each): still two; ratio 1 (5 each): three
+    seeds = seed_architectures(ctx, 17.0)
+    assert "teacher-layers-2" in seeds and "teacher-layers-3" not in seeds
+    assert "teacher-layers-3-f1" in seeds and not any(n.endswith("-f2") for n in seeds)
+    pruned = seeds["teacher-layers-3-f1"]
+    assert [b.hidden for b in pruned.blocks] == [32, 32]
+    assert [(op.kind, op.heads or op.inner) for op in pruned.blocks[0].ops] == [("mha", 4), ("ffn", 32)] * 2
+    assert [op.kind for op in pruned.blocks[1].ops] == ["mha", "ffn", "identity", "identity"]
+    # budget 12.5: one whole layer (8); ratio 2: two (12); ratio 1 (10): two, no deeper than ratio 2's
+    seeds = seed_architectures(ctx, 12.5)
+    assert "teacher-layers-2-f2" in seeds and not any(n.endswith("-f1") for n in seeds)
+    assert all(Cost().predict(a) <= 12.5 for a in seeds.values())
+
+
+def test_card_names_a_pruned_teacher_cut_that_won() -> None:
+    from nas_bert.card import _origin
+
+    text = _origin({"origin": "search", "budget_ms": 2.5, "finalist": {"name": "teacher-layers-1-f1", "fidelity": 0.6}})
+    assert "teacher's own first 1 layer(s), their feed-forward pruned to 1 x width neurons" in text

@@ -12,7 +12,7 @@ def test_shipped_spaces_load():
     space = load_space("nas_bert")
     assert space.blocks * space.sublayers_per_block == 12  # 2 sublayers per MiniLM-L6 layer
     assert space.max_hidden == 384
-    assert space.paths_per_block() == 4 * (1 + 5 + 5**2 + 5**3 + 5**4)  # min_depth 0: an empty block too
+    assert space.paths_per_block() == 4 * (1 + 7 + 7**2 + 7**3 + 7**4)  # 7 operators (3 feed-forward); an empty block too
     assert load_space("tiny").max_hidden == 32
 
 
