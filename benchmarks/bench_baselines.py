@@ -186,6 +186,7 @@ def main() -> None:
     ap.add_argument("--round", type=float, default=0.5, help="round budgets to this many ms")
     ap.add_argument("--budgets-from-study", action="store_true",
                     help="use the study file's search.budgets_ms (the stages `nas-bert run` finished are reused)")
+    ap.add_argument("--only", default="", help="with --budgets-from-study: these of the study's budgets (ms, comma-separated)")
     ap.add_argument("--tolerance", type=float, default=0.05)
     ap.add_argument("--orders", default="importance,leading", help="ETD unit orders for the uniform family")
     args = ap.parse_args()
@@ -209,6 +210,11 @@ def main() -> None:
     budgets = [round(max(args.round, round(f * teacher_ms / args.round) * args.round), 6) for f in fractions]
     if args.budgets_from_study:
         budgets = list(study.cfg.search.budgets_ms)
+        if args.only:
+            only = [float(b) for b in args.only.split(",") if b]
+            if not set(only) <= set(budgets):
+                sys.exit(f"--only {args.only}: not among the study's budgets {budgets}; pick from those")
+            budgets = only
         fractions = [b / teacher_ms for b in budgets]
     # A budget below the space's fastest student would leave nothing to search: lift it to the next step above.
     fastest = ensure_latency_model(r.db, study.space, ctx.teacher.embeddings_spec(), study.cfg.latency,
