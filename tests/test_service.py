@@ -291,7 +291,8 @@ def test_worker_killed_mid_search_is_taken_over(client: TestClient, studies: Pat
 
     from nas_bert.service.worker import Worker
 
-    budget, trials = 6.0, 16
+    # a tiny trial takes ~30 ms: enough trials that the kill lands mid-search however slowly the poll reads
+    budget, trials = 6.0, 80
     job = client.post("/v1/studies/tiny/jobs", json={"budget_ms": budget, "trials": trials}, headers=AUTH).json()
     args = ["--db", db_url(studies), "--studies", str(studies), "--lease", "3", "--heartbeat", "0.5", "--poll", "0.5"]
     log = open(studies / "worker-1.log", "w")  # noqa: SIM115
