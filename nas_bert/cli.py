@@ -399,7 +399,8 @@ def _run_table(s: dict[str, Any]) -> str:
     stages = [f"{x['stage']} {x['key']}".strip() + (" (skipped)" if x["skipped"] else f" {x['seconds']:.0f} s")
               for x in s["stages"]]
     rows += [("ms: PyTorch fp32, batch 1, the student and the truncated teacher timed in one run (the finalists'); "
-              "the model cards hold the export's own timing"),
+              "the model cards hold the export's own timing; a budget is judged on a time divided by the host's drift "
+              "in the same run (its speed when the latency model was fitted)"),
              f"Pareto front: {s['pareto_png']}", "stages: " + ", ".join(stages)]
     return "\n".join(rows)
 

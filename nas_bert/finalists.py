@@ -127,9 +127,9 @@ def measured_ms(ctx: StudentContext, cands: list[Candidate], budget_ms: float,
     candidates, the teacher and the latency model's reference student timed in one interleaved run.
 
     A shared host drifts (the same model can take 15% longer than ten minutes ago), so the candidates are
-    compared with each other and with the budget only within one run: a budget holds as measured at the
-    choice. The reference student, timed when the latency model was fitted and again now, says how far the
-    host has drifted since (recorded, not applied: a noisy reference would move every time with it).
+    compared with each other only within one run, and with the budget at the speed the host had when the
+    latency model was fitted: the reference student, timed then and again in this run, gives the drift, and
+    a candidate's time divided by it is what the budget judges (`judged_ms`). The raw figures are kept.
     Stored per budget (rows "model:<budget>:<origin>:<hash>"), so a resumed choice measures nothing again.
     Returns the times and the run's record: the drift and the teacher's time.
     """
@@ -218,24 +218,34 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> dict[str, A
                            "raise the budget or search.trials")
     family = baseline_family(ctx) if cfg.finalist_baselines else {}
     ms, timing = measured_ms(ctx, [*cands, *family.values()], budget_ms, progress)
+    judged = {name: judged_ms(v, timing.get("drift")) for name, v in ms.items()}
     for origin in ORIGINS[1:]:  # each family's slowest member that the budget holds
-        fits = [c for c in family.values() if c.origin == origin and ms[c.name] <= budget_ms]
+        fits = [c for c in family.values() if c.origin == origin and judged[c.name] <= budget_ms]
         if fits:
             cands.append(max(fits, key=lambda c: ms[c.name]))
     rows = []
     bar = tqdm(cands, desc=f"finalists {budget_ms:g} ms", disable=not progress)
     for c in bar:
         bar.set_postfix(student=c.name)
-        c.proxies["measured_ms"] = ms[c.name]
-        over = ms[c.name] > budget_ms
+        c.proxies["measured_ms"], c.proxies["judged_ms"] = ms[c.name], judged[c.name]
+        over = judged[c.name] > budget_ms
         metrics = _stored(ctx.db, study, budget_ms, c.name, protocol)
-        if metrics is None:
+        if metrics is None or ("fidelity" not in metrics and not over):  # never distilled, and the budget holds
             metrics = {"over_budget": True} if over else short_distill(ctx, c, cfg.finalist_steps)
             _store(ctx.db, study, budget_ms, c, protocol, ms[c.name], metrics)
             metrics = _stored(ctx.db, study, budget_ms, c.name, protocol) or metrics  # the first writer's stands
-        rows.append({**c.to_dict(), **metrics, "over_budget": over})
+        rows.append({**c.to_dict(), **metrics, "judged_ms": judged[c.name], "over_budget": over})
     bar.close()
     return {**summarise(study, budget_ms, rows), "timing": timing}
+
+
+def judged_ms(ms: float, drift: float | None) -> float:
+    """A time taken now, at the host's speed when the latency model was fitted: what a budget judges.
+
+    A shared machine runs 5-20% slower or faster from one quarter hour to the next; the latency model's
+    reference student, timed in the same run, measures by how much (`drift`), so a budget gives the same
+    verdict whenever it is checked. A missing or non-positive drift leaves the time as it is."""
+    return ms / drift if drift is not None and math.isfinite(drift) and drift > 0 else ms
 
 
 def _stored(db: Database, study: Study, budget_ms: float, name: str, protocol: str) -> dict[str, Any] | None:
@@ -247,11 +257,18 @@ def _stored(db: Database, study: Study, budget_ms: float, name: str, protocol: s
 
 def _store(db: Database, study: Study, budget_ms: float, c: Candidate, protocol: str, ms: float,
            metrics: dict[str, Any]) -> None:
+    blob = json.dumps({**c.proxies, **metrics})
     try:
         with db.session() as s:
-            s.add(FinalistRow(study=study.name, budget_ms=budget_ms, name=c.name, origin=c.origin,
-                              arch_hash=c.arch.hash(), arch_json=c.arch.canonical_json(), trial_number=c.trial,
-                              protocol_hash=protocol, measured_ms=ms, metrics_json=json.dumps({**c.proxies, **metrics})))
+            row = s.scalars(select(FinalistRow).where(
+                FinalistRow.study == study.name, FinalistRow.budget_ms == budget_ms, FinalistRow.name == c.name,
+                FinalistRow.protocol_hash == protocol)).first()
+            if row is None:
+                s.add(FinalistRow(study=study.name, budget_ms=budget_ms, name=c.name, origin=c.origin,
+                                  arch_hash=c.arch.hash(), arch_json=c.arch.canonical_json(), trial_number=c.trial,
+                                  protocol_hash=protocol, measured_ms=ms, metrics_json=blob))
+            elif "fidelity" not in json.loads(row.metrics_json) and "fidelity" in metrics:
+                row.metrics_json = blob  # a finalist once dropped over budget, which the budget now holds
     except IntegrityError:  # another process stored this finalist first (two searches sharing one database)
         pass
 

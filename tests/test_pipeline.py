@@ -59,7 +59,7 @@ def test_run_kill_and_resume(tmp_path):
     assert all(after[k] == v for k, v in before.items())  # finished stages were not redone
     assert ("export", "5") in after
     (row,) = summary["students"]
-    assert row["budget_ms"] == 5.0 and row["finalist_ms"] <= 5.0 and not row["over_budget"]
+    assert row["budget_ms"] == 5.0 and row["finalist_judged_ms"] <= 5.0 and not row["over_budget"]
     assert row["fidelity"] is not None and row["ood_fidelity"] is not None and row["measured_ms"] > 0
     # beside it, the untouched truncated teacher of the nearest measured latency, with both fidelities
     assert row["truncated"]["name"].startswith("truncated-") and row["truncated"]["ood_fidelity"] is not None
