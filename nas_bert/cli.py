@@ -199,6 +199,11 @@ def _finalists_table(f: dict[str, Any]) -> str:
                  + (" (OVER BUDGET: nothing the budget holds)" if f["over_budget"] else "")
                  + (f"; runner-up {f['runner_up']} {'outside' if f['separated'] else 'inside'} its interval"
                     if f["runner_up"] else ""))
+    if f.get("replacements"):
+        lines.append(f"over budget as measured: {', '.join(f['dropped_over_budget'])}; in their place, the next by "
+                     f"approximate loss that the budget holds: {', '.join(f['replacements'])}")
+    lines.append(f"budget judged at the host's speed when the latency model was fitted (drift "
+                 f"{num((f.get('timing') or {}).get('drift'), '.2f')}x in this run)")
     lines.append("Kendall tau with the fidelity ranking: " + ", ".join(
         f"{k} {'n/a' if v is None else format(v, '.2f')}" for k, v in taus.items()))
     return "\n".join(lines)

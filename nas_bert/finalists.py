@@ -73,7 +73,9 @@ class Candidate:
 # -- who is a finalist -----------------------------------------------------------------------------
 def search_candidates(db: Database, study: Study, budget_ms: float) -> list[Candidate]:
     """The searched students the proxies like best: the top `rescore_top` distinct feasible ones by approximate
-    loss, the same by rescored loss, and the seed students (the fastest, the teacher's first layers)."""
+    loss, the same by rescored loss, and the seed students (the fastest, the teacher's first layers); and as
+    many again by approximate loss in reserve (proxy "reserve"), timed with them, each to take the place of
+    one of the top that is measured over the budget (the ones the latency model under-predicted)."""
     st = optuna.load_study(study_name=optuna_study_name(study, budget_ms), storage=storage_for(study))
     feasible = [t for t in st.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values[1] <= budget_ms]
     first: dict[str, optuna.trial.FrozenTrial] = {}
@@ -83,17 +85,32 @@ def search_candidates(db: Database, study: Study, budget_ms: float) -> list[Cand
         rows = {r.hash: r for r in s.scalars(select(ArchitectureRow).where(
             ArchitectureRow.study == study.name, ArchitectureRow.hash.in_(list(first))))}
     top = study.cfg.search.rescore_top
-    by_approx = sorted(first, key=lambda h: rows[h].approx_loss)[:top]
+    by_approx = sorted(first, key=lambda h: rows[h].approx_loss)[:2 * top]
     rescored = [h for h in first if rows[h].rescored_loss is not None]
     by_rescored = sorted(rescored, key=lambda h: rows[h].rescored_loss)[:top]
     seeds = [h for h, t in first.items() if "seed" in t.user_attrs]
+    core = {*seeds, *by_approx[:top], *by_rescored}
     out = []
     for h in dict.fromkeys([*seeds, *by_approx, *by_rescored]):
         t, r = first[h], rows[h]
         name = t.user_attrs.get("seed") or f"trial-{t.number}"
-        out.append(Candidate(name, "search", Architecture.from_json(r.arch_json), t.number, {
-            "predicted_ms": r.predicted_ms, "approx_loss": r.approx_loss, "rescored_loss": r.rescored_loss}))
+        proxies = {"predicted_ms": r.predicted_ms, "approx_loss": r.approx_loss, "rescored_loss": r.rescored_loss}
+        if h in by_approx:
+            proxies["approx_rank"] = by_approx.index(h)
+        if h not in core:
+            proxies["reserve"] = True
+        out.append(Candidate(name, "search", Architecture.from_json(r.arch_json), t.number, proxies))
     return out
+
+
+def replace_over_budget(cands: list[Candidate], judged: dict[str, float], budget_ms: float,
+                        top: int) -> list[Candidate]:
+    """The finalists without their reserve, but for one reserve student (the next by approximate loss that the
+    budget holds) in the place of each of the top `top` by approximate loss measured over the budget."""
+    dropped = sum(1 for c in cands if c.proxies.get("approx_rank", top) < top and judged[c.name] > budget_ms)
+    spare = sorted((c for c in cands if c.proxies.get("reserve") and judged[c.name] <= budget_ms),
+                   key=lambda c: c.proxies["approx_rank"])
+    return [c for c in cands if not c.proxies.get("reserve")] + spare[:dropped]
 
 
 def baseline_family(ctx: StudentContext) -> dict[str, Candidate]:
@@ -219,6 +236,7 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> dict[str, A
     family = baseline_family(ctx) if cfg.finalist_baselines else {}
     ms, timing = measured_ms(ctx, [*cands, *family.values()], budget_ms, progress)
     judged = {name: judged_ms(v, timing.get("drift")) for name, v in ms.items()}
+    cands = replace_over_budget(cands, judged, budget_ms, cfg.rescore_top)
     for origin in ORIGINS[1:]:  # each family's slowest member that the budget holds
         fits = [c for c in family.values() if c.origin == origin and judged[c.name] <= budget_ms]
         if fits:
@@ -298,6 +316,7 @@ def summarise(study: Study, budget_ms: float, rows: list[dict[str, Any]]) -> dic
         # the two best are told apart when their intervals do not overlap
         "separated": bool(runner and runner["fidelity_interval"][1] < chosen["fidelity_interval"][0]),  # NaN: False
         "dropped_over_budget": [r["name"] for r in rows if r["over_budget"]],
+        "replacements": [r["name"] for r in rows if r.get("reserve")],
     }
 
 

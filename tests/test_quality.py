@@ -324,6 +324,48 @@ def test_the_budget_judges_times_at_the_fitted_speed(searched_tiny, tmp_path, mo
     assert chosen_finalist(Database(study.db_url), study, 5.0)["name"] == fits[0]["name"]
 
 
+def test_a_top_student_measured_over_budget_is_replaced_by_the_next(searched_tiny, tmp_path, monkeypatch):
+    """The best student by approximate loss measures over the budget: it is dropped, and the best reserve
+    student (next by approximate loss) that the budget holds takes its place; the other reserves stay out."""
+    from nas_bert import finalists as F
+
+    study = load_study(copy_study(searched_tiny, tmp_path), overrides={"search.finalist_steps": 2,
+                                                                        "distill.val_batches": 2,
+                                                                        "search.finalist_baselines": False})
+    cands = F.search_candidates(Database(study.db_url), study, 5.0)
+    reserve = sorted((c for c in cands if c.proxies.get("reserve")), key=lambda c: c.proxies["approx_rank"])
+    best = next(c for c in cands if c.proxies.get("approx_rank") == 0)
+    assert reserve and all(c.proxies["approx_rank"] >= study.cfg.search.rescore_top for c in reserve)
+
+    def timed(ctx, cands, budget_ms, progress=True):
+        return {c.name: 6.0 if c.name == best.name else 4.0 for c in cands}, {"drift": 1.0, "teacher_ms": 20.0}
+
+    monkeypatch.setattr(F, "measured_ms", timed)
+    out = choose(study, 5.0, progress=False)
+    names = {r["name"] for r in out["finalists"]}
+    assert out["dropped_over_budget"] == [best.name] and out["replacements"] == [reserve[0].name]
+    assert not {c.name for c in reserve[1:]} & names
+    assert out["chosen"]["name"] != best.name
+
+
+def test_a_reserve_over_budget_is_passed_over_for_the_next():
+    """Two of the top measure over: the two next reserves the budget holds take their places, in rank order,
+    skipping the reserve that is itself over; unused reserves and a student over outside the top change nothing."""
+    from nas_bert.finalists import Candidate, replace_over_budget
+
+    def cand(name, rank, reserve=False):
+        proxies = {"approx_rank": rank, **({"reserve": True} if reserve else {})}
+        return Candidate(name, "search", None, rank, proxies)
+
+    top = [cand(f"t{i}", i) for i in range(3)]
+    seed = Candidate("seed", "search", None, 99, {})
+    reserve = [cand(f"r{i}", 3 + i, reserve=True) for i in range(4)]
+    judged = {"t0": 6.0, "t1": 4.0, "t2": 5.5, "seed": 7.0, "r0": 5.1, "r1": 4.9, "r2": 3.0, "r3": 2.0}
+    out = replace_over_budget([*top, seed, *reserve], judged, 5.0, top=3)
+    assert [c.name for c in out] == ["t0", "t1", "t2", "seed", "r1", "r2"]
+    assert [c.name for c in replace_over_budget([*top[1:2], *reserve], judged, 5.0, top=3)] == ["t1"]
+
+
 def test_a_winning_baseline_is_distilled_and_exported_as_such(searched_tiny, tmp_path, monkeypatch):
     from nas_bert.export import export_front
     from nas_bert.students import distill_student
