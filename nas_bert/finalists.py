@@ -132,6 +132,31 @@ def baseline_family(ctx: StudentContext) -> dict[str, Candidate]:
     return out
 
 
+def family_to_time(family: dict[str, Candidate], predict: Any, budget_ms: float, keep: int = 3,
+                   margin: float = 1.25) -> dict[str, Candidate]:
+    """The hand-designed students worth timing for a budget: every truncated teacher (the untouched reference
+    beside the budget's student is the one of the nearest measured latency), and of each other family the
+    `keep` slowest that the latency model predicts within `margin` x the budget (a member it cannot predict,
+    made of modules outside the space's table, is timed anyway). Only each family's slowest member that the
+    budget holds becomes a finalist, and the model errs by a few percent, so the rest need no timing run."""
+    out: dict[str, Candidate] = {}
+    for origin in dict.fromkeys(c.origin for c in family.values()):
+        members = {n: c for n, c in family.items() if c.origin == origin}
+        if origin == "truncated":
+            out |= members
+            continue
+        pred: dict[str, float | None] = {}
+        for n, c in members.items():
+            try:
+                pred[n] = predict(c.arch)
+            except NasBertError:
+                pred[n] = None
+        near = sorted((n for n, v in pred.items() if v is not None and v <= margin * budget_ms), key=lambda n: pred[n])
+        keepers = {n for n, v in pred.items() if v is None} | set(near[-keep:] if keep else [])
+        out |= {n: c for n, c in members.items() if n in keepers}
+    return out
+
+
 # -- measured latency -------------------------------------------------------------------------------
 def _model(arch: Architecture, origin: str) -> torch.nn.Module:
     # a searched student ending at full width reorders its output into the teacher's dimensions
@@ -234,6 +259,10 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> dict[str, A
         raise NasBertError(f"the {budget_ms:g} ms search of study '{study.name}' has no feasible student; "
                            "raise the budget or search.trials")
     family = baseline_family(ctx) if cfg.finalist_baselines else {}
+    if family:
+        lat = ensure_latency_model(ctx.db, study.space, ctx.teacher.embeddings_spec(), study.cfg.latency,
+                                   progress=False)
+        family = family_to_time(family, lat.predict, budget_ms)
     ms, timing = measured_ms(ctx, [*cands, *family.values()], budget_ms, progress)
     judged = {name: judged_ms(v, timing.get("drift")) for name, v in ms.items()}
     cands = replace_over_budget(cands, judged, budget_ms, cfg.rescore_top)
@@ -249,7 +278,8 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> dict[str, A
         over = judged[c.name] > budget_ms
         metrics = _stored(ctx.db, study, budget_ms, c.name, protocol)
         if metrics is None or ("fidelity" not in metrics and not over):  # never distilled, and the budget holds
-            metrics = {"over_budget": True} if over else short_distill(ctx, c, cfg.finalist_steps)
+            metrics = {"over_budget": True} if over else (
+                _scored_elsewhere(ctx.db, study, c, protocol) or short_distill(ctx, c, cfg.finalist_steps))
             _store(ctx.db, study, budget_ms, c, protocol, ms[c.name], metrics)
             metrics = _stored(ctx.db, study, budget_ms, c.name, protocol) or metrics  # the first writer's stands
         rows.append({**c.to_dict(), **metrics, "judged_ms": judged[c.name], "over_budget": over})
@@ -271,6 +301,23 @@ def _stored(db: Database, study: Study, budget_ms: float, name: str, protocol: s
         row = s.scalars(select(FinalistRow).where(FinalistRow.study == study.name, FinalistRow.budget_ms == budget_ms,
                                                   FinalistRow.name == name, FinalistRow.protocol_hash == protocol)).first()
         return json.loads(row.metrics_json) if row is not None else None
+
+
+SCORE_KEYS = ("fidelity_before", "fidelity", "fidelity_interval", "best_step", "seconds")
+
+
+def _scored_elsewhere(db: Database, study: Study, c: Candidate, protocol: str) -> dict[str, Any] | None:
+    """The short distillation's result for the same student (architecture and starting weights) under the
+    same protocol at another budget of the study: the same computation, so it is not run twice."""
+    with db.session() as s:
+        rows = s.scalars(select(FinalistRow).where(
+            FinalistRow.study == study.name, FinalistRow.arch_hash == c.arch.hash(), FinalistRow.origin == c.origin,
+            FinalistRow.protocol_hash == protocol).order_by(FinalistRow.id)).all()
+        for row in rows:
+            m = json.loads(row.metrics_json)
+            if "fidelity" in m:
+                return {**{k: m[k] for k in SCORE_KEYS if k in m}, "scored_at_budget_ms": row.budget_ms}
+    return None
 
 
 def _store(db: Database, study: Study, budget_ms: float, c: Candidate, protocol: str, ms: float,

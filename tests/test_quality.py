@@ -366,6 +366,57 @@ def test_a_reserve_over_budget_is_passed_over_for_the_next():
     assert [c.name for c in replace_over_budget([*top[1:2], *reserve], judged, 5.0, top=3)] == ["t1"]
 
 
+def test_a_student_scored_at_another_budget_is_not_distilled_again(searched_tiny, tmp_path, monkeypatch):
+    """The same student from the same start under the same protocol, scored at another budget of the study,
+    takes that score (and says where from) instead of a second short distillation."""
+    import sqlalchemy as sa
+
+    from nas_bert import finalists as F
+
+    path = copy_study(searched_tiny, tmp_path)
+    study = load_study(path, overrides={"search.finalist_steps": 2, "distill.val_batches": 2,
+                                        "search.finalist_baselines": False})
+    monkeypatch.setattr(F, "measured_ms", lambda ctx, cands, budget_ms, progress=True: (
+        {c.name: 4.0 for c in cands}, {"drift": 1.0, "teacher_ms": 20.0}))
+    first = {r["name"]: r for r in choose(study, 5.0, progress=False)["finalists"]}
+    db = Database(study.db_url)
+    with db.engine.begin() as con:  # as if they had been scored in a 7 ms budget's finalists
+        con.execute(sa.text("UPDATE nasbert_finalists SET budget_ms = 7.0"))
+
+    def never(*a, **k):
+        raise AssertionError("distilled twice")
+
+    monkeypatch.setattr(F, "short_distill", never)
+    again = {r["name"]: r for r in choose(study, 5.0, progress=False)["finalists"]}
+    assert again.keys() == first.keys()
+    for name, r in again.items():
+        assert r["fidelity"] == first[name]["fidelity"] and r["scored_at_budget_ms"] == 7.0
+    other = load_study(path, overrides={"search.finalist_steps": 3, "distill.val_batches": 2})
+    assert F._scored_elsewhere(db, other, Candidate(name, "search", A.Architecture.from_json(r["arch_json"])),
+                               F.protocol_hash(other, "x")) is None
+
+
+def test_only_the_family_members_near_the_budget_are_timed():
+    """Every truncated teacher is timed (the untouched reference); of the other families the three slowest
+    the latency model puts within 1.25x the budget, and any it cannot predict."""
+    from nas_bert.errors import NasBertError
+    from nas_bert.finalists import family_to_time
+
+    pred = {"truncated-1": 4.0, "truncated-2": 8.0, "truncated-3": 12.0, "uniform-64": 1.0, "uniform-128": 3.0,
+            "uniform-192": 5.0, "uniform-256": 6.0, "uniform-320": 7.0, "pruned-1": 2.0, "pruned-2": 4.0,
+            "pruned-3": None}
+    fam = {n: Candidate(n, n.split("-")[0], n) for n in pred}
+
+    def predict(arch):
+        if pred[arch] is None:
+            raise NasBertError("no timing for 'x'")
+        return pred[arch]
+
+    got = family_to_time(fam, predict, 5.0)
+    assert set(got) == {"truncated-1", "truncated-2", "truncated-3", "uniform-128", "uniform-192", "uniform-256",
+                        "pruned-1", "pruned-2", "pruned-3"}
+
+
 def test_a_winning_baseline_is_distilled_and_exported_as_such(searched_tiny, tmp_path, monkeypatch):
     from nas_bert.export import export_front
     from nas_bert.students import distill_student
