@@ -169,9 +169,9 @@ def measured_ms(ctx: StudentContext, cands: list[Candidate], budget_ms: float,
     candidates, the teacher and the latency model's reference student timed in one interleaved run.
 
     A shared host drifts (the same model can take 15% longer than ten minutes ago), so the candidates are
-    compared with each other only within one run, and with the budget at the speed the host had when the
-    latency model was fitted: the reference student, timed then and again in this run, gives the drift, and
-    a candidate's time divided by it is what the budget judges (`judged_ms`). The raw figures are kept.
+    compared with each other only within one run; the reference student, timed when the latency model was
+    fitted and again in this run, gives the drift, and a host faster now than then has the candidates' times
+    judged at the fitted speed (`judged_ms`; a slower host never loosens a budget). The raw figures are kept.
     Stored per budget (rows "model:<budget>:<origin>:<hash>"), so a resumed choice measures nothing again.
     Returns the times and the run's record: the drift and the teacher's time.
     """
@@ -288,12 +288,18 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> dict[str, A
 
 
 def judged_ms(ms: float, drift: float | None) -> float:
-    """A time taken now, at the host's speed when the latency model was fitted: what a budget judges.
+    """The time a budget judges: the time taken now, or, on a host faster now than when the latency model was
+    fitted, that time at the fitted speed (longer); never shorter than measured.
 
-    A shared machine runs 5-20% slower or faster from one quarter hour to the next; the latency model's
-    reference student, timed in the same run, measures by how much (`drift`), so a budget gives the same
-    verdict whenever it is checked. A missing or non-positive drift leaves the time as it is."""
-    return ms / drift if drift is not None and math.isfinite(drift) and drift > 0 else ms
+    A shared machine runs 5-25% slower or faster from one quarter hour to the next, and the latency model's
+    reference student, timed in the same run, measures by how much (`drift`). A fast spell would pass students
+    that are over the budget at the host's usual speed, so it tightens the verdict. A slow spell does not
+    loosen it: the drift is measured on one large model and a contended host slows models unequally (the
+    demo once measured drift 1.25 while students of 3-4 ms ran at their predicted speed; dividing by it
+    let a 5.8 ms student into a 5 ms budget). A missing or non-positive drift leaves the time as it is."""
+    if drift is None or not math.isfinite(drift) or drift <= 0:
+        return ms
+    return max(ms, ms / drift)
 
 
 def _stored(db: Database, study: Study, budget_ms: float, name: str, protocol: str) -> dict[str, Any] | None:
