@@ -168,7 +168,7 @@ then, the time at the fitted speed (a slower host never loosens a budget).
 |---|---|
 | approximate loss (sum of block MSE) | {_fmt(m["approx_loss"], ".5f")} |
 | rescored loss (end-to-end MSE vs teacher) | {_fmt(m["rescored_loss"], ".5f")} |
-| ONNX fp32 max abs diff vs PyTorch | {m["onnx_max_abs_diff"]:.2e} |
+| ONNX fp32 max abs diff vs PyTorch (largest output magnitude) | {m["onnx_max_abs_diff"]:.2e} ({_fmt(m.get("onnx_output_max_abs"), ".3g")}) |
 | ONNX int8 relative error vs PyTorch (norm of difference / norm) | {m["int8_rel_error"]:.3f} |
 | ONNX int8 mean cosine to PyTorch per token | {m["int8_mean_cosine"]:.4f} |
 {_extra_metrics(info)}

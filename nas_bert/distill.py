@@ -198,6 +198,7 @@ class DistillObjective:
         self.taps = taps if self.w.get("attention", 0) > 0 else None
         self.val_batches = val_batches
         self._val_teacher: dict[int, tuple[tuple[Tensor, ...], dict[tuple[int, str], Tensor]]] = {}
+        self.last_vectors: tuple[Tensor, Tensor] | None = None
 
     def _teacher(self, batch: dict[str, Tensor]) -> tuple[tuple[Tensor, ...], dict[tuple[int, str], Tensor]]:
         key = id(batch)
@@ -279,6 +280,7 @@ class DistillObjective:
         model.eval()
         sums, s_vecs, t_vecs = self._held_out(model)
         model.train(was_training)
+        self.last_vectors = (s_vecs, t_vecs)  # the sentence vectors of this validation, for an interval on them
         sums["loss"] = sum(self.w.get(k, 0) * v for k, v in sums.items())
         sums["fidelity"] = fidelity(s_vecs, t_vecs) if len(s_vecs) >= 3 else float("nan")
         sums["primary"] = sums.get(self.primary, sums["loss"])

@@ -292,7 +292,8 @@ def _student_summary(i: dict[str, Any]) -> dict[str, Any]:
     return {**{k: i[k] for k in keep}, "onnx_mb": met["onnx_mb"], "int8_mb": met["int8_mb"],
             "measured_ms": {k: lat[k] for k in VARIANTS}, "teacher_ms": lat["teacher_torch_fp32"], "drift": lat.get("drift"),
             "speedup": lat["speedup"], **{k: met[k] for k in ("approx_loss", "rescored_loss", "onnx_max_abs_diff",
-                                                             "int8_rel_error", "int8_mean_cosine")}}
+                                                             "onnx_output_max_abs", "int8_rel_error",
+                                                             "int8_mean_cosine")}}
 
 
 def export_front(study: Study, out_dir: Path, budgets: list[float] | None = None, overwrite: bool = False,

@@ -235,13 +235,15 @@ def short_distill(ctx: StudentContext, cand: Candidate, steps: int) -> dict[str,
     objective = ctx.objective(cand.arch, mapping, dc.val_batches, dc.batch_size)
     keeper = BestKeeper("fidelity")
     before = {"step": 0, **objective.validate(module)}
+    start_vectors = objective.last_vectors
     keeper.offer(module, before)
     t0 = time.perf_counter()
     train_loop(model=module, objective=objective, dataset=ctx.corpus["train"], collator=ctx.collator, cfg=cfg,
                total_steps=steps, ckpts=None, accelerator=make_accelerator(ctx.study.device()), meta={},
                desc=f"finalist {cand.name}", progress=False, keep_best=keeper)
     module.load_state_dict(keeper.best_state())
-    s_vecs, t_vecs = objective.vectors(module)
+    # validated only at the start and the end (eval_every = steps): the best's vectors are already computed
+    s_vecs, t_vecs = {0: start_vectors, steps: objective.last_vectors}.get(keeper.step) or objective.vectors(module)
     lo, hi = fidelity_interval(s_vecs, t_vecs)
     return {"fidelity_before": before["fidelity"], "fidelity": keeper.value, "fidelity_interval": [lo, hi],
             "best_step": keeper.step, "seconds": round(time.perf_counter() - t0, 1)}

@@ -16,7 +16,8 @@ from nas_bert.latency import LatencyConfig, measure_callables
 from nas_bert.modeling_nas_bert import NasBertModel
 from nas_bert.teacher import Teacher
 
-ONNX_TOL = 1e-4  # fp32 ONNX must reproduce PyTorch to this max abs diff
+ONNX_TOL = 1e-4  # fp32 ONNX must reproduce PyTorch to this max abs diff, relative to the output's largest
+# magnitude when that is above 1 (float32 rounding grows with it: a student whose states reach 9.9 differs by 2e-4)
 INT8_REL_TOL = 0.5  # int8 sanity bound on ||int8 - fp32|| / ||fp32|| over real tokens; dynamic quantisation is
 # lossy (about 0.1-0.15 with per-channel weights for MiniLM and its students), a broken graph is near 1
 VARIANTS = ("torch_fp32", "onnx_fp32", "onnx_int8")  # the student's measured runtimes
@@ -72,24 +73,26 @@ def export_onnx(model: NasBertModel, folder: Path, tokenizer: Any, seq_len: int)
     batches = [_encode(tokenizer, SAMPLE_TEXTS[:1], seq_len), _encode(tokenizer, SAMPLE_TEXTS[2:5], seq_len),
                _encode(tokenizer, SAMPLE_TEXTS, seq_len), _encode(tokenizer, SAMPLE_TEXTS[:2], seq_len, "max_length")]
     s32, s8 = session(fp32, 1), session(int8, 1)
-    diff32, refs, q8s = 0.0, [], []
+    diff32, scale, refs, q8s = 0.0, 1.0, [], []
     for feeds in batches:
         with torch.inference_mode():
             ref = model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).last_hidden_state.numpy()
         diff32 = max(diff32, float(np.abs(s32.run(None, feeds)[0] - ref).max()))
+        scale = max(scale, float(np.abs(ref).max()))
         real = feeds["attention_mask"].astype(bool)
         refs.append(ref[real])
         q8s.append(s8.run(None, feeds)[0][real])
     ref, q8 = np.concatenate(refs), np.concatenate(q8s)  # (real tokens, width)
     rel8 = float(np.linalg.norm(q8 - ref) / np.linalg.norm(ref))
     cos8 = float(np.mean((q8 * ref).sum(-1) / (np.linalg.norm(q8, axis=-1) * np.linalg.norm(ref, axis=-1) + 1e-12)))
-    if not diff32 <= ONNX_TOL:
-        raise NasBertError(f"{fp32}: ONNX output differs from PyTorch by {diff32:.2e} (> {ONNX_TOL:g}); "
+    if not diff32 <= ONNX_TOL * scale:
+        raise NasBertError(f"{fp32}: ONNX output differs from PyTorch by {diff32:.2e} (> {ONNX_TOL:g} x the "
+                           f"output's largest magnitude {scale:.3g}); "
                            "report this with the model's nas_bert.json")
     if not rel8 <= INT8_REL_TOL:
         raise NasBertError(f"{int8}: int8 output is {rel8:.2f} of the output's norm away from PyTorch's "
                            f"(> {INT8_REL_TOL:g}); use onnx/model.onnx and report this with nas_bert.json")
-    return {"onnx_max_abs_diff": diff32, "int8_rel_error": rel8, "int8_mean_cosine": cos8,
+    return {"onnx_max_abs_diff": diff32, "onnx_output_max_abs": scale, "int8_rel_error": rel8, "int8_mean_cosine": cos8,
             "checked_shapes": [list(b["input_ids"].shape) for b in batches],
             "onnx_mb": mb(fp32), "int8_mb": mb(int8)}
 

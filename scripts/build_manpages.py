@@ -47,7 +47,9 @@ def package_pages() -> list[Path]:
 def render(page: Path) -> str:
     """The page as plain text, one paragraph per line."""
     env = {**os.environ, "MANWIDTH": "100000", "MAN_KEEP_FORMATTING": "0", "LC_ALL": "C.UTF-8"}
-    out = subprocess.run(["man", "-l", "-E", "ascii", str(page)], capture_output=True, text=True, env=env).stdout
+    out = subprocess.run(
+        ["man", "-l", "-E", "ascii", str(page)], check=False, capture_output=True, text=True, env=env
+    ).stdout
     return re.sub(r".\x08", "", out)  # overstrikes (bold, underline) if col is not used
 
 
