@@ -105,7 +105,7 @@ def select_members(db: Database, study: Study, budgets: list[float] | None) -> l
         if fin is not None and fin["origin"] != "search":  # a hand-designed student won: it is exported as such
             h = fin["hash"]
             row = {"hash": h, "arch_json": fin["arch_json"], "params": fin["params"],
-                   "flops": Architecture.from_json(fin["arch_json"]).flops(), "predicted_ms": None,
+                   "flops": Architecture.from_json(fin["arch_json"]).flops(), "predicted_ms": fin.get("predicted_ms"),
                    "approx_loss": None, "rescored_loss": None, "checkpoint_sha": latest_checkpoint(db, study).sha256}
             members[f"{b:g}:{h}"] = Member(f"nasbert-{b:g}ms-{fin['name']}", row, None, b, [b], fin["origin"], fin)
             continue

@@ -142,15 +142,16 @@ def family_to_time(family: dict[str, Candidate], predict: Any, budget_ms: float,
     out: dict[str, Candidate] = {}
     for origin in dict.fromkeys(c.origin for c in family.values()):
         members = {n: c for n, c in family.items() if c.origin == origin}
-        if origin == "truncated":
-            out |= members
-            continue
         pred: dict[str, float | None] = {}
         for n, c in members.items():
             try:
                 pred[n] = predict(c.arch)
+                c.proxies["predicted_ms"] = pred[n]  # kept in its finalist row: export compares it with the measured
             except NasBertError:
                 pred[n] = None
+        if origin == "truncated":
+            out |= members
+            continue
         near = sorted((n for n, v in pred.items() if v is not None and v <= margin * budget_ms), key=lambda n: pred[n])
         keepers = {n for n, v in pred.items() if v is None} | set(near[-keep:] if keep else [])
         out |= {n: c for n, c in members.items() if n in keepers}

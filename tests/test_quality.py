@@ -420,6 +420,8 @@ def test_only_the_family_members_near_the_budget_are_timed():
     got = family_to_time(fam, predict, 5.0)
     assert set(got) == {"truncated-1", "truncated-2", "truncated-3", "uniform-128", "uniform-192", "uniform-256",
                         "pruned-1", "pruned-2", "pruned-3"}
+    # each member keeps what the model predicted for it, so its export can set prediction beside measurement
+    assert {n: c.proxies.get("predicted_ms") for n, c in got.items()} == {n: pred[n] for n in got}
 
 
 def test_a_winning_baseline_is_distilled_and_exported_as_such(searched_tiny, tmp_path, monkeypatch):
@@ -442,5 +444,7 @@ def test_a_winning_baseline_is_distilled_and_exported_as_such(searched_tiny, tmp
     out = export_front(study, tmp_path / "export", [5.0])
     (student,) = out["students"]
     assert student["origin"] == chosen["origin"] and chosen["name"] in student["name"]
+    # a baseline is predicted by the latency model like a searched student, and the export says so
+    assert chosen["predicted_ms"] is not None and student["predicted_ms"] == pytest.approx(chosen["predicted_ms"])
     card = (tmp_path / "export" / student["name"] / "README.md").read_text()
     assert "A hand-designed student won this budget's finalists" in card
