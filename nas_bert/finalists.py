@@ -142,13 +142,12 @@ def family_to_time(family: dict[str, Candidate], predict: Any, budget_ms: float,
     out: dict[str, Candidate] = {}
     for origin in dict.fromkeys(c.origin for c in family.values()):
         members = {n: c for n, c in family.items() if c.origin == origin}
-        pred: dict[str, float | None] = {}
-        for n, c in members.items():
+        for c in members.values():  # kept in its finalist row: export sets it beside the measured time
             try:
-                pred[n] = predict(c.arch)
-                c.proxies["predicted_ms"] = pred[n]  # kept in its finalist row: export compares it with the measured
+                c.proxies["predicted_ms"] = predict(c.arch)
             except NasBertError:
-                pred[n] = None
+                c.proxies["predicted_ms"] = None
+        pred = {n: c.proxies["predicted_ms"] for n, c in members.items()}
         if origin == "truncated":
             out |= members
             continue
