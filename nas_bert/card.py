@@ -150,11 +150,14 @@ Parameters: **{info["params"]:,}** (teacher {t["params"]:,}). FLOPs per sequence
 
 Measured on {lat["machine"]}, batch {cfg["batch_size"]}, sequence length {cfg["seq_len"]}, {cfg["threads"]} \
 threads. The student's three runtimes and the teacher were timed in interleaved rounds, as the latency table \
-is (disturbed blocks dropped, 10th percentile of the rest); the prediction is the search's latency model.
+is (disturbed blocks dropped, 10th percentile of the rest). The first prediction is the search's latency \
+model (the host's speed when it was fitted); the second is the same model with its calibration refitted on \
+its calibration students timed in this run (the host's speed now).
 
 | runtime | student ms | teacher ms (PyTorch fp32) | speed-up |
 |---|---|---|---|
 | predicted (latency model) | {_fmt(info["predicted_ms"])} | | |
+| predicted (refitted in this run) | {_fmt(info.get("predicted_now_ms"))} | | |
 {runtimes}
 
 The host ran {_fmt(drift, ".2f")}x as long as when the latency model was fitted (its reference student was timed \

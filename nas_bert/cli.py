@@ -184,12 +184,14 @@ def _finalists_table(f: dict[str, Any]) -> str:
     def num(v: Any, spec: str) -> str:
         return "-" if v is None else format(v, spec)
 
-    lines = [f"finalists of the {f['budget_ms']:g} ms budget (the same short distillation; ranked by held-out fidelity):",
-             (f"  {'student':<18} {'origin':<9} {'pred ms':>7} {'meas ms':>7} {'approx':>7} {'fid. start':>10} "
+    lines = [(f"finalists of the {f['budget_ms']:g} ms budget (the same short distillation; ranked by held-out fidelity; "
+             "pred: the search's latency model, now: its calibration refitted in the finalists' timing run):"),
+             (f"  {'student':<18} {'origin':<9} {'pred ms':>7} {'now ms':>7} {'meas ms':>7} {'approx':>7} {'fid. start':>10} "
              f"{'fidelity':>8} {'interval':>13}  architecture")]
     for r in sorted(f["finalists"], key=lambda r: -(r.get("fidelity") or -1)):
         iv = r.get("fidelity_interval")
-        lines.append(f"  {r['name']:<18} {r['origin']:<9} {num(r.get('predicted_ms'), '7.2f')} {r['measured_ms']:7.2f} "
+        lines.append(f"  {r['name']:<18} {r['origin']:<9} {num(r.get('predicted_ms'), '7.2f')} {num(r.get('predicted_now_ms'), '7.2f')} "
+                     f"{r['measured_ms']:7.2f} "
                      f"{num(r.get('approx_loss'), '7.4f')} {num(r.get('fidelity_before'), '10.3f')} "
                      f"{'over budget' if r['over_budget'] else num(r.get('fidelity'), '8.3f'):>8} "
                      f"{f'{iv[0]:.3f}-{iv[1]:.3f}' if iv else '-':>13}  {r['architecture']}")
@@ -353,10 +355,13 @@ def export_cmd(
 
 def _export_table(s: dict[str, Any]) -> str:
     rows = [f"exported {len(s['students'])} students to {s['out_dir']} (teacher {s['students'][0]['teacher_ms']:.2f} ms)",
-            f"  {'name':<34} {'params':>11} {'MB':>6} {'pred':>7} {'torch':>7} {'onnx':>7} {'int8':>7} {'speed-up':>8}"]
+            (f"  {'name':<34} {'params':>11} {'MB':>6} {'pred':>7} {'pred now':>8} {'torch':>7} {'onnx':>7} {'int8':>7} "
+            f"{'speed-up':>8}")]
     for st in s["students"]:
-        m = st.get("measured_ms", {})
-        rows.append(f"  {st['name']:<34} {st['params']:>11,} {st.get('size_mb', 0):6.1f} {st['predicted_ms']:7.2f} "
+        m, now = st.get("measured_ms", {}), st.get("predicted_now_ms")
+        pred = "-" if st["predicted_ms"] is None else f"{st['predicted_ms']:.2f}"
+        rows.append(f"  {st['name']:<34} {st['params']:>11,} {st.get('size_mb', 0):6.1f} {pred:>7} "
+                    f"{'-' if now is None else f'{now:.2f}':>8} "
                     f"{m.get('torch_fp32', 0):7.2f} {m.get('onnx_fp32', 0):7.2f} {m.get('onnx_int8', 0):7.2f} "
                     f"{st.get('speedup', {}).get('torch_fp32', 0):7.2f}x")
     return "\n".join(rows)
@@ -401,6 +406,9 @@ def _run_table(s: dict[str, Any]) -> str:
         t = s["students"][0]
         rows += ["", (f"teacher: {f(t['teacher_ms'], '.2f')} ms (PyTorch fp32), accuracy {f(t['teacher_accuracy'], '.3f')}; "
                  f"the host ran {f(t.get('drift'), '.2f')}x as long as when the latency model was fitted")]
+        rows += [f"{r['budget_ms']:g} ms student at export: predicted {f(r.get('predicted_ms'), '.2f')} ms "
+                 f"(at the fit), {f(r.get('predicted_now_ms'), '.2f')} ms (calibration refitted in the export's run), "
+                 f"measured {f(r.get('measured_ms'), '.2f')} ms" for r in s["students"]]
     stages = [f"{x['stage']} {x['key']}".strip() + (" (skipped)" if x["skipped"] else f" {x['seconds']:.0f} s")
               for x in s["stages"]]
     rows += [("ms: PyTorch fp32, batch 1, the student and the truncated teacher timed in one run (the finalists'); "

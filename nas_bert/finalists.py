@@ -36,7 +36,16 @@ from nas_bert.db import ArchitectureRow, Database, FinalistRow, LatencyRow
 from nas_bert.distill import distill_points, uniform_mapping
 from nas_bert.errors import NasBertError
 from nas_bert.evaluate import agreement
-from nas_bert.latency import build_student, device_fingerprint, ensure_latency_model, measure_models
+from nas_bert.latency import (
+    Calibration,
+    build_student,
+    device_fingerprint,
+    ensure_latency_model,
+    in_run,
+    measure_models,
+    operators,
+    recalibration_students,
+)
 from nas_bert.metrics import fidelity_interval
 from nas_bert.scoring import kendall_tau
 from nas_bert.search import optuna_study_name, storage_for
@@ -166,27 +175,30 @@ def _model(arch: Architecture, origin: str) -> torch.nn.Module:
 def measured_ms(ctx: StudentContext, cands: list[Candidate], budget_ms: float,
                 progress: bool = True) -> tuple[dict[str, float], dict[str, Any]]:
     """End-to-end latency of each candidate on the study's latency device (name -> ms): all of one budget's
-    candidates, the teacher and the latency model's reference student timed in one interleaved run.
+    candidates, the teacher and the latency model's recalibration students timed in one interleaved run.
 
     A shared host drifts (the same model can take 15% longer than ten minutes ago), so the candidates are
-    compared with each other only within one run; the reference student, timed when the latency model was
-    fitted and again in this run, gives the drift, and a host faster now than then has the candidates' times
-    judged at the fitted speed (`judged_ms`; a slower host never loosens a budget). The raw figures are kept.
-    Stored per budget (rows "model:<budget>:<origin>:<hash>"), so a resumed choice measures nothing again.
-    Returns the times and the run's record: the drift and the teacher's time.
+    compared with each other only within one run; the reference student (the largest), timed when the latency
+    model was fitted and again in this run, gives the drift, and a host faster now than then has the
+    candidates' times judged at the fitted speed (`judged_ms`; a slower host never loosens a budget). The
+    calibration refitted on the recalibration students predicts the candidates at the host's speed now
+    (`predicted_now_ms`, beside the search's `predicted_ms`). The raw figures are kept. Stored per budget
+    (rows "model:<budget>:<origin>:<hash>"), so a resumed choice measures nothing again. Returns the times
+    and the run's record: the drift, the teacher's time and the refitted calibration (refit_a, refit_c, refit_b).
     """
     cfg = ctx.study.cfg.latency
     fp = device_fingerprint(cfg)
     keys = {c.name: f"model:{budget_ms:g}:{c.origin}:{c.arch.hash()}" for c in cands}
     tag = f"{budget_ms:g}:{hashlib.sha256(ctx.study.cfg.teacher.encode()).hexdigest()[:12]}"
-    extra = {"drift": f"drift:{tag}", "teacher_ms": f"teacher:{tag}"}
+    extra = {k: f"{k.removesuffix('_ms')}:{tag}" for k in ("drift", "teacher_ms", "refit_a", "refit_c", "refit_b")}
     with ctx.db.session() as s:
         known = {r.key: r.ms for r in s.scalars(select(LatencyRow).where(
             LatencyRow.fingerprint == fp, LatencyRow.key.in_([*keys.values(), *extra.values()])))}
     if any(k not in known for k in keys.values()):
-        lat = ensure_latency_model(ctx.db, ctx.study.space, ctx.teacher.embeddings_spec(), cfg, progress=False)
-        ref_arch, ref_ms = lat.reference(ctx.study.space, ctx.teacher.embeddings_spec())
-        models = [_model(c.arch, c.origin) for c in cands] + [build_student(ref_arch)]
+        emb = ctx.teacher.embeddings_spec()
+        lat = ensure_latency_model(ctx.db, ctx.study.space, emb, cfg, progress=False)
+        recal, recal_models = recalibration_students(lat, ctx.study.space, emb)
+        models = [_model(c.arch, c.origin) for c in cands] + recal_models
         teacher = copy.deepcopy(ctx.teacher.encoder).cpu()
         threads = torch.get_num_threads()
         torch.set_num_threads(cfg.threads)
@@ -195,8 +207,10 @@ def measured_ms(ctx: StudentContext, cands: list[Candidate], budget_ms: float,
                 raw = measure_models([*models, teacher], cfg, int(ctx.teacher.config.vocab_size), bar)
         finally:
             torch.set_num_threads(threads)
-        values = {**{keys[c.name]: ms for c, ms in zip(cands, raw, strict=False)},
-                  extra["drift"]: raw[-2] / ref_ms, extra["teacher_ms"]: raw[-1]}
+        drift, now = in_run(lat, ctx.study.space, emb, recal, raw[len(cands):-1])
+        values = {**{keys[c.name]: ms for c, ms in zip(cands, raw, strict=False)}, extra["drift"]: drift,
+                  extra["teacher_ms"]: raw[-1], extra["refit_a"]: now.a, extra["refit_c"]: now.c,
+                  extra["refit_b"]: now.b}
         try:
             with ctx.db.session() as s:
                 for key, value in values.items():
@@ -207,6 +221,22 @@ def measured_ms(ctx: StudentContext, cands: list[Candidate], budget_ms: float,
             known.update({r.key: r.ms for r in s.scalars(select(LatencyRow).where(
                 LatencyRow.fingerprint == fp, LatencyRow.key.in_([*keys.values(), *extra.values()])))})
     return {name: known[key] for name, key in keys.items()}, {k: known.get(key) for k, key in extra.items()}
+
+
+def predict_now(ctx: StudentContext, cands: list[Candidate], timing: dict[str, Any]) -> None:
+    """Each candidate's `predicted_now_ms`: the calibration refitted in its timing run (None where that run
+    predates it, or the table cannot predict the student)."""
+    coef = [timing.get(f"refit_{k}") for k in "acb"]
+    lat = None
+    if all(v is not None for v in coef):
+        lat = ensure_latency_model(ctx.db, ctx.study.space, ctx.teacher.embeddings_spec(), ctx.study.cfg.latency,
+                                   progress=False)
+    now = Calibration(a=coef[0], c=coef[1], b=coef[2]) if lat is not None else None
+    for c in cands:
+        try:
+            c.proxies["predicted_now_ms"] = now(lat.raw_ms(c.arch), operators(c.arch)) if now and lat else None
+        except NasBertError:  # a hand-designed student the table has no timing for
+            c.proxies["predicted_now_ms"] = None
 
 
 def _latency_row(s: Any, fp: str, key: str, ms: float) -> LatencyRow:
@@ -267,6 +297,7 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> dict[str, A
         family = family_to_time(family, lat.predict, budget_ms)
     ms, timing = measured_ms(ctx, [*cands, *family.values()], budget_ms, progress)
     judged = {name: judged_ms(v, timing.get("drift")) for name, v in ms.items()}
+    predict_now(ctx, [*cands, *family.values()], timing)
     cands = replace_over_budget(cands, judged, budget_ms, cfg.rescore_top)
     for origin in ORIGINS[1:]:  # each family's slowest member that the budget holds
         fits = [c for c in family.values() if c.origin == origin and judged[c.name] <= budget_ms]

@@ -366,6 +366,22 @@ def calibration_architectures(space: SearchSpace, emb: Embeddings, cfg: LatencyC
     """The smallest and the largest student, then `calibration_archs` more (distinct, seeded by cfg.seed):
     half uniformly random, half spread log-evenly over the summed-table latency between the two, so the
     calibration sees the small students that tight budgets select as well as the random ones."""
+    ends_random, spread = _calibration_sets(space, emb, cfg, table)
+    return ends_random + spread
+
+
+def recalibration_architectures(space: SearchSpace, emb: Embeddings, cfg: LatencyConfig,
+                                table: LatencyModel) -> list[Architecture]:
+    """The calibration students timed again beside the students they judge: the smallest, the largest (the
+    drift reference, second) and the half spread over the latency range (the random half is mostly deep
+    students, far from the budgets)."""
+    ends_random, spread = _calibration_sets(space, emb, cfg, table)
+    return ends_random[:2] + spread
+
+
+def _calibration_sets(space: SearchSpace, emb: Embeddings, cfg: LatencyConfig,
+                      table: LatencyModel) -> tuple[list[Architecture], list[Architecture]]:
+    """([smallest, largest, random...], [spread...]) of `calibration_architectures`."""
     rng = random.Random(f"nas-bert-latency-calibration:{cfg.seed}")
     lo, hi = smallest(space, emb), largest(space, emb)
     archs = {a.hash(): a for a in (lo, hi)}
@@ -384,13 +400,14 @@ def calibration_architectures(space: SearchSpace, emb: Embeddings, cfg: LatencyC
             pool.setdefault(a.hash(), a)
     log_lo, log_hi = np.log(table.raw_ms(lo)), np.log(table.raw_ms(hi))
     logs = {h: float(np.log(table.raw_ms(a))) for h, a in sorted(pool.items())}
+    spread: dict[str, Architecture] = {}
     for target in np.linspace(log_lo, log_hi, cfg.calibration_archs // 2 + 2)[1:-1]:
         if not logs:
             break
         best = min(logs, key=lambda h: abs(logs[h] - target))
-        archs[best] = pool[best]
+        spread[best] = pool[best]
         del logs[best]
-    return list(archs.values())
+    return list(archs.values()), list(spread.values())
 
 
 # -- the model ------------------------------------------------------------------------------------
@@ -428,6 +445,12 @@ class LatencyModel:
     def predict(self, arch: Architecture) -> float:
         """Calibrated end-to-end milliseconds."""
         return self.calibration(self.raw_ms(arch), operators(arch))
+
+    def refitted(self, archs: list[Architecture], measured: list[float]) -> Calibration:
+        """The calibration's form fitted on students timed end to end now (the table stays as it is)."""
+        points = [(self.raw_ms(a), operators(a), ms) for a, ms in zip(archs, measured, strict=True)]
+        a, c, b = fit_calibration(points)
+        return Calibration(a=a, b=b, c=c, points=points, loo_mape=loo_mape(points))
 
     def fastest_architecture(self, space: SearchSpace, emb: Embeddings) -> Architecture:
         """The student of `space` with the lowest predicted latency (exact).
@@ -508,11 +531,31 @@ def calibrate(
         st.embeddings = students[0].embeddings
     with tqdm(total=len(archs) * MODEL_ROUNDS, desc="latency calibration", disable=not progress, leave=False) as bar:
         measured = measure_models(students, cfg, emb.vocab_size, bar)
-    points = [(model.raw_ms(a), operators(a), ms) for a, ms in zip(archs, measured, strict=True)]
-    a, c, b = fit_calibration(points)
+    cal = model.refitted(archs, measured)
     ref = largest(space, emb).hash()
-    reference = next(ms for arch, ms in zip(archs, measured, strict=True) if arch.hash() == ref)
-    return Calibration(a=a, b=b, c=c, points=points, loo_mape=loo_mape(points), reference_ms=reference)
+    cal.reference_ms = next(ms for arch, ms in zip(archs, measured, strict=True) if arch.hash() == ref)
+    return cal
+
+
+def recalibration_students(model: LatencyModel, space: SearchSpace, emb: Embeddings
+                           ) -> tuple[list[Architecture], list[NasBertModel]]:
+    """The recalibration students and their modules (random weights, one embedding table shared), to be timed
+    in the same interleaved run as the students they judge (see `in_run`)."""
+    archs = recalibration_architectures(space, emb, model.config, model)
+    students = [build_student(a) for a in archs]
+    for st in students[1:]:
+        st.embeddings = students[0].embeddings
+    return archs, students
+
+
+def in_run(model: LatencyModel, space: SearchSpace, emb: Embeddings, archs: list[Architecture],
+           measured: list[float]) -> tuple[float, Calibration]:
+    """What the recalibration students timed in a run say: the host's drift (the reference student now /
+    when the model was fitted) and the calibration refitted on their times, which predicts the other
+    students of that run at the host's speed now. A shared host's speed moves 5-20% between the fit and
+    a later stage; the stored model, and so the search, keep the fitted speed."""
+    _, ref_ms = model.reference(space, emb)
+    return measured[1] / ref_ms, model.refitted(archs, measured)
 
 
 def calibration_key(fingerprint: str, space: SearchSpace, cfg: LatencyConfig) -> str:

@@ -102,14 +102,13 @@ def mb(path: Path) -> float:
 
 
 def measure_latencies(student: NasBertModel, folder: Path, teacher: Teacher, cfg: LatencyConfig,
-                      reference: tuple[torch.nn.Module, float] | None = None) -> dict[str, Any]:
+                      others: list[torch.nn.Module] | None = None) -> dict[str, Any]:
     """Milliseconds of the student (PyTorch fp32, ONNX fp32, ONNX int8) and the teacher, on this machine.
 
     The four are timed in interleaved rounds like the latency table (blocks disturbed by other processes
     are dropped, a low percentile of the rest is kept), so predicted and measured figures are comparable
-    and the speed-ups fair. ONNX Runtime gets intra_op_num_threads = cfg.threads. With `reference` (the
-    latency model's reference student and its time when the model was fitted) it is timed too, and
-    "drift" says how much slower the host is now than then.
+    and the speed-ups fair. ONNX Runtime gets intra_op_num_threads = cfg.threads. `others` (the latency
+    model's recalibration students) are timed in the same rounds; their times are "others", in order.
     """
     dev = torch.device(cfg.device)
     gen = torch.Generator().manual_seed(0)
@@ -121,9 +120,8 @@ def measure_latencies(student: NasBertModel, folder: Path, teacher: Teacher, cfg
     calls: dict[str, Callable[[], Any]] = {
         "teacher_torch_fp32": lambda: teacher_model(**on_dev), "torch_fp32": lambda: student(**on_dev),
         "onnx_fp32": lambda: s32.run(None, feeds), "onnx_int8": lambda: s8.run(None, feeds)}
-    if reference is not None:
-        ref_model = reference[0].eval().to(dev)
-        calls["reference"] = lambda: ref_model(**on_dev)
+    extra = [m.eval().to(dev) for m in others or []]
+    calls |= {f"other:{i}": (lambda m=m: m(**on_dev)) for i, m in enumerate(extra)}
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(cfg.threads)
@@ -133,6 +131,6 @@ def measure_latencies(student: NasBertModel, folder: Path, teacher: Teacher, cfg
         student.to("cpu")
         teacher.encoder.to("cpu")
     ms: dict[str, Any] = dict(zip(calls, values, strict=True))
-    if reference is not None:
-        ms["drift"] = ms.pop("reference") / reference[1]
+    if others is not None:
+        ms["others"] = [ms.pop(f"other:{i}") for i in range(len(extra))]
     return ms

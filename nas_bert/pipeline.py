@@ -252,7 +252,8 @@ def run_study(study: Study, out: Path | None = None, echo: Callable[[str], None]
                       )["truncated"]
         rows.append({"budget_ms": b, "trial": chosen["trial"], "student": chosen["name"], "origin": chosen["origin"],
                      "architecture": chosen["architecture"], "params": s["distill"]["params"],
-                     "predicted_ms": chosen.get("predicted_ms"), "finalist_ms": chosen["measured_ms"],
+                     "predicted_ms": chosen.get("predicted_ms"), "predicted_now_ms": m.get("predicted_now_ms"),
+                     "finalist_ms": chosen["measured_ms"],
                      "finalist_judged_ms": chosen.get("judged_ms", chosen["measured_ms"]),
                      "over_budget": chosen["over_budget"] or bool(m.get("over_budget")), "drift": m.get("drift"),
                      "measured_ms": m.get("measured_ms", {}).get("torch_fp32"),

@@ -351,3 +351,24 @@ def test_disturbed_rounds_are_retried_then_used(monkeypatch: pytest.MonkeyPatch,
         (ms,) = latency._time_jobs([("sum(range(100))", {})], CFG, rounds=2)
     assert ms > 0 and len(rounds) == 4
     assert "busy" in caplog.text
+
+
+def test_recalibration_follows_the_host(built: LatencyModel, space: SearchSpace) -> None:
+    """The recalibration students are the calibration's ends and spread half; timed on a host 1.3x slower
+    than at the fit, the refitted calibration predicts students it was not fitted on 1.3x slower too, and the
+    drift says 1.3 (the stored model keeps the fitted speed)."""
+    cfg = CFG.model_copy(update={"calibration_archs": 10})
+    every = latency.calibration_architectures(space, EMB, cfg, built)
+    recal = latency.recalibration_architectures(space, EMB, cfg, built)
+    assert recal == every[:2] + every[2 + 5:]  # smallest, largest (the drift reference), the 5 spread
+    model = LatencyModel(built.fingerprint, cfg, built.table, built.calibration)
+    archs, modules = latency.recalibration_students(model, space, EMB)
+    assert archs == recal and len(modules) == len(recal)
+    assert all(m.embeddings is modules[0].embeddings for m in modules)  # one table, as in the finalists' run
+    assert [m.config.architecture for m in modules] == [a.to_dict() for a in recal]
+    drift, now = latency.in_run(model, space, EMB, recal, [1.3 * model.predict(a) for a in recal])
+    _, ref_ms = model.reference(space, EMB)
+    assert drift == pytest.approx(1.3 * model.predict(largest(space, EMB)) / ref_ms)
+    rng = random.Random(5)
+    for arch in (sample(space, EMB, rng) for _ in range(10)):
+        assert now(model.raw_ms(arch), latency.operators(arch)) == pytest.approx(1.3 * model.predict(arch), rel=1e-6)

@@ -20,7 +20,15 @@ from nas_bert.db import Database
 from nas_bert.distill import DistillModule, DistillObjective, TeacherTaps, relation_kl, similarity_loss, uniform_mapping
 from nas_bert.finalists import Candidate, choose, chosen_finalist, summarise
 from nas_bert.hf_folder import write_student_folder
-from nas_bert.latency import LatencyConfig, LatencyModel, embeddings_key, op_key, output_key
+from nas_bert.latency import (
+    LatencyConfig,
+    LatencyModel,
+    embeddings_key,
+    ensure_latency_model,
+    op_key,
+    operators,
+    output_key,
+)
 from nas_bert.metrics import fidelity, fidelity_interval
 from nas_bert.supernet import Supernet
 from nas_bert.teacher import load_teacher, sentence_pooling
@@ -283,6 +291,18 @@ def test_finalists_end_to_end_choose_record_and_resume(searched_tiny, tmp_path, 
     assert drift > 0 and all(r["judged_ms"] == pytest.approx(max(r["measured_ms"], r["measured_ms"] / drift))
                              for r in first["finalists"])
     assert all(r["over_budget"] == (r["judged_ms"] > 5.0) for r in first["finalists"])
+    # the recalibration students timed in the same run refit the calibration: each finalist the table can
+    # predict is predicted at the host's speed now, beside the search's prediction
+    refit = [first["timing"][f"refit_{k}"] for k in "acb"]
+    assert refit[0] > 0 and refit[1] >= 0
+    searched = [r for r in first["finalists"] if r["origin"] == "search"]
+    assert searched and all(r["predicted_now_ms"] > 0 for r in searched)
+    lat = ensure_latency_model(Database(study.db_url), study.space, load_teacher(study.cfg.teacher).embeddings_spec(),
+                               study.cfg.latency, progress=False)
+    for r in searched:
+        arch = A.Architecture.from_json(r["arch_json"])
+        assert r["predicted_now_ms"] == pytest.approx(refit[0] * lat.raw_ms(arch) + refit[1] * operators(arch)
+                                                      + refit[2])
     ok = [r for r in first["finalists"] if not r["over_budget"]]
     assert first["chosen"]["fidelity"] == max(r["fidelity"] for r in ok)
     assert all(r["fidelity"] >= r["fidelity_before"] for r in ok)  # the short distillation keeps its best
@@ -446,5 +466,7 @@ def test_a_winning_baseline_is_distilled_and_exported_as_such(searched_tiny, tmp
     assert student["origin"] == chosen["origin"] and chosen["name"] in student["name"]
     # a baseline is predicted by the latency model like a searched student, and the export says so
     assert chosen["predicted_ms"] is not None and student["predicted_ms"] == pytest.approx(chosen["predicted_ms"])
+    assert student["predicted_now_ms"] > 0  # and by the calibration refitted in the export's own timing run
     card = (tmp_path / "export" / student["name"] / "README.md").read_text()
     assert "A hand-designed student won this budget's finalists" in card
+    assert f"| predicted (refitted in this run) | {student['predicted_now_ms']:.3f} |" in card
