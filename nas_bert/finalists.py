@@ -39,12 +39,12 @@ from nas_bert.evaluate import agreement
 from nas_bert.latency import (
     Calibration,
     build_student,
+    calibration_students,
     device_fingerprint,
     ensure_latency_model,
     in_run,
     measure_models,
     operators,
-    recalibration_students,
 )
 from nas_bert.metrics import fidelity_interval
 from nas_bert.scoring import kendall_tau
@@ -175,13 +175,13 @@ def _model(arch: Architecture, origin: str) -> torch.nn.Module:
 def measured_ms(ctx: StudentContext, cands: list[Candidate], budget_ms: float,
                 progress: bool = True) -> tuple[dict[str, float], dict[str, Any]]:
     """End-to-end latency of each candidate on the study's latency device (name -> ms): all of one budget's
-    candidates, the teacher and the latency model's recalibration students timed in one interleaved run.
+    candidates, the teacher and the latency model's calibration students timed in one interleaved run.
 
     A shared host drifts (the same model can take 15% longer than ten minutes ago), so the candidates are
     compared with each other only within one run; the reference student (the largest), timed when the latency
     model was fitted and again in this run, gives the drift, and a host faster now than then has the
     candidates' times judged at the fitted speed (`judged_ms`; a slower host never loosens a budget). The
-    calibration refitted on the recalibration students predicts the candidates at the host's speed now
+    calibration refitted on its students' times in this run predicts the candidates at the host's speed now
     (`predicted_now_ms`, beside the search's `predicted_ms`). The raw figures are kept. Stored per budget
     (rows "model:<budget>:<origin>:<hash>"), so a resumed choice measures nothing again. Returns the times
     and the run's record: the drift, the teacher's time and the refitted calibration (refit_a, refit_c, refit_b).
@@ -197,7 +197,7 @@ def measured_ms(ctx: StudentContext, cands: list[Candidate], budget_ms: float,
     if any(k not in known for k in keys.values()):
         emb = ctx.teacher.embeddings_spec()
         lat = ensure_latency_model(ctx.db, ctx.study.space, emb, cfg, progress=False)
-        recal, recal_models = recalibration_students(lat, ctx.study.space, emb)
+        recal, recal_models = calibration_students(lat, ctx.study.space, emb)
         models = [_model(c.arch, c.origin) for c in cands] + recal_models
         teacher = copy.deepcopy(ctx.teacher.encoder).cpu()
         threads = torch.get_num_threads()

@@ -366,22 +366,6 @@ def calibration_architectures(space: SearchSpace, emb: Embeddings, cfg: LatencyC
     """The smallest and the largest student, then `calibration_archs` more (distinct, seeded by cfg.seed):
     half uniformly random, half spread log-evenly over the summed-table latency between the two, so the
     calibration sees the small students that tight budgets select as well as the random ones."""
-    ends_random, spread = _calibration_sets(space, emb, cfg, table)
-    return ends_random + spread
-
-
-def recalibration_architectures(space: SearchSpace, emb: Embeddings, cfg: LatencyConfig,
-                                table: LatencyModel) -> list[Architecture]:
-    """The calibration students timed again beside the students they judge: the smallest, the largest (the
-    drift reference, second) and the half spread over the latency range (the random half is mostly deep
-    students, far from the budgets)."""
-    ends_random, spread = _calibration_sets(space, emb, cfg, table)
-    return ends_random[:2] + spread
-
-
-def _calibration_sets(space: SearchSpace, emb: Embeddings, cfg: LatencyConfig,
-                      table: LatencyModel) -> tuple[list[Architecture], list[Architecture]]:
-    """([smallest, largest, random...], [spread...]) of `calibration_architectures`."""
     rng = random.Random(f"nas-bert-latency-calibration:{cfg.seed}")
     lo, hi = smallest(space, emb), largest(space, emb)
     archs = {a.hash(): a for a in (lo, hi)}
@@ -400,14 +384,13 @@ def _calibration_sets(space: SearchSpace, emb: Embeddings, cfg: LatencyConfig,
             pool.setdefault(a.hash(), a)
     log_lo, log_hi = np.log(table.raw_ms(lo)), np.log(table.raw_ms(hi))
     logs = {h: float(np.log(table.raw_ms(a))) for h, a in sorted(pool.items())}
-    spread: dict[str, Architecture] = {}
     for target in np.linspace(log_lo, log_hi, cfg.calibration_archs // 2 + 2)[1:-1]:
         if not logs:
             break
         best = min(logs, key=lambda h: abs(logs[h] - target))
-        spread[best] = pool[best]
+        archs[best] = pool[best]
         del logs[best]
-    return list(archs.values()), list(spread.values())
+    return list(archs.values())
 
 
 # -- the model ------------------------------------------------------------------------------------
@@ -525,10 +508,7 @@ def calibrate(
     model: LatencyModel, space: SearchSpace, emb: Embeddings, cfg: LatencyConfig, progress: bool = True
 ) -> Calibration:
     """Measure the calibration students end to end and fit measured ~ a * raw + c * operators + b."""
-    archs = calibration_architectures(space, emb, cfg, model)
-    students = [build_student(a) for a in archs]
-    for st in students[1:]:  # one embedding table for all: same module and timing, far less memory
-        st.embeddings = students[0].embeddings
+    archs, students = calibration_students(model, space, emb)
     with tqdm(total=len(archs) * MODEL_ROUNDS, desc="latency calibration", disable=not progress, leave=False) as bar:
         measured = measure_models(students, cfg, emb.vocab_size, bar)
     cal = model.refitted(archs, measured)
@@ -537,11 +517,14 @@ def calibrate(
     return cal
 
 
-def recalibration_students(model: LatencyModel, space: SearchSpace, emb: Embeddings
-                           ) -> tuple[list[Architecture], list[NasBertModel]]:
-    """The recalibration students and their modules (random weights, one embedding table shared), to be timed
-    in the same interleaved run as the students they judge (see `in_run`)."""
-    archs = recalibration_architectures(space, emb, model.config, model)
+def calibration_students(model: LatencyModel, space: SearchSpace, emb: Embeddings
+                         ) -> tuple[list[Architecture], list[NasBertModel]]:
+    """The calibration students and their modules (random weights, one embedding table for all: the same
+    module and timing, far less memory). Timed again beside the students a later stage judges, they refit
+    the calibration at the host's speed then (`in_run`). All of them: a refit on the two ends and the spread
+    half alone (12 of 22) lost the deep students that pin the per-operator cost and was 8-10% off on the
+    search's pools where the refit on all 22 was 1.6-2.5% (BENCHMARKS.md)."""
+    archs = calibration_architectures(space, emb, model.config, model)
     students = [build_student(a) for a in archs]
     for st in students[1:]:
         st.embeddings = students[0].embeddings
@@ -550,7 +533,7 @@ def recalibration_students(model: LatencyModel, space: SearchSpace, emb: Embeddi
 
 def in_run(model: LatencyModel, space: SearchSpace, emb: Embeddings, archs: list[Architecture],
            measured: list[float]) -> tuple[float, Calibration]:
-    """What the recalibration students timed in a run say: the host's drift (the reference student now /
+    """What the calibration students timed again in a run say: the host's drift (the reference student now /
     when the model was fitted) and the calibration refitted on their times, which predicts the other
     students of that run at the host's speed now. A shared host's speed moves 5-20% between the fit and
     a later stage; the stored model, and so the search, keep the fitted speed."""

@@ -108,7 +108,7 @@ def measure_latencies(student: NasBertModel, folder: Path, teacher: Teacher, cfg
     The four are timed in interleaved rounds like the latency table (blocks disturbed by other processes
     are dropped, a low percentile of the rest is kept), so predicted and measured figures are comparable
     and the speed-ups fair. ONNX Runtime gets intra_op_num_threads = cfg.threads. `others` (the latency
-    model's recalibration students) are timed in the same rounds; their times are "others", in order.
+    model's calibration students) are timed in the same rounds; their times are "others", in order.
     """
     dev = torch.device(cfg.device)
     gen = torch.Generator().manual_seed(0)

@@ -354,16 +354,13 @@ def test_disturbed_rounds_are_retried_then_used(monkeypatch: pytest.MonkeyPatch,
 
 
 def test_recalibration_follows_the_host(built: LatencyModel, space: SearchSpace) -> None:
-    """The recalibration students are the calibration's ends and spread half; timed on a host 1.3x slower
-    than at the fit, the refitted calibration predicts students it was not fitted on 1.3x slower too, and the
-    drift says 1.3 (the stored model keeps the fitted speed)."""
+    """The calibration students timed again on a host 1.3x slower than at the fit: the refitted calibration
+    predicts students it was not fitted on 1.3x slower too, and the drift says 1.3 (the stored model keeps
+    the fitted speed)."""
     cfg = CFG.model_copy(update={"calibration_archs": 10})
-    every = latency.calibration_architectures(space, EMB, cfg, built)
-    recal = latency.recalibration_architectures(space, EMB, cfg, built)
-    assert recal == every[:2] + every[2 + 5:]  # smallest, largest (the drift reference), the 5 spread
     model = LatencyModel(built.fingerprint, cfg, built.table, built.calibration)
-    archs, modules = latency.recalibration_students(model, space, EMB)
-    assert archs == recal and len(modules) == len(recal)
+    recal, modules = latency.calibration_students(model, space, EMB)
+    assert recal == latency.calibration_architectures(space, EMB, cfg, model) and len(modules) == len(recal) == 12
     assert all(m.embeddings is modules[0].embeddings for m in modules)  # one table, as in the finalists' run
     assert [m.config.architecture for m in modules] == [a.to_dict() for a in recal]
     drift, now = latency.in_run(model, space, EMB, recal, [1.3 * model.predict(a) for a in recal])
