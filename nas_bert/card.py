@@ -114,9 +114,11 @@ def model_card(info: dict[str, Any], arch: Architecture) -> str:
     table = "\n".join(rows)
     from nas_bert.finalists import judged_ms  # the budget's one rule
 
-    drift = lat.get("drift") or 1.0
-    over = (f"**Over budget when measured**: {_fmt(lat['torch_fp32'])} ms, {_fmt(judged_ms(lat['torch_fp32'], drift))} "
-            f"ms as the budget judges it (the host's drift divided out only where the host is faster now), against the {_fmt(info['budget_ms'], 'g')} ms budget "
+    drift, speed = lat.get("drift") or 1.0, lat.get("speed")
+    judged = lat.get("judged_ms") or judged_ms(lat["torch_fp32"], drift, speed)
+    over = (f"**Over budget when measured**: {_fmt(lat['torch_fp32'])} ms, {_fmt(judged)} "
+            f"ms as the budget judges it (at the host's speed when the latency model was fitted, as far as the "
+            f"reference student and this student's own factor agree), against the {_fmt(info['budget_ms'], 'g')} ms budget "
             f"on this machine (at the choice, timed beside its competitors, it took "
             f"{_fmt((info.get('finalist') or {}).get('measured_ms'))} ms).\n\n" if info.get("over_budget") else "")
     stale = "" if ck["scored_with_sha256"] == ck["sha256"] else (
@@ -160,10 +162,12 @@ its calibration students timed in this run (the host's speed now).
 | predicted (refitted in this run) | {_fmt(info.get("predicted_now_ms"))} | | |
 {runtimes}
 
-The host ran {_fmt(drift, ".2f")}x as long as when the latency model was fitted (its reference student was timed \
-beside these): a shared machine drifts, and times taken minutes apart differ by that much. The budget judges \
-{_fmt(judged_ms(lat["torch_fp32"], drift))} ms for PyTorch fp32: the time measured, or on a host faster now than \
-then, the time at the fitted speed (a slower host never loosens a budget).
+The host ran {_fmt(drift, ".2f")}x as long as when the latency model was fitted (its reference student, the \
+space's largest, was timed beside these) and, by the calibration refitted in this run, {_fmt(speed, ".2f")}x as \
+long for this student: a shared machine drifts, and times taken minutes apart differ by that much. The budget \
+judges {_fmt(judged)} ms for PyTorch fp32: the time measured at the fitted speed, as far as the two factors \
+agree (divided by the lesser of them: a faster host tightens the verdict, a slower one loosens it only where \
+both say so).
 
 ## Metrics
 

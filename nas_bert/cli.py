@@ -204,7 +204,8 @@ def _finalists_table(f: dict[str, Any]) -> str:
     if f.get("replacements"):
         lines.append(f"over budget as measured: {', '.join(f['dropped_over_budget'])}; in their place, the next by "
                      f"approximate loss that the budget holds: {', '.join(f['replacements'])}")
-    lines.append(f"budget judged on the measured time, or at the fitted speed where the host is faster now (drift "
+    lines.append(f"budget judged on the measured time at the fitted speed, as far as the drift and each student's "
+                 f"own factor (now / pred) agree: a faster host tightens, a slower one loosens only where both say so (drift "
                  f"{num((f.get('timing') or {}).get('drift'), '.2f')}x in this run)")
     lines.append("Kendall tau with the fidelity ranking: " + ", ".join(
         f"{k} {'n/a' if v is None else format(v, '.2f')}" for k, v in taus.items()))
@@ -412,8 +413,9 @@ def _run_table(s: dict[str, Any]) -> str:
     stages = [f"{x['stage']} {x['key']}".strip() + (" (skipped)" if x["skipped"] else f" {x['seconds']:.0f} s")
               for x in s["stages"]]
     rows += [("ms: PyTorch fp32, batch 1, the student and the truncated teacher timed in one run (the finalists'); "
-              "the model cards hold the export's own timing; a budget judges the time measured, or at the fitted "
-              "speed where the host ran faster than when the latency model was fitted (never looser)"),
+              "the model cards hold the export's own timing; a budget judges the time measured at the host's speed "
+              "when the latency model was fitted, as far as the reference student and the calibration refitted in "
+              "the same run agree (a faster host tightens the verdict, a slower one loosens it only where both say so)"),
              f"Pareto front: {s['pareto_png']}", "stages: " + ", ".join(stages)]
     return "\n".join(rows)
 

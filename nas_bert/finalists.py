@@ -179,8 +179,8 @@ def measured_ms(ctx: StudentContext, cands: list[Candidate], budget_ms: float,
 
     A shared host drifts (the same model can take 15% longer than ten minutes ago), so the candidates are
     compared with each other only within one run; the reference student (the largest), timed when the latency
-    model was fitted and again in this run, gives the drift, and a host faster now than then has the
-    candidates' times judged at the fitted speed (`judged_ms`; a slower host never loosens a budget). The
+    model was fitted and again in this run, gives the drift, and the budget judges times at the fitted speed
+    as far as the drift and each student's own factor agree (`judged_ms`). The
     calibration refitted on its students' times in this run predicts the candidates at the host's speed now
     (`predicted_now_ms`, beside the search's `predicted_ms`). The raw figures are kept. Stored per budget
     (rows "model:<budget>:<origin>:<hash>"), so a resumed choice measures nothing again. Returns the times
@@ -296,8 +296,9 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> dict[str, A
                                    progress=False)
         family = family_to_time(family, lat.predict, budget_ms)
     ms, timing = measured_ms(ctx, [*cands, *family.values()], budget_ms, progress)
-    judged = {name: judged_ms(v, timing.get("drift")) for name, v in ms.items()}
     predict_now(ctx, [*cands, *family.values()], timing)
+    everyone = {c.name: c for c in [*cands, *family.values()]}
+    judged = {name: judged_ms(v, timing.get("drift"), host_speed(everyone[name].proxies)) for name, v in ms.items()}
     cands = replace_over_budget(cands, judged, budget_ms, cfg.rescore_top)
     for origin in ORIGINS[1:]:  # each family's slowest member that the budget holds
         fits = [c for c in family.values() if c.origin == origin and judged[c.name] <= budget_ms]
@@ -320,19 +321,30 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> dict[str, A
     return {**summarise(study, budget_ms, rows), "timing": timing}
 
 
-def judged_ms(ms: float, drift: float | None) -> float:
-    """The time a budget judges: the time taken now, or, on a host faster now than when the latency model was
-    fitted, that time at the fitted speed (longer); never shorter than measured.
+def judged_ms(ms: float, drift: float | None, speed: float | None = None) -> float:
+    """The time a budget judges: the time taken now at the host's speed when the latency model was fitted, as
+    far as two signals agree: `ms / min(drift, speed)`.
 
-    A shared machine runs 5-25% slower or faster from one quarter hour to the next, and the latency model's
-    reference student, timed in the same run, measures by how much (`drift`). A fast spell would pass students
-    that are over the budget at the host's usual speed, so it tightens the verdict. A slow spell does not
-    loosen it: the drift is measured on one large model and a contended host slows models unequally (the
-    demo once measured drift 1.25 while students of 3-4 ms ran at their predicted speed; dividing by it
-    let a 5.8 ms student into a 5 ms budget). A missing or non-positive drift leaves the time as it is."""
+    A shared machine runs 5-25% slower or faster from one quarter hour to the next. `drift` is the reference
+    student (the space's largest) now against the fit; `speed` is this student's own factor, the calibration
+    refitted on the calibration students timed in the same run against the stored one (predicted now /
+    predicted at the fit). A host faster now (either below 1) tightens the verdict by the stronger signal:
+    a fast spell never passes a student that is over the budget at the host's usual speed. A host slower
+    now loosens it only where both say so, and by the lesser: the drift alone is one large model, and a
+    contended host slows models unequally (the demo once measured drift 1.25 while students of 3-4 ms ran at
+    their predicted speed; dividing by it let a 5.8 ms student into a 5 ms budget), which the refit on all
+    calibration students follows. Without a student's own factor (a run that predates it, or a student the
+    table cannot predict) the drift only tightens; a missing or non-positive drift leaves the time as it is."""
     if drift is None or not math.isfinite(drift) or drift <= 0:
         return ms
-    return max(ms, ms / drift)
+    own = speed if speed is not None and math.isfinite(speed) and speed > 0 else 1.0
+    return ms / min(drift, own)
+
+
+def host_speed(proxies: dict[str, Any]) -> float | None:
+    """A student's own host factor from its proxies: predicted now / predicted at the fit (None without both)."""
+    now, fit = proxies.get("predicted_now_ms"), proxies.get("predicted_ms")
+    return now / fit if now and fit else None
 
 
 def _stored(db: Database, study: Study, budget_ms: float, name: str, protocol: str) -> dict[str, Any] | None:

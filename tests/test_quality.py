@@ -286,10 +286,12 @@ def test_finalists_end_to_end_choose_record_and_resume(searched_tiny, tmp_path, 
     first = choose(study, 5.0, progress=False)
     origins = {r["origin"] for r in first["finalists"]}
     assert "search" in origins and origins & {"truncated", "uniform"}  # the free students compete too
-    # the budget judges each time at the host's speed when the latency model was fitted
+    # the budget judges each time at the host's speed when the latency model was fitted, as far as the drift
+    # and the student's own factor (predicted now / predicted at the fit) agree
     drift = first["timing"]["drift"]
-    assert drift > 0 and all(r["judged_ms"] == pytest.approx(max(r["measured_ms"], r["measured_ms"] / drift))
-                             for r in first["finalists"])
+    assert drift > 0 and all(r["judged_ms"] == pytest.approx(r["measured_ms"] / min(
+        drift, r["predicted_now_ms"] / r["predicted_ms"] if r.get("predicted_now_ms") else 1.0))
+        for r in first["finalists"])
     assert all(r["over_budget"] == (r["judged_ms"] > 5.0) for r in first["finalists"])
     # the recalibration students timed in the same run refit the calibration: each finalist the table can
     # predict is predicted at the host's speed now, beside the search's prediction
@@ -314,6 +316,19 @@ def test_finalists_end_to_end_choose_record_and_resume(searched_tiny, tmp_path, 
     monkeypatch.setattr("nas_bert.finalists.short_distill", boom)
     again = choose(study, 5.0, progress=False)  # every finalist is a database row: nothing is redone
     assert again["chosen"]["name"] == first["chosen"]["name"]
+
+
+def test_judged_ms_divides_by_the_lesser_factor():
+    from nas_bert.finalists import host_speed, judged_ms
+
+    assert judged_ms(9.0, 0.9) == pytest.approx(10.0)  # a faster host, no own factor: tightened by the drift
+    assert judged_ms(9.0, 1.2) == 9.0  # a slower host by the drift alone: never loosened
+    assert judged_ms(10.5, 1.05, 1.05) == pytest.approx(10.0)  # both say slower: loosened by the lesser
+    assert judged_ms(10.5, 1.25, 1.0) == 10.5  # the reference slowed, this student did not (contention)
+    assert judged_ms(9.0, 1.1, 0.9) == pytest.approx(10.0)  # the student's own factor says faster: tightened
+    assert judged_ms(9.0, None, 0.9) == 9.0 and judged_ms(9.0, float("nan"), 1.2) == 9.0
+    assert host_speed({"predicted_ms": 4.0, "predicted_now_ms": 4.4}) == pytest.approx(1.1)
+    assert host_speed({"predicted_ms": 4.0, "predicted_now_ms": None}) is None and host_speed({}) is None
 
 
 def test_the_budget_judges_times_at_the_fitted_speed_only_to_tighten(searched_tiny, tmp_path, monkeypatch):
@@ -467,6 +482,9 @@ def test_a_winning_baseline_is_distilled_and_exported_as_such(searched_tiny, tmp
     # a baseline is predicted by the latency model like a searched student, and the export says so
     assert chosen["predicted_ms"] is not None and student["predicted_ms"] == pytest.approx(chosen["predicted_ms"])
     assert student["predicted_now_ms"] > 0  # and by the calibration refitted in the export's own timing run
+    assert student["judged_ms"] == pytest.approx(student["measured_ms"]["torch_fp32"] / min(student["drift"],
+                                                                                            student["speed"]))
+    assert student["over_budget"] == (student["judged_ms"] > 5.0)
     card = (tmp_path / "export" / student["name"] / "README.md").read_text()
     assert "A hand-designed student won this budget's finalists" in card
     assert f"| predicted (refitted in this run) | {student['predicted_now_ms']:.3f} |" in card
