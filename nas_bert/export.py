@@ -161,7 +161,8 @@ def _export_one(study: Study, m: Member, teacher: Teacher, supernet: Supernet, c
     emb = teacher.embeddings_spec()
     recal, recal_models = calibration_students(lat_model, study.space, emb)
     ms = measure_latencies(student, folder, teacher, cfg, recal_models)
-    ms["drift"], now = in_run(lat_model, study.space, emb, recal, ms.pop("others"))
+    ms["calibration_ms"] = ms.pop("others")  # kept in nas_bert.json: the run's composition can be compared later
+    ms["drift"], now = in_run(lat_model, study.space, emb, recal, ms["calibration_ms"])
     try:  # the latency model refitted on this run's timings: the prediction at the host's speed now
         predicted_now: float | None = now(lat_model.raw_ms(arch), operators(arch))
         ms["speed"] = predicted_now / lat_model.predict(arch)  # this student's host factor since the fit

@@ -184,7 +184,8 @@ def measured_ms(ctx: StudentContext, cands: list[Candidate], budget_ms: float,
     calibration refitted on its students' times in this run predicts the candidates at the host's speed now
     (`predicted_now_ms`, beside the search's `predicted_ms`). The raw figures are kept. Stored per budget
     (rows "model:<budget>:<origin>:<hash>"), so a resumed choice measures nothing again. Returns the times
-    and the run's record: the drift, the teacher's time and the refitted calibration (refit_a, refit_c, refit_b).
+    and the run's record: the drift, the teacher's time and the refitted calibration (refit_a, refit_c, refit_b);
+    each calibration student's time stays in the rows "calibration:<budget>:<teacher>:<index>".
     """
     cfg = ctx.study.cfg.latency
     fp = device_fingerprint(cfg)
@@ -210,7 +211,9 @@ def measured_ms(ctx: StudentContext, cands: list[Candidate], budget_ms: float,
         drift, now = in_run(lat, ctx.study.space, emb, recal, raw[len(cands):-1])
         values = {**{keys[c.name]: ms for c, ms in zip(cands, raw, strict=False)}, extra["drift"]: drift,
                   extra["teacher_ms"]: raw[-1], extra["refit_a"]: now.a, extra["refit_c"]: now.c,
-                  extra["refit_b"]: now.b}
+                  extra["refit_b"]: now.b,
+                  # each calibration student's time in this run, beside the candidates (rows only)
+                  **{f"calibration:{tag}:{i}": v for i, v in enumerate(raw[len(cands):-1])}}
         try:
             with ctx.db.session() as s:
                 for key, value in values.items():

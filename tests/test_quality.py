@@ -12,11 +12,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import copy_study
+from sqlalchemy import select
 
 from nas_bert import architecture as A
 from nas_bert.config import TrainConfig, load_study
 from nas_bert.corpus import CorpusConfig, load_manpages, make_collator
-from nas_bert.db import Database
+from nas_bert.db import Database, LatencyRow
 from nas_bert.distill import DistillModule, DistillObjective, TeacherTaps, relation_kl, similarity_loss, uniform_mapping
 from nas_bert.finalists import Candidate, choose, chosen_finalist, summarise
 from nas_bert.hf_folder import write_student_folder
@@ -301,6 +302,9 @@ def test_finalists_end_to_end_choose_record_and_resume(searched_tiny, tmp_path, 
     assert searched and all(r["predicted_now_ms"] > 0 for r in searched)
     lat = ensure_latency_model(Database(study.db_url), study.space, load_teacher(study.cfg.teacher).embeddings_spec(),
                                study.cfg.latency, progress=False)
+    with Database(study.db_url).session() as sess:  # each calibration student's time in that run is kept
+        kept = sess.scalars(select(LatencyRow.key).where(LatencyRow.key.like("calibration:5:%"))).all()
+    assert len(kept) == len(lat.calibration.points)
     for r in searched:
         arch = A.Architecture.from_json(r["arch_json"])
         assert r["predicted_now_ms"] == pytest.approx(refit[0] * lat.raw_ms(arch) + refit[1] * operators(arch)
@@ -485,6 +489,8 @@ def test_a_winning_baseline_is_distilled_and_exported_as_such(searched_tiny, tmp
     assert student["judged_ms"] == pytest.approx(student["measured_ms"]["torch_fp32"] / min(student["drift"],
                                                                                             student["speed"]))
     assert student["over_budget"] == (student["judged_ms"] > 5.0)
+    kept = json.loads((tmp_path / "export" / student["name"] / "nas_bert.json").read_text())["latency"]
+    assert len(kept["calibration_ms"]) == study.cfg.latency.calibration_archs + 2 and min(kept["calibration_ms"]) > 0
     card = (tmp_path / "export" / student["name"] / "README.md").read_text()
     assert "A hand-designed student won this budget's finalists" in card
     assert f"| predicted (refitted in this run) | {student['predicted_now_ms']:.3f} |" in card
