@@ -36,6 +36,7 @@ from nas_bert.architecture import Architecture
 from nas_bert.config import load_study
 from nas_bert.db import ArchitectureRow, Database
 from nas_bert.latency import (
+    Calibration,
     build_student,
     calibration_architectures,
     ensure_latency_model,
@@ -92,9 +93,7 @@ def main() -> None:
     n_ends_random = 2 + cfg.calibration_archs - cfg.calibration_archs // 2  # [smallest, largest, random..., spread...]
     subset = points[:2] + points[n_ends_random:]
     ra, rc, rb = fit_calibration(subset)
-
-    def refit(a: Architecture) -> float:
-        return ca * model.raw_ms(a) + cc * operators(a) + cb
+    in_run, ends = Calibration(a=ca, c=cc, b=cb), Calibration(a=ra, c=rc, b=rb)
 
     rows, out, i = [], [], len(cal_archs)
     for b in budgets:
@@ -104,10 +103,11 @@ def main() -> None:
             i += 1
             raw.append(pred / ms - 1)
             fixed.append(pred / (ms / drift) - 1)
-            inrun.append(refit(a) / ms - 1)
-            ends_spread.append((ra * model.raw_ms(a) + rc * operators(a) + rb) / ms - 1)
+            refit, ends_spread_ms = model.predict(a, in_run), model.predict(a, ends)
+            inrun.append(refit / ms - 1)
+            ends_spread.append(ends_spread_ms / ms - 1)
             out.append({"budget_ms": b, "hash": a.hash(), "predicted_ms": pred, "measured_ms": ms,
-                        "refit_ms": refit(a), "ends_spread_ms": ra * model.raw_ms(a) + rc * operators(a) + rb,
+                        "refit_ms": refit, "ends_spread_ms": ends_spread_ms,
                         "over_budget_as_measured": ms > b, "architecture": str(a)})
         (m, x, bias), (mf, _, biasf), (mi, xi, biasi) = summary(raw), summary(fixed), summary(inrun)
         mo, xo, biaso = summary(ends_spread)

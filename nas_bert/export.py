@@ -32,7 +32,7 @@ from nas_bert.errors import NasBertError
 from nas_bert.finalists import chosen_finalist, judged_ms
 from nas_bert.hf_folder import write_student_folder
 from nas_bert.identity import atomic_folder, file_sha256
-from nas_bert.latency import calibration_students, ensure_latency_model, hardware_name, in_run, operators
+from nas_bert.latency import calibration_students, ensure_latency_model, hardware_name, in_run
 from nas_bert.modeling_nas_bert import NasBertModel
 from nas_bert.onnx_export import VARIANTS, export_onnx, mb, measure_latencies
 from nas_bert.search import (
@@ -157,14 +157,14 @@ def _export_one(study: Study, m: Member, teacher: Teacher, supernet: Supernet, c
                            f"`nas-bert run --config {study.file}` to distil it before exporting")
     write_student_folder(student, folder, teacher.tokenizer, teacher.pooling)
     checks = export_onnx(student, folder, teacher.tokenizer, min(cfg.seq_len, arch.embeddings.max_positions))
-    lat_model = ensure_latency_model(Database(study.db_url), study.space, teacher.embeddings_spec(), cfg, progress=False)
     emb = teacher.embeddings_spec()
+    lat_model = ensure_latency_model(Database(study.db_url), study.space, emb, cfg, progress=False)
     recal, recal_models = calibration_students(lat_model, study.space, emb)
     ms = measure_latencies(student, folder, teacher, cfg, recal_models)
     ms["calibration_ms"] = ms.pop("others")  # kept in nas_bert.json: the run's composition can be compared later
     ms["drift"], now = in_run(lat_model, study.space, emb, recal, ms["calibration_ms"])
     try:  # the latency model refitted on this run's timings: the prediction at the host's speed now
-        predicted_now: float | None = now(lat_model.raw_ms(arch), operators(arch))
+        predicted_now: float | None = lat_model.predict(arch, now)
         ms["speed"] = predicted_now / lat_model.predict(arch)  # this student's host factor since the fit
     except NasBertError:  # a hand-designed student the table has no timing for
         predicted_now, ms["speed"] = None, None

@@ -38,13 +38,13 @@ from nas_bert.errors import NasBertError
 from nas_bert.evaluate import agreement
 from nas_bert.latency import (
     Calibration,
+    LatencyModel,
     build_student,
     calibration_students,
     device_fingerprint,
     ensure_latency_model,
     in_run,
     measure_models,
-    operators,
 )
 from nas_bert.metrics import fidelity_interval
 from nas_bert.scoring import kendall_tau
@@ -226,20 +226,16 @@ def measured_ms(ctx: StudentContext, cands: list[Candidate], budget_ms: float,
     return {name: known[key] for name, key in keys.items()}, {k: known.get(key) for k, key in extra.items()}
 
 
-def predict_now(ctx: StudentContext, cands: list[Candidate], timing: dict[str, Any]) -> None:
+def predict_now(lat: LatencyModel, cands: list[Candidate], timing: dict[str, Any]) -> None:
     """Each candidate's `predicted_now_ms`: the calibration refitted in its timing run (None where that run
     predates it, or the table cannot predict the student)."""
-    coef = [timing.get(f"refit_{k}") for k in "acb"]
-    lat = None
-    if all(v is not None for v in coef):
-        lat = ensure_latency_model(ctx.db, ctx.study.space, ctx.teacher.embeddings_spec(), ctx.study.cfg.latency,
-                                   progress=False)
-    now = Calibration(a=coef[0], c=coef[1], b=coef[2]) if lat is not None else None
-    for c in cands:
+    a, c, b = (timing.get(f"refit_{k}") for k in "acb")
+    now = None if None in (a, c, b) else Calibration(a=a, c=c, b=b)
+    for cand in cands:
         try:
-            c.proxies["predicted_now_ms"] = now(lat.raw_ms(c.arch), operators(c.arch)) if now and lat else None
+            cand.proxies["predicted_now_ms"] = None if now is None else lat.predict(cand.arch, now)
         except NasBertError:  # a hand-designed student the table has no timing for
-            c.proxies["predicted_now_ms"] = None
+            cand.proxies["predicted_now_ms"] = None
 
 
 def _latency_row(s: Any, fp: str, key: str, ms: float) -> LatencyRow:
@@ -293,13 +289,12 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> dict[str, A
     if not cands:
         raise NasBertError(f"the {budget_ms:g} ms search of study '{study.name}' has no feasible student; "
                            "raise the budget or search.trials")
+    lat = ensure_latency_model(ctx.db, study.space, ctx.teacher.embeddings_spec(), study.cfg.latency, progress=False)
     family = baseline_family(ctx) if cfg.finalist_baselines else {}
     if family:
-        lat = ensure_latency_model(ctx.db, study.space, ctx.teacher.embeddings_spec(), study.cfg.latency,
-                                   progress=False)
         family = family_to_time(family, lat.predict, budget_ms)
     ms, timing = measured_ms(ctx, [*cands, *family.values()], budget_ms, progress)
-    predict_now(ctx, [*cands, *family.values()], timing)
+    predict_now(lat, [*cands, *family.values()], timing)
     everyone = {c.name: c for c in [*cands, *family.values()]}
     judged = {name: judged_ms(v, timing.get("drift"), host_speed(everyone[name].proxies)) for name, v in ms.items()}
     cands = replace_over_budget(cands, judged, budget_ms, cfg.rescore_top)

@@ -425,9 +425,9 @@ class LatencyModel:
             prev = b.hidden
         return total + (self._ms(output_key(prev, arch.output)) if arch.output else 0.0)
 
-    def predict(self, arch: Architecture) -> float:
-        """Calibrated end-to-end milliseconds."""
-        return self.calibration(self.raw_ms(arch), operators(arch))
+    def predict(self, arch: Architecture, calibration: Calibration | None = None) -> float:
+        """Calibrated end-to-end milliseconds, by the stored calibration or another (one refitted in a later run)."""
+        return (self.calibration if calibration is None else calibration)(self.raw_ms(arch), operators(arch))
 
     def refitted(self, archs: list[Architecture], measured: list[float]) -> Calibration:
         """The calibration's form fitted on students timed end to end now (the table stays as it is)."""
