@@ -74,7 +74,8 @@ def main() -> None:
     build_s = time.perf_counter() - t0
     cal = lm.calibration
     print(f"table ({len(lm.table)} entries) + calibration: {build_s:.1f} s; "
-          f"fit measured = {cal.a:.4f} x raw + {cal.c:.4f} x operators + {cal.b:.4f} ms on {len(cal.points)} students, "
+          f"fit measured = {cal.a:.4f} x raw + {cal.c:.4f} x operators + {cal.w:.4f} x resizes + {cal.b:.4f} ms "
+          f"on {len(cal.points)} students, "
           f"leave-one-out MAPE {cal.loo_mape:.2f}%")
 
     # Random students, none of them in the calibration set (the error is measured out of sample).

@@ -40,9 +40,7 @@ from nas_bert.latency import (
     build_student,
     calibration_architectures,
     ensure_latency_model,
-    fit_calibration,
     measure_models,
-    operators,
 )
 from nas_bert.search import budgets_in_db, optuna_study_name, storage_for
 from nas_bert.teacher import embeddings_spec_of, load_teacher_config
@@ -61,6 +59,10 @@ def pool(study: Any, db: Database, budget: float, n: int) -> list[Architecture]:
         rows = {r.hash: r.arch_json for r in s.query(ArchitectureRow).filter(
             ArchitectureRow.study == study.name, ArchitectureRow.hash.in_(hashes))}
     return [Architecture.from_json(rows[h]) for h in hashes]
+
+
+def coefficients(cal: Calibration) -> str:
+    return f"a={cal.a:.3f} c={cal.c:.3f} w={cal.w:.3f} b={cal.b:.3f}"
 
 
 def summary(errs: list[float]) -> tuple[float, float, float]:
@@ -88,12 +90,12 @@ def main() -> None:
         st.embeddings = students[0].embeddings
     measured = measure_models(students, cfg, emb.vocab_size)
     drift = measured[1] / ref_ms
-    points = [(model.raw_ms(a), operators(a), ms) for a, ms in zip(cal_archs, measured, strict=False)]
-    ca, cc, cb = fit_calibration(points)  # the model's form, fitted on this run's timings
+    in_run = model.refitted(cal_archs, measured[:len(cal_archs)])  # the model's form, fitted on this run's timings
+    points = in_run.points
     n_ends_random = 2 + cfg.calibration_archs - cfg.calibration_archs // 2  # [smallest, largest, random..., spread...]
-    subset = points[:2] + points[n_ends_random:]
-    ra, rc, rb = fit_calibration(subset)
-    in_run, ends = Calibration(a=ca, c=cc, b=cb), Calibration(a=ra, c=rc, b=rb)
+    keep = [0, 1, *range(n_ends_random, len(cal_archs))]
+    ends = model.refitted([cal_archs[k] for k in keep], [measured[k] for k in keep])
+    subset = ends.points
 
     rows, out, i = [], [], len(cal_archs)
     for b in budgets:
@@ -118,13 +120,13 @@ def main() -> None:
                      f"{100 * mo:.1f}%", f"{100 * xo:.1f}%", f"{100 * biaso:+.1f}%", str(over)])
     print(f"\nstudy {study.name}: {cpu_name()}, {cfg.threads} threads, batch {cfg.batch_size} x {cfg.seq_len} tokens; "
           f"host drift {drift:.2f}x (reference {measured[1]:.2f} ms now, {ref_ms:.2f} ms at the fit); "
-          f"calibration a={model.calibration.a:.3f} c={model.calibration.c:.3f} b={model.calibration.b:.3f} "
-          f"(refitted in this run: a={ca:.3f} c={cc:.3f} b={cb:.3f})\n")
+          f"calibration {coefficients(model.calibration)} (refitted in this run: {coefficients(in_run)})\n")
     print(table(["budget ms", "archs", "mean err", "max err", "bias", "mean err (drift out)", "bias (drift out)",
                  "mean err (refit)", "max err (refit)", "bias (refit)", f"mean err (ends+spread {len(subset)})",
                  f"max err (ends+spread {len(subset)})", f"bias (ends+spread {len(subset)})", "over budget as measured"], rows))
     path = study.workdir / "latency_chosen.json"
-    path.write_text(json.dumps({"drift": drift, "reference_ms": ref_ms, "refit": [ca, cc, cb], "ends_spread": [ra, rc, rb],
+    path.write_text(json.dumps({"drift": drift, "reference_ms": ref_ms, "refit": [in_run.a, in_run.c, in_run.w, in_run.b],
+                                "ends_spread": [ends.a, ends.c, ends.w, ends.b],
                                 "calibration_points": points,
                                 "rows": out}, indent=2))
     print(f"\nrows: {path}")

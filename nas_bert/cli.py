@@ -124,7 +124,7 @@ def _latency_table(r: dict[str, Any]) -> str:
     lines += [f"  {k:<28} {v:9.4f}" for k, v in r["table"].items()]
     cal = r.get("calibration") or {}
     lines.append(f"calibration: end-to-end ms = {cal.get('a', 0):.4f} x summed table + {cal.get('c', 0):.4f} ms "
-                 f"x operators + {cal.get('b', 0):.4f} ms, "
+                 f"x operators + {cal.get('w', 0):.4f} ms x resizes + {cal.get('b', 0):.4f} ms, "
                  f"fitted on {r.get('n')} students, leave-one-out error {r.get('loo_mape_pct', float('nan')):.2f}%")
     return "\n".join(lines)
 

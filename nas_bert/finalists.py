@@ -184,14 +184,15 @@ def measured_ms(ctx: StudentContext, cands: list[Candidate], budget_ms: float,
     calibration refitted on its students' times in this run predicts the candidates at the host's speed now
     (`predicted_now_ms`, beside the search's `predicted_ms`). The raw figures are kept. Stored per budget
     (rows "model:<budget>:<origin>:<hash>"), so a resumed choice measures nothing again. Returns the times
-    and the run's record: the drift, the teacher's time and the refitted calibration (refit_a, refit_c, refit_b);
-    each calibration student's time stays in the rows "calibration:<budget>:<teacher>:<index>".
+    and the run's record: the drift, the teacher's time and the refitted calibration (refit_a, refit_c, refit_w,
+    refit_b); each calibration student's time stays in the rows "calibration:<budget>:<teacher>:<index>".
     """
     cfg = ctx.study.cfg.latency
     fp = device_fingerprint(cfg)
     keys = {c.name: f"model:{budget_ms:g}:{c.origin}:{c.arch.hash()}" for c in cands}
     tag = f"{budget_ms:g}:{hashlib.sha256(ctx.study.cfg.teacher.encode()).hexdigest()[:12]}"
-    extra = {k: f"{k.removesuffix('_ms')}:{tag}" for k in ("drift", "teacher_ms", "refit_a", "refit_c", "refit_b")}
+    extra = {k: f"{k.removesuffix('_ms')}:{tag}"
+             for k in ("drift", "teacher_ms", "refit_a", "refit_c", "refit_w", "refit_b")}
     with ctx.db.session() as s:
         known = {r.key: r.ms for r in s.scalars(select(LatencyRow).where(
             LatencyRow.fingerprint == fp, LatencyRow.key.in_([*keys.values(), *extra.values()])))}
@@ -211,7 +212,7 @@ def measured_ms(ctx: StudentContext, cands: list[Candidate], budget_ms: float,
         drift, now = in_run(lat, ctx.study.space, emb, recal, raw[len(cands):-1])
         values = {**{keys[c.name]: ms for c, ms in zip(cands, raw, strict=False)}, extra["drift"]: drift,
                   extra["teacher_ms"]: raw[-1], extra["refit_a"]: now.a, extra["refit_c"]: now.c,
-                  extra["refit_b"]: now.b,
+                  extra["refit_w"]: now.w, extra["refit_b"]: now.b,
                   # each calibration student's time in this run, beside the candidates (rows only)
                   **{f"calibration:{tag}:{i}": v for i, v in enumerate(raw[len(cands):-1])}}
         try:
@@ -229,8 +230,9 @@ def measured_ms(ctx: StudentContext, cands: list[Candidate], budget_ms: float,
 def predict_now(lat: LatencyModel, cands: list[Candidate], timing: dict[str, Any]) -> None:
     """Each candidate's `predicted_now_ms`: the calibration refitted in its timing run (None where that run
     predates it, or the table cannot predict the student)."""
-    a, c, b = (timing.get(f"refit_{k}") for k in "acb")
-    now = None if None in (a, c, b) else Calibration(a=a, c=c, b=b)
+    a, c, w, b = (timing.get(f"refit_{k}") for k in "acwb")
+    # a run before the per-resize term was fitted with none (w = 0): its coefficients stand as they were
+    now = None if None in (a, c, b) else Calibration(a=a, c=c, w=w or 0.0, b=b)
     for cand in cands:
         try:
             cand.proxies["predicted_now_ms"] = None if now is None else lat.predict(cand.arch, now)

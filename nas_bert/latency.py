@@ -3,10 +3,13 @@
 Every operator the search can place, the embeddings, every map into a wider block and every output
 map is timed once as the plain student module it is in an extracted model (equal widths and slices
 into a narrower block cost nothing); a student's raw latency is the sum of its parts. What isolated
-timings get wrong is corrected by `measured ~ a * raw + c * operators + b`, fitted on whole students
-measured end to end: an operator timed alone in a loop runs with its weights and input hot in cache
-and its threads awake (a < 1 where that flatters big matrix products), and every operator in a model
-pays a fixed cost its isolated timing does not show (c, per operator run). Summed timings alone
+timings get wrong is corrected by `measured ~ a * raw + c * operators + w * resizes + b`, fitted on whole
+students measured end to end: an operator timed alone in a loop runs with its weights and input hot in
+cache and its threads awake (a < 1 where that flatters big matrix products), every operator in a model
+pays a fixed cost its isolated timing does not show (c, per operator run), and so does every change of
+width between blocks (w, per resize: a narrower block works on a strided slice, a wider one on a
+concatenation; without it the calibration, taught by random students that change width at most blocks,
+over-predicted the students of one width throughout, the teacher's own layers among them, by 5-8%). Summed timings alone
 (`a * raw + b`) were 11-23% off on the students a search picks (mostly shallow, narrow, convolutional),
 because a calibration on random students taught it the ratio of deep, wide ones. The calibration
 students are half uniform random and half spread evenly over the space's latency range, so the small
@@ -17,6 +20,7 @@ fingerprint, so a second search on the same machine measures nothing.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -284,9 +288,9 @@ def build_student(arch: Architecture, reorder: bool = True) -> NasBertModel:
 
 
 # -- calibration ----------------------------------------------------------------------------------
-CALIBRATION_VERSION = 2  # 2: measured ~ a * raw + c * operators + b on random and latency-spread students
+CALIBRATION_VERSION = 3  # 3: measured ~ a * raw + c * operators + w * resizes + b (2: without w)
 
-Point = tuple[float, int, float]  # a calibration student's (raw ms, operators run, measured ms)
+Point = tuple[float, int, int, float]  # a calibration student's (raw ms, operators run, resizes, measured ms)
 
 
 def operators(arch: Architecture) -> int:
@@ -294,32 +298,40 @@ def operators(arch: Architecture) -> int:
     return sum(op.kind != "identity" for b in arch.blocks for op in b.ops)
 
 
+def resizes(arch: Architecture) -> int:
+    """How many blocks change the width of their input (a slice into a narrower block, a map into a wider one)."""
+    widths = [arch.embeddings.width, *(b.hidden for b in arch.blocks)]
+    return sum(a != b for a, b in itertools.pairwise(widths))
+
+
 @dataclass
 class Calibration:
-    """measured ~ a * raw + c * operators + b, with the (raw, operators, measured) points it was fitted on,
+    """measured ~ a * raw + c * operators + w * resizes + b, with the (raw, operators, resizes, measured) points
+    it was fitted on,
     and the measured latency of the space's largest student (`reference_ms`): timed again later, it says
     how much faster or slower the host is than when the model was fitted (`drift`)."""
 
     a: float = 1.0
     b: float = 0.0
     c: float = 0.0
+    w: float = 0.0
     points: list[Point] = field(default_factory=list)
     loo_mape: float = float("nan")  # leave-one-out mean absolute percentage error, in %
     reference_ms: float | None = None
 
-    def __call__(self, raw: float, ops: int) -> float:
-        return self.a * raw + self.c * ops + self.b
+    def __call__(self, raw: float, ops: int, resized: int = 0) -> float:
+        return self.a * raw + self.c * ops + self.w * resized + self.b
 
     def to_json(self, emb: Embeddings) -> str:
-        return json.dumps({"version": CALIBRATION_VERSION, "a": self.a, "b": self.b, "c": self.c,
+        return json.dumps({"version": CALIBRATION_VERSION, "a": self.a, "b": self.b, "c": self.c, "w": self.w,
                            "points": self.points, "embeddings": asdict(emb), "reference_ms": self.reference_ms})
 
     @classmethod
     def from_json(cls, text: str, mape: float) -> Calibration:
         d = json.loads(text)
-        points = [(float(r), int(n), float(m)) for r, n, m in d["points"]]
-        return cls(a=d["a"], b=d["b"], c=d["c"], points=points, loo_mape=mape if mape >= 0 else float("nan"),
-                   reference_ms=d.get("reference_ms"))
+        points = [(float(r), int(n), int(z), float(m)) for r, n, z, m in d["points"]]
+        return cls(a=d["a"], b=d["b"], c=d["c"], w=d["w"], points=points,
+                   loo_mape=mape if mape >= 0 else float("nan"), reference_ms=d.get("reference_ms"))
 
 
 def fit_linear(points: Iterable[tuple[float, float]]) -> tuple[float, float]:
@@ -335,19 +347,32 @@ def fit_linear(points: Iterable[tuple[float, float]]) -> tuple[float, float]:
     return float(np.mean(meas / raw)), 0.0
 
 
-def fit_calibration(points: Iterable[Point]) -> tuple[float, float, float]:
-    """measured = a * raw + c * operators + b (returns a, c, b) by least squares on the relative error, as
-    `fit_linear`; with too few points, or where a per-operator cost would come out negative, the plain
-    `a * raw + b` (c = 0)."""
+def fit_calibration(points: Iterable[Point]) -> tuple[float, float, float, float]:
+    """measured = a * raw + c * operators + w * resizes + b (returns a, c, w, b) by least squares on the
+    relative error, as `fit_linear`, with c, w >= 0 (one operator or resize more never predicts a faster
+    student) and a > 0: the best fit of the terms the points can pin (enough of them, some spread) whose
+    coefficients keep those signs, which is the constrained least-squares optimum; the plain `a * raw + b`
+    where none does."""
     pts = np.asarray(list(points), dtype=float)
-    raw, ops, meas = pts[:, 0], pts[:, 1], pts[:, 2]
-    if len(pts) >= 5 and np.ptp(raw) > 0 and np.ptp(ops) > 0:
-        design = np.stack([raw / meas, ops / meas, 1.0 / meas], 1)
-        (a, c, b), *_ = np.linalg.lstsq(design, np.ones_like(meas), rcond=None)
-        if a > 0 and c >= 0:  # a cheaper operator, or one operator fewer, never predicts a slower model
-            return float(a), float(c), float(b)
+    raw, ops, rs, meas = pts[:, 0], pts[:, 1], pts[:, 2], pts[:, 3]
+    best: tuple[float, tuple[float, float, float, float]] | None = None
+    for use_c, use_w in ((True, True), (True, False), (False, True)):
+        cols = [raw] + ([ops] if use_c else []) + ([rs] if use_w else [])
+        if len(pts) < len(cols) + 3 or any(np.ptp(x) == 0 for x in cols):
+            continue
+        design = np.stack([*(x / meas for x in cols), 1.0 / meas], 1)
+        coef, *_ = np.linalg.lstsq(design, np.ones_like(meas), rcond=None)
+        if coef[0] <= 0 or any(x < -1e-9 for x in coef[1:-1]):  # a rounding error below zero is zero
+            continue
+        extra = iter(max(0.0, float(x)) for x in coef[1:-1])
+        fit = (float(coef[0]), next(extra) if use_c else 0.0, next(extra) if use_w else 0.0, float(coef[-1]))
+        sse = float(np.sum((design @ coef - 1.0) ** 2))
+        if best is None or sse < best[0] - 1e-12:
+            best = (sse, fit)
+    if best is not None:
+        return best[1]
     a, b = fit_linear(zip(raw, meas, strict=True))
-    return a, 0.0, b
+    return a, 0.0, 0.0, b
 
 
 def loo_mape(points: list[Point]) -> float:
@@ -355,9 +380,9 @@ def loo_mape(points: list[Point]) -> float:
     if len(points) < 3:
         return float("nan")
     errs = []
-    for i, (raw, ops, meas) in enumerate(points):
-        a, c, b = fit_calibration(points[:i] + points[i + 1:])
-        errs.append(abs(a * raw + c * ops + b - meas) / meas)
+    for i, (raw, ops, rs, meas) in enumerate(points):
+        a, c, w, b = fit_calibration(points[:i] + points[i + 1:])
+        errs.append(abs(a * raw + c * ops + w * rs + b - meas) / meas)
     return 100.0 * float(np.mean(errs))
 
 
@@ -427,22 +452,24 @@ class LatencyModel:
 
     def predict(self, arch: Architecture, calibration: Calibration | None = None) -> float:
         """Calibrated end-to-end milliseconds, by the stored calibration or another (one refitted in a later run)."""
-        return (self.calibration if calibration is None else calibration)(self.raw_ms(arch), operators(arch))
+        return (self.calibration if calibration is None else calibration)(self.raw_ms(arch), operators(arch),
+                                                                           resizes(arch))
 
     def refitted(self, archs: list[Architecture], measured: list[float]) -> Calibration:
         """The calibration's form fitted on students timed end to end now (the table stays as it is)."""
-        points = [(self.raw_ms(a), operators(a), ms) for a, ms in zip(archs, measured, strict=True)]
-        a, c, b = fit_calibration(points)
-        return Calibration(a=a, b=b, c=c, points=points, loo_mape=loo_mape(points))
+        points = [(self.raw_ms(a), operators(a), resizes(a), ms) for a, ms in zip(archs, measured, strict=True)]
+        a, c, w, b = fit_calibration(points)
+        return Calibration(a=a, b=b, c=c, w=w, points=points, loo_mape=loo_mape(points))
 
     def fastest_architecture(self, space: SearchSpace, emb: Embeddings) -> Architecture:
         """The student of `space` with the lowest predicted latency (exact).
 
         Within a block of width h the cheapest choice is the minimum depth of the cheapest operator;
         the map into block b depends on block b-1's width, so a dynamic programme over widths
-        picks the widths. The calibration is increasing in raw (a > 0) and in operators (c >= 0), and
-        every block here has the minimum depth, so minimising raw is enough.
+        picks the widths. The calibration is increasing in raw (a > 0), in operators (c >= 0) and in resizes
+        (w >= 0), and every block here has the minimum depth, so minimising raw + (w / a) x resizes is enough.
         """
+        per_resize = self.calibration.w / self.calibration.a
         depth = space.depths[0]
         cheapest: dict[int, Block] = {}
         for h in space.hidden_sizes:
@@ -452,7 +479,8 @@ class LatencyModel:
         best: dict[int, tuple[float, tuple[Block, ...]]] = {emb.width: (self._ms(embeddings_key(emb)), ())}
         for _ in range(space.blocks):
             best = {
-                h: min(((c + self.block_raw_ms(blk, prev), (*blocks, blk)) for prev, (c, blocks) in best.items()),
+                h: min(((c + self.block_raw_ms(blk, prev) + per_resize * (h != prev), (*blocks, blk))
+                        for prev, (c, blocks) in best.items()),
                        key=lambda t: t[0])
                 for h, blk in cheapest.items()
             }
@@ -481,7 +509,7 @@ def latency_report(model: LatencyModel) -> dict[str, Any]:
         "torch": torch.__version__,
         "config": model.config.model_dump(),
         "table": dict(sorted(model.table.items())),
-        "calibration": {"a": cal.a, "b": cal.b, "c": cal.c, "points": [list(p) for p in cal.points]},
+        "calibration": {"a": cal.a, "b": cal.b, "c": cal.c, "w": cal.w, "points": [list(p) for p in cal.points]},
         "n": len(cal.points),
         "loo_mape_pct": mape,
     }
@@ -507,7 +535,7 @@ def _store_row(db: Database, fingerprint: str, key: str, ms: float) -> float:
 def calibrate(
     model: LatencyModel, space: SearchSpace, emb: Embeddings, cfg: LatencyConfig, progress: bool = True
 ) -> Calibration:
-    """Measure the calibration students end to end and fit measured ~ a * raw + c * operators + b."""
+    """Measure the calibration students end to end and fit measured ~ a * raw + c * operators + w * resizes + b."""
     archs, students = calibration_students(model, space, emb)
     with tqdm(total=len(archs) * MODEL_ROUNDS, desc="latency calibration", disable=not progress, leave=False) as bar:
         measured = measure_models(students, cfg, emb.vocab_size, bar)

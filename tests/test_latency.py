@@ -179,10 +179,10 @@ def test_calibration_is_stored(build: Built, space: SearchSpace) -> None:
         n = row.n
     cal = model.calibration
     assert cal.a > 0
-    assert (stored["a"], stored["b"], stored["c"]) == (cal.a, cal.b, cal.c)
-    assert cal.c >= 0
+    assert (stored["a"], stored["b"], stored["c"], stored["w"]) == (cal.a, cal.b, cal.c, cal.w)
+    assert cal.c >= 0 and cal.w >= 0
     assert n == len(stored["points"]) == len(cal.points) == CFG.calibration_archs + 2
-    assert all(raw > 0 and ops >= 0 and ms > 0 for raw, ops, ms in cal.points)
+    assert all(raw > 0 and ops >= 0 and rs >= 0 and ms > 0 for raw, ops, rs, ms in cal.points)
 
 
 def test_predictions(built: LatencyModel, space: SearchSpace) -> None:
@@ -229,20 +229,27 @@ def test_predictions_match_measurements_of_students_not_calibrated_on(
         assert max(errors) <= tolerance, f"relative errors {errors}, machine noise {noise:.1%}"
 
 
-def test_fastest_possible_is_an_attained_lower_bound(built: LatencyModel, space: SearchSpace) -> None:
-    best = built.fastest_possible(space, EMB)
-    arch = built.fastest_architecture(space, EMB)
+@pytest.mark.parametrize("resize_ms", [None, 5.0])
+def test_fastest_possible_is_an_attained_lower_bound(built: LatencyModel, space: SearchSpace,
+                                                      resize_ms: float | None) -> None:
+    # as fitted, and with a width change dearer than any operator (the fastest student keeps one width)
+    model = built if resize_ms is None else LatencyModel(
+        built.fingerprint, built.config, built.table, latency.Calibration(a=1.0, c=0.02, w=resize_ms, b=0.1))
+    best = model.fastest_possible(space, EMB)
+    arch = model.fastest_architecture(space, EMB)
     arch.validate(space)
-    assert built.predict(arch) == pytest.approx(best)
+    assert model.predict(arch) == pytest.approx(best)
     rng = random.Random(2)
-    assert all(best <= built.predict(sample(space, EMB, rng)) + 1e-9 for _ in range(50))
+    assert all(best <= model.predict(sample(space, EMB, rng)) + 1e-9 for _ in range(50))
     # Brute force over blocks of one repeated operator (a cheapest block is always one of them).
     blocks = [
         Block(h, (op,) * d + (IDENTITY,) * (space.sublayers_per_block - d))
         for h in space.hidden_sizes for op in op_choices(space, h) for d in space.depths
     ]
-    brute = min(built.predict(Architecture.build(EMB, combo)) for combo in itertools.product(blocks, repeat=space.blocks))
+    brute = min(model.predict(Architecture.build(EMB, combo)) for combo in itertools.product(blocks, repeat=space.blocks))
     assert best == pytest.approx(brute)
+    if resize_ms is not None:
+        assert latency.resizes(arch) <= 1  # at most the step from the embeddings' width into the first block
 
 
 def test_fingerprint_is_stable_and_follows_settings() -> None:
@@ -288,21 +295,38 @@ def test_fit_recovers_a_line() -> None:
 def test_fit_recovers_a_per_operator_cost() -> None:
     # measured = 0.8 x summed table + 0.09 ms per operator + 0.1 ms: the fit finds all three, and a
     # calibration without the per-operator term could not (two students of equal raw, different depth)
-    points = [(raw, ops, 0.8 * raw + 0.09 * ops + 0.1)
-              for raw, ops in ((0.2, 0), (2.0, 12), (2.0, 4), (5.0, 9), (9.0, 12), (14.0, 6))]
-    a, c, b = fit_calibration(points)
-    assert (a, c, b) == (pytest.approx(0.8), pytest.approx(0.09), pytest.approx(0.1))
+    points = [(raw, ops, rs, 0.8 * raw + 0.09 * ops + 0.1)
+              for raw, ops, rs in ((0.2, 0, 1), (2.0, 12, 0), (2.0, 4, 2), (5.0, 9, 1), (9.0, 12, 3), (14.0, 6, 0))]
+    a, c, w, b = fit_calibration(points)
+    assert (a, c, w, b) == (pytest.approx(0.8), pytest.approx(0.09), pytest.approx(0.0, abs=1e-9), pytest.approx(0.1))
     assert loo_mape(points) == pytest.approx(0.0, abs=1e-9)
-    a2, b2 = fit_linear([(r, m) for r, _, m in points])
-    assert max(abs(a2 * r + b2 - m) / m for r, _, m in points) > 0.05
+    a2, b2 = fit_linear([(r, m) for r, _, _, m in points])
+    assert max(abs(a2 * r + b2 - m) / m for r, _, _, m in points) > 0.05
+
+
+def test_fit_recovers_a_per_resize_cost() -> None:
+    # two students of equal raw time and depth, one of a single width, one changing width at every block:
+    # only the per-resize term tells them apart
+    truth = (1.05, 0.03, 0.04, 0.09)  # a, c, w, b
+    shapes = ((0.2, 0, 1), (2.3, 2, 0), (2.3, 2, 3), (3.7, 12, 1), (5.0, 9, 2), (7.4, 12, 0), (9.0, 10, 3))
+    points = [(raw, ops, rs, truth[0] * raw + truth[1] * ops + truth[2] * rs + truth[3]) for raw, ops, rs in shapes]
+    assert fit_calibration(points) == tuple(pytest.approx(x) for x in truth)
+    a, c, _w, b = fit_calibration([(raw, ops, 0, m) for raw, ops, _, m in points])  # the old form, no resizes
+    assert max(abs(a * raw + c * ops + b - m) / m for raw, ops, _, m in points) > 0.02
 
 
 def test_fit_never_makes_an_operator_cheaper_than_none() -> None:
-    # points where a per-operator cost would come out negative: the plain line, c = 0
-    points = [(raw, ops, 1.2 * raw - 0.05 * ops + 0.6) for raw, ops in ((1, 2), (3, 9), (5, 1), (7, 12), (9, 4))]
-    a, c, b = fit_calibration(points)
-    assert c == 0 and a > 0
-    assert (a, b) == fit_linear([(r, m) for r, _, m in points])
+    # points where a per-operator or per-resize cost would come out negative: that term is left out
+    points = [(raw, ops, rs, 1.2 * raw - 0.05 * ops + 0.6)
+              for raw, ops, rs in ((1, 2, 0), (3, 9, 1), (5, 1, 0), (7, 12, 2), (9, 4, 1))]
+    a, c, w, _b = fit_calibration(points)
+    assert c == 0 and w >= 0 and a > 0
+    points = [(raw, ops, rs, 1.2 * raw - 0.1 * rs + 0.6)
+              for raw, ops, rs in ((1, 2, 0), (3, 9, 1), (5, 1, 0), (7, 12, 2), (9, 4, 1), (4, 6, 3))]
+    a, c, w, _b = fit_calibration(points)
+    assert w == 0 and c >= 0 and a > 0
+    flat = [(raw, ops, 0, m) for raw, ops, _, m in points[:4]]  # too few points and no spread: the plain line
+    assert fit_calibration(flat)[1:3] == (0.0, 0.0)
 
 
 def test_calibration_students_cover_the_latency_range(built: LatencyModel, space: SearchSpace) -> None:
@@ -368,4 +392,4 @@ def test_recalibration_follows_the_host(built: LatencyModel, space: SearchSpace)
     assert drift == pytest.approx(1.3 * model.predict(largest(space, EMB)) / ref_ms)
     rng = random.Random(5)
     for arch in (sample(space, EMB, rng) for _ in range(10)):
-        assert now(model.raw_ms(arch), latency.operators(arch)) == pytest.approx(1.3 * model.predict(arch), rel=1e-6)
+        assert model.predict(arch, now) == pytest.approx(1.3 * model.predict(arch), rel=1e-6)

@@ -29,6 +29,7 @@ from nas_bert.latency import (
     op_key,
     operators,
     output_key,
+    resizes,
 )
 from nas_bert.metrics import fidelity, fidelity_interval
 from nas_bert.supernet import Supernet
@@ -296,8 +297,8 @@ def test_finalists_end_to_end_choose_record_and_resume(searched_tiny, tmp_path, 
     assert all(r["over_budget"] == (r["judged_ms"] > 5.0) for r in first["finalists"])
     # the recalibration students timed in the same run refit the calibration: each finalist the table can
     # predict is predicted at the host's speed now, beside the search's prediction
-    refit = [first["timing"][f"refit_{k}"] for k in "acb"]
-    assert refit[0] > 0 and refit[1] >= 0
+    refit = [first["timing"][f"refit_{k}"] for k in "acwb"]
+    assert refit[0] > 0 and refit[1] >= 0 and refit[2] >= 0
     searched = [r for r in first["finalists"] if r["origin"] == "search"]
     assert searched and all(r["predicted_now_ms"] > 0 for r in searched)
     lat = ensure_latency_model(Database(study.db_url), study.space, load_teacher(study.cfg.teacher).embeddings_spec(),
@@ -308,7 +309,7 @@ def test_finalists_end_to_end_choose_record_and_resume(searched_tiny, tmp_path, 
     for r in searched:
         arch = A.Architecture.from_json(r["arch_json"])
         assert r["predicted_now_ms"] == pytest.approx(refit[0] * lat.raw_ms(arch) + refit[1] * operators(arch)
-                                                      + refit[2])
+                                                      + refit[2] * resizes(arch) + refit[3])
     ok = [r for r in first["finalists"] if not r["over_budget"]]
     assert first["chosen"]["fidelity"] == max(r["fidelity"] for r in ok)
     assert all(r["fidelity"] >= r["fidelity_before"] for r in ok)  # the short distillation keeps its best
