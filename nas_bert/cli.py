@@ -409,7 +409,8 @@ def _run_table(s: dict[str, Any]) -> str:
                  f"the host ran {f(t.get('drift'), '.2f')}x as long as when the latency model was fitted")]
         rows += [f"{r['budget_ms']:g} ms student at export: predicted {f(r.get('predicted_ms'), '.2f')} ms "
                  f"(at the fit), {f(r.get('predicted_now_ms'), '.2f')} ms (calibration refitted in the export's run), "
-                 f"measured {f(r.get('measured_ms'), '.2f')} ms" for r in s["students"]]
+                 f"measured {f(r.get('measured_ms'), '.2f')} ms, judged {f(r.get('judged_ms'), '.2f')} ms against "
+                 f"its {r['budget_ms']:g} ms budget" for r in s["students"]]
     stages = [f"{x['stage']} {x['key']}".strip() + (" (skipped)" if x["skipped"] else f" {x['seconds']:.0f} s")
               for x in s["stages"]]
     rows += [("ms: PyTorch fp32, batch 1, the student and the truncated teacher timed in one run (the finalists'); "

@@ -256,7 +256,7 @@ def run_study(study: Study, out: Path | None = None, echo: Callable[[str], None]
                      "finalist_ms": chosen["measured_ms"],
                      "finalist_judged_ms": chosen.get("judged_ms", chosen["measured_ms"]),
                      "over_budget": chosen["over_budget"] or bool(m.get("over_budget")), "drift": m.get("drift"),
-                     "measured_ms": m.get("measured_ms", {}).get("torch_fp32"),
+                     "measured_ms": m.get("measured_ms", {}).get("torch_fp32"), "judged_ms": m.get("judged_ms"),
                      "onnx_int8_ms": m.get("measured_ms", {}).get("onnx_int8"), "teacher_ms": m.get("teacher_ms"),
                      "fidelity": e.get("fidelity"), "ood_fidelity": e.get("ood_fidelity"),
                      "accuracy": e.get("accuracy"),

@@ -60,6 +60,7 @@ def test_run_kill_and_resume(tmp_path):
     assert ("export", "5") in after
     (row,) = summary["students"]
     assert row["budget_ms"] == 5.0 and row["finalist_judged_ms"] <= 5.0 and not row["over_budget"]
+    assert 0 < row["judged_ms"] <= 5.0  # the export's own timing, judged as the finalists' (the summary prints it)
     assert row["fidelity"] is not None and row["ood_fidelity"] is not None and row["measured_ms"] > 0
     # beside it, the untouched truncated teacher of the nearest measured latency, with both fidelities
     assert row["truncated"]["name"].startswith("truncated-") and row["truncated"]["ood_fidelity"] is not None

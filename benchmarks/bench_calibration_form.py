@@ -1,0 +1,130 @@
+"""The calibration's form judged on the timing runs a study kept: with and without the per-resize term.
+
+    python benchmarks/bench_calibration_form.py --config studies/demo.yaml [--db sqlite:///...] [--workdir DIR]
+
+Every timing run of a study that timed the latency model's calibration students beside the students it
+judged is refitted here, offline, in two forms, and each form predicts the run's judged students:
+
+- the finalists' runs (one per budget): calibration rows "calibration:<budget>:<teacher>:<i>" and the
+  finalists the table can predict, with their measured milliseconds (the stage's summary);
+- the export's runs (one per exported student): `latency.calibration_ms` and `torch_fp32` in nas_bert.json;
+- bench_latency_chosen's run, where it has been run: latency_chosen.json (the pools of 30 per budget).
+
+Forms: `a x raw + c x operators + w x resizes + b` (the model since calibration version 3) and the same
+without w (version 2). Both are fitted by `fit_calibration` on the same timings (resizes set to 0 give the
+old form exactly), so the difference is the form's alone. Nothing is timed; nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import table
+from nas_bert.architecture import Architecture
+from nas_bert.config import load_study
+from nas_bert.db import ArchitectureRow, Database, LatencyRow, StageRow
+from nas_bert.latency import (
+    Calibration,
+    LatencyModel,
+    _load_table,
+    calibration_architectures,
+    device_fingerprint,
+    fit_calibration,
+    operators,
+    resizes,
+)
+from nas_bert.teacher import embeddings_spec_of, load_teacher_config
+
+Run = tuple[str, list[float], list[tuple[Architecture, float]]]  # label, calibration ms, (judged, measured ms)
+
+
+def finalists_runs(db: Database, study: Any, fp: str) -> list[Run]:
+    with db.session() as s:
+        cal_rows = {r.key: r.ms for r in s.scalars(select(LatencyRow).where(
+            LatencyRow.fingerprint == fp, LatencyRow.key.like("calibration:%")))}
+        stages = [json.loads(r.summary_json).get("summary") or {} for r in s.scalars(select(StageRow).where(
+            StageRow.study == study.name, StageRow.stage == "finalists"))]
+    runs = []
+    for summary in sorted(stages, key=lambda x: x.get("budget_ms") or 0):
+        if summary.get("budget_ms") is None:
+            continue
+        budget = f"{summary['budget_ms']:g}"
+        mine = sorted(((k, v) for k, v in cal_rows.items() if k.split(":")[1] == budget),
+                      key=lambda kv: int(kv[0].rsplit(":", 1)[1]))
+        judged = [(Architecture.from_json(r["arch_json"]), r["measured_ms"]) for r in summary.get("finalists", [])
+                  if r.get("predicted_ms") is not None and r.get("arch_json")]
+        if mine and judged:
+            runs.append((f"finalists {budget} ms", [v for _, v in mine], judged))
+    return runs
+
+
+def export_runs(workdir: Path) -> list[Run]:
+    runs = []
+    for f in sorted(workdir.glob("export/*/nas_bert.json")):
+        d = json.loads(f.read_text())
+        lat = d.get("latency", {})
+        if lat.get("calibration_ms") and d.get("predicted_ms") is not None:
+            runs.append((f"export {d['budget_ms']:g} ms", lat["calibration_ms"],
+                         [(Architecture.from_dict(d["architecture"]), lat["torch_fp32"])]))
+    return runs
+
+
+def bench_run(db: Database, workdir: Path) -> list[Run]:
+    path = workdir / "latency_chosen.json"
+    if not path.exists():
+        return []
+    d = json.loads(path.read_text())
+    with db.session() as s:
+        archs = {r.hash: Architecture.from_json(r.arch_json) for r in s.scalars(select(ArchitectureRow))}
+    judged = [(archs[r["hash"]], r["measured_ms"]) for r in d["rows"] if r["hash"] in archs]
+    return [("bench_latency_chosen pools", [p[-1] for p in d["calibration_points"]], judged)]
+
+
+def errors(model: LatencyModel, cal: Calibration, judged: list[tuple[Architecture, float]]) -> str:
+    e = [model.predict(a, cal) / ms - 1 for a, ms in judged]
+    return f"{100 * statistics.mean(map(abs, e)):.1f}% / {100 * max(map(abs, e)):.1f}% / {100 * statistics.mean(e):+.1f}%"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="studies/demo.yaml")
+    ap.add_argument("--db", default=None, help="the study database (default: the study file's)")
+    ap.add_argument("--workdir", default=None, help="the study's workdir (default: the study file's)")
+    args = ap.parse_args()
+    study = load_study(args.config, db_url=args.db)
+    workdir = Path(args.workdir) if args.workdir else study.workdir
+    db = Database(study.db_url)
+    cfg = study.cfg.latency
+    fp = device_fingerprint(cfg)
+    emb = embeddings_spec_of(load_teacher_config(study.cfg.teacher))
+    model = LatencyModel(fp, cfg, _load_table(db, fp))  # the table only: nothing is timed or refitted in the DB
+    cal_archs = calibration_architectures(study.space, emb, cfg, model)
+    rows = []
+    for label, cal_ms, judged in [*finalists_runs(db, study, fp), *export_runs(workdir), *bench_run(db, workdir)]:
+        if len(cal_ms) != len(cal_archs):
+            print(f"{label}: {len(cal_ms)} calibration times for {len(cal_archs)} students; skipped")
+            continue
+        with_w = model.refitted(cal_archs, cal_ms)
+        a, c, w, b = fit_calibration([(model.raw_ms(x), operators(x), 0, ms) for x, ms in zip(cal_archs, cal_ms, strict=True)])
+        without = Calibration(a=a, c=c, w=w, b=b)
+        uniform = [(x, ms) for x, ms in judged if resizes(x) <= 1]
+        rows.append([label, str(len(judged)), errors(model, without, judged), errors(model, with_w, judged),
+                     f"{len(uniform)}", errors(model, without, uniform) if uniform else "-",
+                     errors(model, with_w, uniform) if uniform else "-", f"{with_w.w:.3f}"])
+    print(f"\nstudy {study.name}: refitted on each run's calibration students; error of the judged students "
+          "(mean / max / bias = mean signed, + over-predicts)\n")
+    print(table(["timing run", "judged", "without w (v2)", "with w (v3)", "of one width",
+                 "one width, without w", "one width, with w", "w ms"], rows))
+
+
+if __name__ == "__main__":
+    main()

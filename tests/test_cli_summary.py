@@ -1,0 +1,27 @@
+"""The run's text summary: what a user reads at the end of `nas-bert run`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nas_bert.cli import _run_table
+
+
+def _row(budget: float, judged: float, over: bool) -> dict[str, Any]:
+    return {"budget_ms": budget, "trial": 3, "student": "trial-3", "origin": "search", "architecture": "[128] ffn(inner=512)",
+            "params": 1000, "predicted_ms": 0.95 * budget, "predicted_now_ms": budget, "finalist_ms": 0.9 * budget,
+            "finalist_judged_ms": 0.9 * budget, "over_budget": over, "drift": 1.1, "measured_ms": 1.05 * budget,
+            "judged_ms": judged, "onnx_int8_ms": None, "teacher_ms": 17.0, "fidelity": 0.7, "ood_fidelity": 0.5,
+            "accuracy": 0.5, "teacher_accuracy": 0.6, "accuracy_ratio": 0.83, "label_loyalty": 0.7,
+            "probability_loyalty": 0.7, "truncated": None, "folder": None}
+
+
+def test_summary_says_each_exported_students_judged_time_and_flags_one_over_budget() -> None:
+    summary = {"study": "s", "out": "o", "pareto_png": "o/pareto.png", "seconds": 1.0, "stages": [],
+               "students": [_row(5.0, 4.77, False), _row(10.0, 10.4, True)]}
+    text = _run_table(summary)
+    assert "5 ms student at export: predicted 4.75 ms (at the fit), 5.00 ms" in text
+    assert "measured 5.25 ms, judged 4.77 ms against its 5 ms budget" in text
+    assert "measured 10.50 ms, judged 10.40 ms against its 10 ms budget" in text
+    lines = [ln for ln in text.splitlines() if ln.startswith("|") and "trial-3" in ln]
+    assert [ln.endswith("OVER BUDGET") for ln in lines] == [False, True]
