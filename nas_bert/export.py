@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 from sqlalchemy import select
 from tqdm.auto import tqdm
 
-from nas_bert.architecture import Architecture
+from nas_bert.architecture import Architecture, Embeddings
 from nas_bert.blockwise import load_supernet_checkpoint, supernet_key
 from nas_bert.card import model_card
 from nas_bert.config import Study
@@ -32,7 +32,15 @@ from nas_bert.errors import NasBertError
 from nas_bert.finalists import chosen_finalist, judged_ms
 from nas_bert.hf_folder import write_student_folder
 from nas_bert.identity import atomic_folder, file_sha256
-from nas_bert.latency import calibration_students, ensure_latency_model, hardware_name, in_run
+from nas_bert.latency import (
+    LatencyModel,
+    calibration_architectures,
+    calibration_students,
+    ensure_latency_model,
+    hardware_name,
+    in_fresh_process,
+    in_run,
+)
 from nas_bert.modeling_nas_bert import NasBertModel
 from nas_bert.onnx_export import VARIANTS, export_onnx, mb, measure_latencies
 from nas_bert.search import (
@@ -43,6 +51,7 @@ from nas_bert.search import (
     pareto_rows,
     storage_for,
 )
+from nas_bert.space import SearchSpace
 from nas_bert.supernet import Supernet
 from nas_bert.teacher import Teacher, load_teacher
 
@@ -159,8 +168,9 @@ def _export_one(study: Study, m: Member, teacher: Teacher, supernet: Supernet, c
     checks = export_onnx(student, folder, teacher.tokenizer, min(cfg.seq_len, arch.embeddings.max_positions))
     emb = teacher.embeddings_spec()
     lat_model = ensure_latency_model(Database(study.db_url), study.space, emb, cfg, progress=False)
-    recal, recal_models = calibration_students(lat_model, study.space, emb)
-    ms = measure_latencies(student, folder, teacher, cfg, recal_models)
+    recal = calibration_architectures(study.space, emb, cfg, lat_model)
+    job = (folder, study.cfg.teacher, lat_model, study.space, emb)
+    ms = in_fresh_process(time_export, *job) if cfg.fresh_process else time_export(*job)
     ms["calibration_ms"] = ms.pop("others")  # kept in nas_bert.json: the run's composition can be compared later
     ms["drift"], now = in_run(lat_model, study.space, emb, recal, ms["calibration_ms"])
     try:  # the latency model refitted on this run's timings: the prediction at the host's speed now
@@ -191,6 +201,16 @@ def _export_one(study: Study, m: Member, teacher: Teacher, supernet: Supernet, c
                                                       "exported_at": datetime.now(UTC).isoformat(timespec="seconds")},
                                                      indent=2))
     return info
+
+
+def time_export(folder: Path, teacher_name: str, lat: LatencyModel, space: SearchSpace, emb: Embeddings
+                ) -> dict[str, Any]:
+    """The export's timing run (in a fresh process unless `latency.fresh_process` is off): the student as
+    written to `folder` (PyTorch, ONNX fp32 and int8), the teacher and the latency model's calibration
+    students, interleaved (`measure_latencies`)."""
+    student = NasBertModel.from_pretrained(folder).eval()
+    _, recal_models = calibration_students(lat, space, emb)
+    return measure_latencies(student, folder, load_teacher(teacher_name), lat.config, recal_models)
 
 
 def _distilled(study: Study, arch_hash: str) -> dict[str, Any] | None:

@@ -14,7 +14,6 @@ Every finalist's result is a database row, so a killed choice continues where it
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math
@@ -29,7 +28,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from tqdm.auto import tqdm
 
-from nas_bert.architecture import Architecture
+from nas_bert.architecture import Architecture, Embeddings
 from nas_bert.baselines import pruned_architecture, teacher_initialised, truncated_architecture, uniform_architecture
 from nas_bert.config import Study
 from nas_bert.db import ArchitectureRow, Database, FinalistRow, LatencyRow
@@ -37,18 +36,22 @@ from nas_bert.distill import distill_points, uniform_mapping
 from nas_bert.errors import NasBertError
 from nas_bert.evaluate import agreement
 from nas_bert.latency import (
+    MODEL_ROUNDS,
     Calibration,
     LatencyModel,
     build_student,
+    calibration_architectures,
     calibration_students,
     device_fingerprint,
     ensure_latency_model,
+    in_fresh_process,
     in_run,
     measure_models,
 )
 from nas_bert.metrics import fidelity_interval
 from nas_bert.scoring import kendall_tau
 from nas_bert.search import optuna_study_name, storage_for
+from nas_bert.space import SearchSpace
 from nas_bert.students import StudentContext
 from nas_bert.tasks import load_task
 from nas_bert.teacher import load_teacher
@@ -199,16 +202,10 @@ def measured_ms(ctx: StudentContext, cands: list[Candidate], budget_ms: float,
     if any(k not in known for k in keys.values()):
         emb = ctx.teacher.embeddings_spec()
         lat = ensure_latency_model(ctx.db, ctx.study.space, emb, cfg, progress=False)
-        recal, recal_models = calibration_students(lat, ctx.study.space, emb)
-        models = [_model(c.arch, c.origin) for c in cands] + recal_models
-        teacher = copy.deepcopy(ctx.teacher.encoder).cpu()
-        threads = torch.get_num_threads()
-        torch.set_num_threads(cfg.threads)
-        try:
-            with tqdm(total=(len(models) + 1) * 7, desc="time finalists", leave=False, disable=not progress) as bar:
-                raw = measure_models([*models, teacher], cfg, int(ctx.teacher.config.vocab_size), bar)
-        finally:
-            torch.set_num_threads(threads)
+        recal = calibration_architectures(ctx.study.space, emb, cfg, lat)
+        job = (lat, ctx.study.space, emb, [(c.arch.to_dict(), c.origin) for c in cands], ctx.study.cfg.teacher,
+               progress)
+        raw = in_fresh_process(time_finalists, *job) if cfg.fresh_process else time_finalists(*job)
         drift, now = in_run(lat, ctx.study.space, emb, recal, raw[len(cands):-1])
         values = {**{keys[c.name]: ms for c, ms in zip(cands, raw, strict=False)}, extra["drift"]: drift,
                   extra["teacher_ms"]: raw[-1], extra["refit_a"]: now.a, extra["refit_c"]: now.c,
@@ -225,6 +222,25 @@ def measured_ms(ctx: StudentContext, cands: list[Candidate], budget_ms: float,
             known.update({r.key: r.ms for r in s.scalars(select(LatencyRow).where(
                 LatencyRow.fingerprint == fp, LatencyRow.key.in_([*keys.values(), *extra.values()])))})
     return {name: known[key] for name, key in keys.items()}, {k: known.get(key) for k, key in extra.items()}
+
+
+def time_finalists(lat: LatencyModel, space: SearchSpace, emb: Embeddings, cands: list[tuple[dict[str, Any], str]],
+                   teacher_name: str, progress: bool = True) -> list[float]:
+    """One budget's timing run (in a fresh process unless `latency.fresh_process` is off): the candidates
+    (architecture dicts with their origin), the latency model's calibration students and the teacher, timed
+    in one interleaved run; their milliseconds in that order."""
+    cfg = lat.config
+    _, recal_models = calibration_students(lat, space, emb)
+    models = [_model(Architecture.from_dict(a), origin) for a, origin in cands] + recal_models
+    teacher = load_teacher(teacher_name)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        with tqdm(total=(len(models) + 1) * MODEL_ROUNDS, desc="time finalists", leave=False,
+                  disable=not progress) as bar:
+            return measure_models([*models, teacher.encoder.cpu()], cfg, int(teacher.config.vocab_size), bar)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def predict_now(lat: LatencyModel, cands: list[Candidate], timing: dict[str, Any]) -> None:

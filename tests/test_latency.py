@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -393,3 +394,12 @@ def test_recalibration_follows_the_host(built: LatencyModel, space: SearchSpace)
     rng = random.Random(5)
     for arch in (sample(space, EMB, rng) for _ in range(10)):
         assert model.predict(arch, now) == pytest.approx(1.3 * model.predict(arch), rel=1e-6)
+
+
+def test_timing_runs_happen_in_a_new_process() -> None:
+    # the finalists' and the export's timing runs go through this: a new process, its result and its errors here
+    assert latency.in_fresh_process(os.getpid) != os.getpid()
+    assert latency.in_fresh_process(math.factorial, 5) == 120
+    with pytest.raises(ValueError, match="negative"):
+        latency.in_fresh_process(math.factorial, -1)
+    assert LatencyConfig().fresh_process
