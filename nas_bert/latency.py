@@ -76,9 +76,10 @@ class LatencyConfig(BaseModel):
     calibration_archs: int = Field(default=20, ge=3, description="students measured end to end to fit the "
                                    "calibration (half random, half spread over the latency range)")
     seed: int = 0
-    fresh_process: bool = Field(default=True, description="time the finalists' and the export's runs in a new "
-                                "process: one long `nas-bert run` process timed the calibration students 5-10% slower "
-                                "than the students beside them, a fresh one does not (BENCHMARKS.md)")
+    fresh_process: bool = Field(default=True, description="time the latency table, its calibration and the "
+                                "finalists' and the export's runs in a new process: one long `nas-bert run` process "
+                                "timed the calibration students 5-12% slower than the students beside them, a new "
+                                "one does not (BENCHMARKS.md)")
 
 
 # -- device fingerprint ----------------------------------------------------------------------------
@@ -278,7 +279,7 @@ def measure_model(model: nn.Module, cfg: LatencyConfig, vocab_size: int) -> floa
 def in_fresh_process(fn: Callable[..., Any], *args: Any) -> Any:
     """`fn(*args)` in a new Python process (spawned), its result returned and its exception raised here.
 
-    The finalists' and the export's timing runs take place there. In the process that has run the stages
+    The latency table, its calibration, the finalists' and the export's timing runs take place there. In the process that has run the stages
     before them (training, search, evaluation), the calibration students and the teacher were timed 5-12%
     slower relative to the students beside them than in a fresh process, so the calibration refitted on
     them over-predicted those students by 4-10%; in a fresh process by 0-2.4% (BENCHMARKS.md). What the long
@@ -601,9 +602,31 @@ def ensure_latency_model(
 ) -> LatencyModel:
     """The device's latency model, measuring only what the database does not hold yet.
 
-    Each timing is stored as soon as it is taken, so an interrupted build resumes where it stopped.
+    Each timing is stored as soon as it is taken, so an interrupted build resumes where it stopped. What is
+    missing is timed in a new process (`latency.fresh_process`), as the finalists' and the export's runs
+    are: the table and its calibration are then taken in the conditions of the timings they predict.
     """
     _check_positions(emb, cfg)
+    if cfg.fresh_process and _missing(db, space, emb, cfg):
+        in_fresh_process(_build_latency_model, db.url, space, emb, cfg, progress)
+    return _build(db, space, emb, cfg, progress)
+
+
+def _missing(db: Database, space: SearchSpace, emb: Embeddings, cfg: LatencyConfig) -> bool:
+    """Whether the database lacks a table entry or the calibration of this device, space and embeddings."""
+    fingerprint = device_fingerprint(cfg)
+    if any(k not in _load_table(db, fingerprint) for k in table_specs(space, emb)):
+        return True
+    with db.session() as s:
+        row = s.get(LatencyCalibration, calibration_key(fingerprint, space, cfg))
+        return row is None or json.loads(row.model_json).get("embeddings") != asdict(emb)
+
+
+def _build_latency_model(url: str, space: SearchSpace, emb: Embeddings, cfg: LatencyConfig, progress: bool) -> None:
+    _build(Database(url), space, emb, cfg, progress)  # in the new process: time and store, return nothing
+
+
+def _build(db: Database, space: SearchSpace, emb: Embeddings, cfg: LatencyConfig, progress: bool) -> LatencyModel:
     fingerprint = device_fingerprint(cfg)
     specs = table_specs(space, emb)
     table = _load_table(db, fingerprint)

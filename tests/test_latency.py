@@ -37,7 +37,8 @@ from nas_bert.latency import (
 from nas_bert.space import SearchSpace, load_space
 
 EMB = Embeddings(vocab_size=1000, max_positions=64, type_vocab_size=2, width=32)
-CFG = LatencyConfig(threads=1, min_run_time=0.01, seq_len=32, calibration_archs=4)
+# timed in this process, where the tests count and stop the timings (test_a_new_process_builds_the_model: the other way)
+CFG = LatencyConfig(threads=1, min_run_time=0.01, seq_len=32, calibration_archs=4, fresh_process=False)
 MODEL_STMT = "model("  # how calibration timings (whole students) start
 
 
@@ -403,3 +404,15 @@ def test_timing_runs_happen_in_a_new_process() -> None:
     with pytest.raises(ValueError, match="negative"):
         latency.in_fresh_process(math.factorial, -1)
     assert LatencyConfig().fresh_process
+
+
+def test_a_new_process_builds_the_model(tmp_path: Path, space: SearchSpace, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the default: what is missing is timed and stored by a new process; this one only reads it back
+    cfg = CFG.model_copy(update={"fresh_process": True})
+    db = Database(f"sqlite:///{tmp_path}/fresh.db")
+    monkeypatch.setattr(latency, "_time_jobs", lambda *a, **k: pytest.fail("timed in the calling process"))
+    model = ensure_latency_model(db, space, EMB, cfg, progress=False)
+    assert set(model.table) == set(latency.table_specs(space, EMB)) and all(v > 0 for v in model.table.values())
+    assert len(model.calibration.points) == cfg.calibration_archs + 2 and model.calibration.a > 0
+    again = ensure_latency_model(db, space, EMB, cfg, progress=False)  # nothing missing: no new process
+    assert (again.table, again.calibration.a) == (model.table, model.calibration.a)
