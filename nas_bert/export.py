@@ -174,8 +174,9 @@ def _export_one(study: Study, m: Member, teacher: Teacher, supernet: Supernet, c
     ms["calibration_ms"] = ms.pop("others")  # kept in nas_bert.json: the run's composition can be compared later
     ms["drift"], now = in_run(lat_model, study.space, emb, recal, ms["calibration_ms"])
     try:  # the latency model refitted on this run's timings: the prediction at the host's speed now
-        predicted_now: float | None = lat_model.predict(arch, now)
-        ms["speed"] = predicted_now / lat_model.predict(arch)  # this student's host factor since the fit
+        reorder = m.origin == "search"  # the hand-designed students keep the teacher's order
+        predicted_now: float | None = lat_model.predict(arch, now, reorder)
+        ms["speed"] = predicted_now / lat_model.predict(arch, reorder=reorder)  # this student's host factor since the fit
     except NasBertError:  # a hand-designed student the table has no timing for
         predicted_now, ms["speed"] = None, None
     ms["judged_ms"] = judged_ms(ms["torch_fp32"], ms["drift"], ms["speed"])

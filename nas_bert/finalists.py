@@ -251,7 +251,8 @@ def predict_now(lat: LatencyModel, cands: list[Candidate], timing: dict[str, Any
     now = None if None in (a, c, b) else Calibration(a=a, c=c, w=w or 0.0, b=b)
     for cand in cands:
         try:
-            cand.proxies["predicted_now_ms"] = None if now is None else lat.predict(cand.arch, now)
+            cand.proxies["predicted_now_ms"] = (None if now is None else
+                                                lat.predict(cand.arch, now, reorder=cand.origin == "search"))
         except NasBertError:  # a hand-designed student the table has no timing for
             cand.proxies["predicted_now_ms"] = None
 
@@ -310,7 +311,7 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> dict[str, A
     lat = ensure_latency_model(ctx.db, study.space, ctx.teacher.embeddings_spec(), study.cfg.latency, progress=False)
     family = baseline_family(ctx) if cfg.finalist_baselines else {}
     if family:
-        family = family_to_time(family, lat.predict, budget_ms)
+        family = family_to_time(family, lambda a: lat.predict(a, reorder=False), budget_ms)  # none reorders
     ms, timing = measured_ms(ctx, [*cands, *family.values()], budget_ms, progress)
     predict_now(lat, [*cands, *family.values()], timing)
     everyone = {c.name: c for c in [*cands, *family.values()]}

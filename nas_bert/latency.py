@@ -463,17 +463,22 @@ class LatencyModel:
         ops = sum(self._ms(op_key(op, block.hidden)) for op in block.ops if op.kind != "identity")
         return (self._ms(grow_key(in_width, block.hidden)) if block.hidden > in_width else 0.0) + ops
 
-    def raw_ms(self, arch: Architecture) -> float:
-        """Sum of the table entries of the student's modules."""
+    def raw_ms(self, arch: Architecture, reorder: bool = True) -> float:
+        """Sum of the table entries of the student's modules. A full-width last block costs its reordering into
+        the teacher's dimensions only where the student has one (`reorder`: a searched student; the teacher's
+        own layers, pruned or cut, keep its order, as `build_student(arch, reorder=False)`)."""
         total, prev = self._ms(embeddings_key(arch.embeddings)), arch.embeddings.width
         for b in arch.blocks:
             total += self.block_raw_ms(b, prev)
             prev = b.hidden
-        return total + (self._ms(output_key(prev, arch.output)) if arch.output else 0.0)
+        if not arch.output or (prev == arch.output and not reorder):
+            return total
+        return total + self._ms(output_key(prev, arch.output))
 
-    def predict(self, arch: Architecture, calibration: Calibration | None = None) -> float:
-        """Calibrated end-to-end milliseconds, by the stored calibration or another (one refitted in a later run)."""
-        return (self.calibration if calibration is None else calibration)(self.raw_ms(arch), operators(arch),
+    def predict(self, arch: Architecture, calibration: Calibration | None = None, reorder: bool = True) -> float:
+        """Calibrated end-to-end milliseconds, by the stored calibration or another (one refitted in a later run);
+        `reorder` as in `raw_ms`."""
+        return (self.calibration if calibration is None else calibration)(self.raw_ms(arch, reorder), operators(arch),
                                                                            resizes(arch))
 
     def refitted(self, archs: list[Architecture], measured: list[float]) -> Calibration:

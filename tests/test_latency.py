@@ -416,3 +416,15 @@ def test_a_new_process_builds_the_model(tmp_path: Path, space: SearchSpace, monk
     assert len(model.calibration.points) == cfg.calibration_archs + 2 and model.calibration.a > 0
     again = ensure_latency_model(db, space, EMB, cfg, progress=False)  # nothing missing: no new process
     assert (again.table, again.calibration.a) == (model.table, model.calibration.a)
+
+
+def test_a_student_keeping_the_teachers_order_pays_no_reordering(built: LatencyModel, space: SearchSpace) -> None:
+    # the teacher's own layers (cut or pruned) end at full width without the searched students' reordering
+    wide = largest(space, EMB)
+    assert wide.blocks[-1].hidden == wide.output == EMB.width
+    cost = built.table[latency.output_key(EMB.width, EMB.width)]
+    assert built.raw_ms(wide) - built.raw_ms(wide, reorder=False) == pytest.approx(cost) and cost > 0
+    assert built.predict(wide) - built.predict(wide, reorder=False) == pytest.approx(built.calibration.a * cost)
+    narrow = smallest(space, EMB)
+    assert narrow.blocks[-1].hidden < narrow.output
+    assert built.raw_ms(narrow, reorder=False) == built.raw_ms(narrow)  # its map back to full width is real

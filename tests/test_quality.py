@@ -486,6 +486,9 @@ def test_a_winning_baseline_is_distilled_and_exported_as_such(searched_tiny, tmp
     assert student["origin"] == chosen["origin"] and chosen["name"] in student["name"]
     # a baseline is predicted by the latency model like a searched student, and the export says so
     assert chosen["predicted_ms"] is not None and student["predicted_ms"] == pytest.approx(chosen["predicted_ms"])
+    lat = ensure_latency_model(Database(study.db_url), study.space, load_teacher(study.cfg.teacher).embeddings_spec(),
+                               study.cfg.latency, progress=False)
+    assert chosen["predicted_ms"] == pytest.approx(lat.predict(arch, reorder=False))  # it keeps the teacher's order
     assert student["predicted_now_ms"] > 0  # and by the calibration refitted in the export's own timing run
     assert student["judged_ms"] == pytest.approx(student["measured_ms"]["torch_fp32"] / min(student["drift"],
                                                                                             student["speed"]))
