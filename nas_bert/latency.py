@@ -340,7 +340,7 @@ class Calibration:
     loo_mape: float = float("nan")  # leave-one-out mean absolute percentage error, in %
     reference_ms: float | None = None
 
-    def __call__(self, raw: float, ops: int, resized: int = 0) -> float:
+    def __call__(self, raw: float, ops: int, resized: int) -> float:
         return self.a * raw + self.c * ops + self.w * resized + self.b
 
     def to_json(self, emb: Embeddings) -> str:
@@ -403,7 +403,7 @@ def loo_mape(points: list[Point]) -> float:
     errs = []
     for i, (raw, ops, rs, meas) in enumerate(points):
         a, c, w, b = fit_calibration(points[:i] + points[i + 1:])
-        errs.append(abs(a * raw + c * ops + w * rs + b - meas) / meas)
+        errs.append(abs(Calibration(a=a, b=b, c=c, w=w)(raw, ops, rs) - meas) / meas)
     return 100.0 * float(np.mean(errs))
 
 
