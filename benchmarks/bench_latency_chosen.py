@@ -83,7 +83,7 @@ def main() -> None:
     budgets = budgets_in_db(study)
     archs = {b: pool(study, db, b, args.per_budget) for b in budgets}
     flat = [a for b in budgets for a in archs[b]]
-    cal_archs = calibration_architectures(study.space, emb, cfg, model)  # [smallest, largest, random..., spread...]
+    cal_archs = calibration_architectures(study.space, emb, cfg, model)  # [smallest, largest, random, spread, one width]
     assert cal_archs[1].hash() == ref_arch.hash()
     students = [build_student(a) for a in (*cal_archs, *flat)]
     for st in students[1:]:  # one embedding table for all: same module and timing, far less memory
@@ -92,8 +92,10 @@ def main() -> None:
     drift = measured[1] / ref_ms
     in_run = model.refitted(cal_archs, measured[:len(cal_archs)])  # the model's form, fitted on this run's timings
     points = in_run.points
-    n_ends_random = 2 + cfg.calibration_archs - cfg.calibration_archs // 2  # [smallest, largest, random..., spread...]
-    keep = [0, 1, *range(n_ends_random, len(cal_archs))]
+    n_ends_random = 2 + cfg.calibration_archs - cfg.calibration_archs // 2
+    n_spread = len(calibration_architectures(study.space, emb, cfg.model_copy(update={"calibration_one_width": 0}),
+                                             model))  # then the students of one width
+    keep = [0, 1, *range(n_ends_random, n_spread)]
     ends = model.refitted([cal_archs[k] for k in keep], [measured[k] for k in keep])
     subset = ends.points
 

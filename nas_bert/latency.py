@@ -40,7 +40,18 @@ from torch import nn
 from torch.utils import benchmark
 from tqdm.auto import tqdm
 
-from nas_bert.architecture import IDENTITY, Architecture, Block, Embeddings, Op, largest, op_choices, sample, smallest
+from nas_bert.architecture import (
+    IDENTITY,
+    Architecture,
+    Block,
+    Embeddings,
+    Op,
+    largest,
+    op_choices,
+    sample,
+    smallest,
+    truncated,
+)
 from nas_bert.configuration_nas_bert import NasBertConfig
 from nas_bert.db import Database, LatencyCalibration, LatencyRow
 from nas_bert.errors import NasBertError
@@ -75,6 +86,9 @@ class LatencyConfig(BaseModel):
     min_run_time: float = Field(default=0.2, gt=0, description="seconds per blocked_autorange round")
     calibration_archs: int = Field(default=20, ge=3, description="students measured end to end to fit the "
                                    "calibration (half random, half spread over the latency range)")
+    calibration_one_width: int = Field(default=12, ge=0, description="more calibration students of one width: "
+                                       "the teacher's first layers, sliced or pruned, spread over the latency "
+                                       "range of each width (the hand-designed students a search seeds and compares with)")
     seed: int = 0
     fresh_process: bool = Field(default=True, description="time the latency table, its calibration and the "
                                 "finalists' and the export's runs in a new process: one long `nas-bert run` process "
@@ -309,7 +323,7 @@ def build_student(arch: Architecture, reorder: bool = True) -> NasBertModel:
 
 
 # -- calibration ----------------------------------------------------------------------------------
-CALIBRATION_VERSION = 3  # 3: measured ~ a * raw + c * operators + w * resizes + b (2: without w)
+CALIBRATION_VERSION = 4  # 4: with students of one width; 3: measured ~ a * raw + c * operators + w * resizes + b
 
 Point = tuple[float, int, int, float]  # a calibration student's (raw ms, operators run, resizes, measured ms)
 
@@ -411,7 +425,9 @@ def calibration_architectures(space: SearchSpace, emb: Embeddings, cfg: LatencyC
                               table: LatencyModel) -> list[Architecture]:
     """The smallest and the largest student, then `calibration_archs` more (distinct, seeded by cfg.seed):
     half uniformly random, half spread log-evenly over the summed-table latency between the two, so the
-    calibration sees the small students that tight budgets select as well as the random ones."""
+    calibration sees the small students that tight budgets select as well as the random ones; then
+    `calibration_one_width` students of one width (the teacher's first layers), shared out over the widths and
+    spread over each width's range."""
     rng = random.Random(f"nas-bert-latency-calibration:{cfg.seed}")
     lo, hi = smallest(space, emb), largest(space, emb)
     archs = {a.hash(): a for a in (lo, hi)}
@@ -428,15 +444,36 @@ def calibration_architectures(space: SearchSpace, emb: Embeddings, cfg: LatencyC
         a = sample(space, emb, rng, uniform_depth=True)
         if a.hash() not in archs:
             pool.setdefault(a.hash(), a)
-    log_lo, log_hi = np.log(table.raw_ms(lo)), np.log(table.raw_ms(hi))
-    logs = {h: float(np.log(table.raw_ms(a))) for h, a in sorted(pool.items())}
-    for target in np.linspace(log_lo, log_hi, cfg.calibration_archs // 2 + 2)[1:-1]:
+    log_lo, log_hi = float(np.log(table.raw_ms(lo))), float(np.log(table.raw_ms(hi)))
+    _spread(archs, pool, table, log_lo, log_hi, cfg.calibration_archs // 2)
+    # Students of one width: the teacher's first k layers at each width and feed-forward ratio, the family
+    # the seeds and baselines come from. Random students nearly all change width between blocks, and a fit
+    # on them alone over-predicted these by 4-11% (BENCHMARKS.md). Shared out over the widths, the widest
+    # first (the full-width cuts, which change no width at all), each width's spread over its latency range.
+    depths = range(1, space.blocks * space.sublayers_per_block // 2 + 1)
+    widths = sorted(space.hidden_sizes, reverse=True)
+    for i, w in enumerate(widths):
+        family = {a.hash(): a for k in depths for r in space.ffn_ratios
+                  if (a := truncated(space, emb, k, w, r)) is not None}
+        if family:
+            raws = [table.raw_ms(a) for a in family.values()]
+            n = cfg.calibration_one_width // len(widths) + (i < cfg.calibration_one_width % len(widths))
+            _spread(archs, family, table, float(np.log(min(raws))), float(np.log(max(raws))), n, ends=True)
+    return list(archs.values())
+
+
+def _spread(archs: dict[str, Architecture], pool: dict[str, Architecture], table: LatencyModel, log_lo: float,
+            log_hi: float, n: int, ends: bool = False) -> None:
+    """Add to `archs` the `n` students of `pool` nearest to log-even steps of raw latency from log_lo to
+    log_hi (both ends among the steps when `ends`, else strictly between them)."""
+    logs = {h: float(np.log(table.raw_ms(a))) for h, a in sorted(pool.items()) if h not in archs}
+    targets = np.linspace(log_lo, log_hi, n) if ends else np.linspace(log_lo, log_hi, n + 2)[1:-1]
+    for target in targets if n > 0 else ():
         if not logs:
             break
         best = min(logs, key=lambda h: abs(logs[h] - target))
         archs[best] = pool[best]
         del logs[best]
-    return list(archs.values())
 
 
 # -- the model ------------------------------------------------------------------------------------
@@ -598,7 +635,8 @@ def in_run(model: LatencyModel, space: SearchSpace, emb: Embeddings, archs: list
 def calibration_key(fingerprint: str, space: SearchSpace, cfg: LatencyConfig) -> str:
     """The stored calibration's key: the device, the space, and what chose and fitted its students (a
     calibration of another version or other students is never reused)."""
-    how = hashlib.sha256(json.dumps([CALIBRATION_VERSION, cfg.calibration_archs, cfg.seed]).encode()).hexdigest()
+    how = hashlib.sha256(json.dumps([CALIBRATION_VERSION, cfg.calibration_archs, cfg.calibration_one_width,
+                                          cfg.seed]).encode()).hexdigest()
     return f"{fingerprint}:{space.fingerprint()}:{how[:8]}"
 
 

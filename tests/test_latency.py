@@ -17,7 +17,17 @@ from pydantic import ValidationError
 from sqlalchemy import func, select
 
 from nas_bert import latency
-from nas_bert.architecture import IDENTITY, Architecture, Block, Embeddings, largest, op_choices, sample, smallest
+from nas_bert.architecture import (
+    IDENTITY,
+    Architecture,
+    Block,
+    Embeddings,
+    largest,
+    op_choices,
+    sample,
+    smallest,
+    truncated,
+)
 from nas_bert.db import Database, LatencyCalibration, LatencyRow
 from nas_bert.errors import NasBertError
 from nas_bert.latency import (
@@ -38,7 +48,8 @@ from nas_bert.space import SearchSpace, load_space
 
 EMB = Embeddings(vocab_size=1000, max_positions=64, type_vocab_size=2, width=32)
 # timed in this process, where the tests count and stop the timings (test_a_new_process_builds_the_model: the other way)
-CFG = LatencyConfig(threads=1, min_run_time=0.01, seq_len=32, calibration_archs=4, fresh_process=False)
+CFG = LatencyConfig(threads=1, min_run_time=0.01, seq_len=32, calibration_archs=4, calibration_one_width=0,
+                    fresh_process=False)
 MODEL_STMT = "model("  # how calibration timings (whole students) start
 
 
@@ -342,6 +353,26 @@ def test_calibration_students_cover_the_latency_range(built: LatencyModel, space
     step = (logs[-1] - logs[0]) / 6
     assert max(b - a for a, b in itertools.pairwise(logs)) <= 2.5 * step
     assert archs == latency.calibration_architectures(space, EMB, cfg, built)  # deterministic
+
+
+def test_calibration_includes_students_of_one_width(built: LatencyModel, space: SearchSpace) -> None:
+    """After the random and spread students: the teacher's first layers at each width, shared out over the
+    widths, each width's shallowest and deepest (log-even steps with both ends) among those not chosen yet."""
+    base = CFG.model_copy(update={"calibration_archs": 6})
+    cfg = base.model_copy(update={"calibration_one_width": 4})
+    plain = latency.calibration_architectures(space, EMB, base, built)
+    archs = latency.calibration_architectures(space, EMB, cfg, built)
+    assert archs[:len(plain)] == plain and len({a.hash() for a in archs}) == len(archs) == len(plain) + 4
+    extra = archs[len(plain):]
+    assert [a.blocks[0].hidden for a in extra] == [32, 32, 16, 16]  # the widest first
+    assert all(len({b.hidden for b in a.blocks}) == 1 and latency.resizes(a) <= 1 for a in extra)
+    seen = {a.hash() for a in plain}
+    for w, pair in ((32, extra[:2]), (16, extra[2:])):
+        family = [a for k in range(1, 5) if (a := truncated(space, EMB, k, w)) is not None and a.hash() not in seen]
+        raws = sorted(built.raw_ms(a) for a in family)
+        assert [built.raw_ms(a) for a in pair] == [raws[0], raws[-1]]
+    # a calibration of other students is another calibration
+    assert latency.calibration_key("fp", space, cfg) != latency.calibration_key("fp", space, base)
 
 
 def test_a_calibration_of_other_students_is_not_reused(build: Built, space: SearchSpace, timed: list[str]) -> None:

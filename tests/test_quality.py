@@ -494,7 +494,8 @@ def test_a_winning_baseline_is_distilled_and_exported_as_such(searched_tiny, tmp
                                                                                             student["speed"]))
     assert student["over_budget"] == (student["judged_ms"] > 5.0)
     kept = json.loads((tmp_path / "export" / student["name"] / "nas_bert.json").read_text())["latency"]
-    assert len(kept["calibration_ms"]) == study.cfg.latency.calibration_archs + 2 and min(kept["calibration_ms"]) > 0
+    n_cal = study.cfg.latency.calibration_archs + 2 + study.cfg.latency.calibration_one_width
+    assert len(kept["calibration_ms"]) == n_cal and min(kept["calibration_ms"]) > 0
     card = (tmp_path / "export" / student["name"] / "README.md").read_text()
     assert "A hand-designed student won this budget's finalists" in card
     assert f"| predicted (refitted in this run) | {student['predicted_now_ms']:.3f} |" in card
