@@ -318,7 +318,7 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> dict[str, A
     judged = {name: judged_ms(v, timing.get("drift"), host_speed(everyone[name].proxies)) for name, v in ms.items()}
     cands = replace_over_budget(cands, judged, budget_ms, cfg.rescore_top)
     for origin in ORIGINS[1:]:  # each family's slowest member that the budget holds
-        fits = [c for c in family.values() if c.origin == origin and judged[c.name] <= budget_ms]
+        fits = [c for c in family.values() if c.origin == origin and holds(c, judged[c.name], budget_ms)]
         if fits:
             cands.append(max(fits, key=lambda c: ms[c.name]))
     rows = []
@@ -336,6 +336,16 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> dict[str, A
         rows.append({**c.to_dict(), **metrics, "judged_ms": judged[c.name], "over_budget": over})
     bar.close()
     return {**summarise(study, budget_ms, rows), "timing": timing}
+
+
+def holds(cand: Candidate, judged: float, budget_ms: float) -> bool:
+    """Whether a hand-designed student may stand for a budget: judged within it, and predicted within it by the
+    latency model that constrained the search (where the model can predict it), the rule every searched
+    student already met. A judged time is one run's and moves a few per cent between runs on a shared host:
+    the demo's truncated-2, predicted 5.04 ms, was judged 4.74 ms in the finalists' run and 5.02 ms in the
+    export's, over its 5 ms budget (BENCHMARKS.md). Both estimates within the budget, or neither stands."""
+    predicted = cand.proxies.get("predicted_ms")
+    return judged <= budget_ms and (predicted is None or predicted <= budget_ms)
 
 
 def judged_ms(ms: float, drift: float | None, speed: float | None = None) -> float:

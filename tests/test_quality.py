@@ -464,6 +464,23 @@ def test_only_the_family_members_near_the_budget_are_timed():
     assert {n: c.proxies.get("predicted_ms") for n, c in got.items()} == {n: pred[n] for n in got}
 
 
+def test_a_baseline_stands_only_where_judged_and_predicted_within_the_budget():
+    """The rule every searched student met (predicted within the budget) holds for hand-designed ones too: a
+    baseline judged 4.74 ms but predicted 5.04 ms does not stand for 5 ms; one the model cannot predict is
+    judged by its measurement alone."""
+    from nas_bert.finalists import holds
+
+    def cand(pred):
+        c = Candidate("truncated-2", "truncated", "arch")
+        c.proxies["predicted_ms"] = pred
+        return c
+
+    assert holds(cand(4.90), 4.74, 5.0)
+    assert not holds(cand(5.04), 4.74, 5.0)  # predicted over: out, though judged within
+    assert not holds(cand(4.90), 5.02, 5.0)  # judged over: out, though predicted within
+    assert holds(cand(None), 4.74, 5.0) and not holds(cand(None), 5.02, 5.0)
+
+
 def test_a_winning_baseline_is_distilled_and_exported_as_such(searched_tiny, tmp_path, monkeypatch):
     from nas_bert.export import export_front
     from nas_bert.students import distill_student
