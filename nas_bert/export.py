@@ -29,7 +29,7 @@ from nas_bert.card import model_card
 from nas_bert.config import Study
 from nas_bert.db import ArchitectureRow, Checkpoint, Database, ExportRow, SupernetRun
 from nas_bert.errors import NasBertError
-from nas_bert.finalists import chosen_finalist, judged_ms
+from nas_bert.finalists import chosen_finalist, judged_ms, reorders
 from nas_bert.hf_folder import write_student_folder
 from nas_bert.identity import atomic_folder, file_sha256
 from nas_bert.latency import (
@@ -174,7 +174,7 @@ def _export_one(study: Study, m: Member, teacher: Teacher, supernet: Supernet, c
     ms["calibration_ms"] = ms.pop("others")  # kept in nas_bert.json: the run's composition can be compared later
     ms["drift"], now = in_run(lat_model, study.space, emb, recal, ms["calibration_ms"])
     try:  # the latency model refitted on this run's timings: the prediction at the host's speed now
-        reorder = m.origin == "search"  # the hand-designed students keep the teacher's order
+        reorder = reorders(m.origin)
         predicted_now: float | None = lat_model.predict(arch, now, reorder)
         ms["speed"] = predicted_now / lat_model.predict(arch, reorder=reorder)  # this student's host factor since the fit
     except NasBertError:  # a hand-designed student the table has no timing for

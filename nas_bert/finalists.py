@@ -170,9 +170,14 @@ def family_to_time(family: dict[str, Candidate], predict: Any, budget_ms: float,
 
 
 # -- measured latency -------------------------------------------------------------------------------
+def reorders(origin: str) -> bool:
+    """Whether a student of this origin reorders a full-width output into the teacher's dimensions: a searched
+    one does; the teacher's own layers, cut or pruned, keep its order."""
+    return origin == "search"
+
+
 def _model(arch: Architecture, origin: str) -> torch.nn.Module:
-    # a searched student ending at full width reorders its output into the teacher's dimensions
-    return build_student(arch, reorder=origin == "search")
+    return build_student(arch, reorder=reorders(origin))
 
 
 def measured_ms(ctx: StudentContext, cands: list[Candidate], budget_ms: float,
@@ -252,7 +257,7 @@ def predict_now(lat: LatencyModel, cands: list[Candidate], timing: dict[str, Any
     for cand in cands:
         try:
             cand.proxies["predicted_now_ms"] = (None if now is None else
-                                                lat.predict(cand.arch, now, reorder=cand.origin == "search"))
+                                                lat.predict(cand.arch, now, reorder=reorders(cand.origin)))
         except NasBertError:  # a hand-designed student the table has no timing for
             cand.proxies["predicted_now_ms"] = None
 

@@ -293,9 +293,10 @@ def measure_model(model: nn.Module, cfg: LatencyConfig, vocab_size: int) -> floa
 def in_fresh_process(fn: Callable[..., Any], *args: Any) -> Any:
     """`fn(*args)` in a new Python process (spawned), its result returned and its exception raised here.
 
-    The latency table, its calibration, the finalists' and the export's timing runs take place there. In the process that has run the stages
-    before them (training, search, evaluation), the calibration students and the teacher were timed 5-12%
-    slower relative to the students beside them than in a fresh process, so the calibration refitted on
+    The latency table, its calibration, the finalists' and the export's timing runs take place there. In
+    the process that has run the stages before them (training, search, evaluation), the calibration
+    students and the teacher were timed 5-12% slower relative to the students beside them than in a fresh
+    process, so the calibration refitted on
     them over-predicted those students by 4-10%; in a fresh process by 0-2.4% (BENCHMARKS.md). What the long
     process carries that does it was not pinned down (not ONNX Runtime's spinning threads, not a large Python
     heap, not a fragmented allocator); a new process carries none of it and costs a few seconds.
@@ -468,7 +469,7 @@ def _spread(archs: dict[str, Architecture], pool: dict[str, Architecture], table
     log_hi (both ends among the steps when `ends`, else strictly between them)."""
     logs = {h: float(np.log(table.raw_ms(a))) for h, a in sorted(pool.items()) if h not in archs}
     targets = np.linspace(log_lo, log_hi, n) if ends else np.linspace(log_lo, log_hi, n + 2)[1:-1]
-    for target in targets if n > 0 else ():
+    for target in targets:
         if not logs:
             break
         best = min(logs, key=lambda h: abs(logs[h] - target))
@@ -660,9 +661,17 @@ def _missing(db: Database, space: SearchSpace, emb: Embeddings, cfg: LatencyConf
     fingerprint = device_fingerprint(cfg)
     if any(k not in _load_table(db, fingerprint) for k in table_specs(space, emb)):
         return True
+    return _stored_calibration(db, calibration_key(fingerprint, space, cfg), emb) is None
+
+
+def _stored_calibration(db: Database, key: str, emb: Embeddings) -> Calibration | None:
+    """The calibration stored under `key` for these embeddings (None if there is none, or one for others)."""
     with db.session() as s:
-        row = s.get(LatencyCalibration, calibration_key(fingerprint, space, cfg))
-        return row is None or json.loads(row.model_json).get("embeddings") != asdict(emb)
+        row = s.get(LatencyCalibration, key)
+        stored = (row.model_json, row.mape) if row is not None else None
+    if stored is None or json.loads(stored[0]).get("embeddings") != asdict(emb):
+        return None
+    return Calibration.from_json(*stored)
 
 
 def _build_latency_model(url: str, space: SearchSpace, emb: Embeddings, cfg: LatencyConfig, progress: bool) -> None:
@@ -684,11 +693,8 @@ def _build(db: Database, space: SearchSpace, emb: Embeddings, cfg: LatencyConfig
         model = LatencyModel(fingerprint, cfg, table)
 
         cal_key = calibration_key(fingerprint, space, cfg)
-        with db.session() as s:
-            row = s.get(LatencyCalibration, cal_key)
-            stored = (row.model_json, row.mape) if row is not None else None
-        if stored is not None and json.loads(stored[0]).get("embeddings") == asdict(emb):
-            model.calibration = Calibration.from_json(stored[0], stored[1])
+        if (stored := _stored_calibration(db, cal_key, emb)) is not None:
+            model.calibration = stored
             return model
         cal = calibrate(model, space, emb, cfg, progress)
         mape = cal.loo_mape if np.isfinite(cal.loo_mape) else -1.0
