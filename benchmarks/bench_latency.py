@@ -25,11 +25,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from nas_bert.architecture import Embeddings, sample
-from nas_bert.db import Database
-from nas_bert.latency import (
+from nas_bert.latency.latency import (
     MODEL_ROUNDS,
-    LatencyConfig,
     _run_delay_ns,
     build_student,
     calibration_architectures,
@@ -38,7 +35,10 @@ from nas_bert.latency import (
     latency_report,
     measure_models,
 )
-from nas_bert.space import load_space
+from nas_bert.space.architecture import Embeddings, sample
+from nas_bert.space.search_space import load_space
+from nas_bert.store.db import Database
+from nas_bert.study import LatencyConfig
 
 CLEAN_NOISE_PCT = 2.0  # a noise floor this far under the 5% target leaves the error to the model
 CLEAN_WAIT_PCT = 5.0

@@ -21,10 +21,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import cpu_name, table
-from nas_bert import architecture as A
-from nas_bert.config import load_study
-from nas_bert.scoring import rescore
-from nas_bert.search import finish_search, open_context, run_worker
+from nas_bert.search.optuna_search import finish_search, open_context, run_worker
+from nas_bert.search.scoring import rescore
+from nas_bert.space import architecture as A
+from nas_bert.study import load_study
 
 
 def main() -> None:
@@ -45,7 +45,7 @@ def main() -> None:
     # a fresh search: drop the copy's search for this budget and every memoised block score
     import optuna
 
-    from nas_bert.search import optuna_study_name, storage_for
+    from nas_bert.search.optuna_search import optuna_study_name, storage_for
 
     try:
         optuna.delete_study(study_name=optuna_study_name(study, args.budget_ms), storage=storage_for(study))

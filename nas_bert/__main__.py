@@ -1,4 +1,4 @@
 from nas_bert.cli import app
 
 if __name__ == "__main__":  # a spawned timing process imports this module as __mp_main__: it must not run the CLI
-    app()
+    app(prog_name="nas-bert")

@@ -12,8 +12,8 @@ One JSON record per synset (117,659 in WordNet 3.0)::
 
 ``label`` is the lexicographer file number (0..44) from the ``lexnames`` file. Debian
 omits that file, so it falls back to the table in the lexnames(5WN) man page of the same
-package; both must agree with ``nas_bert.corpus.LEXNAMES``. ``split`` comes from
-``nas_bert.corpus.split_of``: crc32(synset id) % 100 < 90 train, 90..94 validation,
+package; both must agree with ``nas_bert.data.corpus.LEXNAMES``. ``split`` comes from
+``nas_bert.data.corpus.split_of``: crc32(synset id) % 100 < 90 train, 90..94 validation,
 95..99 test. Records are written in crc32 order of their ids so that the first N rows of
 any split are a representative mix (demo caps take the first rows); the output is
 byte-for-byte reproducible (xz stores no timestamps).
@@ -32,7 +32,7 @@ import zlib
 from collections import Counter
 from pathlib import Path
 
-from nas_bert.corpus import LEXNAMES, split_of
+from nas_bert.data.corpus import LEXNAMES, split_of
 
 EXPECTED_SYNSETS = 117_659
 MAX_BYTES = 5_000_000
@@ -60,7 +60,7 @@ def read_lexnames(dict_dir: Path) -> list[str]:
         if [int(num) for num, _ in pairs] != list(range(len(pairs))) or len(names) != 45:
             sys.exit(f"{path}: expected lexicographer files numbered 00..44, got {len(names)}")
         if tuple(names) != LEXNAMES:
-            sys.exit(f"{path} disagrees with nas_bert.corpus.LEXNAMES")
+            sys.exit(f"{path} disagrees with nas_bert.data.corpus.LEXNAMES")
         print(f"lexnames from {path}")
         return names
     sys.exit(f"no lexnames file in {dict_dir} nor a lexnames(5WN) man page beside it")

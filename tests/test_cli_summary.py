@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nas_bert.cli import _run_table
+from nas_bert.cli.commands import _run_table
 
 
 def _row(budget: float, judged: float, over: bool) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Tests for nas_bert.corpus: shipped WordNet data, loading, packing, batching."""
+"""Tests for nas_bert.data.corpus: shipped WordNet data, loading, packing, batching."""
 
 from __future__ import annotations
 
@@ -12,10 +12,9 @@ from collections import Counter
 import pytest
 import torch
 
-from nas_bert.corpus import (
+from nas_bert.data.corpus import (
     LEXNAMES,
     WORDNET_PATH,
-    CorpusConfig,
     CorpusError,
     StepBatcher,
     fixed_batches,
@@ -25,6 +24,7 @@ from nas_bert.corpus import (
     padding_share,
     split_of,
 )
+from nas_bert.study import CorpusConfig
 
 
 @pytest.fixture(scope="module")

@@ -16,13 +16,13 @@ import torch
 from conftest import dies_after
 from typer.testing import CliRunner
 
-from nas_bert import architecture as A
 from nas_bert.cli import app
-from nas_bert.config import load_study
-from nas_bert.db import ArchitectureRow, Database, MappingEval
+from nas_bert.distill.mapping import MappingSearch, best_memoised, protocol_hash
 from nas_bert.errors import NasBertError
-from nas_bert.identity import safe_torch_load
-from nas_bert.mapping import MappingSearch, best_memoised, protocol_hash
+from nas_bert.space import architecture as A
+from nas_bert.store.db import ArchitectureRow, Database, MappingEval
+from nas_bert.store.identity import safe_torch_load
+from nas_bert.study import load_study
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()

@@ -12,16 +12,17 @@ import torch
 from sqlalchemy import select
 from transformers import BertConfig, BertModel
 
-from nas_bert import evaluate as ev
-from nas_bert import tasks
-from nas_bert.architecture import sample
-from nas_bert.configuration_nas_bert import NasBertConfig
-from nas_bert.db import Database, EvaluationRow
+from nas_bert.data import tasks
 from nas_bert.errors import NasBertError
-from nas_bert.modeling_nas_bert import NasBertModel
+from nas_bert.evaluate import evaluation as ev
+from nas_bert.model.configuration_nas_bert import NasBertConfig
+from nas_bert.model.modeling_nas_bert import NasBertModel
+from nas_bert.space.architecture import sample
+from nas_bert.store.db import Database, EvaluationRow
+from nas_bert.study import EvalConfig
 
 # A high head lr, so that 5 steps already beat zero accuracy and accuracy ratios are defined.
-TINY = ev.EvalConfig(finetune_steps=5, fidelity_texts=32, max_train_examples=64, max_eval_examples=32,
+TINY = EvalConfig(finetune_steps=5, fidelity_texts=32, max_train_examples=64, max_eval_examples=32,
                      max_seq_length=24, batch_size=8, head_lr=0.05)
 
 
@@ -76,7 +77,7 @@ def test_loyalty_hand_computed():
 
 # -- tasks ---------------------------------------------------------------------------------------
 def test_wordnet_task_has_45_labels_and_the_shipped_split():
-    from nas_bert.corpus import load_wordnet_task
+    from nas_bert.data.corpus import load_wordnet_task
 
     dd, names = ev.load_task("wordnet", TINY)
     assert len(names) == 45 and names[0] == "adj.all"
@@ -138,7 +139,7 @@ def test_teacher_as_its_own_student_scores_one(tiny_teacher):
 
 def test_protocol_hash_changes_with_settings_and_task():
     h = ev.protocol_hash(TINY, "wordnet")
-    assert h == ev.protocol_hash(ev.EvalConfig(**TINY.model_dump()), "wordnet")
+    assert h == ev.protocol_hash(EvalConfig(**TINY.model_dump()), "wordnet")
     assert h != ev.protocol_hash(TINY.model_copy(update={"seed": 1}), "wordnet")
     assert h != ev.protocol_hash(TINY, "other.csv")
 
@@ -174,7 +175,7 @@ def _save_student(folder: Path, teacher, tiny_space, auto_map: bool) -> None:
 
 @pytest.mark.parametrize("auto_map", [True, False])
 def test_evaluate_path_writes_metrics(tmp_path: Path, tiny_study_file, tiny_teacher, tiny_space, auto_map):
-    from nas_bert.config import load_study
+    from nas_bert.study import load_study
 
     study = load_study(tiny_study_file)
     folder = tmp_path / "student"
@@ -195,7 +196,7 @@ def test_evaluate_path_writes_metrics(tmp_path: Path, tiny_study_file, tiny_teac
 
 
 def test_evaluate_path_rejects_non_model_folders(tmp_path: Path, tiny_study_file):
-    from nas_bert.config import load_study
+    from nas_bert.study import load_study
 
     study = load_study(tiny_study_file)
     with pytest.raises(NasBertError, match="does not exist"):

@@ -16,22 +16,9 @@ import torch
 from pydantic import ValidationError
 from sqlalchemy import func, select
 
-from nas_bert import latency
-from nas_bert.architecture import (
-    IDENTITY,
-    Architecture,
-    Block,
-    Embeddings,
-    largest,
-    op_choices,
-    sample,
-    smallest,
-    truncated,
-)
-from nas_bert.db import Database, LatencyCalibration, LatencyRow
 from nas_bert.errors import NasBertError
-from nas_bert.latency import (
-    LatencyConfig,
+from nas_bert.latency import latency
+from nas_bert.latency.latency import (
     LatencyModel,
     device_fingerprint,
     embeddings_key,
@@ -44,7 +31,20 @@ from nas_bert.latency import (
     op_key,
     output_key,
 )
-from nas_bert.space import SearchSpace, load_space
+from nas_bert.space.architecture import (
+    IDENTITY,
+    Architecture,
+    Block,
+    Embeddings,
+    largest,
+    op_choices,
+    sample,
+    smallest,
+    truncated,
+)
+from nas_bert.space.search_space import SearchSpace, load_space
+from nas_bert.store.db import Database, LatencyCalibration, LatencyRow
+from nas_bert.study import LatencyConfig
 
 EMB = Embeddings(vocab_size=1000, max_positions=64, type_vocab_size=2, width=32)
 # timed in this process, where the tests count and stop the timings (test_a_new_process_builds_the_model: the other way)
@@ -404,7 +404,7 @@ def test_disturbed_rounds_are_retried_then_used(monkeypatch: pytest.MonkeyPatch,
     waits = itertools.count(step=10**9)  # every block waited a second for a CPU: each round retried once
     monkeypatch.setattr(latency, "_run_delay_ns", lambda: next(waits))
     rounds.clear()
-    with caplog.at_level("WARNING", logger="nas_bert.latency"):
+    with caplog.at_level("WARNING", logger="nas_bert.latency.latency"):
         (ms,) = latency._time_jobs([("sum(range(100))", {})], CFG, rounds=2)
     assert ms > 0 and len(rounds) == 4
     assert "busy" in caplog.text

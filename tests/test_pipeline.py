@@ -12,7 +12,7 @@ import time
 import yaml
 from conftest import make_tiny_study
 
-from nas_bert.config import load_study
+from nas_bert.study import load_study
 
 EVAL = {"finetune_steps": 3, "fidelity_texts": 16, "max_train_examples": 48, "max_eval_examples": 16,
         "max_seq_length": 16, "batch_size": 8, "ood_texts": 16}

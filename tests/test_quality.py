@@ -14,15 +14,18 @@ import torch.nn.functional as F
 from conftest import copy_study
 from sqlalchemy import select
 
-from nas_bert import architecture as A
-from nas_bert.config import TrainConfig, load_study
-from nas_bert.corpus import CorpusConfig, load_manpages, make_collator
-from nas_bert.db import Database, LatencyRow
-from nas_bert.distill import DistillModule, DistillObjective, TeacherTaps, relation_kl, similarity_loss, uniform_mapping
-from nas_bert.finalists import Candidate, choose, chosen_finalist, summarise
-from nas_bert.hf_folder import write_student_folder
-from nas_bert.latency import (
-    LatencyConfig,
+from nas_bert.choose.finalists import Candidate, choose, chosen_finalist, summarise
+from nas_bert.data.corpus import load_manpages, make_collator
+from nas_bert.distill.objective import (
+    DistillModule,
+    DistillObjective,
+    TeacherTaps,
+    relation_kl,
+    similarity_loss,
+    uniform_mapping,
+)
+from nas_bert.evaluate.metrics import fidelity, fidelity_interval
+from nas_bert.latency.latency import (
     LatencyModel,
     embeddings_key,
     ensure_latency_model,
@@ -31,10 +34,13 @@ from nas_bert.latency import (
     output_key,
     resizes,
 )
-from nas_bert.metrics import fidelity, fidelity_interval
-from nas_bert.supernet import Supernet
-from nas_bert.teacher import load_teacher, sentence_pooling
-from nas_bert.train import BestKeeper, CheckpointDir, make_accelerator, train_loop
+from nas_bert.model.folder import write_student_folder
+from nas_bert.space import architecture as A
+from nas_bert.store.db import Database, LatencyRow
+from nas_bert.study import CorpusConfig, LatencyConfig, TrainConfig, load_study
+from nas_bert.supernet.elastic import Supernet
+from nas_bert.teacher.loading import load_teacher, sentence_pooling
+from nas_bert.train.loop import BestKeeper, CheckpointDir, make_accelerator, train_loop
 
 IDS = torch.tensor([[101, 2023, 2003, 1037, 2235, 3899, 102, 0], [101, 7592, 2088, 102, 0, 0, 0, 0],
                     [101, 1037, 4937, 2938, 2006, 1996, 13523, 102]])
@@ -318,13 +324,13 @@ def test_finalists_end_to_end_choose_record_and_resume(searched_tiny, tmp_path, 
     def boom(*a, **k):
         raise AssertionError("a recorded finalist is distilled again")
 
-    monkeypatch.setattr("nas_bert.finalists.short_distill", boom)
+    monkeypatch.setattr("nas_bert.choose.finalists.short_distill", boom)
     again = choose(study, 5.0, progress=False)  # every finalist is a database row: nothing is redone
     assert again["chosen"]["name"] == first["chosen"]["name"]
 
 
 def test_judged_ms_divides_by_the_lesser_factor():
-    from nas_bert.finalists import host_speed, judged_ms
+    from nas_bert.choose.finalists import host_speed, judged_ms
 
     assert judged_ms(9.0, 0.9) == pytest.approx(10.0)  # a faster host, no own factor: tightened by the drift
     assert judged_ms(9.0, 1.2) == 9.0  # a slower host by the drift alone: never loosened
@@ -340,8 +346,7 @@ def test_the_budget_judges_times_at_the_fitted_speed_only_to_tighten(searched_ti
     """A host running 1.25x faster than when the latency model was fitted (drift 0.8): 4.5 ms measured is
     5.6 ms at the fitted speed, over a 5 ms budget. A slower host (drift 1.25) does not loosen the budget:
     5.5 ms measured stays over. At drift 1 the 4.5 ms student, once dropped, fits and is distilled and stored."""
-    from nas_bert import finalists as F
-
+    from nas_bert.choose import finalists as F
     assert F.judged_ms(4.0, 0.8) == pytest.approx(5.0) and F.judged_ms(5.5, 1.25) == 5.5
     assert F.judged_ms(2.5, None) == F.judged_ms(2.5, 0.0) == F.judged_ms(2.5, float("nan")) == 2.5
     study = load_study(copy_study(searched_tiny, tmp_path), overrides={"search.finalist_steps": 2,
@@ -372,8 +377,7 @@ def test_the_budget_judges_times_at_the_fitted_speed_only_to_tighten(searched_ti
 def test_a_top_student_measured_over_budget_is_replaced_by_the_next(searched_tiny, tmp_path, monkeypatch):
     """The best student by approximate loss measures over the budget: it is dropped, and the best reserve
     student (next by approximate loss) that the budget holds takes its place; the other reserves stay out."""
-    from nas_bert import finalists as F
-
+    from nas_bert.choose import finalists as F
     study = load_study(copy_study(searched_tiny, tmp_path), overrides={"search.finalist_steps": 2,
                                                                         "distill.val_batches": 2,
                                                                         "search.finalist_baselines": False})
@@ -396,7 +400,7 @@ def test_a_top_student_measured_over_budget_is_replaced_by_the_next(searched_tin
 def test_a_reserve_over_budget_is_passed_over_for_the_next():
     """Two of the top measure over: the two next reserves the budget holds take their places, in rank order,
     skipping the reserve that is itself over; unused reserves and a student over outside the top change nothing."""
-    from nas_bert.finalists import Candidate, replace_over_budget
+    from nas_bert.choose.finalists import Candidate, replace_over_budget
 
     def cand(name, rank, reserve=False):
         proxies = {"approx_rank": rank, **({"reserve": True} if reserve else {})}
@@ -416,8 +420,7 @@ def test_a_student_scored_at_another_budget_is_not_distilled_again(searched_tiny
     takes that score (and says where from) instead of a second short distillation."""
     import sqlalchemy as sa
 
-    from nas_bert import finalists as F
-
+    from nas_bert.choose import finalists as F
     path = copy_study(searched_tiny, tmp_path)
     study = load_study(path, overrides={"search.finalist_steps": 2, "distill.val_batches": 2,
                                         "search.finalist_baselines": False})
@@ -444,8 +447,8 @@ def test_a_student_scored_at_another_budget_is_not_distilled_again(searched_tiny
 def test_only_the_family_members_near_the_budget_are_timed():
     """Every truncated teacher is timed (the untouched reference); of the other families the three slowest
     the latency model puts within 1.25x the budget, and any it cannot predict."""
+    from nas_bert.choose.finalists import family_to_time
     from nas_bert.errors import NasBertError
-    from nas_bert.finalists import family_to_time
 
     pred = {"truncated-1": 4.0, "truncated-2": 8.0, "truncated-3": 12.0, "uniform-64": 1.0, "uniform-128": 3.0,
             "uniform-192": 5.0, "uniform-256": 6.0, "uniform-320": 7.0, "pruned-1": 2.0, "pruned-2": 4.0,
@@ -468,7 +471,7 @@ def test_a_baseline_stands_only_where_judged_and_predicted_within_the_budget():
     """The rule every searched student met (predicted within the budget) holds for hand-designed ones too: a
     baseline judged 4.74 ms but predicted 5.04 ms does not stand for 5 ms; one the model cannot predict is
     judged by its measurement alone."""
-    from nas_bert.finalists import holds
+    from nas_bert.choose.finalists import holds
 
     def cand(pred):
         c = Candidate("truncated-2", "truncated", "arch")
@@ -482,8 +485,8 @@ def test_a_baseline_stands_only_where_judged_and_predicted_within_the_budget():
 
 
 def test_a_winning_baseline_is_distilled_and_exported_as_such(searched_tiny, tmp_path, monkeypatch):
-    from nas_bert.export import export_front
-    from nas_bert.students import distill_student
+    from nas_bert.distill.students import distill_student
+    from nas_bert.export.folders import export_front
 
     study = load_study(copy_study(searched_tiny, tmp_path), overrides={"search.finalist_steps": 2})
 
@@ -491,7 +494,7 @@ def test_a_winning_baseline_is_distilled_and_exported_as_such(searched_tiny, tmp
         return {"fidelity_before": 0.5, "fidelity": 0.9 if cand.origin != "search" else 0.6,
                 "fidelity_interval": [0.5, 0.9], "best_step": 0, "seconds": 0.0}
 
-    monkeypatch.setattr("nas_bert.finalists.short_distill", baseline_wins)
+    monkeypatch.setattr("nas_bert.choose.finalists.short_distill", baseline_wins)
     summary = choose(study, 5.0, progress=False)
     chosen = summary["chosen"]
     assert summary["baseline_won"] and chosen["origin"] in ("truncated", "uniform")

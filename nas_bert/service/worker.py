@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nas_bert.db import Database, JobRow
 from nas_bert.service import jobs
+from nas_bert.store.db import Database, JobRow
 
 LOG_TAIL_CHARS = 6000
 STAGES_EVERY_S = 10.0  # a run job's stage states are read again after this long
@@ -31,10 +31,10 @@ STAGES_EVERY_S = 10.0  # a run job's stage states are read again after this long
 
 def spawn(args: list[str], **kwargs: Any) -> subprocess.Popen:
     """`python -m nas_bert <args>` in its own session, killed when this process dies (see `child`)."""
-    from nas_bert.service.child import PARENT_ENV
+    from nas_bert.service.processes import PARENT_ENV
 
     env = {**kwargs.pop("env", os.environ), PARENT_ENV: str(os.getpid())}
-    return subprocess.Popen([sys.executable, "-m", "nas_bert.service.child", *args], env=env,
+    return subprocess.Popen([sys.executable, "-m", "nas_bert.service.processes", *args], env=env,
                             start_new_session=True, **kwargs)
 
 
@@ -84,7 +84,7 @@ def job_commands(row: JobRow, config: Path, db_url: str, out_dir: Path) -> list[
 
 def supernet_trained(db: Database, study: Any) -> bool:
     """Whether the study's supernet (of its current inputs) is trained to its steps."""
-    from nas_bert.blockwise import find_run
+    from nas_bert.supernet.blockwise import find_run
 
     with db.session() as s:
         run = find_run(s, study)
@@ -125,7 +125,7 @@ class Progress:
     stage (the `== stage key` lines the stage runner logs) and, in a search, complete trials / trials wanted."""
 
     def __init__(self, row: JobRow, config: Path, db_url: str) -> None:
-        from nas_bert.config import load_study
+        from nas_bert.study import load_study
 
         self.row, self.params = row, json.loads(row.params_json or "{}")
         self.study = load_study(config, db_url)
@@ -137,7 +137,7 @@ class Progress:
     def trials(self, budget: float) -> tuple[int, int]:
         from optuna.trial import TrialState
 
-        from nas_bert.search import optuna_study_name, storage_for
+        from nas_bert.search.optuna_search import optuna_study_name, storage_for
 
         target = int(self.params.get("trials") or self.study.cfg.search.trials)
         if self._storage is None:
@@ -231,7 +231,7 @@ class Worker:
             jobs.finish(self.db, row.id, token, False, error=f"study file {config} not found; create the study again")
             return "failed"
         try:
-            from nas_bert.config import load_study
+            from nas_bert.study import load_study
 
             study = load_study(config, self.db_url)
             progress = Progress(row, config, self.db_url)

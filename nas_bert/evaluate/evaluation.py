@@ -1,0 +1,327 @@
+"""Stage 8: how good is a student? Fidelity to the teacher and fine-tuned accuracy on a task.
+
+Two views, both against the teacher:
+- fidelity (no training): do the student's sentence vectors arrange held-out texts the way the
+  teacher's do? Spearman correlation of all pairwise cosine similarities, so widths may differ;
+- downstream: student and teacher are fine-tuned with the same protocol and seed on one task
+  (WordNet supersenses by default); we report accuracy, its ratio to the teacher's, and loyalty
+  (how often and how closely the student's predictions match the teacher's).
+
+The teacher is fine-tuned once per (study, task, protocol) and memoised in the database.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sqlalchemy import select
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import AutoModel, AutoTokenizer, get_scheduler
+
+from nas_bert.data.corpus import load_manpages
+from nas_bert.data.tasks import LOAD_ERRORS, first_line, load_task
+from nas_bert.errors import NasBertError
+from nas_bert.evaluate.metrics import fidelity, loyalty, mean_pool
+from nas_bert.store.db import Database, EvaluationRow
+from nas_bert.store.identity import atomic_write_text, file_sha256, json_hash, sha256_hex
+from nas_bert.study import EvalConfig
+from nas_bert.teacher.loading import load_teacher
+
+
+def protocol_hash(cfg: EvalConfig, task: str) -> str:
+    """Short sha256 of the protocol and the task; a local task file also contributes its content."""
+    key: dict[str, Any] = {"config": cfg.model_dump(mode="json"), "task": task}
+    if Path(task).is_file():  # an edited task file must not reuse a stale teacher baseline
+        key["file_sha256"] = file_sha256(task)
+    return json_hash(key)
+
+
+# -- sentence vectors -------------------------------------------------------------------------------
+def _batch(tokenizer: Any, texts: list[str], max_len: int, device: torch.device | str) -> dict[str, torch.Tensor]:
+    enc = tokenizer(texts, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+    return {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device)}
+
+
+@torch.no_grad()
+def sentence_vectors(encoder: nn.Module, tokenizer: Any, texts: list[str], batch_size: int, max_len: int,
+                     device: torch.device | str, pooling: Any = None) -> torch.Tensor:
+    """The sentence vector of each text, (n, hidden), on the CPU: `pooling` (a teacher.Pooling) of the
+    last_hidden_state, mean pooling without one; any such encoder works."""
+    was_training = encoder.training
+    encoder.eval()  # dropout off: vectors must not depend on the RNG
+    out = []
+    for i in range(0, len(texts), batch_size):
+        b = _batch(tokenizer, list(texts[i : i + batch_size]), max_len, device)
+        states = encoder(**b).last_hidden_state
+        vecs = pooling(states, b["attention_mask"]) if pooling is not None else mean_pool(states, b["attention_mask"])
+        out.append(vecs.float().cpu())
+    encoder.train(was_training)
+    return torch.cat(out)
+
+
+# -- fine-tuning ----------------------------------------------------------------------------------
+class Classifier(nn.Module):
+    """Encoder -> mean pooling -> dropout -> linear head over the labels."""
+
+    def __init__(self, encoder: nn.Module, num_labels: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(int(encoder.config.hidden_size), num_labels)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        h = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.head(self.dropout(mean_pool(h, attention_mask)))
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@torch.no_grad()
+def _predict(model: Classifier, tokenizer: Any, texts: list[str], cfg: EvalConfig,
+             device: torch.device | str) -> np.ndarray:
+    model.eval()
+    out = []
+    for i in range(0, len(texts), cfg.batch_size):
+        b = _batch(tokenizer, texts[i : i + cfg.batch_size], cfg.max_seq_length, device)
+        out.append(torch.softmax(model(**b).double(), dim=-1).cpu().numpy())
+    return np.concatenate(out)
+
+
+def finetune(encoder: nn.Module, tokenizer: Any, task: datasets.DatasetDict, label_names: list[str],
+             cfg: EvalConfig, device: torch.device | str = "cpu",
+             desc: str = "fine-tune") -> tuple[Classifier, float, np.ndarray]:
+    """Fine-tune a copy of `encoder` with a new head; returns (classifier, test accuracy, test probs (n, classes))."""
+    _seed_all(cfg.seed)  # head init and dropout draw from the global RNG
+    model = Classifier(copy.deepcopy(encoder), len(label_names)).to(device)  # the caller's encoder stays as it was
+    model.encoder.requires_grad_(True)  # teachers arrive frozen
+    optimizer = torch.optim.AdamW([
+        {"params": list(model.encoder.parameters()), "lr": cfg.lr},
+        {"params": list(model.head.parameters()), "lr": cfg.head_lr},
+    ])
+    steps = cfg.finetune_steps
+    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=math.ceil(cfg.warmup_ratio * steps),
+                              num_training_steps=steps)
+    train = task["train"]
+    texts, labels = list(train["text"]), torch.tensor(train["label"])
+    gen = torch.Generator().manual_seed(cfg.seed)
+    order: list[int] = []
+    model.train()
+    bar = tqdm(range(steps), desc=desc, leave=False)
+    for _ in bar:
+        if len(order) < cfg.batch_size:  # next epoch's shuffle, appended so every batch is full
+            order += torch.randperm(len(texts), generator=gen).tolist()
+        idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
+        b = _batch(tokenizer, [texts[i] for i in idx], cfg.max_seq_length, device)
+        loss = F.cross_entropy(model(**b), labels[idx].to(device))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    test = task["test"]
+    probs = _predict(model, tokenizer, list(test["text"]), cfg, device)
+    accuracy = float((probs.argmax(1) == np.asarray(test["label"])).mean())
+    return model, accuracy, probs
+
+
+def _params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _teacher_run(teacher: Any, cfg: EvalConfig, task: str, device: torch.device | str) -> dict[str, Any]:
+    dd, names = load_task(task, cfg)
+    _, acc, probs = finetune(teacher.encoder, teacher.tokenizer, dd, names, cfg, device, desc="fine-tune teacher")
+    return {"task": task, "accuracy": acc, "test_probs": probs.tolist(), "params": _params(teacher.encoder),
+            "teacher": str(getattr(teacher, "source", "")), "protocol_hash": protocol_hash(cfg, task)}
+
+
+_TEACHER_VECTORS: dict[tuple[Any, ...], torch.Tensor] = {}
+
+
+def _teacher_vectors(teacher: Any, texts: list[str], cfg: EvalConfig, device: torch.device | str) -> torch.Tensor:
+    """The teacher's sentence vectors of `texts`, computed once per process (every student is compared to them)."""
+    key = (str(getattr(teacher, "source", id(teacher))), sha256_hex("\n".join(texts)),
+           cfg.batch_size, cfg.fidelity_max_seq_length, str(device))
+    if key not in _TEACHER_VECTORS:
+        _TEACHER_VECTORS[key] = sentence_vectors(teacher.encoder, teacher.tokenizer, texts, cfg.batch_size,
+                                                 cfg.fidelity_max_seq_length, device, teacher.pooling)
+    return _TEACHER_VECTORS[key]
+
+
+def agreement(encoder: nn.Module, tokenizer: Any, teacher: Any, cfg: EvalConfig, texts: list[str],
+              device: torch.device | str = "cpu") -> dict[str, float | None]:
+    """How the encoder's sentence vectors (the teacher's pooling) agree with the teacher's, without any
+    training: fidelity and mean cosine on the task's held-out `texts`, and ood_fidelity, ood_cosine on the
+    shipped out-of-domain sentences (cfg.ood_texts of them). Cosines need the teacher's width (else None)."""
+    sets = {"": texts, **({"ood_": load_manpages(cfg.ood_texts)} if cfg.ood_texts else {})}
+    encoder = encoder.to(device)
+    out: dict[str, float | None] = {}
+    for prefix, batch in sets.items():
+        s_vec = sentence_vectors(encoder, tokenizer, batch, cfg.batch_size, cfg.fidelity_max_seq_length, device,
+                                 teacher.pooling)
+        t_vec = _teacher_vectors(teacher, batch, cfg, device)
+        out[f"{prefix}fidelity"] = fidelity(s_vec, t_vec, centered=cfg.fidelity_centered)
+        out[f"{prefix}cosine"] = (float(F.cosine_similarity(s_vec, t_vec, dim=-1).mean())
+                                  if s_vec.shape == t_vec.shape else None)
+    return out
+
+
+def evaluate_encoder(encoder: nn.Module, tokenizer: Any, teacher: Any, cfg: EvalConfig, task: str = "wordnet",
+                     device: torch.device | str = "cpu", teacher_result: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Fidelity to `teacher`, fine-tuned accuracy and loyalty to it; `encoder` is moved to `device`.
+
+    The teacher is fine-tuned here with the same protocol unless `teacher_result` (from
+    `teacher_baseline`: "accuracy" and "test_probs") is given.
+    """
+    dd, names = load_task(task, cfg)
+    encoder.to(device)
+    sentence = agreement(encoder, tokenizer, teacher, cfg, list(dd["test"]["text"][: cfg.fidelity_texts]), device)
+    _, acc, probs = finetune(encoder, tokenizer, dd, names, cfg, device, desc="fine-tune student")
+    if teacher_result is None:
+        teacher_result = _teacher_run(teacher, cfg, task, device)
+    t_acc = float(teacher_result["accuracy"])
+    return {
+        "task": task,
+        **sentence,
+        "accuracy": acc,
+        "teacher_accuracy": t_acc,
+        "accuracy_ratio": acc / t_acc if t_acc > 0 else None,  # None, not NaN: the metrics are stored as JSON
+        **loyalty(probs, np.asarray(teacher_result["test_probs"])),
+        "params": _params(encoder),
+        "protocol_hash": protocol_hash(cfg, task),
+    }
+
+
+# -- database memo --------------------------------------------------------------------------------
+def _find(s: Any, study_name: str, subject: str, task: str, ph: str) -> EvaluationRow | None:
+    q = select(EvaluationRow).where(EvaluationRow.study == study_name, EvaluationRow.subject == subject,
+                                    EvaluationRow.task == task, EvaluationRow.protocol_hash == ph)
+    return s.scalars(q).first()
+
+
+def record_evaluation(db: Database, study_name: str, subject: str, arch_hash: str | None, task: str,
+                      cfg: EvalConfig, metrics: dict[str, Any]) -> None:
+    """Insert or replace the row of (study, subject, task, protocol)."""
+    ph = protocol_hash(cfg, task)
+    blob = json.dumps(metrics)
+    with db.session() as s:
+        row = _find(s, study_name, subject, task, ph)
+        if row is None:
+            s.add(EvaluationRow(study=study_name, subject=subject, arch_hash=arch_hash, task=task,
+                                protocol_hash=ph, metrics_json=blob))
+        else:
+            row.arch_hash, row.metrics_json = arch_hash, blob
+
+
+def stored_evaluation(db: Database, study_name: str, subject: str, task: str, cfg: EvalConfig) -> dict[str, Any] | None:
+    """The metrics recorded for a subject under this protocol, if it was evaluated before."""
+    with db.session() as s:
+        row = _find(s, study_name, subject, task, protocol_hash(cfg, task))
+        return json.loads(row.metrics_json) if row is not None else None
+
+
+def teacher_baseline(db: Database, study_name: str, teacher: Any, cfg: EvalConfig, task: str = "wordnet",
+                     device: torch.device | str = "cpu") -> dict[str, Any]:
+    """The fine-tuned teacher's accuracy and test probabilities: computed once per protocol, then read back."""
+    with db.session() as s:
+        row = _find(s, study_name, "teacher", task, protocol_hash(cfg, task))
+        stored = json.loads(row.metrics_json) if row is not None else None
+    # A study whose teacher was changed keeps its name, so check the stored source too.
+    if stored is not None and stored.get("teacher") == str(getattr(teacher, "source", "")):
+        return stored
+    result = _teacher_run(teacher, cfg, task, device)
+    record_evaluation(db, study_name, "teacher", None, task, cfg, result)
+    return result
+
+
+# -- the CLI's entry point ----------------------------------------------------------------------------
+def load_student(path: str | Path) -> nn.Module:
+    """A student folder via AutoModel (trust_remote_code), or NasBertModel directly for model_type nas_bert."""
+    path = Path(path)
+    if not path.is_dir():
+        raise NasBertError(f"model folder {path} does not exist; give a folder written by `nas-bert export`")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise NasBertError(f"{path} is not a model folder (no config.json); give a folder written by `nas-bert export`")
+    try:
+        model_type = json.loads(config_file.read_text()).get("model_type")
+    except (json.JSONDecodeError, AttributeError):
+        raise NasBertError(f"{config_file} is not a JSON object; the model folder is damaged") from None
+    try:
+        return AutoModel.from_pretrained(str(path), trust_remote_code=True)
+    except LOAD_ERRORS as e:
+        error = e
+    if model_type == "nas_bert":  # folders without auto_map (or its code files) still load from our package
+        from nas_bert.model.modeling_nas_bert import NasBertModel
+
+        try:
+            return NasBertModel.from_pretrained(str(path))
+        except LOAD_ERRORS as e:
+            error = e
+    raise NasBertError(f"{path} could not be loaded as a model ({first_line(error)})")
+
+
+def _load_tokenizer(path: Path, fallback: Any) -> Any:
+    try:
+        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=True)  # the folder is ours
+    except (OSError, ValueError, TypeError):  # no tokenizer files: students share the teacher's vocabulary
+        return fallback
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2))
+
+
+def evaluate_path(study: Any, path: str | None, teacher_only: bool = False, task: str = "wordnet",
+                  cfg: EvalConfig | None = None) -> dict[str, Any]:
+    """`nas-bert evaluate PATH` / `--teacher`: evaluate, record in the database and in PATH/nas_bert.json."""
+    cfg = cfg or EvalConfig()
+    if not teacher_only and path is None:
+        raise NasBertError("give a model folder to evaluate, or --teacher for the teacher's baseline")
+    folder = None if teacher_only else Path(path).expanduser().resolve()  # type: ignore[arg-type]
+    student = load_student(folder) if folder is not None else None  # fail fast, before the teacher's fine-tuning
+    device = study.device()
+    db = Database(study.db_url)
+    try:
+        db.upsert_study(study.name, study.snapshot())
+        teacher = load_teacher(study.cfg.teacher, device)
+        base = teacher_baseline(db, study.name, teacher, cfg, task, device)
+        if student is None or folder is None:
+            return {k: v for k, v in base.items() if k != "test_probs"}
+        info_file = folder / "nas_bert.json"
+        try:
+            info = json.loads(info_file.read_text()) if info_file.is_file() else None
+        except json.JSONDecodeError as e:
+            raise NasBertError(f"{info_file} is not valid JSON ({e}); re-export the model or remove the file") from None
+        tokenizer = _load_tokenizer(folder, teacher.tokenizer)
+        metrics = evaluate_encoder(student, tokenizer, teacher, cfg, task, device, teacher_result=base)
+        arch_hash = info.get("hash") if isinstance(info, dict) else None
+        if arch_hash is None and isinstance(getattr(student.config, "architecture", None), dict):
+            from nas_bert.space.architecture import (
+                Architecture,  # a distilled folder: its config holds the architecture
+            )
+
+            arch_hash = Architecture.from_dict(student.config.architecture).hash()
+        record_evaluation(db, study.name, str(folder), arch_hash, task, cfg, metrics)
+        if isinstance(info, dict):
+            info.setdefault("metrics", {}).update({**metrics, "eval_config": cfg.model_dump(mode="json")})
+            _write_json_atomic(info_file, info)
+        return {"subject": str(folder), "arch_hash": arch_hash, **metrics}
+    finally:
+        db.dispose()

@@ -1,0 +1,192 @@
+"""The model card (README.md) written into every exported student folder."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from nas_bert.space.architecture import Architecture, output_params, transition_params
+
+
+def _fmt(x: float | None, spec: str = ".3f") -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def _extra_metrics(info: dict[str, Any]) -> str:
+    """Rows for distillation and evaluation, when those stages have run."""
+    m, d, rows = info["metrics"], info.get("distilled"), []
+    if d:
+        rows.append(f"| distilled | {d['steps']} steps, layer mapping {d['mapping']} |")
+        rows.append(f"| held-out final-state MSE before / after distillation | {_fmt(d['final_loss_before'], '.5f')} / "
+                    f"{_fmt(d['final_loss_after'], '.5f')} |")
+    labels = {"eval_fidelity": "fidelity to the teacher (Spearman of pairwise cosine similarities)",
+              "eval_ood_fidelity": "fidelity out of domain (Linux man pages' prose, never trained or chosen on)",
+              "eval_cosine": "mean cosine to the teacher's sentence embedding",
+              "eval_ood_cosine": "mean cosine to the teacher's sentence embedding, out of domain",
+              "eval_accuracy": "downstream accuracy", "eval_teacher_accuracy": "teacher's accuracy (same protocol)",
+              "eval_accuracy_ratio": "accuracy / teacher's", "eval_label_loyalty": "label loyalty",
+              "eval_probability_loyalty": "probability loyalty (1 - Jensen-Shannon distance)"}
+    task = f" ({m['eval_task']})" if "eval_task" in m else ""
+    rows += [f"| {label}{task if 'fidelity' not in k and 'cosine' not in k else ''} | {_fmt(m[k], '.4f')} |"
+             for k, label in labels.items() if m.get(k) is not None]
+    return "\n".join(rows) + ("\n" if rows else "")
+
+
+def _origin(info: dict[str, Any]) -> str:
+    """Where the student comes from, said plainly when a hand-designed student won its budget."""
+    fin = info.get("finalist") or {}
+    plain = {"truncated": "the teacher's own first layers (a hand-designed student)",
+             "uniform": "the teacher at a uniform smaller width, its units ranked by importance (a hand-designed student)",
+             "pruned": "the teacher's own first layers with their least important feed-forward neurons pruned "
+                       "(a hand-designed student)"}
+    if info.get("origin", "search") != "search":
+        return (f"**A hand-designed student won this budget's finalists**: this model is {plain[info['origin']]}, "
+                f"distilled; it beat every searched student of its latency on held-out fidelity "
+                f"({_fmt(fin.get('fidelity'))} after the finalists' short distillation).\n\n")
+    if fin and (m := re.fullmatch(r"teacher-layers-(\d+)(?:-w(\d+))?(?:-f(\d+))?", str(fin.get("name", "")))):
+        k, w, r = m.groups()
+        shape = f"first {k} layer(s)" + (f", cut to width {w} (their most important heads, neurons and dimensions)"
+                                          if w else "") + (f", their feed-forward pruned to {r} x width neurons "
+                                                           "(the most important ones)" if r else "")
+        return (f"**This student is the teacher's own {shape}**, the search's seed student of that shape, "
+                f"distilled: among the {_fmt(info.get('budget_ms'), 'g')} ms finalists (searched and hand-designed "
+                f"students after the same short distillation) it had the best held-out fidelity, "
+                f"{_fmt(fin.get('fidelity'))}.\n\n")
+    if fin:
+        return (f"Chosen among the {_fmt(info.get('budget_ms'), 'g')} ms finalists (searched and hand-designed students "
+                f"after the same short distillation) by held-out fidelity: {_fmt(fin.get('fidelity'))}.\n\n")
+    return ""
+
+
+def _made(info: dict[str, Any]) -> str:
+    t, distilled = info["teacher"]["name"], " and distilled from it" if info.get("distilled") else ""
+    if info.get("origin", "search") != "search":
+        return (f"A BERT student made by nas-bert in study `{info['study']}` for the {_fmt(info['budget_ms'], 'g')} ms "
+                f"budget, copied from the teacher `{t}`{distilled}.")
+    return (f"A BERT student found by nas-bert in study `{info['study']}` (trial {info['trial']} of the "
+            f"{_fmt(info['budget_ms'], 'g')} ms search), extracted from the trained supernet on the embeddings of the "
+            f"teacher `{t}`{distilled}.")
+
+
+def _usage(info: dict[str, Any]) -> str:
+    auto = f"""```python
+from transformers import AutoModel, AutoTokenizer
+
+tokenizer = AutoTokenizer.from_pretrained("{info["name"]}", trust_remote_code=True)
+model = AutoModel.from_pretrained("{info["name"]}", trust_remote_code=True)
+hidden = model(**tokenizer(["a sentence"], return_tensors="pt")).last_hidden_state
+```"""
+    if not info.get("sentence_transformers"):
+        return auto
+    return f"""Use it as its teacher is used, with sentence-transformers (same pooling and normalisation):
+
+```python
+from sentence_transformers import SentenceTransformer
+
+model = SentenceTransformer("{info["name"]}", trust_remote_code=True)
+embeddings = model.encode(["a sentence", "another sentence"])
+```
+
+or, for token states, with transformers alone:
+
+{auto}"""
+
+
+def model_card(info: dict[str, Any], arch: Architecture) -> str:
+    """README.md: usage, the architecture per block and sublayer, latency beside the teacher's, metrics, command."""
+    m, lat, t, ck = info["metrics"], info["latency"], info["teacher"], info["checkpoint"]
+    cfg, sp, tms = lat["config"], lat["speedup"], _fmt(lat["teacher_torch_fp32"])
+    emb = arch.embeddings
+    rows = [f"| - | embeddings | {emb.width} | the teacher's (vocab {emb.vocab_size}) | {emb.params():,} |"]
+    prev = arch.embeddings.width
+    for i, b in enumerate(arch.blocks):
+        if b.hidden != prev:
+            kind = "leading dimensions" if b.hidden < prev else "linear prediction of the added dimensions"
+            rows.append(f"| {i} | into the block | {prev} -> {b.hidden} | {kind} | {transition_params(prev, b.hidden):,} |")
+        rows += [f"| {i} | {j} | {b.hidden} | {op} | {op.params(b.hidden):,} |" for j, op in enumerate(b.ops)]
+        prev = b.hidden
+    if arch.output:
+        kind = "reordering" if prev == arch.output else "linear"
+        rows.append(f"| - | output | {prev} -> {arch.output} | {kind} | {output_params(prev, arch.output):,} |")
+    runtimes = "\n".join(f"| {label} | {_fmt(lat[k])} | {tms} | {_fmt(sp[k], '.2f')}x |" for label, k in
+                         (("PyTorch fp32", "torch_fp32"), ("ONNX fp32", "onnx_fp32"), ("ONNX int8", "onnx_int8")))
+    table = "\n".join(rows)
+    from nas_bert.choose.finalists import judged_ms  # the budget's one rule
+
+    drift, speed = lat.get("drift") or 1.0, lat.get("speed")
+    judged = lat.get("judged_ms") or judged_ms(lat["torch_fp32"], drift, speed)
+    over = (f"**Over budget when measured**: {_fmt(lat['torch_fp32'])} ms, {_fmt(judged)} "
+            f"ms as the budget judges it (at the host's speed when the latency model was fitted, as far as the "
+            f"reference student and this student's own factor agree), against the {_fmt(info['budget_ms'], 'g')} ms budget "
+            f"on this machine (at the choice, timed beside its competitors, it took "
+            f"{_fmt((info.get('finalist') or {}).get('measured_ms'))} ms).\n\n" if info.get("over_budget") else "")
+    stale = "" if ck["scored_with_sha256"] == ck["sha256"] else (
+        f"; the search scored it with checkpoint sha256 `{ck['scored_with_sha256']}`, since pruned")
+    return f"""---
+library_name: transformers
+pipeline_tag: feature-extraction
+tags: [nas-bert, bert, onnx]
+---
+# {info["name"]}
+
+{_made(info)} It returns `last_hidden_state` of shape (batch, sequence, {arch.output or arch.blocks[-1].hidden}).
+
+{_origin(info)}{over}## Usage
+
+{_usage(info)}
+
+ONNX: `onnx/model.onnx` (fp32) and `onnx/model.int8.onnx` (dynamic int8 weights) take `input_ids` and \
+`attention_mask` of any batch size and sequence length and return `last_hidden_state`.
+
+## Architecture
+
+| block | sublayer | width | operator | parameters |
+|---|---|---|---|---|
+{table}
+
+Parameters: **{info["params"]:,}** (teacher {t["params"]:,}). FLOPs per sequence of {cfg["seq_len"]} tokens: \
+**{info["flops"]:,}**. Weights: {info["size_mb"]:.2f} MB.
+
+## Latency
+
+Measured on {lat["machine"]}, batch {cfg["batch_size"]}, sequence length {cfg["seq_len"]}, {cfg["threads"]} \
+threads. The student's three runtimes and the teacher were timed in interleaved rounds, as the latency table \
+is (disturbed blocks dropped, 10th percentile of the rest). The first prediction is the search's latency \
+model (the host's speed when it was fitted); the second is the same model with its calibration refitted on \
+its calibration students timed in this run (the host's speed now).
+
+| runtime | student ms | teacher ms (PyTorch fp32) | speed-up |
+|---|---|---|---|
+| predicted (latency model) | {_fmt(info["predicted_ms"])} | | |
+| predicted (refitted in this run) | {_fmt(info.get("predicted_now_ms"))} | | |
+{runtimes}
+
+The host ran {_fmt(drift, ".2f")}x as long as when the latency model was fitted (its reference student, the \
+space's largest, was timed beside these) and, by the calibration refitted in this run, {_fmt(speed, ".2f")}x as \
+long for this student: a shared machine drifts, and times taken minutes apart differ by that much. The budget \
+judges {_fmt(judged)} ms for PyTorch fp32: the time measured at the fitted speed, as far as the two factors \
+agree (divided by the lesser of them: a faster host tightens the verdict, a slower one loosens it only where \
+both say so).
+
+## Metrics
+
+| metric | value |
+|---|---|
+| approximate loss (sum of block MSE) | {_fmt(m["approx_loss"], ".5f")} |
+| rescored loss (end-to-end MSE vs teacher) | {_fmt(m["rescored_loss"], ".5f")} |
+| ONNX fp32 max abs diff vs PyTorch (largest output magnitude) | {m["onnx_max_abs_diff"]:.2e} ({_fmt(m.get("onnx_output_max_abs"), ".3g")}) |
+| ONNX int8 relative error vs PyTorch (norm of difference / norm) | {m["int8_rel_error"]:.3f} |
+| ONNX int8 mean cosine to PyTorch per token | {m["int8_mean_cosine"]:.4f} |
+{_extra_metrics(info)}
+## Provenance
+
+- architecture hash `{info["hash"]}`; the full architecture JSON is in `nas_bert.json`
+- supernet checkpoint `{ck["path"]}` (step {ck["step"]}, sha256 `{ck["sha256"]}`){stale}
+
+Made with:
+
+```
+{info["command"]}
+```
+"""

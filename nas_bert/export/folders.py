@@ -1,0 +1,351 @@
+"""Stage 6: export searched students as self-contained transformers folders, with ONNX and a model card.
+
+Each student folder loads with `AutoModel.from_pretrained(path, trust_remote_code=True)` and nothing
+but torch and transformers installed: the two student code files travel with the weights. The export
+is written into a temporary folder beside the target and renamed into place once complete, so a kill
+never leaves half an export, and the database records it only after the rename.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+from sqlalchemy import select
+from tqdm.auto import tqdm
+
+from nas_bert.choose.finalists import chosen_finalist, judged_ms, reorders
+from nas_bert.errors import NasBertError
+from nas_bert.export.card import model_card
+from nas_bert.export.onnx_export import VARIANTS, export_onnx, mb, measure_latencies
+from nas_bert.latency.latency import (
+    LatencyModel,
+    calibration_architectures,
+    calibration_students,
+    ensure_latency_model,
+    hardware_name,
+    in_fresh_process,
+    in_run,
+)
+from nas_bert.model.folder import write_student_folder
+from nas_bert.model.modeling_nas_bert import NasBertModel
+from nas_bert.search.optuna_search import (
+    budgets_in_db,
+    chosen_row,
+    latest_checkpoint,
+    optuna_study_name,
+    pareto_rows,
+    storage_for,
+)
+from nas_bert.space.architecture import Architecture, Embeddings
+from nas_bert.space.search_space import SearchSpace
+from nas_bert.store.db import ArchitectureRow, Checkpoint, Database, ExportRow, SupernetRun
+from nas_bert.store.identity import atomic_folder, file_sha256
+from nas_bert.study import Study
+from nas_bert.supernet.blockwise import load_supernet_checkpoint, supernet_key
+from nas_bert.supernet.elastic import Supernet
+from nas_bert.teacher.loading import Teacher, load_teacher
+
+
+@dataclass
+class Member:
+    """One student to export: its database row (as a dict), where it came from and its folder name."""
+
+    name: str
+    row: dict[str, Any]
+    trial: int | None
+    budget_ms: float | None
+    budgets: list[float] = field(default_factory=list)
+    origin: str = "search"  # or a hand-designed student that won its budget's finalists: truncated | uniform | pruned
+    finalist: dict[str, Any] | None = None  # the budget's finalists' record of this student
+
+
+# -- the student folder -------------------------------------------------------------------------
+def extract_student(study: Study, arch: Architecture, teacher: Teacher, supernet: Supernet) -> NasBertModel:
+    """A standalone student: the supernet's slices for `arch` on the teacher's embedding tables."""
+    arch.validate(study.space)
+    return supernet.extract(arch, teacher.encoder.embeddings).eval()
+
+
+
+# -- which students -----------------------------------------------------------------------------
+def _row(db: Database, study: Study, arch_hash: str) -> dict[str, Any]:
+    with db.session() as s:
+        r = s.scalars(select(ArchitectureRow).where(ArchitectureRow.study == study.name,
+                                                    ArchitectureRow.hash == arch_hash)).one()
+        return {c: getattr(r, c) for c in ("hash", "arch_json", "params", "flops", "checkpoint_sha", "predicted_ms",
+                                           "approx_loss", "rescored_loss")}
+
+
+def _searched(study: Study, budgets: list[float] | None) -> list[float]:
+    known = budgets_in_db(study)
+    if not known:
+        raise NasBertError(f"study '{study.name}' has no search yet; run `nas-bert search --config {study.file} "
+                           "--latency-budget-ms X` first")
+    for b in budgets or []:
+        if optuna_study_name(study, b) not in {optuna_study_name(study, k) for k in known}:
+            raise NasBertError(f"no search for budget {b:g} ms in study '{study.name}'; searched budgets: "
+                               f"{', '.join(f'{k:g}' for k in known)} ms")
+    return list(budgets) if budgets else known
+
+
+def select_members(db: Database, study: Study, budgets: list[float] | None) -> list[Member]:
+    """Every distinct architecture on a feasible front, or the best feasible one per requested budget."""
+    members: dict[str, Member] = {}
+    for b in _searched(study, budgets):
+        if budgets is None:
+            for r in pareto_rows(db, study, b):
+                if r["hash"] in members:
+                    members[r["hash"]].budgets.append(b)
+                else:
+                    members[r["hash"]] = Member(f"nasbert-front-{r['hash'][:8]}", _row(db, study, r["hash"]),
+                                                r["trial"], b, [b])
+            continue
+        fin = chosen_finalist(db, study, b)  # the finalists' choice (stage 5), else the rescored one
+        if fin is not None and fin["origin"] != "search":  # a hand-designed student won: it is exported as such
+            h = fin["hash"]
+            row = {"hash": h, "arch_json": fin["arch_json"], "params": fin["params"],
+                   "flops": Architecture.from_json(fin["arch_json"]).flops(), "predicted_ms": fin.get("predicted_ms"),
+                   "approx_loss": None, "rescored_loss": None, "checkpoint_sha": latest_checkpoint(db, study).sha256}
+            members[f"{b:g}:{h}"] = Member(f"nasbert-{b:g}ms-{fin['name']}", row, None, b, [b], fin["origin"], fin)
+            continue
+        best = fin or chosen_row(db, study, b)
+        if best is None:
+            raise NasBertError(f"the search for budget {b:g} ms in study '{study.name}' has no feasible trial; "
+                               "search with more trials or a larger budget")
+        h = best["hash"]
+        members[f"{b:g}:{h}"] = Member(f"nasbert-{b:g}ms-{h[:8]}", _row(db, study, h), best["trial"], b, [b],
+                                       finalist=fin)
+    if not members:
+        raise NasBertError(f"no feasible trial in any search of study '{study.name}'; search with a larger budget")
+    return list(members.values())
+
+
+def _checkpoint(db: Database, study: Study, scored_sha: str) -> dict[str, Any]:
+    """The checkpoint an architecture was scored with (else the latest), verified on disk against its sha256."""
+    with db.session() as s:
+        q = (select(Checkpoint).join(SupernetRun, Checkpoint.run_id == SupernetRun.id)
+             .where(SupernetRun.study == study.name, SupernetRun.space_hash == supernet_key(study),
+                    Checkpoint.sha256 == scored_sha, Checkpoint.deleted == 0))
+        ck = s.scalars(q).first()
+    ck = ck or latest_checkpoint(db, study)  # the scored one was pruned: extract from the current supernet
+    path = Path(ck.path)
+    if not path.is_file():
+        raise NasBertError(f"supernet checkpoint {path} is missing from disk; restore it or retrain with "
+                           f"`nas-bert train-supernet --config {study.file}`")
+    if file_sha256(path) != ck.sha256:
+        raise NasBertError(f"supernet checkpoint {path} does not match the sha256 recorded in the database (changed "
+                           "on disk); restore the original file or retrain with "
+                           f"`nas-bert train-supernet --config {study.file}`")
+    return {"path": str(path), "step": ck.step, "sha256": ck.sha256, "scored_with_sha256": scored_sha}
+
+
+# -- model card ---------------------------------------------------------------------------------
+
+# -- the export ---------------------------------------------------------------------------------
+def _export_one(study: Study, m: Member, teacher: Teacher, supernet: Supernet, ckpt: dict[str, Any],
+                tinfo: dict[str, Any], folder: Path, command: str) -> dict[str, Any]:
+    cfg = study.cfg.latency
+    arch = Architecture.from_json(m.row["arch_json"])
+    distilled = _distilled(study, arch.hash())
+    if distilled is not None:  # the distilled weights when stage 7 has run, else the supernet's slices
+        student = NasBertModel.from_pretrained(distilled["student_path"]).eval()
+    elif m.origin == "search":
+        student = extract_student(study, arch, teacher, supernet)
+    else:
+        raise NasBertError(f"the {m.budget_ms:g} ms student ({m.origin} teacher) has not been distilled; run "
+                           f"`nas-bert run --config {study.file}` to distil it before exporting")
+    write_student_folder(student, folder, teacher.tokenizer, teacher.pooling)
+    checks = export_onnx(student, folder, teacher.tokenizer, min(cfg.seq_len, arch.embeddings.max_positions))
+    emb = teacher.embeddings_spec()
+    lat_model = ensure_latency_model(Database(study.db_url), study.space, emb, cfg, progress=False)
+    recal = calibration_architectures(study.space, emb, cfg, lat_model)
+    job = (folder, study.cfg.teacher, lat_model, study.space, emb)
+    ms = in_fresh_process(time_export, *job) if cfg.fresh_process else time_export(*job)
+    ms["calibration_ms"] = ms.pop("others")  # kept in nas_bert.json: the run's composition can be compared later
+    ms["drift"], now = in_run(lat_model, study.space, emb, recal, ms["calibration_ms"])
+    try:  # the latency model refitted on this run's timings: the prediction at the host's speed now
+        reorder = reorders(m.origin)
+        predicted_now: float | None = lat_model.predict(arch, now, reorder)
+        ms["speed"] = predicted_now / lat_model.predict(arch, reorder=reorder)  # this student's host factor since the fit
+    except NasBertError:  # a hand-designed student the table has no timing for
+        predicted_now, ms["speed"] = None, None
+    ms["judged_ms"] = judged_ms(ms["torch_fp32"], ms["drift"], ms["speed"])
+    # the evaluation of exactly these weights: the distilled folder's, none for supernet slices
+    evaluated = _evaluation(study, arch.hash(), distilled["student_path"]) if distilled is not None else {}
+    metrics = {"approx_loss": m.row["approx_loss"], "rescored_loss": m.row["rescored_loss"], **checks, **evaluated}
+    # as measured now, at the host's speed when the latency model was fitted (the finalists' rule)
+    over = m.budget_ms is not None and ms["judged_ms"] > m.budget_ms
+    info = {
+        "name": m.name, "study": study.name, "hash": m.row["hash"], "trial": m.trial, "budget_ms": m.budget_ms,
+        "budgets_ms": m.budgets, "params": arch.params(), "flops": arch.flops(cfg.seq_len),
+        "size_mb": mb(folder / "model.safetensors"), "predicted_ms": m.row["predicted_ms"],
+        "predicted_now_ms": predicted_now,
+        "latency": {**ms, "machine": f"{hardware_name(cfg.device)} ({os.cpu_count()} cpus)", "config": cfg.model_dump(),
+                    "speedup": {k: ms["teacher_torch_fp32"] / ms[k] for k in VARIANTS}},
+        "metrics": metrics, "teacher": dict(tinfo), "checkpoint": ckpt, "command": command,
+        "safetensors_sha256": file_sha256(folder / "model.safetensors"), "distilled": distilled,
+        "origin": m.origin, "finalist": m.finalist, "over_budget": over,
+        "sentence_transformers": teacher.pooling is not None,
+    }
+    (folder / "README.md").write_text(model_card(info, arch))
+    (folder / "nas_bert.json").write_text(json.dumps({**info, "architecture": arch.to_dict(),
+                                                      "exported_at": datetime.now(UTC).isoformat(timespec="seconds")},
+                                                     indent=2))
+    return info
+
+
+def time_export(folder: Path, teacher_name: str, lat: LatencyModel, space: SearchSpace, emb: Embeddings
+                ) -> dict[str, Any]:
+    """The export's timing run (in a fresh process unless `latency.fresh_process` is off): the student as
+    written to `folder` (PyTorch, ONNX fp32 and int8), the teacher and the latency model's calibration
+    students, interleaved (`measure_latencies`)."""
+    student = NasBertModel.from_pretrained(folder).eval()
+    _, recal_models = calibration_students(lat, space, emb)
+    return measure_latencies(student, folder, load_teacher(teacher_name), lat.config, recal_models)
+
+
+def _distilled(study: Study, arch_hash: str) -> dict[str, Any] | None:
+    """The finished distillation of this architecture, if stage 7 has run."""
+    from nas_bert.store.db import DistillRun
+
+    with Database(study.db_url).session() as s:
+        run = s.scalars(select(DistillRun).where(DistillRun.study == study.name, DistillRun.arch_hash == arch_hash,
+                                                 DistillRun.status == "finished")).first()
+        if run is None or not run.student_path:
+            return None
+        if not Path(run.student_path).is_dir():  # never ship the supernet's slices under the distilled student's name
+            raise NasBertError(f"the distilled student {run.student_path} is missing from disk; rerun "
+                               f"`nas-bert run --config {study.file}` (or `nas-bert distill`) to distil it again")
+        report = json.loads(run.report_json)
+        return {"student_path": run.student_path, "steps": run.target_steps, "mapping": json.loads(run.mapping_json),
+                "final_loss_before": (report.get("before") or {}).get("final"),
+                "final_loss_after": (report.get("after") or {}).get("final")}
+
+
+def _evaluation(study: Study, arch_hash: str, subject: str) -> dict[str, Any]:
+    """Stage 8's latest metrics for this architecture's folder `subject` (empty when it was not evaluated)."""
+    from nas_bert.store.db import EvaluationRow
+
+    subject = str(Path(subject).resolve())
+    with Database(study.db_url).session() as s:
+        row = s.scalars(select(EvaluationRow).where(EvaluationRow.study == study.name, EvaluationRow.arch_hash == arch_hash,
+                                                    EvaluationRow.subject == subject)
+                        .order_by(EvaluationRow.id.desc())).first()
+        if row is None:
+            return {}
+        keep = ("fidelity", "ood_fidelity", "cosine", "ood_cosine", "accuracy", "teacher_accuracy", "accuracy_ratio",
+                "label_loyalty", "probability_loyalty")
+        metrics = json.loads(row.metrics_json)
+        return {f"eval_{k}": metrics[k] for k in keep if k in metrics} | {"eval_task": row.task}
+
+
+def _record(db: Database, study: Study, infos: list[dict[str, Any]], out_dir: Path) -> None:
+    """measured_ms of each architecture and one ExportRow per folder; rows of folders an overwrite removed go."""
+    root = str(out_dir.resolve())
+    paths = {str((out_dir / i["name"]).resolve()) for i in infos}
+    with db.session() as s:
+        for old in s.scalars(select(ExportRow).where(ExportRow.study == study.name)):
+            if os.path.dirname(old.path) == root and old.path not in paths:
+                s.delete(old)
+        for info in infos:
+            row = s.scalars(select(ArchitectureRow).where(ArchitectureRow.study == study.name,
+                                                          ArchitectureRow.hash == info["hash"])).first()
+            if row is not None:  # a hand-designed student is no searched architecture
+                row.measured_ms = info["measured_ms"]["torch_fp32"]
+            path = str((out_dir / info["name"]).resolve())
+            exp = s.scalars(select(ExportRow).where(ExportRow.study == study.name, ExportRow.arch_hash == info["hash"],
+                                                    ExportRow.path == path)).first()
+            if exp is None:
+                exp = ExportRow(study=study.name, arch_hash=info["hash"], path=path)
+                s.add(exp)
+            exp.trial_number, exp.budget_ms, exp.sha256 = info["trial"], info["budget_ms"], info["safetensors_sha256"]
+            exp.metrics_json = json.dumps(info)
+
+
+def _export(study: Study, members_of: Callable[[Database], list[Member]], out_dir: Path,
+            plot_budgets: list[float] | None, overwrite: bool, command: str | None) -> dict[str, Any]:
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise NasBertError(f"{out_dir} already exists; pass --overwrite to replace it or choose another output folder")
+    db = Database(study.db_url)
+    try:
+        members = members_of(db)
+        # Every checkpoint is verified before anything is written: a failed check leaves no trace.
+        ckpts = {m.name: _checkpoint(db, study, m.row["checkpoint_sha"]) for m in members}
+        command = command or shlex.join(["nas-bert", "export", "--config", str(study.file), "--out", str(out_dir)])
+        summary = _write(study, members, ckpts, out_dir, plot_budgets, command)
+        _record(db, study, summary["students"], out_dir)
+    finally:
+        db.dispose()
+    return summary
+
+
+def _write(study: Study, members: list[Member], ckpts: dict[str, dict[str, Any]], out_dir: Path,
+           plot_budgets: list[float] | None, command: str) -> dict[str, Any]:
+    """Write every student, index.json and pareto.png into a temporary folder, then rename it to out_dir."""
+    teacher = load_teacher(study.cfg.teacher, "cpu")
+    tinfo = {"name": study.cfg.teacher, "params": sum(p.numel() for p in teacher.encoder.parameters())}
+    eps = float(getattr(teacher.config, "layer_norm_eps", 1e-12))
+    supernets: dict[str, Supernet] = {}
+    with atomic_folder(out_dir) as tmp:
+        infos = []
+        for m in tqdm(members, desc="export", unit="student"):
+            path = ckpts[m.name]["path"]
+            if path not in supernets:
+                supernets[path] = load_supernet_checkpoint(Path(path), study.space, teacher.hidden_size, eps)
+            infos.append(_export_one(study, m, teacher, supernets[path], ckpts[m.name], tinfo, tmp / m.name, command))
+        from nas_bert.export.plots import plot_fronts
+
+        plot_fronts(study, plot_budgets or budgets_in_db(study), tmp / "pareto.png")
+        # the teacher is timed beside every student; its figure here is the median over those runs
+        tinfo["torch_fp32_ms"] = float(np.median([i["latency"]["teacher_torch_fp32"] for i in infos]))
+        summary = {"study": study.name, "out_dir": str(out_dir), "command": command, "teacher": tinfo,
+                   "machine": infos[0]["latency"]["machine"], "latency_config": study.cfg.latency.model_dump(),
+                   "students": [_student_summary(i) for i in infos]}
+        (tmp / "index.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _student_summary(i: dict[str, Any]) -> dict[str, Any]:
+    lat, met = i["latency"], i["metrics"]
+    keep = ("name", "hash", "trial", "budget_ms", "budgets_ms", "params", "flops", "size_mb", "predicted_ms",
+            "safetensors_sha256", "origin", "over_budget")
+    return {**{k: i[k] for k in keep}, "predicted_now_ms": i.get("predicted_now_ms"), "onnx_mb": met["onnx_mb"], "int8_mb": met["int8_mb"],
+            "measured_ms": {k: lat[k] for k in VARIANTS}, "teacher_ms": lat["teacher_torch_fp32"], "drift": lat.get("drift"),
+            "speed": lat.get("speed"), "judged_ms": lat.get("judged_ms"),
+            "speedup": lat["speedup"], **{k: met[k] for k in ("approx_loss", "rescored_loss", "onnx_max_abs_diff",
+                                                             "onnx_output_max_abs", "int8_rel_error",
+                                                             "int8_mean_cosine")}}
+
+
+def export_front(study: Study, out_dir: Path, budgets: list[float] | None = None, overwrite: bool = False,
+                 command: str | None = None) -> dict[str, Any]:
+    """Export every architecture on a feasible front (or, with budgets, the best feasible one per budget)."""
+    return _export(study, lambda db: select_members(db, study, budgets), out_dir, budgets, overwrite, command)
+
+
+def export_trial(study: Study, trial_number: int, budget: float, out_dir: Path, overwrite: bool = False,
+                 command: str | None = None) -> dict[str, Any]:
+    """Export one trial of one budget's search (feasible or not) into out_dir/nasbert-<budget>ms-t<n>-<hash8>."""
+    def member(db: Database) -> list[Member]:
+        _searched(study, [budget])
+        st = optuna.load_study(study_name=optuna_study_name(study, budget), storage=storage_for(study))
+        trial = next((t for t in st.get_trials(deepcopy=False) if t.number == trial_number), None)
+        if trial is None or trial.state != TrialState.COMPLETE:
+            raise NasBertError(f"no complete trial {trial_number} in the {budget:g} ms search of study '{study.name}'; "
+                               f"see `nas-bert pareto --config {study.file}`")
+        h = trial.user_attrs["arch_hash"]
+        name = f"nasbert-{budget:g}ms-t{trial_number}-{h[:8]}"
+        return [Member(name, _row(db, study, h), trial_number, budget, [budget])]
+
+    return _export(study, member, out_dir, [budget], overwrite, command)

@@ -1,0 +1,137 @@
+"""ONNX export of a student (fp32 and dynamic int8), its checks, and the timing of its runtimes."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nas_bert.errors import NasBertError
+from nas_bert.latency.latency import measure_callables
+from nas_bert.model.modeling_nas_bert import NasBertModel
+from nas_bert.study import LatencyConfig
+from nas_bert.teacher.loading import Teacher
+
+ONNX_TOL = 1e-4  # fp32 ONNX must reproduce PyTorch to this max abs diff, relative to the output's largest
+# magnitude when that is above 1 (float32 rounding grows with it: a student whose states reach 9.9 differs by 2e-4)
+INT8_REL_TOL = 0.5  # int8 sanity bound on ||int8 - fp32|| / ||fp32|| over real tokens; dynamic quantisation is
+# lossy (about 0.1-0.15 with per-channel weights for MiniLM and its students), a broken graph is near 1
+VARIANTS = ("torch_fp32", "onnx_fp32", "onnx_int8")  # the student's measured runtimes
+# Real text of different lengths for checking the ONNX graphs (dynamic batch and sequence axes).
+SAMPLE_TEXTS = ("a dog", "the act of making something new", "an expression of greeting", "ok",
+                "a small, fast model that computes the same hidden states as its supernet path",
+                "a written account of the events of a life, told in the order in which they happened to the writer")
+
+
+def _encode(tokenizer: Any, texts: tuple[str, ...], seq_len: int, padding: bool | str = True) -> dict[str, np.ndarray]:
+    enc = tokenizer(list(texts), padding=padding, truncation=True, max_length=seq_len, return_tensors="np")
+    return {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask")}
+
+
+def session(path: Path, threads: int) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def export_onnx(model: NasBertModel, folder: Path, tokenizer: Any, seq_len: int) -> dict[str, Any]:
+    """onnx/model.onnx (dynamic batch and sequence) and onnx/model.int8.onnx, both checked against PyTorch."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out = folder / "onnx"
+    out.mkdir(parents=True, exist_ok=True)
+    fp32, int8 = out / "model.onnx", out / "model.int8.onnx"
+    model = model.eval()
+    example = {k: torch.from_numpy(v) for k, v in _encode(tokenizer, SAMPLE_TEXTS[1:3], seq_len).items()}
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
+    # The TorchScript exporter cannot trace LayerNorm over a dynamic width; the dynamo exporter can.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, (example["input_ids"], example["attention_mask"]), str(fp32), dynamo=True, verbose=False,
+            input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"],
+            dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
+            external_data=False,
+        )
+    root = logging.getLogger()
+    level, root.level = root.level, logging.ERROR  # quantize_dynamic logs a pre-processing hint on the root logger
+    try:
+        # Per-channel weight scales: BERT's outlier rows make one scale per tensor lose most of the rest.
+        quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=True)
+    finally:
+        root.level = level
+    # Batches of 1, 3 and 6 texts of different lengths, and one padded to the full sequence length.
+    batches = [_encode(tokenizer, SAMPLE_TEXTS[:1], seq_len), _encode(tokenizer, SAMPLE_TEXTS[2:5], seq_len),
+               _encode(tokenizer, SAMPLE_TEXTS, seq_len), _encode(tokenizer, SAMPLE_TEXTS[:2], seq_len, "max_length")]
+    s32, s8 = session(fp32, 1), session(int8, 1)
+    diff32, scale, refs, q8s = 0.0, 1.0, [], []
+    for feeds in batches:
+        with torch.inference_mode():
+            ref = model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).last_hidden_state.numpy()
+        diff32 = max(diff32, float(np.abs(s32.run(None, feeds)[0] - ref).max()))
+        scale = max(scale, float(np.abs(ref).max()))
+        real = feeds["attention_mask"].astype(bool)
+        refs.append(ref[real])
+        q8s.append(s8.run(None, feeds)[0][real])
+    ref, q8 = np.concatenate(refs), np.concatenate(q8s)  # (real tokens, width)
+    rel8 = float(np.linalg.norm(q8 - ref) / np.linalg.norm(ref))
+    cos8 = float(np.mean((q8 * ref).sum(-1) / (np.linalg.norm(q8, axis=-1) * np.linalg.norm(ref, axis=-1) + 1e-12)))
+    if not diff32 <= ONNX_TOL * scale:
+        raise NasBertError(f"{fp32}: ONNX output differs from PyTorch by {diff32:.2e} (> {ONNX_TOL:g} x the "
+                           f"output's largest magnitude {scale:.3g}); "
+                           "report this with the model's nas_bert.json")
+    if not rel8 <= INT8_REL_TOL:
+        raise NasBertError(f"{int8}: int8 output is {rel8:.2f} of the output's norm away from PyTorch's "
+                           f"(> {INT8_REL_TOL:g}); use onnx/model.onnx and report this with nas_bert.json")
+    return {"onnx_max_abs_diff": diff32, "onnx_output_max_abs": scale, "int8_rel_error": rel8, "int8_mean_cosine": cos8,
+            "checked_shapes": [list(b["input_ids"].shape) for b in batches],
+            "onnx_mb": mb(fp32), "int8_mb": mb(int8)}
+
+
+def mb(path: Path) -> float:
+    return round(path.stat().st_size / 2**20, 3)
+
+
+def measure_latencies(student: NasBertModel, folder: Path, teacher: Teacher, cfg: LatencyConfig,
+                      others: list[torch.nn.Module] | None = None) -> dict[str, Any]:
+    """Milliseconds of the student (PyTorch fp32, ONNX fp32, ONNX int8) and the teacher, on this machine.
+
+    The four are timed in interleaved rounds like the latency table (blocks disturbed by other processes
+    are dropped, a low percentile of the rest is kept), so predicted and measured figures are comparable
+    and the speed-ups fair. ONNX Runtime gets intra_op_num_threads = cfg.threads. `others` (the latency
+    model's calibration students) are timed in the same rounds; their times are "others", in order.
+    """
+    dev = torch.device(cfg.device)
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, student.config.vocab_size, (cfg.batch_size, cfg.seq_len), generator=gen)
+    feeds = {"input_ids": ids.numpy(), "attention_mask": np.ones_like(ids.numpy())}
+    on_dev = {"input_ids": ids.to(dev), "attention_mask": torch.ones_like(ids).to(dev)}
+    s32, s8 = (session(folder / "onnx" / f, cfg.threads) for f in ("model.onnx", "model.int8.onnx"))
+    teacher_model, student = teacher.encoder.eval().to(dev), student.eval().to(dev)
+    calls: dict[str, Callable[[], Any]] = {
+        "teacher_torch_fp32": lambda: teacher_model(**on_dev), "torch_fp32": lambda: student(**on_dev),
+        "onnx_fp32": lambda: s32.run(None, feeds), "onnx_int8": lambda: s8.run(None, feeds)}
+    extra = [m.eval().to(dev) for m in others or []]
+    calls |= {f"other:{i}": (lambda m=m: m(**on_dev)) for i, m in enumerate(extra)}
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(cfg.threads)
+        values = measure_callables(list(calls.values()), cfg)  # the latency table's timing, so both agree
+    finally:
+        torch.set_num_threads(threads)
+        student.to("cpu")
+        teacher.encoder.to("cpu")
+    ms: dict[str, Any] = dict(zip(calls, values, strict=True))
+    if others is not None:
+        ms["others"] = [ms.pop(f"other:{i}") for i in range(len(extra))]
+    return ms

@@ -1,0 +1,131 @@
+"""What made an artefact, and writing an artefact whole.
+
+`fingerprint(...)` is the one hash every stage and every saved artefact is keyed on: the canonical
+JSON of all that made it (the space file's content, the teacher, the corpus and its preprocessing,
+the stage's settings, the upstream artefact's hash, the latency device). A changed input gives a new
+fingerprint, so nothing is ever resumed from an artefact made by other inputs.
+
+`atomic_file` and `atomic_folder` are the one way anything is written: to a temporary name beside
+the target, then renamed into place when complete, so a kill at any moment leaves either the old
+artefact or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from nas_bert.errors import NasBertError
+
+
+def sha256_hex(data: str | bytes, length: int | None = None) -> str:
+    """The one hash: sha256 of bytes (text as UTF-8) in hex, cut to `length` characters when given."""
+    return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()[:length]
+
+
+def fingerprint(*parts: Any, length: int = 16) -> str:
+    """Short sha256 of the canonical JSON of `parts` (dicts are key-sorted; anything else via str)."""
+    return sha256_hex(json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str), length)
+
+
+def json_hash(obj: Any, length: int | None = 16, compact: bool = False) -> str:
+    """sha256 of `json.dumps(obj, sort_keys=True)`: the form of the keys that the latency table, the
+    calibration, the search space, the finalists' protocol and the evaluation protocol were stored under
+    before `fingerprint`; kept as it is so that every study already in a database stays current."""
+    separators = (",", ":") if compact else None
+    return sha256_hex(json.dumps(obj, sort_keys=True, separators=separators), length)
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _tmp_name(path: Path, tag: str = "tmp") -> Path:
+    return path.with_name(f".{path.name}.{tag}-{os.getpid()}")
+
+
+@contextmanager
+def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[Any]:
+    """`with atomic_file(p) as f: f.write(...)`: written to a temporary name, fsynced, renamed onto `p`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    try:
+        with open(tmp, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    with atomic_file(path, "w") as f:
+        f.write(text)
+
+
+@contextmanager
+def atomic_folder(folder: str | Path) -> Iterator[Path]:
+    """`with atomic_folder(d) as tmp: write into tmp`: on success `tmp` replaces `d` (the old one is moved
+    aside first and deleted only once the new one is in place; a failure leaves `d` as it was)."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp, old = _tmp_name(folder), _tmp_name(folder, "old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if folder.exists():
+            os.replace(folder, old)
+        try:
+            os.replace(tmp, folder)
+        except OSError:
+            if old.exists() and not folder.exists():
+                os.replace(old, folder)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def safe_torch_load(path: str | Path, sha256: str | None = None, what: str = "checkpoint") -> Any:
+    """Load a torch file without arbitrary unpickling (`weights_only=True`), after checking its sha256 when
+    one is recorded; a corrupt, truncated or foreign file is a one-line error naming it and the fix."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise NasBertError(f"{what} {path} is missing; rerun the command to rebuild it")
+    if sha256 is not None and file_sha256(path) != sha256:
+        raise NasBertError(f"{what} {path} does not match the sha256 recorded for it (changed or truncated); "
+                           f"delete it and rerun: the stage resumes from what is left")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line answer
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise NasBertError(f"{what} {path} is corrupt or not a nas-bert file ({first[:120]}); "
+                           f"delete it and rerun: the stage resumes from what is left") from None
+
+
+# -- what a study's stages are made from ----------------------------------------------------------
+def folder_identity(path: str | Path) -> str:
+    """A model folder's identity: its config.json's content and every file's name and size (a changed
+    weights file changes its size or the config in practice; hashing gigabytes on every run would not pay)."""
+    path = Path(path)
+    parts: list[Any] = []
+    if (path / "config.json").is_file():
+        parts.append(file_sha256(path / "config.json"))
+    parts.append(sorted((str(p.relative_to(path)), p.stat().st_size) for p in path.rglob("*")
+                        if p.is_file() and not p.name.startswith(".")))
+    return fingerprint(*parts)

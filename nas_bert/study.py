@@ -1,0 +1,292 @@
+"""Study files (studies/*.yaml): one pydantic model per stage, validated with one-line errors."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from nas_bert.errors import NasBertError, format_validation_error
+from nas_bert.space.search_space import SearchSpace, load_space
+
+
+class CorpusConfig(BaseModel):
+    """Where the text comes from and how it becomes MLM training sequences."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "wordnet"  # "wordnet", a local .txt/.json/.jsonl/.csv[.gz|.xz|...], or a Hub id
+    subset: str | None = None  # Hub dataset configuration
+    text_column: str | None = None  # None -> "gloss" for wordnet, "text" otherwise
+    max_seq_length: int = Field(128, ge=8)
+    pack: bool = True
+    validation_fraction: float = Field(0.05, gt=0.0, lt=0.5)
+    max_train_examples: int | None = Field(None, ge=1)
+    max_eval_examples: int | None = Field(None, ge=1)
+    mlm_probability: float | None = Field(
+        None, ge=0.0, lt=1.0,
+        description="share of tokens masked, only where a loss uses the teacher's MLM logits; "
+                    "None: 0.15 when one does, else clean text",
+    )
+    seed: int = 0
+
+    @property
+    def resolved_text_column(self) -> str:
+        """The text column actually used."""
+        if self.text_column is not None:
+            return self.text_column
+        return "gloss" if self.name == "wordnet" else "text"
+
+
+class LatencyConfig(BaseModel):
+    """How latency is measured; device, threads, batch and sequence length enter the fingerprint."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    device: Literal["cpu", "cuda"] = "cpu"
+    threads: int = Field(default=2, ge=1, description="intra-op threads while timing")
+    batch_size: int = Field(default=1, ge=1)
+    seq_len: int = Field(default=128, ge=1)
+    min_run_time: float = Field(default=0.2, gt=0, description="seconds per blocked_autorange round")
+    calibration_archs: int = Field(default=20, ge=3, description="students measured end to end to fit the "
+                                   "calibration (half random, half spread over the latency range)")
+    calibration_one_width: int = Field(default=12, ge=0, description="more calibration students of one width: "
+                                       "the teacher's first layers, sliced or pruned, spread over the latency "
+                                       "range of each width (the hand-designed students a search seeds and compares with)")
+    seed: int = 0
+    fresh_process: bool = Field(default=True, description="time the latency table, its calibration and the "
+                                "finalists' and the export's runs in a new process: one long `nas-bert run` process "
+                                "timed the calibration students 5-12% slower than the students beside them, a new "
+                                "one does not (BENCHMARKS.md)")
+
+
+class EvalConfig(BaseModel):
+    """Evaluation protocol; the defaults run in minutes on a 2-core CPU with MiniLM-L6."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fidelity_texts: int = Field(512, ge=3, description="held-out test texts for fidelity")
+    ood_texts: int = Field(2000, ge=0, description="out-of-domain sentences (the shipped manpages set) for a second "
+                                                   "fidelity that nothing trains or chooses on; 0: skip")
+    fidelity_max_seq_length: int = Field(128, ge=4, description="tokens per text for the fidelity figures")
+    fidelity_centered: bool = Field(True, description="centre each model's sentence vectors before cosine similarity")
+    max_seq_length: int = Field(48, ge=4)
+    finetune_steps: int = Field(150, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-4, gt=0, description="encoder learning rate")
+    head_lr: float = Field(2e-3, gt=0, description="classification head learning rate")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    max_train_examples: int | None = Field(6000, ge=1)
+    max_eval_examples: int | None = Field(1500, ge=1)
+    seed: int = 0
+
+
+class _Strict(BaseModel):
+    # every number of a study is finite: `.nan` or `.inf` in YAML is an error, never a silent NaN setting
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class TrainConfig(_Strict):
+    """One training loop serves supernet training and distillation; they differ in the loss."""
+
+    steps: int = Field(default=200, ge=1, description="optimizer updates")
+    batch_size: int = Field(default=16, ge=1, description="sequences per micro-batch per process")
+    grad_accum: int = Field(default=1, ge=1, description="micro-batches per update")
+    lr: float = Field(default=5e-4, gt=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    warmup_steps: int = Field(default=20, ge=0)
+    schedule: Literal["linear", "cosine", "constant_with_warmup"] = "linear"
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    eval_every: int = Field(default=50, ge=1, description="validation every N updates (and at the end)")
+    val_batches: int = Field(default=4, ge=1, description="fixed validation batches")
+    checkpoint_every: int = Field(default=50, ge=1)
+    keep_checkpoints: int = Field(default=2, ge=1)
+    seed: int = 0
+
+
+class SupernetConfig(TrainConfig):
+    sampling: Literal["uniform", "sandwich"] = Field(
+        default="uniform",
+        description="uniform: one random sub-architecture per block per step; sandwich: also the largest and smallest",
+    )
+    sandwich_every: int = Field(default=1, ge=1, description="with sandwich: train the extremes every k-th step")
+    val_random_archs: int = Field(default=2, ge=0, description="random sub-architectures scored at each validation")
+    init: Literal["teacher", "random"] = Field(
+        default="teacher",
+        description="teacher: attention/feed-forward weights start from the teacher's layers (full width = the teacher); "
+                    "random: from scratch",
+    )
+    init_units: Literal["importance", "leading"] = Field(
+        default="importance", description="with init teacher: narrower widths keep the most important units, or the leading ones"
+    )
+    init_batches: int = Field(default=8, ge=1, description="corpus batches that rank the teacher's units by importance "
+                                                         "and fit the boundary predictions")
+    keep_teacher_layers: bool = Field(
+        default=True,
+        description="with init teacher: the teacher's full-width attention and feed-forward stay as they are (frozen) "
+                    "while the shared weights train, so the teacher's own layers are never made worse",
+    )
+
+
+class SearchConfig(_Strict):
+    """Stages 3-5: Optuna over the space, NAS-BERT's block scores, rescoring of the best."""
+
+    trials: int = Field(default=200, ge=1, description="complete trials per budget, across all workers")
+    sampler: Literal["nsga2", "tpe"] = "nsga2"
+    population_size: int = Field(default=24, ge=2, description="NSGA-II population")
+    seed: int = Field(default=0, ge=0, description="Optuna's samplers take seeds 0 .. 2**32 - 1")
+    batch_size: int = Field(default=16, ge=1)
+    score_batches: int = Field(default=2, ge=1, description="validation batches per block score")
+    rescore_top: int = Field(default=8, ge=1, description="T: best feasible candidates rescored end to end")
+    rescore_batches: int = Field(default=8, ge=1, description="validation batches for rescoring")
+    heartbeat_interval: int = Field(default=5, ge=1, description="seconds between a running trial's heartbeats")
+    grace_period: int = Field(default=20, ge=2, description="seconds without a heartbeat before a trial is stale")
+    max_retry: int = Field(default=1, ge=0, description="retries of a trial whose worker died")
+    budgets_ms: list[float] = Field(default_factory=list, description="budgets `nas-bert run` searches")
+    finalist_steps: int = Field(default=40, ge=1, description="distillation steps every finalist gets before the choice")
+    finalist_baselines: bool = Field(default=True, description="the teacher's first layers and the uniformly narrowed "
+                                                               "teacher of the budget are finalists too")
+    finalist_width_step: int = Field(default=2, ge=1, description="the uniformly narrowed teachers timed: every this "
+                                                                  "many attention heads of width")
+
+    @field_validator("budgets_ms")
+    @classmethod
+    def _budgets(cls, v: list[float]) -> list[float]:
+        for b in v:  # NaN and infinity are refused before this (allow_inf_nan=False)
+            if not (math.isfinite(b) and b > 0):
+                raise ValueError(f"budget {b:g}: budget must be a finite number of ms > 0")
+        return v
+
+
+class LossWeights(_Strict):
+    """Weights of the distillation losses (see nas_bert.distill.objective). The primary loss is the teacher's use:
+    pooled (+ similarity) for a sentence-transformers teacher, logits for a masked LM, final otherwise;
+    a term that does not apply to the teacher is off whatever its weight."""
+
+    pooled: float = Field(default=1.0, ge=0, description="1 - cosine of the sentence embeddings")
+    similarity: float = Field(default=10.0, ge=0, description="MSE of the in-batch sentence similarity matrices")
+    hidden: float = Field(default=1.0, ge=0)
+    embeddings: float = Field(default=0.1, ge=0)
+    attention: float = Field(default=1.0, ge=0)
+    final: float = Field(default=1.0, ge=0)
+    logits: float = Field(default=1.0, ge=0, description="used only when the teacher has an MLM head")
+
+
+class DistillConfig(TrainConfig):
+    """Stage 7: task-agnostic distillation of an extracted student (same loop as the supernet)."""
+
+    steps: int = Field(default=300, ge=1)
+    lr: float = Field(default=2e-4, gt=0)
+    warmup_steps: int = Field(default=30, ge=0)
+    eval_every: int = Field(default=100, ge=1)
+    checkpoint_every: int = Field(default=50, ge=1)
+    weights: LossWeights = LossWeights()
+    relation_heads: int = Field(default=4, ge=1, description="MiniLMv2 relation heads (independent of student heads)")
+    temperature: float = Field(default=2.0, gt=0)
+    freeze_embeddings: bool = Field(default=False, description="keep the teacher's embedding tables fixed")
+
+
+class MappingConfig(_Strict):
+    """Stage 6: DEAP genetic search over layer mappings; fitness from a short proxy distillation."""
+
+    population: int = Field(default=8, ge=2)
+    generations: int = Field(default=4, ge=1)
+    crossover_prob: float = Field(default=0.6, ge=0, le=1)
+    mutation_prob: float = Field(default=0.4, ge=0, le=1)
+    tournament_size: int = Field(default=3, ge=2)
+    hall_of_fame: int = Field(default=3, ge=1)
+    proxy_steps: int = Field(default=20, ge=1, description="distillation steps per fitness evaluation")
+    proxy_batch_size: int = Field(default=8, ge=1)
+    proxy_examples: int = Field(default=2000, ge=16, description="corpus sample the proxy trains on")
+    proxy_val_batches: int = Field(default=2, ge=1)
+    enumerate_below: int = Field(default=24, ge=0, description="enumerate every mapping when there are at most this many")
+    seed: int = 0
+
+
+class StudyConfig(_Strict):
+    name: str
+    teacher: str = "minilm-l6"
+    corpus: CorpusConfig = CorpusConfig()
+    search_space: str = "nas_bert"
+    db_url: str | None = Field(default=None, description="default sqlite:///<study dir>/<name>.db")
+    workdir: str | None = Field(default=None, description="checkpoints and exports; default <study dir>/<name>/")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    supernet: SupernetConfig = SupernetConfig()
+    latency: LatencyConfig = LatencyConfig()
+    search: SearchConfig = SearchConfig()
+    mapping: MappingConfig = MappingConfig()
+    distill: DistillConfig = DistillConfig()
+    evaluate: EvalConfig = EvalConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v):
+            raise ValueError("use letters, digits, '_', '-' and '.' only")
+        return v
+
+
+@dataclass
+class Study:
+    """A loaded study file with its paths resolved (relative paths are relative to the file)."""
+
+    cfg: StudyConfig
+    file: Path
+    workdir: Path
+    db_url: str
+    space: SearchSpace
+
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+    def device(self) -> torch.device:
+        if self.cfg.device == "cuda" or (self.cfg.device == "auto" and torch.cuda.is_available()):
+            if not torch.cuda.is_available():
+                raise NasBertError("study asks for device 'cuda' but no CUDA device is visible; set device: auto or cpu")
+            return torch.device("cuda")
+        return torch.device("cpu")
+
+    def snapshot(self) -> dict[str, Any]:
+        """What the database records of this study: the validated config and the resolved space."""
+        return {"config": self.cfg.model_dump(mode="json"), "space": self.space.model_dump(mode="json")}
+
+
+def load_study(path: str | Path, db_url: str | None = None, overrides: dict[str, Any] | None = None) -> Study:
+    """Read and validate a study file; `db_url` and `overrides` (dotted keys) win over the file."""
+    file = Path(path)
+    if db_url is not None and not db_url.strip():  # an empty --db is an error, not "the study file's database"
+        raise NasBertError("--db is empty; give a database URL (sqlite:///path.db) or leave --db out")
+    if not file.is_file():
+        raise NasBertError(f"study file {file} not found; pass --config studies/<name>.yaml")
+    try:
+        data = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as e:
+        raise NasBertError(f"study file {file}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise NasBertError(f"study file {file}: expected a mapping of keys, got {type(data).__name__}")
+    data.setdefault("name", file.stem)
+    for key, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    try:
+        cfg = StudyConfig.model_validate(data)
+    except ValidationError as e:
+        raise NasBertError(format_validation_error(e, f"study file {file}")) from None
+    base = file.resolve().parent
+    workdir = Path(cfg.workdir) if cfg.workdir else Path(cfg.name)
+    workdir = workdir if workdir.is_absolute() else base / workdir
+    url = db_url or cfg.db_url or f"sqlite:///{base / (cfg.name + '.db')}"
+    if not db_url and url.startswith("sqlite:///") and not Path(url[10:]).is_absolute():
+        url = f"sqlite:///{base / url[10:]}"  # in a study file, a relative SQLite path is relative to the file
+    space = load_space(cfg.search_space, base)
+    return Study(cfg=cfg, file=file.resolve(), workdir=workdir, db_url=url, space=space)
