@@ -42,16 +42,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import cpu_name, table
-from nas_bert.distill.students import StudentContext, distill_baseline
-from nas_bert.evaluate.evaluation import evaluate_encoder, evaluate_path, stored_evaluation, teacher_baseline
-from nas_bert.export.plots import save_figure
-from nas_bert.latency.latency import build_student, ensure_latency_model, measure_callables, measure_models
-from nas_bert.model.folder import save_student
+from nas_bert.distill import StudentContext, distill_baseline
+from nas_bert.evaluate import evaluate_encoder, evaluate_path, stored_evaluation, teacher_baseline
+from nas_bert.export import save_figure
+from nas_bert.latency import build_student, ensure_latency_model, measure_callables, measure_models
+from nas_bert.model import save_student
 from nas_bert.pipeline import Runner, shared_stages, student_stages
-from nas_bert.space.architecture import Architecture
-from nas_bert.store.db import Database
+from nas_bert.space import Architecture
+from nas_bert.store import Database
 from nas_bert.study import load_study
-from nas_bert.supernet.baselines import (
+from nas_bert.supernet import (
     describe,
     pruned_architecture,
     teacher_initialised,

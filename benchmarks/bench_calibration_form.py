@@ -29,7 +29,7 @@ from sqlalchemy import select
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import table
-from nas_bert.latency.latency import (
+from nas_bert.latency import (
     Calibration,
     LatencyModel,
     _load_table,
@@ -39,10 +39,10 @@ from nas_bert.latency.latency import (
     operators,
     resizes,
 )
-from nas_bert.space.architecture import Architecture
-from nas_bert.store.db import ArchitectureRow, Database, LatencyRow, StageRow
+from nas_bert.space import Architecture
+from nas_bert.store import ArchitectureRow, Database, LatencyRow, StageRow
 from nas_bert.study import load_study
-from nas_bert.teacher.loading import embeddings_spec_of, load_teacher_config
+from nas_bert.teacher import embeddings_spec_of, load_teacher_config
 
 Run = tuple[str, list[float], list[tuple[Architecture, float]]]  # label, calibration ms, (judged, measured ms)
 

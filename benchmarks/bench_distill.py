@@ -22,9 +22,9 @@ from sqlalchemy import select
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import cpu_name, table
-from nas_bert.distill.students import StudentContext, trial_architecture
-from nas_bert.evaluate.evaluation import evaluate_encoder, load_student, teacher_baseline
-from nas_bert.store.db import DistillRun, MappingEval
+from nas_bert.distill import StudentContext, trial_architecture
+from nas_bert.evaluate import evaluate_encoder, load_student, teacher_baseline
+from nas_bert.store import DistillRun, MappingEval
 from nas_bert.study import load_study
 
 

@@ -29,11 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import cpu_name, table
 from nas_bert.errors import NasBertError
-from nas_bert.export.folders import export_front
-from nas_bert.export.onnx_export import VARIANTS, measure_latencies
-from nas_bert.latency.latency import hardware_name
+from nas_bert.export import VARIANTS, export_front, measure_latencies
+from nas_bert.latency import hardware_name
 from nas_bert.study import load_study
-from nas_bert.teacher.loading import load_teacher
+from nas_bert.teacher import load_teacher
 
 
 def folder_mb(folder: Path) -> float:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from nas_bert.latency.latency import (
+from nas_bert.latency import (
     MODEL_ROUNDS,
     _run_delay_ns,
     build_student,
@@ -35,9 +35,8 @@ from nas_bert.latency.latency import (
     latency_report,
     measure_models,
 )
-from nas_bert.space.architecture import Embeddings, sample
-from nas_bert.space.search_space import load_space
-from nas_bert.store.db import Database
+from nas_bert.space import Embeddings, load_space, sample
+from nas_bert.store import Database
 from nas_bert.study import LatencyConfig
 
 CLEAN_NOISE_PCT = 2.0  # a noise floor this far under the 5% target leaves the error to the model

@@ -32,18 +32,18 @@ from optuna.trial import TrialState
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import cpu_name, table
-from nas_bert.latency.latency import (
+from nas_bert.latency import (
     Calibration,
     build_student,
     calibration_architectures,
     ensure_latency_model,
     measure_models,
 )
-from nas_bert.search.optuna_search import budgets_in_db, optuna_study_name, storage_for
-from nas_bert.space.architecture import Architecture
-from nas_bert.store.db import ArchitectureRow, Database
+from nas_bert.search import budgets_in_db, optuna_study_name, storage_for
+from nas_bert.space import Architecture
+from nas_bert.store import ArchitectureRow, Database
 from nas_bert.study import load_study
-from nas_bert.teacher.loading import embeddings_spec_of, load_teacher_config
+from nas_bert.teacher import embeddings_spec_of, load_teacher_config
 
 
 def pool(study: Any, db: Database, budget: float, n: int) -> list[Architecture]:

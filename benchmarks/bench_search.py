@@ -21,8 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import cpu_name, table
-from nas_bert.search.optuna_search import finish_search, open_context, run_worker
-from nas_bert.search.scoring import rescore
+from nas_bert.search import finish_search, open_context, rescore, run_worker
 from nas_bert.space import architecture as A
 from nas_bert.study import load_study
 
@@ -45,7 +44,7 @@ def main() -> None:
     # a fresh search: drop the copy's search for this budget and every memoised block score
     import optuna
 
-    from nas_bert.search.optuna_search import optuna_study_name, storage_for
+    from nas_bert.search import optuna_study_name, storage_for
 
     try:
         optuna.delete_study(study_name=optuna_study_name(study, args.budget_ms), storage=storage_for(study))

@@ -28,14 +28,13 @@ from torch.utils.benchmark import Timer
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import cpu_name, table
-from nas_bert.data.corpus import fixed_batches, load_corpus, make_collator, padding_share
-from nas_bert.search.optuna_search import latest_checkpoint
+from nas_bert.data import fixed_batches, load_corpus, make_collator, padding_share
+from nas_bert.search import latest_checkpoint
 from nas_bert.space import architecture as A
-from nas_bert.store.db import Database
+from nas_bert.store import Database
 from nas_bert.study import CorpusConfig, load_study
-from nas_bert.supernet.blockwise import BlockwiseObjective, ValidationCache, block_val_loss, build_supernet
-from nas_bert.supernet.elastic import Supernet
-from nas_bert.teacher.loading import load_teacher
+from nas_bert.supernet import BlockwiseObjective, Supernet, ValidationCache, block_val_loss, build_supernet
+from nas_bert.teacher import load_teacher
 
 
 def make_train_step(net: Supernet, objective: BlockwiseObjective, batch: dict):

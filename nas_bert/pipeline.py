@@ -18,12 +18,11 @@ from typing import Any
 
 from sqlalchemy import select
 
-from nas_bert.data.corpus import corpus_identity
+from nas_bert.data import corpus_identity
 from nas_bert.errors import NasBertError
-from nas_bert.store.db import Database, StageRow
-from nas_bert.store.identity import fingerprint
+from nas_bert.store import Database, StageRow, fingerprint
 from nas_bert.study import Study
-from nas_bert.teacher.loading import teacher_identity
+from nas_bert.teacher import teacher_identity
 
 # Which study sections each stage is made from, and the stages upstream of it (by name; a stage of a
 # budget depends on the same budget's stages). A stage's identity is the fingerprint of its inputs: the
@@ -50,7 +49,7 @@ def study_inputs(study: Study) -> dict[str, str]:
 
 
 def section_inputs(study: Study, sections: tuple[str, ...], timed: bool) -> dict[str, str]:
-    from nas_bert.latency.latency import device_fingerprint
+    from nas_bert.latency import device_fingerprint
 
     cfg = study.cfg.model_dump(mode="json")
     cfg["search"].pop("budgets_ms")  # a stage of one budget is keyed by it: adding a budget redoes nothing
@@ -188,9 +187,9 @@ def stage_status(study: Study) -> list[dict[str, Any]]:
 
 def shared_stages(r: Runner, study: Study) -> None:
     """Stages 1-2, which every budget shares: the supernet and the latency model."""
-    from nas_bert.latency.latency import ensure_latency_model, latency_report
-    from nas_bert.supernet.blockwise import train_supernet
-    from nas_bert.teacher.loading import embeddings_spec_of, load_teacher_config
+    from nas_bert.latency import ensure_latency_model, latency_report
+    from nas_bert.supernet import train_supernet
+    from nas_bert.teacher import embeddings_spec_of, load_teacher_config
 
     r.stage("supernet", "", None, lambda: train_supernet(study))
 
@@ -205,11 +204,11 @@ def shared_stages(r: Runner, study: Study) -> None:
 def student_stages(r: Runner, study: Study, budget: float) -> dict[str, Any]:
     """Stages 4-8 for one budget: search (with rescoring), the finalists' choice (searched and hand-designed
     students short-distilled, timed and ranked by fidelity), layer mapping, distillation, evaluation."""
-    from nas_bert.choose.finalists import choose
-    from nas_bert.distill.students import distill_student, map_student_layers
-    from nas_bert.evaluate.evaluation import evaluate_path
-    from nas_bert.search.optuna_search import search
-    from nas_bert.space.architecture import Architecture
+    from nas_bert.choose import choose
+    from nas_bert.distill import distill_student, map_student_layers
+    from nas_bert.evaluate import evaluate_path
+    from nas_bert.search import search
+    from nas_bert.space import Architecture
 
     key = f"{budget:g}ms"
     if r.stage("search", key, None, lambda: search(study, budget))["chosen"] is None:
@@ -228,8 +227,8 @@ def student_stages(r: Runner, study: Study, budget: float) -> dict[str, Any]:
 
 def run_study(study: Study, out: Path | None = None, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Stages 1-9 for every budget in `search.budgets_ms`; returns the summary table's rows."""
-    from nas_bert.choose.finalists import truncated_reference
-    from nas_bert.export.folders import export_front
+    from nas_bert.choose import truncated_reference
+    from nas_bert.export import export_front
 
     budgets = study.cfg.search.budgets_ms
     if not budgets:

@@ -8,15 +8,15 @@ import optuna
 from optuna.trial import TrialState
 from sqlalchemy import func, select
 
-from nas_bert.store.db import ArchitectureRow, BlockScore, Checkpoint, Database, LatencyRow
+from nas_bert.store import ArchitectureRow, BlockScore, Checkpoint, Database, LatencyRow
 from nas_bert.study import Study
 
 
 def study_status(study: Study) -> dict[str, Any]:
-    from nas_bert.latency.latency import device_fingerprint
+    from nas_bert.latency import device_fingerprint
     from nas_bert.pipeline import stage_status
-    from nas_bert.search.optuna_search import budgets_in_db, optuna_study_name, storage_for
-    from nas_bert.supernet.blockwise import find_run
+    from nas_bert.search import budgets_in_db, optuna_study_name, storage_for
+    from nas_bert.supernet import find_run
 
     db = Database(study.db_url)
     with db.session() as s:

@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from nas_bert.errors import NasBertError, format_validation_error
-from nas_bert.space.search_space import SearchSpace, load_space
+from nas_bert.space import SearchSpace, load_space
 
 
 class CorpusConfig(BaseModel):

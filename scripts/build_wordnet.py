@@ -32,7 +32,7 @@ import zlib
 from collections import Counter
 from pathlib import Path
 
-from nas_bert.data.corpus import LEXNAMES, split_of
+from nas_bert.data import LEXNAMES, split_of
 
 EXPECTED_SYNSETS = 117_659
 MAX_BYTES = 5_000_000

@@ -19,14 +19,14 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 @pytest.fixture(scope="session")
 def tiny_space():
-    from nas_bert.space.search_space import load_space
+    from nas_bert.space import load_space
 
     return load_space("tiny")
 
 
 @pytest.fixture(scope="session")
 def tiny_teacher():
-    from nas_bert.teacher.loading import load_teacher
+    from nas_bert.teacher import load_teacher
 
     return load_teacher("tiny-random-bert")
 
@@ -56,11 +56,11 @@ def make_tiny_study(root: Path, search_budget: float | None = None) -> Path:
     with `search_budget`, also a finished search for that budget."""
     import yaml
 
-    from nas_bert.latency.latency import ensure_latency_model
-    from nas_bert.store.db import Database
+    from nas_bert.latency import ensure_latency_model
+    from nas_bert.store import Database
     from nas_bert.study import load_study
-    from nas_bert.supernet.blockwise import train_supernet
-    from nas_bert.teacher.loading import embeddings_spec_of, load_teacher_config
+    from nas_bert.supernet import train_supernet
+    from nas_bert.teacher import embeddings_spec_of, load_teacher_config
 
     data = yaml.safe_load((ROOT / "studies" / "tiny.yaml").read_text())
     data.update(FAST)
@@ -70,7 +70,7 @@ def make_tiny_study(root: Path, search_budget: float | None = None) -> Path:
     emb = embeddings_spec_of(load_teacher_config(data["teacher"]))
     ensure_latency_model(Database(study.db_url), study.space, emb, study.cfg.latency, progress=False)
     if search_budget is not None:
-        from nas_bert.search.optuna_search import search
+        from nas_bert.search import search
 
         search(study, search_budget)
     return root / "tiny.yaml"

@@ -5,11 +5,9 @@ import random
 import pytest
 
 from nas_bert.errors import NasBertError
-from nas_bert.model.configuration_nas_bert import NasBertConfig
-from nas_bert.model.modeling_nas_bert import NasBertModel
+from nas_bert.model import NasBertConfig, NasBertModel
+from nas_bert.space import IDENTITY, Architecture, Block, Embeddings, Op, load_space
 from nas_bert.space import architecture as A
-from nas_bert.space.architecture import IDENTITY, Architecture, Block, Embeddings, Op
-from nas_bert.space.search_space import load_space
 
 EMB = Embeddings(vocab_size=100, max_positions=64, type_vocab_size=2, width=32)
 

@@ -8,17 +8,17 @@ import pytest
 import torch
 from conftest import copy_study
 
-from nas_bert.distill.students import StudentContext, distill_baseline
+from nas_bert.distill import StudentContext, distill_baseline
 from nas_bert.errors import NasBertError
-from nas_bert.evaluate.evaluation import load_student
+from nas_bert.evaluate import load_student
 from nas_bert.study import load_study
-from nas_bert.supernet.baselines import (
+from nas_bert.supernet import (
     pruned_architecture,
     teacher_initialised,
     truncated_architecture,
     uniform_architecture,
 )
-from nas_bert.teacher.importance import Importance, teacher_importance
+from nas_bert.teacher import Importance, teacher_importance
 
 IDS = torch.tensor([[101, 2023, 2003, 1037, 2235, 3899, 102, 0], [101, 7592, 2088, 102, 0, 0, 0, 0]])
 MASK = (IDS != 0).long()
@@ -145,7 +145,7 @@ def test_distill_baseline_resumes_and_saves_a_student(searched_tiny, tmp_path):
 def test_finalists_take_the_pruned_teacher_at_each_smaller_ratio_of_the_space(tiny_teacher, tiny_space):
     from types import SimpleNamespace
 
-    from nas_bert.choose.finalists import baseline_family
+    from nas_bert.choose import baseline_family
 
     def family(space):
         study = SimpleNamespace(space=space, cfg=SimpleNamespace(search=SimpleNamespace(finalist_width_step=2)))

@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 from sqlalchemy import select
 
-from nas_bert.store.db import Checkpoint, Database, StudyRow, SupernetRun
+from nas_bert.store import Checkpoint, Database, StudyRow, SupernetRun
 from nas_bert.study import load_study
-from nas_bert.supernet.blockwise import BlockwiseObjective, supernet_dir, supernet_key, train_supernet
+from nas_bert.supernet import BlockwiseObjective, supernet_dir, supernet_key, train_supernet
 
 
 def _study(file: Path, tag: str, **overrides):

@@ -112,7 +112,7 @@ def test_empty_corpus(tiny_study_file):
 
 def test_a_space_of_other_content_trains_its_own_supernet(tiny_study_file):
     """Same space name, other content: the old supernet is neither resumed nor touched."""
-    from nas_bert.supernet.blockwise import supernet_dir
+    from nas_bert.supernet import supernet_dir
 
     assert _run("train-supernet", "--config", str(tiny_study_file), "--steps", "2").exit_code == 0
     first = supernet_dir(load_study(tiny_study_file))
@@ -159,7 +159,7 @@ def test_zero_counts_and_bad_budgets_are_errors_not_defaults(tiny_study_file, ar
 
 def test_search_api_refuses_zero_trials_and_nan_budgets(tiny_study_file):
     from nas_bert.errors import NasBertError
-    from nas_bert.search.optuna_search import search
+    from nas_bert.search import search
     from nas_bert.study import load_study
 
     study = load_study(tiny_study_file)

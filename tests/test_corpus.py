@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 import torch
 
-from nas_bert.data.corpus import (
+from nas_bert.data import (
     LEXNAMES,
     WORDNET_PATH,
     CorpusError,

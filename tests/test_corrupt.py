@@ -17,11 +17,10 @@ from conftest import dies_after
 from typer.testing import CliRunner
 
 from nas_bert.cli import app
-from nas_bert.distill.mapping import MappingSearch, best_memoised, protocol_hash
+from nas_bert.distill import MappingSearch, best_memoised, protocol_hash
 from nas_bert.errors import NasBertError
 from nas_bert.space import architecture as A
-from nas_bert.store.db import ArchitectureRow, Database, MappingEval
-from nas_bert.store.identity import safe_torch_load
+from nas_bert.store import ArchitectureRow, Database, MappingEval, safe_torch_load
 from nas_bert.study import load_study
 
 ROOT = Path(__file__).resolve().parents[1]

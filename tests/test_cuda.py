@@ -16,7 +16,7 @@ EVAL = {"finetune_steps": 3, "fidelity_texts": 16, "max_train_examples": 48, "ma
 
 
 def test_tiny_study_runs_on_cuda(tmp_path):
-    from nas_bert.latency.latency import hardware_name
+    from nas_bert.latency import hardware_name
     from nas_bert.pipeline import run_study, stage_status
     from nas_bert.study import load_study
 

@@ -15,10 +15,9 @@ from transformers import BertConfig, BertModel
 from nas_bert.data import tasks
 from nas_bert.errors import NasBertError
 from nas_bert.evaluate import evaluation as ev
-from nas_bert.model.configuration_nas_bert import NasBertConfig
-from nas_bert.model.modeling_nas_bert import NasBertModel
-from nas_bert.space.architecture import sample
-from nas_bert.store.db import Database, EvaluationRow
+from nas_bert.model import NasBertConfig, NasBertModel
+from nas_bert.space import sample
+from nas_bert.store import Database, EvaluationRow
 from nas_bert.study import EvalConfig
 
 # A high head lr, so that 5 steps already beat zero accuracy and accuracy ratios are defined.
@@ -77,7 +76,7 @@ def test_loyalty_hand_computed():
 
 # -- tasks ---------------------------------------------------------------------------------------
 def test_wordnet_task_has_45_labels_and_the_shipped_split():
-    from nas_bert.data.corpus import load_wordnet_task
+    from nas_bert.data import load_wordnet_task
 
     dd, names = ev.load_task("wordnet", TINY)
     assert len(names) == 45 and names[0] == "adj.all"

@@ -21,15 +21,14 @@ from sqlalchemy import select
 from transformers import AutoModel
 
 from nas_bert.errors import NasBertError
-from nas_bert.export.folders import export_front, export_trial, extract_student, select_members
-from nas_bert.export.onnx_export import session
-from nas_bert.model.folder import write_student_folder
-from nas_bert.search.optuna_search import latest_checkpoint, optuna_study_name, pareto_rows, search, storage_for
+from nas_bert.export import export_front, export_trial, extract_student, select_members, session
+from nas_bert.model import write_student_folder
+from nas_bert.search import latest_checkpoint, optuna_study_name, pareto_rows, search, storage_for
 from nas_bert.space import architecture as A
-from nas_bert.store.db import ArchitectureRow, Database, ExportRow
+from nas_bert.store import ArchitectureRow, Database, ExportRow
 from nas_bert.study import load_study
-from nas_bert.supernet.blockwise import load_supernet_checkpoint, train_supernet
-from nas_bert.teacher.loading import load_teacher
+from nas_bert.supernet import load_supernet_checkpoint, train_supernet
+from nas_bert.teacher import load_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {
@@ -266,8 +265,8 @@ def test_errors_are_one_line(searched, tmp_path):
 
 def test_onnx_check_scales_with_the_output_magnitude(exported, supernet_and_teacher, tmp_path):
     """float32 rounding grows with the values: a student whose states reach hundreds still exports."""
-    from nas_bert.export.onnx_export import export_onnx
-    from nas_bert.model.modeling_nas_bert import NasBertModel
+    from nas_bert.export import export_onnx
+    from nas_bert.model import NasBertModel
 
     teacher = supernet_and_teacher[2]
     folder = exported[0] / exported[1]["students"][0]["name"]

@@ -14,9 +14,9 @@ import yaml
 
 from nas_bert.errors import NasBertError
 from nas_bert.pipeline import Runner, stage_status
-from nas_bert.store.identity import atomic_file, atomic_folder, fingerprint, safe_torch_load
+from nas_bert.store import atomic_file, atomic_folder, fingerprint, safe_torch_load
 from nas_bert.study import load_study
-from nas_bert.train.loop import atomic_torch_save, rng_state, set_rng_state
+from nas_bert.train import atomic_torch_save, rng_state, set_rng_state
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -144,7 +144,7 @@ def test_an_edited_space_file_redoes_everything_and_status_says_why(tmp_path):
 
 
 def test_a_new_supernet_setting_trains_a_new_supernet_and_keeps_the_old(tiny_study_file):
-    from nas_bert.supernet.blockwise import supernet_dir, train_supernet
+    from nas_bert.supernet import supernet_dir, train_supernet
 
     study = load_study(tiny_study_file)
     first = train_supernet(study)
@@ -164,7 +164,7 @@ def test_a_search_made_from_other_inputs_starts_afresh_unless_it_is_running(tmp_
     from conftest import make_tiny_study
     from optuna.trial import TrialState
 
-    from nas_bert.search.optuna_search import (
+    from nas_bert.search import (
         open_context,
         optuna_study_name,
         prepare_search,

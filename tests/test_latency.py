@@ -17,8 +17,7 @@ from pydantic import ValidationError
 from sqlalchemy import func, select
 
 from nas_bert.errors import NasBertError
-from nas_bert.latency import latency
-from nas_bert.latency.latency import (
+from nas_bert.latency import (
     LatencyModel,
     device_fingerprint,
     embeddings_key,
@@ -26,24 +25,26 @@ from nas_bert.latency.latency import (
     fit_calibration,
     fit_linear,
     grow_key,
+    latency,
     latency_report,
     loo_mape,
     op_key,
     output_key,
 )
-from nas_bert.space.architecture import (
+from nas_bert.space import (
     IDENTITY,
     Architecture,
     Block,
     Embeddings,
+    SearchSpace,
     largest,
+    load_space,
     op_choices,
     sample,
     smallest,
     truncated,
 )
-from nas_bert.space.search_space import SearchSpace, load_space
-from nas_bert.store.db import Database, LatencyCalibration, LatencyRow
+from nas_bert.store import Database, LatencyCalibration, LatencyRow
 from nas_bert.study import LatencyConfig
 
 EMB = Embeddings(vocab_size=1000, max_positions=64, type_vocab_size=2, width=32)

@@ -17,8 +17,8 @@ from optuna.trial import TrialState
 from sqlalchemy import delete, inspect
 from sqlalchemy import text as sql_text
 
-from nas_bert.search.optuna_search import storage_for
-from nas_bert.store.db import SCHEMA_VERSION, Base, Database, Meta, StudyRow
+from nas_bert.search import storage_for
+from nas_bert.store import SCHEMA_VERSION, Base, Database, Meta, StudyRow
 from nas_bert.study import load_study
 
 URL = os.environ.get("NAS_BERT_TEST_POSTGRES_URL", "")

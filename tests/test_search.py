@@ -23,22 +23,23 @@ from typer.testing import CliRunner
 
 from nas_bert.cli import app
 from nas_bert.errors import NasBertError
-from nas_bert.search.optuna_search import (
+from nas_bert.search import (
+    BlockScorer,
     chosen_row,
     open_context,
     optuna_study_name,
     pareto_rows,
+    rescore,
     search,
     seed_architectures,
     storage_for,
     suggest_architecture,
     trial_params,
 )
-from nas_bert.search.scoring import BlockScorer, rescore
 from nas_bert.space import architecture as A
-from nas_bert.store.db import ArchitectureRow, Database
+from nas_bert.store import ArchitectureRow, Database
 from nas_bert.study import load_study
-from nas_bert.supernet.blockwise import train_supernet
+from nas_bert.supernet import train_supernet
 
 
 @pytest.fixture(scope="module")
@@ -304,7 +305,7 @@ def test_errors_are_one_line(study_file, tmp_path):
 
 
 def test_newer_schema_is_refused(tmp_path):
-    from nas_bert.store.db import SCHEMA_VERSION, Database, Meta
+    from nas_bert.store import SCHEMA_VERSION, Database, Meta
 
     url = f"sqlite:///{tmp_path / 'x.db'}"
     db = Database(url)
@@ -341,7 +342,7 @@ def test_two_commands_share_one_postgresql_database(tmp_path):
 
 
 def test_card_names_a_narrow_teacher_cut_that_won() -> None:
-    from nas_bert.export.card import _origin
+    from nas_bert.export import _origin
 
     text = _origin({"origin": "search", "budget_ms": 2.5, "finalist": {"name": "teacher-layers-1-w256", "fidelity": 0.6}})
     assert "teacher's own first 1 layer(s), cut to width 256" in text and "0.600" in text
@@ -353,7 +354,7 @@ def test_pruned_feed_forward_seeds_reach_deeper_under_a_budget() -> None:
     fit more layers than any larger ratio; a ratio that adds no depth adds no seed."""
     from types import SimpleNamespace
 
-    from nas_bert.space.search_space import SearchSpace
+    from nas_bert.space import SearchSpace
 
     space = SearchSpace.model_validate({"name": "ratios", "blocks": 2, "sublayers_per_block": 4, "hidden_sizes": [16, 32],
                                         "head_size": 8, "ffn_ratios": [1, 2, 4], "conv_kernels": [3],
@@ -385,7 +386,7 @@ def test_pruned_feed_forward_seeds_reach_deeper_under_a_budget() -> None:
 
 
 def test_card_names_a_pruned_teacher_cut_that_won() -> None:
-    from nas_bert.export.card import _origin
+    from nas_bert.export import _origin
 
     text = _origin({"origin": "search", "budget_ms": 2.5, "finalist": {"name": "teacher-layers-1-f1", "fidelity": 0.6}})
     assert "teacher's own first 1 layer(s), their feed-forward pruned to 1 x width neurons" in text

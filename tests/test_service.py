@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from nas_bert.service import jobs
 from nas_bert.service.app import create_app
-from nas_bert.store.db import Database, JobRow, Meta
+from nas_bert.store import Database, JobRow, Meta
 
 TOKEN = "test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

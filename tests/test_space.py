@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from nas_bert.errors import NasBertError
-from nas_bert.space.search_space import load_space
+from nas_bert.space import load_space
 
 
 def test_shipped_spaces_load():

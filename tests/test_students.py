@@ -11,13 +11,22 @@ from conftest import copy_study, dies_after
 from sqlalchemy import select
 from transformers import AutoModel
 
-from nas_bert.distill.mapping import MappingSearch, count_monotone, mutate_monotone, repair
-from nas_bert.distill.objective import check_mapping, distill_points, last_layers_mapping, uniform_mapping
-from nas_bert.distill.students import distill, map_layers
+from nas_bert.distill import (
+    MappingSearch,
+    check_mapping,
+    count_monotone,
+    distill,
+    distill_points,
+    last_layers_mapping,
+    map_layers,
+    mutate_monotone,
+    repair,
+    uniform_mapping,
+)
 from nas_bert.errors import NasBertError
-from nas_bert.search.optuna_search import pareto_rows
+from nas_bert.search import pareto_rows
 from nas_bert.space import architecture as A
-from nas_bert.store.db import Database, MappingEval
+from nas_bert.store import Database, MappingEval
 from nas_bert.study import load_study
 
 

@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from nas_bert.space import architecture as A
-from nas_bert.supernet.blockwise import masked_mse
-from nas_bert.supernet.elastic import Supernet
+from nas_bert.supernet import Supernet, masked_mse
 
 
 @pytest.fixture()
@@ -89,7 +88,7 @@ MASK = (IDS != 0).long()
 
 
 def _random_importance(teacher):
-    from nas_bert.teacher.importance import Importance
+    from nas_bert.teacher import Importance
 
     gen = torch.Generator().manual_seed(3)
     n = teacher.num_layers
@@ -98,7 +97,7 @@ def _random_importance(teacher):
 
 
 def test_teacher_layer_pairs_follow_relative_depth(tiny_space):
-    from nas_bert.supernet.elastic import teacher_layer
+    from nas_bert.supernet import teacher_layer
 
     three = tiny_space.model_copy(update={"blocks": 3})  # 3 blocks of 4 positions
     assert [teacher_layer(three, 6, b, j) for b in range(3) for j in range(4)] == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
@@ -109,7 +108,7 @@ def test_teacher_layer_pairs_follow_relative_depth(tiny_space):
 
 @pytest.mark.parametrize("ranked", [False, True])
 def test_inherited_supernet_is_the_teacher_at_full_width(tiny_space, tiny_teacher, ranked):
-    from nas_bert.supernet.elastic import inherit_teacher
+    from nas_bert.supernet import inherit_teacher
 
     torch.manual_seed(0)
     net = Supernet(tiny_space, teacher_width=32, eps=float(tiny_teacher.config.layer_norm_eps)).eval()
@@ -129,7 +128,7 @@ def test_inherited_supernet_is_the_teacher_at_full_width(tiny_space, tiny_teache
 
 
 def test_inheritance_ranks_units_so_narrow_slices_keep_the_best(tiny_space, tiny_teacher):
-    from nas_bert.supernet.elastic import inherit_teacher
+    from nas_bert.supernet import inherit_teacher
 
     imp = _random_importance(tiny_teacher)
     torch.manual_seed(0)

@@ -8,9 +8,9 @@ from transformers import BertConfig, BertForMaskedLM, GPT2Config, GPT2Model
 
 from nas_bert.errors import NasBertError
 from nas_bert.space import architecture as A
-from nas_bert.space.search_space import load_space
-from nas_bert.supernet.elastic import Supernet
-from nas_bert.teacher.loading import load_teacher, resolve_teacher
+from nas_bert.space import load_space
+from nas_bert.supernet import Supernet
+from nas_bert.teacher import load_teacher, resolve_teacher
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +50,8 @@ def test_extraction_on_the_real_teacher_matches_the_supernet(minilm):
 
 @pytest.mark.slow
 def test_supernet_inherits_the_real_teacher(minilm):
-    from nas_bert.supernet.elastic import inherit_teacher
-    from nas_bert.teacher.importance import teacher_importance
+    from nas_bert.supernet import inherit_teacher
+    from nas_bert.teacher import teacher_importance
 
     space = load_space("nas_bert")
     net = Supernet(space, minilm.hidden_size, float(minilm.config.layer_norm_eps)).eval()

@@ -27,13 +27,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from tqdm.auto import tqdm
 
-from nas_bert.data.tasks import load_task
-from nas_bert.distill.objective import distill_points, uniform_mapping
-from nas_bert.distill.students import StudentContext
+from nas_bert.data import load_task
+from nas_bert.distill import StudentContext, distill_points, uniform_mapping
 from nas_bert.errors import NasBertError
-from nas_bert.evaluate.evaluation import agreement
-from nas_bert.evaluate.metrics import fidelity_interval
-from nas_bert.latency.latency import (
+from nas_bert.evaluate import agreement, fidelity_interval
+from nas_bert.latency import (
     MODEL_ROUNDS,
     Calibration,
     LatencyModel,
@@ -46,21 +44,18 @@ from nas_bert.latency.latency import (
     in_run,
     measure_models,
 )
-from nas_bert.search.optuna_search import optuna_study_name, storage_for
-from nas_bert.search.scoring import kendall_tau
-from nas_bert.space.architecture import Architecture, Embeddings
-from nas_bert.space.search_space import SearchSpace
-from nas_bert.store.db import ArchitectureRow, Database, FinalistRow, LatencyRow
-from nas_bert.store.identity import json_hash, sha256_hex
+from nas_bert.search import kendall_tau, optuna_study_name, storage_for
+from nas_bert.space import Architecture, Embeddings, SearchSpace
+from nas_bert.store import ArchitectureRow, Database, FinalistRow, LatencyRow, json_hash, sha256_hex
 from nas_bert.study import Study
-from nas_bert.supernet.baselines import (
+from nas_bert.supernet import (
     pruned_architecture,
     teacher_initialised,
     truncated_architecture,
     uniform_architecture,
 )
-from nas_bert.teacher.loading import load_teacher
-from nas_bert.train.loop import BestKeeper, make_accelerator, train_loop
+from nas_bert.teacher import load_teacher
+from nas_bert.train import BestKeeper, make_accelerator, train_loop
 
 ORIGINS = ("search", "truncated", "uniform", "pruned")
 

@@ -14,7 +14,7 @@ import typer
 from sqlalchemy.exc import DatabaseError
 
 from nas_bert.errors import NasBertError
-from nas_bert.store.db import database_error, is_corrupt
+from nas_bert.store import database_error, is_corrupt
 from nas_bert.study import load_study
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Search, distil and export small BERT students.")
@@ -81,7 +81,7 @@ def train_supernet_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Stage 1: block-wise supernet training; resumes from the last checkpoint."""
-    from nas_bert.supernet.blockwise import train_supernet
+    from nas_bert.supernet import train_supernet
 
     _count("--steps", steps)
     study = load_study(config, db)
@@ -108,9 +108,9 @@ def _supernet_table(s: dict[str, Any]) -> str:
 @_friendly
 def latency_cmd(config: ConfigOpt, db: DbOpt = None, as_json: JsonOpt = False) -> None:
     """Stage 2: the per-operator latency table of this device and its calibration error."""
-    from nas_bert.latency.latency import ensure_latency_model, latency_report
-    from nas_bert.store.db import Database
-    from nas_bert.teacher.loading import embeddings_spec_of, load_teacher_config
+    from nas_bert.latency import ensure_latency_model, latency_report
+    from nas_bert.store import Database
+    from nas_bert.teacher import embeddings_spec_of, load_teacher_config
 
     study = load_study(config, db)
     database = Database(study.db_url)  # a damaged database is found before any teacher is loaded
@@ -141,8 +141,8 @@ def search_cmd(
 ) -> None:
     """Stages 2-5 for one budget: latency table, block scores, Optuna search, rescoring, and the finalists'
     choice (searched and hand-designed students short-distilled, timed and ranked by fidelity); resumes."""
-    from nas_bert.choose.finalists import choose
-    from nas_bert.search.optuna_search import search
+    from nas_bert.choose import choose
+    from nas_bert.search import search
 
     _budget("--latency-budget-ms", latency_budget_ms)
     _count("--trials", trials)
@@ -222,8 +222,8 @@ def pareto_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """The feasible Pareto front (approximate loss vs predicted latency) of each budget searched."""
-    from nas_bert.search.optuna_search import budgets_in_db, pareto_rows
-    from nas_bert.store.db import Database
+    from nas_bert.search import budgets_in_db, pareto_rows
+    from nas_bert.store import Database
 
     _budget("--budget", budget)
     study = load_study(config, db)
@@ -233,7 +233,7 @@ def pareto_cmd(
     database = Database(study.db_url)
     fronts = {f"{b:g}": pareto_rows(database, study, b) for b in budgets}
     if plot is not None:
-        from nas_bert.export.plots import plot_fronts
+        from nas_bert.export import plot_fronts
 
         plot_fronts(study, budgets, plot)
     _print(fronts, as_json, lambda f: "\n".join(f"budget {b} ms:\n" + _front_table(rows) for b, rows in f.items()))
@@ -248,7 +248,7 @@ BudgetOpt = Annotated[float | None, typer.Option("--budget", help="which search'
 def map_layers_cmd(config: ConfigOpt, trial: TrialOpt, budget: BudgetOpt = None, db: DbOpt = None,
                    as_json: JsonOpt = False) -> None:
     """Stage 6: search which teacher layer each student layer learns from (DEAP GA); resumes."""
-    from nas_bert.distill.students import map_layers
+    from nas_bert.distill import map_layers
 
     _budget("--budget", budget)
     _print(map_layers(load_study(config, db), trial, budget), as_json, _mapping_table)
@@ -274,7 +274,7 @@ def distill_cmd(config: ConfigOpt, trial: TrialOpt, budget: BudgetOpt = None, db
                 mapping: Annotated[str | None, typer.Option(help="comma-separated teacher layers, e.g. 2,4,6")] = None,
                 as_json: JsonOpt = False) -> None:
     """Stage 7: distil one student with its searched (else uniform) layer mapping; resumes."""
-    from nas_bert.distill.students import distill
+    from nas_bert.distill import distill
 
     _budget("--budget", budget)
     _count("--steps", steps)
@@ -311,7 +311,7 @@ def evaluate_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Stage 8: fidelity to the teacher, downstream accuracy and loyalty, under one protocol."""
-    from nas_bert.evaluate.evaluation import evaluate_path
+    from nas_bert.evaluate import evaluate_path
 
     if (path is None) == (not teacher):
         raise NasBertError("give a student folder PATH or --teacher (one of the two)")
@@ -339,7 +339,7 @@ def export_cmd(
     """Stage 9: the Pareto front (or the best per budget) as Hugging Face folders, ONNX and int8."""
     import shlex
 
-    from nas_bert.export.folders import export_front
+    from nas_bert.export import export_front
 
     parsed = None
     if budgets is not None:  # an empty --budgets is an error, not "every budget"

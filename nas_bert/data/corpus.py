@@ -25,7 +25,7 @@ import datasets
 import torch
 
 from nas_bert.errors import NasBertError
-from nas_bert.store.identity import file_sha256, fingerprint, folder_identity
+from nas_bert.store import file_sha256, fingerprint, folder_identity
 from nas_bert.study import CorpusConfig
 
 if TYPE_CHECKING:

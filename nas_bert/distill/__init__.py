@@ -1,0 +1,30 @@
+from nas_bert.distill.mapping import (
+    MappingSearch,
+    best_memoised,
+    count_monotone,
+    mutate_monotone,
+    protocol_hash,
+    repair,
+)
+from nas_bert.distill.objective import (
+    DistillModule,
+    DistillObjective,
+    TeacherTaps,
+    check_mapping,
+    distill_points,
+    last_layers_mapping,
+    relation_kl,
+    similarity_loss,
+    uniform_mapping,
+)
+from nas_bert.distill.students import (
+    StudentContext,
+    distill,
+    distill_baseline,
+    distill_student,
+    map_layers,
+    map_student_layers,
+    trial_architecture,
+)
+
+__all__ = ["DistillModule", "DistillObjective", "MappingSearch", "StudentContext", "TeacherTaps", "best_memoised", "check_mapping", "count_monotone", "distill", "distill_baseline", "distill_points", "distill_student", "last_layers_mapping", "map_layers", "map_student_layers", "mutate_monotone", "protocol_hash", "relation_kl", "repair", "similarity_loss", "trial_architecture", "uniform_mapping"]

@@ -29,14 +29,13 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from tqdm.auto import tqdm
 
-from nas_bert.data.corpus import corpus_identity
+from nas_bert.data import corpus_identity
 from nas_bert.distill.objective import distill_points, last_layers_mapping, uniform_mapping
 from nas_bert.errors import NasBertError
-from nas_bert.space.architecture import Architecture
-from nas_bert.store.db import Database, MappingEval
-from nas_bert.store.identity import atomic_write_text, fingerprint
+from nas_bert.space import Architecture
+from nas_bert.store import Database, MappingEval, atomic_write_text, fingerprint
 from nas_bert.study import MappingConfig, Study
-from nas_bert.teacher.loading import teacher_identity
+from nas_bert.teacher import teacher_identity
 
 if not hasattr(creator, "MappingFitness"):
     creator.create("MappingFitness", base.Fitness, weights=(-1.0,))

@@ -35,11 +35,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from nas_bert.errors import NasBertError
-from nas_bert.evaluate.metrics import fidelity
-from nas_bert.model.modeling_nas_bert import NasBertModel
-from nas_bert.space.architecture import Architecture
-from nas_bert.supernet.blockwise import masked_mse
-from nas_bert.teacher.loading import Teacher
+from nas_bert.evaluate import fidelity
+from nas_bert.model import NasBertModel
+from nas_bert.space import Architecture
+from nas_bert.supernet import masked_mse
+from nas_bert.teacher import Teacher
 
 Tensor = torch.Tensor
 

@@ -16,7 +16,7 @@ import optuna
 import torch
 from sqlalchemy import select
 
-from nas_bert.data.corpus import fixed_batches, load_corpus, make_collator
+from nas_bert.data import fixed_batches, load_corpus, make_collator
 from nas_bert.distill.mapping import MappingSearch, best_memoised
 from nas_bert.distill.objective import (
     DistillModule,
@@ -27,17 +27,14 @@ from nas_bert.distill.objective import (
     uniform_mapping,
 )
 from nas_bert.errors import NasBertError
-from nas_bert.model.folder import save_student
-from nas_bert.model.modeling_nas_bert import NasBertModel
-from nas_bert.search.optuna_search import budgets_in_db, load_trained, optuna_study_name, storage_for
-from nas_bert.space.architecture import Architecture
-from nas_bert.store.db import ArchitectureRow, Database, DistillRun
+from nas_bert.model import NasBertModel, save_student
+from nas_bert.search import budgets_in_db, load_trained, optuna_study_name, storage_for
+from nas_bert.space import Architecture
+from nas_bert.store import ArchitectureRow, Database, DistillRun
 from nas_bert.study import Study
-from nas_bert.supernet.baselines import teacher_initialised
-from nas_bert.supernet.elastic import Supernet
-from nas_bert.teacher.importance import Importance, teacher_importance
-from nas_bert.teacher.loading import Teacher, load_teacher_config
-from nas_bert.train.loop import BestKeeper, CheckpointDir, make_accelerator, train_loop
+from nas_bert.supernet import Supernet, teacher_initialised
+from nas_bert.teacher import Importance, Teacher, load_teacher_config, teacher_importance
+from nas_bert.train import BestKeeper, CheckpointDir, make_accelerator, train_loop
 
 
 def resolve_budget(study: Study, budget: float | None) -> float:
@@ -228,9 +225,9 @@ def distill_key(ctx: StudentContext, arch: Architecture, start: str, mapping: li
     """A distilled student's identity: its architecture, start (for a searched student the supernet
     checkpoint it is sliced from), mapping, teacher, corpus and every distillation setting that shapes its
     weights. Its checkpoints live under it, so nothing resumes from a student made by other inputs."""
-    from nas_bert.data.corpus import corpus_identity
-    from nas_bert.store.identity import fingerprint
-    from nas_bert.teacher.loading import teacher_identity
+    from nas_bert.data import corpus_identity
+    from nas_bert.store import fingerprint
+    from nas_bert.teacher import teacher_identity
 
     cfg = {k: v for k, v in ctx.study.cfg.distill.model_dump(mode="json").items() if k not in NOT_WEIGHTS}
     origin = ctx.checkpoint_sha if start == "search" else start

@@ -1,0 +1,11 @@
+from nas_bert.evaluate.evaluation import (
+    agreement,
+    evaluate_encoder,
+    evaluate_path,
+    load_student,
+    stored_evaluation,
+    teacher_baseline,
+)
+from nas_bert.evaluate.metrics import fidelity, fidelity_interval
+
+__all__ = ["agreement", "evaluate_encoder", "evaluate_path", "fidelity", "fidelity_interval", "load_student", "stored_evaluation", "teacher_baseline"]

@@ -28,14 +28,12 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, get_scheduler
 
-from nas_bert.data.corpus import load_manpages
-from nas_bert.data.tasks import LOAD_ERRORS, first_line, load_task
+from nas_bert.data import LOAD_ERRORS, first_line, load_manpages, load_task
 from nas_bert.errors import NasBertError
 from nas_bert.evaluate.metrics import fidelity, loyalty, mean_pool
-from nas_bert.store.db import Database, EvaluationRow
-from nas_bert.store.identity import atomic_write_text, file_sha256, json_hash, sha256_hex
+from nas_bert.store import Database, EvaluationRow, atomic_write_text, file_sha256, json_hash, sha256_hex
 from nas_bert.study import EvalConfig
-from nas_bert.teacher.loading import load_teacher
+from nas_bert.teacher import load_teacher
 
 
 def protocol_hash(cfg: EvalConfig, task: str) -> str:
@@ -268,7 +266,7 @@ def load_student(path: str | Path) -> nn.Module:
     except LOAD_ERRORS as e:
         error = e
     if model_type == "nas_bert":  # folders without auto_map (or its code files) still load from our package
-        from nas_bert.model.modeling_nas_bert import NasBertModel
+        from nas_bert.model import NasBertModel
 
         try:
             return NasBertModel.from_pretrained(str(path))
@@ -313,7 +311,7 @@ def evaluate_path(study: Any, path: str | None, teacher_only: bool = False, task
         metrics = evaluate_encoder(student, tokenizer, teacher, cfg, task, device, teacher_result=base)
         arch_hash = info.get("hash") if isinstance(info, dict) else None
         if arch_hash is None and isinstance(getattr(student.config, "architecture", None), dict):
-            from nas_bert.space.architecture import (
+            from nas_bert.space import (
                 Architecture,  # a distilled folder: its config holds the architecture
             )
 

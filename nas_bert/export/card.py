@@ -6,7 +6,7 @@ import math
 import re
 from typing import Any
 
-from nas_bert.space.architecture import Architecture, output_params, transition_params
+from nas_bert.space import Architecture, output_params, transition_params
 
 
 def _fmt(x: float | None, spec: str = ".3f") -> str:
@@ -112,7 +112,7 @@ def model_card(info: dict[str, Any], arch: Architecture) -> str:
     runtimes = "\n".join(f"| {label} | {_fmt(lat[k])} | {tms} | {_fmt(sp[k], '.2f')}x |" for label, k in
                          (("PyTorch fp32", "torch_fp32"), ("ONNX fp32", "onnx_fp32"), ("ONNX int8", "onnx_int8")))
     table = "\n".join(rows)
-    from nas_bert.choose.finalists import judged_ms  # the budget's one rule
+    from nas_bert.choose import judged_ms  # the budget's one rule
 
     drift, speed = lat.get("drift") or 1.0, lat.get("speed")
     judged = lat.get("judged_ms") or judged_ms(lat["torch_fp32"], drift, speed)

@@ -23,11 +23,11 @@ from optuna.trial import TrialState
 from sqlalchemy import select
 from tqdm.auto import tqdm
 
-from nas_bert.choose.finalists import chosen_finalist, judged_ms, reorders
+from nas_bert.choose import chosen_finalist, judged_ms, reorders
 from nas_bert.errors import NasBertError
 from nas_bert.export.card import model_card
 from nas_bert.export.onnx_export import VARIANTS, export_onnx, mb, measure_latencies
-from nas_bert.latency.latency import (
+from nas_bert.latency import (
     LatencyModel,
     calibration_architectures,
     calibration_students,
@@ -36,9 +36,8 @@ from nas_bert.latency.latency import (
     in_fresh_process,
     in_run,
 )
-from nas_bert.model.folder import write_student_folder
-from nas_bert.model.modeling_nas_bert import NasBertModel
-from nas_bert.search.optuna_search import (
+from nas_bert.model import NasBertModel, write_student_folder
+from nas_bert.search import (
     budgets_in_db,
     chosen_row,
     latest_checkpoint,
@@ -46,14 +45,11 @@ from nas_bert.search.optuna_search import (
     pareto_rows,
     storage_for,
 )
-from nas_bert.space.architecture import Architecture, Embeddings
-from nas_bert.space.search_space import SearchSpace
-from nas_bert.store.db import ArchitectureRow, Checkpoint, Database, ExportRow, SupernetRun
-from nas_bert.store.identity import atomic_folder, file_sha256
+from nas_bert.space import Architecture, Embeddings, SearchSpace
+from nas_bert.store import ArchitectureRow, Checkpoint, Database, ExportRow, SupernetRun, atomic_folder, file_sha256
 from nas_bert.study import Study
-from nas_bert.supernet.blockwise import load_supernet_checkpoint, supernet_key
-from nas_bert.supernet.elastic import Supernet
-from nas_bert.teacher.loading import Teacher, load_teacher
+from nas_bert.supernet import Supernet, load_supernet_checkpoint, supernet_key
+from nas_bert.teacher import Teacher, load_teacher
 
 
 @dataclass
@@ -216,7 +212,7 @@ def time_export(folder: Path, teacher_name: str, lat: LatencyModel, space: Searc
 
 def _distilled(study: Study, arch_hash: str) -> dict[str, Any] | None:
     """The finished distillation of this architecture, if stage 7 has run."""
-    from nas_bert.store.db import DistillRun
+    from nas_bert.store import DistillRun
 
     with Database(study.db_url).session() as s:
         run = s.scalars(select(DistillRun).where(DistillRun.study == study.name, DistillRun.arch_hash == arch_hash,
@@ -234,7 +230,7 @@ def _distilled(study: Study, arch_hash: str) -> dict[str, Any] | None:
 
 def _evaluation(study: Study, arch_hash: str, subject: str) -> dict[str, Any]:
     """Stage 8's latest metrics for this architecture's folder `subject` (empty when it was not evaluated)."""
-    from nas_bert.store.db import EvaluationRow
+    from nas_bert.store import EvaluationRow
 
     subject = str(Path(subject).resolve())
     with Database(study.db_url).session() as s:

@@ -12,10 +12,10 @@ import numpy as np
 import torch
 
 from nas_bert.errors import NasBertError
-from nas_bert.latency.latency import measure_callables
-from nas_bert.model.modeling_nas_bert import NasBertModel
+from nas_bert.latency import measure_callables
+from nas_bert.model import NasBertModel
 from nas_bert.study import LatencyConfig
-from nas_bert.teacher.loading import Teacher
+from nas_bert.teacher import Teacher
 
 ONNX_TOL = 1e-4  # fp32 ONNX must reproduce PyTorch to this max abs diff, relative to the output's largest
 # magnitude when that is above 1 (float32 rounding grows with it: a student whose states reach 9.9 differs by 2e-4)

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 import optuna
 from optuna.trial import TrialState
 
-from nas_bert.store.identity import atomic_file
+from nas_bert.store import atomic_file
 from nas_bert.study import Study
 
 
@@ -27,7 +27,7 @@ def save_figure(fig: plt.Figure, path: Path) -> Path:
 
 def plot_fronts(study: Study, budgets: list[float], path: Path) -> Path:
     """Approximate loss vs predicted latency: every trial, the feasible front, the budget line."""
-    from nas_bert.search.optuna_search import optuna_study_name, storage_for
+    from nas_bert.search import optuna_study_name, storage_for
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]

@@ -39,23 +39,21 @@ from torch.utils import benchmark
 from tqdm.auto import tqdm
 
 from nas_bert.errors import NasBertError
-from nas_bert.model.configuration_nas_bert import NasBertConfig
-from nas_bert.model.modeling_nas_bert import NasBertEmbeddings, NasBertLayer, NasBertModel, mask_bias, resize
-from nas_bert.space.architecture import (
+from nas_bert.model import NasBertConfig, NasBertEmbeddings, NasBertLayer, NasBertModel, mask_bias, resize
+from nas_bert.space import (
     IDENTITY,
     Architecture,
     Block,
     Embeddings,
     Op,
+    SearchSpace,
     largest,
     op_choices,
     sample,
     smallest,
     truncated,
 )
-from nas_bert.space.search_space import SearchSpace
-from nas_bert.store.db import Database, LatencyCalibration, LatencyRow
-from nas_bert.store.identity import json_hash
+from nas_bert.store import Database, LatencyCalibration, LatencyRow, json_hash
 from nas_bert.study import LatencyConfig
 
 # Timing on shared cores. Other processes of this machine show up as time our threads waited for a

@@ -1,0 +1,15 @@
+from nas_bert.model.configuration_nas_bert import NasBertConfig
+from nas_bert.model.folder import save_student, write_student_folder
+from nas_bert.model.modeling_nas_bert import (
+    NasBertEmbeddings,
+    NasBertLayer,
+    NasBertModel,
+    attention,
+    feed_forward,
+    mask_bias,
+    post_norm,
+    resize,
+    sep_conv,
+)
+
+__all__ = ["NasBertConfig", "NasBertEmbeddings", "NasBertLayer", "NasBertModel", "attention", "feed_forward", "mask_bias", "post_norm", "resize", "save_student", "sep_conv", "write_student_folder"]

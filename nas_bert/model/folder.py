@@ -15,8 +15,8 @@ from typing import Any
 from nas_bert.errors import NasBertError
 from nas_bert.model.configuration_nas_bert import NasBertConfig
 from nas_bert.model.modeling_nas_bert import NasBertModel
-from nas_bert.store.identity import atomic_folder
-from nas_bert.teacher.loading import Pooling, Teacher, write_sentence_transformers_files
+from nas_bert.store import atomic_folder
+from nas_bert.teacher import Pooling, Teacher, write_sentence_transformers_files
 
 CODE_FILES = ("configuration_nas_bert.py", "modeling_nas_bert.py")
 

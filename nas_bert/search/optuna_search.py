@@ -31,19 +31,16 @@ from sqlalchemy import text as sql_text
 from sqlalchemy.exc import DatabaseError, IntegrityError
 from tqdm.auto import tqdm
 
-from nas_bert.data.corpus import corpus_identity, load_corpus, make_collator
+from nas_bert.data import corpus_identity, load_corpus, make_collator
 from nas_bert.errors import NasBertError
-from nas_bert.latency.latency import LatencyModel, ensure_latency_model
+from nas_bert.latency import LatencyModel, ensure_latency_model
 from nas_bert.search.scoring import BlockScorer, kendall_tau, rescore
+from nas_bert.space import IDENTITY, Architecture, Block, Op, SearchSpace
 from nas_bert.space import architecture as A
-from nas_bert.space.architecture import IDENTITY, Architecture, Block, Op
-from nas_bert.space.search_space import SearchSpace
-from nas_bert.store.db import ArchitectureRow, Checkpoint, Database, TrialRow, database_error
-from nas_bert.store.identity import fingerprint
+from nas_bert.store import ArchitectureRow, Checkpoint, Database, TrialRow, database_error, fingerprint
 from nas_bert.study import SearchConfig, Study
-from nas_bert.supernet.blockwise import ValidationCache, load_supernet_checkpoint
-from nas_bert.supernet.elastic import Supernet
-from nas_bert.teacher.loading import Teacher, load_teacher
+from nas_bert.supernet import Supernet, ValidationCache, load_supernet_checkpoint
+from nas_bert.teacher import Teacher, load_teacher
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -130,7 +127,7 @@ def storage_for(study: Study) -> RDBStorage:
 
 def latest_checkpoint(db: Database, study: Study) -> Checkpoint:
     """The supernet checkpoint a search scores with, checked on disk against its sha256."""
-    from nas_bert.supernet.blockwise import find_run
+    from nas_bert.supernet import find_run
 
     with db.session() as s:
         run = find_run(s, study)  # the supernet of the study's current inputs

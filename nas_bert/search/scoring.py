@@ -16,10 +16,9 @@ import torch
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from nas_bert.space.architecture import Architecture
-from nas_bert.store.db import BlockScore, Database
-from nas_bert.supernet.blockwise import ValidationCache, block_val_loss, masked_mse
-from nas_bert.supernet.elastic import Supernet
+from nas_bert.space import Architecture
+from nas_bert.store import BlockScore, Database
+from nas_bert.supernet import Supernet, ValidationCache, block_val_loss, masked_mse
 
 
 @dataclass

@@ -38,7 +38,7 @@ from sqlalchemy import func, select
 from nas_bert.errors import NasBertError
 from nas_bert.service import jobs, results
 from nas_bert.service.worker import redact
-from nas_bert.store.db import Database, JobRow
+from nas_bert.store import Database, JobRow
 from nas_bert.study import Study, load_study
 
 PAGE = Path(__file__).with_name("page.html")
@@ -240,7 +240,7 @@ def create_app(db_url: str, studies_dir: str | Path, token: str) -> FastAPI:
     def searched(study: Study) -> list[float]:
         from optuna import get_all_study_names
 
-        from nas_bert.search.optuna_search import storage_for
+        from nas_bert.search import storage_for
 
         def compute() -> list[float]:
             out, prefix = [], f"{study.name}-"

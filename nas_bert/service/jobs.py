@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from nas_bert.store.db import Database, JobRow
+from nas_bert.store import Database, JobRow
 
 KINDS = ("search", "run", "export")
 ACTIVE = ("queued", "running")

@@ -26,8 +26,15 @@ import optuna
 from optuna.trial import TrialState
 from sqlalchemy import select
 
-from nas_bert.store.db import ArchitectureRow, Database, FinalistRow, LatencyCalibration, LatencyRow
-from nas_bert.store.identity import atomic_file, folder_identity
+from nas_bert.store import (
+    ArchitectureRow,
+    Database,
+    FinalistRow,
+    LatencyCalibration,
+    LatencyRow,
+    atomic_file,
+    folder_identity,
+)
 from nas_bert.study import Study
 
 CLOUD_POINTS = 2000  # at most this many trials drawn behind a front
@@ -77,8 +84,8 @@ class TTLCache:
 def fastest_ms(db: Database, study: Study) -> float | None:
     """The space's fastest student as the stored latency model predicts it on this device, without timing
     anything (None while the latency stage has not run here)."""
-    from nas_bert.latency.latency import Calibration, LatencyModel, calibration_key, device_fingerprint, table_specs
-    from nas_bert.teacher.loading import embeddings_spec_of, load_teacher_config
+    from nas_bert.latency import Calibration, LatencyModel, calibration_key, device_fingerprint, table_specs
+    from nas_bert.teacher import embeddings_spec_of, load_teacher_config
 
     emb = embeddings_spec_of(load_teacher_config(study.cfg.teacher))
     fp = device_fingerprint(study.cfg.latency)
@@ -119,8 +126,8 @@ def front(db: Database, study: Study, budget: float) -> dict[str, Any]:
     The chosen student is the finalists' choice once made; before it, the front's best by rescored (else
     approximate) loss. Reading every trial is what costs (each `get_trials` deserialises them all), so
     they are read twice (the counts, and `pareto_rows`), not the six times of calling `chosen_row` too."""
-    from nas_bert.choose.finalists import chosen_finalist
-    from nas_bert.search.optuna_search import optuna_study_name, pareto_rows, storage_for
+    from nas_bert.choose import chosen_finalist
+    from nas_bert.search import optuna_study_name, pareto_rows, storage_for
 
     st = optuna.load_study(study_name=optuna_study_name(study, budget), storage=storage_for(study))
     trials = st.get_trials(deepcopy=False)
@@ -210,7 +217,7 @@ def _child_png(file: str, budgets: list[float], folder: str) -> bytes:
 
 
 def front_png(study: Study, budgets: list[float], folder: Path) -> bytes:
-    from nas_bert.export.plots import plot_fronts
+    from nas_bert.export import plot_fronts
 
     key = "-".join(f"{b:g}" for b in budgets)
     path = folder / f".front-{key}-{threading.get_ident()}.png"

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from nas_bert.service import jobs
-from nas_bert.store.db import Database, JobRow
+from nas_bert.store import Database, JobRow
 
 LOG_TAIL_CHARS = 6000
 STAGES_EVERY_S = 10.0  # a run job's stage states are read again after this long
@@ -84,7 +84,7 @@ def job_commands(row: JobRow, config: Path, db_url: str, out_dir: Path) -> list[
 
 def supernet_trained(db: Database, study: Any) -> bool:
     """Whether the study's supernet (of its current inputs) is trained to its steps."""
-    from nas_bert.supernet.blockwise import find_run
+    from nas_bert.supernet import find_run
 
     with db.session() as s:
         run = find_run(s, study)
@@ -137,7 +137,7 @@ class Progress:
     def trials(self, budget: float) -> tuple[int, int]:
         from optuna.trial import TrialState
 
-        from nas_bert.search.optuna_search import optuna_study_name, storage_for
+        from nas_bert.search import optuna_study_name, storage_for
 
         target = int(self.params.get("trials") or self.study.cfg.search.trials)
         if self._storage is None:

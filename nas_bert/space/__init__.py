@@ -1,0 +1,17 @@
+from nas_bert.space.architecture import (
+    IDENTITY,
+    Architecture,
+    Block,
+    Embeddings,
+    Op,
+    largest,
+    op_choices,
+    output_params,
+    sample,
+    smallest,
+    transition_params,
+    truncated,
+)
+from nas_bert.space.search_space import SearchSpace, load_space
+
+__all__ = ["IDENTITY", "Architecture", "Block", "Embeddings", "Op", "SearchSpace", "largest", "load_space", "op_choices", "output_params", "sample", "smallest", "transition_params", "truncated"]

@@ -18,7 +18,7 @@ from typing import Any
 
 from nas_bert.errors import NasBertError
 from nas_bert.space.search_space import SearchSpace
-from nas_bert.store.identity import sha256_hex
+from nas_bert.store import sha256_hex
 
 OP_KINDS = ("mha", "ffn", "sepconv", "identity")
 

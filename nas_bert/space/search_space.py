@@ -9,7 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from nas_bert.errors import NasBertError, format_validation_error
-from nas_bert.store.identity import json_hash
+from nas_bert.store import json_hash
 
 OpKind = Literal["mha", "ffn", "sepconv", "identity"]
 SEARCH_SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"

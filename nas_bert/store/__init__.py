@@ -1,0 +1,36 @@
+from nas_bert.store.db import (
+    SCHEMA_VERSION,
+    ArchitectureRow,
+    Base,
+    BlockScore,
+    Checkpoint,
+    Database,
+    DistillRun,
+    EvaluationRow,
+    ExportRow,
+    FinalistRow,
+    JobRow,
+    LatencyCalibration,
+    LatencyRow,
+    MappingEval,
+    Meta,
+    StageRow,
+    StudyRow,
+    SupernetRun,
+    TrialRow,
+    database_error,
+    is_corrupt,
+)
+from nas_bert.store.identity import (
+    atomic_file,
+    atomic_folder,
+    atomic_write_text,
+    file_sha256,
+    fingerprint,
+    folder_identity,
+    json_hash,
+    safe_torch_load,
+    sha256_hex,
+)
+
+__all__ = ["SCHEMA_VERSION", "ArchitectureRow", "Base", "BlockScore", "Checkpoint", "Database", "DistillRun", "EvaluationRow", "ExportRow", "FinalistRow", "JobRow", "LatencyCalibration", "LatencyRow", "MappingEval", "Meta", "StageRow", "StudyRow", "SupernetRun", "TrialRow", "atomic_file", "atomic_folder", "atomic_write_text", "database_error", "file_sha256", "fingerprint", "folder_identity", "is_corrupt", "json_hash", "safe_torch_load", "sha256_hex"]

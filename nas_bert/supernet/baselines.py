@@ -20,12 +20,10 @@ from typing import Literal
 import torch
 
 from nas_bert.errors import NasBertError
-from nas_bert.model.configuration_nas_bert import NasBertConfig
-from nas_bert.model.modeling_nas_bert import NasBertModel
-from nas_bert.space.architecture import Architecture, Block, Op
+from nas_bert.model import NasBertConfig, NasBertModel
+from nas_bert.space import Architecture, Block, Op
 from nas_bert.supernet.elastic import copy_attention, copy_embeddings, copy_ffn, importance_order, ridge_completion
-from nas_bert.teacher.importance import Importance, bert_layers, head_size
-from nas_bert.teacher.loading import Teacher
+from nas_bert.teacher import Importance, Teacher, bert_layers, head_size
 
 Tensor = torch.Tensor
 Order = Literal["leading", "importance"]

@@ -20,19 +20,16 @@ from typing import Any
 import torch
 from sqlalchemy import select
 
-from nas_bert.data.corpus import fixed_batches, load_corpus, make_collator
+from nas_bert.data import fixed_batches, load_corpus, make_collator
 from nas_bert.errors import NasBertError
-from nas_bert.evaluate.metrics import fidelity
+from nas_bert.evaluate import fidelity
+from nas_bert.space import Block, SearchSpace
 from nas_bert.space import architecture as A
-from nas_bert.space.architecture import Block
-from nas_bert.space.search_space import SearchSpace
-from nas_bert.store.db import Checkpoint, Database, SupernetRun
-from nas_bert.store.identity import file_sha256, safe_torch_load
+from nas_bert.store import Checkpoint, Database, SupernetRun, file_sha256, safe_torch_load
 from nas_bert.study import Study
 from nas_bert.supernet.elastic import Supernet, fit_reconstruction, inherit_teacher
-from nas_bert.teacher.importance import teacher_importance
-from nas_bert.teacher.loading import Teacher, load_teacher, load_teacher_config
-from nas_bert.train.loop import CheckpointDir, make_accelerator, train_loop
+from nas_bert.teacher import Teacher, load_teacher, load_teacher_config, teacher_importance
+from nas_bert.train import CheckpointDir, make_accelerator, train_loop
 
 Tensor = torch.Tensor
 
@@ -132,9 +129,9 @@ def supernet_key(study: Study) -> str:
     """The supernet's identity: teacher, the space file's content, corpus and preprocessing, and every
     supernet setting that shapes its weights. Checkpoints live under it and its database run carries it,
     so a changed input trains a new supernet and nothing resumes from one made by other inputs."""
-    from nas_bert.data.corpus import corpus_identity
-    from nas_bert.store.identity import fingerprint
-    from nas_bert.teacher.loading import teacher_identity
+    from nas_bert.data import corpus_identity
+    from nas_bert.store import fingerprint
+    from nas_bert.teacher import teacher_identity
 
     cfg = {k: v for k, v in study.cfg.supernet.model_dump(mode="json").items() if k not in NOT_WEIGHTS}
     return fingerprint(LAYOUT, teacher_identity(study.cfg.teacher), study.space.fingerprint(),

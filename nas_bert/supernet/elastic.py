@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from nas_bert.errors import NasBertError
-from nas_bert.model.configuration_nas_bert import NasBertConfig
-from nas_bert.model.modeling_nas_bert import (
+from nas_bert.model import (
+    NasBertConfig,
     NasBertModel,
     attention,
     feed_forward,
@@ -35,10 +35,8 @@ from nas_bert.model.modeling_nas_bert import (
     resize,
     sep_conv,
 )
-from nas_bert.space.architecture import Architecture, Block, Op
-from nas_bert.space.search_space import SearchSpace
-from nas_bert.teacher.importance import Importance, bert_layers, head_size
-from nas_bert.teacher.loading import Teacher
+from nas_bert.space import Architecture, Block, Op, SearchSpace
+from nas_bert.teacher import Importance, Teacher, bert_layers, head_size
 
 Tensor = torch.Tensor
 

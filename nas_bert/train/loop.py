@@ -24,9 +24,9 @@ from accelerate import Accelerator, DistributedDataParallelKwargs
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from nas_bert.data.corpus import StepBatcher
+from nas_bert.data import StepBatcher
 from nas_bert.errors import NasBertError
-from nas_bert.store.identity import atomic_file, file_sha256, safe_torch_load
+from nas_bert.store import atomic_file, file_sha256, safe_torch_load
 from nas_bert.study import TrainConfig
 
 CKPT_RE = re.compile(r"step-(\d{7})\.pt$")
