@@ -18,19 +18,27 @@ from sqlalchemy import func, select
 
 from nas_bert.errors import NasBertError
 from nas_bert.latency import (
+    Calibration,
     LatencyModel,
+    calibration_architectures,
+    calibration_key,
+    calibration_students,
     device_fingerprint,
     embeddings_key,
     ensure_latency_model,
     fit_calibration,
     fit_linear,
     grow_key,
-    latency,
+    harness,
+    in_run,
     latency_report,
     loo_mape,
     op_key,
     output_key,
+    resizes,
+    table_specs,
 )
+from nas_bert.latency import build as latency_build
 from nas_bert.space import (
     IDENTITY,
     Architecture,
@@ -63,8 +71,8 @@ def space() -> SearchSpace:
 def _no_retries() -> Iterator[None]:
     # Behaviour, not timing quality: never pause to wait out other processes' bursts.
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(latency, "MAX_ATTEMPTS", 1)
-        mp.setattr(latency, "NOISY_PAUSE", 0.0)
+        mp.setattr(harness, "MAX_ATTEMPTS", 1)
+        mp.setattr(harness, "NOISY_PAUSE", 0.0)
         yield
 
 
@@ -80,9 +88,9 @@ class Built:
 def build(tmp_path_factory: pytest.TempPathFactory, space: SearchSpace) -> Iterator[Built]:
     db = Database(f"sqlite:///{tmp_path_factory.mktemp('latency')}/lat.db")
     stmts: list[str] = []
-    real = latency._time_jobs
+    real = harness._time_jobs
 
-    def counting(jobs: list[latency.Job], cfg: LatencyConfig, rounds: int, bar: Any = None) -> list[float]:
+    def counting(jobs: list[harness.Job], cfg: LatencyConfig, rounds: int, bar: Any = None) -> list[float]:
         stmts.extend(stmt for stmt, _ in jobs)
         return real(jobs, cfg, rounds, bar)
 
@@ -90,7 +98,7 @@ def build(tmp_path_factory: pytest.TempPathFactory, space: SearchSpace) -> Itera
     torch.set_num_threads(CFG.threads + 1)  # so that restoring it is observable
     try:
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(latency, "_time_jobs", counting)
+            mp.setattr(harness, "_time_jobs", counting)
             model = ensure_latency_model(db, space, EMB, CFG, progress=False)
         yield Built(db, model, stmts, CFG.threads + 1, torch.get_num_threads())
     finally:
@@ -106,13 +114,13 @@ def built(build: Built) -> LatencyModel:
 def timed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The statement of every timing actually run (table entries and whole students)."""
     stmts: list[str] = []
-    real = latency._time_jobs
+    real = harness._time_jobs
 
-    def counting(jobs: list[latency.Job], cfg: LatencyConfig, rounds: int, bar: Any = None) -> list[float]:
+    def counting(jobs: list[harness.Job], cfg: LatencyConfig, rounds: int, bar: Any = None) -> list[float]:
         stmts.extend(stmt for stmt, _ in jobs)
         return real(jobs, cfg, rounds, bar)
 
-    monkeypatch.setattr(latency, "_time_jobs", counting)
+    monkeypatch.setattr(harness, "_time_jobs", counting)
     return stmts
 
 
@@ -162,23 +170,23 @@ def test_second_build_measures_nothing(build: Built, space: SearchSpace, timed: 
 def test_interrupted_build_keeps_what_it_measured(tmp_path: Path, space: SearchSpace, timed: list[str],
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     db = Database(f"sqlite:///{tmp_path}/lat.db")
-    counting = latency._time_jobs
+    counting = harness._time_jobs
     calls = 0
 
-    def dies_on_second_chunk(jobs: list[latency.Job], cfg: LatencyConfig, rounds: int, bar: Any = None) -> list[float]:
+    def dies_on_second_chunk(jobs: list[harness.Job], cfg: LatencyConfig, rounds: int, bar: Any = None) -> list[float]:
         nonlocal calls
         calls += 1
         if calls == 2:
             raise KeyboardInterrupt
         return counting(jobs, cfg, rounds, bar)
 
-    monkeypatch.setattr(latency, "CHUNK", 5)
-    monkeypatch.setattr(latency, "_time_jobs", dies_on_second_chunk)
+    monkeypatch.setattr(latency_build, "CHUNK", 5)
+    monkeypatch.setattr(harness, "_time_jobs", dies_on_second_chunk)
     with pytest.raises(KeyboardInterrupt):
         ensure_latency_model(db, space, EMB, CFG, progress=False)
     assert row_count(db) == 5  # the first chunk was stored as soon as it was timed
     timed.clear()
-    monkeypatch.setattr(latency, "_time_jobs", counting)
+    monkeypatch.setattr(harness, "_time_jobs", counting)
     model = ensure_latency_model(db, space, EMB, CFG, progress=False)
     assert sum(not s.startswith(MODEL_STMT) for s in timed) == 12 - 5
     assert expected_keys(space) <= set(model.table)
@@ -187,7 +195,7 @@ def test_interrupted_build_keeps_what_it_measured(tmp_path: Path, space: SearchS
 def test_calibration_is_stored(build: Built, space: SearchSpace) -> None:
     model = build.model
     with build.db.session() as s:
-        row = s.get(LatencyCalibration, latency.calibration_key(model.fingerprint, space, CFG))
+        row = s.get(LatencyCalibration, calibration_key(model.fingerprint, space, CFG))
         assert row is not None
         stored = json.loads(row.model_json)
         n = row.n
@@ -215,12 +223,12 @@ def test_predictions_match_measurements_of_students_not_calibrated_on(
     The tolerance is this machine's noise right now, measured, never a wall-clock bound: two latency models
     built independently, and the held-out students measured twice. The prediction may be off by 3x the
     largest relative spread of either kind, and by no more than 25% on a quiet machine."""
-    monkeypatch.setattr(latency, "MAX_ATTEMPTS", 3)  # timing quality matters here: disturbed rounds are retried
-    monkeypatch.setattr(latency, "NOISY_PAUSE", 0.5)
+    monkeypatch.setattr(harness, "MAX_ATTEMPTS", 3)  # timing quality matters here: disturbed rounds are retried
+    monkeypatch.setattr(harness, "NOISY_PAUSE", 0.5)
     cfg = CFG.model_copy(update={"min_run_time": 0.02, "calibration_archs": 3})
     models = [ensure_latency_model(Database(f"sqlite:///{tmp_path}/lat{i}.db"), space, EMB, cfg, progress=False)
               for i in range(2)]
-    seen = {a.hash() for a in latency.calibration_architectures(space, EMB, cfg, models[0])}
+    seen = {a.hash() for a in calibration_architectures(space, EMB, cfg, models[0])}
     rng = random.Random(11)
     held_out: dict[str, Architecture] = {}
     while len(held_out) < 4:
@@ -228,8 +236,8 @@ def test_predictions_match_measurements_of_students_not_calibrated_on(
         if arch.hash() not in seen:
             held_out.setdefault(arch.hash(), arch)
     archs = list(held_out.values())
-    students = [latency.build_student(a) for a in archs]
-    runs = [latency.measure_models(students, cfg, EMB.vocab_size) for _ in range(2)]
+    students = [harness.build_student(a) for a in archs]
+    runs = [harness.measure_models(students, cfg, EMB.vocab_size) for _ in range(2)]
     measured = [min(ms) for ms in zip(*runs, strict=True)]  # other processes only ever slow a timing down
 
     def spread(x: float, y: float) -> float:
@@ -248,7 +256,7 @@ def test_fastest_possible_is_an_attained_lower_bound(built: LatencyModel, space:
                                                       resize_ms: float | None) -> None:
     # as fitted, and with a width change dearer than any operator (the fastest student keeps one width)
     model = built if resize_ms is None else LatencyModel(
-        built.fingerprint, built.config, built.table, latency.Calibration(a=1.0, c=0.02, w=resize_ms, b=0.1))
+        built.fingerprint, built.config, built.table, Calibration(a=1.0, c=0.02, w=resize_ms, b=0.1))
     best = model.fastest_possible(space, EMB)
     arch = model.fastest_architecture(space, EMB)
     arch.validate(space)
@@ -263,7 +271,7 @@ def test_fastest_possible_is_an_attained_lower_bound(built: LatencyModel, space:
     brute = min(model.predict(Architecture.build(EMB, combo)) for combo in itertools.product(blocks, repeat=space.blocks))
     assert best == pytest.approx(brute)
     if resize_ms is not None:
-        assert latency.resizes(arch) <= 1  # at most the step from the embeddings' width into the first block
+        assert resizes(arch) <= 1  # at most the step from the embeddings' width into the first block
 
 
 def test_fingerprint_is_stable_and_follows_settings() -> None:
@@ -345,7 +353,7 @@ def test_fit_never_makes_an_operator_cheaper_than_none() -> None:
 
 def test_calibration_students_cover_the_latency_range(built: LatencyModel, space: SearchSpace) -> None:
     cfg = CFG.model_copy(update={"calibration_archs": 10})
-    archs = latency.calibration_architectures(space, EMB, cfg, built)
+    archs = calibration_architectures(space, EMB, cfg, built)
     assert len({a.hash() for a in archs}) == len(archs) == 12
     assert archs[:2] == [smallest(space, EMB), largest(space, EMB)]
     raws = sorted(built.raw_ms(a) for a in archs)
@@ -353,7 +361,7 @@ def test_calibration_students_cover_the_latency_range(built: LatencyModel, space
     logs = [math.log(r) for r in raws]
     step = (logs[-1] - logs[0]) / 6
     assert max(b - a for a, b in itertools.pairwise(logs)) <= 2.5 * step
-    assert archs == latency.calibration_architectures(space, EMB, cfg, built)  # deterministic
+    assert archs == calibration_architectures(space, EMB, cfg, built)  # deterministic
 
 
 def test_calibration_includes_students_of_one_width(built: LatencyModel, space: SearchSpace) -> None:
@@ -361,19 +369,19 @@ def test_calibration_includes_students_of_one_width(built: LatencyModel, space: 
     widths, each width's shallowest and deepest (log-even steps with both ends) among those not chosen yet."""
     base = CFG.model_copy(update={"calibration_archs": 6})
     cfg = base.model_copy(update={"calibration_one_width": 4})
-    plain = latency.calibration_architectures(space, EMB, base, built)
-    archs = latency.calibration_architectures(space, EMB, cfg, built)
+    plain = calibration_architectures(space, EMB, base, built)
+    archs = calibration_architectures(space, EMB, cfg, built)
     assert archs[:len(plain)] == plain and len({a.hash() for a in archs}) == len(archs) == len(plain) + 4
     extra = archs[len(plain):]
     assert [a.blocks[0].hidden for a in extra] == [32, 32, 16, 16]  # the widest first
-    assert all(len({b.hidden for b in a.blocks}) == 1 and latency.resizes(a) <= 1 for a in extra)
+    assert all(len({b.hidden for b in a.blocks}) == 1 and resizes(a) <= 1 for a in extra)
     seen = {a.hash() for a in plain}
     for w, pair in ((32, extra[:2]), (16, extra[2:])):
         family = [a for k in range(1, 5) if (a := truncated(space, EMB, k, w)) is not None and a.hash() not in seen]
         raws = sorted(built.raw_ms(a) for a in family)
         assert [built.raw_ms(a) for a in pair] == [raws[0], raws[-1]]
     # a calibration of other students is another calibration
-    assert latency.calibration_key("fp", space, cfg) != latency.calibration_key("fp", space, base)
+    assert calibration_key("fp", space, cfg) != calibration_key("fp", space, base)
 
 
 def test_a_calibration_of_other_students_is_not_reused(build: Built, space: SearchSpace, timed: list[str]) -> None:
@@ -396,17 +404,17 @@ def test_fit_weighs_relative_error() -> None:
 
 def test_disturbed_rounds_are_retried_then_used(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture):
     rounds: list[int] = []
-    real = latency._round
-    monkeypatch.setattr(latency, "_round", lambda timer, cfg: rounds.append(1) or real(timer, cfg))
-    monkeypatch.setattr(latency, "MAX_ATTEMPTS", 2)
-    monkeypatch.setattr(latency, "_run_delay_ns", lambda: 0)  # nobody else ran: no retries
-    (ms,) = latency._time_jobs([("sum(range(100))", {})], CFG, rounds=2)
+    real = harness._round
+    monkeypatch.setattr(harness, "_round", lambda timer, cfg: rounds.append(1) or real(timer, cfg))
+    monkeypatch.setattr(harness, "MAX_ATTEMPTS", 2)
+    monkeypatch.setattr(harness, "_run_delay_ns", lambda: 0)  # nobody else ran: no retries
+    (ms,) = harness._time_jobs([("sum(range(100))", {})], CFG, rounds=2)
     assert ms > 0 and len(rounds) == 2
     waits = itertools.count(step=10**9)  # every block waited a second for a CPU: each round retried once
-    monkeypatch.setattr(latency, "_run_delay_ns", lambda: next(waits))
+    monkeypatch.setattr(harness, "_run_delay_ns", lambda: next(waits))
     rounds.clear()
-    with caplog.at_level("WARNING", logger="nas_bert.latency.latency"):
-        (ms,) = latency._time_jobs([("sum(range(100))", {})], CFG, rounds=2)
+    with caplog.at_level("WARNING", logger="nas_bert.latency.harness"):
+        (ms,) = harness._time_jobs([("sum(range(100))", {})], CFG, rounds=2)
     assert ms > 0 and len(rounds) == 4
     assert "busy" in caplog.text
 
@@ -417,11 +425,11 @@ def test_recalibration_follows_the_host(built: LatencyModel, space: SearchSpace)
     the fitted speed)."""
     cfg = CFG.model_copy(update={"calibration_archs": 10})
     model = LatencyModel(built.fingerprint, cfg, built.table, built.calibration)
-    recal, modules = latency.calibration_students(model, space, EMB)
-    assert recal == latency.calibration_architectures(space, EMB, cfg, model) and len(modules) == len(recal) == 12
+    recal, modules = calibration_students(model, space, EMB)
+    assert recal == calibration_architectures(space, EMB, cfg, model) and len(modules) == len(recal) == 12
     assert all(m.embeddings is modules[0].embeddings for m in modules)  # one table, as in the finalists' run
     assert [m.config.architecture for m in modules] == [a.to_dict() for a in recal]
-    drift, now = latency.in_run(model, space, EMB, recal, [1.3 * model.predict(a) for a in recal])
+    drift, now = in_run(model, space, EMB, recal, [1.3 * model.predict(a) for a in recal])
     _, ref_ms = model.reference(space, EMB)
     assert drift == pytest.approx(1.3 * model.predict(largest(space, EMB)) / ref_ms)
     rng = random.Random(5)
@@ -431,10 +439,10 @@ def test_recalibration_follows_the_host(built: LatencyModel, space: SearchSpace)
 
 def test_timing_runs_happen_in_a_new_process() -> None:
     # the finalists' and the export's timing runs go through this: a new process, its result and its errors here
-    assert latency.in_fresh_process(os.getpid) != os.getpid()
-    assert latency.in_fresh_process(math.factorial, 5) == 120
+    assert harness.in_fresh_process(os.getpid) != os.getpid()
+    assert harness.in_fresh_process(math.factorial, 5) == 120
     with pytest.raises(ValueError, match="negative"):
-        latency.in_fresh_process(math.factorial, -1)
+        harness.in_fresh_process(math.factorial, -1)
     assert LatencyConfig().fresh_process
 
 
@@ -442,9 +450,9 @@ def test_a_new_process_builds_the_model(tmp_path: Path, space: SearchSpace, monk
     # the default: what is missing is timed and stored by a new process; this one only reads it back
     cfg = CFG.model_copy(update={"fresh_process": True})
     db = Database(f"sqlite:///{tmp_path}/fresh.db")
-    monkeypatch.setattr(latency, "_time_jobs", lambda *a, **k: pytest.fail("timed in the calling process"))
+    monkeypatch.setattr(harness, "_time_jobs", lambda *a, **k: pytest.fail("timed in the calling process"))
     model = ensure_latency_model(db, space, EMB, cfg, progress=False)
-    assert set(model.table) == set(latency.table_specs(space, EMB)) and all(v > 0 for v in model.table.values())
+    assert set(model.table) == set(table_specs(space, EMB)) and all(v > 0 for v in model.table.values())
     assert len(model.calibration.points) == cfg.calibration_archs + 2 and model.calibration.a > 0
     again = ensure_latency_model(db, space, EMB, cfg, progress=False)  # nothing missing: no new process
     assert (again.table, again.calibration.a) == (model.table, model.calibration.a)
@@ -454,7 +462,7 @@ def test_a_student_keeping_the_teachers_order_pays_no_reordering(built: LatencyM
     # the teacher's own layers (cut or pruned) end at full width without the searched students' reordering
     wide = largest(space, EMB)
     assert wide.blocks[-1].hidden == wide.output == EMB.width
-    cost = built.table[latency.output_key(EMB.width, EMB.width)]
+    cost = built.table[output_key(EMB.width, EMB.width)]
     assert built.raw_ms(wide) - built.raw_ms(wide, reorder=False) == pytest.approx(cost) and cost > 0
     assert built.predict(wide) - built.predict(wide, reorder=False) == pytest.approx(built.calibration.a * cost)
     narrow = smallest(space, EMB)

@@ -1,0 +1,115 @@
+"""Building the latency model of a device: what the database lacks is timed (in a new process by default)
+and stored, the rest read back; and its report."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import torch
+from sqlalchemy.exc import IntegrityError
+from tqdm.auto import tqdm
+
+from nas_bert.latency.calibration import Calibration, calibration_key
+from nas_bert.latency.harness import TABLE_ROUNDS, _check_positions, in_fresh_process, measure_keys
+from nas_bert.latency.students import calibrate
+from nas_bert.latency.table import LatencyModel, _load_table, _store_row, device_fingerprint, hardware_name, table_specs
+from nas_bert.space import Embeddings, SearchSpace
+from nas_bert.store import Database, LatencyCalibration
+from nas_bert.study import LatencyConfig
+
+CHUNK = 12  # table timings interleaved and stored together: an interrupted build loses one chunk at most
+
+
+def latency_report(model: LatencyModel) -> dict[str, Any]:
+    """A JSON-able summary: fingerprint, settings, the table, the calibration and its error."""
+    cal = model.calibration
+    mape = cal.loo_mape if np.isfinite(cal.loo_mape) else None
+    return {
+        "fingerprint": model.fingerprint,
+        "hardware": hardware_name(model.config.device),
+        "torch": torch.__version__,
+        "config": model.config.model_dump(),
+        "table": dict(sorted(model.table.items())),
+        "calibration": {"a": cal.a, "b": cal.b, "c": cal.c, "w": cal.w, "points": [list(p) for p in cal.points]},
+        "n": len(cal.points),
+        "loo_mape_pct": mape,
+    }
+
+
+def ensure_latency_model(
+    db: Database, space: SearchSpace, emb: Embeddings, cfg: LatencyConfig, progress: bool = True
+) -> LatencyModel:
+    """The device's latency model, measuring only what the database does not hold yet.
+
+    Each timing is stored as soon as it is taken, so an interrupted build resumes where it stopped. What is
+    missing is timed in a new process (`latency.fresh_process`), as the finalists' and the export's runs
+    are: the table and its calibration are then taken in the conditions of the timings they predict.
+    """
+    _check_positions(emb, cfg)
+    if cfg.fresh_process and _missing(db, space, emb, cfg):
+        in_fresh_process(_build_latency_model, db.url, space, emb, cfg, progress)
+    return _build(db, space, emb, cfg, progress)
+
+
+def _missing(db: Database, space: SearchSpace, emb: Embeddings, cfg: LatencyConfig) -> bool:
+    """Whether the database lacks a table entry or the calibration of this device, space and embeddings."""
+    fingerprint = device_fingerprint(cfg)
+    if any(k not in _load_table(db, fingerprint) for k in table_specs(space, emb)):
+        return True
+    return _stored_calibration(db, calibration_key(fingerprint, space, cfg), emb) is None
+
+
+def _stored_calibration(db: Database, key: str, emb: Embeddings) -> Calibration | None:
+    """The calibration stored under `key` for these embeddings (None if there is none, or one for others)."""
+    with db.session() as s:
+        row = s.get(LatencyCalibration, key)
+        stored = (row.model_json, row.mape) if row is not None else None
+    if stored is None or json.loads(stored[0]).get("embeddings") != asdict(emb):
+        return None
+    return Calibration.from_json(*stored)
+
+
+def _build_latency_model(url: str, space: SearchSpace, emb: Embeddings, cfg: LatencyConfig, progress: bool) -> None:
+    _build(Database(url), space, emb, cfg, progress)  # in the new process: time and store, return nothing
+
+
+def _build(db: Database, space: SearchSpace, emb: Embeddings, cfg: LatencyConfig, progress: bool) -> LatencyModel:
+    fingerprint = device_fingerprint(cfg)
+    specs = table_specs(space, emb)
+    table = _load_table(db, fingerprint)
+    missing = [k for k in specs if k not in table]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(cfg.threads)
+        with tqdm(total=len(missing) * TABLE_ROUNDS, desc="latency table", disable=not progress, leave=False) as bar:
+            for chunk in (missing[i:i + CHUNK] for i in range(0, len(missing), CHUNK)):
+                for key, ms in zip(chunk, measure_keys([specs[k] for k in chunk], cfg, bar), strict=True):
+                    table[key] = _store_row(db, fingerprint, key, ms)
+        model = LatencyModel(fingerprint, cfg, table)
+
+        cal_key = calibration_key(fingerprint, space, cfg)
+        if (stored := _stored_calibration(db, cal_key, emb)) is not None:
+            model.calibration = stored
+            return model
+        cal = calibrate(model, space, emb, cfg, progress)
+        mape = cal.loo_mape if np.isfinite(cal.loo_mape) else -1.0
+        try:
+            with db.session() as s:
+                row = s.get(LatencyCalibration, cal_key)
+                if row is None:
+                    s.add(LatencyCalibration(fingerprint=cal_key, model_json=cal.to_json(emb), mape=mape,
+                                             n=len(cal.points)))
+                elif json.loads(row.model_json).get("embeddings") != asdict(emb):  # made for other embeddings
+                    row.model_json, row.mape, row.n = cal.to_json(emb), mape, len(cal.points)
+        except IntegrityError:
+            pass  # a concurrent worker (another machine) stored its calibration first
+        # every worker predicts with the one stored calibration, so their searches agree on their inputs
+        with db.session() as s:
+            row = s.get(LatencyCalibration, cal_key)
+            model.calibration = Calibration.from_json(row.model_json, row.mape) if row is not None else cal
+        return model
+    finally:
+        torch.set_num_threads(threads)
