@@ -52,3 +52,11 @@ def test_space_must_fit_teacher():
         space.check_teacher(num_layers=6, hidden_size=256)
     with pytest.raises(NasBertError, match="do not divide"):
         space.check_teacher(num_layers=4, hidden_size=384)
+
+
+@pytest.mark.parametrize("name", ["nas_bert", "tiny"])
+def test_operator_choices_count_what_architecture_lists(name):
+    from nas_bert.space.architecture import op_choices
+
+    space = load_space(name)
+    assert all(space.operator_choices == len(op_choices(space, h)) for h in space.hidden_sizes)

@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from nas_bert.errors import NasBertError, format_validation_error
-from nas_bert.store import json_hash
+from nas_bert.errors import NasBertError
+from nas_bert.store import json_hash, read_mapping, validate
 
 OpKind = Literal["mha", "ffn", "sepconv", "identity"]
 SEARCH_SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
@@ -105,17 +104,9 @@ class SearchSpace(BaseModel):
 def load_space(name_or_path: str | Path, base_dir: Path | None = None) -> SearchSpace:
     """Load a space from a YAML path, or by bare name from the project's search_spaces/ folder."""
     path = resolve_space_path(name_or_path, base_dir)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise NasBertError(f"search space {path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise NasBertError(f"search space {path}: expected a mapping of keys, got {type(data).__name__}")
+    data = read_mapping(path, f"search space {path}")
     data.setdefault("name", path.stem)
-    try:
-        return SearchSpace.model_validate(data)
-    except ValidationError as e:
-        raise NasBertError(format_validation_error(e, f"search space {path}")) from None
+    return validate(SearchSpace, data, f"search space {path}")
 
 
 def resolve_space_path(name_or_path: str | Path, base_dir: Path | None = None) -> Path:
