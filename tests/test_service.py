@@ -396,7 +396,7 @@ def test_page_in_a_headless_browser(studies: Path, tmp_path: Path) -> None:
 
 def test_token_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from nas_bert.errors import NasBertError
-    from nas_bert.service.app import read_token
+    from nas_bert.service.auth import read_token
 
     monkeypatch.setenv("NAS_BERT_TOKEN", "from-env")
     assert read_token(tmp_path / "nope") == ("from-env", "$NAS_BERT_TOKEN")

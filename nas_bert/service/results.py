@@ -228,14 +228,9 @@ def front_png(study: Study, budgets: list[float], folder: Path) -> bytes:
         path.unlink(missing_ok=True)
 
 
-def export_dir(study: Study) -> Path:
-    """Where the service's export and run jobs write the study's students."""
-    return study.workdir / "export"
-
-
 def students(study: Study) -> dict[str, Any] | None:
     """The exported students as the export's index.json lists them (None before any export)."""
-    index = export_dir(study) / "index.json"
+    index = study.export_dir / "index.json"
     if not index.is_file():
         return None
     return json.loads(index.read_text())
@@ -246,7 +241,7 @@ def student_folder(study: Study, name: str) -> Path | None:
     index = students(study)
     if index is None or name not in {s["name"] for s in index["students"]}:
         return None
-    folder = export_dir(study) / name
+    folder = study.export_dir / name
     return folder if folder.is_dir() else None
 
 

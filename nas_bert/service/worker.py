@@ -242,7 +242,7 @@ class Worker:
         logs.mkdir(parents=True, exist_ok=True)
         log_path, out_path = logs / f"job-{row.id}.log", logs / f"job-{row.id}.out.json"
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        for cmd in job_commands(row, config, self.db_url, study.workdir / "export"):
+        for cmd in job_commands(row, config, self.db_url, study.export_dir):
             if cmd[0] == "train-supernet" and supernet_trained(self.db, study):
                 continue  # nothing to train: spare starting a process that would load the teacher to say so
             with open(log_path, "a") as log:
