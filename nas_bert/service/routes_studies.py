@@ -7,7 +7,6 @@ import os
 import uuid
 from typing import Annotated, Any
 
-import yaml
 from fastapi import APIRouter, Body, Query, Response
 from sqlalchemy import func, select
 
@@ -15,7 +14,7 @@ from nas_bert.errors import NasBertError
 from nas_bert.service import jobs, results
 from nas_bert.service.errors import ApiError, field_of
 from nas_bert.service.state import NAME, ServiceState, State, read, write
-from nas_bert.store import JobRow
+from nas_bert.store import JobRow, parse_mapping
 from nas_bert.study import Study, load_study
 
 router = APIRouter()
@@ -43,11 +42,9 @@ def study_yaml(text: str, name: str | None) -> tuple[str, str]:
     """The posted study file's name and text: the YAML parsed, its `name` checked against `?name=`, and a
     `name:` line added when only `?name=` gives it. Validation proper is `load_study`'s."""
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ApiError(422, f"study YAML: not valid YAML ({str(e).splitlines()[0]})", "(body)") from None
-    if not isinstance(data, dict):
-        raise ApiError(422, f"study YAML: expected a mapping of keys, got {type(data).__name__}", "(body)")
+        data = parse_mapping(text, "study YAML")
+    except NasBertError as e:
+        raise ApiError(422, str(e), "(body)") from None
     given = data.get("name")
     if given is not None and name is not None and str(given) != name:
         raise ApiError(422, f"study YAML: key 'name' is '{given}' but ?name= says '{name}'; make them agree", "name")
