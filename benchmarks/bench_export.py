@@ -83,7 +83,7 @@ def main() -> None:
     overrides = {"latency.threads": args.threads} if args.threads else None
     try:
         study = load_study(args.config, args.db, overrides)
-        out_dir = args.dir or study.workdir / "export"
+        out_dir = args.dir or study.export_dir
         cfg = study.cfg.latency
         print(f"command: {shlex.join(['python', *sys.argv])}")
         machine = cpu_name() if cfg.device == "cpu" else hardware_name(cfg.device)

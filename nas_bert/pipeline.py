@@ -233,7 +233,7 @@ def run_study(study: Study, out: Path | None = None, echo: Callable[[str], None]
     budgets = study.cfg.search.budgets_ms
     if not budgets:
         raise NasBertError(f"study file {study.file} lists no budgets; set search.budgets_ms, e.g. [8, 12]")
-    out = out or study.workdir / "export"
+    out = out or study.export_dir
     t0 = time.perf_counter()
     r = Runner(study, echo)
     shared_stages(r, study)

@@ -6,7 +6,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import yaml
@@ -109,8 +109,19 @@ class TrainConfig(_Strict):
     keep_checkpoints: int = Field(default=2, ge=1)
     seed: int = 0
 
+    # settings that change what is validated or kept, never the weights: a new value continues the run
+    NOT_WEIGHTS: ClassVar[tuple[str, ...]] = ("steps", "eval_every", "checkpoint_every", "keep_checkpoints")
+
+    def weight_settings(self) -> dict[str, Any]:
+        """The settings that shape the weights (all but `NOT_WEIGHTS`), as JSON: part of a run's key."""
+        return {k: v for k, v in self.model_dump(mode="json").items() if k not in self.NOT_WEIGHTS}
+
 
 class SupernetConfig(TrainConfig):
+    # the supernet's latest weights are the ones used, whatever it validates on, so its validation settings
+    # stay out of its key too (a distilled student keeps its best-validated weights: its key keeps val_batches)
+    NOT_WEIGHTS: ClassVar[tuple[str, ...]] = (*TrainConfig.NOT_WEIGHTS, "val_batches", "val_random_archs")
+
     sampling: Literal["uniform", "sandwich"] = Field(
         default="uniform",
         description="uniform: one random sub-architecture per block per step; sandwich: also the largest and smallest",
@@ -135,7 +146,7 @@ class SupernetConfig(TrainConfig):
 
 
 class SearchConfig(_Strict):
-    """Stages 3-5: Optuna over the space, NAS-BERT's block scores, rescoring of the best."""
+    """Stages 3-5: NAS-BERT's block scores, Optuna over the space, rescoring of the best, the finalists."""
 
     trials: int = Field(default=200, ge=1, description="complete trials per budget, across all workers")
     sampler: Literal["nsga2", "tpe"] = "nsga2"
@@ -245,6 +256,11 @@ class Study:
     @property
     def name(self) -> str:
         return self.cfg.name
+
+    @property
+    def export_dir(self) -> Path:
+        """Where `nas-bert run` and the service's jobs export the students: <workdir>/export."""
+        return self.workdir / "export"
 
     def device(self) -> torch.device:
         if self.cfg.device == "cuda" or (self.cfg.device == "auto" and torch.cuda.is_available()):

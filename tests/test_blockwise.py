@@ -57,7 +57,7 @@ def test_checkpoints_and_rows(tiny_study_file):
     with db.session() as s:
         assert s.get(StudyRow, "tiny").config["config"]["supernet"]["steps"] == 8
         run = s.scalars(select(SupernetRun)).one()
-        assert run.status == "finished" and run.space_hash == supernet_key(study)
+        assert run.status == "finished" and run.supernet_key == supernet_key(study)
         rows = s.scalars(select(Checkpoint).order_by(Checkpoint.step)).all()
         assert [r.step for r in rows] == [2, 4, 6, 8]
         assert [r.deleted for r in rows] == [1, 1, 0, 0]

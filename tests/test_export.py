@@ -1,4 +1,4 @@
-"""Stage 6 on the tiny study: exported students equal their supernet path, load without nas-bert, run in ONNX."""
+"""Stage 9 on the tiny study: exported students equal their supernet path, load without nas-bert, run in ONNX."""
 
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ from sqlalchemy import select
 from transformers import AutoModel
 
 from nas_bert.errors import NasBertError
-from nas_bert.export import export_front, export_trial, extract_student, select_members, session
+from nas_bert.export import export_front, extract_student, select_members, session
 from nas_bert.model import write_student_folder
-from nas_bert.search import latest_checkpoint, optuna_study_name, pareto_rows, search, storage_for
+from nas_bert.search import chosen_row, latest_checkpoint, optuna_study_name, pareto_rows, search, storage_for
 from nas_bert.space import architecture as A
 from nas_bert.store import ArchitectureRow, Database, ExportRow
 from nas_bert.study import load_study
@@ -174,7 +174,7 @@ def test_export_writes_index_plot_cards_and_database_rows(exported, searched):
                 "tokenizer.json", "README.md", "nas_bert.json"} <= {p.name for p in folder.iterdir()}
         assert json.loads((folder / "config.json").read_text())["auto_map"] == {
             "AutoConfig": "configuration_nas_bert.NasBertConfig", "AutoModel": "modeling_nas_bert.NasBertModel"}
-        assert (folder / "modeling_nas_bert.py").read_text() == (ROOT / "nas_bert" / "modeling_nas_bert.py").read_text()
+        assert (folder / "modeling_nas_bert.py").read_text() == (ROOT / "nas_bert" / "model" / "modeling_nas_bert.py").read_text()
         card = (folder / "README.md").read_text()
         assert "| block | sublayer | width | operator | parameters |" in card and "| - | output |" in card
         assert "SentenceTransformer(" in card  # the tiny teacher is a sentence-transformers model: so is its student
@@ -224,11 +224,9 @@ def test_existing_dir_is_refused_unless_overwrite(searched, tmp_path):
     (out / "stale").mkdir(parents=True)
     with pytest.raises(NasBertError, match="already exists; pass --overwrite"):
         export_front(study, out, [5.0])
-    st = optuna.load_study(study_name=optuna_study_name(study, 5.0), storage=storage_for(study))
-    trial = min(st.best_trials, key=lambda t: t.values[1])
-    summary = export_trial(study, trial.number, 5.0, out, overwrite=True)
+    summary = export_front(study, out, [5.0], overwrite=True)  # the budget's one student replaces the stale folder
     assert [p.name for p in out.iterdir() if p.is_dir()] == [summary["students"][0]["name"]]
-    assert summary["students"][0]["trial"] == trial.number
+    assert summary["students"][0]["trial"] == chosen_row(Database(study.db_url), study, 5.0)["trial"]
     assert not list(tmp_path.glob(".one.*"))
 
 
@@ -258,8 +256,6 @@ def test_errors_are_one_line(searched, tmp_path):
         with pytest.raises(NasBertError, match=message) as e:
             export_front(s, tmp_path / "out", budgets)
         assert "\n" not in str(e.value)
-    with pytest.raises(NasBertError, match="no complete trial 999"):
-        export_trial(study, 999, 5.0, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

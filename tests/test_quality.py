@@ -347,8 +347,9 @@ def test_the_budget_judges_times_at_the_fitted_speed_only_to_tighten(searched_ti
     5.6 ms at the fitted speed, over a 5 ms budget. A slower host (drift 1.25) does not loosen the budget:
     5.5 ms measured stays over. At drift 1 the 4.5 ms student, once dropped, fits and is distilled and stored."""
     from nas_bert.choose import finalists as F
-    assert F.judged_ms(4.0, 0.8) == pytest.approx(5.0) and F.judged_ms(5.5, 1.25) == 5.5
-    assert F.judged_ms(2.5, None) == F.judged_ms(2.5, 0.0) == F.judged_ms(2.5, float("nan")) == 2.5
+    from nas_bert.choose import judged_ms
+    assert judged_ms(4.0, 0.8) == pytest.approx(5.0) and judged_ms(5.5, 1.25) == 5.5
+    assert judged_ms(2.5, None) == judged_ms(2.5, 0.0) == judged_ms(2.5, float("nan")) == 2.5
     study = load_study(copy_study(searched_tiny, tmp_path), overrides={"search.finalist_steps": 2,
                                                                         "distill.val_batches": 2,
                                                                         "search.finalist_baselines": False})
@@ -378,10 +379,11 @@ def test_a_top_student_measured_over_budget_is_replaced_by_the_next(searched_tin
     """The best student by approximate loss measures over the budget: it is dropped, and the best reserve
     student (next by approximate loss) that the budget holds takes its place; the other reserves stay out."""
     from nas_bert.choose import finalists as F
+    from nas_bert.choose.candidates import search_candidates
     study = load_study(copy_study(searched_tiny, tmp_path), overrides={"search.finalist_steps": 2,
                                                                         "distill.val_batches": 2,
                                                                         "search.finalist_baselines": False})
-    cands = F.search_candidates(Database(study.db_url), study, 5.0)
+    cands = search_candidates(Database(study.db_url), study, 5.0)
     reserve = sorted((c for c in cands if c.proxies.get("reserve")), key=lambda c: c.proxies["approx_rank"])
     best = next(c for c in cands if c.proxies.get("approx_rank") == 0)
     assert reserve and all(c.proxies["approx_rank"] >= study.cfg.search.rescore_top for c in reserve)

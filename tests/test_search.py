@@ -1,4 +1,4 @@
-"""Stages 2-5 on the tiny study: search to a budget, resume after kill -9, two workers, errors."""
+"""Stages 2-4 on the tiny study: search to a budget, resume after kill -9, two workers, errors."""
 
 from __future__ import annotations
 

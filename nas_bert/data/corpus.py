@@ -353,10 +353,6 @@ class StepBatcher:
     def global_batch_size(self) -> int:
         return self.batch_size * self.world_size
 
-    def epoch_of(self, step: int) -> int:
-        """Epoch in which global step ``step`` starts."""
-        return step * self.global_batch_size // self.n_examples
-
     def _perm(self, epoch: int) -> list[int]:
         if epoch not in self._perms:
             if len(self._perms) >= 2:  # consecutive steps touch at most two epochs

@@ -217,10 +217,6 @@ def distill_student(study: Study, arch: Architecture, start: str, budget: float 
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
-# distillation settings that change what is validated or kept, never the weights
-NOT_WEIGHTS = ("steps", "eval_every", "checkpoint_every", "keep_checkpoints")
-
-
 def distill_key(ctx: StudentContext, arch: Architecture, start: str, mapping: list[int]) -> str:
     """A distilled student's identity: its architecture, start (for a searched student the supernet
     checkpoint it is sliced from), mapping, teacher, corpus and every distillation setting that shapes its
@@ -229,10 +225,9 @@ def distill_key(ctx: StudentContext, arch: Architecture, start: str, mapping: li
     from nas_bert.store import fingerprint
     from nas_bert.teacher import teacher_identity
 
-    cfg = {k: v for k, v in ctx.study.cfg.distill.model_dump(mode="json").items() if k not in NOT_WEIGHTS}
     origin = ctx.checkpoint_sha if start == "search" else start
     return fingerprint(arch.hash(), origin, mapping, teacher_identity(ctx.study.cfg.teacher),
-                       corpus_identity(ctx.study.cfg.corpus), cfg)
+                       corpus_identity(ctx.study.cfg.corpus), ctx.study.cfg.distill.weight_settings())
 
 
 def train_student(ctx: StudentContext, arch: Architecture, module: DistillModule, mapping: list[int], root: Path,

@@ -1,4 +1,4 @@
-"""Stage 6: export searched students as self-contained transformers folders, with ONNX and a model card.
+"""Stage 9: export searched students as self-contained transformers folders, with ONNX and a model card.
 
 Each student folder loads with `AutoModel.from_pretrained(path, trust_remote_code=True)` and nothing
 but torch and transformers installed: the two student code files travel with the weights. The export
@@ -11,15 +11,12 @@ from __future__ import annotations
 import json
 import os
 import shlex
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import optuna
-from optuna.trial import TrialState
 from sqlalchemy import select
 from tqdm.auto import tqdm
 
@@ -43,7 +40,6 @@ from nas_bert.search import (
     latest_checkpoint,
     optuna_study_name,
     pareto_rows,
-    storage_for,
 )
 from nas_bert.space import Architecture, Embeddings, SearchSpace
 from nas_bert.store import ArchitectureRow, Checkpoint, Database, ExportRow, SupernetRun, atomic_folder, file_sha256
@@ -70,7 +66,6 @@ def extract_student(study: Study, arch: Architecture, teacher: Teacher, supernet
     """A standalone student: the supernet's slices for `arch` on the teacher's embedding tables."""
     arch.validate(study.space)
     return supernet.extract(arch, teacher.encoder.embeddings).eval()
-
 
 
 # -- which students -----------------------------------------------------------------------------
@@ -130,7 +125,7 @@ def _checkpoint(db: Database, study: Study, scored_sha: str) -> dict[str, Any]:
     """The checkpoint an architecture was scored with (else the latest), verified on disk against its sha256."""
     with db.session() as s:
         q = (select(Checkpoint).join(SupernetRun, Checkpoint.run_id == SupernetRun.id)
-             .where(SupernetRun.study == study.name, SupernetRun.space_hash == supernet_key(study),
+             .where(SupernetRun.study == study.name, SupernetRun.supernet_key == supernet_key(study),
                     Checkpoint.sha256 == scored_sha, Checkpoint.deleted == 0))
         ck = s.scalars(q).first()
     ck = ck or latest_checkpoint(db, study)  # the scored one was pruned: extract from the current supernet
@@ -144,8 +139,6 @@ def _checkpoint(db: Database, study: Study, scored_sha: str) -> dict[str, Any]:
                            f"`nas-bert train-supernet --config {study.file}`")
     return {"path": str(path), "step": ck.step, "sha256": ck.sha256, "scored_with_sha256": scored_sha}
 
-
-# -- model card ---------------------------------------------------------------------------------
 
 # -- the export ---------------------------------------------------------------------------------
 def _export_one(study: Study, m: Member, teacher: Teacher, supernet: Supernet, ckpt: dict[str, Any],
@@ -268,18 +261,19 @@ def _record(db: Database, study: Study, infos: list[dict[str, Any]], out_dir: Pa
             exp.metrics_json = json.dumps(info)
 
 
-def _export(study: Study, members_of: Callable[[Database], list[Member]], out_dir: Path,
-            plot_budgets: list[float] | None, overwrite: bool, command: str | None) -> dict[str, Any]:
+def export_front(study: Study, out_dir: Path, budgets: list[float] | None = None, overwrite: bool = False,
+                 command: str | None = None) -> dict[str, Any]:
+    """Export every architecture on a feasible front (or, with budgets, the best feasible one per budget)."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise NasBertError(f"{out_dir} already exists; pass --overwrite to replace it or choose another output folder")
     db = Database(study.db_url)
     try:
-        members = members_of(db)
+        members = select_members(db, study, budgets)
         # Every checkpoint is verified before anything is written: a failed check leaves no trace.
         ckpts = {m.name: _checkpoint(db, study, m.row["checkpoint_sha"]) for m in members}
         command = command or shlex.join(["nas-bert", "export", "--config", str(study.file), "--out", str(out_dir)])
-        summary = _write(study, members, ckpts, out_dir, plot_budgets, command)
+        summary = _write(study, members, ckpts, out_dir, budgets, command)
         _record(db, study, summary["students"], out_dir)
     finally:
         db.dispose()
@@ -322,26 +316,3 @@ def _student_summary(i: dict[str, Any]) -> dict[str, Any]:
             "speedup": lat["speedup"], **{k: met[k] for k in ("approx_loss", "rescored_loss", "onnx_max_abs_diff",
                                                              "onnx_output_max_abs", "int8_rel_error",
                                                              "int8_mean_cosine")}}
-
-
-def export_front(study: Study, out_dir: Path, budgets: list[float] | None = None, overwrite: bool = False,
-                 command: str | None = None) -> dict[str, Any]:
-    """Export every architecture on a feasible front (or, with budgets, the best feasible one per budget)."""
-    return _export(study, lambda db: select_members(db, study, budgets), out_dir, budgets, overwrite, command)
-
-
-def export_trial(study: Study, trial_number: int, budget: float, out_dir: Path, overwrite: bool = False,
-                 command: str | None = None) -> dict[str, Any]:
-    """Export one trial of one budget's search (feasible or not) into out_dir/nasbert-<budget>ms-t<n>-<hash8>."""
-    def member(db: Database) -> list[Member]:
-        _searched(study, [budget])
-        st = optuna.load_study(study_name=optuna_study_name(study, budget), storage=storage_for(study))
-        trial = next((t for t in st.get_trials(deepcopy=False) if t.number == trial_number), None)
-        if trial is None or trial.state != TrialState.COMPLETE:
-            raise NasBertError(f"no complete trial {trial_number} in the {budget:g} ms search of study '{study.name}'; "
-                               f"see `nas-bert pareto --config {study.file}`")
-        h = trial.user_attrs["arch_hash"]
-        name = f"nasbert-{budget:g}ms-t{trial_number}-{h[:8]}"
-        return [Member(name, _row(db, study, h), trial_number, budget, [budget])]
-
-    return _export(study, member, out_dir, [budget], overwrite, command)

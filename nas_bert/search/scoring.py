@@ -1,4 +1,4 @@
-"""Stages 3 and 5: NAS-BERT's performance approximation and end-to-end rescoring.
+"""Stages 3 and 4: NAS-BERT's performance approximation and end-to-end rescoring.
 
 A block sub-architecture's score is its validation MSE against the teacher's boundary states,
 computed with the trained supernet and memoised in the database per (supernet checkpoint,

@@ -61,13 +61,15 @@ class StudyRow(Base):
 
 
 class SupernetRun(Base):
-    """One supernet training run: a study trains one supernet per search space."""
+    """One supernet training run: a study trains one supernet per supernet key (the fingerprint of every
+    input that shapes its weights, `nas_bert.supernet.supernet_key`)."""
 
     __tablename__ = "nasbert_supernet_runs"
     __table_args__ = (UniqueConstraint("study", "space_hash"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     study: Mapped[str] = mapped_column(String(128), index=True)
-    space_hash: Mapped[str] = mapped_column(String(32))
+    # the column (and the constraint above) keep their first name, so existing study databases read as they are
+    supernet_key: Mapped[str] = mapped_column("space_hash", String(32))
     teacher: Mapped[str] = mapped_column(Text)
     config_json: Mapped[str] = mapped_column(Text)
     target_steps: Mapped[int] = mapped_column(Integer)

@@ -121,10 +121,6 @@ class BlockwiseObjective:
         }
 
 
-# supernet settings that change what is validated or kept, never the weights: a new value continues the run
-NOT_WEIGHTS = ("steps", "eval_every", "val_batches", "val_random_archs", "checkpoint_every", "keep_checkpoints")
-
-
 def supernet_key(study: Study) -> str:
     """The supernet's identity: teacher, the space file's content, corpus and preprocessing, and every
     supernet setting that shapes its weights. Checkpoints live under it and its database run carries it,
@@ -133,9 +129,8 @@ def supernet_key(study: Study) -> str:
     from nas_bert.store import fingerprint
     from nas_bert.teacher import teacher_identity
 
-    cfg = {k: v for k, v in study.cfg.supernet.model_dump(mode="json").items() if k not in NOT_WEIGHTS}
     return fingerprint(LAYOUT, teacher_identity(study.cfg.teacher), study.space.fingerprint(),
-                       corpus_identity(study.cfg.corpus), cfg)
+                       corpus_identity(study.cfg.corpus), study.cfg.supernet.weight_settings())
 
 
 def supernet_dir(study: Study) -> Path:
@@ -145,14 +140,14 @@ def supernet_dir(study: Study) -> Path:
 def find_run(s: Any, study: Study) -> SupernetRun | None:
     """The study's supernet run for its current inputs (None: not trained yet)."""
     return s.scalars(select(SupernetRun).where(SupernetRun.study == study.name,
-                                               SupernetRun.space_hash == supernet_key(study))).first()
+                                               SupernetRun.supernet_key == supernet_key(study))).first()
 
 
 def _get_run(db: Database, study: Study, steps: int) -> int:
     with db.session() as s:
         run = find_run(s, study)
         if run is None:
-            run = SupernetRun(study=study.name, space_hash=supernet_key(study), teacher=study.cfg.teacher,
+            run = SupernetRun(study=study.name, supernet_key=supernet_key(study), teacher=study.cfg.teacher,
                               config_json=json.dumps(study.cfg.supernet.model_dump(mode="json")), target_steps=steps)
             s.add(run)
             s.flush()

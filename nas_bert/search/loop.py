@@ -1,11 +1,10 @@
-"""Stages 2-5: search to a latency budget with Optuna, in the study database.
+"""Stages 2-4: search to a latency budget with Optuna, in the study database.
 
 Objectives (approximate loss, predicted latency), both minimised; the budget is a constraint
 (`trial.set_constraint`), so the samplers and `study.best_trials` know what is feasible. The
-space is static define-by-run: every trial suggests a width per block and an operator token per
-sublayer; a token list is turned into a valid block by moving identities to the block's end.
-Heartbeats let a killed search continue: its stale trial is failed and retried
-(`RetryHeartbeatStaleTrialCallback`), and a global trial count holds across workers.
+space is static define-by-run (`trial_space`). Heartbeats let a killed search continue: its stale
+trial is failed and retried (`RetryHeartbeatStaleTrialCallback`), and a global trial count holds
+across workers.
 """
 
 from __future__ import annotations
@@ -16,10 +15,7 @@ import os
 import re
 import sys
 import time
-import warnings
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -28,146 +24,18 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 from sqlalchemy import select
 from sqlalchemy import text as sql_text
-from sqlalchemy.exc import DatabaseError, IntegrityError
+from sqlalchemy.exc import IntegrityError
 from tqdm.auto import tqdm
 
-from nas_bert.data import corpus_identity, load_corpus, make_collator
 from nas_bert.errors import NasBertError
-from nas_bert.latency import LatencyModel, ensure_latency_model
-from nas_bert.search.scoring import BlockScorer, kendall_tau, rescore
-from nas_bert.space import IDENTITY, Architecture, Block, Op, SearchSpace
+from nas_bert.search.context import SearchContext, open_context
+from nas_bert.search.front import finish_search
+from nas_bert.search.storage import optuna_study_name, storage_for
+from nas_bert.search.trial_space import suggest_architecture, trial_params
+from nas_bert.space import IDENTITY, Architecture, Block
 from nas_bert.space import architecture as A
-from nas_bert.store import ArchitectureRow, Checkpoint, Database, TrialRow, database_error, fingerprint
+from nas_bert.store import ArchitectureRow, TrialRow, fingerprint
 from nas_bert.study import SearchConfig, Study
-from nas_bert.supernet import Supernet, ValidationCache, load_supernet_checkpoint
-from nas_bert.teacher import Teacher, load_teacher
-
-optuna.logging.set_verbosity(optuna.logging.WARNING)
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
-
-# -- the define-by-run space ------------------------------------------------------------------
-def op_tokens(space: SearchSpace, position: int) -> list[str]:
-    """Width-independent operator tokens for one sublayer position (a static Optuna space)."""
-    tokens = []
-    if "mha" in space.operators:
-        tokens.append("mha")
-    if "ffn" in space.operators:
-        tokens += [f"ffn{r}" for r in space.ffn_ratios]
-    if "sepconv" in space.operators:
-        tokens += [f"sepconv{k}" for k in space.conv_kernels]
-    if "identity" in space.operators and position >= space.min_depth:
-        tokens.append("identity")  # the first min_depth sublayers always hold an operator
-    return tokens
-
-
-def token_op(token: str, hidden: int, space: SearchSpace) -> Op:
-    if token == "mha":
-        return Op("mha", heads=hidden // space.head_size)
-    if token.startswith("ffn"):
-        return Op("ffn", inner=int(token[3:]) * hidden)
-    if token.startswith("sepconv"):
-        return Op("sepconv", kernel=int(token[7:]))
-    return IDENTITY
-
-
-def suggest_architecture(trial: optuna.trial.BaseTrial, space: SearchSpace, teacher_emb: Any) -> Architecture:
-    blocks = []
-    for b in range(space.blocks):
-        hidden = trial.suggest_categorical(f"b{b}_hidden", list(space.hidden_sizes))
-        ops = [token_op(trial.suggest_categorical(f"b{b}_s{j}", op_tokens(space, j)), hidden, space)
-               for j in range(space.sublayers_per_block)]
-        # NAS-BERT's rule (identity only ends a block) as a repair: identities move to the end.
-        kept = [op for op in ops if op.kind != "identity"]
-        blocks.append(Block(hidden, tuple(kept) + (IDENTITY,) * (len(ops) - len(kept))))
-    return Architecture.build(teacher_emb, tuple(blocks)).validate(space)
-
-
-def op_token(op: Op, hidden: int) -> str:
-    """The search token of an operator (the inverse of `token_op`)."""
-    if op.kind == "ffn":
-        return f"ffn{op.inner // hidden}"
-    if op.kind == "sepconv":
-        return f"sepconv{op.kernel}"
-    return op.kind
-
-
-def trial_params(arch: Architecture) -> dict[str, Any]:
-    """The trial parameters that suggest `arch` (for `enqueue_trial`)."""
-    return {k: v for b, blk in enumerate(arch.blocks) for k, v in
-            ((f"b{b}_hidden", blk.hidden), *((f"b{b}_s{j}", op_token(op, blk.hidden)) for j, op in enumerate(blk.ops)))}
-
-
-# -- what one search needs in memory ----------------------------------------------------------
-@dataclass
-class SearchContext:
-    study: Study
-    db: Database
-    teacher: Teacher
-    latency: LatencyModel
-    scorer: BlockScorer
-    checkpoint_sha: str
-    rescore_cache: ValidationCache | None = None
-
-
-def optuna_study_name(study: Study, budget_ms: float) -> str:
-    return f"{study.name}-{budget_ms:g}ms"
-
-
-def storage_for(study: Study) -> RDBStorage:
-    cfg = study.cfg.search
-    kwargs = {"connect_args": {"timeout": 60}} if study.db_url.startswith("sqlite") else {"pool_pre_ping": True}
-    try:
-        return RDBStorage(study.db_url, engine_kwargs=kwargs, heartbeat_interval=cfg.heartbeat_interval,
-                          grace_period=cfg.grace_period,
-                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=cfg.max_retry))
-    except DatabaseError as e:  # a damaged study file reaches Optuna first in e.g. `nas-bert pareto`
-        raise database_error(study.db_url, e) from None
-
-
-def latest_checkpoint(db: Database, study: Study) -> Checkpoint:
-    """The supernet checkpoint a search scores with, checked on disk against its sha256."""
-    from nas_bert.supernet import find_run
-
-    with db.session() as s:
-        run = find_run(s, study)  # the supernet of the study's current inputs
-        ckpt = Checkpoint.latest(s, run.id) if run else None
-    if ckpt is None:
-        raise NasBertError(f"study '{study.name}' has no supernet checkpoint; run `nas-bert train-supernet --config {study.file}` first")
-    return ckpt
-
-
-def load_trained(db: Database, study: Study, device: torch.device) -> tuple[Checkpoint, Teacher, Supernet]:
-    """The teacher and the study's latest supernet, its file checked against the recorded sha256."""
-    ckpt = latest_checkpoint(db, study)
-    teacher = load_teacher(study.cfg.teacher, device)
-    # the file is checked against the sha256 the database recorded before anything in it is read, and read
-    # without arbitrary unpickling (`identity.safe_torch_load`): a changed, truncated or foreign file is a
-    # one-line error naming it
-    supernet = load_supernet_checkpoint(Path(ckpt.path), study.space, teacher.hidden_size,
-                                        float(getattr(teacher.config, "layer_norm_eps", 1e-12)),
-                                        sha256=ckpt.sha256).to(device)
-    return ckpt, teacher, supernet
-
-
-def open_context(study: Study, progress: bool = True) -> SearchContext:
-    device = study.device()
-    db = Database(study.db_url)
-    ckpt, teacher, supernet = load_trained(db, study, device)
-    latency = ensure_latency_model(db, study.space, teacher.embeddings_spec(), study.cfg.latency, progress=progress)
-    cfg = study.cfg.search
-    corpus = load_corpus(study.cfg.corpus, teacher.tokenizer)
-    collator = make_collator(teacher.tokenizer, study.cfg.corpus)
-    cache = ValidationCache.build(teacher, corpus["validation"], collator, cfg.score_batches, cfg.batch_size,
-                                  study.space.blocks, device)
-    # block scores are memoised under the checkpoint and the protocol that scored them
-    score_key = fingerprint(ckpt.sha256, cfg.score_batches, cfg.batch_size, corpus_identity(study.cfg.corpus))
-    scorer = BlockScorer(supernet, cache, db, score_key)
-    scorer.load_memo()
-    ctx = SearchContext(study, db, teacher, latency, scorer, ckpt.sha256)
-    ctx.rescore_cache = ValidationCache.build(teacher, corpus["validation"], collator, cfg.rescore_batches,
-                                              cfg.batch_size, study.space.blocks, device)
-    return ctx
 
 
 def check_budget_value(budget_ms: float, option: str = "--latency-budget-ms") -> None:
@@ -385,7 +253,7 @@ def _spawned_worker(study_file: str, db_url: str, budget_ms: float, n_trials: in
 
 
 def search(study: Study, budget_ms: float, trials: int | None = None, workers: int = 1) -> dict[str, Any]:
-    """Stages 2-5 for one budget; resumable; returns a summary."""
+    """Stages 2-4 for one budget; resumable; returns a summary."""
     cfg = study.cfg.search
     check_budget_value(budget_ms)
     n_trials = cfg.trials if trials is None else trials  # 0 is an error, not "the default"
@@ -413,98 +281,6 @@ def search(study: Study, budget_ms: float, trials: int | None = None, workers: i
     summary = finish_search(ctx, budget_ms)
     summary["seconds"] = round(seconds, 1)
     return summary
-
-
-def finish_search(ctx: SearchContext, budget_ms: float) -> dict[str, Any]:
-    """Stage 5: rescore the best feasible candidates end to end; summarise the study."""
-    study, cfg = ctx.study, ctx.study.cfg.search
-    name = optuna_study_name(study, budget_ms)
-    study_ = optuna.load_study(study_name=name, storage=storage_for(study))
-    trials = study_.get_trials(deepcopy=False)
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    feasible = [t for t in complete if t.values[1] <= budget_ms]
-    # the best T distinct feasible architectures by approximate loss, and every member of the front
-    best: dict[str, optuna.trial.FrozenTrial] = {}
-    for t in sorted(feasible, key=lambda t: t.values[0]):
-        if len(best) == cfg.rescore_top:
-            break
-        best.setdefault(t.user_attrs["arch_hash"], t)
-    for t in [*study_.best_trials, *(t for t in feasible if "seed" in t.user_attrs)]:
-        if t.values[1] <= budget_ms:
-            best.setdefault(t.user_attrs["arch_hash"], t)
-    approx, rescored = [], []
-    for h in tqdm(best, desc="rescore", leave=False):
-        with ctx.db.session() as s:
-            row = s.scalars(select(ArchitectureRow).where(ArchitectureRow.study == study.name, ArchitectureRow.hash == h)).one()
-            if row.rescored_loss is None:
-                assert ctx.rescore_cache is not None
-                row.rescored_loss = rescore(ctx.scorer.supernet, Architecture.from_json(row.arch_json), ctx.rescore_cache)
-            approx.append(row.approx_loss)
-            rescored.append(row.rescored_loss)
-    front = pareto_rows(ctx.db, study, budget_ms)
-    chosen = chosen_row(ctx.db, study, budget_ms)
-    return {
-        "study": study.name, "optuna_study": name, "budget_ms": budget_ms,
-        "trials": {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState},
-        "feasible": len(feasible), "front": front, "chosen": chosen,
-        "kendall_tau": kendall_tau(approx, rescored), "rescored": len(rescored),
-        "block_scores_computed": ctx.scorer.computed,
-    }
-
-
-def _load(study: Study, budget_ms: float) -> optuna.Study:
-    try:
-        return optuna.load_study(study_name=optuna_study_name(study, budget_ms), storage=storage_for(study))
-    except KeyError:
-        raise NasBertError(f"no search for budget {budget_ms:g} ms in study '{study.name}'; run `nas-bert search "
-                           f"--config {study.file} --latency-budget-ms {budget_ms:g}`") from None
-
-
-def _arch_rows(db: Database, study: Study, trials: list[optuna.trial.FrozenTrial]) -> list[dict[str, Any]]:
-    """One row per distinct architecture, in the trials' order (its first trial names it)."""
-    with db.session() as s:
-        rows = {r.hash: r for r in s.scalars(select(ArchitectureRow).where(
-            ArchitectureRow.study == study.name, ArchitectureRow.hash.in_({t.user_attrs["arch_hash"] for t in trials})))}
-        seen: dict[str, dict[str, Any]] = {}
-        for t in trials:
-            h = t.user_attrs["arch_hash"]
-            if h not in seen:
-                row = rows[h]
-                seen[h] = {"trial": t.number, "hash": h, "params": row.params, "flops": row.flops,
-                           "predicted_ms": row.predicted_ms, "approx_loss": row.approx_loss,
-                           "rescored_loss": row.rescored_loss, "measured_ms": row.measured_ms,
-                           "architecture": str(Architecture.from_json(row.arch_json)),
-                           **({"seed": t.user_attrs["seed"]} if "seed" in t.user_attrs else {})}
-    return list(seen.values())
-
-
-def pareto_rows(db: Database, study: Study, budget_ms: float) -> list[dict[str, Any]]:
-    """The feasible Pareto front (approximate loss vs predicted latency), one row per architecture."""
-    front = sorted(_load(study, budget_ms).best_trials, key=lambda t: t.values[1])
-    return _arch_rows(db, study, [t for t in front if t.values[1] <= budget_ms])
-
-
-def chosen_row(db: Database, study: Study, budget_ms: float) -> dict[str, Any] | None:
-    """The student a budget yields: the lowest rescored loss among the feasible candidates rescoring saw
-    (the best by approximate loss, the front, the seed students); before rescoring, the front's best."""
-    done = _load(study, budget_ms).get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    rescored = [r for r in _arch_rows(db, study, [t for t in done if t.values[1] <= budget_ms])
-                if r["rescored_loss"] is not None]
-    return min(rescored or pareto_rows(db, study, budget_ms), default=None, key=lambda r: (
-        r["rescored_loss"] if r["rescored_loss"] is not None else math.inf, r["approx_loss"]))
-
-
-def budgets_in_db(study: Study) -> list[float]:
-    """Budgets searched so far in this study (from Optuna's study names)."""
-    prefix = f"{study.name}-"
-    out = []
-    for s in optuna.get_all_study_summaries(storage_for(study)):
-        if s.study_name.startswith(prefix) and s.study_name.endswith("ms"):
-            try:
-                out.append(float(s.study_name[len(prefix):-2]))
-            except ValueError:
-                continue
-    return sorted(out)
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # spawned workers each tokenise

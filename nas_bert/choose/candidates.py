@@ -1,0 +1,114 @@
+"""Who may be a budget's finalist: the searched students the cheap proxies like best, and the hand-designed
+students (the teacher's first layers, the teacher narrowed or with its feed-forward pruned) worth timing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from sqlalchemy import select
+
+from nas_bert.distill import StudentContext
+from nas_bert.errors import NasBertError
+from nas_bert.search import optuna_study_name, storage_for
+from nas_bert.space import Architecture
+from nas_bert.store import ArchitectureRow, Database
+from nas_bert.study import Study
+from nas_bert.supernet import pruned_architecture, truncated_architecture, uniform_architecture
+
+ORIGINS = ("search", "truncated", "uniform", "pruned")
+
+
+@dataclass
+class Candidate:
+    """A student that may become the budget's: where it comes from, and what the cheap proxies said."""
+
+    name: str
+    origin: str  # one of ORIGINS
+    arch: Architecture
+    trial: int | None = None
+    proxies: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "origin": self.origin, "trial": self.trial, "hash": self.arch.hash(),
+                "architecture": str(self.arch), "arch_json": self.arch.canonical_json(), "params": self.arch.params(),
+                **self.proxies}
+
+
+def search_candidates(db: Database, study: Study, budget_ms: float) -> list[Candidate]:
+    """The searched students the proxies like best: the top `rescore_top` distinct feasible ones by approximate
+    loss, the same by rescored loss, and the seed students (the fastest, the teacher's first layers); and as
+    many again by approximate loss in reserve (proxy "reserve"), timed with them, each to take the place of
+    one of the top that is measured over the budget (the ones the latency model under-predicted)."""
+    st = optuna.load_study(study_name=optuna_study_name(study, budget_ms), storage=storage_for(study))
+    feasible = [t for t in st.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values[1] <= budget_ms]
+    first: dict[str, optuna.trial.FrozenTrial] = {}
+    for t in sorted(feasible, key=lambda t: t.number):
+        first.setdefault(t.user_attrs["arch_hash"], t)
+    with db.session() as s:
+        rows = {r.hash: r for r in s.scalars(select(ArchitectureRow).where(
+            ArchitectureRow.study == study.name, ArchitectureRow.hash.in_(list(first))))}
+    top = study.cfg.search.rescore_top
+    by_approx = sorted(first, key=lambda h: rows[h].approx_loss)[:2 * top]
+    rescored = [h for h in first if rows[h].rescored_loss is not None]
+    by_rescored = sorted(rescored, key=lambda h: rows[h].rescored_loss)[:top]
+    seeds = [h for h, t in first.items() if "seed" in t.user_attrs]
+    core = {*seeds, *by_approx[:top], *by_rescored}
+    out = []
+    for h in dict.fromkeys([*seeds, *by_approx, *by_rescored]):
+        t, r = first[h], rows[h]
+        name = t.user_attrs.get("seed") or f"trial-{t.number}"
+        proxies = {"predicted_ms": r.predicted_ms, "approx_loss": r.approx_loss, "rescored_loss": r.rescored_loss}
+        if h in by_approx:
+            proxies["approx_rank"] = by_approx.index(h)
+        if h not in core:
+            proxies["reserve"] = True
+        out.append(Candidate(name, "search", Architecture.from_json(r.arch_json), t.number, proxies))
+    return out
+
+
+def baseline_family(ctx: StudentContext) -> dict[str, Candidate]:
+    """The hand-designed students: the teacher's first k layers; the teacher's depth at smaller widths
+    (every `finalist_width_step` heads), its units ranked by importance; and the teacher's first k layers
+    with their feed-forward pruned to each smaller ratio of the search space (its most important neurons)."""
+    t = ctx.teacher
+    hs = t.hidden_size // int(t.config.num_attention_heads)
+    step = hs * ctx.study.cfg.search.finalist_width_step
+    out = {f"truncated-{k}": Candidate(f"truncated-{k}", "truncated", truncated_architecture(t, k))
+           for k in range(1, t.num_layers)}
+    out |= {f"uniform-{w}": Candidate(f"uniform-{w}", "uniform", uniform_architecture(t, w))
+            for w in range(step, t.hidden_size, step)}
+    full = int(t.config.intermediate_size)
+    ratios = sorted(ctx.study.space.ffn_ratios)
+    for inner in (full * r // ratios[-1] for r in ratios[:-1]):
+        out |= {f"pruned-{k}-i{inner}": Candidate(f"pruned-{k}-i{inner}", "pruned", pruned_architecture(t, k, inner))
+                for k in range(1, t.num_layers + 1)}
+    return out
+
+
+def family_to_time(family: dict[str, Candidate], predict: Any, budget_ms: float, keep: int = 3,
+                   margin: float = 1.25) -> dict[str, Candidate]:
+    """The hand-designed students worth timing for a budget: every truncated teacher (the untouched reference
+    beside the budget's student is the one of the nearest measured latency), and of each other family the
+    `keep` slowest that the latency model predicts within `margin` x the budget (a member it cannot predict,
+    made of modules outside the space's table, is timed anyway). Only each family's slowest member that the
+    budget holds becomes a finalist, and the model errs by a few percent, so the rest need no timing run."""
+    out: dict[str, Candidate] = {}
+    for origin in dict.fromkeys(c.origin for c in family.values()):
+        members = {n: c for n, c in family.items() if c.origin == origin}
+        for c in members.values():  # kept in its finalist row: export sets it beside the measured time
+            try:
+                c.proxies["predicted_ms"] = predict(c.arch)
+            except NasBertError:
+                c.proxies["predicted_ms"] = None
+        pred = {n: c.proxies["predicted_ms"] for n, c in members.items()}
+        if origin == "truncated":
+            out |= members
+            continue
+        near = sorted((n for n, v in pred.items() if v is not None and v <= margin * budget_ms), key=lambda n: pred[n])
+        keepers = {n for n, v in pred.items() if v is None} | set(near[-keep:] if keep else [])
+        out |= {n: c for n, c in members.items() if n in keepers}
+    return out

@@ -1,0 +1,50 @@
+"""What one search needs in memory: the teacher, the trained supernet's block scorer, the latency model
+and the validation batches that rescore the best.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nas_bert.data import corpus_identity, load_corpus, make_collator
+from nas_bert.latency import LatencyModel, ensure_latency_model
+from nas_bert.search.scoring import BlockScorer
+from nas_bert.search.storage import load_trained
+from nas_bert.store import Database, fingerprint
+from nas_bert.study import Study
+from nas_bert.supernet import ValidationCache
+from nas_bert.teacher import Teacher
+
+
+@dataclass
+class SearchContext:
+    """A budget's search inputs, loaded once per process."""
+
+    study: Study
+    db: Database
+    teacher: Teacher
+    latency: LatencyModel
+    scorer: BlockScorer
+    checkpoint_sha: str
+    rescore_cache: ValidationCache | None = None
+
+
+def open_context(study: Study, progress: bool = True) -> SearchContext:
+    """Load the study's latest supernet, teacher, latency model and validation batches."""
+    device = study.device()
+    db = Database(study.db_url)
+    ckpt, teacher, supernet = load_trained(db, study, device)
+    latency = ensure_latency_model(db, study.space, teacher.embeddings_spec(), study.cfg.latency, progress=progress)
+    cfg = study.cfg.search
+    corpus = load_corpus(study.cfg.corpus, teacher.tokenizer)
+    collator = make_collator(teacher.tokenizer, study.cfg.corpus)
+    cache = ValidationCache.build(teacher, corpus["validation"], collator, cfg.score_batches, cfg.batch_size,
+                                  study.space.blocks, device)
+    # block scores are memoised under the checkpoint and the protocol that scored them
+    score_key = fingerprint(ckpt.sha256, cfg.score_batches, cfg.batch_size, corpus_identity(study.cfg.corpus))
+    scorer = BlockScorer(supernet, cache, db, score_key)
+    scorer.load_memo()
+    ctx = SearchContext(study, db, teacher, latency, scorer, ckpt.sha256)
+    ctx.rescore_cache = ValidationCache.build(teacher, corpus["validation"], collator, cfg.rescore_batches,
+                                              cfg.batch_size, study.space.blocks, device)
+    return ctx

@@ -1,0 +1,64 @@
+"""The define-by-run space of a search: an architecture as Optuna trial parameters, and back.
+
+The space is static: every trial suggests a width per block and an operator token per sublayer; a
+token list is turned into a valid block by moving identities to the block's end.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+
+from nas_bert.space import IDENTITY, Architecture, Block, Op, SearchSpace
+
+
+def op_tokens(space: SearchSpace, position: int) -> list[str]:
+    """Width-independent operator tokens for one sublayer position (a static Optuna space)."""
+    tokens = []
+    if "mha" in space.operators:
+        tokens.append("mha")
+    if "ffn" in space.operators:
+        tokens += [f"ffn{r}" for r in space.ffn_ratios]
+    if "sepconv" in space.operators:
+        tokens += [f"sepconv{k}" for k in space.conv_kernels]
+    if "identity" in space.operators and position >= space.min_depth:
+        tokens.append("identity")  # the first min_depth sublayers always hold an operator
+    return tokens
+
+
+def token_op(token: str, hidden: int, space: SearchSpace) -> Op:
+    if token == "mha":
+        return Op("mha", heads=hidden // space.head_size)
+    if token.startswith("ffn"):
+        return Op("ffn", inner=int(token[3:]) * hidden)
+    if token.startswith("sepconv"):
+        return Op("sepconv", kernel=int(token[7:]))
+    return IDENTITY
+
+
+def suggest_architecture(trial: optuna.trial.BaseTrial, space: SearchSpace, teacher_emb: Any) -> Architecture:
+    blocks = []
+    for b in range(space.blocks):
+        hidden = trial.suggest_categorical(f"b{b}_hidden", list(space.hidden_sizes))
+        ops = [token_op(trial.suggest_categorical(f"b{b}_s{j}", op_tokens(space, j)), hidden, space)
+               for j in range(space.sublayers_per_block)]
+        # NAS-BERT's rule (identity only ends a block) as a repair: identities move to the end.
+        kept = [op for op in ops if op.kind != "identity"]
+        blocks.append(Block(hidden, tuple(kept) + (IDENTITY,) * (len(ops) - len(kept))))
+    return Architecture.build(teacher_emb, tuple(blocks)).validate(space)
+
+
+def op_token(op: Op, hidden: int) -> str:
+    """The search token of an operator (the inverse of `token_op`)."""
+    if op.kind == "ffn":
+        return f"ffn{op.inner // hidden}"
+    if op.kind == "sepconv":
+        return f"sepconv{op.kernel}"
+    return op.kind
+
+
+def trial_params(arch: Architecture) -> dict[str, Any]:
+    """The trial parameters that suggest `arch` (for `enqueue_trial`)."""
+    return {k: v for b, blk in enumerate(arch.blocks) for k, v in
+            ((f"b{b}_hidden", blk.hidden), *((f"b{b}_s{j}", op_token(op, blk.hidden)) for j, op in enumerate(blk.ops)))}
