@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Debian's chromium for the page's test in a real headless browser (tests/test_service.py): installed
+# Debian's chromium for the page's test in a real headless browser (tests/service/test_service.py): installed
 # (apt-get) when no chromium is on PATH. Sourced by .ci/run, which then sets NAS_BERT_REQUIRE_CHROMIUM
 # so that the test fails rather than skips when the browser is missing. Any failure is one line on stderr.
 

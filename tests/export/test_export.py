@@ -30,7 +30,7 @@ from nas_bert.study import load_study
 from nas_bert.supernet import load_supernet_checkpoint, train_supernet
 from nas_bert.teacher import load_teacher
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FAST = {
     "latency": {"seq_len": 32, "min_run_time": 0.005, "calibration_archs": 3, "threads": 1},
     "search": {"trials": 16, "population_size": 6, "score_batches": 1, "rescore_batches": 1, "batch_size": 4,

@@ -1,7 +1,7 @@
 """PostgreSQL: nas-bert's schema and Optuna's storage on a real server (seconds).
 
 Runs when NAS_BERT_TEST_POSTGRES_URL names a PostgreSQL database; `.ci/run` starts a throwaway one.
-The multi-process search against one PostgreSQL URL is tests/test_search.py's
+The multi-process search against one PostgreSQL URL is tests/search/test_search.py's
 test_two_commands_share_one_postgresql_database.
 """
 

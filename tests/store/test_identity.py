@@ -18,7 +18,7 @@ from nas_bert.store import atomic_file, atomic_folder, fingerprint, safe_torch_l
 from nas_bert.study import load_study
 from nas_bert.train import atomic_torch_save, rng_state, set_rng_state
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_fingerprint_is_content_not_order():

@@ -23,7 +23,7 @@ from nas_bert.space import architecture as A
 from nas_bert.store import ArchitectureRow, Database, MappingEval, safe_torch_load
 from nas_bert.study import load_study
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 
 CORRUPT_DB = "is not a SQLite database or is corrupt; restore it from a backup or move it away to start afresh"
