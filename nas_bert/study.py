@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from nas_bert.errors import NasBertError, format_validation_error
+from nas_bert.errors import NasBertError
 from nas_bert.space import SearchSpace, load_space
+from nas_bert.store import read_mapping, validate
 
 
 class CorpusConfig(BaseModel):
@@ -281,12 +281,7 @@ def load_study(path: str | Path, db_url: str | None = None, overrides: dict[str,
         raise NasBertError("--db is empty; give a database URL (sqlite:///path.db) or leave --db out")
     if not file.is_file():
         raise NasBertError(f"study file {file} not found; pass --config studies/<name>.yaml")
-    try:
-        data = yaml.safe_load(file.read_text())
-    except yaml.YAMLError as e:
-        raise NasBertError(f"study file {file}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise NasBertError(f"study file {file}: expected a mapping of keys, got {type(data).__name__}")
+    data = read_mapping(file, f"study file {file}")
     data.setdefault("name", file.stem)
     for key, value in (overrides or {}).items():
         node = data
@@ -294,10 +289,7 @@ def load_study(path: str | Path, db_url: str | None = None, overrides: dict[str,
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
-    try:
-        cfg = StudyConfig.model_validate(data)
-    except ValidationError as e:
-        raise NasBertError(format_validation_error(e, f"study file {file}")) from None
+    cfg = validate(StudyConfig, data, f"study file {file}")
     base = file.resolve().parent
     workdir = Path(cfg.workdir) if cfg.workdir else Path(cfg.name)
     workdir = workdir if workdir.is_absolute() else base / workdir
