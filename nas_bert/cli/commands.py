@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 from sqlalchemy.exc import DatabaseError
 
+from nas_bert.cli import tables
 from nas_bert.errors import NasBertError
 from nas_bert.store import database_error, is_corrupt
 from nas_bert.study import load_study
@@ -57,7 +58,8 @@ def _db_url(kwargs: dict[str, Any]) -> str:
 def _count(option: str, value: int | None) -> int | None:
     """A count given on the command line is at least 1: 0 is an error, never "the study's default"."""
     if value is not None and value < 1:
-        raise NasBertError(f"{option} {value}: must be a whole number >= 1 (leave {option} out for the study's default)")
+        raise NasBertError(f"{option} {value}: must be a whole number >= 1 "
+                           f"(leave {option} out for the study's default)")
     return value
 
 
@@ -87,21 +89,7 @@ def train_supernet_cmd(
     study = load_study(config, db)
     summary = train_supernet(study, steps=steps)
     if summary["is_main"]:  # under torchrun / accelerate launch, one report
-        _print(summary, as_json, _supernet_table)
-
-
-def _supernet_table(s: dict[str, Any]) -> str:
-    lines = [f"supernet of study '{s['study']}': step {s['step']}/{s['target_steps']} ({s['seconds']} s this run)",
-             f"checkpoint {s['checkpoint']}  sha256 {str(s['sha256'])[:12]}", "validation MSE per block:"]
-    for name, losses in s["val_losses"].items():
-        if name != "step" and isinstance(losses, list):
-            lines.append(f"  {name:<10} " + "  ".join(f"{x:8.4f}" for x in losses))
-    if s.get("teacher_paths"):
-        lines.append("the teacher's first k layers taken from the supernet, against the untouched cut "
-                     "(fidelity to the teacher's output):")
-        lines += [f"  k={p['layers']}: supernet {p['fidelity_supernet']:.4f}, untouched {p['fidelity_untouched']:.4f}, "
-                  f"largest difference {p['max_abs_diff']:.1e}" for p in s["teacher_paths"]]
-    return "\n".join(lines)
+        _print(summary, as_json, tables.supernet_table)
 
 
 @app.command("latency")
@@ -116,17 +104,7 @@ def latency_cmd(config: ConfigOpt, db: DbOpt = None, as_json: JsonOpt = False) -
     database = Database(study.db_url)  # a damaged database is found before any teacher is loaded
     emb = embeddings_spec_of(load_teacher_config(study.cfg.teacher))
     model = ensure_latency_model(database, study.space, emb, study.cfg.latency)
-    _print(latency_report(model), as_json, _latency_table)
-
-
-def _latency_table(r: dict[str, Any]) -> str:
-    lines = [f"latency table {r['fingerprint'][:12]} ({len(r['table'])} entries, ms)"]
-    lines += [f"  {k:<28} {v:9.4f}" for k, v in r["table"].items()]
-    cal = r.get("calibration") or {}
-    lines.append(f"calibration: end-to-end ms = {cal.get('a', 0):.4f} x summed table + {cal.get('c', 0):.4f} ms "
-                 f"x operators + {cal.get('w', 0):.4f} ms x resizes + {cal.get('b', 0):.4f} ms, "
-                 f"fitted on {r.get('n')} students, leave-one-out error {r.get('loo_mape_pct', float('nan')):.2f}%")
-    return "\n".join(lines)
+    _print(latency_report(model), as_json, tables.latency_table)
 
 
 @app.command("search")
@@ -150,66 +128,7 @@ def search_cmd(
     study = load_study(config, db)
     summary = search(study, latency_budget_ms, trials, workers)
     summary["finalists"] = choose(study, latency_budget_ms)
-    _print(summary, as_json, _search_table)
-
-
-def _front_table(front: list[dict[str, Any]]) -> str:
-    head = f"  {'trial':>5} {'params':>10} {'pred ms':>8} {'approx':>8} {'rescored':>8}  architecture"
-    rows = [head]
-    for r in front:
-        resc = f"{r['rescored_loss']:8.4f}" if r["rescored_loss"] is not None else f"{'-':>8}"
-        rows.append(f"  {r['trial']:>5} {r['params']:>10,} {r['predicted_ms']:8.2f} {r['approx_loss']:8.4f} {resc}  {r['architecture']}")
-    return "\n".join(rows)
-
-
-def _search_table(s: dict[str, Any]) -> str:
-    t = s["trials"]
-    tau = "n/a" if s["kendall_tau"] is None else f"{s['kendall_tau']:.2f}"
-    lines = [
-        (f"search '{s['optuna_study']}' (budget {s['budget_ms']:g} ms): {t['complete']} complete, {t['fail']} failed, "
-        f"{t['pruned']} stood down, {s['feasible']} feasible; {s['seconds']} s this run"),
-        (f"block scores computed this run: {s['block_scores_computed']}; rescored {s['rescored']}; "
-        f"Kendall tau (approx vs rescored) {tau}"),
-        "feasible Pareto front:",
-        _front_table(s["front"]),
-    ]
-    if "finalists" in s:
-        lines += ["", _finalists_table(s["finalists"])]
-    elif s["chosen"]:
-        lines.append(f"best under budget by rescored loss: trial {s['chosen']['trial']} ({s['chosen']['predicted_ms']:.2f} ms)")
-    return "\n".join(lines)
-
-
-def _finalists_table(f: dict[str, Any]) -> str:
-    def num(v: Any, spec: str) -> str:
-        return "-" if v is None else format(v, spec)
-
-    lines = [(f"finalists of the {f['budget_ms']:g} ms budget (the same short distillation; ranked by held-out fidelity; "
-             "pred: the search's latency model, now: its calibration refitted in the finalists' timing run):"),
-             (f"  {'student':<18} {'origin':<9} {'pred ms':>7} {'now ms':>7} {'meas ms':>7} {'approx':>7} {'fid. start':>10} "
-             f"{'fidelity':>8} {'interval':>13}  architecture")]
-    for r in sorted(f["finalists"], key=lambda r: -(r.get("fidelity") or -1)):
-        iv = r.get("fidelity_interval")
-        lines.append(f"  {r['name']:<18} {r['origin']:<9} {num(r.get('predicted_ms'), '7.2f')} {num(r.get('predicted_now_ms'), '7.2f')} "
-                     f"{r['measured_ms']:7.2f} "
-                     f"{num(r.get('approx_loss'), '7.4f')} {num(r.get('fidelity_before'), '10.3f')} "
-                     f"{'over budget' if r['over_budget'] else num(r.get('fidelity'), '8.3f'):>8} "
-                     f"{f'{iv[0]:.3f}-{iv[1]:.3f}' if iv else '-':>13}  {r['architecture']}")
-    c, taus = f["chosen"], f["kendall_tau_vs_fidelity"]
-    kind = "a hand-designed student (the baseline won)" if f["baseline_won"] else "a searched student"
-    lines.append(f"chosen: {c['name']}, {kind}, {c['measured_ms']:.2f} ms measured"
-                 + (" (OVER BUDGET: nothing the budget holds)" if f["over_budget"] else "")
-                 + (f"; runner-up {f['runner_up']} {'outside' if f['separated'] else 'inside'} its interval"
-                    if f["runner_up"] else ""))
-    if f.get("replacements"):
-        lines.append(f"over budget as measured: {', '.join(f['dropped_over_budget'])}; in their place, the next by "
-                     f"approximate loss that the budget holds: {', '.join(f['replacements'])}")
-    lines.append(f"budget judged on the measured time at the fitted speed, as far as the drift and each student's "
-                 f"own factor (now / pred) agree: a faster host tightens, a slower one loosens only where both say so (drift "
-                 f"{num((f.get('timing') or {}).get('drift'), '.2f')}x in this run)")
-    lines.append("Kendall tau with the fidelity ranking: " + ", ".join(
-        f"{k} {'n/a' if v is None else format(v, '.2f')}" for k, v in taus.items()))
-    return "\n".join(lines)
+    _print(summary, as_json, tables.search_table)
 
 
 @app.command("pareto")
@@ -217,7 +136,8 @@ def _finalists_table(f: dict[str, Any]) -> str:
 def pareto_cmd(
     config: ConfigOpt,
     db: DbOpt = None,
-    budget: Annotated[float | None, typer.Option("--budget", help="one budget (ms); default: every budget searched")] = None,
+    budget: Annotated[float | None,
+                      typer.Option("--budget", help="one budget (ms); default: every budget searched")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="also draw the front(s) to this PNG")] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -229,14 +149,15 @@ def pareto_cmd(
     study = load_study(config, db)
     budgets = [budget] if budget is not None else budgets_in_db(study)
     if not budgets:
-        raise NasBertError(f"study '{study.name}' has no search yet; run `nas-bert search --config {config} --latency-budget-ms X`")
+        raise NasBertError(f"study '{study.name}' has no search yet; "
+                           f"run `nas-bert search --config {config} --latency-budget-ms X`")
     database = Database(study.db_url)
     fronts = {f"{b:g}": pareto_rows(database, study, b) for b in budgets}
     if plot is not None:
         from nas_bert.export import plot_fronts
 
         plot_fronts(study, budgets, plot)
-    _print(fronts, as_json, lambda f: "\n".join(f"budget {b} ms:\n" + _front_table(rows) for b, rows in f.items()))
+    _print(fronts, as_json, tables.pareto_table)
 
 
 TrialOpt = Annotated[int, typer.Option("--trial", help="trial number (see `nas-bert pareto`)")]
@@ -251,20 +172,7 @@ def map_layers_cmd(config: ConfigOpt, trial: TrialOpt, budget: BudgetOpt = None,
     from nas_bert.distill import map_layers
 
     _budget("--budget", budget)
-    _print(map_layers(load_study(config, db), trial, budget), as_json, _mapping_table)
-
-
-def _mapping_table(s: dict[str, Any]) -> str:
-    lines = [f"layer mapping for trial {s['trial']} ({s['architecture']})",
-             (f"{s['points']} distillation points, teacher layers 1..{s['teacher_layers']}: "
-             f"{s['mappings_possible']} monotone mappings, searched by {s['method']} "
-             f"({s['fitness_evaluations']} proxy distillations this run, {s['seconds']} s)"),
-             f"  {'mapping':<24} {'held-out loss':>14}"]
-    for name, b in s["baselines"].items():
-        lines.append(f"  {name + ' ' + str(b['mapping']):<24} {b['fitness']:14.5f}")
-    lines.append(f"  {'best ' + str(s['best']['mapping']):<24} {s['best']['fitness']:14.5f}")
-    lines.append(f"best vs uniform: {100 * s['improvement_vs_uniform']:+.2f}% lower loss")
-    return "\n".join(lines)
+    _print(map_layers(load_study(config, db), trial, budget), as_json, tables.mapping_table)
 
 
 @app.command("distill")
@@ -284,20 +192,7 @@ def distill_cmd(config: ConfigOpt, trial: TrialOpt, budget: BudgetOpt = None, db
             parsed = [int(x) for x in mapping.split(",")]
         except ValueError:
             raise NasBertError(f"--mapping '{mapping}' is not a comma-separated list of teacher layers") from None
-    _print(distill(load_study(config, db), trial, budget, steps, parsed), as_json, _distill_table)
-
-
-def _distill_table(s: dict[str, Any]) -> str:
-    lines = [(f"distilled trial {s['trial']} ({s['params']:,} params) to step {s['step']}/{s['target_steps']} "
-             f"with mapping {s['mapping']} ({s['mapping_origin']}); {s['seconds']} s this run")]
-    before, after = s.get("before") or {}, s.get("after") or {}
-    for k in sorted(set(before) | set(after)):
-        if k != "step":
-            b = f"{before[k]:.4f}" if k in before else "-"
-            a = f"{after[k]:.4f}" if k in after else "-"
-            lines.append(f"  held-out {k:<11} {b:>9} -> {a:>9}")
-    lines.append(f"student folder: {s['student_path'] or '(not finished)'}")
-    return "\n".join(lines)
+    _print(distill(load_study(config, db), trial, budget, steps, parsed), as_json, tables.distill_table)
 
 
 @app.command("evaluate")
@@ -306,7 +201,8 @@ def evaluate_cmd(
     config: ConfigOpt,
     path: Annotated[str | None, typer.Argument(help="an exported or distilled student folder")] = None,
     teacher: Annotated[bool, typer.Option("--teacher", help="evaluate the study's teacher instead")] = False,
-    task: Annotated[str, typer.Option(help="wordnet, a csv/json file with text and label columns, or a Hub id")] = "wordnet",
+    task: Annotated[str, typer.Option(
+        help="wordnet, a csv/json file with text and label columns, or a Hub id")] = "wordnet",
     db: DbOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -316,14 +212,7 @@ def evaluate_cmd(
     if (path is None) == (not teacher):
         raise NasBertError("give a student folder PATH or --teacher (one of the two)")
     study = load_study(config, db)
-    _print(evaluate_path(study, path, teacher, task, study.cfg.evaluate), as_json, _evaluate_table)
-
-
-def _evaluate_table(m: dict[str, Any]) -> str:
-    def fmt(v: Any) -> str:
-        return f"{v:.4f}" if isinstance(v, float) else str(v)
-
-    return "\n".join(f"  {k:<22} {fmt(v)}" for k, v in m.items() if not isinstance(v, (list, dict)))
+    _print(evaluate_path(study, path, teacher, task, study.cfg.evaluate), as_json, tables.evaluate_table)
 
 
 @app.command("export")
@@ -351,21 +240,7 @@ def export_cmd(
             _budget("--budgets", b)
     study = load_study(config, db)
     summary = export_front(study, out, parsed, overwrite, command=shlex.join(["nas-bert", *sys.argv[1:]]))
-    _print(summary, as_json, _export_table)
-
-
-def _export_table(s: dict[str, Any]) -> str:
-    rows = [f"exported {len(s['students'])} students to {s['out_dir']} (teacher {s['students'][0]['teacher_ms']:.2f} ms)",
-            (f"  {'name':<34} {'params':>11} {'MB':>6} {'pred':>7} {'pred now':>8} {'torch':>7} {'onnx':>7} {'int8':>7} "
-            f"{'speed-up':>8}")]
-    for st in s["students"]:
-        m, now = st.get("measured_ms", {}), st.get("predicted_now_ms")
-        pred = "-" if st["predicted_ms"] is None else f"{st['predicted_ms']:.2f}"
-        rows.append(f"  {st['name']:<34} {st['params']:>11,} {st.get('size_mb', 0):6.1f} {pred:>7} "
-                    f"{'-' if now is None else f'{now:.2f}':>8} "
-                    f"{m.get('torch_fp32', 0):7.2f} {m.get('onnx_fp32', 0):7.2f} {m.get('onnx_int8', 0):7.2f} "
-                    f"{st.get('speedup', {}).get('torch_fp32', 0):7.2f}x")
-    return "\n".join(rows)
+    _print(summary, as_json, tables.export_table)
 
 
 @app.command("run")
@@ -379,46 +254,7 @@ def run_cmd(
     """All stages for the budgets in the study file; a rerun resumes at the first unfinished stage."""
     from nas_bert.pipeline import run_study
 
-    _print(run_study(load_study(config, db), out, echo=lambda m: typer.echo(m, err=True)), as_json, _run_table)
-
-
-def _run_table(s: dict[str, Any]) -> str:
-    def f(v: Any, spec: str) -> str:
-        return "-" if v is None else format(v, spec)
-
-    rows = [f"study '{s['study']}': {len(s['students'])} students in {s['out']} ({s['seconds']:.0f} s this run)", "",
-            (f"| {'budget':>6} | {'student':<22} | {'params':>10} | {'ms':>7} | {'int8 ms':>7} | {'fidelity':>8} | "
-             f"{'ood fid.':>8} | {'accuracy':>8} | {'vs teacher':>10} | {'label loy.':>10} | {'prob. loy.':>10} | "
-             "architecture"),
-            "|" + "|".join("-" * w for w in (8, 24, 12, 9, 9, 10, 10, 10, 12, 12, 12, 14)) + "|"]
-    for r in s["students"]:
-        who = r["student"] if r["origin"] == "search" else f"{r['student']} (baseline)"
-        over = " OVER BUDGET" if r["over_budget"] else ""
-        rows.append(f"| {r['budget_ms']:>6g} | {who:<22} | {r['params']:>10,} | "
-                    f"{f(r['finalist_ms'], '7.2f')} | {f(r['onnx_int8_ms'], '7.2f')} | {f(r['fidelity'], '8.3f')} | "
-                    f"{f(r['ood_fidelity'], '8.3f')} | {f(r['accuracy'], '8.3f')} | {f(r['accuracy_ratio'], '10.3f')} | "
-                    f"{f(r['label_loyalty'], '10.3f')} | {f(r['probability_loyalty'], '10.3f')} | {r['architecture']}{over}")
-        t = r.get("truncated")
-        if t:
-            rows.append(f"| {'':>6} | {'vs ' + t['name'] + ' (untouched)':<22} | {'':>10} | {t['measured_ms']:7.2f} | "
-                        f"{'':>7} | {f(t['fidelity'], '8.3f')} | {f(t['ood_fidelity'], '8.3f')} | {'':>8} | {'':>10} | "
-                        f"{'':>10} | {'':>10} | the teacher's first {t['layers']} layer(s), no training")
-    if s["students"]:
-        t = s["students"][0]
-        rows += ["", (f"teacher: {f(t['teacher_ms'], '.2f')} ms (PyTorch fp32), accuracy {f(t['teacher_accuracy'], '.3f')}; "
-                 f"the host ran {f(t.get('drift'), '.2f')}x as long as when the latency model was fitted")]
-        rows += [f"{r['budget_ms']:g} ms student at export: predicted {f(r.get('predicted_ms'), '.2f')} ms "
-                 f"(at the fit), {f(r.get('predicted_now_ms'), '.2f')} ms (calibration refitted in the export's run), "
-                 f"measured {f(r.get('measured_ms'), '.2f')} ms, judged {f(r.get('judged_ms'), '.2f')} ms against "
-                 f"its {r['budget_ms']:g} ms budget" for r in s["students"]]
-    stages = [f"{x['stage']} {x['key']}".strip() + (" (skipped)" if x["skipped"] else f" {x['seconds']:.0f} s")
-              for x in s["stages"]]
-    rows += [("ms: PyTorch fp32, batch 1, the student and the truncated teacher timed in one run (the finalists'); "
-              "the model cards hold the export's own timing; a budget judges the time measured at the host's speed "
-              "when the latency model was fitted, as far as the reference student and the calibration refitted in "
-              "the same run agree (a faster host tightens the verdict, a slower one loosens it only where both say so)"),
-             f"Pareto front: {s['pareto_png']}", "stages: " + ", ".join(stages)]
-    return "\n".join(rows)
+    _print(run_study(load_study(config, db), out, echo=lambda m: typer.echo(m, err=True)), as_json, tables.run_table)
 
 
 @app.command("status")
@@ -428,31 +264,7 @@ def status_cmd(config: ConfigOpt, db: DbOpt = None, as_json: JsonOpt = False) ->
     from nas_bert.status import study_status
 
     study = load_study(config, db)
-    _print(study_status(study), as_json, _status_table)
-
-
-def _status_table(s: dict[str, Any]) -> str:
-    sn = s["supernet"]
-    lines = [f"study '{s['study']}'  db {s['db']}"]
-    if sn is None:
-        lines.append("  1 supernet:     not trained (run `nas-bert train-supernet`)")
-    else:
-        lines.append(f"  1 supernet:     step {sn['step']}/{sn['target_steps']} ({sn['status']}), {sn['checkpoint']}")
-    lines.append(f"  2 latency:      {s['latency']['entries']} operator timings on this device")
-    lines.append(f"  3 block scores: {s['block_scores']} memoised; {s['architectures']} architectures scored")
-    if not s["searches"]:
-        lines.append("  4 search:       none yet (run `nas-bert search --latency-budget-ms X`)")
-    for r in s["searches"]:
-        t, best = r["trials"], r["best"]
-        b = "no feasible trial" if best is None else (
-            f"best trial {best['trial']}: loss {best['approx_loss']:.4f} at {best['predicted_ms']:.2f} ms")
-        lines.append(f"  4 search {r['budget_ms']:g} ms: {t['complete']} complete, {t['fail']} failed, "
-                     f"{t['running']} running, {r['feasible']} feasible; {b}")
-    if s.get("stages"):
-        lines.append("`nas-bert run` stages (current: its inputs are those it was made from):")
-        width = max(len(f"{r['stage']} {r['key']}") for r in s["stages"])
-        lines += [f"  {(r['stage'] + ' ' + r['key']).ljust(width)}  {r['state']:<8} {r['why']}" for r in s["stages"]]
-    return "\n".join(lines)
+    _print(study_status(study), as_json, tables.status_table)
 
 
 StudiesOpt = Annotated[Path, typer.Option("--studies", help="folder of the service's study files (created if missing)")]

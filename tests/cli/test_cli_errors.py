@@ -82,6 +82,8 @@ def test_teacher_folder_without_config(tiny_study_file, tmp_path):
 
 def test_unknown_alias(tiny_study_file, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # huggingface_hub reads the variable once, at import: an earlier test may have imported it already
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     _edit(tiny_study_file, teacher="minilm-l7")
     _assert_one_line_error(_run("train-supernet", "--config", str(tiny_study_file)), "could not be loaded", "minilm-l6")
     _assert_nothing_written(tiny_study_file)
@@ -94,7 +96,7 @@ def test_unknown_search_space(tiny_study_file):
 
 def test_space_wider_than_teacher(tiny_study_file, tiny_teacher):  # the teacher built beforehand: its bars are not the error
     space = tiny_study_file.parent / "wide.yaml"
-    shutil.copy(Path(__file__).resolve().parents[1] / "search_spaces" / "tiny.yaml", space)
+    shutil.copy(Path(__file__).resolve().parents[2] / "search_spaces" / "tiny.yaml", space)
     _edit(space, hidden_sizes=[16, 64])
     _edit(tiny_study_file, search_space=str(space))
     _assert_one_line_error(_run("train-supernet", "--config", str(tiny_study_file)), "up to 64", "hidden size is 32")
@@ -118,7 +120,7 @@ def test_a_space_of_other_content_trains_its_own_supernet(tiny_study_file):
     first = supernet_dir(load_study(tiny_study_file))
     old = {p.name: p.read_bytes() for p in first.glob("step-*.pt")}
     space = tiny_study_file.parent / "other.yaml"
-    shutil.copy(Path(__file__).resolve().parents[1] / "search_spaces" / "tiny.yaml", space)
+    shutil.copy(Path(__file__).resolve().parents[2] / "search_spaces" / "tiny.yaml", space)
     _edit(space, conv_kernels=[3])
     _edit(tiny_study_file, search_space=str(space))
     assert _run("train-supernet", "--config", str(tiny_study_file), "--steps", "2").exit_code == 0
