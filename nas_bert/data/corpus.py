@@ -25,7 +25,7 @@ import datasets
 import torch
 
 from nas_bert.errors import NasBertError
-from nas_bert.store import file_sha256, fingerprint, folder_identity
+from nas_bert.store import cached_sha256, fingerprint, folder_identity
 from nas_bert.study import CorpusConfig
 
 if TYPE_CHECKING:
@@ -413,7 +413,7 @@ def corpus_identity(cfg: CorpusConfig) -> str:
     blob = cfg.model_dump(mode="json")
     p = Path(str(cfg.name)).expanduser()
     if p.is_file():
-        blob["file_sha256"] = file_sha256(p)
+        blob["file_sha256"] = cached_sha256(p)
     elif p.is_dir():
         blob["folder"] = folder_identity(p)
     return fingerprint(blob)

