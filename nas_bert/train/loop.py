@@ -26,7 +26,7 @@ from transformers import get_scheduler
 
 from nas_bert.data import StepBatcher
 from nas_bert.errors import NasBertError
-from nas_bert.store import atomic_file, file_sha256, safe_torch_load
+from nas_bert.store import atomic_file, atomic_write_text, file_sha256, safe_torch_load
 from nas_bert.study import TrainConfig
 
 CKPT_RE = re.compile(r"step-(\d{7})\.pt$")
@@ -40,11 +40,21 @@ class Objective(Protocol):
     def validate(self, model: torch.nn.Module) -> dict[str, Any]: ...
 
 
-def atomic_torch_save(obj: Any, path: Path) -> str:
-    """Write to a temporary name, fsync, rename: a kill never leaves a half-written checkpoint."""
+def sha_file(path: Path) -> Path:
+    """Where a checkpoint's sha256 is kept beside it (`step-0000100.pt.sha256`)."""
+    return path.with_name(path.name + ".sha256")
+
+
+def atomic_torch_save(obj: Any, path: Path, keep_sha: bool = False) -> str:
+    """Write to a temporary name, fsync, rename: a kill never leaves a half-written checkpoint. With
+    `keep_sha`, its sha256 is written beside it first, so every checkpoint that exists can be verified."""
     with atomic_file(path) as f:
         torch.save(obj, f)
-    return file_sha256(path)
+        f.flush()
+        sha = file_sha256(f.name)  # the temporary file, whole: the sha is known before the rename
+        if keep_sha:
+            atomic_write_text(sha_file(path), sha)
+    return sha
 
 
 @dataclass
@@ -70,13 +80,23 @@ class CheckpointDir:
         steps = self.steps()
         return self.path(steps[-1]) if steps else None
 
+    def recorded_sha(self, path: Path) -> str | None:
+        """The sha256 written beside a checkpoint when it was saved (None for one saved without it)."""
+        f = sha_file(path)
+        return f.read_text().strip() if f.is_file() else None
+
     def prune(self) -> list[int]:
         """Delete all but the newest `keep` checkpoints; returns the steps removed."""
         old = self.steps()[: -self.keep]
         for s in old:
             self.path(s).unlink(missing_ok=True)
+            sha_file(self.path(s)).unlink(missing_ok=True)
         for stale in self.root.glob(".step-*.tmp-*"):  # left by a kill during a save
-            stale.unlink(missing_ok=True)
+            if stale.is_file():
+                stale.unlink(missing_ok=True)
+        for orphan in self.root.glob("step-*.pt.sha256"):  # its checkpoint never made it (a kill before the rename)
+            if not orphan.with_name(orphan.name.removesuffix(".sha256")).exists():
+                orphan.unlink(missing_ok=True)
         return old
 
 
@@ -147,8 +167,8 @@ def train_loop(
     scheduler = get_scheduler(cfg.schedule, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=total_steps)
     start, report = 0, {}
     latest = ckpts.latest() if ckpts is not None else None
-    if latest is not None:
-        state = safe_torch_load(latest, what="checkpoint")
+    if ckpts is not None and latest is not None:  # verified against the sha256 written beside it at saving
+        state = safe_torch_load(latest, ckpts.recorded_sha(latest), what="checkpoint")
         for key, want in meta.items():
             if state["meta"].get(key) != want:
                 raise NasBertError(
@@ -217,6 +237,7 @@ def train_loop(
                         "best": keep_best.record() if keep_best else {},
                     },
                     path,
+                    keep_sha=True,
                 )
                 ckpts.prune()
                 if on_checkpoint is not None:

@@ -142,6 +142,19 @@ def test_truncated_supernet_checkpoint_is_caught_by_its_sha256(trained, tmp_path
     _no_search_started(study_file)
 
 
+def test_a_checkpoint_changed_in_place_is_refused_when_training_resumes(trained, tmp_path):
+    """One byte of the newest checkpoint changed, its size kept: resuming training refuses it in one line
+    (the sha256 written beside it at saving), and the file is left for the user."""
+    study_file, ckpt = _copy_trained(trained, tmp_path / "study")
+    assert ckpt.with_name(ckpt.name + ".sha256").is_file()
+    data = bytearray(ckpt.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    ckpt.write_bytes(bytes(data))
+    err = _one_line_error(_run("train-supernet", "--config", str(study_file), "--steps", "4"),
+                          str(ckpt), "does not match the sha256 recorded", "delete it and rerun")
+    assert "Traceback" not in err and ckpt.read_bytes() == bytes(data)
+
+
 def test_checkpoint_is_never_unpickled(trained, tmp_path):
     """A checkpoint replaced by a pickle that runs code, with the database's sha256 updated to match (so the
     sha256 check passes): loading refuses it (weights_only) and the code never runs."""
