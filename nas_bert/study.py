@@ -16,10 +16,13 @@ from nas_bert.space import SearchSpace, load_space
 from nas_bert.store import read_mapping, validate
 
 
-class CorpusConfig(BaseModel):
-    """Where the text comes from and how it becomes MLM training sequences."""
+class _Strict(BaseModel):
+    # every number of a study is finite: `.nan` or `.inf` in YAML is an error, never a silent NaN setting
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    model_config = ConfigDict(extra="forbid")
+
+class CorpusConfig(_Strict):
+    """Where the text comes from and how it becomes MLM training sequences."""
 
     name: str = "wordnet"  # "wordnet", a local .txt/.json/.jsonl/.csv[.gz|.xz|...], or a Hub id
     subset: str | None = None  # Hub dataset configuration
@@ -44,10 +47,8 @@ class CorpusConfig(BaseModel):
         return "gloss" if self.name == "wordnet" else "text"
 
 
-class LatencyConfig(BaseModel):
+class LatencyConfig(_Strict):
     """How latency is measured; device, threads, batch and sequence length enter the fingerprint."""
-
-    model_config = ConfigDict(extra="forbid")
 
     device: Literal["cpu", "cuda"] = "cpu"
     threads: int = Field(default=2, ge=1, description="intra-op threads while timing")
@@ -66,10 +67,8 @@ class LatencyConfig(BaseModel):
                                 "one does not (BENCHMARKS.md)")
 
 
-class EvalConfig(BaseModel):
+class EvalConfig(_Strict):
     """Evaluation protocol; the defaults run in minutes on a 2-core CPU with MiniLM-L6."""
-
-    model_config = ConfigDict(extra="forbid")
 
     fidelity_texts: int = Field(512, ge=3, description="held-out test texts for fidelity")
     ood_texts: int = Field(2000, ge=0, description="out-of-domain sentences (the shipped manpages set) for a second "
@@ -85,11 +84,6 @@ class EvalConfig(BaseModel):
     max_train_examples: int | None = Field(6000, ge=1)
     max_eval_examples: int | None = Field(1500, ge=1)
     seed: int = 0
-
-
-class _Strict(BaseModel):
-    # every number of a study is finite: `.nan` or `.inf` in YAML is an error, never a silent NaN setting
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class TrainConfig(_Strict):

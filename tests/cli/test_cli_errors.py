@@ -187,6 +187,9 @@ def test_study_budgets_must_be_finite_and_positive(tiny_study_file, budgets, nee
 @pytest.mark.parametrize("changes, needles", [
     ({"supernet.lr": float("nan")}, ["supernet.lr", "finite number"]),
     ({"distill.temperature": float("inf")}, ["distill.temperature", "finite number"]),
+    ({"latency.min_run_time": float("inf")}, ["latency.min_run_time", "finite number"]),  # a timing that never ends
+    ({"corpus.validation_fraction": float("nan")}, ["corpus.validation_fraction", "finite number"]),
+    ({"evaluate.lr": float("inf")}, ["evaluate.lr", "finite number"]),
     ({"search.seed": -1}, ["search.seed", "greater than or equal to 0"]),
     ({"search.trials": 0}, ["search.trials", "greater than or equal to 1"]),
     ({"mapping.generations": 0}, ["mapping.generations", "greater than or equal to 1"]),
