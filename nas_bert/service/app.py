@@ -6,8 +6,9 @@ command line (`routes_studies`); jobs are rows of `nasbert_jobs` in the study da
 (`routes_results`, `results`). The routes share one `ServiceState` (`state`) on `app.state.service`.
 
 Auth (`auth`): a request that changes anything needs `Authorization: Bearer <token>`; reads are open to
-clients on this machine (loopback) and need the token (the header, or the `nas_bert_token` cookie the
-page sets) from anywhere else.
+clients on this machine (loopback, addressing it by a loopback name) and need the token (the header, or
+the `nas_bert_token` cookie the page sets) from anywhere else. In front of all of it (`guard`): the Host
+header against the names served, a write's token before its body is read, and a limit on the body.
 
 Optuna's dashboard (optuna-dashboard's WSGI app) is served beside the API: its page loads its script
 and data from fixed root paths (/dashboard, /api/..., /static/...), so it lives at those paths, and
@@ -31,6 +32,7 @@ from fastapi.responses import JSONResponse
 from nas_bert.service import routes_jobs, routes_results, routes_service, routes_studies
 from nas_bert.service.auth import Auth, read_token
 from nas_bert.service.errors import ApiError, add_error_handlers
+from nas_bert.service.guard import DEFAULT_MAX_BODY, Guard, allowed_hosts
 from nas_bert.service.state import ServiceState
 from nas_bert.service.worker import spawn
 
@@ -78,8 +80,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.service.computer.close()
 
 
-def create_app(db_url: str, studies_dir: str | Path, token: str) -> FastAPI:
-    """The service over one study database and one folder of study files."""
+def create_app(db_url: str, studies_dir: str | Path, token: str, hosts: frozenset[str] | None = None,
+               max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
+    """The service over one study database and one folder of study files; `hosts`: the Host names it
+    answers to (None: any), `max_body`: the largest request body in bytes (see `guard`)."""
     state = ServiceState.open(db_url, studies_dir, token)
     app = FastAPI(title="nas-bert", version="1", lifespan=lifespan,
                   description="Launch, watch and collect neural architecture searches of small BERT students. "
@@ -87,6 +91,7 @@ def create_app(db_url: str, studies_dir: str | Path, token: str) -> FastAPI:
     app.state.service = state
     app.state.db = state.db
     app.add_middleware(Dashboard, db_url=db_url, auth=state.auth)
+    app.add_middleware(Guard, auth=state.auth, hosts=hosts, max_body=max_body)  # added last: runs first
     add_error_handlers(app)
     for routes in (routes_studies, routes_jobs, routes_results, routes_service):
         app.include_router(routes.router)
@@ -94,10 +99,12 @@ def create_app(db_url: str, studies_dir: str | Path, token: str) -> FastAPI:
 
 
 def serve(db_url: str, studies_dir: Path, host: str, port: int, token: str, workers: int = 1,
-          worker_args: list[str] | None = None, echo: Any = print) -> None:
+          worker_args: list[str] | None = None, echo: Any = print, hosts: list[str] | None = None,
+          max_body: int = DEFAULT_MAX_BODY, forwarded_allow_ips: str | None = None) -> None:
     """uvicorn on the app, with `workers` `nas-bert worker` processes that die with it; a worker that dies
-    (killed, out of memory) is started again, and takes over the job it held at once."""
-    app = create_app(db_url, studies_dir, token)
+    (killed, out of memory) is started again, and takes over the job it held at once. Proxy headers
+    (X-Forwarded-For, -Proto) are believed only from `forwarded_allow_ips` (a reverse proxy's address)."""
+    app = create_app(db_url, studies_dir, token, allowed_hosts(host, hosts), max_body)
     args = ["worker", "--db", db_url, "--studies", str(studies_dir), *(worker_args or [])]
     procs = [spawn(args) for _ in range(workers)]
     done = threading.Event()
@@ -111,7 +118,10 @@ def serve(db_url: str, studies_dir: Path, host: str, port: int, token: str, work
 
     threading.Thread(target=supervise, daemon=True).start()
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        # uvicorn trusts proxy headers from 127.0.0.1 by default: any local process could then pose as
+        # another client; here nothing is trusted unless a proxy's address is named
+        uvicorn.run(app, host=host, port=port, log_level="warning", proxy_headers=forwarded_allow_ips is not None,
+                    forwarded_allow_ips=forwarded_allow_ips or "")
     finally:
         done.set()
         for p in procs:

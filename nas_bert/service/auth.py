@@ -1,8 +1,10 @@
 """The service's token and who may do what with it.
 
 A request that changes anything needs `Authorization: Bearer <token>`; reads are open to clients on
-this machine (loopback) and need the token (the header, or the `nas_bert_token` cookie the page sets)
-from anywhere else.
+this machine (loopback) that address it by a loopback name, and need the token (the header, or the
+`nas_bert_token` cookie the page sets) from anywhere else. The Host rule stops DNS rebinding: a page of
+another site whose name is made to resolve to 127.0.0.1 reaches the service from this machine, but
+sends its own name as Host, so it reads nothing without the token.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from nas_bert.errors import NasBertError
 from nas_bert.service.errors import ApiError
 
 TOKEN_COOKIE = "nas_bert_token"
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 def is_loopback(host: str | None) -> bool:
@@ -26,6 +29,20 @@ def is_loopback(host: str | None) -> bool:
         return host is not None and ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def host_name(host_header: str | None) -> str:
+    """The name in a Host header, without its port and IPv6 brackets, lower-case ("[::1]:8000" -> "::1")."""
+    value = (host_header or "").strip().lower()
+    if value.startswith("["):
+        return value[1:value.find("]")] if "]" in value else value[1:]
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+def is_local_request(client: str | None, host_header: str | None) -> bool:
+    """A client on this machine that addresses the service by a loopback name (see the module's docstring)."""
+    name = host_name(host_header)
+    return is_loopback(client) and (name in LOOPBACK_NAMES or is_loopback(name))
 
 
 def default_token_file() -> Path:
@@ -53,6 +70,9 @@ def read_token(token_file: str | Path | None = None) -> tuple[str, str]:
     return token, str(path)
 
 
+READS = ("GET", "HEAD", "OPTIONS")
+
+
 class Auth:
     """The one check for all requests: reads (GET) open on loopback, else the token; writes always the bearer token."""
 
@@ -68,8 +88,8 @@ class Auth:
 
     def check(self, method: str, client: str | None, headers: Any, cookies: dict[str, str]) -> None:
         bearer = self._bearer(headers)
-        if method in ("GET", "HEAD", "OPTIONS"):
-            if is_loopback(client) or self._ok(bearer) or self._ok(cookies.get(TOKEN_COOKIE)):
+        if method in READS:
+            if is_local_request(client, headers.get("host")) or self._ok(bearer) or self._ok(cookies.get(TOKEN_COOKIE)):
                 return
             raise ApiError(401, "reading from another machine needs the service token: send "
                                 "`Authorization: Bearer <token>` (the token: $NAS_BERT_TOKEN or the token file)")

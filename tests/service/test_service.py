@@ -29,6 +29,7 @@ from nas_bert.store import Database, JobRow, Meta
 TOKEN = "test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 LOCAL, REMOTE = ("127.0.0.1", 50000), ("192.0.2.7", 50000)
+LOCAL_URL = "http://localhost"  # a client on this machine names it by a loopback name
 
 
 @pytest.fixture()
@@ -50,7 +51,7 @@ def db_url(root: Path) -> str:
 
 @pytest.fixture()
 def client(studies: Path):
-    with TestClient(create_app(db_url(studies), studies, TOKEN), client=LOCAL) as c:  # runs its shutdown too
+    with TestClient(create_app(db_url(studies), studies, TOKEN), base_url=LOCAL_URL, client=LOCAL) as c:  # runs its shutdown too
         yield c
 
 
@@ -86,9 +87,49 @@ def test_create_study_validates_like_the_cli(client: TestClient, studies: Path) 
     assert client.get("/v1/studies/odd").status_code == 422
 
 
+def test_a_rebound_name_reads_nothing_and_an_unserved_host_is_refused(studies: Path) -> None:
+    """DNS rebinding: a page of another site whose name resolves to 127.0.0.1 reaches the service from this
+    machine but sends its own name as Host."""
+    from nas_bert.service.guard import allowed_hosts
+
+    rebound = TestClient(create_app(db_url(studies), studies, TOKEN), base_url="http://evil.example:8000",
+                         client=LOCAL)
+    assert rebound.get("/v1/jobs").status_code == 401
+    assert rebound.get("/v1/studies/tiny/students").status_code == 401
+    assert rebound.get("/v1/jobs", headers=AUTH).status_code == 200  # the token still opens it
+    served = create_app(db_url(studies), studies, TOKEN, hosts=allowed_hosts("127.0.0.1"))
+    r = TestClient(served, base_url="http://evil.example:8000", client=LOCAL).get("/v1/jobs", headers=AUTH)
+    assert r.status_code == 400 and "evil.example" in r.json()["detail"] and "--allowed-hosts" in r.json()["detail"]
+    for url in ("http://localhost:8000", "http://127.0.0.1:8000", "http://[::1]:8000"):
+        assert TestClient(served, base_url=url, client=LOCAL).get("/v1/jobs").status_code == 200, url
+    assert allowed_hosts("0.0.0.0") is None and allowed_hosts("0.0.0.0", ["nas.example"]) >= {"nas.example"}
+    assert "10.1.2.3" in allowed_hosts("10.1.2.3") and allowed_hosts("127.0.0.1", ["*"]) is None
+
+
+def test_a_body_is_refused_before_it_is_read(studies: Path) -> None:
+    """Unauthenticated: 401 before the body is read. Over the limit: 413 by its Content-Length, or, sent
+    in chunks without one, as soon as the limit is passed."""
+    app = create_app(db_url(studies), studies, TOKEN, max_body=4096)
+    client = TestClient(app, base_url=LOCAL_URL, client=LOCAL)
+    big = b"x" * 100_000
+    assert client.post("/v1/studies", content=big).status_code == 401
+    r = client.post("/v1/studies", content=big, headers=AUTH)
+    assert r.status_code == 413 and "4,096 bytes" in r.json()["detail"] and r.headers["connection"] == "close"
+
+    def chunks():
+        for _ in range(100):
+            yield b"y" * 1000
+
+    r = client.post("/v1/studies", content=chunks(), headers=AUTH)
+    assert r.status_code == 413
+    good = (studies / "tiny.yaml").read_text().replace("name: tiny", "name: chunked")
+    r = client.post("/v1/studies", content=(good[i:i + 100].encode() for i in range(0, len(good), 100)), headers=AUTH)
+    assert r.status_code == 201, r.json()  # a chunked body under the limit reaches the app whole
+
+
 def test_reads_open_on_loopback_only(studies: Path) -> None:
     app = create_app(db_url(studies), studies, TOKEN)
-    remote, local = TestClient(app, client=REMOTE), TestClient(app, client=LOCAL)
+    remote, local = TestClient(app, client=REMOTE), TestClient(app, base_url=LOCAL_URL, client=LOCAL)
     assert local.get("/v1/jobs").status_code == 200
     r = remote.get("/v1/jobs")
     assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
