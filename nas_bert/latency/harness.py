@@ -20,6 +20,7 @@ from torch.utils import benchmark
 from tqdm.auto import tqdm
 
 from nas_bert.errors import NasBertError
+from nas_bert.lifetime import die_with_parent
 from nas_bert.model import NasBertConfig, NasBertEmbeddings, NasBertLayer, NasBertModel, mask_bias, resize
 from nas_bert.space import Architecture, Block, Embeddings, Op
 from nas_bert.study import LatencyConfig
@@ -177,7 +178,9 @@ def in_fresh_process(fn: Callable[..., Any], *args: Any) -> Any:
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+    # the new process dies with this one (a stopped job's command killed mid-timing leaves no timer running)
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=die_with_parent,
+                             initargs=(os.getpid(),)) as pool:
         return pool.submit(fn, *args).result()
 
 

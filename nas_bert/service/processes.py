@@ -7,25 +7,12 @@ a parent that died before it was set is caught by comparing the parent's pid.
 
 from __future__ import annotations
 
-import ctypes
 import os
-import signal
 import sys
 
-PARENT_ENV = "NAS_BERT_PARENT_PID"
+from nas_bert.lifetime import PARENT_ENV, die_with_parent
 
-
-def die_with_parent(parent: int | None = None) -> None:
-    """This process gets SIGKILL when its parent (`parent`, else $NAS_BERT_PARENT_PID) dies."""
-    if sys.platform != "linux":
-        return
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    expected = parent if parent is not None else os.environ.get(PARENT_ENV, "")
-    if str(expected).isdigit() and os.getppid() != int(expected):  # the parent died before the line above
-        os._exit(1)
+__all__ = ["PARENT_ENV", "die_with_parent", "main"]
 
 
 def main() -> None:

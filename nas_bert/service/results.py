@@ -26,6 +26,7 @@ import optuna
 from optuna.trial import TrialState
 from sqlalchemy import select
 
+from nas_bert.lifetime import die_with_parent
 from nas_bert.store import (
     ArchitectureRow,
     Database,
@@ -192,8 +193,6 @@ _CHILD: dict[str, Any] = {}
 
 
 def _child_init(db_url: str, parent: int) -> None:
-    from nas_bert.service.processes import die_with_parent
-
     die_with_parent(parent)  # a service killed at any moment leaves no process behind
     _CHILD.update(db_url=db_url, db=Database(db_url), studies={})
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from nas_bert.lifetime import end_group
 from nas_bert.service import jobs
 from nas_bert.store import Database, JobRow
 
@@ -308,12 +308,5 @@ class Worker:
 
 
 def end_child(child: subprocess.Popen, grace_s: float = 15.0) -> None:
-    """SIGINT (the command stops as at a Ctrl-C; its stages resume later), then SIGKILL."""
-    if child.poll() is not None:
-        return
-    try:
-        child.send_signal(signal.SIGINT)
-        child.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        child.kill()
-        child.wait()
+    """The job's command and every process it started: SIGINT to its group, then SIGKILL (`end_group`)."""
+    end_group(child, grace_s)
