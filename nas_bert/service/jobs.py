@@ -6,9 +6,14 @@ happened, so it is atomic on SQLite and PostgreSQL alike:
 - claim: `status='queued'`, or `status='running'` with its lease run out (its worker died) -> running,
   with a new lease token; two workers racing for a job: one UPDATE matches, the other matches nothing.
 - heartbeat / finish: only while the job is still `running` under the caller's lease token; a job that
-  was stopped or taken over meanwhile answers False and its worker ends the job's process.
-- stop: queued or running -> stopped (its worker sees it at its next heartbeat).
-- resume: stopped, failed or finished -> queued; the stages it runs skip what is finished.
+  was stopped or taken over meanwhile answers False and its worker ends the job's processes.
+- stop: queued or running -> stopped; the worker still holds it (its lease token) until it has ended the
+  job's processes and `disown`s it, or until its lease runs out (a dead worker).
+- resume: stopped, failed or finished -> queued, once no worker holds it any more: a resume right after a
+  stop never starts the job beside its old processes.
+
+Leases are judged by the database's clock (`Database.now`), never by a worker's own: two machines whose
+clocks disagree by a minute still agree on whose a job is.
 """
 
 from __future__ import annotations
@@ -30,8 +35,18 @@ ACTIVE = ("queued", "running")
 DONE = ("stopped", "failed", "finished")
 
 
+def machine() -> str:
+    """This machine as `release_dead` may judge its processes: host name and pid namespace (containers
+    share host names, and pids only mean something within one namespace)."""
+    try:
+        ns = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        ns = 0
+    return f"{socket.gethostname()}/{ns}"
+
+
 def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    return f"{machine()}:{os.getpid()}"
 
 
 def dedupe_key(study: str, kind: str, budget_ms: float | None = None, budgets: list[float] | None = None) -> str:
@@ -83,7 +98,7 @@ def list_jobs(db: Database, study: str | None = None, status: str | None = None)
 
 def claim(db: Database, worker: str, lease_s: float, job_id: int | None = None) -> tuple[JobRow, str] | None:
     """Take the oldest queued job, or a running one whose worker's lease ran out; (job, lease token)."""
-    now = time.time()
+    now = db.now()
     claimable = or_(JobRow.status == "queued", (JobRow.status == "running") & (JobRow.lease_until < now))
     q = select(JobRow.id).where(claimable).order_by(JobRow.id).limit(8)
     if job_id is not None:
@@ -105,7 +120,7 @@ def claim(db: Database, worker: str, lease_s: float, job_id: int | None = None) 
 def heartbeat(db: Database, job_id: int, token: str, lease_s: float, progress: dict[str, Any] | None = None,
               log_tail: str | None = None) -> bool:
     """Extend the lease (and record progress); False when the job is no longer this worker's to run."""
-    now = time.time()
+    now = db.now()
     return _update_held(db, job_id, token, {"lease_until": now + lease_s, "updated_at": now}, progress, log_tail)
 
 
@@ -124,7 +139,7 @@ def _update_held(db: Database, job_id: int, token: str, values: dict[str, Any], 
 
 def finish(db: Database, job_id: int, token: str, ok: bool, result: Any = None, error: str | None = None,
            progress: dict[str, Any] | None = None, log_tail: str | None = None) -> bool:
-    now = time.time()
+    now = db.now()
     values: dict[str, Any] = {"status": "finished" if ok else "failed", "finished_at": now, "updated_at": now,
                               "lease_until": 0.0, "error": error}
     if result is not None:
@@ -136,13 +151,13 @@ def release(db: Database, job_id: int, token: str) -> bool:
     """A worker shutting down hands its job back: still running, its lease ends now (claimable at once)."""
     with db.session() as s:
         return s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.lease_token == token,
-                                              JobRow.status == "running").values(lease_until=0.0, updated_at=time.time())
+                                              JobRow.status == "running").values(lease_until=0.0, updated_at=db.now())
                          .execution_options(synchronize_session=False)).rowcount == 1
 
 
 def release_dead(db: Database, host: str, alive: Any) -> int:
-    """Running jobs of this host whose worker process is gone: their lease ends now (a worker restarted on
-    the same machine takes them over at once instead of waiting for the lease to run out)."""
+    """Running jobs of this machine (`host` is `machine()`) whose worker process is gone: their lease ends
+    now (a worker restarted on the same machine takes them over at once instead of waiting for the lease)."""
     n = 0
     with db.session() as s:
         rows = list(s.execute(select(JobRow.id, JobRow.worker, JobRow.lease_token).where(JobRow.status == "running")))
@@ -157,25 +172,42 @@ def release_dead(db: Database, host: str, alive: Any) -> int:
 
 
 def stop(db: Database, job_id: int) -> bool:
-    """Queued or running -> stopped; False if the job had ended already."""
-    now = time.time()
+    """Queued or running -> stopped; False if the job had ended already. A running job's worker keeps
+    holding it (lease token and lease) until it has ended the job's processes (`disown`)."""
+    now = db.now()
     with db.session() as s:
         return s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status.in_(ACTIVE)).values(
-            status="stopped", lease_until=0.0, updated_at=now, finished_at=now)
+            status="stopped", updated_at=now, finished_at=now)
             .execution_options(synchronize_session=False)).rowcount == 1
 
 
+def disown(db: Database, job_id: int, token: str) -> bool:
+    """A worker that has ended a stopped job's processes lets go of it: it may be resumed now."""
+    with db.session() as s:
+        return s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.lease_token == token,
+                                              JobRow.status.in_(DONE)).values(lease_token=None, lease_until=0.0)
+                         .execution_options(synchronize_session=False)).rowcount == 1
+
+
+def held(row: JobRow, now: float) -> bool:
+    """Whether a worker may still be running the job's processes (it holds a lease that has not run out)."""
+    return row.lease_token is not None and row.lease_until > now
+
+
 def resume(db: Database, job_id: int, params: dict[str, Any] | None = None) -> bool:
-    """Stopped, failed or finished -> queued (with `params` merged in); False if it is queued or running."""
+    """Stopped, failed or finished -> queued (with `params` merged in); False if it is queued or running, or
+    stopped while its worker still ends its processes (see `held`)."""
+    now = db.now()
     values: dict[str, Any] = {"status": "queued", "lease_token": None, "lease_until": 0.0, "error": None,
-                              "finished_at": None, "updated_at": time.time()}
+                              "finished_at": None, "updated_at": now}
     if params:
         row = get(db, job_id)
         if row is None:
             return False
         values["params_json"] = json.dumps({**json.loads(row.params_json), **params})
     with db.session() as s:
-        return s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status.in_(DONE)).values(**values)
+        free = or_(JobRow.lease_token.is_(None), JobRow.lease_until <= now)  # no worker runs it any more
+        return s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status.in_(DONE), free).values(**values)
                          .execution_options(synchronize_session=False)).rowcount == 1
 
 

@@ -4,6 +4,7 @@ shown, stopped and resumed; `nas-bert worker` processes run them (see `jobs` and
 from __future__ import annotations
 
 import math
+import time
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Response
@@ -14,6 +15,8 @@ from nas_bert.service.errors import ApiError
 from nas_bert.service.state import ServiceState, State, read, write
 from nas_bert.store import JobRow
 from nas_bert.study import Study
+
+RESUME_WAIT_S = 20.0
 
 router = APIRouter()
 
@@ -107,12 +110,20 @@ def stop_job(state: State, job_id: int) -> dict[str, Any]:
 
 @router.post("/v1/jobs/{job_id}/resume", dependencies=write, tags=["jobs"])
 def resume_job(state: State, job_id: int, body: ResumeIn | None = None) -> dict[str, Any]:
-    """Queue a stopped, failed or finished job again: it continues from its finished stages and trials."""
+    """Queue a stopped, failed or finished job again: it continues from its finished stages and trials. Right
+    after a stop it waits (up to RESUME_WAIT_S) until the job's old processes have ended: never two runs."""
     row = get_job(state, job_id)
     params = {"trials": body.trials} if body and body.trials else None
     if params and row.kind != "search":
         raise ApiError(422, "field 'trials': only for a search", "trials")
-    if not jobs.resume(state.db, job_id, params):
-        raise ApiError(409, f"job {job_id} is {row.status} already; resume a stopped, failed or finished job",
-                       "job_id")
+    deadline = time.monotonic() + RESUME_WAIT_S
+    while not jobs.resume(state.db, job_id, params):
+        row = get_job(state, job_id)
+        if row.status not in jobs.DONE:
+            raise ApiError(409, f"job {job_id} is {row.status} already; resume a stopped, failed or finished job",
+                           "job_id")
+        if time.monotonic() > deadline:  # stopped, and its worker is still ending the job's processes
+            raise ApiError(409, f"job {job_id} is still stopping (its worker ends its processes within a heartbeat "
+                                "and a grace period); resume it again in a few seconds", "job_id")
+        time.sleep(0.5)
     return jobs.as_dict(get_job(state, job_id))

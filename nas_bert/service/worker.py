@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -201,7 +200,9 @@ class Worker:
                  poll_s: float = 2.0, echo: Any = None) -> None:
         self.db_url, self.studies_dir = db_url, Path(studies_dir)
         self.lease_s, self.heartbeat_s, self.poll_s = lease_s, heartbeat_s, poll_s
-        self.db = Database(db_url)
+        # a heartbeat blocked on a busy SQLite file gives up well inside the lease, so `_watch` can still
+        # end the job's processes before another worker's takeover (60 s, the default, outlived a 30 s lease)
+        self.db = Database(db_url, busy_timeout_s=min(60.0, lease_s / 3))
         self.name = jobs.worker_name()
         self.echo = echo or (lambda m: print(m, file=sys.stderr, flush=True))
         self.stop_event = threading.Event()
@@ -211,7 +212,7 @@ class Worker:
         n = 0
         self.echo(f"worker {self.name}: waiting for jobs in {redact(self.db_url)}")
         while not self.stop_event.is_set():
-            jobs.release_dead(self.db, socket.gethostname(), pid_alive)
+            jobs.release_dead(self.db, jobs.machine(), pid_alive)
             got = jobs.claim(self.db, self.name, self.lease_s)
             if got is None:
                 if once:
@@ -252,7 +253,8 @@ class Worker:
                 child = spawn(cmd, stdout=out, stderr=log, stdin=subprocess.DEVNULL, env=env)
                 ended = self._watch(row, token, child, progress, log_path)
             if ended == "lost":
-                self.echo(f"worker {self.name}: job {row.id} stopped or taken over; its process is ended")
+                jobs.disown(self.db, row.id, token)  # a stopped job may be resumed now: nothing of it runs
+                self.echo(f"worker {self.name}: job {row.id} stopped or taken over; its processes are ended")
                 return "lost"
             if ended == "released":
                 self.echo(f"worker {self.name}: shutting down; job {row.id} goes back to the queue")
@@ -285,7 +287,10 @@ class Worker:
 
     def _watch(self, row: JobRow, token: str, child: subprocess.Popen, progress: Progress, log_path: Path) -> str:
         """Heartbeats until the child exits ("exited"), the job is no longer ours ("lost") or this worker shuts
-        down ("released": the job's lease ends now, for another worker to take it over)."""
+        down ("released": the job's lease ends now, for another worker to take it over). A worker whose
+        heartbeats have all failed for a lease's length ends the job's processes itself ("lost"): by then
+        another worker may have taken the job over, and a job never runs twice."""
+        last_beat = time.monotonic()
         while True:
             try:
                 child.wait(timeout=self.heartbeat_s)
@@ -293,11 +298,18 @@ class Worker:
             except subprocess.TimeoutExpired:
                 pass
             tail = read_tail(log_path)
+            started = time.monotonic()  # a lease granted by this heartbeat runs from no later than now
             try:
                 mine = jobs.heartbeat(self.db, row.id, token, self.lease_s, self._progress(progress, tail), tail)
             except Exception as e:  # noqa: BLE001 - a busy database: the lease has room for a missed beat
+                if time.monotonic() - last_beat >= self.lease_s - self.heartbeat_s:  # our lease may be gone
+                    self.echo(f"worker {self.name}: no heartbeat of job {row.id} got through for a lease's "
+                              f"length ({type(e).__name__}); ending its processes")
+                    end_child(child, grace_s=min(15.0, self.heartbeat_s))  # no time for a long goodbye
+                    return "lost"
                 self.echo(f"worker {self.name}: heartbeat of job {row.id} failed ({type(e).__name__}); retrying")
                 continue
+            last_beat = started
             if not mine:
                 end_child(child)
                 return "lost"

@@ -8,6 +8,7 @@ JSON goes in text columns so SQLite and PostgreSQL behave the same.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -24,6 +25,7 @@ from sqlalchemy import (
     create_engine,
     event,
     select,
+    text,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ArgumentError, DatabaseError, IntegrityError
@@ -307,7 +309,7 @@ class Database:
     A file that is not a SQLite database, or one SQLite finds corrupt, is a one-line `NasBertError` naming
     the file, on open and in any later session; nothing is written to it."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, busy_timeout_s: float = 60.0) -> None:
         self.url = url
         if _sqlite_file(url):
             try:
@@ -316,7 +318,8 @@ class Database:
                 raise NasBertError(f"study database {_sqlite_file(url)}: its folder cannot be made ({e.strerror}); "
                                    "check the path and its permissions") from None
         try:
-            self.engine: Engine = create_engine(url, connect_args={"timeout": 60} if url.startswith("sqlite") else {})
+            self.engine: Engine = create_engine(url, connect_args={"timeout": busy_timeout_s} if url.startswith("sqlite")
+                                                else {})
         except (ArgumentError, ModuleNotFoundError) as e:
             raise NasBertError(f"database URL '{url}' is not usable ({e}); use sqlite:///path.db or postgresql+psycopg://...") from None
         if url.startswith("sqlite"):
@@ -373,6 +376,16 @@ class Database:
                 s.add(StudyRow(name=name, config_json=blob))
             elif row.config_json != blob:
                 row.config_json = blob
+
+    def now(self) -> float:
+        """The database's clock in epoch seconds: every worker of a queue judges leases by this one clock,
+        never by its own (PostgreSQL's server clock; SQLite lives on this machine, whose clock it is)."""
+        query = {"postgresql": "SELECT EXTRACT(EPOCH FROM clock_timestamp())",
+                 "sqlite": "SELECT (julianday('now') - 2440587.5) * 86400.0"}.get(self.engine.dialect.name)
+        if query is None:
+            return time.time()
+        with self.engine.connect() as c:
+            return float(c.execute(text(query)).scalar_one())
 
     def dispose(self) -> None:
         self.engine.dispose()

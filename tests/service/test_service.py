@@ -273,6 +273,79 @@ def test_dead_workers_job_is_taken_over(tmp_path: Path) -> None:
     assert jobs.get(db, job.id).status == "finished" and jobs.claim(db, "host-b:4", 30) is None
 
 
+def test_a_resume_right_after_a_stop_waits_for_the_old_run_to_end(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'q.db'}")
+    job, _ = jobs.enqueue(db, "s", "run")
+    _, token = jobs.claim(db, "host-a/1:1", lease_s=30)
+    assert jobs.stop(db, job.id)
+    assert not jobs.resume(db, job.id)  # its worker has not ended the job's processes yet
+    assert jobs.claim(db, "host-b/1:2", lease_s=30) is None  # and nothing else can take it meanwhile
+    assert not jobs.heartbeat(db, job.id, token, 30)  # the worker learns of the stop at its next heartbeat...
+    assert jobs.disown(db, job.id, token)  # ...ends the processes and lets go
+    assert jobs.resume(db, job.id) and jobs.get(db, job.id).status == "queued"
+    # a stopped job whose worker died before letting go: resumable once its lease has run out
+    row, token = jobs.claim(db, "host-a/1:1", lease_s=0.3)
+    assert jobs.stop(db, row.id) and not jobs.resume(db, row.id)
+    time.sleep(0.4)
+    assert jobs.resume(db, row.id)
+
+
+def test_the_api_resumes_a_stopped_job_only_once_its_processes_ended(client: TestClient, studies: Path,
+                                                                      monkeypatch) -> None:
+    monkeypatch.setattr("nas_bert.service.routes_jobs.RESUME_WAIT_S", 0.5)
+    db = Database(db_url(studies))
+    job, _ = jobs.enqueue(db, "tiny", "search", 9.0, {"trials": 24})
+    _, token = jobs.claim(db, "host-a/1:1", lease_s=600)
+    assert client.post(f"/v1/jobs/{job.id}/stop", headers=AUTH).status_code == 200
+    r = client.post(f"/v1/jobs/{job.id}/resume", headers=AUTH)
+    assert r.status_code == 409 and "still stopping" in r.json()["detail"]
+    threading.Timer(0.2, jobs.disown, args=(db, job.id, token)).start()  # the worker ends the processes meanwhile
+    monkeypatch.setattr("nas_bert.service.routes_jobs.RESUME_WAIT_S", 10.0)
+    r = client.post(f"/v1/jobs/{job.id}/resume", headers=AUTH)
+    assert r.status_code == 200 and r.json()["status"] == "queued"
+    db.dispose()
+
+
+def test_leases_are_judged_by_the_databases_clock(tmp_path: Path, monkeypatch) -> None:
+    """A worker whose own clock runs a minute ahead never takes a job whose lease is still running."""
+    db = Database(f"sqlite:///{tmp_path / 'q.db'}")
+    job, _ = jobs.enqueue(db, "s", "run")
+    _, token = jobs.claim(db, "host-a/1:1", lease_s=30)
+    real = time.time
+    monkeypatch.setattr("nas_bert.service.jobs.time.time", lambda: real() + 60)  # the skewed worker's clock
+    assert jobs.claim(db, "host-b/1:2", lease_s=30) is None
+    assert jobs.heartbeat(db, job.id, token, 30)
+
+
+def test_a_worker_whose_heartbeats_fail_for_a_lease_ends_its_job_itself(tmp_path: Path, monkeypatch) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    from nas_bert.service.worker import Worker
+
+    w = Worker(f"sqlite:///{tmp_path / 'q.db'}", tmp_path, lease_s=1.0, heartbeat_s=0.2, echo=lambda m: None)
+    jobs.enqueue(w.db, "s", "run")
+    row, token = jobs.claim(w.db, w.name, lease_s=1.0)
+
+    def busy(*args, **kwargs):
+        raise OperationalError("UPDATE", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(jobs, "heartbeat", busy)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    t0 = time.monotonic()
+    assert w._watch(row, token, child, lambda tail: {}, tmp_path / "log") == "lost"
+    assert child.poll() is not None and time.monotonic() - t0 < 5  # ended within about a lease
+
+
+def test_dead_workers_are_judged_within_their_own_pid_namespace(tmp_path: Path) -> None:
+    """Containers share host names, and a pid means something in one pid namespace only."""
+    db = Database(f"sqlite:///{tmp_path / 'q.db'}")
+    jobs.enqueue(db, "s", "run")
+    jobs.claim(db, "box/4026531836:7", lease_s=30)  # a worker in another container of the same host name
+    assert jobs.release_dead(db, "box/4026532999", alive=lambda pid: False) == 0
+    assert jobs.release_dead(db, "box/4026531836", alive=lambda pid: False) == 1
+    assert jobs.machine().startswith(socket.gethostname() + "/")
+
+
 def test_older_database_gains_the_jobs_table(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'old.db'}"
     db = Database(url)
