@@ -268,6 +268,22 @@ class Study:
         return {"config": self.cfg.model_dump(mode="json"), "space": self.space.model_dump(mode="json")}
 
 
+FILE_SUFFIXES = (".txt", ".text", ".json", ".jsonl", ".csv", ".gz", ".xz", ".bz2", ".zst", ".lz4")
+
+
+def local_path(value: str, base: Path) -> str:
+    """A path the study file gives (`teacher`, `corpus.name`) read from the file's folder, made absolute; a
+    name that is no local path (an alias, a Hub id such as org/model) unchanged. What can only be a local
+    path (./x, ../x, /x, ~/x, a file name, a/b where a is a folder there) stays a path even when missing, so
+    its loader says it is missing instead of asking the Hub for it."""
+    p = Path(value).expanduser()
+    target = p if p.is_absolute() else base / p
+    first = Path(value).parts[0] if Path(value).parts else ""
+    local = (target.exists() or value.startswith((".", "/", "~")) or value.count("/") > 1
+             or value.lower().endswith(FILE_SUFFIXES) or ("/" in value and (base / first).is_dir()))
+    return str(target.resolve()) if local else value
+
+
 def load_study(path: str | Path, db_url: str | None = None, overrides: dict[str, Any] | None = None) -> Study:
     """Read and validate a study file; `db_url` and `overrides` (dotted keys) win over the file."""
     file = Path(path)
@@ -285,6 +301,9 @@ def load_study(path: str | Path, db_url: str | None = None, overrides: dict[str,
         node[leaf] = value
     cfg = validate(StudyConfig, data, f"study file {file}")
     base = file.resolve().parent
+    cfg.teacher = local_path(cfg.teacher, base)
+    if cfg.corpus.name != "wordnet":
+        cfg.corpus.name = local_path(cfg.corpus.name, base)
     workdir = Path(cfg.workdir) if cfg.workdir else Path(cfg.name)
     workdir = workdir if workdir.is_absolute() else base / workdir
     url = db_url or cfg.db_url or f"sqlite:///{base / (cfg.name + '.db')}"

@@ -116,6 +116,8 @@ def _wordnet_splits() -> datasets.DatasetDict:
 
 def _is_local(name: str) -> bool:
     p = Path(name)
+    if p.is_absolute():  # the study file made it so: a local path, present or not (never a Hub id)
+        return True
     suffixes = [x.lower() for x in p.suffixes]
     if suffixes and suffixes[-1] in _COMPRESSION:
         suffixes = suffixes[:-1]

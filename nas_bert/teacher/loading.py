@@ -50,9 +50,9 @@ def resolve_teacher(name: str) -> str:
 
 
 def teacher_identity(name: str) -> str:
-    """The teacher as the study names it plus, for a local folder (an alias resolves to one), its content."""
+    """A local folder's content (an alias resolves to one), wherever the folder lives; a Hub id as named."""
     source = resolve_teacher(name)
-    return fingerprint(name, folder_identity(source) if Path(source).is_dir() else source)
+    return folder_identity(source) if Path(source).is_dir() else fingerprint(source)
 
 
 def embeddings_spec_of(c: Any) -> Embeddings:

@@ -1,0 +1,66 @@
+"""Study files: paths in them are read from the file's folder, whatever the working directory; a path that
+is missing stays a path (its loader says so) and never becomes a Hub id."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nas_bert.data.corpus import CorpusError, load_raw
+from nas_bert.errors import NasBertError
+from nas_bert.study import load_study
+from nas_bert.teacher import resolve_teacher, teacher_identity
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _study(folder: Path, **keys) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    data = yaml.safe_load((ROOT / "studies" / "tiny.yaml").read_text())
+    for key, value in keys.items():
+        node = data
+        *parents, leaf = key.split(".")
+        for k in parents:
+            node = node.setdefault(k, {})
+        node[leaf] = value
+    (folder / "tiny.yaml").write_text(yaml.safe_dump(data))
+    return folder / "tiny.yaml"
+
+
+def test_paths_are_read_from_the_study_files_folder(tmp_path, monkeypatch, tiny_teacher):
+    studies = tmp_path / "studies"
+    shutil.copytree(tiny_teacher.source, studies / "my-bert")
+    (studies / "texts.txt").write_text("one text\nanother text\n")
+    file = _study(studies, teacher="my-bert", **{"corpus.name": "texts.txt"})
+    monkeypatch.chdir(tmp_path)  # neither is there
+    study = load_study(file)
+    assert study.cfg.teacher == str(studies / "my-bert") and resolve_teacher(study.cfg.teacher) == study.cfg.teacher
+    assert study.cfg.corpus.name == str(studies / "texts.txt")
+    # the teacher is known by its content: the same study moved elsewhere is the same teacher
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(studies, moved)
+    assert teacher_identity(load_study(moved / "tiny.yaml").cfg.teacher) == teacher_identity(study.cfg.teacher)
+
+
+@pytest.mark.parametrize("teacher", ["./no-such-bert", "models/no-such-bert", "../x/y/z"])
+def test_a_missing_local_teacher_is_an_error_never_a_hub_id(tmp_path, teacher):
+    (tmp_path / "models").mkdir()  # so models/no-such-bert can only mean a folder here
+    study = load_study(_study(tmp_path, teacher=teacher))
+    assert Path(study.cfg.teacher).is_absolute()
+    with pytest.raises(NasBertError, match="does not exist"):
+        resolve_teacher(study.cfg.teacher)
+
+
+def test_hub_ids_and_aliases_stay_as_written(tmp_path):
+    assert load_study(_study(tmp_path, teacher="org/model")).cfg.teacher == "org/model"
+    assert load_study(_study(tmp_path, teacher="minilm-l6")).cfg.teacher == "minilm-l6"
+    assert load_study(_study(tmp_path, **{"corpus.name": "wikitext"})).cfg.corpus.name == "wikitext"
+
+
+def test_a_missing_corpus_file_is_named(tmp_path):
+    study = load_study(_study(tmp_path, **{"corpus.name": "missing.txt"}))
+    with pytest.raises(CorpusError, match=f"corpus file not found: {tmp_path / 'missing.txt'}"):
+        load_raw(study.cfg.corpus)
