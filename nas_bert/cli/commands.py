@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from sqlalchemy.exc import DatabaseError
@@ -17,6 +17,9 @@ from nas_bert.cli import tables
 from nas_bert.errors import NasBertError
 from nas_bert.store import database_error, is_corrupt
 from nas_bert.study import load_study
+
+if TYPE_CHECKING:  # the stages are imported by the commands that run them: the command line starts quickly
+    from pydantic import BaseModel
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Search, distil and export small BERT students.")
 
@@ -70,8 +73,9 @@ def _budget(option: str, value: float | None) -> float | None:
     return value
 
 
-def _print(data: Any, as_json: bool, table: Callable[[Any], str]) -> None:
-    typer.echo(json.dumps(data, indent=2, default=str) if as_json else table(data))
+def _print(result: BaseModel, as_json: bool, table: Callable[[Any], str]) -> None:
+    """A stage's typed result: its JSON dump with --json, else its table."""
+    typer.echo(json.dumps(result.model_dump(mode="json"), indent=2, default=str) if as_json else table(result))
 
 
 @app.command("train-supernet")
@@ -88,7 +92,7 @@ def train_supernet_cmd(
     _count("--steps", steps)
     study = load_study(config, db)
     summary = train_supernet(study, steps=steps)
-    if summary["is_main"]:  # under torchrun / accelerate launch, one report
+    if summary.is_main:  # under torchrun / accelerate launch, one report
         _print(summary, as_json, tables.supernet_table)
 
 
@@ -119,7 +123,7 @@ def search_cmd(
 ) -> None:
     """Stages 2-5 for one budget: latency table, block scores, Optuna search, rescoring, and the finalists'
     choice (searched and hand-designed students short-distilled, timed and ranked by fidelity); resumes."""
-    from nas_bert.choose import choose
+    from nas_bert.choose import SearchReport, choose
     from nas_bert.search import search
 
     _budget("--latency-budget-ms", latency_budget_ms)
@@ -127,8 +131,8 @@ def search_cmd(
     _count("--workers", workers)
     study = load_study(config, db)
     summary = search(study, latency_budget_ms, trials, workers)
-    summary["finalists"] = choose(study, latency_budget_ms)
-    _print(summary, as_json, tables.search_table)
+    report = SearchReport(**dict(summary), finalists=choose(study, latency_budget_ms))
+    _print(report, as_json, tables.search_table)
 
 
 @app.command("pareto")
@@ -142,7 +146,7 @@ def pareto_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """The feasible Pareto front (approximate loss vs predicted latency) of each budget searched."""
-    from nas_bert.search import budgets_in_db, pareto_rows
+    from nas_bert.search import Fronts, budgets_in_db, pareto_rows
     from nas_bert.store import Database
 
     _budget("--budget", budget)
@@ -152,7 +156,7 @@ def pareto_cmd(
         raise NasBertError(f"study '{study.name}' has no search yet; "
                            f"run `nas-bert search --config {config} --latency-budget-ms X`")
     database = Database(study.db_url)
-    fronts = {f"{b:g}": pareto_rows(database, study, b) for b in budgets}
+    fronts = Fronts({f"{b:g}": pareto_rows(database, study, b) for b in budgets})
     if plot is not None:
         from nas_bert.export import plot_fronts
 
@@ -285,6 +289,13 @@ def serve_cmd(
                                                     "(default: $NAS_BERT_TOKEN, else ~/.config/nas-bert/token, "
                                                     "created with a random token)")] = None,
     lease: LeaseOpt = 30.0,
+    allowed_hosts: Annotated[list[str] | None, typer.Option(
+        "--allowed-hosts", help="a name clients use for this service (repeat for several); default: the loopback "
+                                "names and --host; '*' for any")] = None,
+    max_body_mb: Annotated[float, typer.Option("--max-body-mb", help="the largest request body accepted (MB)")] = 1.0,
+    forwarded_allow_ips: Annotated[str | None, typer.Option(
+        "--forwarded-allow-ips", help="addresses of reverse proxies whose X-Forwarded-For/-Proto are believed, "
+                                      "comma-separated (default: none)")] = None,
 ) -> None:
     """The search as a service: HTTP API (docs at /docs), a live page at /, Optuna's dashboard, a job queue."""
     from nas_bert.service.app import read_token, serve
@@ -293,10 +304,13 @@ def serve_cmd(
         raise NasBertError(f"--workers {workers}: must be 0 or more")
     if not 0 < port < 65536:
         raise NasBertError(f"--port {port}: must be between 1 and 65535")
+    if not (math.isfinite(max_body_mb) and max_body_mb > 0):
+        raise NasBertError(f"--max-body-mb {max_body_mb:g}: must be a finite number of MB > 0")
     token, source = read_token(token_file)
     typer.echo(f"nas-bert serve: http://{host}:{port}/  (API docs /docs, Optuna dashboard /dashboard); "
                f"{workers} worker(s); writes need the token from {source}", err=True)
-    serve(db, studies, host, port, token, workers, ["--lease", f"{lease:g}"], echo=lambda m: typer.echo(m, err=True))
+    serve(db, studies, host, port, token, workers, ["--lease", f"{lease:g}"], echo=lambda m: typer.echo(m, err=True),
+          hosts=allowed_hosts, max_body=int(max_body_mb * (1 << 20)), forwarded_allow_ips=forwarded_allow_ips)
 
 
 @app.command("worker")

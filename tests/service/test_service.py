@@ -367,6 +367,9 @@ def test_worker_cli_once_on_an_empty_queue(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(app, ["worker", "--db", f"sqlite:///{tmp_path / 'q.db'}", "--lease", "0"])
     assert r.exit_code == 2 and "--lease" in r.output
+    for bad in ("0", "nan", "inf"):
+        r = CliRunner().invoke(app, ["serve", "--db", f"sqlite:///{tmp_path / 'q.db'}", "--max-body-mb", bad])
+        assert r.exit_code == 2 and "--max-body-mb" in r.output, r.output
 
 
 # -- real workers -------------------------------------------------------------------------------
