@@ -306,15 +306,24 @@ def test_the_api_resumes_a_stopped_job_only_once_its_processes_ended(client: Tes
     db.dispose()
 
 
-def test_leases_are_judged_by_the_databases_clock(tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_leases_are_judged_by_the_databases_clock(tmp_path: Path, monkeypatch, backend: str) -> None:
     """A worker whose own clock runs a minute ahead never takes a job whose lease is still running."""
-    db = Database(f"sqlite:///{tmp_path / 'q.db'}")
+    url = f"sqlite:///{tmp_path / 'q.db'}" if backend == "sqlite" else os.environ.get("NAS_BERT_TEST_POSTGRES_URL")
+    if url is None:
+        pytest.skip("NAS_BERT_TEST_POSTGRES_URL is not set (bash .ci/postgres.sh pytest ... sets it)")
+    db = Database(url)
+    with db.session() as s:
+        s.query(JobRow).delete()
     job, _ = jobs.enqueue(db, "s", "run")
     _, token = jobs.claim(db, "host-a/1:1", lease_s=30)
     real = time.time
     monkeypatch.setattr("nas_bert.service.jobs.time.time", lambda: real() + 60)  # the skewed worker's clock
     assert jobs.claim(db, "host-b/1:2", lease_s=30) is None
     assert jobs.heartbeat(db, job.id, token, 30)
+    with db.session() as s:
+        s.query(JobRow).delete()
+    db.dispose()
 
 
 def test_a_worker_whose_heartbeats_fail_for_a_lease_ends_its_job_itself(tmp_path: Path, monkeypatch) -> None:
