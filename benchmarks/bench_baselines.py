@@ -38,16 +38,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import RootModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import cpu_name, table
 from nas_bert.distill import StudentContext, distill_baseline
-from nas_bert.evaluate import evaluate_encoder, evaluate_path, stored_evaluation, teacher_baseline
+from nas_bert.evaluate import EvaluationResult, evaluate_encoder, evaluate_path, stored_evaluation, teacher_baseline
 from nas_bert.export import save_figure
 from nas_bert.latency import build_student, ensure_latency_model, measure_callables, measure_models
 from nas_bert.model import save_student
 from nas_bert.pipeline import Runner, shared_stages, student_stages
+from nas_bert.record import Record
 from nas_bert.space import Architecture
 from nas_bert.store import Database
 from nas_bert.study import load_study
@@ -60,6 +62,42 @@ from nas_bert.supernet import (
 )
 
 METRICS = ("fidelity", "ood_fidelity", "accuracy", "accuracy_ratio", "label_loyalty", "probability_loyalty")
+
+
+# What this benchmark's own stages record (`Runner.stage` reads them back on a rerun).
+class TeacherTime(Record):
+    teacher_ms: float
+
+
+class Timings(RootModel[dict[str, float]]):
+    """Every student's and the teacher's ms in one interleaved run, by name."""
+
+
+class BaselineRun(Record):
+    """A hand-designed student distilled (`distill_baseline`'s record) and its evaluation."""
+
+    name: str
+    arch_hash: str
+    architecture: str
+    params: int
+    mapping: list[int]
+    before: dict[str, Any] | None
+    after: dict[str, Any]
+    step: int
+    target_steps: int
+    student_path: str | None
+    metrics: EvaluationResult
+
+
+class Untouched(Record):
+    metrics: EvaluationResult
+
+
+class Model2VecRun(Record):
+    ms: float
+    distill_seconds: float
+    dims: int
+    metrics: dict[str, float | None]
 
 
 def candidates(ctx: StudentContext) -> dict[str, tuple[str, Architecture]]:
@@ -80,10 +118,11 @@ def pick(names: list[str], ms: dict[str, float], target: float, tolerance: float
     return min(ok, key=ms.__getitem__) if ok else max(names, key=ms.__getitem__)
 
 
-def evaluate(study: Any, db: Database, folder: str) -> dict[str, Any]:
+def evaluate(study: Any, db: Database, folder: str) -> EvaluationResult:
     cfg = study.cfg.evaluate
     subject = str(Path(folder).resolve())
-    return stored_evaluation(db, study.name, subject, "wordnet", cfg) or evaluate_path(study, folder, False, "wordnet", cfg)
+    stored = stored_evaluation(db, study.name, subject, "wordnet", cfg)
+    return EvaluationResult(**stored) if stored else evaluate_path(study, folder, False, "wordnet", cfg)
 
 
 def compact(arch: Architecture) -> str:
@@ -147,7 +186,7 @@ def model2vec_row(study: Any, r: Runner, ctx: StudentContext, run_teacher_ms: fl
         return None
     from transformers import PreTrainedTokenizerFast
 
-    def run() -> dict[str, Any]:
+    def run() -> Model2VecRun:
         t0 = time.perf_counter()
         m2v = distill(model_name=ctx.teacher.source, pca_dims=256, device="cpu")
         seconds = time.perf_counter() - t0
@@ -159,12 +198,12 @@ def model2vec_row(study: Any, r: Runner, ctx: StudentContext, run_teacher_ms: fl
         cfg = study.cfg.evaluate
         base = teacher_baseline(r.db, study.name, ctx.teacher, cfg, "wordnet", study.device())
         metrics = evaluate_encoder(StaticEncoder(m2v.embedding), tok, ctx.teacher, cfg, "wordnet", study.device(), base)
-        return {"ms": ms * run_teacher_ms / teacher_ms, "distill_seconds": seconds, "dims": int(m2v.dim),
-                "metrics": {m: metrics.get(m) for m in METRICS}}
+        return Model2VecRun(ms=ms * run_teacher_ms / teacher_ms, distill_seconds=seconds, dims=int(m2v.dim),
+                            metrics={m: metrics.get(m) for m in METRICS})
 
-    res = r.stage("baseline-model2vec", "", ("evaluate",), run)
-    return {"family": "Model2Vec", "student": f"static, {res['dims']} dims ({res['distill_seconds']:.0f} s to distil)",
-            "measured_ms": res["ms"], "params": None, **res["metrics"]}
+    res = r.stage("baseline-model2vec", "", ("evaluate",), run, Model2VecRun)
+    return {"family": "Model2Vec", "student": f"static, {res.dims} dims ({res.distill_seconds:.0f} s to distil)",
+            "measured_ms": res.ms, "params": None, **res.metrics}
 
 
 def _teacher_call(ctx: StudentContext, study: Any) -> Any:
@@ -201,11 +240,11 @@ def main() -> None:
     cands = candidates(ctx)
     vocab = int(ctx.teacher.config.vocab_size)
 
-    def time_teacher() -> dict[str, Any]:
+    def time_teacher() -> TeacherTime:
         ms = measure_models([copy.deepcopy(ctx.teacher.encoder).cpu()], study.cfg.latency, vocab)[0]
-        return {"teacher_ms": ms}
+        return TeacherTime(teacher_ms=ms)
 
-    teacher_ms = r.stage("baseline-teacher-latency", "", ("latency",), time_teacher)["teacher_ms"]
+    teacher_ms = r.stage("baseline-teacher-latency", "", ("latency",), time_teacher, TeacherTime).teacher_ms
     fractions = [float(f) for f in args.fractions.split(",")]
     budgets = [round(max(args.round, round(f * teacher_ms / args.round) * args.round), 6) for f in fractions]
     if args.budgets_from_study:
@@ -226,31 +265,31 @@ def main() -> None:
                   f"({fastest:.2f} ms predicted): using {budgets[i]:g} ms")
     budgets = sorted(set(budgets), reverse=True)
     nas = {b: student_stages(r, study, b) for b in budgets}
-    nas_arch = {b: Architecture.from_json(s["search"]["arch_json"]) for b, s in nas.items()}
+    nas_arch = {b: Architecture.from_json(s.chosen.arch_json) for b, s in nas.items()}
 
-    def time_all() -> dict[str, Any]:
+    def time_all() -> Timings:
         archs = {**{f"nas-{b:g}ms": a for b, a in nas_arch.items()}, **{n: a for n, (_, a) in cands.items()}}
         # a searched student reorders a full-width output into the teacher's dimensions; a copied one need not
-        models = [build_student(a, reorder=n.startswith("nas-") and nas[float(n[4:-2])]["search"]["origin"] == "search")
+        models = [build_student(a, reorder=n.startswith("nas-") and nas[float(n[4:-2])].chosen.origin == "search")
                   for n, a in archs.items()] + [copy.deepcopy(ctx.teacher.encoder).cpu()]
         ms = measure_models(models, study.cfg.latency, vocab)  # the teacher again, in the same run
-        return dict(zip([*archs, "teacher"], ms, strict=True))
+        return Timings(dict(zip([*archs, "teacher"], ms, strict=True)))
 
     key = ",".join(f"{b:g}" for b in budgets)
-    ms = r.stage("baseline-latency", key, ("supernet", "latency", "search"), time_all)
+    ms = r.stage("baseline-latency", key, ("supernet", "latency", "search"), time_all, Timings).root
     run_teacher_ms = ms.get("teacher", teacher_ms)  # the students' ratios to the teacher come from one run
-    def untouched(name: str, arch: Architecture) -> dict[str, Any]:
+    def untouched(name: str, arch: Architecture) -> Untouched:
         folder = save_student(teacher_initialised(arch, ctx.teacher), ctx.teacher,
                               study.workdir / "baselines" / f"{name}-untouched")
-        return {"metrics": evaluate(study, r.db, str(folder))}
+        return Untouched(metrics=evaluate(study, r.db, str(folder)))
 
     rows: list[dict[str, Any]] = []
     for b in budgets:
         target = ms[f"nas-{b:g}ms"]
-        e, chosen = nas[b]["evaluate"], nas[b]["search"]
-        who = compact(nas_arch[b]) if chosen["origin"] == "search" else f"{chosen['name']} (a baseline won the finalists)"
+        e, chosen = nas[b].evaluate, nas[b].chosen
+        who = compact(nas_arch[b]) if chosen.origin == "search" else f"{chosen.name} (a baseline won the finalists)"
         rows.append({"budget_ms": b, "family": "NAS", "student": who, "architecture": str(nas_arch[b]),
-                     "measured_ms": target, "params": nas_arch[b].params(), **{m: e.get(m) for m in METRICS}})
+                     "measured_ms": target, "params": nas_arch[b].params(), **{m: getattr(e, m) for m in METRICS}})
         for family in ("truncated", "uniform", "pruned"):
             names = [n for n, (f, _) in cands.items() if f == family]
             if not names:  # no pruned family: the space has one feed-forward ratio
@@ -260,22 +299,26 @@ def main() -> None:
             for order in {"truncated": ["leading"], "uniform": orders, "pruned": ["importance"]}[family]:
                 run = name if family != "uniform" else f"{name}-{order}"
                 label = family if family != "uniform" else f"uniform ({order})"
-                res = r.stage("baseline", run, ("distill", "evaluate"), lambda run=run, arch=arch, order=order: {
-                    **(d := distill_baseline(ctx, run, arch, ctx.importance() if order == "importance" else None,
-                                             batches=ctx.unit_batches())),
-                    "metrics": evaluate(study, r.db, d["student_path"])})
+
+                def distilled(run: str = run, arch: Architecture = arch, order: str = order) -> BaselineRun:
+                    d = distill_baseline(ctx, run, arch, ctx.importance() if order == "importance" else None,
+                                         batches=ctx.unit_batches())
+                    return BaselineRun(**d, metrics=evaluate(study, r.db, d["student_path"]))
+
+                res = r.stage("baseline", run, ("distill", "evaluate"), distilled, BaselineRun)
                 rows.append({"budget_ms": b, "family": label, "student": describe(family, arch, order),
                              "measured_ms": ms[name], "params": arch.params(),
-                             **{m: res["metrics"].get(m) for m in METRICS}})
+                             **{m: getattr(res.metrics, m) for m in METRICS}})
             if family == "truncated":
-                res = r.stage("baseline-untouched", name, ("evaluate",), lambda name=name, arch=arch: untouched(name, arch))
+                kept = r.stage("baseline-untouched", name, ("evaluate",),
+                               lambda name=name, arch=arch: untouched(name, arch), Untouched)
                 rows.append({"budget_ms": b, "family": "truncated (untouched)", "student": describe(family, arch) +
                              ", no training", "measured_ms": ms[name], "params": arch.params(),
-                             **{m: res["metrics"].get(m) for m in METRICS}})
+                             **{m: getattr(kept.metrics, m) for m in METRICS}})
     static = model2vec_row(study, r, ctx, run_teacher_ms)
     if static is not None:
         rows.append({"budget_ms": min(budgets), **static})
-    teacher_acc = nas[budgets[0]]["evaluate"]["teacher_accuracy"]
+    teacher_acc = nas[budgets[0]].evaluate.teacher_accuracy
     out = study.workdir / "baselines"
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"teacher_ms": teacher_ms, "teacher_ms_same_run": run_teacher_ms,

@@ -24,11 +24,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import select
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import table
+from nas_bert.choose import FinalistsResult
 from nas_bert.latency import (
     Calibration,
     LatencyModel,
@@ -51,17 +53,21 @@ def finalists_runs(db: Database, study: Any, fp: str) -> list[Run]:
     with db.session() as s:
         cal_rows = {r.key: r.ms for r in s.scalars(select(LatencyRow).where(
             LatencyRow.fingerprint == fp, LatencyRow.key.like("calibration:%")))}
-        stages = [json.loads(r.summary_json).get("summary") or {} for r in s.scalars(select(StageRow).where(
+        stored = [json.loads(r.summary_json).get("summary") or {} for r in s.scalars(select(StageRow).where(
             StageRow.study == study.name, StageRow.stage == "finalists"))]
-    runs = []
-    for summary in sorted(stages, key=lambda x: x.get("budget_ms") or 0):
-        if summary.get("budget_ms") is None:
+    stages = []
+    for summary in stored:
+        try:
+            stages.append(FinalistsResult.model_validate(summary))
+        except ValidationError:  # recorded by an older nas-bert
             continue
-        budget = f"{summary['budget_ms']:g}"
+    runs = []
+    for result in sorted(stages, key=lambda x: x.budget_ms):
+        budget = f"{result.budget_ms:g}"
         mine = sorted(((k, v) for k, v in cal_rows.items() if k.split(":")[1] == budget),
                       key=lambda kv: int(kv[0].rsplit(":", 1)[1]))
-        judged = [(Architecture.from_json(r["arch_json"]), r["measured_ms"]) for r in summary.get("finalists", [])
-                  if r.get("predicted_ms") is not None and r.get("arch_json")]
+        judged = [(Architecture.from_json(r.arch_json), r.measured_ms) for r in result.finalists
+                  if r.predicted_ms is not None]
         if mine and judged:
             runs.append((f"finalists {budget} ms", [v for _, v in mine], judged))
     return runs

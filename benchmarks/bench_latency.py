@@ -128,7 +128,7 @@ def main() -> None:
             "max_err_pct": float(np.abs(err).max()), "noise_floor_pct": noise_floor, "cpu_wait_pct": wait_pct,
             "archs": [{"arch": a.to_dict(), "pred": p, "meas1": x, "meas2": y}
                       for a, p, x, y in zip(archs, pred.tolist(), first, second, strict=True)],
-            "latency_model": latency_report(lm),
+            "latency_model": latency_report(lm).model_dump(mode="json"),
         }, indent=1))
 
 

@@ -61,7 +61,7 @@ def main() -> None:
     run_worker(study, budget, args.trials, 0, ctx, progress=True)
     search_s = time.perf_counter() - t0
     t1 = time.perf_counter()
-    summary = finish_search(ctx, budget)
+    summary = finish_search(ctx, budget, search_s)
     rescore_total = time.perf_counter() - t1
     # the cost of scoring architectures end to end, timed on fresh random ones
     emb = ctx.teacher.embeddings_spec()
@@ -81,9 +81,9 @@ def main() -> None:
         ["seconds per trial", f"{per_trial:.3f}"],
         [f"end-to-end scoring of one architecture ({study.cfg.search.rescore_batches} batches)", f"{e2e:.3f} s"],
         ["end-to-end cost / trial cost", f"{e2e / per_trial:.1f}x"],
-        ["rescoring of the top candidates", f"{summary['rescored']} in {rescore_total:.1f} s"],
-        ["Kendall tau (approx vs rescored)", "n/a" if summary["kendall_tau"] is None else f"{summary['kendall_tau']:.2f}"],
-        ["feasible trials / front size", f"{summary['feasible']} / {len(summary['front'])}"],
+        ["rescoring of the top candidates", f"{summary.rescored} in {rescore_total:.1f} s"],
+        ["Kendall tau (approx vs rescored)", "n/a" if summary.kendall_tau is None else f"{summary.kendall_tau:.2f}"],
+        ["feasible trials / front size", f"{summary.feasible} / {len(summary.front)}"],
     ]
     print(table(["search benchmark", f"budget {budget:g} ms"], rows))
     shutil.rmtree(tmp, ignore_errors=True)

@@ -13,16 +13,27 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
 
+from nas_bert.choose import Finalist, FinalistsResult, TruncatedReference, choose, truncated_reference
 from nas_bert.data import corpus_identity
+from nas_bert.distill import DistillResult, MappingResult, distill_student, map_student_layers
 from nas_bert.errors import NasBertError
+from nas_bert.evaluate import EvaluationResult, evaluate_path
+from nas_bert.export import ExportResult, export_front
+from nas_bert.latency import LatencyReport, device_fingerprint, ensure_latency_model, latency_report
+from nas_bert.record import Record
+from nas_bert.search import SearchResult, search
+from nas_bert.space import Architecture
 from nas_bert.store import Database, StageRow, fingerprint
 from nas_bert.study import Study
-from nas_bert.teacher import teacher_identity
+from nas_bert.supernet import SupernetResult, train_supernet
+from nas_bert.teacher import embeddings_spec_of, load_teacher_config, teacher_identity
 
 # Which study sections each stage is made from, and the stages upstream of it (by name; a stage of a
 # budget depends on the same budget's stages). A stage's identity is the fingerprint of its inputs: the
@@ -42,6 +53,40 @@ PLAN: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 TIMED = {"latency", "finalists", "export", "reference"}  # their results depend on the machine
 
 
+class Reference(Record):
+    """The `reference` stage's result: the untouched truncated teacher beside a budget's student."""
+
+    truncated: TruncatedReference | None  # None: no truncated teacher was timed in the finalists' run
+
+
+# What each stage returns and records; a recorded summary that does not read as its type was recorded by an
+# older nas-bert, and the stage is redone.
+RESULTS: dict[str, type[BaseModel]] = {
+    "supernet": SupernetResult, "latency": LatencyReport, "search": SearchResult, "finalists": FinalistsResult,
+    "map-layers": MappingResult, "distill": DistillResult, "evaluate": EvaluationResult, "export": ExportResult,
+    "reference": Reference,
+}
+R = TypeVar("R", bound=BaseModel)
+
+
+class StageRecord(Record):
+    """A stage `nas-bert run` ran or skipped."""
+
+    stage: str
+    key: str  # the budget ("5ms"), the budgets of the export ("5,8"), or "" for the shared stages
+    seconds: float  # this run's, or what it took when it finished earlier
+    skipped: bool
+
+
+class StageState(Record):
+    """A planned stage and whether it is current, as `nas-bert status` prints it."""
+
+    stage: str
+    key: str
+    state: str  # "current", "to run" or "to redo"
+    why: str
+
+
 def study_inputs(study: Study) -> dict[str, str]:
     """Fingerprints of what every stage shares: teacher, space content, corpus."""
     return {"teacher": teacher_identity(study.cfg.teacher), "space": study.space.fingerprint(),
@@ -49,8 +94,7 @@ def study_inputs(study: Study) -> dict[str, str]:
 
 
 def section_inputs(study: Study, sections: tuple[str, ...], timed: bool) -> dict[str, str]:
-    from nas_bert.latency import device_fingerprint
-
+    """Fingerprints of a stage's study sections (and of the latency device where it times anything)."""
     cfg = study.cfg.model_dump(mode="json")
     cfg["search"].pop("budgets_ms")  # a stage of one budget is keyed by it: adding a budget redoes nothing
     out = {k: fingerprint(cfg[k]) for k in sections}
@@ -98,18 +142,32 @@ class Runner:
             out[f"{u} {k}".rstrip()] = self.recorded(u, k)[0] or "missing"
         return out
 
-    def stage(self, name: str, key: str, sections: tuple[str, ...] | None, fn: Callable[[], dict[str, Any]],
-              after: tuple[tuple[str, str], ...] | None = None) -> dict[str, Any]:
+    def result(self, name: str, key: str, kind: type[R]) -> R | None:
+        """The result a stage recorded, if it reads as `kind` (None: never finished, or recorded by an older
+        nas-bert in another form)."""
+        with self.db.session() as s:
+            return _read(kind, _unpack(self._row(s, name, key))[0])
+
+    def stage(self, name: str, key: str, sections: tuple[str, ...] | None, fn: Callable[[], R], kind: type[R],
+              after: tuple[tuple[str, str], ...] | None = None) -> R:
+        """Run `fn` as the stage `name` (of `key`) unless it finished earlier from the same inputs, then read its
+        recorded result back as `kind`; a recorded result that does not read as `kind` is made again."""
         inputs = self.inputs(name, key, sections, after)
         h = fingerprint(inputs)
         with self.db.session() as s:
             row = self._row(s, name, key)
+            stored, was = _unpack(row)
             if row is not None and row.config_hash == h:
-                self.echo(f"\n== {name} {key}: finished earlier ({row.seconds:.0f} s), skipped")
-                self.done.append((name, key, row.seconds, True))
-                return _unpack(row)[0]
-            changed = _changed(inputs, _unpack(row)[1]) if row is not None else []
-        note = f" (again: {', '.join(changed) or 'inputs'} changed)" if row is not None else ""
+                result = _read(kind, stored)
+                if result is not None:
+                    self.echo(f"\n== {name} {key}: finished earlier ({row.seconds:.0f} s), skipped")
+                    self.done.append((name, key, row.seconds, True))
+                    return result
+                note = " (again: recorded by an older nas-bert)"
+            elif row is not None:
+                note = f" (again: {', '.join(_changed(inputs, was)) or 'inputs'} changed)"
+            else:
+                note = ""
         self.echo(f"\n== {name} {key}{note}".rstrip())
         t0 = time.perf_counter()
         summary = fn()
@@ -120,9 +178,17 @@ class Runner:
                 row = StageRow(study=self.study.name, stage=name, key=key)
                 s.add(row)
             row.config_hash, row.seconds = h, seconds
-            row.summary_json = json.dumps({"summary": summary, "inputs": inputs}, default=str)
+            row.summary_json = json.dumps({"summary": summary.model_dump(mode="json"), "inputs": inputs}, default=str)
         self.done.append((name, key, seconds, False))
         return summary
+
+
+def _read(kind: type[R], stored: dict[str, Any]) -> R | None:
+    """A recorded summary as `kind` (None where it does not read as one: recorded by an older nas-bert)."""
+    try:
+        return kind.model_validate(stored)
+    except ValidationError:
+        return None
 
 
 def _unpack(row: StageRow | None) -> tuple[dict[str, Any], dict[str, str]]:
@@ -158,7 +224,7 @@ def plan(study: Study) -> list[tuple[str, str, tuple[tuple[str, str], ...]]]:
     return out
 
 
-def stage_status(study: Study) -> list[dict[str, Any]]:
+def stage_status(study: Study) -> list[StageState]:
     """For each planned stage: current or not, and why (which input changed, or which upstream stage is
     not current), as `nas-bert status` prints it."""
     r = Runner(study, echo=lambda _: None)
@@ -174,62 +240,108 @@ def stage_status(study: Study) -> list[dict[str, Any]]:
             state, why = "to redo", "upstream not current: " + ", ".join(behind)
         elif not was:
             state, why = "to redo", "recorded by an older nas-bert (inputs unknown)"
+        elif name in RESULTS and r.result(name, key, RESULTS[name]) is None:
+            state, why = "to redo", "recorded by an older nas-bert (its result reads otherwise now)"
         elif changed := _changed(inputs, was):
             state, why = "to redo", "changed: " + ", ".join(changed)
         else:
             state, why = "current", "inputs unchanged"
         if state != "current":
             stale.add((name, key))
-        rows.append({"stage": name, "key": key, "state": state, "why": why})
+        rows.append(StageState(stage=name, key=key, state=state, why=why))
     r.db.dispose()
     return rows
 
 
 def shared_stages(r: Runner, study: Study) -> None:
     """Stages 1-2, which every budget shares: the supernet and the latency model."""
-    from nas_bert.latency import ensure_latency_model, latency_report
-    from nas_bert.supernet import train_supernet
-    from nas_bert.teacher import embeddings_spec_of, load_teacher_config
+    r.stage("supernet", "", None, lambda: train_supernet(study), SupernetResult)
 
-    r.stage("supernet", "", None, lambda: train_supernet(study))
-
-    def latency() -> dict[str, Any]:
+    def latency() -> LatencyReport:
         emb = embeddings_spec_of(load_teacher_config(study.cfg.teacher))
         report = latency_report(ensure_latency_model(r.db, study.space, emb, study.cfg.latency))
-        return {k: v for k, v in report.items() if k != "table"}
+        return LatencyReport.model_validate(report.model_dump(exclude={"table"}))  # the database holds the table
 
-    r.stage("latency", "", None, latency)
+    r.stage("latency", "", None, latency, LatencyReport)
 
 
-def student_stages(r: Runner, study: Study, budget: float) -> dict[str, Any]:
+@dataclass(frozen=True)
+class BudgetStages:
+    """What stages 5-8 of one budget yield: the finalists' choice, the distilled student and its evaluation."""
+
+    finalists: FinalistsResult
+    distill: DistillResult
+    evaluate: EvaluationResult
+
+    @property
+    def chosen(self) -> Finalist:
+        """The budget's student: the finalists' choice."""
+        return self.finalists.chosen
+
+
+def student_stages(r: Runner, study: Study, budget: float) -> BudgetStages:
     """Stages 4-8 for one budget: search (with rescoring), the finalists' choice (searched and hand-designed
     students short-distilled, timed and ranked by fidelity), layer mapping, distillation, evaluation."""
-    from nas_bert.choose import choose
-    from nas_bert.distill import distill_student, map_student_layers
-    from nas_bert.evaluate import evaluate_path
-    from nas_bert.search import search
-    from nas_bert.space import Architecture
-
     key = f"{budget:g}ms"
-    if r.stage("search", key, None, lambda: search(study, budget))["chosen"] is None:
+    if r.stage("search", key, None, lambda: search(study, budget), SearchResult).chosen is None:
         raise NasBertError(f"the {budget:g} ms search found no feasible student; raise the budget or search.trials")
-    fin = r.stage("finalists", key, None, lambda: choose(study, budget))
-    row = fin["chosen"]
-    arch, start, trial = Architecture.from_json(row["arch_json"]), row["origin"], row["trial"]
+    fin = r.stage("finalists", key, None, lambda: choose(study, budget), FinalistsResult)
+    row = fin.chosen
+    arch, start, trial = Architecture.from_json(row.arch_json), row.origin, row.trial
     r.stage("map-layers", key, None,
-            lambda: map_student_layers(study, arch, start, budget, trial))
+            lambda: map_student_layers(study, arch, start, budget, trial), MappingResult)
     d = r.stage("distill", key, None,
-                lambda: distill_student(study, arch, start, budget, trial))
+                lambda: distill_student(study, arch, start, budget, trial), DistillResult)
     e = r.stage("evaluate", key, None,
-                lambda: evaluate_path(study, d["student_path"], False, "wordnet", study.cfg.evaluate))
-    return {"search": row, "finalists": fin, "distill": d, "evaluate": e}
+                lambda: evaluate_path(study, d.student_path, False, "wordnet", study.cfg.evaluate), EvaluationResult)
+    return BudgetStages(fin, d, e)
 
 
-def run_study(study: Study, out: Path | None = None, echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Stages 1-9 for every budget in `search.budgets_ms`; returns the summary table's rows."""
-    from nas_bert.choose import truncated_reference
-    from nas_bert.export import export_front
+class RunRow(Record):
+    """One budget's student in `nas-bert run`'s table: where it comes from, its times (the finalists' and the
+    export's), its evaluation and the untouched truncated teacher beside it."""
 
+    budget_ms: float
+    trial: int | None  # None: a hand-designed student
+    student: str
+    origin: str
+    architecture: str
+    params: int
+    predicted_ms: float | None  # the search's latency model
+    predicted_now_ms: float | None  # the calibration refitted in the export's timing run
+    finalist_ms: float  # measured in the finalists' timing run
+    finalist_judged_ms: float  # the time the budget judged there
+    over_budget: bool
+    drift: float | None  # the export's run against the latency model's fit
+    measured_ms: float | None  # the export's PyTorch fp32 time
+    judged_ms: float | None
+    onnx_int8_ms: float | None
+    teacher_ms: float | None
+    fidelity: float | None
+    ood_fidelity: float | None
+    accuracy: float | None
+    teacher_accuracy: float | None
+    accuracy_ratio: float | None
+    label_loyalty: float | None
+    probability_loyalty: float | None
+    truncated: TruncatedReference | None
+    folder: str | None  # its exported folder
+
+
+class RunResult(Record):
+    """`nas-bert run`'s result: a row per budget's student and the stages run or skipped."""
+
+    study: str
+    out: str
+    pareto_png: str
+    students: list[RunRow]
+    stages: list[StageRecord]
+    seconds: float
+
+
+def run_study(study: Study, out: Path | None = None, echo: Callable[[str], None] = print) -> RunResult:
+    """Stages 1-9 for every budget in `search.budgets_ms`, each skipped where it finished earlier from the same
+    inputs (`PLAN`); returns a `RunResult`: the summary table's rows and the stages."""
     budgets = study.cfg.search.budgets_ms
     if not budgets:
         raise NasBertError(f"study file {study.file} lists no budgets; set search.budgets_ms, e.g. [8, 12]")
@@ -241,29 +353,28 @@ def run_study(study: Study, out: Path | None = None, echo: Callable[[str], None]
     export_key = ",".join(f"{b:g}" for b in budgets)
     x = r.stage("export", export_key, None, lambda: export_front(study, out, budgets, overwrite=True,
                                                                command=f"nas-bert run --config {study.file}"),
-                after=tuple(("evaluate", f"{b:g}ms") for b in budgets))
-    measured = {st["hash"]: st for st in x["students"]}
+                ExportResult, after=tuple(("evaluate", f"{b:g}ms") for b in budgets))
+    measured = {st.hash: st for st in x.students}
     rows = []
     for b, s in students.items():
-        h, e, chosen = s["distill"]["arch_hash"], s["evaluate"], s["search"]
-        m = measured.get(h, {})
+        e, chosen = s.evaluate, s.chosen
+        m = measured.get(s.distill.arch_hash)
         # beside each student, the untouched truncated teacher of the nearest measured latency
         ref = r.stage("reference", f"{b:g}ms", None,
-                      lambda b=b, chosen=chosen: {"truncated": truncated_reference(study, b, chosen["measured_ms"])}
-                      )["truncated"]
-        rows.append({"budget_ms": b, "trial": chosen["trial"], "student": chosen["name"], "origin": chosen["origin"],
-                     "architecture": chosen["architecture"], "params": s["distill"]["params"],
-                     "predicted_ms": chosen.get("predicted_ms"), "predicted_now_ms": m.get("predicted_now_ms"),
-                     "finalist_ms": chosen["measured_ms"],
-                     "finalist_judged_ms": chosen.get("judged_ms", chosen["measured_ms"]),
-                     "over_budget": chosen["over_budget"] or bool(m.get("over_budget")), "drift": m.get("drift"),
-                     "measured_ms": m.get("measured_ms", {}).get("torch_fp32"), "judged_ms": m.get("judged_ms"),
-                     "onnx_int8_ms": m.get("measured_ms", {}).get("onnx_int8"), "teacher_ms": m.get("teacher_ms"),
-                     "fidelity": e.get("fidelity"), "ood_fidelity": e.get("ood_fidelity"),
-                     "accuracy": e.get("accuracy"),
-                     "teacher_accuracy": e.get("teacher_accuracy"), "accuracy_ratio": e.get("accuracy_ratio"),
-                     "label_loyalty": e.get("label_loyalty"), "probability_loyalty": e.get("probability_loyalty"),
-                     "truncated": ref, "folder": str(out / m["name"]) if m else None})
-    return {"study": study.name, "out": str(out), "pareto_png": str(out / "pareto.png"), "students": rows,
-            "stages": [{"stage": n, "key": k, "seconds": round(sec, 1), "skipped": sk} for n, k, sec, sk in r.done],
-            "seconds": round(time.perf_counter() - t0, 1)}
+                      lambda b=b, chosen=chosen: Reference(truncated=truncated_reference(study, b, chosen.measured_ms)),
+                      Reference).truncated
+        rows.append(RunRow(
+            budget_ms=b, trial=chosen.trial, student=chosen.name, origin=chosen.origin,
+            architecture=chosen.architecture, params=s.distill.params, predicted_ms=chosen.predicted_ms,
+            predicted_now_ms=m.predicted_now_ms if m else None, finalist_ms=chosen.measured_ms,
+            finalist_judged_ms=chosen.judged_ms if chosen.judged_ms is not None else chosen.measured_ms,
+            over_budget=chosen.over_budget or bool(m and m.over_budget), drift=m.drift if m else None,
+            measured_ms=m.measured_ms.get("torch_fp32") if m else None, judged_ms=m.judged_ms if m else None,
+            onnx_int8_ms=m.measured_ms.get("onnx_int8") if m else None, teacher_ms=m.teacher_ms if m else None,
+            fidelity=e.fidelity, ood_fidelity=e.ood_fidelity, accuracy=e.accuracy, teacher_accuracy=e.teacher_accuracy,
+            accuracy_ratio=e.accuracy_ratio, label_loyalty=e.label_loyalty, probability_loyalty=e.probability_loyalty,
+            truncated=ref, folder=str(out / m.name) if m else None))
+    return RunResult(study=study.name, out=str(out), pareto_png=str(out / "pareto.png"), students=rows,
+                     stages=[StageRecord(stage=n, key=k, seconds=round(sec, 1), skipped=sk)
+                             for n, k, sec, sk in r.done],
+                     seconds=round(time.perf_counter() - t0, 1))

@@ -31,13 +31,13 @@ def test_tiny_study_runs_on_cuda(tmp_path):
     assert study.device().type == "cuda"
 
     summary = run_study(study, echo=lambda _line: None)
-    (row,) = summary["students"]
-    assert row["measured_ms"] is not None and 0 < row["measured_ms"] <= 50.0
-    assert row["fidelity"] is not None and row["ood_fidelity"] is not None
-    assert not row["over_budget"]
+    (row,) = summary.students
+    assert row.measured_ms is not None and 0 < row.measured_ms <= 50.0
+    assert row.fidelity is not None and row.ood_fidelity is not None
+    assert not row.over_budget
     card = next((tmp_path / "tiny" / "export").glob("nasbert-*/README.md")).read_text()
     assert hardware_name("cuda").removeprefix("cuda:") in card  # measured on the GPU, and the card says so
 
     again = run_study(load_study(tmp_path / "tiny.yaml"), echo=lambda _line: None)
-    assert all(s["skipped"] for s in again["stages"])
-    assert all(s["state"] == "current" for s in stage_status(load_study(tmp_path / "tiny.yaml")))
+    assert all(s.skipped for s in again.stages)
+    assert all(s.state == "current" for s in stage_status(load_study(tmp_path / "tiny.yaml")))

@@ -1,5 +1,14 @@
 from nas_bert.choose.candidates import Candidate, baseline_family, family_to_time
-from nas_bert.choose.finalists import choose, chosen_finalist, summarise, truncated_reference
+from nas_bert.choose.finalists import (
+    Finalist,
+    FinalistsResult,
+    SearchReport,
+    TruncatedReference,
+    choose,
+    chosen_finalist,
+    summarise,
+    truncated_reference,
+)
 from nas_bert.choose.timing import holds, host_speed, judged_ms, reorders, replace_over_budget
 
-__all__ = ["Candidate", "baseline_family", "choose", "chosen_finalist", "family_to_time", "holds", "host_speed", "judged_ms", "reorders", "replace_over_budget", "summarise", "truncated_reference"]
+__all__ = ["Candidate", "Finalist", "FinalistsResult", "SearchReport", "TruncatedReference", "baseline_family", "choose", "chosen_finalist", "family_to_time", "holds", "host_speed", "judged_ms", "reorders", "replace_over_budget", "summarise", "truncated_reference"]

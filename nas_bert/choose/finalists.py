@@ -17,8 +17,10 @@ from __future__ import annotations
 import json
 import math
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
+from pydantic import ConfigDict
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from tqdm.auto import tqdm
@@ -30,13 +32,89 @@ from nas_bert.distill import StudentContext, distill_points, uniform_mapping
 from nas_bert.errors import NasBertError
 from nas_bert.evaluate import agreement, fidelity_interval
 from nas_bert.latency import device_fingerprint, ensure_latency_model
-from nas_bert.search import kendall_tau
+from nas_bert.record import Record
+from nas_bert.search import SearchResult, kendall_tau
 from nas_bert.space import Architecture
 from nas_bert.store import Database, FinalistRow, LatencyRow, json_hash
 from nas_bert.study import Study
 from nas_bert.supernet import teacher_initialised, truncated_architecture
 from nas_bert.teacher import load_teacher
 from nas_bert.train import BestKeeper, make_accelerator, train_loop
+
+
+# -- the result ---------------------------------------------------------------------------------------
+class Finalist(Record):
+    """One finalist of a budget: who it is (a `Candidate`), what the cheap proxies and the timing run said, and its
+    short distillation's result. A key a finalist lacks stays absent (a hand-designed student has no approximate
+    loss; one measured over the budget was never distilled); keys of an older nas-bert's rows are kept."""
+
+    model_config = ConfigDict(extra="allow")
+    absent_unless_given: ClassVar[frozenset[str]] = frozenset({
+        "predicted_ms", "approx_loss", "rescored_loss", "approx_rank", "reserve", "predicted_now_ms", "judged_ms",
+        "fidelity_before", "fidelity", "fidelity_interval", "best_step", "seconds", "scored_at_budget_ms"})
+
+    name: str
+    origin: str  # one of ORIGINS
+    trial: int | None
+    hash: str
+    architecture: str
+    arch_json: str
+    params: int
+    predicted_ms: float | None = None  # the search's latency model (None: a module outside its table)
+    approx_loss: float | None = None
+    rescored_loss: float | None = None
+    approx_rank: int | None = None
+    reserve: bool | None = None  # timed in reserve, in the place of one of the top measured over the budget
+    predicted_now_ms: float | None = None  # the calibration refitted in the finalists' timing run
+    measured_ms: float
+    judged_ms: float | None = None  # the time the budget judges (`judged_ms`)
+    fidelity_before: float | None = None
+    fidelity: float | None = None  # held-out fidelity after the short distillation (NaN: too few texts)
+    fidelity_interval: list[float] | None = None
+    best_step: int | None = None
+    seconds: float | None = None
+    scored_at_budget_ms: float | None = None  # distilled for another budget of the study, under the same protocol
+    over_budget: bool
+
+
+class FinalistsResult(Record):
+    """Stage 5's result for one budget: the finalists ranked by fidelity, the student chosen and how far the
+    ranking can be trusted."""
+
+    absent_unless_given: ClassVar[frozenset[str]] = frozenset({"timing"})
+
+    study: str
+    budget_ms: float
+    finalists: list[Finalist]
+    chosen: Finalist
+    baseline_won: bool
+    over_budget: bool  # nothing the budget holds when measured: the fastest searched student, flagged
+    kendall_tau_vs_fidelity: dict[str, float | None]  # proxy -> tau with the fidelity ranking
+    runner_up: str | None
+    separated: bool  # the two best's intervals do not overlap
+    dropped_over_budget: list[str]
+    replacements: list[str]
+    timing: dict[str, Any] | None = None  # the timing run's record (drift, teacher_ms, refit_*); `choose` only
+
+
+class SearchReport(SearchResult):
+    """`nas-bert search`'s result: the budget's search and its finalists' choice."""
+
+    finalists: FinalistsResult
+
+
+class TruncatedReference(Record):
+    """The teacher's first `layers` layers, untouched, beside a budget's student: its measured time and fidelity."""
+
+    absent_unless_given: ClassVar[frozenset[str]] = frozenset({"ood_fidelity", "ood_cosine"})
+
+    name: str
+    layers: int
+    measured_ms: float
+    fidelity: float | None
+    cosine: float | None
+    ood_fidelity: float | None = None  # absent without out-of-domain texts (`evaluate.ood_texts` 0)
+    ood_cosine: float | None = None
 
 
 # -- the short distillation -----------------------------------------------------------------------
@@ -72,9 +150,12 @@ def short_distill(ctx: StudentContext, cand: Candidate, steps: int) -> dict[str,
 
 
 # -- the choice -------------------------------------------------------------------------------------
-def choose(study: Study, budget_ms: float, progress: bool = True) -> dict[str, Any]:
-    """Stage 5 for one budget: time, short-distil and rank the finalists; resumable. Returns a summary
-    whose "chosen" is the budget's student (a `Candidate` as a dict)."""
+def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsResult:
+    """Stage 5 for one budget: time, short-distil and rank the finalists; resumable.
+
+    Its inputs (the fingerprint `nas-bert run` keys it by): the teacher, the space file's content, the corpus, the
+    study's `search` (its budgets apart) and `distill` sections, the latency device and the budget's search.
+    Returns a `FinalistsResult` whose `chosen` is the budget's student."""
     cfg = study.cfg.search
     ctx = StudentContext.open(study)
     protocol = protocol_hash(study, ctx.checkpoint_sha)
@@ -107,9 +188,11 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> dict[str, A
                 _scored_elsewhere(ctx.db, study, c, protocol) or short_distill(ctx, c, cfg.finalist_steps))
             _store(ctx.db, study, budget_ms, c, protocol, ms[c.name], metrics)
             metrics = _stored(ctx.db, study, budget_ms, c.name, protocol) or metrics  # the first writer's stands
-        rows.append({**c.to_dict(), **metrics, "judged_ms": judged[c.name], "over_budget": over})
+        rows.append(Finalist.model_validate({**c.to_dict(), **metrics, "judged_ms": judged[c.name],
+                                                "over_budget": over}))
     bar.close()
-    return {**summarise(study, budget_ms, rows), "timing": timing}
+    return summarise(study, budget_ms, rows).model_copy(update={"timing": timing})
+
 
 def _stored(db: Database, study: Study, budget_ms: float, name: str, protocol: str) -> dict[str, Any] | None:
     with db.session() as s:
@@ -153,39 +236,44 @@ def _store(db: Database, study: Study, budget_ms: float, c: Candidate, protocol:
         pass
 
 
-def summarise(study: Study, budget_ms: float, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The ranking, the choice, the noise of the ranking and the proxies' agreement with it."""
-    def score(r: dict[str, Any]) -> float:  # a NaN fidelity (too few held-out texts) ranks last
-        f = r.get("fidelity")
+def summarise(study: Study, budget_ms: float, rows: Sequence[Finalist | dict[str, Any]]) -> FinalistsResult:
+    """The ranking, the choice, the noise of the ranking and the proxies' agreement with it (`rows`: the
+    finalists, as `Finalist`s or their dicts)."""
+    def score(r: Finalist) -> float:  # a NaN fidelity (too few held-out texts) ranks last
+        f = r.fidelity
         return f if f is not None and not math.isnan(f) else float("-inf")
 
-    ok = sorted((r for r in rows if not r["over_budget"]), key=lambda r: -score(r))
+    finalists = [Finalist.model_validate(r) for r in rows]
+    ok = sorted((r for r in finalists if not r.over_budget), key=lambda r: -score(r))
     if ok:
         chosen = ok[0]
     else:  # nothing the budget holds when measured: the fastest searched student, flagged
-        chosen = min(rows, key=lambda r: r["measured_ms"])
-    searched = [r for r in ok if r["origin"] == "search"]
-    taus = {}
+        chosen = min(finalists, key=lambda r: r.measured_ms)
+    searched = [r for r in ok if r.origin == "search"]
+    taus: dict[str, float | None] = {}
     for proxy in ("approx_loss", "rescored_loss"):
-        pts = [(r[proxy], -r["fidelity"]) for r in searched if r.get(proxy) is not None]
+        pts = [(getattr(r, proxy), -r.fidelity) for r in searched if getattr(r, proxy) is not None]
         taus[proxy] = kendall_tau(*map(list, zip(*pts, strict=True))) if len(pts) >= 3 else None
     runner = ok[1] if len(ok) > 1 else None
-    return {
-        "study": study.name, "budget_ms": budget_ms, "finalists": rows, "chosen": chosen,
-        "baseline_won": chosen["origin"] != "search", "over_budget": chosen["over_budget"],
-        "kendall_tau_vs_fidelity": taus,
-        "runner_up": runner["name"] if runner else None,
+    return FinalistsResult(
+        study=study.name, budget_ms=budget_ms, finalists=finalists, chosen=chosen,
+        baseline_won=chosen.origin != "search", over_budget=chosen.over_budget,
+        kendall_tau_vs_fidelity=taus,
+        runner_up=runner.name if runner else None,
         # the two best are told apart when their intervals do not overlap
-        "separated": bool(runner and runner["fidelity_interval"][1] < chosen["fidelity_interval"][0]),  # NaN: False
-        "dropped_over_budget": [r["name"] for r in rows if r["over_budget"]],
-        "replacements": [r["name"] for r in rows if r.get("reserve")],
-    }
+        separated=bool(runner and runner.fidelity_interval[1] < chosen.fidelity_interval[0]),  # NaN: False
+        dropped_over_budget=[r.name for r in finalists if r.over_budget],
+        replacements=[r.name for r in finalists if r.reserve],
+    )
 
 
-def truncated_reference(study: Study, budget_ms: float, student_ms: float) -> dict[str, Any] | None:
+def truncated_reference(study: Study, budget_ms: float, student_ms: float) -> TruncatedReference | None:
     """What a user gets for free: the teacher's first k layers, untouched, of the measured latency nearest
     `student_ms` (in the budget's finalists' timing run), with its fidelity on the WordNet test texts and out
-    of domain."""
+    of domain; None when no truncated teacher was timed.
+
+    As `nas-bert run`'s reference stage, its inputs: the teacher, the space file's content, the corpus, the study's
+    `evaluate` section, the latency device, the budget's finalists and the latency stage."""
     db = Database(study.db_url)
     fp = device_fingerprint(study.cfg.latency)
     prefix = f"model:{budget_ms:g}:truncated:"
@@ -201,11 +289,11 @@ def truncated_reference(study: Study, budget_ms: float, student_ms: float) -> di
     student = teacher_initialised(arch, teacher)
     cfg = study.cfg.evaluate
     texts = list(load_task("wordnet", cfg)[0]["test"]["text"][: cfg.fidelity_texts])
-    return {"name": f"truncated-{k}", "layers": k, "measured_ms": ms,
-            **agreement(student, teacher.tokenizer, teacher, cfg, texts, study.device())}
+    return TruncatedReference(name=f"truncated-{k}", layers=k, measured_ms=ms,
+                              **agreement(student, teacher.tokenizer, teacher, cfg, texts, study.device()))
 
 
-def chosen_finalist(db: Database, study: Study, budget_ms: float) -> dict[str, Any] | None:
+def chosen_finalist(db: Database, study: Study, budget_ms: float) -> Finalist | None:
     """The budget's student recorded by the latest finalists' run (None before stage 5 ran)."""
     with db.session() as s:
         rows = s.scalars(select(FinalistRow).where(FinalistRow.study == study.name, FinalistRow.budget_ms == budget_ms)
@@ -221,4 +309,4 @@ def chosen_finalist(db: Database, study: Study, budget_ms: float) -> dict[str, A
         cand = Candidate(r.name, r.origin, Architecture.from_json(r.arch_json), r.trial_number)
         found.append({**cand.to_dict(), **m, "measured_ms": r.measured_ms,
                       "over_budget": bool(m.get("over_budget"))})
-    return summarise(study, budget_ms, found)["chosen"] if found else None
+    return summarise(study, budget_ms, found).chosen if found else None

@@ -1,117 +1,130 @@
-"""The text tables the `nas-bert` commands print (without --json): one function per command's summary."""
+"""The text tables the `nas-bert` commands print (without --json): one function per command's result."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the results' types only: the command line starts without importing the stages
+    from nas_bert.choose import FinalistsResult, SearchReport
+    from nas_bert.distill import DistillResult, MappingResult
+    from nas_bert.evaluate import EvaluationResult
+    from nas_bert.export import ExportResult
+    from nas_bert.latency import LatencyReport
+    from nas_bert.pipeline import RunResult
+    from nas_bert.search import FrontRow, Fronts, SearchResult
+    from nas_bert.status import StudyStatus
+    from nas_bert.supernet import SupernetResult
 
 
-def supernet_table(s: dict[str, Any]) -> str:
+def supernet_table(s: SupernetResult) -> str:
     """`train-supernet`: the step reached, the checkpoint and each block's validation error."""
-    lines = [f"supernet of study '{s['study']}': step {s['step']}/{s['target_steps']} ({s['seconds']} s this run)",
-             f"checkpoint {s['checkpoint']}  sha256 {str(s['sha256'])[:12]}", "validation MSE per block:"]
-    for name, losses in s["val_losses"].items():
+    lines = [f"supernet of study '{s.study}': step {s.step}/{s.target_steps} ({s.seconds} s this run)",
+             f"checkpoint {s.checkpoint}  sha256 {str(s.sha256)[:12]}", "validation MSE per block:"]
+    for name, losses in s.val_losses.items():
         if name != "step" and isinstance(losses, list):
             lines.append(f"  {name:<10} " + "  ".join(f"{x:8.4f}" for x in losses))
-    if s.get("teacher_paths"):
+    if s.teacher_paths:
         lines.append("the teacher's first k layers taken from the supernet, against the untouched cut "
                      "(fidelity to the teacher's output):")
-        lines += [f"  k={p['layers']}: supernet {p['fidelity_supernet']:.4f}, untouched {p['fidelity_untouched']:.4f}, "
-                  f"largest difference {p['max_abs_diff']:.1e}" for p in s["teacher_paths"]]
+        lines += [f"  k={p.layers}: supernet {p.fidelity_supernet:.4f}, untouched {p.fidelity_untouched:.4f}, "
+                  f"largest difference {p.max_abs_diff:.1e}" for p in s.teacher_paths]
     return "\n".join(lines)
 
 
-def latency_table(r: dict[str, Any]) -> str:
+def latency_table(r: LatencyReport) -> str:
     """`latency`: every operator's time and the calibration fitted on top of them."""
-    lines = [f"latency table {r['fingerprint'][:12]} ({len(r['table'])} entries, ms)"]
-    lines += [f"  {k:<28} {v:9.4f}" for k, v in r["table"].items()]
-    cal = r.get("calibration") or {}
+    table = r.table or {}
+    lines = [f"latency table {r.fingerprint[:12]} ({len(table)} entries, ms)"]
+    lines += [f"  {k:<28} {v:9.4f}" for k, v in table.items()]
+    cal = r.calibration or {}
     lines.append(f"calibration: end-to-end ms = {cal.get('a', 0):.4f} x summed table + {cal.get('c', 0):.4f} ms "
                  f"x operators + {cal.get('w', 0):.4f} ms x resizes + {cal.get('b', 0):.4f} ms, "
-                 f"fitted on {r.get('n')} students, leave-one-out error {r.get('loo_mape_pct', float('nan')):.2f}%")
+                 f"fitted on {r.n} students, leave-one-out error {r.loo_mape_pct:.2f}%")
     return "\n".join(lines)
 
 
-def front_table(front: list[dict[str, Any]]) -> str:
+def front_table(front: list[FrontRow]) -> str:
     """One budget's feasible Pareto front, a row per trial."""
     head = f"  {'trial':>5} {'params':>10} {'pred ms':>8} {'approx':>8} {'rescored':>8}  architecture"
     rows = [head]
     for r in front:
-        resc = f"{r['rescored_loss']:8.4f}" if r["rescored_loss"] is not None else f"{'-':>8}"
-        rows.append(f"  {r['trial']:>5} {r['params']:>10,} {r['predicted_ms']:8.2f} {r['approx_loss']:8.4f} {resc}  "
-                    f"{r['architecture']}")
+        resc = f"{r.rescored_loss:8.4f}" if r.rescored_loss is not None else f"{'-':>8}"
+        rows.append(f"  {r.trial:>5} {r.params:>10,} {r.predicted_ms:8.2f} {r.approx_loss:8.4f} {resc}  "
+                    f"{r.architecture}")
     return "\n".join(rows)
 
 
-def pareto_table(fronts: dict[str, list[dict[str, Any]]]) -> str:
+def pareto_table(fronts: Fronts) -> str:
     """Each budget's front, under its budget (ms)."""
-    return "\n".join(f"budget {b} ms:\n" + front_table(rows) for b, rows in fronts.items())
+    return "\n".join(f"budget {b} ms:\n" + front_table(rows) for b, rows in fronts.root.items())
 
 
-def search_table(s: dict[str, Any]) -> str:
+def search_table(s: SearchResult | SearchReport) -> str:
     """`search`: the trials' counts, the front, and the finalists' choice when there is one."""
-    t = s["trials"]
-    tau = "n/a" if s["kendall_tau"] is None else f"{s['kendall_tau']:.2f}"
+    t = s.trials
+    tau = "n/a" if s.kendall_tau is None else f"{s.kendall_tau:.2f}"
     lines = [
-        (f"search '{s['optuna_study']}' (budget {s['budget_ms']:g} ms): {t['complete']} complete, {t['fail']} failed, "
-        f"{t['pruned']} stood down, {s['feasible']} feasible; {s['seconds']} s this run"),
-        (f"block scores computed this run: {s['block_scores_computed']}; rescored {s['rescored']}; "
+        (f"search '{s.optuna_study}' (budget {s.budget_ms:g} ms): {t['complete']} complete, {t['fail']} failed, "
+        f"{t['pruned']} stood down, {s.feasible} feasible; {s.seconds} s this run"),
+        (f"block scores computed this run: {s.block_scores_computed}; rescored {s.rescored}; "
         f"Kendall tau (approx vs rescored) {tau}"),
         "feasible Pareto front:",
-        front_table(s["front"]),
+        front_table(s.front),
     ]
-    if "finalists" in s:
-        lines += ["", finalists_table(s["finalists"])]
-    elif s["chosen"]:
-        lines.append(f"best under budget by rescored loss: trial {s['chosen']['trial']} "
-                     f"({s['chosen']['predicted_ms']:.2f} ms)")
+    finalists = getattr(s, "finalists", None)  # `nas-bert search` reports its finalists' choice too
+    if finalists is not None:
+        lines += ["", finalists_table(finalists)]
+    elif s.chosen:
+        lines.append(f"best under budget by rescored loss: trial {s.chosen.trial} "
+                     f"({s.chosen.predicted_ms:.2f} ms)")
     return "\n".join(lines)
 
 
-def finalists_table(f: dict[str, Any]) -> str:
+def finalists_table(f: FinalistsResult) -> str:
     """The finalists of one budget ranked by fidelity, and the student chosen."""
     def num(v: Any, spec: str) -> str:
         return "-" if v is None else format(v, spec)
 
-    lines = [(f"finalists of the {f['budget_ms']:g} ms budget (the same short distillation; ranked by held-out "
+    lines = [(f"finalists of the {f.budget_ms:g} ms budget (the same short distillation; ranked by held-out "
               "fidelity; pred: the search's latency model, now: its calibration refitted in the finalists' timing "
               "run):"),
              (f"  {'student':<18} {'origin':<9} {'pred ms':>7} {'now ms':>7} {'meas ms':>7} {'approx':>7} "
               f"{'fid. start':>10} {'fidelity':>8} {'interval':>13}  architecture")]
-    for r in sorted(f["finalists"], key=lambda r: -(r.get("fidelity") or -1)):
-        iv = r.get("fidelity_interval")
-        lines.append(f"  {r['name']:<18} {r['origin']:<9} {num(r.get('predicted_ms'), '7.2f')} "
-                     f"{num(r.get('predicted_now_ms'), '7.2f')} {r['measured_ms']:7.2f} "
-                     f"{num(r.get('approx_loss'), '7.4f')} {num(r.get('fidelity_before'), '10.3f')} "
-                     f"{'over budget' if r['over_budget'] else num(r.get('fidelity'), '8.3f'):>8} "
-                     f"{f'{iv[0]:.3f}-{iv[1]:.3f}' if iv else '-':>13}  {r['architecture']}")
-    c, taus = f["chosen"], f["kendall_tau_vs_fidelity"]
-    kind = "a hand-designed student (the baseline won)" if f["baseline_won"] else "a searched student"
-    lines.append(f"chosen: {c['name']}, {kind}, {c['measured_ms']:.2f} ms measured"
-                 + (" (OVER BUDGET: nothing the budget holds)" if f["over_budget"] else "")
-                 + (f"; runner-up {f['runner_up']} {'outside' if f['separated'] else 'inside'} its interval"
-                    if f["runner_up"] else ""))
-    if f.get("replacements"):
-        lines.append(f"over budget as measured: {', '.join(f['dropped_over_budget'])}; in their place, the next by "
-                     f"approximate loss that the budget holds: {', '.join(f['replacements'])}")
+    for r in sorted(f.finalists, key=lambda r: -(r.fidelity or -1)):
+        iv = r.fidelity_interval
+        lines.append(f"  {r.name:<18} {r.origin:<9} {num(r.predicted_ms, '7.2f')} "
+                     f"{num(r.predicted_now_ms, '7.2f')} {r.measured_ms:7.2f} "
+                     f"{num(r.approx_loss, '7.4f')} {num(r.fidelity_before, '10.3f')} "
+                     f"{'over budget' if r.over_budget else num(r.fidelity, '8.3f'):>8} "
+                     f"{f'{iv[0]:.3f}-{iv[1]:.3f}' if iv else '-':>13}  {r.architecture}")
+    c, taus = f.chosen, f.kendall_tau_vs_fidelity
+    kind = "a hand-designed student (the baseline won)" if f.baseline_won else "a searched student"
+    lines.append(f"chosen: {c.name}, {kind}, {c.measured_ms:.2f} ms measured"
+                 + (" (OVER BUDGET: nothing the budget holds)" if f.over_budget else "")
+                 + (f"; runner-up {f.runner_up} {'outside' if f.separated else 'inside'} its interval"
+                    if f.runner_up else ""))
+    if f.replacements:
+        lines.append(f"over budget as measured: {', '.join(f.dropped_over_budget)}; in their place, the next by "
+                     f"approximate loss that the budget holds: {', '.join(f.replacements)}")
     lines.append(f"budget judged on the measured time at the fitted speed, as far as the drift and each student's "
                  f"own factor (now / pred) agree: a faster host tightens, a slower one loosens only where both say so "
-                 f"(drift {num((f.get('timing') or {}).get('drift'), '.2f')}x in this run)")
+                 f"(drift {num((f.timing or {}).get('drift'), '.2f')}x in this run)")
     lines.append("Kendall tau with the fidelity ranking: " + ", ".join(
         f"{k} {'n/a' if v is None else format(v, '.2f')}" for k, v in taus.items()))
     return "\n".join(lines)
 
 
-def mapping_table(s: dict[str, Any]) -> str:
+def mapping_table(s: MappingResult) -> str:
     """`map-layers`: the held-out loss of the baseline mappings and of the best one found."""
-    lines = [f"layer mapping for trial {s['trial']} ({s['architecture']})",
-             (f"{s['points']} distillation points, teacher layers 1..{s['teacher_layers']}: "
-             f"{s['mappings_possible']} monotone mappings, searched by {s['method']} "
-             f"({s['fitness_evaluations']} proxy distillations this run, {s['seconds']} s)"),
+    lines = [f"layer mapping for trial {s.trial} ({s.architecture})",
+             (f"{s.points} distillation points, teacher layers 1..{s.teacher_layers}: "
+             f"{s.mappings_possible} monotone mappings, searched by {s.method} "
+             f"({s.fitness_evaluations} proxy distillations this run, {s.seconds} s)"),
              f"  {'mapping':<24} {'held-out loss':>14}"]
-    for name, b in s["baselines"].items():
-        lines.append(f"  {name + ' ' + str(b['mapping']):<24} {b['fitness']:14.5f}")
-    lines.append(f"  {'best ' + str(s['best']['mapping']):<24} {s['best']['fitness']:14.5f}")
-    lines.append(f"best vs uniform: {100 * s['improvement_vs_uniform']:+.2f}% lower loss")
+    for name, b in s.baselines.items():
+        lines.append(f"  {name + ' ' + str(b.mapping):<24} {b.fitness:14.5f}")
+    lines.append(f"  {'best ' + str(s.best.mapping):<24} {s.best.fitness:14.5f}")
+    lines.append(f"best vs uniform: {100 * s.improvement_vs_uniform:+.2f}% lower loss")
     return "\n".join(lines)
 
 
@@ -133,11 +146,11 @@ def _flat(report: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def distill_table(s: dict[str, Any]) -> str:
+def distill_table(s: DistillResult) -> str:
     """`distill`: each held-out number at the start and at the end, and the weights kept."""
-    lines = [(f"distilled trial {s['trial']} ({s['params']:,} params) to step {s['step']}/{s['target_steps']} "
-             f"with mapping {s['mapping']} ({s['mapping_origin']}); {s['seconds']} s this run")]
-    before, after = dict(s.get("before") or {}), dict(s.get("after") or {})
+    lines = [(f"distilled trial {s.trial} ({s.params:,} params) to step {s.step}/{s.target_steps} "
+             f"with mapping {s.mapping} ({s.mapping_origin}); {s.seconds} s this run")]
+    before, after = dict(s.before or {}), dict(s.after or {})
     # the training loop's record of the weights it kept (and saved), {"step", "value"}: its own line
     kept = after.pop("best", None)
     start, end = before.pop("step", None), after.pop("step", None)
@@ -150,97 +163,97 @@ def distill_table(s: dict[str, Any]) -> str:
     if isinstance(kept, dict):
         lines.append(f"  kept: the weights of step {_number(kept.get('step'))}, held-out fidelity "
                      f"{_number(kept.get('value'))} (the best validated, the start included)")
-    lines.append(f"student folder: {s['student_path'] or '(not finished)'}")
+    lines.append(f"student folder: {s.student_path or '(not finished)'}")
     return "\n".join(lines)
 
 
-def evaluate_table(m: dict[str, Any]) -> str:
-    """`evaluate`: one line per scalar metric."""
+def evaluate_table(m: EvaluationResult) -> str:
+    """`evaluate`: one line per scalar metric the result holds (a student's or the teacher's)."""
     def fmt(v: Any) -> str:
         return f"{v:.4f}" if isinstance(v, float) else str(v)
 
-    return "\n".join(f"  {k:<22} {fmt(v)}" for k, v in m.items() if not isinstance(v, (list, dict)))
+    return "\n".join(f"  {k:<22} {fmt(v)}" for k, v in m.model_dump().items() if not isinstance(v, (list, dict)))
 
 
-def export_table(s: dict[str, Any]) -> str:
+def export_table(s: ExportResult) -> str:
     """`export`: each exported student's size, predicted and measured times."""
-    rows = [(f"exported {len(s['students'])} students to {s['out_dir']} "
-             f"(teacher {s['students'][0]['teacher_ms']:.2f} ms)"),
+    rows = [(f"exported {len(s.students)} students to {s.out_dir} "
+             f"(teacher {s.students[0].teacher_ms:.2f} ms)"),
             (f"  {'name':<34} {'params':>11} {'MB':>6} {'pred':>7} {'pred now':>8} {'torch':>7} {'onnx':>7} "
              f"{'int8':>7} {'speed-up':>8}")]
-    for st in s["students"]:
-        m, now = st.get("measured_ms", {}), st.get("predicted_now_ms")
-        pred = "-" if st["predicted_ms"] is None else f"{st['predicted_ms']:.2f}"
-        rows.append(f"  {st['name']:<34} {st['params']:>11,} {st.get('size_mb', 0):6.1f} {pred:>7} "
+    for st in s.students:
+        m, now = st.measured_ms, st.predicted_now_ms
+        pred = "-" if st.predicted_ms is None else f"{st.predicted_ms:.2f}"
+        rows.append(f"  {st.name:<34} {st.params:>11,} {st.size_mb:6.1f} {pred:>7} "
                     f"{'-' if now is None else f'{now:.2f}':>8} "
                     f"{m.get('torch_fp32', 0):7.2f} {m.get('onnx_fp32', 0):7.2f} {m.get('onnx_int8', 0):7.2f} "
-                    f"{st.get('speedup', {}).get('torch_fp32', 0):7.2f}x")
+                    f"{st.speedup.get('torch_fp32', 0):7.2f}x")
     return "\n".join(rows)
 
 
-def run_table(s: dict[str, Any]) -> str:
+def run_table(s: RunResult) -> str:
     """`run`: one row per budget's student, its times at export, the stages run or skipped."""
     def f(v: Any, spec: str) -> str:
         return "-" if v is None else format(v, spec)
 
-    rows = [f"study '{s['study']}': {len(s['students'])} students in {s['out']} ({s['seconds']:.0f} s this run)", "",
+    rows = [f"study '{s.study}': {len(s.students)} students in {s.out} ({s.seconds:.0f} s this run)", "",
             (f"| {'budget':>6} | {'student':<22} | {'params':>10} | {'ms':>7} | {'int8 ms':>7} | {'fidelity':>8} | "
              f"{'ood fid.':>8} | {'accuracy':>8} | {'vs teacher':>10} | {'label loy.':>10} | {'prob. loy.':>10} | "
              "architecture"),
             "|" + "|".join("-" * w for w in (8, 24, 12, 9, 9, 10, 10, 10, 12, 12, 12, 14)) + "|"]
-    for r in s["students"]:
-        who = r["student"] if r["origin"] == "search" else f"{r['student']} (baseline)"
-        over = " OVER BUDGET" if r["over_budget"] else ""
-        rows.append(f"| {r['budget_ms']:>6g} | {who:<22} | {r['params']:>10,} | "
-                    f"{f(r['finalist_ms'], '7.2f')} | {f(r['onnx_int8_ms'], '7.2f')} | {f(r['fidelity'], '8.3f')} | "
-                    f"{f(r['ood_fidelity'], '8.3f')} | {f(r['accuracy'], '8.3f')} | "
-                    f"{f(r['accuracy_ratio'], '10.3f')} | {f(r['label_loyalty'], '10.3f')} | "
-                    f"{f(r['probability_loyalty'], '10.3f')} | {r['architecture']}{over}")
-        t = r.get("truncated")
+    for r in s.students:
+        who = r.student if r.origin == "search" else f"{r.student} (baseline)"
+        over = " OVER BUDGET" if r.over_budget else ""
+        rows.append(f"| {r.budget_ms:>6g} | {who:<22} | {r.params:>10,} | "
+                    f"{f(r.finalist_ms, '7.2f')} | {f(r.onnx_int8_ms, '7.2f')} | {f(r.fidelity, '8.3f')} | "
+                    f"{f(r.ood_fidelity, '8.3f')} | {f(r.accuracy, '8.3f')} | "
+                    f"{f(r.accuracy_ratio, '10.3f')} | {f(r.label_loyalty, '10.3f')} | "
+                    f"{f(r.probability_loyalty, '10.3f')} | {r.architecture}{over}")
+        t = r.truncated
         if t:
-            rows.append(f"| {'':>6} | {'vs ' + t['name'] + ' (untouched)':<22} | {'':>10} | {t['measured_ms']:7.2f} | "
-                        f"{'':>7} | {f(t['fidelity'], '8.3f')} | {f(t['ood_fidelity'], '8.3f')} | {'':>8} | {'':>10} | "
-                        f"{'':>10} | {'':>10} | the teacher's first {t['layers']} layer(s), no training")
-    if s["students"]:
-        t = s["students"][0]
-        rows += ["", (f"teacher: {f(t['teacher_ms'], '.2f')} ms (PyTorch fp32), "
-                      f"accuracy {f(t['teacher_accuracy'], '.3f')}; "
-                      f"the host ran {f(t.get('drift'), '.2f')}x as long as when the latency model was fitted")]
-        rows += [f"{r['budget_ms']:g} ms student at export: predicted {f(r.get('predicted_ms'), '.2f')} ms "
-                 f"(at the fit), {f(r.get('predicted_now_ms'), '.2f')} ms (calibration refitted in the export's run), "
-                 f"measured {f(r.get('measured_ms'), '.2f')} ms, judged {f(r.get('judged_ms'), '.2f')} ms against "
-                 f"its {r['budget_ms']:g} ms budget" for r in s["students"]]
-    stages = [f"{x['stage']} {x['key']}".strip() + (" (skipped)" if x["skipped"] else f" {x['seconds']:.0f} s")
-              for x in s["stages"]]
+            rows.append(f"| {'':>6} | {'vs ' + t.name + ' (untouched)':<22} | {'':>10} | {t.measured_ms:7.2f} | "
+                        f"{'':>7} | {f(t.fidelity, '8.3f')} | {f(t.ood_fidelity, '8.3f')} | {'':>8} | {'':>10} | "
+                        f"{'':>10} | {'':>10} | the teacher's first {t.layers} layer(s), no training")
+    if s.students:
+        first = s.students[0]
+        rows += ["", (f"teacher: {f(first.teacher_ms, '.2f')} ms (PyTorch fp32), "
+                      f"accuracy {f(first.teacher_accuracy, '.3f')}; "
+                      f"the host ran {f(first.drift, '.2f')}x as long as when the latency model was fitted")]
+        rows += [f"{r.budget_ms:g} ms student at export: predicted {f(r.predicted_ms, '.2f')} ms "
+                 f"(at the fit), {f(r.predicted_now_ms, '.2f')} ms (calibration refitted in the export's run), "
+                 f"measured {f(r.measured_ms, '.2f')} ms, judged {f(r.judged_ms, '.2f')} ms against "
+                 f"its {r.budget_ms:g} ms budget" for r in s.students]
+    stages = [f"{x.stage} {x.key}".strip() + (" (skipped)" if x.skipped else f" {x.seconds:.0f} s")
+              for x in s.stages]
     rows += [("ms: PyTorch fp32, batch 1, the student and the truncated teacher timed in one run (the finalists'); "
               "the model cards hold the export's own timing; a budget judges the time measured at the host's speed "
               "when the latency model was fitted, as far as the reference student and the calibration refitted in "
               "the same run agree (a faster host tightens the verdict, a slower one loosens it only where both "
               "say so)"),
-             f"Pareto front: {s['pareto_png']}", "stages: " + ", ".join(stages)]
+             f"Pareto front: {s.pareto_png}", "stages: " + ", ".join(stages)]
     return "\n".join(rows)
 
 
-def status_table(s: dict[str, Any]) -> str:
+def status_table(s: StudyStatus) -> str:
     """`status`: what the study holds, stage by stage."""
-    sn = s["supernet"]
-    lines = [f"study '{s['study']}'  db {s['db']}"]
+    sn = s.supernet
+    lines = [f"study '{s.study}'  db {s.db}"]
     if sn is None:
         lines.append("  1 supernet:     not trained (run `nas-bert train-supernet`)")
     else:
-        lines.append(f"  1 supernet:     step {sn['step']}/{sn['target_steps']} ({sn['status']}), {sn['checkpoint']}")
-    lines.append(f"  2 latency:      {s['latency']['entries']} operator timings on this device")
-    lines.append(f"  3 block scores: {s['block_scores']} memoised; {s['architectures']} architectures scored")
-    if not s["searches"]:
+        lines.append(f"  1 supernet:     step {sn.step}/{sn.target_steps} ({sn.status}), {sn.checkpoint}")
+    lines.append(f"  2 latency:      {s.latency.entries} operator timings on this device")
+    lines.append(f"  3 block scores: {s.block_scores} memoised; {s.architectures} architectures scored")
+    if not s.searches:
         lines.append("  4 search:       none yet (run `nas-bert search --latency-budget-ms X`)")
-    for r in s["searches"]:
-        t, best = r["trials"], r["best"]
+    for r in s.searches:
+        t, best = r.trials, r.best
         b = "no feasible trial" if best is None else (
-            f"best trial {best['trial']}: loss {best['approx_loss']:.4f} at {best['predicted_ms']:.2f} ms")
-        lines.append(f"  4 search {r['budget_ms']:g} ms: {t['complete']} complete, {t['fail']} failed, "
-                     f"{t['running']} running, {r['feasible']} feasible; {b}")
-    if s.get("stages"):
+            f"best trial {best.trial}: loss {best.approx_loss:.4f} at {best.predicted_ms:.2f} ms")
+        lines.append(f"  4 search {r.budget_ms:g} ms: {t['complete']} complete, {t['fail']} failed, "
+                     f"{t['running']} running, {r.feasible} feasible; {b}")
+    if s.stages:
         lines.append("`nas-bert run` stages (current: its inputs are those it was made from):")
-        width = max(len(f"{r['stage']} {r['key']}") for r in s["stages"])
-        lines += [f"  {(r['stage'] + ' ' + r['key']).ljust(width)}  {r['state']:<8} {r['why']}" for r in s["stages"]]
+        width = max(len(f"{r.stage} {r.key}") for r in s.stages)
+        lines += [f"  {(r.stage + ' ' + r.key).ljust(width)}  {r.state:<8} {r.why}" for r in s.stages]
     return "\n".join(lines)

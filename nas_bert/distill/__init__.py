@@ -18,6 +18,9 @@ from nas_bert.distill.objective import (
     uniform_mapping,
 )
 from nas_bert.distill.students import (
+    DistillResult,
+    MappingFitness,
+    MappingResult,
     StudentContext,
     distill,
     distill_baseline,
@@ -27,4 +30,4 @@ from nas_bert.distill.students import (
     trial_architecture,
 )
 
-__all__ = ["DistillModule", "DistillObjective", "MappingSearch", "StudentContext", "TeacherTaps", "best_memoised", "check_mapping", "count_monotone", "distill", "distill_baseline", "distill_points", "distill_student", "last_layers_mapping", "map_layers", "map_student_layers", "mutate_monotone", "protocol_hash", "relation_kl", "repair", "similarity_loss", "trial_architecture", "uniform_mapping"]
+__all__ = ["DistillModule", "DistillObjective", "DistillResult", "MappingFitness", "MappingResult", "MappingSearch", "StudentContext", "TeacherTaps", "best_memoised", "check_mapping", "count_monotone", "distill", "distill_baseline", "distill_points", "distill_student", "last_layers_mapping", "map_layers", "map_student_layers", "mutate_monotone", "protocol_hash", "relation_kl", "repair", "similarity_loss", "trial_architecture", "uniform_mapping"]

@@ -28,6 +28,7 @@ from nas_bert.distill.objective import (
 )
 from nas_bert.errors import NasBertError
 from nas_bert.model import NasBertModel, save_student
+from nas_bert.record import Record
 from nas_bert.search import budgets_in_db, load_trained, optuna_study_name, storage_for
 from nas_bert.space import Architecture
 from nas_bert.store import ArchitectureRow, Database, DistillRun
@@ -35,6 +36,55 @@ from nas_bert.study import Study
 from nas_bert.supernet import Supernet, teacher_initialised
 from nas_bert.teacher import Importance, Teacher, load_teacher_config, teacher_importance
 from nas_bert.train import BestKeeper, CheckpointDir, make_accelerator, train_loop
+
+
+class MappingFitness(Record):
+    """A layer mapping (the teacher layer each student distillation point learns from) and its proxy loss."""
+
+    mapping: list[int]
+    fitness: float  # the held-out loss after the short proxy distillation (lower is better)
+
+
+class MappingResult(Record):
+    """Stage 6's result: the best layer mapping found, the baseline mappings and the search's record."""
+
+    study: str
+    arch_hash: str
+    architecture: str
+    points: int  # the student's distillation points
+    teacher_layers: int
+    mappings_possible: int  # monotone mappings of the points onto the teacher's layers
+    method: str  # "enumerated" or "genetic"
+    best: MappingFitness
+    baselines: dict[str, MappingFitness]  # "uniform" (TinyBERT's), "last", ...
+    improvement_vs_uniform: float
+    hall_of_fame: list[MappingFitness]
+    logbook: list[dict[str, Any]]  # per generation: gen, evals, min, avg, max (empty when enumerated)
+    fitness_evaluations: int  # proxy distillations this run
+    trial: int | None  # None: a hand-designed student
+    budget_ms: float | None
+    seconds: float
+
+
+class DistillResult(Record):
+    """Stage 7's result: the student distilled, its mapping, the held-out metrics before and after, its folder."""
+
+    study: str
+    trial: int | None  # None: a hand-designed student
+    start: str  # "search" (the supernet's slices) or the hand-designed family (the teacher's weights)
+    budget_ms: float | None
+    arch_hash: str
+    architecture: str
+    params: int
+    mapping: list[int]
+    mapping_origin: str  # "searched", "uniform" or "given"
+    step: int
+    target_steps: int
+    before: dict[str, Any] | None  # held-out metrics at step 0 (None: not recorded)
+    after: dict[str, Any]  # the loop's last held-out metrics, with "best": the step and value of the weights kept
+    student_path: str | None  # None until the last step
+    inputs: str  # the distillation's identity (`distill_key`)
+    seconds: float
 
 
 def resolve_budget(study: Study, budget: float | None) -> float:
@@ -168,8 +218,8 @@ def best_mapping(db: Database, study: Study, arch: Architecture, origin: str | N
 
 
 def distill(study: Study, trial: int, budget: float | None = None, steps: int | None = None,
-            mapping: list[int] | None = None, stop_after: int | None = None) -> dict[str, Any]:
-    """Stage 7 for one searched student (a trial of the budget's search)."""
+            mapping: list[int] | None = None, stop_after: int | None = None) -> DistillResult:
+    """Stage 7 for one searched student (a trial of the budget's search); see `distill_student`."""
     budget = resolve_budget(study, budget)
     arch = trial_architecture(Database(study.db_url), study, trial, budget)
     return distill_student(study, arch, "search", budget, trial, steps, mapping, stop_after)
@@ -177,9 +227,12 @@ def distill(study: Study, trial: int, budget: float | None = None, steps: int | 
 
 def distill_student(study: Study, arch: Architecture, start: str, budget: float | None, trial: int | None = None,
                     steps: int | None = None, mapping: list[int] | None = None,
-                    stop_after: int | None = None) -> dict[str, Any]:
+                    stop_after: int | None = None) -> DistillResult:
     """Stage 7 for one student, searched (`start` "search": the supernet's slices) or hand-designed
-    ("truncated", "uniform": the teacher's weights): resumable, recorded, saved as a Hugging Face folder."""
+    ("truncated", "uniform": the teacher's weights): resumable, recorded, saved as a Hugging Face folder.
+
+    Its inputs (the fingerprint `nas-bert run` keys it by): the teacher, the space file's content, the corpus, the
+    study's `distill` section and the budget's layer mapping stage. Returns a `DistillResult`."""
     cfg = study.cfg.distill
     steps = steps or cfg.steps
     db = Database(study.db_url)
@@ -210,11 +263,11 @@ def distill_student(study: Study, arch: Architecture, start: str, budget: float 
         run.report_json = json.dumps({"before": before or prev.get("before"), "after": report, "step": step,
                                       "start": start, "inputs": key})
         before = before or prev.get("before")
-    return {"study": study.name, "trial": trial, "start": start, "budget_ms": budget, "arch_hash": arch.hash(),
-            "architecture": str(arch), "params": arch.params(), "mapping": mapping, "mapping_origin": origin,
-            "step": step, "target_steps": steps, "before": before, "after": report,
-            "student_path": str(student_path) if student_path else None, "inputs": key,
-            "seconds": round(time.perf_counter() - t0, 1)}
+    return DistillResult(study=study.name, trial=trial, start=start, budget_ms=budget, arch_hash=arch.hash(),
+                         architecture=str(arch), params=arch.params(), mapping=mapping, mapping_origin=origin,
+                         step=step, target_steps=steps, before=before, after=report,
+                         student_path=str(student_path) if student_path else None, inputs=key,
+                         seconds=round(time.perf_counter() - t0, 1))
 
 
 def distill_key(ctx: StudentContext, arch: Architecture, start: str, mapping: list[int]) -> str:
@@ -259,25 +312,27 @@ def train_student(ctx: StudentContext, arch: Architecture, module: DistillModule
     return before, report, step, student_path
 
 
-def map_layers(study: Study, trial: int, budget: float | None = None, progress: bool = True) -> dict[str, Any]:
-    """Stage 6 for one searched student (a trial of the budget's search)."""
+def map_layers(study: Study, trial: int, budget: float | None = None, progress: bool = True) -> MappingResult:
+    """Stage 6 for one searched student (a trial of the budget's search); see `map_student_layers`."""
     budget = resolve_budget(study, budget)
     arch = trial_architecture(Database(study.db_url), study, trial, budget)
     return map_student_layers(study, arch, "search", budget, trial, progress)
 
 
 def map_student_layers(study: Study, arch: Architecture, start: str, budget: float | None, trial: int | None = None,
-                       progress: bool = True) -> dict[str, Any]:
+                       progress: bool = True) -> MappingResult:
     """Stage 6 for one student (searched or hand-designed, see `distill_student`): the DEAP search (or
-    enumeration) of its layer mapping."""
+    enumeration) of its layer mapping; resumable.
+
+    Its inputs (the fingerprint `nas-bert run` keys it by): the teacher, the space file's content, the corpus, the
+    study's `mapping` and `distill` sections and the budget's finalists stage. Returns a `MappingResult`."""
     db = Database(study.db_url)
     ctx = StudentContext.open(study)
     t0 = time.perf_counter()
     search = MappingSearch(study, db, arch, ctx.teacher.num_layers, lambda m: proxy_fitness(ctx, arch, m, start),
                            study.workdir / "mapping" / arch.hash(), origin=mapping_origin(ctx, start))
-    summary = search.run(progress=progress)
-    summary.update(trial=trial, budget_ms=budget, seconds=round(time.perf_counter() - t0, 1))
-    return summary
+    return MappingResult(**search.run(progress=progress), trial=trial, budget_ms=budget,
+                         seconds=round(time.perf_counter() - t0, 1))
 
 
 def distill_baseline(ctx: StudentContext, name: str, arch: Architecture, importance: Importance | None = None,

@@ -1,4 +1,5 @@
 from nas_bert.evaluate.evaluation import (
+    EvaluationResult,
     agreement,
     evaluate_encoder,
     evaluate_path,
@@ -8,4 +9,4 @@ from nas_bert.evaluate.evaluation import (
 )
 from nas_bert.evaluate.metrics import fidelity, fidelity_interval
 
-__all__ = ["agreement", "evaluate_encoder", "evaluate_path", "fidelity", "fidelity_interval", "load_student", "stored_evaluation", "teacher_baseline"]
+__all__ = ["EvaluationResult", "agreement", "evaluate_encoder", "evaluate_path", "fidelity", "fidelity_interval", "load_student", "stored_evaluation", "teacher_baseline"]

@@ -17,12 +17,13 @@ import json
 import math
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import datasets
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import ConfigDict
 from sqlalchemy import select
 from torch import nn
 from tqdm.auto import tqdm
@@ -31,6 +32,7 @@ from transformers import AutoModel, AutoTokenizer, get_scheduler
 from nas_bert.data import LOAD_ERRORS, first_line, load_manpages, load_task
 from nas_bert.errors import NasBertError
 from nas_bert.evaluate.metrics import fidelity, loyalty, mean_pool
+from nas_bert.record import Record
 from nas_bert.store import Database, EvaluationRow, atomic_write_text, file_sha256, json_hash, sha256_hex
 from nas_bert.study import EvalConfig
 from nas_bert.teacher import load_teacher
@@ -286,9 +288,41 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(data, indent=2))
 
 
+class EvaluationResult(Record):
+    """Stage 8's result under one protocol: a student's metrics against the teacher (`subject`: its folder), or the
+    teacher's own fine-tuned baseline (`teacher`: its source). Each has only its own keys; a baseline recorded by
+    an older nas-bert keeps the keys it was recorded with."""
+
+    model_config = ConfigDict(extra="allow")
+    absent_unless_given: ClassVar[frozenset[str]] = frozenset({
+        "subject", "arch_hash", "task", "fidelity", "cosine", "ood_fidelity", "ood_cosine", "accuracy",
+        "teacher_accuracy", "accuracy_ratio", "label_loyalty", "probability_loyalty", "params", "teacher",
+        "protocol_hash"})
+
+    subject: str | None = None  # the student's folder
+    arch_hash: str | None = None
+    task: str | None = None
+    fidelity: float | None = None  # on the task's held-out texts, without training
+    cosine: float | None = None  # None: the student's width is not the teacher's
+    ood_fidelity: float | None = None  # out of domain; absent without `evaluate.ood_texts`
+    ood_cosine: float | None = None
+    accuracy: float | None = None  # fine-tuned on the task
+    teacher_accuracy: float | None = None
+    accuracy_ratio: float | None = None  # None when the teacher's accuracy is 0
+    label_loyalty: float | None = None
+    probability_loyalty: float | None = None
+    params: int | None = None
+    teacher: str | None = None  # the teacher's source (its baseline only)
+    protocol_hash: str | None = None
+
+
 def evaluate_path(study: Any, path: str | None, teacher_only: bool = False, task: str = "wordnet",
-                  cfg: EvalConfig | None = None) -> dict[str, Any]:
-    """`nas-bert evaluate PATH` / `--teacher`: evaluate, record in the database and in PATH/nas_bert.json."""
+                  cfg: EvalConfig | None = None) -> EvaluationResult:
+    """`nas-bert evaluate PATH` / `--teacher`: evaluate, record in the database and in PATH/nas_bert.json.
+
+    Its inputs (the fingerprint `nas-bert run` keys it by): the teacher, the space file's content, the corpus, the
+    study's `evaluate` section and the budget's distillation stage. Returns an `EvaluationResult`: the student's
+    metrics, or with `teacher_only` the teacher's baseline (its test probabilities left out)."""
     cfg = cfg or EvalConfig()
     if not teacher_only and path is None:
         raise NasBertError("give a model folder to evaluate, or --teacher for the teacher's baseline")
@@ -301,7 +335,7 @@ def evaluate_path(study: Any, path: str | None, teacher_only: bool = False, task
         teacher = load_teacher(study.cfg.teacher, device)
         base = teacher_baseline(db, study.name, teacher, cfg, task, device)
         if student is None or folder is None:
-            return {k: v for k, v in base.items() if k != "test_probs"}
+            return EvaluationResult(**{k: v for k, v in base.items() if k != "test_probs"})
         info_file = folder / "nas_bert.json"
         try:
             info = json.loads(info_file.read_text()) if info_file.is_file() else None
@@ -320,6 +354,6 @@ def evaluate_path(study: Any, path: str | None, teacher_only: bool = False, task
         if isinstance(info, dict):
             info.setdefault("metrics", {}).update({**metrics, "eval_config": cfg.model_dump(mode="json")})
             _write_json_atomic(info_file, info)
-        return {"subject": str(folder), "arch_hash": arch_hash, **metrics}
+        return EvaluationResult(subject=str(folder), arch_hash=arch_hash, **metrics)
     finally:
         db.dispose()

@@ -20,7 +20,7 @@ import numpy as np
 from sqlalchemy import select
 from tqdm.auto import tqdm
 
-from nas_bert.choose import chosen_finalist, judged_ms, reorders
+from nas_bert.choose import Finalist, chosen_finalist, judged_ms, reorders
 from nas_bert.errors import NasBertError
 from nas_bert.export.card import model_card
 from nas_bert.export.onnx_export import VARIANTS, export_onnx, mb, measure_latencies
@@ -34,6 +34,7 @@ from nas_bert.latency import (
     in_run,
 )
 from nas_bert.model import NasBertModel, write_student_folder
+from nas_bert.record import Record
 from nas_bert.search import (
     budgets_in_db,
     chosen_row,
@@ -58,7 +59,52 @@ class Member:
     budget_ms: float | None
     budgets: list[float] = field(default_factory=list)
     origin: str = "search"  # or a hand-designed student that won its budget's finalists: truncated | uniform | pruned
-    finalist: dict[str, Any] | None = None  # the budget's finalists' record of this student
+    finalist: Finalist | None = None  # the budget's finalists' record of this student
+
+
+class ExportedStudent(Record):
+    """One exported student as the export's index lists it: its size, times and checks (its folder's
+    nas_bert.json holds the rest)."""
+
+    name: str  # its folder in the export
+    hash: str
+    trial: int | None  # None: a hand-designed student
+    budget_ms: float | None
+    budgets_ms: list[float]  # every budget whose front it is on
+    params: int
+    flops: int
+    size_mb: float
+    predicted_ms: float | None  # the search's latency model (None: a module outside its table)
+    safetensors_sha256: str
+    origin: str  # "search" or the hand-designed family that won its budget's finalists
+    over_budget: bool  # judged over its budget in the export's timing run
+    predicted_now_ms: float | None  # the calibration refitted in the export's timing run
+    onnx_mb: float
+    int8_mb: float
+    measured_ms: dict[str, float]  # runtime (torch_fp32, onnx_fp32, onnx_int8) -> ms
+    teacher_ms: float  # the teacher in the same run (PyTorch fp32)
+    drift: float | None  # how much longer the host took than when the latency model was fitted
+    speed: float | None  # this student's own host factor (predicted now / predicted at the fit)
+    judged_ms: float | None  # the time its budget judges
+    speedup: dict[str, float]  # runtime -> the teacher's time / the student's
+    approx_loss: float | None
+    rescored_loss: float | None
+    onnx_max_abs_diff: float
+    onnx_output_max_abs: float
+    int8_rel_error: float
+    int8_mean_cosine: float
+
+
+class ExportResult(Record):
+    """Stage 9's result, also written as the export's index.json: the teacher, the machine and the students."""
+
+    study: str
+    out_dir: str
+    command: str  # the command that made it
+    teacher: dict[str, Any]  # name, params and its median time beside the students (torch_fp32_ms)
+    machine: str
+    latency_config: dict[str, Any]  # the study's `latency` section
+    students: list[ExportedStudent]
 
 
 # -- the student folder -------------------------------------------------------------------------
@@ -95,26 +141,25 @@ def select_members(db: Database, study: Study, budgets: list[float] | None) -> l
     for b in _searched(study, budgets):
         if budgets is None:
             for r in pareto_rows(db, study, b):
-                if r["hash"] in members:
-                    members[r["hash"]].budgets.append(b)
+                if r.hash in members:
+                    members[r.hash].budgets.append(b)
                 else:
-                    members[r["hash"]] = Member(f"nasbert-front-{r['hash'][:8]}", _row(db, study, r["hash"]),
-                                                r["trial"], b, [b])
+                    members[r.hash] = Member(f"nasbert-front-{r.hash[:8]}", _row(db, study, r.hash), r.trial, b, [b])
             continue
         fin = chosen_finalist(db, study, b)  # the finalists' choice (stage 5), else the rescored one
-        if fin is not None and fin["origin"] != "search":  # a hand-designed student won: it is exported as such
-            h = fin["hash"]
-            row = {"hash": h, "arch_json": fin["arch_json"], "params": fin["params"],
-                   "flops": Architecture.from_json(fin["arch_json"]).flops(), "predicted_ms": fin.get("predicted_ms"),
+        if fin is not None and fin.origin != "search":  # a hand-designed student won: it is exported as such
+            h = fin.hash
+            row = {"hash": h, "arch_json": fin.arch_json, "params": fin.params,
+                   "flops": Architecture.from_json(fin.arch_json).flops(), "predicted_ms": fin.predicted_ms,
                    "approx_loss": None, "rescored_loss": None, "checkpoint_sha": latest_checkpoint(db, study).sha256}
-            members[f"{b:g}:{h}"] = Member(f"nasbert-{b:g}ms-{fin['name']}", row, None, b, [b], fin["origin"], fin)
+            members[f"{b:g}:{h}"] = Member(f"nasbert-{b:g}ms-{fin.name}", row, None, b, [b], fin.origin, fin)
             continue
         best = fin or chosen_row(db, study, b)
         if best is None:
             raise NasBertError(f"the search for budget {b:g} ms in study '{study.name}' has no feasible trial; "
                                "search with more trials or a larger budget")
-        h = best["hash"]
-        members[f"{b:g}:{h}"] = Member(f"nasbert-{b:g}ms-{h[:8]}", _row(db, study, h), best["trial"], b, [b],
+        h = best.hash
+        members[f"{b:g}:{h}"] = Member(f"nasbert-{b:g}ms-{h[:8]}", _row(db, study, h), best.trial, b, [b],
                                        finalist=fin)
     if not members:
         raise NasBertError(f"no feasible trial in any search of study '{study.name}'; search with a larger budget")
@@ -183,7 +228,7 @@ def _export_one(study: Study, m: Member, teacher: Teacher, supernet: Supernet, c
                     "speedup": {k: ms["teacher_torch_fp32"] / ms[k] for k in VARIANTS}},
         "metrics": metrics, "teacher": dict(tinfo), "checkpoint": ckpt, "command": command,
         "safetensors_sha256": file_sha256(folder / "model.safetensors"), "distilled": distilled,
-        "origin": m.origin, "finalist": m.finalist, "over_budget": over,
+        "origin": m.origin, "finalist": m.finalist.model_dump(mode="json") if m.finalist else None, "over_budget": over,
         "sentence_transformers": teacher.pooling is not None,
     }
     (folder / "README.md").write_text(model_card(info, arch))
@@ -238,32 +283,37 @@ def _evaluation(study: Study, arch_hash: str, subject: str) -> dict[str, Any]:
         return {f"eval_{k}": metrics[k] for k in keep if k in metrics} | {"eval_task": row.task}
 
 
-def _record(db: Database, study: Study, infos: list[dict[str, Any]], out_dir: Path) -> None:
+def _record(db: Database, study: Study, students: list[ExportedStudent], out_dir: Path) -> None:
     """measured_ms of each architecture and one ExportRow per folder; rows of folders an overwrite removed go."""
     root = str(out_dir.resolve())
-    paths = {str((out_dir / i["name"]).resolve()) for i in infos}
+    paths = {str((out_dir / st.name).resolve()) for st in students}
     with db.session() as s:
         for old in s.scalars(select(ExportRow).where(ExportRow.study == study.name)):
             if os.path.dirname(old.path) == root and old.path not in paths:
                 s.delete(old)
-        for info in infos:
+        for st in students:
             row = s.scalars(select(ArchitectureRow).where(ArchitectureRow.study == study.name,
-                                                          ArchitectureRow.hash == info["hash"])).first()
+                                                          ArchitectureRow.hash == st.hash)).first()
             if row is not None:  # a hand-designed student is no searched architecture
-                row.measured_ms = info["measured_ms"]["torch_fp32"]
-            path = str((out_dir / info["name"]).resolve())
-            exp = s.scalars(select(ExportRow).where(ExportRow.study == study.name, ExportRow.arch_hash == info["hash"],
+                row.measured_ms = st.measured_ms["torch_fp32"]
+            path = str((out_dir / st.name).resolve())
+            exp = s.scalars(select(ExportRow).where(ExportRow.study == study.name, ExportRow.arch_hash == st.hash,
                                                     ExportRow.path == path)).first()
             if exp is None:
-                exp = ExportRow(study=study.name, arch_hash=info["hash"], path=path)
+                exp = ExportRow(study=study.name, arch_hash=st.hash, path=path)
                 s.add(exp)
-            exp.trial_number, exp.budget_ms, exp.sha256 = info["trial"], info["budget_ms"], info["safetensors_sha256"]
-            exp.metrics_json = json.dumps(info)
+            exp.trial_number, exp.budget_ms, exp.sha256 = st.trial, st.budget_ms, st.safetensors_sha256
+            exp.metrics_json = json.dumps(st.model_dump(mode="json"))
 
 
 def export_front(study: Study, out_dir: Path, budgets: list[float] | None = None, overwrite: bool = False,
-                 command: str | None = None) -> dict[str, Any]:
-    """Export every architecture on a feasible front (or, with budgets, the best feasible one per budget)."""
+                 command: str | None = None) -> ExportResult:
+    """Stage 9: export every architecture on a feasible front (or, with budgets, the best feasible one per budget,
+    the finalists' choice where there is one) into `out_dir`, timing each again.
+
+    Its inputs (the fingerprint `nas-bert run` keys it by): the teacher, the space file's content, the corpus, the
+    study's `latency` section, the latency device and each budget's evaluation stage. Returns an `ExportResult`,
+    also written as `out_dir`/index.json."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise NasBertError(f"{out_dir} already exists; pass --overwrite to replace it or choose another output folder")
@@ -274,14 +324,14 @@ def export_front(study: Study, out_dir: Path, budgets: list[float] | None = None
         ckpts = {m.name: _checkpoint(db, study, m.row["checkpoint_sha"]) for m in members}
         command = command or shlex.join(["nas-bert", "export", "--config", str(study.file), "--out", str(out_dir)])
         summary = _write(study, members, ckpts, out_dir, budgets, command)
-        _record(db, study, summary["students"], out_dir)
+        _record(db, study, summary.students, out_dir)
     finally:
         db.dispose()
     return summary
 
 
 def _write(study: Study, members: list[Member], ckpts: dict[str, dict[str, Any]], out_dir: Path,
-           plot_budgets: list[float] | None, command: str) -> dict[str, Any]:
+           plot_budgets: list[float] | None, command: str) -> ExportResult:
     """Write every student, index.json and pareto.png into a temporary folder, then rename it to out_dir."""
     teacher = load_teacher(study.cfg.teacher, "cpu")
     tinfo = {"name": study.cfg.teacher, "params": sum(p.numel() for p in teacher.encoder.parameters())}
@@ -299,20 +349,21 @@ def _write(study: Study, members: list[Member], ckpts: dict[str, dict[str, Any]]
         plot_fronts(study, plot_budgets or budgets_in_db(study), tmp / "pareto.png")
         # the teacher is timed beside every student; its figure here is the median over those runs
         tinfo["torch_fp32_ms"] = float(np.median([i["latency"]["teacher_torch_fp32"] for i in infos]))
-        summary = {"study": study.name, "out_dir": str(out_dir), "command": command, "teacher": tinfo,
-                   "machine": infos[0]["latency"]["machine"], "latency_config": study.cfg.latency.model_dump(),
-                   "students": [_student_summary(i) for i in infos]}
-        (tmp / "index.json").write_text(json.dumps(summary, indent=2))
+        summary = ExportResult(study=study.name, out_dir=str(out_dir), command=command, teacher=tinfo,
+                               machine=infos[0]["latency"]["machine"], latency_config=study.cfg.latency.model_dump(),
+                               students=[_student_summary(i) for i in infos])
+        (tmp / "index.json").write_text(json.dumps(summary.model_dump(mode="json"), indent=2))
     return summary
 
 
-def _student_summary(i: dict[str, Any]) -> dict[str, Any]:
+def _student_summary(i: dict[str, Any]) -> ExportedStudent:
+    """A student's line of the index from its full record (the `info` of its nas_bert.json)."""
     lat, met = i["latency"], i["metrics"]
     keep = ("name", "hash", "trial", "budget_ms", "budgets_ms", "params", "flops", "size_mb", "predicted_ms",
             "safetensors_sha256", "origin", "over_budget")
-    return {**{k: i[k] for k in keep}, "predicted_now_ms": i.get("predicted_now_ms"), "onnx_mb": met["onnx_mb"], "int8_mb": met["int8_mb"],
-            "measured_ms": {k: lat[k] for k in VARIANTS}, "teacher_ms": lat["teacher_torch_fp32"], "drift": lat.get("drift"),
-            "speed": lat.get("speed"), "judged_ms": lat.get("judged_ms"),
-            "speedup": lat["speedup"], **{k: met[k] for k in ("approx_loss", "rescored_loss", "onnx_max_abs_diff",
-                                                             "onnx_output_max_abs", "int8_rel_error",
-                                                             "int8_mean_cosine")}}
+    return ExportedStudent(
+        **{k: i[k] for k in keep}, predicted_now_ms=i.get("predicted_now_ms"), onnx_mb=met["onnx_mb"],
+        int8_mb=met["int8_mb"], measured_ms={k: lat[k] for k in VARIANTS}, teacher_ms=lat["teacher_torch_fp32"],
+        drift=lat.get("drift"), speed=lat.get("speed"), judged_ms=lat.get("judged_ms"), speedup=lat["speedup"],
+        **{k: met[k] for k in ("approx_loss", "rescored_loss", "onnx_max_abs_diff", "onnx_output_max_abs",
+                               "int8_rel_error", "int8_mean_cosine")})

@@ -22,7 +22,7 @@ stored rows and `LatencyModel`, `students` chooses, times and fits the calibrati
 ensures a device's model is in the database and reports it.
 """
 
-from nas_bert.latency.build import ensure_latency_model, latency_report
+from nas_bert.latency.build import LatencyReport, ensure_latency_model, latency_report
 from nas_bert.latency.calibration import (
     Calibration,
     calibration_key,
@@ -54,7 +54,7 @@ from nas_bert.latency.table import (
 )
 
 __all__ = [
-    "MODEL_ROUNDS", "Calibration", "LatencyModel", "_load_table", "_run_delay_ns", "build_student",
+    "MODEL_ROUNDS", "Calibration", "LatencyModel", "LatencyReport", "_load_table", "_run_delay_ns", "build_student",
     "calibration_architectures", "calibration_key", "calibration_students", "device_fingerprint", "embeddings_key",
     "ensure_latency_model", "fit_calibration", "fit_linear", "grow_key", "hardware_name", "in_fresh_process", "in_run",
     "latency_report", "loo_mape", "measure_callables", "measure_models", "op_key", "operators", "output_key", "resizes",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -16,6 +16,7 @@ from nas_bert.latency.calibration import Calibration, calibration_key
 from nas_bert.latency.harness import TABLE_ROUNDS, _check_positions, in_fresh_process, measure_keys
 from nas_bert.latency.students import calibrate
 from nas_bert.latency.table import LatencyModel, _load_table, _store_row, device_fingerprint, hardware_name, table_specs
+from nas_bert.record import Record
 from nas_bert.space import Embeddings, SearchSpace
 from nas_bert.store import Database, LatencyCalibration
 from nas_bert.study import LatencyConfig
@@ -23,20 +24,40 @@ from nas_bert.study import LatencyConfig
 CHUNK = 12  # table timings interleaved and stored together: an interrupted build loses one chunk at most
 
 
-def latency_report(model: LatencyModel) -> dict[str, Any]:
-    """A JSON-able summary: fingerprint, settings, the table, the calibration and its error."""
+class LatencyReport(Record):
+    """Stage 2's result: a device's latency model, its settings and the calibration's error."""
+
+    absent_unless_given: ClassVar[frozenset[str]] = frozenset({"table"})
+
+    fingerprint: str
+    hardware: str
+    torch: str
+    config: dict[str, Any]  # the study's `latency` section
+    # operator key -> ms; left out of `nas-bert run`'s record (the database holds it)
+    table: dict[str, float] | None = None
+    calibration: dict[str, Any]  # a, b, c, w and the fitted points
+    n: int
+    loo_mape_pct: float | None  # None when too few students were timed to leave one out
+
+
+def latency_report(model: LatencyModel) -> LatencyReport:
+    """The latency model of a device (from `ensure_latency_model`) as stage 2's result.
+
+    Its inputs (the fingerprint `nas-bert run` keys it by): the teacher, the space file's content, the corpus, the
+    study's `latency` section and the device. Returns a `LatencyReport`: fingerprint, settings, the table, the
+    calibration and its error."""
     cal = model.calibration
     mape = cal.loo_mape if np.isfinite(cal.loo_mape) else None
-    return {
-        "fingerprint": model.fingerprint,
-        "hardware": hardware_name(model.config.device),
-        "torch": torch.__version__,
-        "config": model.config.model_dump(),
-        "table": dict(sorted(model.table.items())),
-        "calibration": {"a": cal.a, "b": cal.b, "c": cal.c, "w": cal.w, "points": [list(p) for p in cal.points]},
-        "n": len(cal.points),
-        "loo_mape_pct": mape,
-    }
+    return LatencyReport(
+        fingerprint=model.fingerprint,
+        hardware=hardware_name(model.config.device),
+        torch=torch.__version__,
+        config=model.config.model_dump(),
+        table=dict(sorted(model.table.items())),
+        calibration={"a": cal.a, "b": cal.b, "c": cal.c, "w": cal.w, "points": [list(p) for p in cal.points]},
+        n=len(cal.points),
+        loo_mape_pct=mape,
+    )
 
 
 def ensure_latency_model(

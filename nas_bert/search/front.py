@@ -5,14 +5,16 @@ front and the student it yields, one row per architecture.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import ClassVar
 
 import optuna
 from optuna.trial import TrialState
+from pydantic import RootModel
 from sqlalchemy import select
 from tqdm.auto import tqdm
 
 from nas_bert.errors import NasBertError
+from nas_bert.record import Record
 from nas_bert.search.context import SearchContext
 from nas_bert.search.scoring import kendall_tau, rescore
 from nas_bert.search.storage import optuna_study_name, storage_for
@@ -21,8 +23,46 @@ from nas_bert.store import ArchitectureRow, Database
 from nas_bert.study import Study
 
 
-def finish_search(ctx: SearchContext, budget_ms: float) -> dict[str, Any]:
-    """The end of stage 4: rescore the best feasible candidates end to end; summarise the study."""
+class FrontRow(Record):
+    """One architecture of a budget's search, named by its first trial."""
+
+    absent_unless_given: ClassVar[frozenset[str]] = frozenset({"seed"})
+
+    trial: int
+    hash: str
+    params: int
+    flops: int
+    predicted_ms: float
+    approx_loss: float
+    rescored_loss: float | None
+    measured_ms: float | None  # timed by an export
+    architecture: str
+    seed: str | None = None  # a seed student's name (the fastest, the teacher's first layers); absent otherwise
+
+
+class Fronts(RootModel[dict[str, list[FrontRow]]]):
+    """`nas-bert pareto`'s result: each searched budget's feasible front, keyed by the budget in ms ("5")."""
+
+
+class SearchResult(Record):
+    """Stage 4's result for one budget: the trials' counts, the feasible front and the student it yields."""
+
+    study: str
+    optuna_study: str
+    budget_ms: float
+    trials: dict[str, int]  # trial state (complete, fail, pruned, running, waiting) -> count
+    feasible: int
+    front: list[FrontRow]
+    chosen: FrontRow | None  # None: no feasible trial
+    kendall_tau: float | None  # approximate vs rescored loss; None with fewer than two rescored
+    rescored: int
+    block_scores_computed: int
+    seconds: float
+
+
+def finish_search(ctx: SearchContext, budget_ms: float, seconds: float) -> SearchResult:
+    """The end of stage 4: rescore the best feasible candidates end to end; summarise the study (`seconds`: how
+    long the search ran)."""
     study, cfg = ctx.study, ctx.study.cfg.search
     name = optuna_study_name(study, budget_ms)
     study_ = optuna.load_study(study_name=name, storage=storage_for(study))
@@ -49,13 +89,13 @@ def finish_search(ctx: SearchContext, budget_ms: float) -> dict[str, Any]:
             rescored.append(row.rescored_loss)
     front = pareto_rows(ctx.db, study, budget_ms)
     chosen = chosen_row(ctx.db, study, budget_ms)
-    return {
-        "study": study.name, "optuna_study": name, "budget_ms": budget_ms,
-        "trials": {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState},
-        "feasible": len(feasible), "front": front, "chosen": chosen,
-        "kendall_tau": kendall_tau(approx, rescored), "rescored": len(rescored),
-        "block_scores_computed": ctx.scorer.computed,
-    }
+    return SearchResult(
+        study=study.name, optuna_study=name, budget_ms=budget_ms,
+        trials={s.name.lower(): sum(t.state == s for t in trials) for s in TrialState},
+        feasible=len(feasible), front=front, chosen=chosen,
+        kendall_tau=kendall_tau(approx, rescored), rescored=len(rescored),
+        block_scores_computed=ctx.scorer.computed, seconds=round(seconds, 1),
+    )
 
 
 def _load(study: Study, budget_ms: float) -> optuna.Study:
@@ -66,35 +106,35 @@ def _load(study: Study, budget_ms: float) -> optuna.Study:
                            f"--config {study.file} --latency-budget-ms {budget_ms:g}`") from None
 
 
-def _arch_rows(db: Database, study: Study, trials: list[optuna.trial.FrozenTrial]) -> list[dict[str, Any]]:
+def _arch_rows(db: Database, study: Study, trials: list[optuna.trial.FrozenTrial]) -> list[FrontRow]:
     """One row per distinct architecture, in the trials' order (its first trial names it)."""
     with db.session() as s:
         rows = {r.hash: r for r in s.scalars(select(ArchitectureRow).where(
             ArchitectureRow.study == study.name, ArchitectureRow.hash.in_({t.user_attrs["arch_hash"] for t in trials})))}
-        seen: dict[str, dict[str, Any]] = {}
+        seen: dict[str, FrontRow] = {}
         for t in trials:
             h = t.user_attrs["arch_hash"]
             if h not in seen:
                 row = rows[h]
-                seen[h] = {"trial": t.number, "hash": h, "params": row.params, "flops": row.flops,
-                           "predicted_ms": row.predicted_ms, "approx_loss": row.approx_loss,
-                           "rescored_loss": row.rescored_loss, "measured_ms": row.measured_ms,
-                           "architecture": str(Architecture.from_json(row.arch_json)),
-                           **({"seed": t.user_attrs["seed"]} if "seed" in t.user_attrs else {})}
+                seen[h] = FrontRow(trial=t.number, hash=h, params=row.params, flops=row.flops,
+                                   predicted_ms=row.predicted_ms, approx_loss=row.approx_loss,
+                                   rescored_loss=row.rescored_loss, measured_ms=row.measured_ms,
+                                   architecture=str(Architecture.from_json(row.arch_json)),
+                                   **({"seed": t.user_attrs["seed"]} if "seed" in t.user_attrs else {}))
     return list(seen.values())
 
 
-def pareto_rows(db: Database, study: Study, budget_ms: float) -> list[dict[str, Any]]:
+def pareto_rows(db: Database, study: Study, budget_ms: float) -> list[FrontRow]:
     """The feasible Pareto front (approximate loss vs predicted latency), one row per architecture."""
     front = sorted(_load(study, budget_ms).best_trials, key=lambda t: t.values[1])
     return _arch_rows(db, study, [t for t in front if t.values[1] <= budget_ms])
 
 
-def chosen_row(db: Database, study: Study, budget_ms: float) -> dict[str, Any] | None:
+def chosen_row(db: Database, study: Study, budget_ms: float) -> FrontRow | None:
     """The student a budget yields: the lowest rescored loss among the feasible candidates rescoring saw
     (the best by approximate loss, the front, the seed students); before rescoring, the front's best."""
     done = _load(study, budget_ms).get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     rescored = [r for r in _arch_rows(db, study, [t for t in done if t.values[1] <= budget_ms])
-                if r["rescored_loss"] is not None]
+                if r.rescored_loss is not None]
     return min(rescored or pareto_rows(db, study, budget_ms), default=None, key=lambda r: (
-        r["rescored_loss"] if r["rescored_loss"] is not None else math.inf, r["approx_loss"]))
+        r.rescored_loss if r.rescored_loss is not None else math.inf, r.approx_loss))

@@ -16,7 +16,6 @@ import re
 import sys
 import time
 from datetime import datetime, timedelta
-from typing import Any
 
 import optuna
 import torch
@@ -29,7 +28,7 @@ from tqdm.auto import tqdm
 
 from nas_bert.errors import NasBertError
 from nas_bert.search.context import SearchContext, open_context
-from nas_bert.search.front import finish_search
+from nas_bert.search.front import SearchResult, finish_search
 from nas_bert.search.storage import optuna_study_name, storage_for
 from nas_bert.search.trial_space import suggest_architecture, trial_params
 from nas_bert.space import IDENTITY, Architecture, Block
@@ -252,8 +251,13 @@ def _spawned_worker(study_file: str, db_url: str, budget_ms: float, n_trials: in
     run_worker(load_study(study_file, db_url), budget_ms, n_trials, worker, progress=False)
 
 
-def search(study: Study, budget_ms: float, trials: int | None = None, workers: int = 1) -> dict[str, Any]:
-    """Stages 2-4 for one budget; resumable; returns a summary."""
+def search(study: Study, budget_ms: float, trials: int | None = None, workers: int = 1) -> SearchResult:
+    """Stages 2-4 for one budget (`trials` complete trials, `search.trials` by default; `workers` processes);
+    resumable.
+
+    Its inputs (the fingerprint `nas-bert run` keys it by): the teacher, the space file's content, the corpus, the
+    study's `search` section (its budgets apart) and the supernet and latency stages it reads. Returns a
+    `SearchResult`: the trials' counts, the feasible front and the student the budget yields."""
     cfg = study.cfg.search
     check_budget_value(budget_ms)
     n_trials = cfg.trials if trials is None else trials  # 0 is an error, not "the default"
@@ -277,10 +281,7 @@ def search(study: Study, budget_ms: float, trials: int | None = None, workers: i
     run_worker(study, budget_ms, n_trials, 0, ctx)
     for p in procs:
         p.join()
-    seconds = time.perf_counter() - t0
-    summary = finish_search(ctx, budget_ms)
-    summary["seconds"] = round(seconds, 1)
-    return summary
+    return finish_search(ctx, budget_ms, time.perf_counter() - t0)
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # spawned workers each tokenise

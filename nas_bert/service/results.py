@@ -20,7 +20,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import TrialState
@@ -37,6 +37,10 @@ from nas_bert.store import (
     folder_identity,
 )
 from nas_bert.study import Study
+
+if TYPE_CHECKING:  # the stages are imported where fronts are computed, in their own process
+    from nas_bert.choose import Finalist
+    from nas_bert.search import FrontRow
 
 CLOUD_POINTS = 2000  # at most this many trials drawn behind a front
 
@@ -135,16 +139,15 @@ def front(db: Database, study: Study, budget: float) -> dict[str, Any]:
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     step = max(1, len(complete) // CLOUD_POINTS)
     rows = pareto_rows(db, study, budget) if complete else []
-    chosen = chosen_finalist(db, study, budget) if complete else None
+    chosen: Finalist | FrontRow | None = chosen_finalist(db, study, budget) if complete else None
     if chosen is None and rows:
-        chosen = min(rows, key=lambda r: (math.inf if r["rescored_loss"] is None else r["rescored_loss"],
-                                         r["approx_loss"]))
+        chosen = min(rows, key=lambda r: (math.inf if r.rescored_loss is None else r.rescored_loss, r.approx_loss))
     return {
         "budget_ms": budget,
         "trials": {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState},
         "feasible": sum(t.values[1] <= budget for t in complete),
-        "front": rows,
-        "chosen": chosen,
+        "front": [r.model_dump(mode="json") for r in rows],
+        "chosen": chosen.model_dump(mode="json") if chosen is not None else None,
         "finalists": _finalists(db, study, budget),
         "cloud": [[round(t.values[1], 4), round(t.values[0], 6)] for t in complete[::step]],
     }

@@ -113,6 +113,7 @@ def show_study(state: State, name: str) -> dict[str, Any]:
     study = state.get_study(name)
     out = study_summary(state, study, job_counts(state))
     out["config"] = study.cfg.model_dump(mode="json")
-    out["stages"] = state.fronts_cache.get(("stages", name), lambda: stage_status(study))
+    out["stages"] = state.fronts_cache.get(("stages", name),
+                                           lambda: [r.model_dump(mode="json") for r in stage_status(study)])
     out["jobs_list"] = [jobs.as_dict(j) for j in jobs.list_jobs(state.db, name)]
     return out

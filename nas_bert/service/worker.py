@@ -18,11 +18,14 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nas_bert.lifetime import end_group
 from nas_bert.service import jobs
 from nas_bert.store import Database, JobRow
+
+if TYPE_CHECKING:  # the pipeline is imported where a run job's progress is read (it imports every stage)
+    from nas_bert.pipeline import StageState
 
 LOG_TAIL_CHARS = 6000
 STAGES_EVERY_S = 10.0  # a run job's stage states are read again after this long
@@ -131,7 +134,7 @@ class Progress:
         self.t0 = time.time()
         self.f0: float | None = None
         self._storage: Any = None
-        self._states: tuple[float, list[dict[str, Any]]] | None = None
+        self._states: tuple[float, list[StageState]] | None = None
 
     def trials(self, budget: float) -> tuple[int, int]:
         from optuna.trial import TrialState
@@ -166,7 +169,7 @@ class Progress:
             if self._states is None or time.time() - self._states[0] > STAGES_EVERY_S:  # it checks every input
                 self._states = (time.time(), stage_status(self.study))
             states = self._states[1]
-            current = sum(s["state"] == "current" for s in states)
+            current = sum(s.state == "current" for s in states)
             # the stage runner logs "== <stage> <key>" (" (again: ...)" or ": finished earlier ..., skipped")
             line = next((ln[3:] for ln in reversed(log_tail.splitlines()) if ln.startswith("== ")), "")
             stage = line.split(":")[0].split(" (again")[0].strip() or None

@@ -7,6 +7,8 @@ from nas_bert.supernet.baselines import (
 )
 from nas_bert.supernet.blockwise import (
     BlockwiseObjective,
+    SupernetResult,
+    TeacherPath,
     ValidationCache,
     block_val_loss,
     build_supernet,
@@ -19,4 +21,4 @@ from nas_bert.supernet.blockwise import (
 )
 from nas_bert.supernet.elastic import Supernet, inherit_teacher, teacher_layer
 
-__all__ = ["BlockwiseObjective", "Supernet", "ValidationCache", "block_val_loss", "build_supernet", "describe", "find_run", "inherit_teacher", "load_supernet_checkpoint", "masked_mse", "pruned_architecture", "supernet_dir", "supernet_key", "teacher_initialised", "teacher_layer", "train_supernet", "truncated_architecture", "uniform_architecture"]
+__all__ = ["BlockwiseObjective", "Supernet", "SupernetResult", "TeacherPath", "ValidationCache", "block_val_loss", "build_supernet", "describe", "find_run", "inherit_teacher", "load_supernet_checkpoint", "masked_mse", "pruned_architecture", "supernet_dir", "supernet_key", "teacher_initialised", "teacher_layer", "train_supernet", "truncated_architecture", "uniform_architecture"]

@@ -23,6 +23,7 @@ from sqlalchemy import select
 from nas_bert.data import fixed_batches, load_corpus, make_collator
 from nas_bert.errors import NasBertError
 from nas_bert.evaluate import fidelity
+from nas_bert.record import Record
 from nas_bert.space import Block, SearchSpace
 from nas_bert.space import architecture as A
 from nas_bert.store import Checkpoint, Database, SupernetRun, file_sha256, safe_torch_load
@@ -206,8 +207,34 @@ def build_supernet(study: Study, teacher: Teacher, seed: int, corpus: Any = None
     return net
 
 
+class TeacherPath(Record):
+    """The teacher's first `layers` layers taken from the supernet, beside the untouched cut."""
+
+    layers: int
+    architecture: str
+    fidelity_supernet: float  # to the teacher's output
+    fidelity_untouched: float
+    max_abs_diff: float  # the largest difference of their hidden states
+
+
+class SupernetResult(Record):
+    """Stage 1's result: the step reached, its checkpoint and the validation error of each block."""
+
+    study: str
+    step: int
+    target_steps: int
+    checkpoint: str
+    sha256: str | None  # None on the ranks of a distributed run that write nothing
+    seconds: float
+    val_losses: dict[str, Any]  # the latest validation report: "step" and a list of block errors per sampled path
+    teacher_paths: list[TeacherPath]
+    db: str
+    world_size: int
+    is_main: bool
+
+
 @torch.no_grad()
-def teacher_paths(net: Supernet, teacher: Teacher, cache: ValidationCache) -> list[dict[str, Any]]:
+def teacher_paths(net: Supernet, teacher: Teacher, cache: ValidationCache) -> list[TeacherPath]:
     """The teacher's truncated paths inside the space, taken from the supernet, beside the untouched
     truncations: fidelity of each to the teacher's output (pooled as the teacher is used) and their
     largest difference. Equal when the teacher's layers are kept as they are."""
@@ -226,13 +253,17 @@ def teacher_paths(net: Supernet, teacher: Teacher, cache: ValidationCache) -> li
             diff = max(diff, float((out - states[k])[mask.bool()].abs().max()))
             ours.append(teacher.embed(out, mask))
             untouched.append(teacher.embed(states[k], mask))
-        rows.append({"layers": k, "architecture": str(arch), "fidelity_supernet": fidelity(torch.cat(ours), torch.cat(full)),
-                     "fidelity_untouched": fidelity(torch.cat(untouched), torch.cat(full)), "max_abs_diff": diff})
+        rows.append(TeacherPath(layers=k, architecture=str(arch),
+                                fidelity_supernet=fidelity(torch.cat(ours), torch.cat(full)),
+                                fidelity_untouched=fidelity(torch.cat(untouched), torch.cat(full)), max_abs_diff=diff))
     return rows
 
 
-def train_supernet(study: Study, steps: int | None = None, stop_after: int | None = None) -> dict[str, Any]:
-    """Run (or continue) stage 1 to `steps` updates; returns a summary for printing."""
+def train_supernet(study: Study, steps: int | None = None, stop_after: int | None = None) -> SupernetResult:
+    """Run (or continue) stage 1 to `steps` updates (`supernet.steps` by default).
+
+    Its inputs (the fingerprint `nas-bert run` keys it by): the teacher, the space file's content, the corpus and
+    its preprocessing, and the study's `supernet` section. Returns a `SupernetResult`."""
     cfg = study.cfg.supernet
     steps = steps or cfg.steps
     accelerator = make_accelerator(study.device())
@@ -281,9 +312,9 @@ def train_supernet(study: Study, steps: int | None = None, stop_after: int | Non
             sha = Checkpoint.latest(s, run_id).sha256
         db.dispose()
     paths = teacher_paths(accelerator.unwrap_model(supernet).eval(), teacher, val) if main else []
-    return {"study": study.name, "step": step, "target_steps": steps, "checkpoint": str(latest), "sha256": sha,
-            "seconds": round(time.perf_counter() - t0, 1), "val_losses": report, "teacher_paths": paths,
-            "db": study.db_url, "world_size": accelerator.num_processes, "is_main": main}
+    return SupernetResult(study=study.name, step=step, target_steps=steps, checkpoint=str(latest), sha256=sha,
+                          seconds=round(time.perf_counter() - t0, 1), val_losses=report, teacher_paths=paths,
+                          db=study.db_url, world_size=accelerator.num_processes, is_main=main)
 
 
 def load_supernet_checkpoint(path: Path, space: SearchSpace, teacher_width: int, eps: float = 1e-12,

@@ -280,53 +280,53 @@ def test_a_baseline_that_scores_best_is_chosen(tiny_study_file):
             _row("trial-9", "search", 0.55, 4.5, [0.52, 0.58], 0.2), _row("trial-12", "search", 0.50, 4.0, [0.45, 0.55], 0.4),
             {**_row("trial-1", "search", None, 5.3, None, 0.1), "over_budget": True}]
     s = summarise(study, 5.0, rows)
-    assert s["chosen"]["name"] == "truncated-2" and s["baseline_won"]
-    assert s["runner_up"] == "trial-3" and s["separated"]  # 0.64 < 0.67: the two best are told apart
-    assert s["dropped_over_budget"] == ["trial-1"]
+    assert s.chosen.name == "truncated-2" and s.baseline_won
+    assert s.runner_up == "trial-3" and s.separated  # 0.64 < 0.67: the two best are told apart
+    assert s.dropped_over_budget == ["trial-1"]
     # approx loss 0.2, 0.3, 0.4 against fidelity 0.55, 0.61, 0.50: two pairs of three in order (lower loss,
     # higher fidelity), one not: tau = (2 - 1) / 3
-    assert s["kendall_tau_vs_fidelity"]["approx_loss"] == pytest.approx(1 / 3)
+    assert s.kendall_tau_vs_fidelity["approx_loss"] == pytest.approx(1 / 3)
 
 
 def test_finalists_end_to_end_choose_record_and_resume(searched_tiny, tmp_path, monkeypatch):
     study = load_study(copy_study(searched_tiny, tmp_path), overrides={"search.finalist_steps": 2,
                                                                         "distill.val_batches": 2})
     first = choose(study, 5.0, progress=False)
-    origins = {r["origin"] for r in first["finalists"]}
+    origins = {r.origin for r in first.finalists}
     assert "search" in origins and origins & {"truncated", "uniform"}  # the free students compete too
     # the budget judges each time at the host's speed when the latency model was fitted, as far as the drift
     # and the student's own factor (predicted now / predicted at the fit) agree
-    drift = first["timing"]["drift"]
-    assert drift > 0 and all(r["judged_ms"] == pytest.approx(r["measured_ms"] / min(
-        drift, r["predicted_now_ms"] / r["predicted_ms"] if r.get("predicted_now_ms") else 1.0))
-        for r in first["finalists"])
-    assert all(r["over_budget"] == (r["judged_ms"] > 5.0) for r in first["finalists"])
+    drift = first.timing["drift"]
+    assert drift > 0 and all(r.judged_ms == pytest.approx(r.measured_ms / min(
+        drift, r.predicted_now_ms / r.predicted_ms if r.predicted_now_ms else 1.0))
+        for r in first.finalists)
+    assert all(r.over_budget == (r.judged_ms > 5.0) for r in first.finalists)
     # the recalibration students timed in the same run refit the calibration: each finalist the table can
     # predict is predicted at the host's speed now, beside the search's prediction
-    refit = [first["timing"][f"refit_{k}"] for k in "acwb"]
+    refit = [first.timing[f"refit_{k}"] for k in "acwb"]
     assert refit[0] > 0 and refit[1] >= 0 and refit[2] >= 0
-    searched = [r for r in first["finalists"] if r["origin"] == "search"]
-    assert searched and all(r["predicted_now_ms"] > 0 for r in searched)
+    searched = [r for r in first.finalists if r.origin == "search"]
+    assert searched and all(r.predicted_now_ms > 0 for r in searched)
     lat = ensure_latency_model(Database(study.db_url), study.space, load_teacher(study.cfg.teacher).embeddings_spec(),
                                study.cfg.latency, progress=False)
     with Database(study.db_url).session() as sess:  # each calibration student's time in that run is kept
         kept = sess.scalars(select(LatencyRow.key).where(LatencyRow.key.like("calibration:5:%"))).all()
     assert len(kept) == len(lat.calibration.points)
     for r in searched:
-        arch = A.Architecture.from_json(r["arch_json"])
-        assert r["predicted_now_ms"] == pytest.approx(refit[0] * lat.raw_ms(arch) + refit[1] * operators(arch)
+        arch = A.Architecture.from_json(r.arch_json)
+        assert r.predicted_now_ms == pytest.approx(refit[0] * lat.raw_ms(arch) + refit[1] * operators(arch)
                                                       + refit[2] * resizes(arch) + refit[3])
-    ok = [r for r in first["finalists"] if not r["over_budget"]]
-    assert first["chosen"]["fidelity"] == max(r["fidelity"] for r in ok)
-    assert all(r["fidelity"] >= r["fidelity_before"] for r in ok)  # the short distillation keeps its best
-    assert chosen_finalist(Database(study.db_url), study, 5.0)["name"] == first["chosen"]["name"]
+    ok = [r for r in first.finalists if not r.over_budget]
+    assert first.chosen.fidelity == max(r.fidelity for r in ok)
+    assert all(r.fidelity >= r.fidelity_before for r in ok)  # the short distillation keeps its best
+    assert chosen_finalist(Database(study.db_url), study, 5.0).name == first.chosen.name
 
     def boom(*a, **k):
         raise AssertionError("a recorded finalist is distilled again")
 
     monkeypatch.setattr("nas_bert.choose.finalists.short_distill", boom)
     again = choose(study, 5.0, progress=False)  # every finalist is a database row: nothing is redone
-    assert again["chosen"]["name"] == first["chosen"]["name"]
+    assert again.chosen.name == first.chosen.name
 
 
 def test_judged_ms_divides_by_the_lesser_factor():
@@ -362,17 +362,18 @@ def test_the_budget_judges_times_at_the_fitted_speed_only_to_tighten(searched_ti
 
     monkeypatch.setattr(F, "measured_ms", timed)
     first = choose(study, 5.0, progress=False)
-    assert all(r["over_budget"] and "fidelity" not in r for r in first["finalists"])  # nothing fits at drift 0.8
+    # nothing fits at drift 0.8: no finalist was distilled
+    assert all(r.over_budget and "fidelity" not in r.model_fields_set for r in first.finalists)
     drift["now"] = 1.25
     slow = choose(study, 5.0, progress=False)
-    fits = [r for r in slow["finalists"] if not r["over_budget"]]
-    assert [r["judged_ms"] for r in fits] == [pytest.approx(4.5)]  # 5.5 / 1.25 = 4.4 would fit: it does not
+    fits = [r for r in slow.finalists if not r.over_budget]
+    assert [r.judged_ms for r in fits] == [pytest.approx(4.5)]  # 5.5 / 1.25 = 4.4 would fit: it does not
     drift["now"] = 1.0
     again = choose(study, 5.0, progress=False)
-    fits = [r for r in again["finalists"] if not r["over_budget"]]
-    assert [r["judged_ms"] for r in fits] == [pytest.approx(4.5)] and fits[0]["fidelity"] is not None
-    assert again["chosen"]["name"] == fits[0]["name"] and not again["over_budget"]
-    assert chosen_finalist(Database(study.db_url), study, 5.0)["name"] == fits[0]["name"]
+    fits = [r for r in again.finalists if not r.over_budget]
+    assert [r.judged_ms for r in fits] == [pytest.approx(4.5)] and fits[0].fidelity is not None
+    assert again.chosen.name == fits[0].name and not again.over_budget
+    assert chosen_finalist(Database(study.db_url), study, 5.0).name == fits[0].name
 
 
 def test_a_top_student_measured_over_budget_is_replaced_by_the_next(searched_tiny, tmp_path, monkeypatch):
@@ -393,10 +394,10 @@ def test_a_top_student_measured_over_budget_is_replaced_by_the_next(searched_tin
 
     monkeypatch.setattr(F, "measured_ms", timed)
     out = choose(study, 5.0, progress=False)
-    names = {r["name"] for r in out["finalists"]}
-    assert out["dropped_over_budget"] == [best.name] and out["replacements"] == [reserve[0].name]
+    names = {r.name for r in out.finalists}
+    assert out.dropped_over_budget == [best.name] and out.replacements == [reserve[0].name]
     assert not {c.name for c in reserve[1:]} & names
-    assert out["chosen"]["name"] != best.name
+    assert out.chosen.name != best.name
 
 
 def test_a_reserve_over_budget_is_passed_over_for_the_next():
@@ -428,7 +429,7 @@ def test_a_student_scored_at_another_budget_is_not_distilled_again(searched_tiny
                                         "search.finalist_baselines": False})
     monkeypatch.setattr(F, "measured_ms", lambda ctx, cands, budget_ms, progress=True: (
         {c.name: 4.0 for c in cands}, {"drift": 1.0, "teacher_ms": 20.0}))
-    first = {r["name"]: r for r in choose(study, 5.0, progress=False)["finalists"]}
+    first = {r.name: r for r in choose(study, 5.0, progress=False).finalists}
     db = Database(study.db_url)
     with db.engine.begin() as con:  # as if they had been scored in a 7 ms budget's finalists
         con.execute(sa.text("UPDATE nasbert_finalists SET budget_ms = 7.0"))
@@ -437,12 +438,12 @@ def test_a_student_scored_at_another_budget_is_not_distilled_again(searched_tiny
         raise AssertionError("distilled twice")
 
     monkeypatch.setattr(F, "short_distill", never)
-    again = {r["name"]: r for r in choose(study, 5.0, progress=False)["finalists"]}
+    again = {r.name: r for r in choose(study, 5.0, progress=False).finalists}
     assert again.keys() == first.keys()
     for name, r in again.items():
-        assert r["fidelity"] == first[name]["fidelity"] and r["scored_at_budget_ms"] == 7.0
+        assert r.fidelity == first[name].fidelity and r.scored_at_budget_ms == 7.0
     other = load_study(path, overrides={"search.finalist_steps": 3, "distill.val_batches": 2})
-    assert F._scored_elsewhere(db, other, Candidate(name, "search", A.Architecture.from_json(r["arch_json"])),
+    assert F._scored_elsewhere(db, other, Candidate(name, "search", A.Architecture.from_json(r.arch_json)),
                                F.protocol_hash(other, "x")) is None
 
 
@@ -498,26 +499,25 @@ def test_a_winning_baseline_is_distilled_and_exported_as_such(searched_tiny, tmp
 
     monkeypatch.setattr("nas_bert.choose.finalists.short_distill", baseline_wins)
     summary = choose(study, 5.0, progress=False)
-    chosen = summary["chosen"]
-    assert summary["baseline_won"] and chosen["origin"] in ("truncated", "uniform")
-    arch = A.Architecture.from_json(chosen["arch_json"])
-    done = distill_student(study, arch, chosen["origin"], 5.0)
-    assert done["student_path"] and done["start"] == chosen["origin"]
+    chosen = summary.chosen
+    assert summary.baseline_won and chosen.origin in ("truncated", "uniform")
+    arch = A.Architecture.from_json(chosen.arch_json)
+    done = distill_student(study, arch, chosen.origin, 5.0)
+    assert done.student_path and done.start == chosen.origin
     out = export_front(study, tmp_path / "export", [5.0])
-    (student,) = out["students"]
-    assert student["origin"] == chosen["origin"] and chosen["name"] in student["name"]
+    (student,) = out.students
+    assert student.origin == chosen.origin and chosen.name in student.name
     # a baseline is predicted by the latency model like a searched student, and the export says so
-    assert chosen["predicted_ms"] is not None and student["predicted_ms"] == pytest.approx(chosen["predicted_ms"])
+    assert chosen.predicted_ms is not None and student.predicted_ms == pytest.approx(chosen.predicted_ms)
     lat = ensure_latency_model(Database(study.db_url), study.space, load_teacher(study.cfg.teacher).embeddings_spec(),
                                study.cfg.latency, progress=False)
-    assert chosen["predicted_ms"] == pytest.approx(lat.predict(arch, reorder=False))  # it keeps the teacher's order
-    assert student["predicted_now_ms"] > 0  # and by the calibration refitted in the export's own timing run
-    assert student["judged_ms"] == pytest.approx(student["measured_ms"]["torch_fp32"] / min(student["drift"],
-                                                                                            student["speed"]))
-    assert student["over_budget"] == (student["judged_ms"] > 5.0)
-    kept = json.loads((tmp_path / "export" / student["name"] / "nas_bert.json").read_text())["latency"]
+    assert chosen.predicted_ms == pytest.approx(lat.predict(arch, reorder=False))  # it keeps the teacher's order
+    assert student.predicted_now_ms > 0  # and by the calibration refitted in the export's own timing run
+    assert student.judged_ms == pytest.approx(student.measured_ms["torch_fp32"] / min(student.drift, student.speed))
+    assert student.over_budget == (student.judged_ms > 5.0)
+    kept = json.loads((tmp_path / "export" / student.name / "nas_bert.json").read_text())["latency"]
     n_cal = study.cfg.latency.calibration_archs + 2 + study.cfg.latency.calibration_one_width
     assert len(kept["calibration_ms"]) == n_cal and min(kept["calibration_ms"]) > 0
-    card = (tmp_path / "export" / student["name"] / "README.md").read_text()
+    card = (tmp_path / "export" / student.name / "README.md").read_text()
     assert "A hand-designed student won this budget's finalists" in card
-    assert f"| predicted (refitted in this run) | {student['predicted_now_ms']:.3f} |" in card
+    assert f"| predicted (refitted in this run) | {student.predicted_now_ms:.3f} |" in card

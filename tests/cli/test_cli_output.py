@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from nas_bert.cli import app
 from nas_bert.cli.tables import distill_table
+from nas_bert.distill import DistillResult
 
 BUDGET = 5.0  # the budget `searched_tiny` searched
 runner = CliRunner()
@@ -160,10 +161,11 @@ def test_distill(distilled: tuple[dict[str, Any], str], mapped: tuple[dict[str, 
 
 def test_distill_table_shows_every_number_it_is_given() -> None:
     """Nested records and metrics missing on one side still get a line each; nothing is dropped."""
-    text = distill_table({"trial": 7, "params": 1234, "step": 2, "target_steps": 4, "mapping": [1, 2],
-                          "mapping_origin": "given", "seconds": 0.5, "student_path": None,
-                          "before": {"step": 0, "fidelity": 0.25, "extra": {"n": 3}},
-                          "after": {"step": 2, "fidelity": 0.5, "loss": 1.0, "best": {"step": 2, "value": 0.5}}})
+    text = distill_table(DistillResult(
+        study="s", trial=7, start="search", budget_ms=5.0, arch_hash="abc", architecture="[8] ffn(inner=8) -> 8",
+        params=1234, step=2, target_steps=4, mapping=[1, 2], mapping_origin="given", seconds=0.5, student_path=None,
+        inputs="def", before={"step": 0, "fidelity": 0.25, "extra": {"n": 3}},
+        after={"step": 2, "fidelity": 0.5, "loss": 1.0, "best": {"step": 2, "value": 0.5}}))
     lines = text.splitlines()
     assert "  held-out, step 0 -> step 2:" in lines
     assert [ln.split() for ln in lines if ln.startswith("    ")] == [

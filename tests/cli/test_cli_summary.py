@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from nas_bert.cli.tables import run_table
+from nas_bert.pipeline import RunResult
 
 
 def _row(budget: float, judged: float, over: bool) -> dict[str, Any]:
@@ -19,7 +20,7 @@ def _row(budget: float, judged: float, over: bool) -> dict[str, Any]:
 def test_summary_says_each_exported_students_judged_time_and_flags_one_over_budget() -> None:
     summary = {"study": "s", "out": "o", "pareto_png": "o/pareto.png", "seconds": 1.0, "stages": [],
                "students": [_row(5.0, 4.77, False), _row(10.0, 10.4, True)]}
-    text = run_table(summary)
+    text = run_table(RunResult.model_validate(summary))
     assert "5 ms student at export: predicted 4.75 ms (at the fit), 5.00 ms" in text
     assert "measured 5.25 ms, judged 4.77 ms against its 5 ms budget" in text
     assert "measured 10.50 ms, judged 10.40 ms against its 10 ms budget" in text

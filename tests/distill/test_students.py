@@ -134,28 +134,28 @@ def searched(searched_tiny, tmp_path):
 def test_map_layers_then_distill_end_to_end(searched):
     study = load_study(searched)
     front = pareto_rows(Database(study.db_url), study, 5.0)
-    trial = front[-1]["trial"]
+    trial = front[-1].trial
     mapped = map_layers(study, trial, progress=False)
-    assert mapped["method"] == "genetic" and mapped["fitness_evaluations"] >= 2
+    assert mapped.method == "genetic" and mapped.fitness_evaluations >= 2
     # every proxy evaluation is memoised, and the answer is the lowest of them (not merely no worse than
     # the uniform mapping, which generation 0 holds anyway)
     db = Database(study.db_url)
     with db.session() as s:
         evals = {row.mapping_json: row.fitness for row in s.scalars(
-            select(MappingEval).where(MappingEval.arch_hash == mapped["arch_hash"]))}
-    assert len(evals) == mapped["fitness_evaluations"]
-    assert json.dumps(mapped["best"]["mapping"]) in evals
-    assert mapped["best"]["fitness"] == evals[json.dumps(mapped["best"]["mapping"])] == min(evals.values())
+            select(MappingEval).where(MappingEval.arch_hash == mapped.arch_hash))}
+    assert len(evals) == mapped.fitness_evaluations
+    assert json.dumps(mapped.best.mapping) in evals
+    assert mapped.best.fitness == evals[json.dumps(mapped.best.mapping)] == min(evals.values())
     again = map_layers(study, trial, progress=False)  # finished: everything memoised
-    assert again["fitness_evaluations"] == 0 and again["best"] == mapped["best"]
+    assert again.fitness_evaluations == 0 and again.best == mapped.best
 
     first = distill(study, trial, stop_after=2)
-    assert first["step"] == 2 and first["student_path"] is None
+    assert first.step == 2 and first.student_path is None
     done = distill(study, trial)
-    assert done["step"] == 4 and done["mapping"] == mapped["best"]["mapping"] and done["mapping_origin"] == "searched"
+    assert done.step == 4 and done.mapping == mapped.best.mapping and done.mapping_origin == "searched"
     # the weights kept are the best held-out fidelity, the extracted start included: never below the start
-    assert done["after"]["best"]["value"] >= done["before"]["fidelity"]
-    model = AutoModel.from_pretrained(done["student_path"], trust_remote_code=True)
+    assert done.after["best"]["value"] >= done.before["fidelity"]
+    model = AutoModel.from_pretrained(done.student_path, trust_remote_code=True)
     ids = torch.tensor([[101, 7592, 2088, 102]])
     assert model(ids).last_hidden_state.shape[:2] == (1, 4)
     cfg = json.loads(model.config.to_json_string())
@@ -170,4 +170,4 @@ def test_distill_errors(searched):
         distill(study, 0, budget=7.0)
     front = pareto_rows(Database(study.db_url), study, 5.0)
     with pytest.raises(NasBertError, match="has 9 entries; this student has"):  # any student has fewer points
-        distill(study, front[0]["trial"], mapping=[1] * 9)
+        distill(study, front[0].trial, mapping=[1] * 9)

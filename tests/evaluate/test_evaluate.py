@@ -182,13 +182,13 @@ def test_evaluate_path_writes_metrics(tmp_path: Path, tiny_study_file, tiny_teac
     # With auto_map the folder's own code is loaded; without it, our package's NasBertModel.
     assert type(ev.load_student(folder)).__module__.startswith("transformers_modules") == auto_map
     out = ev.evaluate_path(study, str(folder), False, "wordnet", TINY)
-    assert out["arch_hash"] == "abc123" and 0.0 <= out["accuracy"] <= 1.0 and -1.0 <= out["fidelity"] <= 1.0
+    assert out.arch_hash == "abc123" and 0.0 <= out.accuracy <= 1.0 and -1.0 <= out.fidelity <= 1.0
     info = json.loads((folder / "nas_bert.json").read_text())
-    assert info["metrics"]["approx_loss"] == 0.5 and info["metrics"]["fidelity"] == out["fidelity"]
+    assert info["metrics"]["approx_loss"] == 0.5 and info["metrics"]["fidelity"] == out.fidelity
     assert info["metrics"]["eval_config"]["finetune_steps"] == 5
     assert not list(folder.glob(".nas_bert.json.*"))  # no temporary file left behind
     teacher = ev.evaluate_path(study, None, True, "wordnet", TINY)
-    assert teacher["accuracy"] == out["teacher_accuracy"] and "test_probs" not in teacher
+    assert teacher.accuracy == out.teacher_accuracy and "test_probs" not in teacher.model_dump()
     with Database(study.db_url).session() as s:
         subjects = sorted(r.subject for r in s.scalars(select(EvaluationRow)))
     assert subjects == sorted([str(folder.resolve()), "teacher"])

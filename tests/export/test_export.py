@@ -78,7 +78,7 @@ def test_exported_student_equals_the_supernet_sub_path(supernet_and_teacher, exp
     emb = teacher.embeddings_spec()
     space = study.space
     archs = [A.largest(space, emb), A.smallest(space, emb), *(A.sample(space, emb, seed) for seed in range(3))]
-    archs += [_arch(exported[0] / s["name"]) for s in exported[1]["students"]]
+    archs += [_arch(exported[0] / s.name) for s in exported[1].students]
     enc = _batch(teacher)
     with torch.no_grad():
         embedded = teacher.encoder.embeddings(input_ids=enc["input_ids"])
@@ -109,7 +109,7 @@ print(type(model).__module__, float((out - data["expected"]).abs().max()))
 
 def test_loads_without_nas_bert_installed(exported, supernet_and_teacher, tmp_path):
     _, supernet, teacher = supernet_and_teacher
-    folder = exported[0] / exported[1]["students"][0]["name"]
+    folder = exported[0] / exported[1].students[0].name
     enc = _batch(teacher)
     with torch.no_grad():
         embedded = teacher.encoder.embeddings(input_ids=enc["input_ids"])
@@ -130,20 +130,20 @@ def test_loads_without_nas_bert_installed(exported, supernet_and_teacher, tmp_pa
 
 def test_padding_does_not_change_real_tokens(exported, supernet_and_teacher):
     teacher = supernet_and_teacher[2]
-    for s in exported[1]["students"]:
-        model = AutoModel.from_pretrained(exported[0] / s["name"], trust_remote_code=True).eval()
+    for s in exported[1].students:
+        model = AutoModel.from_pretrained(exported[0] / s.name, trust_remote_code=True).eval()
         enc = _batch(teacher)
         with torch.no_grad():
             padded = model(**enc).last_hidden_state
             for i, text in enumerate(TEXTS):
                 alone = model(**teacher.tokenizer([text], return_tensors="pt")).last_hidden_state[0]
-                assert (padded[i, : alone.shape[0]] - alone).abs().max() <= 1e-5, (s["name"], text)
+                assert (padded[i, : alone.shape[0]] - alone).abs().max() <= 1e-5, (s.name, text)
 
 
 def test_onnx_agrees_with_pytorch_at_any_batch_and_length(exported, supernet_and_teacher):
     teacher = supernet_and_teacher[2]
-    for s in exported[1]["students"]:
-        folder = exported[0] / s["name"]
+    for s in exported[1].students:
+        folder = exported[0] / s.name
         model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
         fp32, int8 = session(folder / "onnx" / "model.onnx", 1), session(folder / "onnx" / "model.int8.onnx", 1)
         assert all(isinstance(d, str) for d in fp32.get_inputs()[0].shape)  # dynamic batch and sequence
@@ -155,14 +155,14 @@ def test_onnx_agrees_with_pytorch_at_any_batch_and_length(exported, supernet_and
             assert np.abs(fp32.run(None, feeds)[0] - ref).max() <= 1e-4
             q = int8.run(None, feeds)[0]
             assert q.shape == ref.shape and np.isfinite(q).all()
-        assert s["onnx_max_abs_diff"] <= 1e-4 * max(1.0, s["onnx_output_max_abs"]) and s["int8_rel_error"] < 0.5 and s["int8_mean_cosine"] > 0.8
+        assert s.onnx_max_abs_diff <= 1e-4 * max(1.0, s.onnx_output_max_abs) and s.int8_rel_error < 0.5 and s.int8_mean_cosine > 0.8
 
 
 def test_export_writes_index_plot_cards_and_database_rows(exported, searched):
     out, summary = exported
     study = load_study(searched)
     index = json.loads((out / "index.json").read_text())
-    assert [s["name"] for s in index["students"]] == [s["name"] for s in summary["students"]]
+    assert [s["name"] for s in index["students"]] == [s.name for s in summary.students]
     assert len(index["students"]) >= 1 and all(s["name"].startswith("nasbert-front-") for s in index["students"])
     assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG"
     assert not list(out.parent.glob(".export.*"))  # no temporary folder left beside it
@@ -199,13 +199,13 @@ def test_budget_export_picks_the_best_feasible_by_rescored_loss(searched):
     assert member.name == f"nasbert-5ms-{member.row['hash'][:8]}"
     # the same student the search's summary chose: the lowest rescored loss among the feasible candidates
     front = pareto_rows(db, study, 5.0)
-    assert all(r["rescored_loss"] is not None for r in front)  # every front member is rescored
+    assert all(r.rescored_loss is not None for r in front)  # every front member is rescored
     st = optuna.load_study(study_name=optuna_study_name(study, 5.0), storage=storage_for(study))
     hashes = {t.user_attrs["arch_hash"] for t in st.get_trials(states=(TrialState.COMPLETE,)) if t.values[1] <= 5.0}
     with db.session() as ses:
         rows = ses.scalars(select(ArchitectureRow).where(ArchitectureRow.hash.in_(hashes))).all()
         rescored = [r.rescored_loss for r in rows if r.rescored_loss is not None]
-    assert member.row["rescored_loss"] == min(rescored) <= min(r["rescored_loss"] for r in front)
+    assert member.row["rescored_loss"] == min(rescored) <= min(r.rescored_loss for r in front)
 
 
 def _copy_study(searched: Path, dst: Path) -> Path:
@@ -225,8 +225,8 @@ def test_existing_dir_is_refused_unless_overwrite(searched, tmp_path):
     with pytest.raises(NasBertError, match="already exists; pass --overwrite"):
         export_front(study, out, [5.0])
     summary = export_front(study, out, [5.0], overwrite=True)  # the budget's one student replaces the stale folder
-    assert [p.name for p in out.iterdir() if p.is_dir()] == [summary["students"][0]["name"]]
-    assert summary["students"][0]["trial"] == chosen_row(Database(study.db_url), study, 5.0)["trial"]
+    assert [p.name for p in out.iterdir() if p.is_dir()] == [summary.students[0].name]
+    assert summary.students[0].trial == chosen_row(Database(study.db_url), study, 5.0).trial
     assert not list(tmp_path.glob(".one.*"))
 
 
@@ -265,7 +265,7 @@ def test_onnx_check_scales_with_the_output_magnitude(exported, supernet_and_teac
     from nas_bert.model import NasBertModel
 
     teacher = supernet_and_teacher[2]
-    folder = exported[0] / exported[1]["students"][0]["name"]
+    folder = exported[0] / exported[1].students[0].name
     model = NasBertModel.from_pretrained(folder).eval()
     norm = [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)][-1]
     with torch.no_grad():

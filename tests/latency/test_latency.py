@@ -287,7 +287,7 @@ def test_threads_are_restored(build: Built) -> None:
 
 
 def test_report_is_json(built: LatencyModel) -> None:
-    report = json.loads(json.dumps(latency_report(built)))
+    report = json.loads(latency_report(built).model_dump_json())
     assert report["fingerprint"] == built.fingerprint
     assert list(report["table"]) == sorted(built.table)
     assert report["n"] == len(built.calibration.points)

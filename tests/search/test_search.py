@@ -76,17 +76,17 @@ def _trial_arch(ctx, t: optuna.trial.FrozenTrial) -> A.Architecture:
 def test_search_returns_a_feasible_front(study_file):
     study = load_study(study_file)
     summary = search(study, budget_ms=5.0)
-    assert summary["trials"]["complete"] == 24
-    assert summary["front"], "a generous budget must leave a feasible front"
+    assert summary.trials["complete"] == 24
+    assert summary.front, "a generous budget must leave a feasible front"
     # a Pareto front is a trade-off: by rising latency, every member is more accurate than all faster ones
-    front = summary["front"]
-    assert [r["predicted_ms"] for r in front] == sorted(r["predicted_ms"] for r in front)
-    assert all(slow["approx_loss"] < fast["approx_loss"] for fast, slow in itertools.pairwise(front))
-    assert len({r["hash"] for r in front}) == len(front)
-    assert summary["rescored"] >= 1
+    front = summary.front
+    assert [r.predicted_ms for r in front] == sorted(r.predicted_ms for r in front)
+    assert all(slow.approx_loss < fast.approx_loss for fast, slow in itertools.pairwise(front))
+    assert len({r.hash for r in front}) == len(front)
+    assert summary.rescored >= 1
     # rerunning a finished search is a no-op that computes no new block score
     again = search(study, budget_ms=5.0)
-    assert again["trials"]["complete"] == 24 and again["block_scores_computed"] == 0
+    assert again.trials["complete"] == 24 and again.block_scores_computed == 0
 
 
 def test_budget_below_the_fastest_architecture_fails_at_once(study_file):
@@ -125,8 +125,8 @@ def test_seed_students_are_searched_first_and_rescored(study_file):
     # prediction made here from its parameters, not by the number the search stored
     predicted = {t.user_attrs["arch_hash"]: ctx.latency.predict(_trial_arch(ctx, t)) for t in _complete_trials(study, budget)}
     assert any(ms > budget for ms in predicted.values())
-    assert summary["chosen"] is not None and predicted[summary["chosen"]["hash"]] <= budget
-    assert summary["chosen"]["rescored_loss"] is not None
+    assert summary.chosen is not None and predicted[summary.chosen.hash] <= budget
+    assert summary.chosen.rescored_loss is not None
 
 
 def test_front_and_chosen_student_against_every_trial_of_a_binding_budget(study_file):
@@ -163,8 +163,8 @@ def test_front_and_chosen_student_against_every_trial_of_a_binding_budget(study_
 
     expected_front = {t.user_attrs["arch_hash"] for t in feasible if not any(dominates(u, t) for u in feasible)}
     front = pareto_rows(ctx.db, study, budget)
-    assert {r["hash"] for r in front} == expected_front
-    assert summary["front"] == front
+    assert {r.hash for r in front} == expected_front
+    assert summary.front == front
 
     # every architecture rescored here, independently of the search's rescoring
     losses = {h: rescore(ctx.scorer.supernet, a, ctx.rescore_cache) for h, a in archs.items()}
@@ -180,8 +180,8 @@ def test_front_and_chosen_student_against_every_trial_of_a_binding_budget(study_
     assert losses[largest.hash()] < best_feasible
     chosen = chosen_row(ctx.db, study, budget)
     assert chosen is not None
-    assert chosen["hash"] == min(feasible_hashes, key=losses.__getitem__)
-    assert chosen["rescored_loss"] == pytest.approx(best_feasible, rel=1e-5)
+    assert chosen.hash == min(feasible_hashes, key=losses.__getitem__)
+    assert chosen.rescored_loss == pytest.approx(best_feasible, rel=1e-5)
 
     # the choice follows the rescored loss, not the approximate one: with rescored losses in the reverse
     # order of the approximate ones (as rescoring on other text might find), the choice reverses too
@@ -191,7 +191,7 @@ def test_front_and_chosen_student_against_every_trial_of_a_binding_budget(study_
         for h, loss in zip(by_approx, sorted((losses[h] for h in by_approx), reverse=True), strict=True):
             s.scalars(select(ArchitectureRow).where(ArchitectureRow.study == study.name,
                                                     ArchitectureRow.hash == h)).one().rescored_loss = loss
-    assert chosen_row(ctx.db, study, budget)["hash"] == by_approx[-1]
+    assert chosen_row(ctx.db, study, budget).hash == by_approx[-1]
 
 
 def _block_mse(supernet, b: int, block: A.Block, cache) -> float:

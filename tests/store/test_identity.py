@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from pydantic import BaseModel
 
+from nas_bert import pipeline
 from nas_bert.errors import NasBertError
 from nas_bert.pipeline import Runner, stage_status
 from nas_bert.store import atomic_file, atomic_folder, fingerprint, safe_torch_load
@@ -141,23 +143,29 @@ def test_checkpoints_load_without_unpickling_and_corrupt_ones_are_one_line_error
     assert str(path) in str(e.value) and "\n" not in str(e.value)
 
 
+class Ran(BaseModel):
+    """A stand-in stage's result."""
+
+    ran: str
+
+
 class Calls(dict):
     def fn(self, name: str):
         def run():
             self[name] = self.get(name, 0) + 1
-            return {"ran": name}
+            return Ran(ran=name)
         return run
 
 
 def _run_chain(study, calls: Calls) -> list[tuple[str, str, bool]]:
     """The real plan's dependencies with stand-in stage functions: what reran."""
     r = Runner(study, echo=lambda _: None)
-    r.stage("supernet", "", None, calls.fn("supernet"))
-    r.stage("latency", "", None, calls.fn("latency"))
+    r.stage("supernet", "", None, calls.fn("supernet"), Ran)
+    r.stage("latency", "", None, calls.fn("latency"), Ran)
     for name in ("search", "finalists", "map-layers", "distill", "evaluate"):
-        r.stage(name, "5ms", None, calls.fn(name))
-    r.stage("export", "5", None, calls.fn("export"), after=(("evaluate", "5ms"),))
-    r.stage("reference", "5ms", None, calls.fn("reference"))
+        r.stage(name, "5ms", None, calls.fn(name), Ran)
+    r.stage("export", "5", None, calls.fn("export"), Ran, after=(("evaluate", "5ms"),))
+    r.stage("reference", "5ms", None, calls.fn("reference"), Ran)
     r.db.dispose()
     return [(n, k, skipped) for n, k, _, skipped in r.done]
 
@@ -188,7 +196,29 @@ def test_each_changed_input_redoes_exactly_its_stages(tmp_path, change, rerun):
     assert _ran(_run_chain(changed, calls)) == []  # and then it is current
 
 
-def test_an_edited_space_file_redoes_everything_and_status_says_why(tmp_path):
+def test_a_result_recorded_in_another_form_is_made_again_and_status_says_why(tmp_path):
+    """A recorded summary that does not read as the stage's result type (an older nas-bert's) is not current."""
+    shutil.copy(ROOT / "studies" / "tiny.yaml", tmp_path / "tiny.yaml")
+    study = load_study(tmp_path / "tiny.yaml", overrides={"search.budgets_ms": [5.0]})
+    calls = Calls()
+    _run_chain(study, calls)  # every stage recorded as a `Ran`, which reads as none of the real results
+
+    class Other(BaseModel):
+        other: int
+
+    r = Runner(study, echo=lambda _: None)
+    assert r.stage("latency", "", None, lambda: Other(other=1), Other) == Other(other=1)
+    assert r.stage("latency", "", None, calls.fn("latency"), Other) == Other(other=1)  # now read back: skipped
+    assert [skipped for *_, skipped in r.done] == [False, True]
+    r.db.dispose()
+    status = {(s.stage, s.key): s for s in stage_status(study)}
+    assert status[("supernet", "")].state == "to redo"
+    assert status[("supernet", "")].why.startswith("recorded by an older nas-bert")
+    assert status[("search", "5ms")].why == "upstream not current: supernet, latency"
+
+
+def test_an_edited_space_file_redoes_everything_and_status_says_why(tmp_path, monkeypatch):
+    monkeypatch.setattr(pipeline, "RESULTS", dict.fromkeys(pipeline.RESULTS, Ran))  # the stand-ins' results
     space = yaml.safe_load((ROOT / "search_spaces" / "tiny.yaml").read_text())
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
     data = yaml.safe_load((ROOT / "studies" / "tiny.yaml").read_text())
@@ -197,22 +227,22 @@ def test_an_edited_space_file_redoes_everything_and_status_says_why(tmp_path):
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(data))
     calls = Calls()
     _run_chain(load_study(tmp_path / "tiny.yaml"), calls)
-    assert {r["state"] for r in stage_status(load_study(tmp_path / "tiny.yaml"))} == {"current"}
+    assert {r.state for r in stage_status(load_study(tmp_path / "tiny.yaml"))} == {"current"}
 
     space["conv_kernels"] = [3]  # same name, other content
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
     study = load_study(tmp_path / "tiny.yaml")
-    status = {(r["stage"], r["key"]): r for r in stage_status(study)}
-    assert status[("supernet", "")]["state"] == "to redo" and "space" in status[("supernet", "")]["why"]
-    assert status[("evaluate", "5ms")]["state"] == "to redo"
+    status = {(r.stage, r.key): r for r in stage_status(study)}
+    assert status[("supernet", "")].state == "to redo" and "space" in status[("supernet", "")].why
+    assert status[("evaluate", "5ms")].state == "to redo"
     assert len(_ran(_run_chain(study, calls))) == 9
 
     # only the evaluation's settings changed: status names the input, and the stages after it are behind it
     study = load_study(tmp_path / "tiny.yaml", overrides={"evaluate.finetune_steps": 7})
-    status = {(r["stage"], r["key"]): r for r in stage_status(study)}
-    assert status[("distill", "5ms")]["state"] == "current"
-    assert status[("evaluate", "5ms")]["why"] == "changed: evaluate"
-    assert status[("export", "5")]["why"] == "upstream not current: evaluate 5ms"
+    status = {(r.stage, r.key): r for r in stage_status(study)}
+    assert status[("distill", "5ms")].state == "current"
+    assert status[("evaluate", "5ms")].why == "changed: evaluate"
+    assert status[("export", "5")].why == "upstream not current: evaluate 5ms"
 
 
 def test_a_new_supernet_setting_trains_a_new_supernet_and_keeps_the_old(tiny_study_file):
@@ -220,14 +250,14 @@ def test_a_new_supernet_setting_trains_a_new_supernet_and_keeps_the_old(tiny_stu
 
     study = load_study(tiny_study_file)
     first = train_supernet(study)
-    assert Path(first["checkpoint"]).parent == supernet_dir(study)
+    assert Path(first.checkpoint).parent == supernet_dir(study)
     old = {p.name: p.read_bytes() for p in supernet_dir(study).glob("step-*.pt")}
     # steps only extend the run (same identity); the learning rate makes other weights: a new supernet
     assert supernet_dir(load_study(tiny_study_file, overrides={"supernet.steps": 10})) == supernet_dir(study)
     changed = load_study(tiny_study_file, overrides={"supernet.lr": 3e-3})
     assert supernet_dir(changed) != supernet_dir(study)
     second = train_supernet(changed, stop_after=2)
-    assert second["step"] == 2 and second["sha256"] != first["sha256"]  # trained from the start, not resumed
+    assert second.step == 2 and second.sha256 != first.sha256  # trained from the start, not resumed
     assert {p.name: p.read_bytes() for p in supernet_dir(study).glob("step-*.pt")} == old
 
 

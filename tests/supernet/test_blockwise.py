@@ -30,13 +30,13 @@ def _final_weights(study) -> dict[str, torch.Tensor]:
 def test_resume_equals_uninterrupted_run(tiny_study_file):
     whole = _study(tiny_study_file, "whole")
     summary = train_supernet(whole)
-    assert summary["step"] == 8
+    assert summary.step == 8
 
     halves = _study(tiny_study_file, "halves")
     first = train_supernet(halves, stop_after=4)
-    assert first["step"] == 4
+    assert first.step == 4
     second = train_supernet(halves)
-    assert second["step"] == 8
+    assert second.step == 8
 
     a, b = _final_weights(whole), _final_weights(halves)
     assert a.keys() == b.keys()
@@ -44,7 +44,7 @@ def test_resume_equals_uninterrupted_run(tiny_study_file):
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
     # a finished stage is a no-op when run again
     again = train_supernet(halves)
-    assert again["step"] == 8
+    assert again.step == 8
 
 
 def test_checkpoints_and_rows(tiny_study_file):
@@ -61,14 +61,14 @@ def test_checkpoints_and_rows(tiny_study_file):
         rows = s.scalars(select(Checkpoint).order_by(Checkpoint.step)).all()
         assert [r.step for r in rows] == [2, 4, 6, 8]
         assert [r.deleted for r in rows] == [1, 1, 0, 0]
-        assert rows[-1].sha256 == summary["sha256"] and len(rows[-1].sha256) == 64
+        assert rows[-1].sha256 == summary.sha256 and len(rows[-1].sha256) == 64
         assert set(rows[-1].val_losses) >= {"step", "largest", "smallest"}
         assert len(rows[-1].val_losses["largest"]) == study.space.blocks
     # the teacher's own layers are kept as they are: after training, its truncated paths taken from the
     # supernet are the untouched truncations (same fidelity to the teacher's output, same states)
-    paths = summary["teacher_paths"]
-    assert [p["layers"] for p in paths] == [1, 2, 3, 4]
-    assert all(p["max_abs_diff"] <= 1e-5 and abs(p["fidelity_supernet"] - p["fidelity_untouched"]) <= 1e-9
+    paths = summary.teacher_paths
+    assert [p.layers for p in paths] == [1, 2, 3, 4]
+    assert all(p.max_abs_diff <= 1e-5 and abs(p.fidelity_supernet - p.fidelity_untouched) <= 1e-9
                for p in paths)
     # while the shared weights did train (the largest path is frozen; the others moved)
     start = torch.load(min(supernet_dir(study).glob("step-*.pt")), map_location="cpu", weights_only=True)
@@ -77,8 +77,8 @@ def test_checkpoints_and_rows(tiny_study_file):
 
 def test_without_frozen_teacher_layers_training_moves_them(tiny_study_file):
     study = _study(tiny_study_file, "unfrozen", **{"supernet.keep_teacher_layers": False})
-    paths = train_supernet(study)["teacher_paths"]
-    assert max(p["max_abs_diff"] for p in paths) > 1e-4  # shared weights drift: the reason they are kept frozen
+    paths = train_supernet(study).teacher_paths
+    assert max(p.max_abs_diff for p in paths) > 1e-4  # shared weights drift: the reason they are kept frozen
 
 
 def test_sandwich_trains_the_extremes(tiny_space):
