@@ -34,10 +34,10 @@ from nas_bert.choose import FinalistsResult
 from nas_bert.latency import (
     Calibration,
     LatencyModel,
-    _load_table,
     calibration_architectures,
     device_fingerprint,
     fit_calibration,
+    load_table,
     operators,
     resizes,
 )
@@ -112,7 +112,7 @@ def main() -> None:
     cfg = study.cfg.latency
     fp = device_fingerprint(cfg)
     emb = embeddings_spec_of(load_teacher_config(study.cfg.teacher))
-    model = LatencyModel(fp, cfg, _load_table(db, fp))  # the table only: nothing is timed or refitted in the DB
+    model = LatencyModel(fp, cfg, load_table(db, fp))  # the table only: nothing is timed or refitted in the DB
     cal_archs = calibration_architectures(study.space, emb, cfg, model)
     rows = []
     for label, cal_ms, judged in [*finalists_runs(db, study, fp), *export_runs(workdir), *bench_run(db, workdir)]:

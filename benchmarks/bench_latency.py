@@ -27,13 +27,13 @@ from tqdm.auto import tqdm
 
 from nas_bert.latency import (
     MODEL_ROUNDS,
-    _run_delay_ns,
     build_student,
     calibration_architectures,
     ensure_latency_model,
     hardware_name,
     latency_report,
     measure_models,
+    run_delay_ns,
 )
 from nas_bert.space import Embeddings, load_space, sample
 from nas_bert.store import Database
@@ -93,11 +93,11 @@ def main() -> None:
 
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
-    d0, t0 = _run_delay_ns(), time.perf_counter()
+    d0, t0 = run_delay_ns(), time.perf_counter()
     with tqdm(total=2 * len(models) * MODEL_ROUNDS, desc="two measurement passes", leave=False) as bar:
         first = measure_models(models, cfg, MINILM_EMBEDDINGS.vocab_size, bar)
         second = measure_models(models[::-1], cfg, MINILM_EMBEDDINGS.vocab_size, bar)[::-1]
-    d1, measure_s = _run_delay_ns(), time.perf_counter() - t0
+    d1, measure_s = run_delay_ns(), time.perf_counter() - t0
     torch.set_num_threads(threads)
     wait_pct = 100.0 * (d1 - d0) / (measure_s * 1e9) if d0 is not None and d1 is not None else float("nan")
 

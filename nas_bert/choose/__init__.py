@@ -1,3 +1,11 @@
+"""Stage 5, the choice: the searched students the proxies like best, the seeds and the hand-designed
+students of a budget, timed end to end (budgets judged as measured), short-distilled alike and ranked by
+held-out fidelity.
+
+`candidates` (who competes), `timing` (the finalists' timing run and the budget's rules), `finalists`
+(`choose` and its typed result). The room's public names are re-exported here.
+"""
+
 from nas_bert.choose.candidates import Candidate, baseline_family, family_to_time
 from nas_bert.choose.finalists import (
     Finalist,

@@ -15,7 +15,7 @@ from sqlalchemy.exc import DatabaseError
 
 from nas_bert.cli import tables
 from nas_bert.errors import NasBertError
-from nas_bert.store import database_error, is_corrupt
+from nas_bert.store import DB_ENV, database_error, is_corrupt
 from nas_bert.study import load_study
 
 if TYPE_CHECKING:  # the stages are imported by the commands that run them: the command line starts quickly
@@ -24,7 +24,8 @@ if TYPE_CHECKING:  # the stages are imported by the commands that run them: the 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Search, distil and export small BERT students.")
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="study file, e.g. studies/demo.yaml")]
-DbOpt = Annotated[str | None, typer.Option("--db", help="database URL overriding the study file's")]
+DbOpt = Annotated[str | None, typer.Option("--db", envvar=DB_ENV, show_envvar=True,
+                                            help="database URL overriding the study file's")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
 
 
@@ -272,8 +273,9 @@ def status_cmd(config: ConfigOpt, db: DbOpt = None, as_json: JsonOpt = False) ->
 
 
 StudiesOpt = Annotated[Path, typer.Option("--studies", help="folder of the service's study files (created if missing)")]
-ServiceDbOpt = Annotated[str, typer.Option("--db", help="the study database every study of the service shares, e.g. "
-                                                       "sqlite:///studies/service.db or postgresql+psycopg://...")]
+ServiceDbOpt = Annotated[str, typer.Option("--db", envvar=DB_ENV, show_envvar=True,
+                                           help="the study database every study of the service shares, e.g. "
+                                                "sqlite:///studies/service.db or postgresql+psycopg://...")]
 LeaseOpt = Annotated[float, typer.Option("--lease", help="seconds a job stays a worker's without a heartbeat")]
 
 

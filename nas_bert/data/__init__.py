@@ -1,3 +1,7 @@
+"""Text and tasks: the corpus a study distils on (shipped WordNet glosses, local files, Hub datasets) and the
+downstream tasks it evaluates on; the shipped data files and their licences live beside these modules.
+"""
+
 from nas_bert.data.corpus import (
     LEXNAMES,
     WORDNET_PATH,

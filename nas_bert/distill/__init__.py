@@ -1,3 +1,7 @@
+"""Stages 6 and 7: which teacher layer each student layer learns from (`mapping`, DEAP), the distillation
+losses (`objective`), and a chosen student extracted, mapped and distilled (`students`).
+"""
+
 from nas_bert.distill.mapping import (
     MappingSearch,
     best_memoised,

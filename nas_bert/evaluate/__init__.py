@@ -1,3 +1,7 @@
+"""Stage 8: how good a student is against its teacher: fidelity in and out of domain, fine-tuned accuracy
+and loyalty (`evaluation`), and the agreement measures themselves (`metrics`).
+"""
+
 from nas_bert.evaluate.evaluation import (
     EvaluationResult,
     agreement,

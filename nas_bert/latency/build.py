@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from nas_bert.latency.calibration import Calibration, calibration_key
 from nas_bert.latency.harness import TABLE_ROUNDS, _check_positions, in_fresh_process, measure_keys
 from nas_bert.latency.students import calibrate
-from nas_bert.latency.table import LatencyModel, _load_table, _store_row, device_fingerprint, hardware_name, table_specs
+from nas_bert.latency.table import LatencyModel, _store_row, device_fingerprint, hardware_name, load_table, table_specs
 from nas_bert.record import Record
 from nas_bert.space import Embeddings, SearchSpace
 from nas_bert.store import Database, LatencyCalibration
@@ -78,7 +78,7 @@ def ensure_latency_model(
 def _missing(db: Database, space: SearchSpace, emb: Embeddings, cfg: LatencyConfig) -> bool:
     """Whether the database lacks a table entry or the calibration of this device, space and embeddings."""
     fingerprint = device_fingerprint(cfg)
-    if any(k not in _load_table(db, fingerprint) for k in table_specs(space, emb)):
+    if any(k not in load_table(db, fingerprint) for k in table_specs(space, emb)):
         return True
     return _stored_calibration(db, calibration_key(fingerprint, space, cfg), emb) is None
 
@@ -100,7 +100,7 @@ def _build_latency_model(url: str, space: SearchSpace, emb: Embeddings, cfg: Lat
 def _build(db: Database, space: SearchSpace, emb: Embeddings, cfg: LatencyConfig, progress: bool) -> LatencyModel:
     fingerprint = device_fingerprint(cfg)
     specs = table_specs(space, emb)
-    table = _load_table(db, fingerprint)
+    table = load_table(db, fingerprint)
     missing = [k for k in specs if k not in table]
     threads = torch.get_num_threads()
     try:

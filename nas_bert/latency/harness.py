@@ -44,7 +44,7 @@ Spec = tuple[Any, ...]
 Job = tuple[str, dict[str, Any]]  # a Timer statement and its globals
 
 
-def _run_delay_ns() -> int | None:
+def run_delay_ns() -> int | None:
     """Nanoseconds this process's threads have spent runnable but waiting for a CPU (Linux schedstat)."""
     try:
         tasks = os.listdir("/proc/self/task")
@@ -65,11 +65,11 @@ def _run_delay_ns() -> int | None:
 def _round(timer: benchmark.Timer, cfg: LatencyConfig) -> tuple[list[float], list[float]]:
     """One blocked_autorange round: seconds per call of its good blocks, and of those another process slowed."""
     quiet: list[bool] = []
-    last = (_run_delay_ns(), time.perf_counter())
+    last = (run_delay_ns(), time.perf_counter())
 
     def after_block(_number: int, _seconds: float) -> None:
         nonlocal last
-        now = (_run_delay_ns(), time.perf_counter())
+        now = (run_delay_ns(), time.perf_counter())
         waited = None if now[0] is None or last[0] is None else now[0] - last[0]
         quiet.append(waited is None or waited <= QUIET_DELAY * (now[1] - last[1]) * 1e9)
         last = now

@@ -168,7 +168,7 @@ class LatencyModel:
 
 
 # -- stored rows ----------------------------------------------------------------------------------
-def _load_table(db: Database, fingerprint: str) -> dict[str, float]:
+def load_table(db: Database, fingerprint: str) -> dict[str, float]:
     with db.session() as s:
         rows = s.scalars(select(LatencyRow).where(LatencyRow.fingerprint == fingerprint)).all()
         return {r.key: r.ms for r in rows}
@@ -181,4 +181,4 @@ def _store_row(db: Database, fingerprint: str, key: str, ms: float) -> float:
             s.add(LatencyRow(fingerprint=fingerprint, key=key, ms=ms))
         return ms
     except IntegrityError:
-        return _load_table(db, fingerprint)[key]
+        return load_table(db, fingerprint)[key]

@@ -1,3 +1,7 @@
+"""Stages 3 and 4: block scores (`scoring`), the Optuna search to a latency budget (`trial_space`, `storage`,
+`context`, `loop`), and its rescoring and fronts (`front`).
+"""
+
 from nas_bert.search.context import open_context
 from nas_bert.search.front import FrontRow, Fronts, SearchResult, chosen_row, finish_search, pareto_rows
 from nas_bert.search.loop import prepare_search, run_worker, search, search_inputs, seed_architectures

@@ -17,6 +17,7 @@ and data from fixed root paths (/dashboard, /api/..., /static/...), so it lives 
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import threading
@@ -35,6 +36,7 @@ from nas_bert.service.errors import ApiError, add_error_handlers
 from nas_bert.service.guard import DEFAULT_MAX_BODY, Guard, allowed_hosts
 from nas_bert.service.state import ServiceState
 from nas_bert.service.worker import spawn
+from nas_bert.store import DB_ENV
 
 __all__ = ["Dashboard", "create_app", "read_token", "serve"]
 
@@ -105,8 +107,13 @@ def serve(db_url: str, studies_dir: Path, host: str, port: int, token: str, work
     (killed, out of memory) is started again, and takes over the job it held at once. Proxy headers
     (X-Forwarded-For, -Proto) are believed only from `forwarded_allow_ips` (a reverse proxy's address)."""
     app = create_app(db_url, studies_dir, token, allowed_hosts(host, hosts), max_body)
-    args = ["worker", "--db", db_url, "--studies", str(studies_dir), *(worker_args or [])]
-    procs = [spawn(args) for _ in range(workers)]
+    args = ["worker", "--studies", str(studies_dir), *(worker_args or [])]
+    env = {**os.environ, DB_ENV: db_url}  # the URL (and its password) out of the workers' argument lists
+
+    def start() -> subprocess.Popen:
+        return spawn(args, env=env)
+
+    procs = [start() for _ in range(workers)]
     done = threading.Event()
 
     def supervise() -> None:
@@ -114,7 +121,7 @@ def serve(db_url: str, studies_dir: Path, host: str, port: int, token: str, work
             for i, p in enumerate(procs):
                 if p.poll() is not None and not done.is_set():
                     echo(f"nas-bert serve: worker {p.pid} exited with status {p.returncode}; starting another")
-                    procs[i] = spawn(args)
+                    procs[i] = start()
 
     threading.Thread(target=supervise, daemon=True).start()
     try:

@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import queue
 import tarfile
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from pathlib import Path
@@ -155,19 +156,46 @@ def front(db: Database, study: Study, budget: float) -> dict[str, Any]:
 
 class FrontProcess:
     """Fronts and their PNG computed in a process of their own, so that deserialising thousands of trials
-    never holds the API's interpreter lock: requests keep being answered while a front is recomputed."""
+    never holds the API's interpreter lock: requests keep being answered while a front is recomputed.
+
+    The process is started by a thread of this object's own, which lives as long as the service: Linux
+    sends a process its parent's death signal when the *thread* that started it ends, and the request
+    threads that used to start it are retired after 10 s idle, so it was killed and started again over
+    and over (and two deaths in a row were a 500)."""
 
     def __init__(self, db_url: str) -> None:
         self.db_url = db_url
         self._pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
+        self._requests: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self._owner = threading.Thread(target=self._serve_requests, name="front-process-owner", daemon=True)
+        self._owner.start()
+
+    def _serve_requests(self) -> None:
+        while (request := self._requests.get()) is not None:
+            request()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        """A pool whose process the owner thread starts (a first submission starts it in the submitting thread)."""
+        made: Future[ProcessPoolExecutor] = Future()
+
+        def make() -> None:
+            try:
+                pool = ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=_child_init,
+                                           initargs=(self.db_url, os.getpid()))
+                pool.submit(os.getpid)
+                made.set_result(pool)
+            except BaseException as e:  # noqa: BLE001 - handed to the caller
+                made.set_exception(e)
+
+        self._requests.put(make)
+        return made.result()
 
     def _submit(self, fn: Callable[..., Any], *args: Any) -> Any:
         for attempt in (1, 2):
             with self._lock:
                 if self._pool is None:
-                    self._pool = ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=_child_init,
-                                                     initargs=(self.db_url, os.getpid()))
+                    self._pool = self._new_pool()
                 pool = self._pool
             try:
                 return pool.submit(fn, *args).result()
@@ -190,6 +218,7 @@ class FrontProcess:
             if self._pool is not None:
                 self._pool.shutdown(wait=False, cancel_futures=True)
                 self._pool = None
+        self._requests.put(None)  # the owner thread ends
 
 
 _CHILD: dict[str, Any] = {}

@@ -14,6 +14,7 @@ from nas_bert.errors import NasBertError
 from nas_bert.service import jobs, results
 from nas_bert.service.errors import ApiError, field_of
 from nas_bert.service.state import NAME, ServiceState, State, read, write
+from nas_bert.service.worker import redact
 from nas_bert.store import JobRow, parse_mapping
 from nas_bert.study import Study, load_study
 
@@ -113,6 +114,8 @@ def show_study(state: State, name: str) -> dict[str, Any]:
     study = state.get_study(name)
     out = study_summary(state, study, job_counts(state))
     out["config"] = study.cfg.model_dump(mode="json")
+    if out["config"].get("db_url"):  # a PostgreSQL URL in a study file may hold a password
+        out["config"]["db_url"] = redact(out["config"]["db_url"])
     out["stages"] = state.fronts_cache.get(("stages", name),
                                            lambda: [r.model_dump(mode="json") for r in stage_status(study)])
     out["jobs_list"] = [jobs.as_dict(j) for j in jobs.list_jobs(state.db, name)]

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from nas_bert.lifetime import end_group
 from nas_bert.service import jobs
-from nas_bert.store import Database, JobRow
+from nas_bert.store import DB_ENV, Database, JobRow
 
 if TYPE_CHECKING:  # the pipeline is imported where a run job's progress is read (it imports every stage)
     from nas_bert.pipeline import StageState
@@ -64,11 +64,13 @@ def study_file(studies_dir: Path, name: str) -> Path:
     return Path(studies_dir) / f"{name}.yaml"
 
 
-def job_commands(row: JobRow, config: Path, db_url: str, out_dir: Path) -> list[list[str]]:
+def job_commands(row: JobRow, config: Path, out_dir: Path) -> list[list[str]]:
     """The `nas-bert` commands a job stands for, run in turn (each resumes where it stopped). A search
-    first trains the study's supernet (`train-supernet`; nothing to do once trained), as `run` does."""
+    first trains the study's supernet (`train-supernet`; nothing to do once trained), as `run` does. The
+    database URL is not among them: the commands read it from $NAS_BERT_DB (`DB_ENV`), which no other user
+    of the machine can read, unlike an argument list."""
     params = json.loads(row.params_json or "{}")
-    study = ["--config", str(config), "--db", db_url]
+    study = ["--config", str(config)]
     if row.kind == "search":
         cmd = ["search", *study, "--latency-budget-ms", f"{row.budget_ms:g}"]
         if params.get("trials"):
@@ -124,7 +126,11 @@ def last_bar(tail: str) -> tuple[str, int, int] | None:
 
 class Progress:
     """How far a job is: stages done / stages planned (from `pipeline.plan` and `stage_status`), the current
-    stage (the `== stage key` lines the stage runner logs) and, in a search, complete trials / trials wanted."""
+    stage (the `== stage key` lines the stage runner logs) and, in a search, complete trials / trials wanted.
+
+    `eta_s` is the current stage's: from that stage's own progress (its trials, or its progress bar: students,
+    steps) since the stage began. One rate across stages of very different costs read 9-100 s for the whole
+    15 minutes of a finalists' stage."""
 
     def __init__(self, row: JobRow, config: Path, db_url: str) -> None:
         from nas_bert.study import load_study
@@ -132,9 +138,20 @@ class Progress:
         self.row, self.params = row, json.loads(row.params_json or "{}")
         self.study = load_study(config, db_url)
         self.t0 = time.time()
-        self.f0: float | None = None
         self._storage: Any = None
         self._states: tuple[float, list[StageState]] | None = None
+        self._stage: tuple[str | None, float, float | None] = (None, self.t0, None)  # id, began, its fraction then
+
+    def stage_eta(self, stage: str | None, fraction: float | None) -> float | None:
+        """Seconds left in `stage` at its own pace since it began here; None until it has moved."""
+        now = time.time()
+        if stage != self._stage[0]:
+            self._stage = (stage, now, fraction)
+        _, began, start = self._stage
+        if fraction is None or start is None:
+            return None
+        gained = fraction - start
+        return round((now - began) * (1 - fraction) / gained, 1) if gained > 1e-6 else None
 
     def trials(self, budget: float) -> tuple[int, int]:
         from optuna.trial import TrialState
@@ -152,17 +169,22 @@ class Progress:
 
     def __call__(self, log_tail: str) -> dict[str, Any]:
         out: dict[str, Any] = {}
+        stage_id: str | None = None
+        stage_fraction: float | None = None
         if self.row.kind == "search":
             done, target = self.trials(self.row.budget_ms)
             out.update(trials_complete=done, trials_target=target,
                        stage="search" if done < target else "rescore and finalists")
+            stage_id, stage_fraction = out["stage"], min(1.0, done / target) if done < target else None
             fraction = 0.9 * min(1.0, done / target)  # the finalists' choice is the last tenth
             bar = last_bar(log_tail)
             if done >= target and bar and bar[0].startswith("finalists"):
                 fraction += 0.1 * bar[1] / bar[2]
                 out["stage"] = f"{bar[0]} {bar[1]}/{bar[2]}"
+                stage_id, stage_fraction = bar[0], bar[1] / bar[2]
             elif done == 0 and bar and bar[0].startswith("supernet"):  # trained first, when it is not yet
                 out["stage"] = f"supernet {bar[1]}/{bar[2]}"
+                stage_id, stage_fraction = bar[0], bar[1] / bar[2]
         elif self.row.kind == "run":
             from nas_bert.pipeline import stage_status
 
@@ -175,24 +197,24 @@ class Progress:
             stage = line.split(":")[0].split(" (again")[0].strip() or None
             out.update(stages_done=current, stages_planned=len(states), stage=stage)
             part = 0.0
+            stage_id = stage
             if stage and stage.startswith("search ") and stage.endswith("ms") and "skipped" not in line:
                 try:
                     done, target = self.trials(float(stage.split()[1][:-2]))
                     out.update(trials_complete=done, trials_target=target)
-                    part = min(1.0, done / target)
+                    part = stage_fraction = min(1.0, done / target)
                 except ValueError:
                     pass
+            elif stage and (bar := last_bar(log_tail.rsplit("\n== ", 1)[-1])):  # the stage's own bar
+                stage_fraction = bar[1] / bar[2]
             fraction = min(1.0, (current + part) / max(1, len(states)))
         else:
             out["stage"] = "export"
             fraction = 0.0
-        if self.f0 is None:
-            self.f0 = fraction
-        elapsed = time.time() - self.t0
-        gained = fraction - self.f0
         out["fraction"] = round(fraction, 4)
-        out["eta_s"] = round(elapsed * (1 - fraction) / gained, 1) if gained > 1e-6 else None
-        out["elapsed_s"] = round(elapsed, 1)
+        out["stage_fraction"] = None if stage_fraction is None else round(stage_fraction, 4)
+        out["eta_s"] = self.stage_eta(stage_id, stage_fraction)
+        out["elapsed_s"] = round(time.time() - self.t0, 1)
         return out
 
 
@@ -245,13 +267,13 @@ class Worker:
         logs = study.workdir / "jobs"
         logs.mkdir(parents=True, exist_ok=True)
         log_path, out_path = logs / f"job-{row.id}.log", logs / f"job-{row.id}.out.json"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        for cmd in job_commands(row, config, self.db_url, study.export_dir):
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", DB_ENV: self.db_url}
+        for cmd in job_commands(row, config, study.export_dir):
             if cmd[0] == "train-supernet" and supernet_trained(self.db, study):
                 continue  # nothing to train: spare starting a process that would load the teacher to say so
             with open(log_path, "a") as log:
-                shown = [redact(a) if a == self.db_url else a for a in cmd]
-                log.write(f"\n=== attempt {row.attempts} by worker {self.name}: nas-bert {' '.join(shown)}\n")
+                log.write(f"\n=== attempt {row.attempts} by worker {self.name}: nas-bert {' '.join(cmd)} "
+                          f"(database {redact(self.db_url)})\n")
             with open(log_path, "a") as log, open(out_path, "w") as out:
                 child = spawn(cmd, stdout=out, stderr=log, stdin=subprocess.DEVNULL, env=env)
                 ended = self._watch(row, token, child, progress, log_path)

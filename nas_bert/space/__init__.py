@@ -1,3 +1,7 @@
+"""What a student can be: the search space read from YAML (`search_space`) and the one `Architecture`
+object that flows from search to export (`architecture`).
+"""
+
 from nas_bert.space.architecture import (
     IDENTITY,
     Architecture,

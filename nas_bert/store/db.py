@@ -34,6 +34,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from nas_bert.errors import NasBertError
 
 SCHEMA_VERSION = 1
+# The study database URL of a command, when --db is not given: how the service hands a URL (and its password)
+# to the commands it runs without showing it in their argument list, which every user of the machine can read.
+DB_ENV = "NAS_BERT_DB"
 
 
 def _now() -> str:

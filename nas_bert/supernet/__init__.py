@@ -1,3 +1,7 @@
+"""Stage 1: the weight-sharing supernet (`elastic`), its block-wise training against the teacher
+(`blockwise`), and the hand-designed students copied from the teacher (`baselines`).
+"""
+
 from nas_bert.supernet.baselines import (
     describe,
     pruned_architecture,

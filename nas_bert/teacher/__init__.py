@@ -1,3 +1,7 @@
+"""The teacher: loading by alias, folder or Hub id with its use and pooling (`loading`), and how much each of
+its units matters (`importance`).
+"""
+
 from nas_bert.teacher.importance import Importance, bert_layers, head_size, teacher_importance
 from nas_bert.teacher.loading import (
     Pooling,

@@ -1,3 +1,7 @@
+"""The one training loop that supernet training and distillation share: resumable checkpoints (each
+verified against the sha256 written beside it), the best weights kept, the RNG state saved.
+"""
+
 from nas_bert.train.loop import (
     BestKeeper,
     CheckpointDir,

@@ -407,11 +407,11 @@ def test_disturbed_rounds_are_retried_then_used(monkeypatch: pytest.MonkeyPatch,
     real = harness._round
     monkeypatch.setattr(harness, "_round", lambda timer, cfg: rounds.append(1) or real(timer, cfg))
     monkeypatch.setattr(harness, "MAX_ATTEMPTS", 2)
-    monkeypatch.setattr(harness, "_run_delay_ns", lambda: 0)  # nobody else ran: no retries
+    monkeypatch.setattr(harness, "run_delay_ns", lambda: 0)  # nobody else ran: no retries
     (ms,) = harness._time_jobs([("sum(range(100))", {})], CFG, rounds=2)
     assert ms > 0 and len(rounds) == 2
     waits = itertools.count(step=10**9)  # every block waited a second for a CPU: each round retried once
-    monkeypatch.setattr(harness, "_run_delay_ns", lambda: next(waits))
+    monkeypatch.setattr(harness, "run_delay_ns", lambda: next(waits))
     rounds.clear()
     with caplog.at_level("WARNING", logger="nas_bert.latency.harness"):
         (ms,) = harness._time_jobs([("sum(range(100))", {})], CFG, rounds=2)

@@ -342,7 +342,7 @@ def test_two_commands_share_one_postgresql_database(tmp_path):
 
 
 def test_card_names_a_narrow_teacher_cut_that_won() -> None:
-    from nas_bert.export import _origin
+    from nas_bert.export.card import _origin
 
     text = _origin({"origin": "search", "budget_ms": 2.5, "finalist": {"name": "teacher-layers-1-w256", "fidelity": 0.6}})
     assert "teacher's own first 1 layer(s), cut to width 256" in text and "0.600" in text
@@ -386,7 +386,7 @@ def test_pruned_feed_forward_seeds_reach_deeper_under_a_budget() -> None:
 
 
 def test_card_names_a_pruned_teacher_cut_that_won() -> None:
-    from nas_bert.export import _origin
+    from nas_bert.export.card import _origin
 
     text = _origin({"origin": "search", "budget_ms": 2.5, "finalist": {"name": "teacher-layers-1-f1", "fidelity": 0.6}})
     assert "teacher's own first 1 layer(s), their feed-forward pruned to 1 x width neurons" in text

@@ -220,6 +220,15 @@ def test_results_of_a_searched_study(client: TestClient) -> None:
     assert client.get("/v1/studies/tiny/students").json()["students"] == []
 
 
+def test_a_password_in_a_study_file_is_never_shown(client: TestClient, studies: Path) -> None:
+    data = yaml.safe_load((studies / "tiny.yaml").read_text())
+    data.update(name="secret", db_url="postgresql+psycopg://nas:hunter2@db.example/studies")
+    (studies / "secret.yaml").write_text(yaml.safe_dump(data))
+    r = client.get("/v1/studies/secret")
+    assert r.status_code == 200 and "hunter2" not in r.text and "nas:***@db.example" in r.text
+    assert "hunter2" not in client.get("/v1/studies").text
+
+
 # -- the queue ------------------------------------------------------------------------------------
 def _claim_all(url: str, name: str, out: list, start: threading.Barrier) -> None:
     db = Database(url)
@@ -545,13 +554,56 @@ def test_job_commands_are_the_cli_commands(tmp_path: Path) -> None:
     search, _ = jobs.enqueue(db, "s", "search", 5.0, {"trials": 30})
     run, _ = jobs.enqueue(db, "s", "run")
     export, _ = jobs.enqueue(db, "s", "export", None, {"budgets_ms": [5.0, 10.0]})
-    cfg, url, out = tmp_path / "s.yaml", "sqlite:///x.db", tmp_path / "export"
-    study = ["--config", str(cfg), "--db", url]
-    assert job_commands(search, cfg, url, out) == [  # an untrained supernet is trained first, as `run` does
+    cfg, url, out = tmp_path / "s.yaml", "postgresql+psycopg://u:secret@h/db", tmp_path / "export"
+    study = ["--config", str(cfg)]  # the database URL travels in $NAS_BERT_DB, never in the argument list
+    assert job_commands(search, cfg, out) == [  # an untrained supernet is trained first, as `run` does
         ["train-supernet", *study, "--json"], ["search", *study, "--latency-budget-ms", "5", "--trials", "30", "--json"]]
-    assert job_commands(run, cfg, url, out) == [["run", *study, "--out", str(out), "--json"]]
-    assert job_commands(export, cfg, url, out) == [
+    assert job_commands(run, cfg, out) == [["run", *study, "--out", str(out), "--json"]]
+    assert job_commands(export, cfg, out) == [
         ["export", *study, "--out", str(out), "--overwrite", "--budgets", "5,10", "--json"]]
+    assert url not in str(job_commands(search, cfg, out))
+    db.dispose()
+
+
+def test_the_front_process_outlives_the_thread_that_first_used_it(tmp_path: Path) -> None:
+    """Request threads come and go; the fronts' process must not die with the first one that used it."""
+    from nas_bert.service.results import FrontProcess
+
+    fronts = FrontProcess(f"sqlite:///{tmp_path / 'q.db'}")
+    pids: list[int] = []
+    first = threading.Thread(target=lambda: pids.append(fronts._submit(os.getpid)))
+    first.start()
+    first.join()
+    time.sleep(1.0)  # that thread is gone: a process tied to it would have been killed by now
+    pids.append(fronts._submit(os.getpid))
+    fronts.close()
+    assert pids[0] == pids[1] != os.getpid()
+
+
+def test_a_jobs_eta_is_its_current_stages_from_that_stages_own_progress(tiny_study_file: Path, monkeypatch) -> None:
+    """A search whose trials are done then spends long in the finalists' stage: the ETA follows that stage's
+    bar from when it began, not the trials' pace."""
+    from nas_bert.service.worker import Progress
+
+    db = Database(f"sqlite:///{tiny_study_file.parent / 'tiny.db'}")
+    job, _ = jobs.enqueue(db, "tiny", "search", 5.0, {"trials": 10})
+    progress = Progress(jobs.get(db, job.id), tiny_study_file, db.url)
+    clock = {"now": 1000.0}
+    monkeypatch.setattr("nas_bert.service.worker.time.time", lambda: clock["now"])
+    trials = {"done": 2}
+    monkeypatch.setattr(progress, "trials", lambda budget: (trials["done"], 10))
+    assert progress("")["eta_s"] is None  # nothing moved yet
+    clock["now"] += 10
+    trials["done"] = 4
+    assert progress("")["eta_s"] == 30.0  # 2 trials in 10 s, 6 to go
+    trials["done"] = 10
+    bar = "finalists 5 ms:  {p}%|###| {n}/8 [00:10<00:30]"
+    clock["now"] += 5
+    out = progress(bar.format(p=12, n=1))
+    assert out["stage"].startswith("finalists") and out["eta_s"] is None  # a new stage: its own pace, from now
+    clock["now"] += 60
+    out = progress(bar.format(p=37, n=3))
+    assert out["stage_fraction"] == 0.375 and out["eta_s"] == 150.0  # 2 of 8 students a minute, 5 to go
     db.dispose()
 
 
