@@ -317,6 +317,9 @@ def export_front(study: Study, out_dir: Path, budgets: list[float] | None = None
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise NasBertError(f"{out_dir} already exists; pass --overwrite to replace it or choose another output folder")
+    if out_dir.exists() and not _replaceable(out_dir):
+        raise NasBertError(f"{out_dir} is not a nas-bert export folder (no index.json of one, and not empty); "
+                           "--overwrite replaces only those: choose another --out")
     db = Database(study.db_url)
     try:
         members = select_members(db, study, budgets)
@@ -328,6 +331,20 @@ def export_front(study: Study, out_dir: Path, budgets: list[float] | None = None
     finally:
         db.dispose()
     return summary
+
+
+def _replaceable(out_dir: Path) -> bool:
+    """An empty folder, or one an export wrote (its index.json reads as an export's): `--overwrite` replaces
+    nothing else (`--out ~ --overwrite` once would have replaced a home folder)."""
+    if not out_dir.is_dir():
+        return False
+    if not any(out_dir.iterdir()):
+        return True
+    try:
+        ExportResult.model_validate_json((out_dir / "index.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def _write(study: Study, members: list[Member], ckpts: dict[str, dict[str, Any]], out_dir: Path,

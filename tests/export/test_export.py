@@ -21,7 +21,7 @@ from sqlalchemy import select
 from transformers import AutoModel
 
 from nas_bert.errors import NasBertError
-from nas_bert.export import export_front, extract_student, select_members, session
+from nas_bert.export import ExportResult, export_front, extract_student, select_members, session
 from nas_bert.model import write_student_folder
 from nas_bert.search import chosen_row, latest_checkpoint, optuna_study_name, pareto_rows, search, storage_for
 from nas_bert.space import architecture as A
@@ -224,6 +224,11 @@ def test_existing_dir_is_refused_unless_overwrite(searched, tmp_path):
     (out / "stale").mkdir(parents=True)
     with pytest.raises(NasBertError, match="already exists; pass --overwrite"):
         export_front(study, out, [5.0])
+    with pytest.raises(NasBertError, match="is not a nas-bert export folder"):  # `--out ~ --overwrite` harms nothing
+        export_front(study, out, [5.0], overwrite=True)
+    assert (out / "stale").is_dir()
+    old = ExportResult(study="tiny", out_dir=str(out), command="", teacher={}, machine="", latency_config={}, students=[])
+    (out / "index.json").write_text(old.model_dump_json())  # an earlier export's folder
     summary = export_front(study, out, [5.0], overwrite=True)  # the budget's one student replaces the stale folder
     assert [p.name for p in out.iterdir() if p.is_dir()] == [summary.students[0].name]
     assert summary.students[0].trial == chosen_row(Database(study.db_url), study, 5.0).trial
