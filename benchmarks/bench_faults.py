@@ -187,7 +187,7 @@ def stop_resume(svc: Service, study: str, stops: int) -> list[str]:
 
 
 def teacher_swap(work: Path, db_url: str, studies: Path) -> list[str]:
-    from nas_bert.teacher import tiny_teacher_dir
+    from nas_bert.teacher.loading import tiny_teacher_dir
 
     folder = studies / "own-teacher"
     shutil.copytree(tiny_teacher_dir(), folder)
@@ -251,9 +251,10 @@ def main() -> None:
     rows = []
     try:
         print(f"machine: {cpu_name()}, {os.cpu_count()} cores", flush=True)
-        rows.append(downloads(svc, "tinyrun", args.downloads))
-        rows.append(bodies(svc, args.bodies, args.body_mb))
-        rows.append(stop_resume(svc, "tiny", args.stops))
+        for case in (lambda: downloads(svc, "tinyrun", args.downloads), lambda: bodies(svc, args.bodies, args.body_mb),
+                     lambda: stop_resume(svc, "tiny", args.stops)):
+            rows.append(case())
+            print(" | ".join(rows[-1]), flush=True)
     finally:
         svc.stop()
     rows.append(teacher_swap(args.workdir, db_url, studies))

@@ -9,6 +9,7 @@ beside them about as much as one.
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import os
@@ -276,10 +277,26 @@ def student_folder(study: Study, name: str) -> Path | None:
     return folder if folder.is_dir() else None
 
 
+_ARCHIVE_LOCKS: dict[Path, threading.Lock] = {}
+_ARCHIVE_LOCKS_LOCK = threading.Lock()
+
+
+def _reproducible(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
 def archive(study: Study, name: str, folder: Path) -> Path:
-    """`<name>.tar.gz` of an exported student folder, built once per content (written atomically)."""
+    """`<name>.tar.gz` of an exported student folder, built once per content (written atomically): requests
+    that ask at once wait for the one that builds it, and the bytes depend on the folder alone (members in
+    name order, no owner, gzip without a time stamp or file name), so every download of one student has one sha256."""
     out = study.workdir / "archives" / f"{name}-{folder_identity(folder)}.tar.gz"
-    if not out.is_file():
-        with atomic_file(out) as f, tarfile.open(fileobj=f, mode="w:gz") as tar:
-            tar.add(folder, arcname=name)
+    with _ARCHIVE_LOCKS_LOCK:
+        lock = _ARCHIVE_LOCKS.setdefault(out, threading.Lock())
+    with lock:
+        if not out.is_file():
+            with atomic_file(out) as f, gzip.GzipFile(filename="", fileobj=f, mode="wb", mtime=0) as gz, \
+                    tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                tar.add(folder, arcname=name, filter=_reproducible)  # tarfile adds a folder's entries sorted
     return out

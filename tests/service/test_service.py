@@ -607,6 +607,46 @@ def test_a_jobs_eta_is_its_current_stages_from_that_stages_own_progress(tiny_stu
     db.dispose()
 
 
+def test_a_students_archive_is_built_once_and_has_one_sha256(tmp_path: Path) -> None:
+    """Sixteen downloads of a new student at once: one builds the archive while the others wait, and an
+    archive built again of the same folder is the same bytes."""
+    import hashlib
+    from types import SimpleNamespace
+
+    from nas_bert.service import results
+
+    folder = tmp_path / "student"
+    (folder / "onnx").mkdir(parents=True)
+    for rel in ("config.json", "model.safetensors", "onnx/model.onnx"):
+        (folder / rel).write_bytes(os.urandom(4096))
+    study = SimpleNamespace(workdir=tmp_path / "work")
+    built, real = [], tarfile.open
+
+    def counting_open(*args, **kwargs):
+        built.append(1)
+        return real(*args, **kwargs)
+
+    paths: list[Path] = []
+    start = threading.Barrier(16)
+
+    def download() -> None:
+        start.wait()
+        paths.append(results.archive(study, "student", folder))
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(results.tarfile, "open", counting_open)
+        threads = [threading.Thread(target=download) for _ in range(16)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+    assert len(paths) == 16 and len(set(paths)) == 1 and len(built) == 1
+    first = hashlib.sha256(paths[0].read_bytes()).hexdigest()
+    paths[0].unlink()
+    time.sleep(1.1)  # another second: a time stamp anywhere in the archive would change its bytes
+    assert hashlib.sha256(results.archive(study, "student", folder).read_bytes()).hexdigest() == first
+
+
 def test_polling_shares_one_computation() -> None:
     """Many clients polling a front: one computes, the others get the previous value at once; a costly
     computation is redone less often."""
