@@ -34,8 +34,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import bench_service
 from benchmarks._common import cpu_name, table
-from benchmarks.bench_service import AUTH, SIZES, Service
+from benchmarks.bench_service import AUTH, Service
 
 
 def _cmdline(pid: int) -> str:
@@ -217,19 +218,10 @@ def teacher_swap(work: Path, db_url: str, studies: Path) -> list[str]:
 
 
 def make_studies(work: Path) -> tuple[Path, str]:
-    studies = work / "studies"
-    studies.mkdir(parents=True)
-    base = yaml.safe_load((ROOT / "studies" / "tiny.yaml").read_text())
-    for name, budgets in (("tiny", []), ("tinyrun", [5.0])):
-        data = {**base, **{k: dict(v) for k, v in SIZES.items()}, "name": name}
-        data["search"]["budgets_ms"] = budgets
-        (studies / f"{name}.yaml").write_text(yaml.safe_dump(data))
-    db_url = f"sqlite:///{work / 'service.db'}"
-    for cmd in (["train-supernet", "--config", str(studies / "tiny.yaml")], ["latency", "--config",
-                                                                             str(studies / "tiny.yaml")],
-                ["run", "--config", str(studies / "tinyrun.yaml")]):
-        subprocess.run([sys.executable, "-m", "nas_bert", *cmd, "--db", db_url], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    """bench_service's two tiny studies, and `tinyrun` run to the end (its student is what is downloaded)."""
+    studies, db_url = bench_service.make_studies(work)
+    subprocess.run([sys.executable, "-m", "nas_bert", "run", "--config", str(studies / "tinyrun.yaml"), "--db", db_url],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return studies, db_url
 
 

@@ -238,14 +238,20 @@ def _claim_all(url: str, name: str, out: list, start: threading.Barrier) -> None
     db.dispose()
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
-def test_two_workers_never_claim_one_job(tmp_path: Path, backend: str) -> None:
+def _empty_queue(tmp_path: Path, backend: str) -> tuple[str, Database]:
+    """A queue with no job in it: a SQLite file, or the PostgreSQL of NAS_BERT_TEST_POSTGRES_URL (else skip)."""
     url = f"sqlite:///{tmp_path / 'q.db'}" if backend == "sqlite" else os.environ.get("NAS_BERT_TEST_POSTGRES_URL")
     if url is None:
         pytest.skip("NAS_BERT_TEST_POSTGRES_URL is not set (bash .ci/postgres.sh pytest ... sets it)")
     db = Database(url)
     with db.session() as s:
         s.query(JobRow).delete()
+    return url, db
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_two_workers_never_claim_one_job(tmp_path: Path, backend: str) -> None:
+    url, db = _empty_queue(tmp_path, backend)
     ids = {jobs.enqueue(db, "s", "search", float(b))[0].id for b in range(1, 41)}
     claimed: list[tuple[int, str]] = []
     start = threading.Barrier(3)
@@ -318,12 +324,7 @@ def test_the_api_resumes_a_stopped_job_only_once_its_processes_ended(client: Tes
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_leases_are_judged_by_the_databases_clock(tmp_path: Path, monkeypatch, backend: str) -> None:
     """A worker whose own clock runs a minute ahead never takes a job whose lease is still running."""
-    url = f"sqlite:///{tmp_path / 'q.db'}" if backend == "sqlite" else os.environ.get("NAS_BERT_TEST_POSTGRES_URL")
-    if url is None:
-        pytest.skip("NAS_BERT_TEST_POSTGRES_URL is not set (bash .ci/postgres.sh pytest ... sets it)")
-    db = Database(url)
-    with db.session() as s:
-        s.query(JobRow).delete()
+    _, db = _empty_queue(tmp_path, backend)
     job, _ = jobs.enqueue(db, "s", "run")
     _, token = jobs.claim(db, "host-a/1:1", lease_s=30)
     real = time.time
