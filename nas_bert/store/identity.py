@@ -137,30 +137,39 @@ _HASHES_LOCK = threading.Lock()
 
 def cached_sha256(path: str | Path) -> str:
     """A file's sha256, computed once per content: remembered by absolute path, size and mtime (ns)."""
-    path = Path(path).resolve()
-    st = path.stat()
-    key, stamp = str(path), [st.st_size, st.st_mtime_ns]
+    return cached_sha256s([Path(path)])[0]
+
+
+def cached_sha256s(paths: list[Path]) -> list[str]:
+    """`cached_sha256` of several files, the cache read and written once."""
     store = cache_dir() / "file-hashes.json"
     with _HASHES_LOCK:
         try:
             known = json.loads(store.read_text()) if store.is_file() else {}
         except (OSError, ValueError):  # a damaged cache is only a cache: start it again
             known = {}
-        hit = known.get(key)
-        if isinstance(hit, list) and hit[:2] == stamp and isinstance(hit[2], str):
-            return hit[2]
-        sha = file_sha256(path)
-        known[key] = [*stamp, sha]
-        try:  # another process may write it too: the last one wins, a lost entry is only rehashed
-            atomic_write_text(store, json.dumps(known))
-        except OSError:
-            pass
-        return sha
+        out, changed = [], False
+        for path in paths:
+            path = path.resolve()
+            st = path.stat()
+            key, stamp = str(path), [st.st_size, st.st_mtime_ns]
+            hit = known.get(key)
+            if not (isinstance(hit, list) and hit[:2] == stamp and isinstance(hit[2], str)):
+                hit, changed = [*stamp, file_sha256(path)], True
+                known[key] = hit
+            out.append(hit[2])
+        if changed:
+            try:  # another process may write it too: the last one wins, a lost entry is only rehashed
+                atomic_write_text(store, json.dumps(known))
+            except OSError:
+                pass
+        return out
 
 
 def folder_identity(path: str | Path) -> str:
     """A model folder's identity: the name and content hash of every file in it (hidden files aside), so
     retrained weights of the same size are a new identity; each file is hashed once (`cached_sha256`)."""
     path = Path(path)
-    return fingerprint(sorted((str(p.relative_to(path)), cached_sha256(p)) for p in path.rglob("*")
-                              if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)))
+    files = sorted(p for p in path.rglob("*")
+                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    return fingerprint(sorted(zip((str(p.relative_to(path)) for p in files), cached_sha256s(files), strict=True)))
