@@ -12,7 +12,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from nas_bert.errors import NasBertError
-from nas_bert.space import SearchSpace, load_space
+from nas_bert.space import SearchSpace, TeacherShape, load_space
 from nas_bert.store import read_mapping, validate
 
 
@@ -112,6 +112,9 @@ class TrainConfig(_Strict):
 
 
 class SupernetConfig(TrainConfig):
+    steps: int = Field(default=200, ge=0, description="optimizer updates; 0: the supernet is the teacher's weights, "
+                                                      "importance-ordered, as they are")
+
     # the supernet's latest weights are the ones used, whatever it validates on, so its validation settings
     # stay out of its key too (a distilled student keeps its best-validated weights: its key keeps val_batches)
     NOT_WEIGHTS: ClassVar[tuple[str, ...]] = (*TrainConfig.NOT_WEIGHTS, "val_batches", "val_random_archs")
@@ -154,7 +157,14 @@ class SearchConfig(_Strict):
     grace_period: int = Field(default=20, ge=2, description="seconds without a heartbeat before a trial is stale")
     max_retry: int = Field(default=1, ge=0, description="retries of a trial whose worker died")
     budgets_ms: list[float] = Field(default_factory=list, description="budgets `nas-bert run` searches")
-    finalist_steps: int = Field(default=40, ge=1, description="distillation steps every finalist gets before the choice")
+    proxy: Literal["auto", "blocks", "fidelity"] = Field(
+        default="auto", description="what a trial is scored by: blocks (NAS-BERT's sum of block losses against the "
+        "teacher's states), fidelity (the extracted student's zero-step fidelity of its pooled output to the "
+        "teacher's on validation text, 1 - fidelity minimised); auto: fidelity in a space made from the teacher")
+    finalist_steps: int = Field(default=40, ge=1, description="distillation steps every finalist gets in the first "
+                                                              "round of the choice")
+    finalist_rounds: int = Field(default=1, ge=1, description="successive halving: each round keeps the better half "
+                                 "of the finalists and distils them again with twice the steps")
     finalist_baselines: bool = Field(default=True, description="the teacher's first layers and the uniformly narrowed "
                                                                "teacher of the budget are finalists too")
     finalist_width_step: int = Field(default=2, ge=1, description="the uniformly narrowed teachers timed: every this "
@@ -211,6 +221,9 @@ class MappingConfig(_Strict):
     proxy_examples: int = Field(default=2000, ge=16, description="corpus sample the proxy trains on")
     proxy_val_batches: int = Field(default=2, ge=1)
     enumerate_below: int = Field(default=24, ge=0, description="enumerate every mapping when there are at most this many")
+    confirm_seeds: int = Field(default=2, ge=0, description="the searched mapping is used only where, run again with "
+                               "this many seeds, it beats the best heuristic mapping beyond noise (0 or 1: no check)")
+    confirm_steps: int = Field(default=0, ge=0, description="distillation steps of each confirmation run (0: proxy_steps)")
     seed: int = 0
 
 
@@ -218,7 +231,7 @@ class StudyConfig(_Strict):
     name: str
     teacher: str = "minilm-l6"
     corpus: CorpusConfig = CorpusConfig()
-    search_space: str = "nas_bert"
+    search_space: str = "auto"
     db_url: str | None = Field(default=None, description="default sqlite:///<study dir>/<name>.db")
     workdir: str | None = Field(default=None, description="checkpoints and exports; default <study dir>/<name>/")
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -284,6 +297,13 @@ def local_path(value: str, base: Path) -> str:
     return str(target.resolve()) if local else value
 
 
+def teacher_shape(teacher: str) -> TeacherShape:
+    """The teacher's layers, width, heads and neurons (its config.json only), for a space made from it."""
+    from nas_bert.teacher import load_teacher_config
+
+    return TeacherShape.of(load_teacher_config(teacher))
+
+
 def load_study(path: str | Path, db_url: str | None = None, overrides: dict[str, Any] | None = None) -> Study:
     """Read and validate a study file; `db_url` and `overrides` (dotted keys) win over the file."""
     file = Path(path)
@@ -309,5 +329,5 @@ def load_study(path: str | Path, db_url: str | None = None, overrides: dict[str,
     url = db_url or cfg.db_url or f"sqlite:///{base / (cfg.name + '.db')}"
     if not db_url and url.startswith("sqlite:///") and not Path(url[10:]).is_absolute():
         url = f"sqlite:///{base / url[10:]}"  # in a study file, a relative SQLite path is relative to the file
-    space = load_space(cfg.search_space, base)
+    space = load_space(cfg.search_space, base, teacher=lambda: teacher_shape(cfg.teacher))
     return Study(cfg=cfg, file=file.resolve(), workdir=workdir, db_url=url, space=space)

@@ -33,14 +33,14 @@ from nas_bert.store import LatencyRow, sha256_hex
 from nas_bert.teacher import load_teacher
 
 
-def reorders(origin: str) -> bool:
-    """Whether a student of this origin reorders a full-width output into the teacher's dimensions: a searched
-    one does; the teacher's own layers, cut or pruned, keep its order."""
-    return origin == "search"
+def reorders(arch: Architecture) -> bool:
+    """Whether the student reorders a full-width output into the teacher's dimensions (`Architecture.reorders`:
+    the importance order is folded into the weights of a student all at full width)."""
+    return arch.reorders()
 
 
 def _model(arch: Architecture, origin: str) -> torch.nn.Module:
-    return build_student(arch, reorder=reorders(origin))
+    return build_student(arch, reorder=reorders(arch))
 
 
 def measured_ms(ctx: StudentContext, cands: list[Candidate], budget_ms: float,
@@ -120,7 +120,7 @@ def predict_now(lat: LatencyModel, cands: list[Candidate], timing: dict[str, Any
     for cand in cands:
         try:
             cand.proxies["predicted_now_ms"] = (None if now is None else
-                                                lat.predict(cand.arch, now, reorder=reorders(cand.origin)))
+                                                lat.predict(cand.arch, now, reorder=reorders(cand.arch)))
         except NasBertError:  # a hand-designed student the table has no timing for
             cand.proxies["predicted_now_ms"] = None
 

@@ -208,7 +208,7 @@ def _export_one(study: Study, m: Member, teacher: Teacher, supernet: Supernet, c
     ms["calibration_ms"] = ms.pop("others")  # kept in nas_bert.json: the run's composition can be compared later
     ms["drift"], now = in_run(lat_model, study.space, emb, recal, ms["calibration_ms"])
     try:  # the latency model refitted on this run's timings: the prediction at the host's speed now
-        reorder = reorders(m.origin)
+        reorder = reorders(arch)
         predicted_now: float | None = lat_model.predict(arch, now, reorder)
         ms["speed"] = predicted_now / lat_model.predict(arch, reorder=reorder)  # this student's host factor since the fit
     except NasBertError:  # a hand-designed student the table has no timing for

@@ -190,10 +190,10 @@ def measure_callables(calls: list[Callable[[], Any]], cfg: LatencyConfig) -> lis
     return _time_jobs([("f()", {"f": f}) for f in calls], cfg, MODEL_ROUNDS)
 
 
-def build_student(arch: Architecture, reorder: bool = True) -> NasBertModel:
+def build_student(arch: Architecture, reorder: bool | None = None) -> NasBertModel:
     """A student with random weights: latency does not depend on the values. With `reorder`, its hidden
     dimensions are in an importance order as a searched student's are, so a full-width last block pays
     for the reordering back into the teacher's dimensions (a teacher's own first layers do not)."""
     width = arch.embeddings.width
-    order = list(range(width - 1, -1, -1)) if reorder else None
+    order = list(range(width - 1, -1, -1)) if (arch.reorders() if reorder is None else reorder) else None
     return NasBertModel(NasBertConfig(architecture=arch.to_dict(), dim_order=order)).eval()

@@ -12,7 +12,7 @@ from nas_bert.latency.calibration import Calibration
 from nas_bert.latency.harness import MODEL_ROUNDS, build_student, measure_models
 from nas_bert.latency.table import LatencyModel
 from nas_bert.model import NasBertModel
-from nas_bert.space import Architecture, Embeddings, SearchSpace, largest, sample, smallest, truncated
+from nas_bert.space import Architecture, Embeddings, SearchSpace, families, largest, sample, smallest, truncated
 from nas_bert.study import LatencyConfig
 
 
@@ -47,9 +47,11 @@ def calibration_architectures(space: SearchSpace, emb: Embeddings, cfg: LatencyC
     # first (the full-width cuts, which change no width at all), each width's spread over its latency range.
     depths = range(1, space.blocks * space.sublayers_per_block // 2 + 1)
     widths = sorted(space.hidden_sizes, reverse=True)
+    points = [a for _, a in families(space, emb).values()]  # a space made from the teacher names its recipes
     for i, w in enumerate(widths):
         family = {a.hash(): a for k in depths for r in space.ffn_ratios
                   if (a := truncated(space, emb, k, w, r)) is not None}
+        family |= {a.hash(): a for a in points if a.hidden_sizes[-1] == w}
         if family:
             raws = [table.raw_ms(a) for a in family.values()]
             n = cfg.calibration_one_width // len(widths) + (i < cfg.calibration_one_width % len(widths))

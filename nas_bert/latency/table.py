@@ -54,6 +54,8 @@ def device_fingerprint(cfg: LatencyConfig) -> str:
 # -- operator keys --------------------------------------------------------------------------------
 def op_key(op: Op, hidden: int) -> str:
     size = {"mha": op.heads, "ffn": op.inner, "sepconv": op.kernel}[op.kind]
+    if op.kind == "mha" and op.inner:  # heads of their own width (the form without one keeps its old key)
+        size = f"{op.heads}x{op.inner // op.heads}"
     return f"{op.kind}:{hidden}:{size}"
 
 
@@ -105,7 +107,7 @@ class LatencyModel:
         ops = sum(self._ms(op_key(op, block.hidden)) for op in block.ops if op.kind != "identity")
         return (self._ms(grow_key(in_width, block.hidden)) if block.hidden > in_width else 0.0) + ops
 
-    def raw_ms(self, arch: Architecture, reorder: bool = True) -> float:
+    def raw_ms(self, arch: Architecture, reorder: bool | None = None) -> float:
         """Sum of the table entries of the student's modules. A full-width last block costs its reordering into
         the teacher's dimensions only where the student has one (`reorder`: a searched student; the teacher's
         own layers, pruned or cut, keep its order, as `build_student(arch, reorder=False)`)."""
@@ -113,11 +115,11 @@ class LatencyModel:
         for b in arch.blocks:
             total += self.block_raw_ms(b, prev)
             prev = b.hidden
-        if not arch.output or (prev == arch.output and not reorder):
+        if not arch.output or (prev == arch.output and not (arch.reorders() if reorder is None else reorder)):
             return total
         return total + self._ms(output_key(prev, arch.output))
 
-    def predict(self, arch: Architecture, calibration: Calibration | None = None, reorder: bool = True) -> float:
+    def predict(self, arch: Architecture, calibration: Calibration | None = None, reorder: bool | None = None) -> float:
         """Calibrated end-to-end milliseconds, by the stored calibration or another (one refitted in a later run);
         `reorder` as in `raw_ms`."""
         return (self.calibration if calibration is None else calibration)(self.raw_ms(arch, reorder), operators(arch),
@@ -137,6 +139,9 @@ class LatencyModel:
         picks the widths. The calibration is increasing in raw (a > 0), in operators (c >= 0) and in resizes
         (w >= 0), and every block here has the minimum depth, so minimising raw + (w / a) x resizes is enough.
         """
+        if space.layer_slots:  # every layer dropped: a dropped layer keeps the width before it
+            return Architecture.build(emb, tuple(Block(emb.width, (IDENTITY,) * space.sublayers_per_block)
+                                                 for _ in range(space.blocks)))
         per_resize = self.calibration.w / self.calibration.a
         depth = space.depths[0]
         cheapest: dict[int, Block] = {}

@@ -37,14 +37,16 @@ def attention(
     x: Tensor, wq: Tensor, bq: Tensor, wk: Tensor, bk: Tensor, wv: Tensor, bv: Tensor,
     wo: Tensor, bo: Tensor, heads: int, bias: Tensor | None, dropout: float = 0.0,
 ) -> Tensor:
-    """Multi-head self-attention; x (B, T, h) -> (B, T, h)."""
-    B, T, h = x.shape
-    hs = h // heads
+    """Multi-head self-attention; x (B, T, h) -> (B, T, h). The heads share wq.shape[0] dimensions (the block's
+    width, or fewer or more: a layer may keep some of the teacher's heads at any width)."""
+    B, T, _ = x.shape
+    a = wq.shape[0]
+    hs = a // heads
     q = F.linear(x, wq, bq).view(B, T, heads, hs).transpose(1, 2)  # (B, nh, T, hs)
     k = F.linear(x, wk, bk).view(B, T, heads, hs).transpose(1, 2)
     v = F.linear(x, wv, bv).view(B, T, heads, hs).transpose(1, 2)
     y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)
-    return F.linear(y.transpose(1, 2).reshape(B, T, h), wo, bo)
+    return F.linear(y.transpose(1, 2).reshape(B, T, a), wo, bo)
 
 
 def feed_forward(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
@@ -116,7 +118,9 @@ class NasBertLayer(nn.Module):
         self.eps = config.layer_norm_eps
         if self.kind == "mha":
             self.heads = op["heads"]
-            self.query, self.key, self.value, self.output = (nn.Linear(hidden, hidden) for _ in range(4))
+            a = op.get("inner") or hidden  # the heads' dimensions
+            self.query, self.key, self.value = (nn.Linear(hidden, a) for _ in range(3))
+            self.output = nn.Linear(a, hidden)
         elif self.kind == "ffn":
             self.intermediate = nn.Linear(hidden, op["inner"])
             self.output = nn.Linear(op["inner"], hidden)

@@ -8,7 +8,9 @@ from nas_bert.space.architecture import (
     Block,
     Embeddings,
     Op,
+    keep_widths,
     largest,
+    mha_op,
     op_choices,
     output_params,
     sample,
@@ -16,6 +18,8 @@ from nas_bert.space.architecture import (
     transition_params,
     truncated,
 )
-from nas_bert.space.search_space import SearchSpace, load_space
+from nas_bert.space.families import FAMILIES, families, layers_point, spread_layers, teacher_point
+from nas_bert.space.search_space import SearchSpace, TeacherRelativeSpace, TeacherShape, load_space
 
-__all__ = ["IDENTITY", "Architecture", "Block", "Embeddings", "Op", "SearchSpace", "largest", "load_space", "op_choices", "output_params", "sample", "smallest", "transition_params", "truncated"]
+__all__ = ["FAMILIES", "IDENTITY", "Architecture", "Block", "Embeddings", "Op", "SearchSpace", "TeacherRelativeSpace",
+           "TeacherShape", "families", "keep_widths", "largest", "layers_point", "load_space", "mha_op", "op_choices", "output_params", "sample", "smallest", "spread_layers", "teacher_point", "transition_params", "truncated"]

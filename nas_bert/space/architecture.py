@@ -40,12 +40,21 @@ class Op:
             value = getattr(self, field)
             if field == need and value < 1:
                 raise NasBertError(f"operator '{self.kind}' needs a positive '{field}'")
-            if field != need and value:
+            # attention may name its width (heads x head size) where it differs from the block's
+            if field != need and value and not (self.kind == "mha" and field == "inner"):
                 raise NasBertError(f"operator '{self.kind}' takes no '{field}'")
+        if self.kind == "mha" and self.inner % self.heads:
+            raise NasBertError(f"attention of {self.inner} dimensions does not split into {self.heads} heads")
 
     def __str__(self) -> str:
-        arg = {"mha": f"heads={self.heads}", "ffn": f"inner={self.inner}", "sepconv": f"kernel={self.kernel}"}
+        if self.kind == "mha":
+            return f"mha(heads={self.heads}" + (f"x{self.inner // self.heads})" if self.inner else ")")
+        arg = {"ffn": f"inner={self.inner}", "sepconv": f"kernel={self.kernel}"}
         return f"{self.kind}({arg[self.kind]})" if self.kind in arg else self.kind
+
+    def attention_width(self, hidden: int) -> int:
+        """Query, key and value dimensions of an attention: its own `inner`, else the block's width."""
+        return self.inner or hidden
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"op": self.kind}
@@ -65,7 +74,8 @@ class Op:
         """Exact parameter count at this width, LayerNorm included (post-LN residual sublayer)."""
         ln = 2 * hidden
         if self.kind == "mha":
-            return 4 * (hidden * hidden + hidden) + ln
+            a = self.attention_width(hidden)
+            return 3 * (hidden * a + a) + a * hidden + hidden + ln
         if self.kind == "ffn":
             return 2 * hidden * self.inner + self.inner + hidden + ln
         if self.kind == "sepconv":
@@ -75,7 +85,8 @@ class Op:
     def flops(self, hidden: int, seq_len: int) -> int:
         """Multiply-adds x 2 for one sequence (softmax and norms ignored)."""
         if self.kind == "mha":
-            return 2 * (4 * seq_len * hidden * hidden + 2 * seq_len * seq_len * hidden)
+            a = self.attention_width(hidden)
+            return 2 * (4 * seq_len * hidden * a + 2 * seq_len * seq_len * a)
         if self.kind == "ffn":
             return 2 * (2 * seq_len * hidden * self.inner)
         if self.kind == "sepconv":
@@ -92,6 +103,11 @@ class Block:
 
     hidden: int
     ops: tuple[Op, ...]
+
+    def __post_init__(self) -> None:
+        # one form per student: an attention as wide as its block names no width of its own
+        object.__setattr__(self, "ops", tuple(
+            Op("mha", heads=op.heads) if op.kind == "mha" and op.inner == self.hidden else op for op in self.ops))
 
     @property
     def depth(self) -> int:
@@ -187,6 +203,13 @@ class Architecture:
     def depth(self) -> int:
         return sum(b.depth for b in self.blocks)
 
+    def reorders(self) -> bool:
+        """Whether the extracted student reorders its output into the teacher's dimensions: only a full-width last
+        block after a narrower one (a student all at full width has the importance order folded into its
+        weights, a narrower last block has its linear map back)."""
+        return bool(self.output) and self.blocks[-1].hidden == self.output and any(
+            b.hidden != self.output for b in self.blocks)
+
     def params(self) -> int:
         """Exact parameter count of the extracted student (embeddings and linear maps included)."""
         total = self.embeddings.params()
@@ -211,8 +234,12 @@ class Architecture:
         """Raise NasBertError naming the first block and sublayer that the space does not allow."""
         if len(self.blocks) != space.blocks:
             raise NasBertError(f"architecture has {len(self.blocks)} blocks; space '{space.name}' has {space.blocks}")
+        prev = self.embeddings.width
         for i, b in enumerate(self.blocks):
             validate_block(b, space, i)
+            if space.layer_slots and not b.depth and b.hidden != prev:
+                raise NasBertError(f"block {i}: a dropped layer keeps the width before it ({prev}), not {b.hidden}")
+            prev = b.hidden
         return self
 
 
@@ -226,14 +253,26 @@ def output_params(width: int, output: int) -> int:
     return (width + 1) * output if output and width != output else 0
 
 
-def op_choices(space: SearchSpace, hidden: int) -> list[Op]:
-    """The non-identity operators a sublayer of width `hidden` may take, in a fixed order."""
+def mha_op(heads: int, head_size: int, hidden: int) -> Op:
+    """An attention of `heads` heads of `head_size` in a block of width `hidden` (its canonical form)."""
+    return Op("mha", heads=heads, inner=0 if heads * head_size == hidden else heads * head_size)
+
+
+def op_choices(space: SearchSpace, hidden: int, position: int | None = None) -> list[Op]:
+    """The non-identity operators a sublayer of width `hidden` may take, in a fixed order (in a space of layer
+    slots, those of sublayer `position`: 0 attention or convolution, 1 feed-forward; None: both)."""
     ops: list[Op] = []
-    if "mha" in space.operators:
-        ops.append(Op("mha", heads=hidden // space.head_size))
-    if "ffn" in space.operators:
-        ops += [Op("ffn", inner=r * hidden) for r in space.ffn_ratios]
-    if "sepconv" in space.operators:
+    first = position is None or not space.layer_slots or position % 2 == 0
+    second = position is None or not space.layer_slots or position % 2 == 1
+    if "mha" in space.operators and first:
+        if space.head_counts:
+            ops += [mha_op(k, space.head_size, hidden) for k in space.head_counts]
+        else:
+            ops.append(Op("mha", heads=hidden // space.head_size))
+    if "ffn" in space.operators and second:
+        ops += [Op("ffn", inner=n) for n in space.ffn_sizes] if space.ffn_sizes else [
+            Op("ffn", inner=r * hidden) for r in space.ffn_ratios]
+    if "sepconv" in space.operators and first:
         ops += [Op("sepconv", kernel=k) for k in space.conv_kernels]
     return ops
 
@@ -247,6 +286,11 @@ def validate_block(b: Block, space: SearchSpace, index: int = 0) -> Block:
     allowed = op_choices(space, b.hidden)
     seen_identity = False
     for j, op in enumerate(b.ops):
+        if space.layer_slots:  # a teacher layer's attention and feed-forward: each kept or dropped
+            if op.kind != "identity" and op not in (choices := op_choices(space, b.hidden, j)):
+                raise NasBertError(f"{where}, sublayer {j}: {op} not allowed at width {b.hidden}; allowed: "
+                                   f"{[str(o) for o in choices]} or identity")
+            continue
         if op.kind == "identity":
             if "identity" not in space.operators:
                 raise NasBertError(f"{where}, sublayer {j}: identity is not in this space")
@@ -264,6 +308,9 @@ def sample_block(space: SearchSpace, rng: random.Random, uniform_depth: bool = F
     """Uniform over all block sub-architectures: a depth is drawn in proportion to its path count (or,
     with `uniform_depth`, uniformly, so shallow blocks are as likely as deep ones)."""
     hidden = rng.choice(space.hidden_sizes)
+    if space.layer_slots:  # each sublayer kept (at a size drawn uniformly) or dropped, half and half
+        return Block(hidden, tuple(rng.choice(op_choices(space, hidden, j)) if rng.random() < 0.5 else IDENTITY
+                                   for j in range(space.sublayers_per_block)))
     choices = op_choices(space, hidden)
     depths = list(space.depths)
     if uniform_depth:
@@ -279,14 +326,26 @@ def sample(space: SearchSpace, embeddings: Embeddings, seed: int | random.Random
     """A uniformly random architecture (see `sample_block` for `uniform_depth`); the same seed gives the
     same architecture."""
     rng = seed if isinstance(seed, random.Random) else random.Random(seed)
-    return Architecture.build(embeddings, tuple(sample_block(space, rng, uniform_depth) for _ in range(space.blocks)))
+    blocks = [sample_block(space, rng, uniform_depth) for _ in range(space.blocks)]
+    return Architecture.build(embeddings, tuple(keep_widths(blocks, embeddings.width, space)))
+
+
+def keep_widths(blocks: list[Block], width: int, space: SearchSpace) -> list[Block]:
+    """In a space of layer slots a dropped layer passes its input on as it is: at the width before it."""
+    if not space.layer_slots:
+        return blocks
+    out = []
+    for b in blocks:
+        out.append(b if b.depth else Block(width, b.ops))
+        width = out[-1].hidden
+    return out
 
 
 def largest_block(space: SearchSpace) -> Block:
     """Widest, full depth, the teacher's own pattern (attention then the widest feed-forward)."""
     h = space.max_hidden
     choices = op_choices(space, h)
-    pattern = [c for c in choices if c.kind == "mha"][:1] + [c for c in choices if c.kind == "ffn"][-1:]
+    pattern = [c for c in choices if c.kind == "mha"][-1:] + [c for c in choices if c.kind == "ffn"][-1:]
     pattern = pattern or [max(choices, key=lambda o: o.params(h))]
     ops = tuple(pattern[i % len(pattern)] for i in range(space.sublayers_per_block))
     return Block(h, ops)
@@ -296,6 +355,9 @@ def smallest_block(space: SearchSpace) -> Block:
     """Narrowest, shallowest, the operator with the fewest parameters."""
     h = space.hidden_sizes[0]
     cheapest = min(op_choices(space, h), key=lambda o: (o.params(h), o.flops(h, 128)))
+    if space.layer_slots:  # one sublayer kept: a block of nothing would keep the width before it
+        j = 0 if cheapest in op_choices(space, h, 0) else 1
+        return Block(h, tuple(cheapest if i == j else IDENTITY for i in range(space.sublayers_per_block)))
     depth = space.depths[0]
     return Block(h, (cheapest,) * depth + (IDENTITY,) * (space.sublayers_per_block - depth))
 
@@ -308,6 +370,11 @@ def teacher_pair(space: SearchSpace, width: int | None = None, ratio: int | None
     ratio = ratio or max(space.ffn_ratios)
     if not {"mha", "ffn"} <= set(space.operators) or h // space.head_size < 1 or ratio not in space.ffn_ratios:
         return None
+    if space.layer_slots:  # the teacher's layer narrowed: heads and neurons in proportion (uniform width)
+        heads, inner = h // space.head_size, space.max_inner * h // space.max_hidden
+        if heads not in space.head_counts or inner not in space.ffn_sizes:
+            return None
+        return mha_op(heads, space.head_size, h), Op("ffn", inner=inner)
     return Op("mha", heads=h // space.head_size), Op("ffn", inner=ratio * h)
 
 

@@ -31,6 +31,7 @@ from nas_bert.study import Study
 from nas_bert.supernet.elastic import Supernet, fit_reconstruction, inherit_teacher
 from nas_bert.teacher import Teacher, load_teacher, load_teacher_config, teacher_importance
 from nas_bert.train import CheckpointDir, make_accelerator, train_loop
+from nas_bert.train.loop import atomic_torch_save, rng_state
 
 Tensor = torch.Tensor
 
@@ -265,7 +266,7 @@ def train_supernet(study: Study, steps: int | None = None, stop_after: int | Non
     Its inputs (the fingerprint `nas-bert run` keys it by): the teacher, the space file's content, the corpus and
     its preprocessing, and the study's `supernet` section. Returns a `SupernetResult`."""
     cfg = study.cfg.supernet
-    steps = steps or cfg.steps
+    steps = cfg.steps if steps is None else steps
     accelerator = make_accelerator(study.device())
     # Everything that can be wrong with the inputs is checked before anything is written (the space
     # against the teacher's config first: it needs neither weights nor corpus).
@@ -290,12 +291,20 @@ def train_supernet(study: Study, steps: int | None = None, stop_after: int | Non
     meta = {"space": study.space.fingerprint(), "teacher": study.cfg.teacher, "init": f"{cfg.init}/{cfg.init_units}",
             "layout": LAYOUT, "frozen": frozen_spec(study, teacher), "inputs": supernet_key(study)}
     t0 = time.perf_counter()
-    report = train_loop(
-        model=supernet, objective=objective, dataset=corpus["train"], collator=collator, cfg=cfg,
-        total_steps=steps, ckpts=ckpts, accelerator=accelerator, meta=meta, desc="supernet",
-        on_checkpoint=(lambda step, path, sha, rep: record_checkpoint(db, run_id, step, path, sha, rep)) if db else None,
-        stop_after=stop_after,
-    )
+    if steps == 0 and ckpts.latest() is None:  # the teacher's weights as they are: one checkpoint, no training
+        report = {"step": 0, **objective.validate(supernet.eval())} if main else {}
+        if main:
+            path = ckpts.path(0)
+            sha = atomic_torch_save({"model": supernet.state_dict(), "step": 0, "meta": meta, "report": report,
+                                     "rng": rng_state()}, path, keep_sha=True)
+            record_checkpoint(db, run_id, 0, path, sha, report)
+    else:
+        report = train_loop(
+            model=supernet, objective=objective, dataset=corpus["train"], collator=collator, cfg=cfg,
+            total_steps=steps, ckpts=ckpts, accelerator=accelerator, meta=meta, desc="supernet",
+            on_checkpoint=(lambda step, path, sha, rep: record_checkpoint(db, run_id, step, path, sha, rep)) if db else None,
+            stop_after=stop_after,
+        )
     latest = ckpts.latest()
     if latest is None:
         raise NasBertError(f"no supernet checkpoint in {ckpts.root} after training; check disk space")

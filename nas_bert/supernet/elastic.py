@@ -145,8 +145,9 @@ class SuperSublayer(nn.Module):
         """(weight, bias) of each of the operator's parts at width h, its LayerNorm last."""
         if self.uses_frozen(op, h):
             return self.frozen.pairs(op.kind)  # type: ignore[union-attr]
-        if op.kind == "mha":
-            return [self.query.sliced(h, h), self.key.sliced(h, h), self.value.sliced(h, h), self.attn_out.sliced(h, h),
+        if op.kind == "mha":  # the leading heads (importance order) at the leading h dimensions
+            a = op.attention_width(h)
+            return [self.query.sliced(h, a), self.key.sliced(h, a), self.value.sliced(h, a), self.attn_out.sliced(a, h),
                     self.ln_mha.sliced(h)]
         if op.kind == "ffn":
             return [self.intermediate.sliced(h, op.inner), self.ffn_out.sliced(op.inner, h), self.ln_ffn.sliced(h)]
@@ -284,10 +285,13 @@ class Supernet(nn.Module):
             raise NasBertError(f"architecture output width {arch.output}: a supernet student returns to the teacher's "
                                f"width {self.teacher_width} (or has no output projection: 0)")
         order = self.order.cpu()
+        # a student all at full width needs no importance order: it is folded back into its weights (`unpermute`),
+        # so it pays no reordering at run time
+        folded = not arch.reorders() and arch.output and all(b.hidden == self.teacher_width for b in arch.blocks)
         student = NasBertModel(NasBertConfig(architecture=arch.to_dict(), layer_norm_eps=self.eps,
-                                             dim_order=order.tolist()))
+                                             dim_order=None if folded else order.tolist()))
         if teacher_embeddings is not None:
-            copy_embeddings(teacher_embeddings, student, order)
+            copy_embeddings(teacher_embeddings, student, None if folded else order)
         prev = self.teacher_width
         for b, (sb, block, sblock) in enumerate(zip(self.blocks, arch.blocks, student.blocks, strict=True)):
             if sblock.grow is not None:  # a wider block: its extra dimensions predicted from boundary b
@@ -307,7 +311,33 @@ class Supernet(nn.Module):
             inv = torch.argsort(order)
             _copy(student.output_projection.weight, full_w[inv])
             _copy(student.output_projection.bias, full_b[inv])
+        if folded:
+            unpermute(student, torch.argsort(order))
         return student
+
+
+@torch.no_grad()
+def unpermute(student: NasBertModel, inv: Tensor) -> None:
+    """Put a full-width student's hidden dimensions back in the teacher's order: every weight's hidden rows and
+    columns taken at `inv` (the inverse of the importance order); heads and neurons stay as they are."""
+    def rows(m: nn.Module) -> None:
+        m.weight.copy_(m.weight[inv])
+        m.bias.copy_(m.bias[inv])
+
+    for block in student.blocks:
+        for layer in block.layers:
+            if layer.kind == "mha":
+                for lin in (layer.query, layer.key, layer.value):
+                    lin.weight.copy_(lin.weight[:, inv])
+                rows(layer.output)
+            elif layer.kind == "ffn":
+                layer.intermediate.weight.copy_(layer.intermediate.weight[:, inv])
+                rows(layer.output)
+            else:
+                rows(layer.depthwise)
+                layer.pointwise.weight.copy_(layer.pointwise.weight[inv][:, inv])
+                layer.pointwise.bias.copy_(layer.pointwise.bias[inv])
+            rows(layer.LayerNorm)
 
 
 def teacher_layer(space: SearchSpace, num_layers: int, b: int, j: int) -> int:
@@ -317,6 +347,8 @@ def teacher_layer(space: SearchSpace, num_layers: int, b: int, j: int) -> int:
     (attention, feed-forward) pairs, and pair p takes the layer at the same relative depth
     (every other layer when the block has half as many pairs as teacher layers).
     """
+    if space.layer_slots:  # one block per teacher layer
+        return b
     k = num_layers // space.blocks
     return b * k + min(k - 1, (j // 2) * 2 * k // space.sublayers_per_block)
 

@@ -176,8 +176,9 @@ def train_loop(
                     f"move {ckpts.root} away to start afresh"
                 )
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        if "optimizer" in state:  # a supernet saved untrained (steps 0) has no optimizer state yet
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         start, report = int(state["step"]), state.get("report", {})
         if keep_best is not None:

@@ -57,7 +57,7 @@ def test_corrupt_yaml(tiny_study_file):
     "changes, needles",
     [
         ({"supernet.stpes": 3}, ["supernet.stpes", "unknown key"]),
-        ({"supernet.steps": 0}, ["supernet.steps", "greater than or equal to 1"]),
+        ({"supernet.steps": -1}, ["supernet.steps", "greater than or equal to 0"]),
         ({"supernet.sampling": "random"}, ["supernet.sampling", "'uniform' or 'sandwich'"]),
         ({"device": "tpu"}, ["device"]),
     ],

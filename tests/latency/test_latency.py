@@ -459,12 +459,18 @@ def test_a_new_process_builds_the_model(tmp_path: Path, space: SearchSpace, monk
 
 
 def test_a_student_keeping_the_teachers_order_pays_no_reordering(built: LatencyModel, space: SearchSpace) -> None:
-    # the teacher's own layers (cut or pruned) end at full width without the searched students' reordering
+    # a student all at full width has the importance order folded into its weights: no reordering
     wide = largest(space, EMB)
-    assert wide.blocks[-1].hidden == wide.output == EMB.width
+    assert wide.blocks[-1].hidden == wide.output == EMB.width and not wide.reorders()
     cost = built.table[output_key(EMB.width, EMB.width)]
-    assert built.raw_ms(wide) - built.raw_ms(wide, reorder=False) == pytest.approx(cost) and cost > 0
-    assert built.predict(wide) - built.predict(wide, reorder=False) == pytest.approx(built.calibration.a * cost)
+    assert built.raw_ms(wide, reorder=True) - built.raw_ms(wide) == pytest.approx(cost) and cost > 0
+    assert built.predict(wide, reorder=True) - built.predict(wide) == pytest.approx(built.calibration.a * cost)
+    # back to full width after a narrower block: its dimensions stay in importance order, reordered at the end
+    from nas_bert.space import Architecture
+    from nas_bert.space.architecture import largest_block, smallest_block
+
+    back = Architecture.build(EMB, (smallest_block(space), *[largest_block(space)] * (space.blocks - 1)))
+    assert back.reorders() and built.raw_ms(back) - built.raw_ms(back, reorder=False) == pytest.approx(cost)
     narrow = smallest(space, EMB)
     assert narrow.blocks[-1].hidden < narrow.output
     assert built.raw_ms(narrow, reorder=False) == built.raw_ms(narrow)  # its map back to full width is real

@@ -1,0 +1,73 @@
+"""The hand-designed students as points of a space made from the teacher (`layer_slots`).
+
+Each is a recipe a user gets for free, written as an `Architecture` of the space, so the search starts
+from them, the finalists are judged beside them, and (the supernet's weights being the teacher's,
+importance-ordered) a point equal to one of them has exactly its weights:
+
+- `truncated-k`: the teacher's first k layers (DistilBERT's initialisation, the untouched cut);
+- `spread-k`: k evenly spread layers, the first and the last kept (sentence-transformers' layer reduction);
+- `pruned-k-iN`: the first k layers with each feed-forward pruned to its N most important neurons;
+- `uniform-W`: every layer at width W, heads and neurons in proportion (ETD's extraction);
+- `minitron-k-W`: width and depth pruned together (Minitron): the first k layers at width W.
+"""
+
+from __future__ import annotations
+
+from nas_bert.space.architecture import IDENTITY, Architecture, Block, Embeddings, Op, mha_op
+from nas_bert.space.search_space import SearchSpace
+
+FAMILIES = ("truncated", "spread", "pruned", "uniform", "minitron")
+
+
+def spread_layers(n: int, k: int) -> list[int]:
+    """k of n layers, evenly spread, the first and the last among them (k = 1: the first)."""
+    if k == 1:
+        return [0]
+    return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
+
+
+def layers_point(space: SearchSpace, emb: Embeddings, layers: list[int], width: int | None = None,
+                 heads: int | None = None, inner: int | None = None) -> Architecture | None:
+    """The teacher's `layers` kept at `width` (default: full), `heads` heads and `inner` neurons (default: in
+    proportion to the width), the others dropped; None where the space lacks one of those sizes."""
+    if not space.layer_slots or not {"mha", "ffn"} <= set(space.operators):
+        return None
+    width = width or space.max_hidden
+    heads = heads or width // space.head_size
+    inner = inner or space.max_inner * width // space.max_hidden
+    if width not in space.hidden_sizes or heads not in space.head_counts or inner not in space.ffn_sizes:
+        return None
+    pair = (mha_op(heads, space.head_size, width), Op("ffn", inner=inner))
+    blocks, prev = [], emb.width
+    for b in range(space.blocks):
+        kept = b in layers
+        blocks.append(Block(width if kept else prev, pair if kept else (IDENTITY, IDENTITY)))  # a dropped layer passes its input on
+        prev = blocks[-1].hidden
+    return Architecture.build(emb, tuple(blocks)).validate(space)
+
+
+def families(space: SearchSpace, emb: Embeddings) -> dict[str, tuple[str, Architecture]]:
+    """Every hand-designed student of the space: name -> (family, architecture); empty for a space not made
+    from the teacher. The teacher itself (every layer, all of it) is a point too, but no family's member."""
+    if not space.layer_slots:
+        return {}
+    n, H = space.blocks, space.max_hidden
+    out: dict[str, tuple[str, Architecture | None]] = {}
+    for k in range(1, n):
+        out[f"truncated-{k}"] = ("truncated", layers_point(space, emb, list(range(k))))
+    for k in range(2, n):
+        if spread_layers(n, k) != list(range(k)):
+            out[f"spread-{k}"] = ("spread", layers_point(space, emb, spread_layers(n, k)))
+    for k in range(1, n + 1):
+        for inner in space.ffn_sizes[:-1]:
+            out[f"pruned-{k}-i{inner}"] = ("pruned", layers_point(space, emb, list(range(k)), inner=inner))
+    for w in (w for w in space.hidden_sizes if w < H):
+        out[f"uniform-{w}"] = ("uniform", layers_point(space, emb, list(range(n)), w))
+        for k in range(1, n):
+            out[f"minitron-{k}-{w}"] = ("minitron", layers_point(space, emb, list(range(k)), w))
+    return {name: (fam, arch) for name, (fam, arch) in out.items() if arch is not None}
+
+
+def teacher_point(space: SearchSpace, emb: Embeddings) -> Architecture | None:
+    """The teacher itself as a point of the space (every layer, every head and neuron, full width)."""
+    return layers_point(space, emb, list(range(space.blocks)))

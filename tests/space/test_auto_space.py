@@ -1,0 +1,117 @@
+"""The space made from the teacher: every hand-designed student is a point, the teacher is a point, and a
+point's weights are a copy of the teacher's most important units (exactly a hand-designed student's)."""
+
+from __future__ import annotations
+
+import random
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from nas_bert.errors import NasBertError
+from nas_bert.space import (
+    Architecture,
+    Block,
+    Embeddings,
+    Op,
+    TeacherShape,
+    families,
+    load_space,
+    sample,
+    spread_layers,
+    teacher_point,
+)
+
+
+def auto_for(shape: TeacherShape):
+    return load_space("auto", teacher=lambda: shape)
+
+
+BERT_BASE = TeacherShape(num_layers=12, hidden_size=768, num_heads=12, intermediate_size=3072)
+EMB = Embeddings(vocab_size=100, max_positions=64, type_vocab_size=2, width=768)
+
+
+def test_auto_space_of_a_12_layer_teacher_holds_its_layers_and_every_family() -> None:
+    space = auto_for(BERT_BASE)
+    assert space.blocks == 12 and space.head_size == 64 and space.max_hidden == 768
+    assert space.hidden_sizes == (128, 256, 384, 512, 640, 768)
+    assert space.head_counts == (2, 4, 6, 8, 10, 12) and space.ffn_sizes[-1] == 3072
+    teacher = teacher_point(space, EMB)
+    assert teacher is not None and teacher.depth == 24 and teacher.params() > 85_000_000 - 30_000_000
+    fam = families(space, EMB)
+    kinds = {kind for kind, _ in fam.values()}
+    assert kinds == {"truncated", "spread", "pruned", "uniform", "minitron"}
+    for (_, arch) in fam.values():
+        arch.validate(space)  # every one is a point of the space
+    # sentence-transformers' layer reduction: 4 of 12 evenly spread layers
+    kept = [b for b, blk in enumerate(fam["spread-4"][1].blocks) if blk.depth]
+    assert kept == spread_layers(12, 4) == [0, 4, 7, 11]
+    uni = fam["uniform-384"][1]
+    assert {b.hidden for b in uni.blocks} == {384} and uni.blocks[0].ops[0].heads == 6
+    assert uni.blocks[0].ops[1].inner == 1536
+
+
+def test_auto_space_of_the_tiny_teacher(tiny_teacher) -> None:
+    shape = TeacherShape.of(tiny_teacher.config)
+    space = auto_for(shape)
+    emb = tiny_teacher.embeddings_spec()
+    assert space.blocks == tiny_teacher.num_layers
+    assert teacher_point(space, emb) is not None
+    assert {k for k, _ in families(space, emb).values()} >= {"truncated", "pruned", "uniform", "minitron"}
+    rng = random.Random(0)
+    for _ in range(50):
+        sample(space, emb, rng).validate(space)
+
+
+def test_auto_space_rejects_what_it_cannot_hold() -> None:
+    space = auto_for(BERT_BASE)
+    emb = EMB
+    full = teacher_point(space, emb)
+    wrong_heads = Block(768, (Op("mha", heads=3), Op("ffn", inner=3072)))
+    with pytest.raises(NasBertError, match="not allowed"):
+        Architecture.build(emb, (wrong_heads, *full.blocks[1:])).validate(space)
+    swapped = Block(768, (Op("ffn", inner=3072), Op("mha", heads=12)))  # slot 0 is the attention's
+    with pytest.raises(NasBertError, match="not allowed"):
+        Architecture.build(emb, (swapped, *full.blocks[1:])).validate(space)
+    narrowed_gap = Block(128, (Op("identity"), Op("identity")))  # a dropped layer may not narrow the state
+    with pytest.raises(NasBertError, match="keeps the width"):
+        Architecture.build(emb, (narrowed_gap, *full.blocks[1:])).validate(space)
+    with pytest.raises(NasBertError, match="block per layer"):
+        space.check_teacher(6, 768)
+
+
+def test_yaml_spaces_keep_their_fingerprint() -> None:
+    """The new fields stay out of an old space's fingerprint: no study trained on it redoes its supernet."""
+    space = load_space("nas_bert")
+    assert space.fingerprint() == load_space("nas_bert").fingerprint()
+    dump = space.model_dump(mode="json")
+    for key in ("layer_slots", "head_counts", "ffn_sizes"):
+        dump.pop(key)
+    from nas_bert.store import json_hash
+
+    assert space.fingerprint() == json_hash(dump, compact=True)
+
+
+def test_attention_of_its_own_width_in_the_student() -> None:
+    """An attention that keeps 2 heads of 8 in a block of width 32: 16 query dimensions, counted exactly."""
+    from nas_bert.model import NasBertConfig, NasBertModel
+
+    emb = Embeddings(vocab_size=50, max_positions=16, type_vocab_size=2, width=32)
+    arch = Architecture.build(emb, (Block(32, (Op("mha", heads=2, inner=16), Op("ffn", inner=24))),))
+    model = NasBertModel(NasBertConfig(architecture=arch.to_dict()))
+    assert model.blocks[0].layers[0].query.weight.shape == (16, 32)
+    assert sum(p.numel() for p in model.parameters()) == arch.params()
+    out = model(torch.randint(0, 50, (2, 7)), attention_mask=torch.ones(2, 7, dtype=torch.long))
+    assert out.last_hidden_state.shape == (2, 7, 32)
+    # the canonical form: an attention as wide as its block names no width
+    assert Block(16, (Op("mha", heads=2, inner=16),)).ops[0] == Op("mha", heads=2)
+
+
+def test_teacher_shape_reads_a_config() -> None:
+    cfg = SimpleNamespace(num_hidden_layers=6, hidden_size=384, num_attention_heads=12, intermediate_size=1536)
+    shape = TeacherShape.of(cfg)
+    assert shape.head_size == 32
+    space = auto_for(shape)
+    assert space.hidden_sizes == (64, 128, 192, 256, 320, 384)
+    assert space.ffn_sizes == (256, 512, 768, 1024, 1280, 1536)
