@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 from nas_bert.data import corpus_identity, load_corpus, make_collator
 from nas_bert.latency import LatencyModel, ensure_latency_model
-from nas_bert.search.scoring import BlockScorer
+from nas_bert.search.scoring import BlockScorer, fidelity_proxy, rescore
 from nas_bert.search.storage import load_trained
+from nas_bert.space import Architecture
 from nas_bert.store import Database, fingerprint
 from nas_bert.study import Study
 from nas_bert.supernet import ValidationCache
@@ -27,6 +28,26 @@ class SearchContext:
     scorer: BlockScorer
     checkpoint_sha: str
     rescore_cache: ValidationCache | None = None
+    proxy: str = "blocks"  # what a trial is scored by (`proxy_of`)
+
+    def score(self, arch: Architecture) -> float:
+        """A trial's proxy loss: NAS-BERT's sum of block losses, or 1 - the extracted student's zero-step fidelity."""
+        if self.proxy == "fidelity":
+            return fidelity_proxy(self.scorer.supernet, arch, self.scorer.cache, self.teacher)
+        return self.scorer.approx_loss(arch)
+
+    def rescore(self, arch: Architecture) -> float:
+        """The same judged on more text: the chained student's end-to-end loss, or its fidelity proxy."""
+        assert self.rescore_cache is not None
+        if self.proxy == "fidelity":
+            return fidelity_proxy(self.scorer.supernet, arch, self.rescore_cache, self.teacher)
+        return rescore(self.scorer.supernet, arch, self.rescore_cache)
+
+
+def proxy_of(study: Study) -> str:
+    """The study's trial score: `search.proxy`, where auto is fidelity in a space made from the teacher."""
+    proxy = study.cfg.search.proxy
+    return ("fidelity" if study.space.layer_slots else "blocks") if proxy == "auto" else proxy
 
 
 def open_context(study: Study, progress: bool = True) -> SearchContext:
@@ -41,10 +62,11 @@ def open_context(study: Study, progress: bool = True) -> SearchContext:
     cache = ValidationCache.build(teacher, corpus["validation"], collator, cfg.score_batches, cfg.batch_size,
                                   study.space.blocks, device)
     # block scores are memoised under the checkpoint and the protocol that scored them
-    score_key = fingerprint(ckpt.sha256, cfg.score_batches, cfg.batch_size, corpus_identity(study.cfg.corpus))
+    score_key = fingerprint(ckpt.sha256, cfg.score_batches, cfg.batch_size, corpus_identity(study.cfg.corpus),
+                            *(["fidelity"] if proxy_of(study) == "fidelity" else []))
     scorer = BlockScorer(supernet, cache, db, score_key)
     scorer.load_memo()
-    ctx = SearchContext(study, db, teacher, latency, scorer, ckpt.sha256)
+    ctx = SearchContext(study, db, teacher, latency, scorer, ckpt.sha256, proxy=proxy_of(study))
     ctx.rescore_cache = ValidationCache.build(teacher, corpus["validation"], collator, cfg.rescore_batches,
                                               cfg.batch_size, study.space.blocks, device)
     return ctx

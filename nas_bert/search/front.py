@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from nas_bert.errors import NasBertError
 from nas_bert.record import Record
 from nas_bert.search.context import SearchContext
-from nas_bert.search.scoring import kendall_tau, rescore
+from nas_bert.search.scoring import kendall_tau
 from nas_bert.search.storage import optuna_study_name, storage_for
 from nas_bert.space import Architecture
 from nas_bert.store import ArchitectureRow, Database
@@ -83,8 +83,7 @@ def finish_search(ctx: SearchContext, budget_ms: float, seconds: float) -> Searc
         with ctx.db.session() as s:
             row = s.scalars(select(ArchitectureRow).where(ArchitectureRow.study == study.name, ArchitectureRow.hash == h)).one()
             if row.rescored_loss is None:
-                assert ctx.rescore_cache is not None
-                row.rescored_loss = rescore(ctx.scorer.supernet, Architecture.from_json(row.arch_json), ctx.rescore_cache)
+                row.rescored_loss = ctx.rescore(Architecture.from_json(row.arch_json))
             approx.append(row.approx_loss)
             rescored.append(row.rescored_loss)
     front = pareto_rows(ctx.db, study, budget_ms)

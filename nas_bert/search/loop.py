@@ -31,7 +31,7 @@ from nas_bert.search.context import SearchContext, open_context
 from nas_bert.search.front import SearchResult, finish_search
 from nas_bert.search.storage import optuna_study_name, storage_for
 from nas_bert.search.trial_space import suggest_architecture, trial_params
-from nas_bert.space import IDENTITY, Architecture, Block
+from nas_bert.space import FAMILIES, IDENTITY, Architecture, Block, families
 from nas_bert.space import architecture as A
 from nas_bert.store import ArchitectureRow, TrialRow, fingerprint
 from nas_bert.study import SearchConfig, Study
@@ -82,6 +82,8 @@ def seed_architectures(ctx: SearchContext, budget_ms: float) -> dict[str, Archit
     space, emb = ctx.study.space, ctx.teacher.embeddings_spec()
     fastest = ctx.latency.fastest_architecture(space, emb)
     out = {"fastest": fastest}
+    if space.layer_slots:
+        return out | family_seeds(ctx, budget_ms)
     pair, pairs = A.teacher_pair(space), space.sublayers_per_block // 2
     for k in range(1, space.blocks * pairs + 1) if pair is not None and "identity" in space.operators else ():
         arch = A.truncated(space, emb, k)
@@ -116,6 +118,20 @@ def seed_architectures(ctx: SearchContext, budget_ms: float) -> dict[str, Archit
     return out
 
 
+def family_seeds(ctx: SearchContext, budget_ms: float, keep: int = 3) -> dict[str, Architecture]:
+    """In a space made from the teacher, the hand-designed students are points: of each family the `keep`
+    slowest the latency model predicts within the budget go first, so the search starts from every recipe a
+    user would try and can at worst tie with them."""
+    space, emb = ctx.study.space, ctx.teacher.embeddings_spec()
+    out: dict[str, Architecture] = {}
+    for kind in FAMILIES:
+        members = [(ctx.latency.predict(arch), name, arch) for name, (fam, arch) in families(space, emb).items()
+                   if fam == kind]
+        fits = sorted(m for m in members if m[0] <= budget_ms)
+        out |= {name: arch for _, name, arch in fits[-keep:]}
+    return out
+
+
 def make_objective(ctx: SearchContext, budget_ms: float, n_trials: int, name: str):
     emb = ctx.teacher.embeddings_spec()
     started = datetime.now()  # Optuna stores naive local times
@@ -134,7 +150,7 @@ def make_objective(ctx: SearchContext, budget_ms: float, n_trials: int, name: st
         predicted = ctx.latency.predict(arch)
         trial.set_constraint("latency", predicted - budget_ms)
         trial.set_user_attr("arch_hash", arch.hash())
-        approx = ctx.scorer.approx_loss(arch)
+        approx = ctx.score(arch)
         record_architecture(ctx, arch, predicted, approx)
         try:
             with ctx.db.session() as s:
@@ -184,7 +200,8 @@ def search_inputs(ctx: SearchContext) -> str:
     model (device and calibration) and the sampler's settings."""
     cfg = ctx.study.cfg.search
     return fingerprint(ctx.checkpoint_sha, ctx.scorer.checkpoint_sha, ctx.latency.fingerprint,
-                       ctx.latency.calibration, {k: getattr(cfg, k) for k in ("sampler", "population_size", "seed")})
+                       ctx.latency.calibration, {k: getattr(cfg, k) for k in ("sampler", "population_size", "seed")},
+                       *([ctx.proxy] if ctx.proxy != "blocks" else []))
 
 
 def prepare_search(ctx: SearchContext, budget_ms: float) -> None:
@@ -219,13 +236,13 @@ def run_worker(study: Study, budget_ms: float, n_trials: int, worker: int = 0, c
     storage = storage_for(study)
     study_ = optuna.create_study(study_name=name, storage=storage, directions=["minimize", "minimize"],
                                  sampler=make_sampler(cfg, worker), load_if_exists=True)
-    study_.set_metric_names(["approx_loss", "predicted_ms"])
+    study_.set_metric_names(["proxy_loss" if ctx.proxy == "fidelity" else "approx_loss", "predicted_ms"])
     if study_.user_attrs.get("inputs") is None:
         study_.set_user_attr("inputs", search_inputs(ctx))
         study_.set_user_attr("checkpoint_sha", ctx.checkpoint_sha)
     if not study_.get_trials(deepcopy=False):  # a new search: the seed students go first
         for seed, arch in seed_architectures(ctx, budget_ms).items():
-            study_.enqueue_trial(trial_params(arch), user_attrs={"seed": seed}, skip_if_exists=True)
+            study_.enqueue_trial(trial_params(arch, study.space), user_attrs={"seed": seed}, skip_if_exists=True)
     wait_for_stale(study_, storage, cfg)
     done = len(study_.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     if done >= n_trials:

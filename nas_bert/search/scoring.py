@@ -1,4 +1,5 @@
-"""Stages 3 and 4: NAS-BERT's performance approximation and end-to-end rescoring.
+"""Stages 3 and 4: NAS-BERT's performance approximation and end-to-end rescoring, or the zero-step fidelity
+of the extracted student (`fidelity_proxy`, the default in a space made from the teacher).
 
 A block sub-architecture's score is its validation MSE against the teacher's boundary states,
 computed with the trained supernet and memoised in the database per (supernet checkpoint,
@@ -9,6 +10,7 @@ between) against the teacher's final hidden state on more validation text.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,9 +18,11 @@ import torch
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from nas_bert.evaluate import fidelity
 from nas_bert.space import Architecture
 from nas_bert.store import BlockScore, Database
 from nas_bert.supernet import Supernet, ValidationCache, block_val_loss, masked_mse
+from nas_bert.teacher import Teacher
 
 
 @dataclass
@@ -78,6 +82,21 @@ def rescore(supernet: Supernet, arch: Architecture, cache: ValidationCache) -> f
         total += float(masked_mse(out, bounds[-1], mask)) * n
         tokens += n
     return total / max(tokens, 1.0)
+
+
+@torch.no_grad()
+def fidelity_proxy(supernet: Supernet, arch: Architecture, cache: ValidationCache, teacher: Teacher) -> float:
+    """The extracted student's zero-step fidelity (its pooled output against the teacher's, as `evaluate`
+    measures it) on the validation batches, as a loss: 1 - fidelity. The chained path is exactly what the
+    extracted student computes, so this is the start a short distillation would begin from."""
+    ours, theirs = [], []
+    arch = arch if arch.output else Architecture(arch.embeddings, arch.blocks, supernet.teacher_width)
+    for batch, bounds in zip(cache.batches, cache.bounds, strict=True):
+        mask = batch["attention_mask"]
+        ours.append(teacher.embed(supernet.forward_student(bounds[0], arch, mask), mask))
+        theirs.append(teacher.embed(bounds[-1], mask))
+    value = fidelity(torch.cat(ours).float().cpu(), torch.cat(theirs).float().cpu())
+    return 1.0 - (value if math.isfinite(value) else -1.0)
 
 
 def kendall_tau(xs: list[float], ys: list[float]) -> float | None:

@@ -1,7 +1,9 @@
 """The define-by-run space of a search: an architecture as Optuna trial parameters, and back.
 
 The space is static: every trial suggests a width per block and an operator token per sublayer; a
-token list is turned into a valid block by moving identities to the block's end.
+token list is turned into a valid block by moving identities to the block's end. In a space made from
+the teacher a block is a teacher layer: its width, the heads and the neurons it keeps, or "drop"; a
+dropped layer keeps the width before it.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from typing import Any
 
 import optuna
 
-from nas_bert.space import IDENTITY, Architecture, Block, Op, SearchSpace
+from nas_bert.space import IDENTITY, Architecture, Block, Op, SearchSpace, keep_widths, mha_op
 
 
 def op_tokens(space: SearchSpace, position: int) -> list[str]:
@@ -37,7 +39,42 @@ def token_op(token: str, hidden: int, space: SearchSpace) -> Op:
     return IDENTITY
 
 
+def slot_tokens(space: SearchSpace, position: int) -> list[str]:
+    """A layer slot's tokens: sublayer 0 the heads kept ("h4") or a convolution, 1 the neurons kept ("n512"); or
+    "drop" (identity)."""
+    if position % 2 == 0:
+        tokens = [f"h{k}" for k in space.head_counts] if "mha" in space.operators else []
+        tokens += [f"sepconv{k}" for k in space.conv_kernels] if "sepconv" in space.operators else []
+    else:
+        tokens = [f"n{n}" for n in space.ffn_sizes] if "ffn" in space.operators else []
+    return [*tokens, "drop"]
+
+
+def slot_op(token: str, hidden: int, space: SearchSpace) -> Op:
+    if token.startswith("h"):
+        return mha_op(int(token[1:]), space.head_size, hidden)
+    if token.startswith("n"):
+        return Op("ffn", inner=int(token[1:]))
+    if token.startswith("sepconv"):
+        return Op("sepconv", kernel=int(token[7:]))
+    return IDENTITY
+
+
+def slot_token(op: Op) -> str:
+    """The inverse of `slot_op`."""
+    if op.kind == "mha":
+        return f"h{op.heads}"
+    if op.kind == "ffn":
+        return f"n{op.inner}"
+    return f"sepconv{op.kernel}" if op.kind == "sepconv" else "drop"
+
+
 def suggest_architecture(trial: optuna.trial.BaseTrial, space: SearchSpace, teacher_emb: Any) -> Architecture:
+    if space.layer_slots:  # per teacher layer: its width, the heads and the neurons it keeps (or drops them)
+        blocks = [Block(trial.suggest_categorical(f"b{b}_hidden", list(space.hidden_sizes)),
+                        tuple(slot_op(trial.suggest_categorical(f"b{b}_s{j}", slot_tokens(space, j)), 0, space)
+                              for j in range(space.sublayers_per_block))) for b in range(space.blocks)]
+        return Architecture.build(teacher_emb, tuple(keep_widths(blocks, teacher_emb.width, space))).validate(space)
     blocks = []
     for b in range(space.blocks):
         hidden = trial.suggest_categorical(f"b{b}_hidden", list(space.hidden_sizes))
@@ -58,7 +95,9 @@ def op_token(op: Op, hidden: int) -> str:
     return op.kind
 
 
-def trial_params(arch: Architecture) -> dict[str, Any]:
+def trial_params(arch: Architecture, space: SearchSpace | None = None) -> dict[str, Any]:
     """The trial parameters that suggest `arch` (for `enqueue_trial`)."""
+    token = slot_token if space is not None and space.layer_slots else op_token
     return {k: v for b, blk in enumerate(arch.blocks) for k, v in
-            ((f"b{b}_hidden", blk.hidden), *((f"b{b}_s{j}", op_token(op, blk.hidden)) for j, op in enumerate(blk.ops)))}
+            ((f"b{b}_hidden", blk.hidden), *((f"b{b}_s{j}", token(op, blk.hidden) if token is op_token else token(op))
+                                             for j, op in enumerate(blk.ops)))}
