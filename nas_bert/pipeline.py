@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
 
-from nas_bert.choose import Finalist, FinalistsResult, TruncatedReference, choose, truncated_reference
+from nas_bert.choose import Finalist, FinalistsResult, Margin, TruncatedReference, choose, truncated_reference
 from nas_bert.data import corpus_identity
 from nas_bert.distill import DistillResult, MappingResult, distill_student, map_student_layers
 from nas_bert.errors import NasBertError
@@ -326,6 +326,7 @@ class RunRow(Record):
     probability_loyalty: float | None
     truncated: TruncatedReference | None
     folder: str | None  # its exported folder
+    margin: Margin | None = None  # the finalists' choice against the best of the other kind (searched or hand-designed)
 
 
 class RunResult(Record):
@@ -373,7 +374,7 @@ def run_study(study: Study, out: Path | None = None, echo: Callable[[str], None]
             onnx_int8_ms=m.measured_ms.get("onnx_int8") if m else None, teacher_ms=m.teacher_ms if m else None,
             fidelity=e.fidelity, ood_fidelity=e.ood_fidelity, accuracy=e.accuracy, teacher_accuracy=e.teacher_accuracy,
             accuracy_ratio=e.accuracy_ratio, label_loyalty=e.label_loyalty, probability_loyalty=e.probability_loyalty,
-            truncated=ref, folder=str(out / m.name) if m else None))
+            truncated=ref, folder=str(out / m.name) if m else None, margin=s.finalists.margin))
     return RunResult(study=study.name, out=str(out), pareto_png=str(out / "pareto.png"), students=rows,
                      stages=[StageRecord(stage=n, key=k, seconds=round(sec, 1), skipped=sk)
                              for n, k, sec, sk in r.done],

@@ -8,6 +8,7 @@ held-out fidelity.
 
 from nas_bert.choose.candidates import Candidate, baseline_family, family_to_time
 from nas_bert.choose.finalists import (
+    Margin,
     Finalist,
     FinalistsResult,
     SearchReport,
@@ -19,4 +20,4 @@ from nas_bert.choose.finalists import (
 )
 from nas_bert.choose.timing import holds, host_speed, judged_ms, reorders, replace_over_budget
 
-__all__ = ["Candidate", "Finalist", "FinalistsResult", "SearchReport", "TruncatedReference", "baseline_family", "choose", "chosen_finalist", "family_to_time", "holds", "host_speed", "judged_ms", "reorders", "replace_over_budget", "summarise", "truncated_reference"]
+__all__ = ["Candidate", "Finalist", "FinalistsResult", "Margin", "SearchReport", "TruncatedReference", "baseline_family", "choose", "chosen_finalist", "family_to_time", "holds", "host_speed", "judged_ms", "reorders", "replace_over_budget", "summarise", "truncated_reference"]

@@ -14,12 +14,12 @@ from sqlalchemy import select
 from nas_bert.distill import StudentContext
 from nas_bert.errors import NasBertError
 from nas_bert.search import optuna_study_name, storage_for
-from nas_bert.space import Architecture
+from nas_bert.space import Architecture, families
 from nas_bert.store import ArchitectureRow, Database
 from nas_bert.study import Study
 from nas_bert.supernet import pruned_architecture, truncated_architecture, uniform_architecture
 
-ORIGINS = ("search", "truncated", "uniform", "pruned")
+ORIGINS = ("search", "truncated", "uniform", "pruned", "spread", "minitron")
 
 
 @dataclass
@@ -75,6 +75,9 @@ def baseline_family(ctx: StudentContext) -> dict[str, Candidate]:
     (every `finalist_width_step` heads), its units ranked by importance; and the teacher's first k layers
     with their feed-forward pruned to each smaller ratio of the search space (its most important neurons)."""
     t = ctx.teacher
+    if ctx.study.space.layer_slots:  # a space made from the teacher names its hand-designed points
+        return {name: Candidate(name, kind, arch) for name, (kind, arch) in
+                families(ctx.study.space, t.embeddings_spec()).items()}
     hs = t.hidden_size // int(t.config.num_attention_heads)
     step = hs * ctx.study.cfg.search.finalist_width_step
     out = {f"truncated-{k}": Candidate(f"truncated-{k}", "truncated", truncated_architecture(t, k))

@@ -34,7 +34,7 @@ from nas_bert.evaluate import agreement, fidelity_interval
 from nas_bert.latency import device_fingerprint, ensure_latency_model
 from nas_bert.record import Record
 from nas_bert.search import SearchResult, kendall_tau
-from nas_bert.space import Architecture
+from nas_bert.space import Architecture, families
 from nas_bert.store import Database, FinalistRow, LatencyRow, json_hash
 from nas_bert.study import Study
 from nas_bert.supernet import teacher_initialised, truncated_architecture
@@ -51,7 +51,7 @@ class Finalist(Record):
     model_config = ConfigDict(extra="allow")
     absent_unless_given: ClassVar[frozenset[str]] = frozenset({
         "predicted_ms", "approx_loss", "rescored_loss", "approx_rank", "reserve", "predicted_now_ms", "judged_ms",
-        "fidelity_before", "fidelity", "fidelity_interval", "best_step", "seconds", "scored_at_budget_ms"})
+        "fidelity_before", "fidelity", "fidelity_interval", "best_step", "seconds", "scored_at_budget_ms", "rounds"})
 
     name: str
     origin: str  # one of ORIGINS
@@ -74,14 +74,32 @@ class Finalist(Record):
     best_step: int | None = None
     seconds: float | None = None
     scored_at_budget_ms: float | None = None  # distilled for another budget of the study, under the same protocol
+    rounds: list[dict[str, Any]] | None = None  # successive halving: each round's steps and result (the last one's above)
     over_budget: bool
+
+    def first_fidelity(self) -> float | None:
+        """The fidelity after the first round, which every finalist the budget holds reached."""
+        return self.rounds[0].get("fidelity") if self.rounds else self.fidelity
+
+
+class Margin(Record):
+    """How the budget's student compares with the best finalist of the other kind (a hand-designed point if a
+    searched one won, else the best searched one), at the longest distillation both had."""
+
+    rival: str
+    rival_origin: str
+    steps: int
+    fidelity: float
+    rival_fidelity: float
+    delta: float  # fidelity - rival_fidelity
+    beyond_interval: bool  # the rival's value lies outside the chosen one's interval
 
 
 class FinalistsResult(Record):
     """Stage 5's result for one budget: the finalists ranked by fidelity, the student chosen and how far the
     ranking can be trusted."""
 
-    absent_unless_given: ClassVar[frozenset[str]] = frozenset({"timing"})
+    absent_unless_given: ClassVar[frozenset[str]] = frozenset({"timing", "margin"})
 
     study: str
     budget_ms: float
@@ -92,6 +110,7 @@ class FinalistsResult(Record):
     kendall_tau_vs_fidelity: dict[str, float | None]  # proxy -> tau with the fidelity ranking
     runner_up: str | None
     separated: bool  # the two best's intervals do not overlap
+    margin: Margin | None = None  # the chosen against the best of the other kind (searched vs hand-designed)
     dropped_over_budget: list[str]
     replacements: list[str]
     timing: dict[str, Any] | None = None  # the timing run's record (drift, teacher_ms, refit_*); `choose` only
@@ -166,7 +185,13 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
     lat = ensure_latency_model(ctx.db, study.space, ctx.teacher.embeddings_spec(), study.cfg.latency, progress=False)
     family = baseline_family(ctx) if cfg.finalist_baselines else {}
     if family:
-        family = family_to_time(family, lambda a: lat.predict(a, reorder=False), budget_ms)  # none reorders
+        # a searched student that is a hand-designed point (a seed, or found again) is judged as the family
+        # member it is, once
+        points = {c.arch.hash(): c for c in family.values()}
+        cands = [Candidate(points[c.arch.hash()].name, points[c.arch.hash()].origin, c.arch, c.trial, c.proxies)
+                 if c.arch.hash() in points else c for c in cands]
+        family = family_to_time(family, lat.predict, budget_ms)
+        cands = [c for c in cands if c.name not in family]
     ms, timing = measured_ms(ctx, [*cands, *family.values()], budget_ms, progress)
     predict_now(lat, [*cands, *family.values()], timing)
     everyone = {c.name: c for c in [*cands, *family.values()]}
@@ -176,7 +201,7 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
         fits = [c for c in family.values() if c.origin == origin and holds(c, judged[c.name], budget_ms)]
         if fits:
             cands.append(max(fits, key=lambda c: ms[c.name]))
-    rows = []
+    results: dict[str, dict[str, Any]] = {}
     bar = tqdm(cands, desc=f"finalists {budget_ms:g} ms", disable=not progress)
     for c in bar:
         bar.set_postfix(student=c.name)
@@ -188,10 +213,55 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
                 _scored_elsewhere(ctx.db, study, c, protocol) or short_distill(ctx, c, cfg.finalist_steps))
             _store(ctx.db, study, budget_ms, c, protocol, ms[c.name], metrics)
             metrics = _stored(ctx.db, study, budget_ms, c.name, protocol) or metrics  # the first writer's stands
-        rows.append(Finalist.model_validate({**c.to_dict(), **metrics, "judged_ms": judged[c.name],
-                                                "over_budget": over}))
+        first = {k: v for k, v in metrics.items() if k != "rounds"}  # the row's own figures are the first round's
+        results[c.name] = {**c.to_dict(), **first, "judged_ms": judged[c.name], "over_budget": over}
     bar.close()
-    return summarise(study, budget_ms, rows).model_copy(update={"timing": timing})
+    by_name = {c.name: c for c in cands}
+    alive = [n for n, r in results.items() if not r["over_budget"]]
+    for r in range(1, cfg.finalist_rounds):  # successive halving: the better half, distilled again for longer
+        if len(alive) < 3:  # halving two or fewer decides nothing more
+            break
+        alive = halve(alive, results)
+        steps = cfg.finalist_steps * 2 ** r
+        for name in tqdm(alive, desc=f"finalists {budget_ms:g} ms, round {r + 1} ({steps} steps)", disable=not progress):
+            results[name] = {**results[name], **_round(ctx, study, budget_ms, by_name[name], protocol, steps)}
+    return summarise(study, budget_ms, list(results.values())).model_copy(update={"timing": timing})
+
+
+def halve(names: list[str], results: dict[str, dict[str, Any]]) -> list[str]:
+    """Successive halving's cut: the better half (rounded up) of `names` by their latest result."""
+    return sorted(names, key=lambda n: _score(results[n]), reverse=True)[: math.ceil(len(names) / 2)]
+
+
+def _score(r: dict[str, Any] | Finalist) -> tuple[int, float]:
+    """Rank key: the rounds reached, then the fidelity at the last of them (NaN: too few texts, ranks last)."""
+    get = r.get if isinstance(r, dict) else lambda k, d=None: getattr(r, k, d)
+    f = get("fidelity")
+    return (len(get("rounds") or []), f if f is not None and not math.isnan(f) else float("-inf"))
+
+
+def _round(ctx: StudentContext, study: Study, budget_ms: float, c: Candidate, protocol: str, steps: int
+           ) -> dict[str, Any]:
+    """A later round of successive halving for one finalist: its short distillation with `steps`, stored in its
+    row's `rounds` (so a killed choice continues), and its fidelity now the finalist's."""
+    metrics = _stored(ctx.db, study, budget_ms, c.name, protocol) or {}
+    rounds = list(metrics.get("rounds") or [{k: metrics[k] for k in SCORE_KEYS if k in metrics}
+                                            | {"steps": study.cfg.search.finalist_steps}])
+    done = {r["steps"]: r for r in rounds}
+    if steps not in done:
+        done[steps] = {**short_distill(ctx, c, steps), "steps": steps}
+        rounds = sorted(done.values(), key=lambda r: r["steps"])
+        _update(ctx.db, study, budget_ms, c.name, protocol, {"rounds": rounds})
+    last = done[steps]
+    return {**{k: last[k] for k in SCORE_KEYS if k in last}, "rounds": rounds,
+            "fidelity_before": rounds[0].get("fidelity_before")}
+
+
+def _update(db: Database, study: Study, budget_ms: float, name: str, protocol: str, extra: dict[str, Any]) -> None:
+    with db.session() as s:
+        row = s.scalars(select(FinalistRow).where(FinalistRow.study == study.name, FinalistRow.budget_ms == budget_ms,
+                                                  FinalistRow.name == name, FinalistRow.protocol_hash == protocol)).one()
+        row.metrics_json = json.dumps({**json.loads(row.metrics_json), **extra})
 
 
 def _stored(db: Database, study: Study, budget_ms: float, name: str, protocol: str) -> dict[str, Any] | None:
@@ -237,14 +307,11 @@ def _store(db: Database, study: Study, budget_ms: float, c: Candidate, protocol:
 
 
 def summarise(study: Study, budget_ms: float, rows: Sequence[Finalist | dict[str, Any]]) -> FinalistsResult:
-    """The ranking, the choice, the noise of the ranking and the proxies' agreement with it (`rows`: the
-    finalists, as `Finalist`s or their dicts)."""
-    def score(r: Finalist) -> float:  # a NaN fidelity (too few held-out texts) ranks last
-        f = r.fidelity
-        return f if f is not None and not math.isnan(f) else float("-inf")
-
+    """The ranking (the rounds of successive halving reached, then the fidelity in the last), the choice, the noise
+    of the ranking, the proxies' agreement with the first round's fidelity and the margin against the best of the
+    other kind (`rows`: the finalists, as `Finalist`s or their dicts)."""
     finalists = [Finalist.model_validate(r) for r in rows]
-    ok = sorted((r for r in finalists if not r.over_budget), key=lambda r: -score(r))
+    ok = sorted((r for r in finalists if not r.over_budget), key=_score, reverse=True)
     if ok:
         chosen = ok[0]
     else:  # nothing the budget holds when measured: the fastest searched student, flagged
@@ -252,8 +319,11 @@ def summarise(study: Study, budget_ms: float, rows: Sequence[Finalist | dict[str
     searched = [r for r in ok if r.origin == "search"]
     taus: dict[str, float | None] = {}
     for proxy in ("approx_loss", "rescored_loss"):
-        pts = [(getattr(r, proxy), -r.fidelity) for r in searched if getattr(r, proxy) is not None]
+        pts = [(getattr(r, proxy), -r.first_fidelity()) for r in searched if getattr(r, proxy) is not None]
         taus[proxy] = kendall_tau(*map(list, zip(*pts, strict=True))) if len(pts) >= 3 else None
+    # the zero-step fidelity of every finalist (searched and hand-designed) against its first round's
+    pts = [(-r.fidelity_before, -r.first_fidelity()) for r in ok if r.fidelity_before is not None]
+    taus["fidelity_before"] = kendall_tau(*map(list, zip(*pts, strict=True))) if len(pts) >= 3 else None
     runner = ok[1] if len(ok) > 1 else None
     return FinalistsResult(
         study=study.name, budget_ms=budget_ms, finalists=finalists, chosen=chosen,
@@ -261,10 +331,38 @@ def summarise(study: Study, budget_ms: float, rows: Sequence[Finalist | dict[str
         kendall_tau_vs_fidelity=taus,
         runner_up=runner.name if runner else None,
         # the two best are told apart when their intervals do not overlap
-        separated=bool(runner and runner.fidelity_interval[1] < chosen.fidelity_interval[0]),  # NaN: False
+        separated=bool(runner and runner.fidelity_interval and chosen.fidelity_interval
+                       and runner.fidelity_interval[1] < chosen.fidelity_interval[0]),  # NaN: False
         dropped_over_budget=[r.name for r in finalists if r.over_budget],
         replacements=[r.name for r in finalists if r.reserve],
+        **({"margin": m} if (m := margin(chosen, ok, study.cfg.search.finalist_steps)) is not None else {}),
     )
+
+
+def _rounds(r: Finalist, first_steps: int) -> dict[int, dict[str, Any]]:
+    """A finalist's results by the steps of short distillation they had."""
+    if r.rounds:
+        return {int(x["steps"]): x for x in r.rounds}
+    return {first_steps: {"fidelity": r.fidelity, "fidelity_interval": r.fidelity_interval}}
+
+
+def margin(chosen: Finalist, ok: list[Finalist], first_steps: int) -> Margin | None:
+    """The chosen student against the best-ranked finalist of the other kind, at the most steps both reached."""
+    rivals = [r for r in ok if (r.origin == "search") != (chosen.origin == "search")]
+    if not rivals or chosen.fidelity is None:
+        return None
+    rival = rivals[0]
+    ours, theirs = _rounds(chosen, first_steps), _rounds(rival, first_steps)
+    common = sorted(set(ours) & set(theirs))
+    if not common:
+        return None
+    a, b = ours[common[-1]], theirs[common[-1]]
+    if a.get("fidelity") is None or b.get("fidelity") is None:
+        return None
+    lo, hi = a.get("fidelity_interval") or [math.nan, math.nan]
+    return Margin(rival=rival.name, rival_origin=rival.origin, steps=common[-1], fidelity=a["fidelity"],
+                  rival_fidelity=b["fidelity"], delta=a["fidelity"] - b["fidelity"],
+                  beyond_interval=bool(not lo <= b["fidelity"] <= hi))
 
 
 def truncated_reference(study: Study, budget_ms: float, student_ms: float) -> TruncatedReference | None:
@@ -282,11 +380,13 @@ def truncated_reference(study: Study, budget_ms: float, student_ms: float) -> Tr
             LatencyRow.fingerprint == fp, LatencyRow.key.like(f"{prefix}%")))}
     teacher = load_teacher(study.cfg.teacher, study.device())
     archs = {truncated_architecture(teacher, k): k for k in range(1, teacher.num_layers)}
+    points = families(study.space, teacher.embeddings_spec())  # as points of a space made from the teacher
+    archs |= {points[f"truncated-{k}"][1]: k for k in range(1, teacher.num_layers) if f"truncated-{k}" in points}
     timed = [(rows[f"{prefix}{a.hash()}"], a, k) for a, k in archs.items() if f"{prefix}{a.hash()}" in rows]
     if not timed:
         return None
-    ms, arch, k = min(timed, key=lambda t: abs(t[0] - student_ms))
-    student = teacher_initialised(arch, teacher)
+    ms, _arch, k = min(timed, key=lambda t: abs(t[0] - student_ms))
+    student = teacher_initialised(truncated_architecture(teacher, k), teacher)
     cfg = study.cfg.evaluate
     texts = list(load_task("wordnet", cfg)[0]["test"]["text"][: cfg.fidelity_texts])
     return TruncatedReference(name=f"truncated-{k}", layers=k, measured_ms=ms,

@@ -10,7 +10,7 @@ if TYPE_CHECKING:  # the results' types only: the command line starts without im
     from nas_bert.evaluate import EvaluationResult
     from nas_bert.export import ExportResult
     from nas_bert.latency import LatencyReport
-    from nas_bert.pipeline import RunResult
+    from nas_bert.pipeline import RunResult, RunRow
     from nas_bert.search import FrontRow, Fronts, SearchResult
     from nas_bert.status import StudyStatus
     from nas_bert.supernet import SupernetResult
@@ -89,14 +89,15 @@ def finalists_table(f: FinalistsResult) -> str:
               "fidelity; pred: the search's latency model, now: its calibration refitted in the finalists' timing "
               "run):"),
              (f"  {'student':<18} {'origin':<9} {'pred ms':>7} {'now ms':>7} {'meas ms':>7} {'approx':>7} "
-              f"{'fid. start':>10} {'fidelity':>8} {'interval':>13}  architecture")]
-    for r in sorted(f.finalists, key=lambda r: -(r.fidelity or -1)):
+              f"{'fid. start':>10} {'fidelity':>8} {'interval':>13} {'steps':>5}  architecture")]
+    for r in sorted(f.finalists, key=lambda r: (-len(r.rounds or []), -(r.fidelity or -1))):
         iv = r.fidelity_interval
+        steps = str(r.rounds[-1]["steps"]) if r.rounds else "-" if r.over_budget else "first"
         lines.append(f"  {r.name:<18} {r.origin:<9} {num(r.predicted_ms, '7.2f')} "
                      f"{num(r.predicted_now_ms, '7.2f')} {r.measured_ms:7.2f} "
                      f"{num(r.approx_loss, '7.4f')} {num(r.fidelity_before, '10.3f')} "
                      f"{'over budget' if r.over_budget else num(r.fidelity, '8.3f'):>8} "
-                     f"{f'{iv[0]:.3f}-{iv[1]:.3f}' if iv else '-':>13}  {r.architecture}")
+                     f"{f'{iv[0]:.3f}-{iv[1]:.3f}' if iv else '-':>13} {steps:>5}  {r.architecture}")
     c, taus = f.chosen, f.kendall_tau_vs_fidelity
     kind = "a hand-designed student (the baseline won)" if f.baseline_won else "a searched student"
     lines.append(f"chosen: {c.name}, {kind}, {c.measured_ms:.2f} ms measured"
@@ -109,7 +110,11 @@ def finalists_table(f: FinalistsResult) -> str:
     lines.append(f"budget judged on the measured time at the fitted speed, as far as the drift and each student's "
                  f"own factor (now / pred) agree: a faster host tightens, a slower one loosens only where both say so "
                  f"(drift {num((f.timing or {}).get('drift'), '.2f')}x in this run)")
-    lines.append("Kendall tau with the fidelity ranking: " + ", ".join(
+    if f.margin is not None:
+        m = f.margin
+        lines.append(f"margin: {m.delta:+.3f} fidelity against {m.rival} ({m.rival_origin}), the best of the other kind, "
+                     f"after {m.steps} steps ({'beyond' if m.beyond_interval else 'within'} the chosen's interval)")
+    lines.append("Kendall tau with the first round's fidelity ranking: " + ", ".join(
         f"{k} {'n/a' if v is None else format(v, '.2f')}" for k, v in taus.items()))
     return "\n".join(lines)
 
@@ -191,6 +196,18 @@ def export_table(s: ExportResult) -> str:
     return "\n".join(rows)
 
 
+def won(r: RunRow) -> str:
+    """Which kind won a budget's finalists and by how much: a searched point or a hand-designed family."""
+    m = r.margin
+    assert m is not None
+    kind = "a searched point" if r.origin == "search" else f"a hand-designed student ({r.origin})"
+    other = "the best hand-designed student" if r.origin == "search" else "the best searched point"
+    noise = "beyond" if m.beyond_interval else "within"
+    return (f"{r.budget_ms:g} ms: {kind} won, {r.student}; fidelity {m.fidelity:.3f} against {m.rival_fidelity:.3f} "
+            f"of {other} ({m.rival}) after {m.steps} steps of the finalists' distillation ({m.delta:+.3f}, "
+            f"{noise} its interval)")
+
+
 def run_table(s: RunResult) -> str:
     """`run`: one row per budget's student, its times at export, the stages run or skipped."""
     def f(v: Any, spec: str) -> str:
@@ -219,6 +236,7 @@ def run_table(s: RunResult) -> str:
         rows += ["", (f"teacher: {f(first.teacher_ms, '.2f')} ms (PyTorch fp32), "
                       f"accuracy {f(first.teacher_accuracy, '.3f')}; "
                       f"the host ran {f(first.drift, '.2f')}x as long as when the latency model was fitted")]
+        rows += [won(r) for r in s.students if r.margin is not None]
         rows += [f"{r.budget_ms:g} ms student at export: predicted {f(r.predicted_ms, '.2f')} ms "
                  f"(at the fit), {f(r.predicted_now_ms, '.2f')} ms (calibration refitted in the export's run), "
                  f"measured {f(r.measured_ms, '.2f')} ms, judged {f(r.judged_ms, '.2f')} ms against "

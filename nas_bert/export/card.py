@@ -39,7 +39,10 @@ def _origin(info: dict[str, Any]) -> str:
     plain = {"truncated": "the teacher's own first layers (a hand-designed student)",
              "uniform": "the teacher at a uniform smaller width, its units ranked by importance (a hand-designed student)",
              "pruned": "the teacher's own first layers with their least important feed-forward neurons pruned "
-                       "(a hand-designed student)"}
+                       "(a hand-designed student)",
+             "spread": "evenly spread layers of the teacher (a hand-designed student)",
+             "minitron": "the teacher's first layers at a smaller width, heads, neurons and dimensions pruned by "
+                         "importance together (a hand-designed, Minitron-style student)"}
     if info.get("origin", "search") != "search":
         return (f"**A hand-designed student won this budget's finalists**: this model is {plain[info['origin']]}, "
                 f"distilled; it beat every searched student of its latency on held-out fidelity "

@@ -113,7 +113,7 @@ def test_search(searched: tuple[dict[str, Any], str]) -> None:
         assert any(ln.startswith(f"  {r['name']:<18} {r['origin']:<9}") and f"{r['measured_ms']:7.2f}" in ln
                    for ln in lines), r
     assert f"chosen: {fin['chosen']['name']}, " in text and f"{fin['chosen']['measured_ms']:.2f} ms measured" in text
-    assert "Kendall tau with the fidelity ranking: " in text
+    assert "Kendall tau with the first round's fidelity ranking: " in text
 
 
 def test_pareto(study: Path, searched: tuple[dict[str, Any], str], tmp_path: Path) -> None:
@@ -143,12 +143,14 @@ def test_map_layers(mapped: tuple[dict[str, Any], str], trial: int) -> None:
 def test_distill(distilled: tuple[dict[str, Any], str], mapped: tuple[dict[str, Any], str], trial: int) -> None:
     data, text = distilled
     assert data["trial"] == trial and data["step"] == data["target_steps"] and data["student_path"]
-    assert data["mapping"] == mapped[0]["best"]["mapping"] and data["mapping_origin"] == "searched"
+    decision = mapped[0]["decision"]  # the searched mapping, or the heuristic it did not beat beyond noise
+    assert data["mapping"] == decision["mapping"] and data["mapping_origin"] == decision["used"]
     after = data["after"]
     assert isinstance(after["best"], dict)  # the nested record the table once failed to format
     lines = text.splitlines()
     assert lines[0].startswith(f"distilled trial {trial} ({data['params']:,} params) to step "
-                               f"{data['step']}/{data['target_steps']} with mapping {data['mapping']} (searched)")
+                               f"{data['step']}/{data['target_steps']} with mapping {data['mapping']} "
+                               f"({data['mapping_origin']})")
     assert f"  held-out, step 0 -> step {after['step']}:" in lines
     metrics = sorted(k for k in after if k not in ("step", "best"))
     assert {"fidelity", "loss", "primary"} <= set(metrics)

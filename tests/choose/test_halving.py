@@ -1,0 +1,52 @@
+"""Successive halving among a budget's finalists, the ranking by rounds reached, and the margin against the
+best finalist of the other kind (searched against hand-designed)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from nas_bert.choose.finalists import halve, margin, summarise
+
+
+def row(name: str, origin: str, fid: float, rounds: list[tuple[int, float]] | None = None, over: bool = False) -> dict:
+    out = {"name": name, "origin": origin, "trial": None, "hash": name, "architecture": name, "arch_json": "{}",
+           "params": 1, "measured_ms": 1.0, "over_budget": over, "fidelity": fid, "fidelity_before": fid - 0.2,
+           "fidelity_interval": [fid - 0.01, fid + 0.01]}
+    if rounds:
+        out["rounds"] = [{"steps": s, "fidelity": f, "fidelity_interval": [f - 0.01, f + 0.01]} for s, f in rounds]
+        out["fidelity"], out["fidelity_interval"] = rounds[-1][1], [rounds[-1][1] - 0.01, rounds[-1][1] + 0.01]
+    return out
+
+
+STUDY = SimpleNamespace(name="s", cfg=SimpleNamespace(search=SimpleNamespace(finalist_steps=10)))
+
+
+def test_halving_keeps_the_better_half() -> None:
+    results = {n: row(n, "search", f) for n, f in (("a", 0.5), ("b", 0.9), ("c", 0.7), ("d", 0.6), ("e", 0.8))}
+    assert halve(list(results), results) == ["b", "e", "c"]  # 5 -> 3: the better half, rounded up
+    assert halve(["b", "e", "c"], results) == ["b", "e"]
+
+
+def test_rounds_reached_rank_first_and_the_margin_compares_equal_steps() -> None:
+    rows = [
+        row("searched", "search", 0.0, [(10, 0.70), (20, 0.80)]),  # survived round 2
+        row("truncated-3", "truncated", 0.0, [(10, 0.72), (20, 0.78)]),
+        row("uniform-256", "uniform", 0.75),  # better than the chosen's first round but cut: ranks below
+        row("slow", "search", 0.99, over=True),  # over the budget: never chosen
+    ]
+    res = summarise(STUDY, 5.0, rows)
+    assert res.chosen.name == "searched" and not res.baseline_won
+    assert [r.name for r in sorted(res.finalists, key=lambda r: r.name)]  # every row kept
+    assert res.runner_up == "truncated-3"
+    assert res.margin is not None and res.margin.rival == "truncated-3" and res.margin.steps == 20
+    assert abs(res.margin.delta - 0.02) < 1e-9 and res.margin.beyond_interval
+    # the proxies' agreement is reported against the first round, which every finalist reached
+    assert "fidelity_before" in res.kendall_tau_vs_fidelity
+
+
+def test_a_family_winner_is_said_so() -> None:
+    rows = [row("trial-3", "search", 0.0, [(10, 0.60), (20, 0.70)]), row("spread-2", "spread", 0.0, [(10, 0.65), (20, 0.74)])]
+    res = summarise(STUDY, 5.0, rows)
+    assert res.chosen.name == "spread-2" and res.baseline_won
+    assert res.margin.rival == "trial-3" and res.margin.delta > 0
+    assert margin(res.chosen, [res.chosen], 10) is None  # nobody of the other kind: no margin
