@@ -30,7 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from tqdm.auto import tqdm
 
 from nas_bert.data import corpus_identity
-from nas_bert.distill.objective import distill_points, last_layers_mapping, uniform_mapping
+from nas_bert.distill.objective import distill_points, last_layers_mapping, own_layers_mapping, uniform_mapping
 from nas_bert.errors import NasBertError
 from nas_bert.space import Architecture
 from nas_bert.store import Database, MappingEval, atomic_write_text, fingerprint
@@ -85,14 +85,37 @@ def protocol_hash(cfg: MappingConfig, study: Study, origin: str | None = None) -
 
 def best_memoised(db: Database, study: Study, arch: Architecture, origin: str | None = None
                   ) -> tuple[list[int], float] | None:
-    """The best memoised mapping of this student under the current proxy protocol (None: none yet); what
-    stage 7 should read instead of the best over every protocol."""
+    """The mapping the search chose for this student under the current proxy protocol (None: none yet): its
+    decision where it confirmed the GA against the heuristics, else the best memoised; what stage 7 should read
+    instead of the best over every protocol."""
+    protocol = protocol_hash(study.cfg.mapping, study, origin)
     with db.session() as s:
+        decided = s.scalars(select(MappingEval).where(
+            MappingEval.study == study.name, MappingEval.arch_hash == arch.hash(),
+            MappingEval.protocol_hash == decision_protocol(protocol, study.cfg.mapping))).first()
+        if decided is not None:
+            return json.loads(decided.mapping_json), decided.fitness
         row = s.scalars(select(MappingEval).where(
             MappingEval.study == study.name, MappingEval.arch_hash == arch.hash(),
             MappingEval.protocol_hash == protocol_hash(study.cfg.mapping, study, origin))
             .order_by(MappingEval.fitness).limit(1)).first()
     return None if row is None else (json.loads(row.mapping_json), row.fitness)
+
+
+def decided_mapping(db: Database, study: Study, arch: Architecture, origin: str | None = None
+                    ) -> tuple[list[int], str] | None:
+    """The mapping the confirmation decided for this student and which it is ("searched", "uniform", "own",
+    "last"); None where nothing was confirmed under the current protocol."""
+    protocol = decision_protocol(protocol_hash(study.cfg.mapping, study, origin), study.cfg.mapping)
+    with db.session() as s:
+        row = s.scalars(select(MappingEval).where(MappingEval.study == study.name, MappingEval.arch_hash == arch.hash(),
+                                                  MappingEval.protocol_hash == protocol)).first()
+    return None if row is None else (json.loads(row.mapping_json), row.origin)
+
+
+def decision_protocol(protocol: str, cfg: MappingConfig) -> str:
+    """Where the confirmed choice between the GA's mapping and the best heuristic is recorded."""
+    return fingerprint(protocol, "decision", cfg.confirm_seeds, cfg.confirm_steps)
 
 
 STATE_FORMAT = "nas-bert GA state"
@@ -103,7 +126,7 @@ class MappingSearch:
     """One student's mapping search; `fitness_fn(mapping) -> loss` is the proxy distillation."""
 
     def __init__(self, study: Study, db: Database, arch: Architecture, n_layers: int,
-                 fitness_fn: Callable[[list[int]], float], folder: Path, origin: str | None = None) -> None:
+                 fitness_fn: Callable[..., float], folder: Path, origin: str | None = None) -> None:
         self.study, self.db, self.arch, self.n = study, db, arch, n_layers
         self.cfg = study.cfg.mapping
         self.m = len(distill_points(arch))
@@ -113,26 +136,73 @@ class MappingSearch:
         self.evaluated = 0  # fitness evaluations this process ran (the rest were memoised)
 
     # -- memoised fitness -------------------------------------------------------------------
-    def fitness(self, mapping: list[int], generation: int, origin: str) -> float:
+    def fitness(self, mapping: list[int], generation: int, origin: str, seed: int | None = None) -> float:
+        """The proxy's fitness of `mapping` (memoised); with `seed`, a confirmation run of the proxy (its own seed
+        and `confirm_steps`), memoised under a protocol of its own."""
         key = json.dumps(list(mapping))
+        protocol = self.protocol if seed is None else fingerprint(self.protocol, "confirm", seed, self.cfg.confirm_steps)
         with self.db.session() as s:
             row = s.scalars(select(MappingEval).where(
                 MappingEval.study == self.study.name, MappingEval.arch_hash == self.arch.hash(),
-                MappingEval.mapping_json == key, MappingEval.protocol_hash == self.protocol)).first()
+                MappingEval.mapping_json == key, MappingEval.protocol_hash == protocol)).first()
         if row is not None:
             return row.fitness
-        value = self.fitness_fn(list(mapping))
+        value = self.fitness_fn(list(mapping)) if seed is None else self.fitness_fn(
+            list(mapping), seed=seed, steps=self.cfg.confirm_steps or None)
         self.evaluated += 1
         try:
             with self.db.session() as s:
                 s.add(MappingEval(study=self.study.name, arch_hash=self.arch.hash(), mapping_json=key,
-                                  protocol_hash=self.protocol, fitness=value, generation=generation, origin=origin))
+                                  protocol_hash=protocol, fitness=value, generation=generation, origin=origin))
         except IntegrityError:
             pass
         return value
 
     def baselines(self) -> dict[str, list[int]]:
-        return {"uniform": uniform_mapping(self.m, self.n), "last": last_layers_mapping(self.m, self.n)}
+        """The heuristic mappings: TinyBERT's uniform one, the last layers, and in a space made from the teacher
+        each kept layer learning from itself ("own")."""
+        out = {"uniform": uniform_mapping(self.m, self.n), "last": last_layers_mapping(self.m, self.n)}
+        own = own_layers_mapping(self.arch)
+        if own is not None and len(own) == self.m:
+            out["own"] = own
+        return out
+
+    def confirm(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """Does the searched mapping earn its stage? The best searched mapping and the best heuristic, each run
+        again with `confirm_seeds` seeds (`confirm_steps` steps); the searched one is used only where its mean
+        loss is lower by more than twice the standard error of the difference (about 95%), else the heuristic,
+        which costs no search. Recorded, so stage 7 distils with the mapping decided here."""
+        cfg, base = self.cfg, summary["baselines"]
+        name = min(base, key=lambda k: base[k]["fitness"])
+        searched, heuristic = summary["best"]["mapping"], base[name]["mapping"]
+        if cfg.confirm_seeds < 2 or self.m == 0:
+            return summary
+        if searched == heuristic:
+            decision = {"used": name, "mapping": heuristic, "reason": f"the search's best is the {name} mapping"}
+        else:
+            runs = {label: [self.fitness(m, -1, f"confirm-{label}", seed=cfg.seed + 1 + i)
+                            for i in range(cfg.confirm_seeds)]
+                    for label, m in (("searched", searched), (name, heuristic))}
+            a, b = np.asarray(runs["searched"]), np.asarray(runs[name])
+            se = float(np.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b)))
+            gain = float(b.mean() - a.mean())
+            wins = gain > 2 * se
+            decision = {"used": "searched" if wins else name, "mapping": searched if wins else heuristic,
+                        "runs": runs, "gain": gain, "noise": 2 * se,
+                        "reason": (f"the searched mapping beats {name} by {gain:.4g} > 2 se {2 * se:.4g}" if wins else
+                                   f"the searched mapping does not beat {name} beyond noise (gain {gain:.4g}, 2 se "
+                                   f"{2 * se:.4g}): the {name} mapping is used")}
+        fit = float(np.mean(decision.get("runs", {}).get(decision["used"], [base.get(decision["used"], summary["best"])
+                                                                             ["fitness"]])))
+        try:
+            with self.db.session() as s:
+                s.add(MappingEval(study=self.study.name, arch_hash=self.arch.hash(),
+                                  mapping_json=json.dumps(decision["mapping"]),
+                                  protocol_hash=decision_protocol(self.protocol, cfg), fitness=fit, generation=-1,
+                                  origin=decision["used"]))
+        except IntegrityError:  # decided already (a resumed run): the same inputs decide the same
+            pass
+        return {**summary, "decision": decision}
 
     # -- the search -------------------------------------------------------------------------
     def run(self, progress: bool = True) -> dict[str, Any]:
@@ -145,9 +215,9 @@ class MappingSearch:
                 results.append((self.fitness(list(combo), 0, "enumerated"), list(combo)))
             results.sort()
             best = results[0]
-            return self._summary("enumerated", total, best[1], best[0], base_fit, [],
-                                 [{"mapping": m, "fitness": f} for f, m in results[: self.cfg.hall_of_fame]])
-        return self._genetic(total, base_fit, progress)
+            return self.confirm(self._summary("enumerated", total, best[1], best[0], base_fit, [],
+                                              [{"mapping": m, "fitness": f} for f, m in results[: self.cfg.hall_of_fame]]))
+        return self.confirm(self._genetic(total, base_fit, progress))
 
     def _toolbox(self) -> base.Toolbox:
         tb = base.Toolbox()
@@ -291,10 +361,11 @@ class MappingSearch:
 
     def _summary(self, method: str, total: int, best: list[int], best_fit: float, base_fit: dict[str, float],
                  logbook: list[dict[str, Any]], hall: list[dict[str, Any]]) -> dict[str, Any]:
+        base = self.baselines()
         return {"study": self.study.name, "arch_hash": self.arch.hash(), "architecture": str(self.arch),
                 "points": self.m, "teacher_layers": self.n, "mappings_possible": total, "method": method,
                 "best": {"mapping": best, "fitness": best_fit},
-                "baselines": {k: {"mapping": v, "fitness": base_fit[k]} for k, v in self.baselines().items()},
+                "baselines": {k: {"mapping": v, "fitness": base_fit[k]} for k, v in base.items()},
                 "improvement_vs_uniform": (base_fit["uniform"] - best_fit) / base_fit["uniform"],
                 "hall_of_fame": hall, "logbook": logbook, "fitness_evaluations": self.evaluated}
 

@@ -44,8 +44,21 @@ from nas_bert.teacher import Teacher
 Tensor = torch.Tensor
 
 
+def layer_slot_form(arch: Architecture) -> bool:
+    """Whether `arch` is a student of a space made from the teacher: one block of two sublayers per teacher layer."""
+    return len(arch.blocks) > 1 and all(len(b.ops) == 2 for b in arch.blocks)
+
+
 def distill_points(arch: Architecture) -> list[int]:
-    """Indices into the student's hidden_states (0 = embeddings) of the distillation points."""
+    """Indices into the student's hidden_states (0 = embeddings) of the distillation points: after every two
+    sublayers (a layer), or in a space made from the teacher after each kept teacher layer."""
+    if layer_slot_form(arch):
+        ends, depth = [], 0
+        for b in arch.blocks:
+            depth += b.depth
+            if b.depth:
+                ends.append(depth)
+        return ends
     depth = arch.depth
     points = list(range(2, depth + 1, 2))
     if depth % 2:
@@ -64,6 +77,12 @@ def layer_widths(arch: Architecture) -> list[int]:
 def uniform_mapping(m: int, n: int) -> list[int]:
     """TinyBERT's g(m) = m * N / M (rounded half up), for points 1..M."""
     return [max(1, min(n, math.floor(i * n / m + 0.5))) for i in range(1, m + 1)]
+
+
+def own_layers_mapping(arch: Architecture) -> list[int] | None:
+    """Each kept teacher layer learns from itself (its output, teacher layer b + 1 of block b); None for a student
+    that is not made of the teacher's layers."""
+    return [b + 1 for b, blk in enumerate(arch.blocks) if blk.depth] if layer_slot_form(arch) else None
 
 
 def last_layers_mapping(m: int, n: int) -> list[int]:

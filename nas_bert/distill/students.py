@@ -10,14 +10,14 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import optuna
 import torch
 from sqlalchemy import select
 
 from nas_bert.data import fixed_batches, load_corpus, make_collator
-from nas_bert.distill.mapping import MappingSearch, best_memoised
+from nas_bert.distill.mapping import MappingSearch, best_memoised, decided_mapping
 from nas_bert.distill.objective import (
     DistillModule,
     DistillObjective,
@@ -48,6 +48,8 @@ class MappingFitness(Record):
 class MappingResult(Record):
     """Stage 6's result: the best layer mapping found, the baseline mappings and the search's record."""
 
+    absent_unless_given: ClassVar[frozenset[str]] = frozenset({"decision"})
+
     study: str
     arch_hash: str
     architecture: str
@@ -61,6 +63,7 @@ class MappingResult(Record):
     hall_of_fame: list[MappingFitness]
     logbook: list[dict[str, Any]]  # per generation: gen, evals, min, avg, max (empty when enumerated)
     fitness_evaluations: int  # proxy distillations this run
+    decision: dict[str, Any] | None = None  # the searched mapping confirmed against the best heuristic (`confirm`)
     trial: int | None  # None: a hand-designed student
     budget_ms: float | None
     seconds: float
@@ -125,6 +128,7 @@ class StudentContext:
     taps: TeacherTaps | None = None
     _unit_batches: list[dict[str, torch.Tensor]] | None = None
     _importance: Importance | None = None
+    _teacher_net: Supernet | None = None
 
     @classmethod
     def open(cls, study: Study) -> StudentContext:
@@ -146,9 +150,24 @@ class StudentContext:
         the teacher's own weights for a hand-designed one (its units ranked by importance for a narrower width)."""
         if origin == "search":
             return self.module(arch, freeze_embeddings)
+        if self.study.space.layer_slots:  # a hand-designed point: the untrained supernet's copy of the teacher
+            return self.wrap(self.teacher_supernet().extract(arch, self.teacher.encoder.embeddings), arch,
+                             freeze_embeddings)
         batches = self.unit_batches()
         student = teacher_initialised(arch, self.teacher, self.importance() if origin in ("uniform", "pruned") else None, batches)
         return self.wrap(student, arch, freeze_embeddings)
+
+    def teacher_supernet(self) -> Supernet:
+        """The supernet as built from the teacher, before any training: its points are the teacher's most
+        important units, so a hand-designed point extracted from it is that recipe's student exactly. The trained
+        supernet itself where it never trained (`supernet.steps` 0)."""
+        if self._teacher_net is None:
+            from nas_bert.supernet import build_supernet
+
+            trained = self.study.cfg.supernet.steps > 0
+            self._teacher_net = build_supernet(self.study, self.teacher, self.study.cfg.supernet.seed, self.corpus
+                                               ).eval() if trained else self.supernet
+        return self._teacher_net
 
     def unit_batches(self) -> list[dict[str, torch.Tensor]]:
         """The corpus batches that rank the teacher's units and fit output predictions (as the supernet's)."""
@@ -183,13 +202,16 @@ def uses_mlm_logits(study: Study, teacher: Teacher) -> bool:
     return teacher.mlm is not None and study.cfg.distill.weights.logits > 0
 
 
-def proxy_fitness(ctx: StudentContext, arch: Architecture, mapping: list[int], origin: str = "search") -> float:
+def proxy_fitness(ctx: StudentContext, arch: Architecture, mapping: list[int], origin: str = "search",
+                  seed: int | None = None, steps: int | None = None) -> float:
     """Jiao et al.'s cheap fitness: a short distillation on a corpus sample, then the held-out
-    primary loss (what the teacher is used for; comparable across mappings)."""
+    primary loss (what the teacher is used for; comparable across mappings). `seed` and `steps` default to the
+    mapping settings' (a confirmation run gives its own)."""
     mc, dc = ctx.study.cfg.mapping, ctx.study.cfg.distill
-    cfg = dc.model_copy(update={"steps": mc.proxy_steps, "batch_size": mc.proxy_batch_size, "grad_accum": 1,
-                                "warmup_steps": max(1, mc.proxy_steps // 10), "eval_every": mc.proxy_steps,
-                                "seed": mc.seed})
+    steps = steps or mc.proxy_steps
+    cfg = dc.model_copy(update={"steps": steps, "batch_size": mc.proxy_batch_size, "grad_accum": 1,
+                                "warmup_steps": max(1, steps // 10), "eval_every": steps,
+                                "seed": mc.seed if seed is None else seed})
     sample = ctx.corpus["train"].select(range(min(mc.proxy_examples, len(ctx.corpus["train"]))))
     objective = ctx.objective(arch, mapping, mc.proxy_val_batches, mc.proxy_batch_size)
     # the embedding tables are most of a small student's parameters and the mapping is about
@@ -210,6 +232,9 @@ def mapping_origin(ctx: StudentContext, start: str) -> str:
 def best_mapping(db: Database, study: Study, arch: Architecture, origin: str | None = None) -> tuple[list[int], str]:
     """The layer-mapping search's best mapping for this student under the current proxy protocol, else
     TinyBERT's uniform one."""
+    decided = decided_mapping(db, study, arch, origin)
+    if decided is not None:  # the searched mapping confirmed against the heuristics, or the heuristic that held
+        return decided
     best = best_memoised(db, study, arch, origin)
     if best is not None:
         return best[0], "searched"
@@ -329,7 +354,8 @@ def map_student_layers(study: Study, arch: Architecture, start: str, budget: flo
     db = Database(study.db_url)
     ctx = StudentContext.open(study)
     t0 = time.perf_counter()
-    search = MappingSearch(study, db, arch, ctx.teacher.num_layers, lambda m: proxy_fitness(ctx, arch, m, start),
+    search = MappingSearch(study, db, arch, ctx.teacher.num_layers,
+                           lambda m, **kw: proxy_fitness(ctx, arch, m, start, **kw),
                            study.workdir / "mapping" / arch.hash(), origin=mapping_origin(ctx, start))
     return MappingResult(**search.run(progress=progress), trial=trial, budget_ms=budget,
                          seconds=round(time.perf_counter() - t0, 1))
@@ -337,13 +363,16 @@ def map_student_layers(study: Study, arch: Architecture, start: str, budget: flo
 
 def distill_baseline(ctx: StudentContext, name: str, arch: Architecture, importance: Importance | None = None,
                      steps: int | None = None, stop_after: int | None = None,
-                     batches: list[dict[str, torch.Tensor]] | None = None) -> dict[str, Any]:
+                     batches: list[dict[str, torch.Tensor]] | None = None, family: str = "truncated") -> dict[str, Any]:
     """Distil a teacher-initialised student exactly as searched students are (the study's distill
     settings, data and losses), with TinyBERT's uniform layer mapping; resumable under
     <study workdir>/baselines/<name>/<its inputs' fingerprint>."""
     cfg = ctx.study.cfg.distill
     steps = steps or cfg.steps
-    module = ctx.wrap(teacher_initialised(arch, ctx.teacher, importance, batches), arch, cfg.freeze_embeddings)
+    if ctx.study.space.layer_slots and len(arch.blocks) > 1:  # a point of the space made from the teacher
+        module = ctx.start(arch, family, cfg.freeze_embeddings)
+    else:
+        module = ctx.wrap(teacher_initialised(arch, ctx.teacher, importance, batches), arch, cfg.freeze_embeddings)
     mapping = uniform_mapping(len(distill_points(arch)), ctx.teacher.num_layers)
     root = ctx.study.workdir / "baselines" / name / distill_key(ctx, arch, f"baseline:{name}", mapping)
     before, report, step, path = train_student(ctx, arch, module, mapping, root, steps, stop_after, label=name)

@@ -198,7 +198,7 @@ def _fitness(m):
 
 def _search(study_file, tmp_path, fitness=_fitness, tag="ga", **overrides):
     study = load_study(study_file, overrides={"mapping.generations": 3, "mapping.population": 6,
-                                              "mapping.enumerate_below": 0, **overrides})
+                                              "mapping.enumerate_below": 0, "mapping.confirm_seeds": 0, **overrides})
     arch = A.largest(study.space, A.Embeddings(30522, 512, 2, 32))
     return MappingSearch(study, Database(f"sqlite:///{tmp_path / tag}.db"), arch, 4, fitness, tmp_path / tag)
 
