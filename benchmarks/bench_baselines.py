@@ -50,7 +50,7 @@ from nas_bert.latency import build_student, ensure_latency_model, measure_callab
 from nas_bert.model import save_student
 from nas_bert.pipeline import Runner, shared_stages, student_stages
 from nas_bert.record import Record
-from nas_bert.space import Architecture
+from nas_bert.space import FAMILIES, Architecture, families
 from nas_bert.store import Database
 from nas_bert.study import load_study
 from nas_bert.supernet import (
@@ -101,8 +101,11 @@ class Model2VecRun(Record):
 
 
 def candidates(ctx: StudentContext) -> dict[str, tuple[str, Architecture]]:
-    """Every hand-designed student of the two families: name -> (family, architecture)."""
+    """Every hand-designed student: name -> (family, architecture); in a space made from the teacher, its points
+    (first k, spread layers, pruned, uniform, Minitron-style width and depth)."""
     t = ctx.teacher
+    if ctx.study.space.layer_slots:
+        return families(ctx.study.space, t.embeddings_spec())
     hs = t.hidden_size // int(t.config.num_attention_heads)
     out = {f"truncated-{k}": ("truncated", truncated_architecture(t, k)) for k in range(1, t.num_layers)}
     out.update({f"uniform-{w}": ("uniform", uniform_architecture(t, w)) for w in range(hs, t.hidden_size, hs)})
@@ -269,9 +272,8 @@ def main() -> None:
 
     def time_all() -> Timings:
         archs = {**{f"nas-{b:g}ms": a for b, a in nas_arch.items()}, **{n: a for n, (_, a) in cands.items()}}
-        # a searched student reorders a full-width output into the teacher's dimensions; a copied one need not
-        models = [build_student(a, reorder=n.startswith("nas-") and nas[float(n[4:-2])].chosen.origin == "search")
-                  for n, a in archs.items()] + [copy.deepcopy(ctx.teacher.encoder).cpu()]
+        # a student reorders its output into the teacher's dimensions only after a narrower block (`reorders`)
+        models = [build_student(a) for a in archs.values()] + [copy.deepcopy(ctx.teacher.encoder).cpu()]
         ms = measure_models(models, study.cfg.latency, vocab)  # the teacher again, in the same run
         return Timings(dict(zip([*archs, "teacher"], ms, strict=True)))
 
@@ -279,6 +281,8 @@ def main() -> None:
     ms = r.stage("baseline-latency", key, ("supernet", "latency", "search"), time_all, Timings).root
     run_teacher_ms = ms.get("teacher", teacher_ms)  # the students' ratios to the teacher come from one run
     def untouched(name: str, arch: Architecture) -> Untouched:
+        if study.space.layer_slots:  # the same cut, as the one-block student of the teacher's first layers
+            arch = truncated_architecture(ctx.teacher, arch.depth // 2)
         folder = save_student(teacher_initialised(arch, ctx.teacher), ctx.teacher,
                               study.workdir / "baselines" / f"{name}-untouched")
         return Untouched(metrics=evaluate(study, r.db, str(folder)))
@@ -290,30 +294,34 @@ def main() -> None:
         who = compact(nas_arch[b]) if chosen.origin == "search" else f"{chosen.name} (a baseline won the finalists)"
         rows.append({"budget_ms": b, "family": "NAS", "student": who, "architecture": str(nas_arch[b]),
                      "measured_ms": target, "params": nas_arch[b].params(), **{m: getattr(e, m) for m in METRICS}})
-        for family in ("truncated", "uniform", "pruned"):
+        for family in FAMILIES:
             names = [n for n, (f, _) in cands.items() if f == family]
             if not names:  # no pruned family: the space has one feed-forward ratio
                 continue
             name = pick(names, ms, target, args.tolerance)
             arch = cands[name][1]
-            for order in {"truncated": ["leading"], "uniform": orders, "pruned": ["importance"]}[family]:
+            per_order = {"truncated": ["leading"], "uniform": orders}.get(family, ["importance"])
+            if study.space.layer_slots:  # the space's points: its one (importance) extraction
+                per_order = ["leading" if family == "truncated" else "importance"]
+            for order in per_order:
                 run = name if family != "uniform" else f"{name}-{order}"
                 label = family if family != "uniform" else f"uniform ({order})"
 
                 def distilled(run: str = run, arch: Architecture = arch, order: str = order) -> BaselineRun:
                     d = distill_baseline(ctx, run, arch, ctx.importance() if order == "importance" else None,
-                                         batches=ctx.unit_batches())
+                                         batches=ctx.unit_batches(), family=family)
                     return BaselineRun(**d, metrics=evaluate(study, r.db, d["student_path"]))
 
                 res = r.stage("baseline", run, ("distill", "evaluate"), distilled, BaselineRun)
-                rows.append({"budget_ms": b, "family": label, "student": describe(family, arch, order),
+                who = f"{name}: {compact(arch)}" if study.space.layer_slots else describe(family, arch, order)
+                rows.append({"budget_ms": b, "family": label, "student": who,
                              "measured_ms": ms[name], "params": arch.params(),
                              **{m: getattr(res.metrics, m) for m in METRICS}})
             if family == "truncated":
                 kept = r.stage("baseline-untouched", name, ("evaluate",),
                                lambda name=name, arch=arch: untouched(name, arch), Untouched)
-                rows.append({"budget_ms": b, "family": "truncated (untouched)", "student": describe(family, arch) +
-                             ", no training", "measured_ms": ms[name], "params": arch.params(),
+                rows.append({"budget_ms": b, "family": "truncated (untouched)", "student": (
+                             name if study.space.layer_slots else describe(family, arch)) + ", no training", "measured_ms": ms[name], "params": arch.params(),
                              **{m: getattr(kept.metrics, m) for m in METRICS}})
     static = model2vec_row(study, r, ctx, run_teacher_ms)
     if static is not None:
