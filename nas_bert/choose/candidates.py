@@ -55,7 +55,11 @@ def search_candidates(db: Database, study: Study, budget_ms: float) -> list[Cand
     by_approx = sorted(first, key=lambda h: rows[h].approx_loss)[:2 * top]
     rescored = [h for h in first if rows[h].rescored_loss is not None]
     by_rescored = sorted(rescored, key=lambda h: rows[h].rescored_loss)[:top]
-    seeds = [h for h, t in first.items() if "seed" in t.user_attrs]
+    # in a space made from the teacher the seeds are its hand-designed points, judged by their families: only the
+    # fastest is a seed finalist (the others are finalists where the proxies rank them among the best)
+    family_seeds = study.space.layer_slots
+    seeds = [h for h, t in first.items() if "seed" in t.user_attrs
+             and (not family_seeds or t.user_attrs["seed"] == "fastest")]
     core = {*seeds, *by_approx[:top], *by_rescored}
     out = []
     for h in dict.fromkeys([*seeds, *by_approx, *by_rescored]):

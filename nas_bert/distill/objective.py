@@ -203,7 +203,8 @@ class DistillObjective:
 
     def __init__(self, teacher: Teacher, arch: Architecture, mapping: list[int], weights: dict[str, float],
                  relation_heads: int, temperature: float, val_batches: list[dict[str, Tensor]],
-                 taps: TeacherTaps | None) -> None:
+                 taps: TeacherTaps | None,
+                 val_teacher: dict[int, tuple[tuple[Tensor, ...], dict[tuple[int, str], Tensor]]] | None = None) -> None:
         self.teacher, self.arch, self.mapping = teacher, arch, check_mapping(mapping, arch, teacher.num_layers)
         sentence = teacher.use == "sentence"
         # terms that do not apply to this teacher's use are off, whatever their weight
@@ -216,7 +217,8 @@ class DistillObjective:
         self.relation_heads, self.temperature = relation_heads, temperature
         self.taps = taps if self.w.get("attention", 0) > 0 else None
         self.val_batches = val_batches
-        self._val_teacher: dict[int, tuple[tuple[Tensor, ...], dict[tuple[int, str], Tensor]]] = {}
+        # the teacher's outputs on the validation batches, computed once (shared by the objectives of one context)
+        self._val_teacher = {} if val_teacher is None else val_teacher
         self.last_vectors: tuple[Tensor, Tensor] | None = None
 
     def _teacher(self, batch: dict[str, Tensor]) -> tuple[tuple[Tensor, ...], dict[tuple[int, str], Tensor]]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -129,6 +129,7 @@ class StudentContext:
     _unit_batches: list[dict[str, torch.Tensor]] | None = None
     _importance: Importance | None = None
     _teacher_net: Supernet | None = None
+    _val: dict[tuple[int, int], tuple[list[dict[str, torch.Tensor]], dict[Any, Any]]] = field(default_factory=dict)
 
     @classmethod
     def open(cls, study: Study) -> StudentContext:
@@ -189,12 +190,17 @@ class StudentContext:
         return DistillModule(student, arch, self.teacher.hidden_size)
 
     def objective(self, arch: Architecture, mapping: list[int], val_batches: int, batch_size: int) -> DistillObjective:
+        """The distillation objective on the fixed validation batches; the batches and the teacher's outputs on
+        them are made once per context (the finalists' and the mapping search's many short runs share them)."""
         cfg = self.study.cfg.distill
-        val = fixed_batches(self.corpus["validation"], self.collator, val_batches, batch_size, seed=4321)
-        device = self.study.device()
-        val = [{k: v.to(device) for k, v in b.items()} for b in val]
+        key = (val_batches, batch_size)
+        if key not in self._val:
+            val = fixed_batches(self.corpus["validation"], self.collator, val_batches, batch_size, seed=4321)
+            device = self.study.device()
+            self._val[key] = ([{k: v.to(device) for k, v in b.items()} for b in val], {})
+        val, teacher_out = self._val[key]
         return DistillObjective(self.teacher, arch, mapping, cfg.weights.model_dump(), cfg.relation_heads,
-                                cfg.temperature, val, self.taps)
+                                cfg.temperature, val, self.taps, teacher_out)
 
 
 def uses_mlm_logits(study: Study, teacher: Teacher) -> bool:
