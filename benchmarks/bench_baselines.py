@@ -307,7 +307,8 @@ def main() -> None:
                 run = name if family != "uniform" else f"{name}-{order}"
                 label = family if family != "uniform" else f"uniform ({order})"
 
-                def distilled(run: str = run, arch: Architecture = arch, order: str = order) -> BaselineRun:
+                def distilled(run: str = run, arch: Architecture = arch, order: str = order,
+                              family: str = family) -> BaselineRun:
                     d = distill_baseline(ctx, run, arch, ctx.importance() if order == "importance" else None,
                                          batches=ctx.unit_batches(), family=family)
                     return BaselineRun(**d, metrics=evaluate(study, r.db, d["student_path"]))

@@ -8,9 +8,9 @@ held-out fidelity.
 
 from nas_bert.choose.candidates import Candidate, baseline_family, family_to_time
 from nas_bert.choose.finalists import (
-    Margin,
     Finalist,
     FinalistsResult,
+    Margin,
     SearchReport,
     TruncatedReference,
     choose,

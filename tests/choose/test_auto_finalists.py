@@ -1,0 +1,51 @@
+"""The search and the finalists on the space made from the teacher (tiny teacher): the hand-designed students
+seed the search and are judged as their families, successive halving runs its rounds, and the choice says
+which kind won and by how much."""
+
+from __future__ import annotations
+
+import optuna
+import yaml
+from conftest import FAST, ROOT
+
+from nas_bert.choose import choose
+from nas_bert.search import optuna_study_name, search, storage_for
+from nas_bert.space import FAMILIES, families
+from nas_bert.study import load_study
+from nas_bert.supernet import train_supernet
+from nas_bert.teacher import embeddings_spec_of, load_teacher_config
+
+
+def test_search_and_finalists_on_the_space_made_from_the_teacher(tmp_path) -> None:
+    data = yaml.safe_load((ROOT / "studies" / "tiny.yaml").read_text())
+    data.update(FAST)
+    data["search_space"] = "auto"
+    data["supernet"]["steps"] = 0
+    data["search"]["finalist_rounds"] = 2
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(data))
+    study = load_study(tmp_path / "tiny.yaml")
+    assert study.space.layer_slots and study.space.blocks == 4
+    train_supernet(study)
+    result = search(study, 5.0)
+    # the trials' score is the zero-step fidelity proxy, a loss in [0, 2]
+    assert result.chosen is not None and 0 <= result.chosen.approx_loss <= 2
+    trials = optuna.load_study(study_name=optuna_study_name(study, 5.0), storage=storage_for(study)).get_trials()
+    seeds = {t.user_attrs["seed"] for t in trials if "seed" in t.user_attrs}
+    points = families(study.space, embeddings_spec_of(load_teacher_config(study.cfg.teacher)))
+    assert "fastest" in seeds and seeds - {"fastest"} and seeds - {"fastest"} <= set(points)  # the recipes go first
+    fin = choose(study, 5.0, progress=False)
+    origins = {f.origin for f in fin.finalists}
+    assert origins & set(FAMILIES), origins  # hand-designed points judged as their families
+    names = {f.name for f in fin.finalists}
+    assert not any(n.startswith("teacher-layers-") for n in names)  # the old space's seeds are gone
+    # successive halving: the better half of those the budget holds got a second, longer round
+    held = [f for f in fin.finalists if not f.over_budget]
+    second = [f for f in held if f.rounds and len(f.rounds) == 2]
+    assert len(held) >= 3, [f.name for f in fin.finalists]
+    assert len(second) == (len(held) + 1) // 2
+    assert all(f.rounds[1]["steps"] == 2 * f.rounds[0]["steps"] for f in second)
+    assert fin.chosen.name in {f.name for f in second}
+    assert fin.margin is not None and (fin.margin.rival_origin == "search") != (fin.chosen.origin == "search")
+    # resumable: a second call recomputes nothing and chooses the same
+    again = choose(study, 5.0, progress=False)
+    assert again.chosen.name == fin.chosen.name and again.chosen.fidelity == fin.chosen.fidelity
