@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 from pathlib import Path
@@ -63,7 +64,7 @@ def make_tiny_study(root: Path, search_budget: float | None = None) -> Path:
     from nas_bert.teacher import embeddings_spec_of, load_teacher_config
 
     data = yaml.safe_load((ROOT / "studies" / "tiny.yaml").read_text())
-    data.update(FAST)
+    data.update(copy.deepcopy(FAST))  # never edit the shared sizes in place
     (root / "tiny.yaml").write_text(yaml.safe_dump(data))
     study = load_study(root / "tiny.yaml")
     train_supernet(study)

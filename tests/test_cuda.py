@@ -4,6 +4,8 @@ that redoes nothing. Skipped where no CUDA device is visible (CI has none)."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import yaml
@@ -21,7 +23,7 @@ def test_tiny_study_runs_on_cuda(tmp_path):
     from nas_bert.study import load_study
 
     data = yaml.safe_load((ROOT / "studies" / "tiny.yaml").read_text())
-    data.update(FAST)
+    data.update(copy.deepcopy(FAST))  # never edit the shared sizes in place
     data["device"] = "cuda"
     data["latency"] = {**data["latency"], "device": "cuda", "seq_len": 32}
     data["search"]["budgets_ms"] = [50.0]  # a GPU launches kernels: budgets are not the CPU's

@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from nas_bert.distill import StudentContext
 from nas_bert.errors import NasBertError
-from nas_bert.search import optuna_study_name, storage_for
+from nas_bert.search import optuna_study_name, recipe_hashes, storage_for
 from nas_bert.space import Architecture, families
 from nas_bert.store import ArchitectureRow, Database
 from nas_bert.study import Study
@@ -52,8 +52,13 @@ def search_candidates(db: Database, study: Study, budget_ms: float) -> list[Cand
         rows = {r.hash: r for r in s.scalars(select(ArchitectureRow).where(
             ArchitectureRow.study == study.name, ArchitectureRow.hash.in_(list(first))))}
     top = study.cfg.search.rescore_top
-    by_approx = sorted(first, key=lambda h: rows[h].approx_loss)[:2 * top]
-    rescored = [h for h in first if rows[h].rescored_loss is not None]
+    # in a space made from the teacher its hand-designed points are finalists as their families: the search
+    # contributes the best of the rest
+    recipes = recipe_hashes(study, Architecture.from_json(next(iter(rows.values())).arch_json).embeddings) \
+        if rows else set()
+    own = [h for h in first if h not in recipes]
+    by_approx = sorted(own, key=lambda h: rows[h].approx_loss)[:2 * top]
+    rescored = [h for h in own if rows[h].rescored_loss is not None]
     by_rescored = sorted(rescored, key=lambda h: rows[h].rescored_loss)[:top]
     # in a space made from the teacher the seeds are its hand-designed points, judged by their families: only the
     # fastest is a seed finalist (the others are finalists where the proxies rank them among the best)

@@ -18,7 +18,7 @@ from nas_bert.record import Record
 from nas_bert.search.context import SearchContext
 from nas_bert.search.scoring import kendall_tau
 from nas_bert.search.storage import optuna_study_name, storage_for
-from nas_bert.space import Architecture
+from nas_bert.space import Architecture, Embeddings, families
 from nas_bert.store import ArchitectureRow, Database
 from nas_bert.study import Study
 
@@ -69,12 +69,15 @@ def finish_search(ctx: SearchContext, budget_ms: float, seconds: float) -> Searc
     trials = study_.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     feasible = [t for t in complete if t.values[1] <= budget_ms]
-    # the best T distinct feasible architectures by approximate loss, and every member of the front
+    # the best T distinct feasible architectures by approximate loss (in a space made from the teacher, T besides
+    # its hand-designed points, which the finalists judge as their families), and every member of the front
+    recipes = recipe_hashes(study, ctx.teacher.embeddings_spec())
     best: dict[str, optuna.trial.FrozenTrial] = {}
     for t in sorted(feasible, key=lambda t: t.values[0]):
         if len(best) == cfg.rescore_top:
             break
-        best.setdefault(t.user_attrs["arch_hash"], t)
+        if t.user_attrs["arch_hash"] not in recipes:
+            best.setdefault(t.user_attrs["arch_hash"], t)
     for t in [*study_.best_trials, *(t for t in feasible if "seed" in t.user_attrs)]:
         if t.values[1] <= budget_ms:
             best.setdefault(t.user_attrs["arch_hash"], t)
@@ -95,6 +98,11 @@ def finish_search(ctx: SearchContext, budget_ms: float, seconds: float) -> Searc
         kendall_tau=kendall_tau(approx, rescored), rescored=len(rescored),
         block_scores_computed=ctx.scorer.computed, seconds=round(seconds, 1),
     )
+
+
+def recipe_hashes(study: Study, emb: Embeddings) -> set[str]:
+    """The hashes of the hand-designed points of a space made from the teacher (empty for another space)."""
+    return {arch.hash() for _, arch in families(study.space, emb).values()}
 
 
 def _load(study: Study, budget_ms: float) -> optuna.Study:

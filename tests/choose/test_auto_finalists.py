@@ -4,6 +4,8 @@ which kind won and by how much."""
 
 from __future__ import annotations
 
+import copy
+
 import optuna
 import yaml
 from conftest import FAST, ROOT
@@ -18,7 +20,7 @@ from nas_bert.teacher import embeddings_spec_of, load_teacher_config
 
 def test_search_and_finalists_on_the_space_made_from_the_teacher(tmp_path) -> None:
     data = yaml.safe_load((ROOT / "studies" / "tiny.yaml").read_text())
-    data.update(FAST)
+    data.update(copy.deepcopy(FAST))  # FAST is shared by the session's other studies: never edit it in place
     data["search_space"] = "auto"
     data["supernet"]["steps"] = 0
     data["search"]["finalist_rounds"] = 2
