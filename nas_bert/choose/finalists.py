@@ -249,12 +249,26 @@ def _round(ctx: StudentContext, study: Study, budget_ms: float, c: Candidate, pr
                                             | {"steps": study.cfg.search.finalist_steps}])
     done = {r["steps"]: r for r in rounds}
     if steps not in done:
-        done[steps] = {**short_distill(ctx, c, steps), "steps": steps}
+        done[steps] = _round_elsewhere(ctx.db, study, c, protocol, steps) or {**short_distill(ctx, c, steps),
+                                                                              "steps": steps}
         rounds = sorted(done.values(), key=lambda r: r["steps"])
         _update(ctx.db, study, budget_ms, c.name, protocol, {"rounds": rounds})
     last = done[steps]
     return {**{k: last[k] for k in SCORE_KEYS if k in last}, "rounds": rounds,
             "fidelity_before": rounds[0].get("fidelity_before")}
+
+
+def _round_elsewhere(db: Database, study: Study, c: Candidate, protocol: str, steps: int) -> dict[str, Any] | None:
+    """The same round (student, start, protocol, steps) run at another budget of the study: not run twice."""
+    with db.session() as s:
+        rows = s.scalars(select(FinalistRow).where(
+            FinalistRow.study == study.name, FinalistRow.arch_hash == c.arch.hash(), FinalistRow.origin == c.origin,
+            FinalistRow.protocol_hash == protocol).order_by(FinalistRow.id)).all()
+        for row in rows:
+            for r in json.loads(row.metrics_json).get("rounds") or []:
+                if r.get("steps") == steps and "fidelity" in r:
+                    return {**r, "scored_at_budget_ms": row.budget_ms}
+    return None
 
 
 def _update(db: Database, study: Study, budget_ms: float, name: str, protocol: str, extra: dict[str, Any]) -> None:
@@ -406,6 +420,9 @@ def chosen_finalist(db: Database, study: Study, budget_ms: float) -> Finalist | 
         if r.protocol_hash != latest:
             continue
         m = json.loads(r.metrics_json)
+        if m.get("rounds"):  # the row's own figures are its first round's: the choice ranked by its last
+            last = m["rounds"][-1]
+            m = {**m, **{k: last[k] for k in SCORE_KEYS if k in last and k != "fidelity_before"}}
         cand = Candidate(r.name, r.origin, Architecture.from_json(r.arch_json), r.trial_number)
         found.append({**cand.to_dict(), **m, "measured_ms": r.measured_ms,
                       "over_budget": bool(m.get("over_budget"))})

@@ -51,3 +51,10 @@ def test_search_and_finalists_on_the_space_made_from_the_teacher(tmp_path) -> No
     # resumable: a second call recomputes nothing and chooses the same
     again = choose(study, 5.0, progress=False)
     assert again.chosen.name == fin.chosen.name and again.chosen.fidelity == fin.chosen.fidelity
+    # what export and status read back from the finalists' rows is the same choice, ranked by the last rounds
+    from nas_bert.choose import chosen_finalist
+    from nas_bert.store import Database
+
+    stored = chosen_finalist(Database(study.db_url), study, 5.0)
+    assert stored is not None and stored.name == fin.chosen.name and stored.fidelity == fin.chosen.fidelity
+    assert stored.rounds == fin.chosen.rounds
