@@ -192,8 +192,8 @@ class MappingSearch:
                         "reason": (f"the searched mapping beats {name} by {gain:.4g} > 2 se {2 * se:.4g}" if wins else
                                    f"the searched mapping does not beat {name} beyond noise (gain {gain:.4g}, 2 se "
                                    f"{2 * se:.4g}): the {name} mapping is used")}
-        fit = float(np.mean(decision.get("runs", {}).get(decision["used"], [base.get(decision["used"], summary["best"])
-                                                                             ["fitness"]])))
+        runs = decision.get("runs")
+        fit = float(np.mean(runs[decision["used"]])) if runs else base[name]["fitness"]
         try:
             with self.db.session() as s:
                 s.add(MappingEval(study=self.study.name, arch_hash=self.arch.hash(),

@@ -122,13 +122,12 @@ def family_seeds(ctx: SearchContext, budget_ms: float, keep: int = 3) -> dict[st
     """In a space made from the teacher, the hand-designed students are points: of each family the `keep`
     slowest the latency model predicts within the budget go first, so the search starts from every recipe a
     user would try and can at worst tie with them."""
-    space, emb = ctx.study.space, ctx.teacher.embeddings_spec()
+    points = families(ctx.study.space, ctx.teacher.embeddings_spec())
+    predicted = {name: ctx.latency.predict(arch) for name, (_, arch) in points.items()}
     out: dict[str, Architecture] = {}
     for kind in FAMILIES:
-        members = [(ctx.latency.predict(arch), name, arch) for name, (fam, arch) in families(space, emb).items()
-                   if fam == kind]
-        fits = sorted(m for m in members if m[0] <= budget_ms)
-        out |= {name: arch for _, name, arch in fits[-keep:]}
+        fits = sorted((ms, name) for name, ms in predicted.items() if points[name][0] == kind and ms <= budget_ms)
+        out |= {name: points[name][1] for _, name in fits[-keep:]}
     return out
 
 

@@ -66,6 +66,11 @@ class BlockScorer:
         return sum(self.block_loss(b, arch) for b in range(len(arch.blocks)))
 
 
+def with_output(supernet: Supernet, arch: Architecture) -> Architecture:
+    """`arch` as the extracted student is: returning to the teacher's width."""
+    return arch if arch.output else Architecture(arch.embeddings, arch.blocks, supernet.teacher_width)
+
+
 @torch.no_grad()
 def rescore(supernet: Supernet, arch: Architecture, cache: ValidationCache) -> float:
     """End-to-end MSE of the chained student against the teacher's last hidden state.
@@ -74,7 +79,7 @@ def rescore(supernet: Supernet, arch: Architecture, cache: ValidationCache) -> f
     teacher's width by the last boundary's prediction, in the teacher's order.
     """
     total, tokens = 0.0, 0.0
-    arch = arch if arch.output else Architecture(arch.embeddings, arch.blocks, supernet.teacher_width)
+    arch = with_output(supernet, arch)
     for batch, bounds in zip(cache.batches, cache.bounds, strict=True):
         mask = batch["attention_mask"]
         out = supernet.forward_student(bounds[0], arch, mask)  # (B, T, teacher width)
@@ -90,7 +95,7 @@ def fidelity_proxy(supernet: Supernet, arch: Architecture, cache: ValidationCach
     measures it) on the validation batches, as a loss: 1 - fidelity. The chained path is exactly what the
     extracted student computes, so this is the start a short distillation would begin from."""
     ours, theirs = [], []
-    arch = arch if arch.output else Architecture(arch.embeddings, arch.blocks, supernet.teacher_width)
+    arch = with_output(supernet, arch)
     for batch, bounds in zip(cache.batches, cache.bounds, strict=True):
         mask = batch["attention_mask"]
         ours.append(teacher.embed(supernet.forward_student(bounds[0], arch, mask), mask))

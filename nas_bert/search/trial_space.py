@@ -71,9 +71,11 @@ def slot_token(op: Op) -> str:
 
 def suggest_architecture(trial: optuna.trial.BaseTrial, space: SearchSpace, teacher_emb: Any) -> Architecture:
     if space.layer_slots:  # per teacher layer: its width, the heads and the neurons it keeps (or drops them)
-        blocks = [Block(trial.suggest_categorical(f"b{b}_hidden", list(space.hidden_sizes)),
-                        tuple(slot_op(trial.suggest_categorical(f"b{b}_s{j}", slot_tokens(space, j)), 0, space)
-                              for j in range(space.sublayers_per_block))) for b in range(space.blocks)]
+        blocks = []
+        for b in range(space.blocks):
+            hidden = trial.suggest_categorical(f"b{b}_hidden", list(space.hidden_sizes))
+            blocks.append(Block(hidden, tuple(slot_op(trial.suggest_categorical(f"b{b}_s{j}", slot_tokens(space, j)),
+                                                      hidden, space) for j in range(space.sublayers_per_block))))
         return Architecture.build(teacher_emb, tuple(keep_widths(blocks, teacher_emb.width, space))).validate(space)
     blocks = []
     for b in range(space.blocks):
