@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -12,8 +13,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from nas_bert.errors import NasBertError
+from nas_bert.shipped import shipped_file, shipped_names
 from nas_bert.space import SearchSpace, TeacherShape, load_space
-from nas_bert.store import read_mapping, validate
+from nas_bert.store import atomic_write_text, parse_mapping, read_mapping, validate
 
 
 class _Strict(BaseModel):
@@ -304,13 +306,25 @@ def teacher_shape(teacher: str) -> TeacherShape:
     return TeacherShape.of(load_teacher_config(teacher))
 
 
+def study_file(path: str | Path) -> tuple[Path, Path]:
+    """A study file and the folder its relative paths (database, work folder, local teacher or corpus) are
+    read against: the file's own; for a shipped study named bare (`--config demo`, no such file here) the
+    current directory, so that an installed package never writes inside itself."""
+    file = Path(path)
+    if file.is_file():
+        return file, file.resolve().parent
+    shipped = shipped_file("studies", str(path))
+    if shipped is not None:
+        return shipped, Path.cwd()
+    raise NasBertError(f"study file {file} not found; pass --config studies/<name>.yaml, a shipped study "
+                       f"({', '.join(shipped_names('studies'))}), or write one with `nas-bert init NAME`")
+
+
 def load_study(path: str | Path, db_url: str | None = None, overrides: dict[str, Any] | None = None) -> Study:
     """Read and validate a study file; `db_url` and `overrides` (dotted keys) win over the file."""
-    file = Path(path)
+    file, base = study_file(path)
     if db_url is not None and not db_url.strip():  # an empty --db is an error, not "the study file's database"
         raise NasBertError("--db is empty; give a database URL (sqlite:///path.db) or leave --db out")
-    if not file.is_file():
-        raise NasBertError(f"study file {file} not found; pass --config studies/<name>.yaml")
     data = read_mapping(file, f"study file {file}")
     data.setdefault("name", file.stem)
     for key, value in (overrides or {}).items():
@@ -320,7 +334,6 @@ def load_study(path: str | Path, db_url: str | None = None, overrides: dict[str,
             node = node.setdefault(p, {})
         node[leaf] = value
     cfg = validate(StudyConfig, data, f"study file {file}")
-    base = file.resolve().parent
     cfg.teacher = local_path(cfg.teacher, base)
     if cfg.corpus.name != "wordnet":
         cfg.corpus.name = local_path(cfg.corpus.name, base)
@@ -331,3 +344,42 @@ def load_study(path: str | Path, db_url: str | None = None, overrides: dict[str,
         url = f"sqlite:///{base / url[10:]}"  # in a study file, a relative SQLite path is relative to the file
     space = load_space(cfg.search_space, base, teacher=lambda: teacher_shape(cfg.teacher))
     return Study(cfg=cfg, file=file.resolve(), workdir=workdir, db_url=url, space=space)
+
+
+def init_study(name: str, teacher: str | None = None, corpus: str | None = None, template: str = "demo",
+               folder: Path | None = None, force: bool = False, budgets_ms: list[float] | None = None) -> Path:
+    """Write NAME.yaml in `folder` (default: the current one) from the shipped study `template`, its comments
+    kept, with its name and, where given, its teacher, corpus and latency budgets replaced; written whole or
+    not at all."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or name.endswith((".yaml", ".yml")):
+        raise NasBertError(f"study name {name!r}: use letters, digits, '-', '_' or '.' (the file is NAME.yaml), "
+                           "e.g. `nas-bert init my-study`")
+    source = shipped_file("studies", template)
+    if source is None:
+        raise NasBertError(f"no shipped study {template!r} to start from; use one of {shipped_names('studies')}")
+    target = (folder or Path.cwd()) / f"{name}.yaml"
+    if target.exists() and not force:
+        raise NasBertError(f"{target} exists; choose another name, or pass --force to overwrite it")
+    text = source.read_text()
+
+    def put(pattern: str, value: str, what: str) -> None:
+        nonlocal text
+        text, n = re.subn(pattern, lambda m: m.group(1) + json.dumps(value) + m.group(3), text, count=1, flags=re.MULTILINE)
+        if n != 1:
+            raise NasBertError(f"shipped study {template!r} has no {what} line to set; edit {target} by hand")
+
+    put(r"^(name:\s*)(\S+)(.*)$", name, "name")
+    if teacher is not None:
+        put(r"^(teacher:\s*)(\S+)(.*)$", teacher, "teacher")
+    if corpus is not None:
+        put(r"^(corpus:\s*\n\s+name:\s*)(\S+)(.*)$", corpus, "corpus name")
+    if budgets_ms:
+        listed = json.dumps([float(b) for b in budgets_ms])
+        text, n = re.subn(r"^(\s+budgets_ms:\s*)(\[[^\]]*\])", lambda m: m.group(1) + listed, text, count=1, flags=re.MULTILINE)
+        if n == 0:  # a study without budgets (the tiny one): a search section of its own, or a line in it
+            text, n = re.subn(r"^search:[ \t]*$", f"search:\n  budgets_ms: {listed}", text, count=1, flags=re.MULTILINE)
+        if n == 0:
+            text = text.rstrip("\n") + f"\nsearch:\n  budgets_ms: {listed}\n"
+    validate(StudyConfig, parse_mapping(text, f"study file {target}"), f"study file {target}")
+    atomic_write_text(target, text)
+    return target

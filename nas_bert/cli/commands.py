@@ -23,7 +23,8 @@ if TYPE_CHECKING:  # the stages are imported by the commands that run them: the 
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Search, distil and export small BERT students.")
 
-ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="study file, e.g. studies/demo.yaml")]
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="study file (e.g. studies/demo.yaml) or a shipped "
+                                                                   "study's name (demo, quality, tiny)")]
 DbOpt = Annotated[str | None, typer.Option("--db", envvar=DB_ENV, show_envvar=True,
                                             help="database URL overriding the study file's")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
@@ -246,6 +247,27 @@ def export_cmd(
     study = load_study(config, db)
     summary = export_front(study, out, parsed, overwrite, command=shlex.join(["nas-bert", *sys.argv[1:]]))
     _print(summary, as_json, tables.export_table)
+
+
+@app.command("init")
+@_friendly
+def init_cmd(
+    name: Annotated[str, typer.Argument(help="the study's name; the file written is NAME.yaml")],
+    teacher: Annotated[str | None, typer.Option("--teacher", help="an alias, a model folder or a Hub id")] = None,
+    corpus: Annotated[str | None, typer.Option("--corpus", help="wordnet, a .txt/.json/.csv file or a Hub dataset id")] = None,
+    template: Annotated[str, typer.Option("--from", help="the shipped study to start from")] = "demo",
+    folder: Annotated[Path, typer.Option("--dir", help="where to write it")] = Path("."),
+    budget: Annotated[list[float] | None, typer.Option("--budget-ms", help="a latency budget in ms (repeat for several)")] = None,
+    force: Annotated[bool, typer.Option("--force", help="overwrite an existing NAME.yaml")] = False,
+) -> None:
+    """Write a study file to start from: a shipped study (the demo by default), its comments kept, with your
+    name, teacher and corpus."""
+    from nas_bert.study import init_study
+
+    for b in budget or []:
+        _budget("--budget-ms", b)
+    path = init_study(name, teacher, corpus, template, folder, force, budget)
+    typer.echo(f"wrote {path}; run it with: nas-bert run --config {path}")
 
 
 @app.command("run")

@@ -9,10 +9,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from nas_bert.errors import NasBertError
+from nas_bert.shipped import shipped_file, shipped_names
 from nas_bert.store import json_hash, read_mapping, validate
 
 OpKind = Literal["mha", "ffn", "sepconv", "identity"]
-SEARCH_SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 
 
 class SearchSpace(BaseModel):
@@ -228,10 +228,10 @@ def resolve_space_path(name_or_path: str | Path, base_dir: Path | None = None) -
         Path.cwd() / raw,
         *([base_dir.parent / raw] if base_dir else []),
     ]
-    if raw.suffix not in (".yaml", ".yml") and len(raw.parts) == 1:
-        candidates.append(SEARCH_SPACES_DIR / f"{raw}.yaml")
+    shipped = shipped_file("search_spaces", str(name_or_path))
+    candidates += [shipped] if shipped else []
     for c in candidates:
         if c.is_file():
             return c
-    known = sorted(p.stem for p in SEARCH_SPACES_DIR.glob("*.yaml"))
+    known = shipped_names("search_spaces")
     raise NasBertError(f"search space '{name_or_path}' not found; give a YAML path or one of {known}")
