@@ -31,7 +31,7 @@ from nas_bert.search.context import SearchContext, open_context
 from nas_bert.search.front import SearchResult, finish_search
 from nas_bert.search.storage import optuna_study_name, storage_for
 from nas_bert.search.trial_space import suggest_architecture, trial_params
-from nas_bert.space import FAMILIES, IDENTITY, Architecture, Block, families
+from nas_bert.space import FAMILIES, IDENTITY, Architecture, Block, families, grown
 from nas_bert.space import architecture as A
 from nas_bert.store import ArchitectureRow, TrialRow, fingerprint
 from nas_bert.study import SearchConfig, Study
@@ -121,13 +121,28 @@ def seed_architectures(ctx: SearchContext, budget_ms: float) -> dict[str, Archit
 def family_seeds(ctx: SearchContext, budget_ms: float, keep: int = 3) -> dict[str, Architecture]:
     """In a space made from the teacher, the hand-designed students are points: of each family the `keep`
     slowest the latency model predicts within the budget go first, so the search starts from every recipe a
-    user would try and can at worst tie with them."""
-    points = families(ctx.study.space, ctx.teacher.embeddings_spec())
+    user would try and can at worst tie with them. Then its first step away from them: each family's slowest
+    member grown by one more layer in the latency it leaves under the budget (`families.grown`, named
+    "spread-2+layer4"), points no recipe reaches."""
+    space = ctx.study.space
+    points = families(space, ctx.teacher.embeddings_spec())
     predicted = {name: ctx.latency.predict(arch) for name, (_, arch) in points.items()}
     out: dict[str, Architecture] = {}
+    slowest: list[str] = []
     for kind in FAMILIES:
         fits = sorted((ms, name) for name, ms in predicted.items() if points[name][0] == kind and ms <= budget_ms)
         out |= {name: points[name][1] for _, name in fits[-keep:]}
+        slowest += [fits[-1][1]] if fits else []
+
+    def fits(arch: Architecture) -> float | None:
+        ms = ctx.latency.predict(arch)
+        return ms if ms <= budget_ms else None
+
+    recipes = {a.hash() for _, a in points.values()}
+    for name in slowest:
+        for layer, arch in grown(space, points[name][1], fits).items():
+            if arch.hash() not in recipes:
+                out.setdefault(f"{name}+layer{layer}", arch)
     return out
 
 

@@ -72,8 +72,9 @@ def slot_token(op: Op) -> str:
 def suggest_architecture(trial: optuna.trial.BaseTrial, space: SearchSpace, teacher_emb: Any) -> Architecture:
     if space.layer_slots:  # per teacher layer: its width, the heads and the neurons it keeps (or drops them)
         blocks = []
+        shared = trial.suggest_categorical("hidden", list(space.hidden_sizes)) if space.shared_width else None
         for b in range(space.blocks):
-            hidden = trial.suggest_categorical(f"b{b}_hidden", list(space.hidden_sizes))
+            hidden = shared or trial.suggest_categorical(f"b{b}_hidden", list(space.hidden_sizes))
             blocks.append(Block(hidden, tuple(slot_op(trial.suggest_categorical(f"b{b}_s{j}", slot_tokens(space, j)),
                                                       hidden, space) for j in range(space.sublayers_per_block))))
         return Architecture.build(teacher_emb, tuple(keep_widths(blocks, teacher_emb.width, space))).validate(space)
@@ -100,6 +101,10 @@ def op_token(op: Op, hidden: int) -> str:
 def trial_params(arch: Architecture, space: SearchSpace | None = None) -> dict[str, Any]:
     """The trial parameters that suggest `arch` (for `enqueue_trial`)."""
     token = slot_token if space is not None and space.layer_slots else op_token
-    return {k: v for b, blk in enumerate(arch.blocks) for k, v in
-            ((f"b{b}_hidden", blk.hidden), *((f"b{b}_s{j}", token(op, blk.hidden) if token is op_token else token(op))
-                                             for j, op in enumerate(blk.ops)))}
+    params = {k: v for b, blk in enumerate(arch.blocks) for k, v in
+              ((f"b{b}_hidden", blk.hidden), *((f"b{b}_s{j}", token(op, blk.hidden) if token is op_token else token(op))
+                                               for j, op in enumerate(blk.ops)))}
+    if space is not None and space.shared_width:  # one width, that of the layers kept (all of them: the widest)
+        params = {k: v for k, v in params.items() if not k.endswith("_hidden")}
+        params["hidden"] = max((b.hidden for b in arch.blocks if b.depth), default=space.max_hidden)
+    return params

@@ -240,6 +240,10 @@ class Architecture:
             if space.layer_slots and not b.depth and b.hidden != prev:
                 raise NasBertError(f"block {i}: a dropped layer keeps the width before it ({prev}), not {b.hidden}")
             prev = b.hidden
+        widths = {b.hidden for b in self.blocks if b.depth}
+        if space.shared_width and len(widths) > 1:
+            raise NasBertError(f"widths {sorted(widths)}: space '{space.name}' keeps one width for every layer "
+                               "(shared_width: false allows a width per layer)")
         return self
 
 
@@ -304,10 +308,11 @@ def validate_block(b: Block, space: SearchSpace, index: int = 0) -> Block:
     return b
 
 
-def sample_block(space: SearchSpace, rng: random.Random, uniform_depth: bool = False) -> Block:
-    """Uniform over all block sub-architectures: a depth is drawn in proportion to its path count (or,
-    with `uniform_depth`, uniformly, so shallow blocks are as likely as deep ones)."""
-    hidden = rng.choice(space.hidden_sizes)
+def sample_block(space: SearchSpace, rng: random.Random, uniform_depth: bool = False,
+                 hidden: int | None = None) -> Block:
+    """Uniform over all block sub-architectures (at width `hidden` where given): a depth is drawn in proportion
+    to its path count (or, with `uniform_depth`, uniformly, so shallow blocks are as likely as deep ones)."""
+    hidden = hidden or rng.choice(space.hidden_sizes)
     if space.layer_slots:  # each sublayer kept (at a size drawn uniformly) or dropped, half and half
         return Block(hidden, tuple(rng.choice(op_choices(space, hidden, j)) if rng.random() < 0.5 else IDENTITY
                                    for j in range(space.sublayers_per_block)))
@@ -326,7 +331,8 @@ def sample(space: SearchSpace, embeddings: Embeddings, seed: int | random.Random
     """A uniformly random architecture (see `sample_block` for `uniform_depth`); the same seed gives the
     same architecture."""
     rng = seed if isinstance(seed, random.Random) else random.Random(seed)
-    blocks = [sample_block(space, rng, uniform_depth) for _ in range(space.blocks)]
+    width = rng.choice(space.hidden_sizes) if space.shared_width else None
+    blocks = [sample_block(space, rng, uniform_depth, width) for _ in range(space.blocks)]
     return Architecture.build(embeddings, tuple(keep_widths(blocks, embeddings.width, space)))
 
 

@@ -13,7 +13,9 @@ importance-ordered) a point equal to one of them has exactly its weights:
 
 from __future__ import annotations
 
-from nas_bert.space.architecture import IDENTITY, Architecture, Block, Embeddings, Op, mha_op
+from collections.abc import Callable
+
+from nas_bert.space.architecture import IDENTITY, Architecture, Block, Embeddings, Op, keep_widths, mha_op
 from nas_bert.space.search_space import SearchSpace
 
 FAMILIES = ("truncated", "spread", "pruned", "uniform", "minitron")
@@ -71,3 +73,30 @@ def families(space: SearchSpace, emb: Embeddings) -> dict[str, tuple[str, Archit
 def teacher_point(space: SearchSpace, emb: Embeddings) -> Architecture | None:
     """The teacher itself as a point of the space (every layer, every head and neuron, full width)."""
     return layers_point(space, emb, list(range(space.blocks)))
+
+
+def grown(space: SearchSpace, arch: Architecture, fits: Callable[[Architecture], float | None]) -> dict[int, Architecture]:
+    """The search's first move from a hand-designed point: the latency the recipe leaves under the budget spent
+    on one layer more. Per layer the point drops, that layer kept at the point's width with the most of its
+    heads and neurons that still fit (`fits(arch)`: the predicted ms, None when over the budget), or left out
+    where none does: layer -> the grown point."""
+    kept = [b for b in arch.blocks if b.depth]
+    if not space.layer_slots or not kept or not {"mha", "ffn"} <= set(space.operators):
+        return {}
+    width = kept[0].hidden
+    sizes = [(h, n) for h in (*space.head_counts, 0) for n in (*space.ffn_sizes, 0) if h or n]
+    out: dict[int, Architecture] = {}
+    for b, block in enumerate(arch.blocks):
+        if block.depth:
+            continue
+        best: tuple[float, Architecture] | None = None
+        for h, n in sizes:
+            ops = (mha_op(h, space.head_size, width) if h else IDENTITY, Op("ffn", inner=n) if n else IDENTITY)
+            blocks = [*arch.blocks[:b], Block(width, ops), *arch.blocks[b + 1:]]
+            point = Architecture.build(arch.embeddings, tuple(keep_widths(blocks, arch.embeddings.width, space)))
+            ms = fits(point)
+            if ms is not None and (best is None or ms > best[0]):
+                best = (ms, point)
+        if best is not None:
+            out[b] = best[1].validate(space)
+    return out

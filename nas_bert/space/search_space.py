@@ -42,6 +42,8 @@ class SearchSpace(BaseModel):
                                          "block's width (Minitron's head pruning); empty: width / head_size")
     ffn_sizes: tuple[int, ...] = Field(default=(), description="feed-forward neurons a sublayer may keep, whatever "
                                        "the block's width; empty: ffn_ratios x width")
+    shared_width: bool = Field(default=False, description="one hidden width for every layer a student keeps (as "
+                               "every hand-designed recipe); false: a width per block")
 
     @model_validator(mode="after")
     def _check(self) -> SearchSpace:
@@ -145,7 +147,7 @@ class SearchSpace(BaseModel):
             )
 
 
-NEW_FIELDS = ("layer_slots", "head_counts", "ffn_sizes")
+NEW_FIELDS = ("layer_slots", "head_counts", "ffn_sizes", "shared_width")
 
 
 class TeacherShape(BaseModel):
@@ -184,6 +186,8 @@ class TeacherRelativeSpace(BaseModel):
                                                        "(the teacher's neurons / its heads), up to all of them")
     operators: tuple[OpKind, ...] = ("mha", "ffn", "identity")
     conv_kernels: tuple[int, ...] = (3, 5, 7)
+    shared_width: bool = Field(default=True, description="one hidden width for every layer a student keeps; false: a "
+                                                         "width per layer (each change of width costs a projection)")
 
     def materialise(self, t: TeacherShape) -> SearchSpace:
         """The space for this teacher: one block per layer; every hand-designed cut is one of its points
@@ -200,7 +204,8 @@ class TeacherRelativeSpace(BaseModel):
                            hidden_sizes=tuple(k * hs for k in steps(self.width_step)), head_size=hs,
                            head_counts=tuple(steps(self.head_step)), ffn_ratios=(1,),
                            ffn_sizes=tuple(k * unit for k in steps(self.ffn_step)),
-                           conv_kernels=self.conv_kernels, operators=self.operators, min_depth=0)
+                           conv_kernels=self.conv_kernels, operators=self.operators, min_depth=0,
+                           shared_width=self.shared_width)
 
 
 def load_space(name_or_path: str | Path, base_dir: Path | None = None,

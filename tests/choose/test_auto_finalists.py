@@ -34,7 +34,14 @@ def test_search_and_finalists_on_the_space_made_from_the_teacher(tmp_path) -> No
     trials = optuna.load_study(study_name=optuna_study_name(study, 5.0), storage=storage_for(study)).get_trials()
     seeds = {t.user_attrs["seed"] for t in trials if "seed" in t.user_attrs}
     points = families(study.space, embeddings_spec_of(load_teacher_config(study.cfg.teacher)))
-    assert "fastest" in seeds and seeds - {"fastest"} and seeds - {"fastest"} <= set(points)  # the recipes go first
+    recipes = {s for s in seeds if "+layer" not in s} - {"fastest"}
+    assert "fastest" in seeds and recipes and recipes <= set(points)  # the recipes go first
+    # then each family's slowest member grown by a layer: points of the search's own, none a recipe
+    grown = {s for s in seeds if "+layer" in s}
+    assert grown and all(s.split("+")[0] in recipes for s in grown)
+    by_seed = {t.user_attrs["seed"]: t for t in trials if "seed" in t.user_attrs}
+    recipe_hashes = {a.hash() for _, a in points.values()}
+    assert all(by_seed[s].user_attrs["arch_hash"] not in recipe_hashes for s in grown)
     fin = choose(study, 5.0, progress=False)
     origins = {f.origin for f in fin.finalists}
     assert origins & set(FAMILIES), origins  # hand-designed points judged as their families

@@ -18,6 +18,7 @@ from nas_bert.space import (
     TeacherShape,
     families,
     load_space,
+    mha_op,
     sample,
     spread_layers,
     teacher_point,
@@ -86,7 +87,7 @@ def test_yaml_spaces_keep_their_fingerprint() -> None:
     space = load_space("nas_bert")
     assert space.fingerprint() == load_space("nas_bert").fingerprint()
     dump = space.model_dump(mode="json")
-    for key in ("layer_slots", "head_counts", "ffn_sizes"):
+    for key in ("layer_slots", "head_counts", "ffn_sizes", "shared_width"):
         dump.pop(key)
     from nas_bert.store import json_hash
 
@@ -115,3 +116,58 @@ def test_teacher_shape_reads_a_config() -> None:
     space = auto_for(shape)
     assert space.hidden_sizes == (64, 128, 192, 256, 320, 384)
     assert space.ffn_sizes == (256, 512, 768, 1024, 1280, 1536)
+
+
+def test_a_shared_width_space_samples_and_suggests_one_width_and_refuses_two() -> None:
+    import optuna
+
+    from nas_bert.search.trial_space import suggest_architecture, trial_params
+
+    space = auto_for(BERT_BASE)
+    assert space.shared_width
+    rng = random.Random(3)
+    for _ in range(30):
+        arch = sample(space, EMB, rng).validate(space)
+        assert len({b.hidden for b in arch.blocks if b.depth}) <= 1
+        back = suggest_architecture(optuna.trial.FixedTrial(trial_params(arch, space)), space, EMB)
+        assert back.hash() == arch.hash()
+    two = Architecture.build(EMB, (Block(768, (Op("mha", heads=12), Op("ffn", inner=3072))),
+                                   Block(512, (Op("mha", heads=8), Op("ffn", inner=2048))),
+                                   *(Block(512, (Op("identity"), Op("identity"))),) * 10))
+    with pytest.raises(NasBertError, match="one width"):
+        two.validate(space)
+    per_layer = load_space("auto", teacher=lambda: BERT_BASE).model_copy(update={"shared_width": False})
+    two.validate(per_layer)
+    assert per_layer.fingerprint() != space.fingerprint()
+
+
+def test_a_grown_point_spends_the_budget_a_recipe_leaves_on_one_layer_more() -> None:
+    from nas_bert.space import grown
+
+    space = auto_for(BERT_BASE)
+    points = families(space, EMB)
+    start = points["spread-2"][1]
+    budget = start.params() + 2_500_000  # room for part of a layer (a full one is about 7M parameters)
+
+    def fits(a: Architecture) -> float | None:
+        return a.params() if a.params() <= budget else None
+
+    out = grown(space, start, fits)
+    assert set(out) == {b for b, blk in enumerate(start.blocks) if not blk.depth}  # every dropped layer
+    recipes = {a.hash() for _, a in points.values()}
+    for layer, arch in out.items():
+        arch.validate(space)
+        assert arch.blocks[layer].depth and arch.hash() not in recipes
+        assert [i for i, b in enumerate(arch.blocks) if b.depth] == sorted([0, 11, layer])
+        assert start.params() < arch.params() <= budget
+        # the most of the layer that fits: one step more of its heads or of its neurons would not
+        att, ffn = arch.blocks[layer].ops
+        heads, inner = (att.heads if att.kind == "mha" else 0), (ffn.inner if ffn.kind == "ffn" else 0)
+        for h, n in [(next((k for k in space.head_counts if k > heads), None), inner),
+                     (heads, next((k for k in space.ffn_sizes if k > inner), None))]:
+            if h is not None and n is not None:
+                ops = (mha_op(h, 64, 768) if h else Op("identity"), Op("ffn", inner=n) if n else Op("identity"))
+                more = Architecture.build(EMB, tuple(Block(768, ops) if i == layer else b for i, b in enumerate(arch.blocks)))
+                assert fits(more) is None
+    assert grown(space, start, lambda a: None) == {}
+    assert grown(space, points["truncated-11"][1], fits) == {}  # nothing fits beyond it
