@@ -71,3 +71,21 @@ def test_a_process_killed_outright_takes_its_children_along():
     os.kill(child.pid, signal.SIGKILL)
     child.wait()
     assert _gone_within(grandchild, 10)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_search_worker_whose_parent_is_gone_ends_at_once(tmp_path, capfd):
+    """The search's extra worker processes set die_with_parent first: one whose parent already died (its
+    parent pid is not the one it was given) exits at once, before it reads the study file."""
+    import multiprocessing as mp
+
+    from nas_bert.search.loop import _spawned_worker
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that is no process's parent here
+    p = mp.get_context("spawn").Process(target=_spawned_worker, args=(str(tmp_path / "missing.yaml"), "sqlite://",
+                                                                       5.0, 1, 1, 1, gone.pid))
+    p.start()
+    p.join(60)
+    # os._exit(1) in die_with_parent; reading the missing study file would have raised (a traceback, exit 1 too)
+    assert p.exitcode == 1 and "Traceback" not in capfd.readouterr().err

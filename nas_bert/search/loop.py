@@ -275,9 +275,12 @@ def run_worker(study: Study, budget_ms: float, n_trials: int, worker: int = 0, c
     bar.close()
 
 
-def _spawned_worker(study_file: str, db_url: str, budget_ms: float, n_trials: int, worker: int, threads: int) -> None:
+def _spawned_worker(study_file: str, db_url: str, budget_ms: float, n_trials: int, worker: int, threads: int,
+                    parent: int | None = None) -> None:
+    from nas_bert.lifetime import die_with_parent
     from nas_bert.study import load_study
 
+    die_with_parent(parent)  # a search killed outright (kill -9) leaves no worker writing trials behind
     torch.set_num_threads(threads)
     run_worker(load_study(study_file, db_url), budget_ms, n_trials, worker, progress=False)
 
@@ -305,7 +308,8 @@ def search(study: Study, budget_ms: float, trials: int | None = None, workers: i
     if workers > 1:
         spawn = mp.get_context("spawn")
         for w in range(1, workers):
-            p = spawn.Process(target=_spawned_worker, args=(str(study.file), study.db_url, budget_ms, n_trials, w, threads))
+            p = spawn.Process(target=_spawned_worker,
+                              args=(str(study.file), study.db_url, budget_ms, n_trials, w, threads, os.getpid()))
             p.start()
             procs.append(p)
         torch.set_num_threads(threads)
