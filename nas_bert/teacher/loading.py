@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.resources
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -210,9 +211,17 @@ def load_teacher(name: str, device: torch.device | str = "cpu") -> Teacher:
     archs = getattr(config, "architectures", None) or []
     mlm = None
     if any(a.endswith(("ForMaskedLM", "ForPreTraining")) for a in archs):
-        full = AutoModelForMaskedLM.from_pretrained(source)
+        full, info = AutoModelForMaskedLM.from_pretrained(source, output_loading_info=True)
         encoder = full.base_model
         mlm = full  # keeps the MLM head for logit distillation; calls go through `encoder` for states
+        # config.json may name a masked-LM class whose head the checkpoint lacks (all-mpnet-base-v2): that head
+        # would be random, and its logits a distillation target of noise
+        absent = sorted(k for k in info["missing_keys"] if not k.startswith(f"{full.base_model_prefix}."))
+        if absent:
+            mlm = None
+            print(f"teacher '{name}': config.json names {archs[0]} but the checkpoint has no masked-LM head "
+                  f"({len(absent)} weights missing, e.g. {absent[0]}); it is used without one (no logit distillation)",
+                  file=sys.stderr)
     else:
         encoder = AutoModel.from_pretrained(source, add_pooling_layer=False) if config.model_type == "bert" else AutoModel.from_pretrained(source)
     if not hasattr(encoder, "embeddings"):

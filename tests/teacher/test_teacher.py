@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
-from transformers import BertConfig, BertForMaskedLM, GPT2Config, GPT2Model
+from transformers import BertConfig, BertForMaskedLM, BertModel, GPT2Config, GPT2Model
 
 from nas_bert.errors import NasBertError
 from nas_bert.space import architecture as A
@@ -77,6 +79,25 @@ def test_mlm_teacher_keeps_its_head(tmp_path, tiny_teacher):
     ids = torch.tensor([[101, 2000, 102]])
     assert len(teacher.hidden_states(ids)) == 3
     assert not any(p.requires_grad for p in teacher.encoder.parameters())
+
+
+def test_a_masked_lm_class_without_its_head_in_the_checkpoint_is_used_without_one(tmp_path, tiny_teacher, capsys):
+    """config.json names BertForMaskedLM but the weights are the bare encoder's (as all-mpnet-base-v2 ships):
+    the head would be random, so the teacher has none, and stderr says why in one line."""
+    cfg = BertConfig(vocab_size=tiny_teacher.tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                     num_attention_heads=4, intermediate_size=64, architectures=["BertForMaskedLM"])
+    encoder = BertModel(cfg, add_pooling_layer=False).eval()
+    encoder.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps(config | {"architectures": ["BertForMaskedLM"]}))
+    tiny_teacher.tokenizer.save_pretrained(tmp_path)
+    teacher = load_teacher(str(tmp_path))
+    assert teacher.mlm is None and teacher.use != "mlm"
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if "masked-LM head" in x]
+    assert "BertForMaskedLM" in line and "cls.predictions" in line and "no logit distillation" in line
+    ids = torch.tensor([[101, 2000, 102]])
+    with torch.no_grad():  # the encoder is the checkpoint's own
+        assert torch.allclose(teacher.hidden_states(ids)[-1], encoder(ids).last_hidden_state, atol=1e-6)
 
 
 def test_decoder_is_refused(tmp_path, tiny_teacher):
