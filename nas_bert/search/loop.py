@@ -121,28 +121,28 @@ def seed_architectures(ctx: SearchContext, budget_ms: float) -> dict[str, Archit
 def family_seeds(ctx: SearchContext, budget_ms: float, keep: int = 3) -> dict[str, Architecture]:
     """In a space made from the teacher, the hand-designed students are points: of each family the `keep`
     slowest the latency model predicts within the budget go first, so the search starts from every recipe a
-    user would try and can at worst tie with them. Then its first step away from them: each family's slowest
-    member grown by one more layer in the latency it leaves under the budget (`families.grown`, named
-    "spread-2+layer4"), points no recipe reaches."""
+    user would try and can at worst tie with them. Then its first step away from them: of each family the
+    slowest member that leaves room for it grown by one more layer in the latency it leaves under the budget
+    (`families.grown`, named "spread-2+layer4"), points no recipe reaches."""
     space = ctx.study.space
     points = families(space, ctx.teacher.embeddings_spec())
     predicted = {name: ctx.latency.predict(arch) for name, (_, arch) in points.items()}
     out: dict[str, Architecture] = {}
-    slowest: list[str] = []
-    for kind in FAMILIES:
-        fits = sorted((ms, name) for name, ms in predicted.items() if points[name][0] == kind and ms <= budget_ms)
-        out |= {name: points[name][1] for _, name in fits[-keep:]}
-        slowest += [fits[-1][1]] if fits else []
 
     def fits(arch: Architecture) -> float | None:
         ms = ctx.latency.predict(arch)
         return ms if ms <= budget_ms else None
 
     recipes = {a.hash() for _, a in points.values()}
-    for name in slowest:
-        for layer, arch in grown(space, points[name][1], fits).items():
-            if arch.hash() not in recipes:
-                out.setdefault(f"{name}+layer{layer}", arch)
+    for kind in FAMILIES:
+        members = sorted((ms, name) for name, ms in predicted.items() if points[name][0] == kind and ms <= budget_ms)
+        out |= {name: points[name][1] for _, name in members[-keep:]}
+        for _, name in reversed(members):  # the slowest member that leaves room for one layer more
+            more = {f"{name}+layer{b}": a for b, a in grown(space, points[name][1], fits).items()
+                    if a.hash() not in recipes}
+            if more:
+                out |= {n: a for n, a in more.items() if n not in out}
+                break
     return out
 
 
