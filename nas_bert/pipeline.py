@@ -96,7 +96,8 @@ def study_inputs(study: Study) -> dict[str, str]:
 def section_inputs(study: Study, sections: tuple[str, ...], timed: bool) -> dict[str, str]:
     """Fingerprints of a stage's study sections (and of the latency device where it times anything)."""
     cfg = study.cfg.model_dump(mode="json")
-    cfg["search"].pop("budgets_ms")  # a stage of one budget is keyed by it: adding a budget redoes nothing
+    for k in ("budgets_ms", "budgets_x"):  # a stage of one budget is keyed by it: adding a budget redoes nothing
+        cfg["search"].pop(k)
     out = {k: fingerprint(cfg[k]) for k in sections}
     if timed:
         out["device"] = device_fingerprint(study.cfg.latency)
@@ -210,15 +211,38 @@ def _key_of(upstream: str, key: str) -> str:
     return "" if upstream in ("supernet", "latency") else key
 
 
-def plan(study: Study) -> list[tuple[str, str, tuple[tuple[str, str], ...]]]:
-    """Every stage `nas-bert run` runs for this study, in order: (name, key, upstream (name, key) pairs)."""
-    budgets = [f"{b:g}ms" for b in study.cfg.search.budgets_ms]
+def resolve_budgets(study: Study, teacher_ms: float | None) -> dict[float, float | None]:
+    """The study's budgets in ms -> the fraction of the teacher's latency each was given as (None: in ms):
+    `search.budgets_ms` as they are, `search.budgets_x` times `teacher_ms` (the space's largest student timed
+    when the latency model was fitted), rounded to 0.01 ms; those are left out while `teacher_ms` is unknown."""
+    out: dict[float, float | None] = {float(b): None for b in study.cfg.search.budgets_ms}
+    for x in study.cfg.search.budgets_x if teacher_ms else ():
+        out.setdefault(round(x * teacher_ms, 2), x)
+    return out
+
+
+def fitted_teacher_ms(study: Study, db: Database) -> float:
+    """The teacher's latency the relative budgets are fractions of: the space's largest student, timed when the
+    device's latency model was fitted (stage 2; read from the database, nothing is timed again)."""
+    emb = embeddings_spec_of(load_teacher_config(study.cfg.teacher))
+    ms = ensure_latency_model(db, study.space, emb, study.cfg.latency, progress=False).calibration.reference_ms
+    if ms is None:
+        raise NasBertError("the latency model records no time of the space's largest student, which search.budgets_x "
+                           "are fractions of; give the budgets in ms (search.budgets_ms)")
+    return ms
+
+
+def plan(study: Study, teacher_ms: float | None = None) -> list[tuple[str, str, tuple[tuple[str, str], ...]]]:
+    """Every stage `nas-bert run` runs for this study, in order: (name, key, upstream (name, key) pairs); the
+    budgets given as fractions of the teacher's latency only once `teacher_ms` is known."""
+    ms = list(resolve_budgets(study, teacher_ms))
+    budgets = [f"{b:g}ms" for b in ms]
     out = [("supernet", "", ()), ("latency", "", ())]
     for k in budgets:
         out += [(n, k, tuple((u, _key_of(u, k)) for u in PLAN[n][1]))
                 for n in ("search", "finalists", "map-layers", "distill", "evaluate")]
     if budgets:
-        export_key = ",".join(f"{b:g}" for b in study.cfg.search.budgets_ms)
+        export_key = ",".join(f"{b:g}" for b in ms)
         out.append(("export", export_key, tuple(("evaluate", k) for k in budgets)))
         out += [("reference", k, (("finalists", k), ("latency", ""))) for k in budgets]
     return out
@@ -230,7 +254,13 @@ def stage_status(study: Study) -> list[StageState]:
     r = Runner(study, echo=lambda _: None)
     stale: set[tuple[str, str]] = set()
     rows = []
-    for name, key, after in plan(study):
+    fitted = r.result("latency", "", LatencyReport)
+    teacher_ms = fitted.reference_ms if fitted is not None else None
+    if study.cfg.search.budgets_x and teacher_ms is None:
+        rows += [StageState(stage="search", key=f"{x:g}x", state="to run",
+                            why="a fraction of the teacher's latency: its ms are known once `nas-bert run` has fitted "
+                                "the latency model") for x in study.cfg.search.budgets_x]
+    for name, key, after in plan(study, teacher_ms):
         recorded, was = r.recorded(name, key)
         inputs = r.inputs(name, key, after=after)
         behind = [f"{u} {k}".rstrip() for u, k in after if (u, k) in stale]
@@ -302,6 +332,7 @@ class RunRow(Record):
     export's), its evaluation and the untouched truncated teacher beside it."""
 
     budget_ms: float
+    budget_x: float | None = None  # the fraction of the teacher's latency the budget was given as (None: in ms)
     trial: int | None  # None: a hand-designed student
     student: str
     origin: str
@@ -343,13 +374,20 @@ class RunResult(Record):
 def run_study(study: Study, out: Path | None = None, echo: Callable[[str], None] = print) -> RunResult:
     """Stages 1-9 for every budget in `search.budgets_ms`, each skipped where it finished earlier from the same
     inputs (`PLAN`); returns a `RunResult`: the summary table's rows and the stages."""
-    budgets = study.cfg.search.budgets_ms
-    if not budgets:
-        raise NasBertError(f"study file {study.file} lists no budgets; set search.budgets_ms, e.g. [8, 12]")
+    if not study.cfg.search.budgets_ms and not study.cfg.search.budgets_x:
+        raise NasBertError(f"study file {study.file} lists no budgets; set search.budgets_ms, e.g. [8, 12], or "
+                           "search.budgets_x, fractions of the teacher's latency, e.g. [0.25, 0.5]")
     out = out or study.export_dir
     t0 = time.perf_counter()
     r = Runner(study, echo)
     shared_stages(r, study)
+    teacher_ms = fitted_teacher_ms(study, r.db) if study.cfg.search.budgets_x else None
+    relative = resolve_budgets(study, teacher_ms)
+    budgets = list(relative)
+    for b, x in relative.items():
+        if x is not None:
+            echo(f"budget {x:g}x of the teacher's {teacher_ms:.2f} ms (timed when the latency model was fitted): "
+                 f"{b:g} ms")
     students = {b: student_stages(r, study, b) for b in budgets}
     export_key = ",".join(f"{b:g}" for b in budgets)
     x = r.stage("export", export_key, None, lambda: export_front(study, out, budgets, overwrite=True,
@@ -365,7 +403,7 @@ def run_study(study: Study, out: Path | None = None, echo: Callable[[str], None]
                       lambda b=b, chosen=chosen: Reference(truncated=truncated_reference(study, b, chosen.measured_ms)),
                       Reference).truncated
         rows.append(RunRow(
-            budget_ms=b, trial=chosen.trial, student=chosen.name, origin=chosen.origin,
+            budget_ms=b, budget_x=relative[b], trial=chosen.trial, student=chosen.name, origin=chosen.origin,
             architecture=chosen.architecture, params=s.distill.params, predicted_ms=chosen.predicted_ms,
             predicted_now_ms=m.predicted_now_ms if m else None, finalist_ms=chosen.measured_ms,
             finalist_judged_ms=chosen.judged_ms if chosen.judged_ms is not None else chosen.measured_ms,

@@ -159,6 +159,9 @@ class SearchConfig(_Strict):
     grace_period: int = Field(default=20, ge=2, description="seconds without a heartbeat before a trial is stale")
     max_retry: int = Field(default=1, ge=0, description="retries of a trial whose worker died")
     budgets_ms: list[float] = Field(default_factory=list, description="budgets `nas-bert run` searches")
+    budgets_x: list[float] = Field(default_factory=list, description="budgets as fractions of the teacher's latency "
+                                   "on the latency device (0.25: a quarter), timed when the latency model is fitted "
+                                   "(the space's largest student: the teacher itself in a space made from it)")
     proxy: Literal["auto", "blocks", "fidelity"] = Field(
         default="auto", description="what a trial is scored by: blocks (NAS-BERT's sum of block losses against the "
         "teacher's states), fidelity (the extracted student's zero-step fidelity of its pooled output to the "
@@ -178,6 +181,14 @@ class SearchConfig(_Strict):
         for b in v:  # NaN and infinity are refused before this (allow_inf_nan=False)
             if not (math.isfinite(b) and b > 0):
                 raise ValueError(f"budget {b:g}: budget must be a finite number of ms > 0")
+        return v
+
+    @field_validator("budgets_x")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        for x in v:
+            if not (math.isfinite(x) and 0 < x <= 1):
+                raise ValueError(f"budget {x:g}x: a fraction of the teacher's latency, > 0 and <= 1 (0.25: a quarter)")
         return v
 
 
@@ -347,7 +358,8 @@ def load_study(path: str | Path, db_url: str | None = None, overrides: dict[str,
 
 
 def init_study(name: str, teacher: str | None = None, corpus: str | None = None, template: str = "demo",
-               folder: Path | None = None, force: bool = False, budgets_ms: list[float] | None = None) -> Path:
+               folder: Path | None = None, force: bool = False, budgets_ms: list[float] | None = None,
+               budgets_x: list[float] | None = None) -> Path:
     """Write NAME.yaml in `folder` (default: the current one) from the shipped study `template`, its comments
     kept, with its name and, where given, its teacher, corpus and latency budgets replaced; written whole or
     not at all."""
@@ -373,13 +385,16 @@ def init_study(name: str, teacher: str | None = None, corpus: str | None = None,
         put(r"^(teacher:\s*)(\S+)(.*)$", teacher, "teacher")
     if corpus is not None:
         put(r"^(corpus:\s*\n\s+name:\s*)(\S+)(.*)$", corpus, "corpus name")
-    if budgets_ms:
-        listed = json.dumps([float(b) for b in budgets_ms])
-        text, n = re.subn(r"^(\s+budgets_ms:\s*)(\[[^\]]*\])", lambda m: m.group(1) + listed, text, count=1, flags=re.MULTILINE)
-        if n == 0:  # a study without budgets (the tiny one): a search section of its own, or a line in it
-            text, n = re.subn(r"^search:[ \t]*$", f"search:\n  budgets_ms: {listed}", text, count=1, flags=re.MULTILINE)
+    if budgets_ms or budgets_x:  # the budgets given replace the template's: in ms, as fractions, or both
+        lines = ([f"budgets_ms: {json.dumps([float(b) for b in budgets_ms])}"] if budgets_ms else []) + (
+            [f"budgets_x: {json.dumps([float(x) for x in budgets_x])}"] if budgets_x else [])
+        text, n = re.subn(r"^(\s+)budgets_ms:\s*\[[^\]]*\]", lambda m: "\n".join(m.group(1) + ln for ln in lines)
+                          .lstrip("\n"), text, count=1, flags=re.MULTILINE)
+        if n == 0:  # a study without budgets (the tiny one): a search section of its own, or lines in it
+            text, n = re.subn(r"^search:[ \t]*$", "search:" + "".join(f"\n  {ln}" for ln in lines), text, count=1,
+                              flags=re.MULTILINE)
         if n == 0:
-            text = text.rstrip("\n") + f"\nsearch:\n  budgets_ms: {listed}\n"
+            text = text.rstrip("\n") + "\nsearch:" + "".join(f"\n  {ln}" for ln in lines) + "\n"
     validate(StudyConfig, parse_mapping(text, f"study file {target}"), f"study file {target}")
     atomic_write_text(target, text)
     return target

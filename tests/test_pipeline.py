@@ -69,13 +69,24 @@ def test_run_kill_and_resume(tmp_path):
     assert "distilled" in text and "fidelity to the teacher" in text
     assert (tmp_path / "tiny" / "export" / "pareto.png").is_file()
 
-    # a budget added to the study file runs its own stages and redoes none of the first budget's
-    data["search"]["budgets_ms"] = [5.0, 6.0]
+    # a budget added to the study file, as a fraction of the teacher's latency, runs its own stages in ms of the
+    # teacher timed when the latency model was fitted, and redoes none of the first budget's
+    from nas_bert.latency import LatencyReport
+    from nas_bert.pipeline import Runner, stage_status
+
+    data["search"]["budgets_x"] = [0.9]
     study_file.write_text(yaml.safe_dump(data))
+    study = load_study(study_file)
+    teacher_ms = Runner(study, echo=lambda _: None).result("latency", "", LatencyReport).reference_ms
+    extra = round(0.9 * teacher_ms, 2)
+    assert f"{extra:g}ms" in {s.key for s in stage_status(study) if s.stage == "search"}
     done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    ran = {(s["stage"], s["key"]): s["skipped"] for s in json.loads(done.stdout)["stages"]}
+    assert f"budget 0.9x of the teacher's {teacher_ms:.2f} ms" in done.stderr
+    result = json.loads(done.stdout)
+    ran = {(s["stage"], s["key"]): s["skipped"] for s in result["stages"]}
     stages = ("search", "finalists", "map-layers", "distill", "evaluate")
     assert all(ran[(stage, "5ms")] for stage in stages)
-    assert not any(ran[(stage, "6ms")] for stage in stages)
-    assert ran[("export", "5,6")] is False
+    assert not any(ran[(stage, f"{extra:g}ms")] for stage in stages)
+    assert ran[("export", f"5,{extra:g}")] is False
+    assert {r["budget_ms"]: r["budget_x"] for r in result["students"]} == {5.0: None, extra: 0.9}

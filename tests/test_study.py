@@ -64,3 +64,20 @@ def test_a_missing_corpus_file_is_named(tmp_path):
     study = load_study(_study(tmp_path, **{"corpus.name": "missing.txt"}))
     with pytest.raises(CorpusError, match=f"corpus file not found: {tmp_path / 'missing.txt'}"):
         load_raw(study.cfg.corpus)
+
+
+def test_budgets_given_as_fractions_of_the_teacher_resolve_to_ms(tmp_path):
+    from nas_bert.pipeline import resolve_budgets, stage_status
+
+    shutil.copy(ROOT / "studies" / "tiny.yaml", tmp_path / "tiny.yaml")
+    study = load_study(tmp_path / "tiny.yaml", overrides={"search.budgets_ms": [5.0], "search.budgets_x": [0.25, 0.5]})
+    assert resolve_budgets(study, 20.0) == {5.0: None, 10.0: 0.5}  # 0.25x is 5 ms: given once, in ms
+    assert resolve_budgets(study, 30.0) == {5.0: None, 7.5: 0.25, 15.0: 0.5}
+    assert resolve_budgets(study, None) == {5.0: None}  # unknown until the latency model is fitted
+    waiting = [s for s in stage_status(study) if s.key.endswith("x")]
+    assert [s.key for s in waiting] == ["0.25x", "0.5x"] and all("latency model" in s.why for s in waiting)
+    for bad in ([0.0], [1.5], [float("nan")]):
+        data = yaml.safe_load((ROOT / "studies" / "tiny.yaml").read_text()) | {"search": {"budgets_x": bad}}
+        (tmp_path / "bad.yaml").write_text(yaml.safe_dump(data))
+        with pytest.raises(NasBertError, match="search.budgets_x"):
+            load_study(tmp_path / "bad.yaml")

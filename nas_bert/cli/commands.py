@@ -258,6 +258,8 @@ def init_cmd(
     template: Annotated[str, typer.Option("--from", help="the shipped study to start from")] = "demo",
     folder: Annotated[Path, typer.Option("--dir", help="where to write it")] = Path("."),
     budget: Annotated[list[float] | None, typer.Option("--budget-ms", help="a latency budget in ms (repeat for several)")] = None,
+    budget_x: Annotated[list[float] | None, typer.Option("--budget-x", help="a latency budget as a fraction of the "
+                                                         "teacher's latency, e.g. 0.25 (repeat for several)")] = None,
     force: Annotated[bool, typer.Option("--force", help="overwrite an existing NAME.yaml")] = False,
 ) -> None:
     """Write a study file to start from: a shipped study (the demo by default), its comments kept, with your
@@ -266,7 +268,7 @@ def init_cmd(
 
     for b in budget or []:
         _budget("--budget-ms", b)
-    path = init_study(name, teacher, corpus, template, folder, force, budget)
+    path = init_study(name, teacher, corpus, template, folder, force, budget, budget_x)
     typer.echo(f"wrote {path}; run it with: nas-bert run --config {path}")
 
 

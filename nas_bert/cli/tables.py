@@ -203,7 +203,8 @@ def won(r: RunRow) -> str:
     kind = "a searched point" if r.origin == "search" else f"a hand-designed student ({r.origin})"
     other = "the best hand-designed student" if r.origin == "search" else "the best searched point"
     noise = "beyond" if m.beyond_interval else "within"
-    return (f"{r.budget_ms:g} ms: {kind} won, {r.student}; fidelity {m.fidelity:.3f} against {m.rival_fidelity:.3f} "
+    given = f" ({r.budget_x:g}x of the teacher)" if r.budget_x is not None else ""
+    return (f"{r.budget_ms:g} ms{given}: {kind} won, {r.student}; fidelity {m.fidelity:.3f} against {m.rival_fidelity:.3f} "
             f"of {other} ({m.rival}) after {m.steps} steps of the finalists' distillation ({m.delta:+.3f}, "
             f"{noise} its interval)")
 

@@ -38,6 +38,7 @@ class LatencyReport(Record):
     calibration: dict[str, Any]  # a, b, c, w and the fitted points
     n: int
     loo_mape_pct: float | None  # None when too few students were timed to leave one out
+    reference_ms: float | None = None  # the space's largest student (the teacher itself in a space made from it)
 
 
 def latency_report(model: LatencyModel) -> LatencyReport:
@@ -57,6 +58,7 @@ def latency_report(model: LatencyModel) -> LatencyReport:
         calibration={"a": cal.a, "b": cal.b, "c": cal.c, "w": cal.w, "points": [list(p) for p in cal.points]},
         n=len(cal.points),
         loo_mape_pct=mape,
+        reference_ms=cal.reference_ms,
     )
 
 

@@ -71,9 +71,10 @@ def launch(state: State, name: str, job: JobIn, response: Response) -> dict[str,
         raise ApiError(422, f"field '{'budget_ms' if job.budget_ms is not None else 'trials'}': only for a search; "
                             f"a {job.kind} takes the study's budgets", "budget_ms" if job.budget_ms else "trials")
     if job.kind == "run":
-        if not study.cfg.search.budgets_ms:
-            raise ApiError(422, f"study '{name}' lists no budgets: set search.budgets_ms in its study file "
-                                "(e.g. [8, 12]) or launch a search of one budget", "search.budgets_ms")
+        if not study.cfg.search.budgets_ms and not study.cfg.search.budgets_x:
+            raise ApiError(422, f"study '{name}' lists no budgets: set search.budgets_ms (e.g. [8, 12]) or "
+                                "search.budgets_x (e.g. [0.25, 0.5]) in its study file, or launch a search of one "
+                                "budget", "search.budgets_ms")
         for b in study.cfg.search.budgets_ms:
             check_budget(state, study, b, "search.budgets_ms")
     if job.kind == "export" and job.budgets_ms:

@@ -42,12 +42,24 @@ def test_init_from_a_study_without_budgets_adds_them(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert runner.invoke(app, ["init", "t", "--from", "tiny", "--budget-ms", "5"]).exit_code == 0
     assert load_study(tmp_path / "t.yaml").cfg.search.budgets_ms == [5.0]
+    assert runner.invoke(app, ["init", "u", "--from", "tiny", "--budget-x", "0.25", "--budget-ms", "5"]).exit_code == 0
+    search = load_study(tmp_path / "u.yaml").cfg.search
+    assert search.budgets_ms == [5.0] and search.budgets_x == [0.25]
+
+
+def test_init_with_relative_budgets_replaces_the_demos_ms(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert runner.invoke(app, ["init", "r", "--budget-x", "0.25", "--budget-x", "0.5"]).exit_code == 0
+    search = load_study(tmp_path / "r.yaml").cfg.search
+    assert search.budgets_ms == [] and search.budgets_x == [0.25, 0.5]
+    assert "budgets_x: [0.25, 0.5]" in (tmp_path / "r.yaml").read_text()
 
 
 @pytest.mark.parametrize("args, words", [
     (["init", "bad/name"], ["study name", "letters"]),
     (["init", "x", "--from", "nope"], ["no shipped study 'nope'", "demo"]),
     (["init", "x", "--budget-ms", "0"], ["--budget-ms", "> 0"]),
+    (["init", "x", "--budget-x", "2"], ["budgets_x", "fraction of the teacher"]),
     (["init", "exists"], ["exists.yaml exists", "--force"]),
 ])
 def test_init_refuses_bad_input_in_one_line_and_writes_nothing(tmp_path, monkeypatch, args, words):
