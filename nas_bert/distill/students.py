@@ -305,13 +305,19 @@ def distill_key(ctx: StudentContext, arch: Architecture, start: str, mapping: li
     """A distilled student's identity: its architecture, start (for a searched student the supernet
     checkpoint it is sliced from), mapping, teacher, corpus and every distillation setting that shapes its
     weights. Its checkpoints live under it, so nothing resumes from a student made by other inputs."""
+    return distill_identity(ctx.study, ctx.checkpoint_sha, arch, start, mapping)
+
+
+def distill_identity(study: Study, checkpoint_sha: str, arch: Architecture, start: str, mapping: list[int]) -> str:
+    """`distill_key` from the study and the supernet checkpoint's sha256 alone (what export checks a distilled
+    student against, without loading the corpus)."""
     from nas_bert.data import corpus_identity
     from nas_bert.store import fingerprint
     from nas_bert.teacher import teacher_identity
 
-    origin = ctx.checkpoint_sha if start == "search" else start
-    return fingerprint(arch.hash(), origin, mapping, teacher_identity(ctx.study.cfg.teacher),
-                       corpus_identity(ctx.study.cfg.corpus), ctx.study.cfg.distill.weight_settings())
+    origin = checkpoint_sha if start == "search" else start
+    return fingerprint(arch.hash(), origin, mapping, teacher_identity(study.cfg.teacher),
+                       corpus_identity(study.cfg.corpus), study.cfg.distill.weight_settings())
 
 
 def train_student(ctx: StudentContext, arch: Architecture, module: DistillModule, mapping: list[int], root: Path,

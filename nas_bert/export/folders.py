@@ -190,7 +190,7 @@ def _export_one(study: Study, m: Member, teacher: Teacher, supernet: Supernet, c
                 tinfo: dict[str, Any], folder: Path, command: str) -> dict[str, Any]:
     cfg = study.cfg.latency
     arch = Architecture.from_json(m.row["arch_json"])
-    distilled = _distilled(study, arch.hash())
+    distilled = _distilled(study, arch, ckpt["sha256"], m.budget_ms)
     if distilled is not None:  # the distilled weights when stage 7 has run, else the supernet's slices
         student = NasBertModel.from_pretrained(distilled["student_path"]).eval()
     elif m.origin == "search":
@@ -248,12 +248,13 @@ def time_export(folder: Path, teacher_name: str, lat: LatencyModel, space: Searc
     return measure_latencies(student, folder, load_teacher(teacher_name), lat.config, recal_models)
 
 
-def _distilled(study: Study, arch_hash: str) -> dict[str, Any] | None:
-    """The finished distillation of this architecture, if stage 7 has run."""
+def _distilled(study: Study, arch: Architecture, checkpoint_sha: str, budget_ms: float) -> dict[str, Any] | None:
+    """The finished distillation of this architecture, if stage 7 has run from the study's present inputs."""
+    from nas_bert.distill import distill_identity
     from nas_bert.store import DistillRun
 
     with Database(study.db_url).session() as s:
-        run = s.scalars(select(DistillRun).where(DistillRun.study == study.name, DistillRun.arch_hash == arch_hash,
+        run = s.scalars(select(DistillRun).where(DistillRun.study == study.name, DistillRun.arch_hash == arch.hash(),
                                                  DistillRun.status == "finished")).first()
         if run is None or not run.student_path:
             return None
@@ -261,6 +262,12 @@ def _distilled(study: Study, arch_hash: str) -> dict[str, Any] | None:
             raise NasBertError(f"the distilled student {run.student_path} is missing from disk; rerun "
                                f"`nas-bert run --config {study.file}` (or `nas-bert distill`) to distil it again")
         report = json.loads(run.report_json)
+        made = report.get("inputs")  # None: recorded before distillations kept their identity
+        now = distill_identity(study, checkpoint_sha, arch, report.get("start", "search"), json.loads(run.mapping_json))
+        if made is not None and made != now:  # e.g. distill.lr changed since: never ship the old student as the new
+            raise NasBertError(f"the {budget_ms:g} ms student was distilled from other inputs than the study's now "
+                               "(its distill settings, teacher, corpus or supernet changed); run `nas-bert run --config "
+                               f"{study.file}` to distil it again before exporting")
         return {"student_path": run.student_path, "steps": run.target_steps, "mapping": json.loads(run.mapping_json),
                 "final_loss_before": (report.get("before") or {}).get("final"),
                 "final_loss_after": (report.get("after") or {}).get("final")}

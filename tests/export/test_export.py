@@ -245,6 +245,24 @@ def test_changed_checkpoint_fails_in_one_line_and_writes_nothing(searched, tmp_p
     assert not [p for p in tmp_path.iterdir() if p.name != "copy"]
 
 
+def test_a_student_distilled_from_other_inputs_is_refused(searched, tmp_path):
+    """After a change of distill.lr the recorded student is not the study's: export names it in one line and
+    writes nothing, instead of shipping the old weights."""
+    from nas_bert.distill import distill
+
+    copy = _copy_study(searched, tmp_path / "copy")
+    study = load_study(copy)
+    trial = chosen_row(Database(study.db_url), study, 5.0).trial
+    distill(study, trial, 5.0, steps=2)
+    ok = export_front(study, tmp_path / "ok", [5.0]).students[0]  # the same inputs: the distilled weights shipped
+    assert json.loads((tmp_path / "ok" / ok.name / "nas_bert.json").read_text())["distilled"] is not None
+    changed = load_study(copy, overrides={"distill.lr": study.cfg.distill.lr * 2})
+    with pytest.raises(NasBertError, match="distilled from other inputs") as e:
+        export_front(changed, tmp_path / "out", [5.0])
+    assert "nas-bert run" in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "out").exists()
+
+
 def test_errors_are_one_line(searched, tmp_path):
     fresh = tmp_path / "fresh"
     fresh.mkdir()
