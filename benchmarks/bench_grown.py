@@ -70,7 +70,7 @@ def main() -> None:
     rng, drawn = random.Random(11), 0
     while drawn < args.random:
         arch = sample(study.space, emb, rng)
-        if fits(arch) is not None and arch.depth() > 0:
+        if fits(arch) is not None and arch.depth > 0:
             todo.append((f"random-{drawn}", "random", arch))
             drawn += 1
     rows, got = [], {}
