@@ -27,6 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from tqdm.auto import tqdm
 
 from nas_bert.errors import NasBertError
+from nas_bert.latency import LatencyModel
 from nas_bert.search.context import SearchContext, open_context
 from nas_bert.search.front import SearchResult, finish_search
 from nas_bert.search.storage import optuna_study_name, storage_for
@@ -118,20 +119,32 @@ def seed_architectures(ctx: SearchContext, budget_ms: float) -> dict[str, Archit
     return out
 
 
+def grow_limit(latency: LatencyModel, budget_ms: float) -> float:
+    """The latency a grown point may be predicted at: the budget less the latency model's leave-one-out error
+    (its calibration's mean absolute percentage error over the students timed end to end; none when unknown)."""
+    mape = getattr(getattr(latency, "calibration", None), "loo_mape", float("nan"))
+    margin = min(max(float(mape), 0.0), 50.0) / 100 if math.isfinite(mape) else 0.0
+    return budget_ms * (1 - margin)
+
+
 def family_seeds(ctx: SearchContext, budget_ms: float, keep: int = 3) -> dict[str, Architecture]:
     """In a space made from the teacher, the hand-designed students are points: of each family the `keep`
     slowest the latency model predicts within the budget go first, so the search starts from every recipe a
     user would try and can at worst tie with them. Then its first step away from them: of each family the
     slowest member that leaves room for it grown by one more layer in the latency it leaves under the budget
-    (`families.grown`, named "spread-2+layer4"), points no recipe reaches."""
+    (`families.grown`, named "spread-2+layer4"), points no recipe reaches. A grown point is the largest that
+    fits, so it sits at the budget's edge: it is grown to the budget less the latency model's leave-one-out
+    error (`grow_limit`), so that measured it still holds the budget instead of being dropped by the finalists'
+    timing or flagged over budget at export."""
     space = ctx.study.space
     points = families(space, ctx.teacher.embeddings_spec())
     predicted = {name: ctx.latency.predict(arch) for name, (_, arch) in points.items()}
     out: dict[str, Architecture] = {}
+    limit = grow_limit(ctx.latency, budget_ms)
 
     def fits(arch: Architecture) -> float | None:
         ms = ctx.latency.predict(arch)
-        return ms if ms <= budget_ms else None
+        return ms if ms <= limit else None
 
     recipes = {a.hash() for _, a in points.values()}
     for kind in FAMILIES:

@@ -171,3 +171,31 @@ def test_a_grown_point_spends_the_budget_a_recipe_leaves_on_one_layer_more() -> 
                 assert fits(more) is None
     assert grown(space, start, lambda a: None) == {}
     assert grown(space, points["truncated-11"][1], fits) == {}  # nothing fits beyond it
+
+
+def test_grown_seeds_keep_the_latency_model_error_under_the_budget() -> None:
+    """A grown point is the largest that fits, so it would sit at the budget's edge and flip over it when timed:
+    the search grows recipes to the budget less the latency model's leave-one-out error."""
+    from nas_bert.latency.calibration import Calibration
+    from nas_bert.search.loop import family_seeds, grow_limit
+
+    space = auto_for(BERT_BASE)
+
+    class Cost:  # parameters as milliseconds, with a calibration whose leave-one-out error is `mape` %
+        def __init__(self, mape: float) -> None:
+            self.calibration = Calibration(loo_mape=mape)
+
+        def predict(self, a: Architecture) -> float:
+            return a.params() / 1e6
+
+    budget = families(space, EMB)["spread-2"][1].params() / 1e6 + 4.0
+    seeds = {}
+    for mape in (float("nan"), 10.0):  # unknown (too few students timed), 10%
+        ctx = SimpleNamespace(study=SimpleNamespace(space=space), teacher=SimpleNamespace(embeddings_spec=lambda: EMB),
+                              latency=Cost(mape))
+        seeds[str(mape)] = {n: a for n, a in family_seeds(ctx, budget).items() if "+layer" in n}
+        grown_here = seeds[str(mape)]
+        assert grown_here and all(a.params() / 1e6 <= grow_limit(ctx.latency, budget) for a in grown_here.values())
+    assert grow_limit(Cost(float("nan")), budget) == budget and grow_limit(Cost(10.0), budget) == 0.9 * budget
+    # without an error estimate the grown points reach past the 10% margin; with it none does
+    assert any(a.params() / 1e6 > 0.9 * budget for a in seeds["nan"].values())
