@@ -98,6 +98,8 @@ def section_inputs(study: Study, sections: tuple[str, ...], timed: bool) -> dict
     cfg = study.cfg.model_dump(mode="json")
     for k in ("budgets_ms", "budgets_x"):  # a stage of one budget is keyed by it: adding a budget redoes nothing
         cfg["search"].pop(k)
+    if not cfg["search"]["shrink_every"]:  # added later: off, it leaves the keys of studies made before it as they were
+        cfg["search"].pop("shrink_every"), cfg["search"].pop("shrink_min_uses")
     out = {k: fingerprint(cfg[k]) for k in sections}
     if timed:
         out["device"] = device_fingerprint(study.cfg.latency)

@@ -166,6 +166,10 @@ class SearchConfig(_Strict):
         default="auto", description="what a trial is scored by: blocks (NAS-BERT's sum of block losses against the "
         "teacher's states), fidelity (the extracted student's zero-step fidelity of its pooled output to the "
         "teacher's on validation text, 1 - fidelity minimised); auto: fidelity in a space made from the teacher")
+    shrink_every: int = Field(default=0, ge=0, description="progressive shrinking: every this many complete trials, "
+                              "options (a width, a layer's heads or neurons, dropping a layer) that shrink_min_uses "
+                              "feasible trials tried and none reached the front are no longer drawn; 0: off")
+    shrink_min_uses: int = Field(default=4, ge=1, description="trials an option needs before it may be dropped")
     finalist_steps: int = Field(default=40, ge=1, description="distillation steps every finalist gets in the first "
                                                               "round of the choice")
     finalist_rounds: int = Field(default=1, ge=1, description="successive halving: each round keeps the better half "

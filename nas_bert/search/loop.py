@@ -30,6 +30,7 @@ from nas_bert.errors import NasBertError
 from nas_bert.latency import LatencyModel
 from nas_bert.search.context import SearchContext, open_context
 from nas_bert.search.front import SearchResult, finish_search
+from nas_bert.search.shrinking import ShrinkingSampler, describe
 from nas_bert.search.storage import optuna_study_name, storage_for
 from nas_bert.search.trial_space import suggest_architecture, trial_params
 from nas_bert.space import FAMILIES, IDENTITY, Architecture, Block, families, grown
@@ -192,8 +193,11 @@ def make_objective(ctx: SearchContext, budget_ms: float, n_trials: int, name: st
 def make_sampler(cfg: SearchConfig, worker: int) -> optuna.samplers.BaseSampler:
     seed = cfg.seed + 1000 * worker  # each worker its own stream, all reproducible
     if cfg.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(20, cfg.trials))
-    return optuna.samplers.NSGAIISampler(seed=seed, population_size=cfg.population_size)
+        base: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(seed=seed, multivariate=True,
+                                                                       n_startup_trials=min(20, cfg.trials))
+    else:
+        base = optuna.samplers.NSGAIISampler(seed=seed, population_size=cfg.population_size)
+    return ShrinkingSampler(base, cfg.shrink_every, cfg.shrink_min_uses, seed) if cfg.shrink_every else base
 
 
 def fail_orphans(study_: optuna.Study, storage: RDBStorage, cfg: SearchConfig) -> None:
@@ -228,6 +232,7 @@ def search_inputs(ctx: SearchContext) -> str:
     cfg = ctx.study.cfg.search
     return fingerprint(ctx.checkpoint_sha, ctx.scorer.checkpoint_sha, ctx.latency.fingerprint,
                        ctx.latency.calibration, {k: getattr(cfg, k) for k in ("sampler", "population_size", "seed")},
+                       *([{"shrink": (cfg.shrink_every, cfg.shrink_min_uses)}] if cfg.shrink_every else []),
                        *([ctx.proxy] if ctx.proxy != "blocks" else []))
 
 
@@ -286,6 +291,11 @@ def run_worker(study: Study, budget_ms: float, n_trials: int, worker: int = 0, c
                     callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE,)), tick],
                     gc_after_trial=False)
     bar.close()
+    if isinstance(study_.sampler, ShrinkingSampler) and (dropped := study_.sampler.dropped(study_)):
+        study_.set_user_attr("dropped_options", {k: sorted(map(str, v)) for k, v in dropped.items()})
+        if progress:
+            tqdm.write(f"progressive shrinking: {sum(map(len, dropped.values()))} dominated options no longer drawn "
+                       f"({describe(dropped)})", file=sys.stderr)
 
 
 def _spawned_worker(study_file: str, db_url: str, budget_ms: float, n_trials: int, worker: int, threads: int,
