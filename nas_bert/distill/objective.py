@@ -169,13 +169,9 @@ class TeacherTaps:
 
     def __init__(self, teacher: Teacher) -> None:
         self.out: dict[tuple[int, str], Tensor] = {}
-        try:
-            layers = teacher.encoder.encoder.layer
-            self.handles = [getattr(layer.attention.self, name).register_forward_hook(self._hook(n, name))
-                            for n, layer in enumerate(layers, start=1) for name in ("query", "key", "value")]
-        except AttributeError:
-            raise NasBertError("attention distillation needs a BERT-style teacher (encoder.layer[i].attention.self."
-                               "query/key/value); set distill.weights.attention: 0") from None
+        layers = teacher.family.teacher_layers(teacher.encoder)  # its query, key and value by its family's names
+        self.handles = [getattr(layer, name).register_forward_hook(self._hook(n, name))
+                        for n, layer in enumerate(layers, start=1) for name in ("query", "key", "value")]
 
     def remove(self) -> None:
         for h in self.handles:

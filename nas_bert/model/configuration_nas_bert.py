@@ -20,6 +20,8 @@ class NasBertConfig(PretrainedConfig):
         attention_probs_dropout_prob: float = 0.0,
         pad_token_id: int = 0,
         dim_order: list[int] | None = None,
+        position_padding_idx: int | None = None,
+        relative_attention: dict[str, int] | None = None,
         **kwargs: Any,
     ) -> None:
         self.architecture = architecture or {
@@ -28,6 +30,12 @@ class NasBertConfig(PretrainedConfig):
         }
         # hidden dimension k is the teacher's dimension dim_order[k] (None: the teacher's own order)
         self.dim_order = list(dim_order) if dim_order is not None else None
+        # None: positions 0..T-1 (BERT); p: RoBERTa's and MPNet's, real tokens from p + 1 and padding tokens
+        # (input id p) at p, as transformers' create_position_ids_from_input_ids
+        self.position_padding_idx = position_padding_idx
+        # MPNet's relative position bias, None elsewhere: a (rows, heads) table of the teacher's heads, T5's bidirectional
+        # buckets (num_buckets, max_distance) of key - query position; each attention layer adds its heads' columns
+        self.relative_attention = dict(relative_attention) if relative_attention else None
         self.layer_norm_eps = layer_norm_eps
         self.hidden_dropout_prob = hidden_dropout_prob
         self.attention_probs_dropout_prob = attention_probs_dropout_prob

@@ -14,6 +14,7 @@ dimensions: a linear map from a narrower last block, a reordering from a full-wi
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -47,6 +48,35 @@ def attention(
     v = F.linear(x, wv, bv).view(B, T, heads, hs).transpose(1, 2)
     y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)
     return F.linear(y.transpose(1, 2).reshape(B, T, a), wo, bo)
+
+
+def relative_position_bucket(relative: Tensor, num_buckets: int, max_distance: int) -> Tensor:
+    """MPNet's (T5's bidirectional) bucket of each relative position (key - query): half the buckets per direction,
+    exact up to a quarter of them, then logarithmic up to max_distance."""
+    n = -relative
+    half = num_buckets // 2
+    ret = (n < 0).to(torch.long) * half
+    n = torch.abs(n)
+    exact = half // 2
+    large = exact + (torch.log(n.float() / exact) / math.log(max_distance / exact) * (half - exact)).to(torch.long)
+    large = torch.min(large, torch.full_like(large, half - 1))
+    return ret + torch.where(n < exact, n, large)
+
+
+def position_bias(table: Tensor, T: int, num_buckets: int, max_distance: int) -> Tensor:
+    """A (rows, heads) relative bias table -> (1, heads, T, T) added to attention scores, computed once per forward."""
+    pos = torch.arange(T, dtype=torch.long, device=table.device)
+    buckets = relative_position_bucket(pos[None, :] - pos[:, None], num_buckets, max_distance)  # (T, T)
+    return F.embedding(buckets, table).permute(2, 0, 1).unsqueeze(0)
+
+
+def head_bias(bias: Tensor | None, relative: Tensor | None, heads: Tensor | None) -> Tensor | None:
+    """The mask bias (B, 1, 1, T) plus the relative position bias of the layer's heads `heads` (the teacher's heads it
+    keeps, in its order): (B, k, T, T); the mask bias alone without a relative bias."""
+    if relative is None or heads is None:
+        return bias
+    rel = relative.index_select(1, heads)  # (1, k, T, T)
+    return rel if bias is None else rel + bias
 
 
 def feed_forward(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
@@ -96,11 +126,15 @@ class NasBertEmbeddings(nn.Module):
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, e)
         self.LayerNorm = nn.LayerNorm(e, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.padding_idx = getattr(config, "position_padding_idx", None)
 
     def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None, position_ids: Tensor | None = None) -> Tensor:
         T = input_ids.shape[1]
-        if position_ids is None:
+        if position_ids is None and self.padding_idx is None:
             position_ids = torch.arange(T, device=input_ids.device)[None, :]
+        elif position_ids is None:  # RoBERTa's and MPNet's: real tokens count from padding_idx + 1, padding stays
+            real = input_ids.ne(self.padding_idx).int()
+            position_ids = (torch.cumsum(real, dim=1).type_as(real) * real).long() + self.padding_idx
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         x = self.word_embeddings(input_ids) + self.position_embeddings(position_ids) + self.token_type_embeddings(token_type_ids)
@@ -116,6 +150,11 @@ class NasBertLayer(nn.Module):
         self.dropout = config.hidden_dropout_prob
         self.attention_dropout = config.attention_probs_dropout_prob
         self.eps = config.layer_norm_eps
+        if self.kind == "mha" and getattr(config, "relative_attention", None):
+            # MPNet: which of the teacher's heads (columns of the relative bias table) this layer keeps, in its order
+            self.register_buffer("relative_heads", torch.arange(op["heads"]))
+        else:
+            self.relative_heads: Tensor | None = None
         if self.kind == "mha":
             self.heads = op["heads"]
             a = op.get("inner") or hidden  # the heads' dimensions
@@ -132,12 +171,14 @@ class NasBertLayer(nn.Module):
             raise ValueError(f"unknown operator {self.kind!r}")
         self.LayerNorm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
 
-    def forward(self, x: Tensor, bias: Tensor | None, mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, bias: Tensor | None, mask: Tensor | None, relative: Tensor | None = None) -> Tensor:
+        """x (B, T, h); `relative` the model's relative position bias (1, teacher heads, T, T), if it has one."""
         if self.kind == "mha":
             p = self.attention_dropout if self.training else 0.0
             y = attention(
                 x, self.query.weight, self.query.bias, self.key.weight, self.key.bias,
-                self.value.weight, self.value.bias, self.output.weight, self.output.bias, self.heads, bias, p,
+                self.value.weight, self.value.bias, self.output.weight, self.output.bias, self.heads,
+                head_bias(bias, relative, self.relative_heads), p,
             )
         elif self.kind == "ffn":
             y = feed_forward(x, self.intermediate.weight, self.intermediate.bias, self.output.weight, self.output.bias)
@@ -195,6 +236,9 @@ class NasBertModel(NasBertPreTrainedModel):
         output = config.architecture.get("output")
         # back to the teacher's dimensions: a linear map from a narrower last block, else a reordering
         self.output_projection = nn.Linear(widths[-1], output) if output and output != widths[-1] else None
+        rel = getattr(config, "relative_attention", None)
+        # MPNet's relative position bias: one table for every layer, as the teacher's
+        self.relative_attention_bias = nn.Embedding(rel["rows"], rel["heads"]) if rel else None
         order = config.dim_order if output and output == widths[-1] else None
         if order is not None and list(order) != list(range(len(order))):
             self.register_buffer("output_index", torch.argsort(torch.tensor(order, dtype=torch.long)))
@@ -220,11 +264,16 @@ class NasBertModel(NasBertPreTrainedModel):
     ) -> BaseModelOutput | tuple[Tensor, ...]:
         x = self.embeddings(input_ids, token_type_ids, position_ids)  # (B, T, E)
         bias = mask_bias(attention_mask, x.dtype) if attention_mask is not None else None
+        relative = None
+        if self.relative_attention_bias is not None:
+            rel = self.config.relative_attention
+            relative = position_bias(self.relative_attention_bias.weight, x.shape[1], rel["num_buckets"],
+                                     rel["max_distance"])  # (1, teacher heads, T, T)
         hidden_states: list[Tensor] = [x]
         for block in self.blocks:
             x = block.enter(x)  # (B, T, h_b)
             for layer in block.layers:
-                x = layer(x, bias, attention_mask)
+                x = layer(x, bias, attention_mask, relative)
                 hidden_states.append(x)
         if self.output_projection is not None:  # hidden_states keep the sublayers' own widths and order
             x = self.output_projection(x)  # (B, T, output), the teacher's dimensions

@@ -23,7 +23,7 @@ from nas_bert.errors import NasBertError
 from nas_bert.model import NasBertConfig, NasBertModel
 from nas_bert.space import Architecture, Block, Op
 from nas_bert.supernet.elastic import copy_attention, copy_embeddings, copy_ffn, importance_order, ridge_completion
-from nas_bert.teacher import Importance, Teacher, bert_layers, head_size
+from nas_bert.teacher import Importance, Teacher, head_size, teacher_layers
 
 Tensor = torch.Tensor
 Order = Literal["leading", "importance"]
@@ -71,7 +71,7 @@ def teacher_initialised(arch: Architecture, teacher: Teacher, importance: Import
     """
     if len(arch.blocks) != 1:
         raise NasBertError("teacher-initialised students have one block; build them with uniform_architecture")
-    layers = bert_layers(teacher)
+    layers = teacher_layers(teacher)
     block = arch.blocks[0]
     ops = [op for op in block.ops if op.kind != "identity"]
     pairs = list(zip(ops[::2], ops[1::2], strict=True))
@@ -79,10 +79,15 @@ def teacher_initialised(arch: Architecture, teacher: Teacher, importance: Import
         raise NasBertError("teacher-initialised students are (attention, feed-forward) pairs, at most the teacher's depth")
     H, hs, w = teacher.hidden_size, head_size(teacher), block.hidden
     order = importance_order(importance.hidden if importance is not None and w < H else None, H)
+    emb = teacher.family.embeddings_of(teacher.encoder)
+    relative = teacher.family.relative_attention(teacher.encoder)
     student = NasBertModel(NasBertConfig(architecture=arch.to_dict(), layer_norm_eps=float(teacher.config.layer_norm_eps),
-                                         dim_order=order.tolist() if w < H else None))
-    copy_embeddings(teacher.encoder.embeddings, student, order if w < H else None)
+                                         dim_order=order.tolist() if w < H else None,
+                                         relative_attention=relative.spec() if relative else None, **emb.student_settings()))
+    copy_embeddings(emb, student, order if w < H else None)
     with torch.no_grad():
+        if relative is not None:  # MPNet's shared relative position bias; each layer takes its heads' columns
+            student.relative_attention_bias.weight.copy_(relative.table.weight)
         sb = student.blocks[0]
         dims = order[:w]
         for i, (mha, ffn) in enumerate(pairs):
@@ -91,7 +96,9 @@ def teacher_initialised(arch: Architecture, teacher: Teacher, importance: Import
             heads = importance_order(importance.heads[i] if importance else None, H // hs)[: mha.heads]
             rows = (heads[:, None] * hs + torch.arange(hs)).reshape(-1)  # the kept heads' dimensions
             copy_attention((a.query, a.key, a.value, a.output), a.LayerNorm, t, rows, dims)
-            inner = importance_order(importance.neurons[i] if importance else None, t.intermediate.dense.out_features)[: ffn.inner]
+            if a.relative_heads is not None:
+                a.relative_heads.copy_(heads)
+            inner = importance_order(importance.neurons[i] if importance else None, t.ffn_in.out_features)[: ffn.inner]
             copy_ffn((f.intermediate.weight, f.intermediate.bias, f.output.weight, f.output.bias), f.LayerNorm, t,
                      inner, dims)
         if student.output_projection is not None:  # kept dimensions back in their places, the rest predicted

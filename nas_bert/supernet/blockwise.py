@@ -189,8 +189,9 @@ def build_supernet(study: Study, teacher: Teacher, seed: int, corpus: Any = None
     study.space.check_teacher(teacher.num_layers, teacher.hidden_size)
     cfg = study.cfg.supernet
     torch.manual_seed(seed)  # the same initial weights for every run of this study
+    relative = teacher.relative_attention()
     net = Supernet(study.space, teacher.hidden_size, eps=float(getattr(teacher.config, "layer_norm_eps", 1e-12)),
-                   frozen=frozen_spec(study, teacher))
+                   frozen=frozen_spec(study, teacher), relative=relative.spec() if relative else None)
     if not inherit:
         return net
     if corpus is None:
@@ -290,6 +291,8 @@ def train_supernet(study: Study, steps: int | None = None, stop_after: int | Non
                                    cfg.sandwich_every)
     meta = {"space": study.space.fingerprint(), "teacher": study.cfg.teacher, "init": f"{cfg.init}/{cfg.init_units}",
             "layout": LAYOUT, "frozen": frozen_spec(study, teacher), "inputs": supernet_key(study)}
+    if supernet.relative:  # MPNet's relative position bias: the checkpoint's supernet holds its table
+        meta["relative"] = supernet.relative
     t0 = time.perf_counter()
     if steps == 0 and ckpts.latest() is None:  # the teacher's weights as they are: one checkpoint, no training
         report = {"step": 0, **objective.validate(supernet.eval())} if main else {}
@@ -338,6 +341,6 @@ def load_supernet_checkpoint(path: Path, space: SearchSpace, teacher_width: int,
     if state["meta"].get("layout") != LAYOUT:
         raise NasBertError(f"checkpoint {path} was made by an older nas-bert (supernet layout "
                            f"{state['meta'].get('layout') or 'adapters'}); move {path.parent} away and train again")
-    net = Supernet(space, teacher_width, eps, frozen=state["meta"].get("frozen"))
+    net = Supernet(space, teacher_width, eps, frozen=state["meta"].get("frozen"), relative=state["meta"].get("relative"))
     net.load_state_dict(state["model"])
     return net.eval()

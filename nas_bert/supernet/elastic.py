@@ -14,7 +14,10 @@ DynaBERT all start from pretrained weights): at full width the path (attention, 
 of block b is the teacher's layers exactly, and every smaller width is the ETD extraction of the
 teacher's most important units, because units are sorted by importance before the copy. With
 `frozen` slots the teacher's full-width operators are kept as they are while the shared weights
-train, so a truncated teacher inside the space stays the teacher exactly.
+train, so a truncated teacher inside the space stays the teacher exactly. The teacher's weights are read through its
+family's adapter (`nas_bert.teacher.families`): BERT, RoBERTa, ELECTRA, DistilBERT and MPNet name them differently.
+With a relative position bias (MPNet) the supernet holds the teacher's table, and each attention position the
+order of the teacher's heads it holds (`head_order`), so that a slice of heads takes its heads' columns of the bias.
 """
 
 from __future__ import annotations
@@ -35,8 +38,9 @@ from nas_bert.model import (
     resize,
     sep_conv,
 )
+from nas_bert.model.modeling_nas_bert import head_bias, position_bias
 from nas_bert.space import Architecture, Block, Op, SearchSpace
-from nas_bert.teacher import Importance, Teacher, bert_layers, head_size
+from nas_bert.teacher import Importance, Teacher, TeacherEmbeddings, TeacherLayer, head_size, teacher_layers
 
 Tensor = torch.Tensor
 
@@ -113,13 +117,18 @@ class SuperSublayer(nn.Module):
     """Every operator of one sublayer position, each with its own LayerNorm, at the largest width;
     optionally the teacher's own full-width attention and feed-forward, frozen (`frozen`)."""
 
-    def __init__(self, space: SearchSpace, eps: float, frozen: dict[str, int] | None = None) -> None:
+    def __init__(self, space: SearchSpace, eps: float, frozen: dict[str, int] | None = None, heads: int = 0) -> None:
         super().__init__()
         H, eps_ = space.max_hidden, eps
         self.eps = eps_
         if "mha" in space.operators:
             self.query, self.key, self.value, self.attn_out = (ElasticLinear(H, H) for _ in range(4))
             self.ln_mha = ElasticLayerNorm(H)
+        if "mha" in space.operators and heads:
+            # a relative position bias over the teacher's `heads` heads: the teacher's head of each slice of heads
+            self.register_buffer("head_order", torch.arange(heads))
+        else:
+            self.head_order: Tensor | None = None
         if "ffn" in space.operators:
             self.intermediate = ElasticLinear(H, space.max_inner)
             self.ffn_out = ElasticLinear(space.max_inner, H)
@@ -156,14 +165,20 @@ class SuperSublayer(nn.Module):
     def trainable(self, op: Op, h: int) -> bool:
         return op.kind != "identity" and not self.uses_frozen(op, h)
 
-    def forward(self, x: Tensor, op: Op, bias: Tensor | None, mask: Tensor | None) -> Tensor:
-        """x (B, T, h) with h = the block's hidden size; returns (B, T, h)."""
+    def relative_heads(self, op: Op) -> Tensor | None:
+        """The teacher's heads (columns of the relative bias table) an attention `op` holds, in its order."""
+        return None if self.head_order is None else self.head_order[: op.heads]
+
+    def forward(self, x: Tensor, op: Op, bias: Tensor | None, mask: Tensor | None,
+                relative: Tensor | None = None) -> Tensor:
+        """x (B, T, h) with h = the block's hidden size; returns (B, T, h). `relative`: the relative position bias
+        (1, teacher heads, T, T), if the teacher has one."""
         if op.kind == "identity":
             return x
         *parts, ln = self.slices(op, x.shape[-1])
         flat = [t for pair in parts for t in pair]
         if op.kind == "mha":
-            y = attention(x, *flat, op.heads, bias)
+            y = attention(x, *flat, op.heads, head_bias(bias, relative, self.relative_heads(op)))
         elif op.kind == "ffn":
             y = feed_forward(x, *flat)
         else:
@@ -177,18 +192,21 @@ class SuperSublayer(nn.Module):
         for dst, (w, b) in zip([*(getattr(layer, n) for n in names), layer.LayerNorm], self.slices(op, h), strict=True):
             _copy(dst.weight, w)
             _copy(dst.bias, b)
+        if op.kind == "mha" and self.head_order is not None:
+            _copy(layer.relative_heads, self.relative_heads(op))
 
 
 class SuperBlock(nn.Module):
     """The block's sublayer positions (its width comes and goes by `resize`, see the Supernet)."""
 
-    def __init__(self, space: SearchSpace, eps: float, frozen: dict[str, int] | None = None) -> None:
+    def __init__(self, space: SearchSpace, eps: float, frozen: dict[str, int] | None = None, heads: int = 0) -> None:
         super().__init__()
-        self.sublayers = nn.ModuleList(SuperSublayer(space, eps, frozen) for _ in range(space.sublayers_per_block))
+        self.sublayers = nn.ModuleList(SuperSublayer(space, eps, frozen, heads) for _ in range(space.sublayers_per_block))
 
-    def run_ops(self, x: Tensor, block: Block, bias: Tensor | None, mask: Tensor | None) -> Tensor:
+    def run_ops(self, x: Tensor, block: Block, bias: Tensor | None, mask: Tensor | None,
+                relative: Tensor | None = None) -> Tensor:
         for sub, op in zip(self.sublayers, block.ops, strict=True):
-            x = sub(x, op, bias, mask)
+            x = sub(x, op, bias, mask, relative)
         return x
 
 
@@ -205,7 +223,7 @@ class Supernet(nn.Module):
     """
 
     def __init__(self, space: SearchSpace, teacher_width: int, eps: float = 1e-12,
-                 frozen: dict[str, int] | None = None) -> None:
+                 frozen: dict[str, int] | None = None, relative: dict[str, int] | None = None) -> None:
         super().__init__()
         if space.max_hidden > teacher_width:
             raise NasBertError(f"search space widths up to {space.max_hidden} exceed the teacher's {teacher_width}")
@@ -214,7 +232,15 @@ class Supernet(nn.Module):
         self.eps = eps
         # the teacher's full-width operators, frozen, only where they fit the space's widest sublayer
         self.frozen_spec = frozen if frozen and space.max_hidden == teacher_width else None
-        self.blocks = nn.ModuleList(SuperBlock(space, eps, self.frozen_spec) for _ in range(space.blocks))
+        # a relative position bias (MPNet, `RelativeAttention.spec()`): one table shared by every attention, as the teacher's
+        self.relative = dict(relative) if relative else None
+        heads = self.relative["heads"] if self.relative else 0
+        if heads and space.head_size * heads != teacher_width:
+            raise NasBertError(f"search space '{space.name}' has heads of {space.head_size} dimensions; the teacher's relative "
+                               f"position bias is per head of {teacher_width // heads}: use head_size {teacher_width // heads}")
+        self.blocks = nn.ModuleList(SuperBlock(space, eps, self.frozen_spec, heads) for _ in range(space.blocks))
+        if self.relative:
+            self.relative_bias = nn.Parameter(torch.empty(self.relative["rows"], heads).normal_(0.0, 0.02))
         self.register_buffer("order", torch.arange(teacher_width))
         T = teacher_width
         for b in range(1, space.blocks + 1):  # boundary b: the end of block b - 1
@@ -237,6 +263,12 @@ class Supernet(nn.Module):
             return None, None
         return getattr(self, f"recon_w_{boundary}_{h}"), getattr(self, f"recon_b_{boundary}_{h}")
 
+    def position_bias(self, T: int) -> Tensor | None:
+        """The relative position bias for sequences of T tokens (1, teacher heads, T, T), None without one."""
+        if self.relative is None:
+            return None
+        return position_bias(self.relative_bias, T, self.relative["num_buckets"], self.relative["max_distance"])
+
     def complete(self, boundary: int, y: Tensor) -> Tensor:
         """(B, T, h) leading dimensions -> (B, T, teacher width) with the rest predicted (supernet order)."""
         return resize(y, self.teacher_width, *self.recon(boundary, y.shape[-1]))
@@ -253,7 +285,7 @@ class Supernet(nn.Module):
         """Block b on a teacher state: (B, T, teacher width) -> (B, T, teacher width), the teacher's order."""
         bias = mask_bias(attention_mask, hidden.dtype) if attention_mask is not None else None
         x = self.to_net(hidden)[..., : block.hidden]  # (B, T, h)
-        x = self.blocks[b].run_ops(x, block, bias, attention_mask)
+        x = self.blocks[b].run_ops(x, block, bias, attention_mask, self.position_bias(x.shape[1]))
         return self.to_teacher(self.complete(b + 1, x))
 
     def forward_chain(self, embedded: Tensor, arch: Architecture, attention_mask: Tensor | None = None) -> Tensor:
@@ -261,10 +293,11 @@ class Supernet(nn.Module):
         (supernet order). Block b enters through `resize` with boundary b's prediction: exactly what
         an extracted student computes."""
         bias = mask_bias(attention_mask, embedded.dtype) if attention_mask is not None else None
+        relative = self.position_bias(embedded.shape[1])  # computed once, as the teacher does
         x = self.to_net(embedded)
         for b, (sb, block) in enumerate(zip(self.blocks, arch.blocks, strict=True)):
             x = resize(x, block.hidden, *self.recon(b, x.shape[-1]))  # boundary 0: the embeddings, full width
-            x = sb.run_ops(x, block, bias, attention_mask)
+            x = sb.run_ops(x, block, bias, attention_mask, relative)
         return x
 
     def forward_student(self, embedded: Tensor, arch: Architecture, attention_mask: Tensor | None = None) -> Tensor:
@@ -278,8 +311,9 @@ class Supernet(nn.Module):
 
     # -- extraction -------------------------------------------------------------------------------
     @torch.no_grad()
-    def extract(self, arch: Architecture, teacher_embeddings: nn.Module | None = None) -> NasBertModel:
-        """A standalone student holding copies of the supernet slices for `arch`."""
+    def extract(self, arch: Architecture, teacher_embeddings: nn.Module | TeacherEmbeddings | None = None) -> NasBertModel:
+        """A standalone student holding copies of the supernet slices for `arch`, on the teacher's embeddings
+        (`teacher.encoder.embeddings` of any supported family: its tables and how it numbers positions)."""
         arch.validate(self.space)
         if arch.output not in (0, self.teacher_width):
             raise NasBertError(f"architecture output width {arch.output}: a supernet student returns to the teacher's "
@@ -288,10 +322,14 @@ class Supernet(nn.Module):
         # a student all at full width needs no importance order: it is folded back into its weights (`unpermute`),
         # so it pays no reordering at run time
         folded = not arch.reorders() and arch.output and all(b.hidden == self.teacher_width for b in arch.blocks)
+        emb = None if teacher_embeddings is None else _embeddings(teacher_embeddings)
         student = NasBertModel(NasBertConfig(architecture=arch.to_dict(), layer_norm_eps=self.eps,
-                                             dim_order=None if folded else order.tolist()))
-        if teacher_embeddings is not None:
-            copy_embeddings(teacher_embeddings, student, None if folded else order)
+                                             dim_order=None if folded else order.tolist(), relative_attention=self.relative,
+                                             **(emb.student_settings() if emb is not None else {})))
+        if emb is not None:
+            copy_embeddings(emb, student, None if folded else order)
+        if self.relative is not None:
+            _copy(student.relative_attention_bias.weight, self.relative_bias)
         prev = self.teacher_width
         for b, (sb, block, sblock) in enumerate(zip(self.blocks, arch.blocks, student.blocks, strict=True)):
             if sblock.grow is not None:  # a wider block: its extra dimensions predicted from boundary b
@@ -369,12 +407,18 @@ def inherit_teacher(net: Supernet, teacher: Teacher, importance: Importance | No
     weights train. Separable convolutions have no teacher counterpart and keep their random start;
     feed-forward neurons beyond the teacher's start with a zero output so they change nothing until trained.
     """
-    layers = bert_layers(teacher)
+    layers = teacher_layers(teacher)
     space, T, H = net.space, net.teacher_width, net.space.max_hidden
     hs = head_size(teacher)
     order = importance_order(importance.hidden if importance else None, T)  # supernet dim k = teacher dim order[k]
     net.order.copy_(order.to(net.order.device))
     dims = order[:H]
+    relative = teacher.family.relative_attention(teacher.encoder)
+    if (relative.spec() if relative else None) != net.relative:
+        raise NasBertError(f"supernet built for relative position bias {net.relative}, teacher has "
+                           f"{relative.spec() if relative else None}; build it with the teacher's")
+    if relative is not None:
+        net.relative_bias.copy_(relative.table.weight)
     for b, sb in enumerate(net.blocks):
         for j, sub in enumerate(sb.sublayers):
             i = teacher_layer(space, teacher.num_layers, b, j)
@@ -383,8 +427,10 @@ def inherit_teacher(net: Supernet, teacher: Teacher, importance: Importance | No
                 heads = importance_order(importance.heads[i] if importance else None, T // hs)
                 rows = (heads[:, None] * hs + torch.arange(hs)).reshape(-1)  # the heads' dimensions, best first
                 copy_attention((sub.query, sub.key, sub.value, sub.attn_out), sub.ln_mha, t, rows[:H], dims)
+                if sub.head_order is not None:
+                    sub.head_order.copy_(heads)
             if "ffn" in space.operators:
-                inner = t.intermediate.dense.out_features
+                inner = t.ffn_in.out_features
                 n = min(inner, space.max_inner)
                 neurons = importance_order(importance.neurons[i] if importance else None, inner)
                 sub.ffn_out.weight.zero_()
@@ -440,43 +486,55 @@ def ridge_completion(x: Tensor, h: int, ridge: float = 1e-3) -> tuple[Tensor, Te
     return coef.T.to(x.dtype), (mu[h:] - mu[:h] @ coef).to(x.dtype)
 
 
-def copy_norm(dst: nn.Module, src: nn.LayerNorm, dims: Tensor) -> None:
+def copy_norm(dst: nn.Module, src: nn.Module, dims: Tensor) -> None:
     """A LayerNorm's weight and bias at the teacher dimensions `dims` (in that order)."""
     dst.weight.copy_(src.weight[dims])
     dst.bias.copy_(src.bias[dims])
 
 
-def copy_attention(dst: tuple[nn.Linear, nn.Linear, nn.Linear, nn.Linear], norm: nn.Module, t: nn.Module,
+def copy_attention(dst: tuple[nn.Linear, nn.Linear, nn.Linear, nn.Linear], norm: nn.Module, t: TeacherLayer,
                    rows: Tensor, dims: Tensor) -> None:
     """Teacher layer `t`'s attention into (query, key, value, output) and its LayerNorm: heads'
     dimensions `rows`, hidden dimensions `dims` (both in the order given)."""
     q, k, v, out = dst
-    for d, src in ((q, t.attention.self.query), (k, t.attention.self.key), (v, t.attention.self.value)):
+    for d, src in ((q, t.query), (k, t.key), (v, t.value)):
         d.weight.copy_(src.weight[rows][:, dims])
         d.bias.copy_(src.bias[rows])
-    out.weight.copy_(t.attention.output.dense.weight[dims][:, rows])
-    out.bias.copy_(t.attention.output.dense.bias[dims])
-    copy_norm(norm, t.attention.output.LayerNorm, dims)
+    out.weight.copy_(t.attn_out.weight[dims][:, rows])
+    out.bias.copy_(t.attn_out.bias[dims])
+    copy_norm(norm, t.attn_norm, dims)
 
 
-def copy_ffn(dst: tuple[Tensor, Tensor, Tensor, Tensor], norm: nn.Module, t: nn.Module, neurons: Tensor,
+def copy_ffn(dst: tuple[Tensor, Tensor, Tensor, Tensor], norm: nn.Module, t: TeacherLayer, neurons: Tensor,
              dims: Tensor) -> None:
     """Teacher layer `t`'s feed-forward into (in weight, in bias, out weight, out bias), tensors or views
     of them, and its LayerNorm: neurons `neurons`, hidden dimensions `dims`."""
     w_in, b_in, w_out, b_out = dst
-    w_in.copy_(t.intermediate.dense.weight[neurons][:, dims])
-    b_in.copy_(t.intermediate.dense.bias[neurons])
-    w_out.copy_(t.output.dense.weight[dims][:, neurons])
-    b_out.copy_(t.output.dense.bias[dims])
-    copy_norm(norm, t.output.LayerNorm, dims)
+    w_in.copy_(t.ffn_in.weight[neurons][:, dims])
+    b_in.copy_(t.ffn_in.bias[neurons])
+    w_out.copy_(t.ffn_out.weight[dims][:, neurons])
+    b_out.copy_(t.ffn_out.bias[dims])
+    copy_norm(norm, t.ffn_norm, dims)
 
 
-def copy_embeddings(teacher_embeddings: nn.Module, student: NasBertModel, order: Tensor | None = None) -> None:
+def _embeddings(teacher_embeddings: nn.Module | TeacherEmbeddings) -> TeacherEmbeddings:
+    return teacher_embeddings if isinstance(teacher_embeddings, TeacherEmbeddings) else TeacherEmbeddings.of(teacher_embeddings)
+
+
+def copy_embeddings(teacher_embeddings: nn.Module | TeacherEmbeddings, student: NasBertModel,
+                    order: Tensor | None = None) -> None:
     """ETD: the student starts from the teacher's embedding tables and LayerNorm, their dimensions in
-    `order` (the student's importance order; None keeps the teacher's)."""
-    for name in ("word_embeddings", "position_embeddings", "token_type_embeddings", "LayerNorm"):
-        src, dst = getattr(teacher_embeddings, name), getattr(student.embeddings, name)
-        for pname, p in dst.named_parameters():
+    `order` (the student's importance order; None keeps the teacher's). A family without token types
+    (DistilBERT, MPNet) leaves the student's one-row token type table at zero: it adds nothing."""
+    emb = _embeddings(teacher_embeddings)
+    dst = student.embeddings
+    pairs = [(dst.word_embeddings, emb.word), (dst.position_embeddings, emb.position), (dst.LayerNorm, emb.norm)]
+    if emb.token_type is not None:
+        pairs.append((dst.token_type_embeddings, emb.token_type))
+    else:
+        _copy(dst.token_type_embeddings.weight, torch.zeros_like(dst.token_type_embeddings.weight))
+    for d, src in pairs:
+        for pname, p in d.named_parameters():
             value = getattr(src, pname)
             if order is not None:
                 value = value.index_select(-1, order.to(value.device))

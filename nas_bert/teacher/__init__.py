@@ -1,8 +1,9 @@
-"""The teacher: loading by alias, folder or Hub id with its use and pooling (`loading`), and how much each of
-its units matters (`importance`).
+"""The teacher: loading by alias, folder or Hub id with its use and pooling (`loading`), where its family keeps
+its weights (`families`), and how much each of its units matters (`importance`).
 """
 
-from nas_bert.teacher.importance import Importance, bert_layers, head_size, teacher_importance
+from nas_bert.teacher.families import Family, RelativeAttention, TeacherEmbeddings, TeacherLayer, family_of
+from nas_bert.teacher.importance import Importance, head_size, teacher_importance, teacher_layers
 from nas_bert.teacher.loading import (
     Pooling,
     Teacher,
@@ -15,4 +16,4 @@ from nas_bert.teacher.loading import (
     write_sentence_transformers_files,
 )
 
-__all__ = ["Importance", "Pooling", "Teacher", "bert_layers", "embeddings_spec_of", "head_size", "load_teacher", "load_teacher_config", "resolve_teacher", "sentence_pooling", "teacher_identity", "teacher_importance", "write_sentence_transformers_files"]
+__all__ = ["Family", "Importance", "Pooling", "RelativeAttention", "Teacher", "TeacherEmbeddings", "TeacherLayer", "embeddings_spec_of", "family_of", "head_size", "load_teacher", "load_teacher_config", "resolve_teacher", "sentence_pooling", "teacher_identity", "teacher_importance", "teacher_layers", "write_sentence_transformers_files"]

@@ -1,4 +1,4 @@
-"""Where a BERT teacher's weights live, and how much each of its units matters.
+"""A teacher's layers as its family names them (`families`), and how much each of its units matters.
 
 Shared by everything that starts from the teacher's weights: the supernet's initialisation and the
 teacher-initialised baselines (ETD extraction of the most important hidden dimensions, heads and
@@ -10,22 +10,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from nas_bert.errors import NasBertError
+from nas_bert.teacher.families import TeacherLayer
 from nas_bert.teacher.loading import Teacher
 
 Tensor = torch.Tensor
 
 
-def bert_layers(teacher: Teacher) -> nn.ModuleList:
-    """The teacher's transformer layers, checked to be BERT's (post-LayerNorm, GELU)."""
-    try:
-        layers = teacher.encoder.encoder.layer
-        layers[0].attention.self.query, layers[0].intermediate.dense
-    except AttributeError:
-        raise NasBertError("starting from the teacher's weights needs a BERT-style teacher (encoder.layer[i]."
-                           "attention.self / intermediate / output); set supernet.init: random for this one") from None
+def teacher_layers(teacher: Teacher) -> list[TeacherLayer]:
+    """The teacher's transformer layers by its family's names, checked to compute what a student copy computes
+    (post-LayerNorm, exact GELU: 'gelu_new' and 'gelu_fast' are tanh approximations, and differ)."""
+    layers = teacher.family.teacher_layers(teacher.encoder)
     if getattr(teacher.config, "hidden_act", "gelu") != "gelu":
         raise NasBertError(f"teacher activation '{teacher.config.hidden_act}' differs from the students' GELU; "
                            "a copied student would not match it")
@@ -51,7 +47,7 @@ def teacher_importance(teacher: Teacher, batches: list[dict[str, Tensor]]) -> Im
     """How much each unit contributes to the teacher's outputs, averaged over real tokens:
     a hidden dimension by its mean square across all layer outputs, a head by the norm of its share
     of the attention output (after W_o), a feed-forward neuron by |activation| x ||its output column||."""
-    layers = bert_layers(teacher)
+    layers = teacher_layers(teacher)
     hs = head_size(teacher)
     H, N = teacher.hidden_size, teacher.num_layers
     heads = [torch.zeros(H // hs) for _ in range(N)]
@@ -60,9 +56,9 @@ def teacher_importance(teacher: Teacher, batches: list[dict[str, Tensor]]) -> Im
     captured: dict[tuple[int, str], Tensor] = {}
     hooks = []
     for i, layer in enumerate(layers):
-        hooks.append(layer.attention.output.dense.register_forward_pre_hook(
+        hooks.append(layer.attn_out.register_forward_pre_hook(
             lambda m, a, i=i: captured.__setitem__((i, "ctx"), a[0])))
-        hooks.append(layer.output.dense.register_forward_pre_hook(
+        hooks.append(layer.ffn_out.register_forward_pre_hook(
             lambda m, a, i=i: captured.__setitem__((i, "act"), a[0])))
     tokens = 0
     try:
@@ -74,12 +70,12 @@ def teacher_importance(teacher: Teacher, batches: list[dict[str, Tensor]]) -> Im
                 hidden += s[mask].float().pow(2).sum(0).cpu()
             for i, layer in enumerate(layers):
                 ctx = captured[(i, "ctx")][mask]  # (tokens, H): heads side by side
-                wo = layer.attention.output.dense.weight  # (H, H)
+                wo = layer.attn_out.weight  # (H, H)
                 for h in range(H // hs):
                     part = ctx[:, h * hs:(h + 1) * hs] @ wo[:, h * hs:(h + 1) * hs].T
                     heads[i][h] += part.norm(dim=-1).sum().cpu()
                 act = captured[(i, "act")][mask]  # (tokens, inner)
-                neurons[i] += (act.abs().sum(0) * layer.output.dense.weight.norm(dim=0)).cpu()
+                neurons[i] += (act.abs().sum(0) * layer.ffn_out.weight.norm(dim=0)).cpu()
     finally:
         for h in hooks:
             h.remove()

