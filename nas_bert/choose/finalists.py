@@ -391,7 +391,7 @@ def truncated_reference(study: Study, budget_ms: float, student_ms: float) -> Tr
     prefix = f"model:{budget_ms:g}:truncated:"
     with db.session() as s:
         rows = {r.key: r.ms for r in s.scalars(select(LatencyRow).where(
-            LatencyRow.fingerprint == fp, LatencyRow.key.like(f"{prefix}%")))}
+            LatencyRow.fingerprint == fp, LatencyRow.study == study.name, LatencyRow.key.like(f"{prefix}%")))}
     teacher = load_teacher(study.cfg.teacher, study.device())
     archs = {truncated_architecture(teacher, k): k for k in range(1, teacher.num_layers)}
     points = families(study.space, teacher.embeddings_spec())  # as points of a space made from the teacher

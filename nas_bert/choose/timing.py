@@ -56,17 +56,18 @@ def measured_ms(ctx: StudentContext, cands: list[Candidate], budget_ms: float,
     (`predicted_now_ms`, beside the search's `predicted_ms`). The raw figures are kept. Stored per budget
     (rows "model:<budget>:<origin>:<hash>"), so a resumed choice measures nothing again. Returns the times
     and the run's record: the drift, the teacher's time and the refitted calibration (refit_a, refit_c, refit_w,
-    refit_b); each calibration student's time stays in the rows "calibration:<budget>:<teacher>:<index>".
+    refit_b); each calibration student's time stays in the rows "calibration:<budget>:<teacher>:<index>". The rows
+    are the study's own: another study sharing the database times its finalists in its own run.
     """
     cfg = ctx.study.cfg.latency
-    fp = device_fingerprint(cfg)
+    fp, study = device_fingerprint(cfg), ctx.study.name
     keys = {c.name: f"model:{budget_ms:g}:{c.origin}:{c.arch.hash()}" for c in cands}
     tag = f"{budget_ms:g}:{sha256_hex(ctx.study.cfg.teacher, 12)}"
     extra = {k: f"{k.removesuffix('_ms')}:{tag}"
              for k in ("drift", "teacher_ms", "refit_a", "refit_c", "refit_w", "refit_b")}
     with ctx.db.session() as s:
         known = {r.key: r.ms for r in s.scalars(select(LatencyRow).where(
-            LatencyRow.fingerprint == fp, LatencyRow.key.in_([*keys.values(), *extra.values()])))}
+            LatencyRow.fingerprint == fp, LatencyRow.study == study, LatencyRow.key.in_([*keys.values(), *extra.values()])))}
     if any(k not in known for k in keys.values()):
         emb = ctx.teacher.embeddings_spec()
         lat = ensure_latency_model(ctx.db, ctx.study.space, emb, cfg, progress=False)
@@ -83,12 +84,13 @@ def measured_ms(ctx: StudentContext, cands: list[Candidate], budget_ms: float,
         try:
             with ctx.db.session() as s:
                 for key, value in values.items():
-                    s.merge(_latency_row(s, fp, key, value))
+                    s.merge(_latency_row(s, fp, study, key, value))
         except IntegrityError:  # another process (a second machine) timed them at the same moment: its figures stand
             pass
         with ctx.db.session() as s:  # every process decides on the same stored figures
             known.update({r.key: r.ms for r in s.scalars(select(LatencyRow).where(
-                LatencyRow.fingerprint == fp, LatencyRow.key.in_([*keys.values(), *extra.values()])))})
+                LatencyRow.fingerprint == fp, LatencyRow.study == study,
+                LatencyRow.key.in_([*keys.values(), *extra.values()])))})
     return {name: known[key] for name, key in keys.items()}, {k: known.get(key) for k, key in extra.items()}
 
 
@@ -125,10 +127,11 @@ def predict_now(lat: LatencyModel, cands: list[Candidate], timing: dict[str, Any
             cand.proxies["predicted_now_ms"] = None
 
 
-def _latency_row(s: Any, fp: str, key: str, ms: float) -> LatencyRow:
-    row = s.scalars(select(LatencyRow).where(LatencyRow.fingerprint == fp, LatencyRow.key == key)).first()
+def _latency_row(s: Any, fp: str, study: str, key: str, ms: float) -> LatencyRow:
+    row = s.scalars(select(LatencyRow).where(LatencyRow.fingerprint == fp, LatencyRow.study == study,
+                                             LatencyRow.key == key)).first()
     if row is None:
-        return LatencyRow(fingerprint=fp, key=key, ms=ms)
+        return LatencyRow(fingerprint=fp, study=study, key=key, ms=ms)
     row.ms = ms
     return row
 

@@ -31,7 +31,7 @@ from nas_bert.latency import LatencyModel
 from nas_bert.search.context import SearchContext, open_context
 from nas_bert.search.front import SearchResult, finish_search
 from nas_bert.search.shrinking import ShrinkingSampler, describe
-from nas_bert.search.storage import optuna_study_name, storage_for
+from nas_bert.search.storage import adopt_unkeyed, own_study_name, storage_for
 from nas_bert.search.trial_space import suggest_architecture, trial_params
 from nas_bert.space import FAMILIES, IDENTITY, Architecture, Block, families, grown
 from nas_bert.space import architecture as A
@@ -240,8 +240,9 @@ def prepare_search(ctx: SearchContext, budget_ms: float) -> None:
     """Before any worker starts: a budget's losses and latencies come from one supernet checkpoint, one
     scoring protocol and one latency model; a search made from other inputs would compare apples and
     pears, so it is deleted and starts afresh."""
-    name, storage = optuna_study_name(ctx.study, budget_ms), storage_for(ctx.study)
+    name, storage = own_study_name(ctx.study, budget_ms), storage_for(ctx.study)
     inputs = search_inputs(ctx)
+    adopt_unkeyed(ctx.study, budget_ms, inputs)  # a search named before names held the latency model
     try:
         old = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
@@ -264,7 +265,7 @@ def run_worker(study: Study, budget_ms: float, n_trials: int, worker: int = 0, c
     """One search process: optimise until the study holds n_trials complete trials."""
     ctx = ctx or open_context(study, progress=False)
     cfg = study.cfg.search
-    name = optuna_study_name(study, budget_ms)
+    name = own_study_name(study, budget_ms)  # this machine's latency model's search
     storage = storage_for(study)
     study_ = optuna.create_study(study_name=name, storage=storage, directions=["minimize", "minimize"],
                                  sampler=make_sampler(cfg, worker), load_if_exists=True)

@@ -66,23 +66,11 @@ class ServiceState:
         return hit[1]
 
     def searched(self, study: Study) -> list[float]:
-        """The budgets (ms) the study has an Optuna study for."""
+        """The budgets (ms) the study has an Optuna study for (on any machine: `search.budgets_in_db`)."""
         # deferred: the search room takes seconds to import, and only this read needs it
-        from optuna import get_all_study_names
+        from nas_bert.search import budgets_in_db
 
-        from nas_bert.search import storage_for
-
-        def compute() -> list[float]:
-            out, prefix = [], f"{study.name}-"
-            for n in get_all_study_names(storage_for(study)):
-                if n.startswith(prefix) and n.endswith("ms"):
-                    try:
-                        out.append(float(n[len(prefix):-2]))
-                    except ValueError:
-                        continue
-            return sorted(out)
-
-        return self.names_cache.get(study.name, compute)
+        return self.names_cache.get(study.name, lambda: budgets_in_db(study))
 
 
 async def service_state(request: Request) -> ServiceState:

@@ -4,6 +4,7 @@ fingerprints, content hashes, atomic files and folders), and the one YAML loader
 
 from nas_bert.store.db import (
     DB_ENV,
+    JOB_ENV,
     SCHEMA_VERSION,
     ArchitectureRow,
     Base,
@@ -23,9 +24,8 @@ from nas_bert.store.db import (
     StudyRow,
     SupernetRun,
     TrialRow,
-    database_error,
-    is_corrupt,
 )
+from nas_bert.store.failures import database_error, is_corrupt
 from nas_bert.store.identity import (
     atomic_file,
     atomic_folder,
@@ -41,5 +41,5 @@ from nas_bert.store.identity import (
 )
 from nas_bert.store.yamlfile import parse_mapping, read_mapping, validate
 
-__all__ = ["DB_ENV", "SCHEMA_VERSION", "ArchitectureRow", "Base", "BlockScore", "Checkpoint", "Database", "DistillRun", "EvaluationRow", "ExportRow", "FinalistRow", "JobRow", "LatencyCalibration", "LatencyRow", "MappingEval", "Meta", "StageRow", "StudyRow", "SupernetRun", "TrialRow", "atomic_file", "atomic_folder", "atomic_write_text", "cache_dir", "cached_sha256", "database_error", "file_sha256", "fingerprint", "folder_identity", "is_corrupt", "json_hash", "parse_mapping", "read_mapping", "safe_torch_load", "sha256_hex",
+__all__ = ["DB_ENV", "JOB_ENV", "SCHEMA_VERSION", "ArchitectureRow", "Base", "BlockScore", "Checkpoint", "Database", "DistillRun", "EvaluationRow", "ExportRow", "FinalistRow", "JobRow", "LatencyCalibration", "LatencyRow", "MappingEval", "Meta", "StageRow", "StudyRow", "SupernetRun", "TrialRow", "atomic_file", "atomic_folder", "atomic_write_text", "cache_dir", "cached_sha256", "database_error", "file_sha256", "fingerprint", "folder_identity", "is_corrupt", "json_hash", "parse_mapping", "read_mapping", "safe_torch_load", "sha256_hex",
            "validate"]

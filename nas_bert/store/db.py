@@ -8,6 +8,7 @@ JSON goes in text columns so SQLite and PostgreSQL behave the same.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,15 +29,21 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import ArgumentError, DatabaseError, IntegrityError
+from sqlalchemy.exc import ArgumentError, DatabaseError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from nas_bert.errors import NasBertError
+from nas_bert.store.failures import database_error, describe_url, is_corrupt, sqlite_file
+from nas_bert.store.migrations import migrate
 
-SCHEMA_VERSION = 1
+# 2: nasbert_latency.study (`migrations`)
+SCHEMA_VERSION = 2
 # The study database URL of a command, when --db is not given: how the service hands a URL (and its password)
 # to the commands it runs without showing it in their argument list, which every user of the machine can read.
 DB_ENV = "NAS_BERT_DB"
+# "<job id>:<lease token>": the service's job a command runs as (`nas-bert worker` sets it, in the environment, as
+# the URL). Its writes of stage results are refused once the job is no longer held under that token.
+JOB_ENV = "NAS_BERT_JOB"
 
 
 def _now() -> str:
@@ -108,12 +115,14 @@ class Checkpoint(Base):
 
 
 class LatencyRow(Base):
-    """One operator timing on one device (fingerprint: hardware, threads, batch, sequence length)."""
+    """One timing on one device (fingerprint: hardware, threads, batch, sequence length): an operator's, shared by
+    every study (study ""), or a figure of one study's finalists' timing run (`choose.timing`), that study's alone."""
 
     __tablename__ = "nasbert_latency"
-    __table_args__ = (UniqueConstraint("fingerprint", "key"),)
+    __table_args__ = (UniqueConstraint("fingerprint", "study", "key"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     fingerprint: Mapped[str] = mapped_column(String(64), index=True)
+    study: Mapped[str] = mapped_column(String(128), default="", server_default="")  # schema version 2
     key: Mapped[str] = mapped_column(String(128))  # e.g. "mha:384:12", "proj:384:128", "embeddings:384"
     ms: Mapped[float] = mapped_column(Float)
     created_at: Mapped[str] = mapped_column(String(32), default=_now)
@@ -314,11 +323,11 @@ class Database:
 
     def __init__(self, url: str, busy_timeout_s: float = 60.0) -> None:
         self.url = url
-        if _sqlite_file(url):
+        if sqlite_file(url):
             try:
-                Path(_sqlite_file(url)).parent.mkdir(parents=True, exist_ok=True)
+                Path(sqlite_file(url)).parent.mkdir(parents=True, exist_ok=True)
             except OSError as e:
-                raise NasBertError(f"study database {_sqlite_file(url)}: its folder cannot be made ({e.strerror}); "
+                raise NasBertError(f"study database {sqlite_file(url)}: its folder cannot be made ({e.strerror}); "
                                    "check the path and its permissions") from None
         try:
             self.engine: Engine = create_engine(url, connect_args={"timeout": busy_timeout_s} if url.startswith("sqlite")
@@ -334,6 +343,9 @@ class Database:
             self.engine.dispose()
             raise database_error(url, e) from None
         self._check_version()
+        self.job = held_job()
+        if self.job is not None:  # a command the service runs: its stage results are written while the job is its
+            event.listen(self._sessions, "before_flush", self._check_job)
 
     def _check_version(self) -> None:
         with self.session() as s:
@@ -341,13 +353,31 @@ class Database:
             if row is None:
                 s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
             elif not str(row.value).isdigit():
-                raise NasBertError(f"{_describe(self.url)} has an unreadable schema version {row.value!r}; "
+                raise NasBertError(f"{describe_url(self.url)} has an unreadable schema version {row.value!r}; "
                                    f"restore it from a backup or move it away to start afresh")
             elif int(row.value) > SCHEMA_VERSION:
                 raise NasBertError(
                     f"database '{self.url}' has schema version {row.value}, newer than this nas-bert's "
                     f"{SCHEMA_VERSION}; upgrade nas-bert"
                 )
+            found = int(row.value) if row is not None else SCHEMA_VERSION
+        if found < SCHEMA_VERSION:
+            try:
+                migrate(self.engine, found, SCHEMA_VERSION, Base.metadata)
+            except DatabaseError as e:
+                raise database_error(self.url, e) from None
+
+    def _check_job(self, session: Session, _context: Any, _instances: Any) -> None:
+        """Before a flush that writes a stage's result: the job this command runs as must still be running under
+        its lease token (one SELECT by primary key, no lock: a heartbeat never waits on a command's write).
+        Stopped or taken over by another worker: one line, and the command ends."""
+        if not any(isinstance(o, RESULT_ROWS) for o in (*session.new, *session.dirty, *session.deleted)):
+            return
+        job_id, token = self.job or (0, "")
+        q = select(JobRow.id).where(JobRow.id == job_id, JobRow.lease_token == token, JobRow.status == "running")
+        if session.connection().execute(q).first() is None:
+            raise NasBertError(f"job {job_id} is no longer this worker's (stopped, or taken over by another worker); "
+                               "its results are not recorded")
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -394,47 +424,21 @@ class Database:
         self.engine.dispose()
 
 
-def _sqlite_file(url: str) -> str | None:
-    """The file of a SQLite URL (None: in memory, or not SQLite)."""
-    if not url.startswith("sqlite:///"):
+# What a stage records as its result, refused once the job a command runs as is no longer its (`JOB_ENV`)
+RESULT_ROWS = (StageRow, SupernetRun, Checkpoint, ArchitectureRow, FinalistRow, MappingEval, DistillRun, ExportRow,
+               EvaluationRow)
+
+
+def held_job() -> tuple[int, str] | None:
+    """The service's job this process runs as, from $NAS_BERT_JOB: (job id, lease token); None outside the service."""
+    value = os.environ.get(JOB_ENV)
+    if not value:
         return None
-    path = url[len("sqlite:///"):].split("?", 1)[0]
-    return path if path and path != ":memory:" else None
-
-
-def _describe(url: str) -> str:
-    f = _sqlite_file(url)
-    return f"study database {f}" if f else f"database '{url}'"
-
-
-# SQLite's primary result codes for a damaged file: SQLITE_CORRUPT, SQLITE_NOTADB
-_CORRUPT_CODES = (11, 26)
-
-
-def is_corrupt(e: BaseException) -> bool:
-    """Whether a SQLAlchemy error says the database file is damaged or not a database at all."""
-    if isinstance(e, IntegrityError) or not isinstance(e, DatabaseError):
-        return False
-    code = getattr(e.orig, "sqlite_errorcode", None)
-    if isinstance(code, int):
-        return (code & 0xFF) in _CORRUPT_CODES
-    text = str(e.orig).lower()
-    return "not a database" in text or "malformed" in text
-
-
-def database_error(url: str, e: DatabaseError) -> NasBertError:
-    """The one-line error for a database that cannot be used: damaged, or unreachable."""
-    if is_corrupt(e):
-        f = _sqlite_file(url)
-        if f:
-            return NasBertError(f"study database {f} is not a SQLite database or is corrupt; "
-                                "restore it from a backup or move it away to start afresh")
-        return NasBertError(f"database '{url}' reports damaged data; restore it from a backup")
-    reason = " ".join(str(e.orig).split())  # drivers' messages span lines; ours is one
-    if _sqlite_file(url):
-        return NasBertError(f"study database {_sqlite_file(url)} cannot be opened ({reason}); "
-                            "check the path and its permissions")
-    return NasBertError(f"database '{url}' is unreachable ({reason}); check the URL and that the server runs")
+    job_id, _, token = value.partition(":")
+    if not job_id.isdigit() or not token:
+        raise NasBertError(f"${JOB_ENV} is {len(value)} characters but not <job id>:<lease token>; "
+                           "unset it outside `nas-bert worker`")
+    return int(job_id), token
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

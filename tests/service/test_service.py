@@ -22,9 +22,12 @@ from fastapi.testclient import TestClient
 from sqlalchemy import inspect, text
 from typer.testing import CliRunner
 
+from nas_bert.search import optuna_study_name
+from nas_bert.search.storage import own_study_name
 from nas_bert.service import jobs
 from nas_bert.service.app import create_app
-from nas_bert.store import Database, JobRow, Meta
+from nas_bert.store import SCHEMA_VERSION, Database, JobRow, Meta
+from nas_bert.study import load_study
 
 TOKEN = "test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -141,7 +144,7 @@ def test_reads_open_on_loopback_only(studies: Path) -> None:
     # Optuna's dashboard, behind the same rules
     assert remote.get("/api/studies").status_code == 401
     body = local.get("/api/studies").json()
-    assert [s["study_name"] for s in body["study_summaries"]] == ["tiny-5ms"]
+    assert [s["study_name"] for s in body["study_summaries"]] == [own_study_name(load_study(studies / "tiny.yaml"), 5)]
     assert local.post("/api/studies", json={"study_name": "x", "directions": ["minimize"]}).status_code == 401
     assert local.get("/optuna", follow_redirects=False).headers["location"] == "/dashboard"
     assert local.get("/docs").status_code == 200 and "/v1/studies/{name}/jobs" in local.get("/openapi.json").text
@@ -374,7 +377,7 @@ def test_older_database_gains_the_jobs_table(tmp_path: Path) -> None:
     db = Database(url)
     assert "nasbert_jobs" in inspect(db.engine).get_table_names()
     with db.session() as s:
-        assert s.get(Meta, "schema_version").value == "1"  # a new table needs no new schema version
+        assert s.get(Meta, "schema_version").value == str(SCHEMA_VERSION)  # a new table needs no new version
     db.dispose()
 
 
@@ -395,7 +398,8 @@ def test_worker_cli_once_on_an_empty_queue(tmp_path: Path) -> None:
 def _optuna_trials(root: Path, budget: float):
     import optuna
 
-    return optuna.load_study(study_name=f"tiny-{budget:g}ms", storage=db_url(root)).get_trials(deepcopy=False)
+    name = optuna_study_name(load_study(root / "tiny.yaml", db_url(root)), budget)
+    return optuna.load_study(study_name=name, storage=db_url(root)).get_trials(deepcopy=False)
 
 
 def _complete(root: Path, budget: float) -> int:

@@ -1,0 +1,109 @@
+"""One database shared by several machines and several studies (a PostgreSQL server): a budget's search is
+one Optuna study per latency model, and a study's finalists' timing run is its own (seconds)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import optuna
+import pytest
+from sqlalchemy import select
+
+from nas_bert.latency import device_fingerprint
+from nas_bert.search import budgets_in_db, optuna_study_name, prepare_search, search_inputs, storage_for
+from nas_bert.search.storage import own_study_name, unkeyed_study_name
+from nas_bert.space import architecture as A
+from nas_bert.store import Database, TrialRow
+from nas_bert.study import load_study
+
+
+def _ctx(study):
+    """What `prepare_search` reads of a search's context, without loading a supernet."""
+    latency = SimpleNamespace(fingerprint=device_fingerprint(study.cfg.latency), calibration="cal")
+    return SimpleNamespace(study=study, checkpoint_sha="ckpt", scorer=SimpleNamespace(checkpoint_sha="ckpt"),
+                           latency=latency, proxy="blocks")
+
+
+def _searched(study, name: str, inputs: str) -> optuna.Study:
+    """An Optuna study of one complete trial, made from `inputs`."""
+    st = optuna.create_study(study_name=name, storage=storage_for(study), directions=["minimize", "minimize"])
+    st.set_user_attr("inputs", inputs)
+    st.add_trial(optuna.trial.create_trial(values=[1.0, 2.0]))
+    return st
+
+
+def _trials(study, name: str) -> int:
+    return len(optuna.load_study(study_name=name, storage=storage_for(study)).get_trials(deepcopy=False))
+
+
+def test_a_search_taken_over_on_another_cpu_is_another_optuna_study(tiny_study_file, tmp_path, monkeypatch):
+    study = load_study(tiny_study_file, f"sqlite:///{tmp_path / 'shared.db'}")
+    here = own_study_name(study, 5.0)
+    prepare_search(_ctx(study), 5.0)
+    _searched(study, here, search_inputs(_ctx(study)))
+
+    monkeypatch.setattr("nas_bert.latency.table.hardware_name", lambda device="cpu": "Another CPU @ 2.0GHz")
+    there = own_study_name(study, 5.0)
+    assert there != here and here.startswith("tiny-5ms-") and there.startswith("tiny-5ms-")
+    # a reader there finds the search made here; nothing of it is deleted when the search starts there
+    assert optuna_study_name(study, 5.0) == here
+    prepare_search(_ctx(study), 5.0)
+    assert _trials(study, here) == 1
+    _searched(study, there, search_inputs(_ctx(study)))
+    assert optuna_study_name(study, 5.0) == there and budgets_in_db(study) == [5.0]
+    monkeypatch.undo()
+    assert optuna_study_name(study, 5.0) == here  # each machine reads its own
+
+
+def test_a_search_named_before_names_held_the_latency_model_resumes(tiny_study_file, tmp_path):
+    study = load_study(tiny_study_file, f"sqlite:///{tmp_path / 'old.db'}")
+    inputs = search_inputs(_ctx(study))
+    old = unkeyed_study_name(study, 5.0)
+    assert old == "tiny-5ms"
+    _searched(study, old, inputs)
+    db = Database(study.db_url)
+    with db.session() as s:
+        s.add(TrialRow(optuna_study=old, trial_number=0, arch_hash="h", budget_ms=5.0))
+    _searched(study, unkeyed_study_name(study, 6.0), "another latency model's")
+    assert optuna_study_name(study, 5.0) == old and budgets_in_db(study) == [5.0, 6.0]  # readers find them
+
+    prepare_search(_ctx(study), 5.0)  # made from the same inputs: it is this machine's, trials and all
+    assert optuna_study_name(study, 5.0) == own_study_name(study, 5.0) and _trials(study, own_study_name(study, 5.0)) == 1
+    with pytest.raises(KeyError):
+        optuna.load_study(study_name=old, storage=storage_for(study))
+    with db.session() as s:
+        assert s.scalars(select(TrialRow.optuna_study)).all() == [own_study_name(study, 5.0)]
+    prepare_search(_ctx(study), 6.0)  # made from other inputs: left as it is, neither adopted nor deleted
+    assert _trials(study, "tiny-6ms") == 1 and optuna_study_name(study, 6.0) == "tiny-6ms"
+    db.dispose()
+
+
+def test_two_studies_time_their_finalists_apart(tiny_study_file, tmp_path, monkeypatch):
+    """The drift, teacher time and refitted calibration of one study's timing run are never another's."""
+    import nas_bert.choose.timing as T
+    from nas_bert.choose.candidates import Candidate
+
+    runs: list[str] = []
+
+    def time_finalists(lat, space, emb, cands, teacher, progress):
+        runs.append("run")
+        return [4.0 + len(runs), 1.0, 9.0]  # the candidate, one calibration student, the teacher
+
+    monkeypatch.setattr(T, "ensure_latency_model", lambda *a, **k: None)
+    monkeypatch.setattr(T, "calibration_architectures", lambda *a, **k: None)
+    monkeypatch.setattr(T, "time_finalists", time_finalists)
+    monkeypatch.setattr(T, "in_run", lambda lat, space, emb, recal, raw: (
+        1.0 + len(runs) / 10, SimpleNamespace(a=1.0, c=0.0, w=0.0, b=0.0)))
+    arch = A.Architecture(A.Embeddings(10, 8, 1, 8), (A.Block(8, (A.Op("ffn", inner=8),)),))
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+
+    def measure(name: str):
+        study = load_study(tiny_study_file, url, overrides={"name": name, "latency.fresh_process": False})
+        ctx = SimpleNamespace(study=study, db=Database(url), teacher=SimpleNamespace(embeddings_spec=lambda: None))
+        return T.measured_ms(ctx, [Candidate("trial-1", "search", arch)], 5.0, progress=False)
+
+    a, b = measure("a"), measure("b")
+    assert len(runs) == 2  # the second study timed its own run
+    assert (a[0], a[1]["drift"]) == ({"trial-1": 5.0}, pytest.approx(1.1))
+    assert (b[0], b[1]["drift"]) == ({"trial-1": 6.0}, pytest.approx(1.2))
+    assert measure("a") == a and len(runs) == 2  # the first reads its own figures back, timing nothing
