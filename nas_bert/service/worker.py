@@ -5,7 +5,9 @@ command line, resuming from the same stage records and checkpoints), its stderr 
 `<study workdir>/jobs/job-<id>.log`. While it runs the worker heartbeats the job's lease with its
 progress and the log's tail; a heartbeat that finds the job stopped or taken over ends the child
 (SIGINT, then SIGKILL). The child is killed with its worker (Linux PR_SET_PDEATHSIG, `child`), so a worker
-killed at any moment leaves no orphan running the job beside the worker that takes it over.
+killed at any moment leaves no orphan running the job beside the worker that takes it over; and the child
+holds the job's lease token ($NAS_BERT_JOB), so a write of a stage result it attempts after the job was
+stopped or taken over, before its worker has ended it, is refused (`store.Database`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from nas_bert.lifetime import end_group
 from nas_bert.service import jobs
-from nas_bert.store import DB_ENV, Database, JobRow
+from nas_bert.store import DB_ENV, JOB_ENV, Database, JobRow
 
 if TYPE_CHECKING:  # the pipeline is imported where a run job's progress is read (it imports every stage)
     from nas_bert.pipeline import StageState
@@ -267,7 +269,9 @@ class Worker:
         logs = study.workdir / "jobs"
         logs.mkdir(parents=True, exist_ok=True)
         log_path, out_path = logs / f"job-{row.id}.log", logs / f"job-{row.id}.out.json"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", DB_ENV: self.db_url}
+        # the URL and the lease token travel in the environment, which no other user of the machine can read; the
+        # child's writes of stage results are refused once the job is no longer held under this token (`JOB_ENV`)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", DB_ENV: self.db_url, JOB_ENV: f"{row.id}:{token}"}
         for cmd in job_commands(row, config, study.export_dir):
             if cmd[0] == "train-supernet" and supernet_trained(self.db, study):
                 continue  # nothing to train: spare starting a process that would load the teacher to say so
