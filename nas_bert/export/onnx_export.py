@@ -55,7 +55,9 @@ def export_onnx(model: NasBertModel, folder: Path, tokenizer: Any, seq_len: int)
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
     # The TorchScript exporter cannot trace LayerNorm over a dynamic width; the dynamo exporter can.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-    with warnings.catch_warnings():
+    # no_grad: an inference graph. With grad on, torch 2.13's exporter mis-strides the output of an attention whose
+    # additive mask requires grad (an MPNet student's relative position bias); a BERT student's graph is the same.
+    with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             model, (example["input_ids"], example["attention_mask"]), str(fp32), dynamo=True, verbose=False,

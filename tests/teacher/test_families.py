@@ -189,3 +189,17 @@ def test_gpt2_is_still_refused_as_no_bert_family_encoder(tmp_path) -> None:
     GPT2Model(GPT2Config(n_layer=1, n_embd=32, n_head=4, vocab_size=100)).save_pretrained(tmp_path)
     with pytest.raises(NasBertError, match="BERT-family encoder"):
         load_teacher(str(tmp_path))
+
+
+def test_an_mpnet_student_exports_to_onnx(tmp_path, tokenizer) -> None:
+    """The relative position bias and the padding-aware positions trace into ONNX, which matches PyTorch."""
+    from nas_bert.export.onnx_export import export_onnx
+
+    _save(MPNetConfig(**(SIZES | {"vocab_size": tokenizer.vocab_size})), tmp_path / "teacher", tokenizer)
+    teacher = load_teacher(str(tmp_path / "teacher"))
+    space = load_space("auto", teacher=lambda: TeacherShape.of(teacher.config))
+    net = Supernet(space, 32, relative=teacher.relative_attention().spec())
+    inherit_teacher(net, teacher)
+    student = net.eval().extract(layers_point(space, teacher.embeddings_spec(), [0, 1], heads=2), teacher.encoder.embeddings)
+    checks = export_onnx(student, tmp_path / "student", tokenizer, 32)
+    assert checks["onnx_max_abs_diff"] <= 1e-4
