@@ -42,7 +42,7 @@ from nas_bert.latency import (
     resizes,
 )
 from nas_bert.space import Architecture
-from nas_bert.store import ArchitectureRow, Database, LatencyRow, StageRow
+from nas_bert.store import ArchitectureRow, Database, LatencyRow, StageRow, sha256_hex
 from nas_bert.study import load_study
 from nas_bert.teacher import embeddings_spec_of, load_teacher_config
 
@@ -50,9 +50,12 @@ Run = tuple[str, list[float], list[tuple[Architecture, float]]]  # label, calibr
 
 
 def finalists_runs(db: Database, study: Any, fp: str) -> list[Run]:
+    teacher = sha256_hex(study.cfg.teacher, 12)  # the tag `choose.timing` keys calibration rows with
     with db.session() as s:
+        # the study's own timing runs (rows keyed by study since schema version 2), of its current teacher
         cal_rows = {r.key: r.ms for r in s.scalars(select(LatencyRow).where(
-            LatencyRow.fingerprint == fp, LatencyRow.key.like("calibration:%")))}
+            LatencyRow.fingerprint == fp, LatencyRow.study == study.name, LatencyRow.key.like("calibration:%")))
+            if r.key.split(":")[2] == teacher}
         stored = [json.loads(r.summary_json).get("summary") or {} for r in s.scalars(select(StageRow).where(
             StageRow.study == study.name, StageRow.stage == "finalists"))]
     stages = []

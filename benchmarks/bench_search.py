@@ -44,10 +44,11 @@ def main() -> None:
     # a fresh search: drop the copy's search for this budget and every memoised block score
     import optuna
 
-    from nas_bert.search import optuna_study_name, storage_for
+    from nas_bert.search import storage_for
+    from nas_bert.search.storage import own_study_name
 
-    try:
-        optuna.delete_study(study_name=optuna_study_name(study, args.budget_ms), storage=storage_for(study))
+    try:  # this machine's search only: `optuna_study_name` may name another machine's, which this one never resumes
+        optuna.delete_study(study_name=own_study_name(study, args.budget_ms), storage=storage_for(study))
     except KeyError:
         pass
     with sqlite3.connect(tmp / src.name) as con:

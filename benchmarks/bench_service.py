@@ -162,6 +162,14 @@ def stage_rows(db: Path, study: str) -> dict[tuple[str, str], str]:
         con.close()
 
 
+def search_name(svc: Service, study: str, budget_ms: float) -> str:
+    """The Optuna study a search of `budget_ms` run on this machine writes (named by its latency model)."""
+    from nas_bert.search.storage import own_study_name
+    from nas_bert.study import load_study
+
+    return own_study_name(load_study(svc.studies / f"{study}.yaml", svc.db_url), budget_ms)
+
+
 def worker_pid(svc: Service, job_id: int) -> int:
     return int(svc.get(f"/v1/jobs/{job_id}")["worker"].rsplit(":", 1)[1])
 
@@ -208,7 +216,7 @@ def rate(db: Path, name: str, seconds: float) -> float:
 
 def load_test(svc: Service, db: Path, clients: list[tuple[int, float]], seconds: float) -> list[list[str]]:
     job = svc.post("/v1/studies/tiny/jobs", {"kind": "search", "budget_ms": 5, "trials": 1_000_000})
-    name = "tiny-5ms"
+    name = search_name(svc, "tiny", 5)
     while complete_trials(db, name) < 10:  # the search is under way
         time.sleep(1)
     paths = [f"/v1/jobs/{job['id']}", "/v1/studies/tiny/fronts", "/v1/jobs"]
@@ -232,7 +240,7 @@ def load_test(svc: Service, db: Path, clients: list[tuple[int, float]], seconds:
 
 # -- faults ---------------------------------------------------------------------------------------
 def kill_worker_mid_trial(svc: Service, db: Path, db_url: str, kills: int = 2) -> list[str]:
-    trials, name = 60, "tiny-6ms"
+    trials, name = 60, search_name(svc, "tiny", 6)
     job = svc.post("/v1/studies/tiny/jobs", {"kind": "search", "budget_ms": 6, "trials": trials})
     for k in range(kills):
         target = (k + 1) * trials // (kills + 1)
@@ -262,13 +270,13 @@ def kill_worker_mid_stage(svc: Service, db: Path, db_url: str) -> list[str]:
     final = stage_rows(db, "tinyrun")
     redone = sum(final.get(k) != v for snap in snapshots for k, v in snap.items())
     lost = int(end["status"] != "finished")
-    dup, cut = duplicated_trials(db_url, "tinyrun-5ms", 24)
+    dup, cut = duplicated_trials(db_url, search_name(svc, "tinyrun", 5), 24)
     return ["worker -9 mid-stage (run job)", str(kills), str(end["attempts"]), str(lost), str(redone), str(cut),
             str(dup)]
 
 
 def kill_server_mid_request(svc: Service, db: Path, db_url: str) -> list[str]:
-    trials, name = 40, "tiny-7ms"
+    trials, name = 40, search_name(svc, "tiny", 7)
     stop = threading.Event()
     codes: list[int] = []
 
@@ -306,7 +314,9 @@ def kill_server_mid_request(svc: Service, db: Path, db_url: str) -> list[str]:
 
 
 # -- setup --------------------------------------------------------------------------------------
-def make_studies(work: Path) -> tuple[Path, str]:
+def make_studies(work: Path, db_url: str | None = None) -> tuple[Path, str]:
+    """The tiny studies `tiny` (no budget) and `tinyrun` (5 ms) in `work`, their database `db_url` (default: a
+    SQLite file in `work`), with the supernet and the latency model built."""
     studies = work / "studies"
     studies.mkdir(parents=True, exist_ok=True)
     base = yaml.safe_load((ROOT / "studies" / "tiny.yaml").read_text())
@@ -314,7 +324,7 @@ def make_studies(work: Path) -> tuple[Path, str]:
         data = {**base, **{k: dict(v) for k, v in SIZES.items()}, "name": name}
         data["search"]["budgets_ms"] = budgets
         (studies / f"{name}.yaml").write_text(yaml.safe_dump(data))
-    db_url = f"sqlite:///{work / 'service.db'}"
+    db_url = db_url or f"sqlite:///{work / 'service.db'}"
     for cmd in (["train-supernet"], ["latency"]):  # built before the clock starts
         subprocess.run([sys.executable, "-m", "nas_bert", *cmd, "--config", str(studies / "tiny.yaml"),
                         "--db", db_url], check=True, stdout=subprocess.DEVNULL)
