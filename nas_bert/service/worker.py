@@ -7,7 +7,8 @@ progress and the log's tail; a heartbeat that finds the job stopped or taken ove
 (SIGINT, then SIGKILL). The child is killed with its worker (Linux PR_SET_PDEATHSIG, `child`), so a worker
 killed at any moment leaves no orphan running the job beside the worker that takes it over; and the child
 holds the job's lease token ($NAS_BERT_JOB), so a write of a stage result it attempts after the job was
-stopped or taken over, before its worker has ended it, is refused (`store.Database`).
+stopped or taken over, before its worker has ended it, is refused (`store.Database`). A command killed from
+outside (kill -9, the OOM killer) puts its job back in the queue, to resume, up to `KILLED_ATTEMPTS` attempts.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -30,6 +32,7 @@ if TYPE_CHECKING:  # the pipeline is imported where a run job's progress is read
     from nas_bert.pipeline import StageState
 
 LOG_TAIL_CHARS = 6000
+KILLED_ATTEMPTS = 3  # a job whose command is killed from outside goes back to the queue until its 3rd attempt
 STAGES_EVERY_S = 10.0  # a run job's stage states are read again after this long
 
 
@@ -290,6 +293,9 @@ class Worker:
                 return "released"
             if child.returncode != 0:
                 break
+        if child.returncode < 0 and row.attempts < KILLED_ATTEMPTS:  # a signal this worker did not send
+            end_child(child)  # whatever it started that outlived it
+            return self._requeue(row, token, -child.returncode)
         tail = read_tail(log_path)
         final = self._progress(progress, tail)
         if child.returncode == 0:
@@ -302,11 +308,24 @@ class Worker:
             self.echo(f"worker {self.name}: job {row.id} finished")
             return "finished"
         errors = [ln for ln in tail.splitlines() if ln.startswith("error:")]
+        how = (f"killed by {signal_name(-child.returncode)} (attempt {row.attempts})" if child.returncode < 0
+               else f"exited with status {child.returncode}")
         error = errors[-1][len("error:"):].strip() if errors else (
-            f"exited with status {child.returncode}: " + (tail.splitlines()[-1] if tail else "no output"))
+            f"{how}: " + (tail.splitlines()[-1] if tail else "no output"))
         jobs.finish(self.db, row.id, token, False, error=error, progress=final, log_tail=tail)
         self.echo(f"worker {self.name}: job {row.id} failed: {error}")
         return "failed"
+
+    def _requeue(self, row: JobRow, token: str, sig: int) -> str:
+        """The job's command was killed from outside (the kernel's OOM killer, an operator's kill -9): nothing
+        of the job is wrong, and its stages resume, so the job goes back to the queue ("released") instead of
+        failing; after `KILLED_ATTEMPTS` attempts it fails with the signal named."""
+        if jobs.release(self.db, row.id, token):
+            self.echo(f"worker {self.name}: job {row.id}'s command was killed ({signal_name(sig)}); the job goes back to the "
+                      "queue and resumes")
+            return "released"
+        jobs.disown(self.db, row.id, token)  # stopped meanwhile: nothing of it runs any more
+        return "lost"
 
     def _progress(self, progress: Progress, tail: str) -> dict[str, Any]:
         try:
@@ -346,6 +365,13 @@ class Worker:
                 end_child(child)
                 jobs.release(self.db, row.id, token)
                 return "released"
+
+
+def signal_name(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return f"signal {sig}"
 
 
 def end_child(child: subprocess.Popen, grace_s: float = 15.0) -> None:
