@@ -15,13 +15,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
 
 from nas_bert.choose import Finalist, FinalistsResult, Margin, TruncatedReference, choose, truncated_reference
 from nas_bert.data import corpus_identity
+from nas_bert.data.tasks import check_study_data, data_identity
 from nas_bert.distill import DistillResult, MappingResult, distill_student, map_student_layers
 from nas_bert.errors import NasBertError
 from nas_bert.evaluate import EvaluationResult, evaluate_path
@@ -31,7 +32,7 @@ from nas_bert.record import Record
 from nas_bert.search import SearchResult, search
 from nas_bert.space import Architecture
 from nas_bert.store import Database, StageRow, fingerprint
-from nas_bert.study import Study
+from nas_bert.study import STUDY_DATA_KEYS, Study
 from nas_bert.supernet import SupernetResult, train_supernet
 from nas_bert.teacher import embeddings_spec_of, load_teacher_config, teacher_identity
 
@@ -100,6 +101,15 @@ def section_inputs(study: Study, sections: tuple[str, ...], timed: bool) -> dict
         cfg["search"].pop(k)
     if not cfg["search"]["shrink_every"]:  # added later: off, it leaves the keys of studies made before it as they were
         cfg["search"].pop("shrink_every"), cfg["search"].pop("shrink_min_uses")
+    for k in STUDY_DATA_KEYS:  # the study's own tasks, pair sets and out-of-domain texts: none, no key changes
+        if not cfg["evaluate"][k]:
+            cfg["evaluate"].pop(k)
+        else:  # an edited data file redoes what was made from it
+            cfg["evaluate"][k] = [{**d, "content": data_identity(d)} for d in cfg["evaluate"][k]]
+    if cfg["search"]["choose_by"] == "fidelity":  # added later, like shrinking: at its default it changes no key
+        cfg["search"].pop("choose_by")
+    else:  # the finalists are then ranked on the tasks' data too
+        cfg["search"]["choose_by_tasks"] = cfg["evaluate"].get("tasks", [])
     out = {k: fingerprint(cfg[k]) for k in sections}
     if timed:
         out["device"] = device_fingerprint(study.cfg.latency)
@@ -325,13 +335,15 @@ def student_stages(r: Runner, study: Study, budget: float) -> BudgetStages:
     d = r.stage("distill", key, None,
                 lambda: distill_student(study, arch, start, budget, trial), DistillResult)
     e = r.stage("evaluate", key, None,
-                lambda: evaluate_path(study, d.student_path, False, "wordnet", study.cfg.evaluate), EvaluationResult)
+                lambda: evaluate_path(study, d.student_path, False, None, study.cfg.evaluate), EvaluationResult)
     return BudgetStages(fin, d, e)
 
 
 class RunRow(Record):
     """One budget's student in `nas-bert run`'s table: where it comes from, its times (the finalists' and the
     export's), its evaluation and the untouched truncated teacher beside it."""
+
+    absent_unless_given: ClassVar[frozenset[str]] = frozenset({"tasks", "pairs", "ood"})
 
     budget_ms: float
     budget_x: float | None = None  # the fraction of the teacher's latency the budget was given as (None: in ms)
@@ -360,6 +372,9 @@ class RunRow(Record):
     truncated: TruncatedReference | None
     folder: str | None  # its exported folder
     margin: Margin | None = None  # the finalists' choice against the best of the other kind (searched or hand-designed)
+    tasks: dict[str, dict[str, Any]] | None = None  # the study's own data by name (`EvaluationResult`)
+    pairs: dict[str, dict[str, Any]] | None = None
+    ood: dict[str, dict[str, Any]] | None = None
 
 
 class RunResult(Record):
@@ -379,6 +394,7 @@ def run_study(study: Study, out: Path | None = None, echo: Callable[[str], None]
     if not study.cfg.search.budgets_ms and not study.cfg.search.budgets_x:
         raise NasBertError(f"study file {study.file} lists no budgets; set search.budgets_ms, e.g. [8, 12], or "
                            "search.budgets_x, fractions of the teacher's latency, e.g. [0.25, 0.5]")
+    check_study_data(study.cfg.evaluate)  # a missing file or column is one line now, not after hours of training
     out = out or study.export_dir
     t0 = time.perf_counter()
     r = Runner(study, echo)
@@ -414,7 +430,8 @@ def run_study(study: Study, out: Path | None = None, echo: Callable[[str], None]
             onnx_int8_ms=m.measured_ms.get("onnx_int8") if m else None, teacher_ms=m.teacher_ms if m else None,
             fidelity=e.fidelity, ood_fidelity=e.ood_fidelity, accuracy=e.accuracy, teacher_accuracy=e.teacher_accuracy,
             accuracy_ratio=e.accuracy_ratio, label_loyalty=e.label_loyalty, probability_loyalty=e.probability_loyalty,
-            truncated=ref, folder=str(out / m.name) if m else None, margin=s.finalists.margin))
+            truncated=ref, folder=str(out / m.name) if m else None, margin=s.finalists.margin,
+            **{k: v for k in ("tasks", "pairs", "ood") if (v := getattr(e, k)) is not None}))
     return RunResult(study=study.name, out=str(out), pareto_png=str(out / "pareto.png"), students=rows,
                      stages=[StageRecord(stage=n, key=k, seconds=round(sec, 1), skipped=sk)
                              for n, k, sec, sk in r.done],

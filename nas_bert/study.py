@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from nas_bert.errors import NasBertError
 from nas_bert.shipped import shipped_file, shipped_names
@@ -69,6 +69,54 @@ class LatencyConfig(_Strict):
                                 "one does not (BENCHMARKS.md)")
 
 
+class TaskData(_Strict):
+    """A study's own downstream classification task: a local .csv/.json/.jsonl file or a Hub dataset id."""
+
+    name: str = Field(min_length=1, description="how summaries, cards and index.json name it (task:NAME in choose_by)")
+    data: str = Field(min_length=1, description="a local .csv/.json/.jsonl file (read against the study file's "
+                                                "folder) or a Hub dataset id")
+    text_column: str = "text"
+    label_column: str = "label"
+    test: str | None = Field(None, description="a separate test file (same columns); None: split off the data")
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="the share held out for test (and again for "
+                                                              "validation) when there is no test file or split")
+
+
+class PairData(_Strict):
+    """A sentence-pair similarity set: two text columns and a gold score, scored by the Spearman correlation of
+    the cosine similarities of the sentence vectors with the gold scores."""
+
+    name: str = Field(min_length=1)
+    data: str = Field(min_length=1, description="a local .csv/.json/.jsonl file or a Hub dataset id")
+    text1_column: str = "sentence1"
+    text2_column: str = "sentence2"
+    score_column: str = "score"
+    split: str = Field("test", description="the split of a Hub dataset (a local file is one split)")
+    max_pairs: int | None = Field(2000, ge=3)
+
+
+class OodData(_Strict):
+    """Out-of-domain texts, reported as the student's fidelity to the teacher on them (nothing trains on them)."""
+
+    name: str = Field(min_length=1)
+    data: str = Field(min_length=1, description="a .txt file (one text a line), a .csv/.json/.jsonl file or a Hub "
+                                                "dataset id")
+    text_column: str = "text"
+    split: str = Field("test", description="the split of a Hub dataset (a local file is one split)")
+    max_texts: int | None = Field(2000, ge=3)
+
+
+# new keys of `evaluate`: at their defaults they leave the keys and fingerprints of earlier studies as they were
+STUDY_DATA_KEYS = ("tasks", "pairs", "ood")
+
+
+def _unique_names(v: list[Any], what: str) -> list[Any]:
+    names = [x.name for x in v]
+    if dupes := sorted({n for n in names if names.count(n) > 1}):
+        raise ValueError(f"{what} named {dupes} more than once; give each a name of its own")
+    return v
+
+
 class EvalConfig(_Strict):
     """Evaluation protocol; the defaults run in minutes on a 2-core CPU with MiniLM-L6."""
 
@@ -86,6 +134,16 @@ class EvalConfig(_Strict):
     max_train_examples: int | None = Field(6000, ge=1)
     max_eval_examples: int | None = Field(1500, ge=1)
     seed: int = 0
+    tasks: list[TaskData] = Field(default_factory=list, description="the study's downstream tasks; none: WordNet "
+                                  "supersenses. The first one gives the headline accuracy and fidelity")
+    pairs: list[PairData] = Field(default_factory=list, description="sentence-pair similarity sets (Spearman)")
+    ood: list[OodData] = Field(default_factory=list, description="out-of-domain text sets; none: the shipped man "
+                               "pages (ood_texts of them)")
+
+    @field_validator("tasks", "pairs", "ood")
+    @classmethod
+    def _names(cls, v: list[Any], info: ValidationInfo) -> list[Any]:
+        return _unique_names(v, f"evaluate.{info.field_name}")
 
 
 class TrainConfig(_Strict):
@@ -178,6 +236,21 @@ class SearchConfig(_Strict):
                                                                "teacher of the budget are finalists too")
     finalist_width_step: int = Field(default=2, ge=1, description="the uniformly narrowed teachers timed: every this "
                                                                   "many attention heads of width")
+    choose_by: str | dict[str, float] = Field(default="fidelity", description="what ranks the finalists: fidelity, "
+                                              "task:NAME (a linear probe's accuracy on an evaluate.tasks task, on "
+                                              "frozen sentence vectors) or a weighted mix, {fidelity: 0.5, task:x: 0.5}")
+
+    @field_validator("choose_by")
+    @classmethod
+    def _criterion(cls, v: str | dict[str, float]) -> str | dict[str, float]:
+        for k, w in ({v: 1.0} if isinstance(v, str) else v).items():
+            if k != "fidelity" and not (k.startswith("task:") and len(k) > 5):
+                raise ValueError(f"{k!r}: choose by 'fidelity' or 'task:NAME' (a task of evaluate.tasks)")
+            if not (math.isfinite(w) and w >= 0):
+                raise ValueError(f"weight of {k!r}: a finite number >= 0")
+        if isinstance(v, dict) and not any(v.values()):
+            raise ValueError("give at least one criterion a weight > 0")
+        return v
 
     @field_validator("budgets_ms")
     @classmethod
@@ -266,6 +339,16 @@ class StudyConfig(_Strict):
             raise ValueError("use letters, digits, '_', '-' and '.' only")
         return v
 
+    @model_validator(mode="after")
+    def _choose_by_tasks(self) -> StudyConfig:
+        by = self.search.choose_by
+        names = {t.name for t in self.evaluate.tasks}
+        for k in [by] if isinstance(by, str) else list(by):
+            if k.startswith("task:") and k[5:] not in names:
+                raise ValueError(f"search.choose_by {k!r}: no task {k[5:]!r} in evaluate.tasks "
+                                 f"(tasks: {sorted(names) or 'none'}); add it there or choose by 'fidelity'")
+        return self
+
 
 @dataclass
 class Study:
@@ -352,6 +435,10 @@ def load_study(path: str | Path, db_url: str | None = None, overrides: dict[str,
     cfg.teacher = local_path(cfg.teacher, base)
     if cfg.corpus.name != "wordnet":
         cfg.corpus.name = local_path(cfg.corpus.name, base)
+    for item in [*cfg.evaluate.tasks, *cfg.evaluate.pairs, *cfg.evaluate.ood]:  # the study's data files
+        item.data = local_path(item.data, base)
+        if getattr(item, "test", None):
+            item.test = local_path(item.test, base)  # type: ignore[union-attr]
     workdir = Path(cfg.workdir) if cfg.workdir else Path(cfg.name)
     workdir = workdir if workdir.is_absolute() else base / workdir
     url = db_url or cfg.db_url or f"sqlite:///{base / (cfg.name + '.db')}"

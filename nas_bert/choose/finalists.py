@@ -30,13 +30,14 @@ from nas_bert.choose.timing import holds, host_speed, judged_ms, measured_ms, pr
 from nas_bert.data import load_task
 from nas_bert.distill import StudentContext, distill_points, uniform_mapping
 from nas_bert.errors import NasBertError
-from nas_bert.evaluate import agreement, fidelity_interval
+from nas_bert.evaluate import agreement, fidelity_interval, linear_probe, tasks_to_run
+from nas_bert.evaluate.evaluation import protocol_hash as protocol_of_task
 from nas_bert.latency import device_fingerprint, ensure_latency_model
 from nas_bert.record import Record
 from nas_bert.search import SearchResult, kendall_tau
 from nas_bert.space import Architecture, families
 from nas_bert.store import Database, FinalistRow, LatencyRow, json_hash
-from nas_bert.study import Study
+from nas_bert.study import Study, TaskData
 from nas_bert.supernet import teacher_initialised, truncated_architecture
 from nas_bert.teacher import load_teacher
 from nas_bert.train import BestKeeper, make_accelerator, train_loop
@@ -51,7 +52,8 @@ class Finalist(Record):
     model_config = ConfigDict(extra="allow")
     absent_unless_given: ClassVar[frozenset[str]] = frozenset({
         "predicted_ms", "approx_loss", "rescored_loss", "approx_rank", "reserve", "predicted_now_ms", "judged_ms",
-        "fidelity_before", "fidelity", "fidelity_interval", "best_step", "seconds", "scored_at_budget_ms", "rounds"})
+        "fidelity_before", "fidelity", "fidelity_interval", "best_step", "seconds", "scored_at_budget_ms", "rounds",
+        "probe"})
 
     name: str
     origin: str  # one of ORIGINS
@@ -75,6 +77,7 @@ class Finalist(Record):
     seconds: float | None = None
     scored_at_budget_ms: float | None = None  # distilled for another budget of the study, under the same protocol
     rounds: list[dict[str, Any]] | None = None  # successive halving: each round's steps and result (the last one's above)
+    probe: dict[str, float] | None = None  # with search.choose_by task:NAME: "task:NAME" -> the linear probe's accuracy
     over_budget: bool
 
     def first_fidelity(self) -> float | None:
@@ -140,9 +143,23 @@ class TruncatedReference(Record):
 def protocol_hash(study: Study, checkpoint_sha: str) -> str:
     """What a finalist's score depends on: the finalists' and distillation settings, data, teacher, supernet."""
     cfg = study.cfg
-    blob = {"steps": cfg.search.finalist_steps, "distill": cfg.distill.model_dump(mode="json"),
-            "corpus": cfg.corpus.model_dump(mode="json"), "teacher": cfg.teacher, "supernet": checkpoint_sha}
+    blob: dict[str, Any] = {"steps": cfg.search.finalist_steps, "distill": cfg.distill.model_dump(mode="json"),
+                            "corpus": cfg.corpus.model_dump(mode="json"), "teacher": cfg.teacher, "supernet": checkpoint_sha}
+    if probed := _probed_tasks(study):  # choose_by a task: its probes are part of every finalist's score
+        blob["probes"] = [protocol_of_task(cfg.evaluate, t) for t in probed]
     return json_hash(blob)
+
+
+def criterion(study: Study) -> dict[str, float]:
+    """`search.choose_by` as weights: "fidelity" or "task:NAME" -> weight."""
+    by = study.cfg.search.choose_by
+    return {by: 1.0} if isinstance(by, str) else dict(by)
+
+
+def _probed_tasks(study: Study) -> list[TaskData]:
+    """The study's tasks `search.choose_by` ranks the finalists by (none by default)."""
+    names = [k[5:] for k in criterion(study) if k.startswith("task:")]
+    return [t for t in study.cfg.evaluate.tasks if t.name in names]
 
 
 def short_distill(ctx: StudentContext, cand: Candidate, steps: int) -> dict[str, Any]:
@@ -164,8 +181,11 @@ def short_distill(ctx: StudentContext, cand: Candidate, steps: int) -> dict[str,
     # validated only at the start and the end (eval_every = steps): the best's vectors are already computed
     s_vecs, t_vecs = {0: start_vectors, steps: objective.last_vectors}.get(keeper.step) or objective.vectors(module)
     lo, hi = fidelity_interval(s_vecs, t_vecs)
+    # choose_by a task: a linear probe on the kept weights' frozen sentence vectors
+    probe = {f"task:{t.name}": linear_probe(module.student, ctx.teacher.tokenizer, ctx.teacher, ctx.study.cfg.evaluate,
+                                            t, ctx.study.device()) for t in _probed_tasks(ctx.study)}
     return {"fidelity_before": before["fidelity"], "fidelity": keeper.value, "fidelity_interval": [lo, hi],
-            "best_step": keeper.step, "seconds": round(time.perf_counter() - t0, 1)}
+            "best_step": keeper.step, "seconds": round(time.perf_counter() - t0, 1), **({"probe": probe} if probe else {})}
 
 
 # -- the choice -------------------------------------------------------------------------------------
@@ -221,23 +241,26 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
     for r in range(1, cfg.finalist_rounds):  # successive halving: the better half, distilled again for longer
         if len(alive) < 3:  # halving two or fewer decides nothing more
             break
-        alive = halve(alive, results)
+        alive = halve(alive, results, criterion(study))
         steps = cfg.finalist_steps * 2 ** r
         for name in tqdm(alive, desc=f"finalists {budget_ms:g} ms, round {r + 1} ({steps} steps)", disable=not progress):
             results[name] = {**results[name], **_round(ctx, study, budget_ms, by_name[name], protocol, steps)}
     return summarise(study, budget_ms, list(results.values())).model_copy(update={"timing": timing})
 
 
-def halve(names: list[str], results: dict[str, dict[str, Any]]) -> list[str]:
+def halve(names: list[str], results: dict[str, dict[str, Any]], by: dict[str, float] | None = None) -> list[str]:
     """Successive halving's cut: the better half (rounded up) of `names` by their latest result."""
-    return sorted(names, key=lambda n: _score(results[n]), reverse=True)[: math.ceil(len(names) / 2)]
+    return sorted(names, key=lambda n: _score(results[n], by), reverse=True)[: math.ceil(len(names) / 2)]
 
 
-def _score(r: dict[str, Any] | Finalist) -> tuple[int, float]:
-    """Rank key: the rounds reached, then the fidelity at the last of them (NaN: too few texts, ranks last)."""
+def _score(r: dict[str, Any] | Finalist, by: dict[str, float] | None = None) -> tuple[int, float]:
+    """Rank key: the rounds reached, then the criterion at the last of them (`by`, search.choose_by's weights;
+    None: the fidelity). NaN or a missing probe: ranks last."""
     get = r.get if isinstance(r, dict) else lambda k, d=None: getattr(r, k, d)
-    f = get("fidelity")
-    return (len(get("rounds") or []), f if f is not None and not math.isnan(f) else float("-inf"))
+    probe = get("probe") or {}
+    values = [(w, get("fidelity") if k == "fidelity" else probe.get(k)) for k, w in (by or {"fidelity": 1.0}).items()]
+    bad = any(v is None or math.isnan(v) for w, v in values if w)
+    return (len(get("rounds") or []), float("-inf") if bad else sum(w * v for w, v in values if w))
 
 
 def _round(ctx: StudentContext, study: Study, budget_ms: float, c: Candidate, protocol: str, steps: int
@@ -285,7 +308,7 @@ def _stored(db: Database, study: Study, budget_ms: float, name: str, protocol: s
         return json.loads(row.metrics_json) if row is not None else None
 
 
-SCORE_KEYS = ("fidelity_before", "fidelity", "fidelity_interval", "best_step", "seconds")
+SCORE_KEYS = ("fidelity_before", "fidelity", "fidelity_interval", "best_step", "seconds", "probe")
 
 
 def _scored_elsewhere(db: Database, study: Study, c: Candidate, protocol: str) -> dict[str, Any] | None:
@@ -325,7 +348,7 @@ def summarise(study: Study, budget_ms: float, rows: Sequence[Finalist | dict[str
     of the ranking, the proxies' agreement with the first round's fidelity and the margin against the best of the
     other kind (`rows`: the finalists, as `Finalist`s or their dicts)."""
     finalists = [Finalist.model_validate(r) for r in rows]
-    ok = sorted((r for r in finalists if not r.over_budget), key=_score, reverse=True)
+    ok = sorted((r for r in finalists if not r.over_budget), key=lambda r: _score(r, criterion(study)), reverse=True)
     if ok:
         chosen = ok[0]
     else:  # nothing the budget holds when measured: the fastest searched student, flagged
@@ -402,7 +425,7 @@ def truncated_reference(study: Study, budget_ms: float, student_ms: float) -> Tr
     ms, _arch, k = min(timed, key=lambda t: abs(t[0] - student_ms))
     student = teacher_initialised(truncated_architecture(teacher, k), teacher)
     cfg = study.cfg.evaluate
-    texts = list(load_task("wordnet", cfg)[0]["test"]["text"][: cfg.fidelity_texts])
+    texts = list(load_task(tasks_to_run(cfg, None)[0], cfg)[0]["test"]["text"][: cfg.fidelity_texts])
     return TruncatedReference(name=f"truncated-{k}", layers=k, measured_ms=ms,
                               **agreement(student, teacher.tokenizer, teacher, cfg, texts, study.device()))
 

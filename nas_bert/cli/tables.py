@@ -177,7 +177,23 @@ def evaluate_table(m: EvaluationResult) -> str:
     def fmt(v: Any) -> str:
         return f"{v:.4f}" if isinstance(v, float) else str(v)
 
-    return "\n".join(f"  {k:<22} {fmt(v)}" for k, v in m.model_dump().items() if not isinstance(v, (list, dict)))
+    lines = [f"  {k:<22} {fmt(v)}" for k, v in m.model_dump().items() if not isinstance(v, (list, dict))]
+    return "\n".join(lines + [f"  {line}" for line in study_data_lines(m.tasks, m.pairs, m.ood)])
+
+
+def study_data_lines(tasks: dict[str, dict[str, Any]] | None, pairs: dict[str, dict[str, Any]] | None,
+                     ood: dict[str, dict[str, Any]] | None) -> list[str]:
+    """A line per task, pair set and out-of-domain set of the study's own data, by name."""
+    def f(v: Any) -> str:
+        return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    lines = [f"task {n}: accuracy {f(t.get('accuracy'))} (teacher {f(t.get('teacher_accuracy'))}, ratio "
+             f"{f(t.get('accuracy_ratio'))}), label loyalty {f(t.get('label_loyalty'))}, fidelity {f(t.get('fidelity'))}"
+             for n, t in (tasks or {}).items()]
+    lines += [f"pairs {n}: Spearman {f(p.get('spearman'))} (teacher {f(p.get('teacher_spearman'))}) on "
+              f"{f(p.get('pairs'))} pairs" for n, p in (pairs or {}).items()]
+    lines += [f"ood {n}: fidelity {f(o.get('fidelity'))}, cosine {f(o.get('cosine'))}" for n, o in (ood or {}).items()]
+    return lines
 
 
 def export_table(s: ExportResult) -> str:
@@ -238,6 +254,8 @@ def run_table(s: RunResult) -> str:
                       f"accuracy {f(first.teacher_accuracy, '.3f')}; "
                       f"the host ran {f(first.drift, '.2f')}x as long as when the latency model was fitted")]
         rows += [won(r) for r in s.students if r.margin is not None]
+        rows += [f"{r.budget_ms:g} ms student, {line}" for r in s.students
+                 for line in study_data_lines(r.tasks, r.pairs, r.ood)]
         rows += [f"{r.budget_ms:g} ms student at export: predicted {f(r.predicted_ms, '.2f')} ms "
                  f"(at the fit), {f(r.predicted_now_ms, '.2f')} ms (calibration refitted in the export's run), "
                  f"measured {f(r.measured_ms, '.2f')} ms, judged {f(r.judged_ms, '.2f')} ms against "

@@ -7,10 +7,15 @@ from nas_bert.evaluate.evaluation import (
     agreement,
     evaluate_encoder,
     evaluate_path,
+    linear_probe,
     load_student,
+    ood_agreement,
+    pair_agreement,
     stored_evaluation,
+    study_data_agreement,
+    tasks_to_run,
     teacher_baseline,
 )
 from nas_bert.evaluate.metrics import fidelity, fidelity_interval
 
-__all__ = ["EvaluationResult", "agreement", "evaluate_encoder", "evaluate_path", "fidelity", "fidelity_interval", "load_student", "stored_evaluation", "teacher_baseline"]
+__all__ = ["EvaluationResult", "agreement", "evaluate_encoder", "evaluate_path", "fidelity", "fidelity_interval", "linear_probe", "load_student", "ood_agreement", "pair_agreement", "stored_evaluation", "study_data_agreement", "tasks_to_run", "teacher_baseline"]

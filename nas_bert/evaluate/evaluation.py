@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 import datasets
 import numpy as np
+import scipy.stats
 import torch
 import torch.nn.functional as F
 from pydantic import ConfigDict
@@ -30,18 +31,34 @@ from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, get_scheduler
 
 from nas_bert.data import LOAD_ERRORS, first_line, load_manpages, load_task
+from nas_bert.data.tasks import data_identity, load_ood, load_pairs
 from nas_bert.errors import NasBertError
 from nas_bert.evaluate.metrics import fidelity, loyalty, mean_pool
 from nas_bert.record import Record
 from nas_bert.store import Database, EvaluationRow, atomic_write_text, file_sha256, json_hash, sha256_hex
-from nas_bert.study import EvalConfig
+from nas_bert.study import STUDY_DATA_KEYS, EvalConfig, OodData, PairData, TaskData
+
+Task = str | TaskData  # "wordnet", a file or Hub id given on the command line, or one of the study's evaluate.tasks
 from nas_bert.teacher import load_teacher
 
 
-def protocol_hash(cfg: EvalConfig, task: str) -> str:
+def task_name(task: Task) -> str:
+    """How the database, the summary and the cards name a task."""
+    return task if isinstance(task, str) else task.name
+
+
+def protocol_hash(cfg: EvalConfig, task: Task) -> str:
     """Short sha256 of the protocol and the task; a local task file also contributes its content."""
-    key: dict[str, Any] = {"config": cfg.model_dump(mode="json"), "task": task}
-    if Path(task).is_file():  # an edited task file must not reuse a stale teacher baseline
+    config = cfg.model_dump(mode="json", exclude={"tasks"})  # the task at hand is keyed below, not the others
+    for k in STUDY_DATA_KEYS[1:]:
+        if not config[k]:  # none: the protocols of studies made before these keys stay as they were
+            config.pop(k)
+        else:
+            config[k] = [{**d, "content": data_identity(d)} for d in config[k]]
+    key: dict[str, Any] = {"config": config, "task": task if isinstance(task, str) else task.model_dump(mode="json")}
+    if isinstance(task, TaskData):
+        key["file_sha256"] = data_identity(task.model_dump())
+    elif Path(task).is_file():  # an edited task file must not reuse a stale teacher baseline
         key["file_sha256"] = file_sha256(task)
     return json_hash(key)
 
@@ -144,10 +161,10 @@ def _params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def _teacher_run(teacher: Any, cfg: EvalConfig, task: str, device: torch.device | str) -> dict[str, Any]:
+def _teacher_run(teacher: Any, cfg: EvalConfig, task: Task, device: torch.device | str) -> dict[str, Any]:
     dd, names = load_task(task, cfg)
     _, acc, probs = finetune(teacher.encoder, teacher.tokenizer, dd, names, cfg, device, desc="fine-tune teacher")
-    return {"task": task, "accuracy": acc, "test_probs": probs.tolist(), "params": _params(teacher.encoder),
+    return {"task": task_name(task), "accuracy": acc, "test_probs": probs.tolist(), "params": _params(teacher.encoder),
             "teacher": str(getattr(teacher, "source", "")), "protocol_hash": protocol_hash(cfg, task)}
 
 
@@ -164,12 +181,21 @@ def _teacher_vectors(teacher: Any, texts: list[str], cfg: EvalConfig, device: to
     return _TEACHER_VECTORS[key]
 
 
+def _ood_default(cfg: EvalConfig) -> list[str]:
+    """The out-of-domain texts of the headline figure: the study's first `evaluate.ood` set, else the shipped man
+    pages (cfg.ood_texts of them; none when 0)."""
+    if cfg.ood:
+        return load_ood(cfg.ood[0])
+    return load_manpages(cfg.ood_texts) if cfg.ood_texts else []
+
+
 def agreement(encoder: nn.Module, tokenizer: Any, teacher: Any, cfg: EvalConfig, texts: list[str],
-              device: torch.device | str = "cpu") -> dict[str, float | None]:
+              device: torch.device | str = "cpu", ood: bool = True) -> dict[str, float | None]:
     """How the encoder's sentence vectors (the teacher's pooling) agree with the teacher's, without any
-    training: fidelity and mean cosine on the task's held-out `texts`, and ood_fidelity, ood_cosine on the
-    shipped out-of-domain sentences (cfg.ood_texts of them). Cosines need the teacher's width (else None)."""
-    sets = {"": texts, **({"ood_": load_manpages(cfg.ood_texts)} if cfg.ood_texts else {})}
+    training: fidelity and mean cosine on the task's held-out `texts`, and (with `ood`) ood_fidelity, ood_cosine on
+    the out-of-domain texts (`_ood_default`). Cosines need the teacher's width (else None)."""
+    out_of_domain = _ood_default(cfg) if ood else []
+    sets = {"": texts, **({"ood_": out_of_domain} if out_of_domain else {})}
     encoder = encoder.to(device)
     out: dict[str, float | None] = {}
     for prefix, batch in sets.items():
@@ -182,22 +208,95 @@ def agreement(encoder: nn.Module, tokenizer: Any, teacher: Any, cfg: EvalConfig,
     return out
 
 
-def evaluate_encoder(encoder: nn.Module, tokenizer: Any, teacher: Any, cfg: EvalConfig, task: str = "wordnet",
-                     device: torch.device | str = "cpu", teacher_result: dict[str, Any] | None = None) -> dict[str, Any]:
+def linear_probe(encoder: nn.Module, tokenizer: Any, teacher: Any, cfg: EvalConfig, task: Task,
+                 device: torch.device | str = "cpu", steps: int = 100) -> float:
+    """A task's accuracy by a cheap linear probe on frozen sentence vectors (the teacher's pooling): a softmax
+    regression fitted full-batch with L-BFGS on the train split, scored on the validation split (the test split is
+    the evaluation's, never chosen on). Deterministic: zero-initialised, no RNG."""
+    dd, names = load_task(task, cfg)
+
+    def vectors(split: str) -> torch.Tensor:  # (n, hidden)
+        return sentence_vectors(encoder.to(device), tokenizer, list(dd[split]["text"]), cfg.batch_size,
+                                cfg.max_seq_length, device, teacher.pooling).double()
+
+    x, v = vectors("train"), vectors("validation")
+    mean, std = x.mean(0), x.std(0).clamp(min=1e-6)  # standardised: one step size serves every width
+    x, v = (x - mean) / std, (v - mean) / std
+    y = torch.tensor(dd["train"]["label"])
+    w = torch.zeros(x.shape[1], len(names), dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(len(names), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, bias], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(x @ w + bias, y) + 1e-3 * (w * w).sum()  # a little L2: separable data stays finite
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        return float(((v @ w + bias).argmax(1) == torch.tensor(dd["validation"]["label"])).double().mean())
+
+
+def pair_agreement(encoder: nn.Module, tokenizer: Any, teacher: Any, cfg: EvalConfig, pairs: PairData,
+                   device: torch.device | str = "cpu") -> dict[str, float]:
+    """A sentence-pair set: the Spearman correlation of the encoder's cosine similarities (the teacher's pooling)
+    with the gold scores, and the teacher's, for reference."""
+    a, b, gold = load_pairs(pairs)
+
+    def spearman(vec: Any) -> float:
+        va, vb = vec(a), vec(b)
+        rho = scipy.stats.spearmanr(F.cosine_similarity(va, vb, dim=-1).numpy(), gold).statistic
+        return float(rho)  # NaN: constant similarities or scores
+
+    encoder = encoder.to(device)
+    return {"spearman": spearman(lambda t: sentence_vectors(encoder, tokenizer, t, cfg.batch_size,
+                                                            cfg.fidelity_max_seq_length, device, teacher.pooling)),
+            "teacher_spearman": spearman(lambda t: _teacher_vectors(teacher, t, cfg, device)),
+            "pairs": len(gold)}
+
+
+def ood_agreement(encoder: nn.Module, tokenizer: Any, teacher: Any, cfg: EvalConfig, ood: OodData,
+                  device: torch.device | str = "cpu") -> dict[str, float | None]:
+    """Fidelity (and mean cosine) to the teacher on one of the study's out-of-domain sets."""
+    texts = load_ood(ood)
+    s_vec = sentence_vectors(encoder.to(device), tokenizer, texts, cfg.batch_size, cfg.fidelity_max_seq_length,
+                             device, teacher.pooling)
+    t_vec = _teacher_vectors(teacher, texts, cfg, device)
+    return {"fidelity": fidelity(s_vec, t_vec, centered=cfg.fidelity_centered),
+            "cosine": float(F.cosine_similarity(s_vec, t_vec, dim=-1).mean()) if s_vec.shape == t_vec.shape else None}
+
+
+def study_data_agreement(encoder: nn.Module, tokenizer: Any, teacher: Any, cfg: EvalConfig,
+                         device: torch.device | str = "cpu") -> dict[str, Any]:
+    """The study's own pair sets and out-of-domain sets, each by name (keys absent where the study has none)."""
+    out: dict[str, Any] = {}
+    if cfg.pairs:
+        out["pairs"] = {p.name: pair_agreement(encoder, tokenizer, teacher, cfg, p, device) for p in cfg.pairs}
+    if cfg.ood:
+        out["ood"] = {o.name: ood_agreement(encoder, tokenizer, teacher, cfg, o, device) for o in cfg.ood}
+    return out
+
+
+def evaluate_encoder(encoder: nn.Module, tokenizer: Any, teacher: Any, cfg: EvalConfig, task: Task = "wordnet",
+                     device: torch.device | str = "cpu", teacher_result: dict[str, Any] | None = None,
+                     ood: bool = True) -> dict[str, Any]:
     """Fidelity to `teacher`, fine-tuned accuracy and loyalty to it; `encoder` is moved to `device`.
 
     The teacher is fine-tuned here with the same protocol unless `teacher_result` (from
-    `teacher_baseline`: "accuracy" and "test_probs") is given.
+    `teacher_baseline`: "accuracy" and "test_probs") is given. Without `ood` the out-of-domain figures are left
+    out (a study's second and later tasks: they do not depend on the task).
     """
     dd, names = load_task(task, cfg)
     encoder.to(device)
-    sentence = agreement(encoder, tokenizer, teacher, cfg, list(dd["test"]["text"][: cfg.fidelity_texts]), device)
+    sentence = agreement(encoder, tokenizer, teacher, cfg, list(dd["test"]["text"][: cfg.fidelity_texts]), device,
+                         ood=ood)
     _, acc, probs = finetune(encoder, tokenizer, dd, names, cfg, device, desc="fine-tune student")
     if teacher_result is None:
         teacher_result = _teacher_run(teacher, cfg, task, device)
     t_acc = float(teacher_result["accuracy"])
     return {
-        "task": task,
+        "task": task_name(task),
         **sentence,
         "accuracy": acc,
         "teacher_accuracy": t_acc,
@@ -215,32 +314,32 @@ def _find(s: Any, study_name: str, subject: str, task: str, ph: str) -> Evaluati
     return s.scalars(q).first()
 
 
-def record_evaluation(db: Database, study_name: str, subject: str, arch_hash: str | None, task: str,
+def record_evaluation(db: Database, study_name: str, subject: str, arch_hash: str | None, task: Task,
                       cfg: EvalConfig, metrics: dict[str, Any]) -> None:
     """Insert or replace the row of (study, subject, task, protocol)."""
     ph = protocol_hash(cfg, task)
     blob = json.dumps(metrics)
     with db.session() as s:
-        row = _find(s, study_name, subject, task, ph)
+        row = _find(s, study_name, subject, task_name(task), ph)
         if row is None:
-            s.add(EvaluationRow(study=study_name, subject=subject, arch_hash=arch_hash, task=task,
+            s.add(EvaluationRow(study=study_name, subject=subject, arch_hash=arch_hash, task=task_name(task),
                                 protocol_hash=ph, metrics_json=blob))
         else:
             row.arch_hash, row.metrics_json = arch_hash, blob
 
 
-def stored_evaluation(db: Database, study_name: str, subject: str, task: str, cfg: EvalConfig) -> dict[str, Any] | None:
+def stored_evaluation(db: Database, study_name: str, subject: str, task: Task, cfg: EvalConfig) -> dict[str, Any] | None:
     """The metrics recorded for a subject under this protocol, if it was evaluated before."""
     with db.session() as s:
-        row = _find(s, study_name, subject, task, protocol_hash(cfg, task))
+        row = _find(s, study_name, subject, task_name(task), protocol_hash(cfg, task))
         return json.loads(row.metrics_json) if row is not None else None
 
 
-def teacher_baseline(db: Database, study_name: str, teacher: Any, cfg: EvalConfig, task: str = "wordnet",
+def teacher_baseline(db: Database, study_name: str, teacher: Any, cfg: EvalConfig, task: Task = "wordnet",
                      device: torch.device | str = "cpu") -> dict[str, Any]:
     """The fine-tuned teacher's accuracy and test probabilities: computed once per protocol, then read back."""
     with db.session() as s:
-        row = _find(s, study_name, "teacher", task, protocol_hash(cfg, task))
+        row = _find(s, study_name, "teacher", task_name(task), protocol_hash(cfg, task))
         stored = json.loads(row.metrics_json) if row is not None else None
     # A study whose teacher was changed keeps its name, so check the stored source too.
     if stored is not None and stored.get("teacher") == str(getattr(teacher, "source", "")):
@@ -297,7 +396,7 @@ class EvaluationResult(Record):
     absent_unless_given: ClassVar[frozenset[str]] = frozenset({
         "subject", "arch_hash", "task", "fidelity", "cosine", "ood_fidelity", "ood_cosine", "accuracy",
         "teacher_accuracy", "accuracy_ratio", "label_loyalty", "probability_loyalty", "params", "teacher",
-        "protocol_hash"})
+        "protocol_hash", "tasks", "pairs", "ood"})
 
     subject: str | None = None  # the student's folder
     arch_hash: str | None = None
@@ -314,16 +413,36 @@ class EvaluationResult(Record):
     params: int | None = None
     teacher: str | None = None  # the teacher's source (its baseline only)
     protocol_hash: str | None = None
+    # the study's own data, by name (absent without `evaluate.tasks`, `evaluate.pairs`, `evaluate.ood`):
+    tasks: dict[str, dict[str, Any]] | None = None  # each task's fidelity, accuracy, teacher_accuracy, loyalty...
+    pairs: dict[str, dict[str, Any]] | None = None  # each pair set's spearman, teacher_spearman, pairs
+    ood: dict[str, dict[str, Any]] | None = None  # each out-of-domain set's fidelity, cosine
 
 
-def evaluate_path(study: Any, path: str | None, teacher_only: bool = False, task: str = "wordnet",
+# what a study's report says of each of its tasks
+TASK_KEYS = ("fidelity", "cosine", "accuracy", "teacher_accuracy", "accuracy_ratio", "label_loyalty",
+             "probability_loyalty")
+
+
+def tasks_to_run(cfg: EvalConfig, task: str | None) -> list[Task]:
+    """The tasks an evaluation fine-tunes on: with `task` None the study's `evaluate.tasks` (WordNet supersenses
+    without any); else `task`: one of the study's tasks by name, "wordnet", a file or a Hub id."""
+    if task is None:
+        return list(cfg.tasks) or ["wordnet"]
+    return [next((t for t in cfg.tasks if t.name == task), task)]
+
+
+def evaluate_path(study: Any, path: str | None, teacher_only: bool = False, task: str | None = "wordnet",
                   cfg: EvalConfig | None = None) -> EvaluationResult:
     """`nas-bert evaluate PATH` / `--teacher`: evaluate, record in the database and in PATH/nas_bert.json.
 
     Its inputs (the fingerprint `nas-bert run` keys it by): the teacher, the space file's content, the corpus, the
     study's `evaluate` section and the budget's distillation stage. Returns an `EvaluationResult`: the student's
-    metrics, or with `teacher_only` the teacher's baseline (its test probabilities left out)."""
+    metrics, or with `teacher_only` the teacher's baseline (its test probabilities left out). With `task` None every
+    task of the study (`tasks_to_run`): the first gives the headline figures, each is reported by name in `tasks`,
+    and the study's pair sets and out-of-domain sets by name in `pairs` and `ood`."""
     cfg = cfg or EvalConfig()
+    tasks = tasks_to_run(cfg, task)
     if not teacher_only and path is None:
         raise NasBertError("give a model folder to evaluate, or --teacher for the teacher's baseline")
     folder = None if teacher_only else Path(path).expanduser().resolve()  # type: ignore[arg-type]
@@ -333,16 +452,22 @@ def evaluate_path(study: Any, path: str | None, teacher_only: bool = False, task
     try:
         db.upsert_study(study.name, study.snapshot())
         teacher = load_teacher(study.cfg.teacher, device)
-        base = teacher_baseline(db, study.name, teacher, cfg, task, device)
+        bases = [teacher_baseline(db, study.name, teacher, cfg, t, device) for t in tasks]
+        named = {"tasks": {b["task"]: {"accuracy": b["accuracy"]} for b in bases}} if cfg.tasks else {}
         if student is None or folder is None:
-            return EvaluationResult(**{k: v for k, v in base.items() if k != "test_probs"})
+            return EvaluationResult(**{k: v for k, v in bases[0].items() if k != "test_probs"}, **named)
         info_file = folder / "nas_bert.json"
         try:
             info = json.loads(info_file.read_text()) if info_file.is_file() else None
         except json.JSONDecodeError as e:
             raise NasBertError(f"{info_file} is not valid JSON ({e}); re-export the model or remove the file") from None
         tokenizer = _load_tokenizer(folder, teacher.tokenizer)
-        metrics = evaluate_encoder(student, tokenizer, teacher, cfg, task, device, teacher_result=base)
+        per_task = [evaluate_encoder(student, tokenizer, teacher, cfg, t, device, teacher_result=b, ood=i == 0)
+                    for i, (t, b) in enumerate(zip(tasks, bases, strict=True))]
+        metrics = dict(per_task[0])
+        if cfg.tasks:
+            metrics["tasks"] = {m["task"]: {k: m[k] for k in TASK_KEYS if k in m} for m in per_task}
+        metrics |= study_data_agreement(student, tokenizer, teacher, cfg, device)
         arch_hash = info.get("hash") if isinstance(info, dict) else None
         if arch_hash is None and isinstance(getattr(student.config, "architecture", None), dict):
             from nas_bert.space import (
@@ -350,7 +475,7 @@ def evaluate_path(study: Any, path: str | None, teacher_only: bool = False, task
             )
 
             arch_hash = Architecture.from_dict(student.config.architecture).hash()
-        record_evaluation(db, study.name, str(folder), arch_hash, task, cfg, metrics)
+        record_evaluation(db, study.name, str(folder), arch_hash, tasks[0], cfg, metrics)
         if isinstance(info, dict):
             info.setdefault("metrics", {}).update({**metrics, "eval_config": cfg.model_dump(mode="json")})
             _write_json_atomic(info_file, info)

@@ -27,9 +27,23 @@ def _extra_metrics(info: dict[str, Any]) -> str:
               "eval_accuracy": "downstream accuracy", "eval_teacher_accuracy": "teacher's accuracy (same protocol)",
               "eval_accuracy_ratio": "accuracy / teacher's", "eval_label_loyalty": "label loyalty",
               "eval_probability_loyalty": "probability loyalty (1 - Jensen-Shannon distance)"}
+    if m.get("eval_ood"):  # the study's own out-of-domain texts: the headline figure is its first set's
+        first = next(iter(m["eval_ood"]))
+        labels["eval_ood_fidelity"] = f"fidelity out of domain ({first}, never trained or chosen on)"
+        labels["eval_ood_cosine"] = f"mean cosine to the teacher's sentence embedding, out of domain ({first})"
     task = f" ({m['eval_task']})" if "eval_task" in m else ""
     rows += [f"| {label}{task if 'fidelity' not in k and 'cosine' not in k else ''} | {_fmt(m[k], '.4f')} |"
              for k, label in labels.items() if m.get(k) is not None]
+    # the study's own data, each set by name
+    for name, t in (m.get("eval_tasks") or {}).items():
+        rows.append(f"| task {name}: accuracy (teacher's; ratio; label loyalty) | {_fmt(t.get('accuracy'), '.4f')} "
+                    f"({_fmt(t.get('teacher_accuracy'), '.4f')}; {_fmt(t.get('accuracy_ratio'), '.4f')}; "
+                    f"{_fmt(t.get('label_loyalty'), '.4f')}) |")
+    for name, p in (m.get("eval_pairs") or {}).items():
+        rows.append(f"| pairs {name}: Spearman of cosine similarities with the gold scores (teacher's) | "
+                    f"{_fmt(p.get('spearman'), '.4f')} ({_fmt(p.get('teacher_spearman'), '.4f')}) |")
+    for name, o in (m.get("eval_ood") or {}).items():
+        rows.append(f"| out of domain {name}: fidelity to the teacher | {_fmt(o.get('fidelity'), '.4f')} |")
     return "\n".join(rows) + ("\n" if rows else "")
 
 

@@ -14,7 +14,7 @@ import shlex
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from sqlalchemy import select
@@ -66,6 +66,8 @@ class ExportedStudent(Record):
     """One exported student as the export's index lists it: its size, times and checks (its folder's
     nas_bert.json holds the rest)."""
 
+    absent_unless_given: ClassVar[frozenset[str]] = frozenset({"tasks", "pairs", "ood"})
+
     name: str  # its folder in the export
     hash: str
     trial: int | None  # None: a hand-designed student
@@ -93,6 +95,10 @@ class ExportedStudent(Record):
     onnx_output_max_abs: float
     int8_rel_error: float
     int8_mean_cosine: float
+    # the evaluation of the study's own data, each set by name (absent without evaluate.tasks, .pairs, .ood)
+    tasks: dict[str, dict[str, Any]] | None = None
+    pairs: dict[str, dict[str, Any]] | None = None
+    ood: dict[str, dict[str, Any]] | None = None
 
 
 class ExportResult(Record):
@@ -285,7 +291,7 @@ def _evaluation(study: Study, arch_hash: str, subject: str) -> dict[str, Any]:
         if row is None:
             return {}
         keep = ("fidelity", "ood_fidelity", "cosine", "ood_cosine", "accuracy", "teacher_accuracy", "accuracy_ratio",
-                "label_loyalty", "probability_loyalty")
+                "label_loyalty", "probability_loyalty", "tasks", "pairs", "ood")
         metrics = json.loads(row.metrics_json)
         return {f"eval_{k}": metrics[k] for k in keep if k in metrics} | {"eval_task": row.task}
 
@@ -390,4 +396,5 @@ def _student_summary(i: dict[str, Any]) -> ExportedStudent:
         int8_mb=met["int8_mb"], measured_ms={k: lat[k] for k in VARIANTS}, teacher_ms=lat["teacher_torch_fp32"],
         drift=lat.get("drift"), speed=lat.get("speed"), judged_ms=lat.get("judged_ms"), speedup=lat["speedup"],
         **{k: met[k] for k in ("approx_loss", "rescored_loss", "onnx_max_abs_diff", "onnx_output_max_abs",
-                               "int8_rel_error", "int8_mean_cosine")})
+                               "int8_rel_error", "int8_mean_cosine")},
+        **{k: met[f"eval_{k}"] for k in ("tasks", "pairs", "ood") if met.get(f"eval_{k}") is not None})

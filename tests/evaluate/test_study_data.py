@@ -1,0 +1,255 @@
+"""A study's own data: its tasks, sentence-pair sets and out-of-domain texts (`evaluate.tasks`, `.pairs`, `.ood`),
+checked before any training, evaluated and reported by name; `search.choose_by` a task's accuracy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from sqlalchemy import select
+
+from nas_bert.choose.finalists import halve, summarise
+from nas_bert.cli.tables import evaluate_table, study_data_lines
+from nas_bert.data.tasks import check_study_data, load_pairs
+from nas_bert.errors import NasBertError
+from nas_bert.evaluate import evaluation as ev
+from nas_bert.export.card import _extra_metrics
+from nas_bert.model import NasBertConfig, NasBertModel
+from nas_bert.pipeline import run_study, section_inputs
+from nas_bert.space import sample
+from nas_bert.store import Database, StageRow, fingerprint
+from nas_bert.study import EvalConfig, load_study
+
+TINY = {"finetune_steps": 5, "fidelity_texts": 32, "max_train_examples": 64, "max_eval_examples": 32,
+        "max_seq_length": 24, "batch_size": 8, "head_lr": 0.05}
+WORDS = ["river", "stone", "music", "bread", "engine", "cloud", "garden", "letter", "window", "number"]
+
+
+def _task_csv(path: Path, classes: list[str], n: int = 40, text: str = "text", label: str = "label") -> Path:
+    rows = [f'"{WORDS[i % len(WORDS)]} {classes[i % len(classes)]} sample {i}",{classes[i % len(classes)]}'
+            for i in range(n)]
+    path.write_text(f"{text},{label}\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def _pairs_jsonl(path: Path, score: object = None) -> Path:
+    rows = [{"s1": f"{WORDS[i]} by the sea", "s2": f"{WORDS[(i * 3) % 10]} by the sea",
+             "gold": score if score is not None else float(i % 5)} for i in range(10)]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def _data(tmp_path: Path) -> dict:
+    """evaluate: keys of a study with two task files, a pair set and an out-of-domain file (relative paths)."""
+    _task_csv(tmp_path / "topics.csv", ["a", "b", "c"], text="sentence", label="topic")
+    _task_csv(tmp_path / "polarity.csv", ["pos", "neg"])
+    _task_csv(tmp_path / "polarity_test.csv", ["pos", "neg"], n=12)
+    _pairs_jsonl(tmp_path / "sts.jsonl")
+    (tmp_path / "manuals.txt").write_text("\n".join(f"press the {w} key to continue" for w in WORDS) + "\n")
+    return {
+        "tasks": [{"name": "topics", "data": "topics.csv", "text_column": "sentence", "label_column": "topic",
+                   "test_fraction": 0.25},
+                  {"name": "polarity", "data": "polarity.csv", "test": "polarity_test.csv"}],
+        "pairs": [{"name": "sts", "data": "sts.jsonl", "text1_column": "s1", "text2_column": "s2",
+                   "score_column": "gold"}],
+        "ood": [{"name": "manuals", "data": "manuals.txt"}],
+    }
+
+
+def _study(tiny_study_file: Path, evaluate: dict | None = None, **overrides: object):
+    return load_study(tiny_study_file, overrides={**{f"evaluate.{k}": v for k, v in (evaluate or {}).items()},
+                                                  **overrides})
+
+
+# -- the keys -----------------------------------------------------------------------------------------
+def test_absent_keys_leave_fingerprints_and_protocol_as_they_were(tiny_study_file):
+    study = _study(tiny_study_file)
+    cfg = study.cfg.model_dump(mode="json")
+    for k in ("tasks", "pairs", "ood"):
+        cfg["evaluate"].pop(k)
+    cfg["search"].pop("choose_by")
+    for k in ("budgets_ms", "budgets_x", "shrink_every", "shrink_min_uses"):
+        cfg["search"].pop(k)
+    assert section_inputs(study, ("evaluate", "search"), False) == {k: fingerprint(cfg[k]) for k in ("evaluate", "search")}
+    old = study.cfg.evaluate.model_dump(mode="json", exclude={"tasks", "pairs", "ood"})
+    from nas_bert.store import json_hash
+
+    assert ev.protocol_hash(study.cfg.evaluate, "wordnet") == json_hash({"config": old, "task": "wordnet"})
+
+
+def test_study_data_changes_the_evaluate_key_and_paths_are_read_against_the_study_file(tiny_study_file):
+    plain, own = _study(tiny_study_file), _study(tiny_study_file, _data(tiny_study_file.parent))
+    assert own.cfg.evaluate.tasks[1].test == str(tiny_study_file.parent / "polarity_test.csv")
+    assert section_inputs(plain, ("evaluate",), False) != section_inputs(own, ("evaluate",), False)
+    assert section_inputs(plain, ("search",), False) == section_inputs(own, ("search",), False)  # fidelity still
+    chosen = _study(tiny_study_file, _data(tiny_study_file.parent), **{"search.choose_by": "task:topics"})
+    assert section_inputs(plain, ("search",), False) != section_inputs(chosen, ("search",), False)
+
+
+def test_choose_by_must_name_a_task_of_the_study(tiny_study_file):
+    with pytest.raises(NasBertError, match="no task 'nope' in evaluate.tasks") as e:
+        _study(tiny_study_file, _data(tiny_study_file.parent), **{"search.choose_by": "task:nope"})
+    assert "\n" not in str(e.value)
+    with pytest.raises(NasBertError, match="choose by 'fidelity' or 'task:NAME'"):
+        _study(tiny_study_file, **{"search.choose_by": "accuracy"})
+    mix = _study(tiny_study_file, _data(tiny_study_file.parent), **{"search.choose_by": {"fidelity": 0.5, "task:topics": 0.5}})
+    assert mix.cfg.search.choose_by == {"fidelity": 0.5, "task:topics": 0.5}
+
+
+# -- bad data: one line, before any training ----------------------------------------------------------------
+def _bad(tmp: Path, case: str) -> tuple[dict, list[str]]:
+    """The evaluate: keys of one bad-data case, and what its one-line error must name."""
+    data = _data(tmp)
+    if case == "missing file":
+        data["tasks"][0]["data"] = "nowhere.csv"
+        return data, ["nowhere.csv", "not found", "fix the path"]
+    if case == "missing column":
+        data["tasks"][0]["label_column"] = "category"
+        return data, ["topics.csv", "'category'", "['sentence', 'topic']", "label_column"]
+    if case == "one class":
+        _task_csv(tmp / "topics.csv", ["a"], text="sentence", label="topic")
+        return data, ["topics.csv", "'topic'", "1 class", "two or more"]
+    if case == "empty split":
+        (tmp / "polarity_test.csv").write_text("text,label\n")
+        return data, ["polarity_test.csv", "is empty", "give a file with rows"]
+    if case == "score not numeric":
+        _pairs_jsonl(tmp / "sts.jsonl", score="high")
+        return data, ["sts.jsonl", "'gold'", "not numeric", "score_column"]
+    if case == "ood column":
+        (tmp / "manuals.jsonl").write_text('{"body": "a text"}\n')
+        data["ood"][0]["data"] = "manuals.jsonl"
+        return data, ["manuals.jsonl", "'text'", "['body']", "text_column"]
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("case", ["missing file", "missing column", "one class", "empty split", "score not numeric",
+                                  "ood column"])
+def test_bad_data_is_one_line_naming_file_column_and_fix(tiny_study_file, case):
+    data, names = _bad(tiny_study_file.parent, case)
+    study = _study(tiny_study_file, data)
+    with pytest.raises(NasBertError) as e:
+        check_study_data(study.cfg.evaluate)
+    msg = str(e.value)
+    assert "\n" not in msg and all(n in msg for n in names), msg
+
+
+def test_run_refuses_bad_data_before_any_stage(tiny_study_file):
+    data, _ = _bad(tiny_study_file.parent, "missing column")
+    study = _study(tiny_study_file, data, **{"search.budgets_ms": [5.0]})
+    with pytest.raises(NasBertError, match="no column 'category'"):
+        run_study(study, echo=lambda _: None)
+    with Database(study.db_url).session() as s:
+        assert s.scalars(select(StageRow)).all() == []  # not even the supernet started
+
+
+# -- evaluation -------------------------------------------------------------------------------------------
+def _student(teacher, tiny_space) -> NasBertModel:
+    arch = sample(tiny_space, teacher.embeddings_spec(), 0)
+    torch.manual_seed(0)
+    return NasBertModel(NasBertConfig(architecture=arch.to_dict())).eval()
+
+
+def test_pair_spearman_against_gold_and_the_teacher(tmp_path, tiny_teacher):
+    t = tiny_teacher
+    # gold scores that are the teacher's own cosine similarities: the teacher's Spearman is 1
+    a = [f"{w} by the sea" for w in WORDS]
+    b = [f"{WORDS[(i * 3) % 10]} in the {w}" for i, w in enumerate(WORDS)]
+    cfg = EvalConfig(**TINY)
+    va, vb = (ev.sentence_vectors(t.encoder, t.tokenizer, x, 8, cfg.fidelity_max_seq_length, "cpu", t.pooling)
+              for x in (a, b))
+    gold = torch.nn.functional.cosine_similarity(va, vb, dim=-1).tolist()
+    f = tmp_path / "gold.csv"
+    f.write_text("sentence1,sentence2,score\n" + "".join(f'"{x}","{y}",{g}\n' for x, y, g in zip(a, b, gold, strict=True)))
+    from nas_bert.study import PairData
+
+    pairs = PairData(name="gold", data=str(f))
+    assert load_pairs(pairs)[2] == pytest.approx(gold)
+    out = ev.pair_agreement(t.encoder, t.tokenizer, t, cfg, pairs)
+    assert out["teacher_spearman"] == pytest.approx(1.0) and out["spearman"] == pytest.approx(1.0)
+    assert out["pairs"] == 10
+
+
+def test_evaluate_path_reports_every_task_pair_set_and_ood_set_by_name(tmp_path, tiny_study_file, tiny_teacher,
+                                                                        tiny_space):
+    study = _study(tiny_study_file, _data(tiny_study_file.parent))
+    cfg = study.cfg.evaluate.model_copy(update=TINY)
+    folder = tmp_path / "student"
+    _student(tiny_teacher, tiny_space).save_pretrained(folder)
+    tiny_teacher.tokenizer.save_pretrained(folder)
+    (folder / "nas_bert.json").write_text(json.dumps({"hash": "abc123", "metrics": {}}))
+    out = ev.evaluate_path(study, str(folder), False, None, cfg)  # None: the study's tasks, as `nas-bert run` does
+    assert out.task == "topics"  # the first task gives the headline figures
+    assert set(out.tasks) == {"topics", "polarity"} and out.accuracy == out.tasks["topics"]["accuracy"]
+    for t in out.tasks.values():
+        assert 0.0 <= t["accuracy"] <= 1.0 and 0.0 <= t["teacher_accuracy"] <= 1.0
+    assert set(out.pairs) == {"sts"} and -1.0 <= out.pairs["sts"]["spearman"] <= 1.0 and out.pairs["sts"]["pairs"] == 10
+    assert set(out.ood) == {"manuals"} and out.ood_fidelity == pytest.approx(out.ood["manuals"]["fidelity"])
+    dumped = out.model_dump(mode="json")
+    assert {"tasks", "pairs", "ood"} <= set(dumped)
+    table = evaluate_table(out)
+    assert all(f"{kind} {name}:" in table for kind, name in
+               [("task", "topics"), ("task", "polarity"), ("pairs", "sts"), ("ood", "manuals")])
+    info = json.loads((folder / "nas_bert.json").read_text())
+    assert set(info["metrics"]["tasks"]) == {"topics", "polarity"}
+    # the teacher's baseline: each task fine-tuned once, by name
+    teacher = ev.evaluate_path(study, None, True, None, cfg)
+    assert teacher.tasks == {n: {"accuracy": out.tasks[n]["teacher_accuracy"]} for n in ("topics", "polarity")}
+    # what the export's index and the model card read from the database
+    from nas_bert.export.folders import _evaluation
+
+    met = _evaluation(study, "abc123", str(folder))
+    assert set(met["eval_tasks"]) == {"topics", "polarity"} and set(met["eval_pairs"]) == {"sts"}
+    card = _extra_metrics({"metrics": met})
+    assert all(s in card for s in ("task topics", "task polarity", "pairs sts", "out of domain manuals",
+                                   "fidelity out of domain (manuals"))
+
+
+def test_a_study_without_its_own_data_reports_as_before(tmp_path, tiny_study_file, tiny_teacher, tiny_space):
+    study = _study(tiny_study_file)
+    folder = tmp_path / "student"
+    _student(tiny_teacher, tiny_space).save_pretrained(folder)
+    out = ev.evaluate_path(study, str(folder), False, None, EvalConfig(**TINY, ood_texts=16))
+    assert out.task == "wordnet" and out.ood_fidelity is not None
+    assert not {"tasks", "pairs", "ood"} & set(out.model_dump(mode="json"))
+    assert study_data_lines(out.tasks, out.pairs, out.ood) == []
+
+
+# -- choose_by ------------------------------------------------------------------------------------------
+def _finalist(name: str, fidelity: float, probe: float | None, rounds: int = 0) -> dict:
+    return {"name": name, "origin": "search", "trial": 1, "hash": name, "architecture": name, "arch_json": "{}",
+            "params": 1, "measured_ms": 1.0, "over_budget": False, "fidelity": fidelity,
+            "fidelity_interval": [fidelity - 0.01, fidelity + 0.01],
+            **({"probe": {"task:topics": probe}} if probe is not None else {}),
+            **({"rounds": [{"steps": 2 * (i + 1)} for i in range(rounds)]} if rounds else {})}
+
+
+def test_choose_by_ranks_the_finalists_by_the_task_or_a_mix(tiny_study_file):
+    rows = [_finalist("faithful", 0.9, 0.40), _finalist("accurate", 0.6, 0.80), _finalist("middle", 0.8, 0.65)]
+    data = _data(tiny_study_file.parent)
+    by_fidelity = _study(tiny_study_file, data)
+    assert summarise(by_fidelity, 5.0, rows).chosen.name == "faithful"  # the default: unchanged
+    by_task = _study(tiny_study_file, data, **{"search.choose_by": "task:topics"})
+    result = summarise(by_task, 5.0, rows)
+    assert result.chosen.name == "accurate" and result.runner_up == "middle"
+    assert result.chosen.probe == {"task:topics": 0.80}
+    mix = _study(tiny_study_file, data, **{"search.choose_by": {"fidelity": 0.5, "task:topics": 0.5}})
+    assert summarise(mix, 5.0, rows).chosen.name == "middle"  # 0.725 against 0.70 and 0.65
+    results = {r["name"]: r for r in rows}
+    assert halve(list(results), results, {"task:topics": 1.0}) == ["accurate", "middle"]
+    # a finalist without a probe (or with NaN) ranks last under a task criterion
+    assert summarise(by_task, 5.0, [*rows, _finalist("unprobed", 0.99, None)]).finalists[-1].name == "unprobed"
+    assert halve(["faithful", "unprobed"], {"faithful": rows[0], "unprobed": _finalist("unprobed", 0.99, None)},
+                 {"task:topics": 1.0}) == ["faithful"]
+
+
+def test_linear_probe_is_deterministic_and_learns_a_separable_task(tmp_path, tiny_teacher):
+    f = _task_csv(tmp_path / "easy.csv", ["alpha", "omega"], n=60)
+    from nas_bert.study import TaskData
+
+    task, cfg = TaskData(name="easy", data=str(f)), EvalConfig(**TINY)
+    t = tiny_teacher
+    first = ev.linear_probe(t.encoder, t.tokenizer, t, cfg, task)
+    assert first == ev.linear_probe(t.encoder, t.tokenizer, t, cfg, task)
+    assert first >= 0.8  # the label word is in the text
