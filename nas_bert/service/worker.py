@@ -8,7 +8,8 @@ progress and the log's tail; a heartbeat that finds the job stopped or taken ove
 killed at any moment leaves no orphan running the job beside the worker that takes it over; and the child
 holds the job's lease token ($NAS_BERT_JOB), so a write of a stage result it attempts after the job was
 stopped or taken over, before its worker has ended it, is refused (`store.Database`). A command killed from
-outside (kill -9, the OOM killer) puts its job back in the queue, to resume, up to `KILLED_ATTEMPTS` attempts.
+outside (kill -9, the OOM killer) puts its job back in the queue, to resume, unless it was killed in each of the
+last `KILLED_ATTEMPTS` attempts.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ if TYPE_CHECKING:  # the pipeline is imported where a run job's progress is read
     from nas_bert.pipeline import StageState
 
 LOG_TAIL_CHARS = 6000
-KILLED_ATTEMPTS = 3  # a job whose command is killed from outside goes back to the queue until its 3rd attempt
+KILLED_ATTEMPTS = 3  # a job whose command was killed from outside in this many attempts in a row fails
 STAGES_EVERY_S = 10.0  # a run job's stage states are read again after this long
 
 
@@ -293,9 +294,12 @@ class Worker:
                 return "released"
             if child.returncode != 0:
                 break
-        if child.returncode < 0 and row.attempts < KILLED_ATTEMPTS:  # a signal this worker did not send
+        if child.returncode < 0:  # a signal this worker did not send
             end_child(child)  # whatever it started that outlived it
-            return self._requeue(row, token, -child.returncode)
+            with open(log_path, "a") as log:
+                log.write(f"\n=== attempt {row.attempts}: {KILLED} by {signal_name(-child.returncode)}\n")
+            if killed_in_a_row(log_path) < KILLED_ATTEMPTS:
+                return self._requeue(row, token, -child.returncode)
         tail = read_tail(log_path)
         final = self._progress(progress, tail)
         if child.returncode == 0:
@@ -308,7 +312,7 @@ class Worker:
             self.echo(f"worker {self.name}: job {row.id} finished")
             return "finished"
         errors = [ln for ln in tail.splitlines() if ln.startswith("error:")]
-        how = (f"killed by {signal_name(-child.returncode)} (attempt {row.attempts})" if child.returncode < 0
+        how = (f"killed by {signal_name(-child.returncode)} in {KILLED_ATTEMPTS} attempts in a row" if child.returncode < 0
                else f"exited with status {child.returncode}")
         error = errors[-1][len("error:"):].strip() if errors else (
             f"{how}: " + (tail.splitlines()[-1] if tail else "no output"))
@@ -319,7 +323,7 @@ class Worker:
     def _requeue(self, row: JobRow, token: str, sig: int) -> str:
         """The job's command was killed from outside (the kernel's OOM killer, an operator's kill -9): nothing
         of the job is wrong, and its stages resume, so the job goes back to the queue ("released") instead of
-        failing; after `KILLED_ATTEMPTS` attempts it fails with the signal named."""
+        failing (`run_job` fails it, naming the signal, once it was killed in `KILLED_ATTEMPTS` attempts in a row)."""
         if jobs.release(self.db, row.id, token):
             self.echo(f"worker {self.name}: job {row.id}'s command was killed ({signal_name(sig)}); the job goes back to the "
                       "queue and resumes")
@@ -365,6 +369,30 @@ class Worker:
                 end_child(child)
                 jobs.release(self.db, row.id, token)
                 return "released"
+
+
+KILLED = "its command was killed"
+
+
+def killed_in_a_row(log_path: Path) -> int:
+    """How many of a job's last attempts ended with its command killed from outside (the lines `run_job` writes
+    to the job's log): an attempt that ended otherwise (a worker taken over, a failure resumed by hand) or a
+    job resumed after a stop starts the count anew."""
+    attempts: dict[str, bool] = {}  # attempt number -> killed, in the order they ran
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return 0
+    for ln in lines:
+        if m := re.match(r"=== attempt (\d+)(:? )", ln):
+            killed = attempts.pop(m[1], False) or f": {KILLED} by " in ln
+            attempts[m[1]] = killed  # moved to the end: the newest attempt last
+    n = 0
+    for killed in reversed(list(attempts.values())):
+        if not killed:
+            break
+        n += 1
+    return n
 
 
 def signal_name(sig: int) -> str:

@@ -1,5 +1,5 @@
 """A job whose command is killed from outside (kill -9, the kernel's OOM killer) is not lost: it goes back to the
-queue and resumes, up to `KILLED_ATTEMPTS` attempts, then fails naming the signal."""
+queue and resumes; killed in `KILLED_ATTEMPTS` attempts in a row, it fails naming the signal."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def test_a_job_killed_in_every_attempt_fails_naming_the_signal(tiny_study_file: 
     w.run(once=True)
     row = jobs.get(w.db, job.id)
     assert row.status == "failed" and row.attempts == W.KILLED_ATTEMPTS
-    assert row.error.startswith(f"killed by SIGKILL (attempt {W.KILLED_ATTEMPTS})")
+    assert row.error.startswith(f"killed by SIGKILL in {W.KILLED_ATTEMPTS} attempts in a row")
     w.db.dispose()
 
 
@@ -53,3 +53,15 @@ def test_a_job_stopped_while_its_killed_command_ends_stays_stopped(tiny_study_fi
     row = jobs.get(w.db, job.id)
     assert row.status == "stopped" and not jobs.held(row, w.db.now())  # resumable at once
     w.db.dispose()
+
+
+def test_kills_are_counted_in_a_row(tmp_path: Path) -> None:
+    log = tmp_path / "job.log"
+    lines = ["=== attempt 1 by worker a: nas-bert run", f"=== attempt 1: {W.KILLED} by SIGKILL",
+             "=== attempt 2 by worker a: nas-bert run",  # its worker died: taken over, not a kill
+             "=== attempt 3 by worker b: nas-bert train-supernet", "=== attempt 3 by worker b: nas-bert search",
+             f"=== attempt 3: {W.KILLED} by SIGKILL"]
+    log.write_text("\n".join(lines) + "\n")
+    assert W.killed_in_a_row(log) == 1
+    log.write_text("\n".join(lines[:2]) + "\n")
+    assert W.killed_in_a_row(log) == 1 and W.killed_in_a_row(tmp_path / "none.log") == 0
