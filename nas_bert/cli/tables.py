@@ -104,6 +104,9 @@ def finalists_table(f: FinalistsResult) -> str:
                  + (" (OVER BUDGET: nothing the budget holds)" if f.over_budget else "")
                  + (f"; runner-up {f.runner_up} {'outside' if f.separated else 'inside'} its interval"
                     if f.runner_up else ""))
+    if probed := [r for r in f.finalists if r.probe]:  # search.choose_by a task: the ranking read these too
+        lines.append("linear-probe accuracy (search.choose_by): " + "; ".join(
+            f"{r.name} " + ", ".join(f"{k} {v:.3f}" for k, v in (r.probe or {}).items()) for r in probed))
     if f.replacements:
         lines.append(f"over budget as measured: {', '.join(f.dropped_over_budget)}; in their place, the next by "
                      f"approximate loss that the budget holds: {', '.join(f.replacements)}")
