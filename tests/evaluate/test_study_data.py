@@ -253,3 +253,22 @@ def test_linear_probe_is_deterministic_and_learns_a_separable_task(tmp_path, tin
     first = ev.linear_probe(t.encoder, t.tokenizer, t, cfg, task)
     assert first == ev.linear_probe(t.encoder, t.tokenizer, t, cfg, task)
     assert first >= 0.8  # the label word is in the text
+
+
+def test_choose_by_a_task_probes_every_finalist_and_picks_the_most_accurate(searched_tiny, tmp_path):
+    from conftest import copy_study
+
+    from nas_bert.choose import choose, chosen_finalist
+
+    data = _data(tmp_path)
+    study = load_study(copy_study(searched_tiny, tmp_path), overrides={
+        "search.finalist_steps": 2, "distill.val_batches": 2, "search.choose_by": "task:topics",
+        "evaluate.tasks": data["tasks"][:1], "evaluate.max_train_examples": 32, "evaluate.max_eval_examples": 16})
+    result = choose(study, 5.0, progress=False)
+    ok = [r for r in result.finalists if not r.over_budget]
+    assert ok and all(0.0 <= r.probe["task:topics"] <= 1.0 for r in ok)
+    assert result.chosen.probe["task:topics"] == max(r.probe["task:topics"] for r in ok)
+    assert chosen_finalist(Database(study.db_url), study, 5.0).name == result.chosen.name
+    from nas_bert.cli.tables import finalists_table
+
+    assert f"{result.chosen.name} task:topics" in finalists_table(result)
