@@ -177,11 +177,20 @@ def in_fresh_process(fn: Callable[..., Any], *args: Any) -> Any:
     """
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
-    # the new process dies with this one (a stopped job's command killed mid-timing leaves no timer running)
-    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=die_with_parent,
-                             initargs=(os.getpid(),)) as pool:
-        return pool.submit(fn, *args).result()
+    for attempt in range(2):  # a timing process killed from outside (kill -9, the OOM killer) is started once more
+        # the new process dies with this one (a stopped job's command killed mid-timing leaves no timer running)
+        try:
+            with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=die_with_parent,
+                                     initargs=(os.getpid(),)) as pool:
+                return pool.submit(fn, *args).result()
+        except BrokenProcessPool:
+            if attempt:
+                raise NasBertError("the timing process was killed twice (by a signal from outside, or out of "
+                                   "memory); run the command again: timings taken so far are kept") from None
+            log.warning("latency: the timing process was killed; timing again in a new one")
+    raise AssertionError("unreachable")
 
 
 def measure_callables(calls: list[Callable[[], Any]], cfg: LatencyConfig) -> list[float]:

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import random
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -444,6 +445,24 @@ def test_timing_runs_happen_in_a_new_process() -> None:
     with pytest.raises(ValueError, match="negative"):
         harness.in_fresh_process(math.factorial, -1)
     assert LatencyConfig().fresh_process
+
+
+def _killed_first(marker: str) -> str:
+    """Killed by SIGKILL on its first call (a kill -9 from outside), "timed" on the next."""
+    if not os.path.exists(marker):
+        Path(marker).touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "timed"
+
+
+def _always_killed() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_killed_timing_process_is_started_again_once(tmp_path: Path) -> None:
+    assert harness.in_fresh_process(_killed_first, str(tmp_path / "killed")) == "timed"
+    with pytest.raises(NasBertError, match="timing process was killed twice"):
+        harness.in_fresh_process(_always_killed)
 
 
 def test_a_new_process_builds_the_model(tmp_path: Path, space: SearchSpace, monkeypatch: pytest.MonkeyPatch) -> None:
