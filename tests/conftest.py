@@ -6,6 +6,7 @@ import copy
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,9 +53,10 @@ FAST = {
 }
 
 
-def make_tiny_study(root: Path, search_budget: float | None = None) -> Path:
-    """studies/tiny.yaml with FAST sizes in `root`, its supernet trained and latency table built;
-    with `search_budget`, also a finished search for that budget."""
+def make_tiny_study(root: Path, search_budget: float | None = None,
+                    overrides: dict[str, dict[str, Any]] | None = None) -> Path:
+    """studies/tiny.yaml with FAST sizes (and `overrides`, section -> keys) in `root`, its supernet trained and
+    latency table built; with `search_budget`, also a finished search for that budget."""
     import yaml
 
     from nas_bert.latency import ensure_latency_model
@@ -65,16 +67,56 @@ def make_tiny_study(root: Path, search_budget: float | None = None) -> Path:
 
     data = yaml.safe_load((ROOT / "studies" / "tiny.yaml").read_text())
     data.update(copy.deepcopy(FAST))  # never edit the shared sizes in place
+    for section, keys in (overrides or {}).items():
+        data.setdefault(section, {}).update(keys)
     (root / "tiny.yaml").write_text(yaml.safe_dump(data))
     study = load_study(root / "tiny.yaml")
     train_supernet(study)
     emb = embeddings_spec_of(load_teacher_config(data["teacher"]))
+    shared_latency_model(study.db_url)
     ensure_latency_model(Database(study.db_url), study.space, emb, study.cfg.latency, progress=False)
+    shared_latency_model(study.db_url, keep=True)
     if search_budget is not None:
         from nas_bert.search import search
 
         search(study, search_budget)
     return root / "tiny.yaml"
+
+
+_LATENCY_CACHE: list[str] = []  # the session's latency model of this machine, in a database of its own
+
+
+def shared_latency_model(db_url: str, keep: bool = False) -> None:
+    """The tiny studies' latency model, timed once per session: copied into a new study's database (`keep`:
+    from it, after its first build). The rows are those of this machine's device fingerprint, so every study
+    reads what it would have timed itself, less the minutes of timing it again."""
+    if keep and not _LATENCY_CACHE:
+        import tempfile
+
+        _LATENCY_CACHE.append(f"sqlite:///{tempfile.mkdtemp(prefix='nas-bert-latency-')}/latency.db")
+        copy_latency_table(db_url, _LATENCY_CACHE[0])
+    elif not keep and _LATENCY_CACHE:
+        copy_latency_table(_LATENCY_CACHE[0], db_url)
+
+
+def copy_latency_table(src_url: str, dst_url: str) -> None:
+    """The device's operator timings and calibrations of one study database written into another (a study moved
+    to a shared PostgreSQL brings the latency model it fitted instead of timing it again)."""
+    from sqlalchemy import select
+
+    from nas_bert.store import Database, LatencyCalibration, LatencyRow
+
+    src, dst = Database(src_url), Database(dst_url)
+    with src.session() as s:
+        rows = [(r.fingerprint, r.key, r.ms) for r in s.scalars(select(LatencyRow).where(LatencyRow.study == ""))]
+        cals = [(c.fingerprint, c.model_json, c.mape, c.n) for c in s.scalars(select(LatencyCalibration))]
+    src.dispose()
+    with dst.session() as s:  # what the target holds already stays
+        have = set(s.execute(select(LatencyRow.fingerprint, LatencyRow.key).where(LatencyRow.study == "")))
+        s.add_all([LatencyRow(fingerprint=f, study="", key=k, ms=ms) for f, k, ms in rows if (f, k) not in have])
+        fitted = set(s.scalars(select(LatencyCalibration.fingerprint)))
+        s.add_all([LatencyCalibration(fingerprint=f, model_json=j, mape=m, n=n) for f, j, m, n in cals if f not in fitted])
+    dst.dispose()
 
 
 def copy_study(src: Path, dst: Path) -> Path:

@@ -263,6 +263,7 @@ def test_choose_by_a_task_probes_every_finalist_and_picks_the_most_accurate(sear
     data = _data(tmp_path)
     study = load_study(copy_study(searched_tiny, tmp_path), overrides={
         "search.finalist_steps": 2, "distill.val_batches": 2, "search.choose_by": "task:topics",
+        "search.finalist_baselines": False, "latency.fresh_process": False,  # the fewest finalists, timed here
         "evaluate.tasks": data["tasks"][:1], "evaluate.max_train_examples": 32, "evaluate.max_eval_examples": 16})
     result = choose(study, 5.0, progress=False)
     ok = [r for r in result.finalists if not r.over_budget]

@@ -15,7 +15,7 @@ import numpy as np
 import optuna
 import pytest
 import torch
-import yaml
+from conftest import make_tiny_study
 from optuna.trial import TrialState
 from sqlalchemy import select
 from transformers import AutoModel
@@ -23,32 +23,23 @@ from transformers import AutoModel
 from nas_bert.errors import NasBertError
 from nas_bert.export import ExportResult, export_front, extract_student, select_members, session
 from nas_bert.model import write_student_folder
-from nas_bert.search import chosen_row, latest_checkpoint, optuna_study_name, pareto_rows, search, storage_for
+from nas_bert.search import chosen_row, latest_checkpoint, optuna_study_name, pareto_rows, storage_for
 from nas_bert.space import architecture as A
 from nas_bert.store import ArchitectureRow, Database, ExportRow
 from nas_bert.study import load_study
-from nas_bert.supernet import load_supernet_checkpoint, train_supernet
+from nas_bert.supernet import load_supernet_checkpoint
 from nas_bert.teacher import load_teacher
 
 ROOT = Path(__file__).resolve().parents[2]
-FAST = {
-    "latency": {"seq_len": 32, "min_run_time": 0.005, "calibration_archs": 3, "threads": 1},
-    "search": {"trials": 16, "population_size": 6, "score_batches": 1, "rescore_batches": 1, "batch_size": 4,
-               "rescore_top": 4, "heartbeat_interval": 1, "grace_period": 2},
-}
+# the session's tiny sizes (conftest.FAST), with every member of a small front rescored
+SEARCH = {"trials": 16, "rescore_top": 4}
 TEXTS = ["a dog", "the act of making something new and different from what was there before", "an expression"]
 
 
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory) -> Path:
     """A tiny study with a trained supernet and a finished 5 ms search, built once for this module."""
-    root = tmp_path_factory.mktemp("searched")
-    data = yaml.safe_load((ROOT / "studies" / "tiny.yaml").read_text()) | FAST
-    (root / "tiny.yaml").write_text(yaml.safe_dump(data))
-    study = load_study(root / "tiny.yaml")
-    train_supernet(study)
-    search(study, budget_ms=5.0)
-    return root / "tiny.yaml"
+    return make_tiny_study(tmp_path_factory.mktemp("searched"), search_budget=5.0, overrides={"search": SEARCH})
 
 
 @pytest.fixture(scope="module")

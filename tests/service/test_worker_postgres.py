@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import FAST, ROOT
+from conftest import FAST, ROOT, copy_latency_table
 from sqlalchemy import delete, select
 
 from nas_bert.service import jobs
-from nas_bert.store import Database, JobRow, LatencyCalibration, LatencyRow, StageRow
+from nas_bert.store import Database, JobRow, StageRow
 from nas_bert.study import load_study
 
 URL = os.environ.get("NAS_BERT_TEST_POSTGRES_URL", "")
@@ -25,21 +25,6 @@ pytestmark = pytest.mark.skipif(not URL, reason="no PostgreSQL: run `bash .ci/po
 # the smallest evaluation the pipeline's own test runs
 EVAL = {"finetune_steps": 3, "fidelity_texts": 16, "max_train_examples": 48, "max_eval_examples": 16,
         "max_seq_length": 16, "batch_size": 8, "ood_texts": 16}
-
-
-def _share_latency_model(source: Path, db: Database) -> None:
-    """The device's latency model as the session's tiny study timed it (this machine, the same settings) is put in
-    the server's database, as one study leaves it there for the next: the latency stage reads it, timing nothing."""
-    src = Database(load_study(source).db_url)
-    with src.session() as s:
-        table = [(r.fingerprint, r.key, r.ms) for r in s.scalars(select(LatencyRow).where(LatencyRow.study == ""))]
-        fits = [(c.fingerprint, c.model_json, c.mape, c.n) for c in s.scalars(select(LatencyCalibration))]
-    src.dispose()
-    with db.session() as s:
-        have = set(s.execute(select(LatencyRow.fingerprint, LatencyRow.key).where(LatencyRow.study == "")).all())
-        s.add_all(LatencyRow(fingerprint=f, key=k, ms=ms) for f, k, ms in table if (f, k) not in have)
-        fitted = set(s.scalars(select(LatencyCalibration.fingerprint)))
-        s.add_all(LatencyCalibration(fingerprint=f, model_json=m, mape=e, n=n) for f, m, e, n in fits if f not in fitted)
 
 
 def test_a_worker_runs_a_run_job_on_postgresql(tmp_path: Path, searched_tiny: Path) -> None:
@@ -50,7 +35,7 @@ def test_a_worker_runs_a_run_job_on_postgresql(tmp_path: Path, searched_tiny: Pa
     data["latency"]["fresh_process"] = False  # three interpreters fewer to start; the same device fingerprint
     (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(data))
     db = Database(URL)
-    _share_latency_model(searched_tiny, db)
+    copy_latency_table(load_study(searched_tiny).db_url, URL)  # the device's latency model, not timed again
     job, _ = jobs.enqueue(db, name, "run")
     try:
         worker = subprocess.run([sys.executable, "-m", "nas_bert", "worker", "--db", URL, "--studies", str(tmp_path),
