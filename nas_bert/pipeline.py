@@ -101,6 +101,8 @@ def section_inputs(study: Study, sections: tuple[str, ...], timed: bool) -> dict
         cfg["search"].pop(k)
     if not cfg["search"]["shrink_every"]:  # added later: off, it leaves the keys of studies made before it as they were
         cfg["search"].pop("shrink_every"), cfg["search"].pop("shrink_min_uses")
+    if not cfg["search"]["local_moves"]:
+        cfg["search"].pop("local_moves")
     for k in STUDY_DATA_KEYS:  # the study's own tasks, pair sets and out-of-domain texts: none, no key changes
         if not cfg["evaluate"][k]:
             cfg["evaluate"].pop(k)

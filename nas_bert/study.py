@@ -224,6 +224,10 @@ class SearchConfig(_Strict):
         default="auto", description="what a trial is scored by: blocks (NAS-BERT's sum of block losses against the "
         "teacher's states), fidelity (the extracted student's zero-step fidelity of its pooled output to the "
         "teacher's on validation text, 1 - fidelity minimised); auto: fidelity in a space made from the teacher")
+    local_moves: bool = Field(default=False, description="in a space made from the teacher, once the queued points "
+                              "are done, the best feasible point by the proxy has every point one step from it that "
+                              "fits queued (a layer's heads or neurons one size up or down, a layer dropped or "
+                              "grown, the width one size up or down), until no step improves it; then the sampler")
     shrink_every: int = Field(default=0, ge=0, description="progressive shrinking: every this many complete trials, "
                               "options (a width, a layer's heads or neurons, dropping a layer) that shrink_min_uses "
                               "feasible trials tried and none reached the front are no longer drawn; 0: off")

@@ -33,7 +33,7 @@ from nas_bert.search.front import SearchResult, finish_search
 from nas_bert.search.shrinking import ShrinkingSampler, describe
 from nas_bert.search.storage import adopt_unkeyed, own_study_name, storage_for
 from nas_bert.search.trial_space import suggest_architecture, trial_params
-from nas_bert.space import FAMILIES, IDENTITY, Architecture, Block, families, grown
+from nas_bert.space import FAMILIES, IDENTITY, Architecture, Block, families, grown, neighbours
 from nas_bert.space import architecture as A
 from nas_bert.store import ArchitectureRow, TrialRow, fingerprint
 from nas_bert.study import SearchConfig, Study
@@ -160,6 +160,41 @@ def family_seeds(ctx: SearchContext, budget_ms: float, keep: int = 3) -> dict[st
     return out
 
 
+def local_search(ctx: SearchContext, budget_ms: float):
+    """An Optuna callback: whenever no queued trial is left, the best feasible trial by the proxy, if its
+    neighbours were not queued yet, has every point one step from it that fits (`space.families.neighbours`, to
+    the budget less the latency model's error as the grown seeds) queued, each named by its move. A climb from
+    the seed points that goes on while a step improves the best; the sampler proposes the rest."""
+    space, emb = ctx.study.space, ctx.teacher.embeddings_spec()
+    limit = grow_limit(ctx.latency, budget_ms)
+
+    def fits(arch: Architecture) -> float | None:
+        ms = ctx.latency.predict(arch)
+        return ms if ms <= limit else None
+
+    def step(st: optuna.Study, _trial: optuna.trial.FrozenTrial) -> None:
+        trials = st.get_trials(deepcopy=False)
+        if any(t.state == TrialState.WAITING for t in trials):
+            return
+        feasible = [t for t in trials if t.state == TrialState.COMPLETE and t.values
+                    and all(c <= 0 for c in t.constraints.values())]
+        if not feasible:
+            return
+        best = min(feasible, key=lambda t: (t.values[0], t.number))
+        expanded = set(st.user_attrs.get("expanded", []))
+        if best.number in expanded:
+            return
+        st.set_user_attr("expanded", sorted(expanded | {best.number}))
+        arch = suggest_architecture(optuna.trial.FixedTrial(best.params), space, emb)
+        seen = {t.user_attrs.get("arch_hash") for t in trials}
+        for move, point in neighbours(space, arch, fits).items():
+            if point.hash() not in seen:
+                st.enqueue_trial(trial_params(point, space), user_attrs={"move": f"{move} of #{best.number}"},
+                                 skip_if_exists=True)
+
+    return step
+
+
 def make_objective(ctx: SearchContext, budget_ms: float, n_trials: int, name: str):
     emb = ctx.teacher.embeddings_spec()
     started = datetime.now()  # Optuna stores naive local times
@@ -233,6 +268,7 @@ def search_inputs(ctx: SearchContext) -> str:
     return fingerprint(ctx.checkpoint_sha, ctx.scorer.checkpoint_sha, ctx.latency.fingerprint,
                        ctx.latency.calibration, {k: getattr(cfg, k) for k in ("sampler", "population_size", "seed")},
                        *([{"shrink": (cfg.shrink_every, cfg.shrink_min_uses)}] if cfg.shrink_every else []),
+                       *(["local_moves"] if cfg.local_moves else []),
                        *([ctx.proxy] if ctx.proxy != "blocks" else []))
 
 
@@ -288,8 +324,9 @@ def run_worker(study: Study, budget_ms: float, n_trials: int, worker: int = 0, c
         bar.set_postfix(front=len(feasible), computed=ctx.scorer.computed)
         bar.refresh()
 
+    moves = [local_search(ctx, budget_ms)] if cfg.local_moves and study.space.layer_slots else []
     study_.optimize(make_objective(ctx, budget_ms, n_trials, name), n_trials=None,
-                    callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE,)), tick],
+                    callbacks=[*moves, optuna.study.MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE,)), tick],
                     gc_after_trial=False)
     bar.close()
     if isinstance(study_.sampler, ShrinkingSampler) and (dropped := study_.sampler.dropped(study_)):

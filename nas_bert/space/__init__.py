@@ -18,8 +18,16 @@ from nas_bert.space.architecture import (
     transition_params,
     truncated,
 )
-from nas_bert.space.families import FAMILIES, families, grown, layers_point, spread_layers, teacher_point
+from nas_bert.space.families import (
+    FAMILIES,
+    families,
+    grown,
+    layers_point,
+    neighbours,
+    spread_layers,
+    teacher_point,
+)
 from nas_bert.space.search_space import SearchSpace, TeacherRelativeSpace, TeacherShape, load_space
 
 __all__ = ["FAMILIES", "IDENTITY", "Architecture", "Block", "Embeddings", "Op", "SearchSpace", "TeacherRelativeSpace",
-           "TeacherShape", "families", "grown", "keep_widths", "largest", "layers_point", "load_space", "mha_op", "op_choices", "output_params", "sample", "smallest", "spread_layers", "teacher_point", "transition_params", "truncated"]
+           "TeacherShape", "families", "grown", "keep_widths", "largest", "layers_point", "load_space", "mha_op", "neighbours", "op_choices", "output_params", "sample", "smallest", "spread_layers", "teacher_point", "transition_params", "truncated"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from nas_bert.errors import NasBertError
 from nas_bert.space.architecture import IDENTITY, Architecture, Block, Embeddings, Op, keep_widths, mha_op
 from nas_bert.space.search_space import SearchSpace
 
@@ -100,3 +101,57 @@ def grown(space: SearchSpace, arch: Architecture, fits: Callable[[Architecture],
         if best is not None:
             out[b] = best[1].validate(space)
     return out
+
+
+def neighbours(space: SearchSpace, arch: Architecture, fits: Callable[[Architecture], float | None]
+               ) -> dict[str, Architecture]:
+    """Every point one step from `arch` that fits (`fits(point)`: the predicted ms, None when over the budget):
+    per kept layer its heads or its neurons one size up or down (down from the smallest: that sublayer dropped)
+    or the whole layer dropped; per dropped layer the layer kept with the most that fits (`grown`); the width
+    one size up or down, every kept layer's heads and neurons as they are where the width holds them.
+    name ("L3.heads8", "L3.neurons512", "L3.drop", "+layer3", "width320") -> point."""
+    if not space.layer_slots or not {"mha", "ffn"} <= set(space.operators):
+        return {}
+    kept = [b for b, blk in enumerate(arch.blocks) if blk.depth]
+    if not kept:
+        return {}
+    heads_steps, neuron_steps = (0, *space.head_counts), (0, *space.ffn_sizes)
+    hs = space.head_size
+
+    def layer(b: int) -> tuple[int, int]:
+        att, ffn = arch.blocks[b].ops[:2]
+        return (att.heads if att.kind == "mha" else 0), (ffn.inner if ffn.kind == "ffn" else 0)
+
+    def point(changes: dict[int, tuple[int, int]], width: int | None = None) -> Architecture | None:
+        blocks = []
+        for b, blk in enumerate(arch.blocks):
+            h, n = changes.get(b, layer(b) if blk.depth else (0, 0))
+            w = width or blk.hidden
+            ops = (mha_op(h, hs, w) if h else IDENTITY, Op("ffn", inner=n) if n else IDENTITY)
+            blocks.append(Block(w, ops))
+        try:
+            return Architecture.build(arch.embeddings, tuple(keep_widths(blocks, arch.embeddings.width, space))
+                                      ).validate(space)
+        except NasBertError:  # e.g. more heads than the width holds
+            return None
+
+    out: dict[str, Architecture | None] = {}
+    for b in kept:
+        h, n = layer(b)
+        for d in (-1, 1):
+            i, j = heads_steps.index(h) + d, neuron_steps.index(n) + d
+            if 0 <= i < len(heads_steps) and (heads_steps[i] or n):
+                out[f"L{b}.heads{heads_steps[i]}"] = point({b: (heads_steps[i], n)})
+            if 0 <= j < len(neuron_steps) and (neuron_steps[j] or h):
+                out[f"L{b}.neurons{neuron_steps[j]}"] = point({b: (h, neuron_steps[j])})
+        if len(kept) > 1:
+            out[f"L{b}.drop"] = point({b: (0, 0)})
+    widths = sorted({arch.blocks[b].hidden for b in kept})
+    if len(widths) == 1 and widths[0] in space.hidden_sizes:
+        k = space.hidden_sizes.index(widths[0])
+        for w in space.hidden_sizes[max(0, k - 1): k + 2]:
+            if w != widths[0]:
+                out[f"width{w}"] = point({}, w)
+    out |= {f"+layer{b}": a for b, a in grown(space, arch, fits).items()}
+    here = arch.hash()
+    return {name: a for name, a in out.items() if a is not None and a.hash() != here and fits(a) is not None}

@@ -199,3 +199,68 @@ def test_grown_seeds_keep_the_latency_model_error_under_the_budget() -> None:
     assert grow_limit(Cost(float("nan")), budget) == budget and grow_limit(Cost(10.0), budget) == 0.9 * budget
     # without an error estimate the grown points reach past the 10% margin; with it none does
     assert any(a.params() / 1e6 > 0.9 * budget for a in seeds["nan"].values())
+
+
+def test_neighbours_are_one_step_away_and_fit() -> None:
+    from nas_bert.space import neighbours
+
+    space = auto_for(BERT_BASE)
+    start = families(space, EMB)["spread-2"][1]  # layers 0 and 11 at full width
+    budget = start.params() + 8_000_000
+
+    def fits(a: Architecture) -> float | None:
+        return a.params() if a.params() <= budget else None
+
+    out = neighbours(space, start, fits)
+    assert start.hash() not in {a.hash() for a in out.values()} and all(fits(a) for a in out.values())
+    kinds = {name.split(".")[-1].rstrip("0123456789") if "." in name else name.rstrip("0123456789") for name in out}
+    assert {"heads", "neurons", "drop", "width", "+layer"} <= kinds, sorted(out)
+    a = out["L0.heads10"]  # one step down from the teacher's 12 heads, nothing else changed
+    assert a.blocks[0].ops[0].heads == 10 and a.blocks[11] == start.blocks[11]
+    assert [b.hidden for b in out["width640"].blocks if b.depth] == [640, 640]
+    assert out["L11.drop"].blocks[11].depth == 0 and out["L11.drop"].blocks[0] == start.blocks[0]
+    assert all(a.validate(space) for a in out.values())
+    assert neighbours(space, start, lambda a: None) == {}
+
+
+def test_local_search_climbs_from_the_best_feasible_point() -> None:
+    """Once the queue is empty, the best feasible trial's neighbours are queued; the climb stops where no step
+    improves it (here the proxy is better with more parameters, so it climbs to the budget)."""
+    import optuna
+
+    from nas_bert.latency.calibration import Calibration
+    from nas_bert.search.loop import local_search
+    from nas_bert.search.trial_space import suggest_architecture, trial_params
+
+    space = auto_for(TeacherShape(num_layers=4, hidden_size=64, num_heads=4, intermediate_size=256))
+    emb = Embeddings(vocab_size=100, max_positions=64, type_vocab_size=2, width=64)
+    start = families(space, emb)["truncated-1"][1]
+    budget = 2.5 * start.params() / 1e3
+
+    class Cost:
+        calibration = Calibration()
+
+        def predict(self, a: Architecture) -> float:
+            return a.params() / 1e3
+
+    ctx = SimpleNamespace(study=SimpleNamespace(space=space), teacher=SimpleNamespace(embeddings_spec=lambda: emb),
+                          latency=Cost())
+
+    def objective(trial: optuna.Trial) -> tuple[float, float]:
+        arch = suggest_architecture(trial, space, emb)
+        trial.set_user_attr("arch_hash", arch.hash())
+        ms = Cost().predict(arch)
+        trial.set_constraint("latency", ms - budget)
+        return 1e3 / arch.params(), ms
+
+    st = optuna.create_study(directions=["minimize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    st.enqueue_trial(trial_params(start, space))
+    st.optimize(objective, n_trials=1, callbacks=[local_search(ctx, budget)])
+    queued = st.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert queued and all("of #0" in t.user_attrs["move"] for t in queued)  # the seed's neighbours, named
+    st.optimize(objective, n_trials=150, callbacks=[local_search(ctx, budget)])
+    moved = [t for t in st.trials if "move" in t.user_attrs and t.state == optuna.trial.TrialState.COMPLETE]
+    feasible = [t for t in moved if t.values[1] <= budget]
+    assert len(moved) > len(queued) and feasible == moved  # climbed past the first step, never over the budget
+    best = min(feasible, key=lambda t: t.values[0])
+    assert best.values[1] > 2 * start.params() / 1e3  # it spent most of the budget the seed left
