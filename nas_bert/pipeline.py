@@ -26,13 +26,14 @@ from nas_bert.data.tasks import check_study_data, data_identity
 from nas_bert.distill import DistillResult, MappingResult, distill_student, map_student_layers
 from nas_bert.errors import NasBertError
 from nas_bert.evaluate import EvaluationResult, evaluate_path
+from nas_bert.evaluation_config import STUDY_DATA_KEYS
 from nas_bert.export import ExportResult, export_front
 from nas_bert.latency import LatencyReport, device_fingerprint, ensure_latency_model, latency_report
 from nas_bert.record import Record
 from nas_bert.search import SearchResult, search
 from nas_bert.space import Architecture
 from nas_bert.store import Database, StageRow, fingerprint
-from nas_bert.study import STUDY_DATA_KEYS, Study
+from nas_bert.study import Study
 from nas_bert.supernet import SupernetResult, train_supernet
 from nas_bert.teacher import embeddings_spec_of, load_teacher_config, teacher_identity
 

@@ -1,15 +1,12 @@
 """Stage 5: the budget's student is chosen by what predicts quality, among searched and hand-designed students.
 
-The finalists of a budget are the searched students the cheap proxies like best (the top by NAS-BERT's
-approximate loss and by the end-to-end rescored loss, and the seed students) and the hand-designed
-students a user gets for free at that latency (the teacher's first layers; the teacher at a uniform
-smaller width, its units ranked by importance). Each is timed end to end, interleaved with the others
-and the teacher, on the latency device; one measured over the budget is dropped. Each survivor gets
-the same short distillation (the study's distillation recipe, TinyBERT's uniform mapping, the best
-weights kept) and is ranked by the held-out fidelity of its sentence vectors to the teacher's, with a
-subsampling interval that says how far the ranking can be trusted. A hand-designed student may win:
-the summary then says so, and the later stages distil, evaluate and export it like any other.
-Every finalist's result is a database row, so a killed choice continues where it stopped.
+The finalists of a budget are the searched students the proxies like best and the hand-designed students a user
+gets for free at that latency (each family's slowest that the budget holds). Each is timed end to end, interleaved
+with the others and the teacher, on the latency device; one measured over the budget is dropped. Each survivor gets
+the same short distillation (the study's recipe, TinyBERT's uniform mapping, the best weights kept) in rounds of
+successive halving and is ranked by the held-out fidelity of its sentence vectors to the teacher's (or a task's
+probe accuracy, `search.choose_by`), with an interval that says how far the ranking can be trusted. A hand-designed
+student may win: the summary says so. Every finalist's result is a database row: a killed choice continues.
 """
 
 from __future__ import annotations
@@ -32,12 +29,13 @@ from nas_bert.distill import StudentContext, distill_points, uniform_mapping
 from nas_bert.errors import NasBertError
 from nas_bert.evaluate import agreement, fidelity_interval, linear_probe, tasks_to_run
 from nas_bert.evaluate.evaluation import protocol_hash as protocol_of_task
+from nas_bert.evaluation_config import TaskData
 from nas_bert.latency import device_fingerprint, ensure_latency_model
 from nas_bert.record import Record
 from nas_bert.search import SearchResult, kendall_tau
 from nas_bert.space import Architecture, families
 from nas_bert.store import Database, FinalistRow, LatencyRow, json_hash
-from nas_bert.study import Study, TaskData
+from nas_bert.study import Study
 from nas_bert.supernet import teacher_initialised, truncated_architecture
 from nas_bert.teacher import load_teacher
 from nas_bert.train import BestKeeper, make_accelerator, train_loop

@@ -14,8 +14,8 @@ import datasets
 
 from nas_bert.data.corpus import load_wordnet_task
 from nas_bert.errors import NasBertError
+from nas_bert.evaluation_config import EvalConfig, OodData, PairData, TaskData
 from nas_bert.store import file_sha256, json_hash
-from nas_bert.study import EvalConfig, OodData, PairData, TaskData
 
 _BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json"}
 _SPLITS = ("train", "validation", "test")

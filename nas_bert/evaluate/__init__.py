@@ -1,5 +1,6 @@
 """Stage 8: how good a student is against its teacher: fidelity in and out of domain, fine-tuned accuracy
-and loyalty (`evaluation`), and the agreement measures themselves (`metrics`).
+and loyalty (`evaluation`), the study's own tasks, pair sets and out-of-domain sets (`study_data`), and the
+agreement measures themselves (`metrics`).
 """
 
 from nas_bert.evaluate.evaluation import (
@@ -7,15 +8,12 @@ from nas_bert.evaluate.evaluation import (
     agreement,
     evaluate_encoder,
     evaluate_path,
-    linear_probe,
     load_student,
-    ood_agreement,
-    pair_agreement,
     stored_evaluation,
-    study_data_agreement,
     tasks_to_run,
     teacher_baseline,
 )
 from nas_bert.evaluate.metrics import fidelity, fidelity_interval
+from nas_bert.evaluate.study_data import linear_probe, ood_agreement, pair_agreement, study_data_agreement
 
 __all__ = ["EvaluationResult", "agreement", "evaluate_encoder", "evaluate_path", "fidelity", "fidelity_interval", "linear_probe", "load_student", "ood_agreement", "pair_agreement", "stored_evaluation", "study_data_agreement", "tasks_to_run", "teacher_baseline"]

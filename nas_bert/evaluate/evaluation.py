@@ -21,7 +21,6 @@ from typing import Any, ClassVar
 
 import datasets
 import numpy as np
-import scipy.stats
 import torch
 import torch.nn.functional as F
 from pydantic import ConfigDict
@@ -31,12 +30,15 @@ from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, get_scheduler
 
 from nas_bert.data import LOAD_ERRORS, first_line, load_manpages, load_task
-from nas_bert.data.tasks import data_identity, load_ood, load_pairs
+from nas_bert.data.tasks import data_identity, load_ood
 from nas_bert.errors import NasBertError
 from nas_bert.evaluate.metrics import fidelity, loyalty, mean_pool
+from nas_bert.evaluate.study_data import study_data_agreement
+from nas_bert.evaluate.vectors import batch as _batch
+from nas_bert.evaluate.vectors import sentence_vectors, teacher_vectors
+from nas_bert.evaluation_config import STUDY_DATA_KEYS, EvalConfig, TaskData
 from nas_bert.record import Record
-from nas_bert.store import Database, EvaluationRow, atomic_write_text, file_sha256, json_hash, sha256_hex
-from nas_bert.study import STUDY_DATA_KEYS, EvalConfig, OodData, PairData, TaskData
+from nas_bert.store import Database, EvaluationRow, atomic_write_text, file_sha256, json_hash
 
 Task = str | TaskData  # "wordnet", a file or Hub id given on the command line, or one of the study's evaluate.tasks
 from nas_bert.teacher import load_teacher
@@ -61,29 +63,6 @@ def protocol_hash(cfg: EvalConfig, task: Task) -> str:
     elif Path(task).is_file():  # an edited task file must not reuse a stale teacher baseline
         key["file_sha256"] = file_sha256(task)
     return json_hash(key)
-
-
-# -- sentence vectors -------------------------------------------------------------------------------
-def _batch(tokenizer: Any, texts: list[str], max_len: int, device: torch.device | str) -> dict[str, torch.Tensor]:
-    enc = tokenizer(texts, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
-    return {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device)}
-
-
-@torch.no_grad()
-def sentence_vectors(encoder: nn.Module, tokenizer: Any, texts: list[str], batch_size: int, max_len: int,
-                     device: torch.device | str, pooling: Any = None) -> torch.Tensor:
-    """The sentence vector of each text, (n, hidden), on the CPU: `pooling` (a teacher.Pooling) of the
-    last_hidden_state, mean pooling without one; any such encoder works."""
-    was_training = encoder.training
-    encoder.eval()  # dropout off: vectors must not depend on the RNG
-    out = []
-    for i in range(0, len(texts), batch_size):
-        b = _batch(tokenizer, list(texts[i : i + batch_size]), max_len, device)
-        states = encoder(**b).last_hidden_state
-        vecs = pooling(states, b["attention_mask"]) if pooling is not None else mean_pool(states, b["attention_mask"])
-        out.append(vecs.float().cpu())
-    encoder.train(was_training)
-    return torch.cat(out)
 
 
 # -- fine-tuning ----------------------------------------------------------------------------------
@@ -168,19 +147,6 @@ def _teacher_run(teacher: Any, cfg: EvalConfig, task: Task, device: torch.device
             "teacher": str(getattr(teacher, "source", "")), "protocol_hash": protocol_hash(cfg, task)}
 
 
-_TEACHER_VECTORS: dict[tuple[Any, ...], torch.Tensor] = {}
-
-
-def _teacher_vectors(teacher: Any, texts: list[str], cfg: EvalConfig, device: torch.device | str) -> torch.Tensor:
-    """The teacher's sentence vectors of `texts`, computed once per process (every student is compared to them)."""
-    key = (str(getattr(teacher, "source", id(teacher))), sha256_hex("\n".join(texts)),
-           cfg.batch_size, cfg.fidelity_max_seq_length, str(device))
-    if key not in _TEACHER_VECTORS:
-        _TEACHER_VECTORS[key] = sentence_vectors(teacher.encoder, teacher.tokenizer, texts, cfg.batch_size,
-                                                 cfg.fidelity_max_seq_length, device, teacher.pooling)
-    return _TEACHER_VECTORS[key]
-
-
 def _ood_default(cfg: EvalConfig) -> list[str]:
     """The out-of-domain texts of the headline figure: the study's first `evaluate.ood` set, else the shipped man
     pages (cfg.ood_texts of them; none when 0)."""
@@ -201,80 +167,10 @@ def agreement(encoder: nn.Module, tokenizer: Any, teacher: Any, cfg: EvalConfig,
     for prefix, batch in sets.items():
         s_vec = sentence_vectors(encoder, tokenizer, batch, cfg.batch_size, cfg.fidelity_max_seq_length, device,
                                  teacher.pooling)
-        t_vec = _teacher_vectors(teacher, batch, cfg, device)
+        t_vec = teacher_vectors(teacher, batch, cfg, device)
         out[f"{prefix}fidelity"] = fidelity(s_vec, t_vec, centered=cfg.fidelity_centered)
         out[f"{prefix}cosine"] = (float(F.cosine_similarity(s_vec, t_vec, dim=-1).mean())
                                   if s_vec.shape == t_vec.shape else None)
-    return out
-
-
-def linear_probe(encoder: nn.Module, tokenizer: Any, teacher: Any, cfg: EvalConfig, task: Task,
-                 device: torch.device | str = "cpu", steps: int = 100) -> float:
-    """A task's accuracy by a cheap linear probe on frozen sentence vectors (the teacher's pooling): a softmax
-    regression fitted full-batch with L-BFGS on the train split, scored on the validation split (the test split is
-    the evaluation's, never chosen on). Deterministic: zero-initialised, no RNG."""
-    dd, names = load_task(task, cfg)
-
-    def vectors(split: str) -> torch.Tensor:  # (n, hidden)
-        return sentence_vectors(encoder.to(device), tokenizer, list(dd[split]["text"]), cfg.batch_size,
-                                cfg.max_seq_length, device, teacher.pooling).double()
-
-    x, v = vectors("train"), vectors("validation")
-    mean, std = x.mean(0), x.std(0).clamp(min=1e-6)  # standardised: one step size serves every width
-    x, v = (x - mean) / std, (v - mean) / std
-    y = torch.tensor(dd["train"]["label"])
-    w = torch.zeros(x.shape[1], len(names), dtype=torch.float64, requires_grad=True)
-    bias = torch.zeros(len(names), dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, bias], max_iter=steps, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = F.cross_entropy(x @ w + bias, y) + 1e-3 * (w * w).sum()  # a little L2: separable data stays finite
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    with torch.no_grad():
-        return float(((v @ w + bias).argmax(1) == torch.tensor(dd["validation"]["label"])).double().mean())
-
-
-def pair_agreement(encoder: nn.Module, tokenizer: Any, teacher: Any, cfg: EvalConfig, pairs: PairData,
-                   device: torch.device | str = "cpu") -> dict[str, float]:
-    """A sentence-pair set: the Spearman correlation of the encoder's cosine similarities (the teacher's pooling)
-    with the gold scores, and the teacher's, for reference."""
-    a, b, gold = load_pairs(pairs)
-
-    def spearman(vec: Any) -> float:
-        va, vb = vec(a), vec(b)
-        rho = scipy.stats.spearmanr(F.cosine_similarity(va, vb, dim=-1).numpy(), gold).statistic
-        return float(rho)  # NaN: constant similarities or scores
-
-    encoder = encoder.to(device)
-    return {"spearman": spearman(lambda t: sentence_vectors(encoder, tokenizer, t, cfg.batch_size,
-                                                            cfg.fidelity_max_seq_length, device, teacher.pooling)),
-            "teacher_spearman": spearman(lambda t: _teacher_vectors(teacher, t, cfg, device)),
-            "pairs": len(gold)}
-
-
-def ood_agreement(encoder: nn.Module, tokenizer: Any, teacher: Any, cfg: EvalConfig, ood: OodData,
-                  device: torch.device | str = "cpu") -> dict[str, float | None]:
-    """Fidelity (and mean cosine) to the teacher on one of the study's out-of-domain sets."""
-    texts = load_ood(ood)
-    s_vec = sentence_vectors(encoder.to(device), tokenizer, texts, cfg.batch_size, cfg.fidelity_max_seq_length,
-                             device, teacher.pooling)
-    t_vec = _teacher_vectors(teacher, texts, cfg, device)
-    return {"fidelity": fidelity(s_vec, t_vec, centered=cfg.fidelity_centered),
-            "cosine": float(F.cosine_similarity(s_vec, t_vec, dim=-1).mean()) if s_vec.shape == t_vec.shape else None}
-
-
-def study_data_agreement(encoder: nn.Module, tokenizer: Any, teacher: Any, cfg: EvalConfig,
-                         device: torch.device | str = "cpu") -> dict[str, Any]:
-    """The study's own pair sets and out-of-domain sets, each by name (keys absent where the study has none)."""
-    out: dict[str, Any] = {}
-    if cfg.pairs:
-        out["pairs"] = {p.name: pair_agreement(encoder, tokenizer, teacher, cfg, p, device) for p in cfg.pairs}
-    if cfg.ood:
-        out["ood"] = {o.name: ood_agreement(encoder, tokenizer, teacher, cfg, o, device) for o in cfg.ood}
     return out
 
 
@@ -287,6 +183,7 @@ def evaluate_encoder(encoder: nn.Module, tokenizer: Any, teacher: Any, cfg: Eval
     `teacher_baseline`: "accuracy" and "test_probs") is given. Without `ood` the out-of-domain figures are left
     out (a study's second and later tasks: they do not depend on the task).
     """
+
     dd, names = load_task(task, cfg)
     encoder.to(device)
     sentence = agreement(encoder, tokenizer, teacher, cfg, list(dd["test"]["text"][: cfg.fidelity_texts]), device,

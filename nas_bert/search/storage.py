@@ -5,6 +5,7 @@ name (one per latency model), the budgets searched so far, and the supernet chec
 from __future__ import annotations
 
 import re
+import time
 import warnings
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import optuna
 import torch
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from sqlalchemy import create_engine, inspect, text
-from sqlalchemy.exc import DatabaseError, IntegrityError
+from sqlalchemy.exc import DatabaseError, IntegrityError, ProgrammingError
 
 from nas_bert.errors import NasBertError
 from nas_bert.latency import device_fingerprint
@@ -109,12 +110,23 @@ def storage_for(study: Study) -> RDBStorage:
     """Optuna's storage in the study database, with the study's heartbeat and retry settings."""
     cfg = study.cfg.search
     kwargs = {"connect_args": {"timeout": 60}} if study.db_url.startswith("sqlite") else {"pool_pre_ping": True}
-    try:
-        return RDBStorage(study.db_url, engine_kwargs=kwargs, heartbeat_interval=cfg.heartbeat_interval,
-                          grace_period=cfg.grace_period,
-                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=cfg.max_retry))
-    except DatabaseError as e:  # a damaged study file reaches Optuna first in e.g. `nas-bert pareto`
-        raise database_error(study.db_url, e) from None
+    for attempt in range(CREATE_ATTEMPTS):
+        try:
+            return RDBStorage(study.db_url, engine_kwargs=kwargs, heartbeat_interval=cfg.heartbeat_interval,
+                              grace_period=cfg.grace_period,
+                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=cfg.max_retry))
+        except (IntegrityError, ProgrammingError) as e:
+            # two processes creating Optuna's tables in a new database at once (two machines starting one search
+            # on a fresh PostgreSQL): the loser's CREATE collides with the winner's; the tables exist now
+            if attempt + 1 == CREATE_ATTEMPTS:
+                raise database_error(study.db_url, e) from None
+            time.sleep(0.2 * (attempt + 1))
+        except DatabaseError as e:  # a damaged study file reaches Optuna first in e.g. `nas-bert pareto`
+            raise database_error(study.db_url, e) from None
+    raise AssertionError("unreachable")
+
+
+CREATE_ATTEMPTS = 4
 
 
 def latest_checkpoint(db: Database, study: Study) -> Checkpoint:

@@ -15,6 +15,7 @@ from nas_bert.cli.tables import evaluate_table, study_data_lines
 from nas_bert.data.tasks import check_study_data, load_pairs
 from nas_bert.errors import NasBertError
 from nas_bert.evaluate import evaluation as ev
+from nas_bert.evaluate import study_data as sd
 from nas_bert.export.card import _extra_metrics
 from nas_bert.model import NasBertConfig, NasBertModel
 from nas_bert.pipeline import run_study, section_inputs
@@ -162,11 +163,11 @@ def test_pair_spearman_against_gold_and_the_teacher(tmp_path, tiny_teacher):
     gold = torch.nn.functional.cosine_similarity(va, vb, dim=-1).tolist()
     f = tmp_path / "gold.csv"
     f.write_text("sentence1,sentence2,score\n" + "".join(f'"{x}","{y}",{g}\n' for x, y, g in zip(a, b, gold, strict=True)))
-    from nas_bert.study import PairData
+    from nas_bert.evaluation_config import PairData
 
     pairs = PairData(name="gold", data=str(f))
     assert load_pairs(pairs)[2] == pytest.approx(gold)
-    out = ev.pair_agreement(t.encoder, t.tokenizer, t, cfg, pairs)
+    out = sd.pair_agreement(t.encoder, t.tokenizer, t, cfg, pairs)
     assert out["teacher_spearman"] == pytest.approx(1.0) and out["spearman"] == pytest.approx(1.0)
     assert out["pairs"] == 10
 
@@ -246,12 +247,12 @@ def test_choose_by_ranks_the_finalists_by_the_task_or_a_mix(tiny_study_file):
 
 def test_linear_probe_is_deterministic_and_learns_a_separable_task(tmp_path, tiny_teacher):
     f = _task_csv(tmp_path / "easy.csv", ["alpha", "omega"], n=60)
-    from nas_bert.study import TaskData
+    from nas_bert.evaluation_config import TaskData
 
     task, cfg = TaskData(name="easy", data=str(f)), EvalConfig(**TINY)
     t = tiny_teacher
-    first = ev.linear_probe(t.encoder, t.tokenizer, t, cfg, task)
-    assert first == ev.linear_probe(t.encoder, t.tokenizer, t, cfg, task)
+    first = sd.linear_probe(t.encoder, t.tokenizer, t, cfg, task)
+    assert first == sd.linear_probe(t.encoder, t.tokenizer, t, cfg, task)
     assert first >= 0.8  # the label word is in the text
 
 

@@ -57,3 +57,4 @@ def test_shrinking_is_off_unless_asked_and_keys_the_search_only_when_on() -> Non
     assert isinstance(make_sampler(SearchConfig(), 0), optuna.samplers.NSGAIISampler)
     on = make_sampler(SearchConfig(shrink_every=20), 0)
     assert isinstance(on, ShrinkingSampler) and isinstance(on.base, optuna.samplers.NSGAIISampler)
+

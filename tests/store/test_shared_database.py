@@ -107,3 +107,26 @@ def test_two_studies_time_their_finalists_apart(tiny_study_file, tmp_path, monke
     assert (a[0], a[1]["drift"]) == ({"trial-1": 5.0}, pytest.approx(1.1))
     assert (b[0], b[1]["drift"]) == ({"trial-1": 6.0}, pytest.approx(1.2))
     assert measure("a") == a and len(runs) == 2  # the first reads its own figures back, timing nothing
+
+
+def test_optuna_tables_created_by_another_process_at_the_same_moment_are_used(tmp_path, monkeypatch) -> None:
+    """Two processes creating Optuna's tables in a new database at once: the loser's CREATE collides (a unique
+    violation on PostgreSQL); it opens the storage again instead of failing."""
+    from types import SimpleNamespace
+
+    from sqlalchemy.exc import IntegrityError
+
+    from nas_bert.search import storage
+    from nas_bert.study import SearchConfig
+
+    real, calls = storage.RDBStorage, []
+
+    def racing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise IntegrityError("CREATE TABLE alembic_version", {}, Exception("already exists"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(storage, "RDBStorage", racing)
+    study = SimpleNamespace(db_url=f"sqlite:///{tmp_path / 'x.db'}", cfg=SimpleNamespace(search=SearchConfig()))
+    assert isinstance(storage.storage_for(study), real) and len(calls) == 2
