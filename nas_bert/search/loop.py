@@ -128,6 +128,15 @@ def grow_limit(latency: LatencyModel, budget_ms: float) -> float:
     return budget_ms * (1 - margin)
 
 
+def fits_within(latency: LatencyModel, limit_ms: float):
+    """`arch -> predicted ms`, or None when over `limit_ms` (what `families.grown` and `neighbours` take)."""
+    def fits(arch: Architecture) -> float | None:
+        ms = latency.predict(arch)
+        return ms if ms <= limit_ms else None
+
+    return fits
+
+
 def family_seeds(ctx: SearchContext, budget_ms: float, keep: int = 3) -> dict[str, Architecture]:
     """In a space made from the teacher, the hand-designed students are points: of each family the `keep`
     slowest the latency model predicts within the budget go first, so the search starts from every recipe a
@@ -143,9 +152,7 @@ def family_seeds(ctx: SearchContext, budget_ms: float, keep: int = 3) -> dict[st
     out: dict[str, Architecture] = {}
     limit = grow_limit(ctx.latency, budget_ms)
 
-    def fits(arch: Architecture) -> float | None:
-        ms = ctx.latency.predict(arch)
-        return ms if ms <= limit else None
+    fits = fits_within(ctx.latency, limit)
 
     recipes = {a.hash() for _, a in points.values()}
     for kind in FAMILIES:
@@ -168,9 +175,7 @@ def local_search(ctx: SearchContext, budget_ms: float):
     space, emb = ctx.study.space, ctx.teacher.embeddings_spec()
     limit = grow_limit(ctx.latency, budget_ms)
 
-    def fits(arch: Architecture) -> float | None:
-        ms = ctx.latency.predict(arch)
-        return ms if ms <= limit else None
+    fits = fits_within(ctx.latency, limit)
 
     def step(st: optuna.Study, _trial: optuna.trial.FrozenTrial) -> None:
         trials = st.get_trials(deepcopy=False)

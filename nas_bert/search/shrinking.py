@@ -78,8 +78,8 @@ class ShrinkingSampler(BaseSampler):
                 self._dropped = dominated_options(first, _front(study, first), self.min_uses)
         return self._dropped
 
-    def _allowed(self, study: optuna.Study, name: str, dist: BaseDistribution, value: Any) -> Any:
-        drop = self.dropped(study).get(name)
+    def _allowed(self, name: str, dist: BaseDistribution, value: Any) -> Any:
+        drop = self._dropped.get(name)  # judged once per trial, in `before_trial`
         if not drop or value not in drop or not isinstance(dist, CategoricalDistribution):
             return value
         choices = [c for c in dist.choices if c not in drop]
@@ -95,14 +95,15 @@ class ShrinkingSampler(BaseSampler):
     def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
                         search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
         params = self.base.sample_relative(study, trial, search_space)
-        return {k: self._allowed(study, k, search_space[k], v) if k in search_space else v for k, v in params.items()}
+        return {k: self._allowed(k, search_space[k], v) if k in search_space else v for k, v in params.items()}
 
     def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
                            param_distribution: BaseDistribution) -> Any:
         value = self.base.sample_independent(study, trial, param_name, param_distribution)
-        return self._allowed(study, param_name, param_distribution, value)
+        return self._allowed(param_name, param_distribution, value)
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.dropped(study)  # the stage's dropped options, read once for every parameter this trial samples
         self.base.before_trial(study, trial)
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
