@@ -5,7 +5,8 @@ gets for free at that latency (each family's slowest that the budget holds). Eac
 with the others and the teacher, on the latency device; one measured over the budget is dropped. Each survivor gets
 the same short distillation (the study's recipe, TinyBERT's uniform mapping, the best weights kept) in rounds of
 successive halving and is ranked by the held-out fidelity of its sentence vectors to the teacher's (or a task's
-probe accuracy, `search.choose_by`), with an interval that says how far the ranking can be trusted. A hand-designed
+probe accuracy, `search.choose_by`), with an interval that says how far the ranking can be trusted: a paired bootstrap over the held-out texts (every
+finalist is scored on the same texts and resamples, so the interval is that of a difference). A hand-designed
 student may win: the summary says so. Every finalist's result is a database row: a killed choice continues.
 """
 
@@ -27,7 +28,14 @@ from nas_bert.choose.timing import holds, host_speed, judged_ms, measured_ms, pr
 from nas_bert.data import load_task
 from nas_bert.distill import StudentContext, distill_points, uniform_mapping
 from nas_bert.errors import NasBertError
-from nas_bert.evaluate import agreement, fidelity_interval, linear_probe, tasks_to_run
+from nas_bert.evaluate import (
+    agreement,
+    fidelity_bootstrap,
+    fidelity_interval,
+    linear_probe,
+    paired_interval,
+    tasks_to_run,
+)
 from nas_bert.evaluate.evaluation import protocol_hash as protocol_of_task
 from nas_bert.evaluation_config import TaskData
 from nas_bert.latency import device_fingerprint, ensure_latency_model
@@ -40,6 +48,8 @@ from nas_bert.supernet import teacher_initialised, truncated_architecture
 from nas_bert.teacher import load_teacher
 from nas_bert.train import BestKeeper, make_accelerator, train_loop
 
+PAIRED_LEVEL = 0.9  # the level of the paired interval that says whether the budget's winner won beyond noise
+
 
 # -- the result ---------------------------------------------------------------------------------------
 class Finalist(Record):
@@ -50,8 +60,8 @@ class Finalist(Record):
     model_config = ConfigDict(extra="allow")
     absent_unless_given: ClassVar[frozenset[str]] = frozenset({
         "predicted_ms", "approx_loss", "rescored_loss", "approx_rank", "reserve", "predicted_now_ms", "judged_ms",
-        "fidelity_before", "fidelity", "fidelity_interval", "best_step", "seconds", "scored_at_budget_ms", "rounds",
-        "probe"})
+        "fidelity_before", "fidelity", "fidelity_interval", "fidelity_bootstrap", "best_step", "seconds",
+        "scored_at_budget_ms", "rounds", "probe"})
 
     name: str
     origin: str  # one of ORIGINS
@@ -71,6 +81,8 @@ class Finalist(Record):
     fidelity_before: float | None = None
     fidelity: float | None = None  # held-out fidelity after the short distillation (NaN: too few texts)
     fidelity_interval: list[float] | None = None
+    # the fidelity on each bootstrap resample of the held-out texts, the same resamples for every finalist (paired)
+    fidelity_bootstrap: list[float | None] | None = None
     best_step: int | None = None
     seconds: float | None = None
     scored_at_budget_ms: float | None = None  # distilled for another budget of the study, under the same protocol
@@ -93,7 +105,11 @@ class Margin(Record):
     fidelity: float
     rival_fidelity: float
     delta: float  # fidelity - rival_fidelity
-    beyond_interval: bool  # the rival's value lies outside the chosen one's interval
+    # the paired bootstrap interval of delta over the held-out texts (both students on the same resamples), at
+    # `level`; None for finalists scored before their resamples were kept
+    delta_interval: list[float] | None = None
+    level: float = PAIRED_LEVEL
+    beyond_interval: bool  # the paired interval of delta excludes 0 (before: the rival lies outside ours)
 
 
 class FinalistsResult(Record):
@@ -178,11 +194,13 @@ def short_distill(ctx: StudentContext, cand: Candidate, steps: int) -> dict[str,
     module.load_state_dict(keeper.best_state())
     # validated only at the start and the end (eval_every = steps): the best's vectors are already computed
     s_vecs, t_vecs = {0: start_vectors, steps: objective.last_vectors}.get(keeper.step) or objective.vectors(module)
+    boot = fidelity_bootstrap(s_vecs, t_vecs)  # the same texts and resamples for every finalist: pairs up
     lo, hi = fidelity_interval(s_vecs, t_vecs)
     # choose_by a task: a linear probe on the kept weights' frozen sentence vectors
     probe = {f"task:{t.name}": linear_probe(module.student, ctx.teacher.tokenizer, ctx.teacher, ctx.study.cfg.evaluate,
                                             t, ctx.study.device()) for t in _probed_tasks(ctx.study)}
     return {"fidelity_before": before["fidelity"], "fidelity": keeper.value, "fidelity_interval": [lo, hi],
+            "fidelity_bootstrap": [None if math.isnan(v) else round(v, 5) for v in boot],
             "best_step": keeper.step, "seconds": round(time.perf_counter() - t0, 1), **({"probe": probe} if probe else {})}
 
 
@@ -306,7 +324,7 @@ def _stored(db: Database, study: Study, budget_ms: float, name: str, protocol: s
         return json.loads(row.metrics_json) if row is not None else None
 
 
-SCORE_KEYS = ("fidelity_before", "fidelity", "fidelity_interval", "best_step", "seconds", "probe")
+SCORE_KEYS = ("fidelity_before", "fidelity", "fidelity_interval", "fidelity_bootstrap", "best_step", "seconds", "probe")
 
 
 def _scored_elsewhere(db: Database, study: Study, c: Candidate, protocol: str) -> dict[str, Any] | None:
@@ -365,9 +383,7 @@ def summarise(study: Study, budget_ms: float, rows: Sequence[Finalist | dict[str
         baseline_won=chosen.origin != "search", over_budget=chosen.over_budget,
         kendall_tau_vs_fidelity=taus,
         runner_up=runner.name if runner else None,
-        # the two best are told apart when their intervals do not overlap
-        separated=bool(runner and runner.fidelity_interval and chosen.fidelity_interval
-                       and runner.fidelity_interval[1] < chosen.fidelity_interval[0]),  # NaN: False
+        separated=bool(runner and told_apart(chosen, runner, study.cfg.search.finalist_steps)),
         dropped_over_budget=[r.name for r in finalists if r.over_budget],
         replacements=[r.name for r in finalists if r.reserve],
         **({"margin": m} if (m := margin(chosen, ok, study.cfg.search.finalist_steps)) is not None else {}),
@@ -378,7 +394,29 @@ def _rounds(r: Finalist, first_steps: int) -> dict[int, dict[str, Any]]:
     """A finalist's results by the steps of short distillation they had."""
     if r.rounds:
         return {int(x["steps"]): x for x in r.rounds}
-    return {first_steps: {"fidelity": r.fidelity, "fidelity_interval": r.fidelity_interval}}
+    return {first_steps: {"fidelity": r.fidelity, "fidelity_interval": r.fidelity_interval,
+                          "fidelity_bootstrap": r.fidelity_bootstrap}}
+
+
+def _paired(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, float] | None:
+    """The paired interval of a's fidelity minus b's (two results of the same round), or None without resamples."""
+    x, y = a.get("fidelity_bootstrap"), b.get("fidelity_bootstrap")
+    if not x or not y or len(x) != len(y):
+        return None
+    lo, hi = paired_interval(x, y, PAIRED_LEVEL)
+    return None if math.isnan(lo) else (lo, hi)
+
+
+def told_apart(first: Finalist, second: Finalist, first_steps: int) -> bool:
+    """Whether the two best are told apart: the paired interval of their difference at the most steps both reached
+    lies above 0 (finalists scored before their resamples were kept: their own intervals do not overlap)."""
+    ours, theirs = _rounds(first, first_steps), _rounds(second, first_steps)
+    common = sorted(set(ours) & set(theirs))
+    paired = _paired(ours[common[-1]], theirs[common[-1]]) if common else None
+    if paired is not None:
+        return paired[0] > 0
+    a, b = first.fidelity_interval, second.fidelity_interval
+    return bool(a and b and b[1] < a[0])  # NaN: False
 
 
 def margin(chosen: Finalist, ok: list[Finalist], first_steps: int) -> Margin | None:
@@ -394,10 +432,15 @@ def margin(chosen: Finalist, ok: list[Finalist], first_steps: int) -> Margin | N
     a, b = ours[common[-1]], theirs[common[-1]]
     if a.get("fidelity") is None or b.get("fidelity") is None:
         return None
-    lo, hi = a.get("fidelity_interval") or [math.nan, math.nan]
+    paired = _paired(a, b)
+    if paired is not None:  # the difference's own interval: beyond noise when it excludes 0
+        beyond = paired[0] > 0 or paired[1] < 0
+    else:  # finalists scored before their resamples were kept: the rival outside the chosen one's interval
+        lo, hi = a.get("fidelity_interval") or [math.nan, math.nan]
+        beyond = bool(not lo <= b["fidelity"] <= hi)
     return Margin(rival=rival.name, rival_origin=rival.origin, steps=common[-1], fidelity=a["fidelity"],
                   rival_fidelity=b["fidelity"], delta=a["fidelity"] - b["fidelity"],
-                  beyond_interval=bool(not lo <= b["fidelity"] <= hi))
+                  delta_interval=list(paired) if paired is not None else None, beyond_interval=beyond)
 
 
 def truncated_reference(study: Study, budget_ms: float, student_ms: float) -> TruncatedReference | None:

@@ -55,10 +55,12 @@ def fidelity(student_vecs: torch.Tensor, teacher_vecs: torch.Tensor, centered: b
     return float(spearmanr(_pair_sims(student_vecs, centered).numpy(), _pair_sims(teacher_vecs, centered).numpy()).statistic)
 
 
-def fidelity_interval(student_vecs: torch.Tensor, teacher_vecs: torch.Tensor, centered: bool = True,
-                      resamples: int = 200, level: float = 0.9, seed: int = 0) -> tuple[float, float]:
-    """A bootstrap interval of `fidelity` over the texts: resample the texts (without repeats inside a
-    resample, so no pair is a text with itself), recompute, take the central `level` of the values."""
+def fidelity_bootstrap(student_vecs: torch.Tensor, teacher_vecs: torch.Tensor, centered: bool = True,
+                       resamples: int = 200, seed: int = 0) -> list[float]:
+    """`fidelity` on each bootstrap resample of the texts (without repeats inside a resample, so no pair is a
+    text with itself), NaN where a resample says nothing, in the resamples' order. The resamples depend only on
+    the number of texts and `seed`: two students scored on the same texts get the same resamples, so their lists
+    pair up value by value (`paired_interval`)."""
     n = len(student_vecs)
     if len(teacher_vecs) != n:
         raise ValueError("fidelity needs the same texts (at least 3) for student and teacher")
@@ -70,10 +72,33 @@ def fidelity_interval(student_vecs: torch.Tensor, teacher_vecs: torch.Tensor, ce
         if len(idx) >= 3:
             s, t = (_subset_sims(g, idx, centered).numpy() for g in grams)
             values.append(float(spearmanr(s, t).statistic))
-    values = [v for v in values if not np.isnan(v)]
+        else:
+            values.append(float("nan"))
+    return values
+
+
+def fidelity_interval(student_vecs: torch.Tensor, teacher_vecs: torch.Tensor, centered: bool = True,
+                      resamples: int = 200, level: float = 0.9, seed: int = 0) -> tuple[float, float]:
+    """A bootstrap interval of `fidelity` over the texts: the central `level` of `fidelity_bootstrap`'s values."""
+    values = [v for v in fidelity_bootstrap(student_vecs, teacher_vecs, centered, resamples, seed) if not np.isnan(v)]
     if not values:  # too few texts to say anything
         return float("nan"), float("nan")
     lo, hi = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def paired_interval(a: list[float], b: list[float], level: float = 0.9) -> tuple[float, float]:
+    """A paired bootstrap interval of fidelity(a) - fidelity(b): two students' `fidelity_bootstrap` values on
+    the same texts and resamples, differenced resample by resample, the central `level` of the differences.
+    Both students meet the same hard and easy texts in each resample, so what the texts add to both cancels and
+    the interval is that of the difference itself (far narrower than either student's own interval)."""
+    if len(a) != len(b):
+        raise ValueError("paired bootstrap values must come from the same resamples (equal lengths)")
+    diffs = [x - y for x, y in zip(a, b, strict=True) if x is not None and y is not None
+             and not (np.isnan(x) or np.isnan(y))]
+    if not diffs:
+        return float("nan"), float("nan")
+    lo, hi = np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)
 
 

@@ -1,0 +1,34 @@
+"""The bootstrap of fidelity over texts, and the paired interval of two students' difference on the same texts."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from nas_bert.evaluate import fidelity_bootstrap, fidelity_interval, paired_interval
+
+
+def _vectors(seed: int, n: int = 60, h: int = 16) -> torch.Tensor:
+    return torch.randn(n, h, generator=torch.Generator().manual_seed(seed))
+
+
+def test_the_interval_is_the_bootstrap_values_central_part() -> None:
+    t = _vectors(0)
+    s = t + 0.8 * _vectors(1)
+    values = [v for v in fidelity_bootstrap(s, t) if not np.isnan(v)]
+    assert len(fidelity_bootstrap(s, t)) == 200
+    assert fidelity_interval(s, t) == tuple(np.quantile(values, [0.05, 0.95]).tolist())
+
+
+def test_two_students_on_the_same_texts_pair_up() -> None:
+    t = _vectors(0)
+    close, far = t + 0.5 * _vectors(1), t + 1.5 * _vectors(2)
+    a, b = fidelity_bootstrap(close, t), fidelity_bootstrap(far, t)
+    lo, hi = paired_interval(a, b)
+    assert 0 < lo <= hi  # the closer student is better on every resample's texts
+    assert paired_interval(a, a) == (0.0, 0.0)
+    # the paired interval of the difference is narrower than the two students' own intervals side by side
+    (a_lo, a_hi), (b_lo, b_hi) = fidelity_interval(close, t), fidelity_interval(far, t)
+    assert hi - lo < (a_hi - a_lo) + (b_hi - b_lo)
+    mirrored = paired_interval(b, a)
+    assert np.allclose(mirrored, (-hi, -lo))
