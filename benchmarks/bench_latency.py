@@ -7,6 +7,7 @@ order) and reports: prediction MAPE against the first pass, and the noise floor,
 the two passes. A prediction error near the noise floor is as good as this machine can show.
 
     python benchmarks/bench_latency.py --space nas_bert --archs 30
+    python benchmarks/bench_latency.py --space nas_bert --archs 30 --runtime onnxruntime-int8   # budgets on int8
 """
 
 from __future__ import annotations
@@ -54,16 +55,20 @@ def main() -> None:
     ap.add_argument("--min-run-time", type=float, default=0.2, help="seconds per timing round")
     ap.add_argument("--calibration-archs", type=int, default=LatencyConfig().calibration_archs)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--runtime", default="torch", choices=["torch", "onnxruntime", "onnxruntime-int8"],
+                    help="the runtime the budgets are for (latency.runtime)")
     ap.add_argument("--db", default=None, help="SQLite file for the table (default: a new temporary file)")
     ap.add_argument("--json", default=None, help="also write the figures and the latency report here")
     args = ap.parse_args()
 
     print("command:", shlex.join([Path(sys.executable).name, *sys.argv]))
-    print(f"machine: {hardware_name()} ({os.cpu_count()} CPUs), threads {args.threads}, torch {torch.__version__}")
+    print(f"machine: {hardware_name()} ({os.cpu_count()} CPUs), threads {args.threads}, torch {torch.__version__}, "
+          f"runtime {args.runtime}")
 
     space = load_space(args.space)
     cfg = LatencyConfig(threads=args.threads, batch_size=args.batch_size, seq_len=args.seq_len,
-                        min_run_time=args.min_run_time, calibration_archs=args.calibration_archs, seed=args.seed)
+                        min_run_time=args.min_run_time, calibration_archs=args.calibration_archs, seed=args.seed,
+                        runtime=args.runtime)
     db_path = args.db or os.path.join(tempfile.mkdtemp(prefix="bench-latency-"), "latency.db")
     db = Database(f"sqlite:///{db_path}")
     print(f"database: {db_path}")

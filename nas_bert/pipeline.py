@@ -28,7 +28,14 @@ from nas_bert.errors import NasBertError
 from nas_bert.evaluate import EvaluationResult, evaluate_path
 from nas_bert.evaluation_config import STUDY_DATA_KEYS
 from nas_bert.export import ExportResult, export_front
-from nas_bert.latency import LatencyReport, device_fingerprint, ensure_latency_model, latency_report
+from nas_bert.latency import (
+    RUNTIME_LABEL,
+    RUNTIME_VARIANT,
+    LatencyReport,
+    device_fingerprint,
+    ensure_latency_model,
+    latency_report,
+)
 from nas_bert.record import Record
 from nas_bert.search import SearchResult, search
 from nas_bert.space import Architecture
@@ -109,6 +116,8 @@ def section_inputs(study: Study, sections: tuple[str, ...], timed: bool) -> dict
             cfg["evaluate"].pop(k)
         else:  # an edited data file redoes what was made from it
             cfg["evaluate"][k] = [{**d, "content": data_identity(d)} for d in cfg["evaluate"][k]]
+    if cfg["latency"]["runtime"] == "torch":  # added later: PyTorch's budgets keep the keys they had
+        cfg["latency"].pop("runtime")
     if cfg["search"]["choose_by"] == "fidelity":  # added later, like shrinking: at its default it changes no key
         cfg["search"].pop("choose_by")
     else:  # the finalists are then ranked on the tasks' data too
@@ -361,7 +370,7 @@ class RunRow(Record):
     finalist_judged_ms: float  # the time the budget judged there
     over_budget: bool
     drift: float | None  # the export's run against the latency model's fit
-    measured_ms: float | None  # the export's PyTorch fp32 time
+    measured_ms: float | None  # the export's time on the runtime the budgets are for (`latency.runtime`)
     judged_ms: float | None
     onnx_int8_ms: float | None
     teacher_ms: float | None
@@ -375,6 +384,8 @@ class RunRow(Record):
     truncated: TruncatedReference | None
     folder: str | None  # its exported folder
     margin: Margin | None = None  # the finalists' choice against the best of the other kind (searched or hand-designed)
+    rounds: list[list[int]] | None = None  # successive halving: [steps, finalists distilled that long] per round
+    proxy_tau: float | None = None  # the zero-step fidelity's Kendall tau against the first round's fidelity
     tasks: dict[str, dict[str, Any]] | None = None  # the study's own data by name (`EvaluationResult`)
     pairs: dict[str, dict[str, Any]] | None = None
     ood: dict[str, dict[str, Any]] | None = None
@@ -389,6 +400,17 @@ class RunResult(Record):
     students: list[RunRow]
     stages: list[StageRecord]
     seconds: float
+    runtime: str = "torch"  # the runtime the budgets are for (`latency.runtime`): the table's ms are its
+
+
+def rounds_seen(f: FinalistsResult, first_steps: int) -> list[list[int]]:
+    """How many finalists each round of successive halving distilled: [[steps, count], ...]."""
+    seen: dict[int, int] = {}
+    for r in f.finalists:
+        if not r.over_budget:
+            for steps in [int(x["steps"]) for x in r.rounds] if r.rounds else [first_steps]:
+                seen[steps] = seen.get(steps, 0) + 1
+    return [[k, v] for k, v in sorted(seen.items())]
 
 
 def run_study(study: Study, out: Path | None = None, echo: Callable[[str], None] = print) -> RunResult:
@@ -407,8 +429,8 @@ def run_study(study: Study, out: Path | None = None, echo: Callable[[str], None]
     budgets = list(relative)
     for b, x in relative.items():
         if x is not None:
-            echo(f"budget {x:g}x of the teacher's {teacher_ms:.2f} ms (timed when the latency model was fitted): "
-                 f"{b:g} ms")
+            echo(f"budget {x:g}x of the teacher's {teacher_ms:.2f} ms on {RUNTIME_LABEL[study.cfg.latency.runtime]} "
+                 f"(timed when the latency model was fitted): {b:g} ms")
     students = {b: student_stages(r, study, b) for b in budgets}
     export_key = ",".join(f"{b:g}" for b in budgets)
     x = r.stage("export", export_key, None, lambda: export_front(study, out, budgets, overwrite=True,
@@ -429,13 +451,17 @@ def run_study(study: Study, out: Path | None = None, echo: Callable[[str], None]
             predicted_now_ms=m.predicted_now_ms if m else None, finalist_ms=chosen.measured_ms,
             finalist_judged_ms=chosen.judged_ms if chosen.judged_ms is not None else chosen.measured_ms,
             over_budget=chosen.over_budget or bool(m and m.over_budget), drift=m.drift if m else None,
-            measured_ms=m.measured_ms.get("torch_fp32") if m else None, judged_ms=m.judged_ms if m else None,
+            measured_ms=m.measured_ms.get(RUNTIME_VARIANT[study.cfg.latency.runtime]) if m else None,
+            judged_ms=m.judged_ms if m else None,
             onnx_int8_ms=m.measured_ms.get("onnx_int8") if m else None, teacher_ms=m.teacher_ms if m else None,
             fidelity=e.fidelity, ood_fidelity=e.ood_fidelity, accuracy=e.accuracy, teacher_accuracy=e.teacher_accuracy,
             accuracy_ratio=e.accuracy_ratio, label_loyalty=e.label_loyalty, probability_loyalty=e.probability_loyalty,
             truncated=ref, folder=str(out / m.name) if m else None, margin=s.finalists.margin,
+            rounds=rounds_seen(s.finalists, study.cfg.search.finalist_steps),
+            proxy_tau=s.finalists.kendall_tau_vs_fidelity.get("fidelity_before"),
             **{k: v for k in ("tasks", "pairs", "ood") if (v := getattr(e, k)) is not None}))
     return RunResult(study=study.name, out=str(out), pareto_png=str(out / "pareto.png"), students=rows,
+                     runtime=study.cfg.latency.runtime,
                      stages=[StageRecord(stage=n, key=k, seconds=round(sec, 1), skipped=sk)
                              for n, k, sec, sk in r.done],
                      seconds=round(time.perf_counter() - t0, 1))

@@ -47,10 +47,19 @@ class CorpusConfig(_Strict):
         return "gloss" if self.name == "wordnet" else "text"
 
 
+# the export's measured variant that each runtime's budget judges (nas_bert.json's "measured_ms"), and its name
+RUNTIME_VARIANT = {"torch": "torch_fp32", "onnxruntime": "onnx_fp32", "onnxruntime-int8": "onnx_int8"}
+RUNTIME_LABEL = {"torch": "PyTorch fp32", "onnxruntime": "ONNX Runtime fp32", "onnxruntime-int8": "ONNX Runtime int8"}
+
+
 class LatencyConfig(_Strict):
     """How latency is measured; device, threads, batch and sequence length enter the fingerprint."""
 
     device: Literal["cpu", "cuda"] = "cpu"
+    runtime: Literal["torch", "onnxruntime", "onnxruntime-int8"] = Field(
+        default="torch", description="the runtime the budgets are for: PyTorch fp32, ONNX Runtime fp32, or ONNX "
+        "Runtime with dynamic int8 weights (as `nas-bert export` writes onnx/model.int8.onnx); every timing of the "
+        "latency model, the finalists and the export runs on it")
     threads: int = Field(default=2, ge=1, description="intra-op threads while timing")
     batch_size: int = Field(default=1, ge=1)
     seq_len: int = Field(default=128, ge=1)
@@ -65,6 +74,13 @@ class LatencyConfig(_Strict):
                                 "finalists' and the export's runs in a new process: one long `nas-bert run` process "
                                 "timed the calibration students 5-12% slower than the students beside them, a new "
                                 "one does not (BENCHMARKS.md)")
+
+    @model_validator(mode="after")
+    def _runtime_on_cpu(self) -> LatencyConfig:
+        if self.runtime != "torch" and self.device != "cpu":
+            raise ValueError(f"latency.runtime {self.runtime} times ONNX Runtime's CPU provider; set latency.device: "
+                             "cpu, or runtime: torch to time on cuda")
+        return self
 
 
 class TrainConfig(_Strict):
@@ -402,9 +418,12 @@ def init_study(name: str, teacher: str | None = None, corpus: str | None = None,
     if corpus is not None:
         put(r"^(corpus:\s*\n\s+name:\s*)(\S+)(.*)$", corpus, "corpus name")
     if budgets_ms or budgets_x:  # the budgets given replace the template's: in ms, as fractions, or both
-        lines = ([f"budgets_ms: {json.dumps([float(b) for b in budgets_ms])}"] if budgets_ms else []) + (
-            [f"budgets_x: {json.dumps([float(x) for x in budgets_x])}"] if budgets_x else [])
-        text, n = re.subn(r"^(\s+)budgets_ms:\s*\[[^\]]*\]", lambda m: "\n".join(m.group(1) + ln for ln in lines)
+        lines = ([f"budgets_ms: {json.dumps([float(b) for b in budgets_ms])}   # ms on the latency device"]
+                 if budgets_ms else []) + (
+            [f"budgets_x: {json.dumps([float(x) for x in budgets_x])}   # fractions of the teacher's latency there"]
+            if budgets_x else [])
+        # the template's line and its comment (which spoke of its own budgets) give way to the budgets given
+        text, n = re.subn(r"^(\s+)budgets_ms:\s*\[[^\]]*\][^\n]*", lambda m: "\n".join(m.group(1) + ln for ln in lines)
                           .lstrip("\n"), text, count=1, flags=re.MULTILINE)
         if n == 0:  # a study without budgets (the tiny one): a search section of its own, or lines in it
             text, n = re.subn(r"^search:[ \t]*$", "search:" + "".join(f"\n  {ln}" for ln in lines), text, count=1,

@@ -115,8 +115,11 @@ def finalists_table(f: FinalistsResult) -> str:
                  f"(drift {num((f.timing or {}).get('drift'), '.2f')}x in this run)")
     if f.margin is not None:
         m = f.margin
+        noise = (f"paired {m.level:.0%} interval {m.delta_interval[0]:+.3f} to {m.delta_interval[1]:+.3f}: "
+                 f"{'beyond' if m.beyond_interval else 'within'} noise" if m.delta_interval else
+                 f"{'beyond' if m.beyond_interval else 'within'} the chosen's interval")
         lines.append(f"margin: {m.delta:+.3f} fidelity against {m.rival} ({m.rival_origin}), the best of the other kind, "
-                     f"after {m.steps} steps ({'beyond' if m.beyond_interval else 'within'} the chosen's interval)")
+                     f"after {m.steps} steps ({noise})")
     lines.append("Kendall tau with the first round's fidelity ranking: " + ", ".join(
         f"{k} {'n/a' if v is None else format(v, '.2f')}" for k, v in taus.items()))
     return "\n".join(lines)
@@ -221,15 +224,21 @@ def won(r: RunRow) -> str:
     assert m is not None
     kind = "a searched point" if r.origin == "search" else f"a hand-designed student ({r.origin})"
     other = "the best hand-designed student" if r.origin == "search" else "the best searched point"
-    noise = "beyond" if m.beyond_interval else "within"
     given = f" ({r.budget_x:g}x of the teacher)" if r.budget_x is not None else ""
+    if m.delta_interval:  # the paired interval of the difference
+        lo, hi = m.delta_interval
+        noise = (f"paired {m.level:.0%} interval {lo:+.3f} to {hi:+.3f} over the held-out texts: "
+                 f"{'beyond' if m.beyond_interval else 'within'} noise")
+    else:
+        noise = f"{'beyond' if m.beyond_interval else 'within'} its interval"
     return (f"{r.budget_ms:g} ms{given}: {kind} won, {r.student}; fidelity {m.fidelity:.3f} against {m.rival_fidelity:.3f} "
-            f"of {other} ({m.rival}) after {m.steps} steps of the finalists' distillation ({m.delta:+.3f}, "
-            f"{noise} its interval)")
+            f"of {other} ({m.rival}) after {m.steps} steps of the finalists' distillation ({m.delta:+.3f}, {noise})")
 
 
 def run_table(s: RunResult) -> str:
     """`run`: one row per budget's student, its times at export, the stages run or skipped."""
+    from nas_bert.study import RUNTIME_LABEL
+
     def f(v: Any, spec: str) -> str:
         return "-" if v is None else format(v, spec)
 
@@ -257,15 +266,19 @@ def run_table(s: RunResult) -> str:
                       f"accuracy {f(first.teacher_accuracy, '.3f')}; "
                       f"the host ran {f(first.drift, '.2f')}x as long as when the latency model was fitted")]
         rows += [won(r) for r in s.students if r.margin is not None]
+        rows += [f"{r.budget_ms:g} ms finalists: " + ", ".join(f"{n} distilled {k} steps" for k, n in r.rounds)
+                 + f"; the zero-step proxy's Kendall tau against the first round: {f(r.proxy_tau, '.2f')}"
+                 for r in s.students if r.rounds]
         rows += [f"{r.budget_ms:g} ms student, {line}" for r in s.students
                  for line in study_data_lines(r.tasks, r.pairs, r.ood)]
         rows += [f"{r.budget_ms:g} ms student at export: predicted {f(r.predicted_ms, '.2f')} ms "
                  f"(at the fit), {f(r.predicted_now_ms, '.2f')} ms (calibration refitted in the export's run), "
-                 f"measured {f(r.measured_ms, '.2f')} ms, judged {f(r.judged_ms, '.2f')} ms against "
+                 f"measured {f(r.measured_ms, '.2f')} ms ({RUNTIME_LABEL.get(s.runtime, s.runtime)}), judged {f(r.judged_ms, '.2f')} ms against "
                  f"its {r.budget_ms:g} ms budget" for r in s.students]
     stages = [f"{x.stage} {x.key}".strip() + (" (skipped)" if x.skipped else f" {x.seconds:.0f} s")
               for x in s.stages]
-    rows += [("ms: PyTorch fp32, batch 1, the student and the truncated teacher timed in one run (the finalists'); "
+    rows += [(f"ms: {RUNTIME_LABEL.get(s.runtime, s.runtime)}, batch 1, the student and the truncated teacher timed in "
+              "one run (the finalists'); "
               "the model cards hold the export's own timing; a budget judges the time measured at the host's speed "
               "when the latency model was fitted, as far as the reference student and the calibration refitted in "
               "the same run agree (a faster host tightens the verdict, a slower one loosens it only where both "

@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 from nas_bert.space import Architecture, output_params, transition_params
+from nas_bert.study import RUNTIME_LABEL, RUNTIME_VARIANT
 
 
 def _fmt(x: float | None, spec: str = ".3f") -> str:
@@ -132,8 +133,9 @@ def model_card(info: dict[str, Any], arch: Architecture) -> str:
     from nas_bert.choose import judged_ms  # the budget's one rule
 
     drift, speed = lat.get("drift") or 1.0, lat.get("speed")
-    judged = lat.get("judged_ms") or judged_ms(lat["torch_fp32"], drift, speed)
-    over = (f"**Over budget when measured**: {_fmt(lat['torch_fp32'])} ms, {_fmt(judged)} "
+    runtime = cfg.get("runtime", "torch")  # the runtime the budget is for
+    judged = lat.get("judged_ms") or judged_ms(lat[RUNTIME_VARIANT[runtime]], drift, speed)
+    over = (f"**Over budget when measured**: {_fmt(lat[RUNTIME_VARIANT[runtime]])} ms ({RUNTIME_LABEL[runtime]}), {_fmt(judged)} "
             f"ms as the budget judges it (at the host's speed when the latency model was fitted, as far as the "
             f"reference student and this student's own factor agree), against the {_fmt(info['budget_ms'], 'g')} ms budget "
             f"on this machine (at the choice, timed beside its competitors, it took "
@@ -182,7 +184,7 @@ its calibration students timed in this run (the host's speed now).
 The host ran {_fmt(drift, ".2f")}x as long as when the latency model was fitted (its reference student, the \
 space's largest, was timed beside these) and, by the calibration refitted in this run, {_fmt(speed, ".2f")}x as \
 long for this student: a shared machine drifts, and times taken minutes apart differ by that much. The budget \
-judges {_fmt(judged)} ms for PyTorch fp32: the time measured at the fitted speed, as far as the two factors \
+judges {_fmt(judged)} ms for {RUNTIME_LABEL[runtime]}, the runtime it is for: the time measured at the fitted speed, as far as the two factors \
 agree (divided by the lesser of them: a faster host tightens the verdict, a slower one loosens it only where \
 both say so).
 

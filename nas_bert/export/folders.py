@@ -25,6 +25,7 @@ from nas_bert.errors import NasBertError
 from nas_bert.export.card import model_card
 from nas_bert.export.onnx_export import VARIANTS, export_onnx, mb, measure_latencies
 from nas_bert.latency import (
+    RUNTIME_VARIANT,
     LatencyModel,
     calibration_architectures,
     calibration_students,
@@ -219,7 +220,8 @@ def _export_one(study: Study, m: Member, teacher: Teacher, supernet: Supernet, c
         ms["speed"] = predicted_now / lat_model.predict(arch, reorder=reorder)  # this student's host factor since the fit
     except NasBertError:  # a hand-designed student the table has no timing for
         predicted_now, ms["speed"] = None, None
-    ms["judged_ms"] = judged_ms(ms["torch_fp32"], ms["drift"], ms["speed"])
+    # the runtime the budgets are for: PyTorch fp32, or the exported ONNX graph (fp32 or int8)
+    ms["judged_ms"] = judged_ms(ms[RUNTIME_VARIANT[cfg.runtime]], ms["drift"], ms["speed"])
     # the evaluation of exactly these weights: the distilled folder's, none for supernet slices
     evaluated = _evaluation(study, arch.hash(), distilled["student_path"]) if distilled is not None else {}
     metrics = {"approx_loss": m.row["approx_loss"], "rescored_loss": m.row["rescored_loss"], **checks, **evaluated}
@@ -308,7 +310,7 @@ def _record(db: Database, study: Study, students: list[ExportedStudent], out_dir
             row = s.scalars(select(ArchitectureRow).where(ArchitectureRow.study == study.name,
                                                           ArchitectureRow.hash == st.hash)).first()
             if row is not None:  # a hand-designed student is no searched architecture
-                row.measured_ms = st.measured_ms["torch_fp32"]
+                row.measured_ms = st.measured_ms[RUNTIME_VARIANT[study.cfg.latency.runtime]]
             path = str((out_dir / st.name).resolve())
             exp = s.scalars(select(ExportRow).where(ExportRow.study == study.name, ExportRow.arch_hash == st.hash,
                                                     ExportRow.path == path)).first()

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from nas_bert.errors import NasBertError
-from nas_bert.latency import measure_callables
+from nas_bert.latency import measure_callables, quantize_int8, runtime_call, session
 from nas_bert.model import NasBertModel
 from nas_bert.study import LatencyConfig
 from nas_bert.teacher import Teacher
@@ -33,20 +33,8 @@ def _encode(tokenizer: Any, texts: tuple[str, ...], seq_len: int, padding: bool 
     return {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask")}
 
 
-def session(path: Path, threads: int) -> Any:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
 def export_onnx(model: NasBertModel, folder: Path, tokenizer: Any, seq_len: int) -> dict[str, Any]:
     """onnx/model.onnx (dynamic batch and sequence) and onnx/model.int8.onnx, both checked against PyTorch."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     out = folder / "onnx"
     out.mkdir(parents=True, exist_ok=True)
     fp32, int8 = out / "model.onnx", out / "model.int8.onnx"
@@ -65,13 +53,7 @@ def export_onnx(model: NasBertModel, folder: Path, tokenizer: Any, seq_len: int)
             dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
             external_data=False,
         )
-    root = logging.getLogger()
-    level, root.level = root.level, logging.ERROR  # quantize_dynamic logs a pre-processing hint on the root logger
-    try:
-        # Per-channel weight scales: BERT's outlier rows make one scale per tensor lose most of the rest.
-        quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=True)
-    finally:
-        root.level = level
+    quantize_int8(fp32, int8)
     # Batches of 1, 3 and 6 texts of different lengths, and one padded to the full sequence length.
     batches = [_encode(tokenizer, SAMPLE_TEXTS[:1], seq_len), _encode(tokenizer, SAMPLE_TEXTS[2:5], seq_len),
                _encode(tokenizer, SAMPLE_TEXTS, seq_len), _encode(tokenizer, SAMPLE_TEXTS[:2], seq_len, "max_length")]
@@ -111,7 +93,9 @@ def measure_latencies(student: NasBertModel, folder: Path, teacher: Teacher, cfg
     The four are timed in interleaved rounds like the latency table (blocks disturbed by other processes
     are dropped, a low percentile of the rest is kept), so predicted and measured figures are comparable
     and the speed-ups fair. ONNX Runtime gets intra_op_num_threads = cfg.threads. `others` (the latency
-    model's calibration students) are timed in the same rounds; their times are "others", in order.
+    model's calibration students) are timed in the same rounds, on the runtime the budgets are for
+    (`latency.runtime`), so the export's verdict refits the calibration on that runtime; their times are
+    "others", in order.
     """
     dev = torch.device(cfg.device)
     gen = torch.Generator().manual_seed(0)
@@ -124,7 +108,8 @@ def measure_latencies(student: NasBertModel, folder: Path, teacher: Teacher, cfg
         "teacher_torch_fp32": lambda: teacher_model(**on_dev), "torch_fp32": lambda: student(**on_dev),
         "onnx_fp32": lambda: s32.run(None, feeds), "onnx_int8": lambda: s8.run(None, feeds)}
     extra = [m.eval().to(dev) for m in others or []]
-    calls |= {f"other:{i}": (lambda m=m: m(**on_dev)) for i, m in enumerate(extra)}
+    args = (on_dev["input_ids"], on_dev["attention_mask"])
+    calls |= {f"other:{i}": runtime_call(m, args, cfg) for i, m in enumerate(extra)}
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(cfg.threads)

@@ -40,6 +40,7 @@ from nas_bert.latency.harness import (
     measure_models,
     run_delay_ns,
 )
+from nas_bert.latency.runtime import RUNTIME_LABEL, RUNTIME_VARIANT, quantize_int8, runtime_call, runtime_job, session
 from nas_bert.latency.students import calibration_architectures, calibration_students, in_run
 from nas_bert.latency.table import (
     LatencyModel,
@@ -55,6 +56,8 @@ from nas_bert.latency.table import (
 
 __all__ = [
     "MODEL_ROUNDS",
+    "RUNTIME_LABEL",
+    "RUNTIME_VARIANT",
     "Calibration",
     "LatencyModel",
     "LatencyReport",
@@ -79,7 +82,11 @@ __all__ = [
     "op_key",
     "operators",
     "output_key",
+    "quantize_int8",
     "resizes",
     "run_delay_ns",
+    "runtime_call",
+    "runtime_job",
+    "session",
     "table_specs",
 ]

@@ -20,6 +20,7 @@ from torch.utils import benchmark
 from tqdm.auto import tqdm
 
 from nas_bert.errors import NasBertError
+from nas_bert.latency.runtime import Job, runtime_job
 from nas_bert.lifetime import die_with_parent
 from nas_bert.model import NasBertConfig, NasBertEmbeddings, NasBertLayer, NasBertModel, mask_bias, resize
 from nas_bert.space import Architecture, Block, Embeddings, Op
@@ -41,7 +42,6 @@ log = logging.getLogger(__name__)
 
 # What a table key times: ("op", hidden, Op), ("grow" | "output", in, out) or ("embeddings", Embeddings).
 Spec = tuple[Any, ...]
-Job = tuple[str, dict[str, Any]]  # a Timer statement and its globals
 
 
 def run_delay_ns() -> int | None:
@@ -119,31 +119,60 @@ def _check_positions(emb: Embeddings, cfg: LatencyConfig) -> None:
         )
 
 
+class _Resize(nn.Module):
+    """A map into a wider block as an extracted model runs it (`resize` with a learned extension)."""
+
+    def __init__(self, i: int, o: int) -> None:
+        super().__init__()
+        self.o, self.grow = o, nn.Linear(i, o - i)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return resize(x, self.o, self.grow.weight, self.grow.bias)
+
+
+class _Reorder(nn.Module):
+    """A full-width last block's reordering into the teacher's dimensions."""
+
+    def __init__(self, o: int) -> None:
+        super().__init__()
+        self.register_buffer("index", torch.randperm(o))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.index_select(-1, self.index)
+
+
 def _key_job(spec: Spec, cfg: LatencyConfig) -> Job:
-    """The plain student module of one table entry, with inputs shaped as in an extracted model."""
+    """The plain student module of one table entry, with inputs shaped as in an extracted model, on the study's
+    runtime (`runtime_job`; under PyTorch the statement the table has always timed)."""
     dev = torch.device(cfg.device)
     B, T = cfg.batch_size, cfg.seq_len
     if spec[0] == "embeddings":
         emb = spec[1]
         _check_positions(emb, cfg)
         module: nn.Module = NasBertEmbeddings(_layer_config(emb)).eval().to(dev)
-        return "m(ids)", {"m": module, "ids": torch.randint(0, emb.vocab_size, (B, T), device=dev)}
+        ids = torch.randint(0, emb.vocab_size, (B, T), device=dev)
+        return runtime_job(module, (ids,), cfg, ("m(ids)", {"m": module, "ids": ids}))
     if spec[0] == "grow":
         _, i, o = spec
-        grow = nn.Linear(i, o - i).eval().to(dev)
-        return "resize(x, o, grow.weight, grow.bias)", {"resize": resize, "o": o, "grow": grow,
-                                                        "x": torch.randn(B, T, i, device=dev)}
+        x = torch.randn(B, T, i, device=dev)
+        g = _Resize(i, o).eval().to(dev)
+        return runtime_job(g, (x,), cfg, ("resize(x, o, grow.weight, grow.bias)",
+                                          {"resize": resize, "o": o, "grow": g.grow, "x": x}))
     if spec[0] == "output":
         _, i, o = spec
         x = torch.randn(B, T, i, device=dev)
         if i == o:  # a full-width last block: the reordering into the teacher's dimensions
-            return "x.index_select(-1, index)", {"x": x, "index": torch.randperm(o, device=dev)}
-        return "m(x)", {"m": nn.Linear(i, o).eval().to(dev), "x": x}
+            r = _Reorder(o).to(dev)
+            return runtime_job(r, (x,), cfg, ("x.index_select(-1, index)", {"x": x, "index": r.index}))
+        m = nn.Linear(i, o).eval().to(dev)
+        return runtime_job(m, (x,), cfg, ("m(x)", {"m": m, "x": x}))
     _, h, op = spec
     layer = NasBertLayer(_layer_config(), h, op.to_dict()).eval().to(dev)
     mask = torch.ones(B, T, dtype=torch.long, device=dev)
     x = torch.randn(B, T, h, device=dev)
-    return "layer(x, bias, mask)", {"layer": layer, "x": x, "bias": mask_bias(mask, x.dtype), "mask": mask}
+    bias = mask_bias(mask, x.dtype)
+    return runtime_job(layer, (x, bias, mask), cfg, ("layer(x, bias, mask)",
+                                                     {"layer": layer, "x": x, "bias": bias, "mask": mask}))
 
 
 def measure_keys(specs: list[Spec], cfg: LatencyConfig, bar: tqdm | None = None) -> list[float]:
@@ -155,7 +184,9 @@ def _model_job(model: nn.Module, cfg: LatencyConfig, vocab_size: int) -> Job:
     dev = torch.device(cfg.device)
     model.eval().to(dev)
     ids = torch.randint(0, vocab_size, (cfg.batch_size, cfg.seq_len), device=dev)
-    return "model(input_ids=ids, attention_mask=mask)", {"model": model, "ids": ids, "mask": torch.ones_like(ids)}
+    mask = torch.ones_like(ids)
+    return runtime_job(model, (ids, mask), cfg,
+                       ("model(input_ids=ids, attention_mask=mask)", {"model": model, "ids": ids, "mask": mask}))
 
 
 def measure_models(models: list[nn.Module], cfg: LatencyConfig, vocab_size: int, bar: tqdm | None = None

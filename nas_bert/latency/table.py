@@ -48,6 +48,10 @@ def device_fingerprint(cfg: LatencyConfig) -> str:
         "batch_size": cfg.batch_size,
         "seq_len": cfg.seq_len,
     }
+    if cfg.runtime != "torch":  # PyTorch's fingerprints stay as they were before runtimes were named
+        import onnxruntime
+
+        blob |= {"runtime": cfg.runtime, "onnxruntime": onnxruntime.__version__}
     return json_hash(blob)
 
 

@@ -50,3 +50,30 @@ def test_a_family_winner_is_said_so() -> None:
     assert res.chosen.name == "spread-2" and res.baseline_won
     assert res.margin.rival == "trial-3" and res.margin.delta > 0
     assert margin(res.chosen, [res.chosen], 10) is None  # nobody of the other kind: no margin
+
+
+def test_the_margin_is_judged_by_the_paired_interval_of_the_difference() -> None:
+    """Both finalists met the same resamples of the held-out texts: what the texts add to both cancels. A steady
+    +0.02 is beyond noise even inside each one's wide interval; a difference that changes sign is not."""
+    base = [0.70 + 0.05 * ((i * 7) % 11 - 5) / 5 for i in range(200)]  # resample-to-resample spread of +-0.05
+    steady = [row("searched", "search", 0.72), row("spread-2", "spread", 0.70)]
+    steady[0]["fidelity_bootstrap"] = [v + 0.02 for v in base]
+    steady[1]["fidelity_bootstrap"] = base
+    for r in steady:
+        r["fidelity_interval"] = [r["fidelity"] - 0.05, r["fidelity"] + 0.05]  # the rival inside ours
+    m = summarise(STUDY, 5.0, steady).margin
+    assert m.delta_interval is not None and abs(m.delta_interval[0] - 0.02) < 1e-9 and m.beyond_interval
+    assert summarise(STUDY, 5.0, steady).separated
+    noisy = [dict(steady[0]), dict(steady[1])]
+    noisy[0]["fidelity_bootstrap"] = [v + (0.05 if i % 2 else -0.01) for i, v in enumerate(base)]
+    m = summarise(STUDY, 5.0, noisy).margin
+    assert m.delta_interval[0] < 0 < m.delta_interval[1] and not m.beyond_interval
+    assert not summarise(STUDY, 5.0, noisy).separated
+
+
+def test_the_rounds_seen_count_every_finalist_distilled_that_long() -> None:
+    from nas_bert.pipeline import rounds_seen
+
+    rows = [row("searched", "search", 0.0, [(10, 0.70), (20, 0.80)]), row("truncated-3", "truncated", 0.0, [(10, 0.72), (20, 0.78)]),
+            row("uniform-256", "uniform", 0.65), row("slow", "search", 0.99, over=True)]
+    assert rounds_seen(summarise(STUDY, 5.0, rows), 10) == [[10, 3], [20, 2]]

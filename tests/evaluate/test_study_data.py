@@ -73,7 +73,9 @@ def test_absent_keys_leave_fingerprints_and_protocol_as_they_were(tiny_study_fil
     cfg["search"].pop("choose_by")
     for k in ("budgets_ms", "budgets_x", "shrink_every", "shrink_min_uses", "local_moves"):
         cfg["search"].pop(k)
-    assert section_inputs(study, ("evaluate", "search"), False) == {k: fingerprint(cfg[k]) for k in ("evaluate", "search")}
+    cfg["latency"].pop("runtime")
+    sections = ("evaluate", "search", "latency")
+    assert section_inputs(study, sections, False) == {k: fingerprint(cfg[k]) for k in sections}
     old = study.cfg.evaluate.model_dump(mode="json", exclude={"tasks", "pairs", "ood"})
     from nas_bert.store import json_hash
 
