@@ -33,6 +33,7 @@ class LatencyStatus(Record):
 
     fingerprint: str
     entries: int
+    runtime: str = "torch"  # the runtime the budgets are for (`latency.runtime`)
 
 
 class BestTrial(Record):
@@ -94,5 +95,5 @@ def study_status(study: Study) -> StudyStatus:
                                                                               predicted_ms=best.values[1])))
     db.dispose()
     return StudyStatus(study=study.name, db=study.db_url, supernet=supernet,
-                       latency=LatencyStatus(fingerprint=fp, entries=latency_rows), block_scores=block_scores,
+                       latency=LatencyStatus(fingerprint=fp, entries=latency_rows, runtime=study.cfg.latency.runtime), block_scores=block_scores,
                        architectures=architectures, searches=searches, stages=stage_status(study))

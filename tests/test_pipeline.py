@@ -35,6 +35,7 @@ def test_run_kill_and_resume(tmp_path):
     data = yaml.safe_load(study_file.read_text())
     data["search"]["budgets_ms"] = [5.0]
     data["evaluate"] = EVAL
+    data["latency"]["fresh_process"] = False  # the timing runs in the command's own process: no interpreters to start
     study_file.write_text(yaml.safe_dump(data))
     cmd = [sys.executable, "-m", "nas_bert", "run", "--config", str(study_file), "--json"]
     log = open(tmp_path / "first-run.log", "w")  # noqa: SIM115

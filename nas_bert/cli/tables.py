@@ -295,7 +295,10 @@ def status_table(s: StudyStatus) -> str:
         lines.append("  1 supernet:     not trained (run `nas-bert train-supernet`)")
     else:
         lines.append(f"  1 supernet:     step {sn.step}/{sn.target_steps} ({sn.status}), {sn.checkpoint}")
-    lines.append(f"  2 latency:      {s.latency.entries} operator timings on this device")
+    from nas_bert.study import RUNTIME_LABEL
+
+    runtime = RUNTIME_LABEL.get(s.latency.runtime, s.latency.runtime)
+    lines.append(f"  2 latency:      {s.latency.entries} operator timings on this device ({runtime})")
     lines.append(f"  3 block scores: {s.block_scores} memoised; {s.architectures} architectures scored")
     if not s.searches:
         lines.append("  4 search:       none yet (run `nas-bert search --latency-budget-ms X`)")

@@ -250,7 +250,8 @@ def test_status(study: Path, trial: int) -> None:
     assert lines[0] == f"study 'tiny'  db {data['db']}"
     sn = data["supernet"]
     assert f"  1 supernet:     step {sn['step']}/{sn['target_steps']} ({sn['status']}), {sn['checkpoint']}" in lines
-    assert f"  2 latency:      {data['latency']['entries']} operator timings on this device" in lines
+    assert data["latency"]["runtime"] == "torch"
+    assert f"  2 latency:      {data['latency']['entries']} operator timings on this device (PyTorch fp32)" in lines
     (s,) = data["searches"]
     assert (f"  4 search 5 ms: {s['trials']['complete']} complete, {s['trials']['fail']} failed, "
             f"{s['trials']['running']} running, {s['feasible']} feasible; best trial {s['best']['trial']}: "

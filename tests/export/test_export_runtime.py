@@ -17,7 +17,8 @@ from nas_bert.study import load_study
 
 def test_budgets_on_onnx_runtime_int8_are_fitted_and_judged_there(tmp_path):
     file = make_tiny_study(tmp_path, search_budget=5.0,
-                           overrides={"latency": {"runtime": "onnxruntime-int8"}, "search": {"trials": 12}})
+                           overrides={"latency": {"runtime": "onnxruntime-int8", "fresh_process": False},
+                                      "search": {"trials": 12}})  # timed in this process: no spawns to wait for
     study = load_study(file)
     fp = device_fingerprint(study.cfg.latency)
     assert fp != device_fingerprint(study.cfg.latency.model_copy(update={"runtime": "torch"}))

@@ -44,6 +44,7 @@ def studies(tmp_path: Path, searched_tiny: Path) -> Path:
     copy_study(searched_tiny, root)
     data = yaml.safe_load((root / "tiny.yaml").read_text())
     data["search"].update(finalist_baselines=False, finalist_steps=1, trials=16)
+    data["latency"]["fresh_process"] = False  # the jobs' timing runs in their own process: no interpreters to start
     (root / "tiny.yaml").write_text(yaml.safe_dump(data))
     return root
 
