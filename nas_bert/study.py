@@ -422,8 +422,8 @@ def init_study(name: str, teacher: str | None = None, corpus: str | None = None,
                  if budgets_ms else []) + (
             [f"budgets_x: {json.dumps([float(x) for x in budgets_x])}   # fractions of the teacher's latency there"]
             if budgets_x else [])
-        # the template's line and its comment (which spoke of its own budgets) give way to the budgets given
-        text, n = re.subn(r"^(\s+)budgets_ms:\s*\[[^\]]*\][^\n]*", lambda m: "\n".join(m.group(1) + ln for ln in lines)
+        # the template's budgets line (ms or fractions) and its comment give way to the budgets given
+        text, n = re.subn(r"^(\s+)budgets_(?:ms|x):\s*\[[^\]]*\][^\n]*", lambda m: "\n".join(m.group(1) + ln for ln in lines)
                           .lstrip("\n"), text, count=1, flags=re.MULTILINE)
         if n == 0:  # a study without budgets (the tiny one): a search section of its own, or lines in it
             text, n = re.subn(r"^search:[ \t]*$", "search:" + "".join(f"\n  {ln}" for ln in lines), text, count=1,

@@ -47,14 +47,17 @@ def test_init_from_a_study_without_budgets_adds_them(tmp_path, monkeypatch):
     assert search.budgets_ms == [5.0] and search.budgets_x == [0.25]
 
 
-def test_init_with_relative_budgets_replaces_the_demos_ms(tmp_path, monkeypatch):
+def test_init_with_budgets_replaces_the_demos(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert runner.invoke(app, ["init", "r", "--budget-x", "0.25", "--budget-x", "0.5"]).exit_code == 0
+    assert runner.invoke(app, ["init", "r", "--budget-x", "0.2", "--budget-x", "0.4"]).exit_code == 0
     search = load_study(tmp_path / "r.yaml").cfg.search
-    assert search.budgets_ms == [] and search.budgets_x == [0.25, 0.5]
+    assert search.budgets_ms == [] and search.budgets_x == [0.2, 0.4]
     text = (tmp_path / "r.yaml").read_text()
-    assert "budgets_x: [0.25, 0.5]   # fractions of the teacher's latency there" in text
-    assert "about 1/4 and 1/2" not in text  # the demo's comment on its own budgets went with them
+    assert "budgets_x: [0.2, 0.4]   # fractions of the teacher's latency there" in text
+    assert "a quarter and a half" not in text  # the demo's comment on its own budgets went with them
+    assert runner.invoke(app, ["init", "m", "--budget-ms", "4"]).exit_code == 0
+    search = load_study(tmp_path / "m.yaml").cfg.search
+    assert search.budgets_ms == [4.0] and search.budgets_x == []  # the demo's fractions gave way to it
 
 
 @pytest.mark.parametrize("args, words", [
