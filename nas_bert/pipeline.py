@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
 
 from nas_bert.choose import Finalist, FinalistsResult, Margin, TruncatedReference, choose, truncated_reference
+from nas_bert.choose.ranking import rounds_seen
 from nas_bert.data import corpus_identity
 from nas_bert.data.tasks import check_study_data, data_identity
 from nas_bert.distill import DistillResult, MappingResult, distill_student, map_student_layers
@@ -28,19 +29,12 @@ from nas_bert.errors import NasBertError
 from nas_bert.evaluate import EvaluationResult, evaluate_path
 from nas_bert.evaluation_config import STUDY_DATA_KEYS
 from nas_bert.export import ExportResult, export_front
-from nas_bert.latency import (
-    RUNTIME_LABEL,
-    RUNTIME_VARIANT,
-    LatencyReport,
-    device_fingerprint,
-    ensure_latency_model,
-    latency_report,
-)
+from nas_bert.latency import LatencyReport, device_fingerprint, ensure_latency_model, latency_report
 from nas_bert.record import Record
 from nas_bert.search import SearchResult, search
 from nas_bert.space import Architecture
 from nas_bert.store import Database, StageRow, fingerprint
-from nas_bert.study import Study
+from nas_bert.study import RUNTIME_LABEL, RUNTIME_VARIANT, Study
 from nas_bert.supernet import SupernetResult, train_supernet
 from nas_bert.teacher import embeddings_spec_of, load_teacher_config, teacher_identity
 
@@ -403,16 +397,6 @@ class RunResult(Record):
     runtime: str = "torch"  # the runtime the budgets are for (`latency.runtime`): the table's ms are its
 
 
-def rounds_seen(f: FinalistsResult, first_steps: int) -> list[list[int]]:
-    """How many finalists each round of successive halving distilled: [[steps, count], ...]."""
-    seen: dict[int, int] = {}
-    for r in f.finalists:
-        if not r.over_budget:
-            for steps in [int(x["steps"]) for x in r.rounds] if r.rounds else [first_steps]:
-                seen[steps] = seen.get(steps, 0) + 1
-    return [[k, v] for k, v in sorted(seen.items())]
-
-
 def run_study(study: Study, out: Path | None = None, echo: Callable[[str], None] = print) -> RunResult:
     """Stages 1-9 for every budget in `search.budgets_ms`, each skipped where it finished earlier from the same
     inputs (`PLAN`); returns a `RunResult`: the summary table's rows and the stages."""
@@ -420,7 +404,7 @@ def run_study(study: Study, out: Path | None = None, echo: Callable[[str], None]
         raise NasBertError(f"study file {study.file} lists no budgets; set search.budgets_ms, e.g. [8, 12], or "
                            "search.budgets_x, fractions of the teacher's latency, e.g. [0.25, 0.5]")
     check_study_data(study.cfg.evaluate)  # a missing file or column is one line now, not after hours of training
-    out = out or study.export_dir
+    out, runtime = out or study.export_dir, study.cfg.latency.runtime
     t0 = time.perf_counter()
     r = Runner(study, echo)
     shared_stages(r, study)
@@ -429,7 +413,7 @@ def run_study(study: Study, out: Path | None = None, echo: Callable[[str], None]
     budgets = list(relative)
     for b, x in relative.items():
         if x is not None:
-            echo(f"budget {x:g}x of the teacher's {teacher_ms:.2f} ms on {RUNTIME_LABEL[study.cfg.latency.runtime]} "
+            echo(f"budget {x:g}x of the teacher's {teacher_ms:.2f} ms on {RUNTIME_LABEL[runtime]} "
                  f"(timed when the latency model was fitted): {b:g} ms")
     students = {b: student_stages(r, study, b) for b in budgets}
     export_key = ",".join(f"{b:g}" for b in budgets)
@@ -451,8 +435,7 @@ def run_study(study: Study, out: Path | None = None, echo: Callable[[str], None]
             predicted_now_ms=m.predicted_now_ms if m else None, finalist_ms=chosen.measured_ms,
             finalist_judged_ms=chosen.judged_ms if chosen.judged_ms is not None else chosen.measured_ms,
             over_budget=chosen.over_budget or bool(m and m.over_budget), drift=m.drift if m else None,
-            measured_ms=m.measured_ms.get(RUNTIME_VARIANT[study.cfg.latency.runtime]) if m else None,
-            judged_ms=m.judged_ms if m else None,
+            measured_ms=m.measured_ms.get(RUNTIME_VARIANT[runtime]) if m else None, judged_ms=m.judged_ms if m else None,
             onnx_int8_ms=m.measured_ms.get("onnx_int8") if m else None, teacher_ms=m.teacher_ms if m else None,
             fidelity=e.fidelity, ood_fidelity=e.ood_fidelity, accuracy=e.accuracy, teacher_accuracy=e.teacher_accuracy,
             accuracy_ratio=e.accuracy_ratio, label_loyalty=e.label_loyalty, probability_loyalty=e.probability_loyalty,
@@ -460,8 +443,7 @@ def run_study(study: Study, out: Path | None = None, echo: Callable[[str], None]
             rounds=rounds_seen(s.finalists, study.cfg.search.finalist_steps),
             proxy_tau=s.finalists.kendall_tau_vs_fidelity.get("fidelity_before"),
             **{k: v for k in ("tasks", "pairs", "ood") if (v := getattr(e, k)) is not None}))
-    return RunResult(study=study.name, out=str(out), pareto_png=str(out / "pareto.png"), students=rows,
-                     runtime=study.cfg.latency.runtime,
+    return RunResult(study=study.name, out=str(out), pareto_png=str(out / "pareto.png"), students=rows, runtime=runtime,
                      stages=[StageRecord(stage=n, key=k, seconds=round(sec, 1), skipped=sk)
                              for n, k, sec, sk in r.done],
                      seconds=round(time.perf_counter() - t0, 1))

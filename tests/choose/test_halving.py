@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from nas_bert.choose.finalists import halve, margin, summarise
+from nas_bert.choose.ranking import halve, margin, rounds_seen, summarise
 
 
 def row(name: str, origin: str, fid: float, rounds: list[tuple[int, float]] | None = None, over: bool = False) -> dict:
@@ -72,8 +72,6 @@ def test_the_margin_is_judged_by_the_paired_interval_of_the_difference() -> None
 
 
 def test_the_rounds_seen_count_every_finalist_distilled_that_long() -> None:
-    from nas_bert.pipeline import rounds_seen
-
     rows = [row("searched", "search", 0.0, [(10, 0.70), (20, 0.80)]), row("truncated-3", "truncated", 0.0, [(10, 0.72), (20, 0.78)]),
             row("uniform-256", "uniform", 0.65), row("slow", "search", 0.99, over=True)]
     assert rounds_seen(summarise(STUDY, 5.0, rows), 10) == [[10, 3], [20, 2]]

@@ -1,0 +1,235 @@
+"""How a budget's finalists are ranked and how far the ranking can be trusted: their records, successive
+halving's cut, the choice, the margin against the best of the other kind (a paired bootstrap interval of the
+difference) and the proxies' agreement. Pure: no training, no database (`finalists` runs and stores them)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from pydantic import ConfigDict
+
+from nas_bert.evaluate import paired_interval
+from nas_bert.record import Record
+from nas_bert.search import SearchResult, kendall_tau
+from nas_bert.study import Study
+
+PAIRED_LEVEL = 0.9  # the level of the paired interval that says whether the budget's winner won beyond noise
+
+
+# -- the result ---------------------------------------------------------------------------------------
+class Finalist(Record):
+    """One finalist of a budget: who it is (a `Candidate`), what the cheap proxies and the timing run said, and its
+    short distillation's result. A key a finalist lacks stays absent (a hand-designed student has no approximate
+    loss; one measured over the budget was never distilled); keys of an older nas-bert's rows are kept."""
+
+    model_config = ConfigDict(extra="allow")
+    absent_unless_given: ClassVar[frozenset[str]] = frozenset({
+        "predicted_ms", "approx_loss", "rescored_loss", "approx_rank", "reserve", "predicted_now_ms", "judged_ms",
+        "fidelity_before", "fidelity", "fidelity_interval", "fidelity_bootstrap", "best_step", "seconds",
+        "scored_at_budget_ms", "rounds", "probe"})
+
+    name: str
+    origin: str  # one of ORIGINS
+    trial: int | None
+    hash: str
+    architecture: str
+    arch_json: str
+    params: int
+    predicted_ms: float | None = None  # the search's latency model (None: a module outside its table)
+    approx_loss: float | None = None
+    rescored_loss: float | None = None
+    approx_rank: int | None = None
+    reserve: bool | None = None  # timed in reserve, in the place of one of the top measured over the budget
+    predicted_now_ms: float | None = None  # the calibration refitted in the finalists' timing run
+    measured_ms: float
+    judged_ms: float | None = None  # the time the budget judges (`judged_ms`)
+    fidelity_before: float | None = None
+    fidelity: float | None = None  # held-out fidelity after the short distillation (NaN: too few texts)
+    fidelity_interval: list[float] | None = None
+    # the fidelity on each bootstrap resample of the held-out texts, the same resamples for every finalist (paired)
+    fidelity_bootstrap: list[float | None] | None = None
+    best_step: int | None = None
+    seconds: float | None = None
+    scored_at_budget_ms: float | None = None  # distilled for another budget of the study, under the same protocol
+    rounds: list[dict[str, Any]] | None = None  # successive halving: each round's steps and result (the last one's above)
+    probe: dict[str, float] | None = None  # with search.choose_by task:NAME: "task:NAME" -> the linear probe's accuracy
+    over_budget: bool
+
+    def first_fidelity(self) -> float | None:
+        """The fidelity after the first round, which every finalist the budget holds reached."""
+        return self.rounds[0].get("fidelity") if self.rounds else self.fidelity
+
+
+class Margin(Record):
+    """How the budget's student compares with the best finalist of the other kind (a hand-designed point if a
+    searched one won, else the best searched one), at the longest distillation both had."""
+
+    rival: str
+    rival_origin: str
+    steps: int
+    fidelity: float
+    rival_fidelity: float
+    delta: float  # fidelity - rival_fidelity
+    # the paired bootstrap interval of delta over the held-out texts (both students on the same resamples), at
+    # `level`; None for finalists scored before their resamples were kept
+    delta_interval: list[float] | None = None
+    level: float = PAIRED_LEVEL
+    beyond_interval: bool  # the paired interval of delta excludes 0 (before: the rival lies outside ours)
+
+
+class FinalistsResult(Record):
+    """Stage 5's result for one budget: the finalists ranked by fidelity, the student chosen and how far the
+    ranking can be trusted."""
+
+    absent_unless_given: ClassVar[frozenset[str]] = frozenset({"timing", "margin"})
+
+    study: str
+    budget_ms: float
+    finalists: list[Finalist]
+    chosen: Finalist
+    baseline_won: bool
+    over_budget: bool  # nothing the budget holds when measured: the fastest searched student, flagged
+    kendall_tau_vs_fidelity: dict[str, float | None]  # proxy -> tau with the fidelity ranking
+    runner_up: str | None
+    separated: bool  # the two best's intervals do not overlap
+    margin: Margin | None = None  # the chosen against the best of the other kind (searched vs hand-designed)
+    dropped_over_budget: list[str]
+    replacements: list[str]
+    timing: dict[str, Any] | None = None  # the timing run's record (drift, teacher_ms, refit_*); `choose` only
+
+
+class SearchReport(SearchResult):
+    """`nas-bert search`'s result: the budget's search and its finalists' choice."""
+
+    finalists: FinalistsResult
+
+
+class TruncatedReference(Record):
+    """The teacher's first `layers` layers, untouched, beside a budget's student: its measured time and fidelity."""
+
+    absent_unless_given: ClassVar[frozenset[str]] = frozenset({"ood_fidelity", "ood_cosine"})
+
+    name: str
+    layers: int
+    measured_ms: float
+    fidelity: float | None
+    cosine: float | None
+    ood_fidelity: float | None = None  # absent without out-of-domain texts (`evaluate.ood_texts` 0)
+    ood_cosine: float | None = None
+
+
+def criterion(study: Study) -> dict[str, float]:
+    """`search.choose_by` as weights: "fidelity" or "task:NAME" -> weight."""
+    by = getattr(study.cfg.search, "choose_by", "fidelity")  # a stand-in study of a unit test may lack it
+    return {by: 1.0} if isinstance(by, str) else dict(by)
+
+
+def halve(names: list[str], results: dict[str, dict[str, Any]], by: dict[str, float] | None = None) -> list[str]:
+    """Successive halving's cut: the better half (rounded up) of `names` by their latest result."""
+    return sorted(names, key=lambda n: _score(results[n], by), reverse=True)[: math.ceil(len(names) / 2)]
+
+
+def _score(r: dict[str, Any] | Finalist, by: dict[str, float] | None = None) -> tuple[int, float]:
+    """Rank key: the rounds reached, then the criterion at the last of them (`by`, search.choose_by's weights;
+    None: the fidelity). NaN or a missing probe: ranks last."""
+    get = r.get if isinstance(r, dict) else lambda k, d=None: getattr(r, k, d)
+    probe = get("probe") or {}
+    values = [(w, get("fidelity") if k == "fidelity" else probe.get(k)) for k, w in (by or {"fidelity": 1.0}).items()]
+    bad = any(v is None or math.isnan(v) for w, v in values if w)
+    return (len(get("rounds") or []), float("-inf") if bad else sum(w * v for w, v in values if w))
+
+
+def summarise(study: Study, budget_ms: float, rows: Sequence[Finalist | dict[str, Any]]) -> FinalistsResult:
+    """The ranking (the rounds of successive halving reached, then the fidelity in the last), the choice, the noise
+    of the ranking, the proxies' agreement with the first round's fidelity and the margin against the best of the
+    other kind (`rows`: the finalists, as `Finalist`s or their dicts)."""
+    finalists = [Finalist.model_validate(r) for r in rows]
+    ok = sorted((r for r in finalists if not r.over_budget), key=lambda r: _score(r, criterion(study)), reverse=True)
+    if ok:
+        chosen = ok[0]
+    else:  # nothing the budget holds when measured: the fastest searched student, flagged
+        chosen = min(finalists, key=lambda r: r.measured_ms)
+    searched = [r for r in ok if r.origin == "search"]
+    taus: dict[str, float | None] = {}
+    for proxy in ("approx_loss", "rescored_loss"):
+        pts = [(getattr(r, proxy), -r.first_fidelity()) for r in searched if getattr(r, proxy) is not None]
+        taus[proxy] = kendall_tau(*map(list, zip(*pts, strict=True))) if len(pts) >= 3 else None
+    # the zero-step fidelity of every finalist (searched and hand-designed) against its first round's
+    pts = [(-r.fidelity_before, -r.first_fidelity()) for r in ok if r.fidelity_before is not None]
+    taus["fidelity_before"] = kendall_tau(*map(list, zip(*pts, strict=True))) if len(pts) >= 3 else None
+    runner = ok[1] if len(ok) > 1 else None
+    return FinalistsResult(
+        study=study.name, budget_ms=budget_ms, finalists=finalists, chosen=chosen,
+        baseline_won=chosen.origin != "search", over_budget=chosen.over_budget,
+        kendall_tau_vs_fidelity=taus,
+        runner_up=runner.name if runner else None,
+        separated=bool(runner and told_apart(chosen, runner, study.cfg.search.finalist_steps)),
+        dropped_over_budget=[r.name for r in finalists if r.over_budget],
+        replacements=[r.name for r in finalists if r.reserve],
+        **({"margin": m} if (m := margin(chosen, ok, study.cfg.search.finalist_steps)) is not None else {}),
+    )
+
+
+def _rounds(r: Finalist, first_steps: int) -> dict[int, dict[str, Any]]:
+    """A finalist's results by the steps of short distillation they had."""
+    if r.rounds:
+        return {int(x["steps"]): x for x in r.rounds}
+    return {first_steps: {"fidelity": r.fidelity, "fidelity_interval": r.fidelity_interval,
+                          "fidelity_bootstrap": r.fidelity_bootstrap}}
+
+
+def _paired(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, float] | None:
+    """The paired interval of a's fidelity minus b's (two results of the same round), or None without resamples."""
+    x, y = a.get("fidelity_bootstrap"), b.get("fidelity_bootstrap")
+    if not x or not y or len(x) != len(y):
+        return None
+    lo, hi = paired_interval(x, y, PAIRED_LEVEL)
+    return None if math.isnan(lo) else (lo, hi)
+
+
+def told_apart(first: Finalist, second: Finalist, first_steps: int) -> bool:
+    """Whether the two best are told apart: the paired interval of their difference at the most steps both reached
+    lies above 0 (finalists scored before their resamples were kept: their own intervals do not overlap)."""
+    ours, theirs = _rounds(first, first_steps), _rounds(second, first_steps)
+    common = sorted(set(ours) & set(theirs))
+    paired = _paired(ours[common[-1]], theirs[common[-1]]) if common else None
+    if paired is not None:
+        return paired[0] > 0
+    a, b = first.fidelity_interval, second.fidelity_interval
+    return bool(a and b and b[1] < a[0])  # NaN: False
+
+
+def margin(chosen: Finalist, ok: list[Finalist], first_steps: int) -> Margin | None:
+    """The chosen student against the best-ranked finalist of the other kind, at the most steps both reached."""
+    rivals = [r for r in ok if (r.origin == "search") != (chosen.origin == "search")]
+    if not rivals or chosen.fidelity is None:
+        return None
+    rival = rivals[0]
+    ours, theirs = _rounds(chosen, first_steps), _rounds(rival, first_steps)
+    common = sorted(set(ours) & set(theirs))
+    if not common:
+        return None
+    a, b = ours[common[-1]], theirs[common[-1]]
+    if a.get("fidelity") is None or b.get("fidelity") is None:
+        return None
+    paired = _paired(a, b)
+    if paired is not None:  # the difference's own interval: beyond noise when it excludes 0
+        beyond = paired[0] > 0 or paired[1] < 0
+    else:  # finalists scored before their resamples were kept: the rival outside the chosen one's interval
+        lo, hi = a.get("fidelity_interval") or [math.nan, math.nan]
+        beyond = bool(not lo <= b["fidelity"] <= hi)
+    return Margin(rival=rival.name, rival_origin=rival.origin, steps=common[-1], fidelity=a["fidelity"],
+                  rival_fidelity=b["fidelity"], delta=a["fidelity"] - b["fidelity"],
+                  delta_interval=list(paired) if paired is not None else None, beyond_interval=beyond)
+
+
+def rounds_seen(f: FinalistsResult, first_steps: int) -> list[list[int]]:
+    """How many finalists each round of successive halving distilled: [[steps, count], ...]."""
+    seen: dict[int, int] = {}
+    for r in f.finalists:
+        if not r.over_budget:
+            for steps in [int(x["steps"]) for x in r.rounds] if r.rounds else [first_steps]:
+                seen[steps] = seen.get(steps, 0) + 1
+    return [[k, v] for k, v in sorted(seen.items())]
