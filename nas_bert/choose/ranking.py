@@ -180,6 +180,13 @@ def _rounds(r: Finalist, first_steps: int) -> dict[int, dict[str, Any]]:
                           "fidelity_bootstrap": r.fidelity_bootstrap}}
 
 
+def _last_common(a: Finalist, b: Finalist, first_steps: int) -> tuple[int, dict[str, Any], dict[str, Any]] | None:
+    """The most steps both finalists reached, and each one's result there (None: no round in common)."""
+    ours, theirs = _rounds(a, first_steps), _rounds(b, first_steps)
+    common = sorted(set(ours) & set(theirs))
+    return (common[-1], ours[common[-1]], theirs[common[-1]]) if common else None
+
+
 def _paired(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, float] | None:
     """The paired interval of a's fidelity minus b's (two results of the same round), or None without resamples."""
     x, y = a.get("fidelity_bootstrap"), b.get("fidelity_bootstrap")
@@ -192,9 +199,8 @@ def _paired(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, float] | None:
 def told_apart(first: Finalist, second: Finalist, first_steps: int) -> bool:
     """Whether the two best are told apart: the paired interval of their difference at the most steps both reached
     lies above 0 (finalists scored before their resamples were kept: their own intervals do not overlap)."""
-    ours, theirs = _rounds(first, first_steps), _rounds(second, first_steps)
-    common = sorted(set(ours) & set(theirs))
-    paired = _paired(ours[common[-1]], theirs[common[-1]]) if common else None
+    last = _last_common(first, second, first_steps)
+    paired = _paired(last[1], last[2]) if last else None
     if paired is not None:
         return paired[0] > 0
     a, b = first.fidelity_interval, second.fidelity_interval
@@ -207,11 +213,10 @@ def margin(chosen: Finalist, ok: list[Finalist], first_steps: int) -> Margin | N
     if not rivals or chosen.fidelity is None:
         return None
     rival = rivals[0]
-    ours, theirs = _rounds(chosen, first_steps), _rounds(rival, first_steps)
-    common = sorted(set(ours) & set(theirs))
-    if not common:
+    last = _last_common(chosen, rival, first_steps)
+    if last is None:
         return None
-    a, b = ours[common[-1]], theirs[common[-1]]
+    steps, a, b = last
     if a.get("fidelity") is None or b.get("fidelity") is None:
         return None
     paired = _paired(a, b)
@@ -220,7 +225,7 @@ def margin(chosen: Finalist, ok: list[Finalist], first_steps: int) -> Margin | N
     else:  # finalists scored before their resamples were kept: the rival outside the chosen one's interval
         lo, hi = a.get("fidelity_interval") or [math.nan, math.nan]
         beyond = bool(not lo <= b["fidelity"] <= hi)
-    return Margin(rival=rival.name, rival_origin=rival.origin, steps=common[-1], fidelity=a["fidelity"],
+    return Margin(rival=rival.name, rival_origin=rival.origin, steps=steps, fidelity=a["fidelity"],
                   rival_fidelity=b["fidelity"], delta=a["fidelity"] - b["fidelity"],
                   delta_interval=list(paired) if paired is not None else None, beyond_interval=beyond)
 
