@@ -2,6 +2,8 @@
 
     pip install -e ".[bench]"          # Model2Vec, for the static-embedding family
     python benchmarks/bench_baselines.py --config studies/demo.yaml
+    python benchmarks/bench_baselines.py --config studies/demo.yaml --budgets-from-study   # after `nas-bert run`
+    python benchmarks/bench_baselines.py --config my.yaml --budgets-from-study --families truncated,spread
 
 Budgets are fractions of the teacher's measured latency (default 1/2, 1/4, 1/8), rounded to
 --round ms so that a rerun on a slightly noisier machine lands on the same budgets; a budget at or below
@@ -48,7 +50,7 @@ from nas_bert.evaluate import EvaluationResult, evaluate_encoder, evaluate_path,
 from nas_bert.export import save_figure
 from nas_bert.latency import build_student, ensure_latency_model, measure_callables, measure_models
 from nas_bert.model import save_student
-from nas_bert.pipeline import Runner, shared_stages, student_stages
+from nas_bert.pipeline import Runner, fitted_teacher_ms, resolve_budgets, shared_stages, student_stages
 from nas_bert.record import Record
 from nas_bert.space import FAMILIES, Architecture, families
 from nas_bert.store import Database
@@ -227,11 +229,17 @@ def main() -> None:
     ap.add_argument("--fractions", default="0.5,0.25,0.125", help="budgets as fractions of the teacher's latency")
     ap.add_argument("--round", type=float, default=0.5, help="round budgets to this many ms")
     ap.add_argument("--budgets-from-study", action="store_true",
-                    help="use the study file's search.budgets_ms (the stages `nas-bert run` finished are reused)")
+                    help="use the study file's budgets (search.budgets_ms, and search.budgets_x of the teacher's latency "
+                         "at the fit: the stages `nas-bert run` finished are reused)")
     ap.add_argument("--only", default="", help="with --budgets-from-study: these of the study's budgets (ms, comma-separated)")
     ap.add_argument("--tolerance", type=float, default=0.05)
     ap.add_argument("--orders", default="importance,leading", help="ETD unit orders for the uniform family")
+    ap.add_argument("--families", default=",".join(FAMILIES),
+                    help=f"the hand-designed families to distil beside the NAS student (of {', '.join(FAMILIES)})")
     args = ap.parse_args()
+    wanted = [f for f in args.families.split(",") if f]
+    if unknown := sorted(set(wanted) - set(FAMILIES)):
+        sys.exit(f"--families {args.families}: unknown {', '.join(unknown)}; pick from {', '.join(FAMILIES)}")
     t0 = time.time()
     study = load_study(args.config)
     orders = [o for o in args.orders.split(",") if o]
@@ -240,7 +248,7 @@ def main() -> None:
     r = Runner(study)
     shared_stages(r, study)
     ctx = StudentContext.open(study)
-    cands = candidates(ctx)
+    cands = {n: (f, a) for n, (f, a) in candidates(ctx).items() if f in wanted}
     vocab = int(ctx.teacher.config.vocab_size)
 
     def time_teacher() -> TeacherTime:
@@ -250,8 +258,8 @@ def main() -> None:
     teacher_ms = r.stage("baseline-teacher-latency", "", ("latency",), time_teacher, TeacherTime).teacher_ms
     fractions = [float(f) for f in args.fractions.split(",")]
     budgets = [round(max(args.round, round(f * teacher_ms / args.round) * args.round), 6) for f in fractions]
-    if args.budgets_from_study:
-        budgets = list(study.cfg.search.budgets_ms)
+    if args.budgets_from_study:  # as `nas-bert run` resolves them: its finished stages are these budgets' stages
+        budgets = list(resolve_budgets(study, fitted_teacher_ms(study, r.db) if study.cfg.search.budgets_x else None))
         if args.only:
             only = [float(b) for b in args.only.split(",") if b]
             if not set(only) <= set(budgets):
@@ -294,7 +302,7 @@ def main() -> None:
         who = compact(nas_arch[b]) if chosen.origin == "search" else f"{chosen.name} (a baseline won the finalists)"
         rows.append({"budget_ms": b, "family": "NAS", "student": who, "architecture": str(nas_arch[b]),
                      "measured_ms": target, "params": nas_arch[b].params(), **{m: getattr(e, m) for m in METRICS}})
-        for family in FAMILIES:
+        for family in (f for f in FAMILIES if f in wanted):
             names = [n for n, (f, _) in cands.items() if f == family]
             if not names:  # no pruned family: the space has one feed-forward ratio
                 continue
