@@ -13,8 +13,8 @@ from sqlalchemy import select
 
 from nas_bert.distill import StudentContext
 from nas_bert.errors import NasBertError
-from nas_bert.search import optuna_study_name, recipe_hashes, storage_for
-from nas_bert.space import Architecture, families
+from nas_bert.search import fits_within, latency_error, optuna_study_name, recipe_hashes, storage_for
+from nas_bert.space import Architecture, families, neighbours
 from nas_bert.store import ArchitectureRow, Database
 from nas_bert.study import Study
 from nas_bert.supernet import pruned_architecture, truncated_architecture, uniform_architecture
@@ -76,6 +76,30 @@ def search_candidates(db: Database, study: Study, budget_ms: float) -> list[Cand
         if h not in core:
             proxies["reserve"] = True
         out.append(Candidate(name, "search", Architecture.from_json(r.arch_json), t.number, proxies))
+    return out
+
+
+def shrunk_reserves(cands: list[Candidate], space: Any, latency: Any, top: int, taken: set[str] = frozenset()
+                    ) -> list[Candidate]:
+    """Per searched student among the top `top` by approximate loss, its nearest smaller point in reserve: of the
+    points one step from it (`space.neighbours`) the slowest predicted at most its own prediction less the latency
+    model's leave-one-out error, named "<student>.<move>". A searched student grown to the budget's edge that is
+    measured over the budget is then replaced by itself one step smaller, not by a student of another shape
+    (its reserves of the same edge are measured over with it). `taken`: hashes of students already finalists."""
+    cut = 1 - max(latency_error(latency), 0.03)  # a step of 3% at least
+    out = []
+    for c in cands:
+        if c.origin != "search" or c.proxies.get("reserve") or c.proxies.get("approx_rank", top) >= top:
+            continue
+        predicted = latency.predict(c.arch)
+        moves = {m: a for m, a in neighbours(space, c.arch, fits_within(latency, predicted * cut)).items()
+                 if a.hash() not in taken}
+        if not moves:
+            continue
+        move, arch = max(moves.items(), key=lambda kv: (latency.predict(kv[1]), kv[0]))
+        out.append(Candidate(f"{c.name}.{move}", "search", arch, None,
+                             {"predicted_ms": latency.predict(arch), "approx_rank": c.proxies["approx_rank"],
+                              "reserve": True, "shrunk_of": c.name}))
     return out
 
 

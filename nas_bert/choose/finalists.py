@@ -22,7 +22,14 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from tqdm.auto import tqdm
 
-from nas_bert.choose.candidates import ORIGINS, Candidate, baseline_family, family_to_time, search_candidates
+from nas_bert.choose.candidates import (
+    ORIGINS,
+    Candidate,
+    baseline_family,
+    family_to_time,
+    search_candidates,
+    shrunk_reserves,
+)
 from nas_bert.choose.ranking import (  # the records and the ranking, re-exported: `choose` returns them
     Finalist,
     FinalistsResult,
@@ -125,6 +132,9 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
                  if c.arch.hash() in points else c for c in cands]
         family = family_to_time(family, lat.predict, budget_ms)
         cands = [c for c in cands if c.name not in family]
+    if study.space.layer_slots:  # each of the top one step smaller, in reserve for one measured over the budget
+        taken = {c.arch.hash() for c in [*cands, *family.values()]}
+        cands += shrunk_reserves(cands, study.space, lat, cfg.rescore_top, taken)
     ms, timing = measured_ms(ctx, [*cands, *family.values()], budget_ms, progress)
     predict_now(lat, [*cands, *family.values()], timing)
     everyone = {c.name: c for c in [*cands, *family.values()]}

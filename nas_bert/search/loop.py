@@ -120,12 +120,16 @@ def seed_architectures(ctx: SearchContext, budget_ms: float) -> dict[str, Archit
     return out
 
 
-def grow_limit(latency: LatencyModel, budget_ms: float) -> float:
-    """The latency a grown point may be predicted at: the budget less the latency model's leave-one-out error
-    (its calibration's mean absolute percentage error over the students timed end to end; none when unknown)."""
+def latency_error(latency: LatencyModel) -> float:
+    """The latency model's leave-one-out error as a fraction (its calibration's mean absolute percentage error over
+    the students timed end to end); 0 when unknown."""
     mape = getattr(getattr(latency, "calibration", None), "loo_mape", float("nan"))
-    margin = min(max(float(mape), 0.0), 50.0) / 100 if math.isfinite(mape) else 0.0
-    return budget_ms * (1 - margin)
+    return min(max(float(mape), 0.0), 50.0) / 100 if math.isfinite(mape) else 0.0
+
+
+def grow_limit(latency: LatencyModel, budget_ms: float) -> float:
+    """The latency a grown point may be predicted at: the budget less the latency model's leave-one-out error."""
+    return budget_ms * (1 - latency_error(latency))
 
 
 def fits_within(latency: LatencyModel, limit_ms: float):

@@ -212,6 +212,9 @@ def load_teacher_config(name: str) -> Any:
     return family.with_bert_names(config) if family is not None else config
 
 
+_TOLD_NO_HEAD: set[str] = set()  # teachers whose missing masked-LM head this process has reported
+
+
 def load_teacher(name: str, device: torch.device | str = "cpu") -> Teacher:
     """Load an encoder teacher (BertModel, BertForMaskedLM and the like) in eval mode, frozen."""
     hf_logging.set_verbosity_error()  # unused pooler weights are expected, not worth a report
@@ -232,9 +235,11 @@ def load_teacher(name: str, device: torch.device | str = "cpu") -> Teacher:
         absent = sorted(k for k in info["missing_keys"] if not k.startswith(f"{full.base_model_prefix}."))
         if absent:
             mlm = None
-            print(f"teacher '{name}': config.json names {archs[0]} but the checkpoint has no masked-LM head "
-                  f"({len(absent)} weights missing, e.g. {absent[0]}); it is used without one (no logit distillation)",
-                  file=sys.stderr)
+            if name not in _TOLD_NO_HEAD:  # said once per process: every stage loads the teacher again
+                _TOLD_NO_HEAD.add(name)
+                print(f"teacher '{name}': config.json names {archs[0]} but the checkpoint has no masked-LM head "
+                      f"({len(absent)} weights missing, e.g. {absent[0]}); it is used without one (no logit "
+                      "distillation)", file=sys.stderr)
     else:
         encoder = AutoModel.from_pretrained(source, add_pooling_layer=False) if family.pooler else AutoModel.from_pretrained(source)
     family.with_bert_names(encoder.config)

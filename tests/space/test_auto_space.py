@@ -264,3 +264,50 @@ def test_local_search_climbs_from_the_best_feasible_point() -> None:
     assert len(moved) > len(queued) and feasible == moved  # climbed past the first step, never over the budget
     best = min(feasible, key=lambda t: t.values[0])
     assert best.values[1] > 2 * start.params() / 1e3  # it spent most of the budget the seed left
+
+
+def test_a_top_searched_student_has_itself_one_step_smaller_in_reserve() -> None:
+    """A searched student grown to the budget's edge may be measured over it, and so may the reserves of the same
+    edge: each of the top is timed beside its nearest smaller point (a neighbour predicted at least the latency
+    model's error below it), which takes its place if it is dropped."""
+    from nas_bert.choose import Candidate, replace_over_budget
+    from nas_bert.choose.candidates import shrunk_reserves
+    from nas_bert.latency.calibration import Calibration
+    from nas_bert.space import grown as grow
+    from nas_bert.space import neighbours
+
+    space = auto_for(BERT_BASE)
+
+    class Cost:  # parameters as milliseconds; leave-one-out error 5%
+        calibration = Calibration(loo_mape=5.0)
+
+        def predict(self, a: Architecture) -> float:
+            return a.params() / 1e6
+
+    points = families(space, EMB)
+    grown = grow(space, points["truncated-5"][1], lambda a: a.params() / 1e6 if a.params() / 1e6 <= 70 else None)[7]
+    top = Candidate("truncated-5+layer7", "search", grown, 9, {"approx_rank": 0})
+    second = Candidate("trial-3", "search", points["spread-4"][1], 3, {"approx_rank": 1})
+    low = Candidate("trial-8", "search", points["truncated-2"][1], 8, {"approx_rank": 2})
+    lat = Cost()
+    (shrunk,) = shrunk_reserves([top, low], space, lat, top=2)  # only the top 2 by approximate loss
+    assert shrunk.name.startswith("truncated-5+layer7.") and shrunk.proxies["shrunk_of"] == top.name
+    assert shrunk.proxies["reserve"] and shrunk.arch.hash() in {a.hash() for a in neighbours(
+        space, grown, lambda a: lat.predict(a)).values()}
+    assert lat.predict(shrunk.arch) <= 0.95 * lat.predict(grown)
+    # the slowest such neighbour: no other one step away fits between it and the cut
+    others = neighbours(space, grown, lambda a: lat.predict(a) if lat.predict(a) <= 0.95 * lat.predict(grown) else None)
+    assert lat.predict(shrunk.arch) == max(lat.predict(a) for a in others.values())
+    assert shrunk_reserves([top], space, lat, top=2, taken={shrunk.arch.hash()})[0].arch != shrunk.arch
+
+    # measured over the budget, the top student gives way to itself one step smaller, before any other reserve
+    reserve = Candidate("trial-5", "search", points["spread-3"][1], 5, {"approx_rank": 2, "reserve": True})
+    judged = {top.name: 10.5, second.name: 9.0, shrunk.name: 9.8, reserve.name: 8.0}
+    out = replace_over_budget([top, second, reserve, shrunk], judged, 10.0, top=2)
+    assert [c.name for c in out] == [top.name, second.name, shrunk.name]
+    judged[shrunk.name] = 10.2  # over too: the next reserve by approximate loss
+    assert [c.name for c in replace_over_budget([top, second, reserve, shrunk], judged, 10.0, top=2)] == [
+        top.name, second.name, reserve.name]
+    judged[top.name] = 9.9  # the top holds: no reserve is used
+    assert [c.name for c in replace_over_budget([top, second, reserve, shrunk], judged, 10.0, top=2)] == [
+        top.name, second.name]

@@ -95,6 +95,7 @@ def test_a_masked_lm_class_without_its_head_in_the_checkpoint_is_used_without_on
     assert teacher.mlm is None and teacher.use != "mlm"
     (line,) = [x for x in capsys.readouterr().err.splitlines() if "masked-LM head" in x]
     assert "BertForMaskedLM" in line and "cls.predictions" in line and "no logit distillation" in line
+    assert load_teacher(str(tmp_path)).mlm is None and "masked-LM head" not in capsys.readouterr().err  # said once
     ids = torch.tensor([[101, 2000, 102]])
     with torch.no_grad():  # the encoder is the checkpoint's own
         assert torch.allclose(teacher.hidden_states(ids)[-1], encoder(ids).last_hidden_state, atol=1e-6)
