@@ -81,25 +81,27 @@ def search_candidates(db: Database, study: Study, budget_ms: float) -> list[Cand
 
 def shrunk_reserves(cands: list[Candidate], space: Any, latency: Any, top: int, taken: set[str] = frozenset()
                     ) -> list[Candidate]:
-    """Per searched student among the top `top` by approximate loss, its nearest smaller point in reserve: of the
-    points one step from it (`space.neighbours`) the slowest predicted at most its own prediction less the latency
-    model's leave-one-out error, named "<student>.<move>". A searched student grown to the budget's edge that is
-    measured over the budget is then replaced by itself one step smaller, not by a student of another shape
-    (its reserves of the same edge are measured over with it). `taken`: hashes of students already finalists."""
-    cut = 1 - max(latency_error(latency), 0.03)  # a step of 3% at least
+    """Per searched student among the top `top` by approximate loss, its nearest smaller point in reserve, named
+    "<student>.<move>": of the points one step from it (`space.neighbours`) that are no finalist already (`taken`:
+    their hashes), the slowest predicted at least the latency model's leave-one-out error (3% at the least) below
+    it, else the slowest predicted below it at all. A searched student grown to the budget's edge that is measured
+    over the budget is then replaced by itself one step smaller, not by a student of another shape (its reserves
+    of the same edge are measured over with it)."""
+    cut = 1 - max(latency_error(latency), 0.03)
     out = []
     for c in cands:
         if c.origin != "search" or c.proxies.get("reserve") or c.proxies.get("approx_rank", top) >= top:
             continue
         predicted = latency.predict(c.arch)
-        moves = {m: a for m, a in neighbours(space, c.arch, fits_within(latency, predicted * cut)).items()
-                 if a.hash() not in taken}
+        moves = {m: (ms, a) for m, a in neighbours(space, c.arch, fits_within(latency, predicted)).items()
+                 if (ms := latency.predict(a)) < predicted and a.hash() not in taken}
         if not moves:
             continue
-        move, arch = max(moves.items(), key=lambda kv: (latency.predict(kv[1]), kv[0]))
+        clear = {m: v for m, v in moves.items() if v[0] <= predicted * cut} or moves
+        move, (ms, arch) = max(clear.items(), key=lambda kv: (kv[1][0], kv[0]))
         out.append(Candidate(f"{c.name}.{move}", "search", arch, None,
-                             {"predicted_ms": latency.predict(arch), "approx_rank": c.proxies["approx_rank"],
-                              "reserve": True, "shrunk_of": c.name}))
+                             {"predicted_ms": ms, "approx_rank": c.proxies["approx_rank"], "reserve": True,
+                              "shrunk_of": c.name}))
     return out
 
 

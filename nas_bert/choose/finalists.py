@@ -132,10 +132,13 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
                  if c.arch.hash() in points else c for c in cands]
         family = family_to_time(family, lat.predict, budget_ms)
         cands = [c for c in cands if c.name not in family]
-    if study.space.layer_slots:  # each of the top one step smaller, in reserve for one measured over the budget
-        taken = {c.arch.hash() for c in [*cands, *family.values()]}
-        cands += shrunk_reserves(cands, study.space, lat, cfg.rescore_top, taken)
-    ms, timing = measured_ms(ctx, [*cands, *family.values()], budget_ms, progress)
+    shrunk = shrunk_reserves(cands, study.space, lat, cfg.rescore_top,
+                             {c.arch.hash() for c in [*cands, *family.values()]}) if study.space.layer_slots else []
+    # each of the top one step smaller, in reserve for one measured over the budget (a budget timed before they
+    # were reserves goes on without them)
+    ms, timing = measured_ms(ctx, [*cands, *shrunk, *family.values()], budget_ms, progress,
+                             optional=frozenset(c.name for c in shrunk))
+    cands += [c for c in shrunk if c.name in ms]
     predict_now(lat, [*cands, *family.values()], timing)
     everyone = {c.name: c for c in [*cands, *family.values()]}
     judged = {name: judged_ms(v, timing.get("drift"), host_speed(everyone[name].proxies)) for name, v in ms.items()}

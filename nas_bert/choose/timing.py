@@ -43,8 +43,8 @@ def _model(arch: Architecture, origin: str) -> torch.nn.Module:
     return build_student(arch, reorder=reorders(arch))
 
 
-def measured_ms(ctx: StudentContext, cands: list[Candidate], budget_ms: float,
-                progress: bool = True) -> tuple[dict[str, float], dict[str, Any]]:
+def measured_ms(ctx: StudentContext, cands: list[Candidate], budget_ms: float, progress: bool = True,
+                optional: frozenset[str] = frozenset()) -> tuple[dict[str, float], dict[str, Any]]:
     """End-to-end latency of each candidate on the study's latency device (name -> ms): all of one budget's
     candidates, the teacher and the latency model's calibration students timed in one interleaved run.
 
@@ -57,7 +57,9 @@ def measured_ms(ctx: StudentContext, cands: list[Candidate], budget_ms: float,
     (rows "model:<budget>:<origin>:<hash>"), so a resumed choice measures nothing again. Returns the times
     and the run's record: the drift, the teacher's time and the refitted calibration (refit_a, refit_c, refit_w,
     refit_b); each calibration student's time stays in the rows "calibration:<budget>:<teacher>:<index>". The rows
-    are the study's own: another study sharing the database times its finalists in its own run.
+    are the study's own: another study sharing the database times its finalists in its own run. Candidates named
+    in `optional` that the budget's run (done before) did not time are left out of the times, not timed alone:
+    students are compared within one run only.
     """
     cfg = ctx.study.cfg.latency
     fp, study = device_fingerprint(cfg), ctx.study.name
@@ -68,7 +70,8 @@ def measured_ms(ctx: StudentContext, cands: list[Candidate], budget_ms: float,
     with ctx.db.session() as s:
         known = {r.key: r.ms for r in s.scalars(select(LatencyRow).where(
             LatencyRow.fingerprint == fp, LatencyRow.study == study, LatencyRow.key.in_([*keys.values(), *extra.values()])))}
-    if any(k not in known for k in keys.values()):
+    missing = {name for name, key in keys.items() if key not in known}
+    if missing and (extra["drift"] not in known or not missing <= optional):
         emb = ctx.teacher.embeddings_spec()
         lat = ensure_latency_model(ctx.db, ctx.study.space, emb, cfg, progress=False)
         recal = calibration_architectures(ctx.study.space, emb, cfg, lat)
@@ -91,7 +94,8 @@ def measured_ms(ctx: StudentContext, cands: list[Candidate], budget_ms: float,
             known.update({r.key: r.ms for r in s.scalars(select(LatencyRow).where(
                 LatencyRow.fingerprint == fp, LatencyRow.study == study,
                 LatencyRow.key.in_([*keys.values(), *extra.values()])))})
-    return {name: known[key] for name, key in keys.items()}, {k: known.get(key) for k, key in extra.items()}
+    return ({name: known[key] for name, key in keys.items() if key in known},
+            {k: known.get(key) for k, key in extra.items()})
 
 
 def time_finalists(lat: LatencyModel, space: SearchSpace, emb: Embeddings, cands: list[tuple[dict[str, Any], str]],

@@ -18,7 +18,7 @@ from nas_bert.supernet import train_supernet
 from nas_bert.teacher import embeddings_spec_of, load_teacher_config
 
 
-def test_search_and_finalists_on_the_space_made_from_the_teacher(tmp_path) -> None:
+def test_search_and_finalists_on_the_space_made_from_the_teacher(tmp_path, monkeypatch) -> None:
     data = yaml.safe_load((ROOT / "studies" / "tiny.yaml").read_text())
     data.update(copy.deepcopy(FAST))  # FAST is shared by the session's other studies: never edit it in place
     data["search_space"] = "auto"
@@ -42,7 +42,18 @@ def test_search_and_finalists_on_the_space_made_from_the_teacher(tmp_path) -> No
     by_seed = {t.user_attrs["seed"]: t for t in trials if "seed" in t.user_attrs}
     recipe_hashes = {a.hash() for _, a in points.values()}
     assert all(by_seed[s].user_attrs["arch_hash"] not in recipe_hashes for s in grown)
+    from nas_bert.choose import finalists as F
+    timed_names, measure = [], F.measured_ms
+
+    def spy(ctx, cands, budget_ms, progress=True, optional=frozenset()):
+        timed_names.extend(c.name for c in cands)
+        return measure(ctx, cands, budget_ms, progress, optional)
+
+    monkeypatch.setattr(F, "measured_ms", spy)
     fin = choose(study, 5.0, progress=False)
+    # each of the top searched students was timed beside itself one step smaller, in reserve
+    shrunk = [n for n in timed_names if "." in n]
+    assert shrunk and all(n.split(".")[0] in timed_names for n in shrunk), timed_names
     origins = {f.origin for f in fin.finalists}
     assert origins & set(FAMILIES), origins  # hand-designed points judged as their families
     names = {f.name for f in fin.finalists}
@@ -58,6 +69,20 @@ def test_search_and_finalists_on_the_space_made_from_the_teacher(tmp_path) -> No
     # resumable: a second call recomputes nothing and chooses the same
     again = choose(study, 5.0, progress=False)
     assert again.chosen.name == fin.chosen.name and again.chosen.fidelity == fin.chosen.fidelity
+    # a budget timed before a student became a reserve (a study from an older nas-bert) goes on without it:
+    # students are compared within one timing run, so nothing is timed again
+    from nas_bert.choose import Candidate
+    from nas_bert.choose import timing as T
+
+    def boom(*a, **k):
+        raise AssertionError("the budget's finalists were timed again")
+
+    newcomer = Candidate("newcomer", "search", points["truncated-1"][1], None,
+                         {"reserve": True, "shrunk_of": fin.chosen.name, "approx_rank": 0})
+    monkeypatch.setattr(T, "time_finalists", boom)
+    monkeypatch.setattr(F, "shrunk_reserves", lambda *a, **k: [newcomer])
+    later = choose(study, 5.0, progress=False)
+    assert later.chosen.name == fin.chosen.name and "newcomer" not in {f.name for f in later.finalists}
     # what export and status read back from the finalists' rows is the same choice, ranked by the last rounds
     from nas_bert.choose import chosen_finalist
     from nas_bert.store import Database

@@ -355,7 +355,7 @@ def test_the_budget_judges_times_at_the_fitted_speed_only_to_tighten(searched_ti
                                                                         "search.finalist_baselines": False})
     drift = {"now": 0.8}
 
-    def timed(ctx, cands, budget_ms, progress=True):  # the first searched finalist at 4.5 ms, the rest at 5.5
+    def timed(ctx, cands, budget_ms, progress=True, optional=frozenset()):  # the first searched finalist at 4.5 ms, the rest at 5.5
         names = [c.name for c in cands]
         return ({n: 4.5 if i == 0 else 5.5 for i, n in enumerate(names)},
                 {"drift": drift["now"], "teacher_ms": 20.0})
@@ -389,7 +389,7 @@ def test_a_top_student_measured_over_budget_is_replaced_by_the_next(searched_tin
     best = next(c for c in cands if c.proxies.get("approx_rank") == 0)
     assert reserve and all(c.proxies["approx_rank"] >= study.cfg.search.rescore_top for c in reserve)
 
-    def timed(ctx, cands, budget_ms, progress=True):
+    def timed(ctx, cands, budget_ms, progress=True, optional=frozenset()):
         return {c.name: 6.0 if c.name == best.name else 4.0 for c in cands}, {"drift": 1.0, "teacher_ms": 20.0}
 
     monkeypatch.setattr(F, "measured_ms", timed)
@@ -427,7 +427,7 @@ def test_a_student_scored_at_another_budget_is_not_distilled_again(searched_tiny
     path = copy_study(searched_tiny, tmp_path)
     study = load_study(path, overrides={"search.finalist_steps": 2, "distill.val_batches": 2,
                                         "search.finalist_baselines": False})
-    monkeypatch.setattr(F, "measured_ms", lambda ctx, cands, budget_ms, progress=True: (
+    monkeypatch.setattr(F, "measured_ms", lambda ctx, cands, budget_ms, progress=True, optional=frozenset(): (
         {c.name: 4.0 for c in cands}, {"drift": 1.0, "teacher_ms": 20.0}))
     first = {r.name: r for r in choose(study, 5.0, progress=False).finalists}
     db = Database(study.db_url)
