@@ -254,7 +254,7 @@ def plan(study: Study, teacher_ms: float | None = None) -> list[tuple[str, str, 
     """Every stage `nas-bert run` runs for this study, in order: (name, key, upstream (name, key) pairs); the
     budgets given as fractions of the teacher's latency only once `teacher_ms` is known."""
     ms = list(resolve_budgets(study, teacher_ms))
-    budgets = [f"{b:g}ms" for b in ms]
+    budgets = [f"{b:g}ms" for b in sorted(ms, reverse=True)]  # the largest first: its search's small points seed the next
     out = [("supernet", "", ()), ("latency", "", ())]
     for k in budgets:
         out += [(n, k, tuple((u, _key_of(u, k)) for u in PLAN[n][1]))

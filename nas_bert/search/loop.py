@@ -171,6 +171,33 @@ def family_seeds(ctx: SearchContext, budget_ms: float, keep: int = 3) -> dict[st
     return out
 
 
+def carried_points(ctx: SearchContext, budget_ms: float, keep: int) -> list[Architecture]:
+    """The `keep` best points the study has scored with this supernet (other budgets' searches: `nas-bert run`
+    searches the largest budget first) that the latency model predicts within this budget, hand-designed points
+    apart (they are seeds already). A larger budget's search explores small points too; at a small budget
+    they start the search where its own sampler may take hundreds of trials to get, and they compete with
+    its own trials by the proxy (each is scored again as a trial of this search)."""
+    space, emb = ctx.study.space, ctx.teacher.embeddings_spec()
+    recipes = {a.hash() for _, a in families(space, emb).values()}
+    with ctx.db.session() as s:
+        rows = s.execute(select(ArchitectureRow.hash, ArchitectureRow.arch_json).where(
+            ArchitectureRow.study == ctx.study.name, ArchitectureRow.checkpoint_sha == ctx.checkpoint_sha,
+            ArchitectureRow.approx_loss.is_not(None)).order_by(ArchitectureRow.approx_loss, ArchitectureRow.hash)).all()
+    out: list[Architecture] = []
+    for h, arch_json in rows:
+        if len(out) >= keep:
+            break
+        if h in recipes:
+            continue
+        try:
+            arch = Architecture.from_json(arch_json).validate(space)
+            if ctx.latency.predict(arch) <= budget_ms:
+                out.append(arch)
+        except NasBertError:  # a point of an earlier space file
+            continue
+    return out
+
+
 def local_search(ctx: SearchContext, budget_ms: float):
     """An Optuna callback: whenever no queued trial is left, the best feasible trial by the proxy, if its
     neighbours were not queued yet, has every point one step from it that fits (`space.families.neighbours`, to
@@ -321,6 +348,8 @@ def run_worker(study: Study, budget_ms: float, n_trials: int, worker: int = 0, c
     if not study_.get_trials(deepcopy=False):  # a new search: the seed students go first
         for seed, arch in seed_architectures(ctx, budget_ms).items():
             study_.enqueue_trial(trial_params(arch, study.space), user_attrs={"seed": seed}, skip_if_exists=True)
+        for arch in carried_points(ctx, budget_ms, 2 * cfg.rescore_top):
+            study_.enqueue_trial(trial_params(arch, study.space), user_attrs={"carried": True}, skip_if_exists=True)
     wait_for_stale(study_, storage, cfg)
     done = len(study_.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     if done >= n_trials:

@@ -311,3 +311,55 @@ def test_a_top_searched_student_has_itself_one_step_smaller_in_reserve() -> None
     judged[top.name] = 9.9  # the top holds: no reserve is used
     assert [c.name for c in replace_over_budget([top, second, reserve, shrunk], judged, 10.0, top=2)] == [
         top.name, second.name]
+
+
+def test_a_search_starts_from_the_best_points_the_study_scored_under_its_budget(tmp_path) -> None:
+    """Points a larger budget's search scored with the same supernet seed a smaller budget's search: the best by
+    the proxy that the latency model predicts within the budget, hand-designed points and points scored with
+    another supernet left out."""
+    from nas_bert.search.loop import carried_points
+    from nas_bert.store import ArchitectureRow, Database
+
+    space = auto_for(BERT_BASE)
+    fam = families(space, EMB)
+    db = Database(f"sqlite:///{tmp_path / 'study.db'}")
+    rng = random.Random(0)
+    points = {a.hash(): a for a in (sample(space, EMB, rng).validate(space) for _ in range(40))}
+    points = {h: a for h, a in points.items() if h not in {b.hash() for _, b in fam.values()}}
+    budget = sorted(a.params() for a in points.values())[len(points) // 2] / 1e6
+    loss = {h: rng.random() for h in points}
+    recipe = fam["truncated-1"][1]
+    with db.session() as s:
+        for h, a in [*points.items(), (recipe.hash(), recipe)]:
+            s.add(ArchitectureRow(study="s", hash=h, arch_json=a.canonical_json(), params=a.params(), flops=0,
+                                  checkpoint_sha="sha", predicted_ms=0.0, approx_loss=loss.get(h, -1.0)))
+        other = sample(space, EMB, rng)  # the best loss of all, but scored with another supernet
+        s.add(ArchitectureRow(study="s", hash=other.hash(), arch_json=other.canonical_json(), params=0, flops=0,
+                              checkpoint_sha="old", predicted_ms=0.0, approx_loss=-2.0))
+        s.add(ArchitectureRow(study="t", hash=other.hash(), arch_json=other.canonical_json(), params=0, flops=0,
+                              checkpoint_sha="sha", predicted_ms=0.0, approx_loss=-2.0))  # another study's
+
+    class Cost:
+        def predict(self, a: Architecture) -> float:
+            return a.params() / 1e6
+
+    ctx = SimpleNamespace(study=SimpleNamespace(space=space, name="s"), teacher=SimpleNamespace(embeddings_spec=lambda: EMB),
+                          latency=Cost(), db=db, checkpoint_sha="sha")
+    fits = sorted((loss[h], h) for h, a in points.items() if a.params() / 1e6 <= budget)
+    assert 3 < len(fits) < len(points)
+    got = carried_points(ctx, budget, 3)
+    assert [a.hash() for a in got] == [h for _, h in fits[:3]]
+    assert len(carried_points(ctx, budget, 100)) == len(fits)
+    assert carried_points(ctx, 0.0, 3) == []
+    db.dispose()
+
+
+def test_run_searches_the_largest_budget_first(tiny_study_file) -> None:
+    from nas_bert.pipeline import plan
+    from nas_bert.study import load_study
+
+    study = load_study(tiny_study_file)
+    study.cfg.search.budgets_ms = [2.0, 9.0, 5.0]
+    searches = [key for name, key, _ in plan(study) if name == "search"]
+    assert searches == ["9ms", "5ms", "2ms"]
+    assert [key for name, key, _ in plan(study) if name == "export"] == ["2,9,5"]
