@@ -254,7 +254,7 @@ def plan(study: Study, teacher_ms: float | None = None) -> list[tuple[str, str, 
     """Every stage `nas-bert run` runs for this study, in order: (name, key, upstream (name, key) pairs); the
     budgets given as fractions of the teacher's latency only once `teacher_ms` is known."""
     ms = list(resolve_budgets(study, teacher_ms))
-    budgets = [f"{b:g}ms" for b in sorted(ms, reverse=True)]  # the largest first: its search's small points seed the next
+    budgets = [f"{b:g}ms" for b in sorted(ms, reverse=True)]  # as `run`: the largest first
     out = [("supernet", "", ()), ("latency", "", ())]
     for k in budgets:
         out += [(n, k, tuple((u, _key_of(u, k)) for u in PLAN[n][1]))
@@ -415,14 +415,14 @@ def run_study(study: Study, out: Path | None = None, echo: Callable[[str], None]
         if x is not None:
             echo(f"budget {x:g}x of the teacher's {teacher_ms:.2f} ms on {RUNTIME_LABEL[runtime]} "
                  f"(timed when the latency model was fitted): {b:g} ms")
-    students = {b: student_stages(r, study, b) for b in budgets}
+    students = {b: student_stages(r, study, b) for b in sorted(budgets, reverse=True)}  # largest first: `carried_points`
     export_key = ",".join(f"{b:g}" for b in budgets)
     x = r.stage("export", export_key, None, lambda: export_front(study, out, budgets, overwrite=True,
                                                                command=f"nas-bert run --config {study.file}"),
                 ExportResult, after=tuple(("evaluate", f"{b:g}ms") for b in budgets))
     measured = {st.hash: st for st in x.students}
     rows = []
-    for b, s in students.items():
+    for b, s in sorted(students.items(), key=lambda kv: budgets.index(kv[0])):  # rows in the file's order
         e, chosen = s.evaluate, s.chosen
         m = measured.get(s.distill.arch_hash)
         # beside each student, the untouched truncated teacher of the nearest measured latency

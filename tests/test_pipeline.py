@@ -91,3 +91,7 @@ def test_run_kill_and_resume(tmp_path):
     assert not any(ran[(stage, f"{extra:g}ms")] for stage in stages)
     assert ran[("export", f"5,{extra:g}")] is False
     assert {r["budget_ms"]: r["budget_x"] for r in result["students"]} == {5.0: None, extra: 0.9}
+    # the largest budget is searched first (its small points seed the next); the rows keep the file's order
+    searched = [float(s["key"][:-2]) for s in result["stages"] if s["stage"] == "search"]
+    assert searched == sorted([5.0, extra], reverse=True)
+    assert [r["budget_ms"] for r in result["students"]] == [5.0, extra]
