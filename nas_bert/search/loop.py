@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from nas_bert.errors import NasBertError
 from nas_bert.latency import LatencyModel
 from nas_bert.search.context import SearchContext, open_context
-from nas_bert.search.front import SearchResult, finish_search
+from nas_bert.search.front import SearchResult, finish_search, recipe_hashes
 from nas_bert.search.shrinking import ShrinkingSampler, describe
 from nas_bert.search.storage import adopt_unkeyed, own_study_name, storage_for
 from nas_bert.search.trial_space import suggest_architecture, trial_params
@@ -177,12 +177,11 @@ def carried_points(ctx: SearchContext, budget_ms: float, keep: int) -> list[Arch
     apart (they are seeds already). A larger budget's search explores small points too; at a small budget
     they start the search where its own sampler may take hundreds of trials to get, and they compete with
     its own trials by the proxy (each is scored again as a trial of this search)."""
-    space, emb = ctx.study.space, ctx.teacher.embeddings_spec()
-    recipes = {a.hash() for _, a in families(space, emb).values()}
+    space, recipes = ctx.study.space, recipe_hashes(ctx.study, ctx.teacher.embeddings_spec())
     with ctx.db.session() as s:
         rows = s.execute(select(ArchitectureRow.hash, ArchitectureRow.arch_json).where(
-            ArchitectureRow.study == ctx.study.name, ArchitectureRow.checkpoint_sha == ctx.checkpoint_sha,
-            ArchitectureRow.approx_loss.is_not(None)).order_by(ArchitectureRow.approx_loss, ArchitectureRow.hash)).all()
+            ArchitectureRow.study == ctx.study.name, ArchitectureRow.checkpoint_sha == ctx.checkpoint_sha
+        ).order_by(ArchitectureRow.approx_loss, ArchitectureRow.hash)).all()
     out: list[Architecture] = []
     for h, arch_json in rows:
         if len(out) >= keep:
