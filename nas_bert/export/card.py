@@ -82,9 +82,12 @@ def _made(info: dict[str, Any]) -> str:
     if info.get("origin", "search") != "search":
         return (f"A BERT student made by nas-bert in study `{info['study']}` for the {_fmt(info['budget_ms'], 'g')} ms "
                 f"budget, copied from the teacher `{t}`{distilled}.")
-    return (f"A BERT student found by nas-bert in study `{info['study']}` (trial {info['trial']} of the "
-            f"{_fmt(info['budget_ms'], 'g')} ms search), extracted from the trained supernet on the embeddings of the "
-            f"teacher `{t}`{distilled}.")
+    b = _fmt(info["budget_ms"], "g")
+    found = (f"trial {info['trial']} of the {b} ms search" if info.get("trial") is not None else
+             f"`{(info.get('finalist') or {}).get('name', '?')}`: a student of the {b} ms search one step smaller, "
+             "timed in its place when it measured over the budget")
+    return (f"A BERT student found by nas-bert in study `{info['study']}` ({found}), extracted from the trained "
+            f"supernet on the embeddings of the teacher `{t}`{distilled}.")
 
 
 def _usage(info: dict[str, Any]) -> str:

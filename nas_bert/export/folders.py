@@ -122,12 +122,21 @@ def extract_student(study: Study, arch: Architecture, teacher: Teacher, supernet
 
 
 # -- which students -----------------------------------------------------------------------------
-def _row(db: Database, study: Study, arch_hash: str) -> dict[str, Any]:
+def _row(db: Database, study: Study, arch_hash: str, fin: Finalist | None = None) -> dict[str, Any]:
+    """The architecture's row; for a finalist that no search scored (a hand-designed student, or a searched
+    student's shrunk reserve that took its place) the same fields from the finalists' record."""
     with db.session() as s:
         r = s.scalars(select(ArchitectureRow).where(ArchitectureRow.study == study.name,
-                                                    ArchitectureRow.hash == arch_hash)).one()
-        return {c: getattr(r, c) for c in ("hash", "arch_json", "params", "flops", "checkpoint_sha", "predicted_ms",
-                                           "approx_loss", "rescored_loss")}
+                                                    ArchitectureRow.hash == arch_hash)).first()
+        if r is not None:
+            return {c: getattr(r, c) for c in ("hash", "arch_json", "params", "flops", "checkpoint_sha",
+                                               "predicted_ms", "approx_loss", "rescored_loss")}
+    if fin is None:
+        raise NasBertError(f"architecture {arch_hash[:8]} has no row in study '{study.name}'; run `nas-bert search "
+                           f"--config {study.file}` again")
+    return {"hash": fin.hash, "arch_json": fin.arch_json, "params": fin.params,
+            "flops": Architecture.from_json(fin.arch_json).flops(), "predicted_ms": fin.predicted_ms,
+            "approx_loss": None, "rescored_loss": None, "checkpoint_sha": latest_checkpoint(db, study).sha256}
 
 
 def _searched(study: Study, budgets: list[float] | None) -> list[float]:
@@ -155,18 +164,15 @@ def select_members(db: Database, study: Study, budgets: list[float] | None) -> l
             continue
         fin = chosen_finalist(db, study, b)  # the finalists' choice (stage 5), else the rescored one
         if fin is not None and fin.origin != "search":  # a hand-designed student won: it is exported as such
-            h = fin.hash
-            row = {"hash": h, "arch_json": fin.arch_json, "params": fin.params,
-                   "flops": Architecture.from_json(fin.arch_json).flops(), "predicted_ms": fin.predicted_ms,
-                   "approx_loss": None, "rescored_loss": None, "checkpoint_sha": latest_checkpoint(db, study).sha256}
-            members[f"{b:g}:{h}"] = Member(f"nasbert-{b:g}ms-{fin.name}", row, None, b, [b], fin.origin, fin)
+            members[f"{b:g}:{fin.hash}"] = Member(f"nasbert-{b:g}ms-{fin.name}", _row(db, study, fin.hash, fin), None,
+                                                  b, [b], fin.origin, fin)
             continue
         best = fin or chosen_row(db, study, b)
         if best is None:
             raise NasBertError(f"the search for budget {b:g} ms in study '{study.name}' has no feasible trial; "
                                "search with more trials or a larger budget")
         h = best.hash
-        members[f"{b:g}:{h}"] = Member(f"nasbert-{b:g}ms-{h[:8]}", _row(db, study, h), best.trial, b, [b],
+        members[f"{b:g}:{h}"] = Member(f"nasbert-{b:g}ms-{h[:8]}", _row(db, study, h, fin), best.trial, b, [b],
                                        finalist=fin)
     if not members:
         raise NasBertError(f"no feasible trial in any search of study '{study.name}'; search with a larger budget")

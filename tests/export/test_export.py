@@ -199,6 +199,32 @@ def test_budget_export_picks_the_best_feasible_by_rescored_loss(searched):
     assert member.row["rescored_loss"] == min(rescored) <= min(r.rescored_loss for r in front)
 
 
+def test_a_shrunk_reserve_that_won_its_finalists_is_exported_from_its_finalist_record(searched, monkeypatch):
+    """A searched student measured over the budget is replaced by itself one step smaller, a point no trial
+    scored: when it wins, the export takes its row from the finalists' record (no architecture row exists)."""
+    from nas_bert.choose import Finalist
+    from nas_bert.export import folders
+
+    study = load_study(searched)
+    db = Database(study.db_url)
+    best = chosen_row(db, study, 5.0)
+    with db.session() as ses:
+        known = set(ses.scalars(select(ArchitectureRow.hash)))
+        arch = A.Architecture.from_json(ses.scalars(select(ArchitectureRow.arch_json)
+                                                    .where(ArchitectureRow.hash == best.hash)).one())
+    smaller = next(a for seed in range(100) if (a := A.sample(study.space, arch.embeddings, seed)).hash() not in known)
+    move = "L1.heads2"  # the name a reserve gets: the student it replaces, then the step it took
+    fin = Finalist(name=f"trial-{best.trial}.{move}", origin="search", trial=None, hash=smaller.hash(),
+                   architecture=str(smaller), arch_json=smaller.canonical_json(), params=smaller.params(),
+                   predicted_ms=1.0, reserve=True, measured_ms=1.0, fidelity=0.5, over_budget=False)
+    monkeypatch.setattr(folders, "chosen_finalist", lambda *a: fin)
+    (member,) = select_members(db, study, [5.0])
+    assert member.row["hash"] == smaller.hash() and member.row["arch_json"] == smaller.canonical_json()
+    assert member.origin == "search" and member.trial is None and member.finalist is fin
+    assert member.row["checkpoint_sha"] == latest_checkpoint(db, study).sha256
+    assert member.row["approx_loss"] is None and member.name == f"nasbert-5ms-{smaller.hash()[:8]}"
+
+
 def _copy_study(searched: Path, dst: Path) -> Path:
     """A copy of the study folder with the checkpoint paths in its database pointing at the copies."""
     shutil.copytree(searched.parent, dst, ignore=shutil.ignore_patterns("export"))

@@ -355,6 +355,15 @@ def test_card_names_a_narrow_teacher_cut_that_won() -> None:
     assert "cut to width" not in _origin({"origin": "search", "budget_ms": 5, "finalist": {"name": "teacher-layers-2"}})
 
 
+def test_card_names_a_shrunk_reserve_that_won() -> None:
+    from nas_bert.export.card import _made
+
+    info = {"study": "q", "budget_ms": 2.79, "teacher": {"name": "t"}, "origin": "search"}
+    text = _made({**info, "trial": None, "finalist": {"name": "trial-23.L5.heads8"}})
+    assert "`trial-23.L5.heads8`: a student of the 2.79 ms search one step smaller" in text and "None" not in text
+    assert "(trial 4 of the 2.79 ms search)" in _made({**info, "trial": 4})
+
+
 def test_pruned_feed_forward_seeds_reach_deeper_under_a_budget() -> None:
     """At full width the teacher's layers with their feed-forward pruned to a smaller ratio are seeds when they
     fit more layers than any larger ratio; a ratio that adds no depth adds no seed."""
