@@ -183,11 +183,15 @@ def map_layers_cmd(config: ConfigOpt, trial: TrialOpt, budget: BudgetOpt = None,
 
 @app.command("distill")
 @_friendly
-def distill_cmd(config: ConfigOpt, trial: TrialOpt, budget: BudgetOpt = None, db: DbOpt = None,
+def distill_cmd(config: ConfigOpt, trial: Annotated[int | None, typer.Option(
+                    "--trial", help="trial number (see `nas-bert pareto`); default: the budget's chosen student "
+                                    "(the finalists' choice, searched or hand-designed)")] = None,
+                budget: BudgetOpt = None, db: DbOpt = None,
                 steps: Annotated[int | None, typer.Option(help="distillation steps (default: the study's)")] = None,
                 mapping: Annotated[str | None, typer.Option(help="comma-separated teacher layers, e.g. 2,4,6")] = None,
                 as_json: JsonOpt = False) -> None:
-    """Stage 7: distil one student with its searched (else uniform) layer mapping; resumes."""
+    """Stage 7: distil one student (a trial, else the budget's chosen student) with its searched (else uniform)
+    layer mapping; resumes, and continues a finished one to more --steps."""
     from nas_bert.distill import distill
 
     _budget("--budget", budget)
