@@ -159,7 +159,8 @@ def _flat(report: dict[str, Any]) -> dict[str, Any]:
 
 def distill_table(s: DistillResult) -> str:
     """`distill`: each held-out number at the start and at the end, and the weights kept."""
-    lines = [(f"distilled trial {s.trial} ({s.params:,} params) to step {s.step}/{s.target_steps} "
+    who = f"trial {s.trial}" if s.trial is not None else f"the {'searched' if s.start == 'search' else s.start} student"
+    lines = [(f"distilled {who} ({s.params:,} params) to step {s.step}/{s.target_steps} "
              f"with mapping {s.mapping} ({s.mapping_origin}); {s.seconds} s this run")]
     before, after = dict(s.before or {}), dict(s.after or {})
     # the training loop's record of the weights it kept (and saved), {"step", "value"}: its own line
