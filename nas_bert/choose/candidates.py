@@ -40,8 +40,7 @@ class Candidate:
 
 def search_candidates(db: Database, study: Study, budget_ms: float) -> list[Candidate]:
     """The searched students the proxies like best: the top `rescore_top` distinct feasible ones by approximate
-    loss, the same by rescored loss, and the seed students (the fastest, the teacher's first layers; in a space made
-    from the teacher the fastest and the best grown recipe, `best_grown`); and as
+    loss, the same by rescored loss, and the seed students (the fastest, the teacher's first layers); and as
     many again by approximate loss in reserve (proxy "reserve"), timed with them, each to take the place of
     one of the top that is measured over the budget (the ones the latency model under-predicted)."""
     st = optuna.load_study(study_name=optuna_study_name(study, budget_ms), storage=storage_for(study))
@@ -66,11 +65,6 @@ def search_candidates(db: Database, study: Study, budget_ms: float) -> list[Cand
     family_seeds = study.space.layer_slots
     seeds = [h for h, t in first.items() if "seed" in t.user_attrs
              and (not family_seeds or t.user_attrs["seed"] == "fastest")]
-    # and the search's first step from the recipes, a family member grown by one layer (`family_seeds`), the best
-    # by approximate loss: the zero-step proxy ranks other shapes above it (points carried from a larger budget's
-    # search, narrow points) that the short distillations then often rank below it
-    seeds += best_grown(own, {h: t.user_attrs.get("seed") for h, t in first.items()},
-                        {h: rows[h].approx_loss for h in own}) if family_seeds else []
     core = {*seeds, *by_approx[:top], *by_rescored}
     out = []
     for h in dict.fromkeys([*seeds, *by_approx, *by_rescored]):
@@ -83,13 +77,6 @@ def search_candidates(db: Database, study: Study, budget_ms: float) -> list[Cand
             proxies["reserve"] = True
         out.append(Candidate(name, "search", Architecture.from_json(r.arch_json), t.number, proxies))
     return out
-
-
-def best_grown(own: list[str], seed_of: dict[str, str | None], approx: dict[str, float]) -> list[str]:
-    """Of the searched points `own` (hash -> its seed name, None for the sampler's), the grown seed ("spread-2+layer4":
-    a seed that is no recipe, and not the fastest) with the lowest approximate loss; [] when there is none."""
-    grown = [h for h in own if seed_of.get(h) not in (None, "fastest")]
-    return sorted(grown, key=lambda h: (approx[h], h))[:1]
 
 
 def shrunk_reserves(cands: list[Candidate], space: Any, latency: Any, top: int, taken: set[str] = frozenset()

@@ -418,20 +418,6 @@ def test_a_reserve_over_budget_is_passed_over_for_the_next():
     assert [c.name for c in replace_over_budget([*top[1:2], *reserve], judged, 5.0, top=3)] == ["t1"]
 
 
-def test_the_best_grown_recipe_is_a_finalist_whatever_the_proxy_ranks_above_it():
-    """Of the searched points, the grown seed ("truncated-1+layer4") with the best approximate loss is a finalist
-    even when the sampler's and the carried points all score better (the short distillations decide); the
-    fastest seed and the sampler's points are no grown seeds; none: nothing added."""
-    from nas_bert.choose.candidates import best_grown
-
-    own = ["a", "b", "c", "d", "e"]
-    seed_of = {"a": None, "b": "truncated-1+layer5", "c": "fastest", "d": "truncated-1+layer4", "e": None}
-    approx = {"a": 0.38, "b": 0.51, "c": 0.30, "d": 0.48, "e": 0.40}
-    assert best_grown(own, seed_of, approx) == ["d"]
-    assert best_grown(own, {**seed_of, "b": None, "d": None}, approx) == []
-    assert best_grown(["a", "b"], seed_of, approx) == ["b"]  # a recipe (not in `own`) is its family's finalist
-
-
 def test_a_student_scored_at_another_budget_is_not_distilled_again(searched_tiny, tmp_path, monkeypatch):
     """The same student from the same start under the same protocol, scored at another budget of the study,
     takes that score (and says where from) instead of a second short distillation."""
