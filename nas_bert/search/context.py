@@ -31,16 +31,18 @@ class SearchContext:
     proxy: str = "blocks"  # what a trial is scored by (`proxy_of`)
 
     def score(self, arch: Architecture) -> float:
-        """A trial's proxy loss: NAS-BERT's sum of block losses, or 1 - the extracted student's zero-step fidelity."""
-        if self.proxy == "fidelity":
-            return fidelity_proxy(self.scorer.supernet, arch, self.scorer.cache, self.teacher)
+        """A trial's proxy loss: NAS-BERT's sum of block losses, or 1 - the extracted student's zero-step fidelity
+        (after a linear readout with proxy "readout")."""
+        if self.proxy in ("fidelity", "readout"):
+            return fidelity_proxy(self.scorer.supernet, arch, self.scorer.cache, self.teacher, self.proxy == "readout")
         return self.scorer.approx_loss(arch)
 
     def rescore(self, arch: Architecture) -> float:
         """The same judged on more text: the chained student's end-to-end loss, or its fidelity proxy."""
         assert self.rescore_cache is not None
-        if self.proxy == "fidelity":
-            return fidelity_proxy(self.scorer.supernet, arch, self.rescore_cache, self.teacher)
+        if self.proxy in ("fidelity", "readout"):
+            return fidelity_proxy(self.scorer.supernet, arch, self.rescore_cache, self.teacher,
+                                  self.proxy == "readout")
         return rescore(self.scorer.supernet, arch, self.rescore_cache)
 
 
@@ -63,7 +65,7 @@ def open_context(study: Study, progress: bool = True) -> SearchContext:
                                   study.space.blocks, device)
     # block scores are memoised under the checkpoint and the protocol that scored them
     score_key = fingerprint(ckpt.sha256, cfg.score_batches, cfg.batch_size, corpus_identity(study.cfg.corpus),
-                            *(["fidelity"] if proxy_of(study) == "fidelity" else []))
+                            *([proxy_of(study)] if proxy_of(study) != "blocks" else []))
     scorer = BlockScorer(supernet, cache, db, score_key)
     scorer.load_memo()
     ctx = SearchContext(study, db, teacher, latency, scorer, ckpt.sha256, proxy=proxy_of(study))

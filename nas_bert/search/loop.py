@@ -340,7 +340,7 @@ def run_worker(study: Study, budget_ms: float, n_trials: int, worker: int = 0, c
     storage = storage_for(study)
     study_ = optuna.create_study(study_name=name, storage=storage, directions=["minimize", "minimize"],
                                  sampler=make_sampler(cfg, worker), load_if_exists=True)
-    study_.set_metric_names(["proxy_loss" if ctx.proxy == "fidelity" else "approx_loss", "predicted_ms"])
+    study_.set_metric_names(["approx_loss" if ctx.proxy == "blocks" else "proxy_loss", "predicted_ms"])
     if study_.user_attrs.get("inputs") is None:
         study_.set_user_attr("inputs", search_inputs(ctx))
         study_.set_user_attr("checkpoint_sha", ctx.checkpoint_sha)

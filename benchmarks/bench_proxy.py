@@ -1,0 +1,80 @@
+"""Which zero-step proxy ranks a study's finalists as their short distillations do?
+
+    nas-bert run --config studies/quality.yaml          # or any study whose finalists were chosen
+    python benchmarks/bench_proxy.py --config studies/quality.yaml --texts 256 --alphas 1,3,10
+
+For every finalist the study's finalists' stage distilled (every budget), the extracted start (the supernet's
+point, untrained) is scored on --texts held-out validation glosses two ways: the zero-step fidelity of its
+pooled output to the teacher's (`search.proxy: fidelity`, the default in a space made from the teacher) and the
+same after a cross-fitted linear readout (`search.proxy: readout`) at each ridge penalty --alphas. The table
+gives, per budget, the Kendall tau of each against the finalists' first-round fidelity (the distillation every
+finalist had), and per finalist the scores. Nothing is trained: it reads the study database and the supernet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from scipy.stats import kendalltau
+from sqlalchemy import select
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import cpu_name, table
+from nas_bert.data.tasks import load_task
+from nas_bert.distill import StudentContext
+from nas_bert.evaluate import fidelity, readout_fidelity
+from nas_bert.evaluate.vectors import sentence_vectors
+from nas_bert.space import Architecture
+from nas_bert.store import Database, FinalistRow
+from nas_bert.study import load_study
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", required=True)
+    p.add_argument("--texts", type=int, default=256, help="held-out validation glosses scored")
+    p.add_argument("--alphas", default="1,3,10", help="ridge penalties of the readout (comma-separated)")
+    args = p.parse_args()
+    alphas = [float(a) for a in args.alphas.split(",")]
+    study = load_study(args.config)
+    ctx = StudentContext.open(study)
+    t = ctx.teacher
+    texts = list(load_task("wordnet", study.cfg.evaluate)[0]["validation"]["text"][:args.texts])
+    cfg = study.cfg.evaluate
+
+    def vectors(encoder: torch.nn.Module) -> torch.Tensor:
+        return sentence_vectors(encoder, t.tokenizer, texts, cfg.batch_size, cfg.fidelity_max_seq_length, "cpu",
+                                t.pooling)
+
+    teacher = vectors(t.encoder)
+    with Database(study.db_url).session() as s:
+        rows = [(r.budget_ms, r.name, r.origin, r.arch_json, json.loads(r.metrics_json)) for r in s.scalars(
+            select(FinalistRow).where(FinalistRow.study == study.name).order_by(FinalistRow.id))]
+    keys = ["fidelity", *[f"readout {a:g}" for a in alphas]]
+    by_budget: dict[float, dict[str, dict]] = {}
+    for budget, name, origin, arch_json, m in rows:
+        first = (m.get("rounds") or [{}])[0].get("fidelity", m.get("fidelity"))
+        if first is None:  # measured over the budget: never distilled
+            continue
+        student = ctx.supernet.extract(Architecture.from_json(arch_json), t.encoder.embeddings).eval()
+        vecs = vectors(student)
+        by_budget.setdefault(budget, {})[name] = {"origin": origin, "first round": first,
+                                                  "fidelity": fidelity(vecs, teacher),
+                                                  **{f"readout {a:g}": readout_fidelity(vecs, teacher, a) for a in alphas}}
+    print(f"# bench_proxy: study '{study.name}', {len(texts)} validation glosses, {cpu_name()}")
+    print(table(["budget ms", "finalists", *[f"tau {k}" for k in keys]], [
+        [f"{b:g}", str(len(d)), *[f"{kendalltau([v[k] for v in d.values()], [v['first round'] for v in d.values()]).statistic:.2f}"
+                                  for k in keys]] for b, d in sorted(by_budget.items())]))
+    print()
+    print(table(["budget ms", "finalist", "origin", "first round", *keys], [
+        [f"{b:g}", n, v["origin"], f"{v['first round']:.3f}", *[f"{v[k]:.3f}" for k in keys]]
+        for b, d in sorted(by_budget.items()) for n, v in sorted(d.items(), key=lambda kv: -kv[1]["first round"])]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""The search's "readout" proxy: the zero-step fidelity after a cross-fitted linear readout."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import yaml
+from conftest import FAST, ROOT
+
+from nas_bert.errors import NasBertError
+from nas_bert.evaluate import fidelity, readout_fidelity
+from nas_bert.search.context import open_context
+from nas_bert.search.scoring import with_output
+from nas_bert.space import families
+from nas_bert.study import load_study
+from nas_bert.supernet import train_supernet
+
+
+def _study(tmp_path, **search):
+    data = yaml.safe_load((ROOT / "studies" / "tiny.yaml").read_text())
+    data.update(copy.deepcopy(FAST))
+    data["search_space"] = "auto"
+    data["supernet"]["steps"] = 0
+    data["search"].update(search)
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(data))
+    return load_study(tmp_path / "tiny.yaml")
+
+
+def test_a_trial_is_scored_by_its_readout_fidelity_under_its_own_memo(tmp_path) -> None:
+    study = _study(tmp_path, proxy="readout", score_batches=8, rescore_batches=8, batch_size=8)
+    train_supernet(study)
+    ctx = open_context(study, progress=False)
+    assert ctx.proxy == "readout"
+    arch = families(study.space, ctx.teacher.embeddings_spec())["truncated-1"][1]
+    ours, theirs = [], []
+    with torch.no_grad():
+        for batch, bounds in zip(ctx.scorer.cache.batches, ctx.scorer.cache.bounds, strict=True):
+            mask = batch["attention_mask"]
+            ours.append(ctx.teacher.embed(ctx.scorer.supernet.forward_student(
+                bounds[0], with_output(ctx.scorer.supernet, arch), mask), mask))
+            theirs.append(ctx.teacher.embed(bounds[-1], mask))
+    s, t = torch.cat(ours).float(), torch.cat(theirs).float()
+    assert ctx.score(arch) == pytest.approx(1 - readout_fidelity(s, t), abs=1e-6)
+    assert ctx.score(arch) != pytest.approx(1 - fidelity(s, t), abs=1e-6)
+    # its memoised scores are kept apart from the plain zero-step proxy's
+    (tmp_path / "plain").mkdir()
+    plain = _study(tmp_path / "plain", proxy="fidelity", score_batches=8, rescore_batches=8, batch_size=8)
+    train_supernet(plain)
+    assert open_context(plain, progress=False).scorer.checkpoint_sha != ctx.scorer.checkpoint_sha
+
+
+def test_too_few_scored_texts_for_a_readout_is_a_one_line_error(tmp_path) -> None:
+    with pytest.raises((NasBertError, ValueError), match="proxy readout fits a linear map on the scored texts, 4 here"):
+        _study(tmp_path, proxy="readout")
