@@ -15,9 +15,10 @@ from nas_bert.choose.finalists import (
     TruncatedReference,
     choose,
     chosen_finalist,
+    distill_chosen,
     summarise,
     truncated_reference,
 )
 from nas_bert.choose.timing import holds, host_speed, judged_ms, reorders, replace_over_budget
 
-__all__ = ["Candidate", "Finalist", "FinalistsResult", "Margin", "SearchReport", "TruncatedReference", "baseline_family", "choose", "chosen_finalist", "family_to_time", "holds", "host_speed", "judged_ms", "reorders", "replace_over_budget", "summarise", "truncated_reference"]
+__all__ = ["Candidate", "Finalist", "FinalistsResult", "Margin", "SearchReport", "TruncatedReference", "baseline_family", "choose", "chosen_finalist", "distill_chosen", "family_to_time", "holds", "host_speed", "judged_ms", "reorders", "replace_over_budget", "summarise", "truncated_reference"]

@@ -43,7 +43,14 @@ from nas_bert.choose.ranking import (  # the records and the ranking, re-exporte
 )
 from nas_bert.choose.timing import holds, host_speed, judged_ms, measured_ms, predict_now, replace_over_budget
 from nas_bert.data import load_task
-from nas_bert.distill import StudentContext, distill_points, uniform_mapping
+from nas_bert.distill import (
+    DistillResult,
+    StudentContext,
+    distill_points,
+    distill_student,
+    resolve_budget,
+    uniform_mapping,
+)
 from nas_bert.errors import NasBertError
 from nas_bert.evaluate import (
     agreement,
@@ -304,5 +311,18 @@ def chosen_finalist(db: Database, study: Study, budget_ms: float) -> Finalist | 
     return summarise(study, budget_ms, found).chosen if found else None
 
 
+def distill_chosen(study: Study, budget: float | None = None, steps: int | None = None,
+                   mapping: list[int] | None = None) -> DistillResult:
+    """Stage 7 for the budget's chosen student (the finalists' choice, searched or hand-designed: what `nas-bert
+    run` distils and exports), e.g. again with more steps (a finished one continues); see `distill_student`."""
+    budget = resolve_budget(study, budget)
+    fin = chosen_finalist(Database(study.db_url), study, budget)
+    if fin is None:
+        raise NasBertError(f"the {budget:g} ms budget of study '{study.name}' has no finalists' choice yet; run "
+                           f"`nas-bert run --config {study.file}` first, or pass --trial N (see `nas-bert pareto`)")
+    return distill_student(study, Architecture.from_json(fin.arch_json), fin.origin, budget, fin.trial, steps, mapping)
+
+
 __all__ = ["Finalist", "FinalistsResult", "Margin", "SearchReport", "TruncatedReference", "choose", "chosen_finalist",
+           "distill_chosen",
            "halve", "margin", "protocol_hash", "short_distill", "summarise", "truncated_reference"]

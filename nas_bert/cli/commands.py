@@ -202,7 +202,13 @@ def distill_cmd(config: ConfigOpt, trial: Annotated[int | None, typer.Option(
             parsed = [int(x) for x in mapping.split(",")]
         except ValueError:
             raise NasBertError(f"--mapping '{mapping}' is not a comma-separated list of teacher layers") from None
-    _print(distill(load_study(config, db), trial, budget, steps, parsed), as_json, tables.distill_table)
+    study = load_study(config, db)
+    if trial is None:
+        from nas_bert.choose import distill_chosen
+
+        _print(distill_chosen(study, budget, steps, parsed), as_json, tables.distill_table)
+    else:
+        _print(distill(study, trial, budget, steps, parsed), as_json, tables.distill_table)
 
 
 @app.command("evaluate")

@@ -248,24 +248,13 @@ def best_mapping(db: Database, study: Study, arch: Architecture, origin: str | N
     return uniform_mapping(len(distill_points(arch)), n), "uniform"
 
 
-def distill(study: Study, trial: int | None, budget: float | None = None, steps: int | None = None,
+def distill(study: Study, trial: int, budget: float | None = None, steps: int | None = None,
             mapping: list[int] | None = None, stop_after: int | None = None) -> DistillResult:
-    """Stage 7 for one student of the budget: a trial of its search, or with `trial` None the budget's chosen
-    student (the finalists' choice, searched or hand-designed: what `nas-bert run` distils and exports, e.g.
-    again with more steps); see `distill_student`."""
-    from nas_bert.choose import chosen_finalist
-
+    """Stage 7 for one searched student (a trial of the budget's search); see `distill_student` (and
+    `choose.distill_chosen` for the budget's chosen student, searched or hand-designed)."""
     budget = resolve_budget(study, budget)
-    db = Database(study.db_url)
-    if trial is not None:
-        return distill_student(study, trial_architecture(db, study, trial, budget), "search", budget, trial, steps,
-                               mapping, stop_after)
-    fin = chosen_finalist(db, study, budget)
-    if fin is None:
-        raise NasBertError(f"the {budget:g} ms budget of study '{study.name}' has no finalists' choice yet; run "
-                           f"`nas-bert run --config {study.file}` first, or pass --trial N (see `nas-bert pareto`)")
-    return distill_student(study, Architecture.from_json(fin.arch_json), fin.origin, budget, fin.trial, steps,
-                           mapping, stop_after)
+    arch = trial_architecture(Database(study.db_url), study, trial, budget)
+    return distill_student(study, arch, "search", budget, trial, steps, mapping, stop_after)
 
 
 def distill_student(study: Study, arch: Architecture, start: str, budget: float | None, trial: int | None = None,

@@ -183,21 +183,21 @@ def test_distill_errors(searched):
 def test_distill_without_a_trial_distils_the_budgets_chosen_student(searched, monkeypatch):
     """No --trial: the budget's chosen student, whatever it is (here a hand-designed winner: the teacher's first
     layer, started from the teacher's weights); before any finalists' choice, a one-line error saying what to run."""
-    import nas_bert.choose
-    from nas_bert.choose import Finalist
+    from nas_bert.choose import Finalist, distill_chosen
+    from nas_bert.choose import finalists as chosen_module
     from nas_bert.choose.candidates import baseline_family
     from nas_bert.distill import StudentContext
 
     study = load_study(searched)
     with pytest.raises(NasBertError, match="no finalists' choice yet; run `nas-bert run"):
-        distill(study, None)
+        distill_chosen(study)
     family = baseline_family(StudentContext.open(study))
     name, arch = next((n, c.arch) for n, c in family.items() if c.origin == "truncated")
     fin = Finalist(name=name, origin="truncated", trial=None, hash=arch.hash(), architecture=str(arch),
                    arch_json=arch.canonical_json(), params=arch.params(), measured_ms=1.0, fidelity=0.5,
                    over_budget=False)
-    monkeypatch.setattr(nas_bert.choose, "chosen_finalist", lambda *a: fin)
-    done = distill(study, None, steps=2)
+    monkeypatch.setattr(chosen_module, "chosen_finalist", lambda *a: fin)
+    done = distill_chosen(study, steps=2)
     assert (done.arch_hash, done.start, done.trial, done.step) == (arch.hash(), "truncated", None, 2)
     assert done.student_path is not None
 
