@@ -122,9 +122,16 @@ def extract_student(study: Study, arch: Architecture, teacher: Teacher, supernet
 
 
 # -- which students -----------------------------------------------------------------------------
+def _finalist_row(db: Database, study: Study, fin: Finalist) -> dict[str, Any]:
+    """A finalist's row from the finalists' record: a hand-designed winner, or a searched student's shrunk
+    reserve that took its place (a point no search scored)."""
+    return {"hash": fin.hash, "arch_json": fin.arch_json, "params": fin.params,
+            "flops": Architecture.from_json(fin.arch_json).flops(), "predicted_ms": fin.predicted_ms,
+            "approx_loss": None, "rescored_loss": None, "checkpoint_sha": latest_checkpoint(db, study).sha256}
+
+
 def _row(db: Database, study: Study, arch_hash: str, fin: Finalist | None = None) -> dict[str, Any]:
-    """The architecture's row; for a finalist that no search scored (a hand-designed student, or a searched
-    student's shrunk reserve that took its place) the same fields from the finalists' record."""
+    """The architecture's row, else (a shrunk reserve) its finalist's (`_finalist_row`)."""
     with db.session() as s:
         r = s.scalars(select(ArchitectureRow).where(ArchitectureRow.study == study.name,
                                                     ArchitectureRow.hash == arch_hash)).first()
@@ -134,9 +141,7 @@ def _row(db: Database, study: Study, arch_hash: str, fin: Finalist | None = None
     if fin is None:
         raise NasBertError(f"architecture {arch_hash[:8]} has no row in study '{study.name}'; run `nas-bert search "
                            f"--config {study.file}` again")
-    return {"hash": fin.hash, "arch_json": fin.arch_json, "params": fin.params,
-            "flops": Architecture.from_json(fin.arch_json).flops(), "predicted_ms": fin.predicted_ms,
-            "approx_loss": None, "rescored_loss": None, "checkpoint_sha": latest_checkpoint(db, study).sha256}
+    return _finalist_row(db, study, fin)
 
 
 def _searched(study: Study, budgets: list[float] | None) -> list[float]:
@@ -164,7 +169,7 @@ def select_members(db: Database, study: Study, budgets: list[float] | None) -> l
             continue
         fin = chosen_finalist(db, study, b)  # the finalists' choice (stage 5), else the rescored one
         if fin is not None and fin.origin != "search":  # a hand-designed student won: it is exported as such
-            members[f"{b:g}:{fin.hash}"] = Member(f"nasbert-{b:g}ms-{fin.name}", _row(db, study, fin.hash, fin), None,
+            members[f"{b:g}:{fin.hash}"] = Member(f"nasbert-{b:g}ms-{fin.name}", _finalist_row(db, study, fin), None,
                                                   b, [b], fin.origin, fin)
             continue
         best = fin or chosen_row(db, study, b)

@@ -33,17 +33,16 @@ class SearchContext:
     def score(self, arch: Architecture) -> float:
         """A trial's proxy loss: NAS-BERT's sum of block losses, or 1 - the extracted student's zero-step fidelity
         (after a linear readout with proxy "readout")."""
-        if self.proxy in ("fidelity", "readout"):
-            return fidelity_proxy(self.scorer.supernet, arch, self.scorer.cache, self.teacher, self.proxy == "readout")
-        return self.scorer.approx_loss(arch)
+        if self.proxy == "blocks":
+            return self.scorer.approx_loss(arch)
+        return fidelity_proxy(self.scorer.supernet, arch, self.scorer.cache, self.teacher, self.proxy == "readout")
 
     def rescore(self, arch: Architecture) -> float:
         """The same judged on more text: the chained student's end-to-end loss, or its fidelity proxy."""
         assert self.rescore_cache is not None
-        if self.proxy in ("fidelity", "readout"):
-            return fidelity_proxy(self.scorer.supernet, arch, self.rescore_cache, self.teacher,
-                                  self.proxy == "readout")
-        return rescore(self.scorer.supernet, arch, self.rescore_cache)
+        if self.proxy == "blocks":
+            return rescore(self.scorer.supernet, arch, self.rescore_cache)
+        return fidelity_proxy(self.scorer.supernet, arch, self.rescore_cache, self.teacher, self.proxy == "readout")
 
 
 def proxy_of(study: Study) -> str:
@@ -64,11 +63,12 @@ def open_context(study: Study, progress: bool = True) -> SearchContext:
     cache = ValidationCache.build(teacher, corpus["validation"], collator, cfg.score_batches, cfg.batch_size,
                                   study.space.blocks, device)
     # block scores are memoised under the checkpoint and the protocol that scored them
+    proxy = proxy_of(study)
     score_key = fingerprint(ckpt.sha256, cfg.score_batches, cfg.batch_size, corpus_identity(study.cfg.corpus),
-                            *([proxy_of(study)] if proxy_of(study) != "blocks" else []))
+                            *([proxy] if proxy != "blocks" else []))
     scorer = BlockScorer(supernet, cache, db, score_key)
     scorer.load_memo()
-    ctx = SearchContext(study, db, teacher, latency, scorer, ckpt.sha256, proxy=proxy_of(study))
+    ctx = SearchContext(study, db, teacher, latency, scorer, ckpt.sha256, proxy=proxy)
     ctx.rescore_cache = ValidationCache.build(teacher, corpus["validation"], collator, cfg.rescore_batches,
                                               cfg.batch_size, study.space.blocks, device)
     return ctx
