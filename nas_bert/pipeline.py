@@ -377,6 +377,8 @@ class RunRow(Record):
     probability_loyalty: float | None
     truncated: TruncatedReference | None
     folder: str | None  # its exported folder
+    accuracy_ratio_low: float | None = None  # its paired bootstrap 90% interval over the test examples
+    accuracy_ratio_high: float | None = None
     margin: Margin | None = None  # the finalists' choice against the best of the other kind (searched or hand-designed)
     rounds: list[list[int]] | None = None  # successive halving: [steps, finalists distilled that long] per round
     proxy_tau: float | None = None  # the zero-step fidelity's Kendall tau against the first round's fidelity
@@ -437,13 +439,12 @@ def run_study(study: Study, out: Path | None = None, echo: Callable[[str], None]
             over_budget=chosen.over_budget or bool(m and m.over_budget), drift=m.drift if m else None,
             measured_ms=m.measured_ms.get(RUNTIME_VARIANT[runtime]) if m else None, judged_ms=m.judged_ms if m else None,
             onnx_int8_ms=m.measured_ms.get("onnx_int8") if m else None, teacher_ms=m.teacher_ms if m else None,
-            fidelity=e.fidelity, ood_fidelity=e.ood_fidelity, accuracy=e.accuracy, teacher_accuracy=e.teacher_accuracy,
-            accuracy_ratio=e.accuracy_ratio, label_loyalty=e.label_loyalty, probability_loyalty=e.probability_loyalty,
+            **{k: getattr(e, k) for k in ("fidelity", "ood_fidelity", "accuracy", "teacher_accuracy", "accuracy_ratio",
+                                          "accuracy_ratio_low", "accuracy_ratio_high", "label_loyalty", "probability_loyalty")},
             truncated=ref, folder=str(out / m.name) if m else None, margin=s.finalists.margin,
             rounds=rounds_seen(s.finalists, study.cfg.search.finalist_steps),
             proxy_tau=s.finalists.kendall_tau_vs_fidelity.get("fidelity_before"),
             **{k: v for k in ("tasks", "pairs", "ood") if (v := getattr(e, k)) is not None}))
+    stages = [StageRecord(stage=n, key=k, seconds=round(sec, 1), skipped=sk) for n, k, sec, sk in r.done]
     return RunResult(study=study.name, out=str(out), pareto_png=str(out / "pareto.png"), students=rows, runtime=runtime,
-                     stages=[StageRecord(stage=n, key=k, seconds=round(sec, 1), skipped=sk)
-                             for n, k, sec, sk in r.done],
-                     seconds=round(time.perf_counter() - t0, 1))
+                     stages=stages, seconds=round(time.perf_counter() - t0, 1))

@@ -267,6 +267,10 @@ def run_table(s: RunResult) -> str:
                       f"accuracy {f(first.teacher_accuracy, '.3f')}; "
                       f"the host ran {f(first.drift, '.2f')}x as long as when the latency model was fitted")]
         rows += [won(r) for r in s.students if r.margin is not None]
+        if bounded := [r for r in s.students if r.accuracy_ratio_low is not None]:
+            rows.append("accuracy / teacher's, paired bootstrap 90% interval over the test examples (one fine-tuning "
+                        "seed): " + "; ".join(f"{r.budget_ms:g} ms {r.accuracy_ratio:.3f} ({r.accuracy_ratio_low:.3f}"
+                                              f" to {r.accuracy_ratio_high:.3f})" for r in bounded))
         rows += [f"{r.budget_ms:g} ms finalists: " + ", ".join(f"{n} distilled {k} steps" for k, n in r.rounds)
                  + f"; the zero-step proxy's Kendall tau against the first round: {f(r.proxy_tau, '.2f')}"
                  for r in s.students if r.rounds]

@@ -32,7 +32,7 @@ from transformers import AutoModel, AutoTokenizer, get_scheduler
 from nas_bert.data import LOAD_ERRORS, first_line, load_manpages, load_task
 from nas_bert.data.tasks import data_identity, load_ood
 from nas_bert.errors import NasBertError
-from nas_bert.evaluate.metrics import fidelity, loyalty, mean_pool
+from nas_bert.evaluate.metrics import fidelity, loyalty, mean_pool, ratio_interval
 from nas_bert.evaluate.study_data import study_data_agreement
 from nas_bert.evaluate.vectors import batch as _batch
 from nas_bert.evaluate.vectors import sentence_vectors, teacher_vectors
@@ -192,13 +192,19 @@ def evaluate_encoder(encoder: nn.Module, tokenizer: Any, teacher: Any, cfg: Eval
     if teacher_result is None:
         teacher_result = _teacher_run(teacher, cfg, task, device)
     t_acc = float(teacher_result["accuracy"])
+    t_probs, labels = np.asarray(teacher_result["test_probs"]), np.asarray(dd["test"]["label"])
+    low, high = (ratio_interval(probs.argmax(1) == labels, t_probs.argmax(1) == labels)
+                 if t_probs.shape == probs.shape and t_acc > 0 else (math.nan, math.nan))
+    low, high = (None, None) if math.isnan(low) else (low, high)  # None, not NaN, in JSON
     return {
         "task": task_name(task),
         **sentence,
         "accuracy": acc,
         "teacher_accuracy": t_acc,
         "accuracy_ratio": acc / t_acc if t_acc > 0 else None,  # None, not NaN: the metrics are stored as JSON
-        **loyalty(probs, np.asarray(teacher_result["test_probs"])),
+        # its paired bootstrap 90% interval over the test examples (not over fine-tuning seeds)
+        "accuracy_ratio_low": low, "accuracy_ratio_high": high,
+        **loyalty(probs, t_probs),
         "params": _params(encoder),
         "protocol_hash": protocol_hash(cfg, task),
     }
@@ -292,7 +298,7 @@ class EvaluationResult(Record):
     model_config = ConfigDict(extra="allow")
     absent_unless_given: ClassVar[frozenset[str]] = frozenset({
         "subject", "arch_hash", "task", "fidelity", "cosine", "ood_fidelity", "ood_cosine", "accuracy",
-        "teacher_accuracy", "accuracy_ratio", "label_loyalty", "probability_loyalty", "params", "teacher",
+        "teacher_accuracy", "accuracy_ratio", "accuracy_ratio_low", "accuracy_ratio_high", "label_loyalty", "probability_loyalty", "params", "teacher",
         "protocol_hash", "tasks", "pairs", "ood"})
 
     subject: str | None = None  # the student's folder
@@ -305,6 +311,8 @@ class EvaluationResult(Record):
     accuracy: float | None = None  # fine-tuned on the task
     teacher_accuracy: float | None = None
     accuracy_ratio: float | None = None  # None when the teacher's accuracy is 0
+    accuracy_ratio_low: float | None = None  # its paired bootstrap 90% interval over the test examples
+    accuracy_ratio_high: float | None = None
     label_loyalty: float | None = None
     probability_loyalty: float | None = None
     params: int | None = None
@@ -317,7 +325,8 @@ class EvaluationResult(Record):
 
 
 # what a study's report says of each of its tasks
-TASK_KEYS = ("fidelity", "cosine", "accuracy", "teacher_accuracy", "accuracy_ratio", "label_loyalty",
+TASK_KEYS = ("fidelity", "cosine", "accuracy", "teacher_accuracy", "accuracy_ratio", "accuracy_ratio_low",
+             "accuracy_ratio_high", "label_loyalty",
              "probability_loyalty")
 
 

@@ -128,6 +128,23 @@ def paired_interval(a: list[float], b: list[float], level: float = 0.9) -> tuple
     return float(lo), float(hi)
 
 
+def ratio_interval(student_correct: np.ndarray, teacher_correct: np.ndarray, level: float = 0.9,
+                   resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """A paired bootstrap interval of accuracy(student) / accuracy(teacher) over the test examples: both are
+    scored on the same resample each time, so an example hard for both counts once. It holds the test set's
+    sampling only, not a second fine-tuning seed's. NaN where the teacher gets a resample all wrong."""
+    s, t = np.asarray(student_correct, dtype=np.float64), np.asarray(teacher_correct, dtype=np.float64)
+    if s.shape != t.shape or s.ndim != 1 or not len(s):
+        raise ValueError(f"ratio_interval needs two equal-length (n,) arrays of 0/1, got {s.shape} and {t.shape}")
+    idx = np.random.default_rng(seed).integers(0, len(s), (resamples, len(s)))
+    ts = t[idx].mean(1)
+    ratios = s[idx].mean(1)[ts > 0] / ts[ts > 0]
+    if not len(ratios):
+        return float("nan"), float("nan")
+    lo, hi = np.quantile(ratios, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
 def loyalty(student_probs: np.ndarray, teacher_probs: np.ndarray) -> dict[str, float]:
     """Label loyalty (argmax agreement) and probability loyalty (1 - mean Jensen-Shannon distance, base 2)."""
     p, q = np.asarray(student_probs, dtype=np.float64), np.asarray(teacher_probs, dtype=np.float64)

@@ -35,6 +35,9 @@ def _extra_metrics(info: dict[str, Any]) -> str:
     task = f" ({m['eval_task']})" if "eval_task" in m else ""
     rows += [f"| {label}{task if 'fidelity' not in k and 'cosine' not in k else ''} | {_fmt(m[k], '.4f')} |"
              for k, label in labels.items() if m.get(k) is not None]
+    if m.get("eval_accuracy_ratio_low") is not None:
+        rows.append(f"| accuracy / teacher's: paired bootstrap 90% interval over the test examples (one fine-tuning "
+                    f"seed) | {_fmt(m['eval_accuracy_ratio_low'], '.4f')} to {_fmt(m['eval_accuracy_ratio_high'], '.4f')} |")
     # the study's own data, each set by name
     for name, t in (m.get("eval_tasks") or {}).items():
         rows.append(f"| task {name}: accuracy (teacher's; ratio; label loyalty) | {_fmt(t.get('accuracy'), '.4f')} "

@@ -304,6 +304,7 @@ def _evaluation(study: Study, arch_hash: str, subject: str) -> dict[str, Any]:
         if row is None:
             return {}
         keep = ("fidelity", "ood_fidelity", "cosine", "ood_cosine", "accuracy", "teacher_accuracy", "accuracy_ratio",
+                "accuracy_ratio_low", "accuracy_ratio_high",
                 "label_loyalty", "probability_loyalty", "tasks", "pairs", "ood")
         metrics = json.loads(row.metrics_json)
         return {f"eval_{k}": metrics[k] for k in keep if k in metrics} | {"eval_task": row.task}

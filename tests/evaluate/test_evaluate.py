@@ -132,6 +132,7 @@ def test_teacher_as_its_own_student_scores_one(tiny_teacher):
     assert out["fidelity"] == pytest.approx(1.0, abs=1e-6)
     assert out["teacher_accuracy"] > 0 and out["accuracy"] == out["teacher_accuracy"]
     assert out["accuracy_ratio"] == pytest.approx(1.0)
+    assert out["accuracy_ratio_low"] == pytest.approx(1.0) and out["accuracy_ratio_high"] == pytest.approx(1.0)
     assert out["label_loyalty"] == 1.0 and out["probability_loyalty"] == pytest.approx(1.0)
     assert out["protocol_hash"] == ev.protocol_hash(TINY, "wordnet")
 
@@ -183,6 +184,8 @@ def test_evaluate_path_writes_metrics(tmp_path: Path, tiny_study_file, tiny_teac
     assert type(ev.load_student(folder)).__module__.startswith("transformers_modules") == auto_map
     out = ev.evaluate_path(study, str(folder), False, "wordnet", TINY)
     assert out.arch_hash == "abc123" and 0.0 <= out.accuracy <= 1.0 and -1.0 <= out.fidelity <= 1.0
+    if out.accuracy_ratio is not None:  # the interval holds the ratio it is of
+        assert out.accuracy_ratio_low <= out.accuracy_ratio <= out.accuracy_ratio_high
     info = json.loads((folder / "nas_bert.json").read_text())
     assert info["metrics"]["approx_loss"] == 0.5 and info["metrics"]["fidelity"] == out.fidelity
     assert info["metrics"]["eval_config"]["finetune_steps"] == 5

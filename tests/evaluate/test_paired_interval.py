@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from nas_bert.evaluate import fidelity_bootstrap, fidelity_interval, paired_interval
+from nas_bert.evaluate.metrics import ratio_interval
 
 
 def _vectors(seed: int, n: int = 60, h: int = 16) -> torch.Tensor:
@@ -32,3 +34,20 @@ def test_two_students_on_the_same_texts_pair_up() -> None:
     assert hi - lo < (a_hi - a_lo) + (b_hi - b_lo)
     mirrored = paired_interval(b, a)
     assert np.allclose(mirrored, (-hi, -lo))
+
+
+def test_the_accuracy_ratio_interval_pairs_examples_and_narrows_with_more_of_them() -> None:
+    rng = np.random.default_rng(0)
+    teacher = rng.random(400) < 0.8
+    student = teacher & (rng.random(400) < 0.9)  # right only where the teacher is, 90% of those
+    ratio = student.mean() / teacher.mean()
+    lo, hi = ratio_interval(student, teacher)
+    assert lo < ratio < hi <= 1.0  # never above the teacher: paired, each resample has the student's subset
+    wide = ratio_interval(student[:100], teacher[:100])
+    assert wide[1] - wide[0] > hi - lo
+    unpaired = ratio_interval(student, rng.permutation(teacher))
+    assert unpaired[1] - unpaired[0] > hi - lo  # pairing removes what the examples' difficulty adds to both
+    assert ratio_interval(teacher, teacher) == (1.0, 1.0)
+    assert all(np.isnan(ratio_interval(student, np.zeros(400, dtype=bool))))
+    with pytest.raises(ValueError, match="equal-length"):
+        ratio_interval(student, teacher[:10])
