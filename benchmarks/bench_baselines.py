@@ -63,7 +63,8 @@ from nas_bert.supernet import (
     uniform_architecture,
 )
 
-METRICS = ("fidelity", "ood_fidelity", "accuracy", "accuracy_ratio", "label_loyalty", "probability_loyalty")
+METRICS = ("fidelity", "ood_fidelity", "accuracy", "accuracy_ratio", "accuracy_ratio_low", "accuracy_ratio_high",
+           "label_loyalty", "probability_loyalty")
 
 
 # What this benchmark's own stages record (`Runner.stage` reads them back on a rerun).
@@ -139,6 +140,13 @@ def compact(arch: Architecture) -> str:
 
 def _f(x: float | None, digits: int) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
+
+
+def _accuracy(row: dict[str, Any]) -> str:
+    """accuracy (its ratio to the teacher's, with the paired 90% interval where the evaluation gave one)."""
+    low, high = row.get("accuracy_ratio_low"), row.get("accuracy_ratio_high")
+    interval = "" if low is None or high is None else f", {low:.2f}-{high:.2f}"
+    return f"{_f(row['accuracy'], 3)} ({_f(row['accuracy_ratio'], 2)}{interval})"
 
 
 def plot(rows: list[dict[str, Any]], teacher: dict[str, float], path: Path) -> Path:
@@ -351,13 +359,13 @@ def main() -> None:
         lines.append([f"{row['budget_ms']:g} ({row['budget_ms'] / teacher_ms:.2f}x)", row["family"], row["student"],
                       f"{row['measured_ms']:.2f} ({row['measured_ms'] / run_teacher_ms:.2f})", f"{ratio:.2f}{flag}", params,
                       _f(row["fidelity"], 3), _f(row["ood_fidelity"], 3),
-                      f"{_f(row['accuracy'], 3)} ({_f(row['accuracy_ratio'], 2)})",
+                      _accuracy(row),
                       _f(row["label_loyalty"], 3), _f(row["probability_loyalty"], 3)])
     print(f"\nteacher {study.cfg.teacher}: {teacher_ms:.2f} ms when the budgets were set, {run_teacher_ms:.2f} ms in "
           f"the students' timing run; accuracy {teacher_acc:.3f}; "
           f"distillation {study.cfg.distill.steps} steps x {study.cfg.distill.batch_size} sequences for every student\n")
     print(table(["budget ms (of teacher)", "family", "student", "measured ms (/ teacher)", "ms / NAS", "params",
-                 "fidelity (WordNet)", "fidelity (manpages)", "accuracy (/ teacher)", "label loyalty", "prob. loyalty"],
+                 "fidelity (WordNet)", "fidelity (manpages)", "accuracy (/ teacher, 90%)", "label loyalty", "prob. loyalty"],
                 lines))
     print("NAS students: [block width] A = attention, F = feed-forward, C<k> = separable convolution of kernel k")
     print(f"\n{png}\n({time.time() - t0:.0f} s)")
