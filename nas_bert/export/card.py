@@ -6,6 +6,7 @@ import math
 import re
 from typing import Any
 
+from nas_bert.search import PROXY_LABELS
 from nas_bert.space import Architecture, output_params, transition_params
 from nas_bert.study import RUNTIME_LABEL, RUNTIME_VARIANT
 
@@ -121,6 +122,7 @@ def model_card(info: dict[str, Any], arch: Architecture) -> str:
     """README.md: usage, the architecture per block and sublayer, latency beside the teacher's, metrics, command."""
     m, lat, t, ck = info["metrics"], info["latency"], info["teacher"], info["checkpoint"]
     cfg, sp, tms = lat["config"], lat["speedup"], _fmt(lat["teacher_torch_fp32"])
+    proxy = PROXY_LABELS[info.get("proxy", "blocks")]  # what the search scored it by (older exports: blocks)
     emb = arch.embeddings
     rows = [f"| - | embeddings | {emb.width} | the teacher's (vocab {emb.vocab_size}) | {emb.params():,} |"]
     prev = arch.embeddings.width
@@ -198,8 +200,8 @@ both say so).
 
 | metric | value |
 |---|---|
-| approximate loss (sum of block MSE) | {_fmt(m["approx_loss"], ".5f")} |
-| rescored loss (end-to-end MSE vs teacher) | {_fmt(m["rescored_loss"], ".5f")} |
+| {proxy[0]} | {_fmt(m["approx_loss"], ".5f")} |
+| {proxy[1]} | {_fmt(m["rescored_loss"], ".5f")} |
 | ONNX fp32 max abs diff vs PyTorch (largest output magnitude) | {m["onnx_max_abs_diff"]:.2e} ({_fmt(m.get("onnx_output_max_abs"), ".3g")}) |
 | ONNX int8 relative error vs PyTorch (norm of difference / norm) | {m["int8_rel_error"]:.3f} |
 | ONNX int8 mean cosine to PyTorch per token | {m["int8_mean_cosine"]:.4f} |

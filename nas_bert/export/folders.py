@@ -42,6 +42,7 @@ from nas_bert.search import (
     latest_checkpoint,
     optuna_study_name,
     pareto_rows,
+    proxy_of,
 )
 from nas_bert.space import Architecture, Embeddings, SearchSpace
 from nas_bert.store import ArchitectureRow, Checkpoint, Database, ExportRow, SupernetRun, atomic_folder, file_sha256
@@ -248,6 +249,7 @@ def _export_one(study: Study, m: Member, teacher: Teacher, supernet: Supernet, c
         "metrics": metrics, "teacher": dict(tinfo), "checkpoint": ckpt, "command": command,
         "safetensors_sha256": file_sha256(folder / "model.safetensors"), "distilled": distilled,
         "origin": m.origin, "finalist": m.finalist.model_dump(mode="json") if m.finalist else None, "over_budget": over,
+        "proxy": proxy_of(study),
         "sentence_transformers": teacher.pooling is not None,
     }
     (folder / "README.md").write_text(model_card(info, arch))

@@ -26,8 +26,8 @@ def save_figure(fig: plt.Figure, path: Path) -> Path:
 
 
 def plot_fronts(study: Study, budgets: list[float], path: Path) -> Path:
-    """Approximate loss vs predicted latency: every trial, the feasible front, the budget line."""
-    from nas_bert.search import optuna_study_name, storage_for
+    """The search's proxy loss vs predicted latency: every trial, the feasible front, the budget line."""
+    from nas_bert.search import PROXY_LABELS, optuna_study_name, proxy_of, storage_for
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -42,7 +42,7 @@ def plot_fronts(study: Study, budgets: list[float], path: Path) -> Path:
                 label=f"front, budget {budget:g} ms ({len(front)})")
         ax.axvline(budget, color=colour, linestyle="--", linewidth=1)
     ax.set_xlabel("predicted latency (ms)")
-    ax.set_ylabel("approximate loss (sum of block MSE)")
+    ax.set_ylabel(PROXY_LABELS[proxy_of(study)][0])
     ax.set_title(f"study '{study.name}': feasible Pareto fronts")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)

@@ -47,7 +47,9 @@ class Calibration:
     reference_ms: float | None = None
 
     def __call__(self, raw: float, ops: int, resized: int) -> float:
-        return self.a * raw + self.c * ops + self.w * resized + self.b
+        """The fitted line, never below the student's scaled module time `a * raw`: a negative intercept fitted on
+        whole students would otherwise predict a near-empty one (the embeddings alone) below zero."""
+        return max(self.a * raw + self.c * ops + self.w * resized + self.b, self.a * raw)
 
     def to_json(self, emb: Embeddings) -> str:
         return json.dumps({"version": CALIBRATION_VERSION, "a": self.a, "b": self.b, "c": self.c, "w": self.w,

@@ -51,6 +51,15 @@ def proxy_of(study: Study) -> str:
     return ("fidelity" if study.space.layer_slots else "blocks") if proxy == "auto" else proxy
 
 
+# what a trial's loss and its rescoring are, per proxy: for plot axes and model cards
+PROXY_LABELS = {
+    "blocks": ("approximate loss (sum of block MSE)", "rescored loss (end-to-end MSE vs teacher)"),
+    "fidelity": ("proxy loss (1 - zero-step fidelity to the teacher)", "rescored proxy loss (the same on more texts)"),
+    "readout": ("proxy loss (1 - zero-step fidelity after a linear readout)",
+                "rescored proxy loss (the same on more texts)"),
+}
+
+
 def open_context(study: Study, progress: bool = True) -> SearchContext:
     """Load the study's latest supernet, teacher, latency model and validation batches."""
     device = study.device()

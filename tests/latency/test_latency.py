@@ -338,6 +338,16 @@ def test_fit_recovers_a_per_resize_cost() -> None:
     assert max(abs(a * raw + c * ops + b - m) / m for raw, ops, _, m in points) > 0.02
 
 
+def test_a_negative_intercept_never_predicts_a_near_empty_student_below_its_modules() -> None:
+    # whole students fitted with a negative intercept: the embeddings alone (no operator) would come out below zero
+    points = [(raw, ops, 0, 0.9 * raw + 0.4 * ops - 0.8) for raw, ops in ((2.0, 2), (4.0, 4), (6.0, 7), (9.0, 12), (12.0, 9))]
+    a, c, w, b = fit_calibration(points)
+    assert b == pytest.approx(-0.8) and c == pytest.approx(0.4)
+    cal = Calibration(a=a, b=b, c=c, w=w)
+    assert a * 0.25 + b < 0 and cal(0.25, 0, 0) == pytest.approx(a * 0.25)  # floored at its scaled module time
+    assert cal(6.0, 7, 0) == pytest.approx(0.9 * 6.0 + 0.4 * 7 - 0.8)  # the fitted students as fitted
+
+
 def test_fit_never_makes_an_operator_cheaper_than_none() -> None:
     # points where a per-operator or per-resize cost would come out negative: that term is left out
     points = [(raw, ops, rs, 1.2 * raw - 0.05 * ops + 0.6)

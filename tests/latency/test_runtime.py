@@ -50,7 +50,14 @@ def test_every_table_entry_runs_its_module_on_the_runtime(tiny_space, runtime: s
         out = _out(job)
         assert out.shape == ref.shape, key
         rel = np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-12)
-        assert rel < (1e-5 if runtime == "onnxruntime" else 0.05), (key, rel)
+        # int8: dynamic quantization of a 16-wide random module errs by up to ~10% (onnxruntime 1.32: the output
+        # map 16 -> 32); the same module with other weights is off by ~100%, so 15% still tells them apart
+        assert rel < (1e-5 if runtime == "onnxruntime" else 0.15), (key, rel)
+        if runtime != "onnxruntime":
+            torch.manual_seed(1)
+            other = _out(harness._key_job(spec, CFG))
+            if not np.allclose(other, ref):  # a module with weights: int8 of these is far closer than other weights
+                assert rel < 0.5 * np.linalg.norm(other - ref) / max(np.linalg.norm(ref), 1e-12), key
 
 
 def test_a_latency_model_fitted_on_the_int8_runtime(tmp_path: Path, tiny_space, monkeypatch) -> None:
