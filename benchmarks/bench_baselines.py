@@ -155,7 +155,9 @@ def plot(rows: list[dict[str, Any]], teacher: dict[str, float], path: Path) -> P
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     markers = {"NAS": ("o", "C0"), "truncated": ("s", "C1"), "truncated (untouched)": ("s", "C4"),
                "uniform (importance)": ("^", "C2"), "uniform (leading)": ("v", "C3"), "pruned": ("P", "C6"),
-               "Model2Vec": ("D", "C5")}
+               "spread": ("X", "C8"), "minitron": ("h", "C9"), "Model2Vec": ("D", "C5")}
+    for i, family in enumerate(sorted({r["family"] for r in rows} - set(markers))):  # any family the table has
+        markers[family] = ("*", f"C{i % 10}")
     for ax, metric, label_y in ((axes[0], "accuracy", "downstream accuracy (fine-tuned)"),
                                 (axes[1], "ood_fidelity", "fidelity out of domain (manpages)")):
         for label, (marker, colour) in markers.items():

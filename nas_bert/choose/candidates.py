@@ -131,8 +131,9 @@ def family_to_time(family: dict[str, Candidate], predict: Any, budget_ms: float,
                    margin: float = 1.25) -> dict[str, Candidate]:
     """The hand-designed students worth timing for a budget: every truncated teacher (the untouched reference
     beside the budget's student is the one of the nearest measured latency), and of each other family the
-    `keep` slowest that the latency model predicts within `margin` x the budget (a member it cannot predict,
-    made of modules outside the space's table, is timed anyway). Only each family's slowest member that the
+    `keep` slowest that the latency model predicts within `margin` x the budget and the `keep` slowest it predicts
+    within the budget itself (a member it cannot predict, made of modules outside the space's table, is timed
+    anyway). Only each family's slowest member that the
     budget holds becomes a finalist, and the model errs by a few percent, so the rest need no timing run."""
     out: dict[str, Candidate] = {}
     for origin in dict.fromkeys(c.origin for c in family.values()):
@@ -147,6 +148,8 @@ def family_to_time(family: dict[str, Candidate], predict: Any, budget_ms: float,
             out |= members
             continue
         near = sorted((n for n, v in pred.items() if v is not None and v <= margin * budget_ms), key=lambda n: pred[n])
-        keepers = {n for n, v in pred.items() if v is None} | set(near[-keep:] if keep else [])
+        within = [n for n in near if pred[n] <= budget_ms]  # only these can stand (`holds`): a model that
+        # over-predicts puts every member of a dense family's top band (the pruned: layers x neurons) over the budget
+        keepers = {n for n, v in pred.items() if v is None} | set(near[-keep:] + within[-keep:] if keep else [])
         out |= {n: c for n, c in members.items() if n in keepers}
     return out
