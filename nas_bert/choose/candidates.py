@@ -133,8 +133,8 @@ def family_to_time(family: dict[str, Candidate], predict: Any, budget_ms: float,
     beside the budget's student is the one of the nearest measured latency), and of each other family the
     `keep` slowest that the latency model predicts within `margin` x the budget and the `keep` slowest it predicts
     within the budget itself (a member it cannot predict, made of modules outside the space's table, is timed
-    anyway). Only each family's slowest member that the
-    budget holds becomes a finalist, and the model errs by a few percent, so the rest need no timing run."""
+    anyway). Only each family's slowest member that the budget holds becomes a finalist, and the model errs by a
+    few percent, so the rest need no timing run."""
     out: dict[str, Candidate] = {}
     for origin in dict.fromkeys(c.origin for c in family.values()):
         members = {n: c for n, c in family.items() if c.origin == origin}
