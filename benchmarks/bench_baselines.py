@@ -15,6 +15,8 @@ the space's fastest student (predicted) is lifted to the next step above it. For
   leading and/or the most important dimensions, heads and neurons (--orders);
 - pruned: the teacher's first k layers at full width, their feed-forward pruned to its most important
   neurons (each smaller feed-forward ratio of the search space);
+- spread, and spread-pruned: evenly spread layers of the teacher, the first and the last kept
+  (sentence-transformers' layer reduction), as they are and with their feed-forwards pruned;
 - the same truncated teacher untouched (no training at all: what a user gets in one line);
 - Model2Vec: a static model distilled from the teacher in seconds (`model2vec.distill`), the fast extreme.
 Each hand-designed family contributes its fastest member measured at >= (1 - tolerance) x the NAS
@@ -105,7 +107,7 @@ class Model2VecRun(Record):
 
 def candidates(ctx: StudentContext) -> dict[str, tuple[str, Architecture]]:
     """Every hand-designed student: name -> (family, architecture); in a space made from the teacher, its points
-    (first k, spread layers, pruned, uniform, Minitron-style width and depth)."""
+    (first k, spread layers, pruned, spread and pruned, uniform, Minitron-style width and depth)."""
     t = ctx.teacher
     if ctx.study.space.layer_slots:
         return families(ctx.study.space, t.embeddings_spec())
@@ -155,7 +157,8 @@ def plot(rows: list[dict[str, Any]], teacher: dict[str, float], path: Path) -> P
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     markers = {"NAS": ("o", "C0"), "truncated": ("s", "C1"), "truncated (untouched)": ("s", "C4"),
                "uniform (importance)": ("^", "C2"), "uniform (leading)": ("v", "C3"), "pruned": ("P", "C6"),
-               "spread": ("X", "C8"), "minitron": ("h", "C9"), "Model2Vec": ("D", "C5")}
+               "spread": ("X", "C8"), "spread-pruned": ("p", "C7"), "minitron": ("h", "C9"),
+               "Model2Vec": ("D", "C5")}
     for i, family in enumerate(sorted({r["family"] for r in rows} - set(markers))):  # any family the table has
         markers[family] = ("*", f"C{i % 10}")
     for ax, metric, label_y in ((axes[0], "accuracy", "downstream accuracy (fine-tuned)"),

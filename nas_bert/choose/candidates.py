@@ -19,7 +19,7 @@ from nas_bert.store import ArchitectureRow, Database
 from nas_bert.study import Study
 from nas_bert.supernet import pruned_architecture, truncated_architecture, uniform_architecture
 
-ORIGINS = ("search", "truncated", "uniform", "pruned", "spread", "minitron")
+ORIGINS = ("search", "truncated", "uniform", "pruned", "spread", "spread-pruned", "minitron")
 
 
 @dataclass

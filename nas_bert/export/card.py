@@ -60,6 +60,8 @@ def _origin(info: dict[str, Any]) -> str:
              "pruned": "the teacher's own first layers with their least important feed-forward neurons pruned "
                        "(a hand-designed student)",
              "spread": "evenly spread layers of the teacher (a hand-designed student)",
+             "spread-pruned": "evenly spread layers of the teacher with their least important feed-forward neurons "
+                              "pruned (a hand-designed student)",
              "minitron": "the teacher's first layers at a smaller width, heads, neurons and dimensions pruned by "
                          "importance together (a hand-designed, Minitron-style student)"}
     if info.get("origin", "search") != "search":

@@ -7,6 +7,8 @@ importance-ordered) a point equal to one of them has exactly its weights:
 - `truncated-k`: the teacher's first k layers (DistilBERT's initialisation, the untouched cut);
 - `spread-k`: k evenly spread layers, the first and the last kept (sentence-transformers' layer reduction);
 - `pruned-k-iN`: the first k layers with each feed-forward pruned to its N most important neurons;
+- `spread-k-iN`: k evenly spread layers with each feed-forward pruned to N (family `spread-pruned`: layer
+  reduction and neuron pruning together, so more attention layers fit a budget with the last layer kept);
 - `uniform-W`: every layer at width W, heads and neurons in proportion (ETD's extraction);
 - `minitron-k-W`: width and depth pruned together (Minitron): the first k layers at width W.
 """
@@ -19,7 +21,7 @@ from nas_bert.errors import NasBertError
 from nas_bert.space.architecture import IDENTITY, Architecture, Block, Embeddings, Op, keep_widths, mha_op
 from nas_bert.space.search_space import SearchSpace
 
-FAMILIES = ("truncated", "spread", "pruned", "uniform", "minitron")
+FAMILIES = ("truncated", "spread", "pruned", "spread-pruned", "uniform", "minitron")
 
 
 def spread_layers(n: int, k: int) -> list[int]:
@@ -59,8 +61,10 @@ def families(space: SearchSpace, emb: Embeddings) -> dict[str, tuple[str, Archit
     for k in range(1, n):
         out[f"truncated-{k}"] = ("truncated", layers_point(space, emb, list(range(k))))
     for k in range(2, n):
-        if spread_layers(n, k) != list(range(k)):
-            out[f"spread-{k}"] = ("spread", layers_point(space, emb, spread_layers(n, k)))
+        if (layers := spread_layers(n, k)) != list(range(k)):
+            out[f"spread-{k}"] = ("spread", layers_point(space, emb, layers))
+            for inner in space.ffn_sizes[:-1]:
+                out[f"spread-{k}-i{inner}"] = ("spread-pruned", layers_point(space, emb, layers, inner=inner))
     for k in range(1, n + 1):
         for inner in space.ffn_sizes[:-1]:
             out[f"pruned-{k}-i{inner}"] = ("pruned", layers_point(space, emb, list(range(k)), inner=inner))

@@ -42,12 +42,18 @@ def test_auto_space_of_a_12_layer_teacher_holds_its_layers_and_every_family() ->
     assert teacher is not None and teacher.depth == 24 and teacher.params() > 85_000_000 - 30_000_000
     fam = families(space, EMB)
     kinds = {kind for kind, _ in fam.values()}
-    assert kinds == {"truncated", "spread", "pruned", "uniform", "minitron"}
+    assert kinds == {"truncated", "spread", "pruned", "spread-pruned", "uniform", "minitron"}
     for (_, arch) in fam.values():
         arch.validate(space)  # every one is a point of the space
     # sentence-transformers' layer reduction: 4 of 12 evenly spread layers
     kept = [b for b, blk in enumerate(fam["spread-4"][1].blocks) if blk.depth]
     assert kept == spread_layers(12, 4) == [0, 4, 7, 11]
+    # and with its feed-forwards pruned: the same layers, every head, N neurons each
+    inner = space.ffn_sizes[0]
+    lean = fam[f"spread-4-i{inner}"]
+    assert lean[0] == "spread-pruned"
+    assert [b for b, blk in enumerate(lean[1].blocks) if blk.depth] == kept
+    assert {(blk.ops[0].heads, blk.ops[1].inner) for blk in lean[1].blocks if blk.depth} == {(12, inner)}
     uni = fam["uniform-384"][1]
     assert {b.hidden for b in uni.blocks} == {384} and uni.blocks[0].ops[0].heads == 6
     assert uni.blocks[0].ops[1].inner == 1536
