@@ -112,10 +112,10 @@ def section_inputs(study: Study, sections: tuple[str, ...], timed: bool) -> dict
             cfg["evaluate"][k] = [{**d, "content": data_identity(d)} for d in cfg["evaluate"][k]]
     if cfg["latency"]["runtime"] == "torch":  # added later: PyTorch's budgets keep the keys they had
         cfg["latency"].pop("runtime")
-    if cfg["search"]["choose_by"] == "fidelity":  # added later, like shrinking: at its default it changes no key
-        cfg["search"].pop("choose_by")
-    else:  # the finalists are then ranked on the tasks' data too
-        cfg["search"]["choose_by_tasks"] = cfg["evaluate"].get("tasks", [])
+    by = cfg["search"].pop("choose_by")  # added later, like shrinking: at its default it changes no key
+    if by != "fidelity":  # the finalists are then ranked on the tasks' data too (fine-tuned: by the evaluation's protocol)
+        cfg["search"] |= {"choose_by": by, "choose_by_tasks": cfg["evaluate"].get("tasks", []),
+                          **({"choose_by_protocol": cfg["evaluate"]} if "finetune:" in json.dumps(by) else {})}
     out = {k: fingerprint(cfg[k]) for k in sections}
     if timed:
         out["device"] = device_fingerprint(study.cfg.latency)

@@ -181,14 +181,18 @@ class SearchConfig(_Strict):
                                                                   "many attention heads of width")
     choose_by: str | dict[str, float] = Field(default="fidelity", description="what ranks the finalists: fidelity, "
                                               "task:NAME (a linear probe's accuracy on an evaluate.tasks task, on "
-                                              "frozen sentence vectors) or a weighted mix, {fidelity: 0.5, task:x: 0.5}")
+                                              "frozen sentence vectors), finetune:NAME (the accuracy on the task's "
+                                              "validation split after the evaluation's fine-tuning, in the last round "
+                                              "only; NAME a task of evaluate.tasks or wordnet) or a weighted mix, "
+                                              "{fidelity: 1, finetune:wordnet: 1}")
 
     @field_validator("choose_by")
     @classmethod
     def _criterion(cls, v: str | dict[str, float]) -> str | dict[str, float]:
         for k, w in ({v: 1.0} if isinstance(v, str) else v).items():
-            if k != "fidelity" and not (k.startswith("task:") and len(k) > 5):
-                raise ValueError(f"{k!r}: choose by 'fidelity' or 'task:NAME' (a task of evaluate.tasks)")
+            if k != "fidelity" and not any(k.startswith(p) and len(k) > len(p) for p in ("task:", "finetune:")):
+                raise ValueError(f"{k!r}: choose by 'fidelity', 'task:NAME' or 'finetune:NAME' (a task of "
+                                 "evaluate.tasks; finetune:wordnet for the default task)")
             if not (math.isfinite(w) and w >= 0):
                 raise ValueError(f"weight of {k!r}: a finite number >= 0")
         if isinstance(v, dict) and not any(v.values()):
@@ -294,8 +298,9 @@ class StudyConfig(_Strict):
         by = self.search.choose_by
         names = {t.name for t in self.evaluate.tasks}
         for k in [by] if isinstance(by, str) else list(by):
-            if k.startswith("task:") and k[5:] not in names:
-                raise ValueError(f"search.choose_by {k!r}: no task {k[5:]!r} in evaluate.tasks "
+            kind, _, task = k.partition(":")
+            if kind in ("task", "finetune") and task not in names | ({"wordnet"} if kind == "finetune" else set()):
+                raise ValueError(f"search.choose_by {k!r}: no task {task!r} in evaluate.tasks "
                                  f"(tasks: {sorted(names) or 'none'}); add it there or choose by 'fidelity'")
         return self
 

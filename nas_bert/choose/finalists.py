@@ -58,8 +58,10 @@ from nas_bert.evaluate import (
     fidelity_interval,
     linear_probe,
     tasks_to_run,
+    validation_accuracy,
 )
 from nas_bert.evaluate.evaluation import protocol_hash as protocol_of_task
+from nas_bert.evaluate.evaluation import task_name
 from nas_bert.evaluation_config import TaskData
 from nas_bert.latency import device_fingerprint, ensure_latency_model
 from nas_bert.space import Architecture, families
@@ -78,17 +80,34 @@ def protocol_hash(study: Study, checkpoint_sha: str) -> str:
                             "corpus": cfg.corpus.model_dump(mode="json"), "teacher": cfg.teacher, "supernet": checkpoint_sha}
     if probed := _probed_tasks(study):  # choose_by a task: its probes are part of every finalist's score
         blob["probes"] = [protocol_of_task(cfg.evaluate, t) for t in probed]
+    if tuned := _finetuned_tasks(study):  # and its fine-tuning, in the last round
+        blob["finetuned"] = [protocol_of_task(cfg.evaluate, t) for t in tuned]
     return json_hash(blob)
 
 
-def _probed_tasks(study: Study) -> list[TaskData]:
-    """The study's tasks `search.choose_by` ranks the finalists by (none by default)."""
-    names = [k[5:] for k in criterion(study) if k.startswith("task:")]
-    return [t for t in study.cfg.evaluate.tasks if t.name in names]
+def _probed_tasks(study: Study, kind: str = "task") -> list[TaskData | str]:
+    """The study's tasks `search.choose_by` ranks the finalists by, as `kind:NAME` (none by default); finetune:wordnet
+    names the default task (WordNet supersenses)."""
+    names = [k.partition(":")[2] for k in criterion(study) if k.startswith(f"{kind}:")]
+    own = [t for t in study.cfg.evaluate.tasks if t.name in names]
+    return [*own, *(["wordnet"] if kind == "finetune" and "wordnet" in names and "wordnet" not in {t.name for t in own}
+                    else [])]
 
 
-def short_distill(ctx: StudentContext, cand: Candidate, steps: int) -> dict[str, Any]:
-    """The same short distillation for every finalist; its best held-out fidelity and that value's interval."""
+def _finetuned_tasks(study: Study) -> list[TaskData | str]:
+    return _probed_tasks(study, "finetune")
+
+
+def _unscored(metrics: dict[str, Any] | None, study: Study, final: bool) -> bool:
+    """A stored result that the round needs again: never distilled, or the last round's without its fine-tuning."""
+    if metrics is None or "fidelity" not in metrics:
+        return True
+    return final and any(f"finetune:{task_name(t)}" not in (metrics.get("probe") or {}) for t in _finetuned_tasks(study))
+
+
+def short_distill(ctx: StudentContext, cand: Candidate, steps: int, final: bool = True) -> dict[str, Any]:
+    """The same short distillation for every finalist; its best held-out fidelity and that value's interval (and the
+    choose_by tasks' scores; fine-tuned ones in the `final` round only)."""
     dc = ctx.study.cfg.distill
     cfg = dc.model_copy(update={"steps": steps, "warmup_steps": max(1, steps // 10), "eval_every": steps, "grad_accum": 1})
     module = ctx.start(cand.arch, cand.origin, dc.freeze_embeddings).to(ctx.study.device())
@@ -108,8 +127,12 @@ def short_distill(ctx: StudentContext, cand: Candidate, steps: int) -> dict[str,
     boot = fidelity_bootstrap(s_vecs, t_vecs)  # the same texts and resamples for every finalist: pairs up
     lo, hi = fidelity_interval(s_vecs, t_vecs)
     # choose_by a task: a linear probe on the kept weights' frozen sentence vectors
-    probe = {f"task:{t.name}": linear_probe(module.student, ctx.teacher.tokenizer, ctx.teacher, ctx.study.cfg.evaluate,
-                                            t, ctx.study.device()) for t in _probed_tasks(ctx.study)}
+    ev, dev = ctx.study.cfg.evaluate, ctx.study.device()
+    probe = {f"task:{task_name(t)}": linear_probe(module.student, ctx.teacher.tokenizer, ctx.teacher, ev, t, dev)
+             for t in _probed_tasks(ctx.study)}
+    if final:  # choose_by finetune:NAME: the kept weights fine-tuned as the evaluation does, scored on validation
+        probe |= {f"finetune:{task_name(t)}": validation_accuracy(module.student, ctx.teacher.tokenizer, ev, t, dev)
+                  for t in _finetuned_tasks(ctx.study)}
     return {"fidelity_before": before["fidelity"], "fidelity": keeper.value, "fidelity_interval": [lo, hi],
             "fidelity_bootstrap": [None if math.isnan(v) else round(v, 5) for v in boot],
             "best_step": keeper.step, "seconds": round(time.perf_counter() - t0, 1), **({"probe": probe} if probe else {})}
@@ -155,15 +178,18 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
         if fits:
             cands.append(max(fits, key=lambda c: ms[c.name]))
     results: dict[str, dict[str, Any]] = {}
+    # the first round is the last where no halving follows it (fine-tuning, if chosen by, is scored in the last)
+    final = cfg.finalist_rounds == 1 or sum(judged[c.name] <= budget_ms for c in cands) < 3
     bar = tqdm(cands, desc=f"finalists {budget_ms:g} ms", disable=not progress)
     for c in bar:
         bar.set_postfix(student=c.name)
         c.proxies["measured_ms"], c.proxies["judged_ms"] = ms[c.name], judged[c.name]
         over = judged[c.name] > budget_ms
         metrics = _stored(ctx.db, study, budget_ms, c.name, protocol)
-        if metrics is None or ("fidelity" not in metrics and not over):  # never distilled, and the budget holds
+        if metrics is None or (not over and _unscored(metrics, study, final)):  # not yet scored, and the budget holds
+            elsewhere = None if over else _scored_elsewhere(ctx.db, study, c, protocol)
             metrics = {"over_budget": True} if over else (
-                _scored_elsewhere(ctx.db, study, c, protocol) or short_distill(ctx, c, cfg.finalist_steps))
+                elsewhere if not _unscored(elsewhere, study, final) else short_distill(ctx, c, cfg.finalist_steps, final))
             _store(ctx.db, study, budget_ms, c, protocol, ms[c.name], metrics)
             metrics = _stored(ctx.db, study, budget_ms, c.name, protocol) or metrics  # the first writer's stands
         first = {k: v for k, v in metrics.items() if k != "rounds"}  # the row's own figures are the first round's
@@ -174,24 +200,26 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
     for r in range(1, cfg.finalist_rounds):  # successive halving: the better half, distilled again for longer
         if len(alive) < 3:  # halving two or fewer decides nothing more
             break
-        alive = halve(alive, results, criterion(study))
+        alive = halve(alive, results, criterion(study, final=False))
         steps = cfg.finalist_steps * 2 ** r
+        final = r + 1 == cfg.finalist_rounds or len(alive) < 3  # no halving after this round
         for name in tqdm(alive, desc=f"finalists {budget_ms:g} ms, round {r + 1} ({steps} steps)", disable=not progress):
-            results[name] = {**results[name], **_round(ctx, study, budget_ms, by_name[name], protocol, steps)}
+            results[name] = {**results[name], **_round(ctx, study, budget_ms, by_name[name], protocol, steps, final)}
     return summarise(study, budget_ms, list(results.values())).model_copy(update={"timing": timing})
 
 
-def _round(ctx: StudentContext, study: Study, budget_ms: float, c: Candidate, protocol: str, steps: int
-           ) -> dict[str, Any]:
+def _round(ctx: StudentContext, study: Study, budget_ms: float, c: Candidate, protocol: str, steps: int,
+           final: bool = True) -> dict[str, Any]:
     """A later round of successive halving for one finalist: its short distillation with `steps`, stored in its
     row's `rounds` (so a killed choice continues), and its fidelity now the finalist's."""
     metrics = _stored(ctx.db, study, budget_ms, c.name, protocol) or {}
     rounds = list(metrics.get("rounds") or [{k: metrics[k] for k in SCORE_KEYS if k in metrics}
                                             | {"steps": study.cfg.search.finalist_steps}])
     done = {r["steps"]: r for r in rounds}
-    if steps not in done:
-        done[steps] = _round_elsewhere(ctx.db, study, c, protocol, steps) or {**short_distill(ctx, c, steps),
-                                                                              "steps": steps}
+    if _unscored(done.get(steps), study, final):
+        elsewhere = _round_elsewhere(ctx.db, study, c, protocol, steps)
+        done[steps] = elsewhere if not _unscored(elsewhere, study, final) else {**short_distill(ctx, c, steps, final),
+                                                                                "steps": steps}
         rounds = sorted(done.values(), key=lambda r: r["steps"])
         _update(ctx.db, study, budget_ms, c.name, protocol, {"rounds": rounds})
     last = done[steps]
@@ -255,8 +283,10 @@ def _store(db: Database, study: Study, budget_ms: float, c: Candidate, protocol:
                 s.add(FinalistRow(study=study.name, budget_ms=budget_ms, name=c.name, origin=c.origin,
                                   arch_hash=c.arch.hash(), arch_json=c.arch.canonical_json(), trial_number=c.trial,
                                   protocol_hash=protocol, measured_ms=ms, metrics_json=blob))
-            elif "fidelity" not in json.loads(row.metrics_json) and "fidelity" in metrics:
-                row.metrics_json = blob  # a finalist once dropped over budget, which the budget now holds
+            elif "fidelity" in metrics and ("fidelity" not in (old := json.loads(row.metrics_json))
+                                            or set(metrics.get("probe") or {}) > set(old.get("probe") or {})):
+                row.metrics_json = blob  # a finalist once dropped over budget, which the budget now holds, or
+                # scored before its fine-tuning was due (a round more was planned then)
     except IntegrityError:  # another process stored this finalist first (two searches sharing one database)
         pass
 

@@ -54,7 +54,7 @@ class Finalist(Record):
     seconds: float | None = None
     scored_at_budget_ms: float | None = None  # distilled for another budget of the study, under the same protocol
     rounds: list[dict[str, Any]] | None = None  # successive halving: each round's steps and result (the last one's above)
-    probe: dict[str, float] | None = None  # with search.choose_by task:NAME: "task:NAME" -> the linear probe's accuracy
+    probe: dict[str, float] | None = None  # with search.choose_by task:NAME / finetune:NAME: that key -> its accuracy
     over_budget: bool
 
     def first_fidelity(self) -> float | None:
@@ -120,10 +120,14 @@ class TruncatedReference(Record):
     ood_cosine: float | None = None
 
 
-def criterion(study: Study) -> dict[str, float]:
-    """`search.choose_by` as weights: "fidelity" or "task:NAME" -> weight."""
+def criterion(study: Study, final: bool = True) -> dict[str, float]:
+    """`search.choose_by` as weights: "fidelity", "task:NAME" or "finetune:NAME" -> weight. Fine-tuning is scored
+    in the last round only: `final` False leaves it out (the fidelity where nothing else is left)."""
     by = getattr(study.cfg.search, "choose_by", "fidelity")  # a stand-in study of a unit test may lack it
-    return {by: 1.0} if isinstance(by, str) else dict(by)
+    weights = {by: 1.0} if isinstance(by, str) else dict(by)
+    if not final:
+        weights = {k: w for k, w in weights.items() if not k.startswith("finetune:")}
+    return weights if any(weights.values()) else {"fidelity": 1.0}
 
 
 def halve(names: list[str], results: dict[str, dict[str, Any]], by: dict[str, float] | None = None) -> list[str]:

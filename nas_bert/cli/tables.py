@@ -105,7 +105,7 @@ def finalists_table(f: FinalistsResult) -> str:
                  + (f"; runner-up {f.runner_up} {'outside' if f.separated else 'inside'} its interval"
                     if f.runner_up else ""))
     if probed := [r for r in f.finalists if r.probe]:  # search.choose_by a task: the ranking read these too
-        lines.append("linear-probe accuracy (search.choose_by): " + "; ".join(
+        lines.append("accuracy (search.choose_by; task: a linear probe, finetune: fine-tuned, on validation): " + "; ".join(
             f"{r.name} " + ", ".join(f"{k} {v:.3f}" for k, v in (r.probe or {}).items()) for r in probed))
     if f.replacements:
         lines.append(f"over budget as measured: {', '.join(f.dropped_over_budget)}; in their place, the next by "

@@ -136,6 +136,16 @@ def finetune(encoder: nn.Module, tokenizer: Any, task: datasets.DatasetDict, lab
     return model, accuracy, probs
 
 
+def validation_accuracy(encoder: nn.Module, tokenizer: Any, cfg: EvalConfig, task: Task,
+                        device: torch.device | str = "cpu") -> float:
+    """A task's accuracy on its validation split after the evaluation's fine-tuning (`finetune`: same steps, rates
+    and seed): what `search.choose_by: finetune:NAME` ranks the finalists by. The test split stays the
+    evaluation's, never chosen on."""
+    dd, names = load_task(task, cfg)
+    held_out = datasets.DatasetDict(train=dd["train"], test=dd["validation"])
+    return finetune(encoder, tokenizer, held_out, names, cfg, device, desc=f"fine-tune ({task_name(task)})")[1]
+
+
 def _params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 

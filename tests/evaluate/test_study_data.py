@@ -10,7 +10,7 @@ import pytest
 import torch
 from sqlalchemy import select
 
-from nas_bert.choose.finalists import halve, summarise
+from nas_bert.choose.finalists import criterion, halve, summarise
 from nas_bert.cli.tables import evaluate_table, study_data_lines
 from nas_bert.data.tasks import check_study_data, load_pairs
 from nas_bert.errors import NasBertError
@@ -95,10 +95,22 @@ def test_choose_by_must_name_a_task_of_the_study(tiny_study_file):
     with pytest.raises(NasBertError, match="no task 'nope' in evaluate.tasks") as e:
         _study(tiny_study_file, _data(tiny_study_file.parent), **{"search.choose_by": "task:nope"})
     assert "\n" not in str(e.value)
-    with pytest.raises(NasBertError, match="choose by 'fidelity' or 'task:NAME'"):
+    with pytest.raises(NasBertError, match="choose by 'fidelity', 'task:NAME' or 'finetune:NAME'"):
         _study(tiny_study_file, **{"search.choose_by": "accuracy"})
     mix = _study(tiny_study_file, _data(tiny_study_file.parent), **{"search.choose_by": {"fidelity": 0.5, "task:topics": 0.5}})
     assert mix.cfg.search.choose_by == {"fidelity": 0.5, "task:topics": 0.5}
+    # fine-tuned accuracy: a task of the study, or the default WordNet supersenses
+    tuned = _study(tiny_study_file, **{"search.choose_by": {"fidelity": 1.0, "finetune:wordnet": 1.0}})
+    assert criterion(tuned) == {"fidelity": 1.0, "finetune:wordnet": 1.0}
+    assert criterion(tuned, final=False) == {"fidelity": 1.0}  # halving before the last round: no fine-tuning
+    assert criterion(_study(tiny_study_file, **{"search.choose_by": "finetune:wordnet"}), final=False) == {"fidelity": 1.0}
+    with pytest.raises(NasBertError, match="no task 'nope' in evaluate.tasks"):
+        _study(tiny_study_file, **{"search.choose_by": "finetune:nope"})
+    with pytest.raises(NasBertError, match="no task 'wordnet' in evaluate.tasks"):  # a probe needs the study's task
+        _study(tiny_study_file, **{"search.choose_by": "task:wordnet"})
+    assert section_inputs(tuned, ("search",), False) != section_inputs(
+        _study(tiny_study_file, **{"search.choose_by": {"fidelity": 1.0, "finetune:wordnet": 1.0},
+                                   "evaluate.finetune_steps": 7}), ("search",), False)  # its protocol keys the choice
 
 
 # -- bad data: one line, before any training ----------------------------------------------------------------
@@ -276,3 +288,29 @@ def test_choose_by_a_task_probes_every_finalist_and_picks_the_most_accurate(sear
     from nas_bert.cli.tables import finalists_table
 
     assert f"{result.chosen.name} task:topics" in finalists_table(result)
+
+
+def test_choose_by_fine_tuning_scores_the_last_round_only_and_picks_the_best_mix(searched_tiny, tmp_path):
+    from conftest import copy_study
+
+    from nas_bert.choose import choose
+
+    data = _data(tmp_path)
+    study = load_study(copy_study(searched_tiny, tmp_path), overrides={
+        "search.finalist_steps": 2, "search.finalist_rounds": 2, "distill.val_batches": 2,
+        "search.choose_by": {"fidelity": 1.0, "finetune:topics": 1.0}, "latency.fresh_process": False,
+        "evaluate.tasks": data["tasks"][:1], "evaluate.finetune_steps": 2, "evaluate.max_train_examples": 32,
+        "evaluate.max_eval_examples": 16})
+    result = choose(study, 5.0, progress=False)
+    ok = [r for r in result.finalists if not r.over_budget]
+    last = max(len(r.rounds or []) for r in ok)
+    final = [r for r in ok if len(r.rounds or []) == last]
+    assert len(final) < len(ok)  # a halving happened: the first round was not the last
+    for r in ok:  # fine-tuned in the last round, and only there
+        assert ("finetune:topics" in (r.probe or {})) == (r in final), (r.name, r.probe)
+    assert all(0.0 <= r.probe["finetune:topics"] <= 1.0 for r in final)
+    best = max(final, key=lambda r: r.fidelity + r.probe["finetune:topics"])
+    assert result.chosen.name == best.name
+    again = choose(study, 5.0, progress=False)  # resumed from the database: nothing is scored differently
+    assert again.chosen.name == result.chosen.name
+    assert {r.name: r.probe for r in again.finalists} == {r.name: r.probe for r in result.finalists}
