@@ -1,6 +1,6 @@
 """Stage 5, the choice: the searched students the proxies like best, the seeds and the hand-designed
 students of a budget, timed end to end (budgets judged as measured), short-distilled alike and ranked by
-held-out fidelity.
+held-out fidelity (`search.choose_by`: or a task's accuracy, probed or fine-tuned, or a mix).
 
 `candidates` (who competes), `timing` (the finalists' timing run and the budget's rules), `finalists`
 (`choose` and its typed result). The room's public names are re-exported here.
@@ -15,10 +15,11 @@ from nas_bert.choose.finalists import (
     TruncatedReference,
     choose,
     chosen_finalist,
+    criterion,
     distill_chosen,
     summarise,
     truncated_reference,
 )
 from nas_bert.choose.timing import holds, host_speed, judged_ms, reorders, replace_over_budget
 
-__all__ = ["Candidate", "Finalist", "FinalistsResult", "Margin", "SearchReport", "TruncatedReference", "baseline_family", "choose", "chosen_finalist", "distill_chosen", "family_to_time", "holds", "host_speed", "judged_ms", "reorders", "replace_over_budget", "summarise", "truncated_reference"]
+__all__ = ["Candidate", "Finalist", "FinalistsResult", "Margin", "SearchReport", "TruncatedReference", "baseline_family", "choose", "chosen_finalist", "criterion", "distill_chosen", "family_to_time", "holds", "host_speed", "judged_ms", "reorders", "replace_over_budget", "summarise", "truncated_reference"]

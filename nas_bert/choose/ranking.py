@@ -77,6 +77,8 @@ class Margin(Record):
     delta_interval: list[float] | None = None
     level: float = PAIRED_LEVEL
     beyond_interval: bool  # the paired interval of delta excludes 0 (before: the rival lies outside ours)
+    # search.choose_by's other criteria both have ("task:NAME" / "finetune:NAME" -> [chosen's, rival's])
+    scores: dict[str, list[float]] | None = None
 
 
 class FinalistsResult(Record):
@@ -229,9 +231,12 @@ def margin(chosen: Finalist, ok: list[Finalist], first_steps: int) -> Margin | N
     else:  # finalists scored before their resamples were kept: the rival outside the chosen one's interval
         lo, hi = a.get("fidelity_interval") or [math.nan, math.nan]
         beyond = bool(not lo <= b["fidelity"] <= hi)
+    mine, theirs = chosen.probe or {}, rival.probe or {}
+    scores = {k: [mine[k], theirs[k]] for k in mine if k in theirs}
     return Margin(rival=rival.name, rival_origin=rival.origin, steps=steps, fidelity=a["fidelity"],
                   rival_fidelity=b["fidelity"], delta=a["fidelity"] - b["fidelity"],
-                  delta_interval=list(paired) if paired is not None else None, beyond_interval=beyond)
+                  delta_interval=list(paired) if paired is not None else None, beyond_interval=beyond,
+                  scores=scores or None)
 
 
 def rounds_seen(f: FinalistsResult, first_steps: int) -> list[list[int]]:

@@ -118,8 +118,9 @@ def finalists_table(f: FinalistsResult) -> str:
         noise = (f"paired {m.level:.0%} interval {m.delta_interval[0]:+.3f} to {m.delta_interval[1]:+.3f}: "
                  f"{'beyond' if m.beyond_interval else 'within'} noise" if m.delta_interval else
                  f"{'beyond' if m.beyond_interval else 'within'} the chosen's interval")
+        also = "".join(f"; {k} {a:.3f} against {b:.3f}" for k, (a, b) in (m.scores or {}).items())
         lines.append(f"margin: {m.delta:+.3f} fidelity against {m.rival} ({m.rival_origin}), the best of the other kind, "
-                     f"after {m.steps} steps ({noise})")
+                     f"after {m.steps} steps ({noise}){also}")
     lines.append("Kendall tau with the first round's fidelity ranking: " + ", ".join(
         f"{k} {'n/a' if v is None else format(v, '.2f')}" for k, v in taus.items()))
     return "\n".join(lines)
@@ -232,8 +233,9 @@ def won(r: RunRow) -> str:
                  f"{'beyond' if m.beyond_interval else 'within'} noise")
     else:
         noise = f"{'beyond' if m.beyond_interval else 'within'} its interval"
+    also = "".join(f"; {k} {a:.3f} against {b:.3f}" for k, (a, b) in (m.scores or {}).items())  # search.choose_by's
     return (f"{r.budget_ms:g} ms{given}: {kind} won, {r.student}; fidelity {m.fidelity:.3f} against {m.rival_fidelity:.3f} "
-            f"of {other} ({m.rival}) after {m.steps} steps of the finalists' distillation ({m.delta:+.3f}, {noise})")
+            f"of {other} ({m.rival}) after {m.steps} steps of the finalists' distillation ({m.delta:+.3f}, {noise}){also}")
 
 
 def run_table(s: RunResult) -> str:

@@ -66,8 +66,8 @@ def _origin(info: dict[str, Any]) -> str:
                          "importance together (a hand-designed, Minitron-style student)"}
     if info.get("origin", "search") != "search":
         return (f"**A hand-designed student won this budget's finalists**: this model is {plain[info['origin']]}, "
-                f"distilled; it beat every searched student of its latency on held-out fidelity "
-                f"({_fmt(fin.get('fidelity'))} after the finalists' short distillation).\n\n")
+                f"distilled; it beat every searched student of its latency on {_by(info, fin)} (after the "
+                f"finalists' short distillation).\n\n")
     if fin and (m := re.fullmatch(r"teacher-layers-(\d+)(?:-w(\d+))?(?:-f(\d+))?", str(fin.get("name", "")))):
         k, w, r = m.groups()
         shape = f"first {k} layer(s)" + (f", cut to width {w} (their most important heads, neurons and dimensions)"
@@ -75,12 +75,20 @@ def _origin(info: dict[str, Any]) -> str:
                                                            "(the most important ones)" if r else "")
         return (f"**This student is the teacher's own {shape}**, the search's seed student of that shape, "
                 f"distilled: among the {_fmt(info.get('budget_ms'), 'g')} ms finalists (searched and hand-designed "
-                f"students after the same short distillation) it had the best held-out fidelity, "
-                f"{_fmt(fin.get('fidelity'))}.\n\n")
+                f"students after the same short distillation) it ranked first on {_by(info, fin)}.\n\n")
     if fin:
         return (f"Chosen among the {_fmt(info.get('budget_ms'), 'g')} ms finalists (searched and hand-designed students "
-                f"after the same short distillation) by held-out fidelity: {_fmt(fin.get('fidelity'))}.\n\n")
+                f"after the same short distillation) by {_by(info, fin)}.\n\n")
     return ""
+
+
+def _by(info: dict[str, Any], fin: dict[str, Any]) -> str:
+    """What ranked the finalists (`search.choose_by`; older exports: the fidelity) with the chosen one's figures."""
+    probe = fin.get("probe") or {}
+    return " plus ".join(
+        (f"{w:g} x " if w != 1 else "") + (f"held-out fidelity {_fmt(fin.get('fidelity'))}" if k == "fidelity" else
+                                           f"{k} accuracy {_fmt(probe.get(k))}")
+        for k, w in (info.get("chosen_by") or {"fidelity": 1.0}).items() if w)
 
 
 def _made(info: dict[str, Any]) -> str:

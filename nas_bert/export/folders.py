@@ -20,7 +20,7 @@ import numpy as np
 from sqlalchemy import select
 from tqdm.auto import tqdm
 
-from nas_bert.choose import Finalist, chosen_finalist, judged_ms, reorders
+from nas_bert.choose import Finalist, chosen_finalist, criterion, judged_ms, reorders
 from nas_bert.errors import NasBertError
 from nas_bert.export.card import model_card
 from nas_bert.export.onnx_export import VARIANTS, export_onnx, mb, measure_latencies
@@ -249,7 +249,7 @@ def _export_one(study: Study, m: Member, teacher: Teacher, supernet: Supernet, c
         "metrics": metrics, "teacher": dict(tinfo), "checkpoint": ckpt, "command": command,
         "safetensors_sha256": file_sha256(folder / "model.safetensors"), "distilled": distilled,
         "origin": m.origin, "finalist": m.finalist.model_dump(mode="json") if m.finalist else None, "over_budget": over,
-        "proxy": proxy_of(study),
+        "proxy": proxy_of(study), "chosen_by": criterion(study),
         "sentence_transformers": teacher.pooling is not None,
     }
     (folder / "README.md").write_text(model_card(info, arch))

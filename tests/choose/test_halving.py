@@ -75,3 +75,28 @@ def test_the_rounds_seen_count_every_finalist_distilled_that_long() -> None:
     rows = [row("searched", "search", 0.0, [(10, 0.70), (20, 0.80)]), row("truncated-3", "truncated", 0.0, [(10, 0.72), (20, 0.78)]),
             row("uniform-256", "uniform", 0.65), row("slow", "search", 0.99, over=True)]
     assert rounds_seen(summarise(STUDY, 5.0, rows), 10) == [[10, 3], [20, 2]]
+
+
+def test_a_mixed_criterion_ranks_the_last_round_and_the_margin_and_card_say_both() -> None:
+    """search.choose_by {fidelity: 1, finetune:wordnet: 1}: the more faithful point loses to the one that fine-tunes
+    better; the margin and the model card give the fine-tuned accuracy beside the fidelity."""
+    from nas_bert.cli.tables import won
+    from nas_bert.export.card import _origin
+    from nas_bert.pipeline import RunRow
+
+    study = SimpleNamespace(name="s", cfg=SimpleNamespace(search=SimpleNamespace(
+        finalist_steps=10, choose_by={"fidelity": 1.0, "finetune:wordnet": 1.0})))
+    faithful = row("trial-3", "search", 0.0, [(10, 0.70), (20, 0.75)])
+    tuned = row("spread-4-i512", "spread-pruned", 0.0, [(10, 0.68), (20, 0.73)])
+    faithful["probe"], tuned["probe"] = {"finetune:wordnet": 0.43}, {"finetune:wordnet": 0.48}
+    res = summarise(study, 5.0, [faithful, tuned])
+    assert res.chosen.name == "spread-4-i512" and res.baseline_won  # 1.21 against 1.18
+    assert res.margin.scores == {"finetune:wordnet": [0.48, 0.43]} and res.margin.delta < 0
+    text = _origin({"origin": "spread-pruned", "budget_ms": 5.0, "chosen_by": {"fidelity": 1.0, "finetune:wordnet": 1.0},
+                    "finalist": res.chosen.model_dump(mode="json")})
+    assert "evenly spread layers of the teacher with their least important feed-forward neurons pruned" in text
+    assert "held-out fidelity 0.730 plus finetune:wordnet accuracy 0.480" in text
+    assert "on held-out fidelity 0.6" in _origin({"origin": "spread", "budget_ms": 5.0, "finalist": {"fidelity": 0.6}})
+    line = won(RunRow.model_construct(budget_ms=5.0, budget_x=0.5, origin="spread-pruned", student="spread-4-i512",
+                                      margin=res.margin))
+    assert "fidelity 0.730 against 0.750" in line and "finetune:wordnet 0.480 against 0.430" in line
