@@ -89,9 +89,8 @@ def _probed_tasks(study: Study, kind: str = "task") -> list[TaskData | str]:
     """The study's tasks `search.choose_by` ranks the finalists by, as `kind:NAME` (none by default); finetune:wordnet
     names the default task (WordNet supersenses)."""
     names = [k.partition(":")[2] for k in criterion(study) if k.startswith(f"{kind}:")]
-    own = [t for t in study.cfg.evaluate.tasks if t.name in names]
-    return [*own, *(["wordnet"] if kind == "finetune" and "wordnet" in names and "wordnet" not in {t.name for t in own}
-                    else [])]
+    own = {t.name: t for t in study.cfg.evaluate.tasks}
+    return [own.get(n, n) for n in names]  # the validator let only finetune:wordnet name no task of the study
 
 
 def _finetuned_tasks(study: Study) -> list[TaskData | str]:

@@ -118,7 +118,7 @@ def finalists_table(f: FinalistsResult) -> str:
         noise = (f"paired {m.level:.0%} interval {m.delta_interval[0]:+.3f} to {m.delta_interval[1]:+.3f}: "
                  f"{'beyond' if m.beyond_interval else 'within'} noise" if m.delta_interval else
                  f"{'beyond' if m.beyond_interval else 'within'} the chosen's interval")
-        also = "".join(f"; {k} {a:.3f} against {b:.3f}" for k, (a, b) in (m.scores or {}).items())
+        also = _other_scores(m)
         lines.append(f"margin: {m.delta:+.3f} fidelity against {m.rival} ({m.rival_origin}), the best of the other kind, "
                      f"after {m.steps} steps ({noise}){also}")
     lines.append("Kendall tau with the first round's fidelity ranking: " + ", ".join(
@@ -220,6 +220,11 @@ def export_table(s: ExportResult) -> str:
     return "\n".join(rows)
 
 
+def _other_scores(m: Any) -> str:
+    """search.choose_by's other criteria in a margin: "; finetune:x 0.480 against 0.430"."""
+    return "".join(f"; {k} {a:.3f} against {b:.3f}" for k, (a, b) in (m.scores or {}).items())
+
+
 def won(r: RunRow) -> str:
     """Which kind won a budget's finalists and by how much: a searched point or a hand-designed family."""
     m = r.margin
@@ -233,7 +238,7 @@ def won(r: RunRow) -> str:
                  f"{'beyond' if m.beyond_interval else 'within'} noise")
     else:
         noise = f"{'beyond' if m.beyond_interval else 'within'} its interval"
-    also = "".join(f"; {k} {a:.3f} against {b:.3f}" for k, (a, b) in (m.scores or {}).items())  # search.choose_by's
+    also = _other_scores(m)
     return (f"{r.budget_ms:g} ms{given}: {kind} won, {r.student}; fidelity {m.fidelity:.3f} against {m.rival_fidelity:.3f} "
             f"of {other} ({m.rival}) after {m.steps} steps of the finalists' distillation ({m.delta:+.3f}, {noise}){also}")
 
