@@ -8,7 +8,9 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import pytest
 import yaml
 from conftest import make_tiny_study
 
@@ -91,6 +93,15 @@ def test_run_kill_and_resume(tmp_path):
     assert not any(ran[(stage, f"{extra:g}ms")] for stage in stages)
     assert ran[("export", f"5,{extra:g}")] is False
     assert {r["budget_ms"]: r["budget_x"] for r in result["students"]} == {5.0: None, extra: 0.9}
+    # the fraction is judged against the teacher timed beside the student at export (PyTorch here), not by a drift
+    rel = next(r for r in result["students"] if r["budget_x"] is not None)
+    assert rel["judged_ms"] == pytest.approx(rel["measured_ms"] / rel["teacher_ms"] * teacher_ms)
+    card = json.loads((Path(rel["folder"]) / "nas_bert.json").read_text())["latency"]
+    assert card["budget_x"] == 0.9 and card["teacher_ratio"] == pytest.approx(rel["measured_ms"] / rel["teacher_ms"])
+    from nas_bert.cli.tables import run_table
+    from nas_bert.pipeline import RunResult
+    assert "0.9x of the teacher: judged as a fraction of the teacher timed beside it" in run_table(
+        RunResult.model_validate(result))
     # the largest budget is searched first (its small points seed the next); the rows keep the file's order
     searched = [float(s["key"][:-2]) for s in result["stages"] if s["stage"] == "search"]
     assert searched == sorted([5.0, extra], reverse=True)

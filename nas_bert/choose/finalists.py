@@ -41,7 +41,15 @@ from nas_bert.choose.ranking import (  # the records and the ranking, re-exporte
     margin,
     summarise,
 )
-from nas_bert.choose.timing import holds, host_speed, judged_ms, measured_ms, predict_now, replace_over_budget
+from nas_bert.choose.timing import (
+    budget_fraction,
+    holds,
+    host_speed,
+    judged_ms,
+    measured_ms,
+    predict_now,
+    replace_over_budget,
+)
 from nas_bert.data import load_task
 from nas_bert.distill import (
     DistillResult,
@@ -170,7 +178,13 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
     cands += [c for c in shrunk if c.name in ms]
     predict_now(lat, [*cands, *family.values()], timing)
     everyone = {c.name: c for c in [*cands, *family.values()]}
-    judged = {name: judged_ms(v, timing.get("drift"), host_speed(everyone[name].proxies)) for name, v in ms.items()}
+    # a budget given as a fraction of the teacher: that fraction of the teacher timed in this run
+    fit = lat.calibration.reference_ms
+    if (x := budget_fraction(study, budget_ms, fit)) is not None:
+        timing = {**timing, "budget_x": x, "teacher_fit_ms": fit}
+    teacher = (timing.get("teacher_ms"), fit) if x is not None else None
+    judged = {name: judged_ms(v, timing.get("drift"), host_speed(everyone[name].proxies), teacher)
+              for name, v in ms.items()}
     cands = replace_over_budget(cands, judged, budget_ms, cfg.rescore_top)
     for origin in ORIGINS[1:]:  # each family's slowest member that the budget holds
         fits = [c for c in family.values() if c.origin == origin and holds(c, judged[c.name], budget_ms)]

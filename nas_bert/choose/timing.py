@@ -30,6 +30,7 @@ from nas_bert.latency import (
 )
 from nas_bert.space import Architecture, Embeddings, SearchSpace
 from nas_bert.store import LatencyRow, sha256_hex
+from nas_bert.study import Study
 from nas_bert.teacher import load_teacher
 
 
@@ -151,9 +152,18 @@ def holds(cand: Candidate, judged: float, budget_ms: float) -> bool:
     return judged <= budget_ms and (predicted is None or predicted <= budget_ms)
 
 
-def judged_ms(ms: float, drift: float | None, speed: float | None = None) -> float:
+def judged_ms(ms: float, drift: float | None, speed: float | None = None,
+              teacher: tuple[float | None, float | None] | None = None) -> float:
     """The time a budget judges: the time taken now at the host's speed when the latency model was fitted, as
     far as two signals agree: `ms / min(drift, speed)`.
+
+    A budget given as a fraction of the teacher's latency (`search.budgets_x`) is that fraction of the teacher
+    timed in the same run: `teacher` = (the teacher's ms in this run, the teacher's ms at the fit that the budget
+    was made from) judges `ms / teacher_now * teacher_fit`, within the budget exactly when the student takes at
+    most that fraction of the teacher beside it. No drift estimate enters: the demo's 0.25x student took
+    8.46 ms at the choice and 8.47 ms at the export, 0.22x and 0.24x of the teacher beside it, while the
+    reference student's drift moved from 1.08 to 0.94 between the two runs and flagged it over its budget
+    (BENCHMARKS.md). Without both teacher times the rule below stands.
 
     A shared machine runs 5-25% slower or faster from one quarter hour to the next. `drift` is the reference
     student (the space's largest) now against the fit; `speed` is this student's own factor, the calibration
@@ -165,10 +175,23 @@ def judged_ms(ms: float, drift: float | None, speed: float | None = None) -> flo
     their predicted speed; dividing by it let a 5.8 ms student into a 5 ms budget), which the refit on all
     calibration students follows. Without a student's own factor (a run that predates it, or a student the
     table cannot predict) the drift only tightens; a missing or non-positive drift leaves the time as it is."""
+    now, fit = teacher or (None, None)
+    if now and fit and math.isfinite(now) and math.isfinite(fit) and now > 0:
+        return ms / now * fit
     if drift is None or not math.isfinite(drift) or drift <= 0:
         return ms
     own = speed if speed is not None and math.isfinite(speed) and speed > 0 else 1.0
     return ms / min(drift, own)
+
+
+def budget_fraction(study: Study, budget_ms: float | None, teacher_fit_ms: float | None) -> float | None:
+    """The fraction of the teacher's latency a budget was given as (`search.budgets_x`, resolved to ms against
+    `teacher_fit_ms`, the space's largest student timed at the fit, as `nas-bert run` resolves it); None for a
+    budget given in ms (`search.budgets_ms` first, as there)."""
+    search = study.cfg.search
+    if budget_ms is None or not teacher_fit_ms or any(float(b) == budget_ms for b in search.budgets_ms):
+        return None
+    return next((x for x in search.budgets_x if round(x * teacher_fit_ms, 2) == budget_ms), None)
 
 
 def host_speed(proxies: dict[str, Any]) -> float | None:

@@ -110,9 +110,15 @@ def finalists_table(f: FinalistsResult) -> str:
     if f.replacements:
         lines.append(f"over budget as measured: {', '.join(f.dropped_over_budget)}; in their place, the next by "
                      f"approximate loss that the budget holds: {', '.join(f.replacements)}")
-    lines.append(f"budget judged on the measured time at the fitted speed, as far as the drift and each student's "
-                 f"own factor (now / pred) agree: a faster host tightens, a slower one loosens only where both say so "
-                 f"(drift {num((f.timing or {}).get('drift'), '.2f')}x in this run)")
+    t = f.timing or {}
+    if t.get("budget_x") is not None and t.get("teacher_ms"):
+        lines.append(f"budget {t['budget_x']:g}x of the teacher: each student judged as that fraction of the teacher "
+                     f"timed in this run ({t['teacher_ms']:.2f} ms; {t['teacher_fit_ms']:.2f} ms when the latency model "
+                     "was fitted)")
+    else:
+        lines.append(f"budget judged on the measured time at the fitted speed, as far as the drift and each student's "
+                     f"own factor (now / pred) agree: a faster host tightens, a slower one loosens only where both say "
+                     f"so (drift {num(t.get('drift'), '.2f')}x in this run)")
     if f.margin is not None:
         m = f.margin
         noise = (f"paired {m.level:.0%} interval {m.delta_interval[0]:+.3f} to {m.delta_interval[1]:+.3f}: "
@@ -286,7 +292,9 @@ def run_table(s: RunResult) -> str:
         rows += [f"{r.budget_ms:g} ms student at export: predicted {f(r.predicted_ms, '.2f')} ms "
                  f"(at the fit), {f(r.predicted_now_ms, '.2f')} ms (calibration refitted in the export's run), "
                  f"measured {f(r.measured_ms, '.2f')} ms ({RUNTIME_LABEL.get(s.runtime, s.runtime)}), judged {f(r.judged_ms, '.2f')} ms against "
-                 f"its {r.budget_ms:g} ms budget" for r in s.students]
+                 f"its {r.budget_ms:g} ms budget" + (f" ({r.budget_x:g}x of the teacher: judged as a fraction of the "
+                                                     "teacher timed beside it)" if r.budget_x is not None else "")
+                 for r in s.students]
     stages = [f"{x.stage} {x.key}".strip() + (" (skipped)" if x.skipped else f" {x.seconds:.0f} s")
               for x in s.stages]
     rows += [(f"ms: {RUNTIME_LABEL.get(s.runtime, s.runtime)}, batch 1, the student and the truncated teacher timed in "
@@ -294,7 +302,8 @@ def run_table(s: RunResult) -> str:
               "the model cards hold the export's own timing; a budget judges the time measured at the host's speed "
               "when the latency model was fitted, as far as the reference student and the calibration refitted in "
               "the same run agree (a faster host tightens the verdict, a slower one loosens it only where both "
-              "say so)"),
+              "say so); a budget given as a fraction of the teacher judges the student against the teacher timed "
+              "in the same run"),
              f"Pareto front: {s.pareto_png}", "stages: " + ", ".join(stages)]
     return "\n".join(rows)
 

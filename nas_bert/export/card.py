@@ -128,6 +128,15 @@ or, for token states, with transformers alone:
 {auto}"""
 
 
+def _rule(lat: dict[str, Any]) -> str:
+    """How the export judged the student's time against its budget, in words."""
+    if lat.get("teacher_ratio") is not None:
+        return (f"{lat['teacher_ratio']:.3f}x of the teacher timed beside it, against a budget of {lat['budget_x']:g}x of "
+                "the teacher")
+    return ("at the host's speed when the latency model was fitted, as far as the reference student and this student's "
+            "own factor agree")
+
+
 def model_card(info: dict[str, Any], arch: Architecture) -> str:
     """README.md: usage, the architecture per block and sublayer, latency beside the teacher's, metrics, command."""
     m, lat, t, ck = info["metrics"], info["latency"], info["teacher"], info["checkpoint"]
@@ -154,8 +163,7 @@ def model_card(info: dict[str, Any], arch: Architecture) -> str:
     runtime = cfg.get("runtime", "torch")  # the runtime the budget is for
     judged = lat.get("judged_ms") or judged_ms(lat[RUNTIME_VARIANT[runtime]], drift, speed)
     over = (f"**Over budget when measured**: {_fmt(lat[RUNTIME_VARIANT[runtime]])} ms ({RUNTIME_LABEL[runtime]}), {_fmt(judged)} "
-            f"ms as the budget judges it (at the host's speed when the latency model was fitted, as far as the "
-            f"reference student and this student's own factor agree), against the {_fmt(info['budget_ms'], 'g')} ms budget "
+            f"ms as the budget judges it ({_rule(lat)}), against the {_fmt(info['budget_ms'], 'g')} ms budget "
             f"on this machine (at the choice, timed beside its competitors, it took "
             f"{_fmt((info.get('finalist') or {}).get('measured_ms'))} ms).\n\n" if info.get("over_budget") else "")
     stale = "" if ck["scored_with_sha256"] == ck["sha256"] else (

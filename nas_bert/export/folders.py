@@ -20,7 +20,7 @@ import numpy as np
 from sqlalchemy import select
 from tqdm.auto import tqdm
 
-from nas_bert.choose import Finalist, chosen_finalist, criterion, judged_ms, reorders
+from nas_bert.choose import Finalist, budget_fraction, chosen_finalist, criterion, judged_ms, reorders
 from nas_bert.errors import NasBertError
 from nas_bert.export.card import model_card
 from nas_bert.export.onnx_export import VARIANTS, export_onnx, mb, measure_latencies
@@ -232,8 +232,15 @@ def _export_one(study: Study, m: Member, teacher: Teacher, supernet: Supernet, c
         ms["speed"] = predicted_now / lat_model.predict(arch, reorder=reorder)  # this student's host factor since the fit
     except NasBertError:  # a hand-designed student the table has no timing for
         predicted_now, ms["speed"] = None, None
-    # the runtime the budgets are for: PyTorch fp32, or the exported ONNX graph (fp32 or int8)
-    ms["judged_ms"] = judged_ms(ms[RUNTIME_VARIANT[cfg.runtime]], ms["drift"], ms["speed"])
+    # the runtime the budgets are for: PyTorch fp32, or the exported ONNX graph (fp32 or int8); a budget given as
+    # a fraction of the teacher is that fraction of the teacher beside it in this run, on the same runtime
+    variant, fit = RUNTIME_VARIANT[cfg.runtime], lat_model.calibration.reference_ms
+    ms["budget_x"] = budget_fraction(study, m.budget_ms, fit)
+    teacher_now = ms.get(f"teacher_{variant}")
+    ms["judged_ms"] = judged_ms(ms[variant], ms["drift"], ms["speed"],
+                                (teacher_now, fit) if ms["budget_x"] is not None else None)
+    if ms["budget_x"] is not None and teacher_now:
+        ms["teacher_ratio"] = ms[variant] / teacher_now
     # the evaluation of exactly these weights: the distilled folder's, none for supernet slices
     evaluated = _evaluation(study, arch.hash(), distilled["student_path"]) if distilled is not None else {}
     metrics = {"approx_loss": m.row["approx_loss"], "rescored_loss": m.row["rescored_loss"], **checks, **evaluated}

@@ -14,7 +14,7 @@ import torch
 from nas_bert.errors import NasBertError
 from nas_bert.latency import measure_callables, quantize_int8, runtime_call, session
 from nas_bert.model import NasBertModel
-from nas_bert.study import LatencyConfig
+from nas_bert.study import RUNTIME_VARIANT, LatencyConfig
 from nas_bert.teacher import Teacher
 
 ONNX_TOL = 1e-4  # fp32 ONNX must reproduce PyTorch to this max abs diff, relative to the output's largest
@@ -110,6 +110,8 @@ def measure_latencies(student: NasBertModel, folder: Path, teacher: Teacher, cfg
     extra = [m.eval().to(dev) for m in others or []]
     args = (on_dev["input_ids"], on_dev["attention_mask"])
     calls |= {f"other:{i}": runtime_call(m, args, cfg) for i, m in enumerate(extra)}
+    if others is not None and cfg.runtime != "torch":  # the teacher on the runtime the budgets are for, too
+        calls[f"teacher_{RUNTIME_VARIANT[cfg.runtime]}"] = runtime_call(teacher_model, args, cfg)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(cfg.threads)

@@ -376,6 +376,51 @@ def test_the_budget_judges_times_at_the_fitted_speed_only_to_tighten(searched_ti
     assert chosen_finalist(Database(study.db_url), study, 5.0).name == fits[0].name
 
 
+def test_a_budget_given_as_a_fraction_is_judged_against_the_teacher_in_the_same_run(searched_tiny, tmp_path,
+                                                                                     monkeypatch):
+    """A budget of search.budgets_x is that fraction of the teacher timed beside the students: a drift estimate
+    that says the host is faster (0.8, which alone would drop every student) does not enter; the teacher beside
+    them running faster than at the fit (0.85x) tightens the verdict by exactly that."""
+    from nas_bert.choose import budget_fraction, judged_ms
+    from nas_bert.choose import finalists as F
+    from nas_bert.cli.tables import finalists_table
+    from nas_bert.latency import ensure_latency_model
+    from nas_bert.teacher import load_teacher
+
+    assert judged_ms(8.47, 0.938, 1.076, (34.91, 32.56)) == pytest.approx(8.47 / 34.91 * 32.56)  # the demo's 0.243x
+    assert judged_ms(8.47, 0.938, 1.076, (None, 32.56)) == judged_ms(8.47, 0.938, 1.076)  # no teacher timed: drift rule
+    file = copy_study(searched_tiny, tmp_path)
+    rel = load_study(file, overrides={"search.budgets_ms": [8.0], "search.budgets_x": [0.25, 0.5]})
+    assert budget_fraction(rel, 8.14, 32.56) == 0.25 and budget_fraction(rel, 16.28, 32.56) == 0.5
+    assert budget_fraction(rel, 8.0, 32.56) is None and budget_fraction(rel, 10.0, 32.56) is None
+    assert budget_fraction(rel, 8.14, None) is None and budget_fraction(rel, None, 32.56) is None
+
+    study = load_study(file, overrides={"search.finalist_steps": 2, "distill.val_batches": 2,
+                                        "search.finalist_baselines": False})
+    emb = load_teacher(study.cfg.teacher).embeddings_spec()
+    fit = ensure_latency_model(Database(study.db_url), study.space, emb, study.cfg.latency,
+                               progress=False).calibration.reference_ms
+    assert fit
+    monkeypatch.setattr(F, "budget_fraction", lambda s, b, f: 0.5 if b == 5.0 and f == fit else None)
+    teacher = {"now": fit}
+
+    def timed(ctx, cands, budget_ms, progress=True, optional=frozenset()):  # the first at 4.5 ms, the rest at 5.5
+        return ({c.name: 4.5 if i == 0 else 5.5 for i, c in enumerate(cands)},
+                {"drift": 0.8, "teacher_ms": teacher["now"]})
+
+    monkeypatch.setattr(F, "measured_ms", timed)
+    out = choose(study, 5.0, progress=False)
+    fits = [r for r in out.finalists if not r.over_budget]
+    assert [r.judged_ms for r in fits] == [pytest.approx(4.5)] and fits[0].fidelity is not None
+    assert out.timing["budget_x"] == 0.5 and out.timing["teacher_fit_ms"] == fit
+    assert "budget 0.5x of the teacher: each student judged as that fraction of the teacher timed in this run" in \
+        finalists_table(out)
+    teacher["now"] = 0.85 * fit  # the teacher beside them is faster than at the fit: 4.5 ms is 0.53 of it
+    again = choose(study, 5.0, progress=False)
+    assert all(r.over_budget for r in again.finalists)
+    assert min(r.judged_ms for r in again.finalists) == pytest.approx(4.5 / 0.85)
+
+
 def test_a_top_student_measured_over_budget_is_replaced_by_the_next(searched_tiny, tmp_path, monkeypatch):
     """The best student by approximate loss measures over the budget: it is dropped, and the best reserve
     student (next by approximate loss) that the budget holds takes its place; the other reserves stay out."""

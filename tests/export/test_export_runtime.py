@@ -31,7 +31,8 @@ def test_budgets_on_onnx_runtime_int8_are_fitted_and_judged_there(tmp_path):
     meta = json.loads((out / st.name / "nas_bert.json").read_text())
     lat = meta["latency"]
     assert lat["config"]["runtime"] == "onnxruntime-int8"
-    assert lat["judged_ms"] == judged_ms(lat["onnx_int8"], lat["drift"], lat["speed"])
+    assert lat["judged_ms"] == judged_ms(lat["onnx_int8"], lat["drift"], lat["speed"])  # a budget in ms: the drift rule
+    assert lat["teacher_onnx_int8"] > 0 and lat["budget_x"] is None  # the teacher on the runtime too (for fractions)
     assert st.over_budget == (lat["judged_ms"] > 5.0)
     card = (out / st.name / "README.md").read_text()
     assert "for ONNX Runtime int8, the runtime it is for" in card
