@@ -98,6 +98,10 @@ def test_run_kill_and_resume(tmp_path):
     assert rel["judged_ms"] == pytest.approx(rel["measured_ms"] / rel["teacher_ms"] * teacher_ms)
     card = json.loads((Path(rel["folder"]) / "nas_bert.json").read_text())["latency"]
     assert card["budget_x"] == 0.9 and card["teacher_ratio"] == pytest.approx(rel["measured_ms"] / rel["teacher_ms"])
+    assert card["calibration_ms"] == [] and card["drift"] is None  # no calibration students timed for a fraction
+    ms_row = next(r for r in result["students"] if r["budget_x"] is None)
+    ms_card = json.loads((Path(ms_row["folder"]) / "nas_bert.json").read_text())["latency"]
+    assert ms_card["calibration_ms"] and ms_card["drift"] > 0 and ms_card["budget_x"] is None  # a budget in ms: drift rule
     from nas_bert.cli.tables import run_table
     from nas_bert.pipeline import RunResult
     assert "0.9x of the teacher: judged as a fraction of the teacher timed beside it" in run_table(

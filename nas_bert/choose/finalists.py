@@ -173,14 +173,16 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
                              {c.arch.hash() for c in [*cands, *family.values()]}) if study.space.layer_slots else []
     # each of the top one step smaller, in reserve for one measured over the budget (a budget timed before they
     # were reserves goes on without them)
+    # a budget given as a fraction of the teacher: that fraction of the teacher timed in this run (no calibration
+    # students timed: no drift estimate enters)
+    fit = lat.calibration.reference_ms
+    x = budget_fraction(study, budget_ms, fit)
     ms, timing = measured_ms(ctx, [*cands, *shrunk, *family.values()], budget_ms, progress,
-                             optional=frozenset(c.name for c in shrunk))
+                             optional=frozenset(c.name for c in shrunk), calibrate=x is None)
     cands += [c for c in shrunk if c.name in ms]
     predict_now(lat, [*cands, *family.values()], timing)
     everyone = {c.name: c for c in [*cands, *family.values()]}
-    # a budget given as a fraction of the teacher: that fraction of the teacher timed in this run
-    fit = lat.calibration.reference_ms
-    if (x := budget_fraction(study, budget_ms, fit)) is not None:
+    if x is not None:
         timing = {**timing, "budget_x": x, "teacher_fit_ms": fit}
     teacher = (timing.get("teacher_ms"), fit) if x is not None else None
     judged = {name: judged_ms(v, timing.get("drift"), host_speed(everyone[name].proxies), teacher)

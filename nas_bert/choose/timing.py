@@ -45,9 +45,12 @@ def _model(arch: Architecture, origin: str) -> torch.nn.Module:
 
 
 def measured_ms(ctx: StudentContext, cands: list[Candidate], budget_ms: float, progress: bool = True,
-                optional: frozenset[str] = frozenset()) -> tuple[dict[str, float], dict[str, Any]]:
+                optional: frozenset[str] = frozenset(), calibrate: bool = True
+                ) -> tuple[dict[str, float], dict[str, Any]]:
     """End-to-end latency of each candidate on the study's latency device (name -> ms): all of one budget's
-    candidates, the teacher and the latency model's calibration students timed in one interleaved run.
+    candidates, the teacher and (with `calibrate`) the latency model's calibration students timed in one
+    interleaved run. A budget given as a fraction of the teacher needs no calibration students: it is judged
+    against the teacher in the same run, and the drift and the refit below are left out (None).
 
     A shared host drifts (the same model can take 15% longer than ten minutes ago), so the candidates are
     compared with each other only within one run; the reference student (the largest), timed when the latency
@@ -72,19 +75,21 @@ def measured_ms(ctx: StudentContext, cands: list[Candidate], budget_ms: float, p
         known = {r.key: r.ms for r in s.scalars(select(LatencyRow).where(
             LatencyRow.fingerprint == fp, LatencyRow.study == study, LatencyRow.key.in_([*keys.values(), *extra.values()])))}
     missing = {name for name, key in keys.items() if key not in known}
-    if missing and (extra["drift"] not in known or not missing <= optional):
+    # the budget's run is done once the teacher's time in it is stored
+    if missing and (extra["teacher_ms"] not in known or not missing <= optional):
         emb = ctx.teacher.embeddings_spec()
         lat = ensure_latency_model(ctx.db, ctx.study.space, emb, cfg, progress=False)
-        recal = calibration_architectures(ctx.study.space, emb, cfg, lat)
         job = (lat, ctx.study.space, emb, [(c.arch.to_dict(), c.origin) for c in cands], ctx.study.cfg.teacher,
-               progress)
+               progress, calibrate)
         raw = in_fresh_process(time_finalists, *job) if cfg.fresh_process else time_finalists(*job)
-        drift, now = in_run(lat, ctx.study.space, emb, recal, raw[len(cands):-1])
-        values = {**{keys[c.name]: ms for c, ms in zip(cands, raw, strict=False)}, extra["drift"]: drift,
-                  extra["teacher_ms"]: raw[-1], extra["refit_a"]: now.a, extra["refit_c"]: now.c,
-                  extra["refit_w"]: now.w, extra["refit_b"]: now.b,
-                  # each calibration student's time in this run, beside the candidates (rows only)
-                  **{f"calibration:{tag}:{i}": v for i, v in enumerate(raw[len(cands):-1])}}
+        values = {**{keys[c.name]: ms for c, ms in zip(cands, raw, strict=False)}, extra["teacher_ms"]: raw[-1]}
+        if calibrate:
+            recal = calibration_architectures(ctx.study.space, emb, cfg, lat)
+            drift, now = in_run(lat, ctx.study.space, emb, recal, raw[len(cands):-1])
+            values |= {extra["drift"]: drift, extra["refit_a"]: now.a, extra["refit_c"]: now.c,
+                       extra["refit_w"]: now.w, extra["refit_b"]: now.b,
+                       # each calibration student's time in this run, beside the candidates (rows only)
+                       **{f"calibration:{tag}:{i}": v for i, v in enumerate(raw[len(cands):-1])}}
         try:
             with ctx.db.session() as s:
                 for key, value in values.items():
@@ -100,12 +105,12 @@ def measured_ms(ctx: StudentContext, cands: list[Candidate], budget_ms: float, p
 
 
 def time_finalists(lat: LatencyModel, space: SearchSpace, emb: Embeddings, cands: list[tuple[dict[str, Any], str]],
-                   teacher_name: str, progress: bool = True) -> list[float]:
+                   teacher_name: str, progress: bool = True, calibrate: bool = True) -> list[float]:
     """One budget's timing run (in a fresh process unless `latency.fresh_process` is off): the candidates
-    (architecture dicts with their origin), the latency model's calibration students and the teacher, timed
-    in one interleaved run; their milliseconds in that order."""
+    (architecture dicts with their origin), the latency model's calibration students (with `calibrate`) and
+    the teacher, timed in one interleaved run; their milliseconds in that order."""
     cfg = lat.config
-    _, recal_models = calibration_students(lat, space, emb)
+    recal_models = calibration_students(lat, space, emb)[1] if calibrate else []
     models = [_model(Architecture.from_dict(a), origin) for a, origin in cands] + recal_models
     teacher = load_teacher(teacher_name)
     threads = torch.get_num_threads()

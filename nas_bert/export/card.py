@@ -137,6 +137,21 @@ def _rule(lat: dict[str, Any]) -> str:
             "own factor agree")
 
 
+def _verdict(lat: dict[str, Any], judged: float, runtime: str) -> str:
+    """The card's paragraph on how the budget judged the measured time."""
+    if lat.get("teacher_ratio") is not None:
+        return (f"The budget is {lat['budget_x']:g}x of the teacher's latency: on {RUNTIME_LABEL[runtime]}, the runtime "
+                f"it is for, the student took {lat['teacher_ratio']:.3f}x of the teacher timed beside it, so the budget "
+                f"judges {_fmt(judged)} ms (that fraction of the teacher's time when the latency model was fitted). No "
+                "estimate of the host's drift enters: both were timed in the same interleaved rounds.")
+    return (f"The host ran {_fmt(lat.get('drift') or 1.0, '.2f')}x as long as when the latency model was fitted (its "
+            "reference student, the space's largest, was timed beside these) and, by the calibration refitted in this "
+            f"run, {_fmt(lat.get('speed'), '.2f')}x as long for this student: a shared machine drifts, and times taken "
+            f"minutes apart differ by that much. The budget judges {_fmt(judged)} ms for {RUNTIME_LABEL[runtime]}, the "
+            "runtime it is for: the time measured at the fitted speed, as far as the two factors agree (divided by the "
+            "lesser of them: a faster host tightens the verdict, a slower one loosens it only where both say so).")
+
+
 def model_card(info: dict[str, Any], arch: Architecture) -> str:
     """README.md: usage, the architecture per block and sublayer, latency beside the teacher's, metrics, command."""
     m, lat, t, ck = info["metrics"], info["latency"], info["teacher"], info["checkpoint"]
@@ -199,7 +214,7 @@ Measured on {lat["machine"]}, batch {cfg["batch_size"]}, sequence length {cfg["s
 threads. The student's three runtimes and the teacher were timed in interleaved rounds, as the latency table \
 is (disturbed blocks dropped, 10th percentile of the rest). The first prediction is the search's latency \
 model (the host's speed when it was fitted); the second is the same model with its calibration refitted on \
-its calibration students timed in this run (the host's speed now).
+its calibration students timed in this run (the host's speed now; timed for a budget in ms only).
 
 | runtime | student ms | teacher ms (PyTorch fp32) | speed-up |
 |---|---|---|---|
@@ -207,12 +222,7 @@ its calibration students timed in this run (the host's speed now).
 | predicted (refitted in this run) | {_fmt(info.get("predicted_now_ms"))} | | |
 {runtimes}
 
-The host ran {_fmt(drift, ".2f")}x as long as when the latency model was fitted (its reference student, the \
-space's largest, was timed beside these) and, by the calibration refitted in this run, {_fmt(speed, ".2f")}x as \
-long for this student: a shared machine drifts, and times taken minutes apart differ by that much. The budget \
-judges {_fmt(judged)} ms for {RUNTIME_LABEL[runtime]}, the runtime it is for: the time measured at the fitted speed, as far as the two factors \
-agree (divided by the lesser of them: a faster host tightens the verdict, a slower one loosens it only where \
-both say so).
+{_verdict(lat, judged, runtime)}
 
 ## Metrics
 

@@ -221,25 +221,28 @@ def _export_one(study: Study, m: Member, teacher: Teacher, supernet: Supernet, c
     checks = export_onnx(student, folder, teacher.tokenizer, min(cfg.seq_len, arch.embeddings.max_positions))
     emb = teacher.embeddings_spec()
     lat_model = ensure_latency_model(Database(study.db_url), study.space, emb, cfg, progress=False)
-    recal = calibration_architectures(study.space, emb, cfg, lat_model)
-    job = (folder, study.cfg.teacher, lat_model, study.space, emb)
-    ms = in_fresh_process(time_export, *job) if cfg.fresh_process else time_export(*job)
-    ms["calibration_ms"] = ms.pop("others")  # kept in nas_bert.json: the run's composition can be compared later
-    ms["drift"], now = in_run(lat_model, study.space, emb, recal, ms["calibration_ms"])
-    try:  # the latency model refitted on this run's timings: the prediction at the host's speed now
-        reorder = reorders(arch)
-        predicted_now: float | None = lat_model.predict(arch, now, reorder)
-        ms["speed"] = predicted_now / lat_model.predict(arch, reorder=reorder)  # this student's host factor since the fit
-    except NasBertError:  # a hand-designed student the table has no timing for
-        predicted_now, ms["speed"] = None, None
-    # the runtime the budgets are for: PyTorch fp32, or the exported ONNX graph (fp32 or int8); a budget given as
-    # a fraction of the teacher is that fraction of the teacher beside it in this run, on the same runtime
+    # the runtime the budgets are for: PyTorch fp32, or the exported ONNX graph (fp32 or int8). A budget given as a
+    # fraction of the teacher is that fraction of the teacher beside the student in this run, on the same runtime:
+    # no drift estimate enters, so the calibration students are not timed again (a budget in ms times them)
     variant, fit = RUNTIME_VARIANT[cfg.runtime], lat_model.calibration.reference_ms
-    ms["budget_x"] = budget_fraction(study, m.budget_ms, fit)
+    x = budget_fraction(study, m.budget_ms, fit)
+    recal = calibration_architectures(study.space, emb, cfg, lat_model) if x is None else []
+    job = (folder, study.cfg.teacher, lat_model, study.space, emb, x is None)
+    ms = in_fresh_process(time_export, *job) if cfg.fresh_process else time_export(*job)
+    ms["calibration_ms"] = ms.pop("others", [])  # kept in nas_bert.json: the run's composition can be compared later
+    predicted_now: float | None = None
+    ms["drift"], ms["speed"], ms["budget_x"] = None, None, x
+    if recal:
+        ms["drift"], now = in_run(lat_model, study.space, emb, recal, ms["calibration_ms"])
+        try:  # the latency model refitted on this run's timings: the prediction at the host's speed now
+            reorder = reorders(arch)
+            predicted_now = lat_model.predict(arch, now, reorder)
+            ms["speed"] = predicted_now / lat_model.predict(arch, reorder=reorder)  # its host factor since the fit
+        except NasBertError:  # a hand-designed student the table has no timing for
+            predicted_now = None
     teacher_now = ms.get(f"teacher_{variant}")
-    ms["judged_ms"] = judged_ms(ms[variant], ms["drift"], ms["speed"],
-                                (teacher_now, fit) if ms["budget_x"] is not None else None)
-    if ms["budget_x"] is not None and teacher_now:
+    ms["judged_ms"] = judged_ms(ms[variant], ms["drift"], ms["speed"], (teacher_now, fit) if x is not None else None)
+    if x is not None and teacher_now:
         ms["teacher_ratio"] = ms[variant] / teacher_now
     # the evaluation of exactly these weights: the distilled folder's, none for supernet slices
     evaluated = _evaluation(study, arch.hash(), distilled["student_path"]) if distilled is not None else {}
@@ -266,13 +269,13 @@ def _export_one(study: Study, m: Member, teacher: Teacher, supernet: Supernet, c
     return info
 
 
-def time_export(folder: Path, teacher_name: str, lat: LatencyModel, space: SearchSpace, emb: Embeddings
-                ) -> dict[str, Any]:
+def time_export(folder: Path, teacher_name: str, lat: LatencyModel, space: SearchSpace, emb: Embeddings,
+                calibrate: bool = True) -> dict[str, Any]:
     """The export's timing run (in a fresh process unless `latency.fresh_process` is off): the student as
-    written to `folder` (PyTorch, ONNX fp32 and int8), the teacher and the latency model's calibration
-    students, interleaved (`measure_latencies`)."""
+    written to `folder` (PyTorch, ONNX fp32 and int8), the teacher and, with `calibrate`, the latency model's
+    calibration students, interleaved (`measure_latencies`)."""
     student = NasBertModel.from_pretrained(folder).eval()
-    _, recal_models = calibration_students(lat, space, emb)
+    recal_models = calibration_students(lat, space, emb)[1] if calibrate else None
     return measure_latencies(student, folder, load_teacher(teacher_name), lat.config, recal_models)
 
 

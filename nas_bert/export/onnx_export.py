@@ -110,7 +110,7 @@ def measure_latencies(student: NasBertModel, folder: Path, teacher: Teacher, cfg
     extra = [m.eval().to(dev) for m in others or []]
     args = (on_dev["input_ids"], on_dev["attention_mask"])
     calls |= {f"other:{i}": runtime_call(m, args, cfg) for i, m in enumerate(extra)}
-    if others is not None and cfg.runtime != "torch":  # the teacher on the runtime the budgets are for, too
+    if cfg.runtime != "torch":  # the teacher on the runtime the budgets are for, too
         calls[f"teacher_{RUNTIME_VARIANT[cfg.runtime]}"] = runtime_call(teacher_model, args, cfg)
     threads = torch.get_num_threads()
     try:

@@ -45,9 +45,9 @@ def test_search_and_finalists_on_the_space_made_from_the_teacher(tmp_path, monke
     from nas_bert.choose import finalists as F
     timed_names, measure = [], F.measured_ms
 
-    def spy(ctx, cands, budget_ms, progress=True, optional=frozenset()):
+    def spy(ctx, cands, budget_ms, progress=True, optional=frozenset(), calibrate=True):
         timed_names.extend(c.name for c in cands)
-        return measure(ctx, cands, budget_ms, progress, optional)
+        return measure(ctx, cands, budget_ms, progress, optional, calibrate)
 
     monkeypatch.setattr(F, "measured_ms", spy)
     fin = choose(study, 5.0, progress=False)

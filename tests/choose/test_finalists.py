@@ -355,7 +355,7 @@ def test_the_budget_judges_times_at_the_fitted_speed_only_to_tighten(searched_ti
                                                                         "search.finalist_baselines": False})
     drift = {"now": 0.8}
 
-    def timed(ctx, cands, budget_ms, progress=True, optional=frozenset()):  # the first searched finalist at 4.5 ms, the rest at 5.5
+    def timed(ctx, cands, budget_ms, progress=True, optional=frozenset(), calibrate=True):  # the first searched finalist at 4.5 ms, the rest at 5.5
         names = [c.name for c in cands]
         return ({n: 4.5 if i == 0 else 5.5 for i, n in enumerate(names)},
                 {"drift": drift["now"], "teacher_ms": 20.0})
@@ -402,9 +402,10 @@ def test_a_budget_given_as_a_fraction_is_judged_against_the_teacher_in_the_same_
                                progress=False).calibration.reference_ms
     assert fit
     monkeypatch.setattr(F, "budget_fraction", lambda s, b, f: 0.5 if b == 5.0 and f == fit else None)
-    teacher = {"now": fit}
+    teacher = {"now": fit, "calibrated": []}
 
-    def timed(ctx, cands, budget_ms, progress=True, optional=frozenset()):  # the first at 4.5 ms, the rest at 5.5
+    def timed(ctx, cands, budget_ms, progress=True, optional=frozenset(), calibrate=True):  # the first at 4.5 ms, the rest at 5.5
+        teacher["calibrated"].append(calibrate)
         return ({c.name: 4.5 if i == 0 else 5.5 for i, c in enumerate(cands)},
                 {"drift": 0.8, "teacher_ms": teacher["now"]})
 
@@ -413,6 +414,7 @@ def test_a_budget_given_as_a_fraction_is_judged_against_the_teacher_in_the_same_
     fits = [r for r in out.finalists if not r.over_budget]
     assert [r.judged_ms for r in fits] == [pytest.approx(4.5)] and fits[0].fidelity is not None
     assert out.timing["budget_x"] == 0.5 and out.timing["teacher_fit_ms"] == fit
+    assert teacher["calibrated"] == [False]  # no calibration students timed: no drift estimate enters
     assert "budget 0.5x of the teacher: each student judged as that fraction of the teacher timed in this run" in \
         finalists_table(out)
     teacher["now"] = 0.85 * fit  # the teacher beside them is faster than at the fit: 4.5 ms is 0.53 of it
@@ -434,7 +436,7 @@ def test_a_top_student_measured_over_budget_is_replaced_by_the_next(searched_tin
     best = next(c for c in cands if c.proxies.get("approx_rank") == 0)
     assert reserve and all(c.proxies["approx_rank"] >= study.cfg.search.rescore_top for c in reserve)
 
-    def timed(ctx, cands, budget_ms, progress=True, optional=frozenset()):
+    def timed(ctx, cands, budget_ms, progress=True, optional=frozenset(), calibrate=True):
         return {c.name: 6.0 if c.name == best.name else 4.0 for c in cands}, {"drift": 1.0, "teacher_ms": 20.0}
 
     monkeypatch.setattr(F, "measured_ms", timed)
@@ -472,7 +474,7 @@ def test_a_student_scored_at_another_budget_is_not_distilled_again(searched_tiny
     path = copy_study(searched_tiny, tmp_path)
     study = load_study(path, overrides={"search.finalist_steps": 2, "distill.val_batches": 2,
                                         "search.finalist_baselines": False})
-    monkeypatch.setattr(F, "measured_ms", lambda ctx, cands, budget_ms, progress=True, optional=frozenset(): (
+    monkeypatch.setattr(F, "measured_ms", lambda ctx, cands, budget_ms, progress=True, optional=frozenset(), calibrate=True: (
         {c.name: 4.0 for c in cands}, {"drift": 1.0, "teacher_ms": 20.0}))
     first = {r.name: r for r in choose(study, 5.0, progress=False).finalists}
     db = Database(study.db_url)
