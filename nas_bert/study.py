@@ -32,11 +32,8 @@ class CorpusConfig(_Strict):
     validation_fraction: float = Field(0.05, gt=0.0, lt=0.5)
     max_train_examples: int | None = Field(None, ge=1)
     max_eval_examples: int | None = Field(None, ge=1)
-    mlm_probability: float | None = Field(
-        None, ge=0.0, lt=1.0,
-        description="share of tokens masked, only where a loss uses the teacher's MLM logits; "
-                    "None: 0.15 when one does, else clean text",
-    )
+    mlm_probability: float | None = Field(None, ge=0.0, lt=1.0, description="share of tokens masked, only where a loss "
+                                          "uses the teacher's MLM logits; None: 0.15 when one does, else clean text")
     seed: int = 0
 
     @property
@@ -249,6 +246,8 @@ class DistillConfig(TrainConfig):
     relation_heads: int = Field(default=4, ge=1, description="MiniLMv2 relation heads (independent of student heads)")
     temperature: float = Field(default=2.0, gt=0)
     freeze_embeddings: bool = Field(default=False, description="keep the teacher's embedding tables fixed")
+    teacher_cache_mb: int = Field(default=1024, ge=0, exclude=True, description="memory for the teacher's outputs on "
+                                  "the batches many short runs share (finalists, mapping search); 0: none. Speed only")
 
 
 class MappingConfig(_Strict):

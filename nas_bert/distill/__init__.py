@@ -13,6 +13,7 @@ from nas_bert.distill.mapping import (
 from nas_bert.distill.objective import (
     DistillModule,
     DistillObjective,
+    TeacherCache,
     TeacherTaps,
     check_mapping,
     distill_points,
@@ -36,4 +37,4 @@ from nas_bert.distill.students import (
     trial_architecture,
 )
 
-__all__ = ["DistillModule", "DistillObjective", "DistillResult", "MappingFitness", "MappingResult", "MappingSearch", "StudentContext", "TeacherTaps", "best_memoised", "check_mapping", "count_monotone", "distill", "distill_baseline", "distill_identity", "distill_points", "distill_student", "last_layers_mapping", "map_layers", "map_student_layers", "mutate_monotone", "protocol_hash", "relation_kl", "repair", "resolve_budget", "similarity_loss", "trial_architecture", "uniform_mapping"]
+__all__ = ["DistillModule", "DistillObjective", "DistillResult", "MappingFitness", "MappingResult", "MappingSearch", "StudentContext", "TeacherCache", "TeacherTaps", "best_memoised", "check_mapping", "count_monotone", "distill", "distill_baseline", "distill_identity", "distill_points", "distill_student", "last_layers_mapping", "map_layers", "map_student_layers", "mutate_monotone", "protocol_hash", "relation_kl", "repair", "resolve_budget", "similarity_loss", "trial_architecture", "uniform_mapping"]

@@ -21,6 +21,7 @@ from nas_bert.distill.mapping import MappingSearch, best_memoised, decided_mappi
 from nas_bert.distill.objective import (
     DistillModule,
     DistillObjective,
+    TeacherCache,
     TeacherTaps,
     check_mapping,
     distill_points,
@@ -130,6 +131,7 @@ class StudentContext:
     _importance: Importance | None = None
     _teacher_net: Supernet | None = None
     _val: dict[tuple[int, int], tuple[list[dict[str, torch.Tensor]], dict[Any, Any]]] = field(default_factory=dict)
+    _cache: TeacherCache | None = None
 
     @classmethod
     def open(cls, study: Study) -> StudentContext:
@@ -199,8 +201,10 @@ class StudentContext:
             device = self.study.device()
             self._val[key] = ([{k: v.to(device) for k, v in b.items()} for b in val], {})
         val, teacher_out = self._val[key]
+        if self._cache is None and cfg.teacher_cache_mb > 0:
+            self._cache = TeacherCache(cfg.teacher_cache_mb)
         return DistillObjective(self.teacher, arch, mapping, cfg.weights.model_dump(), cfg.relation_heads,
-                                cfg.temperature, val, self.taps, teacher_out)
+                                cfg.temperature, val, self.taps, teacher_out, self._cache)
 
 
 def uses_mlm_logits(study: Study, teacher: Teacher) -> bool:

@@ -201,3 +201,38 @@ def test_distill_without_a_trial_distils_the_budgets_chosen_student(searched, mo
     assert (done.arch_hash, done.start, done.trial, done.step) == (arch.hash(), "truncated", None, 2)
     assert done.student_path is not None
 
+
+
+def test_the_teacher_cache_changes_no_result_and_runs_the_teacher_once_per_batch(searched_tiny, tmp_path, monkeypatch):
+    """Two short distillations on the same batches: with the cache the teacher runs on each training batch once
+    (the second run reads them all back), and both runs end with exactly the fidelity they reach without it; a
+    cache too small for a batch holds nothing and changes nothing."""
+    from nas_bert.choose import Candidate
+    from nas_bert.choose.candidates import search_candidates
+    from nas_bert.choose.finalists import short_distill
+    from nas_bert.distill import StudentContext, TeacherCache
+
+    file = copy_study(searched_tiny, tmp_path)
+    arch = search_candidates(Database(load_study(file).db_url), load_study(file), 5.0)[0].arch
+    results = {}
+    for mb in (0, 1024, 0.0001):
+        study = load_study(file, overrides={"distill.teacher_cache_mb": mb if mb >= 1 else 0})
+        ctx = StudentContext.open(study)
+        if 0 < mb < 1:
+            ctx._cache = TeacherCache(0)  # room for nothing
+        calls = {"n": 0}
+        real = ctx.teacher.hidden_states
+
+        def counted(*a, real=real, calls=calls, **k):
+            calls["n"] += 1
+            return real(*a, **k)
+
+        monkeypatch.setattr(ctx.teacher, "hidden_states", counted)
+        runs = [short_distill(ctx, Candidate(f"s{i}", "search", arch, None, {}), 3, final=False)["fidelity"]
+                for i in range(2)]
+        results[mb] = (runs, calls["n"], ctx._cache)
+    (plain, n_plain, none), (cached, n_cached, cache), (tight, n_tight, empty) = results.values()
+    assert none is None and cached == plain == tight and plain[0] == plain[1]
+    assert cache.misses == 3 and cache.hits == 3 and 0 < cache.bytes <= 1024 * 2**20
+    assert n_cached == n_plain - 3  # the second run's three training batches: no teacher pass
+    assert empty.bytes == 0 and n_tight == n_plain
