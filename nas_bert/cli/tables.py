@@ -277,8 +277,9 @@ def run_table(s: RunResult) -> str:
     if s.students:
         first = s.students[0]
         rows += ["", (f"teacher: {f(first.teacher_ms, '.2f')} ms (PyTorch fp32), "
-                      f"accuracy {f(first.teacher_accuracy, '.3f')}; "
-                      f"the host ran {f(first.drift, '.2f')}x as long as when the latency model was fitted")]
+                      f"accuracy {f(first.teacher_accuracy, '.3f')}"
+                      + (f"; the host ran {first.drift:.2f}x as long as when the latency model was fitted"
+                         if first.drift is not None else ""))]
         rows += [won(r) for r in s.students if r.margin is not None]
         if bounded := [r for r in s.students if r.accuracy_ratio_low is not None]:
             rows.append("accuracy / teacher's, paired bootstrap 90% interval over the test examples (one fine-tuning "
