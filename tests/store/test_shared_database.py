@@ -85,7 +85,7 @@ def test_two_studies_time_their_finalists_apart(tiny_study_file, tmp_path, monke
 
     runs: list[str] = []
 
-    def time_finalists(lat, space, emb, cands, teacher, progress):
+    def time_finalists(lat, space, emb, cands, teacher, progress, calibrate=True):
         runs.append("run")
         return [4.0 + len(runs), 1.0, 9.0]  # the candidate, one calibration student, the teacher
 
