@@ -290,21 +290,24 @@ def run_table(s: RunResult) -> str:
                  for r in s.students if r.rounds]
         rows += [f"{r.budget_ms:g} ms student, {line}" for r in s.students
                  for line in study_data_lines(r.tasks, r.pairs, r.ood)]
-        rows += [f"{r.budget_ms:g} ms student at export: predicted {f(r.predicted_ms, '.2f')} ms "
-                 f"(at the fit), {f(r.predicted_now_ms, '.2f')} ms (calibration refitted in the export's run), "
-                 f"measured {f(r.measured_ms, '.2f')} ms ({RUNTIME_LABEL.get(s.runtime, s.runtime)}), judged {f(r.judged_ms, '.2f')} ms against "
+        rows += [f"{r.budget_ms:g} ms student at export: predicted {f(r.predicted_ms, '.2f')} ms (at the fit), "
+                 + (f"{r.predicted_now_ms:.2f} ms (calibration refitted in the export's run), "
+                    if r.predicted_now_ms is not None else "")
+                 + f"measured {f(r.measured_ms, '.2f')} ms ({RUNTIME_LABEL.get(s.runtime, s.runtime)}), judged {f(r.judged_ms, '.2f')} ms against "
                  f"its {r.budget_ms:g} ms budget" + (f" ({r.budget_x:g}x of the teacher: judged as a fraction of the "
                                                      "teacher timed beside it)" if r.budget_x is not None else "")
                  for r in s.students]
     stages = [f"{x.stage} {x.key}".strip() + (" (skipped)" if x.skipped else f" {x.seconds:.0f} s")
               for x in s.stages]
+    fractions = {r.budget_x is not None for r in s.students}
+    ms_rule = ("a budget in ms judges the time measured at the host's speed when the latency model was fitted, as far "
+               "as the reference student and the calibration refitted in the same run agree (a faster host tightens "
+               "the verdict, a slower one loosens it only where both say so)")
+    x_rule = "a budget given as a fraction of the teacher judges the student against the teacher timed in the same run"
+    rules = ([] if fractions == {True} else [ms_rule]) + ([x_rule] if True in fractions else [])
     rows += [(f"ms: {RUNTIME_LABEL.get(s.runtime, s.runtime)}, batch 1, the student and the truncated teacher timed in "
-              "one run (the finalists'); "
-              "the model cards hold the export's own timing; a budget judges the time measured at the host's speed "
-              "when the latency model was fitted, as far as the reference student and the calibration refitted in "
-              "the same run agree (a faster host tightens the verdict, a slower one loosens it only where both "
-              "say so); a budget given as a fraction of the teacher judges the student against the teacher timed "
-              "in the same run"),
+              "one run (the finalists'); the model cards hold the export's own timing"
+              + "".join(f"; {x}" for x in rules)),
              f"Pareto front: {s.pareto_png}", "stages: " + ", ".join(stages)]
     return "\n".join(rows)
 

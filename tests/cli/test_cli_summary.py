@@ -42,3 +42,16 @@ def test_summary_says_who_won_by_the_paired_interval_the_rounds_and_the_runtime(
     assert ("5 ms finalists: 5 distilled 12 steps, 3 distilled 24 steps; the zero-step proxy's Kendall tau against "
             "the first round: 0.80") in text
     assert "measured 5.25 ms (ONNX Runtime int8)" in text and "ms: ONNX Runtime int8, batch 1" in text
+
+
+def test_a_budget_given_as_a_fraction_of_the_teacher_is_summarised_by_its_own_rule() -> None:
+    row = _row(8.5, 7.0, False) | {"budget_x": 0.25, "drift": None, "predicted_now_ms": None}
+    summary = {"study": "s", "out": "o", "pareto_png": "o/pareto.png", "seconds": 1.0, "stages": [], "students": [row]}
+    text = run_table(RunResult.model_validate(summary))
+    # no drift and no refitted calibration were measured: the lines say what was, not a dash
+    assert "8.5 ms student at export: predicted 8.07 ms (at the fit), measured 8.93 ms (PyTorch fp32)" in text
+    assert "0.25x of the teacher: judged as a fraction of the teacher timed beside it" in text
+    assert "the host ran" not in text and "as far as the reference student" not in text
+    assert "a budget given as a fraction of the teacher judges the student against the teacher timed in the same run" in text
+    mixed = run_table(RunResult.model_validate(summary | {"students": [row, _row(5.0, 4.77, False)]}))
+    assert "a budget in ms judges the time measured at the host's speed" in mixed and "5.00 ms (calibration" in mixed
