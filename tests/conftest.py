@@ -41,9 +41,11 @@ def tiny_study_file(tmp_path: Path) -> Path:
     return dst
 
 
-# Sizes that make every stage of the tiny study take seconds.
+# Sizes that make every stage of the tiny study take seconds. The timing runs stay in the test's own process (a new
+# interpreter costs seconds per run); the tests that spy on `in_fresh_process` keep the default, a new process each.
 FAST = {
-    "latency": {"seq_len": 32, "min_run_time": 0.005, "calibration_archs": 3, "calibration_one_width": 2},
+    "latency": {"seq_len": 32, "min_run_time": 0.005, "calibration_archs": 3, "calibration_one_width": 2,
+                "fresh_process": False},
     "search": {"trials": 24, "population_size": 6, "score_batches": 1, "rescore_batches": 1, "batch_size": 4,
                "rescore_top": 2, "heartbeat_interval": 1, "grace_period": 2, "finalist_steps": 2},
     "mapping": {"population": 4, "generations": 2, "proxy_steps": 2, "proxy_batch_size": 2, "proxy_examples": 32,

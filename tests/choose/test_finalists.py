@@ -15,6 +15,7 @@ from conftest import copy_study
 from sqlalchemy import select
 
 from nas_bert.choose import Candidate, choose, chosen_finalist, summarise
+from nas_bert.choose import timing as T
 from nas_bert.data import load_manpages, make_collator
 from nas_bert.distill import (
     DistillModule,
@@ -29,6 +30,7 @@ from nas_bert.latency import (
     LatencyModel,
     embeddings_key,
     ensure_latency_model,
+    in_fresh_process,
     op_key,
     operators,
     output_key,
@@ -290,8 +292,17 @@ def test_a_baseline_that_scores_best_is_chosen(tiny_study_file):
 
 def test_finalists_end_to_end_choose_record_and_resume(searched_tiny, tmp_path, monkeypatch):
     study = load_study(copy_study(searched_tiny, tmp_path), overrides={"search.finalist_steps": 2,
-                                                                        "distill.val_batches": 2})
+                                                                        "distill.val_batches": 2,
+                                                                        "latency.fresh_process": True})
+    fresh = []
+
+    def spy(fn, *args):  # the default: the finalists' timing run in a new process
+        fresh.append(fn.__name__)
+        return in_fresh_process(fn, *args)
+
+    monkeypatch.setattr(T, "in_fresh_process", spy)
     first = choose(study, 5.0, progress=False)
+    assert fresh == ["time_finalists"]
     origins = {r.origin for r in first.finalists}
     assert "search" in origins and origins & {"truncated", "uniform"}  # the free students compete too
     # the budget judges each time at the host's speed when the latency model was fitted, as far as the drift

@@ -252,6 +252,23 @@ def test_existing_dir_is_refused_unless_overwrite(searched, tmp_path):
     assert not list(tmp_path.glob(".one.*"))
 
 
+def test_the_export_times_its_student_in_a_new_process_by_default(searched, tmp_path, monkeypatch):
+    from nas_bert.export import folders
+    from nas_bert.latency import in_fresh_process
+
+    fresh = []
+
+    def spy(fn, *args):
+        fresh.append(fn.__name__)
+        return in_fresh_process(fn, *args)
+
+    monkeypatch.setattr(folders, "in_fresh_process", spy)
+    summary = export_front(load_study(searched, overrides={"latency.fresh_process": True}), tmp_path / "out", [5.0])
+    assert fresh == ["time_export"] and len(summary.students) == 1
+    info = json.loads((tmp_path / "out" / summary.students[0].name / "nas_bert.json").read_text())
+    assert info["latency"]["torch_fp32"] > 0 and info["latency"]["teacher_torch_fp32"] > 0
+
+
 def test_changed_checkpoint_fails_in_one_line_and_writes_nothing(searched, tmp_path):
     study = load_study(_copy_study(searched, tmp_path / "copy"))
     with open(latest_checkpoint(Database(study.db_url), study).path, "ab") as f:
