@@ -93,11 +93,18 @@ def test_run_kill_and_resume(tmp_path):
     assert not any(ran[(stage, f"{extra:g}ms")] for stage in stages)
     assert ran[("export", f"5,{extra:g}")] is False
     assert {r["budget_ms"]: r["budget_x"] for r in result["students"]} == {5.0: None, extra: 0.9}
-    # the fraction is judged against the teacher timed beside the student at export (PyTorch here), not by a drift
+    # the fraction is judged against the teacher's layers timed beside the student at export (PyTorch here) as when
+    # the budget was set (the space's largest student), not by a drift
     rel = next(r for r in result["students"] if r["budget_x"] is not None)
-    assert rel["judged_ms"] == pytest.approx(rel["measured_ms"] / rel["teacher_ms"] * teacher_ms)
     card = json.loads((Path(rel["folder"]) / "nas_bert.json").read_text())["latency"]
-    assert card["budget_x"] == 0.9 and card["teacher_ratio"] == pytest.approx(rel["measured_ms"] / rel["teacher_ms"])
+    assert card["reference_ms"] > 0 and rel["teacher_ms"] > 0
+    # the finalists' run timed the same reference beside its students (a row of the study's own)
+    con = sqlite3.connect(study.db_url.removeprefix("sqlite:///"))
+    refs = con.execute("SELECT ms FROM nasbert_latency WHERE key LIKE ?", (f"reference:{extra:g}:%",)).fetchall()
+    con.close()
+    assert len(refs) == 1 and refs[0][0] > 0
+    assert rel["judged_ms"] == pytest.approx(rel["measured_ms"] / card["reference_ms"] * teacher_ms)
+    assert card["budget_x"] == 0.9 and card["teacher_ratio"] == pytest.approx(rel["measured_ms"] / card["reference_ms"])
     assert card["calibration_ms"] == [] and card["drift"] is None  # no calibration students timed for a fraction
     ms_row = next(r for r in result["students"] if r["budget_x"] is None)
     ms_card = json.loads((Path(ms_row["folder"]) / "nas_bert.json").read_text())["latency"]

@@ -184,7 +184,8 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
     everyone = {c.name: c for c in [*cands, *family.values()]}
     if x is not None:
         timing = {**timing, "budget_x": x, "teacher_fit_ms": fit}
-    teacher = (timing.get("teacher_ms"), fit) if x is not None else None
+    # against the teacher's architecture timed as at the fit (runs stored before it was timed: the teacher)
+    teacher = (timing.get("reference_ms") or timing.get("teacher_ms"), fit) if x is not None else None
     judged = {name: judged_ms(v, timing.get("drift"), host_speed(everyone[name].proxies), teacher)
               for name, v in ms.items()}
     cands = replace_over_budget(cands, judged, budget_ms, cfg.rescore_top)

@@ -70,7 +70,7 @@ def measured_ms(ctx: StudentContext, cands: list[Candidate], budget_ms: float, p
     keys = {c.name: f"model:{budget_ms:g}:{c.origin}:{c.arch.hash()}" for c in cands}
     tag = f"{budget_ms:g}:{sha256_hex(ctx.study.cfg.teacher, 12)}"
     extra = {k: f"{k.removesuffix('_ms')}:{tag}"
-             for k in ("drift", "teacher_ms", "refit_a", "refit_c", "refit_w", "refit_b")}
+             for k in ("drift", "teacher_ms", "reference_ms", "refit_a", "refit_c", "refit_w", "refit_b")}
     with ctx.db.session() as s:
         known = {r.key: r.ms for r in s.scalars(select(LatencyRow).where(
             LatencyRow.fingerprint == fp, LatencyRow.study == study, LatencyRow.key.in_([*keys.values(), *extra.values()])))}
@@ -82,7 +82,10 @@ def measured_ms(ctx: StudentContext, cands: list[Candidate], budget_ms: float, p
         job = (lat, ctx.study.space, emb, [(c.arch.to_dict(), c.origin) for c in cands], ctx.study.cfg.teacher,
                progress, calibrate)
         raw = in_fresh_process(time_finalists, *job) if cfg.fresh_process else time_finalists(*job)
-        values = {**{keys[c.name]: ms for c, ms in zip(cands, raw, strict=False)}, extra["teacher_ms"]: raw[-1]}
+        values = {**{keys[c.name]: ms for c, ms in zip(cands, raw, strict=False)}, extra["teacher_ms"]: raw[-1],
+                  # the teacher as the budget was set: the space's largest student (first of the calibration students
+                  # after the fastest, or alone), timed as at the fit
+                  extra["reference_ms"]: raw[len(cands) + (1 if calibrate else 0)]}
         if calibrate:
             recal = calibration_architectures(ctx.study.space, emb, cfg, lat)
             drift, now = in_run(lat, ctx.study.space, emb, recal, raw[len(cands):-1])
@@ -110,7 +113,11 @@ def time_finalists(lat: LatencyModel, space: SearchSpace, emb: Embeddings, cands
     (architecture dicts with their origin), the latency model's calibration students (with `calibrate`) and
     the teacher, timed in one interleaved run; their milliseconds in that order."""
     cfg = lat.config
-    recal_models = calibration_students(lat, space, emb)[1] if calibrate else []
+    # without the calibration students, the reference alone: the space's largest student, the teacher's own
+    # architecture timed as when the budgets were set (the teacher's Hugging Face module can run 5-20% faster
+    # or slower than the same layers as a student, so a fraction is judged against the reference, like with like)
+    recal_models = (calibration_students(lat, space, emb)[1] if calibrate
+                    else [build_student(lat.reference(space, emb)[0])])
     models = [_model(Architecture.from_dict(a), origin) for a, origin in cands] + recal_models
     teacher = load_teacher(teacher_name)
     threads = torch.get_num_threads()

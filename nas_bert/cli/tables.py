@@ -112,9 +112,10 @@ def finalists_table(f: FinalistsResult) -> str:
                      f"approximate loss that the budget holds: {', '.join(f.replacements)}")
     t = f.timing or {}
     if t.get("budget_x") is not None and t.get("teacher_ms"):
-        lines.append(f"budget {t['budget_x']:g}x of the teacher: each student judged as that fraction of the teacher "
-                     f"timed in this run ({t['teacher_ms']:.2f} ms; {t['teacher_fit_ms']:.2f} ms when the latency model "
-                     "was fitted)")
+        ref = t.get("reference_ms") or t["teacher_ms"]
+        lines.append(f"budget {t['budget_x']:g}x of the teacher: each student judged as that fraction of the teacher's "
+                     f"layers timed in this run as when the budget was set ({ref:.2f} ms; {t['teacher_fit_ms']:.2f} ms "
+                     f"when the latency model was fitted; the teacher's own module {t['teacher_ms']:.2f} ms)")
     else:
         lines.append(f"budget judged on the measured time at the fitted speed, as far as the drift and each student's "
                      f"own factor (now / pred) agree: a faster host tightens, a slower one loosens only where both say "

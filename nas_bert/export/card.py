@@ -141,7 +141,8 @@ def _verdict(lat: dict[str, Any], judged: float, runtime: str) -> str:
     """The card's paragraph on how the budget judged the measured time."""
     if lat.get("teacher_ratio") is not None:
         return (f"The budget is {lat['budget_x']:g}x of the teacher's latency: on {RUNTIME_LABEL[runtime]}, the runtime "
-                f"it is for, the student took {lat['teacher_ratio']:.3f}x of the teacher timed beside it, so the budget "
+                f"it is for, the student took {lat['teacher_ratio']:.3f}x of the teacher's layers timed beside it (as when the "
+                f"budget was set: the same layers as a student), so the budget "
                 f"judges {_fmt(judged)} ms (that fraction of the teacher's time when the latency model was fitted). No "
                 "estimate of the host's drift enters: both were timed in the same interleaved rounds.")
     return (f"The host ran {_fmt(lat.get('drift') or 1.0, '.2f')}x as long as when the latency model was fitted (its "

@@ -27,6 +27,7 @@ from nas_bert.export.onnx_export import VARIANTS, export_onnx, mb, measure_laten
 from nas_bert.latency import (
     RUNTIME_VARIANT,
     LatencyModel,
+    build_student,
     calibration_architectures,
     calibration_students,
     ensure_latency_model,
@@ -230,6 +231,9 @@ def _export_one(study: Study, m: Member, teacher: Teacher, supernet: Supernet, c
     job = (folder, study.cfg.teacher, lat_model, study.space, emb, x is None)
     ms = in_fresh_process(time_export, *job) if cfg.fresh_process else time_export(*job)
     ms["calibration_ms"] = ms.pop("others", [])  # kept in nas_bert.json: the run's composition can be compared later
+    if x is not None:  # the reference alone was timed: the teacher's layers as when the budget was set
+        ms["reference_ms"] = ms.pop("calibration_ms")[0]
+        ms["calibration_ms"] = []
     predicted_now: float | None = None
     ms["drift"], ms["speed"], ms["budget_x"] = None, None, x
     if recal:
@@ -240,7 +244,7 @@ def _export_one(study: Study, m: Member, teacher: Teacher, supernet: Supernet, c
             ms["speed"] = predicted_now / lat_model.predict(arch, reorder=reorder)  # its host factor since the fit
         except NasBertError:  # a hand-designed student the table has no timing for
             predicted_now = None
-    teacher_now = ms.get(f"teacher_{variant}")
+    teacher_now = ms.get("reference_ms") or ms.get(f"teacher_{variant}")
     ms["judged_ms"] = judged_ms(ms[variant], ms["drift"], ms["speed"], (teacher_now, fit) if x is not None else None)
     if x is not None and teacher_now:
         ms["teacher_ratio"] = ms[variant] / teacher_now
@@ -275,7 +279,9 @@ def time_export(folder: Path, teacher_name: str, lat: LatencyModel, space: Searc
     written to `folder` (PyTorch, ONNX fp32 and int8), the teacher and, with `calibrate`, the latency model's
     calibration students, interleaved (`measure_latencies`)."""
     student = NasBertModel.from_pretrained(folder).eval()
-    recal_models = calibration_students(lat, space, emb)[1] if calibrate else None
+    # without the calibration students, the reference alone (the teacher's layers as a student, timed as at the fit)
+    recal_models = (calibration_students(lat, space, emb)[1] if calibrate
+                    else [build_student(lat.reference(space, emb)[0])])
     return measure_latencies(student, folder, load_teacher(teacher_name), lat.config, recal_models)
 
 
