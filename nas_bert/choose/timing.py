@@ -21,12 +21,13 @@ from nas_bert.latency import (
     LatencyModel,
     build_student,
     calibration_architectures,
-    calibration_students,
     device_fingerprint,
     ensure_latency_model,
     in_fresh_process,
     in_run,
     measure_models,
+    reference_time,
+    timed_beside,
 )
 from nas_bert.space import Architecture, Embeddings, SearchSpace
 from nas_bert.store import LatencyRow, sha256_hex
@@ -83,9 +84,8 @@ def measured_ms(ctx: StudentContext, cands: list[Candidate], budget_ms: float, p
                progress, calibrate)
         raw = in_fresh_process(time_finalists, *job) if cfg.fresh_process else time_finalists(*job)
         values = {**{keys[c.name]: ms for c, ms in zip(cands, raw, strict=False)}, extra["teacher_ms"]: raw[-1],
-                  # the teacher as the budget was set: the space's largest student (first of the calibration students
-                  # after the fastest, or alone), timed as at the fit
-                  extra["reference_ms"]: raw[len(cands) + (1 if calibrate else 0)]}
+                  # the teacher as the budget was set: the space's largest student, timed as at the fit
+                  extra["reference_ms"]: reference_time(raw[len(cands):-1], calibrate)}
         if calibrate:
             recal = calibration_architectures(ctx.study.space, emb, cfg, lat)
             drift, now = in_run(lat, ctx.study.space, emb, recal, raw[len(cands):-1])
@@ -113,12 +113,7 @@ def time_finalists(lat: LatencyModel, space: SearchSpace, emb: Embeddings, cands
     (architecture dicts with their origin), the latency model's calibration students (with `calibrate`) and
     the teacher, timed in one interleaved run; their milliseconds in that order."""
     cfg = lat.config
-    # without the calibration students, the reference alone: the space's largest student, the teacher's own
-    # architecture timed as when the budgets were set (the teacher's Hugging Face module can run 5-20% faster
-    # or slower than the same layers as a student, so a fraction is judged against the reference, like with like)
-    recal_models = (calibration_students(lat, space, emb)[1] if calibrate
-                    else [build_student(lat.reference(space, emb)[0])])
-    models = [_model(Architecture.from_dict(a), origin) for a, origin in cands] + recal_models
+    models = [_model(Architecture.from_dict(a), origin) for a, origin in cands] + timed_beside(lat, space, emb, calibrate)
     teacher = load_teacher(teacher_name)
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)

@@ -27,13 +27,13 @@ from nas_bert.export.onnx_export import VARIANTS, export_onnx, mb, measure_laten
 from nas_bert.latency import (
     RUNTIME_VARIANT,
     LatencyModel,
-    build_student,
     calibration_architectures,
-    calibration_students,
     ensure_latency_model,
     hardware_name,
     in_fresh_process,
     in_run,
+    reference_time,
+    timed_beside,
 )
 from nas_bert.model import NasBertModel, write_student_folder
 from nas_bert.record import Record
@@ -232,7 +232,7 @@ def _export_one(study: Study, m: Member, teacher: Teacher, supernet: Supernet, c
     ms = in_fresh_process(time_export, *job) if cfg.fresh_process else time_export(*job)
     ms["calibration_ms"] = ms.pop("others", [])  # kept in nas_bert.json: the run's composition can be compared later
     if x is not None:  # the reference alone was timed: the teacher's layers as when the budget was set
-        ms["reference_ms"] = ms.pop("calibration_ms")[0]
+        ms["reference_ms"] = reference_time(ms.pop("calibration_ms"), calibrate=False)
         ms["calibration_ms"] = []
     predicted_now: float | None = None
     ms["drift"], ms["speed"], ms["budget_x"] = None, None, x
@@ -279,10 +279,8 @@ def time_export(folder: Path, teacher_name: str, lat: LatencyModel, space: Searc
     written to `folder` (PyTorch, ONNX fp32 and int8), the teacher and, with `calibrate`, the latency model's
     calibration students, interleaved (`measure_latencies`)."""
     student = NasBertModel.from_pretrained(folder).eval()
-    # without the calibration students, the reference alone (the teacher's layers as a student, timed as at the fit)
-    recal_models = (calibration_students(lat, space, emb)[1] if calibrate
-                    else [build_student(lat.reference(space, emb)[0])])
-    return measure_latencies(student, folder, load_teacher(teacher_name), lat.config, recal_models)
+    return measure_latencies(student, folder, load_teacher(teacher_name), lat.config,
+                             timed_beside(lat, space, emb, calibrate))
 
 
 def _distilled(study: Study, arch: Architecture, checkpoint_sha: str, budget_ms: float) -> dict[str, Any] | None:

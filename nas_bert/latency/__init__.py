@@ -41,7 +41,13 @@ from nas_bert.latency.harness import (
     run_delay_ns,
 )
 from nas_bert.latency.runtime import RUNTIME_LABEL, RUNTIME_VARIANT, quantize_int8, runtime_call, runtime_job, session
-from nas_bert.latency.students import calibration_architectures, calibration_students, in_run
+from nas_bert.latency.students import (
+    calibration_architectures,
+    calibration_students,
+    in_run,
+    reference_time,
+    timed_beside,
+)
 from nas_bert.latency.table import (
     LatencyModel,
     device_fingerprint,
@@ -83,10 +89,12 @@ __all__ = [
     "operators",
     "output_key",
     "quantize_int8",
+    "reference_time",
     "resizes",
     "run_delay_ns",
     "runtime_call",
     "runtime_job",
     "session",
     "table_specs",
+    "timed_beside",
 ]

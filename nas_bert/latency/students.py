@@ -15,6 +15,8 @@ from nas_bert.model import NasBertModel
 from nas_bert.space import Architecture, Embeddings, SearchSpace, families, largest, sample, smallest, truncated
 from nas_bert.study import LatencyConfig
 
+REFERENCE = 1  # the reference student's place among the calibration students: the smallest first, then the largest
+
 
 def calibration_architectures(space: SearchSpace, emb: Embeddings, cfg: LatencyConfig,
                               table: LatencyModel) -> list[Architecture]:
@@ -107,4 +109,20 @@ def in_run(model: LatencyModel, space: SearchSpace, emb: Embeddings, archs: list
     students of that run at the host's speed now. A shared host's speed moves 5-20% between the fit and
     a later stage; the stored model, and so the search, keep the fitted speed."""
     _, ref_ms = model.reference(space, emb)
-    return measured[1] / ref_ms, model.refitted(archs, measured)
+    return measured[REFERENCE] / ref_ms, model.refitted(archs, measured)
+
+
+def timed_beside(model: LatencyModel, space: SearchSpace, emb: Embeddings, calibrate: bool) -> list[NasBertModel]:
+    """The students a later stage times beside its own: the calibration students (with `calibrate`: a budget in
+    ms, judged at the host's speed when the model was fitted), else the reference alone, the space's largest
+    student, the teacher's own layers timed as when the budgets were set (a budget given as a fraction of the
+    teacher is judged against it: the teacher's Hugging Face module can run 5-20% faster or slower than the same
+    layers as a student, so like is judged with like)."""
+    if calibrate:
+        return calibration_students(model, space, emb)[1]
+    return [build_student(model.reference(space, emb)[0])]
+
+
+def reference_time(measured: list[float], calibrate: bool) -> float:
+    """The reference student's time among those `timed_beside` returned, timed in that order."""
+    return measured[REFERENCE if calibrate else 0]

@@ -36,8 +36,10 @@ from nas_bert.latency import (
     loo_mape,
     op_key,
     output_key,
+    reference_time,
     resizes,
     table_specs,
+    timed_beside,
 )
 from nas_bert.latency import build as latency_build
 from nas_bert.space import (
@@ -446,6 +448,20 @@ def test_recalibration_follows_the_host(built: LatencyModel, space: SearchSpace)
     rng = random.Random(5)
     for arch in (sample(space, EMB, rng) for _ in range(10)):
         assert model.predict(arch, now) == pytest.approx(1.3 * model.predict(arch), rel=1e-6)
+
+
+def test_a_later_run_times_the_reference_beside_its_students(built: LatencyModel, space: SearchSpace) -> None:
+    """A budget in ms times the calibration students again; a fraction of the teacher times the reference alone
+    (the space's largest student, the teacher's layers): either way `reference_time` finds the reference's time."""
+    cfg = CFG.model_copy(update={"calibration_archs": 4})
+    model = LatencyModel(built.fingerprint, cfg, built.table, built.calibration)
+    ref = largest(space, EMB).to_dict()
+    (alone,) = timed_beside(model, space, EMB, calibrate=False)
+    assert alone.config.architecture == ref
+    modules = timed_beside(model, space, EMB, calibrate=True)
+    times = [float(i) for i in range(len(modules))]
+    assert modules[round(reference_time(times, calibrate=True))].config.architecture == ref
+    assert reference_time([7.5], calibrate=False) == 7.5
 
 
 def test_timing_runs_happen_in_a_new_process() -> None:
