@@ -87,7 +87,7 @@ def test_two_studies_time_their_finalists_apart(tiny_study_file, tmp_path, monke
 
     def time_finalists(lat, space, emb, cands, teacher, progress, calibrate=True):
         runs.append("run")
-        return [4.0 + len(runs), 1.0, 9.0]  # the candidate, one calibration student, the teacher
+        return [4.0 + len(runs), 0.5, 1.0, 9.0]  # the candidate, two calibration students, the teacher
 
     monkeypatch.setattr(T, "ensure_latency_model", lambda *a, **k: None)
     monkeypatch.setattr(T, "calibration_architectures", lambda *a, **k: None)
@@ -106,6 +106,7 @@ def test_two_studies_time_their_finalists_apart(tiny_study_file, tmp_path, monke
     assert len(runs) == 2  # the second study timed its own run
     assert (a[0], a[1]["drift"]) == ({"trial-1": 5.0}, pytest.approx(1.1))
     assert (b[0], b[1]["drift"]) == ({"trial-1": 6.0}, pytest.approx(1.2))
+    assert a[1]["reference_ms"] == b[1]["reference_ms"] == 1.0  # the largest calibration student, not the teacher
     assert measure("a") == a and len(runs) == 2  # the first reads its own figures back, timing nothing
 
 
