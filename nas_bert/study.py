@@ -171,7 +171,7 @@ class SearchConfig(_Strict):
     finalist_steps: int = Field(default=40, ge=1, description="distillation steps every finalist gets in the first "
                                                               "round of the choice")
     finalist_rounds: int = Field(default=1, ge=1, description="successive halving: each round keeps the better half "
-                                 "of the finalists and distils them again with twice the steps")
+                                 "of the finalists and trains them on to twice the steps in all")
     finalist_baselines: bool = Field(default=True, description="the teacher's first layers and the uniformly narrowed "
                                                                "teacher of the budget are finalists too")
     finalist_width_step: int = Field(default=2, ge=1, description="the uniformly narrowed teachers timed: every this "

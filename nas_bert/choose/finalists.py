@@ -4,11 +4,11 @@ The finalists of a budget are the searched students the proxies like best and th
 gets for free at that latency (each family's slowest that the budget holds). Each is timed end to end, interleaved
 with the others and the teacher, on the latency device; one measured over the budget is dropped. Each survivor gets
 the same short distillation (the study's recipe, TinyBERT's uniform mapping, the best weights kept) in rounds of
-successive halving and is ranked by the held-out fidelity of its sentence vectors to the teacher's (or a task's
-probe accuracy, `search.choose_by`), with an interval that says how far the ranking can be trusted: a paired
-bootstrap over the held-out texts (every finalist is scored on the same texts and resamples, so the interval is
-that of a difference; `ranking`). A hand-designed
-student may win: the summary says so. Every finalist's result is a database row: a killed choice continues.
+successive halving (the better half trains on from its best weights) and is ranked by the held-out fidelity of its
+sentence vectors to the teacher's (or a task's probe accuracy, `search.choose_by`), with an interval that says how
+far the ranking can be trusted: a paired bootstrap over the held-out texts (every finalist is scored on the same
+texts and resamples, so the interval is that of a difference; `ranking`). A hand-designed student may win: the
+summary says so. Every finalist's result is a database row: a killed choice continues.
 """
 
 from __future__ import annotations
@@ -112,12 +112,24 @@ def _unscored(metrics: dict[str, Any] | None, study: Study, final: bool) -> bool
     return final and any(f"finetune:{task_name(t)}" not in (metrics.get("probe") or {}) for t in _finetuned_tasks(study))
 
 
-def short_distill(ctx: StudentContext, cand: Candidate, steps: int, final: bool = True) -> dict[str, Any]:
+def short_distill(ctx: StudentContext, cand: Candidate, steps: int, final: bool = True,
+                  kept: dict[tuple[str, int], dict[str, Any]] | None = None) -> dict[str, Any]:
     """The same short distillation for every finalist; its best held-out fidelity and that value's interval (and the
-    choose_by tasks' scores; fine-tuned ones in the `final` round only)."""
+    choose_by tasks' scores; fine-tuned ones in the `final` round only).
+
+    With `kept` (a choice's kept weights by finalist and steps), a later round of successive halving continues the
+    finalist's best weights of its longest earlier round there for the steps between (as Hyperband does: a survivor
+    trains on, on batches it has not seen, instead of again from its start), and leaves its own best weights there.
+    `steps` counts every step the finalist has had."""
     dc = ctx.study.cfg.distill
-    cfg = dc.model_copy(update={"steps": steps, "warmup_steps": max(1, steps // 10), "eval_every": steps, "grad_accum": 1})
-    module = ctx.start(cand.arch, cand.origin, dc.freeze_embeddings).to(ctx.study.device())
+    done = max((n for name, n in kept if name == cand.name and n < steps), default=0) if kept else 0
+    todo = steps - done
+    cfg = dc.model_copy(update={"steps": todo, "warmup_steps": max(1, todo // 10), "eval_every": todo, "grad_accum": 1,
+                                "seed": dc.seed + done})  # a continued round draws other batches than the last
+    module = ctx.start(cand.arch, cand.origin, dc.freeze_embeddings)
+    if done:
+        module.load_state_dict(kept[(cand.name, done)])
+    module = module.to(ctx.study.device())
     mapping = uniform_mapping(len(distill_points(cand.arch)), ctx.teacher.num_layers)
     objective = ctx.objective(cand.arch, mapping, dc.val_batches, dc.batch_size)
     keeper = BestKeeper("fidelity")
@@ -126,11 +138,13 @@ def short_distill(ctx: StudentContext, cand: Candidate, steps: int, final: bool 
     keeper.offer(module, before)
     t0 = time.perf_counter()
     train_loop(model=module, objective=objective, dataset=ctx.corpus["train"], collator=ctx.collator, cfg=cfg,
-               total_steps=steps, ckpts=None, accelerator=make_accelerator(ctx.study.device()), meta={},
+               total_steps=todo, ckpts=None, accelerator=make_accelerator(ctx.study.device()), meta={},
                desc=f"finalist {cand.name}", progress=False, keep_best=keeper)
     module.load_state_dict(keeper.best_state())
-    # validated only at the start and the end (eval_every = steps): the best's vectors are already computed
-    s_vecs, t_vecs = {0: start_vectors, steps: objective.last_vectors}.get(keeper.step) or objective.vectors(module)
+    if kept is not None:
+        kept[(cand.name, steps)] = keeper.best_state()
+    # validated only at the start and the end (eval_every = todo): the best's vectors are already computed
+    s_vecs, t_vecs = {0: start_vectors, todo: objective.last_vectors}.get(keeper.step) or objective.vectors(module)
     boot = fidelity_bootstrap(s_vecs, t_vecs)  # the same texts and resamples for every finalist: pairs up
     lo, hi = fidelity_interval(s_vecs, t_vecs)
     # choose_by a task: a linear probe on the kept weights' frozen sentence vectors
@@ -142,7 +156,8 @@ def short_distill(ctx: StudentContext, cand: Candidate, steps: int, final: bool 
                   for t in _finetuned_tasks(ctx.study)}
     return {"fidelity_before": before["fidelity"], "fidelity": keeper.value, "fidelity_interval": [lo, hi],
             "fidelity_bootstrap": [None if math.isnan(v) else round(v, 5) for v in boot],
-            "best_step": keeper.step, "seconds": round(time.perf_counter() - t0, 1), **({"probe": probe} if probe else {})}
+            "best_step": done + keeper.step, "seconds": round(time.perf_counter() - t0, 1),
+            **({"continued_from": done} if done else {}), **({"probe": probe} if probe else {})}
 
 
 # -- the choice -------------------------------------------------------------------------------------
@@ -194,6 +209,7 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
         if fits:
             cands.append(max(fits, key=lambda c: ms[c.name]))
     results: dict[str, dict[str, Any]] = {}
+    kept: dict[tuple[str, int], dict[str, Any]] = {}  # each finalist's best weights of its last round, to train on
     # the first round is the last where no halving follows it (fine-tuning, if chosen by, is scored in the last)
     final = cfg.finalist_rounds == 1 or sum(judged[c.name] <= budget_ms for c in cands) < 3
     bar = tqdm(cands, desc=f"finalists {budget_ms:g} ms", disable=not progress)
@@ -205,7 +221,8 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
         if metrics is None or (not over and _unscored(metrics, study, final)):  # not yet scored, and the budget holds
             elsewhere = None if over else _scored_elsewhere(ctx.db, study, c, protocol)
             metrics = {"over_budget": True} if over else (
-                elsewhere if not _unscored(elsewhere, study, final) else short_distill(ctx, c, cfg.finalist_steps, final))
+                elsewhere if not _unscored(elsewhere, study, final) else
+                short_distill(ctx, c, cfg.finalist_steps, final, kept=kept if cfg.finalist_rounds > 1 else None))
             _store(ctx.db, study, budget_ms, c, protocol, ms[c.name], metrics)
             metrics = _stored(ctx.db, study, budget_ms, c.name, protocol) or metrics  # the first writer's stands
         first = {k: v for k, v in metrics.items() if k != "rounds"}  # the row's own figures are the first round's
@@ -213,34 +230,57 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
     bar.close()
     by_name = {c.name: c for c in cands}
     alive = [n for n, r in results.items() if not r["over_budget"]]
-    for r in range(1, cfg.finalist_rounds):  # successive halving: the better half, distilled again for longer
+    for r in range(1, cfg.finalist_rounds):  # successive halving: the better half, trained on for longer
         if len(alive) < 3:  # halving two or fewer decides nothing more
             break
         alive = halve(alive, results, criterion(study, final=False))
+        kept = {k: v for k, v in kept.items() if k[0] in alive}  # the others train no further
         steps = cfg.finalist_steps * 2 ** r
         final = r + 1 == cfg.finalist_rounds or len(alive) < 3  # no halving after this round
         for name in tqdm(alive, desc=f"finalists {budget_ms:g} ms, round {r + 1} ({steps} steps)", disable=not progress):
-            results[name] = {**results[name], **_round(ctx, study, budget_ms, by_name[name], protocol, steps, final)}
+            results[name] = {**results[name], **_round(ctx, study, budget_ms, by_name[name], protocol, steps, final,
+                                                       kept)}
     return summarise(study, budget_ms, list(results.values())).model_copy(update={"timing": timing})
 
 
 def _round(ctx: StudentContext, study: Study, budget_ms: float, c: Candidate, protocol: str, steps: int,
-           final: bool = True) -> dict[str, Any]:
-    """A later round of successive halving for one finalist: its short distillation with `steps`, stored in its
-    row's `rounds` (so a killed choice continues), and its fidelity now the finalist's."""
+           final: bool = True, kept: dict[tuple[str, int], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A later round of successive halving for one finalist: its short distillation to `steps` in all, continuing
+    its last round's best weights (in `kept`; made again where this process has none, e.g. after a kill), stored in
+    its row's `rounds` (so a killed choice continues), and its fidelity now the finalist's."""
     metrics = _stored(ctx.db, study, budget_ms, c.name, protocol) or {}
     rounds = list(metrics.get("rounds") or [{k: metrics[k] for k in SCORE_KEYS if k in metrics}
                                             | {"steps": study.cfg.search.finalist_steps}])
     done = {r["steps"]: r for r in rounds}
-    if _unscored(done.get(steps), study, final):
+    if _unscored(done.get(steps), study, final) or not _continued(done[steps]):
         elsewhere = _round_elsewhere(ctx.db, study, c, protocol, steps)
-        done[steps] = elsewhere if not _unscored(elsewhere, study, final) else {**short_distill(ctx, c, steps, final),
-                                                                                "steps": steps}
+        if _unscored(elsewhere, study, final):
+            kept = {} if kept is None else kept
+            _warm(ctx, c, steps // 2, kept)
+            elsewhere = {**short_distill(ctx, c, steps, final, kept=kept), "steps": steps}
+        done[steps] = elsewhere
         rounds = sorted(done.values(), key=lambda r: r["steps"])
         _update(ctx.db, study, budget_ms, c.name, protocol, {"rounds": rounds})
     last = done[steps]
     return {**{k: last[k] for k in SCORE_KEYS if k in last}, "rounds": rounds,
             "fidelity_before": rounds[0].get("fidelity_before")}
+
+
+def _continued(r: dict[str, Any]) -> bool:
+    """A later round's result that continued its earlier round's weights (one distilled from the start again, as
+    before nas-bert trained survivors on, is scored again: a round compares finalists trained alike)."""
+    return "continued_from" in r
+
+
+def _warm(ctx: StudentContext, c: Candidate, steps: int, kept: dict[tuple[str, int], dict[str, Any]]) -> None:
+    """Make the finalist's best weights after `steps` in all again where this process has none (its rounds were
+    scored by a killed process or at another budget): its rounds rerun, their figures already stored."""
+    first = ctx.study.cfg.search.finalist_steps
+    if (c.name, steps) in kept or steps < first:
+        return
+    if steps > first:
+        _warm(ctx, c, steps // 2, kept)
+    short_distill(ctx, c, steps, final=False, kept=kept)
 
 
 def _round_elsewhere(db: Database, study: Study, c: Candidate, protocol: str, steps: int) -> dict[str, Any] | None:
@@ -251,7 +291,7 @@ def _round_elsewhere(db: Database, study: Study, c: Candidate, protocol: str, st
             FinalistRow.protocol_hash == protocol).order_by(FinalistRow.id)).all()
         for row in rows:
             for r in json.loads(row.metrics_json).get("rounds") or []:
-                if r.get("steps") == steps and "fidelity" in r:
+                if r.get("steps") == steps and "fidelity" in r and _continued(r):
                     return {**r, "scored_at_budget_ms": row.budget_ms}
     return None
 
