@@ -62,8 +62,8 @@ from nas_bert.distill import (
 from nas_bert.errors import NasBertError
 from nas_bert.evaluate import (
     agreement,
+    bootstrap_interval,
     fidelity_bootstrap,
-    fidelity_interval,
     linear_probe,
     tasks_to_run,
     validation_accuracy,
@@ -146,7 +146,7 @@ def short_distill(ctx: StudentContext, cand: Candidate, steps: int, final: bool 
     # validated only at the start and the end (eval_every = todo): the best's vectors are already computed
     s_vecs, t_vecs = {0: start_vectors, todo: objective.last_vectors}.get(keeper.step) or objective.vectors(module)
     boot = fidelity_bootstrap(s_vecs, t_vecs)  # the same texts and resamples for every finalist: pairs up
-    lo, hi = fidelity_interval(s_vecs, t_vecs)
+    lo, hi = bootstrap_interval(boot)  # fidelity_interval's, from the values in hand
     # choose_by a task: a linear probe on the kept weights' frozen sentence vectors
     ev, dev = ctx.study.cfg.evaluate, ctx.study.device()
     probe = {f"task:{task_name(t)}": linear_probe(module.student, ctx.teacher.tokenizer, ctx.teacher, ev, t, dev)

@@ -106,7 +106,13 @@ def fidelity_bootstrap(student_vecs: torch.Tensor, teacher_vecs: torch.Tensor, c
 def fidelity_interval(student_vecs: torch.Tensor, teacher_vecs: torch.Tensor, centered: bool = True,
                       resamples: int = 200, level: float = 0.9, seed: int = 0) -> tuple[float, float]:
     """A bootstrap interval of `fidelity` over the texts: the central `level` of `fidelity_bootstrap`'s values."""
-    values = [v for v in fidelity_bootstrap(student_vecs, teacher_vecs, centered, resamples, seed) if not np.isnan(v)]
+    return bootstrap_interval(fidelity_bootstrap(student_vecs, teacher_vecs, centered, resamples, seed), level)
+
+
+def bootstrap_interval(values: list[float], level: float = 0.9) -> tuple[float, float]:
+    """The central `level` of `fidelity_bootstrap`'s values (NaN where no resample said anything): a caller that
+    keeps the values too computes them once."""
+    values = [v for v in values if not np.isnan(v)]
     if not values:  # too few texts to say anything
         return float("nan"), float("nan")
     lo, hi = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from nas_bert.evaluate import fidelity_bootstrap, fidelity_interval, paired_interval
+from nas_bert.evaluate import bootstrap_interval, fidelity_bootstrap, fidelity_interval, paired_interval
 from nas_bert.evaluate.metrics import ratio_interval
 
 
@@ -20,6 +20,10 @@ def test_the_interval_is_the_bootstrap_values_central_part() -> None:
     values = [v for v in fidelity_bootstrap(s, t) if not np.isnan(v)]
     assert len(fidelity_bootstrap(s, t)) == 200
     assert fidelity_interval(s, t) == tuple(np.quantile(values, [0.05, 0.95]).tolist())
+    # a caller holding the values (a finalist keeps them for paired intervals) reads the same interval off them
+    assert bootstrap_interval(fidelity_bootstrap(s, t)) == fidelity_interval(s, t)
+    assert bootstrap_interval(fidelity_bootstrap(s, t), level=0.5) == fidelity_interval(s, t, level=0.5)
+    assert all(np.isnan(x) for x in bootstrap_interval([float("nan")] * 3))
 
 
 def test_two_students_on_the_same_texts_pair_up() -> None:
