@@ -40,6 +40,20 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def study_budgets(study: Any, db: Any, only: str = "") -> list[float]:
+    """The study's budgets in ms as `nas-bert run` resolves them (its finished stages are these budgets' stages), or
+    `only` of them (ms, comma-separated); exits with a one-line error naming a budget the study does not have."""
+    from nas_bert.pipeline import fitted_teacher_ms, resolve_budgets
+
+    budgets = list(resolve_budgets(study, fitted_teacher_ms(study, db) if study.cfg.search.budgets_x else None))
+    if only:
+        wanted = [float(b) for b in only.split(",") if b]
+        if not set(wanted) <= set(budgets):
+            raise SystemExit(f"--only {only}: not among the study's budgets {budgets}; pick from those")
+        budgets = wanted
+    return budgets
+
+
 def table(head: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=True)]
 

@@ -46,13 +46,13 @@ from pydantic import RootModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import cpu_name, table
+from benchmarks._common import cpu_name, study_budgets, table
 from nas_bert.distill import StudentContext, distill_baseline
 from nas_bert.evaluate import EvaluationResult, evaluate_encoder, evaluate_path, stored_evaluation, teacher_baseline
 from nas_bert.export import save_figure
 from nas_bert.latency import build_student, ensure_latency_model, measure_callables, measure_models
 from nas_bert.model import save_student
-from nas_bert.pipeline import Runner, fitted_teacher_ms, resolve_budgets, shared_stages, student_stages
+from nas_bert.pipeline import Runner, shared_stages, student_stages
 from nas_bert.record import Record
 from nas_bert.space import FAMILIES, Architecture, families
 from nas_bert.store import Database
@@ -272,12 +272,7 @@ def main() -> None:
     fractions = [float(f) for f in args.fractions.split(",")]
     budgets = [round(max(args.round, round(f * teacher_ms / args.round) * args.round), 6) for f in fractions]
     if args.budgets_from_study:  # as `nas-bert run` resolves them: its finished stages are these budgets' stages
-        budgets = list(resolve_budgets(study, fitted_teacher_ms(study, r.db) if study.cfg.search.budgets_x else None))
-        if args.only:
-            only = [float(b) for b in args.only.split(",") if b]
-            if not set(only) <= set(budgets):
-                sys.exit(f"--only {args.only}: not among the study's budgets {budgets}; pick from those")
-            budgets = only
+        budgets = study_budgets(study, r.db, args.only)
         fractions = [b / teacher_ms for b in budgets]
     # A budget below the space's fastest student would leave nothing to search: lift it to the next step above.
     fastest = ensure_latency_model(r.db, study.space, ctx.teacher.embeddings_spec(), study.cfg.latency,

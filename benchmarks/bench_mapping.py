@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import cpu_name, table
+from benchmarks._common import cpu_name, study_budgets, table
 from nas_bert.data import load_task
 from nas_bert.distill import MappingResult, StudentContext
 from nas_bert.distill.students import distill_key, map_student_layers, train_student
@@ -46,7 +46,7 @@ from nas_bert.evaluate import (
 )
 from nas_bert.evaluate.evaluation import _ood_default
 from nas_bert.evaluate.vectors import sentence_vectors, teacher_vectors
-from nas_bert.pipeline import Runner, fitted_teacher_ms, resolve_budgets, student_stages
+from nas_bert.pipeline import Runner, student_stages
 from nas_bert.record import Record
 from nas_bert.space import Architecture
 from nas_bert.store import Database
@@ -131,12 +131,7 @@ def main() -> None:
     study = load_study(args.config)
     print(f"command: python {' '.join(sys.argv)}\nmachine: {cpu_name()}\n")
     r = Runner(study)
-    budgets = list(resolve_budgets(study, fitted_teacher_ms(study, r.db) if study.cfg.search.budgets_x else None))
-    if args.only:
-        only = [float(b) for b in args.only.split(",") if b]
-        if not set(only) <= set(budgets):
-            sys.exit(f"--only {args.only}: not among the study's budgets {budgets}; pick from those")
-        budgets = only
+    budgets = study_budgets(study, r.db, args.only)
     rows, verdicts = [], []
     for b in sorted(budgets, reverse=True):
         stages = student_stages(r, study, b)  # finished by `nas-bert run`: read back, not redone

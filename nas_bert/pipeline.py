@@ -24,7 +24,7 @@ from nas_bert.choose import Finalist, FinalistsResult, Margin, TruncatedReferenc
 from nas_bert.choose.ranking import rounds_seen
 from nas_bert.data import corpus_identity
 from nas_bert.data.tasks import check_study_data, data_identity
-from nas_bert.distill import DistillResult, MappingResult, distill_student, map_student_layers
+from nas_bert.distill import DistillResult, MappingResult, distill_student, map_student_layers, mapping_summary
 from nas_bert.errors import NasBertError
 from nas_bert.evaluate import EvaluationResult, evaluate_path
 from nas_bert.evaluation_config import STUDY_DATA_KEYS
@@ -315,11 +315,12 @@ def shared_stages(r: Runner, study: Study) -> None:
 
 @dataclass(frozen=True)
 class BudgetStages:
-    """What stages 5-8 of one budget yield: the finalists' choice, the distilled student and its evaluation."""
+    """What stages 5-8 of one budget yield: the finalists' choice, the distilled student, its evaluation and mapping."""
 
     finalists: FinalistsResult
     distill: DistillResult
     evaluate: EvaluationResult
+    mapping: MappingResult | None = None
 
     @property
     def chosen(self) -> Finalist:
@@ -336,13 +337,11 @@ def student_stages(r: Runner, study: Study, budget: float) -> BudgetStages:
     fin = r.stage("finalists", key, None, lambda: choose(study, budget), FinalistsResult)
     row = fin.chosen
     arch, start, trial = Architecture.from_json(row.arch_json), row.origin, row.trial
-    r.stage("map-layers", key, None,
-            lambda: map_student_layers(study, arch, start, budget, trial), MappingResult)
-    d = r.stage("distill", key, None,
-                lambda: distill_student(study, arch, start, budget, trial), DistillResult)
+    m = r.stage("map-layers", key, None, lambda: map_student_layers(study, arch, start, budget, trial), MappingResult)
+    d = r.stage("distill", key, None, lambda: distill_student(study, arch, start, budget, trial), DistillResult)
     e = r.stage("evaluate", key, None,
                 lambda: evaluate_path(study, d.student_path, False, None, study.cfg.evaluate), EvaluationResult)
-    return BudgetStages(fin, d, e)
+    return BudgetStages(fin, d, e, m)
 
 
 class RunRow(Record):
@@ -382,6 +381,7 @@ class RunRow(Record):
     margin: Margin | None = None  # the finalists' choice against the best of the other kind (searched or hand-designed)
     rounds: list[list[int]] | None = None  # successive halving: [steps, finalists distilled that long] per round
     proxy_tau: float | None = None  # the zero-step fidelity's Kendall tau against the first round's fidelity
+    mapping: dict[str, Any] | None = None  # the layer mapping distilled with and why (`MappingSearch.confirm`)
     tasks: dict[str, dict[str, Any]] | None = None  # the study's own data by name (`EvaluationResult`)
     pairs: dict[str, dict[str, Any]] | None = None
     ood: dict[str, dict[str, Any]] | None = None
@@ -443,7 +443,7 @@ def run_study(study: Study, out: Path | None = None, echo: Callable[[str], None]
                                           "accuracy_ratio_low", "accuracy_ratio_high", "label_loyalty", "probability_loyalty")},
             truncated=ref, folder=str(out / m.name) if m else None, margin=s.finalists.margin,
             rounds=rounds_seen(s.finalists, study.cfg.search.finalist_steps),
-            proxy_tau=s.finalists.kendall_tau_vs_fidelity.get("fidelity_before"),
+            proxy_tau=s.finalists.kendall_tau_vs_fidelity.get("fidelity_before"), mapping=mapping_summary(s.mapping, s.distill),
             **{k: v for k in ("tasks", "pairs", "ood") if (v := getattr(e, k)) is not None}))
     stages = [StageRecord(stage=n, key=k, seconds=round(sec, 1), skipped=sk) for n, k, sec, sk in r.done]
     return RunResult(study=study.name, out=str(out), pareto_png=str(out / "pareto.png"), students=rows, runtime=runtime,

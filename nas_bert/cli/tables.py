@@ -291,6 +291,8 @@ def run_table(s: RunResult) -> str:
                  # the table's ms is this run's: a slow moment of the host can put it over the budget it holds
                  + f"; {r.student} measured {r.finalist_ms:.2f} ms in their timing run, judged {r.finalist_judged_ms:.2f} ms"
                  for r in s.students if r.rounds]
+        rows += [f"{r.budget_ms:g} ms layer mapping: {r.mapping['origin']} {r.mapping['mapping']}"
+                 + (f" ({r.mapping['reason']})" if r.mapping.get("reason") else "") for r in s.students if r.mapping]
         rows += [f"{r.budget_ms:g} ms student, {line}" for r in s.students
                  for line in study_data_lines(r.tasks, r.pairs, r.ood)]
         rows += [f"{r.budget_ms:g} ms student at export: predicted {f(r.predicted_ms, '.2f')} ms (at the fit), "

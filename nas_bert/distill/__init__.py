@@ -33,8 +33,9 @@ from nas_bert.distill.students import (
     distill_student,
     map_layers,
     map_student_layers,
+    mapping_summary,
     resolve_budget,
     trial_architecture,
 )
 
-__all__ = ["DistillModule", "DistillObjective", "DistillResult", "MappingFitness", "MappingResult", "MappingSearch", "StudentContext", "TeacherCache", "TeacherTaps", "best_memoised", "check_mapping", "count_monotone", "distill", "distill_baseline", "distill_identity", "distill_points", "distill_student", "last_layers_mapping", "map_layers", "map_student_layers", "mutate_monotone", "protocol_hash", "relation_kl", "repair", "resolve_budget", "similarity_loss", "trial_architecture", "uniform_mapping"]
+__all__ = ["DistillModule", "DistillObjective", "DistillResult", "MappingFitness", "MappingResult", "MappingSearch", "StudentContext", "TeacherCache", "TeacherTaps", "best_memoised", "check_mapping", "count_monotone", "distill", "distill_baseline", "distill_identity", "distill_points", "distill_student", "last_layers_mapping", "map_layers", "map_student_layers", "mapping_summary", "mutate_monotone", "protocol_hash", "relation_kl", "repair", "resolve_budget", "similarity_loss", "trial_architecture", "uniform_mapping"]

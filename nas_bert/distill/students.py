@@ -91,6 +91,12 @@ class DistillResult(Record):
     seconds: float
 
 
+def mapping_summary(m: MappingResult | None, d: DistillResult) -> dict[str, Any]:
+    """The layer mapping a student was distilled with and stage 6's reason for it (the searched mapping confirmed
+    against the best heuristic, else the heuristic kept): what `nas-bert run`'s summary says of the mapping."""
+    return {"mapping": d.mapping, "origin": d.mapping_origin, "reason": (m.decision or {}).get("reason") if m else None}
+
+
 def resolve_budget(study: Study, budget: float | None) -> float:
     budgets = budgets_in_db(study)
     if budget is not None:

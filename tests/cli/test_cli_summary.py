@@ -59,3 +59,16 @@ def test_a_budget_given_as_a_fraction_of_the_teacher_is_summarised_by_its_own_ru
     assert "a budget given as a fraction of the teacher judges the student against the teacher timed in the same run" in text
     mixed = run_table(RunResult.model_validate(summary | {"students": [row, _row(5.0, 4.77, False)]}))
     assert "a budget in ms judges the time measured at the host's speed" in mixed and "5.00 ms (calibration" in mixed
+
+
+def test_summary_says_which_layer_mapping_each_student_learnt_by_and_why() -> None:
+    reason = ("the searched mapping does not beat uniform beyond noise (gain 0.0001, 2 se 0.0026): the uniform mapping "
+              "is used")
+    kept = _row(5.0, 4.77, False) | {"mapping": {"mapping": [2, 4, 6], "origin": "uniform", "reason": reason}}
+    searched = _row(10.0, 9.0, False) | {"mapping": {"mapping": [4, 4, 6], "origin": "searched", "reason": None}}
+    summary = {"study": "s", "out": "o", "pareto_png": "o/pareto.png", "seconds": 1.0, "stages": [],
+               "students": [kept, searched, _row(12.0, 11.0, False)]}
+    text = run_table(RunResult.model_validate(summary))
+    assert f"5 ms layer mapping: uniform [2, 4, 6] ({reason})" in text
+    assert "10 ms layer mapping: searched [4, 4, 6]\n" in text  # no confirmation recorded: nothing more said
+    assert "12 ms layer mapping" not in text  # a summary recorded before the mapping was kept in it
