@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import cpu_name, study_budgets, table
 from nas_bert.data import load_task
-from nas_bert.distill import MappingResult, StudentContext
-from nas_bert.distill.students import distill_key, map_student_layers, train_student
+from nas_bert.distill import StudentContext
+from nas_bert.distill.students import distill_key, train_student
 from nas_bert.evaluate import (
     EvaluationResult,
     evaluate_path,
@@ -51,6 +51,7 @@ from nas_bert.record import Record
 from nas_bert.space import Architecture
 from nas_bert.store import Database
 from nas_bert.study import Study, load_study
+from nas_bert.teacher import load_teacher
 
 
 class MappingRun(Record):
@@ -66,7 +67,7 @@ class MappingRun(Record):
 def _bootstrap(study: Study, folder: str) -> dict[str, list[float]]:
     """The student's fidelity on the evaluation's texts (WordNet test glosses, the out-of-domain set), per bootstrap
     resample: the same resamples for every student, so two students' values pair up."""
-    cfg, ctx_teacher = study.cfg.evaluate, StudentContext.open(study).teacher
+    cfg, ctx_teacher = study.cfg.evaluate, load_teacher(study.cfg.teacher)  # the teacher alone: no corpus, no supernet
     sets = {"wordnet": list(load_task("wordnet", cfg)[0]["test"]["text"][: cfg.fidelity_texts])}
     if ood := _ood_default(cfg):
         sets["ood"] = ood
@@ -135,11 +136,8 @@ def main() -> None:
     rows, verdicts = [], []
     for b in sorted(budgets, reverse=True):
         stages = student_stages(r, study, b)  # finished by `nas-bert run`: read back, not redone
-        chosen, d = stages.chosen, stages.distill
+        chosen, d, m = stages.chosen, stages.distill, stages.mapping
         arch, start = Architecture.from_json(chosen.arch_json), chosen.origin
-        m = r.stage("map-layers", f"{b:g}ms", None,
-                    lambda arch=arch, start=start, b=b, trial=chosen.trial: map_student_layers(study, arch, start, b, trial),
-                    MappingResult)
         used = (m.decision or {}).get("used", "searched")
         heuristics = dict(sorted(m.baselines.items(), key=lambda kv: kv[1].fitness))
         named = {"searched": m.best.mapping, **{k: v.mapping for k, v in heuristics.items()}}
