@@ -52,10 +52,10 @@ from nas_bert.evaluate import EvaluationResult, evaluate_encoder, evaluate_path,
 from nas_bert.export import save_figure
 from nas_bert.latency import build_student, ensure_latency_model, measure_callables, measure_models
 from nas_bert.model import save_student
-from nas_bert.pipeline import Runner, shared_stages, student_stages
+from nas_bert.pipeline import Runner, fitted_teacher_ms, shared_stages, student_stages
 from nas_bert.record import Record
 from nas_bert.space import FAMILIES, Architecture, families
-from nas_bert.store import Database
+from nas_bert.store import Database, fingerprint
 from nas_bert.study import load_study
 from nas_bert.supernet import (
     describe,
@@ -195,7 +195,8 @@ class StaticEncoder(torch.nn.Module):
         return SimpleNamespace(last_hidden_state=self.table(input_ids))
 
 
-def model2vec_row(study: Any, r: Runner, ctx: StudentContext, run_teacher_ms: float) -> dict[str, Any] | None:
+def model2vec_row(study: Any, r: Runner, ctx: StudentContext, run_teacher_ms: float,
+                  stage: Any) -> dict[str, Any] | None:
     """Distil Model2Vec from the teacher folder, time `encode` of one sequence and evaluate it like the students."""
     try:
         from model2vec.distill import distill
@@ -219,7 +220,9 @@ def model2vec_row(study: Any, r: Runner, ctx: StudentContext, run_teacher_ms: fl
         return Model2VecRun(ms=ms * run_teacher_ms / teacher_ms, distill_seconds=seconds, dims=int(m2v.dim),
                             metrics={m: metrics.get(m) for m in METRICS})
 
-    res = r.stage("baseline-model2vec", "", ("evaluate",), run, Model2VecRun)
+    res = stage("baseline-model2vec", "", ("evaluate",), run, Model2VecRun)
+    if res is None:
+        return None
     return {"family": "Model2Vec", "student": f"static, {res.dims} dims ({res.distill_seconds:.0f} s to distil)",
             "measured_ms": res.ms, "params": None, **res.metrics}
 
@@ -249,6 +252,10 @@ def main() -> None:
     ap.add_argument("--orders", default="importance,leading", help="ETD unit orders for the uniform family")
     ap.add_argument("--families", default=",".join(FAMILIES),
                     help=f"the hand-designed families to distil beside the NAS student (of {', '.join(FAMILIES)})")
+    ap.add_argument("--recorded", action="store_true",
+                    help="run none of this benchmark's stages: the table of the students it has finished so far (while it "
+                         "runs elsewhere, or after it was stopped; the study's own stages are read as `nas-bert run` "
+                         "recorded them)")
     args = ap.parse_args()
     wanted = [f for f in args.families.split(",") if f]
     if unknown := sorted(set(wanted) - set(FAMILIES)):
@@ -268,11 +275,25 @@ def main() -> None:
         ms = measure_models([copy.deepcopy(ctx.teacher.encoder).cpu()], study.cfg.latency, vocab)[0]
         return TeacherTime(teacher_ms=ms)
 
-    teacher_ms = r.stage("baseline-teacher-latency", "", ("latency",), time_teacher, TeacherTime).teacher_ms
+    def stage(name: str, key: str, sections: tuple[str, ...], fn: Any, kind: Any) -> Any:
+        """The benchmark's stage: run (or read back) as the study's stages are; with --recorded, only read back what
+        finished from these inputs (None for the rest)."""
+        if not args.recorded:
+            return r.stage(name, key, sections, fn, kind)
+        current = r.recorded(name, key)[0] == fingerprint(r.inputs(name, key, sections))
+        return r.result(name, key, kind) if current else None
+
+    timed = stage("baseline-teacher-latency", "", ("latency",), time_teacher, TeacherTime)
+    if timed is None:
+        sys.exit("--recorded: nothing of this benchmark is recorded yet; run it without --recorded")
+    teacher_ms = timed.teacher_ms
+
     fractions = [float(f) for f in args.fractions.split(",")]
     budgets = [round(max(args.round, round(f * teacher_ms / args.round) * args.round), 6) for f in fractions]
     if args.budgets_from_study:  # as `nas-bert run` resolves them: its finished stages are these budgets' stages
         budgets = study_budgets(study, r.db, args.only)
+        if study.cfg.search.budgets_x:  # fractions of the teacher timed at the study's fit, not of this run's time
+            teacher_ms = fitted_teacher_ms(study, r.db)
         fractions = [b / teacher_ms for b in budgets]
     # A budget below the space's fastest student would leave nothing to search: lift it to the next step above.
     fastest = ensure_latency_model(r.db, study.space, ctx.teacher.embeddings_spec(), study.cfg.latency,
@@ -293,8 +314,12 @@ def main() -> None:
         ms = measure_models(models, study.cfg.latency, vocab)  # the teacher again, in the same run
         return Timings(dict(zip([*archs, "teacher"], ms, strict=True)))
 
+
     key = ",".join(f"{b:g}" for b in budgets)
-    ms = r.stage("baseline-latency", key, ("supernet", "latency", "search"), time_all, Timings).root
+    timings = stage("baseline-latency", key, ("supernet", "latency", "search"), time_all, Timings)
+    if timings is None:
+        sys.exit("--recorded: this benchmark's timing run of these budgets is not recorded yet; run it without --recorded")
+    ms = timings.root
     run_teacher_ms = ms.get("teacher", teacher_ms)  # the students' ratios to the teacher come from one run
     def untouched(name: str, arch: Architecture) -> Untouched:
         if study.space.layer_slots:  # the same cut, as the one-block student of the teacher's first layers
@@ -304,7 +329,7 @@ def main() -> None:
         return Untouched(metrics=evaluate(study, r.db, str(folder)))
 
     rows: list[dict[str, Any]] = []
-    for b in budgets:
+    for b in sorted(budgets):  # the cheapest budget first: a stopped run has whole budgets sooner
         target = ms[f"nas-{b:g}ms"]
         e, chosen = nas[b].evaluate, nas[b].chosen
         who = compact(nas_arch[b]) if chosen.origin == "search" else f"{chosen.name} (a baseline won the finalists)"
@@ -329,20 +354,24 @@ def main() -> None:
                                          batches=ctx.unit_batches(), family=family)
                     return BaselineRun(**d, metrics=evaluate(study, r.db, d["student_path"]))
 
-                res = r.stage("baseline", run, ("distill", "evaluate"), distilled, BaselineRun)
+                res = stage("baseline", run, ("distill", "evaluate"), distilled, BaselineRun)
+                if res is None:  # --recorded, and this student is not finished yet
+                    continue
                 who = f"{name}: {compact(arch)}" if study.space.layer_slots else describe(family, arch, order)
                 rows.append({"budget_ms": b, "family": label, "student": who,
                              "measured_ms": ms[name], "params": arch.params(),
                              **{m: getattr(res.metrics, m) for m in METRICS}})
             if family == "truncated":
-                kept = r.stage("baseline-untouched", name, ("evaluate",),
-                               lambda name=name, arch=arch: untouched(name, arch), Untouched)
-                rows.append({"budget_ms": b, "family": "truncated (untouched)", "student": (
+                kept = stage("baseline-untouched", name, ("evaluate",),
+                             lambda name=name, arch=arch: untouched(name, arch), Untouched)
+                if kept is not None:
+                    rows.append({"budget_ms": b, "family": "truncated (untouched)", "student": (
                              name if study.space.layer_slots else describe(family, arch)) + ", no training", "measured_ms": ms[name], "params": arch.params(),
                              **{m: getattr(kept.metrics, m) for m in METRICS}})
-    static = model2vec_row(study, r, ctx, run_teacher_ms)
+    static = model2vec_row(study, r, ctx, run_teacher_ms, stage)
     if static is not None:
         rows.append({"budget_ms": min(budgets), **static})
+    rows.sort(key=lambda row: -row["budget_ms"])  # the table reads from the largest budget down
     teacher_acc = nas[budgets[0]].evaluate.teacher_accuracy
     out = study.workdir / "baselines"
     out.mkdir(parents=True, exist_ok=True)
