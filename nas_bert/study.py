@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -324,11 +325,12 @@ class Study:
         return self.workdir / "export"
 
     def device(self) -> torch.device:
-        if self.cfg.device == "cuda" or (self.cfg.device == "auto" and torch.cuda.is_available()):
-            if not torch.cuda.is_available():
-                raise NasBertError("study asks for device 'cuda' but no CUDA device is visible; set device: auto or cpu")
-            return torch.device("cuda")
-        return torch.device("cpu")
+        """cuda when asked for, or with `auto` when this machine has a GPU per process (torchrun's LOCAL_WORLD_SIZE)."""
+        procs, gpus = int(os.environ.get("LOCAL_WORLD_SIZE", "1")), torch.cuda.device_count()
+        if self.cfg.device == "cuda" and procs > gpus:
+            raise NasBertError(f"study asks for device 'cuda' in {procs} process(es) on a machine with {gpus} visible "
+                               f"GPU(s): start at most one process per GPU, or set device: auto or cpu")
+        return torch.device("cuda" if self.cfg.device == "cuda" or (self.cfg.device == "auto" and procs <= gpus) else "cpu")
 
     def snapshot(self) -> dict[str, Any]:
         """What the database records of this study: the validated config and the resolved space."""

@@ -43,3 +43,44 @@ def test_tiny_study_runs_on_cuda(tmp_path):
     again = run_study(load_study(tmp_path / "tiny.yaml"), echo=lambda _line: None)
     assert all(s.skipped for s in again.stages)
     assert all(s.state == "current" for s in stage_status(load_study(tmp_path / "tiny.yaml")))
+
+
+def test_the_paths_a_finished_cuda_study_takes_again(tmp_path):
+    """After a finished run on the GPU: training the supernet again loads the finished checkpoint where the teacher
+    is; the readout proxy takes vectors on the GPU; a student on the GPU exports to ONNX (checked on the CPU); and
+    a study on the CPU in the same process is refused in one line (Accelerate keeps one device per process)."""
+    from transformers import AutoTokenizer
+
+    from nas_bert.errors import NasBertError
+    from nas_bert.evaluate import readout_fidelity
+    from nas_bert.export import export_onnx
+    from nas_bert.model import NasBertModel
+    from nas_bert.pipeline import run_study
+    from nas_bert.study import load_study
+    from nas_bert.supernet import train_supernet
+    from nas_bert.train import make_accelerator
+
+    data = yaml.safe_load((ROOT / "studies" / "tiny.yaml").read_text())
+    data.update(copy.deepcopy(FAST))
+    data["device"] = "cuda"
+    data["search"]["budgets_ms"] = [50.0]
+    data["evaluate"] = EVAL
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(data))
+    study = load_study(tmp_path / "tiny.yaml")
+    run_study(study, echo=lambda _line: None)
+
+    again = train_supernet(study)  # finished: nothing trained, its teacher paths scored on the GPU
+    assert again.step >= again.target_steps
+
+    gen = torch.Generator().manual_seed(0)
+    s, t = torch.randn(64, 8, generator=gen), torch.randn(64, 8, generator=gen)
+    assert readout_fidelity(s.cuda(), t.cuda()) == pytest.approx(readout_fidelity(s, t), abs=1e-4)
+
+    folder = next((tmp_path / "tiny" / "export").glob("nasbert-*"))
+    model = NasBertModel.from_pretrained(folder).cuda()
+    report = export_onnx(model, tmp_path / "onnx-from-cuda", AutoTokenizer.from_pretrained(folder), 32)
+    assert (tmp_path / "onnx-from-cuda" / "onnx" / "model.onnx").is_file() and report
+    assert next(model.parameters()).is_cuda  # the caller's model stays where it was
+
+    with pytest.raises(NasBertError, match="run it in a new process|in a new process"):
+        make_accelerator(torch.device("cpu"))

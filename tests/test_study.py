@@ -81,3 +81,36 @@ def test_budgets_given_as_fractions_of_the_teacher_resolve_to_ms(tmp_path):
         (tmp_path / "bad.yaml").write_text(yaml.safe_dump(data))
         with pytest.raises(NasBertError, match="search.budgets_x"):
             load_study(tmp_path / "bad.yaml")
+
+
+@pytest.mark.parametrize(("device", "gpus", "processes", "want"), [
+    ("auto", 0, "1", "cpu"), ("auto", 1, "1", "cuda"), ("auto", 1, "2", "cpu"), ("auto", 2, "2", "cuda"),
+    ("cpu", 1, "1", "cpu"), ("cuda", 1, "1", "cuda"), ("cuda", 0, "1", None), ("cuda", 1, "2", None)])
+def test_the_study_device_is_a_gpu_per_process_or_the_cpu(tmp_path, monkeypatch, device, gpus, processes, want):
+    # torchrun's two CPU processes of the README on a one-GPU machine: `auto` trains on the CPU (each would
+    # otherwise ask for a GPU of its own); `cuda` says in one line what to change
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", processes)
+    study = load_study(_study(tmp_path, device=device))
+    if want is None:
+        with pytest.raises(NasBertError, match=f"study asks for device 'cuda' in {processes} process.* {gpus} visible"):
+            study.device()
+    else:
+        assert study.device().type == want
+
+
+def test_a_checkpoint_from_a_machine_with_more_gpus_restores_the_gpus_this_one_has(monkeypatch):
+    import torch
+
+    from nas_bert.train import rng_state, set_rng_state
+
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.append((int(state[0]), device)))
+    state = rng_state()
+    state["cuda"] = [torch.tensor([7], dtype=torch.uint8), torch.tensor([9], dtype=torch.uint8)]  # two GPUs saved
+    set_rng_state(state)
+    assert restored == [(7, 0)]

@@ -232,7 +232,8 @@ def proxy_fitness(ctx: StudentContext, arch: Architecture, mapping: list[int], o
     objective = ctx.objective(arch, mapping, mc.proxy_val_batches, mc.proxy_batch_size)
     # the embedding tables are most of a small student's parameters and the mapping is about
     # the layers, so the proxy keeps them fixed (a third of the proxy's time was their AdamW step)
-    report = train_loop(model=ctx.start(arch, origin, freeze_embeddings=True), objective=objective, dataset=sample,
+    student = ctx.start(arch, origin, freeze_embeddings=True).to(ctx.study.device())  # where its batches are
+    report = train_loop(model=student, objective=objective, dataset=sample,
                         collator=ctx.collator,
                         cfg=cfg, total_steps=cfg.steps, ckpts=None, accelerator=make_accelerator(ctx.study.device()),
                         meta={}, desc="proxy", progress=False)

@@ -76,7 +76,7 @@ def readout_fidelity(student_vecs: torch.Tensor, teacher_vecs: torch.Tensor, alp
         mu, nu = s[fit].mean(0), t[fit].mean(0)
         a = s[fit] - mu
         lam = alpha * float((a * a).sum()) / a.shape[1]
-        w = torch.linalg.solve(a.T @ a + lam * torch.eye(a.shape[1], dtype=a.dtype), a.T @ (t[fit] - nu))
+        w = torch.linalg.solve(a.T @ a + lam * torch.eye(a.shape[1], dtype=a.dtype, device=a.device), a.T @ (t[fit] - nu))
         mapped[held] = (s[held] - mu) @ w + nu
     return fidelity(mapped.float(), teacher_vecs, centered)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
 from collections.abc import Callable
@@ -38,6 +39,8 @@ def export_onnx(model: NasBertModel, folder: Path, tokenizer: Any, seq_len: int)
     out = folder / "onnx"
     out.mkdir(parents=True, exist_ok=True)
     fp32, int8 = out / "model.onnx", out / "model.int8.onnx"
+    if any(p.device.type != "cpu" for p in model.parameters()):  # checked against ONNX Runtime on the CPU
+        model = copy.deepcopy(model).cpu()
     model = model.eval()
     example = {k: torch.from_numpy(v) for k, v in _encode(tokenizer, SAMPLE_TEXTS[1:3], seq_len).items()}
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")

@@ -192,8 +192,8 @@ def build_supernet(study: Study, teacher: Teacher, seed: int, corpus: Any = None
     relative = teacher.relative_attention()
     net = Supernet(study.space, teacher.hidden_size, eps=float(getattr(teacher.config, "layer_norm_eps", 1e-12)),
                    frozen=frozen_spec(study, teacher), relative=relative.spec() if relative else None)
-    if not inherit:
-        return net
+    if not inherit:  # on the teacher's device: a finished run's checkpoint is loaded over it and used as it is
+        return net.to(next(teacher.encoder.parameters()).device)
     if corpus is None:
         raise NasBertError("building a supernet needs the corpus (unit ranking and the boundary predictions)")
     device = next(teacher.encoder.parameters()).device

@@ -107,7 +107,7 @@ def rng_state() -> dict[str, Any]:
     state = {"python": [version, list(mt), gauss],
              "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
              "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # a CPU run on a GPU machine starts no CUDA context
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
@@ -118,13 +118,25 @@ def set_rng_state(state: dict[str, Any]) -> None:
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and torch.cuda.is_available():  # resumed on a machine with fewer GPUs: those it has
+        for i, gpu_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(gpu_state, i)
 
 
 def make_accelerator(device: torch.device) -> Accelerator:
+    """Accelerate's device for a study on `device`. Accelerate fixes one device per process: a study on another
+    device than this process already trained on is refused in one line (it would train where its batches are not)."""
     # Only the sampled path gets gradients, so DDP must look for unused parameters.
-    return Accelerator(cpu=device.type == "cpu", kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    try:
+        accelerator = Accelerator(cpu=device.type == "cpu",
+                                  kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    except ValueError as e:  # Accelerate: "AcceleratorState has already been initialized..."
+        raise NasBertError(f"this process already trains on another device than {device.type}: run the study on "
+                           f"{device.type} in a new process (or give both studies the same device:)") from e
+    if accelerator.device.type != device.type:
+        raise NasBertError(f"this process already trains on {accelerator.device.type}, the study asks for "
+                           f"{device.type}: run it in a new process (or give both studies the same device:)")
+    return accelerator
 
 
 def train_loop(
