@@ -314,7 +314,6 @@ def main() -> None:
         ms = measure_models(models, study.cfg.latency, vocab)  # the teacher again, in the same run
         return Timings(dict(zip([*archs, "teacher"], ms, strict=True)))
 
-
     key = ",".join(f"{b:g}" for b in budgets)
     timings = stage("baseline-latency", key, ("supernet", "latency", "search"), time_all, Timings)
     if timings is None:
@@ -366,8 +365,9 @@ def main() -> None:
                              lambda name=name, arch=arch: untouched(name, arch), Untouched)
                 if kept is not None:
                     rows.append({"budget_ms": b, "family": "truncated (untouched)", "student": (
-                             name if study.space.layer_slots else describe(family, arch)) + ", no training", "measured_ms": ms[name], "params": arch.params(),
-                             **{m: getattr(kept.metrics, m) for m in METRICS}})
+                                 name if study.space.layer_slots else describe(family, arch)) + ", no training",
+                                 "measured_ms": ms[name], "params": arch.params(),
+                                 **{m: getattr(kept.metrics, m) for m in METRICS}})
     static = model2vec_row(study, r, ctx, run_teacher_ms, stage)
     if static is not None:
         rows.append({"budget_ms": min(budgets), **static})

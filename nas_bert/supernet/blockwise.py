@@ -192,12 +192,13 @@ def build_supernet(study: Study, teacher: Teacher, seed: int, corpus: Any = None
     relative = teacher.relative_attention()
     net = Supernet(study.space, teacher.hidden_size, eps=float(getattr(teacher.config, "layer_norm_eps", 1e-12)),
                    frozen=frozen_spec(study, teacher), relative=relative.spec() if relative else None)
-    if not inherit:  # on the teacher's device: a finished run's checkpoint is loaded over it and used as it is
-        return net.to(next(teacher.encoder.parameters()).device)
+    device = next(teacher.encoder.parameters()).device
+    # where the teacher is: the boundary predictions are fitted on its states, a finished run's checkpoint used there
+    net.to(device)
+    if not inherit:
+        return net
     if corpus is None:
         raise NasBertError("building a supernet needs the corpus (unit ranking and the boundary predictions)")
-    device = next(teacher.encoder.parameters()).device
-    net.to(device)  # the boundary predictions are fitted on the teacher's states, where they are
     batches = [{k: v.to(device) for k, v in b.items()} for b in fixed_batches(
         corpus["train"], make_collator(teacher.tokenizer, study.cfg.corpus), cfg.init_batches, cfg.batch_size, seed=seed)]
     if cfg.init == "teacher":

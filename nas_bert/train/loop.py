@@ -130,12 +130,11 @@ def make_accelerator(device: torch.device) -> Accelerator:
     try:
         accelerator = Accelerator(cpu=device.type == "cpu",
                                   kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-    except ValueError as e:  # Accelerate: "AcceleratorState has already been initialized..."
-        raise NasBertError(f"this process already trains on another device than {device.type}: run the study on "
-                           f"{device.type} in a new process (or give both studies the same device:)") from e
-    if accelerator.device.type != device.type:
-        raise NasBertError(f"this process already trains on {accelerator.device.type}, the study asks for "
-                           f"{device.type}: run it in a new process (or give both studies the same device:)")
+    except ValueError:  # Accelerate: "AcceleratorState has already been initialized..." (it ran on a GPU)
+        accelerator = None
+    if accelerator is None or accelerator.device.type != device.type:
+        raise NasBertError(f"this process already trains on another device, the study asks for {device.type}: "
+                           "run it in a new process (or give both studies the same device:)")
     return accelerator
 
 
