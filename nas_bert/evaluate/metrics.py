@@ -55,14 +55,14 @@ def fidelity(student_vecs: torch.Tensor, teacher_vecs: torch.Tensor, centered: b
     return float(spearmanr(_pair_sims(student_vecs, centered).numpy(), _pair_sims(teacher_vecs, centered).numpy()).statistic)
 
 
-def readout_fidelity(student_vecs: torch.Tensor, teacher_vecs: torch.Tensor, alpha: float = 3.0, folds: int = 2,
+def readout_fidelity(student_vecs: torch.Tensor, teacher_vecs: torch.Tensor, alpha: float = 1.0, folds: int = 2,
                      centered: bool = True) -> float:
     """`fidelity` after the best linear readout of the student's vectors into the teacher's, cross-fitted: the
     texts split into `folds` (every folds-th text), each fold's vectors mapped by a ridge regression (centred, the
     intercept unpenalised) fitted on the other folds, and the mapped vectors of all texts compared with the
     teacher's. `alpha` scales the penalty by the fitted vectors' total variance over their width, so the value
-    does not depend on their scale (3: where the proxy's rank agreement with short distillations plateaued on the
-    quality study's finalists, 2-5 alike). What a student's start reaches with nothing learned but a linear map, which
+    does not depend on their scale (1: on the finalists of the two latest studies, five budgets, its rank
+    agreement with their first round is 0.81-0.90, against 0.62-0.91 at 3; BENCHMARKS.md). What a student's start reaches with nothing learned but a linear map, which
     distillation learns first: a shape far from the teacher's geometry but near it up to a linear map (the
     teacher's first layer at full width) is not ranked below a narrow one whose output map was already fitted to
     the teacher."""
