@@ -66,6 +66,13 @@ def readout_fidelity(student_vecs: torch.Tensor, teacher_vecs: torch.Tensor, alp
     distillation learns first: a shape far from the teacher's geometry but near it up to a linear map (the
     teacher's first layer at full width) is not ranked below a narrow one whose output map was already fitted to
     the teacher."""
+    return fidelity(readout_map(student_vecs, teacher_vecs, alpha, folds).float(), teacher_vecs, centered)
+
+
+def readout_map(student_vecs: torch.Tensor, teacher_vecs: torch.Tensor, alpha: float = 1.0,
+                folds: int = 2) -> torch.Tensor:
+    """`readout_fidelity`'s mapped vectors (float64): each fold's student vectors through the ridge map fitted on
+    the other folds."""
     s, t = student_vecs.double(), teacher_vecs.double()
     if len(s) != len(t) or len(s) < 3 * folds:
         raise ValueError(f"readout fidelity needs the same texts (at least {3 * folds}) for student and teacher")
@@ -78,7 +85,7 @@ def readout_fidelity(student_vecs: torch.Tensor, teacher_vecs: torch.Tensor, alp
         lam = alpha * float((a * a).sum()) / a.shape[1]
         w = torch.linalg.solve(a.T @ a + lam * torch.eye(a.shape[1], dtype=a.dtype, device=a.device), a.T @ (t[fit] - nu))
         mapped[held] = (s[held] - mu) @ w + nu
-    return fidelity(mapped.float(), teacher_vecs, centered)
+    return mapped
 
 
 def fidelity_bootstrap(student_vecs: torch.Tensor, teacher_vecs: torch.Tensor, centered: bool = True,
