@@ -114,10 +114,8 @@ class SupernetConfig(TrainConfig):
     # stay out of its key too (a distilled student keeps its best-validated weights: its key keeps val_batches)
     NOT_WEIGHTS: ClassVar[tuple[str, ...]] = (*TrainConfig.NOT_WEIGHTS, "val_batches", "val_random_archs")
 
-    sampling: Literal["uniform", "sandwich"] = Field(
-        default="uniform",
-        description="uniform: one random sub-architecture per block per step; sandwich: also the largest and smallest",
-    )
+    sampling: Literal["uniform", "sandwich"] = Field(default="uniform", description="uniform: one random "
+                                                     "sub-architecture per block per step; sandwich: also the extremes")
     sandwich_every: int = Field(default=1, ge=1, description="with sandwich: train the extremes every k-th step")
     val_random_archs: int = Field(default=2, ge=0, description="random sub-architectures scored at each validation")
     init: Literal["teacher", "random"] = Field(
@@ -125,9 +123,8 @@ class SupernetConfig(TrainConfig):
         description="teacher: attention/feed-forward weights start from the teacher's layers (full width = the teacher); "
                     "random: from scratch",
     )
-    init_units: Literal["importance", "leading"] = Field(
-        default="importance", description="with init teacher: narrower widths keep the most important units, or the leading ones"
-    )
+    init_units: Literal["importance", "leading"] = Field(default="importance", description="with init teacher: "
+                                                          "narrower widths keep the most important units, or the leading ones")
     init_batches: int = Field(default=8, ge=1, description="corpus batches that rank the teacher's units by importance "
                                                          "and fit the boundary predictions")
     keep_teacher_layers: bool = Field(
@@ -148,6 +145,8 @@ class SearchConfig(_Strict):
     score_batches: int = Field(default=2, ge=1, description="validation batches per block score")
     rescore_top: int = Field(default=8, ge=1, description="T: best feasible candidates rescored end to end")
     rescore_batches: int = Field(default=8, ge=1, description="validation batches for rescoring")
+    reserve_shrinks: int = Field(default=3, ge=0, description="per top searched student, this many points each one "
+                                 "step smaller timed in reserve: the largest the budget holds replaces it if over")
     heartbeat_interval: int = Field(default=5, ge=1, description="seconds between a running trial's heartbeats")
     grace_period: int = Field(default=20, ge=2, description="seconds without a heartbeat before a trial is stale")
     max_retry: int = Field(default=1, ge=0, description="retries of a trial whose worker died")

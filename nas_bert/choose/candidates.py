@@ -79,29 +79,33 @@ def search_candidates(db: Database, study: Study, budget_ms: float) -> list[Cand
     return out
 
 
-def shrunk_reserves(cands: list[Candidate], space: Any, latency: Any, top: int, taken: set[str] = frozenset()
-                    ) -> list[Candidate]:
-    """Per searched student among the top `top` by approximate loss, its nearest smaller point in reserve, named
-    "<student>.<move>": of the points one step from it (`space.neighbours`) that are no finalist already (`taken`:
-    their hashes), the slowest predicted at least the latency model's leave-one-out error (3% at the least) below
-    it, else the slowest predicted below it at all. A searched student grown to the budget's edge that is measured
-    over the budget is then replaced by itself one step smaller, not by a student of another shape (its reserves
-    of the same edge are measured over with it)."""
+def shrunk_reserves(cands: list[Candidate], space: Any, latency: Any, top: int, taken: set[str] = frozenset(),
+                    levels: int = 1) -> list[Candidate]:
+    """Per searched student among the top `top` by approximate loss, a chain of `levels` smaller points in
+    reserve, each one step from the last (`space.neighbours`), named "<student>.<move>[.<move>...]": of the points
+    one step from it that are no finalist already (`taken`: their hashes), the slowest predicted at least the
+    latency model's leave-one-out error (3% at the least) below it, else the slowest predicted below it at all.
+    A searched student grown to the budget's edge that is measured over the budget is then replaced by the
+    largest of its chain that the budget holds, not by a student of another shape: a latency model 10-25% off at
+    one budget (a shared host's speed moves between the fit and the finalists' run) needs more than one step."""
     cut = 1 - max(latency_error(latency), 0.03)
-    out = []
+    taken, out = set(taken), []
     for c in cands:
         if c.origin != "search" or c.proxies.get("reserve") or c.proxies.get("approx_rank", top) >= top:
             continue
-        predicted = latency.predict(c.arch)
-        moves = {m: (ms, a) for m, a in neighbours(space, c.arch, fits_within(latency, predicted)).items()
-                 if (ms := latency.predict(a)) < predicted and a.hash() not in taken}
-        if not moves:
-            continue
-        clear = {m: v for m, v in moves.items() if v[0] <= predicted * cut} or moves
-        move, (ms, arch) = max(clear.items(), key=lambda kv: (kv[1][0], kv[0]))
-        out.append(Candidate(f"{c.name}.{move}", "search", arch, None,
-                             {"predicted_ms": ms, "approx_rank": c.proxies["approx_rank"], "reserve": True,
-                              "shrunk_of": c.name}))
+        name, arch, predicted = c.name, c.arch, latency.predict(c.arch)
+        for level in range(1, levels + 1):
+            moves = {m: (ms, a) for m, a in neighbours(space, arch, fits_within(latency, predicted)).items()
+                     if (ms := latency.predict(a)) < predicted and a.hash() not in taken}
+            if not moves:
+                break
+            clear = {m: v for m, v in moves.items() if v[0] <= predicted * cut} or moves
+            move, (predicted, arch) = max(clear.items(), key=lambda kv: (kv[1][0], kv[0]))
+            name = f"{name}.{move}"
+            taken.add(arch.hash())
+            out.append(Candidate(name, "search", arch, None,
+                                 {"predicted_ms": predicted, "approx_rank": c.proxies["approx_rank"], "reserve": True,
+                                  "shrunk_of": c.name, "shrink_level": level}))
     return out
 
 

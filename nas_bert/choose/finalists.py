@@ -184,10 +184,10 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
                  if c.arch.hash() in points else c for c in cands]
         family = family_to_time(family, lat.predict, budget_ms)
         cands = [c for c in cands if c.name not in family]
-    # each of the top one step smaller, in reserve for one measured over the budget (a budget timed before they
-    # were reserves goes on without them)
-    shrunk = shrunk_reserves(cands, study.space, lat, cfg.rescore_top,
-                             {c.arch.hash() for c in [*cands, *family.values()]}) if study.space.layer_slots else []
+    # each of the top one, two, ... steps smaller, in reserve for one measured over the budget (a budget timed
+    # before they were reserves goes on without them)
+    shrunk = shrunk_reserves(cands, study.space, lat, cfg.rescore_top, {c.arch.hash() for c in [*cands, *family.values()]},
+                             cfg.reserve_shrinks) if study.space.layer_slots else []
     # a budget given as a fraction of the teacher: that fraction of the teacher timed in this run (no calibration
     # students timed: no drift estimate enters)
     fit = lat.calibration.reference_ms

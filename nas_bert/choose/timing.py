@@ -210,12 +210,14 @@ def host_speed(proxies: dict[str, Any]) -> float | None:
 def replace_over_budget(cands: list[Candidate], judged: dict[str, float], budget_ms: float,
                         top: int) -> list[Candidate]:
     """The finalists without their reserve, but for one reserve student in the place of each of the top `top` by
-    approximate loss measured over the budget: that student one step smaller (`shrunk_reserves`) where the budget
-    holds it, else the next reserve by approximate loss that the budget holds."""
+    approximate loss measured over the budget: the largest of that student's chain of smaller points
+    (`shrunk_reserves`) that the budget holds, else the next reserve by approximate loss that the budget holds."""
     dropped = [c.name for c in cands if c.proxies.get("approx_rank", top) < top and not c.proxies.get("reserve")
                and judged[c.name] > budget_ms]
     holds_ = [c for c in cands if c.proxies.get("reserve") and judged[c.name] <= budget_ms]
-    shrunk = {c.proxies["shrunk_of"]: c for c in holds_ if c.proxies.get("shrunk_of")}
+    shrunk: dict[str, Candidate] = {}
+    for c in sorted((c for c in holds_ if c.proxies.get("shrunk_of")), key=lambda c: c.proxies.get("shrink_level", 1)):
+        shrunk.setdefault(c.proxies["shrunk_of"], c)
     spare = sorted((c for c in holds_ if not c.proxies.get("shrunk_of")), key=lambda c: c.proxies["approx_rank"])
     taken = [shrunk[n] for n in dropped if n in shrunk]
     return [c for c in cands if not c.proxies.get("reserve")] + taken + spare[:len(dropped) - len(taken)]

@@ -319,6 +319,48 @@ def test_a_top_searched_student_has_itself_one_step_smaller_in_reserve() -> None
         top.name, second.name]
 
 
+def test_a_student_far_over_its_budget_gives_way_to_the_largest_of_its_chain_that_holds() -> None:
+    """A latency model 25% off puts the top student and its one-step-smaller reserve over the budget: each of the
+    top has a chain of reserves, each one step (at least the model's error) below the last, and the largest of
+    its own chain that the budget holds takes its place, before any reserve of another shape."""
+    from nas_bert.choose import Candidate, replace_over_budget
+    from nas_bert.choose.candidates import shrunk_reserves
+    from nas_bert.latency.calibration import Calibration
+    from nas_bert.space import neighbours
+
+    space = auto_for(BERT_BASE)
+
+    class Cost:  # parameters as milliseconds; leave-one-out error 5%
+        calibration = Calibration(loo_mape=5.0)
+
+        def predict(self, a: Architecture) -> float:
+            return a.params() / 1e6
+
+    lat, points = Cost(), families(space, EMB)
+    top = Candidate("trial-9", "search", points["truncated-6"][1], 9, {"approx_rank": 0})
+    other = Candidate("trial-5", "search", points["spread-3"][1], 5, {"approx_rank": 2, "reserve": True})
+    chain = shrunk_reserves([top], space, lat, top=1, levels=3)
+    assert [c.proxies["shrink_level"] for c in chain] == [1, 2, 3]
+    assert {c.proxies["shrunk_of"] for c in chain} == {top.name} and all(c.proxies["reserve"] for c in chain)
+    assert chain[0].name.startswith("trial-9.") and chain[2].name.startswith(chain[1].name + ".")
+    ms = [lat.predict(top.arch), *(lat.predict(c.arch) for c in chain)]
+    for before, (after, c) in zip([top, *chain[:-1]], zip(ms[1:], chain, strict=True), strict=True):
+        assert c.arch.hash() in {a.hash() for a in neighbours(space, before.arch, lat.predict).values()}
+        assert after <= 0.95 * lat.predict(before.arch)  # each one step, at least the model's error, below the last
+    assert len({c.arch.hash() for c in chain}) == 3
+    assert shrunk_reserves([top], space, lat, top=1)[0].arch == chain[0].arch  # one level: the old reserve
+
+    budget = ms[0]  # the model put the top student at the budget; every student measures 25% over its prediction
+    judged = {c.name: 1.25 * m for c, m in zip([top, *chain], ms, strict=True)} | {other.name: 0.5 * budget}
+    fits = [c for c in chain if judged[c.name] <= budget]
+    assert fits and judged[chain[0].name] > budget  # one step was not enough
+    out = replace_over_budget([top, other, *chain], judged, budget, top=1)
+    assert [c.name for c in out] == [top.name, fits[0].name]
+    for c in chain:  # none of the chain holds: a reserve of another shape
+        judged[c.name] = 2 * budget
+    assert [c.name for c in replace_over_budget([top, other, *chain], judged, budget, top=1)] == [top.name, other.name]
+
+
 def test_a_search_starts_from_the_best_points_the_study_scored_under_its_budget(tmp_path) -> None:
     """Points a larger budget's search scored with the same supernet seed a smaller budget's search: the best by
     the proxy that the latency model predicts within the budget, hand-designed points and points scored with
