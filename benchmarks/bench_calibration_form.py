@@ -8,11 +8,16 @@ judged is refitted here, offline, in two forms, and each form predicts the run's
 - the finalists' runs (one per budget): calibration rows "calibration:<budget>:<teacher>:<i>" and the
   finalists the table can predict, with their measured milliseconds (the stage's summary);
 - the export's runs (one per exported student): `latency.calibration_ms` and `torch_fp32` in nas_bert.json;
-- bench_latency_chosen's run, where it has been run: latency_chosen.json (the pools of 30 per budget).
+- bench_latency_chosen's run, where it has been run: latency_chosen.json (the pools of 30 per budget);
+- the latency stage's own fit (the stored calibration's students) judged on every finalist of a budget given as a
+  fraction of the teacher (`judged_ms`: its time at the fitted speed, which is what the search's model predicts;
+  the embeddings alone left out).
 
-Forms: `a x raw + c x operators + w x resizes + b` (the model since calibration version 3) and the same
-without w (version 2). Both are fitted by `fit_calibration` on the same timings (resizes set to 0 give the
-old form exactly), so the difference is the form's alone. Nothing is timed; nothing is written.
+Forms: `a x raw + c x operators + w x resizes + b` (the model since calibration version 3), the same
+without w (version 2), both fitted by `fit_calibration` on the same timings (resizes set to 0 give the
+old form exactly), so the difference is the form's alone; and, not a form the model uses, a second slope for
+the students at the teacher's width (`a x raw + f x raw x [no resize] + c x operators + b`, unconstrained least
+squares on the relative error). Nothing is timed; nothing is written.
 """
 
 from __future__ import annotations
@@ -21,9 +26,11 @@ import argparse
 import json
 import statistics
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import ValidationError
 from sqlalchemy import select
 
@@ -35,6 +42,7 @@ from nas_bert.latency import (
     Calibration,
     LatencyModel,
     calibration_architectures,
+    calibration_key,
     device_fingerprint,
     fit_calibration,
     load_table,
@@ -42,7 +50,7 @@ from nas_bert.latency import (
     resizes,
 )
 from nas_bert.space import Architecture
-from nas_bert.store import ArchitectureRow, Database, LatencyRow, StageRow, sha256_hex
+from nas_bert.store import ArchitectureRow, Database, FinalistRow, LatencyCalibration, LatencyRow, StageRow, sha256_hex
 from nas_bert.study import load_study
 from nas_bert.teacher import embeddings_spec_of, load_teacher_config
 
@@ -98,6 +106,36 @@ def bench_run(db: Database, workdir: Path) -> list[Run]:
     return [("bench_latency_chosen pools", [p[-1] for p in d["calibration_points"]], judged)]
 
 
+def stage_run(db: Database, study: Any, fp: str) -> list[Run]:
+    """The latency stage's calibration students (their times, in `calibration_architectures`' order) and every
+    finalist of the study's budgets with its judged time (but the embeddings alone, 0.1 ms: no budget's edge)."""
+    with db.session() as s:
+        row = s.get(LatencyCalibration, calibration_key(fp, study.space, study.cfg.latency))
+        judged = [(a, m["judged_ms"]) for r in s.scalars(select(FinalistRow).where(FinalistRow.study == study.name))
+                  if (m := json.loads(r.metrics_json)).get("judged_ms") and operators(a := Architecture.from_json(r.arch_json))]
+    if row is None or not judged:
+        return []
+    return [("latency stage's fit, the finalists", [p[-1] for p in json.loads(row.model_json)["points"]], judged)]
+
+
+@dataclass
+class FullWidth(Calibration):
+    """The form with a second slope for students at the teacher's width (no resize)."""
+
+    f: float = 0.0
+
+    def __call__(self, raw: float, ops: int, resized: int) -> float:
+        return (self.a + self.f * (resized == 0)) * raw + self.c * ops + self.b
+
+
+def fit_full_width(points: list[tuple[float, int, int, float]]) -> FullWidth:
+    p = np.asarray(points, dtype=float)
+    raw, ops, rs, meas = p.T
+    design = np.stack([raw, raw * (rs == 0), ops, np.ones_like(raw)], 1) / meas[:, None]
+    (a, f, c, b), *_ = np.linalg.lstsq(design, np.ones_like(meas), rcond=None)
+    return FullWidth(a=float(a), f=float(f), c=float(c), b=float(b))
+
+
 def errors(model: LatencyModel, cal: Calibration, judged: list[tuple[Architecture, float]]) -> str:
     e = [model.predict(a, cal) / ms - 1 for a, ms in judged]
     return f"{100 * statistics.mean(map(abs, e)):.1f}% / {100 * max(map(abs, e)):.1f}% / {100 * statistics.mean(e):+.1f}%"
@@ -118,21 +156,23 @@ def main() -> None:
     model = LatencyModel(fp, cfg, load_table(db, fp))  # the table only: nothing is timed or refitted in the DB
     cal_archs = calibration_architectures(study.space, emb, cfg, model)
     rows = []
-    for label, cal_ms, judged in [*finalists_runs(db, study, fp), *export_runs(workdir), *bench_run(db, workdir)]:
+    runs = [*finalists_runs(db, study, fp), *export_runs(workdir), *bench_run(db, workdir), *stage_run(db, study, fp)]
+    for label, cal_ms, judged in runs:
         if len(cal_ms) != len(cal_archs):
             print(f"{label}: {len(cal_ms)} calibration times for {len(cal_archs)} students; skipped")
             continue
         with_w = model.refitted(cal_archs, cal_ms)
         a, c, w, b = fit_calibration([(model.raw_ms(x), operators(x), 0, ms) for x, ms in zip(cal_archs, cal_ms, strict=True)])
         without = Calibration(a=a, c=c, w=w, b=b)
+        full = fit_full_width(with_w.points)
         uniform = [(x, ms) for x, ms in judged if resizes(x) <= 1]
         rows.append([label, str(len(judged)), errors(model, without, judged), errors(model, with_w, judged),
-                     f"{len(uniform)}", errors(model, without, uniform) if uniform else "-",
-                     errors(model, with_w, uniform) if uniform else "-", f"{with_w.w:.3f}"])
+                     errors(model, full, judged), f"{len(uniform)}", errors(model, without, uniform) if uniform else "-",
+                     errors(model, with_w, uniform) if uniform else "-", f"{with_w.w:.3f}", f"{full.f:.3f}"])
     print(f"\nstudy {study.name}: refitted on each run's calibration students; error of the judged students "
           "(mean / max / bias = mean signed, + over-predicts)\n")
-    print(table(["timing run", "judged", "without w (v2)", "with w (v3)", "of one width",
-                 "one width, without w", "one width, with w", "w ms"], rows))
+    print(table(["timing run", "judged", "without w (v2)", "with w (v3)", "full-width slope", "of one width",
+                 "one width, without w", "one width, with w", "w ms", "f"], rows))
 
 
 if __name__ == "__main__":
