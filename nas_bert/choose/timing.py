@@ -120,7 +120,9 @@ def time_finalists(lat: LatencyModel, space: SearchSpace, emb: Embeddings, cands
     try:
         with tqdm(total=(len(models) + 1) * MODEL_ROUNDS, desc="time finalists", leave=False,
                   disable=not progress) as bar:
-            return measure_models([*models, teacher.encoder.cpu()], cfg, int(teacher.config.vocab_size), bar)
+            # each relative to the teacher timed beside it: a host whose speed moves during the run moves both
+            return measure_models([*models, teacher.encoder.cpu()], cfg, int(teacher.config.vocab_size), bar,
+                                  reference=len(models))
     finally:
         torch.set_num_threads(threads)
 

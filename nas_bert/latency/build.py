@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from tqdm.auto import tqdm
 
 from nas_bert.latency.calibration import Calibration, calibration_key
-from nas_bert.latency.harness import TABLE_ROUNDS, _check_positions, in_fresh_process, measure_keys
+from nas_bert.latency.harness import TABLE_ROUNDS, Spec, _check_positions, in_fresh_process, measure_keys
 from nas_bert.latency.students import calibrate
 from nas_bert.latency.table import LatencyModel, _store_row, device_fingerprint, hardware_name, load_table, table_specs
 from nas_bert.record import Record
@@ -22,6 +22,13 @@ from nas_bert.store import Database, LatencyCalibration
 from nas_bert.study import LatencyConfig
 
 CHUNK = 12  # table timings interleaved and stored together: an interrupted build loses one chunk at most
+
+
+def reference_key(specs: dict[str, Spec]) -> str | None:
+    """The table entry every chunk is timed against: the widest feed-forward of the widest blocks (a block's
+    largest operator, 1-2 ms for a BERT-base layer: long enough to time well, short enough to repeat)."""
+    ffn = [(spec[1], spec[2].inner, key) for key, spec in specs.items() if spec[0] == "op" and spec[2].kind == "ffn"]
+    return max(ffn)[2] if ffn else None
 
 
 class LatencyReport(Record):
@@ -107,11 +114,17 @@ def _build(db: Database, space: SearchSpace, emb: Embeddings, cfg: LatencyConfig
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(cfg.threads)
+        # every chunk timed against one reference entry, scaled to its time in the first chunk (stored): a host
+        # whose speed moves between chunks does not make one chunk's operators dearer than another's
+        ref = reference_key(specs)
         with tqdm(total=len(missing) * TABLE_ROUNDS, desc="latency table", disable=not progress, leave=False) as bar:
             for chunk in (missing[i:i + CHUNK] for i in range(0, len(missing), CHUNK)):
-                for key, ms in zip(chunk, measure_keys([specs[k] for k in chunk], cfg, bar), strict=True):
+                times, now = measure_keys([specs[k] for k in chunk], cfg, bar, specs.get(ref), table.get(f"reference:{ref}"))
+                if now is not None and f"reference:{ref}" not in table:
+                    table[f"reference:{ref}"] = _store_row(db, fingerprint, f"reference:{ref}", now)
+                for key, ms in zip(chunk, times, strict=True):
                     table[key] = _store_row(db, fingerprint, key, ms)
-        model = LatencyModel(fingerprint, cfg, table)
+        model = LatencyModel(fingerprint, cfg, {k: v for k, v in table.items() if not k.startswith("reference:")})
 
         cal_key = calibration_key(fingerprint, space, cfg)
         if (stored := _stored_calibration(db, cal_key, emb)) is not None:

@@ -38,6 +38,7 @@ from nas_bert.study import LatencyConfig
 TABLE_ROUNDS, MODEL_ROUNDS = 5, 7  # whole students are the ground truth of the calibration and reports
 QUANTILE = 10.0
 QUIET_DELAY, MIN_QUIET_BLOCKS, NOISY_PAUSE, MAX_ATTEMPTS = 0.02, 3, 0.5, 3
+REFERENCE_EVERY = 6  # with a reference job: timed again after every this many others (and at each round's ends)
 
 log = logging.getLogger(__name__)
 
@@ -80,33 +81,79 @@ def _round(timer: benchmark.Timer, cfg: LatencyConfig) -> tuple[list[float], lis
     return kept, [t for t, ok in zip(m.times, quiet, strict=True) if not ok]
 
 
-def _time_jobs(jobs: list[Job], cfg: LatencyConfig, rounds: int, bar: tqdm | None = None) -> list[float]:
-    """Milliseconds per call of each job: warm-up, `rounds` interleaved rounds, a low percentile of good blocks."""
+def _call(timer: benchmark.Timer, cfg: LatencyConfig) -> tuple[list[float], list[float]]:
+    """One job's turn in a round: a blocked_autorange round, retried after a pause while other processes keep too
+    few of its blocks good; its good blocks and the others."""
+    quiet: list[float] = []
+    noisy: list[float] = []
+    for attempt in range(MAX_ATTEMPTS):
+        if attempt:
+            time.sleep(min(NOISY_PAUSE, 2.5 * cfg.min_run_time))  # let the other process's burst pass
+        kept, others = _round(timer, cfg)
+        quiet += kept
+        noisy += others
+        if len(kept) >= min(MIN_QUIET_BLOCKS, len(kept) + len(others)):
+            break
+    return quiet, noisy
+
+
+def _low(quiet: list[float], noisy: list[float]) -> float:
+    """Milliseconds: the low percentile of the good blocks (of all blocks where too few were good)."""
+    return float(np.percentile(quiet if len(quiet) >= MIN_QUIET_BLOCKS else quiet + noisy, QUANTILE)) * 1000.0
+
+
+def _time_jobs(jobs: list[Job], cfg: LatencyConfig, rounds: int, bar: tqdm | None = None,
+               reference: int | None = None) -> list[float]:
+    """Milliseconds per call of each job: warm-up, `rounds` interleaved rounds, a low percentile of good blocks.
+
+    With `reference` (a job's index), the host's speed may move during the run, as a shared VM's does by 20-50%
+    for minutes (BENCHMARKS.md): the reference is timed at the start of every round and after every
+    REFERENCE_EVERY other jobs, each other job's time in a round is divided by the reference's just before and
+    after it, and its result is the median of those ratios times the reference's own time. Jobs timed while the
+    host was slow are then not slower than the rest."""
     # torch's default timer synchronises CUDA wherever a GPU is visible: a CPU target's timing neither needs that nor
     # should start a CUDA context
     clock = {"timer": timeit.default_timer} if cfg.device == "cpu" else {}
     timers = [benchmark.Timer(stmt=stmt, globals=env, num_threads=cfg.threads, **clock) for stmt, env in jobs]
     quiet: list[list[float]] = [[] for _ in jobs]
     noisy: list[list[float]] = [[] for _ in jobs]
+    ratios: list[list[float]] = [[] for _ in jobs]
+    others = [i for i in range(len(jobs)) if i != reference]
     with torch.inference_mode():
         for timer in timers:
             timer.timeit(3)  # warm-up: allocator, lazy kernel selection, caches
         for _ in range(rounds):
-            for i, timer in enumerate(timers):
-                for attempt in range(MAX_ATTEMPTS):
-                    if attempt:
-                        time.sleep(min(NOISY_PAUSE, 2.5 * cfg.min_run_time))  # let the other process's burst pass
-                    kept, others = _round(timer, cfg)
-                    quiet[i] += kept
-                    noisy[i] += others
-                    if len(kept) >= min(MIN_QUIET_BLOCKS, len(kept) + len(others)):
-                        break
+            turn: dict[int, float] = {}  # this round's time of each job
+            refs: list[tuple[int, float]] = []  # (other jobs timed before it, its time) of each reference timing
+            for n, i in enumerate(others):
+                if reference is not None and n % REFERENCE_EVERY == 0:
+                    refs.append((n, _timed_turn(timers[reference], cfg, quiet[reference], noisy[reference])))
+                turn[i] = _timed_turn(timers[i], cfg, quiet[i], noisy[i])
                 if bar is not None:
                     bar.update()
+            if reference is None:
+                continue
+            refs.append((len(others), _timed_turn(timers[reference], cfg, quiet[reference], noisy[reference])))
+            if bar is not None:
+                bar.update()
+            for n, i in enumerate(others):
+                before = max(r for r in refs if r[0] <= n)[1]
+                after = min(r for r in refs if r[0] > n)[1]
+                ratios[i].append(turn[i] / (0.5 * (before + after)))
     if any(len(q) < MIN_QUIET_BLOCKS for q in quiet):
         log.warning("latency: other processes kept the CPU busy during some timings; they may be high")
-    good = [q if len(q) >= MIN_QUIET_BLOCKS else q + n for q, n in zip(quiet, noisy, strict=True)]
-    return [float(np.percentile(g, QUANTILE)) * 1000.0 for g in good]
+    low = [_low(q, n) for q, n in zip(quiet, noisy, strict=True)]
+    if reference is None:
+        return low
+    return [low[i] if i == reference else float(np.median(ratios[i])) * low[reference] for i in range(len(jobs))]
+
+
+def _timed_turn(timer: benchmark.Timer, cfg: LatencyConfig, quiet: list[float], noisy: list[float]) -> float:
+    """One turn of a job (`_call`), its blocks added to the job's; returns the turn's own low percentile."""
+    kept, others = _call(timer, cfg)
+    quiet += kept
+    noisy += others
+    return _low(kept, others)
 
 
 def _layer_config(emb: Embeddings | None = None) -> NasBertConfig:
@@ -179,9 +226,17 @@ def _key_job(spec: Spec, cfg: LatencyConfig) -> Job:
                                                      {"layer": layer, "x": x, "bias": bias, "mask": mask}))
 
 
-def measure_keys(specs: list[Spec], cfg: LatencyConfig, bar: tqdm | None = None) -> list[float]:
-    """Time table entries (interleaved) as the plain student modules they are in an extracted model."""
-    return _time_jobs([_key_job(spec, cfg) for spec in specs], cfg, TABLE_ROUNDS, bar)
+def measure_keys(specs: list[Spec], cfg: LatencyConfig, bar: tqdm | None = None, reference: Spec | None = None,
+                 reference_ms: float | None = None) -> tuple[list[float], float | None]:
+    """Time table entries (interleaved) as the plain student modules they are in an extracted model. With a
+    `reference` entry, each relative to it timed beside it (`_time_jobs`) and scaled to `reference_ms` (its
+    time in the table's first chunk, so that every chunk is at one speed; None: its time now). Returns the times
+    and the reference's time now (None without one)."""
+    jobs = [_key_job(spec, cfg) for spec in specs]
+    if reference is None:
+        return _time_jobs(jobs, cfg, TABLE_ROUNDS, bar), None
+    *times, now = _time_jobs([*jobs, _key_job(reference, cfg)], cfg, TABLE_ROUNDS, bar, reference=len(jobs))
+    return [t * (reference_ms or now) / now for t in times], now
 
 
 def _model_job(model: nn.Module, cfg: LatencyConfig, vocab_size: int) -> Job:
@@ -193,10 +248,11 @@ def _model_job(model: nn.Module, cfg: LatencyConfig, vocab_size: int) -> Job:
                        ("model(input_ids=ids, attention_mask=mask)", {"model": model, "ids": ids, "mask": mask}))
 
 
-def measure_models(models: list[nn.Module], cfg: LatencyConfig, vocab_size: int, bar: tqdm | None = None
-                   ) -> list[float]:
-    """End-to-end ms of students, interleaved (ids, all-ones mask); `bar` advances per student per round."""
-    return _time_jobs([_model_job(m, cfg, vocab_size) for m in models], cfg, MODEL_ROUNDS, bar)
+def measure_models(models: list[nn.Module], cfg: LatencyConfig, vocab_size: int, bar: tqdm | None = None,
+                   reference: int | None = None) -> list[float]:
+    """End-to-end ms of students, interleaved (ids, all-ones mask); `bar` advances per student per round. With
+    `reference` (an index), each relative to that model timed beside it (`_time_jobs`)."""
+    return _time_jobs([_model_job(m, cfg, vocab_size) for m in models], cfg, MODEL_ROUNDS, bar, reference)
 
 
 def in_fresh_process(fn: Callable[..., Any], *args: Any) -> Any:
@@ -228,10 +284,11 @@ def in_fresh_process(fn: Callable[..., Any], *args: Any) -> Any:
     raise AssertionError("unreachable")
 
 
-def measure_callables(calls: list[Callable[[], Any]], cfg: LatencyConfig) -> list[float]:
+def measure_callables(calls: list[Callable[[], Any]], cfg: LatencyConfig, reference: int | None = None) -> list[float]:
     """Milliseconds per call of any callables (an ONNX Runtime session, a teacher), timed exactly like
-    the table: interleaved rounds, blocks disturbed by other processes dropped, a low percentile."""
-    return _time_jobs([("f()", {"f": f}) for f in calls], cfg, MODEL_ROUNDS)
+    the table: interleaved rounds, blocks disturbed by other processes dropped, a low percentile; with
+    `reference` (an index), each relative to that callable timed beside it (`_time_jobs`)."""
+    return _time_jobs([("f()", {"f": f}) for f in calls], cfg, MODEL_ROUNDS, reference=reference)
 
 
 def build_student(arch: Architecture, reorder: bool | None = None) -> NasBertModel:

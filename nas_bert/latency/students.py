@@ -81,10 +81,10 @@ def calibrate(
     """Measure the calibration students end to end and fit measured ~ a * raw + c * operators + w * resizes + b."""
     archs, students = calibration_students(model, space, emb)
     with tqdm(total=len(archs) * MODEL_ROUNDS, desc="latency calibration", disable=not progress, leave=False) as bar:
-        measured = measure_models(students, cfg, emb.vocab_size, bar)
+        # each relative to the largest student timed beside it: the host's speed moves during the minutes this takes
+        measured = measure_models(students, cfg, emb.vocab_size, bar, reference=REFERENCE)
     cal = model.refitted(archs, measured)
-    ref = largest(space, emb).hash()
-    cal.reference_ms = next(ms for arch, ms in zip(archs, measured, strict=True) if arch.hash() == ref)
+    cal.reference_ms = measured[REFERENCE]
     return cal
 
 

@@ -27,6 +27,7 @@ from nas_bert.distill import (
 )
 from nas_bert.evaluate import fidelity, fidelity_interval
 from nas_bert.latency import (
+    Calibration,
     LatencyModel,
     embeddings_key,
     ensure_latency_model,
@@ -325,8 +326,8 @@ def test_finalists_end_to_end_choose_record_and_resume(searched_tiny, tmp_path, 
     assert len(kept) == len(lat.calibration.points)
     for r in searched:
         arch = A.Architecture.from_json(r.arch_json)
-        assert r.predicted_now_ms == pytest.approx(refit[0] * lat.raw_ms(arch) + refit[1] * operators(arch)
-                                                      + refit[2] * resizes(arch) + refit[3])
+        now = Calibration(a=refit[0], c=refit[1], w=refit[2], b=refit[3])  # its line, never below a x raw
+        assert r.predicted_now_ms == pytest.approx(now(lat.raw_ms(arch), operators(arch), resizes(arch)))
     ok = [r for r in first.finalists if not r.over_budget]
     assert first.chosen.fidelity == max(r.fidelity for r in ok)
     assert all(r.fidelity >= r.fidelity_before for r in ok)  # the short distillation keeps its best

@@ -93,9 +93,10 @@ def build(tmp_path_factory: pytest.TempPathFactory, space: SearchSpace) -> Itera
     stmts: list[str] = []
     real = harness._time_jobs
 
-    def counting(jobs: list[harness.Job], cfg: LatencyConfig, rounds: int, bar: Any = None) -> list[float]:
+    def counting(jobs: list[harness.Job], cfg: LatencyConfig, rounds: int, bar: Any = None,
+                 reference: int | None = None) -> list[float]:
         stmts.extend(stmt for stmt, _ in jobs)
-        return real(jobs, cfg, rounds, bar)
+        return real(jobs, cfg, rounds, bar, reference)
 
     threads = torch.get_num_threads()
     torch.set_num_threads(CFG.threads + 1)  # so that restoring it is observable
@@ -119,9 +120,10 @@ def timed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     stmts: list[str] = []
     real = harness._time_jobs
 
-    def counting(jobs: list[harness.Job], cfg: LatencyConfig, rounds: int, bar: Any = None) -> list[float]:
+    def counting(jobs: list[harness.Job], cfg: LatencyConfig, rounds: int, bar: Any = None,
+                 reference: int | None = None) -> list[float]:
         stmts.extend(stmt for stmt, _ in jobs)
-        return real(jobs, cfg, rounds, bar)
+        return real(jobs, cfg, rounds, bar, reference)
 
     monkeypatch.setattr(harness, "_time_jobs", counting)
     return stmts
@@ -160,14 +162,14 @@ def test_table_has_every_key(built: LatencyModel, space: SearchSpace) -> None:
 
 def test_second_build_measures_nothing(build: Built, space: SearchSpace, timed: list[str]) -> None:
     first = build.model
-    assert sum(not s.startswith(MODEL_STMT) for s in build.stmts) == 12
+    assert sum(not s.startswith(MODEL_STMT) for s in build.stmts) == 12 + 1  # and the chunk's reference entry
     assert sum(s.startswith(MODEL_STMT) for s in build.stmts) == len(first.calibration.points)
-    assert row_count(build.db) == 12
+    assert row_count(build.db) == 12 + 1  # the reference's time in the first chunk, the scale of every chunk
     second = ensure_latency_model(build.db, space, EMB, CFG, progress=False)
     assert timed == []  # neither the table nor the calibration is measured again
     assert second.table == first.table
     assert second.calibration == first.calibration
-    assert row_count(build.db) == 12
+    assert row_count(build.db) == 12 + 1
 
 
 def test_interrupted_build_keeps_what_it_measured(tmp_path: Path, space: SearchSpace, timed: list[str],
@@ -176,22 +178,23 @@ def test_interrupted_build_keeps_what_it_measured(tmp_path: Path, space: SearchS
     counting = harness._time_jobs
     calls = 0
 
-    def dies_on_second_chunk(jobs: list[harness.Job], cfg: LatencyConfig, rounds: int, bar: Any = None) -> list[float]:
+    def dies_on_second_chunk(jobs: list[harness.Job], cfg: LatencyConfig, rounds: int, bar: Any = None,
+                             reference: int | None = None) -> list[float]:
         nonlocal calls
         calls += 1
         if calls == 2:
             raise KeyboardInterrupt
-        return counting(jobs, cfg, rounds, bar)
+        return counting(jobs, cfg, rounds, bar, reference)
 
     monkeypatch.setattr(latency_build, "CHUNK", 5)
     monkeypatch.setattr(harness, "_time_jobs", dies_on_second_chunk)
     with pytest.raises(KeyboardInterrupt):
         ensure_latency_model(db, space, EMB, CFG, progress=False)
-    assert row_count(db) == 5  # the first chunk was stored as soon as it was timed
+    assert row_count(db) == 5 + 1  # the first chunk was stored as soon as it was timed, with its reference's time
     timed.clear()
     monkeypatch.setattr(harness, "_time_jobs", counting)
     model = ensure_latency_model(db, space, EMB, CFG, progress=False)
-    assert sum(not s.startswith(MODEL_STMT) for s in timed) == 12 - 5
+    assert sum(not s.startswith(MODEL_STMT) for s in timed) == 12 - 5 + 2  # and each chunk's reference
     assert expected_keys(space) <= set(model.table)
 
 
@@ -430,6 +433,37 @@ def test_disturbed_rounds_are_retried_then_used(monkeypatch: pytest.MonkeyPatch,
         (ms,) = harness._time_jobs([("sum(range(100))", {})], CFG, rounds=2)
     assert ms > 0 and len(rounds) == 4
     assert "busy" in caplog.text
+
+
+def test_a_host_that_slows_down_mid_run_does_not_make_the_later_jobs_dearer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Jobs of 1-8 ms and a reference of 10 ms on a host 1.5x slower from the sixth turn on, for good (a shared VM
+    does this for minutes): timed plainly, the jobs first timed after the slowdown come out 1.5x dear, since their
+    low percentile never saw the fast host; timed against the reference beside them, each keeps its true ratio to
+    the reference."""
+    base = {**{f"job{i}": float(i) for i in range(1, 9)}, "reference": 10.0}
+    turns = itertools.count()
+
+    class FakeTimer:
+        def __init__(self, stmt: str, globals: dict[str, Any], **_: Any) -> None:
+            self.name = globals["name"]
+
+        def timeit(self, number: int) -> None:  # the warm-up
+            pass
+
+    def round_(timer: FakeTimer, cfg: LatencyConfig) -> tuple[list[float], list[float]]:
+        speed = 1.0 if next(turns) < 5 else 1.5
+        return [base[timer.name] * speed / 1000] * 3, []
+
+    monkeypatch.setattr(harness.benchmark, "Timer", FakeTimer)
+    monkeypatch.setattr(harness, "_round", round_)
+    jobs = [("job()", {"name": name}) for name in base]
+    plain = harness._time_jobs(jobs, CFG, rounds=3)
+    assert plain[:5] == pytest.approx([1, 2, 3, 4, 5]) and plain[5:] == pytest.approx([9, 10.5, 12, 15])
+    turns = itertools.count()
+    relative = harness._time_jobs(jobs, CFG, rounds=3, reference=len(jobs) - 1)
+    ref = relative[-1]  # the reference's own low percentile (of its blocks, most of them slow)
+    assert 10 <= ref < 15 and [t / ref for t in relative] == pytest.approx([t / 10 for t in base.values()])
+    assert next(turns) == 3 * (8 + 3)  # eight jobs a round; the reference at its start, after the sixth job, at its end
 
 
 def test_recalibration_follows_the_host(built: LatencyModel, space: SearchSpace) -> None:

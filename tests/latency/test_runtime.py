@@ -64,9 +64,9 @@ def test_a_latency_model_fitted_on_the_int8_runtime(tmp_path: Path, tiny_space, 
     stmts: list[str] = []
     real = harness._time_jobs
 
-    def counting(jobs, cfg, rounds, bar=None):
+    def counting(jobs, cfg, rounds, bar=None, reference=None):
         stmts.extend(stmt for stmt, _ in jobs)
-        return real(jobs, cfg, rounds, bar)
+        return real(jobs, cfg, rounds, bar, reference)
 
     monkeypatch.setattr(harness, "_time_jobs", counting)
     monkeypatch.setattr(harness, "MAX_ATTEMPTS", 1)
