@@ -466,6 +466,33 @@ def test_a_host_that_slows_down_mid_run_does_not_make_the_later_jobs_dearer(monk
     assert next(turns) == 3 * (8 + 3)  # eight jobs a round; the reference at its start, after the sixth job, at its end
 
 
+def test_a_table_chunk_timed_on_a_slower_host_is_scaled_to_the_first(tmp_path: Path, space: SearchSpace,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The table's chunks are timed minutes apart: the host 1.5x slower for every chunk after the first, each entry
+    still gets its time at the first chunk's speed (its ratio to the reference entry timed beside it, times the
+    reference's time in the first chunk, which is stored)."""
+    speed = iter([1.0] + [1.5] * 100)  # one per timing run: the first chunk fast, every later run slow
+
+    def fake(jobs: list[harness.Job], cfg: LatencyConfig, rounds: int, bar: Any = None,
+             reference: int | None = None) -> list[float]:
+        now = next(speed)
+        if jobs[0][0].startswith(MODEL_STMT):  # the calibration's whole students
+            return [now * (1 + k) for k in range(len(jobs))]
+        return [now * (2.0 if k == reference else 1 + k / 10) for k in range(len(jobs))]
+
+    monkeypatch.setattr(latency_build, "CHUNK", 5)
+    monkeypatch.setattr(harness, "_time_jobs", fake)
+    db = Database(f"sqlite:///{tmp_path}/lat.db")
+    model = ensure_latency_model(db, space, EMB, CFG, progress=False)
+    specs = list(table_specs(space, EMB))
+    ref = latency_build.reference_key(table_specs(space, EMB))
+    assert ref is not None and ref.startswith("ffn:")
+    assert [model.table[k] for k in specs] == pytest.approx([1 + (i % 5) / 10 for i in range(len(specs))])
+    with db.session() as sess:
+        assert sess.scalar(select(LatencyRow.ms).where(LatencyRow.key == f"reference:{ref}")) == 2.0
+    assert f"reference:{ref}" not in model.table  # a row of the build, not an entry a student pays
+
+
 def test_recalibration_follows_the_host(built: LatencyModel, space: SearchSpace) -> None:
     """The calibration students timed again on a host 1.3x slower than at the fit: the refitted calibration
     predicts students it was not fitted on 1.3x slower too, and the drift says 1.3 (the stored model keeps
