@@ -117,11 +117,12 @@ def _build(db: Database, space: SearchSpace, emb: Embeddings, cfg: LatencyConfig
         # every chunk timed against one reference entry, scaled to its time in the first chunk (stored): a host
         # whose speed moves between chunks does not make one chunk's operators dearer than another's
         ref = reference_key(specs)
+        ref_row = f"reference:{ref}"
         with tqdm(total=len(missing) * TABLE_ROUNDS, desc="latency table", disable=not progress, leave=False) as bar:
             for chunk in (missing[i:i + CHUNK] for i in range(0, len(missing), CHUNK)):
-                times, now = measure_keys([specs[k] for k in chunk], cfg, bar, specs.get(ref), table.get(f"reference:{ref}"))
-                if now is not None and f"reference:{ref}" not in table:
-                    table[f"reference:{ref}"] = _store_row(db, fingerprint, f"reference:{ref}", now)
+                times, now = measure_keys([specs[k] for k in chunk], cfg, bar, specs.get(ref), table.get(ref_row))
+                if now is not None and ref_row not in table:
+                    table[ref_row] = _store_row(db, fingerprint, ref_row, now)
                 for key, ms in zip(chunk, times, strict=True):
                     table[key] = _store_row(db, fingerprint, key, ms)
         model = LatencyModel(fingerprint, cfg, {k: v for k, v in table.items() if not k.startswith("reference:")})
