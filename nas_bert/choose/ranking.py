@@ -79,6 +79,9 @@ class Margin(Record):
     beyond_interval: bool  # the paired interval of delta excludes 0 (before: the rival lies outside ours)
     # search.choose_by's other criteria both have ("task:NAME" / "finetune:NAME" -> [chosen's, rival's])
     scores: dict[str, list[float]] | None = None
+    # search.choose_by's weights where they are more than the fidelity, and [chosen's, rival's] weighted sum
+    by: dict[str, float] | None = None
+    by_score: list[float] | None = None
 
 
 class FinalistsResult(Record):
@@ -174,7 +177,7 @@ def summarise(study: Study, budget_ms: float, rows: Sequence[Finalist | dict[str
         separated=bool(runner and told_apart(chosen, runner, study.cfg.search.finalist_steps)),
         dropped_over_budget=[r.name for r in finalists if r.over_budget],
         replacements=[r.name for r in finalists if r.reserve],
-        **({"margin": m} if (m := margin(chosen, ok, study.cfg.search.finalist_steps)) is not None else {}),
+        **({"margin": m} if (m := margin(chosen, ok, study.cfg.search.finalist_steps, criterion(study))) is not None else {}),
     )
 
 
@@ -213,8 +216,10 @@ def told_apart(first: Finalist, second: Finalist, first_steps: int) -> bool:
     return bool(a and b and b[1] < a[0])  # NaN: False
 
 
-def margin(chosen: Finalist, ok: list[Finalist], first_steps: int) -> Margin | None:
-    """The chosen student against the best-ranked finalist of the other kind, at the most steps both reached."""
+def margin(chosen: Finalist, ok: list[Finalist], first_steps: int, by: dict[str, float] | None = None
+           ) -> Margin | None:
+    """The chosen student against the best-ranked finalist of the other kind, at the most steps both reached; with
+    `by` (search.choose_by's weights) mixing more than the fidelity, both students' weighted sums too."""
     rivals = [r for r in ok if (r.origin == "search") != (chosen.origin == "search")]
     if not rivals or chosen.fidelity is None:
         return None
@@ -233,10 +238,12 @@ def margin(chosen: Finalist, ok: list[Finalist], first_steps: int) -> Margin | N
         beyond = bool(not lo <= b["fidelity"] <= hi)
     mine, theirs = chosen.probe or {}, rival.probe or {}
     scores = {k: [mine[k], theirs[k]] for k in mine if k in theirs}
+    mixed = by is not None and set(by) != {"fidelity"} and all(k == "fidelity" or k in scores for k in by)
+    by_score = ([_score({**x, "probe": p}, by)[1] for x, p in ((a, mine), (b, theirs))] if mixed else None)
     return Margin(rival=rival.name, rival_origin=rival.origin, steps=steps, fidelity=a["fidelity"],
                   rival_fidelity=b["fidelity"], delta=a["fidelity"] - b["fidelity"],
                   delta_interval=list(paired) if paired is not None else None, beyond_interval=beyond,
-                  scores=scores or None)
+                  scores=scores or None, by=dict(by) if mixed and by else None, by_score=by_score)
 
 
 def rounds_seen(f: FinalistsResult, first_steps: int) -> list[list[int]]:

@@ -246,6 +246,12 @@ def won(r: RunRow) -> str:
     else:
         noise = f"{'beyond' if m.beyond_interval else 'within'} its interval"
     also = _other_scores(m)
+    if m.by and m.by_score:  # chosen by a weighted sum (search.choose_by): that first, then what it is made of
+        terms = " + ".join(k if w == 1 else f"{w:g} x {k}" for k, w in m.by.items())
+        return (f"{r.budget_ms:g} ms{given}: {kind} won on {terms} (search.choose_by), {r.student}: "
+                f"{m.by_score[0]:.3f} against {m.by_score[1]:.3f} of {other} ({m.rival}) after {m.steps} steps of the "
+                f"finalists' distillation; fidelity {m.fidelity:.3f} against {m.rival_fidelity:.3f} ({m.delta:+.3f}, "
+                f"{noise}){also}")
     return (f"{r.budget_ms:g} ms{given}: {kind} won, {r.student}; fidelity {m.fidelity:.3f} against {m.rival_fidelity:.3f} "
             f"of {other} ({m.rival}) after {m.steps} steps of the finalists' distillation ({m.delta:+.3f}, {noise}){also}")
 

@@ -99,6 +99,12 @@ def measure_latencies(student: NasBertModel, folder: Path, teacher: Teacher, cfg
     model's calibration students) are timed in the same rounds, on the runtime the budgets are for
     (`latency.runtime`), so the export's verdict refits the calibration on that runtime; their times are
     "others", in order.
+
+    Two runs, each relative to the teacher timed beside it: first what the budget judges (the student on the
+    budgets' runtime and `others`, as in the finalists' run), then the student's other runtimes. Interleaved with
+    ONNX Runtime's sessions, a PyTorch student took 1.0-4.7% more of the teacher's layers beside it than without
+    them (three paired runs, BENCHMARKS.md): a verdict taken beside them would judge another run than the
+    finalists' was.
     """
     dev = torch.device(cfg.device)
     gen = torch.Generator().manual_seed(0)
@@ -107,24 +113,29 @@ def measure_latencies(student: NasBertModel, folder: Path, teacher: Teacher, cfg
     on_dev = {"input_ids": ids.to(dev), "attention_mask": torch.ones_like(ids).to(dev)}
     s32, s8 = (session(folder / "onnx" / f, cfg.threads) for f in ("model.onnx", "model.int8.onnx"))
     teacher_model, student = teacher.encoder.eval().to(dev), student.eval().to(dev)
-    calls: dict[str, Callable[[], Any]] = {
-        "teacher_torch_fp32": lambda: teacher_model(**on_dev), "torch_fp32": lambda: student(**on_dev),
-        "onnx_fp32": lambda: s32.run(None, feeds), "onnx_int8": lambda: s8.run(None, feeds)}
+    variants: dict[str, Callable[[], Any]] = {
+        "torch_fp32": lambda: student(**on_dev), "onnx_fp32": lambda: s32.run(None, feeds),
+        "onnx_int8": lambda: s8.run(None, feeds)}
+    judged = RUNTIME_VARIANT[cfg.runtime]
     extra = [m.eval().to(dev) for m in others or []]
     args = (on_dev["input_ids"], on_dev["attention_mask"])
-    calls |= {f"other:{i}": runtime_call(m, args, cfg) for i, m in enumerate(extra)}
+    first: dict[str, Callable[[], Any]] = {"teacher_torch_fp32": lambda: teacher_model(**on_dev),
+                                           judged: variants.pop(judged)}
+    first |= {f"other:{i}": runtime_call(m, args, cfg) for i, m in enumerate(extra)}
     if cfg.runtime != "torch":  # the teacher on the runtime the budgets are for, too
-        calls[f"teacher_{RUNTIME_VARIANT[cfg.runtime]}"] = runtime_call(teacher_model, args, cfg)
+        first[f"teacher_{judged}"] = runtime_call(teacher_model, args, cfg)
     threads = torch.get_num_threads()
+    ms: dict[str, Any] = {}
     try:
         torch.set_num_threads(cfg.threads)
         # the latency table's timing, so both agree; each relative to the teacher timed beside it
-        values = measure_callables(list(calls.values()), cfg, reference=0)
+        for calls in (first, {"teacher_torch_fp32": first["teacher_torch_fp32"], **variants}):
+            values = measure_callables(list(calls.values()), cfg, reference=0)
+            ms |= {k: v for k, v in zip(calls, values, strict=True) if k not in ms}
     finally:
         torch.set_num_threads(threads)
         student.to("cpu")
         teacher.encoder.to("cpu")
-    ms: dict[str, Any] = dict(zip(calls, values, strict=True))
     if others is not None:
         ms["others"] = [ms.pop(f"other:{i}") for i in range(len(extra))]
     return ms

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
+
 from nas_bert.choose.ranking import halve, margin, rounds_seen, summarise
 
 
@@ -100,3 +102,6 @@ def test_a_mixed_criterion_ranks_the_last_round_and_the_margin_and_card_say_both
     line = won(RunRow.model_construct(budget_ms=5.0, budget_x=0.5, origin="spread-pruned", student="spread-4-i512",
                                       margin=res.margin))
     assert "fidelity 0.730 against 0.750" in line and "finetune:wordnet 0.480 against 0.430" in line
+    # the line leads with what chose it: the weighted sum, then its parts
+    assert "won on fidelity + finetune:wordnet (search.choose_by), spread-4-i512: 1.210 against 1.180" in line
+    assert res.margin.by_score == pytest.approx([1.21, 1.18])
