@@ -320,9 +320,10 @@ def test_a_top_searched_student_has_itself_one_step_smaller_in_reserve() -> None
 
 
 def test_a_student_far_over_its_budget_gives_way_to_the_largest_of_its_chain_that_holds() -> None:
-    """A latency model 25% off puts the top student and its one-step-smaller reserve over the budget: each of the
-    top has a chain of reserves, each one step (at least the model's error) below the last, and the largest of
-    its own chain that the budget holds takes its place, before any reserve of another shape."""
+    """A latency model 25% off puts the top student and its first reserve over the budget: each of the top has a
+    chain of reserves, each one step from the last, their steps below the student doubling (0.5, 1.5, 3.5 x the
+    model's error) and each from the second on at least 1, 2 x the error below the last, and the largest of its own chain that the budget holds takes its place, before any reserve of
+    another shape."""
     from nas_bert.choose import Candidate, replace_over_budget
     from nas_bert.choose.candidates import shrunk_reserves
     from nas_bert.latency.calibration import Calibration
@@ -344,11 +345,16 @@ def test_a_student_far_over_its_budget_gives_way_to_the_largest_of_its_chain_tha
     assert {c.proxies["shrunk_of"] for c in chain} == {top.name} and all(c.proxies["reserve"] for c in chain)
     assert chain[0].name.startswith("trial-9.") and chain[2].name.startswith(chain[1].name + ".")
     ms = [lat.predict(top.arch), *(lat.predict(c.arch) for c in chain)]
-    for before, (after, c) in zip([top, *chain[:-1]], zip(ms[1:], chain, strict=True), strict=True):
+    for before, c in zip([top, *chain[:-1]], chain, strict=True):
         assert c.arch.hash() in {a.hash() for a in neighbours(space, before.arch, lat.predict).values()}
-        assert after <= 0.95 * lat.predict(before.arch)  # each one step, at least the model's error, below the last
+    for level, m in enumerate(ms[1:], 1):  # 2.5%, 7.5%, 17.5% below the student at the least
+        assert m <= ms[0] * (1 - 0.05 * (2**level - 1) / 2)
+        assert level == 1 or m <= ms[level - 1] * (1 - 0.05 * 2 ** (level - 2))  # 5%, 10% below the last
+    # the first step is the smallest that clears its mark: no point one step from the student lies between
+    smaller = [lat.predict(a) for a in neighbours(space, top.arch, lat.predict).values() if lat.predict(a) < ms[0]]
+    assert max(m for m in smaller if m <= ms[0] * 0.975) == ms[1]
     assert len({c.arch.hash() for c in chain}) == 3
-    assert shrunk_reserves([top], space, lat, top=1)[0].arch == chain[0].arch  # one level: the old reserve
+    assert shrunk_reserves([top], space, lat, top=1)[0].arch == chain[0].arch  # one level: the chain's first
 
     budget = ms[0]  # the model put the top student at the budget; every student measures 25% over its prediction
     judged = {c.name: 1.25 * m for c, m in zip([top, *chain], ms, strict=True)} | {other.name: 0.5 * budget}
@@ -359,6 +365,32 @@ def test_a_student_far_over_its_budget_gives_way_to_the_largest_of_its_chain_tha
     for c in chain:  # none of the chain holds: a reserve of another shape
         judged[c.name] = 2 * budget
     assert [c.name for c in replace_over_budget([top, other, *chain], judged, budget, top=1)] == [top.name, other.name]
+
+
+def test_a_student_a_few_per_cent_over_gives_way_to_a_point_one_small_step_below() -> None:
+    """Judged 3% over its prediction, the top student is replaced by its chain's first point, one small step below
+    it (one head or one neuron size fewer in a layer), not by a narrower width or a dropped layer."""
+    from nas_bert.choose import Candidate, replace_over_budget
+    from nas_bert.choose.candidates import shrunk_reserves
+    from nas_bert.latency.calibration import Calibration
+
+    space = auto_for(BERT_BASE)
+
+    class Cost:  # parameters as milliseconds; leave-one-out error 4%
+        calibration = Calibration(loo_mape=4.0)
+
+        def predict(self, a: Architecture) -> float:
+            return a.params() / 1e6
+
+    lat, points = Cost(), families(space, EMB)
+    top = Candidate("trial-9", "search", points["spread-3"][1], 9, {"approx_rank": 0})
+    chain = shrunk_reserves([top], space, lat, top=1, levels=3)
+    first = chain[0].name.removeprefix("trial-9.")
+    assert ".heads" in f".{first.split('.')[-1]}" or "neurons" in first, first  # a layer's heads or neurons
+    budget = lat.predict(top.arch)
+    judged = {c.name: 1.03 * lat.predict(c.arch) for c in [top, *chain]}
+    assert judged[chain[0].name] <= budget < judged[top.name]
+    assert [c.name for c in replace_over_budget([top, *chain], judged, budget, top=1)] == [top.name, chain[0].name]
 
 
 def test_a_search_starts_from_the_best_points_the_study_scored_under_its_budget(tmp_path) -> None:
