@@ -319,25 +319,29 @@ def test_a_top_searched_student_has_itself_one_step_smaller_in_reserve() -> None
         top.name, second.name]
 
 
+class _ParamCost:
+    """A latency model of parameters as milliseconds, with a leave-one-out error of `loo` per cent."""
+
+    def __init__(self, loo: float) -> None:
+        from nas_bert.latency.calibration import Calibration
+
+        self.calibration = Calibration(loo_mape=loo)
+
+    def predict(self, a: Architecture) -> float:
+        return a.params() / 1e6
+
+
 def test_a_student_far_over_its_budget_gives_way_to_the_largest_of_its_chain_that_holds() -> None:
     """A latency model 25% off puts the top student and its first reserve over the budget: each of the top has a
     chain of reserves, each one step from the last, their steps below the student doubling (0.5, 1.5, 3.5 x the
-    model's error) and each from the second on at least 1, 2 x the error below the last, and the largest of its own chain that the budget holds takes its place, before any reserve of
-    another shape."""
+    model's error) and each from the second on at least 1, 2 x the error below the last, and the largest of its
+    own chain that the budget holds takes its place, before any reserve of another shape."""
     from nas_bert.choose import Candidate, replace_over_budget
     from nas_bert.choose.candidates import shrunk_reserves
-    from nas_bert.latency.calibration import Calibration
     from nas_bert.space import neighbours
 
     space = auto_for(BERT_BASE)
-
-    class Cost:  # parameters as milliseconds; leave-one-out error 5%
-        calibration = Calibration(loo_mape=5.0)
-
-        def predict(self, a: Architecture) -> float:
-            return a.params() / 1e6
-
-    lat, points = Cost(), families(space, EMB)
+    lat, points = _ParamCost(5.0), families(space, EMB)
     top = Candidate("trial-9", "search", points["truncated-6"][1], 9, {"approx_rank": 0})
     other = Candidate("trial-5", "search", points["spread-3"][1], 5, {"approx_rank": 2, "reserve": True})
     chain = shrunk_reserves([top], space, lat, top=1, levels=3)
@@ -372,17 +376,9 @@ def test_a_student_a_few_per_cent_over_gives_way_to_a_point_one_small_step_below
     it (one head or one neuron size fewer in a layer), not by a narrower width or a dropped layer."""
     from nas_bert.choose import Candidate, replace_over_budget
     from nas_bert.choose.candidates import shrunk_reserves
-    from nas_bert.latency.calibration import Calibration
 
     space = auto_for(BERT_BASE)
-
-    class Cost:  # parameters as milliseconds; leave-one-out error 4%
-        calibration = Calibration(loo_mape=4.0)
-
-        def predict(self, a: Architecture) -> float:
-            return a.params() / 1e6
-
-    lat, points = Cost(), families(space, EMB)
+    lat, points = _ParamCost(4.0), families(space, EMB)
     top = Candidate("trial-9", "search", points["spread-3"][1], 9, {"approx_rank": 0})
     chain = shrunk_reserves([top], space, lat, top=1, levels=3)
     first = chain[0].name.removeprefix("trial-9.")
