@@ -93,10 +93,10 @@ def measure_latencies(student: NasBertModel, folder: Path, teacher: Teacher, cfg
                       others: list[torch.nn.Module] | None = None) -> dict[str, Any]:
     """Milliseconds of the student (PyTorch fp32, ONNX fp32, ONNX int8) and the teacher, on this machine.
 
-    The four are timed in interleaved rounds like the latency table (blocks disturbed by other processes
-    are dropped, a low percentile of the rest is kept), so predicted and measured figures are comparable
-    and the speed-ups fair. ONNX Runtime gets intra_op_num_threads = cfg.threads. `others` (the latency
-    model's calibration students) are timed in the same rounds, on the runtime the budgets are for
+    Each is timed in interleaved rounds like the latency table (blocks disturbed by other processes are
+    dropped, a low percentile of the rest is kept), so predicted and measured figures are comparable and the
+    speed-ups fair. ONNX Runtime gets intra_op_num_threads = cfg.threads. `others` (the latency model's
+    calibration students) are timed in the judged run below, on the runtime the budgets are for
     (`latency.runtime`), so the export's verdict refits the calibration on that runtime; their times are
     "others", in order.
 
