@@ -249,6 +249,9 @@ def main() -> None:
                          "at the fit: the stages `nas-bert run` finished are reused)")
     ap.add_argument("--only", default="", help="with --budgets-from-study: these of the study's budgets (ms, comma-separated)")
     ap.add_argument("--tolerance", type=float, default=0.05)
+    ap.add_argument("--matched-only", action="store_true",
+                    help="distil only the family members within --tolerance of the NAS student's measured latency (the "
+                         "ones the targets compare it with); a family with none there is left out of the table")
     ap.add_argument("--orders", default="importance,leading", help="ETD unit orders for the uniform family")
     ap.add_argument("--families", default=",".join(FAMILIES),
                     help=f"the hand-designed families to distil beside the NAS student (of {', '.join(FAMILIES)})")
@@ -340,6 +343,8 @@ def main() -> None:
             if not names:  # no pruned family: the space has one feed-forward ratio
                 continue
             name = pick(names, ms, target, args.tolerance)
+            if args.matched_only and abs(ms[name] / target - 1) > args.tolerance:
+                continue
             arch = cands[name][1]
             per_order = {"truncated": ["leading"], "uniform": orders}.get(family, ["importance"])
             if study.space.layer_slots:  # the space's points: its one (importance) extraction
