@@ -126,6 +126,11 @@ def pick(names: list[str], ms: dict[str, float], target: float, tolerance: float
     return min(ok, key=ms.__getitem__) if ok else max(names, key=ms.__getitem__)
 
 
+def matched(ms: float, target: float, tolerance: float) -> bool:
+    """Within `tolerance` of the NAS student's measured latency: a member the targets compare it with."""
+    return abs(ms / target - 1) <= tolerance
+
+
 def evaluate(study: Any, db: Database, folder: str) -> EvaluationResult:
     cfg = study.cfg.evaluate
     subject = str(Path(folder).resolve())
@@ -343,7 +348,7 @@ def main() -> None:
             if not names:  # no pruned family: the space has one feed-forward ratio
                 continue
             name = pick(names, ms, target, args.tolerance)
-            if args.matched_only and abs(ms[name] / target - 1) > args.tolerance:
+            if args.matched_only and not matched(ms[name], target, args.tolerance):
                 continue
             arch = cands[name][1]
             per_order = {"truncated": ["leading"], "uniform": orders}.get(family, ["importance"])
@@ -389,7 +394,7 @@ def main() -> None:
     for row in rows:
         nas_ms = next(x["measured_ms"] for x in rows if x["budget_ms"] == row["budget_ms"] and x["family"] == "NAS")
         ratio = row["measured_ms"] / nas_ms
-        flag = "" if row["family"] == "NAS" else ("" if abs(ratio - 1) <= args.tolerance else " (not matched)")
+        flag = "" if row["family"] == "NAS" or matched(row["measured_ms"], nas_ms, args.tolerance) else " (not matched)"
         params = "-" if row["params"] is None else f"{row['params'] / 1e6:.2f}M"
         lines.append([f"{row['budget_ms']:g} ({row['budget_ms'] / teacher_ms:.2f}x)", row["family"], row["student"],
                       f"{row['measured_ms']:.2f} ({row['measured_ms'] / run_teacher_ms:.2f})", f"{ratio:.2f}{flag}", params,

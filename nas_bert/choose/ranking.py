@@ -238,12 +238,12 @@ def margin(chosen: Finalist, ok: list[Finalist], first_steps: int, by: dict[str,
         beyond = bool(not lo <= b["fidelity"] <= hi)
     mine, theirs = chosen.probe or {}, rival.probe or {}
     scores = {k: [mine[k], theirs[k]] for k in mine if k in theirs}
-    mixed = by is not None and set(by) != {"fidelity"} and all(k == "fidelity" or k in scores for k in by)
+    mixed = bool(by) and set(by) != {"fidelity"} and all(k == "fidelity" or k in scores for k in by)
     by_score = ([_score({**x, "probe": p}, by)[1] for x, p in ((a, mine), (b, theirs))] if mixed else None)
     return Margin(rival=rival.name, rival_origin=rival.origin, steps=steps, fidelity=a["fidelity"],
                   rival_fidelity=b["fidelity"], delta=a["fidelity"] - b["fidelity"],
                   delta_interval=list(paired) if paired is not None else None, beyond_interval=beyond,
-                  scores=scores or None, by=dict(by) if mixed and by else None, by_score=by_score)
+                  scores=scores or None, by=dict(by) if mixed else None, by_score=by_score)
 
 
 def rounds_seen(f: FinalistsResult, first_steps: int) -> list[list[int]]:
