@@ -105,6 +105,8 @@ def section_inputs(study: Study, sections: tuple[str, ...], timed: bool) -> dict
         cfg["search"].pop("shrink_every"), cfg["search"].pop("shrink_min_uses")
     if not cfg["search"]["local_moves"]:
         cfg["search"].pop("local_moves")
+    if not cfg["search"]["reserve_grows"]:
+        cfg["search"].pop("reserve_grows")
     for k in STUDY_DATA_KEYS:  # the study's own tasks, pair sets and out-of-domain texts: none, no key changes
         if not cfg["evaluate"][k]:
             cfg["evaluate"].pop(k)

@@ -145,9 +145,9 @@ class SearchConfig(_Strict):
     score_batches: int = Field(default=2, ge=1, description="validation batches per block score")
     rescore_top: int = Field(default=8, ge=1, description="T: best feasible candidates rescored end to end")
     rescore_batches: int = Field(default=8, ge=1, description="validation batches for rescoring")
-    reserve_shrinks: int = Field(default=3, ge=0, description="per top searched student, this many points each one "
-                                 "step smaller timed in reserve (0.5, 1.5, 3.5 x the latency model's error below "
-                                 "it): the largest the budget holds replaces it if over")
+    reserve_shrinks: int = Field(default=3, ge=0, description="per top searched student, points each one step "
+                                 "smaller (0.5, 1.5, 3.5 x the model's error below): the largest that holds if over")
+    reserve_grows: int = Field(default=2, ge=0, description="and larger: the largest held with the error to spare")
     heartbeat_interval: int = Field(default=5, ge=1, description="seconds between a running trial's heartbeats")
     grace_period: int = Field(default=20, ge=2, description="seconds without a heartbeat before a trial is stale")
     max_retry: int = Field(default=1, ge=0, description="retries of a trial whose worker died")

@@ -20,6 +20,14 @@ from nas_bert.choose.finalists import (
     summarise,
     truncated_reference,
 )
-from nas_bert.choose.timing import budget_fraction, holds, host_speed, judged_ms, reorders, replace_over_budget
+from nas_bert.choose.timing import (
+    budget_fraction,
+    holds,
+    host_speed,
+    judged_ms,
+    reorders,
+    replace_over_budget,
+    replace_under_budget,
+)
 
-__all__ = ["Candidate", "Finalist", "FinalistsResult", "Margin", "SearchReport", "TruncatedReference", "baseline_family", "budget_fraction", "choose", "chosen_finalist", "criterion", "distill_chosen", "family_to_time", "holds", "host_speed", "judged_ms", "reorders", "replace_over_budget", "summarise", "truncated_reference"]
+__all__ = ["Candidate", "Finalist", "FinalistsResult", "Margin", "SearchReport", "TruncatedReference", "baseline_family", "budget_fraction", "choose", "chosen_finalist", "criterion", "distill_chosen", "family_to_time", "holds", "host_speed", "judged_ms", "reorders", "replace_over_budget", "replace_under_budget", "summarise", "truncated_reference"]

@@ -27,6 +27,7 @@ from nas_bert.choose.candidates import (
     Candidate,
     baseline_family,
     family_to_time,
+    grown_reserves,
     search_candidates,
     shrunk_reserves,
 )
@@ -49,6 +50,7 @@ from nas_bert.choose.timing import (
     measured_ms,
     predict_now,
     replace_over_budget,
+    replace_under_budget,
 )
 from nas_bert.data import load_task
 from nas_bert.distill import (
@@ -72,6 +74,7 @@ from nas_bert.evaluate.evaluation import protocol_hash as protocol_of_task
 from nas_bert.evaluate.evaluation import task_name
 from nas_bert.evaluation_config import TaskData
 from nas_bert.latency import device_fingerprint, ensure_latency_model
+from nas_bert.search import latency_error
 from nas_bert.space import Architecture, families
 from nas_bert.store import Database, FinalistRow, LatencyRow, json_hash
 from nas_bert.study import Study
@@ -186,15 +189,20 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
         cands = [c for c in cands if c.name not in family]
     # each of the top one, two, ... steps smaller, in reserve for one measured over the budget (a budget timed
     # before they were reserves goes on without them)
-    shrunk = shrunk_reserves(cands, study.space, lat, cfg.rescore_top, {c.arch.hash() for c in [*cands, *family.values()]},
-                             cfg.reserve_shrinks) if study.space.layer_slots else []
+    reserves = shrunk_reserves(cands, study.space, lat, cfg.rescore_top,
+                               {c.arch.hash() for c in [*cands, *family.values()]},
+                               cfg.reserve_shrinks) if study.space.layer_slots else []
+    # and one, two steps larger, for one measured well under it (an over-predicting latency model)
+    reserves += grown_reserves(cands, study.space, lat, cfg.rescore_top,
+                               {c.arch.hash() for c in [*cands, *reserves, *family.values()]},
+                               cfg.reserve_grows) if study.space.layer_slots and cfg.reserve_grows else []
     # a budget given as a fraction of the teacher: that fraction of the teacher timed in this run (no calibration
     # students timed: no drift estimate enters)
     fit = lat.calibration.reference_ms
     x = budget_fraction(study, budget_ms, fit)
-    ms, timing = measured_ms(ctx, [*cands, *shrunk, *family.values()], budget_ms, progress,
-                             optional=frozenset(c.name for c in shrunk), calibrate=x is None)
-    cands += [c for c in shrunk if c.name in ms]
+    ms, timing = measured_ms(ctx, [*cands, *reserves, *family.values()], budget_ms, progress,
+                             optional=frozenset(c.name for c in reserves), calibrate=x is None)
+    cands += [c for c in reserves if c.name in ms]
     predict_now(lat, [*cands, *family.values()], timing)
     everyone = {c.name: c for c in [*cands, *family.values()]}
     if x is not None:
@@ -203,7 +211,9 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
     teacher = (timing.get("reference_ms") or timing.get("teacher_ms"), fit) if x is not None else None
     judged = {name: judged_ms(v, timing.get("drift"), host_speed(everyone[name].proxies), teacher)
               for name, v in ms.items()}
-    cands = replace_over_budget(cands, judged, budget_ms, cfg.rescore_top)
+    # a top student measured well under the budget grows into its chain, one measured over shrinks into its own
+    cands = replace_over_budget(replace_under_budget(cands, judged, budget_ms, max(latency_error(lat), 0.03)),
+                                judged, budget_ms, cfg.rescore_top)
     for origin in ORIGINS[1:]:  # each family's slowest member that the budget holds
         fits = [c for c in family.values() if c.origin == origin and holds(c, judged[c.name], budget_ms)]
         if fits:

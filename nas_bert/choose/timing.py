@@ -216,10 +216,31 @@ def replace_over_budget(cands: list[Candidate], judged: dict[str, float], budget
     (`shrunk_reserves`) that the budget holds, else the next reserve by approximate loss that the budget holds."""
     dropped = [c.name for c in cands if c.proxies.get("approx_rank", top) < top and not c.proxies.get("reserve")
                and judged[c.name] > budget_ms]
-    holds_ = [c for c in cands if c.proxies.get("reserve") and judged[c.name] <= budget_ms]
+    holds_ = [c for c in cands if c.proxies.get("reserve") and not c.proxies.get("grown_of")
+              and judged[c.name] <= budget_ms]
     shrunk: dict[str, Candidate] = {}
     for c in sorted((c for c in holds_ if c.proxies.get("shrunk_of")), key=lambda c: c.proxies.get("shrink_level", 1)):
         shrunk.setdefault(c.proxies["shrunk_of"], c)
     spare = sorted((c for c in holds_ if not c.proxies.get("shrunk_of")), key=lambda c: c.proxies["approx_rank"])
     taken = [shrunk[n] for n in dropped if n in shrunk]
     return [c for c in cands if not c.proxies.get("reserve")] + taken + spare[:len(dropped) - len(taken)]
+
+
+def replace_under_budget(cands: list[Candidate], judged: dict[str, float], budget_ms: float, spare: float
+                         ) -> list[Candidate]:
+    """The finalists without the grown reserves (`grown_reserves`), but for each searched student that the budget
+    holds, the largest of its own grown chain judged within the budget less `spare` (a fraction: the latency
+    model's error, the margin a grown point keeps so that timed again at export it still holds) and slower than
+    the student, in its place: the latency an over-predicting model left unused goes to the student. A student
+    none of whose chain holds stays as it is."""
+    chain: dict[str, Candidate] = {}
+    for c in sorted((c for c in cands if c.proxies.get("grown_of")), key=lambda c: -c.proxies.get("grow_level", 1)):
+        of = c.proxies["grown_of"]
+        if of not in chain and judged.get(c.name, math.inf) <= budget_ms * (1 - spare) \
+                and judged[c.name] > judged.get(of, math.inf):
+            chain[of] = c
+    # the grown point stands as the student it grew from did (no reserve of one measured over the budget)
+    taken = {of: Candidate(c.name, c.origin, c.arch, c.trial, {k: v for k, v in c.proxies.items() if k != "reserve"})
+             for of, c in chain.items()}
+    return [taken.get(c.name, c) if judged.get(c.name, math.inf) <= budget_ms else c
+            for c in cands if not c.proxies.get("grown_of")]

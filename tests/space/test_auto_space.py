@@ -389,6 +389,48 @@ def test_a_student_a_few_per_cent_over_gives_way_to_a_point_one_small_step_below
     assert [c.name for c in replace_over_budget([top, *chain], judged, budget, top=1)] == [top.name, chain[0].name]
 
 
+def test_a_student_measured_well_under_its_budget_grows_into_its_chain() -> None:
+    """An over-predicting latency model leaves a searched student measured well under the budget: each of the top
+    is timed beside a chain of larger points, each one step from the last (0.5, 1.5 x the model's error above the
+    student at the least), and the largest of its own chain that the budget holds with that error to spare takes
+    its place; a student measured over, or whose chain holds nothing, keeps its place, and no grown point is a
+    finalist of its own."""
+    from nas_bert.choose import Candidate, replace_over_budget, replace_under_budget
+    from nas_bert.choose.candidates import grown_reserves
+    from nas_bert.space import neighbours
+
+    space = auto_for(BERT_BASE)
+    lat, points = _ParamCost(5.0), families(space, EMB)
+    # one step up is a layer's neurons (5.5%) or a whole layer more (grown to the chain's 2^2 x 5% above the student)
+    top = Candidate("trial-9", "search", points["spread-3-i1536"][1], 9, {"approx_rank": 0})
+    other = Candidate("trial-5", "search", points["truncated-2"][1], 5, {"approx_rank": 1})
+    chain = grown_reserves([top, other], space, lat, top=1, levels=2)  # only the top 1 by approximate loss
+    assert [c.proxies["grow_level"] for c in chain] == [1, 2]
+    assert {c.proxies["grown_of"] for c in chain} == {top.name} and all(c.proxies["reserve"] for c in chain)
+    assert chain[1].name.startswith(chain[0].name + ".")
+    ms = [lat.predict(top.arch), *(lat.predict(c.arch) for c in chain)]
+    for before, c in zip([top, *chain[:-1]], chain, strict=True):
+        assert c.arch.hash() in {a.hash() for a in neighbours(space, before.arch, lat.predict).values()}
+    assert ms[0] * 1.025 <= ms[1] and ms[1] * 1.05 <= ms[2] <= ms[0] * 1.2  # 2.5% above, then 5% above the last
+    # the first step is the smallest that clears its mark: no point one step from the student lies between
+    larger = [m for a in neighbours(space, top.arch, lat.predict).values() if (m := lat.predict(a)) >= ms[0] * 1.025]
+    assert min(larger) == ms[1]
+
+    budget = 1.02 * ms[2]  # the model put the top student 2% under the largest of its chain; measured 15% faster
+    judged = {c.name: 0.85 * m for c, m in zip([top, *chain], ms, strict=True)} | {other.name: 0.5 * budget}
+    assert judged[chain[1].name] <= 0.95 * budget
+    out = replace_over_budget(replace_under_budget([top, other, *chain], judged, budget, 0.05), judged, budget, top=1)
+    assert [c.name for c in out] == [chain[1].name, other.name]
+    assert out[0].proxies["grown_of"] == top.name and not out[0].proxies.get("reserve")  # it stands as the top did
+    judged[chain[1].name] = 0.97 * budget  # within the budget, not with the error to spare: the first level
+    assert [c.name for c in replace_under_budget([top, other, *chain], judged, budget, 0.05)] == [chain[0].name,
+                                                                                                 other.name]
+    judged[chain[0].name] = 0.97 * budget  # none with the error to spare: the student stays
+    assert [c.name for c in replace_under_budget([top, other, *chain], judged, budget, 0.05)] == [top.name, other.name]
+    judged = {**judged, top.name: 1.1 * budget, chain[0].name: 0.5 * budget}  # over: it shrinks, it does not grow
+    assert [c.name for c in replace_under_budget([top, other, *chain], judged, budget, 0.05)] == [top.name, other.name]
+
+
 def test_a_search_starts_from_the_best_points_the_study_scored_under_its_budget(tmp_path) -> None:
     """Points a larger budget's search scored with the same supernet seed a smaller budget's search: the best by
     the proxy that the latency model predicts within the budget, hand-designed points and points scored with
