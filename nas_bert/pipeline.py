@@ -34,7 +34,7 @@ from nas_bert.record import Record
 from nas_bert.search import SearchResult, search
 from nas_bert.space import Architecture
 from nas_bert.store import Database, StageRow, fingerprint
-from nas_bert.study import RUNTIME_LABEL, RUNTIME_VARIANT, Study
+from nas_bert.study import RUNTIME_LABEL, RUNTIME_VARIANT, SearchConfig, Study
 from nas_bert.supernet import SupernetResult, train_supernet
 from nas_bert.teacher import embeddings_spec_of, load_teacher_config, teacher_identity
 
@@ -99,14 +99,13 @@ def study_inputs(study: Study) -> dict[str, str]:
 def section_inputs(study: Study, sections: tuple[str, ...], timed: bool) -> dict[str, str]:
     """Fingerprints of a stage's study sections (and of the latency device where it times anything)."""
     cfg = study.cfg.model_dump(mode="json")
-    for k in ("budgets_ms", "budgets_x"):  # a stage of one budget is keyed by it: adding a budget redoes nothing
+    # a stage of one budget is keyed by it (adding a budget redoes nothing); reserve_grows by the finalists alone
+    for k in ("budgets_ms", "budgets_x", "reserve_grows"):
         cfg["search"].pop(k)
     if not cfg["search"]["shrink_every"]:  # added later: off, it leaves the keys of studies made before it as they were
         cfg["search"].pop("shrink_every"), cfg["search"].pop("shrink_min_uses")
     if not cfg["search"]["local_moves"]:
         cfg["search"].pop("local_moves")
-    if not cfg["search"]["reserve_grows"]:
-        cfg["search"].pop("reserve_grows")
     for k in STUDY_DATA_KEYS:  # the study's own tasks, pair sets and out-of-domain texts: none, no key changes
         if not cfg["evaluate"][k]:
             cfg["evaluate"].pop(k)
@@ -156,9 +155,10 @@ class Runner:
         they were recorded with ("missing" when they have not run)."""
         plan_sections, upstream = PLAN.get(name, ((), ()))
         sections = plan_sections if sections is None else sections
-        if after is None:
-            after = tuple((u, _key_of(u, key)) for u in upstream)
+        after = tuple((u, _key_of(u, key)) for u in upstream) if after is None else after
         out = {**self.shared(), **section_inputs(self.study, sections, name in TIMED or "latency" in sections)}
+        if name == "finalists" and (grows := self.study.cfg.search.reserve_grows) != SearchConfig().reserve_grows:
+            out["reserve_grows"] = str(grows)  # added later: at its default a finalists' key is as it was
         for u, k in after:
             out[f"{u} {k}".rstrip()] = self.recorded(u, k)[0] or "missing"
         return out
@@ -262,8 +262,7 @@ def plan(study: Study, teacher_ms: float | None = None) -> list[tuple[str, str, 
         out += [(n, k, tuple((u, _key_of(u, k)) for u in PLAN[n][1]))
                 for n in ("search", "finalists", "map-layers", "distill", "evaluate")]
     if budgets:
-        export_key = ",".join(f"{b:g}" for b in ms)
-        out.append(("export", export_key, tuple(("evaluate", k) for k in budgets)))
+        out.append(("export", ",".join(f"{b:g}" for b in ms), tuple(("evaluate", k) for k in budgets)))
         out += [("reference", k, (("finalists", k), ("latency", ""))) for k in budgets]
     return out
 
@@ -274,8 +273,7 @@ def stage_status(study: Study) -> list[StageState]:
     r = Runner(study, echo=lambda _: None)
     stale: set[tuple[str, str]] = set()
     rows = []
-    fitted = r.result("latency", "", LatencyReport)
-    teacher_ms = fitted.reference_ms if fitted is not None else None
+    teacher_ms = fitted.reference_ms if (fitted := r.result("latency", "", LatencyReport)) is not None else None
     if study.cfg.search.budgets_x and teacher_ms is None:
         rows += [StageState(stage="search", key=f"{x:g}x", state="to run",
                             why="a fraction of the teacher's latency: its ms are known once `nas-bert run` has fitted "

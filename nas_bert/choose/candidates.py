@@ -163,14 +163,16 @@ def baseline_family(ctx: StudentContext) -> dict[str, Candidate]:
     return out
 
 
-def family_to_time(family: dict[str, Candidate], predict: Any, budget_ms: float, keep: int = 3) -> dict[str, Candidate]:
+def family_to_time(family: dict[str, Candidate], predict: Any, budget_ms: float, keep: int = 3,
+                   reach: float = 1.0) -> dict[str, Candidate]:
     """The hand-designed students worth timing for a budget: of each family the `keep` slowest that the latency
-    model predicts within the budget (only those can stand: `holds` asks the prediction too), any member it cannot
-    predict (made of modules outside the space's table), and of the truncated teachers also the fastest predicted
-    over the budget (the untouched reference beside the budget's student is the one of the nearest measured
-    latency, which these two bracket). Only each family's slowest member that the budget holds becomes a finalist:
-    a member predicted over the budget never does, so it needs no timing run (the demo at 63faf7e timed 34
-    students per budget, 12-15 of them such members)."""
+    model predicts within the budget, and the fastest it predicts over it but within `reach` x the budget (`holds`
+    lets it stand where it measures within the budget less the model's error, as far as a searched student's grown
+    point may reach: 1 + 2^search.reserve_grows x that error), any member it cannot predict (made of modules outside
+    the space's table), and of the truncated teachers every one within the budget and the first over it (the
+    untouched reference beside the budget's student is the one of the nearest measured latency, which these
+    bracket). Only each family's slowest member that the budget holds becomes a finalist: the rest need no timing
+    run (the demo at 63faf7e timed 34 students per budget, 12-15 of them members predicted over the budget)."""
     out: dict[str, Candidate] = {}
     for origin in dict.fromkeys(c.origin for c in family.values()):
         members = {n: c for n, c in family.items() if c.origin == origin}
@@ -181,9 +183,10 @@ def family_to_time(family: dict[str, Candidate], predict: Any, budget_ms: float,
                 c.proxies["predicted_ms"] = None
         pred = {n: c.proxies["predicted_ms"] for n, c in members.items()}
         within = sorted((n for n, v in pred.items() if v is not None and v <= budget_ms), key=lambda n: pred[n])
+        over = sorted((n for n, v in pred.items() if v is not None and v > budget_ms), key=lambda n: pred[n])
         keepers = {n for n, v in pred.items() if v is None} | set(within[-keep:] if keep else [])
-        if origin == "truncated":  # every one the budget may hold, and the first over it
-            over = sorted((n for n, v in pred.items() if v is not None and v > budget_ms), key=lambda n: pred[n])
-            keepers |= set(within) | set(over[:1])
+        keepers |= {n for n in over[:1] if pred[n] <= reach * budget_ms or origin == "truncated"}
+        if origin == "truncated":  # every one the budget may hold
+            keepers |= set(within)
         out |= {n: c for n, c in members.items() if n in keepers}
     return out

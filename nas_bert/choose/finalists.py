@@ -179,23 +179,26 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
                            "raise the budget or search.trials")
     lat = ensure_latency_model(ctx.db, study.space, ctx.teacher.embeddings_spec(), study.cfg.latency, progress=False)
     family = baseline_family(ctx) if cfg.finalist_baselines else {}
+    recipes = {c.arch.hash() for c in family.values()}  # no reserve is a hand-designed point, timed or not
+    spare = max(latency_error(lat), 0.03)  # what a student measured past its prediction keeps to spare
     if family:
         # a searched student that is a hand-designed point (a seed, or found again) is judged as the family
         # member it is, once
         points = {c.arch.hash(): c for c in family.values()}
         cands = [Candidate(points[c.arch.hash()].name, points[c.arch.hash()].origin, c.arch, c.trial, c.proxies)
                  if c.arch.hash() in points else c for c in cands]
-        family = family_to_time(family, lat.predict, budget_ms)
+        family = family_to_time(family, lat.predict, budget_ms,
+                                reach=1 + 2**cfg.reserve_grows * spare if cfg.reserve_grows else 1.0)
         cands = [c for c in cands if c.name not in family]
     # each of the top one, two, ... steps smaller, in reserve for one measured over the budget (a budget timed
     # before they were reserves goes on without them)
-    reserves = shrunk_reserves(cands, study.space, lat, cfg.rescore_top,
-                               {c.arch.hash() for c in [*cands, *family.values()]},
-                               cfg.reserve_shrinks) if study.space.layer_slots else []
+    chains = study.space.layer_slots
+    reserves = shrunk_reserves(cands, study.space, lat, cfg.rescore_top, recipes | {c.arch.hash() for c in cands},
+                               cfg.reserve_shrinks) if chains else []
     # and one, two steps larger, for one measured well under it (an over-predicting latency model)
     reserves += grown_reserves(cands, study.space, lat, cfg.rescore_top,
-                               {c.arch.hash() for c in [*cands, *reserves, *family.values()]},
-                               cfg.reserve_grows) if study.space.layer_slots and cfg.reserve_grows else []
+                               recipes | {c.arch.hash() for c in [*cands, *reserves]},
+                               cfg.reserve_grows) if chains and cfg.reserve_grows else []
     # a budget given as a fraction of the teacher: that fraction of the teacher timed in this run (no calibration
     # students timed: no drift estimate enters)
     fit = lat.calibration.reference_ms
@@ -212,10 +215,11 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
     judged = {name: judged_ms(v, timing.get("drift"), host_speed(everyone[name].proxies), teacher)
               for name, v in ms.items()}
     # a top student measured well under the budget grows into its chain, one measured over shrinks into its own
-    cands = replace_over_budget(replace_under_budget(cands, judged, budget_ms, max(latency_error(lat), 0.03)),
-                                judged, budget_ms, cfg.rescore_top)
-    for origin in ORIGINS[1:]:  # each family's slowest member that the budget holds
-        fits = [c for c in family.values() if c.origin == origin and holds(c, judged[c.name], budget_ms)]
+    cands = replace_over_budget(replace_under_budget(cands, judged, budget_ms, spare), judged, budget_ms,
+                                cfg.rescore_top)
+    for origin in ORIGINS[1:]:  # each family's slowest member that the budget holds (by the grown points' rule too)
+        fits = [c for c in family.values() if c.origin == origin
+                and holds(c, judged[c.name], budget_ms, spare if cfg.reserve_grows else None)]
         if fits:
             cands.append(max(fits, key=lambda c: ms[c.name]))
     results: dict[str, dict[str, Any]] = {}

@@ -110,6 +110,9 @@ def finalists_table(f: FinalistsResult) -> str:
     if f.replacements:
         lines.append(f"over budget as measured: {', '.join(f.dropped_over_budget)}; in their place, the next by "
                      f"approximate loss that the budget holds: {', '.join(f.replacements)}")
+    if grown := [r for r in f.finalists if getattr(r, "grown_of", None)]:  # search.reserve_grows
+        lines.append("well under budget as measured: " + "; ".join(
+            f"{r.grown_of} grown into {r.name} (judged {num(r.judged_ms, '.2f')} ms)" for r in grown))
     t = f.timing or {}
     if t.get("budget_x") is not None and t.get("teacher_ms"):
         ref = t.get("reference_ms") or t["teacher_ms"]
@@ -307,6 +310,9 @@ def run_table(s: RunResult) -> str:
                  + f"measured {f(r.measured_ms, '.2f')} ms ({RUNTIME_LABEL.get(s.runtime, s.runtime)}), judged {f(r.judged_ms, '.2f')} ms against "
                  f"its {r.budget_ms:g} ms budget" + (f" ({r.budget_x:g}x of the teacher: judged as a fraction of the "
                                                      "teacher timed beside it)" if r.budget_x is not None else "")
+                 # a point grown past its prediction (search.reserve_grows), or a family member that measured so
+                 + ("; predicted over the budget, it stands as measured within it less the latency model's error"
+                    if r.predicted_ms is not None and r.predicted_ms > r.budget_ms else "")
                  for r in s.students]
     stages = [f"{x.stage} {x.key}".strip() + (" (skipped)" if x.skipped else f" {x.seconds:.0f} s")
               for x in s.stages]

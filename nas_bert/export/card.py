@@ -97,8 +97,11 @@ def _made(info: dict[str, Any]) -> str:
         return (f"A BERT student made by nas-bert in study `{info['study']}` for the {_fmt(info['budget_ms'], 'g')} ms "
                 f"budget, copied from the teacher `{t}`{distilled}.")
     b = _fmt(info["budget_ms"], "g")
+    fin = info.get("finalist") or {}
     found = (f"trial {info['trial']} of the {b} ms search" if info.get("trial") is not None else
-             f"`{(info.get('finalist') or {}).get('name', '?')}`: a student of the {b} ms search one step smaller, "
+             f"`{fin.get('name', '?')}`: a student of the {b} ms search made larger, timed in its place when it "
+             "measured well under the budget" if fin.get("grown_of") else
+             f"`{fin.get('name', '?')}`: a student of the {b} ms search one step smaller, "
              "timed in its place when it measured over the budget")
     return (f"A BERT student found by nas-bert in study `{info['study']}` ({found}), extracted from the trained "
             f"supernet on the embeddings of the teacher `{t}`{distilled}.")

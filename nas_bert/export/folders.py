@@ -125,7 +125,7 @@ def extract_student(study: Study, arch: Architecture, teacher: Teacher, supernet
 
 # -- which students -----------------------------------------------------------------------------
 def _finalist_row(db: Database, study: Study, fin: Finalist) -> dict[str, Any]:
-    """A finalist's row from the finalists' record: a hand-designed winner, or a searched student's shrunk
+    """A finalist's row from the finalists' record: a hand-designed winner, or a searched student's shrunk or grown
     reserve that took its place (a point no search scored)."""
     return {"hash": fin.hash, "arch_json": fin.arch_json, "params": fin.params,
             "flops": Architecture.from_json(fin.arch_json).flops(), "predicted_ms": fin.predicted_ms,
@@ -133,7 +133,7 @@ def _finalist_row(db: Database, study: Study, fin: Finalist) -> dict[str, Any]:
 
 
 def _row(db: Database, study: Study, arch_hash: str, fin: Finalist | None = None) -> dict[str, Any]:
-    """The architecture's row, else (a shrunk reserve) its finalist's (`_finalist_row`)."""
+    """The architecture's row, else (a shrunk or grown reserve) its finalist's (`_finalist_row`)."""
     with db.session() as s:
         r = s.scalars(select(ArchitectureRow).where(ArchitectureRow.study == study.name,
                                                     ArchitectureRow.hash == arch_hash)).first()

@@ -43,17 +43,25 @@ def test_search_and_finalists_on_the_space_made_from_the_teacher(tmp_path, monke
     recipe_hashes = {a.hash() for _, a in points.values()}
     assert all(by_seed[s].user_attrs["arch_hash"] not in recipe_hashes for s in grown)
     from nas_bert.choose import finalists as F
-    timed_names, measure = [], F.measured_ms
+    timed_names, timed, measure = [], {}, F.measured_ms
 
     def spy(ctx, cands, budget_ms, progress=True, optional=frozenset(), calibrate=True):
         timed_names.extend(c.name for c in cands)
+        timed.update({c.name: c for c in cands})
         return measure(ctx, cands, budget_ms, progress, optional, calibrate)
 
     monkeypatch.setattr(F, "measured_ms", spy)
     fin = choose(study, 5.0, progress=False)
     # each of the top searched students was timed beside itself one step smaller, in reserve
+    # and one, two steps larger (search.reserve_grows); no reserve is a hand-designed point, which is its family's
     shrunk = [n for n in timed_names if "." in n]
     assert shrunk and all(n.split(".")[0] in timed_names for n in shrunk), timed_names
+    chains = {k: [c for c in timed.values() if c.proxies.get(k)] for k in ("shrunk_of", "grown_of")}
+    assert chains["shrunk_of"] and chains["grown_of"], timed_names
+    assert all(c.arch.hash() not in recipe_hashes for c in chains["shrunk_of"] + chains["grown_of"])
+    # a grown point is a finalist only in the place of its student, never beside it
+    grown_finalists = [f for f in fin.finalists if getattr(f, "grown_of", None)]
+    assert all(not f.reserve and f.grown_of not in {g.name for g in fin.finalists} for f in grown_finalists)
     origins = {f.origin for f in fin.finalists}
     assert origins & set(FAMILIES), origins  # hand-designed points judged as their families
     names = {f.name for f in fin.finalists}

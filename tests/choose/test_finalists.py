@@ -509,10 +509,10 @@ def test_a_student_scored_at_another_budget_is_not_distilled_again(searched_tiny
 
 
 def test_only_the_family_members_that_may_stand_are_timed():
-    """Of each family the three slowest the latency model puts within the budget (only those can stand: `holds`
-    asks the prediction too) and any it cannot predict; of the truncated teachers every one within the budget and
-    the first over it, which bracket the student for the untouched reference. A member predicted over the budget
-    is not timed: it could never become a finalist."""
+    """Of each family the three slowest the latency model puts within the budget (`holds` asks the prediction too)
+    and any it cannot predict; of the truncated teachers every one within the budget and the first over it, which
+    bracket the student for the untouched reference. A member predicted over the budget is timed only as far as
+    a searched student's grown point may reach (`reach`): the fastest of its family there."""
     from nas_bert.choose import family_to_time
     from nas_bert.errors import NasBertError
 
@@ -529,6 +529,9 @@ def test_only_the_family_members_that_may_stand_are_timed():
     got = family_to_time(fam, predict, 5.0)
     assert set(got) == {"truncated-1", "truncated-2", "truncated-3", "uniform-128", "uniform-192", "uniform-256",
                         "pruned-1", "pruned-2", "pruned-3"}
+    # as far as a grown point may reach past its prediction: each family's fastest member predicted over too
+    assert set(family_to_time(fam, predict, 5.0, reach=1.25)) == set(got) | {"uniform-320"}
+    assert set(family_to_time(fam, predict, 5.0, reach=1.1)) == set(got)
     # each member keeps what the model predicted for it, so its export can set prediction beside measurement
     assert {n: c.proxies.get("predicted_ms") for n, c in got.items()} == {n: pred[n] for n in got}
 
@@ -548,6 +551,10 @@ def test_a_baseline_stands_only_where_judged_and_predicted_within_the_budget():
     assert not holds(cand(5.04), 4.74, 5.0)  # predicted over: out, though judged within
     assert not holds(cand(4.90), 5.02, 5.0)  # judged over: out, though predicted within
     assert holds(cand(None), 4.74, 5.0) and not holds(cand(None), 5.02, 5.0)
+    # with the latency model's error to spare (search.reserve_grows: the rule a searched student's grown point
+    # meets), one predicted over stands where it is judged within the budget less that error
+    assert holds(cand(5.04), 4.74, 5.0, spare=0.05) and not holds(cand(5.04), 4.80, 5.0, spare=0.05)
+    assert not holds(cand(4.90), 5.02, 5.0, spare=0.05)
 
 
 def test_a_winning_baseline_is_distilled_and_exported_as_such(searched_tiny, tmp_path, monkeypatch):

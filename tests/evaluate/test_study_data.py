@@ -71,7 +71,7 @@ def test_absent_keys_leave_fingerprints_and_protocol_as_they_were(tiny_study_fil
     for k in ("tasks", "pairs", "ood"):
         cfg["evaluate"].pop(k)
     cfg["search"].pop("choose_by")
-    for k in ("budgets_ms", "budgets_x", "shrink_every", "shrink_min_uses", "local_moves"):
+    for k in ("budgets_ms", "budgets_x", "shrink_every", "shrink_min_uses", "local_moves", "reserve_grows"):
         cfg["search"].pop(k)
     cfg["latency"].pop("runtime")
     sections = ("evaluate", "search", "latency")
@@ -80,6 +80,17 @@ def test_absent_keys_leave_fingerprints_and_protocol_as_they_were(tiny_study_fil
     from nas_bert.store import json_hash
 
     assert ev.protocol_hash(study.cfg.evaluate, "wordnet") == json_hash({"config": old, "task": "wordnet"})
+
+
+def test_reserve_grows_keys_the_finalists_alone_and_at_its_default_nothing(tiny_study_file):
+    """search.reserve_grows, added later, is read by the finalists alone: at its default no stage's key changes
+    (a study made before it goes on as it was); another value redoes the finalists, not the search."""
+    from nas_bert.pipeline import Runner
+
+    plain, other = _study(tiny_study_file), _study(tiny_study_file, **{"search.reserve_grows": 0})
+    a, b = Runner(plain, echo=lambda _: None), Runner(other, echo=lambda _: None)
+    assert "reserve_grows" not in a.inputs("finalists", "5ms") and a.inputs("search", "5ms") == b.inputs("search", "5ms")
+    assert b.inputs("finalists", "5ms") == {**a.inputs("finalists", "5ms"), "reserve_grows": "0"}
 
 
 def test_study_data_changes_the_evaluate_key_and_paths_are_read_against_the_study_file(tiny_study_file):
