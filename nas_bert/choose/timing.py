@@ -244,8 +244,8 @@ def replace_under_budget(cands: list[Candidate], judged: dict[str, float], budge
         if of not in chain and judged.get(c.name, math.inf) <= budget_ms * (1 - spare) \
                 and judged[c.name] > judged.get(of, math.inf):
             chain[of] = c
-    # the grown point stands as the student it grew from did (no reserve of one measured over the budget)
+    # the grown point stands as the student it grew from did (no reserve of one measured over the budget); a chain
+    # point is taken only above its student's judged time, so that student was within the budget
     taken = {of: Candidate(c.name, c.origin, c.arch, c.trial, {k: v for k, v in c.proxies.items() if k != "reserve"})
              for of, c in chain.items()}
-    return [taken.get(c.name, c) if judged.get(c.name, math.inf) <= budget_ms else c
-            for c in cands if c not in grown]
+    return [taken.get(c.name, c) for c in cands if c not in grown]
