@@ -88,7 +88,7 @@ class FinalistsResult(Record):
     """Stage 5's result for one budget: the finalists ranked by fidelity, the student chosen and how far the
     ranking can be trusted."""
 
-    absent_unless_given: ClassVar[frozenset[str]] = frozenset({"timing", "margin"})
+    absent_unless_given: ClassVar[frozenset[str]] = frozenset({"timing", "margin", "passed_over"})
 
     study: str
     budget_ms: float
@@ -103,6 +103,9 @@ class FinalistsResult(Record):
     dropped_over_budget: list[str]
     replacements: list[str]
     timing: dict[str, Any] | None = None  # the timing run's record (drift, teacher_ms, refit_*); `choose` only
+    # a mixed search.choose_by: searched finalists ranked above the chosen one that a hand-designed finalist of
+    # their last round beat on fidelity beyond the paired interval (name -> that finalist)
+    passed_over: dict[str, str] | None = None
 
 
 class SearchReport(SearchResult):
@@ -155,9 +158,14 @@ def summarise(study: Study, budget_ms: float, rows: Sequence[Finalist | dict[str
     of the ranking, the proxies' agreement with the first round's fidelity and the margin against the best of the
     other kind (`rows`: the finalists, as `Finalist`s or their dicts)."""
     finalists = [Finalist.model_validate(r) for r in rows]
-    ok = sorted((r for r in finalists if not r.over_budget), key=lambda r: _score(r, criterion(study)), reverse=True)
+    by, steps = criterion(study), study.cfg.search.finalist_steps
+    ok = sorted((r for r in finalists if not r.over_budget), key=lambda r: _score(r, by), reverse=True)
+    passed: dict[str, str] = {}
     if ok:
-        chosen = ok[0]
+        for chosen in ok:  # the first one no recipe beats on fidelity beyond noise (a recipe is never beaten so)
+            if (beaten := beaten_by_a_recipe(chosen, ok, steps, by)) is None:
+                break
+            passed[chosen.name] = beaten
     else:  # nothing the budget holds when measured: the fastest searched student, flagged
         chosen = min(finalists, key=lambda r: r.measured_ms)
     searched = [r for r in ok if r.origin == "search"]
@@ -168,17 +176,36 @@ def summarise(study: Study, budget_ms: float, rows: Sequence[Finalist | dict[str
     # the zero-step fidelity of every finalist (searched and hand-designed) against its first round's
     pts = [(-r.fidelity_before, -r.first_fidelity()) for r in ok if r.fidelity_before is not None]
     taus["fidelity_before"] = kendall_tau(*map(list, zip(*pts, strict=True))) if len(pts) >= 3 else None
-    runner = ok[1] if len(ok) > 1 else None
+    runner = next((r for r in ok if r is not chosen and r.name not in passed), None)
     return FinalistsResult(
         study=study.name, budget_ms=budget_ms, finalists=finalists, chosen=chosen,
         baseline_won=chosen.origin != "search", over_budget=chosen.over_budget,
         kendall_tau_vs_fidelity=taus,
         runner_up=runner.name if runner else None,
-        separated=bool(runner and told_apart(chosen, runner, study.cfg.search.finalist_steps)),
+        separated=bool(runner and told_apart(chosen, runner, steps)),
         dropped_over_budget=[r.name for r in finalists if r.over_budget],
         replacements=[r.name for r in finalists if r.reserve],
-        **({"margin": m} if (m := margin(chosen, ok, study.cfg.search.finalist_steps, criterion(study))) is not None else {}),
+        **({"margin": m} if (m := margin(chosen, ok, steps, by)) is not None else {}),
+        **({"passed_over": passed} if passed else {}),
     )
+
+
+def beaten_by_a_recipe(r: Finalist, ok: list[Finalist], first_steps: int, by: dict[str, float]) -> str | None:
+    """The hand-designed finalist of `r`'s last round that beats a searched `r` on fidelity beyond the paired
+    interval, if any, when search.choose_by mixes the fidelity with another criterion. The mix may rank first a
+    searched student that trades measurable agreement for an accuracy gain within its noise (one fine-tuning
+    seed); a recipe the user has for free is then the floor: the searched student is passed over. Choosing by
+    the fidelity alone (or by accuracy alone) passes over no one."""
+    if r.origin != "search" or not by.get("fidelity") or set(by) == {"fidelity"}:
+        return None
+    for other in ok:
+        if other.origin == "search" or len(other.rounds or []) != len(r.rounds or []):
+            continue
+        last = _last_common(r, other, first_steps)
+        paired = _paired(last[1], last[2]) if last else None
+        if paired is not None and paired[1] < 0:
+            return other.name
+    return None
 
 
 def _rounds(r: Finalist, first_steps: int) -> dict[int, dict[str, Any]]:

@@ -104,6 +104,10 @@ def finalists_table(f: FinalistsResult) -> str:
                  + (" (OVER BUDGET: nothing the budget holds)" if f.over_budget else "")
                  + (f"; runner-up {f.runner_up} {'outside' if f.separated else 'inside'} its interval"
                     if f.runner_up else ""))
+    if f.passed_over:  # a mixed search.choose_by: a recipe agrees more beyond noise
+        lines.append("passed over (ranked higher by search.choose_by's mix, but a hand-designed finalist agrees more "
+                     "with the teacher beyond the paired interval): " + "; ".join(
+                         f"{n} (below {by})" for n, by in f.passed_over.items()))
     if probed := [r for r in f.finalists if r.probe]:  # search.choose_by a task: the ranking read these too
         lines.append("accuracy (search.choose_by; task: a linear probe, finetune: fine-tuned, on validation): " + "; ".join(
             f"{r.name} " + ", ".join(f"{k} {v:.3f}" for k, v in (r.probe or {}).items()) for r in probed))

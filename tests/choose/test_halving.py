@@ -105,3 +105,37 @@ def test_a_mixed_criterion_ranks_the_last_round_and_the_margin_and_card_say_both
     # the line leads with what chose it: the weighted sum, then its parts
     assert "won on fidelity + finetune:wordnet (search.choose_by), spread-4-i512: 1.210 against 1.180" in line
     assert res.margin.by_score == pytest.approx([1.21, 1.18])
+
+
+def test_a_mixed_criterion_passes_over_a_searched_point_a_recipe_beats_on_fidelity_beyond_noise() -> None:
+    """{fidelity: 1, finetune:wordnet: 1}: the searched point fine-tunes 0.024 higher (one seed) but agrees 0.007
+    less with the teacher on every resample than a recipe of its round: the recipe is the floor, and the next
+    searched point, which ties the recipe on fidelity, is chosen. A tie within noise passes over no one."""
+    from nas_bert.cli.tables import finalists_table
+
+    study = SimpleNamespace(name="s", cfg=SimpleNamespace(search=SimpleNamespace(
+        finalist_steps=10, choose_by={"fidelity": 1.0, "finetune:wordnet": 1.0})))
+    base = [0.78 + 0.03 * ((i * 7) % 11 - 5) / 5 for i in range(200)]
+    traded = row("trial-30.L1.drop", "search", 0.0, [(10, 0.71), (20, 0.773)])
+    tied = row("spread-2-i512+layer4", "search", 0.0, [(10, 0.72), (20, 0.780)])
+    recipe = row("spread-2-i768", "spread-pruned", 0.0, [(10, 0.72), (20, 0.780)])
+    cut = row("pruned-2-i768", "pruned", 0.0, [(10, 0.80)])  # cut after the first round: not the floor at 20 steps
+    for r, shift, tune in ((traded, -0.007, 0.689), (tied, 0.0005, 0.668), (recipe, 0.0, 0.665)):
+        r["rounds"][-1]["fidelity_bootstrap"] = [v + shift for v in base]
+        r["probe"] = {"finetune:wordnet": tune}
+    cut["fidelity_bootstrap"] = [v + 0.05 for v in base]
+    res = summarise(study, 5.0, [traded, tied, recipe, cut])
+    assert res.chosen.name == "spread-2-i512+layer4" and not res.baseline_won
+    assert res.passed_over == {"trial-30.L1.drop": "spread-2-i768"}
+    assert res.runner_up == "spread-2-i768"
+    assert "passed over" in finalists_table(res.model_copy(update={"timing": {}}))
+    # without the recipe's tie, the recipe itself is chosen over the traded point
+    res = summarise(study, 5.0, [traded, recipe])
+    assert res.chosen.name == "spread-2-i768" and res.baseline_won and res.margin.rival == "trial-30.L1.drop"
+    # by the fidelity alone, or when the trade is within noise, the ranking stands
+    fid = SimpleNamespace(name="s", cfg=SimpleNamespace(search=SimpleNamespace(finalist_steps=10, choose_by="fidelity")))
+    assert summarise(fid, 5.0, [traded, recipe]).chosen.name == "spread-2-i768"
+    noisy = dict(traded, rounds=[*traded["rounds"][:-1], dict(traded["rounds"][-1], fidelity_bootstrap=[
+        v + (0.02 if i % 2 else -0.03) for i, v in enumerate(base)])])
+    res = summarise(study, 5.0, [noisy, recipe])
+    assert res.chosen.name == "trial-30.L1.drop" and "passed_over" not in res.model_dump()
