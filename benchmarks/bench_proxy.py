@@ -6,8 +6,8 @@
 For every finalist the study's finalists' stage distilled (every budget), the extracted start (the supernet's
 point, untrained) is scored on --texts held-out validation glosses two ways: the zero-step fidelity of its
 pooled output to the teacher's (`search.proxy: fidelity`, the default in a space made from the teacher) and the
-same after a cross-fitted linear readout (`search.proxy: readout`) at each ridge penalty --alphas, and (not a
-search option: the question it answers is whether one should be) the readout's "gain": the fidelity of what
+same after a cross-fitted linear readout (`search.proxy: readout`) at each ridge penalty --alphas, and the
+readout's "gain" (`search.proxy: gain`, `readout_gain`): the fidelity of what
 the student's mapped vectors add over the embeddings alone (both mapped at the first alpha) to what the
 teacher's vectors hold beyond those, 0 for the embeddings alone, which a bag of embeddings' linear
 decodability lets the readout overrate; with "readout + gain", their sum. The table gives, per budget, the
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -33,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import cpu_name, table
 from nas_bert.data.tasks import load_task
 from nas_bert.distill import StudentContext
-from nas_bert.evaluate import fidelity, readout_fidelity, readout_map
+from nas_bert.evaluate import fidelity, readout_fidelity, readout_gain
 from nas_bert.evaluate.vectors import sentence_vectors
 from nas_bert.space import Architecture
 from nas_bert.store import Database, FinalistRow
@@ -63,12 +62,10 @@ def main() -> None:
 
     teacher = vectors(t.encoder)
     with torch.no_grad():
-        emb_mapped = readout_map(vectors(EmbeddingsAlone()), teacher, alphas[0])
-    beyond = (teacher.double() - emb_mapped).float()
+        embeddings = vectors(EmbeddingsAlone())
 
-    def gain(vecs: torch.Tensor) -> float:
-        value = fidelity((readout_map(vecs, teacher, alphas[0]) - emb_mapped).float(), beyond)
-        return value if math.isfinite(value) else 0.0  # adds nothing: the embeddings alone
+    def gain(vecs: torch.Tensor) -> float:  # `search.proxy: gain`
+        return readout_gain(vecs, embeddings, teacher, alphas[0])
     with Database(study.db_url).session() as s:
         rows = [(r.budget_ms, r.name, r.origin, r.arch_json, json.loads(r.metrics_json)) for r in s.scalars(
             select(FinalistRow).where(FinalistRow.study == study.name).order_by(FinalistRow.id))]

@@ -155,12 +155,12 @@ class SearchConfig(_Strict):
     budgets_x: list[float] = Field(default_factory=list, description="budgets as fractions of the teacher's latency "
                                    "on the latency device (0.25: a quarter), timed when the latency model is fitted "
                                    "(the space's largest student: the teacher itself in a space made from it)")
-    proxy: Literal["auto", "blocks", "fidelity", "readout"] = Field(
+    proxy: Literal["auto", "blocks", "fidelity", "readout", "gain"] = Field(
         default="auto", description="what a trial is scored by: blocks (NAS-BERT's sum of block losses against the "
-        "teacher's states), fidelity (the extracted student's zero-step fidelity of its pooled output to the "
-        "teacher's on validation text, 1 - fidelity minimised), readout (the same after a linear map of its "
-        "vectors into the teacher's, ridge-fitted on the other half of the texts); auto: fidelity in a space made "
-        "from the teacher")
+        "teacher's states), fidelity (the extracted student's zero-step fidelity of its pooled output to the teacher's "
+        "on validation text, 1 - fidelity minimised), readout (the same after a linear map of its vectors into the "
+        "teacher's, ridge-fitted on the other half of the texts), gain (what that readout adds over the embeddings' "
+        "own: bench_proxy.py's best ranker); auto: fidelity in a space made from the teacher")
     local_moves: bool = Field(default=False, description="in a space made from the teacher, once the queued points "
                               "are done, the best feasible point by the proxy has every point one step from it that "
                               "fits queued (a layer's heads or neurons one size up or down, a layer dropped or "
@@ -215,8 +215,8 @@ class SearchConfig(_Strict):
 
     @model_validator(mode="after")
     def _readout_texts(self) -> SearchConfig:
-        if self.proxy == "readout" and (n := min(self.score_batches, self.rescore_batches) * self.batch_size) < 64:
-            raise ValueError(f"proxy readout fits a linear map on the scored texts, {n} here: give score_batches "
+        if self.proxy in ("readout", "gain") and (n := min(self.score_batches, self.rescore_batches) * self.batch_size) < 64:
+            raise ValueError(f"proxy {self.proxy} fits a linear map on the scored texts, {n} here: give score_batches "
                              "(and rescore_batches) x batch_size >= 64")
         return self
 

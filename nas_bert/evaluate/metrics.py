@@ -3,6 +3,8 @@ predictions (Xu et al. 2021), and the bootstrap interval of a fidelity."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -67,6 +69,21 @@ def readout_fidelity(student_vecs: torch.Tensor, teacher_vecs: torch.Tensor, alp
     teacher's first layer at full width) is not ranked below a narrow one whose output map was already fitted to
     the teacher."""
     return fidelity(readout_map(student_vecs, teacher_vecs, alpha, folds).float(), teacher_vecs, centered)
+
+
+def readout_gain(student_vecs: torch.Tensor, embedding_vecs: torch.Tensor, teacher_vecs: torch.Tensor,
+                 alpha: float = 1.0, folds: int = 2) -> float:
+    """`readout_fidelity` less what the embeddings alone read out: the fidelity of what the student's mapped
+    vectors add over the token embeddings' mapped vectors (pooled as the teacher pools) to what the teacher's
+    vectors hold beyond those. A bag of embeddings is linearly decodable into much of a sentence encoder's output,
+    which lets the readout rank a shallow student near a deep one; the gain scores only what the layers add: 0
+    for the embeddings alone (and for a student that adds nothing: NaN is 0), 1 for the teacher. On the
+    finalists of eleven budgets (BENCHMARKS.md, bench_proxy.py) its Kendall tau with their first round averaged
+    0.85, against 0.77 for the plain zero-step fidelity and 0.76 for the readout."""
+    base = readout_map(embedding_vecs, teacher_vecs, alpha, folds)
+    value = fidelity((readout_map(student_vecs, teacher_vecs, alpha, folds) - base).float(),
+                     (teacher_vecs.double() - base).float())
+    return value if math.isfinite(value) else 0.0
 
 
 def readout_map(student_vecs: torch.Tensor, teacher_vecs: torch.Tensor, alpha: float = 1.0,

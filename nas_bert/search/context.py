@@ -32,17 +32,17 @@ class SearchContext:
 
     def score(self, arch: Architecture) -> float:
         """A trial's proxy loss: NAS-BERT's sum of block losses, or 1 - the extracted student's zero-step fidelity
-        (after a linear readout with proxy "readout")."""
+        (after a linear readout with proxy "readout"; what that adds over the embeddings alone with "gain")."""
         if self.proxy == "blocks":
             return self.scorer.approx_loss(arch)
-        return fidelity_proxy(self.scorer.supernet, arch, self.scorer.cache, self.teacher, self.proxy == "readout")
+        return fidelity_proxy(self.scorer.supernet, arch, self.scorer.cache, self.teacher, self.proxy)
 
     def rescore(self, arch: Architecture) -> float:
         """The same judged on more text: the chained student's end-to-end loss, or its fidelity proxy."""
         assert self.rescore_cache is not None
         if self.proxy == "blocks":
             return rescore(self.scorer.supernet, arch, self.rescore_cache)
-        return fidelity_proxy(self.scorer.supernet, arch, self.rescore_cache, self.teacher, self.proxy == "readout")
+        return fidelity_proxy(self.scorer.supernet, arch, self.rescore_cache, self.teacher, self.proxy)
 
 
 def proxy_of(study: Study) -> str:
@@ -57,6 +57,8 @@ PROXY_LABELS = {
     "fidelity": ("proxy loss (1 - zero-step fidelity to the teacher)", "rescored proxy loss (the same on more texts)"),
     "readout": ("proxy loss (1 - zero-step fidelity after a linear readout)",
                 "rescored proxy loss (the same on more texts)"),
+    "gain": ("proxy loss (1 - the readout's gain over the embeddings alone)",
+             "rescored proxy loss (the same on more texts)"),
 }
 
 

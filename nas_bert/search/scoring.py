@@ -1,6 +1,6 @@
 """Stages 3 and 4: NAS-BERT's performance approximation and end-to-end rescoring, or the zero-step fidelity
 of the extracted student (`fidelity_proxy`, the default in a space made from the teacher), as it is or after a
-cross-fitted linear readout.
+cross-fitted linear readout, or what that readout adds over the embeddings alone.
 
 A block sub-architecture's score is its validation MSE against the teacher's boundary states,
 computed with the trained supernet and memoised in the database per (supernet checkpoint,
@@ -19,7 +19,7 @@ import torch
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from nas_bert.evaluate import fidelity, readout_fidelity
+from nas_bert.evaluate import fidelity, readout_fidelity, readout_gain
 from nas_bert.space import Architecture
 from nas_bert.store import BlockScore, Database
 from nas_bert.supernet import Supernet, ValidationCache, block_val_loss, masked_mse
@@ -92,18 +92,25 @@ def rescore(supernet: Supernet, arch: Architecture, cache: ValidationCache) -> f
 
 @torch.no_grad()
 def fidelity_proxy(supernet: Supernet, arch: Architecture, cache: ValidationCache, teacher: Teacher,
-                   readout: bool = False) -> float:
+                   mode: str = "fidelity") -> float:
     """The extracted student's zero-step fidelity (its pooled output against the teacher's, as `evaluate`
     measures it) on the validation batches, as a loss: 1 - fidelity. The chained path is exactly what the
-    extracted student computes, so this is the start a short distillation would begin from. With `readout`,
-    after the best cross-fitted linear map of its vectors into the teacher's (`readout_fidelity`)."""
-    ours, theirs = [], []
+    extracted student computes, so this is the start a short distillation would begin from. `mode` "readout":
+    after the best cross-fitted linear map of its vectors into the teacher's (`readout_fidelity`); "gain": what
+    that readout adds over the teacher's embeddings alone (`readout_gain`)."""
+    ours, theirs, embeddings = [], [], []
     arch = with_output(supernet, arch)
     for batch, bounds in zip(cache.batches, cache.bounds, strict=True):
         mask = batch["attention_mask"]
         ours.append(teacher.embed(supernet.forward_student(bounds[0], arch, mask), mask))
         theirs.append(teacher.embed(bounds[-1], mask))
-    value = (readout_fidelity if readout else fidelity)(torch.cat(ours).float().cpu(), torch.cat(theirs).float().cpu())
+        if mode == "gain":
+            embeddings.append(teacher.embed(bounds[0], mask))
+    s, t = torch.cat(ours).float().cpu(), torch.cat(theirs).float().cpu()
+    if mode == "gain":
+        value = readout_gain(s, torch.cat(embeddings).float().cpu(), t)
+    else:
+        value = (readout_fidelity if mode == "readout" else fidelity)(s, t)
     return 1.0 - (value if math.isfinite(value) else -1.0)
 
 

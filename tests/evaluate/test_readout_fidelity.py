@@ -34,3 +34,21 @@ def test_the_readout_is_free_of_scale_and_ranks_a_nearer_student_higher() -> Non
 def test_too_few_texts_are_refused() -> None:
     with pytest.raises(ValueError, match="at least 6"):
         readout_fidelity(_vectors(0, n=5), _vectors(1, n=5))
+
+
+def test_the_gain_scores_only_what_a_student_adds_over_the_embeddings() -> None:
+    """`readout_gain` (`search.proxy: gain`): the embeddings alone, or a student that is a linear map of them, gain
+    nothing however well they read out; the teacher gains all; a student holding part of what the teacher adds
+    over the embeddings gains in proportion, where the plain readout would rank it near the embeddings."""
+    from nas_bert.evaluate import readout_gain
+
+    emb, extra = _vectors(0), _vectors(1)
+    t = emb @ torch.randn(16, 16, generator=torch.Generator().manual_seed(2)) + extra  # the layers add `extra`
+    a = 1e-3  # a light ridge: 200 synthetic texts, 16-32 dimensions
+    assert readout_gain(emb, emb, t, a) == pytest.approx(0.0, abs=0.05)
+    assert abs(readout_gain(2 * emb + 1, emb, t, a)) < 0.1  # a linear map of the embeddings adds nothing
+    assert readout_gain(t, emb, t, a) > 0.95 and readout_gain(torch.cat([emb, extra], 1), emb, t, a) > 0.95
+    half = readout_gain(torch.cat([emb, extra[:, :8]], 1), emb, t, a)  # half of what the layers add
+    assert 0.4 < half < 0.9
+    # the plain readout already ranks the embeddings alone high: what the gain leaves out
+    assert readout_fidelity(emb, t, a) > 0.5

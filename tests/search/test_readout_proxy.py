@@ -54,3 +54,28 @@ def test_a_trial_is_scored_by_its_readout_fidelity_under_its_own_memo(tmp_path) 
 def test_too_few_scored_texts_for_a_readout_is_a_one_line_error(tmp_path) -> None:
     with pytest.raises((NasBertError, ValueError), match="proxy readout fits a linear map on the scored texts, 4 here"):
         _study(tmp_path, proxy="readout")
+
+
+def test_a_trial_is_scored_by_its_readout_gain_over_the_embeddings(tmp_path) -> None:
+    """`search.proxy: gain`: 1 - what the extracted student's readout adds over the teacher's embeddings alone
+    (pooled as the teacher pools), on the same scored texts; the readout's own text minimum holds for it too."""
+    from nas_bert.evaluate import readout_gain
+
+    study = _study(tmp_path, proxy="gain", score_batches=8, rescore_batches=8, batch_size=8)
+    train_supernet(study)
+    ctx = open_context(study, progress=False)
+    assert ctx.proxy == "gain"
+    arch = families(study.space, ctx.teacher.embeddings_spec())["truncated-1"][1]
+    ours, theirs, embs = [], [], []
+    with torch.no_grad():
+        for batch, bounds in zip(ctx.scorer.cache.batches, ctx.scorer.cache.bounds, strict=True):
+            mask = batch["attention_mask"]
+            ours.append(ctx.teacher.embed(ctx.scorer.supernet.forward_student(
+                bounds[0], with_output(ctx.scorer.supernet, arch), mask), mask))
+            theirs.append(ctx.teacher.embed(bounds[-1], mask))
+            embs.append(ctx.teacher.embed(bounds[0], mask))
+    s, t, e = torch.cat(ours).float(), torch.cat(theirs).float(), torch.cat(embs).float()
+    assert ctx.score(arch) == pytest.approx(1 - readout_gain(s, e, t), abs=1e-6)
+    assert ctx.score(arch) != pytest.approx(1 - readout_fidelity(s, t), abs=1e-6)
+    with pytest.raises((NasBertError, ValueError), match="proxy gain fits a linear map on the scored texts, 4 here"):
+        _study(tmp_path, proxy="gain")
