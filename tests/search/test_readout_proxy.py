@@ -28,20 +28,27 @@ def _study(tmp_path, **search):
     return load_study(tmp_path / "tiny.yaml")
 
 
-def test_a_trial_is_scored_by_its_readout_fidelity_under_its_own_memo(tmp_path) -> None:
-    study = _study(tmp_path, proxy="readout", score_batches=8, rescore_batches=8, batch_size=8)
+def _scored(tmp_path, proxy: str) -> tuple:
+    """A tiny study searched by `proxy`, its search context, truncated-1 and the scored texts' pooled vectors:
+    the extracted student's, the teacher's and its embeddings' alone."""
+    study = _study(tmp_path, proxy=proxy, score_batches=8, rescore_batches=8, batch_size=8)
     train_supernet(study)
     ctx = open_context(study, progress=False)
-    assert ctx.proxy == "readout"
+    assert ctx.proxy == proxy
     arch = families(study.space, ctx.teacher.embeddings_spec())["truncated-1"][1]
-    ours, theirs = [], []
+    ours, theirs, embs = [], [], []
     with torch.no_grad():
         for batch, bounds in zip(ctx.scorer.cache.batches, ctx.scorer.cache.bounds, strict=True):
             mask = batch["attention_mask"]
             ours.append(ctx.teacher.embed(ctx.scorer.supernet.forward_student(
                 bounds[0], with_output(ctx.scorer.supernet, arch), mask), mask))
             theirs.append(ctx.teacher.embed(bounds[-1], mask))
-    s, t = torch.cat(ours).float(), torch.cat(theirs).float()
+            embs.append(ctx.teacher.embed(bounds[0], mask))
+    return ctx, arch, torch.cat(ours).float(), torch.cat(theirs).float(), torch.cat(embs).float()
+
+
+def test_a_trial_is_scored_by_its_readout_fidelity_under_its_own_memo(tmp_path) -> None:
+    ctx, arch, s, t, _ = _scored(tmp_path, "readout")
     assert ctx.score(arch) == pytest.approx(1 - readout_fidelity(s, t), abs=1e-6)
     assert ctx.score(arch) != pytest.approx(1 - fidelity(s, t), abs=1e-6)
     # its memoised scores are kept apart from the plain zero-step proxy's
@@ -61,20 +68,7 @@ def test_a_trial_is_scored_by_its_readout_gain_over_the_embeddings(tmp_path) -> 
     (pooled as the teacher pools), on the same scored texts; the readout's own text minimum holds for it too."""
     from nas_bert.evaluate import readout_gain
 
-    study = _study(tmp_path, proxy="gain", score_batches=8, rescore_batches=8, batch_size=8)
-    train_supernet(study)
-    ctx = open_context(study, progress=False)
-    assert ctx.proxy == "gain"
-    arch = families(study.space, ctx.teacher.embeddings_spec())["truncated-1"][1]
-    ours, theirs, embs = [], [], []
-    with torch.no_grad():
-        for batch, bounds in zip(ctx.scorer.cache.batches, ctx.scorer.cache.bounds, strict=True):
-            mask = batch["attention_mask"]
-            ours.append(ctx.teacher.embed(ctx.scorer.supernet.forward_student(
-                bounds[0], with_output(ctx.scorer.supernet, arch), mask), mask))
-            theirs.append(ctx.teacher.embed(bounds[-1], mask))
-            embs.append(ctx.teacher.embed(bounds[0], mask))
-    s, t, e = torch.cat(ours).float(), torch.cat(theirs).float(), torch.cat(embs).float()
+    ctx, arch, s, t, e = _scored(tmp_path, "gain")
     assert ctx.score(arch) == pytest.approx(1 - readout_gain(s, e, t), abs=1e-6)
     assert ctx.score(arch) != pytest.approx(1 - readout_fidelity(s, t), abs=1e-6)
     with pytest.raises((NasBertError, ValueError), match="proxy gain fits a linear map on the scored texts, 4 here"):
