@@ -180,8 +180,8 @@ class SearchConfig(_Strict):
     choose_by: str | dict[str, float] = Field(default="fidelity", description="what ranks the finalists: fidelity, "
                                               "task:NAME (a linear probe's accuracy on an evaluate.tasks task, on "
                                               "frozen sentence vectors), finetune:NAME (the accuracy on the task's "
-                                              "validation split after the evaluation's fine-tuning, in the last round "
-                                              "only; NAME a task of evaluate.tasks or wordnet) or a weighted mix, "
+                                              "validation split after the evaluation's fine-tuning, in the rounds "
+                                              "after the first; NAME a task of evaluate.tasks or wordnet) or a weighted mix, "
                                               "{fidelity: 1, finetune:wordnet: 1}")
 
     @field_validator("choose_by")

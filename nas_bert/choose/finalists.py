@@ -91,7 +91,7 @@ def protocol_hash(study: Study, checkpoint_sha: str) -> str:
                             "corpus": cfg.corpus.model_dump(mode="json"), "teacher": cfg.teacher, "supernet": checkpoint_sha}
     if probed := _probed_tasks(study):  # choose_by a task: its probes are part of every finalist's score
         blob["probes"] = [protocol_of_task(cfg.evaluate, t) for t in probed]
-    if tuned := _finetuned_tasks(study):  # and its fine-tuning, in the last round
+    if tuned := _finetuned_tasks(study):  # and its fine-tuning, in every round after the first
         blob["finetuned"] = [protocol_of_task(cfg.evaluate, t) for t in tuned]
     return json_hash(blob)
 
@@ -109,7 +109,8 @@ def _finetuned_tasks(study: Study) -> list[TaskData | str]:
 
 
 def _unscored(metrics: dict[str, Any] | None, study: Study, final: bool) -> bool:
-    """A stored result that the round needs again: never distilled, or the last round's without its fine-tuning."""
+    """A stored result that the round needs again: never distilled, or a `final` (fine-tuned) round's without its
+    fine-tuning."""
     if metrics is None or "fidelity" not in metrics:
         return True
     return final and any(f"finetune:{task_name(t)}" not in (metrics.get("probe") or {}) for t in _finetuned_tasks(study))
@@ -118,7 +119,8 @@ def _unscored(metrics: dict[str, Any] | None, study: Study, final: bool) -> bool
 def short_distill(ctx: StudentContext, cand: Candidate, steps: int, final: bool = True,
                   kept: dict[tuple[str, int], dict[str, Any]] | None = None) -> dict[str, Any]:
     """The same short distillation for every finalist; its best held-out fidelity and that value's interval (and the
-    choose_by tasks' scores; fine-tuned ones in the `final` round only).
+    choose_by tasks' scores; fine-tuned ones in a `final` round only: every round after the first, and the first
+    when no halving follows it).
 
     With `kept` (a choice's kept weights by finalist and steps), a later round of successive halving continues the
     finalist's best weights of its longest earlier round there for the steps between (as Hyperband does: a survivor
@@ -224,7 +226,8 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
             cands.append(max(fits, key=lambda c: ms[c.name]))
     results: dict[str, dict[str, Any]] = {}
     kept: dict[tuple[str, int], dict[str, Any]] = {}  # each finalist's best weights of its last round, to train on
-    # the first round is the last where no halving follows it (fine-tuning, if chosen by, is scored in the last)
+    # fine-tuning, if chosen by, is scored in every round after the first (half the finalists or fewer, so the cuts
+    # after them see it) and in the first where no halving follows it
     final = cfg.finalist_rounds == 1 or sum(judged[c.name] <= budget_ms for c in cands) < 3
     bar = tqdm(cands, desc=f"finalists {budget_ms:g} ms", disable=not progress)
     for c in bar:
@@ -247,12 +250,11 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
     for r in range(1, cfg.finalist_rounds):  # successive halving: the better half, trained on for longer
         if len(alive) < 3:  # halving two or fewer decides nothing more
             break
-        alive = halve(alive, results, criterion(study, final=False))
+        alive = halve(alive, results, criterion(study, final=r > 1))  # the first round's cut: fidelity alone
         kept = {k: v for k, v in kept.items() if k[0] in alive}  # the others train no further
         steps = cfg.finalist_steps * 2 ** r
-        final = r + 1 == cfg.finalist_rounds or len(alive) < 3  # no halving after this round
         for name in tqdm(alive, desc=f"finalists {budget_ms:g} ms, round {r + 1} ({steps} steps)", disable=not progress):
-            results[name] = {**results[name], **_round(ctx, study, budget_ms, by_name[name], protocol, steps, final,
+            results[name] = {**results[name], **_round(ctx, study, budget_ms, by_name[name], protocol, steps, True,
                                                        kept)}
     return summarise(study, budget_ms, list(results.values())).model_copy(update={"timing": timing})
 

@@ -130,7 +130,7 @@ class TruncatedReference(Record):
 
 def criterion(study: Study, final: bool = True) -> dict[str, float]:
     """`search.choose_by` as weights: "fidelity", "task:NAME" or "finetune:NAME" -> weight. Fine-tuning is scored
-    in the last round only: `final` False leaves it out (the fidelity where nothing else is left)."""
+    in every round after the first only: `final` False leaves it out (the fidelity where nothing else is left)."""
     by = getattr(study.cfg.search, "choose_by", "fidelity")  # a stand-in study of a unit test may lack it
     weights = {by: 1.0} if isinstance(by, str) else dict(by)
     if not final:

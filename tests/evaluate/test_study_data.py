@@ -301,26 +301,30 @@ def test_choose_by_a_task_probes_every_finalist_and_picks_the_most_accurate(sear
     assert f"{result.chosen.name} task:topics" in finalists_table(result)
 
 
-def test_choose_by_fine_tuning_scores_the_last_round_only_and_picks_the_best_mix(searched_tiny, tmp_path):
+def test_choose_by_fine_tuning_scores_the_rounds_after_the_first_and_picks_the_best_mix(searched_tiny, tmp_path):
+    """Three rounds: the first (every finalist) without fine-tuning, each later one with it, so the cut after the
+    second keeps the better half by the mix, and the choice is the best mix of the last."""
     from conftest import copy_study
 
     from nas_bert.choose import choose
 
     data = _data(tmp_path)
     study = load_study(copy_study(searched_tiny, tmp_path), overrides={
-        "search.finalist_steps": 2, "search.finalist_rounds": 2, "distill.val_batches": 2,
+        "search.finalist_steps": 2, "search.finalist_rounds": 3, "distill.val_batches": 2,
         "search.choose_by": {"fidelity": 1.0, "finetune:topics": 1.0}, "latency.fresh_process": False,
         "evaluate.tasks": data["tasks"][:1], "evaluate.finetune_steps": 2, "evaluate.max_train_examples": 32,
         "evaluate.max_eval_examples": 16})
     result = choose(study, 5.0, progress=False)
     ok = [r for r in result.finalists if not r.over_budget]
-    last = max(len(r.rounds or []) for r in ok)
-    final = [r for r in ok if len(r.rounds or []) == last]
-    assert len(final) < len(ok)  # a halving happened: the first round was not the last
-    for r in ok:  # fine-tuned in the last round, and only there
-        assert ("finetune:topics" in (r.probe or {})) == (r in final), (r.name, r.probe)
-    assert all(0.0 <= r.probe["finetune:topics"] <= 1.0 for r in final)
-    best = max(final, key=lambda r: r.fidelity + r.probe["finetune:topics"])
+    reached = {n: [r for r in ok if len(r.rounds or [None]) >= n] for n in (1, 2, 3)}
+    assert len(reached[1]) > len(reached[2]) > len(reached[3]) > 0 and len(reached[2]) >= 3  # two cuts happened
+    for r in ok:  # round by round: fine-tuned after the first round only
+        for i, rnd in enumerate(r.rounds or [{"probe": r.probe}]):
+            assert ("finetune:topics" in (rnd.get("probe") or {})) == (i > 0), (r.name, i, rnd)
+    mix = {r.name: r.rounds[1]["fidelity"] + r.rounds[1]["probe"]["finetune:topics"] for r in reached[2]}
+    assert {r.name for r in reached[3]} == set(sorted(mix, key=mix.get, reverse=True)[:len(reached[3])])
+    assert all(0.0 <= r.probe["finetune:topics"] <= 1.0 for r in reached[3])
+    best = max(reached[3], key=lambda r: r.fidelity + r.probe["finetune:topics"])
     assert result.chosen.name == best.name
     again = choose(study, 5.0, progress=False)  # resumed from the database: nothing is scored differently
     assert again.chosen.name == result.chosen.name
