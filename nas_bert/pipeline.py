@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
 
 from nas_bert.choose import Finalist, FinalistsResult, Margin, TruncatedReference, choose, truncated_reference
-from nas_bert.choose.ranking import rounds_seen
+from nas_bert.choose.ranking import ZERO_STEP, rounds_seen
 from nas_bert.data import corpus_identity
 from nas_bert.data.tasks import check_study_data, data_identity
 from nas_bert.distill import DistillResult, MappingResult, distill_student, map_student_layers, mapping_summary
@@ -38,10 +38,9 @@ from nas_bert.study import RUNTIME_LABEL, RUNTIME_VARIANT, SearchConfig, Study
 from nas_bert.supernet import SupernetResult, train_supernet
 from nas_bert.teacher import embeddings_spec_of, load_teacher_config, teacher_identity
 
-# Which study sections each stage is made from, and the stages upstream of it (by name; a stage of a
-# budget depends on the same budget's stages). A stage's identity is the fingerprint of its inputs: the
-# teacher, the space file's content, the corpus and its preprocessing, these sections, the latency
-# device where it times anything, and the identities upstream stages were recorded with.
+# Which study sections each stage is made from and the stages upstream of it (a budget's stage depends on that
+# budget's stages). A stage's identity is the fingerprint of its inputs: teacher, space file, corpus and its
+# preprocessing, these sections, the latency device where it times anything, upstream stages' identities.
 PLAN: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "supernet": (("supernet",), ()),
     "latency": (("latency",), ()),
@@ -380,7 +379,8 @@ class RunRow(Record):
     accuracy_ratio_high: float | None = None
     margin: Margin | None = None  # the finalists' choice against the best of the other kind (searched or hand-designed)
     rounds: list[list[int]] | None = None  # successive halving: [steps, finalists distilled that long] per round
-    proxy_tau: float | None = None  # the zero-step fidelity's Kendall tau against the first round's fidelity
+    proxy: str = "fidelity"  # search.proxy, whose value at each finalist's start proxy_tau ranks by
+    proxy_tau: float | None = None  # that zero-step proxy's Kendall tau against the first round's fidelity
     mapping: dict[str, Any] | None = None  # the layer mapping distilled with and why (`MappingSearch.confirm`)
     tasks: dict[str, dict[str, Any]] | None = None  # the study's own data by name (`EvaluationResult`)
     pairs: dict[str, dict[str, Any]] | None = None
@@ -442,8 +442,8 @@ def run_study(study: Study, out: Path | None = None, echo: Callable[[str], None]
             **{k: getattr(e, k) for k in ("fidelity", "ood_fidelity", "accuracy", "teacher_accuracy", "accuracy_ratio",
                                           "accuracy_ratio_low", "accuracy_ratio_high", "label_loyalty", "probability_loyalty")},
             truncated=ref, folder=str(out / m.name) if m else None, margin=s.finalists.margin,
-            rounds=rounds_seen(s.finalists, study.cfg.search.finalist_steps),
-            proxy_tau=s.finalists.kendall_tau_vs_fidelity.get("fidelity_before"), mapping=mapping_summary(s.mapping, s.distill),
+            rounds=rounds_seen(s.finalists, study.cfg.search.finalist_steps), mapping=mapping_summary(s.mapping, s.distill),
+            proxy=(p := study.cfg.search.proxy), proxy_tau=s.finalists.kendall_tau_vs_fidelity.get(ZERO_STEP[p]),
             **{k: v for k in ("tasks", "pairs", "ood") if (v := getattr(e, k)) is not None}))
     stages = [StageRecord(stage=n, key=k, seconds=round(sec, 1), skipped=sk) for n, k, sec, sk in r.done]
     return RunResult(study=study.name, out=str(out), pareto_png=str(out / "pareto.png"), students=rows, runtime=runtime,

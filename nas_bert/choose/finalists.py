@@ -18,6 +18,7 @@ import math
 import time
 from typing import Any
 
+import torch
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from tqdm.auto import tqdm
@@ -32,6 +33,7 @@ from nas_bert.choose.candidates import (
     shrunk_reserves,
 )
 from nas_bert.choose.ranking import (  # the records and the ranking, re-exported: `choose` returns them
+    BEFORE_KEYS,
     Finalist,
     FinalistsResult,
     Margin,
@@ -67,6 +69,8 @@ from nas_bert.evaluate import (
     bootstrap_interval,
     fidelity_bootstrap,
     linear_probe,
+    readout_fidelity,
+    readout_gain,
     tasks_to_run,
     validation_accuracy,
 )
@@ -141,6 +145,7 @@ def short_distill(ctx: StudentContext, cand: Candidate, steps: int, final: bool 
     before = {"step": 0, **objective.validate(module)}
     start_vectors = objective.last_vectors
     keeper.offer(module, before)
+    zero = zero_step_proxies(*start_vectors, objective.embeddings_vectors())
     t0 = time.perf_counter()
     train_loop(model=module, objective=objective, dataset=ctx.corpus["train"], collator=ctx.collator, cfg=cfg,
                total_steps=todo, ckpts=None, accelerator=make_accelerator(ctx.study.device()), meta={},
@@ -159,10 +164,19 @@ def short_distill(ctx: StudentContext, cand: Candidate, steps: int, final: bool 
     if final:  # choose_by finetune:NAME: the kept weights fine-tuned as the evaluation does, scored on validation
         probe |= {f"finetune:{task_name(t)}": validation_accuracy(module.student, ctx.teacher.tokenizer, ev, t, dev)
                   for t in _finetuned_tasks(ctx.study)}
-    return {"fidelity_before": before["fidelity"], "fidelity": keeper.value, "fidelity_interval": [lo, hi],
+    return {"fidelity_before": before["fidelity"], **zero, "fidelity": keeper.value, "fidelity_interval": [lo, hi],
             "fidelity_bootstrap": [None if math.isnan(v) else round(v, 5) for v in boot],
             "best_step": done + keeper.step, "seconds": round(time.perf_counter() - t0, 1),
             **({"continued_from": done} if done else {}), **({"probe": probe} if probe else {})}
+
+
+def zero_step_proxies(student: torch.Tensor, teacher: torch.Tensor, embeddings: torch.Tensor) -> dict[str, float]:
+    """The searches' readout proxies on a finalist's start (`search.proxy` readout and gain), so the summary can say
+    how each ranks every finalist, hand-designed ones too; none on fewer than 64 held-out texts (as the search)."""
+    if len(student) < 64:
+        return {}
+    vals = {"readout_before": readout_fidelity(student, teacher), "gain_before": readout_gain(student, embeddings, teacher)}
+    return {k: round(v, 5) for k, v in vals.items() if math.isfinite(v)}
 
 
 # -- the choice -------------------------------------------------------------------------------------
@@ -279,7 +293,7 @@ def _round(ctx: StudentContext, study: Study, budget_ms: float, c: Candidate, pr
         _update(ctx.db, study, budget_ms, c.name, protocol, {"rounds": rounds})
     last = done[steps]
     return {**{k: last[k] for k in SCORE_KEYS if k in last}, "rounds": rounds,
-            "fidelity_before": rounds[0].get("fidelity_before")}
+            **{k: rounds[0][k] for k in BEFORE_KEYS if k in rounds[0]}}  # the start: the first round's
 
 
 def _continued(r: dict[str, Any]) -> bool:
@@ -326,7 +340,7 @@ def _stored(db: Database, study: Study, budget_ms: float, name: str, protocol: s
         return json.loads(row.metrics_json) if row is not None else None
 
 
-SCORE_KEYS = ("fidelity_before", "fidelity", "fidelity_interval", "fidelity_bootstrap", "best_step", "seconds", "probe")
+SCORE_KEYS = (*BEFORE_KEYS, "fidelity", "fidelity_interval", "fidelity_bootstrap", "best_step", "seconds", "probe")
 
 
 def _scored_elsewhere(db: Database, study: Study, c: Candidate, protocol: str) -> dict[str, Any] | None:
@@ -406,7 +420,7 @@ def chosen_finalist(db: Database, study: Study, budget_ms: float) -> Finalist | 
         m = json.loads(r.metrics_json)
         if m.get("rounds"):  # the row's own figures are its first round's: the choice ranked by its last
             last = m["rounds"][-1]
-            m = {**m, **{k: last[k] for k in SCORE_KEYS if k in last and k != "fidelity_before"}}
+            m = {**m, **{k: last[k] for k in SCORE_KEYS if k in last and k not in BEFORE_KEYS}}
         cand = Candidate(r.name, r.origin, Architecture.from_json(r.arch_json), r.trial_number)
         found.append({**cand.to_dict(), **m, "measured_ms": r.measured_ms,
                       "over_budget": bool(m.get("over_budget"))})

@@ -18,6 +18,11 @@ from nas_bert.study import Study
 PAIRED_LEVEL = 0.9  # the level of the paired interval that says whether the budget's winner won beyond noise
 
 
+# a finalist's zero-step figures, by the search.proxy each stands for (`zero_step_proxies`)
+ZERO_STEP = {"fidelity": "fidelity_before", "readout": "readout_before", "gain": "gain_before"}
+BEFORE_KEYS = tuple(ZERO_STEP.values())
+
+
 # -- the result ---------------------------------------------------------------------------------------
 class Finalist(Record):
     """One finalist of a budget: who it is (a `Candidate`), what the cheap proxies and the timing run said, and its
@@ -27,7 +32,7 @@ class Finalist(Record):
     model_config = ConfigDict(extra="allow")
     absent_unless_given: ClassVar[frozenset[str]] = frozenset({
         "predicted_ms", "approx_loss", "rescored_loss", "approx_rank", "reserve", "predicted_now_ms", "judged_ms",
-        "fidelity_before", "fidelity", "fidelity_interval", "fidelity_bootstrap", "best_step", "seconds",
+        "fidelity_before", "readout_before", "gain_before", "fidelity", "fidelity_interval", "fidelity_bootstrap", "best_step", "seconds",
         "scored_at_budget_ms", "rounds", "probe"})
 
     name: str
@@ -46,6 +51,8 @@ class Finalist(Record):
     measured_ms: float
     judged_ms: float | None = None  # the time the budget judges (`judged_ms`)
     fidelity_before: float | None = None
+    readout_before: float | None = None  # the readout proxies at the start (`zero_step_proxies`)
+    gain_before: float | None = None
     fidelity: float | None = None  # held-out fidelity after the short distillation (NaN: too few texts)
     fidelity_interval: list[float] | None = None
     # the fidelity on each bootstrap resample of the held-out texts, the same resamples for every finalist (paired)
@@ -173,9 +180,10 @@ def summarise(study: Study, budget_ms: float, rows: Sequence[Finalist | dict[str
     for proxy in ("approx_loss", "rescored_loss"):
         pts = [(getattr(r, proxy), -r.first_fidelity()) for r in searched if getattr(r, proxy) is not None]
         taus[proxy] = kendall_tau(*map(list, zip(*pts, strict=True))) if len(pts) >= 3 else None
-    # the zero-step fidelity of every finalist (searched and hand-designed) against its first round's
-    pts = [(-r.fidelity_before, -r.first_fidelity()) for r in ok if r.fidelity_before is not None]
-    taus["fidelity_before"] = kendall_tau(*map(list, zip(*pts, strict=True))) if len(pts) >= 3 else None
+    # each zero-step proxy of every finalist (searched and hand-designed) against its first round's fidelity
+    for key in BEFORE_KEYS:
+        pts = [(-getattr(r, key), -r.first_fidelity()) for r in ok if getattr(r, key) is not None]
+        taus[key] = kendall_tau(*map(list, zip(*pts, strict=True))) if len(pts) >= 3 else None
     runner = next((r for r in ok if r is not chosen and r.name not in passed), None)
     return FinalistsResult(
         study=study.name, budget_ms=budget_ms, finalists=finalists, chosen=chosen,

@@ -300,7 +300,8 @@ def run_table(s: RunResult) -> str:
                         "seed): " + "; ".join(f"{r.budget_ms:g} ms {r.accuracy_ratio:.3f} ({r.accuracy_ratio_low:.3f}"
                                               f" to {r.accuracy_ratio_high:.3f})" for r in bounded))
         rows += [f"{r.budget_ms:g} ms finalists: " + ", ".join(f"{n} distilled {k} steps" for k, n in r.rounds)
-                 + f"; the zero-step proxy's Kendall tau against the first round: {f(r.proxy_tau, '.2f')}"
+                 + f"; the search's proxy ({r.proxy}) at zero steps, its Kendall tau against the first round: "
+                   f"{f(r.proxy_tau, '.2f')}"
                  # the table's ms is this run's: a slow moment of the host can put it over the budget it holds
                  + f"; {r.student} measured {r.finalist_ms:.2f} ms in their timing run, judged {r.finalist_judged_ms:.2f} ms"
                  for r in s.students if r.rounds]

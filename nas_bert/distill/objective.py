@@ -328,6 +328,13 @@ class DistillObjective:
             t_vecs.append(t_vec.float().cpu())
         return sums, torch.cat(s_vecs), torch.cat(t_vecs)
 
+    @torch.no_grad()
+    def embeddings_vectors(self) -> Tensor:
+        """The teacher's embedding output on the held-out batches, pooled as its sentence vectors: what the
+        embeddings alone hold (`readout_gain`'s floor), row for row with `vectors`."""
+        return torch.cat([self.teacher.embed(self._teacher(b)[0][0], b["attention_mask"]).float().cpu()
+                          for b in self.val_batches])
+
     def vectors(self, model: nn.Module) -> tuple[Tensor, Tensor]:
         """The student's and the teacher's sentence vectors of the held-out batches, (n, teacher width) each."""
         _, s_vecs, t_vecs = self._held_out(model)

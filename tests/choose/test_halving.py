@@ -46,6 +46,21 @@ def test_rounds_reached_rank_first_and_the_margin_compares_equal_steps() -> None
     assert "fidelity_before" in res.kendall_tau_vs_fidelity
 
 
+def test_each_zero_step_proxy_is_ranked_against_the_first_round() -> None:
+    """Every finalist's start by each zero-step figure: the gain orders five finalists as their first round does
+    (tau 1), the readout the other way (tau -1); a figure three finalists lack has no tau."""
+    rows = [row(n, "search" if i % 2 else "spread", f) for i, (n, f) in enumerate(zip("abcde", (.5, .6, .7, .8, .9)))]
+    for i, r in enumerate(rows):
+        r["gain_before"], r["readout_before"] = 0.1 * i, 1 - 0.1 * i
+    res = summarise(STUDY, 5.0, rows)
+    taus = res.kendall_tau_vs_fidelity
+    assert taus["gain_before"] == pytest.approx(1.0) and taus["readout_before"] == pytest.approx(-1.0)
+    assert taus["fidelity_before"] == pytest.approx(1.0)
+    for r in rows[:3]:
+        del r["gain_before"]
+    assert summarise(STUDY, 5.0, rows).kendall_tau_vs_fidelity["gain_before"] is None
+
+
 def test_a_family_winner_is_said_so() -> None:
     rows = [row("trial-3", "search", 0.0, [(10, 0.60), (20, 0.70)]), row("spread-2", "spread", 0.0, [(10, 0.65), (20, 0.74)])]
     res = summarise(STUDY, 5.0, rows)

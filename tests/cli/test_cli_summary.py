@@ -32,15 +32,15 @@ def test_summary_says_who_won_by_the_paired_interval_the_rounds_and_the_runtime(
     row = _row(5.0, 4.77, False) | {
         "margin": {"rival": "truncated-1", "rival_origin": "truncated", "steps": 24, "fidelity": 0.632,
                    "rival_fidelity": 0.567, "delta": 0.065, "delta_interval": [0.041, 0.088], "beyond_interval": True},
-        "rounds": [[12, 5], [24, 3]], "proxy_tau": 0.8}
+        "rounds": [[12, 5], [24, 3]], "proxy": "gain", "proxy_tau": 0.8}
     summary = {"study": "s", "out": "o", "pareto_png": "o/pareto.png", "seconds": 1.0, "stages": [], "students": [row],
                "runtime": "onnxruntime-int8"}
     text = run_table(RunResult.model_validate(summary))
     assert ("5 ms: a searched point won, trial-3; fidelity 0.632 against 0.567 of the best hand-designed student "
             "(truncated-1) after 24 steps of the finalists' distillation (+0.065, paired 90% interval +0.041 to "
             "+0.088 over the held-out texts: beyond noise)") in text
-    assert ("5 ms finalists: 5 distilled 12 steps, 3 distilled 24 steps; the zero-step proxy's Kendall tau against "
-            "the first round: 0.80; trial-3 measured 4.50 ms in their timing run, judged 4.50 ms") in text
+    assert ("5 ms finalists: 5 distilled 12 steps, 3 distilled 24 steps; the search's proxy (gain) at zero steps, its "
+            "Kendall tau against the first round: 0.80; trial-3 measured 4.50 ms in their timing run, judged 4.50 ms") in text
     assert "measured 5.25 ms (ONNX Runtime int8)" in text and "ms: ONNX Runtime int8, batch 1" in text
 
 

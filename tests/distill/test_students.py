@@ -236,3 +236,30 @@ def test_the_teacher_cache_changes_no_result_and_runs_the_teacher_once_per_batch
     assert cache.misses == 3 and cache.hits == 3 and 0 < cache.bytes <= 1024 * 2**20
     assert n_cached == n_plain - 3  # the second run's three training batches: no teacher pass
     assert empty.bytes == 0 and n_tight == n_plain
+
+
+def test_a_finalists_start_is_scored_by_every_zero_step_proxy(searched_tiny, tmp_path):
+    """A short distillation records its start's fidelity and, on 64 held-out texts or more, the readout proxies
+    (`search.proxy` readout and gain) from the same vectors, the embeddings pooled as the teacher pools them beside;
+    on fewer, only the fidelity (as the search, which asks for 64)."""
+    from nas_bert.choose import Candidate
+    from nas_bert.choose.candidates import search_candidates
+    from nas_bert.choose.finalists import short_distill
+    from nas_bert.distill import StudentContext
+    from nas_bert.evaluate import readout_fidelity, readout_gain
+
+    file = copy_study(searched_tiny, tmp_path)
+    arch = search_candidates(Database(load_study(file).db_url), load_study(file), 5.0)[0].arch
+    few, many = (StudentContext.open(load_study(file, overrides={"distill.val_batches": n})) for n in (2, 16))
+    cand = Candidate("s", "search", arch, None, {})
+    small = short_distill(few, cand, 2, final=False)
+    assert "fidelity_before" in small and "readout_before" not in small and "gain_before" not in small
+    big = short_distill(many, cand, 2, final=False)
+    objective = many.objective(arch, [1] * len(distill_points(arch)), 16, many.study.cfg.distill.batch_size)
+    emb = objective.embeddings_vectors()
+    start = many.start(arch, cand.origin, many.study.cfg.distill.freeze_embeddings)
+    s_vecs, t_vecs = objective.vectors(start)
+    assert emb.shape == t_vecs.shape == s_vecs.shape and len(emb) == 64
+    assert big["readout_before"] == pytest.approx(readout_fidelity(s_vecs, t_vecs), abs=1e-4)
+    assert big["gain_before"] == pytest.approx(readout_gain(s_vecs, emb, t_vecs), abs=1e-4)
+    assert readout_gain(emb, emb, t_vecs) == pytest.approx(0.0, abs=1e-6)  # the embeddings alone add nothing
