@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
 
 from nas_bert.choose import Finalist, FinalistsResult, Margin, TruncatedReference, choose, truncated_reference
-from nas_bert.choose.ranking import ZERO_STEP, rounds_seen
+from nas_bert.choose.ranking import ZERO_STEP, rounds_seen, zero_step_proxy
 from nas_bert.data import corpus_identity
 from nas_bert.data.tasks import check_study_data, data_identity
 from nas_bert.distill import DistillResult, MappingResult, distill_student, map_student_layers, mapping_summary
@@ -443,7 +443,7 @@ def run_study(study: Study, out: Path | None = None, echo: Callable[[str], None]
                                           "accuracy_ratio_low", "accuracy_ratio_high", "label_loyalty", "probability_loyalty")},
             truncated=ref, folder=str(out / m.name) if m else None, margin=s.finalists.margin,
             rounds=rounds_seen(s.finalists, study.cfg.search.finalist_steps), mapping=mapping_summary(s.mapping, s.distill),
-            proxy=(p := study.cfg.search.proxy), proxy_tau=s.finalists.kendall_tau_vs_fidelity.get(ZERO_STEP[p]),
+            proxy=(p := zero_step_proxy(study)), proxy_tau=s.finalists.kendall_tau_vs_fidelity.get(ZERO_STEP[p]),
             **{k: v for k in ("tasks", "pairs", "ood") if (v := getattr(e, k)) is not None}))
     stages = [StageRecord(stage=n, key=k, seconds=round(sec, 1), skipped=sk) for n, k, sec, sk in r.done]
     return RunResult(study=study.name, out=str(out), pareto_png=str(out / "pareto.png"), students=rows, runtime=runtime,

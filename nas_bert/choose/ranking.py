@@ -12,7 +12,7 @@ from pydantic import ConfigDict
 
 from nas_bert.evaluate import paired_interval
 from nas_bert.record import Record
-from nas_bert.search import SearchResult, kendall_tau
+from nas_bert.search import SearchResult, kendall_tau, proxy_of
 from nas_bert.study import Study
 
 PAIRED_LEVEL = 0.9  # the level of the paired interval that says whether the budget's winner won beyond noise
@@ -21,6 +21,12 @@ PAIRED_LEVEL = 0.9  # the level of the paired interval that says whether the bud
 # a finalist's zero-step figures, by the search.proxy each stands for (`zero_step_proxies`)
 ZERO_STEP = {"fidelity": "fidelity_before", "readout": "readout_before", "gain": "gain_before"}
 BEFORE_KEYS = tuple(ZERO_STEP.values())
+
+
+def zero_step_proxy(study: Study) -> str:
+    """The search's proxy as a key of `ZERO_STEP` (auto as it resolves; blocks, scored on block states, by the
+    fidelity, the zero-step figure nearest it)."""
+    return p if (p := proxy_of(study)) in ZERO_STEP else "fidelity"
 
 
 # -- the result ---------------------------------------------------------------------------------------
