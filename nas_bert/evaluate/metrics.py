@@ -4,12 +4,13 @@ predictions (Xu et al. 2021), and the bootstrap interval of a fidelity."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.spatial.distance import jensenshannon
-from scipy.stats import spearmanr
+from scipy.stats import ConstantInputWarning, spearmanr
 
 
 def mean_pool(last_hidden_state: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -49,12 +50,15 @@ def fidelity(student_vecs: torch.Tensor, teacher_vecs: torch.Tensor, centered: b
     """Spearman correlation of the pairwise cosine similarities (upper triangle): width-free agreement.
 
     Centred by default: mean-pooled BERT states share a large common direction (anisotropy) that
-    pushes every cosine towards 1 and drowns the geometry both models are compared on.
+    pushes every cosine towards 1 and drowns the geometry both models are compared on. Vectors with no geometry
+    (every pair alike: a student that maps every text to one point) have none to agree on: NaN, without a warning.
     """
     if len(student_vecs) != len(teacher_vecs) or len(student_vecs) < 3:
         raise ValueError("fidelity needs the same texts (at least 3) for student and teacher")
-
-    return float(spearmanr(_pair_sims(student_vecs, centered).numpy(), _pair_sims(teacher_vecs, centered).numpy()).statistic)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConstantInputWarning)
+        return float(spearmanr(_pair_sims(student_vecs, centered).numpy(),
+                               _pair_sims(teacher_vecs, centered).numpy()).statistic)
 
 
 def readout_fidelity(student_vecs: torch.Tensor, teacher_vecs: torch.Tensor, alpha: float = 1.0, folds: int = 2,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -52,3 +54,16 @@ def test_the_gain_scores_only_what_a_student_adds_over_the_embeddings() -> None:
     assert 0.4 < half < 0.9
     # the plain readout already ranks the embeddings alone high: what the gain leaves out
     assert readout_fidelity(emb, t, a) > 0.5
+
+
+def test_vectors_with_no_geometry_have_no_fidelity_and_no_warning() -> None:
+    """Every text at one point (an all-identity student's gain over the embeddings): NaN, the gain 0, silently."""
+    import warnings
+
+    from nas_bert.evaluate import readout_gain
+
+    emb, t = _vectors(0), _vectors(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert math.isnan(fidelity(torch.ones_like(t), t))
+        assert readout_gain(emb, emb, t) == 0.0
