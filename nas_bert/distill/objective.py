@@ -105,7 +105,10 @@ def check_mapping(mapping: list[int], arch: Architecture, n_layers: int) -> list
 class DistillModule(nn.Module):
     """The student plus what only distillation needs: projections to the teacher's width.
 
-    Attention inputs are captured with forward pre-hooks so the student's own code stays plain.
+    Attention inputs are captured with forward pre-hooks so the student's own code stays plain, registered for the
+    length of one forward only: a hook left on the student would make it reference this module (a cycle that only
+    the garbage collector frees, a student at a time) and, in a copy of the student (`finetune`'s), keep every
+    attention input of every step with its graph.
     """
 
     def __init__(self, student: NasBertModel, arch: Architecture, teacher_width: int) -> None:
@@ -127,17 +130,17 @@ class DistillModule(nn.Module):
                 i += 1
                 if layer.kind == "mha":
                     self.mha_layers.append((i, layer))
-                    layer.register_forward_pre_hook(self._capture)
-        self._inputs: list[Tensor] = []
-
-    def _capture(self, module: nn.Module, args: tuple[Any, ...]) -> None:
-        self._inputs.append(args[0])
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> dict[str, Any]:
-        self._inputs = []
-        out = self.student(input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        inputs: list[Tensor] = []
+        hooks = [layer.register_forward_pre_hook(lambda _m, args: inputs.append(args[0])) for _, layer in self.mha_layers]
+        try:
+            out = self.student(input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        finally:
+            for h in hooks:
+                h.remove()
         qkv = []
-        for (idx, layer), x in zip(self.mha_layers, self._inputs, strict=True):
+        for (idx, layer), x in zip(self.mha_layers, inputs, strict=True):
             qkv.append((idx, layer.query(x), layer.key(x), layer.value(x)))  # each (B, T, h)
         return {"hidden_states": out.hidden_states, "last": out.last_hidden_state, "qkv": qkv}
 

@@ -107,6 +107,30 @@ def _masked_mse(a, b, mask):
     return float((per_token * mask).sum() / mask.sum())
 
 
+def test_the_student_keeps_no_hook_of_its_distillation(student_and_objective):
+    """The attention inputs are captured for one forward only: afterwards the student has no hook, a copy of it (as
+    fine-tuning makes) holds nothing of the distillation, and the wrapper is freed without the garbage collector."""
+    import copy
+    import gc
+    import weakref
+
+    module, objective, batch, _ = student_and_objective
+    out = module(batch["input_ids"], batch["attention_mask"])
+    assert [idx for idx, *_ in out["qkv"]] == [1]  # the one attention sublayer's inputs were captured
+    assert not any(m._forward_pre_hooks for m in module.student.modules())
+    copied = copy.deepcopy(module.student)
+    assert not any(isinstance(m, DistillModule) for m in gc.get_referents(*copied.modules()))
+    gc.disable()
+    try:
+        wrapper = DistillModule(module.student, objective.arch, 32)
+        wrapper(batch["input_ids"], batch["attention_mask"])
+        gone = weakref.ref(wrapper)
+        del wrapper
+        assert gone() is None  # no cycle through the student's hooks keeps it
+    finally:
+        gc.enable()
+
+
 def test_each_loss_term_matches_a_hand_computed_reference(student_and_objective, tiny_teacher):
     module, objective, batch, mapping = student_and_objective
     module.eval()
