@@ -145,7 +145,8 @@ def short_distill(ctx: StudentContext, cand: Candidate, steps: int, final: bool 
     before = {"step": 0, **objective.validate(module)}
     start_vectors = objective.last_vectors
     keeper.offer(module, before)
-    zero = zero_step_proxies(*start_vectors, objective.embeddings_vectors())
+    # a continued round starts from trained weights: the zero-step figures are the first round's alone
+    zero = {} if done else zero_step_proxies(*start_vectors, objective.embeddings_vectors())
     t0 = time.perf_counter()
     train_loop(model=module, objective=objective, dataset=ctx.corpus["train"], collator=ctx.collator, cfg=cfg,
                total_steps=todo, ckpts=None, accelerator=make_accelerator(ctx.study.device()), meta={},
@@ -268,8 +269,8 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
         kept = {k: v for k, v in kept.items() if k[0] in alive}  # the others train no further
         steps = cfg.finalist_steps * 2 ** r
         for name in tqdm(alive, desc=f"finalists {budget_ms:g} ms, round {r + 1} ({steps} steps)", disable=not progress):
-            results[name] = {**results[name], **_round(ctx, study, budget_ms, by_name[name], protocol, steps, True,
-                                                       kept)}
+            results[name] = {**results[name], **_round(ctx, study, budget_ms, by_name[name], protocol, steps,
+                                                       kept=kept)}
     return summarise(study, budget_ms, list(results.values())).model_copy(update={"timing": timing})
 
 

@@ -38,7 +38,7 @@ class Finalist(Record):
     model_config = ConfigDict(extra="allow")
     absent_unless_given: ClassVar[frozenset[str]] = frozenset({
         "predicted_ms", "approx_loss", "rescored_loss", "approx_rank", "reserve", "predicted_now_ms", "judged_ms",
-        "fidelity_before", "readout_before", "gain_before", "fidelity", "fidelity_interval", "fidelity_bootstrap", "best_step", "seconds",
+        *BEFORE_KEYS, "fidelity", "fidelity_interval", "fidelity_bootstrap", "best_step", "seconds",
         "scored_at_budget_ms", "rounds", "probe"})
 
     name: str
