@@ -91,3 +91,19 @@ class EvalConfig(_Strict):
     @classmethod
     def _names(cls, v: list[Any], info: ValidationInfo) -> list[Any]:
         return _unique_names(v, f"evaluate.{info.field_name}")
+
+
+class ChooseProtocol(_Strict):
+    """`search.choose_protocol`: the evaluation's protocol as the finalists' choice uses it (search.choose_by's
+    linear probes and fine-tuning on the validation split), with the fields given here changed; none: the
+    evaluation's own. Choosing on a shorter fine-tuning than the exported students are judged by saves hours; the
+    choice's fine-tuning and its data enter the search's key, so changing only the evaluation redoes only the
+    evaluation."""
+
+    finetune_steps: int | None = Field(None, ge=1)
+    max_train_examples: int | None = Field(None, ge=1)
+    max_eval_examples: int | None = Field(None, ge=1)
+
+    def applied_to(self, evaluate: EvalConfig) -> EvalConfig:
+        """`evaluate` with this protocol's fields in place of its own."""
+        return evaluate.model_copy(update=self.model_dump(exclude_none=True))

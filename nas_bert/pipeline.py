@@ -99,12 +99,10 @@ def section_inputs(study: Study, sections: tuple[str, ...], timed: bool) -> dict
     """Fingerprints of a stage's study sections (and of the latency device where it times anything)."""
     cfg = study.cfg.model_dump(mode="json")
     # a stage of one budget is keyed by it (adding a budget redoes nothing); reserve_grows by the finalists alone
-    for k in ("budgets_ms", "budgets_x", "reserve_grows"):
+    for k in ("budgets_ms", "budgets_x", "reserve_grows", *([] if cfg["search"]["local_moves"] else ["local_moves"])):
         cfg["search"].pop(k)
     if not cfg["search"]["shrink_every"]:  # added later: off, it leaves the keys of studies made before it as they were
         cfg["search"].pop("shrink_every"), cfg["search"].pop("shrink_min_uses")
-    if not cfg["search"]["local_moves"]:
-        cfg["search"].pop("local_moves")
     for k in STUDY_DATA_KEYS:  # the study's own tasks, pair sets and out-of-domain texts: none, no key changes
         if not cfg["evaluate"][k]:
             cfg["evaluate"].pop(k)
@@ -112,10 +110,11 @@ def section_inputs(study: Study, sections: tuple[str, ...], timed: bool) -> dict
             cfg["evaluate"][k] = [{**d, "content": data_identity(d)} for d in cfg["evaluate"][k]]
     if cfg["latency"]["runtime"] == "torch":  # added later: PyTorch's budgets keep the keys they had
         cfg["latency"].pop("runtime")
-    by = cfg["search"].pop("choose_by")  # added later, like shrinking: at its default it changes no key
-    if by != "fidelity":  # the finalists are then ranked on the tasks' data too (fine-tuned: by the evaluation's protocol)
+    by, own = cfg["search"].pop("choose_by"), cfg["search"].pop("choose_protocol")  # added later: default, no key
+    if by != "fidelity":  # the finalists are then ranked on the tasks' data too (fine-tuned: by the choice's protocol)
+        ev = cfg["evaluate"] | {k: v for k, v in own.items() if v is not None}  # the evaluation's, own fields changed
         cfg["search"] |= {"choose_by": by, "choose_by_tasks": cfg["evaluate"].get("tasks", []),
-                          **({"choose_by_protocol": cfg["evaluate"]} if "finetune:" in json.dumps(by) else {})}
+                          **({"choose_by_protocol": ev} if "finetune:" in json.dumps(by) else {})}
     out = {k: fingerprint(cfg[k]) for k in sections}
     if timed:
         out["device"] = device_fingerprint(study.cfg.latency)

@@ -14,7 +14,7 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from nas_bert.errors import NasBertError
-from nas_bert.evaluation_config import EvalConfig, StrictModel
+from nas_bert.evaluation_config import ChooseProtocol, EvalConfig, StrictModel
 from nas_bert.shipped import shipped_file, shipped_names
 from nas_bert.space import SearchSpace, TeacherShape, load_space
 from nas_bert.store import atomic_write_text, parse_mapping, read_mapping, validate
@@ -40,9 +40,7 @@ class CorpusConfig(_Strict):
     @property
     def resolved_text_column(self) -> str:
         """The text column actually used."""
-        if self.text_column is not None:
-            return self.text_column
-        return "gloss" if self.name == "wordnet" else "text"
+        return self.text_column or ("gloss" if self.name == "wordnet" else "text")
 
 
 # the export's measured variant that each runtime's budget judges (nas_bert.json's "measured_ms"), and its name
@@ -183,6 +181,7 @@ class SearchConfig(_Strict):
                                               "validation split after the evaluation's fine-tuning, in the rounds "
                                               "after the first; NAME a task of evaluate.tasks or wordnet) or a weighted mix, "
                                               "{fidelity: 1, finetune:wordnet: 1}")
+    choose_protocol: ChooseProtocol = Field(default_factory=ChooseProtocol, description=ChooseProtocol.__doc__)
 
     @field_validator("choose_by")
     @classmethod

@@ -76,7 +76,7 @@ from nas_bert.evaluate import (
 )
 from nas_bert.evaluate.evaluation import protocol_hash as protocol_of_task
 from nas_bert.evaluate.evaluation import task_name
-from nas_bert.evaluation_config import TaskData
+from nas_bert.evaluation_config import EvalConfig, TaskData
 from nas_bert.latency import device_fingerprint, ensure_latency_model
 from nas_bert.search import latency_error
 from nas_bert.space import Architecture, families
@@ -94,10 +94,15 @@ def protocol_hash(study: Study, checkpoint_sha: str) -> str:
     blob: dict[str, Any] = {"steps": cfg.search.finalist_steps, "distill": cfg.distill.model_dump(mode="json"),
                             "corpus": cfg.corpus.model_dump(mode="json"), "teacher": cfg.teacher, "supernet": checkpoint_sha}
     if probed := _probed_tasks(study):  # choose_by a task: its probes are part of every finalist's score
-        blob["probes"] = [protocol_of_task(cfg.evaluate, t) for t in probed]
+        blob["probes"] = [protocol_of_task(choosing(study), t) for t in probed]
     if tuned := _finetuned_tasks(study):  # and its fine-tuning, in every round after the first
-        blob["finetuned"] = [protocol_of_task(cfg.evaluate, t) for t in tuned]
+        blob["finetuned"] = [protocol_of_task(choosing(study), t) for t in tuned]
     return json_hash(blob)
+
+
+def choosing(study: Study) -> EvalConfig:
+    """search.choose_by's protocol for probes and fine-tuning: the evaluation's, search.choose_protocol's in place."""
+    return study.cfg.search.choose_protocol.applied_to(study.cfg.evaluate)
 
 
 def _probed_tasks(study: Study, kind: str = "task") -> list[TaskData | str]:
@@ -159,7 +164,7 @@ def short_distill(ctx: StudentContext, cand: Candidate, steps: int, final: bool 
     boot = fidelity_bootstrap(s_vecs, t_vecs)  # the same texts and resamples for every finalist: pairs up
     lo, hi = bootstrap_interval(boot)  # fidelity_interval's, from the values in hand
     # choose_by a task: a linear probe on the kept weights' frozen sentence vectors
-    ev, dev = ctx.study.cfg.evaluate, ctx.study.device()
+    ev, dev = choosing(ctx.study), ctx.study.device()
     probe = {f"task:{task_name(t)}": linear_probe(module.student, ctx.teacher.tokenizer, ctx.teacher, ev, t, dev)
              for t in _probed_tasks(ctx.study)}
     if final:  # choose_by finetune:NAME: the kept weights fine-tuned as the evaluation does, scored on validation

@@ -70,7 +70,7 @@ def test_absent_keys_leave_fingerprints_and_protocol_as_they_were(tiny_study_fil
     cfg = study.cfg.model_dump(mode="json")
     for k in ("tasks", "pairs", "ood"):
         cfg["evaluate"].pop(k)
-    cfg["search"].pop("choose_by")
+    cfg["search"].pop("choose_by"), cfg["search"].pop("choose_protocol")
     for k in ("budgets_ms", "budgets_x", "shrink_every", "shrink_min_uses", "local_moves", "reserve_grows"):
         cfg["search"].pop(k)
     cfg["latency"].pop("runtime")
@@ -122,6 +122,28 @@ def test_choose_by_must_name_a_task_of_the_study(tiny_study_file):
     assert section_inputs(tuned, ("search",), False) != section_inputs(
         _study(tiny_study_file, **{"search.choose_by": {"fidelity": 1.0, "finetune:wordnet": 1.0},
                                    "evaluate.finetune_steps": 7}), ("search",), False)  # its protocol keys the choice
+
+
+def test_choose_protocol_keys_the_choice_and_leaves_the_evaluation_its_own(tiny_study_file):
+    """search.choose_protocol: the choice's fine-tuning is its own, so the evaluation's may change without redoing
+    the search and the finalists, and a changed choice protocol redoes them."""
+    from nas_bert.choose import finalists
+
+    by = {"search.choose_by": {"fidelity": 1.0, "finetune:wordnet": 1.0}}
+    tuned = _study(tiny_study_file, **by)
+    steps = tuned.cfg.evaluate.finetune_steps
+    pinned = _study(tiny_study_file, {"finetune_steps": steps + 90}, **by,
+                    **{"search.choose_protocol": {"finetune_steps": steps}})
+    assert finalists.choosing(pinned).finetune_steps == steps and pinned.cfg.evaluate.finetune_steps == steps + 90
+    assert finalists.choosing(tuned) == tuned.cfg.evaluate  # none given: the evaluation's own
+    assert section_inputs(pinned, ("search",), False) == section_inputs(tuned, ("search",), False)
+    assert section_inputs(pinned, ("evaluate",), False) != section_inputs(tuned, ("evaluate",), False)
+    assert finalists.protocol_hash(pinned, "ckpt") == finalists.protocol_hash(tuned, "ckpt")
+    shorter = _study(tiny_study_file, **by, **{"search.choose_protocol": {"finetune_steps": 2}})
+    assert section_inputs(shorter, ("search",), False) != section_inputs(tuned, ("search",), False)
+    assert finalists.protocol_hash(shorter, "ckpt") != finalists.protocol_hash(tuned, "ckpt")
+    with pytest.raises(NasBertError, match="finetune_steps"):
+        _study(tiny_study_file, **{"search.choose_protocol": {"finetune_steps": 0}})
 
 
 # -- bad data: one line, before any training ----------------------------------------------------------------
@@ -301,9 +323,11 @@ def test_choose_by_a_task_probes_every_finalist_and_picks_the_most_accurate(sear
     assert f"{result.chosen.name} task:topics" in finalists_table(result)
 
 
-def test_choose_by_fine_tuning_scores_the_rounds_after_the_first_and_picks_the_best_mix(searched_tiny, tmp_path):
+def test_choose_by_fine_tuning_scores_the_rounds_after_the_first_and_picks_the_best_mix(searched_tiny, tmp_path,
+                                                                                          monkeypatch):
     """Three rounds: the first (every finalist) without fine-tuning, each later one with it, so the cut after the
-    second keeps the better half by the mix, and the choice is the best mix of the last."""
+    second keeps the better half by the mix, and the choice is the best mix of the last. The fine-tuning is
+    search.choose_protocol's (2 steps), not the evaluation's (40)."""
     from conftest import copy_study
 
     from nas_bert.choose import choose
@@ -312,9 +336,12 @@ def test_choose_by_fine_tuning_scores_the_rounds_after_the_first_and_picks_the_b
     study = load_study(copy_study(searched_tiny, tmp_path), overrides={
         "search.finalist_steps": 2, "search.finalist_rounds": 3, "distill.val_batches": 2,
         "search.choose_by": {"fidelity": 1.0, "finetune:topics": 1.0}, "latency.fresh_process": False,
-        "evaluate.tasks": data["tasks"][:1], "evaluate.finetune_steps": 2, "evaluate.max_train_examples": 32,
-        "evaluate.max_eval_examples": 16})
+        "evaluate.tasks": data["tasks"][:1], "evaluate.finetune_steps": 40, "evaluate.max_train_examples": 32,
+        "evaluate.max_eval_examples": 16, "search.choose_protocol": {"finetune_steps": 2}})
+    steps, real = [], ev.finetune
+    monkeypatch.setattr(ev, "finetune", lambda *a, **k: steps.append(a[4].finetune_steps) or real(*a, **k))
     result = choose(study, 5.0, progress=False)
+    assert steps and set(steps) == {2}
     ok = [r for r in result.finalists if not r.over_budget]
     reached = {n: [r for r in ok if len(r.rounds or [None]) >= n] for n in (1, 2, 3)}
     assert len(reached[1]) > len(reached[2]) > len(reached[3]) > 0 and len(reached[2]) >= 3  # two cuts happened
