@@ -224,13 +224,13 @@ def _export_one(study: Study, m: Member, teacher: Teacher, supernet: Supernet, c
     lat_model = ensure_latency_model(Database(study.db_url), study.space, emb, cfg, progress=False)
     ms, predicted_now = _timed(study, m.budget_ms, arch, folder, emb, lat_model)
     if m.budget_ms is not None and ms["judged_ms"] > m.budget_ms:
-        # judged over in one timing run: a second run confirms it, and the lesser judgement stands (in the demo at
-        # 1e70ac4 one run put the 0.5x student at 0.54x of the reference beside it; a later run of the same folder
-        # put it at 0.45x, the latency model at 0.43x)
-        again = _timed(study, m.budget_ms, arch, folder, emb, lat_model)
-        runs = [ms["judged_ms"], again[0]["judged_ms"]]
-        ms, predicted_now = min((ms, predicted_now), again, key=lambda r: r[0]["judged_ms"])
-        ms["runs_judged_ms"] = runs
+        # judged over in one timing run: two more runs, and the median of the three stands. One run moves by a few
+        # per cent (in the demo at 1e70ac4 one put the 0.5x student at 0.54x of the reference beside it, a later one
+        # at 0.45x); the lesser of two runs let the run that drew low decide (the quality study's 1/8 student: 0.123x
+        # in the finalists' run, 0.127x, 0.130x and 0.132x in the export's)
+        runs = [(ms, predicted_now), *(_timed(study, m.budget_ms, arch, folder, emb, lat_model) for _ in range(2))]
+        ms, predicted_now = sorted(runs, key=lambda r: r[0]["judged_ms"])[1]
+        ms["runs_judged_ms"] = [r[0]["judged_ms"] for r in runs]  # in the order they ran
     # the evaluation of exactly these weights: the distilled folder's, none for supernet slices
     evaluated = _evaluation(study, arch.hash(), distilled["student_path"]) if distilled is not None else {}
     metrics = {"approx_loss": m.row["approx_loss"], "rescored_loss": m.row["rescored_loss"], **checks, **evaluated}
