@@ -108,8 +108,8 @@ def section_inputs(study: Study, sections: tuple[str, ...], timed: bool) -> dict
             cfg["evaluate"].pop(k)
         else:  # an edited data file redoes what was made from it
             cfg["evaluate"][k] = [{**d, "content": data_identity(d)} for d in cfg["evaluate"][k]]
-    if cfg["latency"]["runtime"] == "torch":  # added later: PyTorch's budgets keep the keys they had
-        cfg["latency"].pop("runtime")
+    for k in ("finalist_runs", *(["runtime"] if cfg["latency"]["runtime"] == "torch" else [])):  # PyTorch's: as they were
+        cfg["latency"].pop(k)  # and the finalists' runs key the finalists alone
     by, own = cfg["search"].pop("choose_by"), cfg["search"].pop("choose_protocol")  # added later: default, no key
     if by != "fidelity":  # the finalists are then ranked on the tasks' data too (fine-tuned: by the choice's protocol)
         ev = cfg["evaluate"] | {k: v for k, v in own.items() if v is not None}  # the evaluation's, own fields changed
@@ -155,8 +155,9 @@ class Runner:
         sections = plan_sections if sections is None else sections
         after = tuple((u, _key_of(u, key)) for u in upstream) if after is None else after
         out = {**self.shared(), **section_inputs(self.study, sections, name in TIMED or "latency" in sections)}
-        if name == "finalists" and (grows := self.study.cfg.search.reserve_grows) != SearchConfig().reserve_grows:
-            out["reserve_grows"] = str(grows)  # added later: at its default a finalists' key is as it was
+        c = self.study.cfg  # added later and read by the finalists alone: at their defaults, keys as they were
+        out |= {k: str(v) for k, v, d in (("reserve_grows", c.search.reserve_grows, SearchConfig().reserve_grows),
+                                          ("finalist_runs", c.latency.finalist_runs, 1)) if name == "finalists" and v != d}
         for u, k in after:
             out[f"{u} {k}".rstrip()] = self.recorded(u, k)[0] or "missing"
         return out

@@ -66,10 +66,11 @@ class LatencyConfig(_Strict):
                                        "the teacher's first layers, sliced or pruned, spread over the latency "
                                        "range of each width (the hand-designed students a search seeds and compares with)")
     seed: int = 0
-    fresh_process: bool = Field(default=True, description="time the latency table, its calibration and the "
-                                "finalists' and the export's runs in a new process: one long `nas-bert run` process "
-                                "timed the calibration students 5-12% slower than the students beside them, a new "
-                                "one does not (BENCHMARKS.md)")
+    fresh_process: bool = Field(default=True, description="time the latency table, its calibration and the finalists' "
+                                "and the export's runs in a new process: one long `nas-bert run` process timed the "
+                                "calibration students 5-12% slower than the students beside them (BENCHMARKS.md)")
+    finalist_runs: int = Field(default=1, ge=1, description="timing runs of a budget's finalists, each student judged "
+                               "by its median: of students that pass one run the best tends to be one that drew low")
 
     @model_validator(mode="after")
     def _runtime_on_cpu(self) -> LatencyConfig:

@@ -53,6 +53,7 @@ from nas_bert.choose.timing import (
     predict_now,
     replace_over_budget,
     replace_under_budget,
+    run_tag,
 )
 from nas_bert.data import load_task
 from nas_bert.distill import (
@@ -204,8 +205,7 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
     recipes = {c.arch.hash() for c in family.values()}  # no reserve is a hand-designed point, timed or not
     spare = max(latency_error(lat), 0.03)  # what a student measured past its prediction keeps to spare
     if family:
-        # a searched student that is a hand-designed point (a seed, or found again) is judged as the family
-        # member it is, once
+        # a searched student that is a hand-designed point (a seed, or found again): judged as that member, once
         points = {c.arch.hash(): c for c in family.values()}
         cands = [Candidate(points[c.arch.hash()].name, points[c.arch.hash()].origin, c.arch, c.trial, c.proxies)
                  if c.arch.hash() in points else c for c in cands]
@@ -392,7 +392,7 @@ def truncated_reference(study: Study, budget_ms: float, student_ms: float) -> Tr
     `evaluate` section, the latency device, the budget's finalists and the latency stage."""
     db = Database(study.db_url)
     fp = device_fingerprint(study.cfg.latency)
-    prefix = f"model:{budget_ms:g}:truncated:"
+    prefix = f"model:{run_tag(budget_ms, study.cfg.latency.finalist_runs)}:truncated:"
     with db.session() as s:
         rows = {r.key: r.ms for r in s.scalars(select(LatencyRow).where(
             LatencyRow.fingerprint == fp, LatencyRow.study == study.name, LatencyRow.key.like(f"{prefix}%")))}

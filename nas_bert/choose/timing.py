@@ -5,6 +5,7 @@ on the latency device, and the time a budget judges (at the host's speed when th
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Any
 
 import torch
@@ -67,9 +68,9 @@ def measured_ms(ctx: StudentContext, cands: list[Candidate], budget_ms: float, p
     students are compared within one run only.
     """
     cfg = ctx.study.cfg.latency
-    fp, study = device_fingerprint(cfg), ctx.study.name
-    keys = {c.name: f"model:{budget_ms:g}:{c.origin}:{c.arch.hash()}" for c in cands}
-    tag = f"{budget_ms:g}:{sha256_hex(ctx.study.cfg.teacher, 12)}"
+    fp, study, b = device_fingerprint(cfg), ctx.study.name, run_tag(budget_ms, cfg.finalist_runs)
+    keys = {c.name: f"model:{b}:{c.origin}:{c.arch.hash()}" for c in cands}
+    tag = f"{b}:{sha256_hex(ctx.study.cfg.teacher, 12)}"
     extra = {k: f"{k.removesuffix('_ms')}:{tag}"
              for k in ("drift", "teacher_ms", "reference_ms", "refit_a", "refit_c", "refit_w", "refit_b")}
     with ctx.db.session() as s:
@@ -82,7 +83,8 @@ def measured_ms(ctx: StudentContext, cands: list[Candidate], budget_ms: float, p
         lat = ensure_latency_model(ctx.db, ctx.study.space, emb, cfg, progress=False)
         job = (lat, ctx.study.space, emb, [(c.arch.to_dict(), c.origin) for c in cands], ctx.study.cfg.teacher,
                progress, calibrate)
-        raw = in_fresh_process(time_finalists, *job) if cfg.fresh_process else time_finalists(*job)
+        raw = median_run([in_fresh_process(time_finalists, *job) if cfg.fresh_process else time_finalists(*job)
+                          for _ in range(cfg.finalist_runs)])
         values = {**{keys[c.name]: ms for c, ms in zip(cands, raw, strict=False)}, extra["teacher_ms"]: raw[-1],
                   # the teacher as the budget was set: the space's largest student, timed as at the fit
                   extra["reference_ms"]: reference_time(raw[len(cands):-1], calibrate)}
@@ -105,6 +107,21 @@ def measured_ms(ctx: StudentContext, cands: list[Candidate], budget_ms: float, p
                 LatencyRow.key.in_([*keys.values(), *extra.values()])))})
     return ({name: known[key] for name, key in keys.items() if key in known},
             {k: known.get(key) for k, key in extra.items()})
+
+
+def run_tag(budget_ms: float, runs: int) -> str:
+    """How a budget's finalists' timing rows are keyed: by the budget, and by `latency.finalist_runs` where more
+    than one (a study that changes it times its finalists anew, and one run's rows stay as they were)."""
+    return f"{budget_ms:g}" + (f"/{runs}" if runs > 1 else "")
+
+
+def median_run(runs: list[list[float]]) -> list[float]:
+    """One run's figures from several timing runs of the same models (the teacher last): each model's median time
+    relative to the teacher timed beside it, at the teacher's median time. One run is returned as it is."""
+    if len(runs) == 1:
+        return runs[0]
+    teacher = statistics.median(r[-1] for r in runs)
+    return [statistics.median(r[i] / r[-1] for r in runs) * teacher for i in range(len(runs[0]))]
 
 
 def time_finalists(lat: LatencyModel, space: SearchSpace, emb: Embeddings, cands: list[tuple[dict[str, Any], str]],

@@ -318,7 +318,8 @@ def test_a_baseline_that_scores_best_is_chosen(tiny_study_file):
 def test_finalists_end_to_end_choose_record_and_resume(searched_tiny, tmp_path, monkeypatch):
     study = load_study(copy_study(searched_tiny, tmp_path), overrides={"search.finalist_steps": 2,
                                                                         "distill.val_batches": 2,
-                                                                        "latency.fresh_process": True})
+                                                                        "latency.fresh_process": True,
+                                                                        "latency.finalist_runs": 2})
     fresh = []
 
     def spy(fn, *args):  # the default: the finalists' timing run in a new process
@@ -327,7 +328,7 @@ def test_finalists_end_to_end_choose_record_and_resume(searched_tiny, tmp_path, 
 
     monkeypatch.setattr(T, "in_fresh_process", spy)
     first = choose(study, 5.0, progress=False)
-    assert fresh == ["time_finalists"]
+    assert fresh == ["time_finalists"] * 2  # latency.finalist_runs, each in a new process
     origins = {r.origin for r in first.finalists}
     assert "search" in origins and origins & {"truncated", "uniform"}  # the free students compete too
     # the budget judges each time at the host's speed when the latency model was fitted, as far as the drift
@@ -346,7 +347,7 @@ def test_finalists_end_to_end_choose_record_and_resume(searched_tiny, tmp_path, 
     lat = ensure_latency_model(Database(study.db_url), study.space, load_teacher(study.cfg.teacher).embeddings_spec(),
                                study.cfg.latency, progress=False)
     with Database(study.db_url).session() as sess:  # each calibration student's time in that run is kept
-        kept = sess.scalars(select(LatencyRow.key).where(LatencyRow.key.like("calibration:5:%"))).all()
+        kept = sess.scalars(select(LatencyRow.key).where(LatencyRow.key.like("calibration:5/2:%"))).all()  # 5 ms, 2 runs
     assert len(kept) == len(lat.calibration.points)
     for r in searched:
         arch = A.Architecture.from_json(r.arch_json)

@@ -73,7 +73,7 @@ def test_absent_keys_leave_fingerprints_and_protocol_as_they_were(tiny_study_fil
     cfg["search"].pop("choose_by"), cfg["search"].pop("choose_protocol")
     for k in ("budgets_ms", "budgets_x", "shrink_every", "shrink_min_uses", "local_moves", "reserve_grows"):
         cfg["search"].pop(k)
-    cfg["latency"].pop("runtime")
+    cfg["latency"].pop("runtime"), cfg["latency"].pop("finalist_runs")
     sections = ("evaluate", "search", "latency")
     assert section_inputs(study, sections, False) == {k: fingerprint(cfg[k]) for k in sections}
     old = study.cfg.evaluate.model_dump(mode="json", exclude={"tasks", "pairs", "ood"})

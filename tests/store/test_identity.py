@@ -179,6 +179,7 @@ def _ran(done: list[tuple[str, str, bool]]) -> list[str]:
     ({"distill.lr": 1e-3}, ["finalists", "map-layers", "distill", "evaluate", "export", "reference"]),
     ({"evaluate.finetune_steps": 7}, ["evaluate", "export", "reference"]),
     ({"mapping.population": 6}, ["map-layers", "distill", "evaluate", "export"]),  # the reference is the teacher
+    ({"latency.finalist_runs": 3}, ["finalists", "map-layers", "distill", "evaluate", "export", "reference"]),
     ({"latency.threads": 1}, ["latency", "search", "finalists", "map-layers", "distill", "evaluate", "export",
                               "reference"]),
     ({"corpus.max_seq_length": 24}, ["supernet", "latency", "search", "finalists", "map-layers", "distill",

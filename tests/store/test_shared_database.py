@@ -110,6 +110,42 @@ def test_two_studies_time_their_finalists_apart(tiny_study_file, tmp_path, monke
     assert measure("a") == a and len(runs) == 2  # the first reads its own figures back, timing nothing
 
 
+def test_finalists_timed_in_several_runs_are_judged_by_their_median(tiny_study_file, tmp_path, monkeypatch):
+    """latency.finalist_runs: each student's time is its median over the runs relative to the teacher timed beside
+    it (one run that drew low no longer decides), stored apart from one run's figures, so a study that changes it
+    times its finalists anew and a resumed one reads its own back."""
+    import nas_bert.choose.timing as T
+    from nas_bert.choose.candidates import Candidate
+
+    draws = iter([[1.40, 0.5, 1.0, 10.0], [1.80, 0.5, 1.0, 12.0], [1.50, 0.5, 1.0, 10.0], [1.7, 0.5, 1.0, 10.0]])
+    runs: list[list[float]] = []
+
+    def time_finalists(lat, space, emb, cands, teacher, progress, calibrate=True):
+        runs.append(next(draws))
+        return runs[-1]
+
+    monkeypatch.setattr(T, "ensure_latency_model", lambda *a, **k: None)
+    monkeypatch.setattr(T, "calibration_architectures", lambda *a, **k: None)
+    monkeypatch.setattr(T, "time_finalists", time_finalists)
+    monkeypatch.setattr(T, "in_run", lambda *a: (1.0, SimpleNamespace(a=1.0, c=0.0, w=0.0, b=0.0)))
+    arch = A.Architecture(A.Embeddings(10, 8, 1, 8), (A.Block(8, (A.Op("ffn", inner=8),)),))
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+
+    def measure(n: int):
+        study = load_study(tiny_study_file, url, overrides={"latency.fresh_process": False, "latency.finalist_runs": n})
+        ctx = SimpleNamespace(study=study, db=Database(url), teacher=SimpleNamespace(embeddings_spec=lambda: None))
+        return T.measured_ms(ctx, [Candidate("trial-1", "search", arch)], 5.0, progress=False)
+
+    three = measure(3)
+    assert len(runs) == 3
+    # relative to the teacher: 0.140, 0.150, 0.150 -> 0.150, at the teacher's median 10 ms (the low draw, 1.40, lost)
+    assert three[0]["trial-1"] == pytest.approx(1.5) and three[1]["teacher_ms"] == pytest.approx(10.0)
+    assert measure(3) == three and len(runs) == 3  # resumed: read back, nothing timed
+    one = measure(1)  # one run's rows are another key: timed anew, figures as that run drew them
+    assert len(runs) == 4 and one[0]["trial-1"] == pytest.approx(1.7)
+    assert T.median_run([[2.0, 1.0]]) == [2.0, 1.0] and T.run_tag(5.0, 1) == "5" and T.run_tag(5.0, 3) == "5/3"
+
+
 def test_optuna_tables_created_by_another_process_at_the_same_moment_are_used(tmp_path, monkeypatch) -> None:
     """Two processes creating Optuna's tables in a new database at once: the loser's CREATE collides (a unique
     violation on PostgreSQL); it opens the storage again instead of failing."""
