@@ -78,29 +78,39 @@ def test_a_search_named_before_names_held_the_latency_model_resumes(tiny_study_f
     db.dispose()
 
 
-def test_two_studies_time_their_finalists_apart(tiny_study_file, tmp_path, monkeypatch):
-    """The drift, teacher time and refitted calibration of one study's timing run are never another's."""
+def _timed_finalists(monkeypatch, study_file, url, draws, drift=lambda n: 1.0):
+    """`measured_ms` of one candidate at 5 ms with the timing run faked: `draws(n)` gives the n-th run's figures (the
+    candidate, two calibration students, the teacher), `drift(n)` its drift. Returns measure(overrides) and the runs."""
     import nas_bert.choose.timing as T
     from nas_bert.choose.candidates import Candidate
 
-    runs: list[str] = []
+    runs: list[list[float]] = []
 
     def time_finalists(lat, space, emb, cands, teacher, progress, calibrate=True):
-        runs.append("run")
-        return [4.0 + len(runs), 0.5, 1.0, 9.0]  # the candidate, two calibration students, the teacher
+        runs.append(draws(len(runs) + 1))
+        return runs[-1]
 
     monkeypatch.setattr(T, "ensure_latency_model", lambda *a, **k: None)
     monkeypatch.setattr(T, "calibration_architectures", lambda *a, **k: None)
     monkeypatch.setattr(T, "time_finalists", time_finalists)
-    monkeypatch.setattr(T, "in_run", lambda lat, space, emb, recal, raw: (
-        1.0 + len(runs) / 10, SimpleNamespace(a=1.0, c=0.0, w=0.0, b=0.0)))
+    monkeypatch.setattr(T, "in_run", lambda *a: (drift(len(runs)), SimpleNamespace(a=1.0, c=0.0, w=0.0, b=0.0)))
     arch = A.Architecture(A.Embeddings(10, 8, 1, 8), (A.Block(8, (A.Op("ffn", inner=8),)),))
-    url = f"sqlite:///{tmp_path / 'shared.db'}"
 
-    def measure(name: str):
-        study = load_study(tiny_study_file, url, overrides={"name": name, "latency.fresh_process": False})
+    def measure(overrides: dict):
+        study = load_study(study_file, url, overrides={"latency.fresh_process": False, **overrides})
         ctx = SimpleNamespace(study=study, db=Database(url), teacher=SimpleNamespace(embeddings_spec=lambda: None))
         return T.measured_ms(ctx, [Candidate("trial-1", "search", arch)], 5.0, progress=False)
+
+    return measure, runs
+
+
+def test_two_studies_time_their_finalists_apart(tiny_study_file, tmp_path, monkeypatch):
+    """The drift, teacher time and refitted calibration of one study's timing run are never another's."""
+    measure_as, runs = _timed_finalists(monkeypatch, tiny_study_file, f"sqlite:///{tmp_path / 'shared.db'}",
+                                        lambda n: [4.0 + n, 0.5, 1.0, 9.0], lambda n: 1.0 + n / 10)
+
+    def measure(name: str):
+        return measure_as({"name": name})
 
     a, b = measure("a"), measure("b")
     assert len(runs) == 2  # the second study timed its own run
@@ -115,26 +125,13 @@ def test_finalists_timed_in_several_runs_are_judged_by_their_median(tiny_study_f
     it (one run that drew low no longer decides), stored apart from one run's figures, so a study that changes it
     times its finalists anew and a resumed one reads its own back."""
     import nas_bert.choose.timing as T
-    from nas_bert.choose.candidates import Candidate
 
-    draws = iter([[1.40, 0.5, 1.0, 10.0], [1.80, 0.5, 1.0, 12.0], [1.50, 0.5, 1.0, 10.0], [1.7, 0.5, 1.0, 10.0]])
-    runs: list[list[float]] = []
-
-    def time_finalists(lat, space, emb, cands, teacher, progress, calibrate=True):
-        runs.append(next(draws))
-        return runs[-1]
-
-    monkeypatch.setattr(T, "ensure_latency_model", lambda *a, **k: None)
-    monkeypatch.setattr(T, "calibration_architectures", lambda *a, **k: None)
-    monkeypatch.setattr(T, "time_finalists", time_finalists)
-    monkeypatch.setattr(T, "in_run", lambda *a: (1.0, SimpleNamespace(a=1.0, c=0.0, w=0.0, b=0.0)))
-    arch = A.Architecture(A.Embeddings(10, 8, 1, 8), (A.Block(8, (A.Op("ffn", inner=8),)),))
-    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    draws = [[1.40, 0.5, 1.0, 10.0], [1.80, 0.5, 1.0, 12.0], [1.50, 0.5, 1.0, 10.0], [1.7, 0.5, 1.0, 10.0]]
+    measure_as, runs = _timed_finalists(monkeypatch, tiny_study_file, f"sqlite:///{tmp_path / 'runs.db'}",
+                                        lambda n: draws[n - 1])
 
     def measure(n: int):
-        study = load_study(tiny_study_file, url, overrides={"latency.fresh_process": False, "latency.finalist_runs": n})
-        ctx = SimpleNamespace(study=study, db=Database(url), teacher=SimpleNamespace(embeddings_spec=lambda: None))
-        return T.measured_ms(ctx, [Candidate("trial-1", "search", arch)], 5.0, progress=False)
+        return measure_as({"latency.finalist_runs": n})
 
     three = measure(3)
     assert len(runs) == 3
