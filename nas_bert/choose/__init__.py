@@ -3,10 +3,12 @@ students of a budget, timed end to end (budgets judged as measured), short-disti
 held-out fidelity (`search.choose_by`: or a task's accuracy, probed or fine-tuned, or a mix).
 
 `candidates` (who competes), `timing` (the finalists' timing run and the budget's rules), `finalists`
-(`choose` and its typed result). The room's public names are re-exported here.
+(`choose` and its typed result), `choice` (the budget's recorded choice). The room's public names are
+re-exported here.
 """
 
 from nas_bert.choose.candidates import Candidate, baseline_family, family_to_time
+from nas_bert.choose.choice import chosen_finalist, distill_chosen, latest_choice
 from nas_bert.choose.finalists import (
     Finalist,
     FinalistsResult,
@@ -14,9 +16,7 @@ from nas_bert.choose.finalists import (
     SearchReport,
     TruncatedReference,
     choose,
-    chosen_finalist,
     criterion,
-    distill_chosen,
     summarise,
     truncated_reference,
 )
@@ -30,4 +30,4 @@ from nas_bert.choose.timing import (
     replace_under_budget,
 )
 
-__all__ = ["Candidate", "Finalist", "FinalistsResult", "Margin", "SearchReport", "TruncatedReference", "baseline_family", "budget_fraction", "choose", "chosen_finalist", "criterion", "distill_chosen", "family_to_time", "holds", "host_speed", "judged_ms", "reorders", "replace_over_budget", "replace_under_budget", "summarise", "truncated_reference"]
+__all__ = ["Candidate", "Finalist", "FinalistsResult", "Margin", "SearchReport", "TruncatedReference", "baseline_family", "budget_fraction", "choose", "chosen_finalist", "criterion", "distill_chosen", "family_to_time", "holds", "host_speed", "judged_ms", "latest_choice", "reorders", "replace_over_budget", "replace_under_budget", "summarise", "truncated_reference"]

@@ -57,11 +57,8 @@ from nas_bert.choose.timing import (
 )
 from nas_bert.data import load_task
 from nas_bert.distill import (
-    DistillResult,
     StudentContext,
     distill_points,
-    distill_student,
-    resolve_budget,
     uniform_mapping,
 )
 from nas_bert.errors import NasBertError
@@ -80,8 +77,8 @@ from nas_bert.evaluate.evaluation import task_name
 from nas_bert.evaluation_config import EvalConfig, TaskData
 from nas_bert.latency import device_fingerprint, ensure_latency_model
 from nas_bert.search import latency_error
-from nas_bert.space import Architecture, families
-from nas_bert.store import Database, FinalistRow, LatencyRow, json_hash
+from nas_bert.space import families
+from nas_bert.store import ChoiceRow, Database, FinalistRow, LatencyRow, json_hash
 from nas_bert.study import Study
 from nas_bert.supernet import teacher_initialised, truncated_architecture
 from nas_bert.teacher import load_teacher
@@ -276,7 +273,14 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
         for name in tqdm(alive, desc=f"finalists {budget_ms:g} ms, round {r + 1} ({steps} steps)", disable=not progress):
             results[name] = {**results[name], **_round(ctx, study, budget_ms, by_name[name], protocol, steps,
                                                        kept=kept)}
-    return summarise(study, budget_ms, list(results.values())).model_copy(update={"timing": timing})
+    result = summarise(study, budget_ms, list(results.values())).model_copy(update={"timing": timing})
+    with ctx.db.session() as s:  # the budget's choice: this run's, whatever rows earlier runs left
+        row = s.scalars(select(ChoiceRow).where(ChoiceRow.study == study.name, ChoiceRow.budget_ms == budget_ms)).first()
+        if row is None:
+            row = ChoiceRow(study=study.name, budget_ms=budget_ms)
+            s.add(row)
+        row.protocol_hash, row.result_json = protocol, result.model_dump_json()
+    return result
 
 
 def _round(ctx: StudentContext, study: Study, budget_ms: float, c: Candidate, protocol: str, steps: int,
@@ -411,40 +415,5 @@ def truncated_reference(study: Study, budget_ms: float, student_ms: float) -> Tr
                               **agreement(student, teacher.tokenizer, teacher, cfg, texts, study.device()))
 
 
-def chosen_finalist(db: Database, study: Study, budget_ms: float) -> Finalist | None:
-    """The budget's student recorded by the latest finalists' run (None before stage 5 ran)."""
-    with db.session() as s:
-        rows = s.scalars(select(FinalistRow).where(FinalistRow.study == study.name, FinalistRow.budget_ms == budget_ms)
-                         .order_by(FinalistRow.id)).all()
-    if not rows:
-        return None
-    latest = rows[-1].protocol_hash
-    found = []
-    for r in rows:
-        if r.protocol_hash != latest:
-            continue
-        m = json.loads(r.metrics_json)
-        if m.get("rounds"):  # the row's own figures are its first round's: the choice ranked by its last
-            last = m["rounds"][-1]
-            m = {**m, **{k: last[k] for k in SCORE_KEYS if k in last and k not in BEFORE_KEYS}}
-        cand = Candidate(r.name, r.origin, Architecture.from_json(r.arch_json), r.trial_number)
-        found.append({**cand.to_dict(), **m, "measured_ms": r.measured_ms,
-                      "over_budget": bool(m.get("over_budget"))})
-    return summarise(study, budget_ms, found).chosen if found else None
-
-
-def distill_chosen(study: Study, budget: float | None = None, steps: int | None = None,
-                   mapping: list[int] | None = None) -> DistillResult:
-    """Stage 7 for the budget's chosen student (the finalists' choice, searched or hand-designed: what `nas-bert
-    run` distils and exports), e.g. again with more steps (a finished one continues); see `distill_student`."""
-    budget = resolve_budget(study, budget)
-    fin = chosen_finalist(Database(study.db_url), study, budget)
-    if fin is None:
-        raise NasBertError(f"the {budget:g} ms budget of study '{study.name}' has no finalists' choice yet; run "
-                           f"`nas-bert run --config {study.file}` first, or pass --trial N (see `nas-bert pareto`)")
-    return distill_student(study, Architecture.from_json(fin.arch_json), fin.origin, budget, fin.trial, steps, mapping)
-
-
-__all__ = ["Finalist", "FinalistsResult", "Margin", "SearchReport", "TruncatedReference", "choose", "chosen_finalist",
-           "distill_chosen",
+__all__ = ["Finalist", "FinalistsResult", "Margin", "SearchReport", "TruncatedReference", "choose",
            "halve", "margin", "protocol_hash", "short_distill", "summarise", "truncated_reference"]

@@ -1,6 +1,6 @@
 """What the service shows of a study's results, computed by the stages' own functions and cached.
 
-Fronts come from `search.pareto_rows` / `chosen_row` and `finalists.chosen_finalist`, the PNG from
+Fronts come from `search.pareto_rows` / `chosen_row` and `choice.chosen_finalist`, the PNG from
 `plots.plot_fronts`, the students from the export's own `index.json`. Polling clients share one
 computation per study and budget at a time (a time-to-live cache that grows with the computation's cost,
 serving the previous value while one caller recomputes), so any number of them costs the search running
@@ -108,7 +108,13 @@ def fastest_ms(db: Database, study: Study) -> float | None:
 
 def _finalists(db: Database, study: Study, budget: float) -> list[dict[str, Any]]:
     """The latest finalists' run of a budget: each student's predicted and measured latency."""
-    with db.session() as s:
+    from nas_bert.choose import latest_choice
+
+    if (choice := latest_choice(db, study, budget)) is not None:  # as that run timed and ranked them
+        return [{"name": f.name, "origin": f.origin, "hash": f.hash, "trial": f.trial, "predicted_ms": f.predicted_ms,
+                 "measured_ms": f.measured_ms, "fidelity": f.fidelity, "over_budget": f.over_budget}
+                for f in choice.finalists]
+    with db.session() as s:  # a database that recorded no choice: the rows of the latest protocol
         rows = s.scalars(select(FinalistRow).where(FinalistRow.study == study.name, FinalistRow.budget_ms == budget)
                          .order_by(FinalistRow.id)).all()
         if not rows:

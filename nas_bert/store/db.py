@@ -8,7 +8,6 @@ JSON goes in text columns so SQLite and PostgreSQL behave the same.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,17 +32,12 @@ from sqlalchemy.exc import ArgumentError, DatabaseError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from nas_bert.errors import NasBertError
+from nas_bert.store.connection import held_job, sqlite_pragmas
 from nas_bert.store.failures import database_error, describe_url, is_corrupt, sqlite_file
 from nas_bert.store.migrations import migrate
 
 # 2: nasbert_latency.study (`migrations`)
 SCHEMA_VERSION = 2
-# The study database URL of a command, when --db is not given: how the service hands a URL (and its password)
-# to the commands it runs without showing it in their argument list, which every user of the machine can read.
-DB_ENV = "NAS_BERT_DB"
-# "<job id>:<lease token>": the service's job a command runs as (`nas-bert worker` sets it, in the environment, as
-# the URL). Its writes of stage results are refused once the job is no longer held under that token.
-JOB_ENV = "NAS_BERT_JOB"
 
 
 def _now() -> str:
@@ -268,6 +262,21 @@ class FinalistRow(Base):
     created_at: Mapped[str] = mapped_column(String(32), default=_now)
 
 
+class ChoiceRow(Base):
+    """Stage 5's choice for one budget: its latest finalists' run as a `FinalistsResult` (JSON). The finalists' rows
+    keep every student scored under a protocol, also one a later run no longer timed or timed over the budget; the
+    export, `nas-bert distill` and the service take the budget's student from here."""
+
+    __tablename__ = "nasbert_choices"
+    __table_args__ = (UniqueConstraint("study", "budget_ms"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    study: Mapped[str] = mapped_column(String(128), index=True)
+    budget_ms: Mapped[float] = mapped_column(Float)
+    protocol_hash: Mapped[str] = mapped_column(String(32))  # the finalists' protocol it ranked by
+    result_json: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[str] = mapped_column(String(32), default=_now, onupdate=_now)
+
+
 class StageRow(Base):
     """`nas-bert run`'s record of a finished stage (key: e.g. the budget), with its summary."""
 
@@ -335,7 +344,7 @@ class Database:
         except (ArgumentError, ModuleNotFoundError) as e:
             raise NasBertError(f"database URL '{url}' is not usable ({e}); use sqlite:///path.db or postgresql+psycopg://...") from None
         if url.startswith("sqlite"):
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "connect", sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         try:
             Base.metadata.create_all(self.engine)
@@ -425,26 +434,5 @@ class Database:
 
 
 # What a stage records as its result, refused once the job a command runs as is no longer its (`JOB_ENV`)
-RESULT_ROWS = (StageRow, SupernetRun, Checkpoint, ArchitectureRow, FinalistRow, MappingEval, DistillRun, ExportRow,
-               EvaluationRow)
-
-
-def held_job() -> tuple[int, str] | None:
-    """The service's job this process runs as, from $NAS_BERT_JOB: (job id, lease token); None outside the service."""
-    value = os.environ.get(JOB_ENV)
-    if not value:
-        return None
-    job_id, _, token = value.partition(":")
-    if not job_id.isdigit() or not token:
-        raise NasBertError(f"${JOB_ENV} is {len(value)} characters but not <job id>:<lease token>; "
-                           "unset it outside `nas-bert worker`")
-    return int(job_id), token
-
-
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    # WAL lets several search workers read while one writes; NORMAL sync is safe under WAL.
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.close()
+RESULT_ROWS = (StageRow, SupernetRun, Checkpoint, ArchitectureRow, FinalistRow, ChoiceRow, MappingEval, DistillRun,
+               ExportRow, EvaluationRow)

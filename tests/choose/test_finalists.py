@@ -486,6 +486,38 @@ def test_a_top_student_measured_over_budget_is_replaced_by_the_next(searched_tin
     assert out.chosen.name != best.name
 
 
+def test_the_budgets_student_is_the_latest_choice_not_an_earlier_runs_row(searched_tiny, tmp_path, monkeypatch):
+    """A second finalists' run times the first run's choice over the budget: the export's, `nas-bert distill`'s and
+    the service's student is the second run's choice, though the first one's row (scored, not over) remains; a
+    database that recorded no choice takes `nas-bert run`'s record of the stage."""
+    from nas_bert.choose import finalists as F
+    from nas_bert.choose import latest_choice
+    from nas_bert.service.results import _finalists
+    from nas_bert.store import ChoiceRow, StageRow
+    study = load_study(copy_study(searched_tiny, tmp_path), overrides={"search.finalist_steps": 2,
+                                                                        "distill.val_batches": 2,
+                                                                        "search.finalist_baselines": False})
+    db, over = Database(study.db_url), set()
+
+    def timed(ctx, cands, budget_ms, progress=True, optional=frozenset(), calibrate=True):
+        return {c.name: 5.5 if c.name in over else 4.5 for c in cands}, {"drift": 1.0, "teacher_ms": 20.0}
+
+    monkeypatch.setattr(F, "measured_ms", timed)
+    first = choose(study, 5.0, progress=False)
+    assert chosen_finalist(db, study, 5.0).name == first.chosen.name
+    over.add(first.chosen.name)
+    second = choose(study, 5.0, progress=False)
+    assert second.chosen.name != first.chosen.name and not second.chosen.over_budget
+    got = chosen_finalist(db, study, 5.0)
+    assert got.name == second.chosen.name and got.measured_ms == 4.5
+    assert {r["name"]: r["over_budget"] for r in _finalists(db, study, 5.0)}[first.chosen.name] is True
+    with db.session() as s:  # no choice recorded (an older database): `nas-bert run`'s record of the stage
+        s.query(ChoiceRow).delete()
+        s.add(StageRow(study=study.name, stage="finalists", key="5ms", config_hash="x", seconds=1.0,
+                       summary_json=json.dumps({"summary": second.model_dump(mode="json"), "inputs": {}})))
+    assert latest_choice(db, study, 5.0).chosen.name == chosen_finalist(db, study, 5.0).name == second.chosen.name
+
+
 def test_a_reserve_over_budget_is_passed_over_for_the_next():
     """Two of the top measure over: the two next reserves the budget holds take their places, in rank order,
     skipping the reserve that is itself over; unused reserves and a student over outside the top change nothing."""
