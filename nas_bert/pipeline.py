@@ -49,7 +49,7 @@ PLAN: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "map-layers": (("mapping", "distill"), ("finalists",)),
     "distill": (("distill",), ("map-layers",)),
     "evaluate": (("evaluate",), ("distill",)),
-    "export": (("latency",), ("evaluate",)),
+    "export": (("latency",), ("evaluate", "finalists")),  # each budget's: its evaluation, the student it exports
     "reference": (("evaluate",), ("finalists", "latency")),
 }
 TIMED = {"latency", "finalists", "export", "reference"}  # their results depend on the machine
@@ -261,7 +261,7 @@ def plan(study: Study, teacher_ms: float | None = None) -> list[tuple[str, str, 
         out += [(n, k, tuple((u, _key_of(u, k)) for u in PLAN[n][1]))
                 for n in ("search", "finalists", "map-layers", "distill", "evaluate")]
     if budgets:
-        out.append(("export", ",".join(f"{b:g}" for b in ms), tuple(("evaluate", k) for k in budgets)))
+        out.append(("export", ",".join(f"{b:g}" for b in ms), tuple((u, k) for k in budgets for u in PLAN["export"][1])))
         out += [("reference", k, (("finalists", k), ("latency", ""))) for k in budgets]
     return out
 
@@ -421,7 +421,7 @@ def run_study(study: Study, out: Path | None = None, echo: Callable[[str], None]
     export_key = ",".join(f"{b:g}" for b in budgets)
     x = r.stage("export", export_key, None, lambda: export_front(study, out, budgets, overwrite=True,
                                                                command=f"nas-bert run --config {study.file}"),
-                ExportResult, after=tuple(("evaluate", f"{b:g}ms") for b in budgets))
+                ExportResult, after=tuple((u, f"{b:g}ms") for b in budgets for u in PLAN["export"][1]))
     measured = {st.hash: st for st in x.students}
     rows = []
     for b, s in sorted(students.items(), key=lambda kv: budgets.index(kv[0])):  # rows in the file's order

@@ -164,7 +164,7 @@ def _run_chain(study, calls: Calls) -> list[tuple[str, str, bool]]:
     r.stage("latency", "", None, calls.fn("latency"), Ran)
     for name in ("search", "finalists", "map-layers", "distill", "evaluate"):
         r.stage(name, "5ms", None, calls.fn(name), Ran)
-    r.stage("export", "5", None, calls.fn("export"), Ran, after=(("evaluate", "5ms"),))
+    r.stage("export", "5", None, calls.fn("export"), Ran, after=tuple((u, "5ms") for u in pipeline.PLAN["export"][1]))
     r.stage("reference", "5ms", None, calls.fn("reference"), Ran)
     r.db.dispose()
     return [(n, k, skipped) for n, k, _, skipped in r.done]
