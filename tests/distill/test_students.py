@@ -184,7 +184,7 @@ def test_distill_without_a_trial_distils_the_budgets_chosen_student(searched, mo
     """No --trial: the budget's chosen student, whatever it is (here a hand-designed winner: the teacher's first
     layer, started from the teacher's weights); before any finalists' choice, a one-line error saying what to run."""
     from nas_bert.choose import Finalist, distill_chosen
-    from nas_bert.choose import finalists as chosen_module
+    from nas_bert.choose import choice as chosen_module
     from nas_bert.choose.candidates import baseline_family
     from nas_bert.distill import StudentContext
 
