@@ -274,12 +274,18 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
             results[name] = {**results[name], **_round(ctx, study, budget_ms, by_name[name], protocol, steps,
                                                        kept=kept)}
     result = summarise(study, budget_ms, list(results.values())).model_copy(update={"timing": timing})
-    with ctx.db.session() as s:  # the budget's choice: this run's, whatever rows earlier runs left
-        row = s.scalars(select(ChoiceRow).where(ChoiceRow.study == study.name, ChoiceRow.budget_ms == budget_ms)).first()
-        if row is None:
-            row = ChoiceRow(study=study.name, budget_ms=budget_ms)
-            s.add(row)
-        row.protocol_hash, row.result_json = protocol, result.model_dump_json()
+    for _ in range(2):  # the budget's choice: this run's, whatever rows earlier runs left
+        try:
+            with ctx.db.session() as s:
+                row = s.scalars(select(ChoiceRow).where(ChoiceRow.study == study.name,
+                                                        ChoiceRow.budget_ms == budget_ms)).first()
+                if row is None:
+                    row = ChoiceRow(study=study.name, budget_ms=budget_ms)
+                    s.add(row)
+                row.protocol_hash, row.result_json = protocol, result.model_dump_json()
+            break
+        except IntegrityError:  # another process sharing the study recorded it first: this run's is written over it
+            continue
     return result
 
 
