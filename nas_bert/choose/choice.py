@@ -7,15 +7,31 @@ import json
 
 from pydantic import ValidationError
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from nas_bert.choose.candidates import Candidate
-from nas_bert.choose.finalists import SCORE_KEYS
-from nas_bert.choose.ranking import BEFORE_KEYS, Finalist, FinalistsResult, summarise
+from nas_bert.choose.ranking import BEFORE_KEYS, SCORE_KEYS, Finalist, FinalistsResult, summarise
 from nas_bert.distill import DistillResult, distill_student, resolve_budget
 from nas_bert.errors import NasBertError
 from nas_bert.space import Architecture
 from nas_bert.store import ChoiceRow, Database, FinalistRow, StageRow
 from nas_bert.study import Study
+
+
+def record_choice(db: Database, study: Study, budget_ms: float, protocol: str, result: FinalistsResult) -> None:
+    """Record a finalists' run's result as the budget's choice, over any earlier run's."""
+    for _ in range(2):
+        try:
+            with db.session() as s:
+                row = s.scalars(select(ChoiceRow).where(ChoiceRow.study == study.name,
+                                                        ChoiceRow.budget_ms == budget_ms)).first()
+                if row is None:
+                    row = ChoiceRow(study=study.name, budget_ms=budget_ms)
+                    s.add(row)
+                row.protocol_hash, row.result_json = protocol, result.model_dump_json()
+            return
+        except IntegrityError:  # another process sharing the study recorded it first: this run's is written over it
+            continue
 
 
 def latest_choice(db: Database, study: Study, budget_ms: float) -> FinalistsResult | None:
@@ -73,4 +89,4 @@ def distill_chosen(study: Study, budget: float | None = None, steps: int | None 
     return distill_student(study, Architecture.from_json(fin.arch_json), fin.origin, budget, fin.trial, steps, mapping)
 
 
-__all__ = ["chosen_finalist", "distill_chosen", "latest_choice"]
+__all__ = ["chosen_finalist", "distill_chosen", "latest_choice", "record_choice"]

@@ -32,8 +32,10 @@ from nas_bert.choose.candidates import (
     search_candidates,
     shrunk_reserves,
 )
+from nas_bert.choose.choice import record_choice
 from nas_bert.choose.ranking import (  # the records and the ranking, re-exported: `choose` returns them
     BEFORE_KEYS,
+    SCORE_KEYS,
     Finalist,
     FinalistsResult,
     Margin,
@@ -78,7 +80,7 @@ from nas_bert.evaluation_config import EvalConfig, TaskData
 from nas_bert.latency import device_fingerprint, ensure_latency_model
 from nas_bert.search import latency_error
 from nas_bert.space import families
-from nas_bert.store import ChoiceRow, Database, FinalistRow, LatencyRow, json_hash
+from nas_bert.store import Database, FinalistRow, LatencyRow, json_hash
 from nas_bert.study import Study
 from nas_bert.supernet import teacher_initialised, truncated_architecture
 from nas_bert.teacher import load_teacher
@@ -274,18 +276,7 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
             results[name] = {**results[name], **_round(ctx, study, budget_ms, by_name[name], protocol, steps,
                                                        kept=kept)}
     result = summarise(study, budget_ms, list(results.values())).model_copy(update={"timing": timing})
-    for _ in range(2):  # the budget's choice: this run's, whatever rows earlier runs left
-        try:
-            with ctx.db.session() as s:
-                row = s.scalars(select(ChoiceRow).where(ChoiceRow.study == study.name,
-                                                        ChoiceRow.budget_ms == budget_ms)).first()
-                if row is None:
-                    row = ChoiceRow(study=study.name, budget_ms=budget_ms)
-                    s.add(row)
-                row.protocol_hash, row.result_json = protocol, result.model_dump_json()
-            break
-        except IntegrityError:  # another process sharing the study recorded it first: this run's is written over it
-            continue
+    record_choice(ctx.db, study, budget_ms, protocol, result)  # this run's, whatever rows earlier runs left
     return result
 
 
@@ -355,8 +346,6 @@ def _stored(db: Database, study: Study, budget_ms: float, name: str, protocol: s
                                                   FinalistRow.name == name, FinalistRow.protocol_hash == protocol)).first()
         return json.loads(row.metrics_json) if row is not None else None
 
-
-SCORE_KEYS = (*BEFORE_KEYS, "fidelity", "fidelity_interval", "fidelity_bootstrap", "best_step", "seconds", "probe")
 
 
 def _scored_elsewhere(db: Database, study: Study, c: Candidate, protocol: str) -> dict[str, Any] | None:

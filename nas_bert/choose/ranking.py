@@ -21,6 +21,8 @@ PAIRED_LEVEL = 0.9  # the level of the paired interval that says whether the bud
 # a finalist's zero-step figures, by the search.proxy each stands for (`zero_step_proxies`)
 ZERO_STEP = {"fidelity": "fidelity_before", "readout": "readout_before", "gain": "gain_before"}
 BEFORE_KEYS = tuple(ZERO_STEP.values())
+# a finalist's figures from one short distillation (a round's), as the rows and the rounds keep them
+SCORE_KEYS = (*BEFORE_KEYS, "fidelity", "fidelity_interval", "fidelity_bootstrap", "best_step", "seconds", "probe")
 
 
 def zero_step_proxy(study: Study) -> str:
