@@ -31,7 +31,7 @@ from nas_bert.evaluation_config import STUDY_DATA_KEYS
 from nas_bert.export import ExportResult, export_front
 from nas_bert.latency import LatencyReport, device_fingerprint, ensure_latency_model, latency_report
 from nas_bert.record import Record
-from nas_bert.search import SearchResult, search
+from nas_bert.search import SearchResult, proxy_identity, search
 from nas_bert.space import Architecture
 from nas_bert.store import Database, StageRow, fingerprint
 from nas_bert.study import RUNTIME_LABEL, RUNTIME_VARIANT, SearchConfig, Study
@@ -103,6 +103,7 @@ def section_inputs(study: Study, sections: tuple[str, ...], timed: bool) -> dict
         cfg["search"].pop(k)
     if not cfg["search"]["shrink_every"]:  # added later: off, it leaves the keys of studies made before it as they were
         cfg["search"].pop("shrink_every"), cfg["search"].pop("shrink_min_uses")
+    cfg["search"]["proxy"] = proxy_identity(study)  # an auto proxy that now resolves to gain: its search is redone
     for k in STUDY_DATA_KEYS:  # the study's own tasks, pair sets and out-of-domain texts: none, no key changes
         if not cfg["evaluate"][k]:
             cfg["evaluate"].pop(k)
@@ -322,8 +323,7 @@ class BudgetStages:
     mapping: MappingResult | None = None
 
     @property
-    def chosen(self) -> Finalist:
-        """The budget's student: the finalists' choice."""
+    def chosen(self) -> Finalist:  # the budget's student: the finalists' choice
         return self.finalists.chosen
 
 

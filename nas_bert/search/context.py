@@ -12,7 +12,7 @@ from nas_bert.search.scoring import BlockScorer, fidelity_proxy, rescore
 from nas_bert.search.storage import load_trained
 from nas_bert.space import Architecture
 from nas_bert.store import Database, fingerprint
-from nas_bert.study import Study
+from nas_bert.study import READOUT_MIN_TEXTS, Study
 from nas_bert.supernet import ValidationCache
 from nas_bert.teacher import Teacher
 
@@ -46,9 +46,23 @@ class SearchContext:
 
 
 def proxy_of(study: Study) -> str:
-    """The study's trial score: `search.proxy`, where auto is fidelity in a space made from the teacher."""
+    """The study's trial score: `search.proxy`, where auto is, in a space made from the teacher, the readout's gain
+    (the best ranker of the finalists: BENCHMARKS.md, bench_proxy.py) where the scored texts are enough to fit its
+    linear map, else the zero-step fidelity; NAS-BERT's block losses in a space file's."""
+    cfg = study.cfg.search
+    if cfg.proxy != "auto":
+        return cfg.proxy
+    if not study.space.layer_slots:
+        return "blocks"
+    return "gain" if cfg.scored_texts() >= READOUT_MIN_TEXTS else "fidelity"
+
+
+def proxy_identity(study: Study) -> str:
+    """`search.proxy` as the stages' identities hold it: as written, but "auto:gain" where auto resolves to the gain
+    (before, auto was always the zero-step fidelity in a space made from the teacher: such a study's search, made by
+    the other proxy, is redone; one whose auto still means the fidelity keeps its identity)."""
     proxy = study.cfg.search.proxy
-    return ("fidelity" if study.space.layer_slots else "blocks") if proxy == "auto" else proxy
+    return "auto:gain" if proxy == "auto" and proxy_of(study) == "gain" else proxy
 
 
 # what a trial's loss and its rescoring are, per proxy: for plot axes and model cards

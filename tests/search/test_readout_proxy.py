@@ -73,3 +73,26 @@ def test_a_trial_is_scored_by_its_readout_gain_over_the_embeddings(tmp_path) -> 
     assert ctx.score(arch) != pytest.approx(1 - readout_fidelity(s, t), abs=1e-6)
     with pytest.raises((NasBertError, ValueError), match="proxy gain fits a linear map on the scored texts, 4 here"):
         _study(tmp_path, proxy="gain")
+
+
+def test_auto_is_the_gain_where_the_scored_texts_fit_its_readout_and_only_such_a_study_searches_anew(tmp_path) -> None:
+    """`search.proxy: auto` in a space made from the teacher: the readout's gain on 64 scored texts or more, the
+    zero-step fidelity on fewer (where no readout can be fitted: no error, unlike an explicit gain); a space file's
+    auto is the block losses. The stages' identity of an auto study changes only where auto now means the gain."""
+    from nas_bert.pipeline import section_inputs
+    from nas_bert.search import proxy_identity, proxy_of
+
+    few = _study(tmp_path, proxy="auto")  # 4 texts scored
+    assert (proxy_of(few), proxy_identity(few)) == ("fidelity", "auto")
+    (tmp_path / "many").mkdir()
+    many = _study(tmp_path / "many", proxy="auto", score_batches=8, rescore_batches=8, batch_size=8)
+    assert (proxy_of(many), proxy_identity(many)) == ("gain", "auto:gain")
+    (tmp_path / "fidelity").mkdir()
+    fid = _study(tmp_path / "fidelity", proxy="fidelity", score_batches=8, rescore_batches=8, batch_size=8)
+    assert proxy_of(fid) == "fidelity" and proxy_identity(fid) == "fidelity"
+    keyed = section_inputs(many, ("search",), timed=False)["search"]
+    (tmp_path / "gain").mkdir()
+    gain = _study(tmp_path / "gain", proxy="gain", score_batches=8, rescore_batches=8, batch_size=8)
+    assert keyed not in {section_inputs(s, ("search",), timed=False)["search"] for s in (fid, gain)}
+    space_file = load_study(ROOT / "studies" / "tiny.yaml")  # the space its YAML names
+    assert proxy_of(space_file) == "blocks" and proxy_identity(space_file) == "auto"
