@@ -45,7 +45,9 @@ from nas_bert.latency.students import (
     calibration_architectures,
     calibration_students,
     in_run,
+    reference_disturbed,
     reference_time,
+    retimed,
     timed_beside,
 )
 from nas_bert.latency.table import (
@@ -89,8 +91,10 @@ __all__ = [
     "operators",
     "output_key",
     "quantize_int8",
+    "reference_disturbed",
     "reference_time",
     "resizes",
+    "retimed",
     "run_delay_ns",
     "runtime_call",
     "runtime_job",
