@@ -133,10 +133,6 @@ class SupernetConfig(TrainConfig):
     )
 
 
-# the fewest texts a readout proxy (readout, gain) fits its cross-fitted linear map on
-READOUT_MIN_TEXTS = 64
-
-
 class SearchConfig(_Strict):
     """Stages 3-5: NAS-BERT's block scores, Optuna over the space, rescoring of the best, the finalists."""
 
@@ -163,9 +159,7 @@ class SearchConfig(_Strict):
         "teacher's states), fidelity (the extracted student's zero-step fidelity of its pooled output to the teacher's "
         "on validation text, 1 - fidelity minimised), readout (the same after a linear map of its vectors into the "
         "teacher's, ridge-fitted on the other half of the texts), gain (what that readout adds over the embeddings' "
-        "own: bench_proxy.py's best ranker); auto: in a space made from the teacher gain where the scored texts "
-        "(score_batches and rescore_batches x batch_size) are READOUT_MIN_TEXTS or more, else fidelity; blocks in a "
-        "space file's")
+        "own: bench_proxy.py's best ranker); auto: gain in a space made from the teacher (fidelity under 64 texts)")
     local_moves: bool = Field(default=False, description="in a space made from the teacher, once the queued points "
                               "are done, the best feasible point by the proxy has every point one step from it that "
                               "fits queued (a layer's heads or neurons one size up or down, a layer dropped or "
@@ -219,13 +213,9 @@ class SearchConfig(_Strict):
                 raise ValueError(f"budget {x:g}x: a fraction of the teacher's latency, > 0 and <= 1 (0.25: a quarter)")
         return v
 
-    def scored_texts(self) -> int:
-        """The texts a trial's score is computed on (the fewer of the score's and the rescore's)."""
-        return min(self.score_batches, self.rescore_batches) * self.batch_size
-
     @model_validator(mode="after")
     def _readout_texts(self) -> SearchConfig:
-        if self.proxy in ("readout", "gain") and (n := self.scored_texts()) < READOUT_MIN_TEXTS:
+        if self.proxy in ("readout", "gain") and (n := min(self.score_batches, self.rescore_batches) * self.batch_size) < 64:
             raise ValueError(f"proxy {self.proxy} fits a linear map on the scored texts, {n} here: give score_batches "
                              "(and rescore_batches) x batch_size >= 64")
         return self

@@ -85,9 +85,9 @@ def measured_ms(ctx: StudentContext, cands: list[Candidate], budget_ms: float, p
         lat = ensure_latency_model(ctx.db, ctx.study.space, emb, cfg, progress=False)
         job = (lat, ctx.study.space, emb, [(c.arch.to_dict(), c.origin) for c in cands], ctx.study.cfg.teacher,
                progress, calibrate)
-        def one_run() -> list[float]:  # a run whose reference disagrees with the teacher beside it: timed again
+        def one_run() -> list[float]:  # a fraction's run whose reference disagrees with the teacher: timed again
             return retimed(lambda: in_fresh_process(time_finalists, *job) if cfg.fresh_process else time_finalists(*job),
-                           lambda r: reference_disturbed(reference_time(r[len(cands):-1], calibrate), r[-1]))
+                           lambda r: not calibrate and reference_disturbed(reference_time(r[len(cands):-1], False), r[-1]))
         raw = median_run([one_run() for _ in range(cfg.finalist_runs)])
         values = {**{keys[c.name]: ms for c, ms in zip(cands, raw, strict=False)}, extra["teacher_ms"]: raw[-1],
                   # the teacher as the budget was set: the space's largest student, timed as at the fit

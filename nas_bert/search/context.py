@@ -12,7 +12,7 @@ from nas_bert.search.scoring import BlockScorer, fidelity_proxy, rescore
 from nas_bert.search.storage import load_trained
 from nas_bert.space import Architecture
 from nas_bert.store import Database, fingerprint
-from nas_bert.study import READOUT_MIN_TEXTS, Study
+from nas_bert.study import Study
 from nas_bert.supernet import ValidationCache
 from nas_bert.teacher import Teacher
 
@@ -45,6 +45,9 @@ class SearchContext:
         return fidelity_proxy(self.scorer.supernet, arch, self.rescore_cache, self.teacher, self.proxy)
 
 
+READOUT_MIN_TEXTS = 64  # the fewest scored texts a readout proxy (readout, gain) fits its linear map on
+
+
 def proxy_of(study: Study) -> str:
     """The study's trial score: `search.proxy`, where auto is, in a space made from the teacher, the readout's gain
     (the best ranker of the finalists: BENCHMARKS.md, bench_proxy.py) where the scored texts are enough to fit its
@@ -54,7 +57,8 @@ def proxy_of(study: Study) -> str:
         return cfg.proxy
     if not study.space.layer_slots:
         return "blocks"
-    return "gain" if cfg.scored_texts() >= READOUT_MIN_TEXTS else "fidelity"
+    scored = min(cfg.score_batches, cfg.rescore_batches) * cfg.batch_size  # what the readout is fitted on
+    return "gain" if scored >= READOUT_MIN_TEXTS else "fidelity"
 
 
 def proxy_identity(study: Study) -> str:
