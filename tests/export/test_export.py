@@ -358,3 +358,26 @@ def test_an_export_judged_over_is_timed_twice_more_and_the_median_stands(searche
     assert lat["judged_ms"] == sorted(lat["runs_judged_ms"])[1]
     assert (lat["runs_judged_ms"][1] > 5.0) == (slow_runs == 2) and lat["runs_judged_ms"][2] < 5.0
     assert st.over_budget == (slow_runs == 2) == (lat["judged_ms"] > 5.0)
+
+
+def test_an_export_run_whose_reference_disagrees_with_the_teacher_is_timed_again(searched, tmp_path, monkeypatch):
+    """A budget given as a fraction judges the export against the reference timed beside it (the teacher's layers as
+    a student, timed alone beside the student); a run where it took twice the PyTorch teacher beside it is timed
+    again, and the run that agrees is the one judged."""
+    from nas_bert.export import folders
+
+    real, refs = folders.time_export, []
+
+    def disturbed_first(*args):
+        ms = real(*args)
+        ms["others"] = [ms["teacher_torch_fp32"] * (2.0 if not refs else 1.0)]  # the reference alone, as timed
+        refs.append(ms["others"][0])
+        return ms
+
+    monkeypatch.setattr(folders, "time_export", disturbed_first)
+    monkeypatch.setattr(folders, "budget_fraction", lambda s, b, f: 0.5 if b == 5.0 else None)
+    summary = export_front(load_study(searched), tmp_path / "out", [5.0])
+    (st,) = summary.students
+    lat = json.loads((tmp_path / "out" / st.name / "nas_bert.json").read_text())["latency"]
+    assert len(refs) >= 2 and lat["budget_x"] == 0.5  # the disturbed run, then one that agrees (more if judged over)
+    assert lat["reference_ms"] != pytest.approx(refs[0]) and lat["reference_ms"] in [pytest.approx(r) for r in refs[1:]]
