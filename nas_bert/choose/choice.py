@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import select
@@ -18,14 +19,16 @@ from nas_bert.store import ChoiceRow, Database, FinalistRow, StageRow
 from nas_bert.study import Study
 
 
+def _choice_row(s: Any, study: Study, budget_ms: float) -> ChoiceRow | None:
+    return s.scalars(select(ChoiceRow).where(ChoiceRow.study == study.name, ChoiceRow.budget_ms == budget_ms)).first()
+
+
 def record_choice(db: Database, study: Study, budget_ms: float, protocol: str, result: FinalistsResult) -> None:
     """Record a finalists' run's result as the budget's choice, over any earlier run's."""
     for _ in range(2):
         try:
             with db.session() as s:
-                row = s.scalars(select(ChoiceRow).where(ChoiceRow.study == study.name,
-                                                        ChoiceRow.budget_ms == budget_ms)).first()
-                if row is None:
+                if (row := _choice_row(s, study, budget_ms)) is None:
                     row = ChoiceRow(study=study.name, budget_ms=budget_ms)
                     s.add(row)
                 row.protocol_hash, row.result_json = protocol, result.model_dump_json()
@@ -38,7 +41,7 @@ def latest_choice(db: Database, study: Study, budget_ms: float) -> FinalistsResu
     """The budget's latest finalists' run as `choose` returned it (None before stage 5 ran; for a database whose
     choice predates its record, `nas-bert run`'s record of the stage, if any)."""
     with db.session() as s:
-        row = s.scalars(select(ChoiceRow).where(ChoiceRow.study == study.name, ChoiceRow.budget_ms == budget_ms)).first()
+        row = _choice_row(s, study, budget_ms)
         stage = None if row is not None else s.scalars(select(StageRow).where(
             StageRow.study == study.name, StageRow.stage == "finalists", StageRow.key == f"{budget_ms:g}ms")).first()
         blob = row.result_json if row is not None else stage.summary_json if stage is not None else None

@@ -347,7 +347,6 @@ def _stored(db: Database, study: Study, budget_ms: float, name: str, protocol: s
         return json.loads(row.metrics_json) if row is not None else None
 
 
-
 def _scored_elsewhere(db: Database, study: Study, c: Candidate, protocol: str) -> dict[str, Any] | None:
     """The short distillation's result for the same student (architecture and starting weights) under the
     same protocol at another budget of the study: the same computation, so it is not run twice."""
