@@ -9,7 +9,8 @@ Each protocol is STEPS:TRAIN (fine-tuning steps, training examples of the study'
 supersenses by default); everything else is the study's `evaluate` recipe (rates, batch, warm-up, sequence
 length). Every model of a protocol and seed sees the same examples in the same order and is tested on the same
 --test texts, so retention (student / teacher accuracy, same protocol and seed) pairs up. The students are the
-export folder's (index.json), as a user loads them. A short fine-tuning measures how fast a model adapts more
+export folder's (index.json), as a user loads them (--budgets: only those budgets'), and any other student folders
+named by --models (e.g. bench_baselines.py's family members), fine-tuned beside them. A short fine-tuning measures how fast a model adapts more
 than what it reaches: if the teacher gains with more steps, so can retention.
 """
 
@@ -40,6 +41,9 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1", help="fine-tuning seeds (head, dropout, order), comma-separated")
     p.add_argument("--test", type=int, default=5000, help="test (and validation) examples of the task")
     p.add_argument("--export", default=None, help="the export folder (default: the study's)")
+    p.add_argument("--budgets", default="", help="only the exported students of these budgets (ms, comma-separated)")
+    p.add_argument("--models", default="", help="more student folders, NAME=PATH, comma-separated (e.g. "
+                   "spread-3=studies/quality/baselines/spread-3/<run>/student)")
     args = p.parse_args()
     study = load_study(args.config)
     folder = Path(args.export) if args.export else study.workdir / "export"
@@ -49,7 +53,13 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",") if s]
     teacher = load_teacher(study.cfg.teacher, "cpu")
     index = sorted(json.loads((folder / "index.json").read_text())["students"], key=lambda s: s["budget_ms"])
-    models = {"teacher": teacher.encoder, **{s["name"]: load_student(folder / s["name"]).eval() for s in index}}
+    if budgets := [float(b) for b in args.budgets.split(",") if b]:
+        index = [s for s in index if any(abs(s["budget_ms"] - b) < 1e-6 for b in budgets)]
+    if bad := [m for m in args.models.split(",") if m and "=" not in m]:
+        raise SystemExit(f"--models takes NAME=PATH entries; {bad[0]!r} has no '='")
+    extra = dict(m.split("=", 1) for m in args.models.split(",") if m)
+    models = {"teacher": teacher.encoder, **{s["name"]: load_student(folder / s["name"]).eval() for s in index},
+              **{name: load_student(path).eval() for name, path in extra.items()}}
     task = tasks_to_run(study.cfg.evaluate, None)[0]
     acc: dict[tuple[int, int, int], dict[str, float]] = {}
     seconds: dict[str, float] = {}
