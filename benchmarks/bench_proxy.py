@@ -13,6 +13,12 @@ teacher's vectors hold beyond those, 0 for the embeddings alone, which a bag of 
 decodability lets the readout overrate; with "readout + gain", their sum. The table gives, per budget, the
 Kendall tau of each against the finalists' first-round fidelity (the distillation every finalist had), and per
 finalist the scores. Nothing is trained: it reads the study database and the supernet.
+
+With --distil-seeds 1,2 every finalist's first round is distilled again (the finalists' stage's own
+`short_distill`, same steps, no fine-tuning) with each of those distillation seeds (the study's was
+`distill.seed`): the table then adds how well one seed's first round ranks the finalists as another's does (the
+target's own repeatability, a ceiling for any zero-step proxy against one seed) and each proxy's tau against the
+mean over all seeds.
 """
 
 from __future__ import annotations
@@ -26,10 +32,13 @@ from types import SimpleNamespace
 import torch
 from scipy.stats import kendalltau
 from sqlalchemy import select
+from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import cpu_name, table
+from nas_bert.choose.candidates import Candidate
+from nas_bert.choose.finalists import short_distill
 from nas_bert.data.tasks import load_task
 from nas_bert.distill import StudentContext
 from nas_bert.evaluate import fidelity, readout_fidelity, readout_gain
@@ -44,6 +53,8 @@ def main() -> None:
     p.add_argument("--config", required=True)
     p.add_argument("--texts", type=int, default=256, help="held-out validation glosses scored")
     p.add_argument("--alphas", default="1,3", help="ridge penalties of the readout (comma-separated)")
+    p.add_argument("--distil-seeds", default="", help="distil every finalist's first round again with these "
+                   "seeds (comma-separated; the study's distill.seed is the recorded one)")
     args = p.parse_args()
     alphas = [float(a) for a in args.alphas.split(",")]
     study = load_study(args.config)
@@ -83,6 +94,8 @@ def main() -> None:
                                                   "gain": gain(vecs)}
         scores = by_budget[budget][name]
         scores["readout + gain"] = scores[f"readout {alphas[0]:g}"] + scores["gain"]
+    if seeds := [int(x) for x in args.distil_seeds.split(",") if x]:
+        again(ctx, by_budget, seeds, {(r[0], r[1]): Architecture.from_json(r[3]) for r in rows})
     print(f"# bench_proxy: study '{study.name}', {len(texts)} validation glosses, {cpu_name()}")
     print(table(["budget ms", "finalists", *[f"tau {k}" for k in keys]], [
         [f"{b:g}", str(len(d)), *[f"{kendalltau([v[k] for v in d.values()], [v['first round'] for v in d.values()]).statistic:.2f}"
@@ -91,6 +104,38 @@ def main() -> None:
     print(table(["budget ms", "finalist", "origin", "first round", *keys], [
         [f"{b:g}", n, v["origin"], f"{v['first round']:.3f}", *[f"{v[k]:.3f}" for k in keys]]
         for b, d in sorted(by_budget.items()) for n, v in sorted(d.items(), key=lambda kv: -kv[1]["first round"])]))
+    if seeds:
+        def tau(d: dict[str, dict], x: str, y: str) -> str:
+            return f"{kendalltau([v[x] for v in d.values()], [v[y] for v in d.values()]).statistic:.2f}"
+        print(f"\n# the first round ({study.cfg.search.finalist_steps} steps) distilled again with seeds "
+              f"{args.distil_seeds} (recorded: seed {study.cfg.distill.seed})")
+        print(table(["budget ms", "finalists", *[f"tau first round vs seed {k}" for k in seeds],
+                     *[f"tau {k} vs seed mean" for k in keys]], [
+            [f"{b:g}", str(len(d)), *[tau(d, "first round", f"seed {k}") for k in seeds],
+             *[tau(d, k, "seed mean") for k in keys]] for b, d in sorted(by_budget.items())]))
+        print(table(["budget ms", "finalist", "first round", *[f"seed {k}" for k in seeds], "seed mean"], [
+            [f"{b:g}", n, f"{v['first round']:.3f}", *[f"{v[f'seed {k}']:.3f}" for k in seeds], f"{v['seed mean']:.3f}"]
+            for b, d in sorted(by_budget.items()) for n, v in sorted(d.items(), key=lambda kv: -kv[1]["seed mean"])]))
+
+
+def again(ctx: StudentContext, by_budget: dict[float, dict[str, dict]], seeds: list[int],
+          archs: dict[tuple[float, str], Architecture]) -> None:
+    """Each finalist's first round distilled again with each seed (`short_distill`, as the finalists' stage does);
+    adds "seed K" and "seed mean" (over the recorded round and these) to its scores."""
+    study = ctx.study
+    steps, recorded = study.cfg.search.finalist_steps, study.cfg.distill
+    try:
+        for seed in seeds:
+            study.cfg.distill = recorded.model_copy(update={"seed": seed})
+            for budget, d in sorted(by_budget.items()):
+                for name, v in tqdm(d.items(), desc=f"{budget:g} ms, seed {seed}"):
+                    cand = Candidate(name=name, origin=v["origin"], arch=archs[(budget, name)])
+                    v[f"seed {seed}"] = short_distill(ctx, cand, steps, final=False)["fidelity"]
+    finally:
+        study.cfg.distill = recorded
+    for d in by_budget.values():
+        for v in d.values():
+            v["seed mean"] = (v["first round"] + sum(v[f"seed {k}"] for k in seeds)) / (1 + len(seeds))
 
 
 if __name__ == "__main__":
