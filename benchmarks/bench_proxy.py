@@ -18,7 +18,9 @@ With --distil-seeds 1,2 every finalist's first round is distilled again (the fin
 `short_distill`, same steps, no fine-tuning) with each of those distillation seeds (the study's was
 `distill.seed`): the table then adds how well one seed's first round ranks the finalists as another's does (the
 target's own repeatability, a ceiling for any zero-step proxy against one seed) and each proxy's tau against the
-mean over all seeds.
+mean over all seeds. With --few-steps 10,20 each finalist is also distilled that many steps (another seed's
+batches, --few-steps-seed) and that fidelity ranked like a zero-step proxy: what a proxy that trains a little
+would add.
 """
 
 from __future__ import annotations
@@ -53,6 +55,10 @@ def main() -> None:
     p.add_argument("--config", required=True)
     p.add_argument("--texts", type=int, default=256, help="held-out validation glosses scored")
     p.add_argument("--alphas", default="1,3", help="ridge penalties of the readout (comma-separated)")
+    p.add_argument("--few-steps", default="", help="also a proxy that distils each finalist these few steps "
+                   "(comma-separated) and scores its fidelity, with --few-steps-seed")
+    p.add_argument("--few-steps-seed", type=int, default=1, help="its distillation seed (other batches than the "
+                   "recorded first round's)")
     p.add_argument("--distil-seeds", default="", help="distil every finalist's first round again with these "
                    "seeds (comma-separated; the study's distill.seed is the recorded one)")
     args = p.parse_args()
@@ -94,8 +100,12 @@ def main() -> None:
                                                   "gain": gain(vecs)}
         scores = by_budget[budget][name]
         scores["readout + gain"] = scores[f"readout {alphas[0]:g}"] + scores["gain"]
+    archs = {(r[0], r[1]): Architecture.from_json(r[3]) for r in rows}
+    for k in (int(x) for x in args.few_steps.split(",") if x):  # a proxy that trains a little, on other batches
+        distil(ctx, by_budget, archs, k, args.few_steps_seed, f"{k} steps")
+        keys.append(f"{k} steps")
     if seeds := [int(x) for x in args.distil_seeds.split(",") if x]:
-        again(ctx, by_budget, seeds, {(r[0], r[1]): Architecture.from_json(r[3]) for r in rows})
+        again(ctx, by_budget, seeds, archs)
     print(f"# bench_proxy: study '{study.name}', {len(texts)} validation glosses, {cpu_name()}")
     print(table(["budget ms", "finalists", *[f"tau {k}" for k in keys]], [
         [f"{b:g}", str(len(d)), *[f"{kendalltau([v[k] for v in d.values()], [v['first round'] for v in d.values()]).statistic:.2f}"
@@ -118,25 +128,31 @@ def main() -> None:
             for b, d in sorted(by_budget.items()) for n, v in sorted(d.items(), key=lambda kv: -kv[1]["seed mean"])]))
 
 
-def again(ctx: StudentContext, by_budget: dict[float, dict[str, dict]], seeds: list[int],
-          archs: dict[tuple[float, str], Architecture]) -> None:
-    """Each finalist's first round distilled again with each seed (`short_distill`, as the finalists' stage does);
-    adds "seed K" and "seed mean" (over the recorded round and these) to its scores."""
+def distil(ctx: StudentContext, by_budget: dict[float, dict[str, dict]], archs: dict[tuple[float, str], Architecture],
+           steps: int, seed: int, key: str) -> None:
+    """Each finalist distilled `steps` steps from its start with distillation seed `seed` (`short_distill`, as the
+    finalists' stage does; no fine-tuning); its best held-out fidelity stored as `key` in its scores."""
     study = ctx.study
-    steps, recorded = study.cfg.search.finalist_steps, study.cfg.distill
+    recorded = study.cfg.distill
     try:
-        for seed in seeds:
-            study.cfg.distill = recorded.model_copy(update={"seed": seed})
-            for budget, d in sorted(by_budget.items()):
-                for name, v in tqdm(d.items(), desc=f"{budget:g} ms, seed {seed}"):
-                    cand = Candidate(name=name, origin=v["origin"], arch=archs[(budget, name)])
-                    v[f"seed {seed}"] = short_distill(ctx, cand, steps, final=False)["fidelity"]
+        study.cfg.distill = recorded.model_copy(update={"seed": seed})
+        for budget, d in sorted(by_budget.items()):
+            for name, v in tqdm(d.items(), desc=f"{budget:g} ms, {key}"):
+                cand = Candidate(name=name, origin=v["origin"], arch=archs[(budget, name)])
+                v[key] = short_distill(ctx, cand, steps, final=False)["fidelity"]
     finally:
         study.cfg.distill = recorded
+
+
+def again(ctx: StudentContext, by_budget: dict[float, dict[str, dict]], seeds: list[int],
+          archs: dict[tuple[float, str], Architecture]) -> None:
+    """Each finalist's first round distilled again with each seed; adds "seed K" and "seed mean" (over the recorded
+    round and these) to its scores."""
+    for seed in seeds:
+        distil(ctx, by_budget, archs, ctx.study.cfg.search.finalist_steps, seed, f"seed {seed}")
     for d in by_budget.values():
         for v in d.values():
             v["seed mean"] = (v["first round"] + sum(v[f"seed {k}"] for k in seeds)) / (1 + len(seeds))
-
 
 if __name__ == "__main__":
     main()
