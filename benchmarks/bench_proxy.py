@@ -92,31 +92,29 @@ def main() -> None:
         first = (m.get("rounds") or [{}])[0].get("fidelity", m.get("fidelity"))
         if first is None:  # measured over the budget: never distilled
             continue
-        student = ctx.supernet.extract(Architecture.from_json(arch_json), t.encoder.embeddings).eval()
-        vecs = vectors(student)
-        by_budget.setdefault(budget, {})[name] = {"origin": origin, "first round": first,
+        arch = Architecture.from_json(arch_json)
+        vecs = vectors(ctx.supernet.extract(arch, t.encoder.embeddings).eval())
+        by_budget.setdefault(budget, {})[name] = {"origin": origin, "arch": arch, "first round": first,
                                                   "fidelity": fidelity(vecs, teacher),
                                                   **{f"readout {a:g}": readout_fidelity(vecs, teacher, a) for a in alphas},
                                                   "gain": gain(vecs)}
         scores = by_budget[budget][name]
         scores["readout + gain"] = scores[f"readout {alphas[0]:g}"] + scores["gain"]
-    archs = {(r[0], r[1]): Architecture.from_json(r[3]) for r in rows}
     for k in (int(x) for x in args.few_steps.split(",") if x):  # a proxy that trains a little, on other batches
-        distil(ctx, by_budget, archs, k, args.few_steps_seed, f"{k} steps")
+        distil(ctx, by_budget, k, args.few_steps_seed, f"{k} steps")
         keys.append(f"{k} steps")
     if seeds := [int(x) for x in args.distil_seeds.split(",") if x]:
-        again(ctx, by_budget, seeds, archs)
+        again(ctx, by_budget, seeds)
     print(f"# bench_proxy: study '{study.name}', {len(texts)} validation glosses, {cpu_name()}")
+    def tau(d: dict[str, dict], x: str, y: str) -> str:  # Kendall tau of two scores over a budget's finalists
+        return f"{kendalltau([v[x] for v in d.values()], [v[y] for v in d.values()]).statistic:.2f}"
     print(table(["budget ms", "finalists", *[f"tau {k}" for k in keys]], [
-        [f"{b:g}", str(len(d)), *[f"{kendalltau([v[k] for v in d.values()], [v['first round'] for v in d.values()]).statistic:.2f}"
-                                  for k in keys]] for b, d in sorted(by_budget.items())]))
+        [f"{b:g}", str(len(d)), *[tau(d, k, "first round") for k in keys]] for b, d in sorted(by_budget.items())]))
     print()
     print(table(["budget ms", "finalist", "origin", "first round", *keys], [
         [f"{b:g}", n, v["origin"], f"{v['first round']:.3f}", *[f"{v[k]:.3f}" for k in keys]]
         for b, d in sorted(by_budget.items()) for n, v in sorted(d.items(), key=lambda kv: -kv[1]["first round"])]))
     if seeds:
-        def tau(d: dict[str, dict], x: str, y: str) -> str:
-            return f"{kendalltau([v[x] for v in d.values()], [v[y] for v in d.values()]).statistic:.2f}"
         print(f"\n# the first round ({study.cfg.search.finalist_steps} steps) distilled again with seeds "
               f"{args.distil_seeds} (recorded: seed {study.cfg.distill.seed})")
         print(table(["budget ms", "finalists", *[f"tau first round vs seed {k}" for k in seeds],
@@ -128,8 +126,7 @@ def main() -> None:
             for b, d in sorted(by_budget.items()) for n, v in sorted(d.items(), key=lambda kv: -kv[1]["seed mean"])]))
 
 
-def distil(ctx: StudentContext, by_budget: dict[float, dict[str, dict]], archs: dict[tuple[float, str], Architecture],
-           steps: int, seed: int, key: str) -> None:
+def distil(ctx: StudentContext, by_budget: dict[float, dict[str, dict]], steps: int, seed: int, key: str) -> None:
     """Each finalist distilled `steps` steps from its start with distillation seed `seed` (`short_distill`, as the
     finalists' stage does; no fine-tuning); its best held-out fidelity stored as `key` in its scores."""
     study = ctx.study
@@ -138,18 +135,17 @@ def distil(ctx: StudentContext, by_budget: dict[float, dict[str, dict]], archs: 
         study.cfg.distill = recorded.model_copy(update={"seed": seed})
         for budget, d in sorted(by_budget.items()):
             for name, v in tqdm(d.items(), desc=f"{budget:g} ms, {key}"):
-                cand = Candidate(name=name, origin=v["origin"], arch=archs[(budget, name)])
+                cand = Candidate(name=name, origin=v["origin"], arch=v["arch"])
                 v[key] = short_distill(ctx, cand, steps, final=False)["fidelity"]
     finally:
         study.cfg.distill = recorded
 
 
-def again(ctx: StudentContext, by_budget: dict[float, dict[str, dict]], seeds: list[int],
-          archs: dict[tuple[float, str], Architecture]) -> None:
+def again(ctx: StudentContext, by_budget: dict[float, dict[str, dict]], seeds: list[int]) -> None:
     """Each finalist's first round distilled again with each seed; adds "seed K" and "seed mean" (over the recorded
     round and these) to its scores."""
     for seed in seeds:
-        distil(ctx, by_budget, archs, ctx.study.cfg.search.finalist_steps, seed, f"seed {seed}")
+        distil(ctx, by_budget, ctx.study.cfg.search.finalist_steps, seed, f"seed {seed}")
     for d in by_budget.values():
         for v in d.values():
             v["seed mean"] = (v["first round"] + sum(v[f"seed {k}"] for k in seeds)) / (1 + len(seeds))

@@ -10,8 +10,8 @@ supersenses by default); everything else is the study's `evaluate` recipe (rates
 length). Every model of a protocol and seed sees the same examples in the same order and is tested on the same
 --test texts, so retention (student / teacher accuracy, same protocol and seed) pairs up. The students are the
 export folder's (index.json), as a user loads them (--budgets: only those budgets'), and any other student folders
-named by --models (e.g. bench_baselines.py's family members), fine-tuned beside them. A short fine-tuning measures how fast a model adapts more
-than what it reaches: if the teacher gains with more steps, so can retention.
+named by --models (e.g. bench_baselines.py's family members), fine-tuned beside them. A short fine-tuning measures
+how fast a model adapts more than what it reaches: if the teacher gains with more steps, so can retention.
 """
 
 from __future__ import annotations
@@ -55,9 +55,10 @@ def main() -> None:
     index = sorted(json.loads((folder / "index.json").read_text())["students"], key=lambda s: s["budget_ms"])
     if budgets := [float(b) for b in args.budgets.split(",") if b]:
         index = [s for s in index if any(abs(s["budget_ms"] - b) < 1e-6 for b in budgets)]
-    if bad := [m for m in args.models.split(",") if m and "=" not in m]:
+    entries = [m for m in args.models.split(",") if m]
+    if bad := [m for m in entries if "=" not in m]:
         raise SystemExit(f"--models takes NAME=PATH entries; {bad[0]!r} has no '='")
-    extra = dict(m.split("=", 1) for m in args.models.split(",") if m)
+    extra = dict(m.split("=", 1) for m in entries)
     models = {"teacher": teacher.encoder, **{s["name"]: load_student(folder / s["name"]).eval() for s in index},
               **{name: load_student(path).eval() for name, path in extra.items()}}
     task = tasks_to_run(study.cfg.evaluate, None)[0]
