@@ -15,12 +15,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
 
-from nas_bert.choose import Finalist, FinalistsResult, Margin, TruncatedReference, choose, truncated_reference
+from nas_bert.choose import Finalist, FinalistsResult, TruncatedReference, choose, truncated_reference
 from nas_bert.choose.ranking import ZERO_STEP, rounds_seen, zero_step_proxy
 from nas_bert.data import corpus_identity
 from nas_bert.data.tasks import check_study_data, data_identity
@@ -31,6 +31,7 @@ from nas_bert.evaluation_config import STUDY_DATA_KEYS
 from nas_bert.export import ExportResult, export_front
 from nas_bert.latency import LatencyReport, device_fingerprint, ensure_latency_model, latency_report
 from nas_bert.record import Record
+from nas_bert.run_records import RunResult, RunRow, StageRecord
 from nas_bert.search import SearchResult, proxy_identity, search
 from nas_bert.space import Architecture
 from nas_bert.store import Database, StageRow, fingerprint
@@ -71,15 +72,6 @@ RESULTS: dict[str, type[BaseModel]] = {
 R = TypeVar("R", bound=BaseModel)
 
 
-class StageRecord(Record):
-    """A stage `nas-bert run` ran or skipped."""
-
-    stage: str
-    key: str  # the budget ("5ms"), the budgets of the export ("5,8"), or "" for the shared stages
-    seconds: float  # this run's, or what it took when it finished earlier
-    skipped: bool
-
-
 class StageState(Record):
     """A planned stage and whether it is current, as `nas-bert status` prints it."""
 
@@ -98,8 +90,9 @@ def study_inputs(study: Study) -> dict[str, str]:
 def section_inputs(study: Study, sections: tuple[str, ...], timed: bool) -> dict[str, str]:
     """Fingerprints of a stage's study sections (and of the latency device where it times anything)."""
     cfg = study.cfg.model_dump(mode="json")
-    # a stage of one budget is keyed by it (adding a budget redoes nothing); reserve_grows by the finalists alone
-    for k in ("budgets_ms", "budgets_x", "reserve_grows", *([] if cfg["search"]["local_moves"] else ["local_moves"])):
+    # a stage of one budget is keyed by it (adding a budget redoes nothing); reserve_grows, the screen: the finalists'
+    for k in ("budgets_ms", "budgets_x", "reserve_grows", "screen_steps", "screen_pool",
+              *([] if cfg["search"]["local_moves"] else ["local_moves"])):
         cfg["search"].pop(k)
     if not cfg["search"]["shrink_every"]:  # added later: off, it leaves the keys of studies made before it as they were
         cfg["search"].pop("shrink_every"), cfg["search"].pop("shrink_min_uses")
@@ -158,7 +151,9 @@ class Runner:
         out = {**self.shared(), **section_inputs(self.study, sections, name in TIMED or "latency" in sections)}
         c = self.study.cfg  # added later and read by the finalists alone: at their defaults, keys as they were
         out |= {k: str(v) for k, v, d in (("reserve_grows", c.search.reserve_grows, SearchConfig().reserve_grows),
-                                          ("finalist_runs", c.latency.finalist_runs, 1)) if name == "finalists" and v != d}
+                                          ("finalist_runs", c.latency.finalist_runs, 1),
+                                          ("screen", c.search.screen_steps and (c.search.screen_steps, c.search.screen_pool), 0))
+                if name == "finalists" and v != d}
         for u, k in after:
             out[f"{u} {k}".rstrip()] = self.recorded(u, k)[0] or "missing"
         return out
@@ -343,62 +338,6 @@ def student_stages(r: Runner, study: Study, budget: float) -> BudgetStages:
     return BudgetStages(fin, d, e, m)
 
 
-class RunRow(Record):
-    """One budget's student in `nas-bert run`'s table: where it comes from, its times (the finalists' and the
-    export's), its evaluation and the untouched truncated teacher beside it."""
-
-    absent_unless_given: ClassVar[frozenset[str]] = frozenset({"tasks", "pairs", "ood"})
-
-    budget_ms: float
-    budget_x: float | None = None  # the fraction of the teacher's latency the budget was given as (None: in ms)
-    trial: int | None  # None: a hand-designed student
-    student: str
-    origin: str
-    architecture: str
-    params: int
-    predicted_ms: float | None  # the search's latency model
-    predicted_now_ms: float | None  # the calibration refitted in the export's timing run
-    finalist_ms: float  # measured in the finalists' timing run
-    finalist_judged_ms: float  # the time the budget judged there
-    over_budget: bool
-    drift: float | None  # the export's run against the latency model's fit
-    measured_ms: float | None  # the export's time on the runtime the budgets are for (`latency.runtime`)
-    judged_ms: float | None
-    onnx_int8_ms: float | None
-    teacher_ms: float | None
-    fidelity: float | None
-    ood_fidelity: float | None
-    accuracy: float | None
-    teacher_accuracy: float | None
-    accuracy_ratio: float | None
-    label_loyalty: float | None
-    probability_loyalty: float | None
-    truncated: TruncatedReference | None
-    folder: str | None  # its exported folder
-    accuracy_ratio_low: float | None = None  # its paired bootstrap 90% interval over the test examples
-    accuracy_ratio_high: float | None = None
-    margin: Margin | None = None  # the finalists' choice against the best of the other kind (searched or hand-designed)
-    rounds: list[list[int]] | None = None  # successive halving: [steps, finalists distilled that long] per round
-    proxy: str = "fidelity"  # search.proxy, whose value at each finalist's start proxy_tau ranks by
-    proxy_tau: float | None = None  # that zero-step proxy's Kendall tau against the first round's fidelity
-    mapping: dict[str, Any] | None = None  # the layer mapping distilled with and why (`MappingSearch.confirm`)
-    tasks: dict[str, dict[str, Any]] | None = None  # the study's own data by name (`EvaluationResult`)
-    pairs: dict[str, dict[str, Any]] | None = None
-    ood: dict[str, dict[str, Any]] | None = None
-
-
-class RunResult(Record):
-    """`nas-bert run`'s result: a row per budget's student and the stages run or skipped."""
-
-    study: str
-    out: str
-    pareto_png: str
-    students: list[RunRow]
-    stages: list[StageRecord]
-    seconds: float
-    runtime: str = "torch"  # the runtime the budgets are for (`latency.runtime`): the table's ms are its
-
-
 def run_study(study: Study, out: Path | None = None, echo: Callable[[str], None] = print) -> RunResult:
     """Stages 1-9 for every budget in `search.budgets_ms`, each skipped where it finished earlier from the same
     inputs (`PLAN`); returns a `RunResult`: the summary table's rows and the stages."""
@@ -444,6 +383,8 @@ def run_study(study: Study, out: Path | None = None, echo: Callable[[str], None]
             truncated=ref, folder=str(out / m.name) if m else None, margin=s.finalists.margin,
             rounds=rounds_seen(s.finalists, study.cfg.search.finalist_steps), mapping=mapping_summary(s.mapping, s.distill),
             proxy=(p := zero_step_proxy(study)), proxy_tau=s.finalists.kendall_tau_vs_fidelity.get(ZERO_STEP[p]),
+            **({"screen_steps": n, "screen_tau": s.finalists.kendall_tau_vs_fidelity.get("screen_fidelity")}
+               if (n := study.cfg.search.screen_steps) else {}),
             **{k: v for k in ("tasks", "pairs", "ood") if (v := getattr(e, k)) is not None}))
     stages = [StageRecord(stage=n, key=k, seconds=round(sec, 1), skipped=sk) for n, k, sec, sk in r.done]
     return RunResult(study=study.name, out=str(out), pareto_png=str(out / "pareto.png"), students=rows, runtime=runtime,

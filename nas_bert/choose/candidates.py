@@ -38,11 +38,15 @@ class Candidate:
                 **self.proxies}
 
 
-def search_candidates(db: Database, study: Study, budget_ms: float) -> list[Candidate]:
+def search_candidates(db: Database, study: Study, budget_ms: float, pool: int = 0) -> list[Candidate]:
     """The searched students the proxies like best: the top `rescore_top` distinct feasible ones by approximate
     loss, the same by rescored loss, and the seed students (the fastest, the teacher's first layers); and as
     many again by approximate loss in reserve (proxy "reserve"), timed with them, each to take the place of
-    one of the top that is measured over the budget (the ones the latency model under-predicted)."""
+    one of the top that is measured over the budget (the ones the latency model under-predicted).
+
+    With `pool` (search.screen_pool, for the screen) the best `pool` by approximate loss (at least as many as
+    above), tagged "pool" with those by rescored loss, and the seeds tagged "seed": `screen.rank_by_screen` then
+    decides which are the top and which the reserves."""
     st = optuna.load_study(study_name=optuna_study_name(study, budget_ms), storage=storage_for(study))
     feasible = [t for t in st.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values[1] <= budget_ms]
     first: dict[str, optuna.trial.FrozenTrial] = {}
@@ -57,7 +61,7 @@ def search_candidates(db: Database, study: Study, budget_ms: float) -> list[Cand
     recipes = recipe_hashes(study, Architecture.from_json(next(iter(rows.values())).arch_json).embeddings) \
         if rows else set()
     own = [h for h in first if h not in recipes]
-    by_approx = sorted(own, key=lambda h: rows[h].approx_loss)[:2 * top]
+    by_approx = sorted(own, key=lambda h: rows[h].approx_loss)[:max(2 * top, pool)]
     rescored = [h for h in own if rows[h].rescored_loss is not None]
     by_rescored = sorted(rescored, key=lambda h: rows[h].rescored_loss)[:top]
     # in a space made from the teacher the seeds are its hand-designed points, judged by their families: only the
@@ -75,6 +79,8 @@ def search_candidates(db: Database, study: Study, budget_ms: float) -> list[Cand
             proxies["approx_rank"] = by_approx.index(h)
         if h not in core:
             proxies["reserve"] = True
+        if pool:
+            proxies |= {"seed": True} if h in seeds else {"pool": True}
         out.append(Candidate(name, "search", Architecture.from_json(r.arch_json), t.number, proxies))
     return out
 

@@ -46,6 +46,7 @@ from nas_bert.choose.ranking import (  # the records and the ranking, re-exporte
     margin,
     summarise,
 )
+from nas_bert.choose.screen import SCREEN_SEED, rank_by_screen, screen, screened_pool
 from nas_bert.choose.timing import (
     budget_fraction,
     holds,
@@ -126,7 +127,7 @@ def _unscored(metrics: dict[str, Any] | None, study: Study, final: bool) -> bool
 
 
 def short_distill(ctx: StudentContext, cand: Candidate, steps: int, final: bool = True,
-                  kept: dict[tuple[str, int], dict[str, Any]] | None = None) -> dict[str, Any]:
+                  kept: dict[tuple[str, int], dict[str, Any]] | None = None, seed_offset: int = 0) -> dict[str, Any]:
     """The same short distillation for every finalist; its best held-out fidelity and that value's interval (and the
     choose_by tasks' scores; fine-tuned ones in a `final` round only: every round after the first, and the first
     when no halving follows it).
@@ -134,12 +135,12 @@ def short_distill(ctx: StudentContext, cand: Candidate, steps: int, final: bool 
     With `kept` (a choice's kept weights by finalist and steps), a later round of successive halving continues the
     finalist's best weights of its longest earlier round there for the steps between (as Hyperband does: a survivor
     trains on, on batches it has not seen, instead of again from its start), and leaves its own best weights there.
-    `steps` counts every step the finalist has had."""
+    `steps` counts every step the finalist has had. `seed_offset` draws other batches (the screen's: no probes)."""
     dc = ctx.study.cfg.distill
     done = max((n for name, n in kept if name == cand.name and n < steps), default=0) if kept else 0
     todo = steps - done
     cfg = dc.model_copy(update={"steps": todo, "warmup_steps": max(1, todo // 10), "eval_every": todo, "grad_accum": 1,
-                                "seed": dc.seed + done})  # a continued round draws other batches than the last
+                                "seed": dc.seed + done + seed_offset})  # a continued round: other batches
     module = ctx.start(cand.arch, cand.origin, dc.freeze_embeddings)
     if done:
         module.load_state_dict(kept[(cand.name, done)])
@@ -166,7 +167,7 @@ def short_distill(ctx: StudentContext, cand: Candidate, steps: int, final: bool 
     # choose_by a task: a linear probe on the kept weights' frozen sentence vectors
     ev, dev = choosing(ctx.study), ctx.study.device()
     probe = {f"task:{task_name(t)}": linear_probe(module.student, ctx.teacher.tokenizer, ctx.teacher, ev, t, dev)
-             for t in _probed_tasks(ctx.study)}
+             for t in (_probed_tasks(ctx.study) if not seed_offset else [])}
     if final:  # choose_by finetune:NAME: the kept weights fine-tuned as the evaluation does, scored on validation
         probe |= {f"finetune:{task_name(t)}": validation_accuracy(module.student, ctx.teacher.tokenizer, ev, t, dev)
                   for t in _finetuned_tasks(ctx.study)}
@@ -195,7 +196,7 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
     cfg = study.cfg.search
     ctx = StudentContext.open(study)
     protocol = protocol_hash(study, ctx.checkpoint_sha)
-    cands = search_candidates(ctx.db, study, budget_ms)
+    cands = search_candidates(ctx.db, study, budget_ms, cfg.screen_pool if cfg.screen_steps else 0)
     if not cands:
         raise NasBertError(f"the {budget_ms:g} ms search of study '{study.name}' has no feasible student; "
                            "raise the budget or search.trials")
@@ -211,6 +212,8 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
         family = family_to_time(family, lat.predict, budget_ms,
                                 reach=1 + 2**cfg.reserve_grows * spare if cfg.reserve_grows else 1.0)
         cands = [c for c in cands if c.name not in family]
+    if cfg.screen_steps:  # the searched pool ranked by a few distillation steps: its best are the top
+        cands = rank_by_screen(cands, _screen(ctx, screened_pool(cands), protocol, progress), cfg.rescore_top)
     # each of the top one, two, ... steps smaller, in reserve for one measured over the budget (a budget timed
     # before they were reserves goes on without them)
     chains = study.space.layer_slots
@@ -243,6 +246,11 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
                 and holds(c, judged[c.name], budget_ms, spare if cfg.reserve_grows else None)]
         if fits:
             cands.append(max(fits, key=lambda c: ms[c.name]))
+    if cfg.screen_steps:  # every finalist the budget holds screened too (the pool's are stored): the screen's tau
+        held = [c for c in cands if judged[c.name] <= budget_ms]
+        scores = _screen(ctx, held, protocol, progress)
+        for c in held:
+            c.proxies["screen_fidelity"] = scores[c.name] if math.isfinite(scores[c.name]) else None
     results: dict[str, dict[str, Any]] = {}
     kept: dict[tuple[str, int], dict[str, Any]] = {}  # each finalist's best weights of its last round, to train on
     # fine-tuning, if chosen by, is scored in every round after the first (half the finalists or fewer, so the cuts
@@ -278,6 +286,12 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
     result = summarise(study, budget_ms, list(results.values())).model_copy(update={"timing": timing})
     record_choice(ctx.db, study, budget_ms, protocol, result)  # this run's, whatever rows earlier runs left
     return result
+
+
+def _screen(ctx: StudentContext, cands: list[Candidate], protocol: str, progress: bool) -> dict[str, float]:
+    steps = ctx.study.cfg.search.screen_steps
+    return screen(ctx.db, ctx.study, cands, protocol, progress=progress, distil=lambda c: short_distill(
+        ctx, c, steps, final=False, seed_offset=SCREEN_SEED))
 
 
 def _round(ctx: StudentContext, study: Study, budget_ms: float, c: Candidate, protocol: str, steps: int,

@@ -41,7 +41,7 @@ class Finalist(Record):
     absent_unless_given: ClassVar[frozenset[str]] = frozenset({
         "predicted_ms", "approx_loss", "rescored_loss", "approx_rank", "reserve", "predicted_now_ms", "judged_ms",
         *BEFORE_KEYS, "fidelity", "fidelity_interval", "fidelity_bootstrap", "best_step", "seconds",
-        "scored_at_budget_ms", "rounds", "probe"})
+        "scored_at_budget_ms", "rounds", "probe", "screen_fidelity", "search_rank"})
 
     name: str
     origin: str  # one of ORIGINS
@@ -53,7 +53,9 @@ class Finalist(Record):
     predicted_ms: float | None = None  # the search's latency model (None: a module outside its table)
     approx_loss: float | None = None
     rescored_loss: float | None = None
-    approx_rank: int | None = None
+    approx_rank: int | None = None  # among the searched: by approximate loss, or by the screen where one ran
+    search_rank: int | None = None  # with a screen: the rank by approximate loss
+    screen_fidelity: float | None = None  # the screen's held-out fidelity (search.screen_steps; NaN: too few texts)
     reserve: bool | None = None  # timed in reserve, in the place of one of the top measured over the budget
     predicted_now_ms: float | None = None  # the calibration refitted in the finalists' timing run
     measured_ms: float
@@ -189,7 +191,8 @@ def summarise(study: Study, budget_ms: float, rows: Sequence[Finalist | dict[str
         pts = [(getattr(r, proxy), -r.first_fidelity()) for r in searched if getattr(r, proxy) is not None]
         taus[proxy] = kendall_tau(*map(list, zip(*pts, strict=True))) if len(pts) >= 3 else None
     # each zero-step proxy of every finalist (searched and hand-designed) against its first round's fidelity
-    for key in BEFORE_KEYS:
+    screened = ["screen_fidelity"] if any(r.screen_fidelity is not None for r in ok) else []  # search.screen_steps
+    for key in (*BEFORE_KEYS, *screened):
         pts = [(-getattr(r, key), -r.first_fidelity()) for r in ok if getattr(r, key) is not None]
         taus[key] = kendall_tau(*map(list, zip(*pts, strict=True))) if len(pts) >= 3 else None
     runner = next((r for r in ok if r is not chosen and r.name not in passed), None)

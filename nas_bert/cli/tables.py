@@ -302,6 +302,7 @@ def run_table(s: RunResult) -> str:
         rows += [f"{r.budget_ms:g} ms finalists: " + ", ".join(f"{n} distilled {k} steps" for k, n in r.rounds)
                  + f"; the search's proxy ({r.proxy}) at zero steps, its Kendall tau against the first round: "
                    f"{f(r.proxy_tau, '.2f')}"
+                 + (f", the screen's ({r.screen_steps} steps): {f(r.screen_tau, '.2f')}" if r.screen_steps else "")
                  # the table's ms is this run's: a slow moment of the host can put it over the budget it holds
                  + f"; {r.student} measured {r.finalist_ms:.2f} ms in their timing run, judged {r.finalist_judged_ms:.2f} ms"
                  for r in s.students if r.rounds]

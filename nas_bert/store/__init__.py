@@ -21,6 +21,7 @@ from nas_bert.store.db import (
     LatencyRow,
     MappingEval,
     Meta,
+    ScreenRow,
     StageRow,
     StudyRow,
     SupernetRun,
@@ -42,5 +43,5 @@ from nas_bert.store.identity import (
 )
 from nas_bert.store.yamlfile import parse_mapping, read_mapping, validate
 
-__all__ = ["DB_ENV", "JOB_ENV", "SCHEMA_VERSION", "ArchitectureRow", "Base", "BlockScore", "Checkpoint", "ChoiceRow", "Database", "DistillRun", "EvaluationRow", "ExportRow", "FinalistRow", "JobRow", "LatencyCalibration", "LatencyRow", "MappingEval", "Meta", "StageRow", "StudyRow", "SupernetRun", "TrialRow", "atomic_file", "atomic_folder", "atomic_write_text", "cache_dir", "cached_sha256", "database_error", "file_sha256", "fingerprint", "folder_identity", "is_corrupt", "json_hash", "parse_mapping", "read_mapping", "safe_torch_load", "sha256_hex",
+__all__ = ["DB_ENV", "JOB_ENV", "SCHEMA_VERSION", "ArchitectureRow", "Base", "BlockScore", "Checkpoint", "ChoiceRow", "Database", "DistillRun", "EvaluationRow", "ExportRow", "FinalistRow", "JobRow", "LatencyCalibration", "LatencyRow", "MappingEval", "Meta", "ScreenRow", "StageRow", "StudyRow", "SupernetRun", "TrialRow", "atomic_file", "atomic_folder", "atomic_write_text", "cache_dir", "cached_sha256", "database_error", "file_sha256", "fingerprint", "folder_identity", "is_corrupt", "json_hash", "parse_mapping", "read_mapping", "safe_torch_load", "sha256_hex",
            "validate"]

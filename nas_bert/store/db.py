@@ -223,6 +223,18 @@ class MappingEval(Base):
     created_at: Mapped[str] = mapped_column(String(32), default=_now)
 
 
+class ScreenRow(Base):
+    """Stage 5's screen: one student's few-step distillation (`search.screen_steps`), whatever budget asked for it."""
+    __tablename__ = "nasbert_screens"
+    __table_args__ = (UniqueConstraint("study", "arch_hash", "origin", "protocol_hash"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    study: Mapped[str] = mapped_column(String(128), index=True)
+    arch_hash: Mapped[str] = mapped_column(String(32))
+    origin: Mapped[str] = mapped_column(String(16))  # search | a family: the starting weights
+    protocol_hash: Mapped[str] = mapped_column(String(32))  # the finalists' protocol, the screen's steps and seed
+    metrics_json: Mapped[str] = mapped_column(Text)  # fidelity, fidelity_bootstrap, seconds
+
+
 class DistillRun(Base):
     """Stage 7: one distillation of one student with one mapping; the student folder it produced."""
 
@@ -435,4 +447,4 @@ class Database:
 
 # What a stage records as its result, refused once the job a command runs as is no longer its (`JOB_ENV`)
 RESULT_ROWS = (StageRow, SupernetRun, Checkpoint, ArchitectureRow, FinalistRow, ChoiceRow, MappingEval, DistillRun,
-               ExportRow, EvaluationRow)
+               ExportRow, EvaluationRow, ScreenRow)
