@@ -38,7 +38,7 @@ from nas_bert.evaluate.vectors import batch as _batch
 from nas_bert.evaluate.vectors import sentence_vectors, teacher_vectors
 from nas_bert.evaluation_config import STUDY_DATA_KEYS, EvalConfig, TaskData
 from nas_bert.record import Record
-from nas_bert.store import Database, EvaluationRow, atomic_write_text, file_sha256, json_hash
+from nas_bert.store import Database, EvaluationRow, atomic_write_text, file_sha256, folder_identity, json_hash
 
 Task = str | TaskData  # "wordnet", a file or Hub id given on the command line, or one of the study's evaluate.tasks
 from nas_bert.teacher import load_teacher
@@ -154,7 +154,15 @@ def _teacher_run(teacher: Any, cfg: EvalConfig, task: Task, device: torch.device
     dd, names = load_task(task, cfg)
     _, acc, probs = finetune(teacher.encoder, teacher.tokenizer, dd, names, cfg, device, desc="fine-tune teacher")
     return {"task": task_name(task), "accuracy": acc, "test_probs": probs.tolist(), "params": _params(teacher.encoder),
-            "teacher": str(getattr(teacher, "source", "")), "protocol_hash": protocol_hash(cfg, task)}
+            "teacher": str(getattr(teacher, "source", "")), "teacher_identity": _teacher_identity(teacher),
+            "protocol_hash": protocol_hash(cfg, task)}
+
+
+def _teacher_identity(teacher: Any) -> str:
+    """The teacher's folder by content, wherever it lives (a study moved to another machine or virtualenv keeps
+    its fine-tuned teacher); a Hub id as named."""
+    source = str(getattr(teacher, "source", ""))
+    return folder_identity(source) if source and Path(source).is_dir() else source
 
 
 def _ood_default(cfg: EvalConfig) -> list[str]:
@@ -254,8 +262,10 @@ def teacher_baseline(db: Database, study_name: str, teacher: Any, cfg: EvalConfi
     with db.session() as s:
         row = _find(s, study_name, "teacher", task_name(task), protocol_hash(cfg, task))
         stored = json.loads(row.metrics_json) if row is not None else None
-    # A study whose teacher was changed keeps its name, so check the stored source too.
-    if stored is not None and stored.get("teacher") == str(getattr(teacher, "source", "")):
+    # A study whose teacher was changed keeps its name, so check the stored teacher too: by content (rows of an
+    # older nas-bert: by the folder's path)
+    if stored is not None and (stored.get("teacher_identity") == _teacher_identity(teacher) if "teacher_identity"
+                               in stored else stored.get("teacher") == str(getattr(teacher, "source", ""))):
         return stored
     result = _teacher_run(teacher, cfg, task, device)
     record_evaluation(db, study_name, "teacher", None, task, cfg, result)

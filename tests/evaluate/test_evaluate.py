@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -157,6 +158,15 @@ def test_teacher_baseline_is_fine_tuned_once(tmp_path: Path, tiny_teacher, monke
     with db.session() as s:
         rows = s.scalars(select(EvaluationRow)).all()
     assert [(r.subject, r.task, r.protocol_hash) for r in rows] == [("teacher", "wordnet", ev.protocol_hash(TINY, "wordnet"))]
+    # the same teacher in another folder (a study moved to another machine or virtualenv): read back, by content
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(tiny_teacher.source, moved)
+    monkeypatch.setattr(tiny_teacher, "source", str(moved))
+    assert ev.teacher_baseline(db, "s", tiny_teacher, TINY, "wordnet", "cpu")["accuracy"] == first["accuracy"]
+    assert len(calls) == 1
+    (moved / "config.json").write_text((moved / "config.json").read_text() + "\n")  # another teacher: again
+    ev.teacher_baseline(db, "s", tiny_teacher, TINY, "wordnet", "cpu")
+    assert len(calls) == 2
 
 
 def _save_student(folder: Path, teacher, tiny_space, auto_map: bool) -> None:
