@@ -91,7 +91,7 @@ def section_inputs(study: Study, sections: tuple[str, ...], timed: bool) -> dict
     """Fingerprints of a stage's study sections (and of the latency device where it times anything)."""
     cfg = study.cfg.model_dump(mode="json")
     # a stage of one budget is keyed by it (adding a budget redoes nothing); reserve_grows, the screen: the finalists'
-    for k in ("budgets_ms", "budgets_x", "reserve_grows", "screen_steps", "screen_pool",
+    for k in ("budgets_ms", "budgets_x", "reserve_grows", "screen_steps", "screen_pool", "grow_recipes",
               *([] if cfg["search"]["local_moves"] else ["local_moves"])):
         cfg["search"].pop(k)
     if not cfg["search"]["shrink_every"]:  # added later: off, it leaves the keys of studies made before it as they were
@@ -152,7 +152,8 @@ class Runner:
         c = self.study.cfg  # added later and read by the finalists alone: at their defaults, keys as they were
         out |= {k: str(v) for k, v, d in (("reserve_grows", c.search.reserve_grows, SearchConfig().reserve_grows),
                                           ("finalist_runs", c.latency.finalist_runs, 1),
-                                          ("screen", c.search.screen_steps and (c.search.screen_steps, c.search.screen_pool), 0))
+                                          ("screen", c.search.screen_steps and (c.search.screen_steps, c.search.screen_pool), 0),
+                                          ("grow_recipes", c.search.grow_recipes, False))
                 if name == "finalists" and v != d}
         for u, k in after:
             out[f"{u} {k}".rstrip()] = self.recorded(u, k)[0] or "missing"

@@ -52,6 +52,11 @@ class SearchConfig(_Strict):
                                                               "round of the choice")
     finalist_rounds: int = Field(default=1, ge=1, description="successive halving: each round keeps the better half "
                                  "of the finalists and trains them on to twice the steps in all")
+    grow_recipes: bool = Field(default=False, description="each family's slowest member the latency model predicts "
+                               "within the budget grown as the top searched students are (reserve_grows levels, "
+                               "timed with the finalists): one that holds with the model's error to spare is a "
+                               "searched finalist beside its recipe, which the search can then beat with the recipe's "
+                               "own weights and the latency it leaves unused")
     screen_steps: int = Field(default=0, ge=0, description="a screen before the finalists' first round: the search's "
                               "best screen_pool students by its proxy (and those by rescored loss) are each distilled "
                               "this many steps on other batches than the rounds', and the best rescore_top of them by "

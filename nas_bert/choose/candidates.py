@@ -113,14 +113,33 @@ def grown_reserves(cands: list[Candidate], space: Any, latency: Any, top: int, t
     return _chains(cands, space, latency, top, taken, levels, up=True)
 
 
+def grown_recipes(family: dict[str, Candidate], space: Any, latency: Any, budget_ms: float, taken: set[str] = frozenset(),
+                  levels: int = 1) -> list[Candidate]:
+    """`grown_reserves` for the hand-designed points: of each family the slowest member the latency model predicts
+    within the budget, a chain of `levels` larger points ("spread-2-i768.L0.neurons1024"), searched points that
+    spend the latency the recipe leaves unused. Timed with the finalists; where one holds with the model's error to
+    spare it is a searched finalist beside its recipe (`grown_beside`), so the search can beat a recipe with the
+    recipe's own weights and a little more."""
+    best: dict[str, Candidate] = {}
+    for c in family.values():
+        p = c.proxies.get("predicted_ms")
+        if p is not None and p <= budget_ms and (c.origin not in best or p > best[c.origin].proxies["predicted_ms"]):
+            best[c.origin] = c
+    picked = [Candidate(c.name, c.origin, c.arch, None, {"approx_rank": 0}) for c in best.values()]
+    out = _chains(picked, space, latency, 1, taken, levels, up=True, origins=frozenset(best))
+    for c in out:
+        c.proxies.pop("approx_rank", None)
+    return out
+
+
 def _chains(cands: list[Candidate], space: Any, latency: Any, top: int, taken: set[str], levels: int,
-            up: bool) -> list[Candidate]:
+            up: bool, origins: frozenset[str] = frozenset({"search"})) -> list[Candidate]:
     err = max(latency_error(latency), 0.03)
     sign = 1 if up else -1
     of, level_key = ("grown_of", "grow_level") if up else ("shrunk_of", "shrink_level")
     taken, out = set(taken), []
     for c in cands:
-        if c.origin != "search" or c.proxies.get("reserve") or c.proxies.get("approx_rank", top) >= top:
+        if c.origin not in origins or c.proxies.get("reserve") or c.proxies.get("approx_rank", top) >= top:
             continue
         name, arch, predicted = c.name, c.arch, latency.predict(c.arch)
         start = predicted

@@ -28,6 +28,7 @@ from nas_bert.choose.candidates import (
     Candidate,
     baseline_family,
     family_to_time,
+    grown_recipes,
     grown_reserves,
     search_candidates,
     shrunk_reserves,
@@ -223,6 +224,10 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
     reserves += grown_reserves(cands, study.space, lat, cfg.rescore_top,
                                recipes | {c.arch.hash() for c in [*cands, *reserves]},
                                cfg.reserve_grows) if chains and cfg.reserve_grows else []
+    # and each family's slowest member predicted within the budget grown alike (search.grow_recipes)
+    beside = grown_recipes(family, study.space, lat, budget_ms, recipes | {c.arch.hash() for c in [*cands, *reserves]},
+                           cfg.reserve_grows) if chains and cfg.reserve_grows and cfg.grow_recipes else []
+    reserves += beside
     # a budget given as a fraction of the teacher: that fraction of the teacher timed in this run (no calibration
     # students timed: no drift estimate enters)
     fit = lat.calibration.reference_ms
@@ -246,6 +251,10 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
                 and holds(c, judged[c.name], budget_ms, spare if cfg.reserve_grows else None)]
         if fits:
             cands.append(max(fits, key=lambda c: ms[c.name]))
+    # a family finalist's grown point that holds with the error to spare: a searched finalist beside it
+    timed_beside = [c for c in beside if c.name in ms and c.proxies["grown_of"] in {f.name for f in cands}]
+    cands += [c for c in replace_under_budget([*(f for f in cands if f.origin != "search"), *timed_beside], judged,
+                                              budget_ms, spare) if c.proxies.get("grown_of") in family]
     if cfg.screen_steps:  # every finalist the budget holds screened too (the pool's are stored): the screen's tau
         held = [c for c in cands if judged[c.name] <= budget_ms]
         scores = _screen(ctx, held, protocol, progress)

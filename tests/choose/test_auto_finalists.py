@@ -108,3 +108,32 @@ def test_search_and_finalists_on_the_space_made_from_the_teacher(tmp_path, monke
     stored = chosen_finalist(Database(study.db_url), study, 5.0)
     assert stored is not None and stored.name == fin.chosen.name and stored.fidelity == fin.chosen.fidelity
     assert stored.rounds == fin.chosen.rounds
+
+
+def test_a_recipe_grown_into_the_latency_it_leaves_is_a_searched_finalist_beside_it(tmp_path, monkeypatch) -> None:
+    data = yaml.safe_load((ROOT / "studies" / "tiny.yaml").read_text())
+    data.update(copy.deepcopy(FAST))
+    data["search_space"] = "auto"
+    data["supernet"]["steps"] = 0
+    data["search"] |= {"grow_recipes": True, "trials": 8}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(data))
+    study = load_study(tmp_path / "tiny.yaml")
+    train_supernet(study)
+    search(study, 5.0)
+    from nas_bert.choose import finalists as F
+
+    def timed(ctx, cands, budget_ms, progress=True, optional=frozenset(), calibrate=True):
+        # every student at half its prediction: each recipe's grown points hold with the model's error to spare
+        return ({c.name: 0.5 * (c.proxies.get("predicted_ms") or 1.0) for c in cands},
+                {"drift": 1.0, "teacher_ms": 20.0})
+
+    monkeypatch.setattr(F, "measured_ms", timed)
+    fin = choose(study, 5.0, progress=False)
+    recipes = {f.name: f for f in fin.finalists if f.origin in FAMILIES}
+    beside = [f for f in fin.finalists if getattr(f, "grown_of", None) in recipes]
+    assert beside, [f.name for f in fin.finalists]
+    for f in beside:  # a searched point, one or two steps larger than its recipe, which stays a finalist too
+        assert f.origin == "search" and not f.reserve and f.name.startswith(f"{f.grown_of}.")
+        assert f.measured_ms > recipes[f.grown_of].measured_ms and f.hash != recipes[f.grown_of].hash
+    points = families(study.space, embeddings_spec_of(load_teacher_config(study.cfg.teacher)))
+    assert not {f.hash for f in beside} & {a.hash() for _, a in points.values()}  # none of them a recipe
