@@ -71,7 +71,8 @@ def test_absent_keys_leave_fingerprints_and_protocol_as_they_were(tiny_study_fil
     for k in ("tasks", "pairs", "ood"):
         cfg["evaluate"].pop(k)
     cfg["search"].pop("choose_by"), cfg["search"].pop("choose_protocol")
-    for k in ("budgets_ms", "budgets_x", "shrink_every", "shrink_min_uses", "local_moves", "reserve_grows"):
+    for k in ("budgets_ms", "budgets_x", "shrink_every", "shrink_min_uses", "local_moves", "reserve_grows", "screen_steps",
+              "screen_pool", "grow_recipes"):
         cfg["search"].pop(k)
     cfg["latency"].pop("runtime"), cfg["latency"].pop("finalist_runs")
     sections = ("evaluate", "search", "latency")
