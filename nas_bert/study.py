@@ -69,8 +69,10 @@ class LatencyConfig(_Strict):
     fresh_process: bool = Field(default=True, description="time the latency table, its calibration and the finalists' "
                                 "and the export's runs in a new process: one long `nas-bert run` process timed the "
                                 "calibration students 5-12% slower than the students beside them (BENCHMARKS.md)")
-    finalist_runs: int = Field(default=1, ge=1, description="timing runs of a budget's finalists, each student judged "
-                               "by its median: of students that pass one run the best tends to be one that drew low")
+    finalist_runs: int = Field(default=1, ge=1, description="timing runs of a budget's finalists, each student "
+                               "judged by its slowest (its median kept as measured_ms): of students that pass one run "
+                               "the best tends to be one that drew low, and one whose median holds by less than its "
+                               "runs' spread is over as often as not when the export times it again")
 
     @model_validator(mode="after")
     def _runtime_on_cpu(self) -> LatencyConfig:

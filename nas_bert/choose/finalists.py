@@ -128,7 +128,8 @@ def _unscored(metrics: dict[str, Any] | None, study: Study, final: bool) -> bool
 
 
 def short_distill(ctx: StudentContext, cand: Candidate, steps: int, final: bool = True,
-                  kept: dict[tuple[str, int], dict[str, Any]] | None = None, seed_offset: int = 0) -> dict[str, Any]:
+                  kept: dict[tuple[str, int], dict[str, Any]] | None = None, seed_offset: int = 0,
+                  probes: bool = True) -> dict[str, Any]:
     """The same short distillation for every finalist; its best held-out fidelity and that value's interval (and the
     choose_by tasks' scores; fine-tuned ones in a `final` round only: every round after the first, and the first
     when no halving follows it).
@@ -136,7 +137,7 @@ def short_distill(ctx: StudentContext, cand: Candidate, steps: int, final: bool 
     With `kept` (a choice's kept weights by finalist and steps), a later round of successive halving continues the
     finalist's best weights of its longest earlier round there for the steps between (as Hyperband does: a survivor
     trains on, on batches it has not seen, instead of again from its start), and leaves its own best weights there.
-    `steps` counts every step the finalist has had. `seed_offset` draws other batches (the screen's: no probes)."""
+    `steps` counts every step the finalist has had. `seed_offset` draws other batches (the screen's); `probes=False` scores fidelity alone."""
     dc = ctx.study.cfg.distill
     done = max((n for name, n in kept if name == cand.name and n < steps), default=0) if kept else 0
     todo = steps - done
@@ -168,7 +169,7 @@ def short_distill(ctx: StudentContext, cand: Candidate, steps: int, final: bool 
     # choose_by a task: a linear probe on the kept weights' frozen sentence vectors
     ev, dev = choosing(ctx.study), ctx.study.device()
     probe = {f"task:{task_name(t)}": linear_probe(module.student, ctx.teacher.tokenizer, ctx.teacher, ev, t, dev)
-             for t in (_probed_tasks(ctx.study) if not seed_offset else [])}
+             for t in (_probed_tasks(ctx.study) if probes else [])}
     if final:  # choose_by finetune:NAME: the kept weights fine-tuned as the evaluation does, scored on validation
         probe |= {f"finetune:{task_name(t)}": validation_accuracy(module.student, ctx.teacher.tokenizer, ev, t, dev)
                   for t in _finetuned_tasks(ctx.study)}
@@ -241,7 +242,8 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
         timing = {**timing, "budget_x": x, "teacher_fit_ms": fit}
     # against the teacher's architecture timed as at the fit (runs stored before it was timed: the teacher)
     teacher = (timing.get("reference_ms") or timing.get("teacher_ms"), fit) if x is not None else None
-    judged = {name: judged_ms(v, timing.get("drift"), host_speed(everyone[name].proxies), teacher)
+    slowest = timing.pop("slowest", {})  # several runs: each one's slowest is judged (runs stored before: median)
+    judged = {name: judged_ms(slowest.get(name, v), timing.get("drift"), host_speed(everyone[name].proxies), teacher)
               for name, v in ms.items()}
     # a top student measured well under the budget grows into its chain, one measured over shrinks into its own
     cands = replace_over_budget(replace_under_budget(cands, judged, budget_ms, spare), judged, budget_ms,
@@ -269,6 +271,8 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
     for c in bar:
         bar.set_postfix(student=c.name)
         c.proxies["measured_ms"], c.proxies["judged_ms"] = ms[c.name], judged[c.name]
+        if c.name in slowest:
+            c.proxies["slowest_ms"] = slowest[c.name]
         over = judged[c.name] > budget_ms
         metrics = _stored(ctx.db, study, budget_ms, c.name, protocol)
         if metrics is None or (not over and _unscored(metrics, study, final)):  # not yet scored, and the budget holds
@@ -300,7 +304,7 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
 def _screen(ctx: StudentContext, cands: list[Candidate], protocol: str, progress: bool) -> dict[str, float]:
     steps = ctx.study.cfg.search.screen_steps
     return screen(ctx.db, ctx.study, cands, protocol, progress=progress, distil=lambda c: short_distill(
-        ctx, c, steps, final=False, seed_offset=SCREEN_SEED))
+        ctx, c, steps, final=False, seed_offset=SCREEN_SEED, probes=False))
 
 
 def _round(ctx: StudentContext, study: Study, budget_ms: float, c: Candidate, protocol: str, steps: int,

@@ -41,7 +41,7 @@ class Finalist(Record):
     absent_unless_given: ClassVar[frozenset[str]] = frozenset({
         "predicted_ms", "approx_loss", "rescored_loss", "approx_rank", "reserve", "predicted_now_ms", "judged_ms",
         *BEFORE_KEYS, "fidelity", "fidelity_interval", "fidelity_bootstrap", "best_step", "seconds",
-        "scored_at_budget_ms", "rounds", "probe", "screen_fidelity", "search_rank"})
+        "scored_at_budget_ms", "rounds", "probe", "screen_fidelity", "search_rank", "slowest_ms"})
 
     name: str
     origin: str  # one of ORIGINS
@@ -59,6 +59,7 @@ class Finalist(Record):
     reserve: bool | None = None  # timed in reserve, in the place of one of the top measured over the budget
     predicted_now_ms: float | None = None  # the calibration refitted in the finalists' timing run
     measured_ms: float
+    slowest_ms: float | None = None  # with latency.finalist_runs > 1: its slowest run (`slowest_run`), judged
     judged_ms: float | None = None  # the time the budget judges (`judged_ms`)
     fidelity_before: float | None = None
     readout_before: float | None = None  # the readout proxies at the start (`zero_step_proxies`)

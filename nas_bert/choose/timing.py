@@ -72,12 +72,15 @@ def measured_ms(ctx: StudentContext, cands: list[Candidate], budget_ms: float, p
     cfg = ctx.study.cfg.latency
     fp, study, b = device_fingerprint(cfg), ctx.study.name, run_tag(budget_ms, cfg.finalist_runs)
     keys = {c.name: f"model:{b}:{c.origin}:{c.arch.hash()}" for c in cands}
+    # with several runs, each student's slowest too: the time the budget judges (`slowest_run`)
+    slow = {c.name: f"slowest:{b}:{c.origin}:{c.arch.hash()}" for c in cands} if cfg.finalist_runs > 1 else {}
     tag = f"{b}:{sha256_hex(ctx.study.cfg.teacher, 12)}"
     extra = {k: f"{k.removesuffix('_ms')}:{tag}"
              for k in ("drift", "teacher_ms", "reference_ms", "refit_a", "refit_c", "refit_w", "refit_b")}
     with ctx.db.session() as s:
         known = {r.key: r.ms for r in s.scalars(select(LatencyRow).where(
-            LatencyRow.fingerprint == fp, LatencyRow.study == study, LatencyRow.key.in_([*keys.values(), *extra.values()])))}
+            LatencyRow.fingerprint == fp, LatencyRow.study == study,
+            LatencyRow.key.in_([*keys.values(), *slow.values(), *extra.values()])))}
     missing = {name for name, key in keys.items() if key not in known}
     # the budget's run is done once the teacher's time in it is stored
     if missing and (extra["teacher_ms"] not in known or not missing <= optional):
@@ -88,8 +91,10 @@ def measured_ms(ctx: StudentContext, cands: list[Candidate], budget_ms: float, p
         def one_run() -> list[float]:  # a fraction's run whose reference disagrees with the teacher: timed again
             return retimed(lambda: in_fresh_process(time_finalists, *job) if cfg.fresh_process else time_finalists(*job),
                            lambda r: not calibrate and reference_disturbed(reference_time(r[len(cands):-1], False), r[-1]))
-        raw = median_run([one_run() for _ in range(cfg.finalist_runs)])
+        runs = [one_run() for _ in range(cfg.finalist_runs)]
+        raw = median_run(runs)
         values = {**{keys[c.name]: ms for c, ms in zip(cands, raw, strict=False)}, extra["teacher_ms"]: raw[-1],
+                  **{slow[c.name]: ms for c, ms in zip(cands, slowest_run(runs), strict=False) if slow},
                   # the teacher as the budget was set: the space's largest student, timed as at the fit
                   extra["reference_ms"]: reference_time(raw[len(cands):-1], calibrate)}
         if calibrate:
@@ -108,9 +113,10 @@ def measured_ms(ctx: StudentContext, cands: list[Candidate], budget_ms: float, p
         with ctx.db.session() as s:  # every process decides on the same stored figures
             known.update({r.key: r.ms for r in s.scalars(select(LatencyRow).where(
                 LatencyRow.fingerprint == fp, LatencyRow.study == study,
-                LatencyRow.key.in_([*keys.values(), *extra.values()])))})
+                LatencyRow.key.in_([*keys.values(), *slow.values(), *extra.values()])))})
     return ({name: known[key] for name, key in keys.items() if key in known},
-            {k: known.get(key) for k, key in extra.items()})
+            {**{k: known.get(key) for k, key in extra.items()},
+             "slowest": {name: known[key] for name, key in slow.items() if key in known}})
 
 
 def run_tag(budget_ms: float, runs: int) -> str:
@@ -126,6 +132,16 @@ def median_run(runs: list[list[float]]) -> list[float]:
         return runs[0]
     teacher = statistics.median(r[-1] for r in runs)
     return [statistics.median(r[i] / r[-1] for r in runs) * teacher for i in range(len(runs[0]))]
+
+
+def slowest_run(runs: list[list[float]]) -> list[float]:
+    """Each model's slowest of several timing runs (the teacher last): its largest time relative to the teacher timed
+    beside it, at the teacher's median time (`median_run`'s scale). With `latency.finalist_runs` > 1 the budget
+    judges this, not the median: a student whose median run holds by less than its own runs' spread is over the
+    budget as often as not when timed again (the quality study's 1/8 student, judged 1.55 ms by its median, took
+    1.568-1.591 ms in the export's three runs against a 1.58 ms budget, BENCHMARKS.md)."""
+    teacher = statistics.median(r[-1] for r in runs)
+    return [max(r[i] / r[-1] for r in runs) * teacher for i in range(len(runs[0]))]
 
 
 def time_finalists(lat: LatencyModel, space: SearchSpace, emb: Embeddings, cands: list[tuple[dict[str, Any], str]],

@@ -127,6 +127,9 @@ def finalists_table(f: FinalistsResult) -> str:
         lines.append(f"budget judged on the measured time at the fitted speed, as far as the drift and each student's "
                      f"own factor (now / pred) agree: a faster host tightens, a slower one loosens only where both say "
                      f"so (drift {num(t.get('drift'), '.2f')}x in this run)")
+    if any(r.slowest_ms is not None for r in f.finalists):
+        lines.append("each student judged by its slowest timing run (latency.finalist_runs; ms above: the median): one "
+                     "whose median holds by less than its runs' spread is over as often as not when timed again")
     if f.margin is not None:
         m = f.margin
         noise = (f"paired {m.level:.0%} interval {m.delta_interval[0]:+.3f} to {m.delta_interval[1]:+.3f}: "

@@ -120,13 +120,13 @@ def test_two_studies_time_their_finalists_apart(tiny_study_file, tmp_path, monke
     assert measure("a") == a and len(runs) == 2  # the first reads its own figures back, timing nothing
 
 
-def test_finalists_timed_in_several_runs_are_judged_by_their_median(tiny_study_file, tmp_path, monkeypatch):
+def test_finalists_timed_in_several_runs_keep_their_median_and_slowest(tiny_study_file, tmp_path, monkeypatch):
     """latency.finalist_runs: each student's time is its median over the runs relative to the teacher timed beside
-    it (one run that drew low no longer decides), stored apart from one run's figures, so a study that changes it
-    times its finalists anew and a resumed one reads its own back."""
+    it (one run that drew low no longer decides), and its slowest run (what the budget judges), stored apart from
+    one run's figures, so a study that changes it times its finalists anew and a resumed one reads its own back."""
     import nas_bert.choose.timing as T
 
-    draws = [[1.40, 0.5, 1.0, 10.0], [1.80, 0.5, 1.0, 12.0], [1.50, 0.5, 1.0, 10.0], [1.7, 0.5, 1.0, 10.0]]
+    draws = [[1.40, 0.5, 1.0, 10.0], [1.80, 0.5, 1.0, 12.0], [1.60, 0.5, 1.0, 10.0], [1.7, 0.5, 1.0, 10.0]]
     measure_as, runs = _timed_finalists(monkeypatch, tiny_study_file, f"sqlite:///{tmp_path / 'runs.db'}",
                                         lambda n: draws[n - 1])
 
@@ -135,11 +135,13 @@ def test_finalists_timed_in_several_runs_are_judged_by_their_median(tiny_study_f
 
     three = measure(3)
     assert len(runs) == 3
-    # relative to the teacher: 0.140, 0.150, 0.150 -> 0.150, at the teacher's median 10 ms (the low draw, 1.40, lost)
+    # relative to the teacher: 0.140, 0.150, 0.160 -> 0.150, at the teacher's median 10 ms (the low draw, 1.40, lost);
+    # the slowest 0.160 -> 1.6 ms
     assert three[0]["trial-1"] == pytest.approx(1.5) and three[1]["teacher_ms"] == pytest.approx(10.0)
+    assert three[1]["slowest"]["trial-1"] == pytest.approx(1.6)
     assert measure(3) == three and len(runs) == 3  # resumed: read back, nothing timed
     one = measure(1)  # one run's rows are another key: timed anew, figures as that run drew them
-    assert len(runs) == 4 and one[0]["trial-1"] == pytest.approx(1.7)
+    assert len(runs) == 4 and one[0]["trial-1"] == pytest.approx(1.7) and one[1]["slowest"] == {}  # none to judge
     assert T.median_run([[2.0, 1.0]]) == [2.0, 1.0] and T.run_tag(5.0, 1) == "5" and T.run_tag(5.0, 3) == "5/3"
 
 
