@@ -129,7 +129,7 @@ def _unscored(metrics: dict[str, Any] | None, study: Study, final: bool) -> bool
 
 def short_distill(ctx: StudentContext, cand: Candidate, steps: int, final: bool = True,
                   kept: dict[tuple[str, int], dict[str, Any]] | None = None, seed_offset: int = 0,
-                  probes: bool = True) -> dict[str, Any]:
+                  probes: bool = True, schedule_steps: int | None = None) -> dict[str, Any]:
     """The same short distillation for every finalist; its best held-out fidelity and that value's interval (and the
     choose_by tasks' scores; fine-tuned ones in a `final` round only: every round after the first, and the first
     when no halving follows it).
@@ -137,11 +137,13 @@ def short_distill(ctx: StudentContext, cand: Candidate, steps: int, final: bool 
     With `kept` (a choice's kept weights by finalist and steps), a later round of successive halving continues the
     finalist's best weights of its longest earlier round there for the steps between (as Hyperband does: a survivor
     trains on, on batches it has not seen, instead of again from its start), and leaves its own best weights there.
-    `steps` counts every step the finalist has had. `seed_offset` draws other batches (the screen's); `probes=False` scores fidelity alone."""
+    `steps` counts every step the finalist has had. `seed_offset` draws other batches (the screen's); `probes=False` scores fidelity alone; `schedule_steps` (more
+    than `steps`) trains the first `steps` of a learning-rate schedule that long (the screen: the first round's)."""
     dc = ctx.study.cfg.distill
     done = max((n for name, n in kept if name == cand.name and n < steps), default=0) if kept else 0
     todo = steps - done
-    cfg = dc.model_copy(update={"steps": todo, "warmup_steps": max(1, todo // 10), "eval_every": todo, "grad_accum": 1,
+    span = max(todo, schedule_steps or 0)  # the schedule's length: `todo` steps of it are trained
+    cfg = dc.model_copy(update={"steps": span, "warmup_steps": max(1, span // 10), "eval_every": todo, "grad_accum": 1,
                                 "seed": dc.seed + done + seed_offset})  # a continued round: other batches
     module = ctx.start(cand.arch, cand.origin, dc.freeze_embeddings)
     if done:
@@ -157,7 +159,7 @@ def short_distill(ctx: StudentContext, cand: Candidate, steps: int, final: bool 
     zero = {} if done else zero_step_proxies(*start_vectors, objective.embeddings_vectors())
     t0 = time.perf_counter()
     train_loop(model=module, objective=objective, dataset=ctx.corpus["train"], collator=ctx.collator, cfg=cfg,
-               total_steps=todo, ckpts=None, accelerator=make_accelerator(ctx.study.device()), meta={},
+               total_steps=span, stop_after=todo, ckpts=None, accelerator=make_accelerator(ctx.study.device()), meta={},
                desc=f"finalist {cand.name}", progress=False, keep_best=keeper)
     module.load_state_dict(keeper.best_state())
     if kept is not None:
@@ -302,9 +304,9 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
 
 
 def _screen(ctx: StudentContext, cands: list[Candidate], protocol: str, progress: bool) -> dict[str, float]:
-    steps = ctx.study.cfg.search.screen_steps
+    cfg = ctx.study.cfg.search  # the first screen_steps of the first round's schedule (its learning rates)
     return screen(ctx.db, ctx.study, cands, protocol, progress=progress, distil=lambda c: short_distill(
-        ctx, c, steps, final=False, seed_offset=SCREEN_SEED, probes=False))
+        ctx, c, cfg.screen_steps, final=False, seed_offset=SCREEN_SEED, probes=False, schedule_steps=cfg.finalist_steps))
 
 
 def _round(ctx: StudentContext, study: Study, budget_ms: float, c: Candidate, protocol: str, steps: int,

@@ -1,8 +1,11 @@
 """Stage 5's screen (`search.screen_steps`): a few distillation steps for more of the search's students than the
 finalists' rounds can afford. A zero-step proxy sees where a student starts, not how fast it recovers: at the
 quality study's 1/4 budget the zero-step gain ranked the finalists' first round at Kendall tau 0.67, while 20
-steps of distillation on other batches ranked it at 0.96 (BENCHMARKS.md, "What the proxy misses at 1/4"). The
-screen's best go on as the top searched finalists, the next in reserve; every finalist is screened, so the summary
+steps of distillation on other batches ranked it at 0.96 (BENCHMARKS.md, "What the proxy misses at 1/4"). Those
+steps are the first of the first round's own schedule (its warm-up and learning rates), not a whole schedule
+squeezed into them: squeezed, the learning rate decays to zero by step 20 and a student that recovers by moving far
+(a pruned feed-forward) is ranked below where its first round puts it (at the quality study's 1/8 budget tau 0.47
+squeezed, 0.73 as the first round's first steps; BENCHMARKS.md). The screen's best go on as the top searched finalists, the next in reserve; every finalist is screened, so the summary
 says how well the screen ranked the first round. Each result is a row (`ScreenRow`), whatever budget asked for it:
 a killed choice continues, and a student screened for one budget is not screened again for another.
 """
@@ -28,8 +31,9 @@ KEEP = ("fidelity", "fidelity_bootstrap", "best_step", "seconds")
 
 
 def screen_protocol(protocol: str, steps: int) -> str:
-    """What a screen result depends on: the finalists' protocol (`finalists.protocol_hash`), its steps and seed."""
-    return json_hash({"finalists": protocol, "screen_steps": steps, "seed": SCREEN_SEED})
+    """What a screen result depends on: the finalists' protocol (`finalists.protocol_hash`, with the first round's
+    steps, whose schedule the screen trains the first `steps` of), its steps and seed."""
+    return json_hash({"finalists": protocol, "screen_steps": steps, "seed": SCREEN_SEED, "schedule": "first-round"})
 
 
 def screen(db: Database, study: Study, cands: Sequence[Candidate], protocol: str,

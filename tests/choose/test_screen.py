@@ -37,12 +37,16 @@ def test_the_screen_ranks_the_pool_and_leaves_seeds_and_recipes_as_they_are() ->
 
 def test_the_screen_picks_the_top_searched_finalists_and_is_not_run_twice(searched_tiny, tmp_path, monkeypatch):
     study = load_study(copy_study(searched_tiny, tmp_path), overrides={
-        "search.screen_steps": 2, "search.screen_pool": 6, "distill.val_batches": 2, "latency.fresh_process": False})
+        "search.screen_steps": 2, "search.screen_pool": 6, "search.finalist_steps": 4, "distill.val_batches": 2,
+        "latency.fresh_process": False})
     runs: list[tuple[str, int]] = []
+    spans: set[tuple[int, int, int]] = set()  # the screen's (schedule length, warm-up, steps trained)
     real = F.train_loop
 
     def spy(*, cfg, desc, **kw):
         runs.append((desc.removeprefix("finalist "), cfg.seed))
+        if cfg.seed == study.cfg.distill.seed + SCREEN_SEED:
+            spans.add((kw["total_steps"], cfg.warmup_steps, kw["stop_after"]))
         return real(cfg=cfg, desc=desc, **kw)
 
     monkeypatch.setattr(F, "train_loop", spy)
@@ -61,6 +65,9 @@ def test_the_screen_picks_the_top_searched_finalists_and_is_not_run_twice(search
                     key=lambda f: f.approx_rank)
     assert ranked and all(a.screen_fidelity >= b.screen_fidelity for a, b in pairwise(ranked))
     assert "screen_fidelity" in fin.kendall_tau_vs_fidelity
+    # the screen trains the first 2 steps of the first round's schedule (its length and warm-up), not a squeezed one
+    steps = study.cfg.search.finalist_steps
+    assert spans == {(steps, max(1, steps // 10), 2)} and steps > 2
     # the first round is the finalists' own seed: the screen shares no batch with it
     assert {s for n, s in runs if n in {f.name for f in held} and s != seed + SCREEN_SEED} == {seed}
     runs.clear()
