@@ -57,6 +57,9 @@ def main() -> None:
     p.add_argument("--alphas", default="1,3", help="ridge penalties of the readout (comma-separated)")
     p.add_argument("--few-steps", default="", help="also a proxy that distils each finalist these few steps "
                    "(comma-separated) and scores its fidelity, with --few-steps-seed")
+    p.add_argument("--few-steps-schedule", choices=("first-round", "own"), default="first-round",
+                   help="first-round: the first few steps of the first round's learning-rate schedule (the screen's, "
+                        "search.screen_steps); own: a whole schedule of those few steps (the screen before 4d4f974)")
     p.add_argument("--few-steps-seed", type=int, default=1, help="its distillation seed (other batches than the "
                    "recorded first round's)")
     p.add_argument("--distil-seeds", default="", help="distil every finalist's first round again with these "
@@ -101,8 +104,10 @@ def main() -> None:
         scores = by_budget[budget][name]
         scores["readout + gain"] = scores[f"readout {alphas[0]:g}"] + scores["gain"]
     for k in (int(x) for x in args.few_steps.split(",") if x):  # a proxy that trains a little, on other batches
-        distil(ctx, by_budget, k, args.few_steps_seed, f"{k} steps")
-        keys.append(f"{k} steps")
+        key = f"{k} steps" + (" (own schedule)" if args.few_steps_schedule == "own" else "")
+        distil(ctx, by_budget, k, args.few_steps_seed, key,
+               study.cfg.search.finalist_steps if args.few_steps_schedule == "first-round" else None)
+        keys.append(key)
     if seeds := [int(x) for x in args.distil_seeds.split(",") if x]:
         again(ctx, by_budget, seeds)
     print(f"# bench_proxy: study '{study.name}', {len(texts)} validation glosses, {cpu_name()}")
@@ -126,9 +131,11 @@ def main() -> None:
             for b, d in sorted(by_budget.items()) for n, v in sorted(d.items(), key=lambda kv: -kv[1]["seed mean"])]))
 
 
-def distil(ctx: StudentContext, by_budget: dict[float, dict[str, dict]], steps: int, seed: int, key: str) -> None:
+def distil(ctx: StudentContext, by_budget: dict[float, dict[str, dict]], steps: int, seed: int, key: str,
+           schedule_steps: int | None = None) -> None:
     """Each finalist distilled `steps` steps from its start with distillation seed `seed` (`short_distill`, as the
-    finalists' stage does; no fine-tuning); its best held-out fidelity stored as `key` in its scores."""
+    finalists' stage does; no fine-tuning; with `schedule_steps`, the first `steps` of a schedule that long, as the
+    screen does); its best held-out fidelity stored as `key` in its scores."""
     study = ctx.study
     recorded = study.cfg.distill
     try:
@@ -136,7 +143,7 @@ def distil(ctx: StudentContext, by_budget: dict[float, dict[str, dict]], steps: 
         for budget, d in sorted(by_budget.items()):
             for name, v in tqdm(d.items(), desc=f"{budget:g} ms, {key}"):
                 cand = Candidate(name=name, origin=v["origin"], arch=v["arch"])
-                v[key] = short_distill(ctx, cand, steps, final=False)["fidelity"]
+                v[key] = short_distill(ctx, cand, steps, final=False, schedule_steps=schedule_steps)["fidelity"]
     finally:
         study.cfg.distill = recorded
 
