@@ -284,7 +284,9 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
                 short_distill(ctx, c, cfg.finalist_steps, final, kept=kept if cfg.finalist_rounds > 1 else None))
             _store(ctx.db, study, budget_ms, c, protocol, ms[c.name], metrics)
             metrics = _stored(ctx.db, study, budget_ms, c.name, protocol) or metrics  # the first writer's stands
-        first = {k: v for k, v in metrics.items() if k != "rounds"}  # the row's own figures are the first round's
+        # the row's own figures are the first round's; what this choice measured of the student (its timing, screen,
+        # ranks) is this run's, not the copy the row kept when it was first stored
+        first = {k: v for k, v in metrics.items() if k != "rounds" and (k in SCORE_KEYS or k not in c.proxies)}
         results[c.name] = {**c.to_dict(), **first, "judged_ms": judged[c.name], "over_budget": over}
     bar.close()
     by_name = {c.name: c for c in cands}

@@ -73,3 +73,10 @@ def test_the_screen_picks_the_top_searched_finalists_and_is_not_run_twice(search
     runs.clear()
     again = choose(study, 5.0, progress=False)  # stored: nothing is screened or distilled again
     assert runs == [] and again.chosen.name == fin.chosen.name
+    # a student's screen changed since its finalist row was stored (a screen made anew): the choice reports this
+    # run's screen, not the copy the row kept
+    with Database(study.db_url).session() as s:
+        for r in s.scalars(select(ScreenRow).where(ScreenRow.study == study.name)):
+            r.metrics_json = json.dumps({**json.loads(r.metrics_json), "fidelity": 0.123})
+    third = choose(study, 5.0, progress=False)
+    assert {f.screen_fidelity for f in third.finalists if not f.over_budget} == {0.123}
