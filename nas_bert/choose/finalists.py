@@ -137,8 +137,9 @@ def short_distill(ctx: StudentContext, cand: Candidate, steps: int, final: bool 
     With `kept` (a choice's kept weights by finalist and steps), a later round of successive halving continues the
     finalist's best weights of its longest earlier round there for the steps between (as Hyperband does: a survivor
     trains on, on batches it has not seen, instead of again from its start), and leaves its own best weights there.
-    `steps` counts every step the finalist has had. `seed_offset` draws other batches (the screen's); `probes=False` scores fidelity alone; `schedule_steps` (more
-    than `steps`) trains the first `steps` of a learning-rate schedule that long (the screen: the first round's)."""
+    `steps` counts every step the finalist has had. `seed_offset` draws other batches (the screen's); `probes=False`
+    scores fidelity alone; `schedule_steps` (more than `steps`) trains the first `steps` of a learning-rate schedule
+    that long (the screen: the first round's)."""
     dc = ctx.study.cfg.distill
     done = max((n for name, n in kept if name == cand.name and n < steps), default=0) if kept else 0
     todo = steps - done

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -128,10 +129,13 @@ def run_tag(budget_ms: float, runs: int) -> str:
 def median_run(runs: list[list[float]]) -> list[float]:
     """One run's figures from several timing runs of the same models (the teacher last): each model's median time
     relative to the teacher timed beside it, at the teacher's median time. One run is returned as it is."""
-    if len(runs) == 1:
-        return runs[0]
+    return runs[0] if len(runs) == 1 else _relative(runs, statistics.median)
+
+
+def _relative(runs: list[list[float]], pick: Callable[[list[float]], float]) -> list[float]:
+    """Each model's `pick` of its times relative to the teacher timed beside it (last), at the teacher's median."""
     teacher = statistics.median(r[-1] for r in runs)
-    return [statistics.median(r[i] / r[-1] for r in runs) * teacher for i in range(len(runs[0]))]
+    return [pick([r[i] / r[-1] for r in runs]) * teacher for i in range(len(runs[0]))]
 
 
 def slowest_run(runs: list[list[float]]) -> list[float]:
@@ -140,8 +144,7 @@ def slowest_run(runs: list[list[float]]) -> list[float]:
     judges this, not the median: a student whose median run holds by less than its own runs' spread is over the
     budget as often as not when timed again (the quality study's 1/8 student, judged 1.55 ms by its median, took
     1.568-1.591 ms in the export's three runs against a 1.58 ms budget, BENCHMARKS.md)."""
-    teacher = statistics.median(r[-1] for r in runs)
-    return [max(r[i] / r[-1] for r in runs) * teacher for i in range(len(runs[0]))]
+    return _relative(runs, max)
 
 
 def time_finalists(lat: LatencyModel, space: SearchSpace, emb: Embeddings, cands: list[tuple[dict[str, Any], str]],
