@@ -192,6 +192,11 @@ def zero_step_proxies(student: torch.Tensor, teacher: torch.Tensor, embeddings: 
 
 
 # -- the choice -------------------------------------------------------------------------------------
+# what a finalist's stored row gives a later choice: its short distillation's figures and where they came from; what
+# the choice measures of the student itself (timing, screen, ranks, reserve) is its own, never the row's copy
+ROW_KEYS = frozenset((*SCORE_KEYS, "continued_from", "scored_at_budget_ms"))
+
+
 def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsResult:
     """Stage 5 for one budget: time, short-distil and rank the finalists; resumable.
 
@@ -245,7 +250,7 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
         timing = {**timing, "budget_x": x, "teacher_fit_ms": fit}
     # against the teacher's architecture timed as at the fit (runs stored before it was timed: the teacher)
     teacher = (timing.get("reference_ms") or timing.get("teacher_ms"), fit) if x is not None else None
-    slowest = timing.pop("slowest", {})  # several runs: each one's slowest is judged (runs stored before: median)
+    slowest = timing.pop("slowest", {})  # several runs: each one's slowest is judged (one run: that run)
     judged = {name: judged_ms(slowest.get(name, v), timing.get("drift"), host_speed(everyone[name].proxies), teacher)
               for name, v in ms.items()}
     # a top student measured well under the budget grows into its chain, one measured over shrinks into its own
@@ -287,7 +292,7 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
             metrics = _stored(ctx.db, study, budget_ms, c.name, protocol) or metrics  # the first writer's stands
         # the row's own figures are the first round's; what this choice measured of the student (its timing, screen,
         # ranks) is this run's, not the copy the row kept when it was first stored
-        first = {k: v for k, v in metrics.items() if k != "rounds" and (k in SCORE_KEYS or k not in c.proxies)}
+        first = {k: v for k, v in metrics.items() if k in ROW_KEYS}
         results[c.name] = {**c.to_dict(), **first, "judged_ms": judged[c.name], "over_budget": over}
     bar.close()
     by_name = {c.name: c for c in cands}

@@ -184,8 +184,8 @@ def summarise(study: Study, budget_ms: float, rows: Sequence[Finalist | dict[str
             if (beaten := beaten_by_a_recipe(chosen, ok, steps, by)) is None:
                 break
             passed[chosen.name] = beaten
-    else:  # nothing the budget holds when measured: the fastest searched student, flagged
-        chosen = min(finalists, key=lambda r: r.measured_ms)
+    else:  # nothing the budget holds when measured: the fastest by the time the budget judges, flagged
+        chosen = min(finalists, key=lambda r: r.judged_ms if r.judged_ms is not None else r.measured_ms)
     searched = [r for r in ok if r.origin == "search"]
     taus: dict[str, float | None] = {}
     for proxy in ("approx_loss", "rescored_loss"):

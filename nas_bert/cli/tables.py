@@ -87,14 +87,14 @@ def finalists_table(f: FinalistsResult) -> str:
 
     lines = [(f"finalists of the {f.budget_ms:g} ms budget (the same short distillation; ranked by held-out "
               "fidelity; pred: the search's latency model, now: its calibration refitted in the finalists' timing "
-              "run):"),
-             (f"  {'student':<18} {'origin':<9} {'pred ms':>7} {'now ms':>7} {'meas ms':>7} {'approx':>7} "
+              "run; judged: the time the budget judges):"),
+             (f"  {'student':<18} {'origin':<9} {'pred ms':>7} {'now ms':>7} {'meas ms':>7} {'judged':>7} {'approx':>7} "
               f"{'fid. start':>10} {'fidelity':>8} {'interval':>13} {'steps':>5}  architecture")]
     for r in sorted(f.finalists, key=lambda r: (-len(r.rounds or []), -(r.fidelity or -1))):
         iv = r.fidelity_interval
         steps = str(r.rounds[-1]["steps"]) if r.rounds else "-" if r.over_budget else "first"
         lines.append(f"  {r.name:<18} {r.origin:<9} {num(r.predicted_ms, '7.2f')} "
-                     f"{num(r.predicted_now_ms, '7.2f')} {r.measured_ms:7.2f} "
+                     f"{num(r.predicted_now_ms, '7.2f')} {r.measured_ms:7.2f} {num(r.judged_ms, '7.2f')} "
                      f"{num(r.approx_loss, '7.4f')} {num(r.fidelity_before, '10.3f')} "
                      f"{'over budget' if r.over_budget else num(r.fidelity, '8.3f'):>8} "
                      f"{f'{iv[0]:.3f}-{iv[1]:.3f}' if iv else '-':>13} {steps:>5}  {r.architecture}")
@@ -128,7 +128,7 @@ def finalists_table(f: FinalistsResult) -> str:
                      f"own factor (now / pred) agree: a faster host tightens, a slower one loosens only where both say "
                      f"so (drift {num(t.get('drift'), '.2f')}x in this run)")
     if any(r.slowest_ms is not None for r in f.finalists):
-        lines.append("each student judged by its slowest timing run (latency.finalist_runs; ms above: the median): one "
+        lines.append("each student judged by its slowest timing run (latency.finalist_runs; meas ms: the median): one "
                      "whose median holds by less than its runs' spread is over as often as not when timed again")
     if f.margin is not None:
         m = f.margin
@@ -307,7 +307,8 @@ def run_table(s: RunResult) -> str:
                    f"{f(r.proxy_tau, '.2f')}"
                  + (f", the screen's ({r.screen_steps} steps): {f(r.screen_tau, '.2f')}" if r.screen_steps else "")
                  # the table's ms is this run's: a slow moment of the host can put it over the budget it holds
-                 + f"; {r.student} measured {r.finalist_ms:.2f} ms in their timing run, judged {r.finalist_judged_ms:.2f} ms"
+                 + f"; {r.student} measured {r.finalist_ms:.2f} ms in their timing run (the median of its runs), judged "
+                   f"{r.finalist_judged_ms:.2f} ms by the budget's rule"
                  for r in s.students if r.rounds]
         rows += [f"{r.budget_ms:g} ms layer mapping: {r.mapping['origin']} {r.mapping['mapping']}"
                  + (f" ({r.mapping['reason']})" if r.mapping.get("reason") else "") for r in s.students if r.mapping]

@@ -412,6 +412,19 @@ def test_the_budget_judges_times_at_the_fitted_speed_only_to_tighten(searched_ti
     assert [r.judged_ms for r in fits] == [pytest.approx(4.5)] and fits[0].fidelity is not None
     assert again.chosen.name == fits[0].name and not again.over_budget
     assert chosen_finalist(Database(study.db_url), study, 5.0).name == fits[0].name
+    # several timing runs: its median (4.5) holds, its slowest run (5.8) does not, and the slowest is judged; with
+    # nothing the budget holds, the flagged student is the fastest as judged (5.5), not by its median
+    held = fits[0].name
+
+    def runs(ctx, cands, budget_ms, progress=True, optional=frozenset(), calibrate=True):
+        ms, timing = timed(ctx, cands, budget_ms, progress, optional, calibrate)
+        return ms, {**timing, "slowest": {n: 5.8 if n == held else v for n, v in ms.items()}}
+
+    monkeypatch.setattr(F, "measured_ms", runs)
+    slowest = choose(study, 5.0, progress=False)
+    mine = next(r for r in slowest.finalists if r.name == held)
+    assert (mine.measured_ms, mine.slowest_ms, mine.judged_ms) == (4.5, 5.8, pytest.approx(5.8)) and mine.over_budget
+    assert slowest.over_budget and slowest.chosen.name != held and slowest.chosen.judged_ms == pytest.approx(5.5)
 
 
 def test_a_budget_given_as_a_fraction_is_judged_against_the_teacher_in_the_same_run(searched_tiny, tmp_path,

@@ -14,7 +14,7 @@ from nas_bert.choose import Candidate, choose
 from nas_bert.choose import finalists as F
 from nas_bert.choose.screen import SCREEN_SEED, rank_by_screen
 from nas_bert.space import architecture as A
-from nas_bert.store import Database, ScreenRow
+from nas_bert.store import Database, FinalistRow, ScreenRow
 from nas_bert.study import load_study
 
 
@@ -78,5 +78,10 @@ def test_the_screen_picks_the_top_searched_finalists_and_is_not_run_twice(search
     with Database(study.db_url).session() as s:
         for r in s.scalars(select(ScreenRow).where(ScreenRow.study == study.name)):
             r.metrics_json = json.dumps({**json.loads(r.metrics_json), "fidelity": 0.123})
+        # and its row kept facts of the student as it stood then (a reserve, a search rank): this choice's stand
+        for r in s.scalars(select(FinalistRow).where(FinalistRow.study == study.name)):
+            r.metrics_json = json.dumps({**json.loads(r.metrics_json), "reserve": True, "search_rank": 999})
     third = choose(study, 5.0, progress=False)
     assert {f.screen_fidelity for f in third.finalists if not f.over_budget} == {0.123}
+    assert third.replacements == again.replacements and third.chosen.name == fin.chosen.name
+    assert all(getattr(f, "search_rank", None) != 999 for f in third.finalists)

@@ -40,7 +40,8 @@ def test_summary_says_who_won_by_the_paired_interval_the_rounds_and_the_runtime(
             "(truncated-1) after 24 steps of the finalists' distillation (+0.065, paired 90% interval +0.041 to "
             "+0.088 over the held-out texts: beyond noise)") in text
     assert ("5 ms finalists: 5 distilled 12 steps, 3 distilled 24 steps; the search's proxy (gain) at zero steps, its "
-            "Kendall tau against the first round: 0.80; trial-3 measured 4.50 ms in their timing run, judged 4.50 ms") in text
+            "Kendall tau against the first round: 0.80; trial-3 measured 4.50 ms in their timing run (the median of its "
+            "runs), judged 4.50 ms by the budget's rule") in text
     assert "measured 5.25 ms (ONNX Runtime int8)" in text and "ms: ONNX Runtime int8, batch 1" in text
 
 
@@ -54,7 +55,7 @@ def test_a_budget_given_as_a_fraction_of_the_teacher_is_summarised_by_its_own_ru
     # the finalists' run found the host slow: the table's time is over the budget, the judged one within, and both are said
     slow = run_table(RunResult.model_validate(summary | {"students": [row | {
         "finalist_ms": 10.2, "finalist_judged_ms": 7.6, "rounds": [[12, 4]], "proxy_tau": 0.7}]}))
-    assert "trial-3 measured 10.20 ms in their timing run, judged 7.60 ms" in slow
+    assert "trial-3 measured 10.20 ms in their timing run (the median of its runs), judged 7.60 ms" in slow
     assert "the host ran" not in text and "as far as the reference student" not in text
     assert "a budget given as a fraction of the teacher judges the student against the teacher timed in the same run" in text
     mixed = run_table(RunResult.model_validate(summary | {"students": [row, _row(5.0, 4.77, False)]}))

@@ -7,13 +7,13 @@ from types import SimpleNamespace
 
 import optuna
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from nas_bert.latency import device_fingerprint
 from nas_bert.search import budgets_in_db, optuna_study_name, prepare_search, search_inputs, storage_for
 from nas_bert.search.storage import own_study_name, unkeyed_study_name
 from nas_bert.space import architecture as A
-from nas_bert.store import Database, TrialRow
+from nas_bert.store import Database, LatencyRow, TrialRow
 from nas_bert.study import load_study
 
 
@@ -127,8 +127,8 @@ def test_finalists_timed_in_several_runs_keep_their_median_and_slowest(tiny_stud
     import nas_bert.choose.timing as T
 
     draws = [[1.40, 0.5, 1.0, 10.0], [1.80, 0.5, 1.0, 12.0], [1.60, 0.5, 1.0, 10.0], [1.7, 0.5, 1.0, 10.0]]
-    measure_as, runs = _timed_finalists(monkeypatch, tiny_study_file, f"sqlite:///{tmp_path / 'runs.db'}",
-                                        lambda n: draws[n - 1])
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    measure_as, runs = _timed_finalists(monkeypatch, tiny_study_file, url, lambda n: draws[(n - 1) % len(draws)])
 
     def measure(n: int):
         return measure_as({"latency.finalist_runs": n})
@@ -142,6 +142,9 @@ def test_finalists_timed_in_several_runs_keep_their_median_and_slowest(tiny_stud
     assert measure(3) == three and len(runs) == 3  # resumed: read back, nothing timed
     one = measure(1)  # one run's rows are another key: timed anew, figures as that run drew them
     assert len(runs) == 4 and one[0]["trial-1"] == pytest.approx(1.7) and one[1]["slowest"] == {}  # none to judge
+    with Database(url).session() as s:  # three runs stored before their slowest was kept: timed again, never judged
+        s.execute(delete(LatencyRow).where(LatencyRow.key.like("slowest:%")))  # by the median
+    assert measure(3)[1]["slowest"]["trial-1"] == pytest.approx(1.6) and len(runs) == 7
     assert T.median_run([[2.0, 1.0]]) == [2.0, 1.0] and T.run_tag(5.0, 1) == "5" and T.run_tag(5.0, 3) == "5/3"
 
 
