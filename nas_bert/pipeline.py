@@ -375,7 +375,7 @@ def run_study(study: Study, out: Path | None = None, echo: Callable[[str], None]
             budget_ms=b, budget_x=relative[b], trial=chosen.trial, student=chosen.name, origin=chosen.origin,
             architecture=chosen.architecture, params=s.distill.params, predicted_ms=chosen.predicted_ms,
             predicted_now_ms=m.predicted_now_ms if m else None, finalist_ms=chosen.measured_ms,
-            finalist_judged_ms=chosen.judged_ms if chosen.judged_ms is not None else chosen.measured_ms,
+            finalist_judged_ms=chosen.judged_time(),
             over_budget=chosen.over_budget or bool(m and m.over_budget), drift=m.drift if m else None,
             measured_ms=m.measured_ms.get(RUNTIME_VARIANT[runtime]) if m else None, judged_ms=m.judged_ms if m else None,
             onnx_int8_ms=m.measured_ms.get("onnx_int8") if m else None, teacher_ms=m.teacher_ms if m else None,

@@ -79,6 +79,10 @@ class Finalist(Record):
         """The fidelity after the first round, which every finalist the budget holds reached."""
         return self.rounds[0].get("fidelity") if self.rounds else self.fidelity
 
+    def judged_time(self) -> float:
+        """The time the budget judged (`judged_ms`; the measured one for a row stored before it was kept)."""
+        return self.judged_ms if self.judged_ms is not None else self.measured_ms
+
 
 class Margin(Record):
     """How the budget's student compares with the best finalist of the other kind (a hand-designed point if a
@@ -185,7 +189,7 @@ def summarise(study: Study, budget_ms: float, rows: Sequence[Finalist | dict[str
                 break
             passed[chosen.name] = beaten
     else:  # nothing the budget holds when measured: the fastest by the time the budget judges, flagged
-        chosen = min(finalists, key=lambda r: r.judged_ms if r.judged_ms is not None else r.measured_ms)
+        chosen = min(finalists, key=Finalist.judged_time)
     searched = [r for r in ok if r.origin == "search"]
     taus: dict[str, float | None] = {}
     for proxy in ("approx_loss", "rescored_loss"):

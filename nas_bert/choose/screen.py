@@ -6,8 +6,9 @@ steps are the first of the first round's own schedule (its warm-up and learning 
 squeezed into them: squeezed, the learning rate decays to zero by step 20 and a student that recovers by moving far
 (a pruned feed-forward) is ranked below where its first round puts it (at the quality study's 1/8 budget tau 0.47
 squeezed, 0.73 as the first round's first steps; BENCHMARKS.md). The screen's best go on as the top searched
-finalists, the next in reserve; every finalist is screened, so the summary says how well the screen ranked the first round. Each result is a row (`ScreenRow`), whatever budget asked for it:
-a killed choice continues, and a student screened for one budget is not screened again for another.
+finalists, the next in reserve; every finalist is screened, so the summary says how well the screen ranked the first
+round. Each result is a row (`ScreenRow`), whatever budget asked for it: a killed choice continues, and a student
+screened for one budget is not screened again for another.
 """
 
 from __future__ import annotations

@@ -181,11 +181,12 @@ def model_card(info: dict[str, Any], arch: Architecture) -> str:
     drift, speed = lat.get("drift") or 1.0, lat.get("speed")
     runtime = cfg.get("runtime", "torch")  # the runtime the budget is for
     judged = lat.get("judged_ms") or judged_ms(lat[RUNTIME_VARIANT[runtime]], drift, speed)
+    finalist = info.get("finalist") or {}
     over = (f"**Over budget when measured**: {_fmt(lat[RUNTIME_VARIANT[runtime]])} ms ({RUNTIME_LABEL[runtime]}), {_fmt(judged)} "
             f"ms as the budget judges it ({_rule(lat)}), against the {_fmt(info['budget_ms'], 'g')} ms budget "
             f"on this machine (at the choice, timed beside its competitors, it took "
-            f"{_fmt((info.get('finalist') or {}).get('measured_ms'))} ms, judged "
-            f"{_fmt((info.get('finalist') or {}).get('judged_ms'))} ms).\n\n" if info.get("over_budget") else "")
+            f"{_fmt(finalist.get('measured_ms'))} ms, judged {_fmt(finalist.get('judged_ms'))} ms).\n\n"
+            if info.get("over_budget") else "")
     stale = "" if ck["scored_with_sha256"] == ck["sha256"] else (
         f"; the search scored it with checkpoint sha256 `{ck['scored_with_sha256']}`, since pruned")
     return f"""---
