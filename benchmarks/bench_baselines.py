@@ -48,7 +48,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import cpu_name, study_budgets, table
 from nas_bert.distill import StudentContext, distill_baseline
-from nas_bert.evaluate import EvaluationResult, evaluate_encoder, evaluate_path, stored_evaluation, teacher_baseline
+from nas_bert.evaluate import (
+    EvaluationResult,
+    difference_interval,
+    evaluate_encoder,
+    evaluate_path,
+    stored_evaluation,
+    teacher_baseline,
+)
 from nas_bert.export import save_figure
 from nas_bert.latency import build_student, ensure_latency_model, measure_callables, measure_models
 from nas_bert.model import save_student
@@ -154,6 +161,16 @@ def _accuracy(row: dict[str, Any]) -> str:
     low, high = row.get("accuracy_ratio_low"), row.get("accuracy_ratio_high")
     interval = "" if low is None or high is None else f", {low:.2f}-{high:.2f}"
     return f"{_f(row['accuracy'], 3)} ({_f(row['accuracy_ratio'], 2)}{interval})"
+
+
+def _versus(row: dict[str, Any], nas_row: dict[str, Any]) -> str:
+    """The row's accuracy minus the NAS student's on the same test examples, with the paired bootstrap 90% interval
+    over them (evaluations recorded before nas-bert kept which examples each got right: -)."""
+    mine, theirs = row.get("test_correct"), nas_row.get("test_correct")
+    if row is nas_row or not mine or not theirs or len(mine) != len(theirs):
+        return "-"
+    d, lo, hi = difference_interval([int(c) for c in mine], [int(c) for c in theirs])
+    return f"{d:+.3f} ({lo:+.3f}..{hi:+.3f})"
 
 
 def plot(rows: list[dict[str, Any]], teacher: dict[str, float], path: Path) -> Path:
@@ -345,7 +362,8 @@ def main() -> None:
         e, chosen = nas[b].evaluate, nas[b].chosen
         who = compact(nas_arch[b]) if chosen.origin == "search" else f"{chosen.name} (a baseline won the finalists)"
         rows.append({"budget_ms": b, "family": "NAS", "student": who, "architecture": str(nas_arch[b]),
-                     "measured_ms": target, "params": nas_arch[b].params(), **{m: getattr(e, m) for m in METRICS}})
+                     "measured_ms": target, "params": nas_arch[b].params(), **{m: getattr(e, m) for m in METRICS},
+                     "test_correct": e.test_correct})
         for family in (f for f in FAMILIES if f in wanted):
             names = [n for n, (f, _) in cands.items() if f == family]
             if not names:  # no pruned family: the space has one feed-forward ratio
@@ -373,7 +391,8 @@ def main() -> None:
                 who = f"{name}: {compact(arch)}" if study.space.layer_slots else describe(family, arch, order)
                 rows.append({"budget_ms": b, "family": label, "student": who,
                              "measured_ms": ms[name], "params": arch.params(),
-                             **{m: getattr(res.metrics, m) for m in METRICS}})
+                             **{m: getattr(res.metrics, m) for m in METRICS},
+                             "test_correct": res.metrics.test_correct})
             if family == "truncated":
                 kept = stage("baseline-untouched", name, ("evaluate",),
                              lambda name=name, arch=arch: untouched(name, arch), Untouched)
@@ -381,7 +400,8 @@ def main() -> None:
                     rows.append({"budget_ms": b, "family": "truncated (untouched)", "student": (
                                  name if study.space.layer_slots else describe(family, arch)) + ", no training",
                                  "measured_ms": ms[name], "params": arch.params(),
-                                 **{m: getattr(kept.metrics, m) for m in METRICS}})
+                                 **{m: getattr(kept.metrics, m) for m in METRICS},
+                                 "test_correct": kept.metrics.test_correct})
     static = model2vec_row(study, r, ctx, run_teacher_ms, stage)
     if static is not None:
         rows.append({"budget_ms": min(budgets), **static})
@@ -391,24 +411,27 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"teacher_ms": teacher_ms, "teacher_ms_same_run": run_teacher_ms,
                                                   "teacher_accuracy": teacher_acc,
-                                                  "budgets": budgets, "rows": rows}, indent=2))
+                                                  "budgets": budgets, "rows": [
+                                                      {k: v for k, v in row.items() if k != "test_correct"}
+                                                      for row in rows]}, indent=2))
     png = plot(rows, {"ms": run_teacher_ms, "accuracy": teacher_acc}, out / "baselines.png")
     lines = []
     for row in rows:
-        nas_ms = next(x["measured_ms"] for x in rows if x["budget_ms"] == row["budget_ms"] and x["family"] == "NAS")
+        nas_row = next(x for x in rows if x["budget_ms"] == row["budget_ms"] and x["family"] == "NAS")
+        nas_ms = nas_row["measured_ms"]
         ratio = row["measured_ms"] / nas_ms
         flag = "" if row["family"] == "NAS" or matched(row["measured_ms"], nas_ms, args.tolerance) else " (not matched)"
         params = "-" if row["params"] is None else f"{row['params'] / 1e6:.2f}M"
         lines.append([f"{row['budget_ms']:g} ({row['budget_ms'] / teacher_ms:.2f}x)", row["family"], row["student"],
                       f"{row['measured_ms']:.2f} ({row['measured_ms'] / run_teacher_ms:.2f})", f"{ratio:.2f}{flag}", params,
                       _f(row["fidelity"], 3), _f(row["ood_fidelity"], 3),
-                      _accuracy(row),
+                      _accuracy(row), _versus(row, nas_row),
                       _f(row["label_loyalty"], 3), _f(row["probability_loyalty"], 3)])
     print(f"\nteacher {study.cfg.teacher}: {teacher_ms:.2f} ms when the budgets were set, {run_teacher_ms:.2f} ms in "
           f"the students' timing run; accuracy {teacher_acc:.3f}; "
           f"distillation {study.cfg.distill.steps} steps x {study.cfg.distill.batch_size} sequences for every student\n")
     print(table(["budget ms (of teacher)", "family", "student", "measured ms (/ teacher)", "ms / NAS", "params",
-                 "fidelity (WordNet)", "fidelity (manpages)", "accuracy (/ teacher, 90%)", "label loyalty", "prob. loyalty"],
+                 "fidelity (WordNet)", "fidelity (manpages)", "accuracy (/ teacher, 90%)", "accuracy - NAS (paired 90%)", "label loyalty", "prob. loyalty"],
                 lines))
     print("NAS students: [block width] A = attention, F = feed-forward, C<k> = separable convolution of kernel k")
     print(f"\n{png}\n({time.time() - t0:.0f} s)")

@@ -9,8 +9,10 @@ temporary folder (evaluation writes its nas_bert.json) and evaluated with the st
 every student's accuracy ratio comes with its paired 90% interval over the test examples. The table gives each
 student's accuracy per seed, its mean and standard deviation over the seeds, and the first student's difference to
 each other per seed: a difference whose sign every seed agrees on and whose mean is well beyond the seeds' spread is
-not the seed's doing. Evaluations are recorded in the study's database (under the seed's protocol), so a rerun
-reuses them.
+not the seed's doing. The last column is that difference with its paired 90% bootstrap interval over the test
+examples (each example counted by its mean over the seeds): an interval that holds zero is a difference the test set
+cannot tell from none. One seed gives that column alone (no spread). Evaluations are recorded in the study's
+database (under the seed's protocol).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import cpu_name, table
-from nas_bert.evaluate import evaluate_path
+from nas_bert.evaluate import difference_interval, evaluate_path
 from nas_bert.study import load_study
 
 
@@ -43,8 +45,8 @@ def main() -> None:
         if not (Path(folder) / "config.json").is_file():
             sys.exit(f"{name}={folder}: not a model folder (no config.json); give a distilled or exported student")
     seeds = [int(s) for s in args.seeds.split(",") if s]
-    if len(seeds) < 2:
-        sys.exit(f"--seeds {args.seeds}: give at least two seeds to see their spread")
+    if not seeds:
+        sys.exit(f"--seeds {args.seeds}: give one seed or more, comma-separated")
     t0 = time.time()
     study = load_study(args.config)
     print(f"command: python {' '.join(sys.argv)}")
@@ -52,6 +54,7 @@ def main() -> None:
     acc: dict[str, dict[int, float]] = {n: {} for n in named}
     teacher: dict[int, float] = {}
     interval: dict[str, dict[int, str]] = {n: {} for n in named}
+    correct: dict[str, list[list[int]]] = {n: [] for n in named}
     with tempfile.TemporaryDirectory() as tmp:
         copies = {n: shutil.copytree(f, Path(tmp) / n) for n, f in named.items()}
         for seed in seeds:
@@ -61,20 +64,31 @@ def main() -> None:
                 acc[name][seed], teacher[seed] = r.accuracy, r.teacher_accuracy
                 interval[name][seed] = ("" if r.accuracy_ratio_low is None else
                                         f" ({r.accuracy_ratio_low:.2f}-{r.accuracy_ratio_high:.2f})")
+                correct[name].append([int(c) for c in r.test_correct or ""])
                 print(f"seed {seed}: {name} accuracy {r.accuracy:.3f}, teacher {r.teacher_accuracy:.3f}")
     ref = next(iter(named))
+    def sd(values: list[float]) -> str:
+        return f"{statistics.stdev(values):.3f}" if len(values) > 1 else "-"
+
+    def pooled(name: str) -> str:
+        """reference minus `name` over the seeds, with its paired 90% interval over the test examples"""
+        if name == ref or not all(correct[ref]) or not all(correct[name]):
+            return ""
+        d, lo, hi = difference_interval(correct[ref], correct[name])
+        return f"{d:+.4f} ({lo:+.4f}..{hi:+.4f})"
+
     rows = [["teacher", *(f"{teacher[s]:.3f}" for s in seeds), f"{statistics.mean(teacher.values()):.3f}",
-             f"{statistics.stdev(teacher.values()):.3f}", ""]]
+             sd(list(teacher.values())), "", ""]]
     for name in named:
         a = [acc[name][s] for s in seeds]
         diff = "" if name == ref else (
             " / ".join(f"{acc[ref][s] - acc[name][s]:+.3f}" for s in seeds)
             + f" (mean {statistics.mean(acc[ref][s] - acc[name][s] for s in seeds):+.3f})")
         rows.append([name, *(f"{acc[name][s]:.3f}{interval[name][s]}" for s in seeds), f"{statistics.mean(a):.3f}",
-                     f"{statistics.stdev(a):.3f}", diff])
+                     sd(a), diff, pooled(name)])
     print()
-    print(table(["model", *(f"seed {s} (ratio 90%)" for s in seeds), "mean", "sd", f"{ref} minus it, per seed"],
-                rows))
+    print(table(["model", *(f"seed {s} (ratio 90%)" for s in seeds), "mean", "sd", f"{ref} minus it, per seed",
+                 f"{ref} minus it (paired 90%, test examples)"], rows))
     print(f"\naccuracy: {study.cfg.evaluate.finetune_steps} fine-tuning steps, test set of "
           f"{study.cfg.evaluate.max_eval_examples} at most; ({time.time() - t0:.0f} s)")
 

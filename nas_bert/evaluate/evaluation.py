@@ -223,6 +223,8 @@ def evaluate_encoder(encoder: nn.Module, tokenizer: Any, teacher: Any, cfg: Eval
         # its paired bootstrap 90% interval over the test examples (not over fine-tuning seeds)
         "accuracy_ratio_low": low, "accuracy_ratio_high": high,
         **loyalty(probs, t_probs),
+        # which test examples it got right, "0"/"1" each: two students' accuracies compared pairwise (bench_seeds.py)
+        "test_correct": "".join("1" if c else "0" for c in probs.argmax(1) == labels),
         "params": _params(encoder),
         "protocol_hash": protocol_hash(cfg, task),
     }
@@ -319,7 +321,7 @@ class EvaluationResult(Record):
     absent_unless_given: ClassVar[frozenset[str]] = frozenset({
         "subject", "arch_hash", "task", "fidelity", "cosine", "ood_fidelity", "ood_cosine", "accuracy",
         "teacher_accuracy", "accuracy_ratio", "accuracy_ratio_low", "accuracy_ratio_high", "label_loyalty", "probability_loyalty", "params", "teacher",
-        "protocol_hash", "tasks", "pairs", "ood"})
+        "protocol_hash", "tasks", "pairs", "ood", "test_correct"})
 
     subject: str | None = None  # the student's folder
     arch_hash: str | None = None
@@ -335,6 +337,7 @@ class EvaluationResult(Record):
     accuracy_ratio_high: float | None = None
     label_loyalty: float | None = None
     probability_loyalty: float | None = None
+    test_correct: str | None = None  # "0"/"1" per test example (evaluations recorded since it was added)
     params: int | None = None
     teacher: str | None = None  # the teacher's source (its baseline only)
     protocol_hash: str | None = None
@@ -403,7 +406,8 @@ def evaluate_path(study: Any, path: str | None, teacher_only: bool = False, task
             arch_hash = Architecture.from_dict(student.config.architecture).hash()
         record_evaluation(db, study.name, str(folder), arch_hash, tasks[0], cfg, metrics)
         if isinstance(info, dict):
-            info.setdefault("metrics", {}).update({**metrics, "eval_config": cfg.model_dump(mode="json")})
+            card = {k: v for k, v in metrics.items() if k != "test_correct"}  # the database keeps it; the folder's file stays readable
+            info.setdefault("metrics", {}).update({**card, "eval_config": cfg.model_dump(mode="json")})
             _write_json_atomic(info_file, info)
         return EvaluationResult(subject=str(folder), arch_hash=arch_hash, **metrics)
     finally:

@@ -179,6 +179,22 @@ def ratio_interval(student_correct: np.ndarray, teacher_correct: np.ndarray, lev
     return float(lo), float(hi)
 
 
+def difference_interval(a_correct: np.ndarray, b_correct: np.ndarray, level: float = 0.9, resamples: int = 1000,
+                        seed: int = 0) -> tuple[float, float, float]:
+    """accuracy(a) - accuracy(b) on the same test examples, with its paired bootstrap `level` interval over them:
+    (difference, low, high). Each of a, b is (n,) of 0/1 or (seeds, n), one row per fine-tuning seed: an example
+    counts by its mean over the seeds, so the interval holds the test set's sampling with the seeds averaged. An
+    example both get right (or wrong) adds nothing to either side of any resample, which is why the interval is far
+    narrower than either accuracy's own."""
+    a, b = np.atleast_2d(np.asarray(a_correct, dtype=np.float64)), np.atleast_2d(np.asarray(b_correct, dtype=np.float64))
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or not a.shape[1]:
+        raise ValueError(f"difference_interval needs 0/1 arrays over the same test examples, got {a.shape} and {b.shape}")
+    d = a.mean(0) - b.mean(0)
+    idx = np.random.default_rng(seed).integers(0, len(d), (resamples, len(d)))
+    lo, hi = np.quantile(d[idx].mean(1), [(1 - level) / 2, (1 + level) / 2])
+    return float(d.mean()), float(lo), float(hi)
+
+
 def loyalty(student_probs: np.ndarray, teacher_probs: np.ndarray) -> dict[str, float]:
     """Label loyalty (argmax agreement) and probability loyalty (1 - mean Jensen-Shannon distance, base 2)."""
     p, q = np.asarray(student_probs, dtype=np.float64), np.asarray(teacher_probs, dtype=np.float64)

@@ -134,6 +134,9 @@ def test_teacher_as_its_own_student_scores_one(tiny_teacher):
     assert out["teacher_accuracy"] > 0 and out["accuracy"] == out["teacher_accuracy"]
     assert out["accuracy_ratio"] == pytest.approx(1.0)
     assert out["accuracy_ratio_low"] == pytest.approx(1.0) and out["accuracy_ratio_high"] == pytest.approx(1.0)
+    # which test examples it got right, one "0"/"1" each: their mean is the accuracy
+    assert set(out["test_correct"]) <= {"0", "1"}
+    assert sum(map(int, out["test_correct"])) / len(out["test_correct"]) == pytest.approx(out["accuracy"])
     assert out["label_loyalty"] == 1.0 and out["probability_loyalty"] == pytest.approx(1.0)
     assert out["protocol_hash"] == ev.protocol_hash(TINY, "wordnet")
 
@@ -199,6 +202,9 @@ def test_evaluate_path_writes_metrics(tmp_path: Path, tiny_study_file, tiny_teac
     info = json.loads((folder / "nas_bert.json").read_text())
     assert info["metrics"]["approx_loss"] == 0.5 and info["metrics"]["fidelity"] == out.fidelity
     assert info["metrics"]["eval_config"]["finetune_steps"] == 5
+    # the database keeps which test examples it got right (pairwise comparisons); the folder's file does not
+    assert out.test_correct and sum(map(int, out.test_correct)) / len(out.test_correct) == pytest.approx(out.accuracy)
+    assert "test_correct" not in info["metrics"]
     assert not list(folder.glob(".nas_bert.json.*"))  # no temporary file left behind
     teacher = ev.evaluate_path(study, None, True, "wordnet", TINY)
     assert teacher.accuracy == out.teacher_accuracy and "test_probs" not in teacher.model_dump()

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from nas_bert.evaluate import bootstrap_interval, fidelity_bootstrap, fidelity_interval, paired_interval
+from nas_bert.evaluate import (
+    bootstrap_interval,
+    difference_interval,
+    fidelity_bootstrap,
+    fidelity_interval,
+    paired_interval,
+)
 from nas_bert.evaluate.metrics import ratio_interval
 
 
@@ -55,3 +61,24 @@ def test_the_accuracy_ratio_interval_pairs_examples_and_narrows_with_more_of_the
     assert all(np.isnan(ratio_interval(student, np.zeros(400, dtype=bool))))
     with pytest.raises(ValueError, match="equal-length"):
         ratio_interval(student, teacher[:10])
+
+
+def test_the_accuracy_difference_pairs_examples_and_averages_seeds() -> None:
+    rng = np.random.default_rng(1)
+    a = rng.random(2000) < 0.8
+    b = a.copy()
+    flip = rng.choice(2000, 60, replace=False)  # b set wrong on 40 examples, right on 20
+    b[flip[:40]], b[flip[40:]] = False, True
+    d, lo, hi = difference_interval(a, b)
+    assert d == pytest.approx(a.mean() - b.mean())
+    assert lo <= d <= hi
+    # paired: far narrower than the two accuracies' own 90% intervals (each about +-0.015 on 2000 examples)
+    assert hi - lo < 0.02
+    assert difference_interval(a, a) == (0.0, 0.0, 0.0)
+    d2, lo2, hi2 = difference_interval(b, a)
+    assert (d2, lo2, hi2) == pytest.approx((-d, -hi, -lo))
+    # several seeds: each example counts by its mean over them
+    seeds_a, seeds_b = np.stack([a, a]), np.stack([b, a])
+    assert difference_interval(seeds_a, seeds_b)[0] == pytest.approx((a.mean() - b.mean()) / 2)
+    with pytest.raises(ValueError, match="same test examples"):
+        difference_interval(a, b[:-1])
