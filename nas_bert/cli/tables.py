@@ -202,7 +202,8 @@ def evaluate_table(m: EvaluationResult) -> str:
     def fmt(v: Any) -> str:
         return f"{v:.4f}" if isinstance(v, float) else str(v)
 
-    lines = [f"  {k:<22} {fmt(v)}" for k, v in m.model_dump().items() if not isinstance(v, (list, dict))]
+    lines = [f"  {k:<22} {fmt(v)}" for k, v in m.model_dump().items()
+             if not isinstance(v, (list, dict)) and k != "test_correct"]  # one character per test example: --json has it
     return "\n".join(lines + [f"  {line}" for line in study_data_lines(m.tasks, m.pairs, m.ood)])
 
 

@@ -177,9 +177,11 @@ def test_distill_table_shows_every_number_it_is_given() -> None:
 
 
 def _evaluate_lines(data: dict[str, Any], text: str) -> None:
-    """Every scalar metric of the JSON has its line in the table, floats to 4 decimals."""
+    """Every scalar metric of the JSON has its line in the table, floats to 4 decimals; which test examples the
+    student got right (a character each) only in the JSON."""
     lines = text.splitlines()
-    scalars = {k: v for k, v in data.items() if not isinstance(v, (list, dict))}
+    scalars = {k: v for k, v in data.items() if not isinstance(v, (list, dict)) and k != "test_correct"}
+    assert not any(ln.startswith("  test_correct") for ln in lines)
     assert len(lines) == len(scalars)
     for k, v in scalars.items():
         assert (f"  {k:<22} {v:.4f}" if isinstance(v, float) else f"  {k:<22} {v}") in lines
@@ -192,6 +194,8 @@ def test_evaluate_student(study: Path, distilled: tuple[dict[str, Any], str]) ->
     assert data["subject"] == folder and 0 <= data["accuracy"] <= 1 and -1 <= data["fidelity"] <= 1
     assert f"  {'subject':<22} {folder}" in text.splitlines()
     assert f"  {'fidelity':<22} {data['fidelity']:.4f}" in text.splitlines()
+    assert set(data["test_correct"]) <= {"0", "1"} and data["test_correct"].count("1") / len(data["test_correct"]) == \
+        pytest.approx(data["accuracy"])
     _evaluate_lines(data, text)
 
 
