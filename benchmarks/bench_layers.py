@@ -1,0 +1,118 @@
+"""Which of the teacher's layers a student keeps: fidelity and fine-tuned accuracy, untouched and distilled.
+
+    python benchmarks/bench_layers.py --config studies/quality.yaml 0,1,2 0,2,5 0,1,5 0,4,5
+    python benchmarks/bench_layers.py --config studies/quality.yaml --distil 0,1,2 0,1,5 \
+        NAS=studies/quality/export/<the 1/2 student>
+
+Each argument is a set of the teacher's layers (0-based, comma-separated) kept whole, the others dropped, or
+NAME=FOLDER: the architecture of a distilled or exported student. Each is extracted from the teacher as every
+point of the space made from the teacher is (the teacher's own weights, nothing trained) and evaluated under the
+study's `evaluate` protocol; with --distil it is also distilled with the study's recipe (the baselines' uniform layer
+mapping, the study's steps) and evaluated again. The table gives fidelity on the WordNet test glosses and on the man
+pages, fine-tuned accuracy, and each accuracy minus the first row's with its paired 90% interval over the test
+examples. Why: at one latency, students keeping the teacher's lower layers may fine-tune better while those keeping
+its upper layers agree with it better; this says how much of either comes from the layers kept and how much from the
+distillation. Every row is a stage of the study's database: a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import cpu_name, table
+from nas_bert.distill import StudentContext, distill_baseline
+from nas_bert.evaluate import EvaluationResult, difference_interval, evaluate_path
+from nas_bert.model import save_student
+from nas_bert.pipeline import Runner, shared_stages
+from nas_bert.record import Record
+from nas_bert.space import Architecture
+from nas_bert.space.families import layers_point
+from nas_bert.study import load_study
+
+
+class LayersRun(Record):
+    architecture: str
+    metrics: EvaluationResult
+
+
+def architecture_of(spec: str, study: Any, ctx: StudentContext) -> tuple[str, Architecture]:
+    """(row name, architecture) of one argument: a layer set, or NAME=FOLDER."""
+    if "=" in spec:
+        name, folder = spec.split("=", 1)
+        config = Path(folder) / "config.json"
+        arch = json.loads(config.read_text()).get("architecture") if config.is_file() else None
+        if not isinstance(arch, dict):
+            sys.exit(f"{spec}: {folder} is not a nas-bert student folder (no architecture in config.json)")
+        return name, Architecture.from_dict(arch)
+    try:
+        layers = sorted({int(x) for x in spec.split(",")})
+    except ValueError:
+        sys.exit(f"{spec}: give the teacher's layers as comma-separated numbers from 0 (e.g. 0,2,5) or NAME=FOLDER")
+    n = ctx.teacher.num_layers
+    if not layers or layers[0] < 0 or layers[-1] >= n:
+        sys.exit(f"{spec}: the teacher has layers 0..{n - 1}; give some of those")
+    arch = layers_point(study.space, ctx.teacher.embeddings_spec(), layers)
+    if arch is None:
+        sys.exit(f"{spec}: the study's space is not made from the teacher (set search_space: auto) or lacks its "
+                 "full widths")
+    return "layers " + ",".join(map(str, layers)), arch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", default="studies/demo.yaml")
+    ap.add_argument("--distil", action="store_true", help="also distil each with the study's recipe")
+    ap.add_argument("students", nargs="+", help="layer sets (0,2,5) or NAME=FOLDER; the first is the reference")
+    args = ap.parse_args()
+    t0 = time.time()
+    study = load_study(args.config)
+    print(f"command: python {' '.join(sys.argv)}")
+    print(f"machine: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}\n")
+    r = Runner(study)
+    shared_stages(r, study)
+    ctx = StudentContext.open(study)
+    cfg = study.cfg.evaluate
+    out = study.workdir / "layers"
+    rows: list[tuple[str, str, EvaluationResult]] = []
+    for spec in args.students:
+        name, arch = architecture_of(spec, study, ctx)
+        key = arch.hash()
+
+        def untouched(arch: Architecture = arch, key: str = key) -> LayersRun:
+            module = ctx.start(arch, "spread")  # the teacher's own weights for this point, nothing trained
+            folder = save_student(module.student, ctx.teacher, out / f"untouched-{key}")
+            return LayersRun(architecture=str(arch), metrics=evaluate_path(study, str(folder), cfg=cfg))
+
+        def distilled(arch: Architecture = arch, key: str = key) -> LayersRun:
+            d = distill_baseline(ctx, f"layers-{key}", arch, batches=ctx.unit_batches(), family="spread")
+            return LayersRun(architecture=str(arch), metrics=evaluate_path(study, d["student_path"], cfg=cfg))
+
+        rows.append((name, "untouched", r.stage("layers-untouched", key, ("evaluate",), untouched, LayersRun).metrics))
+        if args.distil:
+            rows.append((name, "distilled", r.stage("layers-distilled", key, ("distill", "evaluate"), distilled,
+                                                    LayersRun).metrics))
+    lines = []
+    ref = {mode: m for _, mode, m in rows[: 1 + args.distil]}
+    for name, mode, m in rows:
+        a, b = m.test_correct, ref[mode].test_correct
+        versus = "-" if m is ref[mode] or not a or not b else "{:+.3f} ({:+.3f}..{:+.3f})".format(
+            *difference_interval([int(c) for c in a], [int(c) for c in b]))
+        lines.append([name, mode, f"{m.fidelity:.3f}", "-" if m.ood_fidelity is None else f"{m.ood_fidelity:.3f}",
+                      f"{m.accuracy:.3f}", versus])
+    print(table(["student", "weights", "fidelity (WordNet)", "fidelity (man pages)", "accuracy",
+                 f"accuracy - {rows[0][0]} (paired 90%)"], lines))
+    print(f"\nteacher accuracy {rows[0][2].teacher_accuracy:.3f}; accuracy: {cfg.finetune_steps} fine-tuning steps; "
+          f"distillation {study.cfg.distill.steps} steps ({time.time() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
