@@ -61,3 +61,16 @@ def table(head: list[str], rows: list[list[str]]) -> str:
         return "| " + " | ".join(str(x).ljust(w) for x, w in zip(r, widths, strict=True)) + " |"
 
     return "\n".join([fmt(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(fmt, rows)])
+
+
+def accuracy_difference(mine: str | list[str] | None, theirs: str | list[str] | None, digits: int = 3) -> str:
+    """Accuracy of `mine` minus `theirs` on the same test examples, with its paired 90% bootstrap interval over them
+    (`difference_interval`). Each is an evaluation's `test_correct` ("0"/"1" per example) or a list of them, one per
+    fine-tuning seed; "-" where either lacks them (evaluations recorded before they were kept) or they differ."""
+    from nas_bert.evaluate import difference_interval
+
+    a, b = ([m] if isinstance(m, str) else list(m or []) for m in (mine, theirs))
+    if not a or not b or not all(a + b) or len({len(x) for x in a + b}) != 1:
+        return "-"
+    d, lo, hi = difference_interval([[int(c) for c in x] for x in a], [[int(c) for c in x] for x in b])
+    return f"{d:+.{digits}f} ({lo:+.{digits}f}..{hi:+.{digits}f})"

@@ -46,11 +46,10 @@ from pydantic import RootModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import cpu_name, study_budgets, table
+from benchmarks._common import accuracy_difference, cpu_name, study_budgets, table
 from nas_bert.distill import StudentContext, distill_baseline
 from nas_bert.evaluate import (
     EvaluationResult,
-    difference_interval,
     evaluate_encoder,
     evaluate_path,
     stored_evaluation,
@@ -161,16 +160,6 @@ def _accuracy(row: dict[str, Any]) -> str:
     low, high = row.get("accuracy_ratio_low"), row.get("accuracy_ratio_high")
     interval = "" if low is None or high is None else f", {low:.2f}-{high:.2f}"
     return f"{_f(row['accuracy'], 3)} ({_f(row['accuracy_ratio'], 2)}{interval})"
-
-
-def _versus(row: dict[str, Any], nas_row: dict[str, Any]) -> str:
-    """The row's accuracy minus the NAS student's on the same test examples, with the paired bootstrap 90% interval
-    over them (evaluations recorded before nas-bert kept which examples each got right: -)."""
-    mine, theirs = row.get("test_correct"), nas_row.get("test_correct")
-    if row is nas_row or not mine or not theirs or len(mine) != len(theirs):
-        return "-"
-    d, lo, hi = difference_interval([int(c) for c in mine], [int(c) for c in theirs])
-    return f"{d:+.3f} ({lo:+.3f}..{hi:+.3f})"
 
 
 def plot(rows: list[dict[str, Any]], teacher: dict[str, float], path: Path) -> Path:
@@ -425,7 +414,7 @@ def main() -> None:
         lines.append([f"{row['budget_ms']:g} ({row['budget_ms'] / teacher_ms:.2f}x)", row["family"], row["student"],
                       f"{row['measured_ms']:.2f} ({row['measured_ms'] / run_teacher_ms:.2f})", f"{ratio:.2f}{flag}", params,
                       _f(row["fidelity"], 3), _f(row["ood_fidelity"], 3),
-                      _accuracy(row), _versus(row, nas_row),
+                      _accuracy(row), "-" if row is nas_row else accuracy_difference(row.get("test_correct"), nas_row.get("test_correct")),
                       _f(row["label_loyalty"], 3), _f(row["probability_loyalty"], 3)])
     print(f"\nteacher {study.cfg.teacher}: {teacher_ms:.2f} ms when the budgets were set, {run_teacher_ms:.2f} ms in "
           f"the students' timing run; accuracy {teacher_acc:.3f}; "

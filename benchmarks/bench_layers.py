@@ -28,9 +28,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import cpu_name, table
+from benchmarks._common import accuracy_difference, cpu_name, table
 from nas_bert.distill import StudentContext, distill_baseline
-from nas_bert.evaluate import EvaluationResult, difference_interval, evaluate_path
+from nas_bert.evaluate import EvaluationResult, evaluate_path
 from nas_bert.model import save_student
 from nas_bert.pipeline import Runner, shared_stages
 from nas_bert.record import Record
@@ -103,9 +103,7 @@ def main() -> None:
     lines = []
     ref = {mode: m for _, mode, m in rows[: 1 + args.distil]}
     for name, mode, m in rows:
-        a, b = m.test_correct, ref[mode].test_correct
-        versus = "-" if m is ref[mode] or not a or not b else "{:+.3f} ({:+.3f}..{:+.3f})".format(
-            *difference_interval([int(c) for c in a], [int(c) for c in b]))
+        versus = "-" if m is ref[mode] else accuracy_difference(m.test_correct, ref[mode].test_correct)
         lines.append([name, mode, f"{m.fidelity:.3f}", "-" if m.ood_fidelity is None else f"{m.ood_fidelity:.3f}",
                       f"{m.accuracy:.3f}", versus])
     print(table(["student", "weights", "fidelity (WordNet)", "fidelity (man pages)", "accuracy",

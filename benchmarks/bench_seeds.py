@@ -29,8 +29,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import cpu_name, table
-from nas_bert.evaluate import difference_interval, evaluate_path
+from benchmarks._common import accuracy_difference, cpu_name, table
+from nas_bert.evaluate import evaluate_path
 from nas_bert.study import load_study
 
 
@@ -54,7 +54,7 @@ def main() -> None:
     acc: dict[str, dict[int, float]] = {n: {} for n in named}
     teacher: dict[int, float] = {}
     interval: dict[str, dict[int, str]] = {n: {} for n in named}
-    correct: dict[str, list[list[int]]] = {n: [] for n in named}
+    correct: dict[str, list[str]] = {n: [] for n in named}
     with tempfile.TemporaryDirectory() as tmp:
         copies = {n: shutil.copytree(f, Path(tmp) / n) for n, f in named.items()}
         for seed in seeds:
@@ -64,7 +64,7 @@ def main() -> None:
                 acc[name][seed], teacher[seed] = r.accuracy, r.teacher_accuracy
                 interval[name][seed] = ("" if r.accuracy_ratio_low is None else
                                         f" ({r.accuracy_ratio_low:.2f}-{r.accuracy_ratio_high:.2f})")
-                correct[name].append([int(c) for c in r.test_correct or ""])
+                correct[name].append(r.test_correct or "")
                 print(f"seed {seed}: {name} accuracy {r.accuracy:.3f}, teacher {r.teacher_accuracy:.3f}")
     ref = next(iter(named))
     def sd(values: list[float]) -> str:
@@ -72,10 +72,7 @@ def main() -> None:
 
     def pooled(name: str) -> str:
         """reference minus `name` over the seeds, with its paired 90% interval over the test examples"""
-        if name == ref or not all(correct[ref]) or not all(correct[name]):
-            return ""
-        d, lo, hi = difference_interval(correct[ref], correct[name])
-        return f"{d:+.4f} ({lo:+.4f}..{hi:+.4f})"
+        return "" if name == ref else accuracy_difference(correct[ref], correct[name], digits=4)
 
     rows = [["teacher", *(f"{teacher[s]:.3f}" for s in seeds), f"{statistics.mean(teacher.values()):.3f}",
              sd(list(teacher.values())), "", ""]]
