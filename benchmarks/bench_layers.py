@@ -4,8 +4,8 @@
     python benchmarks/bench_layers.py --config studies/quality.yaml --distil 0,1,2 0,1,5 \
         NAS=studies/quality/export/<the 1/2 student>
 
-Each argument is a set of the teacher's layers (0-based, comma-separated) kept whole, the others dropped, or
-NAME=FOLDER: the architecture of a distilled or exported student. Each is extracted from the teacher as every
+Each argument is a set of the teacher's layers (0-based, comma-separated) kept whole, the others dropped, with
+":i<neurons>" their feed-forwards pruned to their most important neurons (0,2,3,5:i768), or NAME=FOLDER: the architecture of a distilled or exported student. Each is extracted from the teacher as every
 point of the space made from the teacher is (the teacher's own weights, nothing trained) and evaluated under the
 study's `evaluate` protocol; with --distil it is also distilled with the study's recipe (the baselines' uniform layer
 mapping, the study's steps) and evaluated again. The table gives fidelity on the WordNet test glosses and on the man
@@ -53,18 +53,21 @@ def architecture_of(spec: str, study: Any, ctx: StudentContext) -> tuple[str, Ar
         if not isinstance(arch, dict):
             sys.exit(f"{spec}: {folder} is not a nas-bert student folder (no architecture in config.json)")
         return name, Architecture.from_dict(arch)
+    kept, _, size = spec.partition(":i")
     try:
-        layers = sorted({int(x) for x in spec.split(",")})
+        layers = sorted({int(x) for x in kept.split(",")})
+        inner = int(size) if size else None
     except ValueError:
-        sys.exit(f"{spec}: give the teacher's layers as comma-separated numbers from 0 (e.g. 0,2,5) or NAME=FOLDER")
+        sys.exit(f"{spec}: give the teacher's layers as comma-separated numbers from 0 (e.g. 0,2,5), optionally "
+                 "with their feed-forward neurons (0,2,3,5:i768), or NAME=FOLDER")
     n = ctx.teacher.num_layers
     if not layers or layers[0] < 0 or layers[-1] >= n:
         sys.exit(f"{spec}: the teacher has layers 0..{n - 1}; give some of those")
-    arch = layers_point(study.space, ctx.teacher.embeddings_spec(), layers)
+    arch = layers_point(study.space, ctx.teacher.embeddings_spec(), layers, inner=inner)
     if arch is None:
-        sys.exit(f"{spec}: the study's space is not made from the teacher (set search_space: auto) or lacks its "
-                 "full widths")
-    return "layers " + ",".join(map(str, layers)), arch
+        sys.exit(f"{spec}: the study's space is not made from the teacher (set search_space: auto) or has no "
+                 f"feed-forward of {inner or 'full'} neurons (its sizes: {sorted(study.space.ffn_sizes)})")
+    return "layers " + ",".join(map(str, layers)) + (f", feed-forward {inner}" if inner else ""), arch
 
 
 def main() -> None:
