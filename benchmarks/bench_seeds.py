@@ -67,6 +67,7 @@ def main() -> None:
                 correct[name].append(r.test_correct or "")
                 print(f"seed {seed}: {name} accuracy {r.accuracy:.3f}, teacher {r.teacher_accuracy:.3f}")
     ref = next(iter(named))
+
     def sd(values: list[float]) -> str:
         return f"{statistics.stdev(values):.3f}" if len(values) > 1 else "-"
 

@@ -211,7 +211,8 @@ def evaluate_encoder(encoder: nn.Module, tokenizer: Any, teacher: Any, cfg: Eval
         teacher_result = _teacher_run(teacher, cfg, task, device)
     t_acc = float(teacher_result["accuracy"])
     t_probs, labels = np.asarray(teacher_result["test_probs"]), np.asarray(dd["test"]["label"])
-    low, high = (ratio_interval(probs.argmax(1) == labels, t_probs.argmax(1) == labels)
+    right = probs.argmax(1) == labels
+    low, high = (ratio_interval(right, t_probs.argmax(1) == labels)
                  if t_probs.shape == probs.shape and t_acc > 0 else (math.nan, math.nan))
     low, high = (None, None) if math.isnan(low) else (low, high)  # None, not NaN, in JSON
     return {
@@ -224,7 +225,7 @@ def evaluate_encoder(encoder: nn.Module, tokenizer: Any, teacher: Any, cfg: Eval
         "accuracy_ratio_low": low, "accuracy_ratio_high": high,
         **loyalty(probs, t_probs),
         # which test examples it got right, "0"/"1" each: two students' accuracies compared pairwise (bench_seeds.py)
-        "test_correct": "".join("1" if c else "0" for c in probs.argmax(1) == labels),
+        "test_correct": "".join("1" if c else "0" for c in right),
         "params": _params(encoder),
         "protocol_hash": protocol_hash(cfg, task),
     }
