@@ -7,6 +7,8 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from pydantic import RootModel
+
 # studies/tiny.yaml at sizes that make every stage take seconds (the benchmarks that time the machinery
 # around the stages, not the stages themselves)
 _TINY_SIZES: dict[str, dict[str, Any]] = {
@@ -20,6 +22,10 @@ _TINY_SIZES: dict[str, dict[str, Any]] = {
     "evaluate": {"finetune_steps": 3, "fidelity_texts": 16, "max_train_examples": 48, "max_eval_examples": 16,
                  "max_seq_length": 16, "batch_size": 8, "ood_texts": 16},
 }
+
+
+class Timings(RootModel[dict[str, float]]):
+    """Every student's and the teacher's ms in one interleaved run, by name."""
 
 
 def tiny_sizes(**overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -42,11 +42,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import RootModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import accuracy_difference, cpu_name, study_budgets, table
+from benchmarks._common import Timings, accuracy_difference, cpu_name, study_budgets, table
 from nas_bert.distill import StudentContext, distill_baseline
 from nas_bert.evaluate import (
     EvaluationResult,
@@ -78,10 +77,6 @@ METRICS = ("fidelity", "ood_fidelity", "accuracy", "accuracy_ratio", "accuracy_r
 # What this benchmark's own stages record (`Runner.stage` reads them back on a rerun).
 class TeacherTime(Record):
     teacher_ms: float
-
-
-class Timings(RootModel[dict[str, float]]):
-    """Every student's and the teacher's ms in one interleaved run, by name."""
 
 
 class BaselineRun(Record):

@@ -5,20 +5,25 @@
         NAS=studies/quality/export/<the 1/2 student>
 
 Each argument is a set of the teacher's layers (0-based, comma-separated) kept whole, the others dropped, with
-":i<neurons>" their feed-forwards pruned to their most important neurons (0,2,3,5:i768), or NAME=FOLDER: the architecture of a distilled or exported student. Each is extracted from the teacher as every
-point of the space made from the teacher is (the teacher's own weights, nothing trained) and evaluated under the
-study's `evaluate` protocol; with --distil it is also distilled with the study's recipe (the baselines' uniform layer
-mapping, the study's steps) and evaluated again. The table gives fidelity on the WordNet test glosses and on the man
-pages, fine-tuned accuracy, and each accuracy minus the first row's with its paired 90% interval over the test
-examples. Why: at one latency, students keeping the teacher's lower layers may fine-tune better while those keeping
-its upper layers agree with it better; this says how much of either comes from the layers kept and how much from the
-distillation. Every row is a stage of the study's database: a rerun resumes.
+":i<neurons>" their feed-forwards pruned to their most important neurons (0,2,3,5:i768) and a layer's own heads and
+neurons after its index (0,2h8i512,4h8i512,5: h0 or i0 drops that sublayer), or NAME=FOLDER: the architecture of a
+distilled or exported student. First every point and the teacher are timed in one interleaved run (each relative to
+the teacher beside it; --latency-only stops there: which points a budget holds). Each is extracted from the teacher
+as every point of the space made from the teacher is (the teacher's own weights, nothing trained) and evaluated
+under the study's `evaluate` protocol; with --distil it is also distilled with the study's recipe (the baselines'
+uniform layer mapping, the study's steps) and evaluated again. The table gives fidelity on the WordNet test glosses
+and on the man pages, fine-tuned accuracy, and each accuracy minus the first row's with its paired 90% interval over
+the test examples. Why: at one latency, students keeping the teacher's lower layers may fine-tune better while those
+keeping its upper layers agree with it better; this says how much of either comes from the layers kept and how much
+from the distillation. Every row is a stage of the study's database: a rerun resumes.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -28,15 +33,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import accuracy_difference, cpu_name, table
+from benchmarks._common import Timings, accuracy_difference, cpu_name, table
 from nas_bert.distill import StudentContext, distill_baseline
 from nas_bert.evaluate import EvaluationResult, evaluate_path
+from nas_bert.latency import build_student, ensure_latency_model, measure_models
 from nas_bert.model import save_student
 from nas_bert.pipeline import Runner, shared_stages
 from nas_bert.record import Record
 from nas_bert.space import Architecture
 from nas_bert.space.families import layers_point
 from nas_bert.study import load_study
+
+LAYER = re.compile(r"(\d+)(?:h(\d+))?(?:i(\d+))?")  # a kept layer: its index, its own heads and neurons
 
 
 class LayersRun(Record):
@@ -55,25 +63,34 @@ def architecture_of(spec: str, study: Any, ctx: StudentContext) -> tuple[str, Ar
         return name, Architecture.from_dict(arch)
     kept, _, size = spec.partition(":i")
     try:
-        layers = sorted({int(x) for x in kept.split(",")})
-        inner = int(size) if size else None
+        sizes = {}
+        for token in kept.split(","):
+            if not (m := LAYER.fullmatch(token.strip())):
+                raise ValueError(token)
+            sizes[int(m[1])] = (None if m[2] is None else int(m[2]), None if m[3] is None else int(m[3]))
+        layers, inner = sorted(sizes), int(size) if size else None
     except ValueError:
         sys.exit(f"{spec}: give the teacher's layers as comma-separated numbers from 0 (e.g. 0,2,5), optionally "
-                 "with their feed-forward neurons (0,2,3,5:i768), or NAME=FOLDER")
+                 "with their feed-forward neurons (0,2,3,5:i768) or a layer's own heads and neurons (0,2h6i512,5; "
+                 "h0 or i0 drops that sublayer), or NAME=FOLDER")
     n = ctx.teacher.num_layers
     if not layers or layers[0] < 0 or layers[-1] >= n:
         sys.exit(f"{spec}: the teacher has layers 0..{n - 1}; give some of those")
-    arch = layers_point(study.space, ctx.teacher.embeddings_spec(), layers, inner=inner)
+    arch = layers_point(study.space, ctx.teacher.embeddings_spec(), layers, inner=inner, sizes=sizes)
     if arch is None:
-        sys.exit(f"{spec}: the study's space is not made from the teacher (set search_space: auto) or has no "
-                 f"feed-forward of {inner or 'full'} neurons (its sizes: {sorted(study.space.ffn_sizes)})")
-    return "layers " + ",".join(map(str, layers)) + (f", feed-forward {inner}" if inner else ""), arch
+        sys.exit(f"{spec}: the study's space is not made from the teacher (set search_space: auto) or lacks one of "
+                 f"these sizes (heads: {sorted(study.space.head_counts)}; feed-forward neurons: "
+                 f"{sorted(study.space.ffn_sizes)})")
+    own = [f"{b}" + "".join(f"{k}{v}" for k, v in zip("hi", sizes[b], strict=True) if v is not None) for b in layers]
+    return "layers " + ",".join(own) + (f", feed-forward {inner}" if inner else ""), arch
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default="studies/demo.yaml")
     ap.add_argument("--distil", action="store_true", help="also distil each with the study's recipe")
+    ap.add_argument("--latency-only", action="store_true",
+                    help="time the students beside the teacher and stop (no evaluation): which points a budget holds")
     ap.add_argument("students", nargs="+", help="layer sets (0,2,5) or NAME=FOLDER; the first is the reference")
     args = ap.parse_args()
     t0 = time.time()
@@ -85,9 +102,23 @@ def main() -> None:
     ctx = StudentContext.open(study)
     cfg = study.cfg.evaluate
     out = study.workdir / "layers"
+    points = dict(architecture_of(spec, study, ctx) for spec in args.students)
+    latency = ensure_latency_model(r.db, study.space, ctx.teacher.embeddings_spec(), study.cfg.latency, progress=False)
+
+    def time_all() -> Timings:  # every point and the teacher in one interleaved run, each relative to the teacher
+        models = [build_student(a) for a in points.values()] + [copy.deepcopy(ctx.teacher.encoder).cpu()]
+        ms = measure_models(models, study.cfg.latency, int(ctx.teacher.config.vocab_size), reference=len(models) - 1)
+        return Timings(dict(zip([*points, "teacher"], ms, strict=True)))
+
+    ms = r.stage("layers-latency", ",".join(a.hash() for a in points.values()), ("latency",), time_all, Timings).root
+    print(table(["student", "predicted ms", "measured ms", "/ teacher"],
+                [[name, f"{latency.predict(a):.2f}", f"{ms[name]:.2f}", f"{ms[name] / ms['teacher']:.3f}"]
+                 for name, a in points.items()]))
+    print(f"teacher {ms['teacher']:.2f} ms in this run\n")
+    if args.latency_only:
+        return
     rows: list[tuple[str, str, EvaluationResult]] = []
-    for spec in args.students:
-        name, arch = architecture_of(spec, study, ctx)
+    for name, arch in points.items():
         key = arch.hash()
 
         def untouched(arch: Architecture = arch, key: str = key) -> LayersRun:

@@ -32,22 +32,30 @@ def spread_layers(n: int, k: int) -> list[int]:
 
 
 def layers_point(space: SearchSpace, emb: Embeddings, layers: list[int], width: int | None = None,
-                 heads: int | None = None, inner: int | None = None) -> Architecture | None:
+                 heads: int | None = None, inner: int | None = None,
+                 sizes: dict[int, tuple[int | None, int | None]] | None = None) -> Architecture | None:
     """The teacher's `layers` kept at `width` (default: full), `heads` heads and `inner` neurons (default: in
-    proportion to the width), the others dropped; None where the space lacks one of those sizes."""
+    proportion to the width), the others dropped; `sizes` gives a layer its own (heads, neurons), 0 dropping that
+    sublayer and None keeping the point's. None where the space lacks one of those sizes."""
     if not space.layer_slots or not {"mha", "ffn"} <= set(space.operators):
         return None
     width = width or space.max_hidden
     heads = heads or width // space.head_size
     inner = inner or space.max_inner * width // space.max_hidden
-    if width not in space.hidden_sizes or heads not in space.head_counts or inner not in space.ffn_sizes:
-        return None
-    pair = (mha_op(heads, space.head_size, width), Op("ffn", inner=inner))
     blocks, prev = [], emb.width
     for b in range(space.blocks):
-        kept = b in layers
-        blocks.append(Block(width if kept else prev, pair if kept else (IDENTITY, IDENTITY)))  # a dropped layer passes its input on
-        prev = blocks[-1].hidden
+        if b not in layers:  # a dropped layer passes its input on
+            blocks.append(Block(prev, (IDENTITY, IDENTITY)))
+            continue
+        h, n = (sizes or {}).get(b, (None, None))
+        h, n = heads if h is None else h, inner if n is None else n
+        if (h and h not in space.head_counts) or (n and n not in space.ffn_sizes) or not (h or n):
+            return None
+        blocks.append(Block(width, (mha_op(h, space.head_size, width) if h else IDENTITY,
+                                    Op("ffn", inner=n) if n else IDENTITY)))
+        prev = width
+    if width not in space.hidden_sizes:
+        return None
     return Architecture.build(emb, tuple(blocks)).validate(space)
 
 

@@ -59,6 +59,27 @@ def test_auto_space_of_a_12_layer_teacher_holds_its_layers_and_every_family() ->
     assert uni.blocks[0].ops[1].inner == 1536
 
 
+def test_a_layer_set_gives_each_kept_layer_its_own_heads_and_neurons() -> None:
+    from nas_bert.space import layers_point
+
+    space = auto_for(BERT_BASE)
+    kept, lean, leaner = [0, 4, 7, 11], space.ffn_sizes[1], space.ffn_sizes[0]
+    # without sizes of its own, the point of the family with those layers
+    assert layers_point(space, EMB, kept, inner=lean).hash() == families(space, EMB)[f"spread-4-i{lean}"][1].hash()
+    # layer 4 with 6 heads and fewer neurons, layer 7 without attention, layer 11 without its feed-forward
+    a = layers_point(space, EMB, kept, inner=lean, sizes={4: (6, leaner), 7: (0, None), 11: (None, 0)})
+    got = {b: (blk.ops[0].kind, blk.ops[0].heads, blk.ops[1].kind, blk.ops[1].inner)
+           for b, blk in enumerate(a.blocks) if blk.depth}
+    assert got == {0: ("mha", 12, "ffn", lean), 4: ("mha", 6, "ffn", leaner), 7: ("identity", 0, "ffn", lean),
+                   11: ("mha", 12, "identity", 0)}
+    a.validate(space)  # a point of the space
+    assert all(blk.depth == 0 for b, blk in enumerate(a.blocks) if b not in kept)
+    # a size the space lacks, or a layer left with nothing, is no point
+    assert layers_point(space, EMB, kept, sizes={4: (5, None)}) is None
+    assert layers_point(space, EMB, kept, sizes={4: (None, 1000)}) is None
+    assert layers_point(space, EMB, kept, sizes={4: (0, 0)}) is None
+
+
 def test_auto_space_of_the_tiny_teacher(tiny_teacher) -> None:
     shape = TeacherShape.of(tiny_teacher.config)
     space = auto_for(shape)
