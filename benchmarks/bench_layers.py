@@ -8,14 +8,15 @@ Each argument is a set of the teacher's layers (0-based, comma-separated) kept w
 ":i<neurons>" their feed-forwards pruned to their most important neurons (0,2,3,5:i768) and a layer's own heads and
 neurons after its index (0,2h8i512,4h8i512,5: h0 or i0 drops that sublayer), or NAME=FOLDER: the architecture of a
 distilled or exported student. First every point and the teacher are timed in one interleaved run (each relative to
-the teacher beside it; --latency-only stops there: which points a budget holds). Each is extracted from the teacher
-as every point of the space made from the teacher is (the teacher's own weights, nothing trained) and evaluated
-under the study's `evaluate` protocol; with --distil it is also distilled with the study's recipe (the baselines'
-uniform layer mapping, the study's steps) and evaluated again. The table gives fidelity on the WordNet test glosses
-and on the man pages, fine-tuned accuracy, and each accuracy minus the first row's with its paired 90% interval over
-the test examples. Why: at one latency, students keeping the teacher's lower layers may fine-tune better while those
-keeping its upper layers agree with it better; this says how much of either comes from the layers kept and how much
-from the distillation. Every row is a stage of the study's database: a rerun resumes.
+the teacher beside it) and scored as the study's search scores a trial; --latency-only stops there: which points a
+budget holds, and how the search would rank them. Each is extracted from the teacher as every point of the space
+made from the teacher is (the teacher's own weights, nothing trained) and evaluated under the study's `evaluate`
+protocol; with --distil it is also distilled with the study's recipe (the baselines' uniform layer mapping, the
+study's steps) and evaluated again. The table gives fidelity on the WordNet test glosses and on the man pages,
+fine-tuned accuracy, and each accuracy minus the first row's with its paired 90% interval over the test examples.
+Why: at one latency, students keeping the teacher's lower layers may fine-tune better while those keeping its upper
+layers agree with it better; this says how much of either comes from the layers kept and how much from the
+distillation. Every row is a stage of the study's database: a rerun resumes.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from nas_bert.latency import build_student, ensure_latency_model, measure_models
 from nas_bert.model import save_student
 from nas_bert.pipeline import Runner, shared_stages
 from nas_bert.record import Record
+from nas_bert.search import open_context
 from nas_bert.space import Architecture
 from nas_bert.space.families import layers_point
 from nas_bert.study import load_study
@@ -111,9 +113,11 @@ def main() -> None:
         return Timings(dict(zip([*points, "teacher"], ms, strict=True)))
 
     ms = r.stage("layers-latency", ",".join(a.hash() for a in points.values()), ("latency",), time_all, Timings).root
-    print(table(["student", "predicted ms", "measured ms", "/ teacher"],
-                [[name, f"{latency.predict(a):.2f}", f"{ms[name]:.2f}", f"{ms[name] / ms['teacher']:.3f}"]
-                 for name, a in points.items()]))
+    search = open_context(study, progress=False)  # each point's trial score, as the study's search ranks it
+    print(table(["student", "predicted ms", "measured ms", "/ teacher",
+                 f"search proxy ({search.proxy}; lower ranks first)"],
+                [[name, f"{latency.predict(a):.2f}", f"{ms[name]:.2f}", f"{ms[name] / ms['teacher']:.3f}",
+                  f"{search.score(a):.4f}"] for name, a in points.items()]))
     print(f"teacher {ms['teacher']:.2f} ms in this run\n")
     if args.latency_only:
         return
