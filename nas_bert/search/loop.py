@@ -33,7 +33,7 @@ from nas_bert.search.front import SearchResult, finish_search, recipe_hashes
 from nas_bert.search.shrinking import ShrinkingSampler, describe
 from nas_bert.search.storage import adopt_unkeyed, own_study_name, storage_for
 from nas_bert.search.trial_space import suggest_architecture, trial_params
-from nas_bert.space import FAMILIES, IDENTITY, Architecture, Block, families, grown, neighbours
+from nas_bert.space import FAMILIES, IDENTITY, Architecture, Block, Op, families, grown, neighbours
 from nas_bert.space import architecture as A
 from nas_bert.store import ArchitectureRow, TrialRow, fingerprint
 from nas_bert.study import SearchConfig, Study
@@ -144,12 +144,16 @@ def fits_within(latency: LatencyModel, limit_ms: float):
 def family_seeds(ctx: SearchContext, budget_ms: float, keep: int = 3) -> dict[str, Architecture]:
     """In a space made from the teacher, the hand-designed students are points: of each family the `keep`
     slowest the latency model predicts within the budget go first, so the search starts from every recipe a
-    user would try and can at worst tie with them. Then its first step away from them: of each family the
-    slowest member that leaves room for it grown by one more layer in the latency it leaves under the budget
-    (`families.grown`, named "spread-2+layer4"), points no recipe reaches. A grown point is the largest that
-    fits, so it sits at the budget's edge: it is grown to the budget less the latency model's leave-one-out
-    error (`grow_limit`), so that measured it still holds the budget instead of being dropped by the finalists'
-    timing or flagged over budget at export."""
+    user would try and can at worst tie with them. Then its first step away from them: of each family, per
+    size its members' layers share (the feed-forward neurons of a pruned family, the width of a Minitron-style
+    one), the slowest member that leaves room for it grown by one more layer in the latency it leaves under the
+    budget (`families.grown`, named "spread-3-i1024+layer4"), points no recipe reaches. Per size, not only the
+    family's slowest: a lighter cut grown by a layer keeps one layer more, and in the quality study at 1/2 the
+    teacher's layers 0, 2, 5 at 1024 neurons grown by layer 4 scored best of every point by the proxy, above the
+    student the search chose, while growing only the slowest (its layers 0, 5, whole) never reached it
+    (BENCHMARKS.md). A grown point is the largest that fits, so it sits at the budget's edge: it is grown to the
+    budget less the latency model's leave-one-out error (`grow_limit`), so that measured it still holds the
+    budget instead of being dropped by the finalists' timing or flagged over budget at export."""
     space = ctx.study.space
     points = families(space, ctx.teacher.embeddings_spec())
     predicted = {name: ctx.latency.predict(arch) for name, (_, arch) in points.items()}
@@ -162,12 +166,16 @@ def family_seeds(ctx: SearchContext, budget_ms: float, keep: int = 3) -> dict[st
     for kind in FAMILIES:
         members = sorted((ms, name) for name, ms in predicted.items() if points[name][0] == kind and ms <= budget_ms)
         out |= {name: points[name][1] for _, name in members[-keep:]}
-        for _, name in reversed(members):  # the slowest member that leaves room for one layer more
-            more = {f"{name}+layer{b}": a for b, a in grown(space, points[name][1], fits).items()
-                    if a.hash() not in recipes}
+        done: set[frozenset[tuple[int, tuple[Op, ...]]]] = set()
+        for _, name in reversed(members):  # per size, the slowest member that leaves room for one layer more
+            arch = points[name][1]
+            size = frozenset((b.hidden, b.ops) for b in arch.blocks if b.depth)
+            if size in done:
+                continue
+            more = {f"{name}+layer{b}": a for b, a in grown(space, arch, fits).items() if a.hash() not in recipes}
             if more:
                 out |= {n: a for n, a in more.items() if n not in out}
-                break
+                done.add(size)
     return out
 
 

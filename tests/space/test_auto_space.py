@@ -228,6 +228,42 @@ def test_grown_seeds_keep_the_latency_model_error_under_the_budget() -> None:
     assert any(a.params() / 1e6 > 0.9 * budget for a in seeds["nan"].values())
 
 
+def test_grown_seeds_grow_each_size_of_a_family_not_only_its_slowest_member() -> None:
+    """Of each family, per size its members' layers share, the slowest member with room grows by a layer: a
+    lighter cut (fewer neurons) grown keeps a layer more than the slowest cut grown."""
+    from nas_bert.latency.calibration import Calibration
+    from nas_bert.search.loop import family_seeds
+
+    space = auto_for(BERT_BASE)
+    points = families(space, EMB)
+
+    class Cost:  # parameters as milliseconds
+        calibration = Calibration(loo_mape=float("nan"))
+
+        def predict(self, a: Architecture) -> float:
+            return a.params() / 1e6
+
+    budget = points["spread-3"][1].params() / 1e6 + 1.0  # spread-3 whole fits, with no room for a layer more
+    ctx = SimpleNamespace(study=SimpleNamespace(space=space), teacher=SimpleNamespace(embeddings_spec=lambda: EMB),
+                          latency=Cost())
+    seeds = family_seeds(ctx, budget)
+    grown_from = {n.split("+")[0] for n in seeds if "+layer" in n}
+    # the spread-pruned family grows its slowest member with room at more than one feed-forward size
+    sizes = {n.split("-i")[1] for n in grown_from if n.startswith("spread-") and "-i" in n}
+    assert len(sizes) >= 2, sorted(grown_from)
+    # and no two members of one family and size: each grown member is the slowest of its size that has room
+    for n in grown_from:
+        kind, arch = points[n]
+        size = {(b.hidden, b.ops) for b in arch.blocks if b.depth}
+        slower = [m for m, (k, a) in points.items() if k == kind and m != n
+                  and {(b.hidden, b.ops) for b in a.blocks if b.depth} == size
+                  and arch.params() < a.params() <= budget * 1e6]
+        assert all(f"{m}+layer" not in " ".join(seeds) for m in slower)
+    for arch in seeds.values():
+        arch.validate(space)
+        assert arch.params() / 1e6 <= budget
+
+
 def test_neighbours_are_one_step_away_and_fit() -> None:
     from nas_bert.space import neighbours
 
