@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import Timings, accuracy_difference, cpu_name, table
 from nas_bert.distill import StudentContext, distill_baseline
 from nas_bert.evaluate import EvaluationResult, evaluate_path
-from nas_bert.latency import build_student, ensure_latency_model, measure_models
+from nas_bert.latency import build_student, measure_models
 from nas_bert.model import save_student
 from nas_bert.pipeline import Runner, shared_stages
 from nas_bert.record import Record
@@ -105,7 +105,7 @@ def main() -> None:
     cfg = study.cfg.evaluate
     out = study.workdir / "layers"
     points = dict(architecture_of(spec, study, ctx) for spec in args.students)
-    latency = ensure_latency_model(r.db, study.space, ctx.teacher.embeddings_spec(), study.cfg.latency, progress=False)
+    search = open_context(study, progress=False)  # the latency model, and each point's trial score as the search ranks it
 
     def time_all() -> Timings:  # every point and the teacher in one interleaved run, each relative to the teacher
         models = [build_student(a) for a in points.values()] + [copy.deepcopy(ctx.teacher.encoder).cpu()]
@@ -113,10 +113,9 @@ def main() -> None:
         return Timings(dict(zip([*points, "teacher"], ms, strict=True)))
 
     ms = r.stage("layers-latency", ",".join(a.hash() for a in points.values()), ("latency",), time_all, Timings).root
-    search = open_context(study, progress=False)  # each point's trial score, as the study's search ranks it
     print(table(["student", "predicted ms", "measured ms", "/ teacher",
                  f"search proxy ({search.proxy}; lower ranks first)"],
-                [[name, f"{latency.predict(a):.2f}", f"{ms[name]:.2f}", f"{ms[name] / ms['teacher']:.3f}",
+                [[name, f"{search.latency.predict(a):.2f}", f"{ms[name]:.2f}", f"{ms[name] / ms['teacher']:.3f}",
                   f"{search.score(a):.4f}"] for name, a in points.items()]))
     print(f"teacher {ms['teacher']:.2f} ms in this run\n")
     if args.latency_only:
