@@ -105,7 +105,7 @@ def main() -> None:
     cfg = study.cfg.evaluate
     out = study.workdir / "layers"
     points = dict(architecture_of(spec, study, ctx) for spec in args.students)
-    search = open_context(study, progress=False)  # the latency model, and each point's trial score as the search ranks it
+    search = open_context(study, progress=False)  # its latency model; each point scored as the search scores it
 
     def time_all() -> Timings:  # every point and the teacher in one interleaved run, each relative to the teacher
         models = [build_student(a) for a in points.values()] + [copy.deepcopy(ctx.teacher.encoder).cpu()]
