@@ -15,7 +15,10 @@ judged is refitted here, offline, in two forms, and each form predicts the run's
 
 Forms: `a x raw + c x operators + w x resizes + b` (the model since calibration version 3), the same
 without w (version 2), both fitted by `fit_calibration` on the same timings (resizes set to 0 give the
-old form exactly), so the difference is the form's alone; and, not a form the model uses, a second slope for
+old form exactly), so the difference is the form's alone, both with c >= 0 and floored at `a x raw` as they were
+fitted before the fit knew the table's cheapest operator; the fit the model makes now (`LatencyModel.refitted`
+through the reference student, the teacher's layers, with c >= -a x the cheapest operator, the line as fitted
+within the calibration's range); and, not a form the model uses, a second slope for
 the students at the teacher's width (`a x raw + f x raw x [no resize] + c x operators + b`, unconstrained least
 squares on the relative error). Nothing is timed; nothing is written.
 """
@@ -39,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import table
 from nas_bert.choose import FinalistsResult
 from nas_bert.latency import (
+    REFERENCE,
     Calibration,
     LatencyModel,
     calibration_architectures,
@@ -161,18 +165,21 @@ def main() -> None:
         if len(cal_ms) != len(cal_archs):
             print(f"{label}: {len(cal_ms)} calibration times for {len(cal_archs)} students; skipped")
             continue
-        with_w = model.refitted(cal_archs, cal_ms)
-        a, c, w, b = fit_calibration([(model.raw_ms(x), operators(x), 0, ms) for x, ms in zip(cal_archs, cal_ms, strict=True)])
+        now = model.refitted(cal_archs, cal_ms, anchor=REFERENCE)
+        a, c, w, b = fit_calibration(now.points)  # as fitted before: c >= 0, no anchor, floored everywhere
+        with_w = Calibration(a=a, c=c, w=w, b=b)
+        a, c, w, b = fit_calibration([(r, n, 0, ms) for r, n, _, ms in now.points])
         without = Calibration(a=a, c=c, w=w, b=b)
-        full = fit_full_width(with_w.points)
+        full = fit_full_width(now.points)
         uniform = [(x, ms) for x, ms in judged if resizes(x) <= 1]
         rows.append([label, str(len(judged)), errors(model, without, judged), errors(model, with_w, judged),
-                     errors(model, full, judged), f"{len(uniform)}", errors(model, without, uniform) if uniform else "-",
-                     errors(model, with_w, uniform) if uniform else "-", f"{with_w.w:.3f}", f"{full.f:.3f}"])
+                     errors(model, now, judged), errors(model, full, judged), f"{len(uniform)}",
+                     errors(model, with_w, uniform) if uniform else "-", errors(model, now, uniform) if uniform else "-",
+                     f"{now.c:.3f}", f"{full.f:.3f}"])
     print(f"\nstudy {study.name}: refitted on each run's calibration students; error of the judged students "
           "(mean / max / bias = mean signed, + over-predicts)\n")
-    print(table(["timing run", "judged", "without w (v2)", "with w (v3)", "full-width slope", "of one width",
-                 "one width, without w", "one width, with w", "w ms", "f"], rows))
+    print(table(["timing run", "judged", "without w (v2)", "with w (v3)", "now (anchored, c bounded)",
+                 "full-width slope", "of one width", "one width, v3", "one width, now", "c ms (now)", "f"], rows))
 
 
 if __name__ == "__main__":

@@ -174,7 +174,8 @@ def predict_now(lat: LatencyModel, cands: list[Candidate], timing: dict[str, Any
     predates it, or the table cannot predict the student)."""
     a, c, w, b = (timing.get(f"refit_{k}") for k in "acwb")
     # a run before the per-resize term was fitted with none (w = 0): its coefficients stand as they were
-    now = None if None in (a, c, b) else Calibration(a=a, c=c, w=w or 0.0, b=b)
+    # refitted on the same calibration students (the same table times): the same fitted range as the stored one
+    now = None if None in (a, c, b) else Calibration(a=a, c=c, w=w or 0.0, b=b, points=lat.calibration.points)
     for cand in cands:
         try:
             cand.proxies["predicted_now_ms"] = (None if now is None else

@@ -129,18 +129,25 @@ class LatencyModel:
         return (self.calibration if calibration is None else calibration)(self.raw_ms(arch, reorder), operators(arch),
                                                                            resizes(arch))
 
-    def refitted(self, archs: list[Architecture], measured: list[float]) -> Calibration:
-        """The calibration's form fitted on students timed end to end now (the table stays as it is)."""
+    def refitted(self, archs: list[Architecture], measured: list[float], anchor: int | None = None) -> Calibration:
+        """The calibration's form fitted on students timed end to end now (the table stays as it is), through the
+        student at index `anchor` where one is given, with no operator cheaper than none (`fit_calibration`)."""
         points = [(self.raw_ms(a), operators(a), resizes(a), ms) for a, ms in zip(archs, measured, strict=True)]
-        a, c, w, b = fit_calibration(points)
-        return Calibration(a=a, b=b, c=c, w=w, points=points, loo_mape=loo_mape(points))
+        cheapest = self.cheapest_operator_ms()
+        a, c, w, b = fit_calibration(points, anchor, cheapest)
+        return Calibration(a=a, b=b, c=c, w=w, points=points, loo_mape=loo_mape(points, anchor, cheapest))
+
+    def cheapest_operator_ms(self) -> float:
+        """The table's cheapest operator entry (attention, feed-forward or convolution), 0 where it has none."""
+        return min((ms for key, ms in self.table.items() if key.split(":", 1)[0] in ("mha", "ffn", "sepconv")),
+                   default=0.0)
 
     def fastest_architecture(self, space: SearchSpace, emb: Embeddings) -> Architecture:
         """The student of `space` with the lowest predicted latency (exact).
 
         Within a block of width h the cheapest choice is the minimum depth of the cheapest operator;
         the map into block b depends on block b-1's width, so a dynamic programme over widths
-        picks the widths. The calibration is increasing in raw (a > 0), in operators (c >= 0) and in resizes
+        picks the widths. The calibration is increasing in raw (a > 0), in operators (c >= -a x the cheapest one) and in resizes
         (w >= 0), and every block here has the minimum depth, so minimising raw + (w / a) x resizes is enough.
         """
         if space.layer_slots:  # every layer dropped: a dropped layer keeps the width before it

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
@@ -209,7 +210,9 @@ def test_calibration_is_stored(build: Built, space: SearchSpace) -> None:
     cal = model.calibration
     assert cal.a > 0
     assert (stored["a"], stored["b"], stored["c"], stored["w"]) == (cal.a, cal.b, cal.c, cal.w)
-    assert cal.c >= 0 and cal.w >= 0
+    assert cal.c >= -cal.a * model.cheapest_operator_ms() and cal.w >= 0  # no operator costs less than none
+    raw, ops, rs, ms = cal.points[1]  # the largest student, the reference: the fit passes through it as timed
+    assert cal(raw, ops, rs) == pytest.approx(ms) and cal.reference_ms == ms
     assert n == len(stored["points"]) == len(cal.points) == CFG.calibration_archs + 2
     assert all(raw > 0 and ops >= 0 and rs >= 0 and ms > 0 for raw, ops, rs, ms in cal.points)
 
@@ -366,6 +369,40 @@ def test_fit_never_makes_an_operator_cheaper_than_none() -> None:
     assert w == 0 and c >= 0 and a > 0
     flat = [(raw, ops, 0, m) for raw, ops, _, m in points[:4]]  # too few points and no spread: the plain line
     assert fit_calibration(flat)[1:3] == (0.0, 0.0)
+
+
+def test_an_operator_may_cost_less_inside_a_student_than_alone_but_never_less_than_none() -> None:
+    # a table whose operators were each timed slower alone than they run inside a student: a negative cost per
+    # operator, found where it stays above minus the cheapest operator's scaled time, held at that bound below it
+    shapes = ((0.3, 2, 1), (1.6, 12, 1), (2.1, 2, 1), (3.0, 12, 1), (4.5, 6, 0), (8.8, 8, 0), (15.6, 12, 0))
+    points = [(raw, ops, rs, 1.15 * raw - 0.06 * ops + 0.02) for raw, ops, rs in shapes]
+    assert fit_calibration(points, cheapest_op_ms=0.09) == (pytest.approx(1.15), pytest.approx(-0.06),
+                                                            pytest.approx(0.0, abs=1e-9), pytest.approx(0.02))
+    assert fit_calibration(points)[1] == 0.0  # without the table's cheapest operator: c >= 0, as before
+    steep = [(raw, ops, rs, 1.15 * raw - 0.2 * ops + 0.5) for raw, ops, rs in shapes]
+    a, c, _w, _b = fit_calibration(steep, cheapest_op_ms=0.09)
+    assert c == pytest.approx(-a * 0.09) and a * 0.09 + c >= -1e-12  # the cheapest operator still costs >= 0
+
+
+def test_a_fit_through_the_teacher_sized_student_predicts_it_as_timed() -> None:
+    # noisy small students pull a fit on the relative error under the large ones; anchored, the fit passes through
+    # the reference (index 1, as the calibration students are ordered) and stays near the large students
+    rng = np.random.default_rng(0)
+    raws = [0.3, 15.6, *np.geomspace(0.5, 12.0, 20)]
+    points = [(r, 12, 0, r * (1.12 if r > 5 else 0.95 + 0.1 * rng.random())) for r in raws]
+    free, fixed = fit_calibration(points), fit_calibration(points, anchor=1)
+    assert Calibration(*_abcw(free), points=points)(15.6, 12, 0) < 0.95 * points[1][3]
+    assert Calibration(*_abcw(fixed), points=points)(15.6, 12, 0) == pytest.approx(points[1][3])
+    assert loo_mape(points, anchor=1) < loo_mape(points) + 5  # the anchor itself is not left out
+    # within the fitted range the line stands, negative intercept and all; below it, floored at the modules' time
+    cal = Calibration(a=1.1, c=0.0, w=0.0, b=-0.2, points=[(1.0, 2, 0, 0.9), (9.0, 12, 0, 9.7)])
+    assert cal(5.0, 6, 0) == pytest.approx(1.1 * 5.0 - 0.2)
+    assert cal(0.1, 0, 0) == pytest.approx(1.1 * 0.1)
+
+
+def _abcw(fit: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+    a, c, w, b = fit
+    return a, b, c, w  # Calibration's field order
 
 
 def test_calibration_students_cover_the_latency_range(built: LatencyModel, space: SearchSpace) -> None:
