@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import table
 from nas_bert.choose import FinalistsResult
 from nas_bert.latency import (
+    CALIBRATION_VERSION,
     REFERENCE,
     Calibration,
     LatencyModel,
@@ -113,8 +114,9 @@ def bench_run(db: Database, workdir: Path) -> list[Run]:
 def stage_run(db: Database, study: Any, fp: str) -> list[Run]:
     """The latency stage's calibration students (their times, in `calibration_architectures`' order) and every
     finalist of the study's budgets with its judged time (but the embeddings alone, 0.1 ms: no budget's edge)."""
-    with db.session() as s:
-        row = s.get(LatencyCalibration, calibration_key(fp, study.space, study.cfg.latency))
+    with db.session() as s:  # the stored calibration of this version, else of the newest older one (refitted here)
+        row = next((r for v in range(CALIBRATION_VERSION, 2, -1)
+                    if (r := s.get(LatencyCalibration, calibration_key(fp, study.space, study.cfg.latency, v)))), None)
         judged = [(a, m["judged_ms"]) for r in s.scalars(select(FinalistRow).where(FinalistRow.study == study.name))
                   if (m := json.loads(r.metrics_json)).get("judged_ms") and operators(a := Architecture.from_json(r.arch_json))]
     if row is None or not judged:
@@ -165,7 +167,7 @@ def main() -> None:
         if len(cal_ms) != len(cal_archs):
             print(f"{label}: {len(cal_ms)} calibration times for {len(cal_archs)} students; skipped")
             continue
-        now = model.refitted(cal_archs, cal_ms, anchor=REFERENCE)
+        now = model.refitted(cal_archs, cal_ms, anchor=REFERENCE, space=study.space)
         a, c, w, b = fit_calibration(now.points)  # as fitted before: c >= 0, no anchor, floored everywhere
         with_w = Calibration(a=a, c=c, w=w, b=b)
         a, c, w, b = fit_calibration([(r, n, 0, ms) for r, n, _, ms in now.points])

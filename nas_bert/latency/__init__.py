@@ -27,6 +27,7 @@ ensures a device's model is in the database and reports it.
 
 from nas_bert.latency.build import LatencyReport, ensure_latency_model, latency_report
 from nas_bert.latency.calibration import (
+    CALIBRATION_VERSION,
     Calibration,
     calibration_key,
     fit_calibration,
@@ -67,6 +68,7 @@ from nas_bert.latency.table import (
 )
 
 __all__ = [
+    "CALIBRATION_VERSION",
     "MODEL_ROUNDS",
     "REFERENCE",
     "RUNTIME_LABEL",

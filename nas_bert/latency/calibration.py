@@ -15,7 +15,8 @@ from nas_bert.space import Architecture, Embeddings, SearchSpace
 from nas_bert.store import json_hash
 from nas_bert.study import LatencyConfig
 
-CALIBRATION_VERSION = 4  # 4: with students of one width; 3: measured ~ a * raw + c * operators + w * resizes + b
+CALIBRATION_VERSION = 5  # 5: through the reference, c >= -a x the cheapest operator; 4: with students of one width;
+# 3: measured ~ a * raw + c * operators + w * resizes + b
 
 Point = tuple[float, int, int, float]  # a calibration student's (raw ms, operators run, resizes, measured ms)
 
@@ -46,17 +47,23 @@ class Calibration:
     loo_mape: float = float("nan")  # leave-one-out mean absolute percentage error, in %
     reference_ms: float | None = None
 
+    def __post_init__(self) -> None:
+        self._floor = self.floor_ratio()
+
+    def floor_ratio(self) -> float:
+        """The floor's share of `a * raw`: 1 without fitted points; else the line's least ratio to `a * raw` over
+        the students it was fitted on (at most 1, at least 0), so that the floor never lifts a fitted student."""
+        ratios = [(self.a * r + self.c * n + self.w * z + self.b) / (self.a * r) for r, n, z, _ in self.points if r > 0]
+        return min(1.0, max(0.0, min(ratios))) if ratios else 1.0
+
     def __call__(self, raw: float, ops: int, resized: int) -> float:
-        """The fitted line; below the smallest student it was fitted on (where the line is extrapolated: only
-        layer-dropped students, the embeddings alone), never below the student's scaled module time `a * raw` (less
-        its operators' fitted cost where that is negative, `fit_calibration`): a negative intercept fitted on whole
-        students would otherwise predict a near-empty one below zero. Within the fitted range the line stands as
-        fitted, negative intercept and all (floored there too, it put every full-width student of the quality study
-        0.14 ms above its fit and the teacher-sized one off the point it was fitted through)."""
-        line = self.a * raw + self.c * ops + self.w * resized + self.b
-        if self.points and raw >= min(p[0] for p in self.points):
-            return line
-        return max(line, self.a * raw + min(self.c, 0.0) * ops)
+        """The fitted line, never below the student's scaled module time `a * raw` times `floor_ratio`: a negative
+        intercept fitted on whole students would otherwise predict a near-empty one (the embeddings alone) below
+        zero. The floor is proportional to `a * raw`, so the prediction never falls as a student grows (an operator
+        more adds at least a x its table time to both), and its ratio is the line's least over the fitted students,
+        so the line stands as fitted wherever it was fitted (floored at `a * raw` itself, a negative intercept put
+        every full-width student of the quality study 0.14 ms above its fit)."""
+        return max(self.a * raw + self.c * ops + self.w * resized + self.b, self.a * raw * self._floor)
 
     def to_json(self, emb: Embeddings) -> str:
         return json.dumps({"version": CALIBRATION_VERSION, "a": self.a, "b": self.b, "c": self.c, "w": self.w,
@@ -143,6 +150,8 @@ def fit_calibration(points: Iterable[Point], anchor: int | None = None,
                 best = (sse, (a, c, w, b))
     if best is not None:
         return best[1]
+    if anchor is not None:  # too few points for a slope of their own: proportional, through the anchor
+        return float(meas[anchor] / raw[anchor]), 0.0, 0.0, 0.0
     a, b = fit_linear(zip(raw, meas, strict=True))
     return a, 0.0, 0.0, b
 
@@ -163,8 +172,8 @@ def loo_mape(points: list[Point], anchor: int | None = None, cheapest_op_ms: flo
     return 100.0 * float(np.mean(errs))
 
 
-def calibration_key(fingerprint: str, space: SearchSpace, cfg: LatencyConfig) -> str:
+def calibration_key(fingerprint: str, space: SearchSpace, cfg: LatencyConfig, version: int = CALIBRATION_VERSION) -> str:
     """The stored calibration's key: the device, the space, and what chose and fitted its students (a
-    calibration of another version or other students is never reused)."""
-    how = json_hash([CALIBRATION_VERSION, cfg.calibration_archs, cfg.calibration_one_width, cfg.seed], None)
+    calibration of another version or other students is never reused; `version` finds an older one's row)."""
+    how = json_hash([version, cfg.calibration_archs, cfg.calibration_one_width, cfg.seed], None)
     return f"{fingerprint}:{space.fingerprint()}:{how[:8]}"

@@ -88,7 +88,7 @@ def calibrate(
         # each relative to the largest student timed beside it: the host's speed moves during the minutes this takes
         measured = measure_models(students, cfg, emb.vocab_size, bar, reference=REFERENCE)
     # through the teacher-sized student, whose time the budgets given as fractions of the teacher are made from
-    cal = model.refitted(archs, measured, anchor=REFERENCE)
+    cal = model.refitted(archs, measured, anchor=REFERENCE, space=space)
     cal.reference_ms = measured[REFERENCE]
     return cal
 
@@ -114,7 +114,7 @@ def in_run(model: LatencyModel, space: SearchSpace, emb: Embeddings, archs: list
     students of that run at the host's speed now. A shared host's speed moves 5-20% between the fit and
     a later stage; the stored model, and so the search, keep the fitted speed."""
     _, ref_ms = model.reference(space, emb)
-    return measured[REFERENCE] / ref_ms, model.refitted(archs, measured, anchor=REFERENCE)
+    return measured[REFERENCE] / ref_ms, model.refitted(archs, measured, anchor=REFERENCE, space=space)
 
 
 def timed_beside(model: LatencyModel, space: SearchSpace, emb: Embeddings, calibrate: bool) -> list[NasBertModel]:

@@ -129,18 +129,25 @@ class LatencyModel:
         return (self.calibration if calibration is None else calibration)(self.raw_ms(arch, reorder), operators(arch),
                                                                            resizes(arch))
 
-    def refitted(self, archs: list[Architecture], measured: list[float], anchor: int | None = None) -> Calibration:
+    def refitted(self, archs: list[Architecture], measured: list[float], anchor: int | None = None,
+                 space: SearchSpace | None = None) -> Calibration:
         """The calibration's form fitted on students timed end to end now (the table stays as it is), through the
-        student at index `anchor` where one is given, with no operator cheaper than none (`fit_calibration`)."""
+        student at index `anchor` where one is given, with no operator of `space` cheaper than none
+        (`fit_calibration`)."""
         points = [(self.raw_ms(a), operators(a), resizes(a), ms) for a, ms in zip(archs, measured, strict=True)]
-        cheapest = self.cheapest_operator_ms()
+        cheapest = self.cheapest_operator_ms(space)
         a, c, w, b = fit_calibration(points, anchor, cheapest)
         return Calibration(a=a, b=b, c=c, w=w, points=points, loo_mape=loo_mape(points, anchor, cheapest))
 
-    def cheapest_operator_ms(self) -> float:
-        """The table's cheapest operator entry (attention, feed-forward or convolution), 0 where it has none."""
-        return min((ms for key, ms in self.table.items() if key.split(":", 1)[0] in ("mha", "ffn", "sepconv")),
-                   default=0.0)
+    def cheapest_operator_ms(self, space: SearchSpace | None = None) -> float:
+        """The cheapest operator (attention, feed-forward or convolution) of `space` in the table (of every space
+        the table holds without one: a bound no tighter than needed only where the space is not known); 0 where
+        there is none."""
+        if space is None:
+            keys = [k for k in self.table if k.split(":", 1)[0] in ("mha", "ffn", "sepconv")]
+        else:
+            keys = [op_key(op, h) for h in space.hidden_sizes for op in op_choices(space, h)]
+        return min((self.table[k] for k in keys if k in self.table), default=0.0)
 
     def fastest_architecture(self, space: SearchSpace, emb: Embeddings) -> Architecture:
         """The student of `space` with the lowest predicted latency (exact).

@@ -345,7 +345,7 @@ def test_finalists_end_to_end_choose_record_and_resume(searched_tiny, tmp_path, 
     lat = ensure_latency_model(Database(study.db_url), study.space, load_teacher(study.cfg.teacher).embeddings_spec(),
                                study.cfg.latency, progress=False)
     # no operator cheaper than none, no resize either
-    assert refit[0] > 0 and refit[1] >= -refit[0] * lat.cheapest_operator_ms() and refit[2] >= 0
+    assert refit[0] > 0 and refit[1] >= -refit[0] * lat.cheapest_operator_ms(study.space) and refit[2] >= 0
     searched = [r for r in first.finalists if r.origin == "search"]
     assert searched and all(r.predicted_now_ms > 0 for r in searched)
     with Database(study.db_url).session() as sess:  # each calibration student's time in that run is kept

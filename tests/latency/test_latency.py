@@ -210,7 +210,7 @@ def test_calibration_is_stored(build: Built, space: SearchSpace) -> None:
     cal = model.calibration
     assert cal.a > 0
     assert (stored["a"], stored["b"], stored["c"], stored["w"]) == (cal.a, cal.b, cal.c, cal.w)
-    assert cal.c >= -cal.a * model.cheapest_operator_ms() and cal.w >= 0  # no operator costs less than none
+    assert cal.c >= -cal.a * model.cheapest_operator_ms(space) and cal.w >= 0  # no operator costs less than none
     raw, ops, rs, ms = cal.points[1]  # the largest student, the reference: the fit passes through it as timed
     assert cal(raw, ops, rs) == pytest.approx(ms) and cal.reference_ms == ms
     assert n == len(stored["points"]) == len(cal.points) == CFG.calibration_archs + 2
@@ -394,10 +394,22 @@ def test_a_fit_through_the_teacher_sized_student_predicts_it_as_timed() -> None:
     assert Calibration(*_abcw(free), points=points)(15.6, 12, 0) < 0.95 * points[1][3]
     assert Calibration(*_abcw(fixed), points=points)(15.6, 12, 0) == pytest.approx(points[1][3])
     assert loo_mape(points, anchor=1) < loo_mape(points) + 5  # the anchor itself is not left out
-    # within the fitted range the line stands, negative intercept and all; below it, floored at the modules' time
+    # where fitted the line stands, negative intercept and all; a near-empty student is floored above zero, at the
+    # line's least ratio to a x raw over the fitted students (0.9 / 1.1 here)
     cal = Calibration(a=1.1, c=0.0, w=0.0, b=-0.2, points=[(1.0, 2, 0, 0.9), (9.0, 12, 0, 9.7)])
-    assert cal(5.0, 6, 0) == pytest.approx(1.1 * 5.0 - 0.2)
-    assert cal(0.1, 0, 0) == pytest.approx(1.1 * 0.1)
+    assert cal(1.0, 2, 0) == pytest.approx(0.9) and cal(5.0, 6, 0) == pytest.approx(1.1 * 5.0 - 0.2)
+    assert cal(0.1, 0, 0) == pytest.approx(1.1 * 0.1 * 0.9 / 1.1)
+
+
+def test_a_student_one_operator_larger_is_never_predicted_faster() -> None:
+    # a negative intercept and a negative cost per operator (at its bound for a 0.1 ms cheapest operator): adding
+    # an operator of at least that time never lowers the prediction, on either side of the smallest fitted student
+    for c in (0.4, -0.11):
+        cal = Calibration(a=1.1, c=c, w=0.0, b=-0.15, points=[(1.0, 2, 0, 1.0), (6.0, 8, 0, 6.5), (15.0, 12, 0, 16.0)])
+        for raw in np.linspace(0.05, 3.0, 60):
+            for ops in range(6):
+                for t in (0.1, 0.3, 1.0):
+                    assert cal(raw + t, ops + 1, 0) >= cal(raw, ops, 0) - 1e-12
 
 
 def _abcw(fit: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
