@@ -17,8 +17,8 @@ Forms: `a x raw + c x operators + w x resizes + b` (the model since calibration 
 without w (version 2), both fitted by `fit_calibration` on the same timings (resizes set to 0 give the
 old form exactly), so the difference is the form's alone, both with c >= 0 and floored at `a x raw` as they were
 fitted before the fit knew the table's cheapest operator; the fit the model makes now (`LatencyModel.refitted`
-through the reference student, the teacher's layers, with c >= -a x the cheapest operator, the line as fitted
-within the calibration's range); and, not a form the model uses, a second slope for
+through the reference student, the teacher's layers, with c >= -a x the cheapest operator, floored only where
+no fitted student is lifted); and, not a form the model uses, a second slope for
 the students at the teacher's width (`a x raw + f x raw x [no resize] + c x operators + b`, unconstrained least
 squares on the relative error). Nothing is timed; nothing is written.
 """

@@ -142,7 +142,7 @@ def fit_calibration(points: Iterable[Point], anchor: int | None = None,
             if coef[0] <= 0 or any(x < -1e-9 for x in coef[1:n]):  # a rounding error below zero is zero
                 continue
             a, rest = float(coef[0]), [max(0.0, float(x)) for x in coef[1:n]]
-            c = {"free": rest[0] - a * cheapest_op_ms if rest else 0.0, "zero": 0.0, "bound": -a * cheapest_op_ms}[mode]
+            c = rest[0] - a * cheapest_op_ms if mode == "free" else 0.0 if mode == "zero" else -a * cheapest_op_ms
             w = rest[-1] if use_w else 0.0
             b = (float(coef[-1]) if anchor is None else
                  float(meas[anchor] - a * raw[anchor] - c * ops[anchor] - w * rs[anchor]))
