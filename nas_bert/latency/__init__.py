@@ -8,8 +8,8 @@ students measured end to end: an operator timed alone in a loop runs with its we
 cache and its threads awake (a < 1 where that flatters big matrix products), every operator in a model
 pays a fixed cost its isolated timing does not show (c, per operator run; negative, never below minus the
 cheapest operator's time, where the table's small operators were timed dearer alone than they run in a model),
-and so does every change of width between blocks (w, per resize: a narrower block works on a strided slice, a wider one on a
-concatenation; without it the calibration, taught by random students that change width at most blocks,
+and so does every change of width between blocks (w, per resize: a narrower block works on a strided slice, a wider
+one on a concatenation; without it the calibration, taught by random students that change width at most blocks,
 over-predicted the students of one width throughout, the teacher's own layers among them, by 5-8%). Summed timings alone
 (`a * raw + b`) were 11-23% off on the students a search picks (mostly shallow, narrow, convolutional),
 because a calibration on random students taught it the ratio of deep, wide ones. The calibration
