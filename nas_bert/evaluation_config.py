@@ -3,7 +3,7 @@ sentence-pair similarity sets, out-of-domain texts), validated with one-line err
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
@@ -103,7 +103,14 @@ class ChooseProtocol(_Strict):
     finetune_steps: int | None = Field(None, ge=1)
     max_train_examples: int | None = Field(None, ge=1)
     max_eval_examples: int | None = Field(None, ge=1)
+    # "evaluate": the last round of successive halving (the one whose figures choose) fine-tunes and scores as the
+    # evaluation does, the fields above applying to the earlier rounds only: a shorter fine-tuning may rank two
+    # close finalists the other way round from the evaluation the exported student gets
+    last_round: Literal["evaluate"] | None = None
 
-    def applied_to(self, evaluate: EvalConfig) -> EvalConfig:
-        """`evaluate` with this protocol's fields in place of its own."""
-        return evaluate.model_copy(update=self.model_dump(exclude_none=True))
+    def applied_to(self, evaluate: EvalConfig, last: bool = False) -> EvalConfig:
+        """`evaluate` with this protocol's fields in place of its own (`last`: for the last round, the evaluation's
+        own where `last_round` says so)."""
+        if last and self.last_round == "evaluate":
+            return evaluate
+        return evaluate.model_copy(update=self.model_dump(exclude_none=True, exclude={"last_round"}))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -102,9 +103,17 @@ def protocol_hash(study: Study, checkpoint_sha: str) -> str:
     return json_hash(blob)
 
 
-def choosing(study: Study) -> EvalConfig:
-    """search.choose_by's protocol for probes and fine-tuning: the evaluation's, search.choose_protocol's in place."""
-    return study.cfg.search.choose_protocol.applied_to(study.cfg.evaluate)
+def choosing(study: Study, last: bool = False) -> EvalConfig:
+    """search.choose_by's protocol for probes and fine-tuning: the evaluation's, search.choose_protocol's in place
+    (`last`: the last round's fine-tuning, the evaluation's own with choose_protocol.last_round: evaluate)."""
+    return study.cfg.search.choose_protocol.applied_to(study.cfg.evaluate, last)
+
+
+def _tuned_as(study: Study, last: bool) -> str | None:
+    """How a round's fine-tuned scores are measured: "evaluate" (the evaluation's own protocol: the last round with
+    search.choose_protocol.last_round: evaluate) or None (the choice's); a stored round measured otherwise is
+    measured again."""
+    return "evaluate" if last and study.cfg.search.choose_protocol.last_round == "evaluate" else None
 
 
 def _probed_tasks(study: Study, kind: str = "task") -> list[TaskData | str]:
@@ -119,17 +128,20 @@ def _finetuned_tasks(study: Study) -> list[TaskData | str]:
     return _probed_tasks(study, "finetune")
 
 
-def _unscored(metrics: dict[str, Any] | None, study: Study, final: bool) -> bool:
+def _unscored(metrics: dict[str, Any] | None, study: Study, final: bool, last: bool = False) -> bool:
     """A stored result that the round needs again: never distilled, or a `final` (fine-tuned) round's without its
-    fine-tuning."""
+    fine-tuning or with another (`last`: the last round's, `_tuned_as`)."""
     if metrics is None or "fidelity" not in metrics:
         return True
-    return final and any(f"finetune:{task_name(t)}" not in (metrics.get("probe") or {}) for t in _finetuned_tasks(study))
+    tuned = _finetuned_tasks(study)
+    return final and bool(tuned) and (
+        any(f"finetune:{task_name(t)}" not in (metrics.get("probe") or {}) for t in tuned)
+        or metrics.get("finetuned_as") != _tuned_as(study, last))
 
 
 def short_distill(ctx: StudentContext, cand: Candidate, steps: int, final: bool = True,
                   kept: dict[tuple[str, int], dict[str, Any]] | None = None, seed_offset: int = 0,
-                  probes: bool = True, schedule_steps: int | None = None) -> dict[str, Any]:
+                  probes: bool = True, schedule_steps: int | None = None, last: bool = False) -> dict[str, Any]:
     """The same short distillation for every finalist; its best held-out fidelity and that value's interval (and the
     choose_by tasks' scores; fine-tuned ones in a `final` round only: every round after the first, and the first
     when no halving follows it).
@@ -139,7 +151,7 @@ def short_distill(ctx: StudentContext, cand: Candidate, steps: int, final: bool 
     trains on, on batches it has not seen, instead of again from its start), and leaves its own best weights there.
     `steps` counts every step the finalist has had. `seed_offset` draws other batches (the screen's); `probes=False`
     scores fidelity alone; `schedule_steps` (more than `steps`) trains the first `steps` of a learning-rate schedule
-    that long (the screen: the first round's)."""
+    that long (the screen: the first round's); `last`: the last round, fine-tuned by `choosing(study, last)`."""
     dc = ctx.study.cfg.distill
     done = max((n for name, n in kept if name == cand.name and n < steps), default=0) if kept else 0
     todo = steps - done
@@ -173,13 +185,17 @@ def short_distill(ctx: StudentContext, cand: Candidate, steps: int, final: bool 
     ev, dev = choosing(ctx.study), ctx.study.device()
     probe = {f"task:{task_name(t)}": linear_probe(module.student, ctx.teacher.tokenizer, ctx.teacher, ev, t, dev)
              for t in (_probed_tasks(ctx.study) if probes else [])}
-    if final:  # choose_by finetune:NAME: the kept weights fine-tuned as the evaluation does, scored on validation
-        probe |= {f"finetune:{task_name(t)}": validation_accuracy(module.student, ctx.teacher.tokenizer, ev, t, dev)
-                  for t in _finetuned_tasks(ctx.study)}
+    tuned = _finetuned_tasks(ctx.study) if final else []
+    if tuned:  # choose_by finetune:NAME: the kept weights fine-tuned as the evaluation does, scored on validation
+        tune = choosing(ctx.study, last)
+        probe |= {f"finetune:{task_name(t)}": validation_accuracy(module.student, ctx.teacher.tokenizer, tune, t, dev)
+                  for t in tuned}
+    as_ = _tuned_as(ctx.study, last) if tuned else None
     return {"fidelity_before": before["fidelity"], **zero, "fidelity": keeper.value, "fidelity_interval": [lo, hi],
             "fidelity_bootstrap": [None if math.isnan(v) else round(v, 5) for v in boot],
             "best_step": done + keeper.step, "seconds": round(time.perf_counter() - t0, 1),
-            **({"continued_from": done} if done else {}), **({"probe": probe} if probe else {})}
+            **({"continued_from": done} if done else {}), **({"probe": probe} if probe else {}),
+            **({"finetuned_as": as_} if as_ else {})}
 
 
 def zero_step_proxies(student: torch.Tensor, teacher: torch.Tensor, embeddings: torch.Tensor) -> dict[str, float]:
@@ -283,11 +299,13 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
             c.proxies["slowest_ms"] = slowest[c.name]
         over = judged[c.name] > budget_ms
         metrics = _stored(ctx.db, study, budget_ms, c.name, protocol)
-        if metrics is None or (not over and _unscored(metrics, study, final)):  # not yet scored, and the budget holds
-            elsewhere = None if over else _scored_elsewhere(ctx.db, study, c, protocol)
+        if metrics is None or (not over and _unscored(metrics, study, final, final)):  # not scored, the budget holds
+            elsewhere = None if over else _scored_elsewhere(ctx.db, study, c, protocol,
+                                                            lambda m: not _unscored(m, study, final, final))
             metrics = {"over_budget": True} if over else (
-                elsewhere if not _unscored(elsewhere, study, final) else
-                short_distill(ctx, c, cfg.finalist_steps, final, kept=kept if cfg.finalist_rounds > 1 else None))
+                elsewhere if not _unscored(elsewhere, study, final, final) else
+                short_distill(ctx, c, cfg.finalist_steps, final, kept=kept if cfg.finalist_rounds > 1 else None,
+                              last=final))
             _store(ctx.db, study, budget_ms, c, protocol, ms[c.name], metrics)
             metrics = _stored(ctx.db, study, budget_ms, c.name, protocol) or metrics  # the first writer's stands
         # the row's own figures are the first round's; what this choice measured of the student (its timing, screen,
@@ -303,9 +321,10 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
         alive = halve(alive, results, criterion(study, final=r > 1))  # the first round's cut: fidelity alone
         kept = {k: v for k, v in kept.items() if k[0] in alive}  # the others train no further
         steps = cfg.finalist_steps * 2 ** r
+        last = r == cfg.finalist_rounds - 1 or len(alive) < 3  # no halving follows: its figures choose
         for name in tqdm(alive, desc=f"finalists {budget_ms:g} ms, round {r + 1} ({steps} steps)", disable=not progress):
             results[name] = {**results[name], **_round(ctx, study, budget_ms, by_name[name], protocol, steps,
-                                                       kept=kept)}
+                                                       kept=kept, last=last)}
     result = summarise(study, budget_ms, list(results.values())).model_copy(update={"timing": timing})
     record_choice(ctx.db, study, budget_ms, protocol, result)  # this run's, whatever rows earlier runs left
     return result
@@ -318,20 +337,22 @@ def _screen(ctx: StudentContext, cands: list[Candidate], protocol: str, progress
 
 
 def _round(ctx: StudentContext, study: Study, budget_ms: float, c: Candidate, protocol: str, steps: int,
-           final: bool = True, kept: dict[tuple[str, int], dict[str, Any]] | None = None) -> dict[str, Any]:
+           final: bool = True, kept: dict[tuple[str, int], dict[str, Any]] | None = None, last: bool = False
+           ) -> dict[str, Any]:
     """A later round of successive halving for one finalist: its short distillation to `steps` in all, continuing
     its last round's best weights (in `kept`; made again where this process has none, e.g. after a kill), stored in
-    its row's `rounds` (so a killed choice continues), and its fidelity now the finalist's."""
+    its row's `rounds` (so a killed choice continues), and its fidelity now the finalist's (`last`: the round whose
+    figures choose, fine-tuned by `choosing(study, last)`)."""
     metrics = _stored(ctx.db, study, budget_ms, c.name, protocol) or {}
     rounds = list(metrics.get("rounds") or [{k: metrics[k] for k in SCORE_KEYS if k in metrics}
                                             | {"steps": study.cfg.search.finalist_steps}])
     done = {r["steps"]: r for r in rounds}
-    if _unscored(done.get(steps), study, final) or not _continued(done[steps]):
-        elsewhere = _round_elsewhere(ctx.db, study, c, protocol, steps)
-        if _unscored(elsewhere, study, final):
+    if _unscored(done.get(steps), study, final, last) or not _continued(done[steps]):
+        elsewhere = _round_elsewhere(ctx.db, study, c, protocol, steps, lambda m: not _unscored(m, study, final, last))
+        if _unscored(elsewhere, study, final, last):
             kept = {} if kept is None else kept
             _warm(ctx, c, steps // 2, kept)
-            elsewhere = {**short_distill(ctx, c, steps, final, kept=kept), "steps": steps}
+            elsewhere = {**short_distill(ctx, c, steps, final, kept=kept, last=last), "steps": steps}
         done[steps] = elsewhere
         rounds = sorted(done.values(), key=lambda r: r["steps"])
         _update(ctx.db, study, budget_ms, c.name, protocol, {"rounds": rounds})
@@ -357,15 +378,17 @@ def _warm(ctx: StudentContext, c: Candidate, steps: int, kept: dict[tuple[str, i
     short_distill(ctx, c, steps, final=False, kept=kept)
 
 
-def _round_elsewhere(db: Database, study: Study, c: Candidate, protocol: str, steps: int) -> dict[str, Any] | None:
-    """The same round (student, start, protocol, steps) run at another budget of the study: not run twice."""
+def _round_elsewhere(db: Database, study: Study, c: Candidate, protocol: str, steps: int,
+                     usable: Callable[[dict[str, Any]], bool] = bool) -> dict[str, Any] | None:
+    """The same round (student, start, protocol, steps) run at another budget of the study, the first that is
+    `usable` (its fine-tuning measured as this round's is): not run twice."""
     with db.session() as s:
         rows = s.scalars(select(FinalistRow).where(
             FinalistRow.study == study.name, FinalistRow.arch_hash == c.arch.hash(), FinalistRow.origin == c.origin,
             FinalistRow.protocol_hash == protocol).order_by(FinalistRow.id)).all()
         for row in rows:
             for r in json.loads(row.metrics_json).get("rounds") or []:
-                if r.get("steps") == steps and "fidelity" in r and _continued(r):
+                if r.get("steps") == steps and "fidelity" in r and _continued(r) and usable(r):
                     return {**r, "scored_at_budget_ms": row.budget_ms}
     return None
 
@@ -384,16 +407,18 @@ def _stored(db: Database, study: Study, budget_ms: float, name: str, protocol: s
         return json.loads(row.metrics_json) if row is not None else None
 
 
-def _scored_elsewhere(db: Database, study: Study, c: Candidate, protocol: str) -> dict[str, Any] | None:
+def _scored_elsewhere(db: Database, study: Study, c: Candidate, protocol: str,
+                      usable: Callable[[dict[str, Any]], bool] = bool) -> dict[str, Any] | None:
     """The short distillation's result for the same student (architecture and starting weights) under the
-    same protocol at another budget of the study: the same computation, so it is not run twice."""
+    same protocol at another budget of the study, the first that is `usable`: the same computation, so it is not run
+    twice."""
     with db.session() as s:
         rows = s.scalars(select(FinalistRow).where(
             FinalistRow.study == study.name, FinalistRow.arch_hash == c.arch.hash(), FinalistRow.origin == c.origin,
             FinalistRow.protocol_hash == protocol).order_by(FinalistRow.id)).all()
         for row in rows:
             m = json.loads(row.metrics_json)
-            if "fidelity" in m:
+            if "fidelity" in m and usable(m):
                 return {**{k: m[k] for k in SCORE_KEYS if k in m}, "scored_at_budget_ms": row.budget_ms}
     return None
 
@@ -411,9 +436,10 @@ def _store(db: Database, study: Study, budget_ms: float, c: Candidate, protocol:
                                   arch_hash=c.arch.hash(), arch_json=c.arch.canonical_json(), trial_number=c.trial,
                                   protocol_hash=protocol, measured_ms=ms, metrics_json=blob))
             elif "fidelity" in metrics and ("fidelity" not in (old := json.loads(row.metrics_json))
-                                            or set(metrics.get("probe") or {}) > set(old.get("probe") or {})):
+                                            or set(metrics.get("probe") or {}) > set(old.get("probe") or {})
+                                            or metrics.get("finetuned_as") != old.get("finetuned_as")):
                 row.metrics_json = blob  # a finalist once dropped over budget, which the budget now holds, or
-                # scored before its fine-tuning was due (a round more was planned then)
+                # scored before its fine-tuning was due (a round more was planned then) or by another fine-tuning
     except IntegrityError:  # another process stored this finalist first (two searches sharing one database)
         pass
 

@@ -22,7 +22,8 @@ PAIRED_LEVEL = 0.9  # the level of the paired interval that says whether the bud
 ZERO_STEP = {"fidelity": "fidelity_before", "readout": "readout_before", "gain": "gain_before"}
 BEFORE_KEYS = tuple(ZERO_STEP.values())
 # a finalist's figures from one short distillation (a round's), as the rows and the rounds keep them
-SCORE_KEYS = (*BEFORE_KEYS, "fidelity", "fidelity_interval", "fidelity_bootstrap", "best_step", "seconds", "probe")
+SCORE_KEYS = (*BEFORE_KEYS, "fidelity", "fidelity_interval", "fidelity_bootstrap", "best_step", "seconds", "probe",
+              "finetuned_as")
 
 
 def zero_step_proxy(study: Study) -> str:
@@ -41,7 +42,7 @@ class Finalist(Record):
     absent_unless_given: ClassVar[frozenset[str]] = frozenset({
         "predicted_ms", "approx_loss", "rescored_loss", "approx_rank", "reserve", "predicted_now_ms", "judged_ms",
         *BEFORE_KEYS, "fidelity", "fidelity_interval", "fidelity_bootstrap", "best_step", "seconds",
-        "scored_at_budget_ms", "rounds", "probe", "screen_fidelity", "search_rank", "slowest_ms"})
+        "scored_at_budget_ms", "rounds", "probe", "finetuned_as", "screen_fidelity", "search_rank", "slowest_ms"})
 
     name: str
     origin: str  # one of ORIGINS
@@ -73,6 +74,7 @@ class Finalist(Record):
     scored_at_budget_ms: float | None = None  # distilled for another budget of the study, under the same protocol
     rounds: list[dict[str, Any]] | None = None  # successive halving: each round's steps and result (the last one's above)
     probe: dict[str, float] | None = None  # with search.choose_by task:NAME / finetune:NAME: that key -> its accuracy
+    finetuned_as: str | None = None  # "evaluate": its finetune: scores by the evaluation's own fine-tuning
     over_budget: bool
 
     def first_fidelity(self) -> float | None:
@@ -237,7 +239,7 @@ def _rounds(r: Finalist, first_steps: int) -> dict[int, dict[str, Any]]:
     if r.rounds:
         return {int(x["steps"]): x for x in r.rounds}
     return {first_steps: {"fidelity": r.fidelity, "fidelity_interval": r.fidelity_interval,
-                          "fidelity_bootstrap": r.fidelity_bootstrap}}
+                          "fidelity_bootstrap": r.fidelity_bootstrap, "probe": r.probe}}
 
 
 def _last_common(a: Finalist, b: Finalist, first_steps: int) -> tuple[int, dict[str, Any], dict[str, Any]] | None:
@@ -287,7 +289,7 @@ def margin(chosen: Finalist, ok: list[Finalist], first_steps: int, by: dict[str,
     else:  # finalists scored before their resamples were kept: the rival outside the chosen one's interval
         lo, hi = a.get("fidelity_interval") or [math.nan, math.nan]
         beyond = bool(not lo <= b["fidelity"] <= hi)
-    mine, theirs = chosen.probe or {}, rival.probe or {}
+    mine, theirs = a.get("probe") or {}, b.get("probe") or {}  # the accuracies of that round, measured alike
     scores = {k: [mine[k], theirs[k]] for k in mine if k in theirs}
     mixed = bool(by) and set(by) != {"fidelity"} and all(k == "fidelity" or k in scores for k in by)
     by_score = ([_score({**x, "probe": p}, by)[1] for x, p in ((a, mine), (b, theirs))] if mixed else None)

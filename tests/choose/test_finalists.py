@@ -635,7 +635,7 @@ def test_a_winning_baseline_is_distilled_and_exported_as_such(searched_tiny, tmp
 
     study = load_study(copy_study(searched_tiny, tmp_path), overrides={"search.finalist_steps": 2})
 
-    def baseline_wins(ctx, cand, steps, final=True, kept=None):  # the ranking is tested above; here the hand-designed student wins it
+    def baseline_wins(ctx, cand, steps, final=True, kept=None, **_):  # the ranking is tested above; here the hand-designed student wins it
         return {"fidelity_before": 0.5, "fidelity": 0.9 if cand.origin != "search" else 0.6,
                 "fidelity_interval": [0.5, 0.9], "best_step": 0, "seconds": 0.0}
 

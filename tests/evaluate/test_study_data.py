@@ -18,7 +18,7 @@ from nas_bert.evaluate import evaluation as ev
 from nas_bert.evaluate import study_data as sd
 from nas_bert.export.card import _extra_metrics
 from nas_bert.model import NasBertConfig, NasBertModel
-from nas_bert.pipeline import run_study, section_inputs
+from nas_bert.pipeline import Runner, run_study, section_inputs
 from nas_bert.space import sample
 from nas_bert.store import Database, StageRow, fingerprint
 from nas_bert.study import EvalConfig, load_study
@@ -145,6 +145,18 @@ def test_choose_protocol_keys_the_choice_and_leaves_the_evaluation_its_own(tiny_
     assert finalists.protocol_hash(shorter, "ckpt") != finalists.protocol_hash(tuned, "ckpt")
     with pytest.raises(NasBertError, match="finetune_steps"):
         _study(tiny_study_file, **{"search.choose_protocol": {"finetune_steps": 0}})
+    # last_round: evaluate: the last round fine-tunes as the evaluation does; it keys the finalists, not the search
+    last = _study(tiny_study_file, **by, **{"search.choose_protocol": {"finetune_steps": 2, "last_round": "evaluate"}})
+    assert finalists.choosing(last).finetune_steps == 2 and finalists.choosing(last, last=True) == last.cfg.evaluate
+    assert finalists.choosing(shorter, last=True).finetune_steps == 2  # none given: the choice's in every round
+    assert section_inputs(last, ("search",), False) == section_inputs(shorter, ("search",), False)
+    assert finalists.protocol_hash(last, "ckpt") == finalists.protocol_hash(shorter, "ckpt")  # its rows are kept
+    keys = [Runner(s, echo=lambda _: None).inputs("finalists", "5ms", after=()) for s in (last, shorter)]
+    assert keys[0] != keys[1] and "last_round" in keys[0] and "last_round" not in keys[1]
+    assert Runner(last, echo=lambda _: None).inputs("search", "5ms", after=()) == Runner(
+        shorter, echo=lambda _: None).inputs("search", "5ms", after=())
+    with pytest.raises(NasBertError, match="last_round"):
+        _study(tiny_study_file, **{"search.choose_protocol": {"last_round": "teacher"}})
 
 
 # -- bad data: one line, before any training ----------------------------------------------------------------
@@ -334,11 +346,12 @@ def test_choose_by_fine_tuning_scores_the_rounds_after_the_first_and_picks_the_b
     from nas_bert.choose import choose
 
     data = _data(tmp_path)
-    study = load_study(copy_study(searched_tiny, tmp_path), overrides={
+    file, given = copy_study(searched_tiny, tmp_path), {
         "search.finalist_steps": 2, "search.finalist_rounds": 3, "distill.val_batches": 2,
         "search.choose_by": {"fidelity": 1.0, "finetune:topics": 1.0}, "latency.fresh_process": False,
         "evaluate.tasks": data["tasks"][:1], "evaluate.finetune_steps": 40, "evaluate.max_train_examples": 32,
-        "evaluate.max_eval_examples": 16, "search.choose_protocol": {"finetune_steps": 2}})
+        "evaluate.max_eval_examples": 16, "search.choose_protocol": {"finetune_steps": 2}}
+    study = load_study(file, overrides=given)
     steps, real = [], ev.finetune
     monkeypatch.setattr(ev, "finetune", lambda *a, **k: steps.append(a[4].finetune_steps) or real(*a, **k))
     result = choose(study, 5.0, progress=False)
@@ -357,3 +370,28 @@ def test_choose_by_fine_tuning_scores_the_rounds_after_the_first_and_picks_the_b
     again = choose(study, 5.0, progress=False)  # resumed from the database: nothing is scored differently
     assert again.chosen.name == result.chosen.name
     assert {r.name: r.probe for r in again.finalists} == {r.name: r.probe for r in result.finalists}
+    # search.choose_protocol.last_round: evaluate: the last round is fine-tuned again as the evaluation does (40
+    # steps), its earlier rounds kept; the choice is the best mix of the last round so measured
+    steps.clear()
+    evaluated = load_study(file, overrides={**given, "search.choose_protocol": {"finetune_steps": 2,
+                                                                                "last_round": "evaluate"}})
+    result = choose(evaluated, 5.0, progress=False)
+    assert steps == [40] * len(reached[3])
+    ok = [r for r in result.finalists if not r.over_budget]
+    last = [r for r in ok if len(r.rounds or []) == 3]
+    assert {r.name for r in last} == {r.name for r in reached[3]}
+    assert all(r.finetuned_as == "evaluate" and r.rounds[2]["finetuned_as"] == "evaluate"
+               and "finetuned_as" not in r.rounds[1] for r in last)
+    assert result.chosen.name == max(last, key=lambda r: r.fidelity + r.probe["finetune:topics"]).name
+    from nas_bert.cli.tables import finalists_table
+
+    assert f"{result.chosen.name} finetune:topics {result.chosen.probe['finetune:topics']:.3f} (the evaluation's" \
+        in finalists_table(result)
+    margin = result.margin
+    if margin is not None and margin.scores:  # the rival's accuracy and the chosen one's of the round both reached
+        common = next(x for x in result.chosen.rounds if x["steps"] == margin.steps)
+        assert margin.scores["finetune:topics"][0] == common["probe"]["finetune:topics"]
+    steps.clear()
+    assert choose(evaluated, 5.0, progress=False).chosen.name == result.chosen.name and steps == []  # stored
+    choose(study, 5.0, progress=False)  # and back: the last round measured by the choice's protocol again
+    assert steps == [2] * len(reached[3])
