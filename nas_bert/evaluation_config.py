@@ -103,9 +103,10 @@ class ChooseProtocol(_Strict):
     finetune_steps: int | None = Field(None, ge=1)
     max_train_examples: int | None = Field(None, ge=1)
     max_eval_examples: int | None = Field(None, ge=1)
-    # "evaluate": the last round of successive halving (the one whose figures choose) fine-tunes and scores as the
-    # evaluation does, the fields above applying to the earlier rounds only: a shorter fine-tuning may rank two
-    # close finalists the other way round from the evaluation the exported student gets
+    # "evaluate": the last round of successive halving (the one whose figures choose) is measured as the exported
+    # student is: distilled to distill.steps in all and fine-tuned as the evaluation does, the fields above applying
+    # to the earlier rounds only (a shorter distillation and fine-tuning can rank two close finalists the other way
+    # round from the evaluation the exported student gets)
     last_round: Literal["evaluate"] | None = None
 
     def applied_to(self, evaluate: EvalConfig, last: bool = False) -> EvalConfig:

@@ -13,15 +13,12 @@ summary says so. Every finalist's result is a database row: a killed choice cont
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from tqdm.auto import tqdm
 
 from nas_bert.choose.candidates import (
@@ -48,6 +45,7 @@ from nas_bert.choose.ranking import (  # the records and the ranking, re-exporte
     margin,
     summarise,
 )
+from nas_bert.choose.rows import continued, round_elsewhere, scored_elsewhere, store, stored, update
 from nas_bert.choose.screen import SCREEN_SEED, rank_by_screen, screen, screened_pool
 from nas_bert.choose.timing import (
     budget_fraction,
@@ -83,7 +81,7 @@ from nas_bert.evaluation_config import EvalConfig, TaskData
 from nas_bert.latency import device_fingerprint, ensure_latency_model
 from nas_bert.search import latency_error
 from nas_bert.space import families
-from nas_bert.store import Database, FinalistRow, LatencyRow, json_hash
+from nas_bert.store import Database, LatencyRow, json_hash
 from nas_bert.study import Study
 from nas_bert.supernet import teacher_initialised, truncated_architecture
 from nas_bert.teacher import load_teacher
@@ -109,11 +107,16 @@ def choosing(study: Study, last: bool = False) -> EvalConfig:
     return study.cfg.search.choose_protocol.applied_to(study.cfg.evaluate, last)
 
 
-def _tuned_as(study: Study, last: bool) -> str | None:
-    """How a round's fine-tuned scores are measured: "evaluate" (the evaluation's own protocol: the last round with
-    search.choose_protocol.last_round: evaluate) or None (the choice's); a stored round measured otherwise is
-    measured again."""
+def _measured_as(study: Study, last: bool) -> str | None:
+    """How a round is measured: "evaluate" (the last round with search.choose_protocol.last_round: evaluate: as the
+    exported student is, distilled to distill.steps in all and fine-tuned by the evaluation's own protocol) or None
+    (the choice's); a stored round measured otherwise is measured again."""
     return "evaluate" if last and study.cfg.search.choose_protocol.last_round == "evaluate" else None
+
+
+def _round_steps(study: Study, steps: int, last: bool) -> int:
+    """A round's steps in all: successive halving's, the distillation's own for a round measured as the export is."""
+    return max(steps, study.cfg.distill.steps) if _measured_as(study, last) else steps
 
 
 def _probed_tasks(study: Study, kind: str = "task") -> list[TaskData | str]:
@@ -129,14 +132,11 @@ def _finetuned_tasks(study: Study) -> list[TaskData | str]:
 
 
 def _unscored(metrics: dict[str, Any] | None, study: Study, final: bool, last: bool = False) -> bool:
-    """A stored result that the round needs again: never distilled, or a `final` (fine-tuned) round's without its
-    fine-tuning or with another (`last`: the last round's, `_tuned_as`)."""
-    if metrics is None or "fidelity" not in metrics:
+    """A stored result that the round needs again: never distilled, measured otherwise than the round is (`last`: the
+    last round, `_measured_as`), or a `final` (fine-tuned) round's without its fine-tuning."""
+    if metrics is None or "fidelity" not in metrics or metrics.get("measured_as") != _measured_as(study, last):
         return True
-    tuned = _finetuned_tasks(study)
-    return final and bool(tuned) and (
-        any(f"finetune:{task_name(t)}" not in (metrics.get("probe") or {}) for t in tuned)
-        or metrics.get("finetuned_as") != _tuned_as(study, last))
+    return final and any(f"finetune:{task_name(t)}" not in (metrics.get("probe") or {}) for t in _finetuned_tasks(study))
 
 
 def short_distill(ctx: StudentContext, cand: Candidate, steps: int, final: bool = True,
@@ -190,12 +190,12 @@ def short_distill(ctx: StudentContext, cand: Candidate, steps: int, final: bool 
         tune = choosing(ctx.study, last)
         probe |= {f"finetune:{task_name(t)}": validation_accuracy(module.student, ctx.teacher.tokenizer, tune, t, dev)
                   for t in tuned}
-    as_ = _tuned_as(ctx.study, last) if tuned else None
+    as_ = _measured_as(ctx.study, last)
     return {"fidelity_before": before["fidelity"], **zero, "fidelity": keeper.value, "fidelity_interval": [lo, hi],
             "fidelity_bootstrap": [None if math.isnan(v) else round(v, 5) for v in boot],
             "best_step": done + keeper.step, "seconds": round(time.perf_counter() - t0, 1),
             **({"continued_from": done} if done else {}), **({"probe": probe} if probe else {}),
-            **({"finetuned_as": as_} if as_ else {})}
+            **({"measured_as": as_} if as_ else {})}
 
 
 def zero_step_proxies(student: torch.Tensor, teacher: torch.Tensor, embeddings: torch.Tensor) -> dict[str, float]:
@@ -298,16 +298,16 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
         if c.name in slowest:
             c.proxies["slowest_ms"] = slowest[c.name]
         over = judged[c.name] > budget_ms
-        metrics = _stored(ctx.db, study, budget_ms, c.name, protocol)
+        metrics = stored(ctx.db, study, budget_ms, c.name, protocol)
         if metrics is None or (not over and _unscored(metrics, study, final, final)):  # not scored, the budget holds
-            elsewhere = None if over else _scored_elsewhere(ctx.db, study, c, protocol,
+            elsewhere = None if over else scored_elsewhere(ctx.db, study, c, protocol,
                                                             lambda m: not _unscored(m, study, final, final))
             metrics = {"over_budget": True} if over else (
                 elsewhere if not _unscored(elsewhere, study, final, final) else
-                short_distill(ctx, c, cfg.finalist_steps, final, kept=kept if cfg.finalist_rounds > 1 else None,
-                              last=final))
-            _store(ctx.db, study, budget_ms, c, protocol, ms[c.name], metrics)
-            metrics = _stored(ctx.db, study, budget_ms, c.name, protocol) or metrics  # the first writer's stands
+                short_distill(ctx, c, _round_steps(study, cfg.finalist_steps, final), final,
+                              kept=kept if cfg.finalist_rounds > 1 else None, last=final))
+            store(ctx.db, study, budget_ms, c, protocol, ms[c.name], metrics)
+            metrics = stored(ctx.db, study, budget_ms, c.name, protocol) or metrics  # the first writer's stands
         # the row's own figures are the first round's; what this choice measured of the student (its timing, screen,
         # ranks) is this run's, not the copy the row kept when it was first stored
         first = {k: v for k, v in metrics.items() if k in ROW_KEYS}
@@ -320,11 +320,11 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
             break
         alive = halve(alive, results, criterion(study, final=r > 1))  # the first round's cut: fidelity alone
         kept = {k: v for k, v in kept.items() if k[0] in alive}  # the others train no further
-        steps = cfg.finalist_steps * 2 ** r
         last = r == cfg.finalist_rounds - 1 or len(alive) < 3  # no halving follows: its figures choose
+        steps = _round_steps(study, cfg.finalist_steps * 2 ** r, last)
         for name in tqdm(alive, desc=f"finalists {budget_ms:g} ms, round {r + 1} ({steps} steps)", disable=not progress):
             results[name] = {**results[name], **_round(ctx, study, budget_ms, by_name[name], protocol, steps,
-                                                       kept=kept, last=last)}
+                                                       kept=kept, last=last, before=cfg.finalist_steps * 2 ** (r - 1))}
     result = summarise(study, budget_ms, list(results.values())).model_copy(update={"timing": timing})
     record_choice(ctx.db, study, budget_ms, protocol, result)  # this run's, whatever rows earlier runs left
     return result
@@ -337,34 +337,30 @@ def _screen(ctx: StudentContext, cands: list[Candidate], protocol: str, progress
 
 
 def _round(ctx: StudentContext, study: Study, budget_ms: float, c: Candidate, protocol: str, steps: int,
-           final: bool = True, kept: dict[tuple[str, int], dict[str, Any]] | None = None, last: bool = False
-           ) -> dict[str, Any]:
+           final: bool = True, kept: dict[tuple[str, int], dict[str, Any]] | None = None, last: bool = False,
+           before: int | None = None) -> dict[str, Any]:
     """A later round of successive halving for one finalist: its short distillation to `steps` in all, continuing
     its last round's best weights (in `kept`; made again where this process has none, e.g. after a kill), stored in
     its row's `rounds` (so a killed choice continues), and its fidelity now the finalist's (`last`: the round whose
-    figures choose, fine-tuned by `choosing(study, last)`)."""
-    metrics = _stored(ctx.db, study, budget_ms, c.name, protocol) or {}
+    figures choose, `_measured_as`; `before`: the steps of the round it continues, half `steps` unless given)."""
+    metrics = stored(ctx.db, study, budget_ms, c.name, protocol) or {}
     rounds = list(metrics.get("rounds") or [{k: metrics[k] for k in SCORE_KEYS if k in metrics}
                                             | {"steps": study.cfg.search.finalist_steps}])
     done = {r["steps"]: r for r in rounds}
-    if _unscored(done.get(steps), study, final, last) or not _continued(done[steps]):
-        elsewhere = _round_elsewhere(ctx.db, study, c, protocol, steps, lambda m: not _unscored(m, study, final, last))
+    if _unscored(done.get(steps), study, final, last) or not continued(done[steps]):
+        elsewhere = round_elsewhere(ctx.db, study, c, protocol, steps, lambda m: not _unscored(m, study, final, last))
         if _unscored(elsewhere, study, final, last):
             kept = {} if kept is None else kept
-            _warm(ctx, c, steps // 2, kept)
+            _warm(ctx, c, before or steps // 2, kept)
             elsewhere = {**short_distill(ctx, c, steps, final, kept=kept, last=last), "steps": steps}
         done[steps] = elsewhere
         rounds = sorted(done.values(), key=lambda r: r["steps"])
-        _update(ctx.db, study, budget_ms, c.name, protocol, {"rounds": rounds})
+        update(ctx.db, study, budget_ms, c.name, protocol, {"rounds": rounds})
     last = done[steps]
-    return {**{k: last[k] for k in SCORE_KEYS if k in last}, "rounds": rounds,
-            **{k: rounds[0][k] for k in BEFORE_KEYS if k in rounds[0]}}  # the start: the first round's
-
-
-def _continued(r: dict[str, Any]) -> bool:
-    """A later round's result that continued its earlier round's weights (one distilled from the start again, as
-    before nas-bert trained survivors on, is scored again: a round compares finalists trained alike)."""
-    return "continued_from" in r
+    # this choice's rounds: halving's before it and this one (a row may also keep a last round measured otherwise)
+    mine = [x for x in rounds if x["steps"] <= (before or steps // 2) and "measured_as" not in x] + [last]
+    return {**{k: last[k] for k in SCORE_KEYS if k in last}, "rounds": mine,
+            **{k: mine[0][k] for k in BEFORE_KEYS if k in mine[0]}}  # the start: the first round's
 
 
 def _warm(ctx: StudentContext, c: Candidate, steps: int, kept: dict[tuple[str, int], dict[str, Any]]) -> None:
@@ -376,72 +372,6 @@ def _warm(ctx: StudentContext, c: Candidate, steps: int, kept: dict[tuple[str, i
     if steps > first:
         _warm(ctx, c, steps // 2, kept)
     short_distill(ctx, c, steps, final=False, kept=kept)
-
-
-def _round_elsewhere(db: Database, study: Study, c: Candidate, protocol: str, steps: int,
-                     usable: Callable[[dict[str, Any]], bool] = bool) -> dict[str, Any] | None:
-    """The same round (student, start, protocol, steps) run at another budget of the study, the first that is
-    `usable` (its fine-tuning measured as this round's is): not run twice."""
-    with db.session() as s:
-        rows = s.scalars(select(FinalistRow).where(
-            FinalistRow.study == study.name, FinalistRow.arch_hash == c.arch.hash(), FinalistRow.origin == c.origin,
-            FinalistRow.protocol_hash == protocol).order_by(FinalistRow.id)).all()
-        for row in rows:
-            for r in json.loads(row.metrics_json).get("rounds") or []:
-                if r.get("steps") == steps and "fidelity" in r and _continued(r) and usable(r):
-                    return {**r, "scored_at_budget_ms": row.budget_ms}
-    return None
-
-
-def _update(db: Database, study: Study, budget_ms: float, name: str, protocol: str, extra: dict[str, Any]) -> None:
-    with db.session() as s:
-        row = s.scalars(select(FinalistRow).where(FinalistRow.study == study.name, FinalistRow.budget_ms == budget_ms,
-                                                  FinalistRow.name == name, FinalistRow.protocol_hash == protocol)).one()
-        row.metrics_json = json.dumps({**json.loads(row.metrics_json), **extra})
-
-
-def _stored(db: Database, study: Study, budget_ms: float, name: str, protocol: str) -> dict[str, Any] | None:
-    with db.session() as s:
-        row = s.scalars(select(FinalistRow).where(FinalistRow.study == study.name, FinalistRow.budget_ms == budget_ms,
-                                                  FinalistRow.name == name, FinalistRow.protocol_hash == protocol)).first()
-        return json.loads(row.metrics_json) if row is not None else None
-
-
-def _scored_elsewhere(db: Database, study: Study, c: Candidate, protocol: str,
-                      usable: Callable[[dict[str, Any]], bool] = bool) -> dict[str, Any] | None:
-    """The short distillation's result for the same student (architecture and starting weights) under the
-    same protocol at another budget of the study, the first that is `usable`: the same computation, so it is not run
-    twice."""
-    with db.session() as s:
-        rows = s.scalars(select(FinalistRow).where(
-            FinalistRow.study == study.name, FinalistRow.arch_hash == c.arch.hash(), FinalistRow.origin == c.origin,
-            FinalistRow.protocol_hash == protocol).order_by(FinalistRow.id)).all()
-        for row in rows:
-            m = json.loads(row.metrics_json)
-            if "fidelity" in m and usable(m):
-                return {**{k: m[k] for k in SCORE_KEYS if k in m}, "scored_at_budget_ms": row.budget_ms}
-    return None
-
-
-def _store(db: Database, study: Study, budget_ms: float, c: Candidate, protocol: str, ms: float,
-           metrics: dict[str, Any]) -> None:
-    blob = json.dumps({**c.proxies, **metrics})
-    try:
-        with db.session() as s:
-            row = s.scalars(select(FinalistRow).where(
-                FinalistRow.study == study.name, FinalistRow.budget_ms == budget_ms, FinalistRow.name == c.name,
-                FinalistRow.protocol_hash == protocol)).first()
-            if row is None:
-                s.add(FinalistRow(study=study.name, budget_ms=budget_ms, name=c.name, origin=c.origin,
-                                  arch_hash=c.arch.hash(), arch_json=c.arch.canonical_json(), trial_number=c.trial,
-                                  protocol_hash=protocol, measured_ms=ms, metrics_json=blob))
-            elif "fidelity" in metrics and ("fidelity" not in (old := json.loads(row.metrics_json))
-                                            or set(metrics.get("probe") or {}) > set(old.get("probe") or {})
-                                            or metrics.get("finetuned_as") != old.get("finetuned_as")):
-                row.metrics_json = blob  # a finalist once dropped over budget, which the budget now holds, or
-                # scored before its fine-tuning was due (a round more was planned then) or by another fine-tuning
-    except IntegrityError:  # another process stored this finalist first (two searches sharing one database)
-        pass
 
 
 def truncated_reference(study: Study, budget_ms: float, student_ms: float) -> TruncatedReference | None:

@@ -23,7 +23,7 @@ ZERO_STEP = {"fidelity": "fidelity_before", "readout": "readout_before", "gain":
 BEFORE_KEYS = tuple(ZERO_STEP.values())
 # a finalist's figures from one short distillation (a round's), as the rows and the rounds keep them
 SCORE_KEYS = (*BEFORE_KEYS, "fidelity", "fidelity_interval", "fidelity_bootstrap", "best_step", "seconds", "probe",
-              "finetuned_as")
+              "measured_as")
 
 
 def zero_step_proxy(study: Study) -> str:
@@ -42,7 +42,7 @@ class Finalist(Record):
     absent_unless_given: ClassVar[frozenset[str]] = frozenset({
         "predicted_ms", "approx_loss", "rescored_loss", "approx_rank", "reserve", "predicted_now_ms", "judged_ms",
         *BEFORE_KEYS, "fidelity", "fidelity_interval", "fidelity_bootstrap", "best_step", "seconds",
-        "scored_at_budget_ms", "rounds", "probe", "finetuned_as", "screen_fidelity", "search_rank", "slowest_ms"})
+        "scored_at_budget_ms", "rounds", "probe", "measured_as", "screen_fidelity", "search_rank", "slowest_ms"})
 
     name: str
     origin: str  # one of ORIGINS
@@ -74,7 +74,8 @@ class Finalist(Record):
     scored_at_budget_ms: float | None = None  # distilled for another budget of the study, under the same protocol
     rounds: list[dict[str, Any]] | None = None  # successive halving: each round's steps and result (the last one's above)
     probe: dict[str, float] | None = None  # with search.choose_by task:NAME / finetune:NAME: that key -> its accuracy
-    finetuned_as: str | None = None  # "evaluate": its finetune: scores by the evaluation's own fine-tuning
+    measured_as: str | None = None  # "evaluate": its last round measured as the export is (distill.steps, the
+    # evaluation's fine-tuning: search.choose_protocol.last_round)
     over_budget: bool
 
     def first_fidelity(self) -> float | None:
@@ -237,7 +238,9 @@ def beaten_by_a_recipe(r: Finalist, ok: list[Finalist], first_steps: int, by: di
 def _rounds(r: Finalist, first_steps: int) -> dict[int, dict[str, Any]]:
     """A finalist's results by the steps of short distillation they had."""
     if r.rounds:
-        return {int(x["steps"]): x for x in r.rounds}
+        out = {int(x["steps"]): x for x in r.rounds}
+        top = max(out)  # the last round's accuracies are the finalist's own (a round stored without them)
+        return out | ({top: {**out[top], "probe": r.probe}} if r.probe and "probe" not in out[top] else {})
     return {first_steps: {"fidelity": r.fidelity, "fidelity_interval": r.fidelity_interval,
                           "fidelity_bootstrap": r.fidelity_bootstrap, "probe": r.probe}}
 

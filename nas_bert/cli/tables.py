@@ -111,7 +111,7 @@ def finalists_table(f: FinalistsResult) -> str:
     if probed := [r for r in f.finalists if r.probe]:  # search.choose_by a task: the ranking read these too
         lines.append("accuracy (search.choose_by; task: a linear probe, finetune: fine-tuned, on validation): " + "; ".join(
             f"{r.name} " + ", ".join(f"{k} {v:.3f}" for k, v in (r.probe or {}).items())
-            + (" (the evaluation's fine-tuning)" if r.finetuned_as == "evaluate" else "") for r in probed))
+            + (" (the evaluation's fine-tuning)" if r.measured_as == "evaluate" else "") for r in probed))
     if f.replacements:
         lines.append(f"over budget as measured: {', '.join(f.dropped_over_budget)}; in their place, the next by "
                      f"approximate loss that the budget holds: {', '.join(f.replacements)}")

@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from nas_bert.choose import Candidate, choose, chosen_finalist, summarise
 from nas_bert.choose import timing as T
+from nas_bert.choose.rows import scored_elsewhere
 from nas_bert.data import load_manpages, make_collator
 from nas_bert.distill import (
     DistillModule,
@@ -576,8 +577,8 @@ def test_a_student_scored_at_another_budget_is_not_distilled_again(searched_tiny
     for name, r in again.items():
         assert r.fidelity == first[name].fidelity and r.scored_at_budget_ms == 7.0
     other = load_study(path, overrides={"search.finalist_steps": 3, "distill.val_batches": 2})
-    assert F._scored_elsewhere(db, other, Candidate(name, "search", A.Architecture.from_json(r.arch_json)),
-                               F.protocol_hash(other, "x")) is None
+    assert scored_elsewhere(db, other, Candidate(name, "search", A.Architecture.from_json(r.arch_json)),
+                            F.protocol_hash(other, "x")) is None
 
 
 def test_only_the_family_members_that_may_stand_are_timed():

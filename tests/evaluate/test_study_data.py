@@ -350,7 +350,7 @@ def test_choose_by_fine_tuning_scores_the_rounds_after_the_first_and_picks_the_b
         "search.finalist_steps": 2, "search.finalist_rounds": 3, "distill.val_batches": 2,
         "search.choose_by": {"fidelity": 1.0, "finetune:topics": 1.0}, "latency.fresh_process": False,
         "evaluate.tasks": data["tasks"][:1], "evaluate.finetune_steps": 40, "evaluate.max_train_examples": 32,
-        "evaluate.max_eval_examples": 16, "search.choose_protocol": {"finetune_steps": 2}}
+        "evaluate.max_eval_examples": 16, "search.choose_protocol": {"finetune_steps": 2}, "distill.steps": 12}
     study = load_study(file, overrides=given)
     steps, real = [], ev.finetune
     monkeypatch.setattr(ev, "finetune", lambda *a, **k: steps.append(a[4].finetune_steps) or real(*a, **k))
@@ -370,8 +370,9 @@ def test_choose_by_fine_tuning_scores_the_rounds_after_the_first_and_picks_the_b
     again = choose(study, 5.0, progress=False)  # resumed from the database: nothing is scored differently
     assert again.chosen.name == result.chosen.name
     assert {r.name: r.probe for r in again.finalists} == {r.name: r.probe for r in result.finalists}
-    # search.choose_protocol.last_round: evaluate: the last round is fine-tuned again as the evaluation does (40
-    # steps), its earlier rounds kept; the choice is the best mix of the last round so measured
+    # search.choose_protocol.last_round: evaluate: the last round is measured again as the export is (distilled to
+    # distill.steps, fine-tuned for the evaluation's 40 steps), its earlier rounds kept; the choice is the best mix
+    # of the last round so measured
     steps.clear()
     evaluated = load_study(file, overrides={**given, "search.choose_protocol": {"finetune_steps": 2,
                                                                                 "last_round": "evaluate"}})
@@ -380,8 +381,10 @@ def test_choose_by_fine_tuning_scores_the_rounds_after_the_first_and_picks_the_b
     ok = [r for r in result.finalists if not r.over_budget]
     last = [r for r in ok if len(r.rounds or []) == 3]
     assert {r.name for r in last} == {r.name for r in reached[3]}
-    assert all(r.finetuned_as == "evaluate" and r.rounds[2]["finetuned_as"] == "evaluate"
-               and "finetuned_as" not in r.rounds[1] for r in last)
+    assert all(r.measured_as == "evaluate" and r.rounds[2]["measured_as"] == "evaluate"
+               and "measured_as" not in r.rounds[1] for r in last)
+    # distilled as the export is: to distill.steps in all, continuing the second round's weights
+    assert {(r.rounds[2]["steps"], r.rounds[2]["continued_from"]) for r in last} == {(12, 4)}
     assert result.chosen.name == max(last, key=lambda r: r.fidelity + r.probe["finetune:topics"]).name
     from nas_bert.cli.tables import finalists_table
 
@@ -393,5 +396,6 @@ def test_choose_by_fine_tuning_scores_the_rounds_after_the_first_and_picks_the_b
         assert margin.scores["finetune:topics"][0] == common["probe"]["finetune:topics"]
     steps.clear()
     assert choose(evaluated, 5.0, progress=False).chosen.name == result.chosen.name and steps == []  # stored
-    choose(study, 5.0, progress=False)  # and back: the last round measured by the choice's protocol again
-    assert steps == [2] * len(reached[3])
+    back = choose(study, 5.0, progress=False)  # and back: the choice's last round, still stored, not redone
+    assert steps == [] and {r.name: r.probe for r in back.finalists} == {r.name: r.probe for r in again.finalists}
+    assert {tuple(x["steps"] for x in r.rounds) for r in back.finalists if len(r.rounds or []) == 3} == {(2, 4, 8)}

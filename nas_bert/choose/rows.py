@@ -1,0 +1,88 @@
+"""The finalists' rows: each finalist's short distillation stored per study, budget and protocol, so a killed choice
+continues and a result computed for one budget is not computed again for another."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from nas_bert.choose.candidates import Candidate
+from nas_bert.choose.ranking import SCORE_KEYS
+from nas_bert.store import Database, FinalistRow
+from nas_bert.study import Study
+
+
+def continued(r: dict[str, Any]) -> bool:
+    """A later round's result that continued its earlier round's weights (one distilled from the start again, as
+    before nas-bert trained survivors on, is scored again: a round compares finalists trained alike)."""
+    return "continued_from" in r
+
+
+def round_elsewhere(db: Database, study: Study, c: Candidate, protocol: str, steps: int,
+                     usable: Callable[[dict[str, Any]], bool] = bool) -> dict[str, Any] | None:
+    """The same round (student, start, protocol, steps) run at another budget of the study, the first that is
+    `usable` (its fine-tuning measured as this round's is): not run twice."""
+    with db.session() as s:
+        rows = s.scalars(select(FinalistRow).where(
+            FinalistRow.study == study.name, FinalistRow.arch_hash == c.arch.hash(), FinalistRow.origin == c.origin,
+            FinalistRow.protocol_hash == protocol).order_by(FinalistRow.id)).all()
+        for row in rows:
+            for r in json.loads(row.metrics_json).get("rounds") or []:
+                if r.get("steps") == steps and "fidelity" in r and continued(r) and usable(r):
+                    return {**r, "scored_at_budget_ms": row.budget_ms}
+    return None
+
+
+def update(db: Database, study: Study, budget_ms: float, name: str, protocol: str, extra: dict[str, Any]) -> None:
+    with db.session() as s:
+        row = s.scalars(select(FinalistRow).where(FinalistRow.study == study.name, FinalistRow.budget_ms == budget_ms,
+                                                  FinalistRow.name == name, FinalistRow.protocol_hash == protocol)).one()
+        row.metrics_json = json.dumps({**json.loads(row.metrics_json), **extra})
+
+
+def stored(db: Database, study: Study, budget_ms: float, name: str, protocol: str) -> dict[str, Any] | None:
+    with db.session() as s:
+        row = s.scalars(select(FinalistRow).where(FinalistRow.study == study.name, FinalistRow.budget_ms == budget_ms,
+                                                  FinalistRow.name == name, FinalistRow.protocol_hash == protocol)).first()
+        return json.loads(row.metrics_json) if row is not None else None
+
+
+def scored_elsewhere(db: Database, study: Study, c: Candidate, protocol: str,
+                      usable: Callable[[dict[str, Any]], bool] = bool) -> dict[str, Any] | None:
+    """The short distillation's result for the same student (architecture and starting weights) under the
+    same protocol at another budget of the study, the first that is `usable`: the same computation, so it is not run
+    twice."""
+    with db.session() as s:
+        rows = s.scalars(select(FinalistRow).where(
+            FinalistRow.study == study.name, FinalistRow.arch_hash == c.arch.hash(), FinalistRow.origin == c.origin,
+            FinalistRow.protocol_hash == protocol).order_by(FinalistRow.id)).all()
+        for row in rows:
+            m = json.loads(row.metrics_json)
+            if "fidelity" in m and usable(m):
+                return {**{k: m[k] for k in SCORE_KEYS if k in m}, "scored_at_budget_ms": row.budget_ms}
+    return None
+
+
+def store(db: Database, study: Study, budget_ms: float, c: Candidate, protocol: str, ms: float,
+           metrics: dict[str, Any]) -> None:
+    blob = json.dumps({**c.proxies, **metrics})
+    try:
+        with db.session() as s:
+            row = s.scalars(select(FinalistRow).where(
+                FinalistRow.study == study.name, FinalistRow.budget_ms == budget_ms, FinalistRow.name == c.name,
+                FinalistRow.protocol_hash == protocol)).first()
+            if row is None:
+                s.add(FinalistRow(study=study.name, budget_ms=budget_ms, name=c.name, origin=c.origin,
+                                  arch_hash=c.arch.hash(), arch_json=c.arch.canonical_json(), trial_number=c.trial,
+                                  protocol_hash=protocol, measured_ms=ms, metrics_json=blob))
+            elif "fidelity" in metrics and ("fidelity" not in (old := json.loads(row.metrics_json))
+                                            or set(metrics.get("probe") or {}) > set(old.get("probe") or {})
+                                            or metrics.get("measured_as") != old.get("measured_as")):
+                row.metrics_json = blob  # a finalist once dropped over budget, which the budget now holds, or
+                # scored before its fine-tuning was due (a round more was planned then) or by another fine-tuning
+    except IntegrityError:  # another process stored this finalist first (two searches sharing one database)
+        pass
