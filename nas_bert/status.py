@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -13,6 +16,7 @@ from nas_bert.pipeline import StageState, stage_status
 from nas_bert.record import Record
 from nas_bert.search import budgets_in_db, optuna_study_name, storage_for
 from nas_bert.store import ArchitectureRow, BlockScore, Checkpoint, Database, LatencyRow
+from nas_bert.store.failures import sqlite_file
 from nas_bert.study import Study
 from nas_bert.supernet import find_run
 
@@ -68,7 +72,14 @@ class StudyStatus(Record):
 
 def study_status(study: Study) -> StudyStatus:
     """The study's supernet, latency table, block scores, searches and `nas-bert run` stages, as its database holds
-    them (nothing is trained or timed)."""
+    them (nothing is trained or timed). A study whose SQLite database does not exist yet reads as empty, and no file
+    is left behind (a status is no reason to make a database)."""
+    path = sqlite_file(study.db_url)
+    if path and not Path(path).exists():
+        with tempfile.TemporaryDirectory() as folder:
+            (empty := Path(folder) / "empty.db").touch()  # an empty file is an empty SQLite database
+            blank = study_status(dataclasses.replace(study, db_url=f"sqlite:///{empty}"))
+        return blank.model_copy(update={"db": study.db_url})
     db = Database(study.db_url)
     with db.session() as s:
         run = find_run(s, study)

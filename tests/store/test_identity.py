@@ -218,6 +218,19 @@ def test_a_result_recorded_in_another_form_is_made_again_and_status_says_why(tmp
     assert status[("search", "5ms")].why == "upstream not current: supernet, latency"
 
 
+def test_status_of_a_study_never_run_makes_no_database(tmp_path):
+    """`nas-bert status` before any run: every stage to run, the database named, and no database file made."""
+    from nas_bert.status import study_status
+
+    shutil.copy(ROOT / "studies" / "tiny.yaml", tmp_path / "tiny.yaml")
+    study = load_study(tmp_path / "tiny.yaml", overrides={"search.budgets_ms": [5.0]})
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    status = study_status(study)
+    assert status.db == study.db_url and status.supernet is None and not status.searches
+    assert {s.state for s in status.stages} == {"to run"} and len(status.stages) >= 8
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written beside the study file
+
+
 def test_an_edited_space_file_redoes_everything_and_status_says_why(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "RESULTS", dict.fromkeys(pipeline.RESULTS, Ran))  # the stand-ins' results
     space = yaml.safe_load((ROOT / "search_spaces" / "tiny.yaml").read_text())
