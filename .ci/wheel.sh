@@ -18,8 +18,10 @@ where = pathlib.Path(nas_bert.__file__).parent
 assert "site-packages" in str(where), f"nas_bert imported from {where}, not the installed wheel"
 assert (where / "search_spaces" / "auto.yaml").is_file() and (where / "studies" / "demo.yaml").is_file(), where
 PY
-nas-bert status --config demo > /dev/null  # the shipped demo, by name; its database is written here
-test -f demo.db
+# the shipped demo, by name; its database would be written here (a status writes none)
+status="$(nas-bert status --config demo)"
+grep -qF "db sqlite:///$PWD/demo.db" <<< "$status" || { echo "$status"; exit 1; }
+test ! -e demo.db
 nas-bert init smoke --from tiny --budget-ms 5
 cat >> smoke.yaml <<'YAML'
   trials: 24
