@@ -302,10 +302,9 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
         if metrics is None or (not over and _unscored(metrics, study, final, final)):  # not scored, the budget holds
             elsewhere = None if over else scored_elsewhere(ctx.db, study, c, protocol,
                                                             lambda m: not _unscored(m, study, final, final))
-            metrics = {"over_budget": True} if over else (
-                elsewhere if not _unscored(elsewhere, study, final, final) else
-                short_distill(ctx, c, _round_steps(study, cfg.finalist_steps, final), final,
-                              kept=kept if cfg.finalist_rounds > 1 else None, last=final))
+            metrics = {"over_budget": True} if over else elsewhere or short_distill(
+                ctx, c, _round_steps(study, cfg.finalist_steps, final), final,
+                kept=kept if cfg.finalist_rounds > 1 else None, last=final)
             store(ctx.db, study, budget_ms, c, protocol, ms[c.name], metrics)
             metrics = stored(ctx.db, study, budget_ms, c.name, protocol) or metrics  # the first writer's stands
         # the row's own figures are the first round's; what this choice measured of the student (its timing, screen,
@@ -324,7 +323,7 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
         steps = _round_steps(study, cfg.finalist_steps * 2 ** r, last)
         for name in tqdm(alive, desc=f"finalists {budget_ms:g} ms, round {r + 1} ({steps} steps)", disable=not progress):
             results[name] = {**results[name], **_round(ctx, study, budget_ms, by_name[name], protocol, steps,
-                                                       kept=kept, last=last, before=cfg.finalist_steps * 2 ** (r - 1))}
+                                                       cfg.finalist_steps * 2 ** (r - 1), kept=kept, last=last)}
     result = summarise(study, budget_ms, list(results.values())).model_copy(update={"timing": timing})
     record_choice(ctx.db, study, budget_ms, protocol, result)  # this run's, whatever rows earlier runs left
     return result
@@ -336,29 +335,29 @@ def _screen(ctx: StudentContext, cands: list[Candidate], protocol: str, progress
         ctx, c, cfg.screen_steps, final=False, seed_offset=SCREEN_SEED, probes=False, schedule_steps=cfg.finalist_steps))
 
 
-def _round(ctx: StudentContext, study: Study, budget_ms: float, c: Candidate, protocol: str, steps: int,
-           final: bool = True, kept: dict[tuple[str, int], dict[str, Any]] | None = None, last: bool = False,
-           before: int | None = None) -> dict[str, Any]:
+def _round(ctx: StudentContext, study: Study, budget_ms: float, c: Candidate, protocol: str, steps: int, before: int,
+           final: bool = True, kept: dict[tuple[str, int], dict[str, Any]] | None = None, last: bool = False
+           ) -> dict[str, Any]:
     """A later round of successive halving for one finalist: its short distillation to `steps` in all, continuing
     its last round's best weights (in `kept`; made again where this process has none, e.g. after a kill), stored in
     its row's `rounds` (so a killed choice continues), and its fidelity now the finalist's (`last`: the round whose
-    figures choose, `_measured_as`; `before`: the steps of the round it continues, half `steps` unless given)."""
+    figures choose, `_measured_as`; `before`: the steps of the round it continues)."""
     metrics = stored(ctx.db, study, budget_ms, c.name, protocol) or {}
     rounds = list(metrics.get("rounds") or [{k: metrics[k] for k in SCORE_KEYS if k in metrics}
                                             | {"steps": study.cfg.search.finalist_steps}])
     done = {r["steps"]: r for r in rounds}
     if _unscored(done.get(steps), study, final, last) or not continued(done[steps]):
         elsewhere = round_elsewhere(ctx.db, study, c, protocol, steps, lambda m: not _unscored(m, study, final, last))
-        if _unscored(elsewhere, study, final, last):
+        if elsewhere is None:
             kept = {} if kept is None else kept
-            _warm(ctx, c, before or steps // 2, kept)
+            _warm(ctx, c, before, kept)
             elsewhere = {**short_distill(ctx, c, steps, final, kept=kept, last=last), "steps": steps}
         done[steps] = elsewhere
         rounds = sorted(done.values(), key=lambda r: r["steps"])
         update(ctx.db, study, budget_ms, c.name, protocol, {"rounds": rounds})
     last = done[steps]
     # this choice's rounds: halving's before it and this one (a row may also keep a last round measured otherwise)
-    mine = [x for x in rounds if x["steps"] <= (before or steps // 2) and "measured_as" not in x] + [last]
+    mine = [x for x in rounds if x["steps"] <= before and "measured_as" not in x] + [last]
     return {**{k: last[k] for k in SCORE_KEYS if k in last}, "rounds": mine,
             **{k: mine[0][k] for k in BEFORE_KEYS if k in mine[0]}}  # the start: the first round's
 

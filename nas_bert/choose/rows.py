@@ -22,18 +22,22 @@ def continued(r: dict[str, Any]) -> bool:
     return "continued_from" in r
 
 
+def _same_student(db: Database, study: Study, c: Candidate, protocol: str) -> list[FinalistRow]:
+    """The study's rows of this student (architecture and starting weights) under `protocol`, at any budget."""
+    with db.session() as s:
+        return list(s.scalars(select(FinalistRow).where(
+            FinalistRow.study == study.name, FinalistRow.arch_hash == c.arch.hash(), FinalistRow.origin == c.origin,
+            FinalistRow.protocol_hash == protocol).order_by(FinalistRow.id)))
+
+
 def round_elsewhere(db: Database, study: Study, c: Candidate, protocol: str, steps: int,
                      usable: Callable[[dict[str, Any]], bool] = bool) -> dict[str, Any] | None:
     """The same round (student, start, protocol, steps) run at another budget of the study, the first that is
     `usable` (its fine-tuning measured as this round's is): not run twice."""
-    with db.session() as s:
-        rows = s.scalars(select(FinalistRow).where(
-            FinalistRow.study == study.name, FinalistRow.arch_hash == c.arch.hash(), FinalistRow.origin == c.origin,
-            FinalistRow.protocol_hash == protocol).order_by(FinalistRow.id)).all()
-        for row in rows:
-            for r in json.loads(row.metrics_json).get("rounds") or []:
-                if r.get("steps") == steps and "fidelity" in r and continued(r) and usable(r):
-                    return {**r, "scored_at_budget_ms": row.budget_ms}
+    for row in _same_student(db, study, c, protocol):
+        for r in json.loads(row.metrics_json).get("rounds") or []:
+            if r.get("steps") == steps and "fidelity" in r and continued(r) and usable(r):
+                return {**r, "scored_at_budget_ms": row.budget_ms}
     return None
 
 
@@ -56,14 +60,10 @@ def scored_elsewhere(db: Database, study: Study, c: Candidate, protocol: str,
     """The short distillation's result for the same student (architecture and starting weights) under the
     same protocol at another budget of the study, the first that is `usable`: the same computation, so it is not run
     twice."""
-    with db.session() as s:
-        rows = s.scalars(select(FinalistRow).where(
-            FinalistRow.study == study.name, FinalistRow.arch_hash == c.arch.hash(), FinalistRow.origin == c.origin,
-            FinalistRow.protocol_hash == protocol).order_by(FinalistRow.id)).all()
-        for row in rows:
-            m = json.loads(row.metrics_json)
-            if "fidelity" in m and usable(m):
-                return {**{k: m[k] for k in SCORE_KEYS if k in m}, "scored_at_budget_ms": row.budget_ms}
+    for row in _same_student(db, study, c, protocol):
+        m = json.loads(row.metrics_json)
+        if "fidelity" in m and usable(m):
+            return {**{k: m[k] for k in SCORE_KEYS if k in m}, "scored_at_budget_ms": row.budget_ms}
     return None
 
 
