@@ -108,10 +108,14 @@ class ChooseProtocol(_Strict):
     # to the earlier rounds only (a shorter distillation and fine-tuning can rank two close finalists the other way
     # round from the evaluation the exported student gets)
     last_round: Literal["evaluate"] | None = None
+    # the last round's finalists distilled and fine-tuned this many times (other batches, another fine-tuning seed:
+    # the seeds of a training run) and ranked on the mean, with an interval of the two best's difference that holds
+    # the seeds' spread beside the texts' sampling; 1: one run, the interval the texts' alone
+    last_round_seeds: int = Field(1, ge=1, le=8)
 
     def applied_to(self, evaluate: EvalConfig, last: bool = False) -> EvalConfig:
         """`evaluate` with this protocol's fields in place of its own (`last`: for the last round, the evaluation's
         own where `last_round` says so)."""
         if last and self.last_round == "evaluate":
             return evaluate
-        return evaluate.model_copy(update=self.model_dump(exclude_none=True, exclude={"last_round"}))
+        return evaluate.model_copy(update=self.model_dump(exclude_none=True, exclude={"last_round", "last_round_seeds"}))

@@ -3,7 +3,8 @@ students of a budget, timed end to end (budgets judged as measured), short-disti
 held-out fidelity (`search.choose_by`: or a task's accuracy, probed or fine-tuned, or a mix).
 
 `candidates` (who competes), `timing` (the finalists' timing run and the budget's rules), `finalists`
-(`choose` and its typed result), `choice` (the budget's recorded choice). The room's public names are
+(`choose` and its typed result), `choice` (the budget's recorded choice), `seeds` (a last round run several
+times), `reference` (the untouched first layers beside a student). The room's public names are
 re-exported here.
 """
 
@@ -18,8 +19,8 @@ from nas_bert.choose.finalists import (
     choose,
     criterion,
     summarise,
-    truncated_reference,
 )
+from nas_bert.choose.reference import truncated_reference
 from nas_bert.choose.timing import (
     budget_fraction,
     holds,

@@ -18,7 +18,6 @@ import time
 from typing import Any
 
 import torch
-from sqlalchemy import select
 from tqdm.auto import tqdm
 
 from nas_bert.choose.candidates import (
@@ -47,6 +46,7 @@ from nas_bert.choose.ranking import (  # the records and the ranking, re-exporte
 )
 from nas_bert.choose.rows import continued, round_elsewhere, scored_elsewhere, store, stored, update
 from nas_bert.choose.screen import SCREEN_SEED, rank_by_screen, screen, screened_pool
+from nas_bert.choose.seeds import SEED_KEYS, SeedInterval, seed_interval, seed_mean
 from nas_bert.choose.timing import (
     budget_fraction,
     holds,
@@ -56,9 +56,7 @@ from nas_bert.choose.timing import (
     predict_now,
     replace_over_budget,
     replace_under_budget,
-    run_tag,
 )
-from nas_bert.data import load_task
 from nas_bert.distill import (
     StudentContext,
     distill_points,
@@ -66,26 +64,23 @@ from nas_bert.distill import (
 )
 from nas_bert.errors import NasBertError
 from nas_bert.evaluate import (
-    agreement,
     bootstrap_interval,
     fidelity_bootstrap,
     linear_probe,
     readout_fidelity,
     readout_gain,
-    tasks_to_run,
-    validation_accuracy,
+    validation_scores,
 )
 from nas_bert.evaluate.evaluation import protocol_hash as protocol_of_task
 from nas_bert.evaluate.evaluation import task_name
 from nas_bert.evaluation_config import EvalConfig, TaskData
-from nas_bert.latency import device_fingerprint, ensure_latency_model
+from nas_bert.latency import ensure_latency_model
 from nas_bert.search import latency_error
-from nas_bert.space import families
-from nas_bert.store import Database, LatencyRow, json_hash
+from nas_bert.store import json_hash
 from nas_bert.study import Study
-from nas_bert.supernet import teacher_initialised, truncated_architecture
-from nas_bert.teacher import load_teacher
 from nas_bert.train import BestKeeper, make_accelerator, train_loop
+
+SEED_STRIDE = 7_919  # a last round's second, third ... run draws its batches this far from the first's
 
 
 # -- the short distillation -----------------------------------------------------------------------
@@ -141,7 +136,8 @@ def _unscored(metrics: dict[str, Any] | None, study: Study, final: bool, last: b
 
 def short_distill(ctx: StudentContext, cand: Candidate, steps: int, final: bool = True,
                   kept: dict[tuple[str, int], dict[str, Any]] | None = None, seed_offset: int = 0,
-                  probes: bool = True, schedule_steps: int | None = None, last: bool = False) -> dict[str, Any]:
+                  probes: bool = True, schedule_steps: int | None = None, last: bool = False, seed: int = 0
+                  ) -> dict[str, Any]:
     """The same short distillation for every finalist; its best held-out fidelity and that value's interval (and the
     choose_by tasks' scores; fine-tuned ones in a `final` round only: every round after the first, and the first
     when no halving follows it).
@@ -151,13 +147,14 @@ def short_distill(ctx: StudentContext, cand: Candidate, steps: int, final: bool 
     trains on, on batches it has not seen, instead of again from its start), and leaves its own best weights there.
     `steps` counts every step the finalist has had. `seed_offset` draws other batches (the screen's); `probes=False`
     scores fidelity alone; `schedule_steps` (more than `steps`) trains the first `steps` of a learning-rate schedule
-    that long (the screen: the first round's); `last`: the last round, fine-tuned by `choosing(study, last)`."""
+    that long (the screen: the first round's); `last`: the last round, fine-tuned by `choosing(study, last)`; `seed`
+    (search.choose_protocol.last_round_seeds): the round's seed-th run, on other batches and fine-tuning seeds."""
     dc = ctx.study.cfg.distill
     done = max((n for name, n in kept if name == cand.name and n < steps), default=0) if kept else 0
     todo = steps - done
     span = max(todo, schedule_steps or 0)  # the schedule's length: `todo` steps of it are trained
     cfg = dc.model_copy(update={"steps": span, "warmup_steps": max(1, span // 10), "eval_every": todo, "grad_accum": 1,
-                                "seed": dc.seed + done + seed_offset})  # a continued round: other batches
+                                "seed": dc.seed + done + seed_offset + SEED_STRIDE * seed})  # continued: other batches
     module = ctx.start(cand.arch, cand.origin, dc.freeze_embeddings)
     if done:
         module.load_state_dict(kept[(cand.name, done)])
@@ -186,15 +183,19 @@ def short_distill(ctx: StudentContext, cand: Candidate, steps: int, final: bool 
     probe = {f"task:{task_name(t)}": linear_probe(module.student, ctx.teacher.tokenizer, ctx.teacher, ev, t, dev)
              for t in (_probed_tasks(ctx.study) if probes else [])}
     tuned = _finetuned_tasks(ctx.study) if final else []
+    correct: dict[str, str] = {}  # which validation examples each fine-tuning got right: paired intervals
     if tuned:  # choose_by finetune:NAME: the kept weights fine-tuned as the evaluation does, scored on validation
         tune = choosing(ctx.study, last)
-        probe |= {f"finetune:{task_name(t)}": validation_accuracy(module.student, ctx.teacher.tokenizer, tune, t, dev)
-                  for t in tuned}
+        tune = tune.model_copy(update={"seed": tune.seed + seed}) if seed else tune
+        for t in tuned:
+            key = f"finetune:{task_name(t)}"
+            probe[key], correct[key] = validation_scores(module.student, ctx.teacher.tokenizer, tune, t, dev)
     as_ = _measured_as(ctx.study, last)
     return {"fidelity_before": before["fidelity"], **zero, "fidelity": keeper.value, "fidelity_interval": [lo, hi],
             "fidelity_bootstrap": [None if math.isnan(v) else round(v, 5) for v in boot],
             "best_step": done + keeper.step, "seconds": round(time.perf_counter() - t0, 1),
             **({"continued_from": done} if done else {}), **({"probe": probe} if probe else {}),
+            **({"probe_correct": correct} if correct else {}),
             **({"measured_as": as_} if as_ else {})}
 
 
@@ -307,6 +308,11 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
                 kept=kept if cfg.finalist_rounds > 1 else None, last=final)
             store(ctx.db, study, budget_ms, c, protocol, ms[c.name], metrics)
             metrics = stored(ctx.db, study, budget_ms, c.name, protocol) or metrics  # the first writer's stands
+        if final and not over:  # no halving follows: its runs beyond the first (search.choose_protocol)
+            metrics = {**metrics, "seeds": _seeds(ctx, c, metrics, _round_steps(study, cfg.finalist_steps, final),
+                                                  final, None, lambda runs, name=c.name: update(
+                                                      ctx.db, study, budget_ms, name, protocol, {"seeds": runs}))}
+            metrics = seed_mean(metrics)
         # the row's own figures are the first round's; what this choice measured of the student (its timing, screen,
         # ranks) is this run's, not the copy the row kept when it was first stored
         first = {k: v for k, v in metrics.items() if k in ROW_KEYS}
@@ -325,6 +331,8 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
             results[name] = {**results[name], **_round(ctx, study, budget_ms, by_name[name], protocol, steps,
                                                        cfg.finalist_steps * 2 ** (r - 1), kept=kept, last=last)}
     result = summarise(study, budget_ms, list(results.values())).model_copy(update={"timing": timing})
+    if (seeded := _seeded(ctx, study, budget_ms, protocol, result)) is not None:  # the two best, seeds and all
+        result = result.model_copy(update={"seeded": seeded, "separated": seeded.interval[0] > 0})
     record_choice(ctx.db, study, budget_ms, protocol, result)  # this run's, whatever rows earlier runs left
     return result
 
@@ -355,11 +363,71 @@ def _round(ctx: StudentContext, study: Study, budget_ms: float, c: Candidate, pr
         done[steps] = elsewhere
         rounds = sorted(done.values(), key=lambda r: r["steps"])
         update(ctx.db, study, budget_ms, c.name, protocol, {"rounds": rounds})
-    last = done[steps]
+    if last and study.cfg.search.choose_protocol.last_round_seeds > 1:  # its runs beyond the first, from the same start
+        def save(runs: list[dict[str, Any]]) -> None:
+            done[steps] = {**done[steps], "seeds": runs}
+            update(ctx.db, study, budget_ms, c.name, protocol, {"rounds": sorted(done.values(), key=lambda r: r["steps"])})
+
+        start = _start(ctx, c, before, kept) if _seeds_due(study, done[steps], last) else None
+        done[steps] = {**done[steps], "seeds": _seeds(ctx, c, done[steps], steps, final, start, save, last)}
+        rounds = sorted(done.values(), key=lambda r: r["steps"])
+    last = seed_mean(done[steps])
     # this choice's rounds: halving's before it and this one (a row may also keep a last round measured otherwise)
-    mine = [x for x in rounds if x["steps"] <= before and "measured_as" not in x] + [last]
+    mine = [seed_mean(x) for x in rounds if x["steps"] <= before and "measured_as" not in x] + [last]
     return {**{k: last[k] for k in SCORE_KEYS if k in last}, "rounds": mine,
             **{k: mine[0][k] for k in BEFORE_KEYS if k in mine[0]}}  # the start: the first round's
+
+
+def _seeds_due(study: Study, figures: dict[str, Any], last: bool) -> bool:
+    want = study.cfg.search.choose_protocol.last_round_seeds if last else 1
+    return len(figures.get("seeds") or []) + 1 < want
+
+
+def _seeds(ctx: StudentContext, c: Candidate, figures: dict[str, Any], steps: int, final: bool,
+           start: dict[tuple[str, int], dict[str, Any]] | None, save: Any, last: bool = True) -> list[dict[str, Any]]:
+    """A last round's runs beyond its first (search.choose_protocol.last_round_seeds; `figures`: the round as stored,
+    its first run and any others), each from `start` (the earlier round's best weights; None: from the beginning) on
+    other batches and another fine-tuning seed, stored by `save` as it ends: a killed choice continues."""
+    want = ctx.study.cfg.search.choose_protocol.last_round_seeds if last else 1
+    runs = list(figures.get("seeds") or [])
+    for k in range(len(runs) + 1, want):
+        out = short_distill(ctx, c, steps, final, kept=None if start is None else dict(start), last=last, seed=k)
+        runs.append({key: out[key] for key in SEED_KEYS if key in out})
+        save(runs)
+    return runs
+
+
+def _start(ctx: StudentContext, c: Candidate, before: int, kept: dict[tuple[str, int], dict[str, Any]] | None
+           ) -> dict[tuple[str, int], dict[str, Any]]:
+    """The earlier round's best weights that a last round's further runs start from (made again where need be)."""
+    kept = {} if kept is None else kept
+    _warm(ctx, c, before, kept)
+    return {(c.name, before): kept[(c.name, before)]}
+
+
+def _seeded(ctx: StudentContext, study: Study, budget_ms: float, protocol: str, result: FinalistsResult
+            ) -> SeedInterval | None:
+    """The chosen student against the runner-up when their last round was run several times: the difference of
+    their mean scores with an interval that holds the runs' spread (`seed_interval`)."""
+    chosen, runner = result.chosen, result.runner_up
+    if study.cfg.search.choose_protocol.last_round_seeds < 2 or runner is None or not chosen.seed_figures:
+        return None
+    by_name = {r.name: r for r in result.finalists}
+    top = len(chosen.rounds or [])
+    pool = [r for r in result.finalists if not r.over_budget and len(r.rounds or []) == top and r.seed_figures]
+    if by_name[runner] not in pool:
+        return None
+
+    def full(r: Finalist) -> dict[str, Any]:  # the row's round as stored: its runs and per-example records
+        row = stored(ctx.db, study, budget_ms, r.name, protocol) or {}
+        if not r.rounds:
+            return row
+        steps = r.rounds[-1]["steps"]
+        return next(x for x in row.get("rounds") or [] if x["steps"] == steps
+                    and x.get("measured_as") == r.rounds[-1].get("measured_as"))
+
+    rows = {r.name: full(r) for r in pool}
+    return seed_interval(rows[chosen.name], rows[runner], list(rows.values()), criterion(study), runner)
 
 
 def _warm(ctx: StudentContext, c: Candidate, steps: int, kept: dict[tuple[str, int], dict[str, Any]]) -> None:
@@ -373,33 +441,5 @@ def _warm(ctx: StudentContext, c: Candidate, steps: int, kept: dict[tuple[str, i
     short_distill(ctx, c, steps, final=False, kept=kept)
 
 
-def truncated_reference(study: Study, budget_ms: float, student_ms: float) -> TruncatedReference | None:
-    """What a user gets for free: the teacher's first k layers, untouched, of the measured latency nearest
-    `student_ms` (in the budget's finalists' timing run), with its fidelity on the WordNet test texts and out
-    of domain; None when no truncated teacher was timed.
-
-    As `nas-bert run`'s reference stage, its inputs: the teacher, the space file's content, the corpus, the study's
-    `evaluate` section, the latency device, the budget's finalists and the latency stage."""
-    db = Database(study.db_url)
-    fp = device_fingerprint(study.cfg.latency)
-    prefix = f"model:{run_tag(budget_ms, study.cfg.latency.finalist_runs)}:truncated:"
-    with db.session() as s:
-        rows = {r.key: r.ms for r in s.scalars(select(LatencyRow).where(
-            LatencyRow.fingerprint == fp, LatencyRow.study == study.name, LatencyRow.key.like(f"{prefix}%")))}
-    teacher = load_teacher(study.cfg.teacher, study.device())
-    archs = {truncated_architecture(teacher, k): k for k in range(1, teacher.num_layers)}
-    points = families(study.space, teacher.embeddings_spec())  # as points of a space made from the teacher
-    archs |= {points[f"truncated-{k}"][1]: k for k in range(1, teacher.num_layers) if f"truncated-{k}" in points}
-    timed = [(rows[f"{prefix}{a.hash()}"], a, k) for a, k in archs.items() if f"{prefix}{a.hash()}" in rows]
-    if not timed:
-        return None
-    ms, _arch, k = min(timed, key=lambda t: abs(t[0] - student_ms))
-    student = teacher_initialised(truncated_architecture(teacher, k), teacher)
-    cfg = study.cfg.evaluate
-    texts = list(load_task(tasks_to_run(cfg, None)[0], cfg)[0]["test"]["text"][: cfg.fidelity_texts])
-    return TruncatedReference(name=f"truncated-{k}", layers=k, measured_ms=ms,
-                              **agreement(student, teacher.tokenizer, teacher, cfg, texts, study.device()))
-
-
 __all__ = ["Finalist", "FinalistsResult", "Margin", "SearchReport", "TruncatedReference", "choose",
-           "halve", "margin", "protocol_hash", "short_distill", "summarise", "truncated_reference"]
+           "halve", "margin", "protocol_hash", "short_distill", "summarise"]

@@ -10,20 +10,19 @@ from typing import Any, ClassVar
 
 from pydantic import ConfigDict
 
+from nas_bert.choose.seeds import LEVEL as PAIRED_LEVEL  # the paired intervals' level: beyond noise or not
+from nas_bert.choose.seeds import SeedInterval
 from nas_bert.evaluate import paired_interval
 from nas_bert.record import Record
 from nas_bert.search import SearchResult, kendall_tau, proxy_of
 from nas_bert.study import Study
-
-PAIRED_LEVEL = 0.9  # the level of the paired interval that says whether the budget's winner won beyond noise
-
 
 # a finalist's zero-step figures, by the search.proxy each stands for (`zero_step_proxies`)
 ZERO_STEP = {"fidelity": "fidelity_before", "readout": "readout_before", "gain": "gain_before"}
 BEFORE_KEYS = tuple(ZERO_STEP.values())
 # a finalist's figures from one short distillation (a round's), as the rows and the rounds keep them
 SCORE_KEYS = (*BEFORE_KEYS, "fidelity", "fidelity_interval", "fidelity_bootstrap", "best_step", "seconds", "probe",
-              "measured_as")
+              "measured_as", "seed_figures")
 
 
 def zero_step_proxy(study: Study) -> str:
@@ -42,7 +41,8 @@ class Finalist(Record):
     absent_unless_given: ClassVar[frozenset[str]] = frozenset({
         "predicted_ms", "approx_loss", "rescored_loss", "approx_rank", "reserve", "predicted_now_ms", "judged_ms",
         *BEFORE_KEYS, "fidelity", "fidelity_interval", "fidelity_bootstrap", "best_step", "seconds",
-        "scored_at_budget_ms", "rounds", "probe", "measured_as", "screen_fidelity", "search_rank", "slowest_ms"})
+        "scored_at_budget_ms", "rounds", "probe", "measured_as", "screen_fidelity", "search_rank", "slowest_ms",
+        "seed_figures"})
 
     name: str
     origin: str  # one of ORIGINS
@@ -76,6 +76,8 @@ class Finalist(Record):
     probe: dict[str, float] | None = None  # with search.choose_by task:NAME / finetune:NAME: that key -> its accuracy
     measured_as: str | None = None  # "evaluate": its last round measured as the export is (distill.steps, the
     # evaluation's fine-tuning: search.choose_protocol.last_round)
+    # search.choose_protocol.last_round_seeds > 1: each run's fidelity and accuracies (the figures above: their mean)
+    seed_figures: list[dict[str, Any]] | None = None
     over_budget: bool
 
     def first_fidelity(self) -> float | None:
@@ -113,7 +115,7 @@ class FinalistsResult(Record):
     """Stage 5's result for one budget: the finalists ranked by fidelity, the student chosen and how far the
     ranking can be trusted."""
 
-    absent_unless_given: ClassVar[frozenset[str]] = frozenset({"timing", "margin", "passed_over"})
+    absent_unless_given: ClassVar[frozenset[str]] = frozenset({"timing", "margin", "passed_over", "seeded"})
 
     study: str
     budget_ms: float
@@ -131,6 +133,7 @@ class FinalistsResult(Record):
     # a mixed search.choose_by: searched finalists ranked above the chosen one that a hand-designed finalist of
     # their last round beat on fidelity beyond the paired interval (name -> that finalist)
     passed_over: dict[str, str] | None = None
+    seeded: SeedInterval | None = None  # the last round run several times: the two best's difference, seeds and all
 
 
 class SearchReport(SearchResult):

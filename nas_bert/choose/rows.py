@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from nas_bert.choose.candidates import Candidate
 from nas_bert.choose.ranking import SCORE_KEYS
+from nas_bert.choose.seeds import RUN_KEYS
 from nas_bert.store import Database, FinalistRow
 from nas_bert.study import Study
 
@@ -63,7 +64,7 @@ def scored_elsewhere(db: Database, study: Study, c: Candidate, protocol: str,
     for row in _same_student(db, study, c, protocol):
         m = json.loads(row.metrics_json)
         if "fidelity" in m and usable(m):
-            return {**{k: m[k] for k in SCORE_KEYS if k in m}, "scored_at_budget_ms": row.budget_ms}
+            return {**{k: m[k] for k in (*SCORE_KEYS, *RUN_KEYS) if k in m}, "scored_at_budget_ms": row.budget_ms}
     return None
 
 

@@ -104,6 +104,13 @@ def finalists_table(f: FinalistsResult) -> str:
                  + (" (OVER BUDGET: nothing the budget holds)" if f.over_budget else "")
                  + (f"; runner-up {f.runner_up} {'outside' if f.separated else 'inside'} its interval"
                     if f.runner_up else ""))
+    if (sd := f.seeded) is not None:  # search.choose_protocol.last_round_seeds: the two best, training noise and all
+        lines.append(f"last round run {sd.seeds} times, ranked on the mean: {sd.delta:+.3f} of search.choose_by's score "
+                     f"against {sd.rival}, {sd.level:.0%} interval {sd.interval[0]:+.3f} to {sd.interval[1]:+.3f} "
+                     f"({'beyond' if sd.interval[0] > 0 else 'within'} noise; one run's spread {sd.training_sd:.3f}, "
+                     f"the texts' {sd.texts_sd:.3f}"
+                     + ("" if sd.accuracy_paired else ", the accuracies' sampling left out: runs stored without it")
+                     + ")")
     if f.passed_over:  # a mixed search.choose_by: a recipe agrees more beyond noise
         lines.append("passed over (ranked higher by search.choose_by's mix, but a hand-designed finalist agrees more "
                      "with the teacher beyond the paired interval): " + "; ".join(
@@ -111,7 +118,8 @@ def finalists_table(f: FinalistsResult) -> str:
     if probed := [r for r in f.finalists if r.probe]:  # search.choose_by a task: the ranking read these too
         lines.append("accuracy (search.choose_by; task: a linear probe, finetune: fine-tuned, on validation): " + "; ".join(
             f"{r.name} " + ", ".join(f"{k} {v:.3f}" for k, v in (r.probe or {}).items())
-            + (" (the evaluation's fine-tuning)" if r.measured_as == "evaluate" else "") for r in probed))
+            + (" (the evaluation's fine-tuning)" if r.measured_as == "evaluate" else "")
+            + (f" (mean of {len(r.seed_figures)} runs)" if r.seed_figures else "") for r in probed))
     if f.replacements:
         lines.append(f"over budget as measured: {', '.join(f.dropped_over_budget)}; in their place, the next by "
                      f"approximate loss that the budget holds: {', '.join(f.replacements)}")

@@ -141,9 +141,18 @@ def validation_accuracy(encoder: nn.Module, tokenizer: Any, cfg: EvalConfig, tas
     """A task's accuracy on its validation split after the evaluation's fine-tuning (`finetune`: same steps, rates
     and seed): what `search.choose_by: finetune:NAME` ranks the finalists by. The test split stays the
     evaluation's, never chosen on."""
+    return validation_scores(encoder, tokenizer, cfg, task, device)[0]
+
+
+def validation_scores(encoder: nn.Module, tokenizer: Any, cfg: EvalConfig, task: Task,
+                      device: torch.device | str = "cpu") -> tuple[float, str]:
+    """`validation_accuracy` and which validation examples the fine-tuned encoder got right, as a string of 0/1 in
+    the split's order: two students' strings pair up example by example (`difference_interval`)."""
     dd, names = load_task(task, cfg)
     held_out = datasets.DatasetDict(train=dd["train"], test=dd["validation"])
-    return finetune(encoder, tokenizer, held_out, names, cfg, device, desc=f"fine-tune ({task_name(task)})")[1]
+    _, acc, probs = finetune(encoder, tokenizer, held_out, names, cfg, device, desc=f"fine-tune ({task_name(task)})")
+    right = probs.argmax(1) == np.asarray(held_out["test"]["label"])
+    return acc, "".join("1" if x else "0" for x in right)
 
 
 def _params(module: nn.Module) -> int:

@@ -154,3 +154,45 @@ def test_a_mixed_criterion_passes_over_a_searched_point_a_recipe_beats_on_fideli
         v + (0.02 if i % 2 else -0.03) for i, v in enumerate(base)])])
     res = summarise(study, 5.0, [noisy, recipe])
     assert res.chosen.name == "trial-30.L1.drop" and "passed_over" not in res.model_dump()
+
+
+def test_a_round_run_twice_ranks_on_the_mean_with_the_runs_spread_in_its_interval() -> None:
+    """search.choose_protocol.last_round_seeds: a round's runs averaged (fidelity, its resamples, accuracies), and
+    the two best's difference judged with the runs' spread beside the texts' sampling."""
+    from nas_bert.choose.seeds import seed_interval, seed_mean
+
+    by = {"fidelity": 1.0, "finetune:t": 1.0}
+
+    def run(fid: float, acc: float, right: str) -> dict:
+        return {"fidelity": fid, "fidelity_bootstrap": [fid - 0.01, fid, fid + 0.01, None],
+                "probe": {"finetune:t": acc}, "probe_correct": {"finetune:t": right}}
+
+    n = 400
+    a = {**run(0.90, 0.80, "1" * 320 + "0" * 80), "steps": 40, "seeds": [run(0.92, 0.82, "1" * 328 + "0" * 72)]}
+    b = {**run(0.88, 0.78, "1" * 312 + "0" * 88), "steps": 40, "seeds": [run(0.90, 0.80, "1" * 320 + "0" * 80)]}
+    mean = seed_mean(a)
+    assert mean["fidelity"] == pytest.approx(0.91) and mean["probe"] == {"finetune:t": pytest.approx(0.81)}
+    assert mean["fidelity_bootstrap"][:3] == pytest.approx([0.90, 0.91, 0.92]) and mean["fidelity_bootstrap"][3] is None
+    assert "seeds" not in mean and "probe_correct" not in mean  # the per-example records stay in the row
+    assert mean["seed_figures"] == [{"fidelity": 0.90, "probe": {"finetune:t": 0.80}},
+                                    {"fidelity": 0.92, "probe": {"finetune:t": 0.82}}]
+    one = run(0.9, 0.8, "1" * n)
+    assert seed_mean(one) == {k: v for k, v in one.items() if k != "probe_correct"}  # one run: as it was
+    si = seed_interval(a, b, [a, b], by, "b")
+    assert si.delta == pytest.approx(0.04) and si.seeds == 2 and si.rival == "b" and si.accuracy_paired
+    assert si.training_sd == pytest.approx(0.04 / 2**0.5)  # each one's two mixes 0.04 apart
+    half = (si.interval[1] - si.interval[0]) / 2
+    assert si.interval[0] < si.delta < si.interval[1]
+    assert half == pytest.approx(1.6449 * (si.training_sd**2 + si.texts_sd**2) ** 0.5, rel=1e-3)
+    assert si.interval[0] < 0  # two runs 0.04 apart each: a 0.04 lead is within that noise
+    steady = {**a, "seeds": [run(0.90, 0.80, "1" * 320 + "0" * 80)]}  # runs that agree: the same lead is beyond it
+    other = {**run(0.88, 0.78, "1" * 312 + "0" * 88), "seeds": [run(0.86, 0.78, "1" * 312 + "0" * 88)]}
+    tight = seed_interval(steady, other, [steady, other], by, "b")
+    assert tight.training_sd == pytest.approx(0.02 / 2) and tight.interval[0] > 0
+    # runs stored without which examples they got right: the accuracies' sampling is left out, and said so
+    def bare(x: dict) -> dict:
+        return {k: [bare(y) for y in v] if k == "seeds" else v for k, v in x.items() if k != "probe_correct"}
+
+    bare_a, bare_b = bare(a), bare(b)
+    assert not seed_interval(bare_a, bare_b, [bare_a, bare_b], by, "b").accuracy_paired
+    assert seed_interval(one, one, [one], by, "x") is None  # one run each: no spread to judge by

@@ -20,7 +20,7 @@ from nas_bert.export.card import _extra_metrics
 from nas_bert.model import NasBertConfig, NasBertModel
 from nas_bert.pipeline import Runner, run_study, section_inputs
 from nas_bert.space import sample
-from nas_bert.store import Database, StageRow, fingerprint
+from nas_bert.store import Database, FinalistRow, StageRow, fingerprint
 from nas_bert.study import EvalConfig, load_study
 
 TINY = {"finetune_steps": 5, "fidelity_texts": 32, "max_train_examples": 64, "max_eval_examples": 32,
@@ -399,3 +399,43 @@ def test_choose_by_fine_tuning_scores_the_rounds_after_the_first_and_picks_the_b
     back = choose(study, 5.0, progress=False)  # and back: the choice's last round, still stored, not redone
     assert steps == [] and {r.name: r.probe for r in back.finalists} == {r.name: r.probe for r in again.finalists}
     assert {tuple(x["steps"] for x in r.rounds) for r in back.finalists if len(r.rounds or []) == 3} == {(2, 4, 8)}
+    # search.choose_protocol.last_round_seeds: 2: each last-round finalist run once more from its second round's
+    # weights (another fine-tuning seed), ranked on the mean of its two runs, the two best's difference judged with
+    # the runs' spread; its first runs, stored above, are not run again
+    seeds: list[int] = []
+    monkeypatch.setattr(ev, "finetune", lambda *a, **k: steps.append(a[4].finetune_steps) or seeds.append(a[4].seed)
+                        or real(*a, **k))
+    twice = load_study(file, overrides={**given, "search.choose_protocol": {
+        "finetune_steps": 2, "last_round": "evaluate", "last_round_seeds": 2}})
+    result = choose(twice, 5.0, progress=False)
+    assert steps == [40] * len(reached[3]) and seeds == [twice.cfg.evaluate.seed + 1] * len(reached[3])
+    last = [r for r in result.finalists if len(r.rounds or []) == 3]
+    with Database(twice.db_url).session() as s:
+        rows = {x.name: json.loads(x.metrics_json) for x in s.scalars(select(FinalistRow).where(
+            FinalistRow.study == twice.name, FinalistRow.budget_ms == 5.0))}
+    for r in last:
+        runs = r.seed_figures
+        assert len(runs) == 2 and r.fidelity == pytest.approx((runs[0]["fidelity"] + runs[1]["fidelity"]) / 2)
+        assert r.rounds[2]["seed_figures"] == runs and "seeds" not in r.rounds[2]
+        assert r.probe["finetune:topics"] == pytest.approx(sum(x["probe"]["finetune:topics"] for x in runs) / 2)
+        kept = next(x for x in rows[r.name]["rounds"] if x.get("measured_as") == "evaluate")
+        assert kept["seeds"][0]["continued_from"] == 4  # from the second round's weights, as the first run
+        assert len(kept["seeds"][0]["probe_correct"]["finetune:topics"]) == len(kept["probe_correct"]["finetune:topics"])
+    assert result.chosen.name == max(last, key=lambda r: r.fidelity + r.probe["finetune:topics"]).name
+    sd = result.seeded
+    assert sd is not None and sd.rival == result.runner_up and sd.seeds == 2 and sd.accuracy_paired
+    assert sd.interval[0] < sd.delta < sd.interval[1] and result.separated == (sd.interval[0] > 0)
+    assert f"last round run 2 times, ranked on the mean: {sd.delta:+.3f}" in finalists_table(result)
+    steps.clear()
+    assert choose(twice, 5.0, progress=False).chosen.name == result.chosen.name and steps == []  # stored
+    keys = [Runner(s, echo=lambda _: None).inputs("finalists", "5ms", after=()) for s in (twice, evaluated)]
+    assert keys[0] != keys[1] and "last_round_seeds" in keys[0] and "last_round_seeds" not in keys[1]
+    assert section_inputs(twice, ("search",), False) == section_inputs(evaluated, ("search",), False)
+    # one round (no halving follows the first): every finalist run twice from its start, ranked on the mean
+    once = load_study(file, overrides={**given, "search.finalist_rounds": 1, "search.choose_protocol": {
+        "finetune_steps": 2, "last_round_seeds": 2}})
+    result = choose(once, 5.0, progress=False)
+    ok = [r for r in result.finalists if not r.over_budget]
+    assert all(len(r.seed_figures or []) == 2 and not r.rounds for r in ok)
+    assert result.chosen.name == max(ok, key=lambda r: r.fidelity + r.probe["finetune:topics"]).name
+    assert result.seeded is not None and result.seeded.rival == result.runner_up
