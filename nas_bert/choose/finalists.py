@@ -418,15 +418,17 @@ def _seeded(ctx: StudentContext, study: Study, budget_ms: float, protocol: str, 
     if by_name[runner] not in pool:
         return None
 
-    def full(r: Finalist) -> dict[str, Any]:  # the row's round as stored: its runs and per-example records
+    def full(r: Finalist) -> dict[str, Any] | None:  # the row's round as stored: its runs and per-example records
         row = stored(ctx.db, study, budget_ms, r.name, protocol) or {}
         if not r.rounds:
             return row
         steps = r.rounds[-1]["steps"]
-        return next(x for x in row.get("rounds") or [] if x["steps"] == steps
-                    and x.get("measured_as") == r.rounds[-1].get("measured_as"))
+        return next((x for x in row.get("rounds") or [] if x["steps"] == steps
+                     and x.get("measured_as") == r.rounds[-1].get("measured_as")), None)
 
     rows = {r.name: full(r) for r in pool}
+    if any(v is None or "fidelity" not in v for v in rows.values()):  # a row another process is rewriting
+        return None
     return seed_interval(rows[chosen.name], rows[runner], list(rows.values()), criterion(study), runner)
 
 

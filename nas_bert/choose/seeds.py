@@ -69,8 +69,8 @@ def seed_mean(r: dict[str, Any]) -> dict[str, Any]:
 def _mix(run: dict[str, Any], by: dict[str, float]) -> float:
     """A run's search.choose_by score (NaN where a figure it weighs is missing)."""
     probe = run.get("probe") or {}
-    values = [w * (run.get("fidelity") if k == "fidelity" else probe.get(k, math.nan)) for k, w in by.items() if w]
-    return float(sum(v if v is not None else math.nan for v in values))
+    pairs = [(w, run.get("fidelity") if k == "fidelity" else probe.get(k)) for k, w in by.items() if w]
+    return float(sum(w * (math.nan if v is None else v) for w, v in pairs))
 
 
 def seed_interval(a: dict[str, Any], b: dict[str, Any], pool: Sequence[dict[str, Any]], by: dict[str, float],
