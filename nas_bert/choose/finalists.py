@@ -378,9 +378,13 @@ def _round(ctx: StudentContext, study: Study, budget_ms: float, c: Candidate, pr
             **{k: mine[0][k] for k in BEFORE_KEYS if k in mine[0]}}  # the start: the first round's
 
 
+def _runs_wanted(study: Study, last: bool) -> int:
+    """How many runs a round gets: search.choose_protocol.last_round_seeds in the last, one before it."""
+    return study.cfg.search.choose_protocol.last_round_seeds if last else 1
+
+
 def _seeds_due(study: Study, figures: dict[str, Any], last: bool) -> bool:
-    want = study.cfg.search.choose_protocol.last_round_seeds if last else 1
-    return len(figures.get("seeds") or []) + 1 < want
+    return len(figures.get("seeds") or []) + 1 < _runs_wanted(study, last)
 
 
 def _seeds(ctx: StudentContext, c: Candidate, figures: dict[str, Any], steps: int, final: bool,
@@ -388,9 +392,8 @@ def _seeds(ctx: StudentContext, c: Candidate, figures: dict[str, Any], steps: in
     """A last round's runs beyond its first (search.choose_protocol.last_round_seeds; `figures`: the round as stored,
     its first run and any others), each from `start` (the earlier round's best weights; None: from the beginning) on
     other batches and another fine-tuning seed, stored by `save` as it ends: a killed choice continues."""
-    want = ctx.study.cfg.search.choose_protocol.last_round_seeds if last else 1
     runs = list(figures.get("seeds") or [])
-    for k in range(len(runs) + 1, want):
+    for k in range(len(runs) + 1, _runs_wanted(ctx.study, last)):
         out = short_distill(ctx, c, steps, final, kept=None if start is None else dict(start), last=last, seed=k)
         runs.append({key: out[key] for key in SEED_KEYS if key in out})
         save(runs)

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 from pydantic import ConfigDict
 
 from nas_bert.choose.seeds import LEVEL as PAIRED_LEVEL  # the paired intervals' level: beyond noise or not
-from nas_bert.choose.seeds import SeedInterval
+from nas_bert.choose.seeds import SeedInterval, weighted
 from nas_bert.evaluate import paired_interval
 from nas_bert.record import Record
 from nas_bert.search import SearchResult, kendall_tau, proxy_of
@@ -175,10 +175,8 @@ def _score(r: dict[str, Any] | Finalist, by: dict[str, float] | None = None) -> 
     """Rank key: the rounds reached, then the criterion at the last of them (`by`, search.choose_by's weights;
     None: the fidelity). NaN or a missing probe: ranks last."""
     get = r.get if isinstance(r, dict) else lambda k, d=None: getattr(r, k, d)
-    probe = get("probe") or {}
-    values = [(w, get("fidelity") if k == "fidelity" else probe.get(k)) for k, w in (by or {"fidelity": 1.0}).items()]
-    bad = any(v is None or math.isnan(v) for w, v in values if w)
-    return (len(get("rounds") or []), float("-inf") if bad else sum(w * v for w, v in values if w))
+    score = weighted(get("fidelity"), get("probe"), by or {"fidelity": 1.0})
+    return (len(get("rounds") or []), float("-inf") if math.isnan(score) else score)
 
 
 def summarise(study: Study, budget_ms: float, rows: Sequence[Finalist | dict[str, Any]]) -> FinalistsResult:

@@ -66,11 +66,17 @@ def seed_mean(r: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _mix(run: dict[str, Any], by: dict[str, float]) -> float:
-    """A run's search.choose_by score (NaN where a figure it weighs is missing)."""
-    probe = run.get("probe") or {}
-    pairs = [(w, run.get("fidelity") if k == "fidelity" else probe.get(k)) for k, w in by.items() if w]
+def weighted(fidelity: float | None, probe: dict[str, float] | None, by: dict[str, float]) -> float:
+    """The search.choose_by score of one result: `by`'s weights on its fidelity and probe accuracies (NaN where a
+    figure it weighs is missing)."""
+    probe = probe or {}
+    pairs = [(w, fidelity if k == "fidelity" else probe.get(k)) for k, w in by.items() if w]
     return float(sum(w * (math.nan if v is None else v) for w, v in pairs))
+
+
+def _mix(run: dict[str, Any], by: dict[str, float]) -> float:
+    """One run's search.choose_by score."""
+    return weighted(run.get("fidelity"), run.get("probe"), by)
 
 
 def seed_interval(a: dict[str, Any], b: dict[str, Any], pool: Sequence[dict[str, Any]], by: dict[str, float],
