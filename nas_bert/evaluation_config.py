@@ -112,10 +112,15 @@ class ChooseProtocol(_Strict):
     # the seeds of a training run) and ranked on the mean, with an interval of the two best's difference that holds
     # the seeds' spread beside the texts' sampling; 1: one run, the interval the texts' alone
     last_round_seeds: int = Field(1, ge=1, le=8)
+    # the rounds before it that score fine-tuning run this many times alike, and their cut keeps, beside the better
+    # half, every finalist whose mean lies within the interval (runs and texts) of the one at the cut: a short
+    # fine-tuning's seed moves a finalist's accuracy by about a point, enough to drop one the last round would choose
+    round_seeds: int = Field(1, ge=1, le=8)
 
     def applied_to(self, evaluate: EvalConfig, last: bool = False) -> EvalConfig:
         """`evaluate` with this protocol's fields in place of its own (`last`: for the last round, the evaluation's
         own where `last_round` says so)."""
         if last and self.last_round == "evaluate":
             return evaluate
-        return evaluate.model_copy(update=self.model_dump(exclude_none=True, exclude={"last_round", "last_round_seeds"}))
+        seeds = {"last_round", "last_round_seeds", "round_seeds"}  # the choice's, not the evaluation's
+        return evaluate.model_copy(update=self.model_dump(exclude_none=True, exclude=seeds))

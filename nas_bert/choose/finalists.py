@@ -44,7 +44,7 @@ from nas_bert.choose.ranking import (  # the records and the ranking, re-exporte
     margin,
     summarise,
 )
-from nas_bert.choose.rows import continued, round_elsewhere, scored_elsewhere, store, stored, update
+from nas_bert.choose.rows import continued, round_elsewhere, scored_elsewhere, store, stored, stored_round, update
 from nas_bert.choose.screen import SCREEN_SEED, rank_by_screen, screen, screened_pool
 from nas_bert.choose.seeds import SEED_KEYS, SeedInterval, seed_interval, seed_mean
 from nas_bert.choose.timing import (
@@ -320,17 +320,23 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
     bar.close()
     by_name = {c.name: c for c in cands}
     alive = [n for n, r in results.items() if not r["over_budget"]]
+    ties: dict[str, str] = {}  # kept past a cut's better half, within noise of the one at the cut
     for r in range(1, cfg.finalist_rounds):  # successive halving: the better half, trained on for longer
         if len(alive) < 3:  # halving two or fewer decides nothing more
             break
-        alive = halve(alive, results, criterion(study, final=r > 1))  # the first round's cut: fidelity alone
+        runs = {n: x for n in alive if (x := stored_round(ctx.db, study, budget_ms, n, protocol, results[n]["rounds"]))
+                and "fidelity" in x} if r > 1 and _runs_wanted(study, False) > 1 else None  # its runs: ties go on
+        half = math.ceil(len(alive) / 2)
+        alive = halve(alive, results, criterion(study, final=r > 1), runs)  # the first round's cut: fidelity alone
+        ties |= {n: alive[half - 1] for n in alive[half:]}
         kept = {k: v for k, v in kept.items() if k[0] in alive}  # the others train no further
         last = r == cfg.finalist_rounds - 1 or len(alive) < 3  # no halving follows: its figures choose
         steps = _round_steps(study, cfg.finalist_steps * 2 ** r, last)
         for name in tqdm(alive, desc=f"finalists {budget_ms:g} ms, round {r + 1} ({steps} steps)", disable=not progress):
             results[name] = {**results[name], **_round(ctx, study, budget_ms, by_name[name], protocol, steps,
                                                        cfg.finalist_steps * 2 ** (r - 1), kept=kept, last=last)}
-    result = summarise(study, budget_ms, list(results.values())).model_copy(update={"timing": timing})
+    result = summarise(study, budget_ms, list(results.values())).model_copy(
+        update={"timing": timing, **({"kept_within_noise": ties} if ties else {})})
     if (seeded := _seeded(ctx, study, budget_ms, protocol, result)) is not None:  # the two best, seeds and all
         result = result.model_copy(update={"seeded": seeded, "separated": seeded.interval[0] > 0})
     record_choice(ctx.db, study, budget_ms, protocol, result)  # this run's, whatever rows earlier runs left
@@ -363,7 +369,7 @@ def _round(ctx: StudentContext, study: Study, budget_ms: float, c: Candidate, pr
         done[steps] = elsewhere
         rounds = sorted(done.values(), key=lambda r: r["steps"])
         update(ctx.db, study, budget_ms, c.name, protocol, {"rounds": rounds})
-    if last and study.cfg.search.choose_protocol.last_round_seeds > 1:  # its runs beyond the first, from the same start
+    if _runs_wanted(study, last) > 1:  # its runs beyond the first, from the same start
         def save(runs: list[dict[str, Any]]) -> None:
             done[steps] = {**done[steps], "seeds": runs}
             update(ctx.db, study, budget_ms, c.name, protocol, {"rounds": sorted(done.values(), key=lambda r: r["steps"])})
@@ -379,8 +385,10 @@ def _round(ctx: StudentContext, study: Study, budget_ms: float, c: Candidate, pr
 
 
 def _runs_wanted(study: Study, last: bool) -> int:
-    """How many runs a round gets: search.choose_protocol.last_round_seeds in the last, one before it."""
-    return study.cfg.search.choose_protocol.last_round_seeds if last else 1
+    """How many runs a round that scores fine-tuning gets: search.choose_protocol.last_round_seeds in the last,
+    round_seeds before it (the first round, fidelity alone where a halving follows, runs once)."""
+    own = study.cfg.search.choose_protocol
+    return own.last_round_seeds if last else own.round_seeds
 
 
 def _seeds_due(study: Study, figures: dict[str, Any], last: bool) -> bool:
@@ -389,9 +397,9 @@ def _seeds_due(study: Study, figures: dict[str, Any], last: bool) -> bool:
 
 def _seeds(ctx: StudentContext, c: Candidate, figures: dict[str, Any], steps: int, final: bool,
            start: dict[tuple[str, int], dict[str, Any]] | None, save: Any, last: bool = True) -> list[dict[str, Any]]:
-    """A last round's runs beyond its first (search.choose_protocol.last_round_seeds; `figures`: the round as stored,
-    its first run and any others), each from `start` (the earlier round's best weights; None: from the beginning) on
-    other batches and another fine-tuning seed, stored by `save` as it ends: a killed choice continues."""
+    """A round's runs beyond its first (search.choose_protocol.last_round_seeds, round_seeds; `figures`: the round
+    as stored, its first run and any others), each from `start` (the earlier round's best weights; None: from the
+    beginning) on other batches and another fine-tuning seed, stored by `save` as it ends: a killed choice goes on."""
     runs = list(figures.get("seeds") or [])
     for k in range(len(runs) + 1, _runs_wanted(ctx.study, last)):
         out = short_distill(ctx, c, steps, final, kept=None if start is None else dict(start), last=last, seed=k)
@@ -402,7 +410,7 @@ def _seeds(ctx: StudentContext, c: Candidate, figures: dict[str, Any], steps: in
 
 def _start(ctx: StudentContext, c: Candidate, before: int, kept: dict[tuple[str, int], dict[str, Any]] | None
            ) -> dict[tuple[str, int], dict[str, Any]]:
-    """The earlier round's best weights that a last round's further runs start from (made again where need be)."""
+    """The earlier round's best weights that a round's further runs start from (made again where need be)."""
     kept = {} if kept is None else kept
     _warm(ctx, c, before, kept)
     return {(c.name, before): kept[(c.name, before)]}
@@ -421,15 +429,7 @@ def _seeded(ctx: StudentContext, study: Study, budget_ms: float, protocol: str, 
     if by_name[runner] not in pool:
         return None
 
-    def full(r: Finalist) -> dict[str, Any] | None:  # the row's round as stored: its runs and per-example records
-        row = stored(ctx.db, study, budget_ms, r.name, protocol) or {}
-        if not r.rounds:
-            return row
-        steps = r.rounds[-1]["steps"]
-        return next((x for x in row.get("rounds") or [] if x["steps"] == steps
-                     and x.get("measured_as") == r.rounds[-1].get("measured_as")), None)
-
-    rows = {r.name: full(r) for r in pool}
+    rows = {r.name: stored_round(ctx.db, study, budget_ms, r.name, protocol, r.rounds) for r in pool}
     if any(v is None or "fidelity" not in v for v in rows.values()):  # a row another process is rewriting
         return None
     return seed_interval(rows[chosen.name], rows[runner], list(rows.values()), criterion(study), runner)

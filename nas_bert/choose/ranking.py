@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 from pydantic import ConfigDict
 
 from nas_bert.choose.seeds import LEVEL as PAIRED_LEVEL  # the paired intervals' level: beyond noise or not
-from nas_bert.choose.seeds import SeedInterval, weighted
+from nas_bert.choose.seeds import SeedInterval, seed_interval, weighted
 from nas_bert.evaluate import paired_interval
 from nas_bert.record import Record
 from nas_bert.search import SearchResult, kendall_tau, proxy_of
@@ -115,7 +115,8 @@ class FinalistsResult(Record):
     """Stage 5's result for one budget: the finalists ranked by fidelity, the student chosen and how far the
     ranking can be trusted."""
 
-    absent_unless_given: ClassVar[frozenset[str]] = frozenset({"timing", "margin", "passed_over", "seeded"})
+    absent_unless_given: ClassVar[frozenset[str]] = frozenset({"timing", "margin", "passed_over", "seeded",
+                                                                 "kept_within_noise"})
 
     study: str
     budget_ms: float
@@ -134,6 +135,9 @@ class FinalistsResult(Record):
     # their last round beat on fidelity beyond the paired interval (name -> that finalist)
     passed_over: dict[str, str] | None = None
     seeded: SeedInterval | None = None  # the last round run several times: the two best's difference, seeds and all
+    # search.choose_protocol.round_seeds > 1: finalists kept past a cut's better half, within noise of the one at
+    # the cut (name -> that finalist)
+    kept_within_noise: dict[str, str] | None = None
 
 
 class SearchReport(SearchResult):
@@ -166,9 +170,22 @@ def criterion(study: Study, final: bool = True) -> dict[str, float]:
     return weights if any(weights.values()) else {"fidelity": 1.0}
 
 
-def halve(names: list[str], results: dict[str, dict[str, Any]], by: dict[str, float] | None = None) -> list[str]:
-    """Successive halving's cut: the better half (rounded up) of `names` by their latest result."""
-    return sorted(names, key=lambda n: _score(results[n], by), reverse=True)[: math.ceil(len(names) / 2)]
+def halve(names: list[str], results: dict[str, dict[str, Any]], by: dict[str, float] | None = None,
+          runs: dict[str, dict[str, Any]] | None = None) -> list[str]:
+    """Successive halving's cut: the better half (rounded up) of `names` by their latest result. With `runs` (each
+    one's latest round as its row keeps it, several runs and per-example records: search.choose_protocol.round_seeds),
+    also each one below the cut, in order, while the difference from the one at the cut lies within the interval
+    that holds the runs' spread beside the texts' sampling (`seed_interval`): noise does not decide who trains on."""
+    ranked = sorted(names, key=lambda n: _score(results[n], by), reverse=True)
+    keep = math.ceil(len(names) / 2)
+    if runs and by and keep:
+        cut, pool = ranked[keep - 1], [runs[n] for n in ranked if n in runs]
+        for name in ranked[keep:]:
+            tie = seed_interval(runs[cut], runs[name], pool, by, name) if cut in runs and name in runs else None
+            if tie is None or tie.interval[0] > 0:
+                break
+            keep += 1
+    return ranked[:keep]
 
 
 def _score(r: dict[str, Any] | Finalist, by: dict[str, float] | None = None) -> tuple[int, float]:

@@ -56,6 +56,18 @@ def stored(db: Database, study: Study, budget_ms: float, name: str, protocol: st
         return json.loads(row.metrics_json) if row is not None else None
 
 
+def stored_round(db: Database, study: Study, budget_ms: float, name: str, protocol: str,
+                 rounds: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    """A finalist's latest round (`rounds`: its rounds as ranked; none: its row's figures) as its row keeps it: its
+    runs and per-example records (None: a row another process is rewriting)."""
+    row = stored(db, study, budget_ms, name, protocol) or {}
+    if not rounds:
+        return row
+    steps = rounds[-1]["steps"]
+    return next((x for x in row.get("rounds") or [] if x["steps"] == steps
+                 and x.get("measured_as") == rounds[-1].get("measured_as")), None)
+
+
 def scored_elsewhere(db: Database, study: Study, c: Candidate, protocol: str,
                       usable: Callable[[dict[str, Any]], bool] = bool) -> dict[str, Any] | None:
     """The short distillation's result for the same student (architecture and starting weights) under the

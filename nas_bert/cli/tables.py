@@ -111,6 +111,9 @@ def finalists_table(f: FinalistsResult) -> str:
                      f"the texts' {sd.texts_sd:.3f}"
                      + ("" if sd.accuracy_paired else ", the accuracies' sampling left out: runs stored without it")
                      + ")")
+    if f.kept_within_noise:  # search.choose_protocol.round_seeds: a cut's ties with the one at the cut
+        lines.append("kept past the better half, within noise of the finalist at the cut (its rounds run several "
+                     "times): " + "; ".join(f"{n} (beside {cut})" for n, cut in f.kept_within_noise.items()))
     if f.passed_over:  # a mixed search.choose_by: a recipe agrees more beyond noise
         lines.append("passed over (ranked higher by search.choose_by's mix, but a hand-designed finalist agrees more "
                      "with the teacher beyond the paired interval): " + "; ".join(

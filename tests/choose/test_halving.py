@@ -29,6 +29,35 @@ def test_halving_keeps_the_better_half() -> None:
     assert halve(["b", "e", "c"], results) == ["b", "e"]
 
 
+def test_a_cut_whose_rounds_ran_twice_keeps_the_finalists_within_noise_of_the_one_at_it() -> None:
+    """search.choose_protocol.round_seeds: below the better half, each finalist whose mean score lies within the
+    interval (the runs' spread and the texts') of the one at the cut goes on too, in order, up to the first beyond."""
+    from nas_bert.choose.seeds import seed_mean
+
+    by = {"fidelity": 1.0, "finetune:t": 1.0}
+
+    def run(fid: float, acc: float, right: int) -> dict:
+        return {"fidelity": fid, "fidelity_bootstrap": [fid - 0.002, fid, fid + 0.002],
+                "probe": {"finetune:t": acc}, "probe_correct": {"finetune:t": "1" * right + "0" * (400 - right)}}
+
+    def twice(fid: float, acc: float, spread: float) -> dict:  # two runs `spread` apart on the accuracy
+        lo, hi = acc - spread / 2, acc + spread / 2
+        return {**run(fid, lo, round(400 * lo)), "steps": 4, "seeds": [run(fid, hi, round(400 * hi))]}
+
+    runs = {"a": twice(0.90, 0.80, 0.02), "b": twice(0.89, 0.79, 0.02), "c": twice(0.88, 0.79, 0.02),
+            "d": twice(0.875, 0.785, 0.02), "e": twice(0.86, 0.70, 0.02), "f": twice(0.85, 0.78, 0.02)}
+    results = {n: {**row(n, "search", 0.0), **seed_mean(r)} for n, r in runs.items()}
+    assert halve(list(runs), results, by) == ["a", "b", "c"]  # without the runs: the better half
+    # d is 0.015 under c with runs 0.02 apart: within noise, it goes on; f (0.04 under) is beyond it, e below
+    assert halve(list(runs), results, by, runs) == ["a", "b", "c", "d"]
+    steady = {n: {**r, "seeds": [{**r["seeds"][0], "probe": {"finetune:t": r["probe"]["finetune:t"]},
+                                  "probe_correct": r["probe_correct"]}]} for n, r in runs.items()}
+    steady_results = {n: {**row(n, "search", 0.0), **seed_mean(r)} for n, r in steady.items()}
+    # runs that agree and many texts: d's 0.015 is beyond the interval, the better half alone goes on
+    assert halve(list(steady), steady_results, by, steady) == ["a", "b", "c"]
+    assert halve(list(runs), results, by, {n: runs[n] for n in "abc"}) == ["a", "b", "c"]  # d's runs unknown
+
+
 def test_rounds_reached_rank_first_and_the_margin_compares_equal_steps() -> None:
     rows = [
         row("searched", "search", 0.0, [(10, 0.70), (20, 0.80)]),  # survived round 2

@@ -11,6 +11,7 @@ import torch
 from sqlalchemy import select
 
 from nas_bert.choose.finalists import criterion, halve, summarise
+from nas_bert.choose.seeds import seed_interval
 from nas_bert.cli.tables import evaluate_table, study_data_lines
 from nas_bert.data.tasks import check_study_data, load_pairs
 from nas_bert.errors import NasBertError
@@ -431,6 +432,35 @@ def test_choose_by_fine_tuning_scores_the_rounds_after_the_first_and_picks_the_b
     keys = [Runner(s, echo=lambda _: None).inputs("finalists", "5ms", after=()) for s in (twice, evaluated)]
     assert keys[0] != keys[1] and "last_round_seeds" in keys[0] and "last_round_seeds" not in keys[1]
     assert section_inputs(twice, ("search",), False) == section_inputs(evaluated, ("search",), False)
+    # search.choose_protocol.round_seeds: 2: each finalist of the second round (fine-tuning scored, a cut after it)
+    # run once more from its first round's weights (its first runs, stored above, not again), the cut ranked on the
+    # mean of the two, the finalists within noise of the one at the cut kept past the better half
+    seeds.clear()
+    monkeypatch.setattr(ev, "finetune", lambda *a, **k: seeds.append(a[4].seed) or real(*a, **k))
+    rounds = load_study(file, overrides={**given, "search.choose_protocol": {"finetune_steps": 2, "round_seeds": 2}})
+    result = choose(rounds, 5.0, progress=False)
+    ok = [r for r in result.finalists if not r.over_budget]
+    second, third = [r for r in ok if len(r.rounds or []) >= 2], [r for r in ok if len(r.rounds or []) == 3]
+    assert seeds.count(rounds.cfg.evaluate.seed + 1) == len(second) == len(reached[2])
+    with Database(rounds.db_url).session() as s:
+        rows = {x.name: json.loads(x.metrics_json) for x in s.scalars(select(FinalistRow).where(
+            FinalistRow.study == rounds.name, FinalistRow.budget_ms == 5.0))}
+    runs = {r.name: next(x for x in rows[r.name]["rounds"] if x["steps"] == 4) for r in second}
+    for r in second:
+        assert len(runs[r.name]["seeds"]) == 1 and runs[r.name]["seeds"][0]["continued_from"] == 2
+        assert r.rounds[1]["fidelity"] == pytest.approx(sum(x["fidelity"] for x in r.rounds[1]["seed_figures"]) / 2)
+    mean = {r.name: r.rounds[1]["fidelity"] + r.rounds[1]["probe"]["finetune:topics"] for r in second}
+    ranked, half = sorted(mean, key=mean.get, reverse=True), -(-len(second) // 2)
+    assert sorted(r.name for r in third) == sorted(ranked[:len(third)]) and len(third) >= half
+    ties = result.model_dump().get("kept_within_noise") or {}
+    assert set(ties) == set(ranked[half:len(third)]) and set(ties.values()) <= {ranked[half - 1]}
+    for name in ranked[half:len(third) + 1]:  # each tie within noise of the one at the cut, the next beyond it
+        tie = seed_interval(runs[ranked[half - 1]], runs[name], list(runs.values()), criterion(rounds), name)
+        assert (tie.interval[0] <= 0) == (name in ties)
+    seeds.clear()
+    assert choose(rounds, 5.0, progress=False).chosen.name == result.chosen.name and seeds == []  # stored
+    keys = [Runner(s, echo=lambda _: None).inputs("finalists", "5ms", after=()) for s in (rounds, study)]
+    assert keys[0] != keys[1] and "round_seeds" in keys[0] and "round_seeds" not in keys[1]
     # one round (no halving follows the first): every finalist run twice from its start, ranked on the mean
     once = load_study(file, overrides={**given, "search.finalist_rounds": 1, "search.choose_protocol": {
         "finetune_steps": 2, "last_round_seeds": 2}})
@@ -439,3 +469,4 @@ def test_choose_by_fine_tuning_scores_the_rounds_after_the_first_and_picks_the_b
     assert all(len(r.seed_figures or []) == 2 and not r.rounds for r in ok)
     assert result.chosen.name == max(ok, key=lambda r: r.fidelity + r.probe["finetune:topics"]).name
     assert result.seeded is not None and result.seeded.rival == result.runner_up
+
