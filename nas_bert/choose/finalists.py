@@ -44,7 +44,7 @@ from nas_bert.choose.ranking import (  # the records and the ranking, re-exporte
     margin,
     summarise,
 )
-from nas_bert.choose.rows import continued, round_elsewhere, scored_elsewhere, store, stored, stored_round, update
+from nas_bert.choose.rows import continued, round_elsewhere, scored_elsewhere, store, stored, stored_rounds, update
 from nas_bert.choose.screen import SCREEN_SEED, rank_by_screen, screen, screened_pool
 from nas_bert.choose.seeds import SEED_KEYS, SeedInterval, seed_interval, seed_mean
 from nas_bert.choose.timing import (
@@ -324,8 +324,8 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
     for r in range(1, cfg.finalist_rounds):  # successive halving: the better half, trained on for longer
         if len(alive) < 3:  # halving two or fewer decides nothing more
             break
-        runs = {n: x for n in alive if (x := stored_round(ctx.db, study, budget_ms, n, protocol, results[n]["rounds"]))
-                and "fidelity" in x} if r > 1 and _runs_wanted(study, False) > 1 else None  # its runs: ties go on
+        runs = (stored_rounds(ctx.db, study, budget_ms, protocol, {n: results[n]["rounds"] for n in alive})
+                if r > 1 and _runs_wanted(study, False) > 1 else None)  # the round's runs: its ties at the cut go on
         half = math.ceil(len(alive) / 2)
         alive = halve(alive, results, criterion(study, final=r > 1), runs)  # the first round's cut: fidelity alone
         ties |= {n: alive[half - 1] for n in alive[half:]}
@@ -429,8 +429,8 @@ def _seeded(ctx: StudentContext, study: Study, budget_ms: float, protocol: str, 
     if by_name[runner] not in pool:
         return None
 
-    rows = {r.name: stored_round(ctx.db, study, budget_ms, r.name, protocol, r.rounds) for r in pool}
-    if any(v is None or "fidelity" not in v for v in rows.values()):  # a row another process is rewriting
+    rows = stored_rounds(ctx.db, study, budget_ms, protocol, {r.name: r.rounds for r in pool})
+    if len(rows) < len(pool):  # a row another process is rewriting
         return None
     return seed_interval(rows[chosen.name], rows[runner], list(rows.values()), criterion(study), runner)
 

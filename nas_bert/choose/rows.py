@@ -56,16 +56,20 @@ def stored(db: Database, study: Study, budget_ms: float, name: str, protocol: st
         return json.loads(row.metrics_json) if row is not None else None
 
 
-def stored_round(db: Database, study: Study, budget_ms: float, name: str, protocol: str,
-                 rounds: list[dict[str, Any]] | None) -> dict[str, Any] | None:
-    """A finalist's latest round (`rounds`: its rounds as ranked; none: its row's figures) as its row keeps it: its
-    runs and per-example records (None: a row another process is rewriting)."""
-    row = stored(db, study, budget_ms, name, protocol) or {}
-    if not rounds:
-        return row
-    steps = rounds[-1]["steps"]
-    return next((x for x in row.get("rounds") or [] if x["steps"] == steps
-                 and x.get("measured_as") == rounds[-1].get("measured_as")), None)
+def stored_rounds(db: Database, study: Study, budget_ms: float, protocol: str,
+                  rounds: dict[str, list[dict[str, Any]] | None]) -> dict[str, dict[str, Any]]:
+    """Each finalist's latest round (`rounds`: name -> its rounds as ranked; none: its row's figures) as its row
+    keeps it, its runs and per-example records; a finalist whose row has no result there (a row another process is
+    rewriting) is left out."""
+    out = {}
+    for name, mine in rounds.items():
+        row = stored(db, study, budget_ms, name, protocol) or {}
+        if mine:
+            row = next((x for x in row.get("rounds") or [] if x["steps"] == mine[-1]["steps"]
+                        and x.get("measured_as") == mine[-1].get("measured_as")), {})
+        if "fidelity" in row:
+            out[name] = row
+    return out
 
 
 def scored_elsewhere(db: Database, study: Study, c: Candidate, protocol: str,
