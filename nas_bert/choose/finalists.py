@@ -44,9 +44,18 @@ from nas_bert.choose.ranking import (  # the records and the ranking, re-exporte
     margin,
     summarise,
 )
-from nas_bert.choose.rows import continued, round_elsewhere, scored_elsewhere, store, stored, stored_rounds, update
+from nas_bert.choose.rows import (
+    continued,
+    round_elsewhere,
+    scored_elsewhere,
+    seeded,
+    store,
+    stored,
+    stored_rounds,
+    update,
+)
 from nas_bert.choose.screen import SCREEN_SEED, rank_by_screen, screen, screened_pool
-from nas_bert.choose.seeds import SEED_KEYS, SeedInterval, seed_interval, seed_mean
+from nas_bert.choose.seeds import SEED_KEYS, seed_mean
 from nas_bert.choose.timing import (
     budget_fraction,
     holds,
@@ -337,8 +346,7 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
                                                        cfg.finalist_steps * 2 ** (r - 1), kept=kept, last=last)}
     result = summarise(study, budget_ms, list(results.values())).model_copy(
         update={"timing": timing, **({"kept_within_noise": ties} if ties else {})})
-    if (seeded := _seeded(ctx, study, budget_ms, protocol, result)) is not None:  # the two best, seeds and all
-        result = result.model_copy(update={"seeded": seeded, "separated": seeded.interval[0] > 0})
+    result = result.model_copy(update=seeded(ctx.db, study, budget_ms, protocol, result))  # seeds and all
     record_choice(ctx.db, study, budget_ms, protocol, result)  # this run's, whatever rows earlier runs left
     return result
 
@@ -414,25 +422,6 @@ def _start(ctx: StudentContext, c: Candidate, before: int, kept: dict[tuple[str,
     kept = {} if kept is None else kept
     _warm(ctx, c, before, kept)
     return {(c.name, before): kept[(c.name, before)]}
-
-
-def _seeded(ctx: StudentContext, study: Study, budget_ms: float, protocol: str, result: FinalistsResult
-            ) -> SeedInterval | None:
-    """The chosen student against the runner-up when their last round was run several times: the difference of
-    their mean scores with an interval that holds the runs' spread (`seed_interval`)."""
-    chosen, runner = result.chosen, result.runner_up
-    if study.cfg.search.choose_protocol.last_round_seeds < 2 or runner is None or not chosen.seed_figures:
-        return None
-    by_name = {r.name: r for r in result.finalists}
-    top = len(chosen.rounds or [])
-    pool = [r for r in result.finalists if not r.over_budget and len(r.rounds or []) == top and r.seed_figures]
-    if by_name[runner] not in pool:
-        return None
-
-    rows = stored_rounds(ctx.db, study, budget_ms, protocol, {r.name: r.rounds for r in pool})
-    if len(rows) < len(pool):  # a row another process is rewriting
-        return None
-    return seed_interval(rows[chosen.name], rows[runner], list(rows.values()), criterion(study), runner)
 
 
 def _warm(ctx: StudentContext, c: Candidate, steps: int, kept: dict[tuple[str, int], dict[str, Any]]) -> None:

@@ -93,6 +93,8 @@ class Margin(Record):
     """How the budget's student compares with the best finalist of the other kind (a hand-designed point if a
     searched one won, else the best searched one), at the longest distillation both had."""
 
+    absent_unless_given: ClassVar[frozenset[str]] = frozenset({"seeded"})
+
     rival: str
     rival_origin: str
     steps: int
@@ -109,6 +111,9 @@ class Margin(Record):
     # search.choose_by's weights where they are more than the fidelity, and [chosen's, rival's] weighted sum
     by: dict[str, float] | None = None
     by_score: list[float] | None = None
+    # the last round run several times (search.choose_protocol.last_round_seeds) by both: the chosen minus the
+    # rival on search.choose_by's score ("score") and on each of its terms, intervals holding the runs' spread
+    seeded: dict[str, SeedInterval] | None = None
 
 
 class FinalistsResult(Record):

@@ -11,8 +11,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from nas_bert.choose.candidates import Candidate
-from nas_bert.choose.ranking import SCORE_KEYS
-from nas_bert.choose.seeds import RUN_KEYS
+from nas_bert.choose.ranking import SCORE_KEYS, FinalistsResult, criterion
+from nas_bert.choose.seeds import RUN_KEYS, seed_interval, term_intervals
 from nas_bert.store import Database, FinalistRow
 from nas_bert.study import Study
 
@@ -69,6 +69,30 @@ def stored_rounds(db: Database, study: Study, budget_ms: float, protocol: str,
                         and x.get("measured_as") == mine[-1].get("measured_as")), {})
         if "fidelity" in row:
             out[name] = row
+    return out
+
+
+def seeded(db: Database, study: Study, budget_ms: float, protocol: str, result: FinalistsResult) -> dict[str, Any]:
+    """Where the last round ran several times (search.choose_protocol.last_round_seeds), what its runs add to the
+    choice's result (an update of it): the chosen student against the runner-up (`seeded`, and `separated` by that
+    interval) and against the margin's rival (`Margin.seeded`: the score and each of its terms), with intervals
+    that hold the runs' spread beside the texts' (`seed_interval`)."""
+    chosen = result.chosen
+    if study.cfg.search.choose_protocol.last_round_seeds < 2 or not chosen.seed_figures:
+        return {}
+    top = len(chosen.rounds or [])
+    pool = [r for r in result.finalists if not r.over_budget and len(r.rounds or []) == top and r.seed_figures]
+    rows = stored_rounds(db, study, budget_ms, protocol, {r.name: r.rounds for r in pool})
+    if len(rows) < len(pool) or chosen.name not in rows:  # a row another process is rewriting
+        return {}
+    by, out = criterion(study), {}
+    if (runner := result.runner_up) in rows and (sd := seed_interval(
+            rows[chosen.name], rows[runner], list(rows.values()), by, runner)) is not None:
+        out = {"seeded": sd, "separated": sd.interval[0] > 0}
+    m = result.margin
+    if m is not None and m.rival in rows and (terms := term_intervals(
+            rows[chosen.name], rows[m.rival], list(rows.values()), by, m.rival)) is not None:
+        out["margin"] = m.model_copy(update={"seeded": terms})
     return out
 
 

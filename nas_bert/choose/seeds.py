@@ -114,3 +114,15 @@ def seed_interval(a: dict[str, Any], b: dict[str, Any], pool: Sequence[dict[str,
     return SeedInterval(rival=rival, seeds=min(len(ra), len(rb)), delta=delta, interval=[delta - half, delta + half],
                         level=level, training_sd=math.sqrt(training), texts_sd=math.sqrt(texts),
                         accuracy_paired=paired)
+
+
+def term_intervals(a: dict[str, Any], b: dict[str, Any], pool: Sequence[dict[str, Any]], by: dict[str, float],
+                   rival: str, level: float = LEVEL) -> dict[str, SeedInterval] | None:
+    """`seed_interval` of the two finalists' search.choose_by score ("score") and, where it mixes several, of each
+    of its terms alone (e.g. "fidelity", "finetune:NAME"): whether one student beats another beyond noise on the
+    sum, and on which of what it sums. None with one run each."""
+    score = seed_interval(a, b, pool, by, rival, level)
+    if score is None:
+        return None
+    terms = {k: seed_interval(a, b, pool, {k: 1.0}, rival, level) for k, w in by.items() if w} if len(by) > 1 else {}
+    return {"score": score, **{k: v for k, v in terms.items() if v is not None}}

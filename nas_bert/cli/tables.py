@@ -150,6 +150,8 @@ def finalists_table(f: FinalistsResult) -> str:
         also = _other_scores(m)
         lines.append(f"margin: {m.delta:+.3f} fidelity against {m.rival} ({m.rival_origin}), the best of the other kind, "
                      f"after {m.steps} steps ({noise}){also}")
+        if m.seeded:
+            lines.append(f"margin over the last round's runs: {_seeded_margin(m)}")
     lines.append("Kendall tau with the first round's fidelity ranking: " + ", ".join(
         f"{k} {'n/a' if v is None else format(v, '.2f')}" for k, v in taus.items()))
     return "\n".join(lines)
@@ -255,6 +257,18 @@ def _other_scores(m: Any) -> str:
     return "".join(f"; {k} {a:.3f} against {b:.3f}" for k, (a, b) in (m.scores or {}).items())
 
 
+def _seeded_margin(m: Any) -> str:
+    """A margin over the last round's runs (`Margin.seeded`): "+0.004 of search.choose_by's score, 90% interval
+    -0.002 to +0.009 (within noise); fidelity -0.002 (-0.005 to +0.000), finetune:x +0.006 (+0.000 to +0.012)"."""
+    sd = m.seeded["score"]
+    terms = "; ".join(f"{k} {v.delta:+.3f} ({v.interval[0]:+.3f} to {v.interval[1]:+.3f})"
+                      for k, v in m.seeded.items() if k != "score")
+    return (f"{sd.delta:+.3f} of search.choose_by's score against {sd.rival} ({sd.seeds} runs each), {sd.level:.0%} "
+            f"interval {sd.interval[0]:+.3f} to {sd.interval[1]:+.3f} with the runs' spread "
+            f"({'beyond' if sd.interval[0] > 0 or sd.interval[1] < 0 else 'within'} noise)"
+            + (f"; {terms}" if terms else ""))
+
+
 def won(r: RunRow) -> str:
     """Which kind won a budget's finalists and by how much: a searched point or a hand-designed family."""
     m = r.margin
@@ -268,7 +282,7 @@ def won(r: RunRow) -> str:
                  f"{'beyond' if m.beyond_interval else 'within'} noise")
     else:
         noise = f"{'beyond' if m.beyond_interval else 'within'} its interval"
-    also = _other_scores(m)
+    also = _other_scores(m) + (f"; over the last round's runs: {_seeded_margin(m)}" if m.seeded else "")
     if m.by and m.by_score:  # chosen by a weighted sum (search.choose_by): that first, then what it is made of
         terms = " + ".join(k if w == 1 else f"{w:g} x {k}" for k, w in m.by.items())
         return (f"{r.budget_ms:g} ms{given}: {kind} won on {terms} (search.choose_by), {r.student}: "

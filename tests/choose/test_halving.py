@@ -225,3 +225,27 @@ def test_a_round_run_twice_ranks_on_the_mean_with_the_runs_spread_in_its_interva
     bare_a, bare_b = bare(a), bare(b)
     assert not seed_interval(bare_a, bare_b, [bare_a, bare_b], by, "b").accuracy_paired
     assert seed_interval(one, one, [one], by, "x") is None  # one run each: no spread to judge by
+
+
+def test_a_margin_over_runs_judges_the_score_and_each_of_its_terms() -> None:
+    """`term_intervals` (`Margin.seeded`): the chosen student against the best of the other kind over the last
+    round's runs, on search.choose_by's score and on each term alone: a lead on the sum can hide a loss on a term."""
+    from nas_bert.choose.seeds import seed_interval, term_intervals
+
+    by = {"fidelity": 1.0, "finetune:t": 1.0}
+
+    def run(fid: float, acc: float, right: str) -> dict:
+        return {"fidelity": fid, "fidelity_bootstrap": [fid - 0.002, fid, fid + 0.002, fid + 0.001],
+                "probe": {"finetune:t": acc}, "probe_correct": {"finetune:t": right}}
+
+    # a: more accurate by 0.03 beyond noise, 0.01 less faithful on every resample
+    a = {**run(0.89, 0.83, "1" * 332 + "0" * 68), "seeds": [run(0.89, 0.83, "1" * 332 + "0" * 68)]}
+    b = {**run(0.90, 0.80, "0" * 12 + "1" * 320 + "0" * 68), "seeds": [run(0.90, 0.80, "0" * 12 + "1" * 320 + "0" * 68)]}
+    terms = term_intervals(a, b, [a, b], by, "b")
+    assert set(terms) == {"score", "fidelity", "finetune:t"}
+    assert terms["score"] == seed_interval(a, b, [a, b], by, "b") and terms["score"].delta == pytest.approx(0.02)
+    assert terms["fidelity"].delta == pytest.approx(-0.01) and terms["fidelity"].interval[1] < 0  # beyond, below
+    assert terms["finetune:t"].delta == pytest.approx(0.03) and terms["finetune:t"].interval[0] > 0
+    assert set(term_intervals(a, b, [a, b], {"fidelity": 1.0}, "b")) == {"score"}  # one term: the score is it
+    one = run(0.9, 0.8, "1" * 400)
+    assert term_intervals(one, one, [one], by, "x") is None

@@ -469,4 +469,12 @@ def test_choose_by_fine_tuning_scores_the_rounds_after_the_first_and_picks_the_b
     assert all(len(r.seed_figures or []) == 2 and not r.rounds for r in ok)
     assert result.chosen.name == max(ok, key=lambda r: r.fidelity + r.probe["finetune:topics"]).name
     assert result.seeded is not None and result.seeded.rival == result.runner_up
+    # the margin over those runs: the chosen against the best of the other kind, on the score and each term
+    m = result.margin
+    assert m is not None and m.seeded is not None and set(m.seeded) == {"score", "fidelity", "finetune:topics"}
+    rival = next(r for r in ok if r.name == m.rival)
+    assert m.seeded["score"].rival == m.rival and m.seeded["score"].delta == pytest.approx(
+        result.chosen.fidelity + result.chosen.probe["finetune:topics"] - rival.fidelity - rival.probe["finetune:topics"])
+    assert m.seeded["fidelity"].delta == pytest.approx(result.chosen.fidelity - rival.fidelity)
+    assert f"margin over the last round's runs: {m.seeded['score'].delta:+.3f}" in finalists_table(result)
 
