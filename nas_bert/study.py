@@ -179,8 +179,9 @@ class MappingConfig(_Strict):
     proxy_examples: int = Field(default=2000, ge=16, description="corpus sample the proxy trains on")
     proxy_val_batches: int = Field(default=2, ge=1)
     enumerate_below: int = Field(default=24, ge=0, description="enumerate every mapping when there are at most this many")
-    confirm_seeds: int = Field(default=2, ge=0, description="the searched mapping is used only where, run again with "
-                               "this many seeds, it beats the best heuristic mapping beyond noise (0 or 1: no check)")
+    confirm_seeds: int = Field(default=3, ge=0, description="the searched mapping is used only where, run again with "
+                               "this many seeds beside the best heuristic mapping (each seed's two runs paired), it "
+                               "beats it beyond the 95% interval (0 or 1: no check)")
     confirm_steps: int = Field(default=0, ge=0, description="distillation steps of each confirmation run (0: proxy_steps)")
     seed: int = 0
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.stats
 from deap import base, creator, tools
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -118,6 +119,14 @@ def decision_protocol(protocol: str, cfg: MappingConfig) -> str:
     return fingerprint(protocol, "decision", cfg.confirm_seeds, cfg.confirm_steps)
 
 
+def paired_gain(heuristic: list[float], searched: list[float], level: float = 0.95) -> tuple[float, float]:
+    """The heuristic's mean loss minus the searched mapping's over runs paired by seed, and the half-width of its
+    two-sided `level` interval (Student's t over the seeds' differences; 0 where they agree exactly)."""
+    d = np.asarray(heuristic, dtype=float) - np.asarray(searched, dtype=float)
+    half = scipy.stats.t.ppf(0.5 + level / 2, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+    return float(d.mean()), float(half)
+
+
 STATE_FORMAT = "nas-bert GA state"
 STATE_VERSION = 1
 
@@ -170,8 +179,10 @@ class MappingSearch:
     def confirm(self, summary: dict[str, Any]) -> dict[str, Any]:
         """Does the searched mapping earn its stage? The best searched mapping and the best heuristic, each run
         again with `confirm_seeds` seeds (`confirm_steps` steps); the searched one is used only where its mean
-        loss is lower by more than twice the standard error of the difference (about 95%), else the heuristic,
-        which costs no search. Recorded, so stage 7 distils with the mapping decided here."""
+        loss is lower beyond the 95% interval of the difference, else the heuristic, which costs no search. The
+        two runs of a seed share their batches, masks and start, so the differences are taken seed by seed
+        (common random numbers: the seed's own luck cancels) and Student's t over the seeds gives the interval.
+        Recorded, so stage 7 distils with the mapping decided here."""
         cfg, base = self.cfg, summary["baselines"]
         name = min(base, key=lambda k: base[k]["fitness"])
         searched, heuristic = summary["best"]["mapping"], base[name]["mapping"]
@@ -183,15 +194,14 @@ class MappingSearch:
             runs = {label: [self.fitness(m, -1, f"confirm-{label}", seed=cfg.seed + 1 + i)
                             for i in range(cfg.confirm_seeds)]
                     for label, m in (("searched", searched), (name, heuristic))}
-            a, b = np.asarray(runs["searched"]), np.asarray(runs[name])
-            se = float(np.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b)))
-            gain = float(b.mean() - a.mean())
-            wins = gain > 2 * se
+            gain, noise = paired_gain(runs[name], runs["searched"])
+            wins = gain > noise
+            within = f"the paired 95% interval +-{noise:.4g} over {cfg.confirm_seeds} seeds"
             decision = {"used": "searched" if wins else name, "mapping": searched if wins else heuristic,
-                        "runs": runs, "gain": gain, "noise": 2 * se,
-                        "reason": (f"the searched mapping beats {name} by {gain:.4g} > 2 se {2 * se:.4g}" if wins else
-                                   f"the searched mapping does not beat {name} beyond noise (gain {gain:.4g}, 2 se "
-                                   f"{2 * se:.4g}): the {name} mapping is used")}
+                        "runs": runs, "gain": gain, "noise": noise, "paired": True,
+                        "reason": (f"the searched mapping beats {name} by {gain:.4g}, beyond {within}" if wins else
+                                   f"the searched mapping does not beat {name} beyond noise (gain {gain:.4g}, "
+                                   f"{within}): the {name} mapping is used")}
         runs = decision.get("runs")
         fit = float(np.mean(runs[decision["used"]])) if runs else base[name]["fitness"]
         try:

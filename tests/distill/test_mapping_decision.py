@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
+import pytest
+import scipy.stats
+
 from nas_bert.distill import MappingSearch
-from nas_bert.distill.mapping import decided_mapping
+from nas_bert.distill.mapping import decided_mapping, paired_gain
 from nas_bert.distill.objective import distill_points, own_layers_mapping
 from nas_bert.distill.students import best_mapping
 from nas_bert.space import Embeddings, TeacherShape, families, load_space
@@ -64,3 +68,31 @@ def test_a_searched_mapping_within_noise_gives_way_to_the_heuristic(tiny_study_f
     heuristic = out["baselines"][decision["used"]]["mapping"]
     assert decision["mapping"] == heuristic and "does not beat" in decision["reason"]
     assert best_mapping(db, study, arch) == (heuristic, decision["used"])
+
+
+def test_each_seeds_runs_are_paired_so_its_luck_cancels(tiny_study_file, tmp_path) -> None:
+    """A seed's batches, masks and start are the same for both mappings: its luck moves both runs alike. A small
+    edge the same at every seed is beyond noise paired, though the seeds' spread would hide it unpaired."""
+    study, db, arch = _setup(tiny_study_file, tmp_path, "paired")
+
+    def fitness(m, seed=None, steps=None):
+        luck = random.Random(f"{seed}").gauss(0, 0.5) if seed is not None else 0.0  # the seed's, not the mapping's
+        return 1.0 + 0.01 * sum(abs(a - b) for a, b in zip(m, TARGET, strict=True)) + luck
+
+    out = MappingSearch(study, db, arch, 4, fitness, tmp_path / "paired").run(progress=False)
+    decision = out["decision"]
+    assert decision["used"] == "searched" and decision["mapping"] == TARGET and decision["paired"], decision
+    (name,) = decision["runs"].keys() - {"searched"}
+    a, b = np.asarray(decision["runs"]["searched"]), np.asarray(decision["runs"][name])
+    assert np.allclose(b - a, decision["gain"]) and decision["gain"] == pytest.approx(0.01)  # one step nearer, each seed
+    unpaired = 2 * np.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
+    assert decision["gain"] < unpaired  # the seeds' spread alone would have hidden it
+
+
+def test_the_paired_interval_is_students_t_over_the_seeds() -> None:
+    heuristic, searched = [1.0, 2.0, 3.0], [0.9, 1.95, 2.85]  # differences 0.10, 0.05, 0.15
+    gain, half = paired_gain(heuristic, searched)
+    low, high = scipy.stats.ttest_rel(heuristic, searched).confidence_interval(0.95)
+    assert gain == pytest.approx(0.1) and half == pytest.approx((high - low) / 2)
+    assert half > gain  # three seeds this unsteady: not beyond noise
+    assert paired_gain([1.0, 2.0], [0.9, 1.9]) == pytest.approx((0.1, 0.0))  # the same edge at both seeds
