@@ -51,6 +51,8 @@ from nas_bert.evaluate import (
     EvaluationResult,
     evaluate_encoder,
     evaluate_path,
+    fidelity_resamples,
+    paired_interval,
     stored_evaluation,
     teacher_baseline,
 )
@@ -347,7 +349,7 @@ def main() -> None:
         who = compact(nas_arch[b]) if chosen.origin == "search" else f"{chosen.name} (a baseline won the finalists)"
         rows.append({"budget_ms": b, "family": "NAS", "student": who, "architecture": str(nas_arch[b]),
                      "measured_ms": target, "params": nas_arch[b].params(), **{m: getattr(e, m) for m in METRICS},
-                     "test_correct": e.test_correct})
+                     "test_correct": e.test_correct, "path": e.subject})
         for family in (f for f in FAMILIES if f in wanted):
             names = [n for n, (f, _) in cands.items() if f == family]
             if not names:  # no pruned family: the space has one feed-forward ratio
@@ -376,7 +378,7 @@ def main() -> None:
                 rows.append({"budget_ms": b, "family": label, "student": who,
                              "measured_ms": ms[name], "params": arch.params(),
                              **{m: getattr(res.metrics, m) for m in METRICS},
-                             "test_correct": res.metrics.test_correct})
+                             "test_correct": res.metrics.test_correct, "path": res.student_path})
             if family == "truncated":
                 kept = stage("baseline-untouched", name, ("evaluate",),
                              lambda name=name, arch=arch: untouched(name, arch), Untouched)
@@ -390,13 +392,28 @@ def main() -> None:
     if static is not None:
         rows.append({"budget_ms": min(budgets), **static})
     rows.sort(key=lambda row: -row["budget_ms"])  # the table reads from the largest budget down
+    resampled: dict[str, dict[str, list[float]]] = {}  # each student's fidelities on shared resamples of the texts
+
+    def fidelity_difference(row: dict[str, Any], nas_row: dict[str, Any], key: str) -> str:
+        """The member's fidelity minus the NAS student's on the same texts, its paired 90% bootstrap interval."""
+        if row is nas_row or not row.get("path") or not nas_row.get("path"):
+            return "-"
+        for p in (row["path"], nas_row["path"]):
+            if p not in resampled:
+                resampled[p] = fidelity_resamples(p, ctx.teacher, study.cfg.evaluate, device=study.device())
+        a, b = resampled[row["path"]].get(key), resampled[nas_row["path"]].get(key)
+        if not a or not b:
+            return "-"
+        lo, hi = paired_interval(a, b)
+        return f"{row[key] - nas_row[key]:+.3f} ({lo:+.3f}..{hi:+.3f})"
+
     teacher_acc = nas[budgets[0]].evaluate.teacher_accuracy
     out = study.workdir / "baselines"
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"teacher_ms": teacher_ms, "teacher_ms_same_run": run_teacher_ms,
                                                   "teacher_accuracy": teacher_acc,
                                                   "budgets": budgets, "rows": [
-                                                      {k: v for k, v in row.items() if k != "test_correct"}
+                                                      {k: v for k, v in row.items() if k not in ("test_correct", "path")}
                                                       for row in rows]}, indent=2))
     png = plot(rows, {"ms": run_teacher_ms, "accuracy": teacher_acc}, out / "baselines.png")
     lines = []
@@ -408,14 +425,16 @@ def main() -> None:
         params = "-" if row["params"] is None else f"{row['params'] / 1e6:.2f}M"
         lines.append([f"{row['budget_ms']:g} ({row['budget_ms'] / teacher_ms:.2f}x)", row["family"], row["student"],
                       f"{row['measured_ms']:.2f} ({row['measured_ms'] / run_teacher_ms:.2f})", f"{ratio:.2f}{flag}", params,
-                      _f(row["fidelity"], 3), _f(row["ood_fidelity"], 3),
+                      _f(row["fidelity"], 3), fidelity_difference(row, nas_row, "fidelity"), _f(row["ood_fidelity"], 3),
+                      fidelity_difference(row, nas_row, "ood_fidelity"),
                       _accuracy(row), "-" if row is nas_row else accuracy_difference(row.get("test_correct"), nas_row.get("test_correct")),
                       _f(row["label_loyalty"], 3), _f(row["probability_loyalty"], 3)])
     print(f"\nteacher {study.cfg.teacher}: {teacher_ms:.2f} ms when the budgets were set, {run_teacher_ms:.2f} ms in "
           f"the students' timing run; accuracy {teacher_acc:.3f}; "
           f"distillation {study.cfg.distill.steps} steps x {study.cfg.distill.batch_size} sequences for every student\n")
     print(table(["budget ms (of teacher)", "family", "student", "measured ms (/ teacher)", "ms / NAS", "params",
-                 "fidelity (WordNet)", "fidelity (manpages)", "accuracy (/ teacher, 90%)", "accuracy - NAS (paired 90%)", "label loyalty", "prob. loyalty"],
+                 "fidelity (WordNet)", "- NAS (paired 90%)", "fidelity (manpages)", "- NAS (paired 90%)",
+                 "accuracy (/ teacher, 90%)", "accuracy - NAS (paired 90%)", "label loyalty", "prob. loyalty"],
                 lines))
     print("NAS students: [block width] A = attention, F = feed-forward, C<k> = separable convolution of kernel k")
     print(f"\n{png}\n({time.time() - t0:.0f} s)")

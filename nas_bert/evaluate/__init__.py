@@ -8,6 +8,7 @@ from nas_bert.evaluate.evaluation import (
     agreement,
     evaluate_encoder,
     evaluate_path,
+    fidelity_resamples,
     load_student,
     stored_evaluation,
     tasks_to_run,
@@ -28,4 +29,4 @@ from nas_bert.evaluate.metrics import (
 )
 from nas_bert.evaluate.study_data import linear_probe, ood_agreement, pair_agreement, study_data_agreement
 
-__all__ = ["EvaluationResult", "agreement", "bootstrap_interval", "difference_interval", "evaluate_encoder", "evaluate_path", "fidelity", "fidelity_bootstrap", "fidelity_interval", "linear_probe", "load_student", "ood_agreement", "pair_agreement", "paired_interval", "readout_fidelity", "readout_gain", "readout_map", "stored_evaluation", "study_data_agreement", "tasks_to_run", "teacher_baseline", "validation_accuracy", "validation_scores"]
+__all__ = ["EvaluationResult", "agreement", "bootstrap_interval", "difference_interval", "evaluate_encoder", "evaluate_path", "fidelity", "fidelity_bootstrap", "fidelity_interval", "fidelity_resamples", "linear_probe", "load_student", "ood_agreement", "pair_agreement", "paired_interval", "readout_fidelity", "readout_gain", "readout_map", "stored_evaluation", "study_data_agreement", "tasks_to_run", "teacher_baseline", "validation_accuracy", "validation_scores"]

@@ -32,7 +32,7 @@ from transformers import AutoModel, AutoTokenizer, get_scheduler
 from nas_bert.data import LOAD_ERRORS, first_line, load_manpages, load_task
 from nas_bert.data.tasks import data_identity, load_ood
 from nas_bert.errors import NasBertError
-from nas_bert.evaluate.metrics import fidelity, loyalty, mean_pool, ratio_interval
+from nas_bert.evaluate.metrics import fidelity, fidelity_bootstrap, loyalty, mean_pool, ratio_interval
 from nas_bert.evaluate.study_data import study_data_agreement
 from nas_bert.evaluate.vectors import batch as _batch
 from nas_bert.evaluate.vectors import sentence_vectors, teacher_vectors
@@ -198,6 +198,23 @@ def agreement(encoder: nn.Module, tokenizer: Any, teacher: Any, cfg: EvalConfig,
         out[f"{prefix}fidelity"] = fidelity(s_vec, t_vec, centered=cfg.fidelity_centered)
         out[f"{prefix}cosine"] = (float(F.cosine_similarity(s_vec, t_vec, dim=-1).mean())
                                   if s_vec.shape == t_vec.shape else None)
+    return out
+
+
+def fidelity_resamples(folder: str | Path, teacher: Any, cfg: EvalConfig, task: Task = "wordnet",
+                       device: torch.device | str = "cpu", resamples: int = 200) -> dict[str, list[float]]:
+    """A student folder's `fidelity_bootstrap` on the texts its evaluation's fidelities read: the task's held-out
+    texts ("fidelity") and the out-of-domain ones ("ood_fidelity"). Every student's lists share the resamples, so two
+    students' fidelities are compared resample by resample (`paired_interval`), which their figures alone are not."""
+    folder = Path(folder)
+    student, tokenizer = load_student(folder).to(device).eval(), _load_tokenizer(folder, teacher.tokenizer)
+    sets = {"fidelity": list(load_task(task, cfg)[0]["test"]["text"][: cfg.fidelity_texts]), "ood_fidelity": _ood_default(cfg)}
+    out = {}
+    for key, texts in ((k, t) for k, t in sets.items() if t):
+        s_vec = sentence_vectors(student, tokenizer, texts, cfg.batch_size, cfg.fidelity_max_seq_length, device,
+                                 teacher.pooling)
+        out[key] = fidelity_bootstrap(s_vec, teacher_vectors(teacher, texts, cfg, device), cfg.fidelity_centered,
+                                      resamples)
     return out
 
 

@@ -478,3 +478,27 @@ def test_choose_by_fine_tuning_scores_the_rounds_after_the_first_and_picks_the_b
     assert m.seeded["fidelity"].delta == pytest.approx(result.chosen.fidelity - rival.fidelity)
     assert f"margin over the last round's runs: {m.seeded['score'].delta:+.3f}" in finalists_table(result)
 
+
+
+def test_fidelity_resamples_pair_two_students_on_the_same_texts(tmp_path, tiny_study_file, tiny_teacher, tiny_space):
+    """`bench_baselines.py` compares two students' fidelities resample by resample: each folder's lists cover the
+    evaluation's held-out and out-of-domain texts on the same resamples, so a student against itself differs by 0."""
+    from nas_bert.evaluate import paired_interval
+
+    cfg = _study(tiny_study_file).cfg.evaluate.model_copy(update={**TINY, "ood_texts": 40})
+    folders = []
+    for i in range(2):
+        arch = sample(tiny_space, tiny_teacher.embeddings_spec(), i)
+        torch.manual_seed(i)
+        folders.append(tmp_path / f"student{i}")
+        NasBertModel(NasBertConfig(architecture=arch.to_dict())).eval().save_pretrained(folders[-1])
+        tiny_teacher.tokenizer.save_pretrained(folders[-1])
+    a, b, again = (ev.fidelity_resamples(f, tiny_teacher, cfg, resamples=40) for f in (*folders, folders[0]))
+    assert set(a) == set(b) == {"fidelity", "ood_fidelity"}
+    assert all(len(x[k]) == 40 for x in (a, b) for k in a)
+    assert paired_interval(a["fidelity"], again["fidelity"]) == (0.0, 0.0)  # the same student, the same resamples
+    lo, hi = paired_interval(a["ood_fidelity"], b["ood_fidelity"])
+    assert lo <= hi and (lo, hi) != (0.0, 0.0)
+    recorded = ev.agreement(ev.load_student(folders[0]), tiny_teacher.tokenizer, tiny_teacher, cfg,
+                            list(ev.load_task("wordnet", cfg)[0]["test"]["text"][: cfg.fidelity_texts]))
+    assert min(a["fidelity"]) <= recorded["fidelity"] <= max(a["fidelity"])  # resamples around the figure itself
