@@ -183,10 +183,11 @@ def _ood_default(cfg: EvalConfig) -> list[str]:
 
 
 def agreement(encoder: nn.Module, tokenizer: Any, teacher: Any, cfg: EvalConfig, texts: list[str],
-              device: torch.device | str = "cpu", ood: bool = True) -> dict[str, float | None]:
+              device: torch.device | str = "cpu", ood: bool = True, resamples: int = 0) -> dict[str, Any]:
     """How the encoder's sentence vectors (the teacher's pooling) agree with the teacher's, without any
     training: fidelity and mean cosine on the task's held-out `texts`, and (with `ood`) ood_fidelity, ood_cosine on
-    the out-of-domain texts (`_ood_default`). Cosines need the teacher's width (else None)."""
+    the out-of-domain texts (`_ood_default`). Cosines need the teacher's width (else None). With `resamples`, also
+    each fidelity's `fidelity_bootstrap` ("fidelity_resamples", "ood_fidelity_resamples")."""
     out_of_domain = _ood_default(cfg) if ood else []
     sets = {"": texts, **({"ood_": out_of_domain} if out_of_domain else {})}
     encoder = encoder.to(device)
@@ -196,6 +197,8 @@ def agreement(encoder: nn.Module, tokenizer: Any, teacher: Any, cfg: EvalConfig,
                                  teacher.pooling)
         t_vec = teacher_vectors(teacher, batch, cfg, device)
         out[f"{prefix}fidelity"] = fidelity(s_vec, t_vec, centered=cfg.fidelity_centered)
+        if resamples:
+            out[f"{prefix}fidelity_resamples"] = fidelity_bootstrap(s_vec, t_vec, cfg.fidelity_centered, resamples)
         out[f"{prefix}cosine"] = (float(F.cosine_similarity(s_vec, t_vec, dim=-1).mean())
                                   if s_vec.shape == t_vec.shape else None)
     return out
@@ -203,19 +206,14 @@ def agreement(encoder: nn.Module, tokenizer: Any, teacher: Any, cfg: EvalConfig,
 
 def fidelity_resamples(folder: str | Path, teacher: Any, cfg: EvalConfig, task: Task = "wordnet",
                        device: torch.device | str = "cpu", resamples: int = 200) -> dict[str, list[float]]:
-    """A student folder's `fidelity_bootstrap` on the texts its evaluation's fidelities read: the task's held-out
-    texts ("fidelity") and the out-of-domain ones ("ood_fidelity"). Every student's lists share the resamples, so two
-    students' fidelities are compared resample by resample (`paired_interval`), which their figures alone are not."""
+    """A student folder's `fidelity_bootstrap` on the texts its evaluation's fidelities read (`agreement`'s):
+    "fidelity" and "ood_fidelity". Every student's lists share the resamples, so two students' fidelities are
+    compared resample by resample (`paired_interval`), which their figures alone are not."""
     folder = Path(folder)
-    student, tokenizer = load_student(folder).to(device).eval(), _load_tokenizer(folder, teacher.tokenizer)
-    sets = {"fidelity": list(load_task(task, cfg)[0]["test"]["text"][: cfg.fidelity_texts]), "ood_fidelity": _ood_default(cfg)}
-    out = {}
-    for key, texts in ((k, t) for k, t in sets.items() if t):
-        s_vec = sentence_vectors(student, tokenizer, texts, cfg.batch_size, cfg.fidelity_max_seq_length, device,
-                                 teacher.pooling)
-        out[key] = fidelity_bootstrap(s_vec, teacher_vectors(teacher, texts, cfg, device), cfg.fidelity_centered,
-                                      resamples)
-    return out
+    texts = list(load_task(task, cfg)[0]["test"]["text"][: cfg.fidelity_texts])
+    out = agreement(load_student(folder).eval(), _load_tokenizer(folder, teacher.tokenizer), teacher, cfg, texts,
+                    device, resamples=resamples)
+    return {k.removesuffix("_resamples"): v for k, v in out.items() if k.endswith("_resamples")}
 
 
 def evaluate_encoder(encoder: nn.Module, tokenizer: Any, teacher: Any, cfg: EvalConfig, task: Task = "wordnet",
