@@ -116,11 +116,15 @@ class ChooseProtocol(_Strict):
     # half, every finalist whose mean lies within the interval (runs and texts) of the one at the cut: a short
     # fine-tuning's seed moves a finalist's accuracy by about a point, enough to drop one the last round would choose
     round_seeds: int = Field(1, ge=1, le=8)
+    # "recipe": a searched finalist ranked first that does not beat the best hand-designed finalist beyond noise on
+    # search.choose_by's score (the last round's runs and texts; one run: by the fidelity alone) is passed over for
+    # it; "score": the ranking's first, however close
+    ties: Literal["recipe", "score"] = "recipe"
 
     def applied_to(self, evaluate: EvalConfig, last: bool = False) -> EvalConfig:
         """`evaluate` with this protocol's fields in place of its own (`last`: for the last round, the evaluation's
         own where `last_round` says so)."""
         if last and self.last_round == "evaluate":
             return evaluate
-        seeds = {"last_round", "last_round_seeds", "round_seeds"}  # the choice's, not the evaluation's
+        seeds = {"last_round", "last_round_seeds", "round_seeds", "ties"}  # the choice's, not the evaluation's
         return evaluate.model_copy(update=self.model_dump(exclude_none=True, exclude=seeds))

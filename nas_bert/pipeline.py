@@ -105,7 +105,7 @@ def section_inputs(study: Study, sections: tuple[str, ...], timed: bool) -> dict
     for k in ("finalist_runs", *(["runtime"] if cfg["latency"]["runtime"] == "torch" else [])):  # PyTorch's: as they were
         cfg["latency"].pop(k)  # and the finalists' runs key the finalists alone
     by, own = cfg["search"].pop("choose_by"), cfg["search"].pop("choose_protocol")  # added later: default, no key
-    for k in ("last_round", "last_round_seeds", "round_seeds"):  # the finalists' alone (`Runner.inputs`): the search
+    for k in ("last_round", "last_round_seeds", "round_seeds", "ties"):  # the finalists' alone (`Runner.inputs`): the search
         own.pop(k, None)  # is not redone for them
     if by != "fidelity":  # the finalists are then ranked on the tasks' data too (fine-tuned: by the choice's protocol)
         ev = cfg["evaluate"] | {k: v for k, v in own.items() if v is not None}  # the evaluation's, own fields changed
@@ -159,7 +159,9 @@ class Runner:
                                           ("last_round", c.search.choose_protocol.last_round
                                            and section_inputs(self.study, ("evaluate",), False)["evaluate"], None),
                                           ("last_round_seeds", c.search.choose_protocol.last_round_seeds, 1),
-                                          ("round_seeds", c.search.choose_protocol.round_seeds, 1))
+                                          ("round_seeds", c.search.choose_protocol.round_seeds, 1),
+                                          # before it, choices kept the ranking's first: a study chosen so chooses again
+                                          ("ties", c.search.choose_protocol.ties, "score"))
                 if name == "finalists" and v != d}
         for u, k in after:
             out[f"{u} {k}".rstrip()] = self.recorded(u, k)[0] or "missing"

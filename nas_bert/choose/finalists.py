@@ -46,9 +46,9 @@ from nas_bert.choose.ranking import (  # the records and the ranking, re-exporte
 )
 from nas_bert.choose.rows import (
     continued,
+    ranked,
     round_elsewhere,
     scored_elsewhere,
-    seeded,
     store,
     stored,
     stored_rounds,
@@ -344,9 +344,8 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
         for name in tqdm(alive, desc=f"finalists {budget_ms:g} ms, round {r + 1} ({steps} steps)", disable=not progress):
             results[name] = {**results[name], **_round(ctx, study, budget_ms, by_name[name], protocol, steps,
                                                        cfg.finalist_steps * 2 ** (r - 1), kept=kept, last=last)}
-    result = summarise(study, budget_ms, list(results.values())).model_copy(
-        update={"timing": timing, **({"kept_within_noise": ties} if ties else {})})
-    result = result.model_copy(update=seeded(ctx.db, study, budget_ms, protocol, result))  # seeds and all
+    result = ranked(ctx.db, study, budget_ms, protocol, list(results.values()),  # seeds, ties and all
+                    {"timing": timing, **({"kept_within_noise": ties} if ties else {})})
     record_choice(ctx.db, study, budget_ms, protocol, result)  # this run's, whatever rows earlier runs left
     return result
 

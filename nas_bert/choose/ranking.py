@@ -121,7 +121,7 @@ class FinalistsResult(Record):
     ranking can be trusted."""
 
     absent_unless_given: ClassVar[frozenset[str]] = frozenset({"timing", "margin", "passed_over", "seeded",
-                                                                 "kept_within_noise"})
+                                                                 "kept_within_noise", "tied_with_recipe"})
 
     study: str
     budget_ms: float
@@ -143,6 +143,9 @@ class FinalistsResult(Record):
     # search.choose_protocol.round_seeds > 1: finalists kept past a cut's better half, within noise of the one at
     # the cut (name -> that finalist)
     kept_within_noise: dict[str, str] | None = None
+    # search.choose_protocol.ties "recipe": searched finalists ranked first that did not beat the best hand-designed
+    # finalist beyond noise on search.choose_by's score, passed over for it (name -> that finalist)
+    tied_with_recipe: dict[str, str] | None = None
 
 
 class SearchReport(SearchResult):
@@ -201,16 +204,20 @@ def _score(r: dict[str, Any] | Finalist, by: dict[str, float] | None = None) -> 
     return (len(get("rounds") or []), float("-inf") if math.isnan(score) else score)
 
 
-def summarise(study: Study, budget_ms: float, rows: Sequence[Finalist | dict[str, Any]]) -> FinalistsResult:
+def summarise(study: Study, budget_ms: float, rows: Sequence[Finalist | dict[str, Any]],
+              tied: dict[str, str] | None = None) -> FinalistsResult:
     """The ranking (the rounds of successive halving reached, then the fidelity in the last), the choice, the noise
     of the ranking, the proxies' agreement with the first round's fidelity and the margin against the best of the
-    other kind (`rows`: the finalists, as `Finalist`s or their dicts)."""
+    other kind (`rows`: the finalists, as `Finalist`s or their dicts; `tied`: searched finalists passed over for
+    the recipe they did not beat beyond noise, `tie_to_recipe`)."""
     finalists = [Finalist.model_validate(r) for r in rows]
     by, steps = criterion(study), study.cfg.search.finalist_steps
     ok = sorted((r for r in finalists if not r.over_budget), key=lambda r: _score(r, by), reverse=True)
     passed: dict[str, str] = {}
     if ok:
         for chosen in ok:  # the first one no recipe beats on fidelity beyond noise (a recipe is never beaten so)
+            if tied and chosen.name in tied:  # nor ties with one (a recipe never does)
+                continue
             if (beaten := beaten_by_a_recipe(chosen, ok, steps, by)) is None:
                 break
             passed[chosen.name] = beaten
@@ -237,7 +244,28 @@ def summarise(study: Study, budget_ms: float, rows: Sequence[Finalist | dict[str
         replacements=[r.name for r in finalists if r.reserve],
         **({"margin": m} if (m := margin(chosen, ok, steps, by)) is not None else {}),
         **({"passed_over": passed} if passed else {}),
+        **({"tied_with_recipe": dict(tied)} if tied else {}),
     )
+
+
+def tie_to_recipe(result: FinalistsResult, by: dict[str, float]) -> str | None:
+    """The hand-designed finalist a searched choice does not beat beyond noise on search.choose_by's score, if
+    any: the margin's rival, where the lower end of the interval of the score's difference is not above 0 (the
+    last round run several times: the interval holding the runs' spread and the texts'; one run, chosen by the
+    fidelity alone: the fidelity's paired interval over the texts). None: a recipe was chosen, the searched one
+    beat the best recipe beyond noise, or no interval of the score exists (one run and a mixed score: the ranking
+    stands). A searched point is the best of many, each scored with noise, so its lead within noise is partly
+    luck (the winner's curse); the recipe is the user's for free and fully known, so it keeps a tie."""
+    m = result.margin
+    if result.chosen.origin != "search" or m is None or m.rival_origin == "search":
+        return None
+    if m.seeded and "score" in m.seeded:
+        lo = m.seeded["score"].interval[0]
+    elif set(by) == {"fidelity"} and m.delta_interval:
+        lo = m.delta_interval[0]
+    else:
+        return None
+    return None if lo > 0 else m.rival
 
 
 def beaten_by_a_recipe(r: Finalist, ok: list[Finalist], first_steps: int, by: dict[str, float]) -> str | None:

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from nas_bert.choose.candidates import Candidate
-from nas_bert.choose.ranking import SCORE_KEYS, FinalistsResult, criterion
+from nas_bert.choose.ranking import SCORE_KEYS, Finalist, FinalistsResult, criterion, summarise, tie_to_recipe
 from nas_bert.choose.seeds import RUN_KEYS, seed_interval, term_intervals
 from nas_bert.store import Database, FinalistRow
 from nas_bert.study import Study
@@ -94,6 +94,20 @@ def seeded(db: Database, study: Study, budget_ms: float, protocol: str, result: 
             rows[chosen.name], rows[m.rival], list(rows.values()), by, m.rival)) is not None:
         out["margin"] = m.model_copy(update={"seeded": terms})
     return out
+
+
+def ranked(db: Database, study: Study, budget_ms: float, protocol: str, rows: list[Finalist | dict[str, Any]],
+           update: dict[str, Any]) -> FinalistsResult:
+    """The choice among the finalists' `rows` (`summarise`, `update` added, then what their seeds add: `seeded`);
+    with search.choose_protocol.ties "recipe", a searched choice that ties the best recipe (`tie_to_recipe`) is
+    passed over, and the next searched one is judged alike, until a recipe or one beating it beyond noise."""
+    tied: dict[str, str] = {}
+    while True:
+        result = summarise(study, budget_ms, rows, tied).model_copy(update=update)
+        result = result.model_copy(update=seeded(db, study, budget_ms, protocol, result))
+        if study.cfg.search.choose_protocol.ties != "recipe" or (recipe := tie_to_recipe(result, criterion(study))) is None:
+            return result
+        tied[result.chosen.name] = recipe
 
 
 def scored_elsewhere(db: Database, study: Study, c: Candidate, protocol: str,

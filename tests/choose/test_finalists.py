@@ -357,7 +357,8 @@ def test_finalists_end_to_end_choose_record_and_resume(searched_tiny, tmp_path, 
         now = Calibration(a=refit[0], c=refit[1], w=refit[2], b=refit[3], points=lat.calibration.points)  # its line
         assert r.predicted_now_ms == pytest.approx(now(lat.raw_ms(arch), operators(arch), resizes(arch)))
     ok = [r for r in first.finalists if not r.over_budget]
-    assert first.chosen.fidelity == max(r.fidelity for r in ok)
+    top = max(ok, key=lambda r: r.fidelity)  # chosen, or the recipe it did not beat beyond noise chosen for it
+    assert first.chosen.name == top.name or (first.tied_with_recipe or {}).get(top.name) == first.chosen.name
     assert all(r.fidelity >= r.fidelity_before for r in ok)  # the short distillation keeps its best
     assert chosen_finalist(Database(study.db_url), study, 5.0).name == first.chosen.name
 

@@ -249,3 +249,61 @@ def test_a_margin_over_runs_judges_the_score_and_each_of_its_terms() -> None:
     assert set(term_intervals(a, b, [a, b], {"fidelity": 1.0}, "b")) == {"score"}  # one term: the score is it
     one = run(0.9, 0.8, "1" * 400)
     assert term_intervals(one, one, [one], by, "x") is None
+
+
+def _tie_study(ties: str = "recipe") -> SimpleNamespace:
+    protocol = SimpleNamespace(ties=ties, last_round_seeds=1)
+    return SimpleNamespace(name="s", cfg=SimpleNamespace(search=SimpleNamespace(finalist_steps=10,
+                                                                                choose_protocol=protocol)))
+
+
+def _pair(lead: float, noisy: bool, searched: str = "searched") -> list[dict]:
+    """A searched finalist `lead` ahead of the spread-2 recipe on fidelity, on the same resamples of the texts:
+    steadily (beyond noise) or with a difference that changes sign (within it)."""
+    base = [0.70 + 0.05 * ((i * 7) % 11 - 5) / 5 for i in range(200)]
+    rows = [row(searched, "search", 0.70 + lead), row("spread-2", "spread", 0.70)]
+    rows[0]["fidelity_bootstrap"] = [v + lead + ((0.03 if i % 2 else -0.03) if noisy else 0.0) for i, v in enumerate(base)]
+    rows[1]["fidelity_bootstrap"] = base
+    return rows
+
+
+def test_a_searched_point_that_does_not_beat_the_best_recipe_beyond_noise_leaves_the_choice_to_the_recipe() -> None:
+    """search.choose_protocol.ties "recipe": the searched point ranked first within noise of the best recipe is
+    passed over (the best of many noisy scores is partly luck; the recipe is free and known); beyond noise it
+    stays; "score" keeps the ranking's first however close."""
+    from nas_bert.choose.ranking import tie_to_recipe
+    from nas_bert.choose.rows import ranked
+
+    tied = ranked(None, _tie_study(), 5.0, "p", _pair(0.004, noisy=True), {})
+    assert tied.chosen.name == "spread-2" and tied.baseline_won
+    assert tied.tied_with_recipe == {"searched": "spread-2"}
+    assert tied.margin.rival == "searched" and tied.margin.delta < 0  # the recipe kept, a little behind, within noise
+    assert tie_to_recipe(tied, {"fidelity": 1.0}) is None  # a recipe chosen: nothing to pass over
+    beyond = ranked(None, _tie_study(), 5.0, "p", _pair(0.004, noisy=False), {})
+    assert beyond.chosen.name == "searched" and not beyond.tied_with_recipe
+    first = ranked(None, _tie_study("score"), 5.0, "p", _pair(0.004, noisy=True), {})
+    assert first.chosen.name == "searched" and first.tied_with_recipe is None
+    # two searched points both within noise of the recipe: each is passed over in turn
+    two = [*_pair(0.004, noisy=True), _pair(0.002, noisy=True, searched="other")[0]]
+    both = ranked(None, _tie_study(), 5.0, "p", two, {})
+    assert both.chosen.name == "spread-2" and both.tied_with_recipe == {"searched": "spread-2", "other": "spread-2"}
+
+
+def test_the_tie_is_judged_on_the_runs_interval_of_the_score_where_the_last_round_ran_several_times() -> None:
+    """With several runs (`Margin.seeded`) the score's interval, training spread and all, decides; with one run
+    and a mixed score no interval of the score exists and the ranking stands."""
+    from nas_bert.choose.ranking import tie_to_recipe
+    from nas_bert.choose.seeds import SeedInterval
+
+    res = summarise(_tie_study(), 5.0, _pair(0.004, noisy=False))  # beyond noise on the texts alone
+    by = {"fidelity": 1.0, "finetune:t": 1.0}
+
+    def runs(lo: float, hi: float) -> object:
+        score = SeedInterval(rival="spread-2", seeds=2, delta=(lo + hi) / 2, interval=[lo, hi], training_sd=0.003,
+                             texts_sd=0.003)
+        return res.model_copy(update={"margin": res.margin.model_copy(update={"seeded": {"score": score}})})
+
+    assert tie_to_recipe(runs(-0.002, 0.009), by) == "spread-2"  # the 1/2 budget's kind of lead: a tie
+    assert tie_to_recipe(runs(0.007, 0.021), by) is None  # beyond noise: the searched point stands
+    assert tie_to_recipe(res, by) is None  # one run, a mixed score: no interval of it
+    assert tie_to_recipe(res, {"fidelity": 1.0}) is None  # by fidelity: its paired interval, beyond noise here
