@@ -250,14 +250,17 @@ def summarise(study: Study, budget_ms: float, rows: Sequence[Finalist | dict[str
 
 def tie_to_recipe(result: FinalistsResult, by: dict[str, float]) -> str | None:
     """The hand-designed finalist a searched choice does not beat beyond noise on search.choose_by's score, if
-    any: the margin's rival, where the lower end of the interval of the score's difference is not above 0 (the
-    last round run several times: the interval holding the runs' spread and the texts'; one run, chosen by the
-    fidelity alone: the fidelity's paired interval over the texts). None: a recipe was chosen, the searched one
-    beat the best recipe beyond noise, or no interval of the score exists (one run and a mixed score: the ranking
-    stands). A searched point is the best of many, each scored with noise, so its lead within noise is partly
+    any: the margin's rival, where it reached the chosen one's last round and the lower end of the interval of the
+    score's difference is not above 0 (the last round run several times: the interval holding the runs' spread and
+    the texts'; one run, chosen by the fidelity alone: the fidelity's paired interval over the texts). None: a
+    recipe was chosen, the searched one beat the best recipe beyond noise, the recipes were cut by successive
+    halving, or no interval of the score exists (one run and a mixed score: the ranking stands). A searched point is the best of many, each scored with noise, so its lead within noise is partly
     luck (the winner's curse); the recipe is the user's for free and fully known, so it keeps a tie."""
     m = result.margin
     if result.chosen.origin != "search" or m is None or m.rival_origin == "search":
+        return None
+    rival = next(r for r in result.finalists if r.name == m.rival)
+    if len(rival.rounds or []) != len(result.chosen.rounds or []):  # a recipe successive halving cut lost there
         return None
     if m.seeded and "score" in m.seeded:
         lo = m.seeded["score"].interval[0]

@@ -287,6 +287,14 @@ def test_a_searched_point_that_does_not_beat_the_best_recipe_beyond_noise_leaves
     two = [*_pair(0.004, noisy=True), _pair(0.002, noisy=True, searched="other")[0]]
     both = ranked(None, _tie_study(), 5.0, "p", two, {})
     assert both.chosen.name == "spread-2" and both.tied_with_recipe == {"searched": "spread-2", "other": "spread-2"}
+    # a recipe successive halving cut (within noise of it in the round they shared) lost there: the choice stands
+    cut = _pair(0.004, noisy=True)
+    cut[0]["rounds"] = [{"steps": 10, "fidelity": 0.704, "fidelity_bootstrap": cut[0]["fidelity_bootstrap"]},
+                        {"steps": 20, "fidelity": 0.75, "fidelity_bootstrap": cut[0]["fidelity_bootstrap"]}]
+    cut[1]["rounds"] = [{"steps": 10, "fidelity": 0.70, "fidelity_bootstrap": cut[1]["fidelity_bootstrap"]}]
+    kept = ranked(None, _tie_study(), 5.0, "p", cut, {})
+    assert kept.margin.steps == 10 and not kept.margin.beyond_interval
+    assert kept.chosen.name == "searched" and kept.tied_with_recipe is None
 
 
 def test_the_tie_is_judged_on_the_runs_interval_of_the_score_where_the_last_round_ran_several_times() -> None:
