@@ -38,6 +38,9 @@ def test_run_kill_and_resume(tmp_path):
     data["search"]["budgets_ms"] = [5.0]
     data["evaluate"] = EVAL
     data["latency"]["fresh_process"] = False  # the timing runs in the command's own process: no interpreters to start
+    # each budget's own student, judged by its own rule (ms, fraction): the ranking's first, not the one recipe that
+    # the tiny teacher's noisy figures tie with the searched points at both budgets
+    data["search"]["choose_protocol"] = {"ties": "score"}
     study_file.write_text(yaml.safe_dump(data))
     cmd = [sys.executable, "-m", "nas_bert", "run", "--config", str(study_file), "--json"]
     log = open(tmp_path / "first-run.log", "w")  # noqa: SIM115
