@@ -117,6 +117,11 @@ def section_inputs(study: Study, sections: tuple[str, ...], timed: bool) -> dict
     return out
 
 
+# search.choose_protocol.ties as the finalists' key holds it: a recipe keeps a tie only off the budget's edge since
+# soon after the "recipe" rule began, so a study chosen before chooses again (`ranked`)
+TIES_KEY = {"score": "score", "recipe": "recipe off the budget's edge"}
+
+
 class Runner:
     """Runs stages in order, skipping those recorded as finished from the same inputs."""
 
@@ -161,7 +166,7 @@ class Runner:
                                           ("last_round_seeds", c.search.choose_protocol.last_round_seeds, 1),
                                           ("round_seeds", c.search.choose_protocol.round_seeds, 1),
                                           # before it, choices kept the ranking's first: a study chosen so chooses again
-                                          ("ties", c.search.choose_protocol.ties, "score"))
+                                          ("ties", TIES_KEY.get(c.search.choose_protocol.ties, "score"), "score"))
                 if name == "finalists" and v != d}
         for u, k in after:
             out[f"{u} {k}".rstrip()] = self.recorded(u, k)[0] or "missing"
@@ -391,6 +396,7 @@ def run_study(study: Study, out: Path | None = None, echo: Callable[[str], None]
                                           "accuracy_ratio_low", "accuracy_ratio_high", "label_loyalty", "probability_loyalty")},
             truncated=ref, folder=str(out / m.name) if m else None, margin=s.finalists.margin,
             rounds=rounds_seen(s.finalists, study.cfg.search.finalist_steps), mapping=mapping_summary(s.mapping, s.distill),
+            **{k: v for k, v in (("tied_with", s.finalists.tied_with_recipe), ("tie_at_edge", s.finalists.tie_at_edge)) if v},
             proxy=(p := zero_step_proxy(study)), proxy_tau=s.finalists.kendall_tau_vs_fidelity.get(ZERO_STEP[p]),
             **({"screen_steps": n, "screen_tau": s.finalists.kendall_tau_vs_fidelity.get("screen_fidelity")}
                if (n := study.cfg.search.screen_steps) else {}),

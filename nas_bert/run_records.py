@@ -21,7 +21,7 @@ class RunRow(Record):
     """One budget's student in `nas-bert run`'s table: where it comes from, its times (the finalists' and the
     export's), its evaluation and the untouched truncated teacher beside it."""
 
-    absent_unless_given: ClassVar[frozenset[str]] = frozenset({"tasks", "pairs", "ood"})
+    absent_unless_given: ClassVar[frozenset[str]] = frozenset({"tasks", "pairs", "ood", "tied_with", "tie_at_edge"})
 
     budget_ms: float
     budget_x: float | None = None  # the fraction of the teacher's latency the budget was given as (None: in ms)
@@ -57,6 +57,8 @@ class RunRow(Record):
     proxy_tau: float | None = None  # that zero-step proxy's Kendall tau against the first round's fidelity
     screen_steps: int | None = None  # search.screen_steps, the screen whose Kendall tau against the first round
     screen_tau: float | None = None  # is screen_tau (None: no screen)
+    tied_with: dict[str, str] | None = None  # searched finalists passed over for this recipe on a tie (`tie_to_recipe`)
+    tie_at_edge: dict[str, str] | None = None  # this searched one kept on a tie: the recipe at the budget's edge
     mapping: dict[str, Any] | None = None  # the layer mapping distilled with and why (`MappingSearch.confirm`)
     tasks: dict[str, dict[str, Any]] | None = None  # the study's own data by name (`EvaluationResult`)
     pairs: dict[str, dict[str, Any]] | None = None

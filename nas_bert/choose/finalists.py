@@ -345,7 +345,7 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
             results[name] = {**results[name], **_round(ctx, study, budget_ms, by_name[name], protocol, steps,
                                                        cfg.finalist_steps * 2 ** (r - 1), kept=kept, last=last)}
     result = ranked(ctx.db, study, budget_ms, protocol, list(results.values()),  # seeds, ties and all
-                    {"timing": timing, **({"kept_within_noise": ties} if ties else {})})
+                    {"timing": timing, **({"kept_within_noise": ties} if ties else {})}, spare)
     record_choice(ctx.db, study, budget_ms, protocol, result)  # this run's, whatever rows earlier runs left
     return result
 

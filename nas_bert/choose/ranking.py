@@ -121,7 +121,7 @@ class FinalistsResult(Record):
     ranking can be trusted."""
 
     absent_unless_given: ClassVar[frozenset[str]] = frozenset({"timing", "margin", "passed_over", "seeded",
-                                                                 "kept_within_noise", "tied_with_recipe"})
+                                                                 "kept_within_noise", "tied_with_recipe", "tie_at_edge"})
 
     study: str
     budget_ms: float
@@ -146,6 +146,9 @@ class FinalistsResult(Record):
     # search.choose_protocol.ties "recipe": searched finalists ranked first that did not beat the best hand-designed
     # finalist beyond noise on search.choose_by's score, passed over for it (name -> that finalist)
     tied_with_recipe: dict[str, str] | None = None
+    # the same rule's tie left to the searched finalist: the recipe it tied is judged within the latency model's
+    # error of the budget, so it may well be over the budget at export (name -> that recipe)
+    tie_at_edge: dict[str, str] | None = None
 
 
 class SearchReport(SearchResult):

@@ -97,16 +97,20 @@ def seeded(db: Database, study: Study, budget_ms: float, protocol: str, result: 
 
 
 def ranked(db: Database, study: Study, budget_ms: float, protocol: str, rows: list[Finalist | dict[str, Any]],
-           update: dict[str, Any]) -> FinalistsResult:
+           update: dict[str, Any], spare: float = 0.0) -> FinalistsResult:
     """The choice among the finalists' `rows` (`summarise`, `update` added, then what their seeds add: `seeded`);
     with search.choose_protocol.ties "recipe", a searched choice that ties the best recipe (`tie_to_recipe`) is
-    passed over, and the next searched one is judged alike, until a recipe or one beating it beyond noise."""
+    passed over, and the next searched one is judged alike, until a recipe or one beating it beyond noise. A
+    recipe takes a tie only where the budget holds it with `spare` (the latency model's error, a fraction) to
+    spare: one judged at the budget's edge may be over it at export, where a searched point as good is not."""
     tied: dict[str, str] = {}
     while True:
         result = summarise(study, budget_ms, rows, tied).model_copy(update=update)
         result = result.model_copy(update=seeded(db, study, budget_ms, protocol, result))
         if study.cfg.search.choose_protocol.ties != "recipe" or (recipe := tie_to_recipe(result, criterion(study))) is None:
             return result
+        if next(f for f in result.finalists if f.name == recipe).judged_time() > budget_ms * (1 - spare):
+            return result.model_copy(update={"tie_at_edge": {result.chosen.name: recipe}})
         tied[result.chosen.name] = recipe
 
 

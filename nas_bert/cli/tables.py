@@ -122,6 +122,9 @@ def finalists_table(f: FinalistsResult) -> str:
         lines.append("passed over (ranked first, but not beyond noise on search.choose_by's score: the recipe keeps a "
                      "tie, search.choose_protocol.ties): " + "; ".join(
                          f"{n} (tied with {by})" for n, by in f.tied_with_recipe.items()))
+    if f.tie_at_edge:  # the same rule, its recipe judged within the latency model's error of the budget
+        lines.append("kept on a tie with a recipe judged within the latency model's error of the budget (it may be "
+                     "over the budget at export): " + "; ".join(f"{n} (tied with {by})" for n, by in f.tie_at_edge.items()))
     if probed := [r for r in f.finalists if r.probe]:  # search.choose_by a task: the ranking read these too
         lines.append("accuracy (search.choose_by; task: a linear probe, finetune: fine-tuned, on validation): " + "; ".join(
             f"{r.name} " + ", ".join(f"{k} {v:.3f}" for k, v in (r.probe or {}).items())
@@ -278,8 +281,11 @@ def won(r: RunRow) -> str:
     m = r.margin
     assert m is not None
     kind = "a searched point" if r.origin == "search" else f"a hand-designed student ({r.origin})"
-    if r.origin != "search" and (m.by_score[0] < m.by_score[1] if m.by and m.by_score else m.delta < 0):
+    if r.tied_with:  # search.choose_protocol.ties: recipe
         kind += ", kept on a tie (the best searched point did not beat it beyond noise),"
+    elif r.tie_at_edge:
+        kind += (f", kept on a tie with {', '.join(r.tie_at_edge.values())} (judged within the latency model's error "
+                 "of the budget),")
     other = "the best hand-designed student" if r.origin == "search" else "the best searched point"
     given = f" ({r.budget_x:g}x of the teacher)" if r.budget_x is not None else ""
     if m.delta_interval:  # the paired interval of the difference

@@ -297,6 +297,37 @@ def test_a_searched_point_that_does_not_beat_the_best_recipe_beyond_noise_leaves
     assert kept.chosen.name == "searched" and kept.tied_with_recipe is None
 
 
+def test_a_recipe_judged_at_the_budgets_edge_does_not_take_a_tie() -> None:
+    """A tie goes to the recipe only where the budget holds it with the latency model's error to spare: one judged
+    within that error of the budget may be over it at export, the searched point as good is then kept (and said)."""
+    from nas_bert.choose.rows import ranked
+    from nas_bert.cli.tables import finalists_table, won
+    from nas_bert.pipeline import RunRow
+
+    def at(ms: float) -> list[dict]:
+        rows = _pair(0.004, noisy=True)
+        rows[0]["judged_ms"], rows[1]["judged_ms"] = 4.5, ms
+        return rows
+
+    edge = ranked(None, _tie_study(), 5.0, "p", at(4.95), {}, spare=0.03)  # 1% under: within the 3% error
+    assert edge.chosen.name == "searched" and not edge.baseline_won
+    assert edge.tie_at_edge == {"searched": "spread-2"} and edge.tied_with_recipe is None
+    held = ranked(None, _tie_study(), 5.0, "p", at(4.8), {}, spare=0.03)  # 4% under: held with the error to spare
+    assert held.chosen.name == "spread-2" and held.tied_with_recipe == {"searched": "spread-2"}
+    assert held.tie_at_edge is None and "tie_at_edge" not in held.model_dump()
+    assert ranked(None, _tie_study(), 5.0, "p", at(4.95), {}).chosen.name == "spread-2"  # no error given: it holds
+    assert "judged within the latency model's error" in finalists_table(edge.model_copy(update={"timing": {}}))
+    # `nas-bert run`'s line says which way the tie went, from the choice itself
+    line = won(RunRow.model_construct(budget_ms=5.0, origin="search", student="searched", margin=edge.margin,
+                                      tie_at_edge=edge.tie_at_edge))
+    assert "a searched point, kept on a tie with spread-2 (judged within the latency model's error" in line
+    line = won(RunRow.model_construct(budget_ms=5.0, origin="spread", student="spread-2", margin=held.margin,
+                                      tied_with=held.tied_with_recipe))
+    assert "kept on a tie (the best searched point did not beat it beyond noise)" in line
+    assert "kept on a tie" not in won(RunRow.model_construct(budget_ms=5.0, origin="spread", student="spread-2",
+                                                             margin=held.margin))  # chosen outright
+
+
 def test_the_tie_is_judged_on_the_runs_interval_of_the_score_where_the_last_round_ran_several_times() -> None:
     """With several runs (`Margin.seeded`) the score's interval, training spread and all, decides; with one run
     and a mixed score no interval of the score exists and the ranking stands."""
