@@ -160,7 +160,7 @@ class Runner:
         out |= {k: str(v) for k, v, d in (("reserve_grows", c.search.reserve_grows, SearchConfig().reserve_grows),
                                           ("finalist_runs", c.latency.finalist_runs, 1),
                                           ("screen", c.search.screen_steps and (c.search.screen_steps, c.search.screen_pool), 0),
-                                          ("grow_recipes", c.search.grow_recipes, False),
+                                          ("grow_recipes", c.search.grow_recipes and "grown, shrunk at the edge", False),
                                           ("last_round", c.search.choose_protocol.last_round
                                            and section_inputs(self.study, ("evaluate",), False)["evaluate"], None),
                                           ("last_round_seeds", c.search.choose_protocol.last_round_seeds, 1),

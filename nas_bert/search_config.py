@@ -56,7 +56,9 @@ class SearchConfig(_Strict):
                                "within the budget grown as the top searched students are (reserve_grows levels, "
                                "timed with the finalists): one that holds with the model's error to spare is a "
                                "searched finalist beside its recipe, which the search can then beat with the recipe's "
-                               "own weights and the latency it leaves unused")
+                               "own weights and the latency it leaves unused; one judged at the budget's edge "
+                               "(within the model's error of it) is shrunk alike, and the largest of its smaller "
+                               "points that holds with the error to spare is a searched finalist beside it")
     screen_steps: int = Field(default=0, ge=0, description="a screen before the finalists' first round: the search's "
                               "best screen_pool students by its proxy (and those by rescored loss) are each distilled "
                               "this many steps on other batches than the rounds', and the best rescore_top of them by "

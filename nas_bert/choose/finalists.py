@@ -27,6 +27,7 @@ from nas_bert.choose.candidates import (
     family_to_time,
     grown_recipes,
     grown_reserves,
+    held_below,
     search_candidates,
     shrunk_reserves,
 )
@@ -262,7 +263,10 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
     # and each family's slowest member predicted within the budget grown alike (search.grow_recipes)
     beside = grown_recipes(family, study.space, lat, budget_ms, recipes | {c.arch.hash() for c in [*cands, *reserves]},
                            cfg.reserve_grows) if chains and cfg.reserve_grows and cfg.grow_recipes else []
-    reserves += beside
+    # and, for one judged at the budget's edge, shrunk alike (`held_below`)
+    below = grown_recipes(family, study.space, lat, budget_ms, recipes | {c.arch.hash() for c in [*cands, *reserves]},
+                          cfg.reserve_grows, up=False) if chains and cfg.reserve_grows and cfg.grow_recipes else []
+    reserves += beside + below
     # a budget given as a fraction of the teacher: that fraction of the teacher timed in this run (no calibration
     # students timed: no drift estimate enters)
     fit = lat.calibration.reference_ms
@@ -291,6 +295,7 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
     timed_beside = [c for c in beside if c.name in ms and c.proxies["grown_of"] in {f.name for f in cands}]
     cands += [c for c in replace_under_budget([*(f for f in cands if f.origin != "search"), *timed_beside], judged,
                                               budget_ms, spare) if c.proxies.get("grown_of") in family]
+    cands += held_below(cands, below, judged, budget_ms, spare)
     if cfg.screen_steps:  # every finalist the budget holds screened too (the pool's are stored): the screen's tau
         held = [c for c in cands if judged[c.name] <= budget_ms]
         scores = _screen(ctx, held, protocol, progress)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 
 import optuna
+import pytest
 import yaml
 from conftest import FAST, ROOT
 
@@ -110,7 +111,12 @@ def test_search_and_finalists_on_the_space_made_from_the_teacher(tmp_path, monke
     assert stored.rounds == fin.chosen.rounds
 
 
-def test_a_recipe_grown_into_the_latency_it_leaves_is_a_searched_finalist_beside_it(tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("edge", [False, True], ids=["room-left", "at-the-edge"])
+def test_a_recipe_grown_into_the_latency_it_leaves_is_a_searched_finalist_beside_it(tmp_path, monkeypatch,
+                                                                                   edge: bool) -> None:
+    """search.grow_recipes: each family's slowest member within the budget grown one, two steps; one judged at the
+    budget's edge (within the latency model's error of it) shrunk alike, its largest smaller point that holds with
+    the error to spare a searched finalist beside it."""
     data = yaml.safe_load((ROOT / "studies" / "tiny.yaml").read_text())
     data.update(copy.deepcopy(FAST))
     data["search_space"] = "auto"
@@ -123,17 +129,34 @@ def test_a_recipe_grown_into_the_latency_it_leaves_is_a_searched_finalist_beside
     from nas_bert.choose import finalists as F
 
     def timed(ctx, cands, budget_ms, progress=True, optional=frozenset(), calibrate=True):
-        # every student at half its prediction: each recipe's grown points hold with the model's error to spare
-        return ({c.name: 0.5 * (c.proxies.get("predicted_ms") or 1.0) for c in cands},
-                {"drift": 1.0, "teacher_ms": 20.0})
+        # every student at half its prediction: each recipe's grown points hold with the model's error to spare;
+        # `edge`: each family's slowest member within the budget judged 1% under it, its smaller points 10% under
+        slowest = {}
+        for c in cands:
+            p = c.proxies.get("predicted_ms")
+            if c.origin in FAMILIES and p is not None and p <= budget_ms and p > slowest.get(c.origin, (0.0,))[0]:
+                slowest[c.origin] = (p, c.name)
+        at_edge = {name for _, name in slowest.values()} if edge else set()
+        return ({c.name: 0.99 * budget_ms if c.name in at_edge else 0.9 * budget_ms
+                 if c.proxies.get("shrunk_of") in at_edge else 0.5 * (c.proxies.get("predicted_ms") or 1.0)
+                 for c in cands}, {"drift": 1.0, "teacher_ms": 20.0})
 
     monkeypatch.setattr(F, "measured_ms", timed)
+    monkeypatch.setattr(F, "latency_error", lambda lat: 0.03)  # the spare a recipe keeps: 3%
     fin = choose(study, 5.0, progress=False)
     recipes = {f.name: f for f in fin.finalists if f.origin in FAMILIES}
     beside = [f for f in fin.finalists if getattr(f, "grown_of", None) in recipes]
-    assert beside, [f.name for f in fin.finalists]
+    below = [f for f in fin.finalists if getattr(f, "shrunk_of", None) in recipes]
+    assert beside or edge, [f.name for f in fin.finalists]  # (at the edge: its grown points were timed faster)
     for f in beside:  # a searched point, one or two steps larger than its recipe, which stays a finalist too
         assert f.origin == "search" and not f.reserve and f.name.startswith(f"{f.grown_of}.")
         assert f.measured_ms > recipes[f.grown_of].measured_ms and f.hash != recipes[f.grown_of].hash
+    if not edge:  # a recipe the budget holds with room to spare is not shrunk
+        assert not below
+    else:  # one step or two smaller than its recipe at the edge, which stays a finalist too (the tie rule judges it)
+        assert below and {f.shrunk_of for f in below} == {n for n, r in recipes.items() if r.measured_ms == 4.95}
+        for f in below:
+            assert f.origin == "search" and not f.reserve and f.name.startswith(f"{f.shrunk_of}.")
+            assert f.measured_ms == 4.5 and f.hash != recipes[f.shrunk_of].hash
     points = families(study.space, embeddings_spec_of(load_teacher_config(study.cfg.teacher)))
-    assert not {f.hash for f in beside} & {a.hash() for _, a in points.values()}  # none of them a recipe
+    assert not {f.hash for f in beside + below} & {a.hash() for _, a in points.values()}  # none of them a recipe
