@@ -301,7 +301,7 @@ class StageRow(Base):
     config_hash: Mapped[str] = mapped_column(String(32))  # the study settings the stage ran with
     summary_json: Mapped[str] = mapped_column(Text)
     seconds: Mapped[float] = mapped_column(Float)
-    finished_at: Mapped[str] = mapped_column(String(32), default=_now)
+    finished_at: Mapped[str] = mapped_column(String(32), default=_now, onupdate=_now)  # the last time it finished
 
 
 class JobRow(Base):

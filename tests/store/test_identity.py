@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 from pydantic import BaseModel
+from sqlalchemy import select, update
 
 from nas_bert import pipeline
 from nas_bert.errors import NasBertError
@@ -192,9 +193,26 @@ def test_each_changed_input_redoes_exactly_its_stages(tmp_path, change, rerun):
     calls = Calls()
     assert _ran(_run_chain(study, calls)) == ["supernet", "latency", "search", "finalists", "map-layers", "distill",
                                               "evaluate", "export", "reference"]
+    _finished(study, "2000-01-01T00:00:00+00:00")
     changed = load_study(tmp_path / "tiny.yaml", overrides=change)
     assert _ran(_run_chain(changed, calls)) == rerun
     assert _ran(_run_chain(changed, calls)) == []  # and then it is current
+    # a stage redone says when it last finished, one skipped when it did
+    assert {n for n, at in _finished(study).items() if not at.startswith("2000")} == set(rerun)
+
+
+def _finished(study, mark: str | None = None) -> dict[str, str]:
+    """Each stage's finished_at (`mark`: set to it first)."""
+    from nas_bert.store import Database, StageRow
+
+    db = Database(study.db_url)
+    with db.session() as s:
+        rows = list(s.scalars(select(StageRow)))
+        for r in rows if mark else []:
+            s.execute(update(StageRow).where(StageRow.id == r.id).values(finished_at=mark))
+        out = {r.stage: r.finished_at for r in s.scalars(select(StageRow))}
+    db.dispose()
+    return out
 
 
 def test_a_result_recorded_in_another_form_is_made_again_and_status_says_why(tmp_path):
