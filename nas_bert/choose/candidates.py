@@ -145,7 +145,8 @@ def held_below(finalists: list[Candidate], shrunk: list[Candidate], judged: dict
     for c in sorted((c for c in shrunk if c.name in judged), key=lambda c: -judged[c.name]):
         of = c.proxies["shrunk_of"]
         if of in edge and of not in out and judged[c.name] <= budget_ms * (1 - spare):
-            out[of] = Candidate(c.name, c.origin, c.arch, c.trial, {k: v for k, v in c.proxies.items() if k != "reserve"})
+            out[of] = Candidate(c.name, c.origin, c.arch, c.trial,
+                                {**{k: v for k, v in c.proxies.items() if k != "reserve"}, "beside_recipe": of})
     return list(out.values())
 
 

@@ -293,8 +293,9 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
             cands.append(max(fits, key=lambda c: ms[c.name]))
     # a family finalist's grown point that holds with the error to spare: a searched finalist beside it
     timed_beside = [c for c in beside if c.name in ms and c.proxies["grown_of"] in {f.name for f in cands}]
-    cands += [c for c in replace_under_budget([*(f for f in cands if f.origin != "search"), *timed_beside], judged,
-                                              budget_ms, spare) if c.proxies.get("grown_of") in family]
+    cands += [Candidate(c.name, c.origin, c.arch, c.trial, {**c.proxies, "beside_recipe": c.proxies["grown_of"]})
+              for c in replace_under_budget([*(f for f in cands if f.origin != "search"), *timed_beside], judged,
+                                            budget_ms, spare) if c.proxies.get("grown_of") in family]
     cands += held_below(cands, below, judged, budget_ms, spare)
     if cfg.screen_steps:  # every finalist the budget holds screened too (the pool's are stored): the screen's tau
         held = [c for c in cands if judged[c.name] <= budget_ms]

@@ -98,7 +98,12 @@ def _made(info: dict[str, Any]) -> str:
                 f"budget, copied from the teacher `{t}`{distilled}.")
     b = _fmt(info["budget_ms"], "g")
     fin = info.get("finalist") or {}
+    recipe = fin.get("beside_recipe")  # a hand-designed finalist's own point grown or shrunk, a finalist beside it
     found = (f"trial {info['trial']} of the {b} ms search" if info.get("trial") is not None else
+             f"`{fin.get('name', '?')}`: the hand-designed `{recipe}` " + (
+                 "made larger into the latency it left unused" if fin.get("grown_of") else
+                 "one step smaller, as the recipe was judged within the latency model's error of the budget")
+             + ", a searched finalist beside it" if recipe else
              f"`{fin.get('name', '?')}`: a student of the {b} ms search made larger, timed in its place when it "
              "measured well under the budget" if fin.get("grown_of") else
              f"`{fin.get('name', '?')}`: a student of the {b} ms search one step smaller, "

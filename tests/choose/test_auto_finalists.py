@@ -151,12 +151,13 @@ def test_a_recipe_grown_into_the_latency_it_leaves_is_a_searched_finalist_beside
     for f in beside:  # a searched point, one or two steps larger than its recipe, which stays a finalist too
         assert f.origin == "search" and not f.reserve and f.name.startswith(f"{f.grown_of}.")
         assert f.measured_ms > recipes[f.grown_of].measured_ms and f.hash != recipes[f.grown_of].hash
+        assert f.beside_recipe == f.grown_of  # the model card names the recipe it grew from
     if not edge:  # a recipe the budget holds with room to spare is not shrunk
         assert not below
     else:  # one step or two smaller than its recipe at the edge, which stays a finalist too (the tie rule judges it)
         assert below and {f.shrunk_of for f in below} == {n for n, r in recipes.items() if r.measured_ms == 4.95}
         for f in below:
             assert f.origin == "search" and not f.reserve and f.name.startswith(f"{f.shrunk_of}.")
-            assert f.measured_ms == 4.5 and f.hash != recipes[f.shrunk_of].hash
+            assert f.measured_ms == 4.5 and f.hash != recipes[f.shrunk_of].hash and f.beside_recipe == f.shrunk_of
     points = families(study.space, embeddings_spec_of(load_teacher_config(study.cfg.teacher)))
     assert not {f.hash for f in beside + below} & {a.hash() for _, a in points.values()}  # none of them a recipe

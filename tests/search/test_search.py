@@ -362,6 +362,13 @@ def test_card_names_a_shrunk_reserve_that_won() -> None:
     text = _made({**info, "trial": None, "finalist": {"name": "trial-23.L5.heads8"}})
     assert "`trial-23.L5.heads8`: a student of the 2.79 ms search one step smaller" in text and "None" not in text
     assert "(trial 4 of the 2.79 ms search)" in _made({**info, "trial": 4})
+    # a recipe's own point, grown into the latency it leaves or shrunk off the budget's edge: named as such
+    grown = _made({**info, "trial": None, "finalist": {"name": "spread-2.L0.heads8", "grown_of": "spread-2",
+                                                         "beside_recipe": "spread-2"}})
+    assert "the hand-designed `spread-2` made larger into the latency it left unused, a searched finalist" in grown
+    shrunk = _made({**info, "trial": None, "finalist": {"name": "spread-3.L1.neurons1280", "shrunk_of": "spread-3",
+                                                          "beside_recipe": "spread-3"}})
+    assert "the hand-designed `spread-3` one step smaller, as the recipe was judged within the latency" in shrunk
 
 
 def test_pruned_feed_forward_seeds_reach_deeper_under_a_budget() -> None:
