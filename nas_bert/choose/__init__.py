@@ -9,7 +9,7 @@ re-exported here.
 """
 
 from nas_bert.choose.candidates import Candidate, baseline_family, family_to_time
-from nas_bert.choose.choice import chosen_finalist, distill_chosen, latest_choice
+from nas_bert.choose.choice import chosen_finalist, distill_chosen, latest_choice, tied_with
 from nas_bert.choose.finalists import (
     Finalist,
     FinalistsResult,
@@ -31,4 +31,4 @@ from nas_bert.choose.timing import (
     replace_under_budget,
 )
 
-__all__ = ["Candidate", "Finalist", "FinalistsResult", "Margin", "SearchReport", "TruncatedReference", "baseline_family", "budget_fraction", "choose", "chosen_finalist", "criterion", "distill_chosen", "family_to_time", "holds", "host_speed", "judged_ms", "latest_choice", "reorders", "replace_over_budget", "replace_under_budget", "summarise", "truncated_reference"]
+__all__ = ["Candidate", "Finalist", "FinalistsResult", "Margin", "SearchReport", "TruncatedReference", "baseline_family", "budget_fraction", "choose", "chosen_finalist", "criterion", "distill_chosen", "family_to_time", "holds", "host_speed", "judged_ms", "latest_choice", "reorders", "replace_over_budget", "replace_under_budget", "summarise", "tied_with", "truncated_reference"]

@@ -54,6 +54,12 @@ def latest_choice(db: Database, study: Study, budget_ms: float) -> FinalistsResu
         return None
 
 
+def tied_with(db: Database, study: Study, budget_ms: float, recipe: str) -> list[str] | None:
+    """The searched finalists the budget's latest choice passed over for `recipe` on a tie (None: none)."""
+    choice = latest_choice(db, study, budget_ms)
+    return [n for n, r in ((choice and choice.tied_with_recipe) or {}).items() if r == recipe] or None
+
+
 def chosen_finalist(db: Database, study: Study, budget_ms: float) -> Finalist | None:
     """The budget's student chosen by the latest finalists' run (None before stage 5 ran). The finalists' rows
     alone decide only for a database that recorded no choice: a student of an earlier run that the latest timed

@@ -20,7 +20,7 @@ import numpy as np
 from sqlalchemy import select
 from tqdm.auto import tqdm
 
-from nas_bert.choose import Finalist, budget_fraction, chosen_finalist, criterion, judged_ms, reorders
+from nas_bert.choose import Finalist, budget_fraction, chosen_finalist, criterion, judged_ms, reorders, tied_with
 from nas_bert.errors import NasBertError
 from nas_bert.export.card import model_card
 from nas_bert.export.onnx_export import VARIANTS, export_onnx, mb, measure_latencies
@@ -39,14 +39,7 @@ from nas_bert.latency import (
 )
 from nas_bert.model import NasBertModel, write_student_folder
 from nas_bert.record import Record
-from nas_bert.search import (
-    budgets_in_db,
-    chosen_row,
-    latest_checkpoint,
-    optuna_study_name,
-    pareto_rows,
-    proxy_of,
-)
+from nas_bert.search import budgets_in_db, chosen_row, latest_checkpoint, optuna_study_name, pareto_rows, proxy_of
 from nas_bert.space import Architecture, Embeddings, SearchSpace
 from nas_bert.store import ArchitectureRow, Checkpoint, Database, ExportRow, SupernetRun, atomic_folder, file_sha256
 from nas_bert.study import Study
@@ -65,6 +58,7 @@ class Member:
     budgets: list[float] = field(default_factory=list)
     origin: str = "search"  # or a hand-designed student that won its budget's finalists: truncated | uniform | pruned
     finalist: Finalist | None = None  # the budget's finalists' record of this student
+    tied_with: list[str] | None = None  # a recipe kept on a tie: the searched finalists passed over for it
 
 
 class ExportedStudent(Record):
@@ -174,7 +168,7 @@ def select_members(db: Database, study: Study, budgets: list[float] | None) -> l
         fin = chosen_finalist(db, study, b)  # the finalists' choice (stage 5), else the rescored one
         if fin is not None and fin.origin != "search":  # a hand-designed student won: it is exported as such
             members[f"{b:g}:{fin.hash}"] = Member(f"nasbert-{b:g}ms-{fin.name}", _finalist_row(db, study, fin), None,
-                                                  b, [b], fin.origin, fin)
+                                                  b, [b], fin.origin, fin, tied_with(db, study, b, fin.name))
             continue
         best = fin or chosen_row(db, study, b)
         if best is None:
@@ -248,7 +242,7 @@ def _export_one(study: Study, m: Member, teacher: Teacher, supernet: Supernet, c
         "metrics": metrics, "teacher": dict(tinfo), "checkpoint": ckpt, "command": command,
         "safetensors_sha256": file_sha256(folder / "model.safetensors"), "distilled": distilled,
         "origin": m.origin, "finalist": m.finalist.model_dump(mode="json") if m.finalist else None, "over_budget": over,
-        "proxy": proxy_of(study), "chosen_by": criterion(study),
+        "proxy": proxy_of(study), "chosen_by": criterion(study), **({"tied_with": m.tied_with} if m.tied_with else {}),
         "sentence_transformers": teacher.pooling is not None,
     }
     (folder / "README.md").write_text(model_card(info, arch))

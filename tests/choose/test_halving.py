@@ -143,6 +143,9 @@ def test_a_mixed_criterion_ranks_the_last_round_and_the_margin_and_card_say_both
     assert "evenly spread layers of the teacher with their least important feed-forward neurons pruned" in text
     assert "held-out fidelity 0.730 plus finetune:wordnet accuracy 0.480" in text
     assert "on held-out fidelity 0.6" in _origin({"origin": "spread", "budget_ms": 5.0, "finalist": {"fidelity": 0.6}})
+    tie = _origin({"origin": "spread", "budget_ms": 5.0, "finalist": {"fidelity": 0.6}, "tied_with": ["trial-3"]})
+    assert "A hand-designed student kept on a tie" in tie and "(trial-3) did not beat it beyond noise" in tie
+    assert "won this budget" not in tie
     line = won(RunRow.model_construct(budget_ms=5.0, budget_x=0.5, origin="spread-pruned", student="spread-4-i512",
                                       margin=res.margin))
     assert "fidelity 0.730 against 0.750" in line and "finetune:wordnet 0.480 against 0.430" in line
@@ -295,6 +298,22 @@ def test_a_searched_point_that_does_not_beat_the_best_recipe_beyond_noise_leaves
     kept = ranked(None, _tie_study(), 5.0, "p", cut, {})
     assert kept.margin.steps == 10 and not kept.margin.beyond_interval
     assert kept.chosen.name == "searched" and kept.tied_with_recipe is None
+
+
+def test_the_export_reads_which_searched_points_a_recipe_was_kept_over(tmp_path) -> None:
+    """`tied_with`: from the budget's stored choice, the searched finalists passed over for the recipe on a tie,
+    which the exported model card then says (a tie, not a win)."""
+    from nas_bert.choose.choice import record_choice, tied_with
+    from nas_bert.choose.rows import ranked
+    from nas_bert.store import Database
+
+    db, study = Database(f"sqlite:///{tmp_path / 's.db'}"), _tie_study()
+    assert tied_with(db, study, 5.0, "spread-2") is None  # nothing chosen yet
+    record_choice(db, study, 5.0, "p", ranked(None, study, 5.0, "p", _pair(0.004, noisy=True), {}))
+    assert tied_with(db, study, 5.0, "spread-2") == ["searched"]
+    record_choice(db, study, 5.0, "p", ranked(None, study, 5.0, "p", _pair(0.004, noisy=False), {}))
+    assert tied_with(db, study, 5.0, "spread-2") is None  # the latest choice won beyond noise: no tie
+    db.dispose()
 
 
 def test_a_recipe_judged_at_the_budgets_edge_does_not_take_a_tie() -> None:
