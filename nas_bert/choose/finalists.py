@@ -261,11 +261,10 @@ def choose(study: Study, budget_ms: float, progress: bool = True) -> FinalistsRe
                                recipes | {c.arch.hash() for c in [*cands, *reserves]},
                                cfg.reserve_grows) if chains and cfg.reserve_grows else []
     # and each family's slowest member predicted within the budget grown alike (search.grow_recipes)
-    beside = grown_recipes(family, study.space, lat, budget_ms, recipes | {c.arch.hash() for c in [*cands, *reserves]},
-                           cfg.reserve_grows) if chains and cfg.reserve_grows and cfg.grow_recipes else []
     # and, for one judged at the budget's edge, shrunk alike (`held_below`)
-    below = grown_recipes(family, study.space, lat, budget_ms, recipes | {c.arch.hash() for c in [*cands, *reserves]},
-                          cfg.reserve_grows, up=False) if chains and cfg.reserve_grows and cfg.grow_recipes else []
+    near = recipes | {c.arch.hash() for c in [*cands, *reserves]}
+    beside, below = [grown_recipes(family, study.space, lat, budget_ms, near, cfg.reserve_grows, up=up)
+                     if chains and cfg.reserve_grows and cfg.grow_recipes else [] for up in (True, False)]
     reserves += beside + below
     # a budget given as a fraction of the teacher: that fraction of the teacher timed in this run (no calibration
     # students timed: no drift estimate enters)

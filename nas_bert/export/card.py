@@ -64,12 +64,12 @@ def _origin(info: dict[str, Any]) -> str:
                               "pruned (a hand-designed student)",
              "minitron": "the teacher's first layers at a smaller width, heads, neurons and dimensions pruned by "
                          "importance together (a hand-designed, Minitron-style student)"}
-    if info.get("origin", "search") != "search" and info.get("tied_with"):  # search.choose_protocol.ties: recipe
-        return (f"**A hand-designed student kept on a tie**: this model is {plain[info['origin']]}, distilled; the "
-                f"best searched students of its latency ({', '.join(info['tied_with'])}) did not beat it beyond noise "
-                f"on {_by(info, fin)} (after the finalists' short distillation), and a recipe, free and fully known, "
-                "keeps a tie.\n\n")
     if info.get("origin", "search") != "search":
+        if info.get("tied_with"):  # search.choose_protocol.ties: recipe
+            return (f"**A hand-designed student kept on a tie**: this model is {plain[info['origin']]}, distilled; the "
+                    f"best searched students of its latency ({', '.join(info['tied_with'])}) did not beat it beyond "
+                    f"noise on {_by(info, fin)} (after the finalists' short distillation), and a recipe, free and fully "
+                    "known, keeps a tie.\n\n")
         return (f"**A hand-designed student won this budget's finalists**: this model is {plain[info['origin']]}, "
                 f"distilled; it beat every searched student of its latency on {_by(info, fin)} (after the "
                 f"finalists' short distillation).\n\n")
